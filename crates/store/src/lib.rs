@@ -1,1 +1,21 @@
-#![forbid(unsafe_code)]
+//! The local block store: a data directory holding thin-provisioned volumes.
+//!
+//! Layout of a data directory:
+//! ```text
+//! tandem.lock              exclusive lock: one server per directory
+//! installation.json        {"id": UUID} — root of every SCSI identity
+//! volumes/<uuid>/meta.json id, name, size, block size (written last on create)
+//! volumes/<uuid>/data      sparse file holding the blocks
+//! volumes/<uuid>.deleting  a volume being deleted (removed on next open)
+//! ```
+#![deny(unsafe_code)]
+
+mod catalog;
+mod durable;
+mod error;
+mod file_io;
+mod local;
+
+pub use catalog::{validate_name, Store, VolumeMeta};
+pub use error::StoreError;
+pub use local::LocalVolume;

@@ -168,3 +168,57 @@ pub fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
             None
         })
 }
+
+/// A shared volume is a volume: callers holding `Arc<V>` use it directly.
+#[async_trait]
+impl<V: Volume + ?Sized> Volume for std::sync::Arc<V> {
+    fn block_size(&self) -> u32 {
+        (**self).block_size()
+    }
+    fn num_blocks(&self) -> u64 {
+        (**self).num_blocks()
+    }
+    fn provisioning(&self) -> Provisioning {
+        (**self).provisioning()
+    }
+    fn write_cache(&self) -> bool {
+        (**self).write_cache()
+    }
+    async fn read(&self, lba: u64, blocks: u32) -> Result<Vec<u8>> {
+        (**self).read(lba, blocks).await
+    }
+    async fn write(&self, lba: u64, data: Bytes, fua: bool) -> Result<()> {
+        (**self).write(lba, data, fua).await
+    }
+    async fn flush(&self) -> Result<()> {
+        (**self).flush().await
+    }
+    async fn unmap(&self, lba: u64, blocks: u64) -> Result<()> {
+        (**self).unmap(lba, blocks).await
+    }
+    async fn write_same(
+        &self,
+        lba: u64,
+        blocks: u64,
+        pattern: Bytes,
+        unmap: bool,
+        fua: bool,
+    ) -> Result<()> {
+        (**self).write_same(lba, blocks, pattern, unmap, fua).await
+    }
+    async fn compare_and_write(
+        &self,
+        lba: u64,
+        compare: Bytes,
+        write: Bytes,
+        fua: bool,
+    ) -> Result<()> {
+        (**self).compare_and_write(lba, compare, write, fua).await
+    }
+    async fn block_status(&self, lba: u64) -> Result<(BlockState, u64)> {
+        (**self).block_status(lba).await
+    }
+    async fn resize(&self, blocks: u64) -> Result<()> {
+        (**self).resize(blocks).await
+    }
+}

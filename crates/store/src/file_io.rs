@@ -1,0 +1,81 @@
+//! The synchronous file engine behind `LocalVolume`: positional reads and
+//! writes, data sync, hole punching and hole finding on one data file. Calls
+//! here block; the volume runs them on tokio's blocking pool.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+
+/// Reads exactly `buf.len()` bytes at `offset`.
+pub(crate) fn read_at(f: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    f.read_exact_at(buf, offset)
+}
+
+/// Writes all of `buf` at `offset`.
+pub(crate) fn write_at(f: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+    f.write_all_at(buf, offset)
+}
+
+/// Makes every completed write of the file durable.
+pub(crate) fn sync(f: &File) -> io::Result<()> {
+    // Durability point for volume data: fdatasync of the data file.
+    f.sync_data()
+}
+
+/// Deallocates `[offset, offset+len)` so it reads as zeros and takes no space;
+/// writes zeros where the filesystem cannot punch holes.
+pub(crate) fn punch_hole(f: &File, offset: u64, len: u64) -> io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: fallocate only reads its integer arguments; the fd is owned by `f`
+    // and stays open for the duration of the call.
+    let rc = unsafe {
+        libc::fallocate(
+            f.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::EOPNOTSUPP) {
+        return Err(err);
+    }
+    let zeros = vec![0u8; 1 << 20];
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(zeros.len() as u64) as usize;
+        f.write_all_at(&zeros[..n], offset + done)?;
+        done += n as u64;
+    }
+    Ok(())
+}
+
+/// `lseek(SEEK_DATA / SEEK_HOLE)`: the next offset at or after `offset` that
+/// starts data (or a hole). `Ok(None)` when there is none before the end of file.
+pub(crate) fn seek(f: &File, offset: u64, data: bool) -> io::Result<Option<u64>> {
+    let whence = if data {
+        libc::SEEK_DATA
+    } else {
+        libc::SEEK_HOLE
+    };
+    #[allow(unsafe_code)]
+    // SAFETY: lseek only reads its integer arguments; the fd is owned by `f`.
+    // It moves the shared file offset, which this crate never uses (all I/O is positional).
+    let rc = unsafe { libc::lseek(f.as_raw_fd(), offset as libc::off_t, whence) };
+    if rc >= 0 {
+        return Ok(Some(rc as u64));
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::ENXIO) {
+        Ok(None)
+    } else {
+        Err(err)
+    }
+}

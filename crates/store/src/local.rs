@@ -1,0 +1,241 @@
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::RwLock;
+use volume::{
+    blocks_in, check_range, first_difference, BlockState, Provisioning, Result, Volume, VolumeError,
+};
+
+use crate::catalog::VolumeMeta;
+use crate::durable::write_atomic;
+use crate::file_io;
+
+/// A thin volume stored as a sparse file. Unwritten and unmapped blocks are
+/// holes: they read as zeros and take no space.
+///
+/// Atomicity of COMPARE AND WRITE: every write-like operation holds `gate`
+/// shared; compare-and-write holds it exclusively, so no other write can land
+/// between its compare and its write. Reads take no lock.
+pub struct LocalVolume {
+    file: Arc<File>,
+    block_size: u32,
+    num_blocks: AtomicU64,
+    gate: RwLock<()>,
+    closed: AtomicBool,
+    meta: Mutex<VolumeMeta>,
+    meta_path: PathBuf,
+}
+
+impl LocalVolume {
+    pub(crate) fn new(file: File, meta: VolumeMeta, meta_path: PathBuf) -> Self {
+        LocalVolume {
+            file: Arc::new(file),
+            block_size: meta.block_size,
+            num_blocks: AtomicU64::new(meta.size_bytes / meta.block_size as u64),
+            gate: RwLock::new(()),
+            closed: AtomicBool::new(false),
+            meta: Mutex::new(meta),
+            meta_path,
+        }
+    }
+
+    /// The volume's current metadata.
+    pub fn meta(&self) -> VolumeMeta {
+        self.meta.lock().unwrap().clone()
+    }
+
+    /// Refuses all further I/O (the volume was deleted).
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::SeqCst) {
+            Err(VolumeError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn blocking<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&File) -> std::io::Result<T> + Send + 'static,
+    {
+        let file = self.file.clone();
+        match tokio::task::spawn_blocking(move || f(&file)).await {
+            Ok(r) => r.map_err(VolumeError::from_io),
+            Err(e) => Err(VolumeError::Io(std::io::Error::other(e))),
+        }
+    }
+
+    async fn write_unlocked(&self, lba: u64, data: Bytes, fua: bool) -> Result<()> {
+        let off = lba * self.block_size as u64;
+        self.blocking(move |f| {
+            file_io::write_at(f, &data, off)?;
+            if fua {
+                file_io::sync(f)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn read_unlocked(&self, lba: u64, blocks: u64) -> Result<Vec<u8>> {
+        let off = lba * self.block_size as u64;
+        let len = blocks as usize * self.block_size as usize;
+        self.blocking(move |f| {
+            let mut buf = vec![0u8; len];
+            file_io::read_at(f, &mut buf, off)?;
+            Ok(buf)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Volume for LocalVolume {
+    fn block_size(&self) -> u32 {
+        self.block_size
+    }
+
+    fn num_blocks(&self) -> u64 {
+        self.num_blocks.load(Ordering::Acquire)
+    }
+
+    fn provisioning(&self) -> Provisioning {
+        Provisioning::Thin
+    }
+
+    fn write_cache(&self) -> bool {
+        // Writes land in the page cache, which is volatile until fdatasync.
+        true
+    }
+
+    async fn read(&self, lba: u64, blocks: u32) -> Result<Vec<u8>> {
+        self.check_open()?;
+        check_range(self.num_blocks(), lba, blocks as u64)?;
+        if blocks as usize * self.block_size as usize > volume::MAX_IO_BYTES {
+            return Err(VolumeError::BadLength {
+                len: blocks as usize * self.block_size as usize,
+                block_size: self.block_size,
+            });
+        }
+        self.read_unlocked(lba, blocks as u64).await
+    }
+
+    async fn write(&self, lba: u64, data: Bytes, fua: bool) -> Result<()> {
+        self.check_open()?;
+        let n = blocks_in(data.len(), self.block_size)?;
+        check_range(self.num_blocks(), lba, n)?;
+        let _shared = self.gate.read().await;
+        self.write_unlocked(lba, data, fua).await
+    }
+
+    async fn flush(&self) -> Result<()> {
+        self.check_open()?;
+        self.blocking(file_io::sync).await
+    }
+
+    async fn unmap(&self, lba: u64, blocks: u64) -> Result<()> {
+        self.check_open()?;
+        check_range(self.num_blocks(), lba, blocks)?;
+        let bs = self.block_size as u64;
+        let _shared = self.gate.read().await;
+        self.blocking(move |f| file_io::punch_hole(f, lba * bs, blocks * bs))
+            .await
+    }
+
+    async fn compare_and_write(
+        &self,
+        lba: u64,
+        compare: Bytes,
+        write: Bytes,
+        fua: bool,
+    ) -> Result<()> {
+        self.check_open()?;
+        let n = blocks_in(compare.len(), self.block_size)?;
+        if write.len() != compare.len() {
+            return Err(VolumeError::BadLength {
+                len: write.len(),
+                block_size: self.block_size,
+            });
+        }
+        check_range(self.num_blocks(), lba, n)?;
+        let _exclusive = self.gate.write().await;
+        let current = self.read_unlocked(lba, n).await?;
+        if let Some(offset) = first_difference(&current, &compare) {
+            return Err(VolumeError::Miscompare { offset });
+        }
+        self.write_unlocked(lba, write, fua).await
+    }
+
+    async fn block_status(&self, lba: u64) -> Result<(BlockState, u64)> {
+        self.check_open()?;
+        let n = self.num_blocks();
+        check_range(n, lba, 1)?;
+        let bs = self.block_size as u64;
+        let end = n * bs;
+        let off = lba * bs;
+        let (state, until) = self
+            .blocking(move |f| {
+                let next_data = match file_io::seek(f, off, true) {
+                    Ok(d) => d.unwrap_or(end).min(end),
+                    // No SEEK_DATA on this filesystem: report everything mapped.
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                        return Ok((BlockState::Mapped, end))
+                    }
+                    Err(e) => return Err(e),
+                };
+                if next_data > off {
+                    return Ok((BlockState::Deallocated, next_data));
+                }
+                let next_hole = file_io::seek(f, off, false)?.unwrap_or(end).min(end);
+                Ok((BlockState::Mapped, next_hole))
+            })
+            .await?;
+        // Holes are found at filesystem-block granularity; round outward to whole blocks.
+        let until_block = until.div_ceil(bs).clamp(lba + 1, n);
+        Ok((state, until_block - lba))
+    }
+
+    async fn resize(&self, blocks: u64) -> Result<()> {
+        self.check_open()?;
+        let _exclusive = self.gate.write().await;
+        let current = self.num_blocks();
+        if blocks < current {
+            return Err(VolumeError::Shrink {
+                current,
+                requested: blocks,
+            });
+        }
+        let size = blocks
+            .checked_mul(self.block_size as u64)
+            .ok_or(VolumeError::OutOfRange {
+                lba: blocks,
+                blocks: 0,
+                num_blocks: current,
+            })?;
+        self.blocking(move |f| {
+            f.set_len(size)?;
+            // Durability point: the new length is on disk before the metadata says so.
+            f.sync_all()
+        })
+        .await?;
+        let mut meta = self.meta.lock().unwrap().clone();
+        meta.size_bytes = size;
+        let json = serde_json::to_vec_pretty(&meta).expect("metadata serializes");
+        let path = self.meta_path.clone();
+        tokio::task::spawn_blocking(move || write_atomic(&path, &json))
+            .await
+            .map_err(|e| VolumeError::Io(std::io::Error::other(e)))?
+            .map_err(|e| VolumeError::Io(std::io::Error::other(e.to_string())))?;
+        *self.meta.lock().unwrap() = meta;
+        self.num_blocks.store(blocks, Ordering::Release);
+        Ok(())
+    }
+}
