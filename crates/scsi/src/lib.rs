@@ -4,10 +4,26 @@
 //! [`Response`] back.
 #![forbid(unsafe_code)]
 
+mod block;
+mod cdb;
+mod inquiry;
+mod limits;
+mod mode;
+mod sense;
+mod unit_attention;
+
 use std::sync::Arc;
 
 use bytes::Bytes;
 use volume::Volume;
+
+pub use cdb::{cdb_len, op};
+pub use limits::Limits;
+pub use sense::{key as sense_key, Sense};
+
+use crate::block::Outcome;
+use crate::cdb::{be16, be32};
+use crate::unit_attention::UnitAttentions;
 
 /// SAM-5 status codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,12 +94,17 @@ pub struct Response {
 pub struct LogicalUnit {
     volume: Arc<dyn Volume>,
     identity: LunIdentity,
+    attentions: UnitAttentions,
 }
 
 impl LogicalUnit {
     /// Creates the logical unit for `volume`, presented as `identity`.
     pub fn new(volume: Arc<dyn Volume>, identity: LunIdentity) -> Self {
-        LogicalUnit { volume, identity }
+        LogicalUnit {
+            volume,
+            identity,
+            attentions: UnitAttentions::default(),
+        }
     }
 
     /// The volume behind this unit.
@@ -96,24 +117,229 @@ impl LogicalUnit {
         &self.identity
     }
 
+    /// The limits this unit advertises and enforces.
+    pub fn limits(&self) -> Limits {
+        Limits::for_block_size(self.volume.block_size())
+    }
+
     /// Executes one command. Never panics on any input.
     pub async fn execute(&self, req: Request<'_>) -> Response {
-        let _ = req;
-        unimplemented!("command execution")
+        let cdb = req.cdb;
+        let Some(&opcode) = cdb.first() else {
+            return check_condition(Sense::INVALID_OPCODE, None);
+        };
+        let data_out_wanted = data_out_len(cdb, self.volume.block_size());
+        // SAM-5 5.14: a pending unit attention preempts every command but these.
+        if !matches!(opcode, op::INQUIRY | op::REPORT_LUNS | op::REQUEST_SENSE) {
+            if let Some(ua) = self.attentions.take(req.initiator) {
+                return check_condition(ua, data_out_wanted);
+            }
+        }
+        match cdb_len(opcode) {
+            Some(n) if cdb.len() >= n => {}
+            // Short CDBs cannot be parsed; unknown groups are unknown commands.
+            Some(_) => return check_condition(Sense::invalid_cdb(0, None), data_out_wanted),
+            None => return check_condition(Sense::INVALID_OPCODE, data_out_wanted),
+        }
+        let (outcome, alloc) = self.dispatch(&req).await;
+        match outcome {
+            Ok(mut data) => {
+                if let Some(a) = alloc {
+                    data.truncate(a);
+                }
+                Response {
+                    status: Status::Good,
+                    data,
+                    sense: None,
+                    data_out_wanted,
+                }
+            }
+            Err(sense) => check_condition(sense, data_out_wanted),
+        }
+    }
+
+    /// Runs the command; returns its outcome and the allocation length that cuts its data-in.
+    async fn dispatch(&self, req: &Request<'_>) -> (Outcome, Option<usize>) {
+        let cdb = req.cdb;
+        let v: &dyn Volume = &*self.volume;
+        let limits = self.limits();
+        let data = &req.data_out;
+        match cdb[0] {
+            op::TEST_UNIT_READY | op::START_STOP_UNIT => (Ok(Vec::new()), None),
+            op::INQUIRY => (
+                inquiry::inquiry(cdb, &self.identity, &limits, v.provisioning()),
+                Some(inquiry::allocation_length(cdb)),
+            ),
+            op::REQUEST_SENSE => {
+                let desc = cdb[1] & 0x01 != 0;
+                let sense = self.attentions.take(req.initiator).unwrap_or(Sense::new(
+                    sense_key::NO_SENSE,
+                    0,
+                    0,
+                ));
+                (Ok(sense.encode(desc)), Some(cdb[4] as usize))
+            }
+            op::REPORT_LUNS => report_luns(cdb, &[0]),
+            op::READ_CAPACITY_10 => (block::read_capacity_10(v), None),
+            op::SERVICE_ACTION_IN_16 => match cdb[1] & 0x1F {
+                0x10 => (block::read_capacity_16(v), Some(be32(cdb, 10) as usize)),
+                0x12 => (
+                    block::get_lba_status(v, cdb).await,
+                    Some(be32(cdb, 10) as usize),
+                ),
+                _ => (Err(Sense::invalid_cdb(1, Some(4))), None),
+            },
+            op::MAINTENANCE_IN => match cdb[1] & 0x1F {
+                0x0A => (
+                    Ok(self.report_target_port_groups(cdb)),
+                    Some(be32(cdb, 6) as usize),
+                ),
+                _ => (Err(Sense::invalid_cdb(1, Some(4))), None),
+            },
+            op::MODE_SENSE_6 | op::MODE_SENSE_10 => {
+                let ten = cdb[0] == op::MODE_SENSE_10;
+                let state = mode::ModeState {
+                    num_blocks: v.num_blocks(),
+                    block_size: v.block_size(),
+                    write_cache: v.write_cache(),
+                };
+                (
+                    mode::mode_sense(cdb, ten, &state),
+                    Some(mode::allocation_length(cdb, ten)),
+                )
+            }
+            op::READ_6 | op::READ_10 | op::READ_12 | op::READ_16 => {
+                (block::read(v, cdb, &limits).await, None)
+            }
+            op::WRITE_6 | op::WRITE_10 | op::WRITE_12 | op::WRITE_16 => {
+                (block::write(v, cdb, data, &limits).await, None)
+            }
+            op::VERIFY_10 | op::VERIFY_16 => (block::verify(v, cdb, data, &limits).await, None),
+            op::SYNCHRONIZE_CACHE_10 | op::SYNCHRONIZE_CACHE_16 => {
+                (block::synchronize_cache(v, cdb).await, None)
+            }
+            op::UNMAP => (block::unmap(v, cdb, data, &limits).await, None),
+            op::WRITE_SAME_10 | op::WRITE_SAME_16 => {
+                (block::write_same(v, cdb, data, &limits).await, None)
+            }
+            op::COMPARE_AND_WRITE => (block::compare_and_write(v, cdb, data, &limits).await, None),
+            _ => (Err(Sense::INVALID_OPCODE), None),
+        }
+    }
+
+    // SPC-4 6.36: one target port group, active/optimized.
+    fn report_target_port_groups(&self, cdb: &[u8]) -> Vec<u8> {
+        let extended = (cdb[1] >> 5) == 1;
+        let mut d = vec![0u8; 4];
+        if extended {
+            d.extend_from_slice(&[0x10, 0, 0, 0]);
+        }
+        d.push(0x80); // PREF, asymmetric access state 0: active/optimized
+        d.push(0x01 | 0x02); // AO_SUP, AN_SUP
+        d.extend_from_slice(&self.identity.port_group.to_be_bytes());
+        d.extend_from_slice(&[0, 0, 0, 1]); // status, vendor, port count
+        d.extend_from_slice(&[0, 0]);
+        d.extend_from_slice(&self.identity.relative_port.to_be_bytes());
+        let len = (d.len() - 4) as u32;
+        d[0..4].copy_from_slice(&len.to_be_bytes());
+        d
     }
 
     /// A new I_T nexus logged in: it will see POWER ON, RESET, OR BUS DEVICE
     /// RESET OCCURRED on its first command other than INQUIRY/REPORT LUNS/REQUEST SENSE.
     pub fn nexus_added(&self, initiator: &str) {
-        let _ = initiator;
+        self.attentions.nexus_added(initiator);
     }
 
     /// LUN RESET / TARGET WARM RESET happened (the transport has already
     /// aborted the task set): every nexus gets a reset unit attention.
-    pub fn reset(&self) {}
+    pub fn reset(&self) {
+        self.attentions.raise_all(unit_attention::LUN_RESET);
+    }
 
     /// The volume was resized: every nexus gets CAPACITY DATA HAS CHANGED.
-    pub fn capacity_changed(&self) {}
+    pub fn capacity_changed(&self) {
+        self.attentions.raise_all(unit_attention::CAPACITY_CHANGED);
+    }
+}
+
+/// Bytes of data-out the CDB asks for, for commands that carry data-out.
+fn data_out_len(cdb: &[u8], block_size: u32) -> Option<u32> {
+    let opcode = *cdb.first()?;
+    if cdb.len() < cdb_len(opcode)? {
+        return None;
+    }
+    let bs = block_size as u64;
+    let bytes: u64 = match opcode {
+        op::WRITE_6 | op::WRITE_10 | op::WRITE_12 | op::WRITE_16 => {
+            block::decode_rw(cdb).ok()?.blocks as u64 * bs
+        }
+        op::VERIFY_10 | op::VERIFY_16 => match (cdb[1] >> 1) & 0x03 {
+            1 => block::decode_rw(cdb).ok()?.blocks as u64 * bs,
+            3 => bs,
+            _ => 0,
+        },
+        op::WRITE_SAME_10 => bs,
+        op::WRITE_SAME_16 => {
+            if cdb[1] & 0x01 != 0 {
+                0
+            } else {
+                bs
+            }
+        }
+        op::UNMAP => be16(cdb, 7) as u64,
+        op::COMPARE_AND_WRITE => 2 * cdb[13] as u64 * bs,
+        _ => return None,
+    };
+    Some(bytes.min(u32::MAX as u64) as u32)
+}
+
+fn check_condition(sense: Sense, data_out_wanted: Option<u32>) -> Response {
+    Response {
+        status: Status::CheckCondition,
+        data: Vec::new(),
+        sense: Some(sense.encode(false)),
+        data_out_wanted,
+    }
+}
+
+// SPC-4 6.33: REPORT LUNS.
+fn report_luns(cdb: &[u8], luns: &[u64]) -> (Outcome, Option<usize>) {
+    let alloc = be32(cdb, 6) as usize;
+    if !matches!(cdb[2], 0x00..=0x02 | 0x10..=0x12) {
+        return (Err(Sense::invalid_cdb(2, None)), None);
+    }
+    if alloc < 16 {
+        return (Err(Sense::invalid_cdb(6, None)), None);
+    }
+    let mut d = Vec::with_capacity(8 + 8 * luns.len());
+    d.extend_from_slice(&((8 * luns.len()) as u32).to_be_bytes());
+    d.extend_from_slice(&[0; 4]);
+    for &lun in luns {
+        d.extend_from_slice(&encode_lun(lun));
+    }
+    (Ok(d), Some(alloc))
+}
+
+/// SAM-5 4.7: single-level LUN encoding (peripheral or flat addressing).
+pub fn encode_lun(lun: u64) -> [u8; 8] {
+    let mut b = [0u8; 8];
+    if lun < 256 {
+        b[1] = lun as u8;
+    } else {
+        let l = (lun as u16 & 0x3FFF) | 0x4000;
+        b[0..2].copy_from_slice(&l.to_be_bytes());
+    }
+    b
+}
+
+/// The LUN number in an 8-byte SAM LUN field (peripheral or flat addressing).
+pub fn decode_lun(b: [u8; 8]) -> u64 {
+    match b[0] >> 6 {
+        0 => b[1] as u64 | (((b[0] & 0x3F) as u64) << 8),
+        1 => (u16::from_be_bytes([b[0] & 0x3F, b[1]])) as u64,
+        _ => u64::MAX,
+    }
 }
 
 /// The answer for a command addressed to a LUN that does not exist (SPC-4
@@ -121,6 +347,33 @@ impl LogicalUnit {
 /// REQUEST SENSE still work, anything else is CHECK CONDITION, ILLEGAL REQUEST,
 /// LOGICAL UNIT NOT SUPPORTED. `luns` lists the LUNs that do exist.
 pub fn respond_no_such_lun(req: &Request<'_>, luns: &[u64]) -> Response {
-    let _ = (req, luns);
-    unimplemented!("no-such-LUN responses")
+    let cdb = req.cdb;
+    let good = |mut data: Vec<u8>, alloc: usize| {
+        data.truncate(alloc);
+        Response {
+            status: Status::Good,
+            data,
+            sense: None,
+            data_out_wanted: None,
+        }
+    };
+    match cdb.first() {
+        Some(&op::INQUIRY) if cdb.len() >= 6 => {
+            let mut d = vec![0u8; 36];
+            d[0] = 0x7F; // qualifier 011b, type 1Fh: no logical unit here
+            d[2] = 0x06;
+            d[3] = 0x12;
+            d[4] = 31;
+            good(d, inquiry::allocation_length(cdb))
+        }
+        Some(&op::REPORT_LUNS) if cdb.len() >= 12 => match report_luns(cdb, luns) {
+            (Ok(d), alloc) => good(d, alloc.unwrap_or(usize::MAX)),
+            (Err(s), _) => check_condition(s, None),
+        },
+        Some(&op::REQUEST_SENSE) if cdb.len() >= 6 => good(
+            Sense::LUN_NOT_SUPPORTED.encode(cdb[1] & 1 != 0),
+            cdb[4] as usize,
+        ),
+        _ => check_condition(Sense::LUN_NOT_SUPPORTED, None),
+    }
 }
