@@ -1,1 +1,12 @@
+//! iSCSI (RFC 7143), target side, as pure functions over bytes: PDU framing
+//! and fields, CRC32C digests, text key=value lists, login negotiation and
+//! serial number arithmetic. The `target` crate owns the sockets.
 #![forbid(unsafe_code)]
+
+pub mod login;
+pub mod pdu;
+pub mod serial;
+pub mod text;
+
+pub use login::{LoginError, LoginState, Negotiated, SessionType, TargetLimits};
+pub use pdu::{Digests, Opcode, Pdu, PduError, BHS_LEN};

@@ -1,0 +1,664 @@
+//! Target-side login (RFC 7143 §6, §11.12, §11.13, §13): stage transitions,
+//! security stage (AuthMethod=None), operational parameter negotiation, and
+//! the Login Response for every Login Request.
+
+use bytes::Bytes;
+use thiserror::Error;
+
+use crate::pdu::{Opcode, Pdu};
+use crate::text;
+
+/// Kind of session being logged in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionType {
+    /// SendTargets only.
+    Discovery,
+    /// Full SCSI access to one target.
+    Normal,
+}
+
+/// What this target offers in negotiation.
+#[derive(Debug, Clone, Copy)]
+pub struct TargetLimits {
+    /// Largest data segment the target accepts (declared to the initiator).
+    pub max_recv_data_segment_length: u32,
+    /// Largest solicited+unsolicited burst.
+    pub max_burst_length: u32,
+    /// Largest unsolicited burst.
+    pub first_burst_length: u32,
+    /// Most R2Ts outstanding per task.
+    pub max_outstanding_r2t: u32,
+    /// Target portal group tag of the portal.
+    pub portal_group_tag: u16,
+}
+
+impl Default for TargetLimits {
+    fn default() -> Self {
+        TargetLimits {
+            max_recv_data_segment_length: 256 * 1024,
+            max_burst_length: 1024 * 1024,
+            first_burst_length: 256 * 1024,
+            max_outstanding_r2t: 16,
+            portal_group_tag: 1,
+        }
+    }
+}
+
+/// Session and connection parameters after a successful login.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Negotiated {
+    pub session_type: SessionType,
+    pub initiator_name: String,
+    pub initiator_alias: Option<String>,
+    pub target_name: Option<String>,
+    pub isid: [u8; 6],
+    pub header_digest: bool,
+    pub data_digest: bool,
+    /// Largest data segment the initiator accepts: what the target may send.
+    pub initiator_mrdsl: u32,
+    /// Largest data segment the target accepts.
+    pub target_mrdsl: u32,
+    pub immediate_data: bool,
+    pub initial_r2t: bool,
+    pub first_burst_length: u32,
+    pub max_burst_length: u32,
+    pub max_outstanding_r2t: u32,
+    pub default_time2wait: u32,
+    pub default_time2retain: u32,
+    pub error_recovery_level: u32,
+    pub max_connections: u32,
+    /// CmdSN of the first command after login.
+    pub exp_cmd_sn: u32,
+}
+
+/// Why a login failed: RFC 7143 §11.13.5 status class and detail.
+#[derive(Debug, Clone, Copy, Error, PartialEq, Eq)]
+pub enum LoginError {
+    #[error("initiator error")]
+    Initiator,
+    #[error("authentication failure")]
+    AuthFailed,
+    #[error("target not found")]
+    TargetNotFound,
+    #[error("unsupported version")]
+    UnsupportedVersion,
+    #[error("missing parameter")]
+    MissingParameter,
+    #[error("session does not exist")]
+    NoSession,
+    #[error("invalid request during login")]
+    InvalidDuringLogin,
+    #[error("target error")]
+    TargetError,
+}
+
+impl LoginError {
+    /// (status class, status detail).
+    pub fn status(self) -> (u8, u8) {
+        match self {
+            LoginError::Initiator => (2, 0x00),
+            LoginError::AuthFailed => (2, 0x01),
+            LoginError::TargetNotFound => (2, 0x03),
+            LoginError::UnsupportedVersion => (2, 0x05),
+            LoginError::MissingParameter => (2, 0x07),
+            LoginError::NoSession => (2, 0x0A),
+            LoginError::InvalidDuringLogin => (2, 0x0B),
+            LoginError::TargetError => (3, 0x00),
+        }
+    }
+}
+
+/// What to do after one Login Request.
+#[derive(Debug)]
+pub enum LoginStep {
+    /// Send the response and wait for the next Login Request.
+    Continue(Pdu),
+    /// Send the response; the connection is in full feature phase.
+    Complete(Pdu, Box<Negotiated>),
+    /// Send the response and close the connection.
+    Fail(Pdu, LoginError),
+}
+
+const SECURITY: u8 = 0;
+const OPERATIONAL: u8 = 1;
+const FULL_FEATURE: u8 = 3;
+
+/// Target-side login state of one connection.
+pub struct LoginState {
+    limits: TargetLimits,
+    neg: Negotiated,
+    stage: u8,
+    first: bool,
+    pending: Vec<u8>,
+    sent_tpgt: bool,
+    sent_mrdsl: bool,
+}
+
+fn yes(v: &str) -> Option<bool> {
+    match v {
+        "Yes" => Some(true),
+        "No" => Some(false),
+        _ => None,
+    }
+}
+
+fn yn(b: bool) -> String {
+    if b { "Yes" } else { "No" }.to_string()
+}
+
+fn number(v: &str, lo: u32, hi: u32) -> Option<u32> {
+    let n: u64 = if let Some(h) = v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+        u64::from_str_radix(h, 16).ok()?
+    } else {
+        v.parse().ok()?
+    };
+    (lo as u64..=hi as u64).contains(&n).then_some(n as u32)
+}
+
+impl LoginState {
+    /// A fresh connection's login state.
+    pub fn new(limits: TargetLimits) -> LoginState {
+        LoginState {
+            limits,
+            neg: Negotiated {
+                session_type: SessionType::Normal,
+                initiator_name: String::new(),
+                initiator_alias: None,
+                target_name: None,
+                isid: [0; 6],
+                header_digest: false,
+                data_digest: false,
+                initiator_mrdsl: 8192,
+                target_mrdsl: limits.max_recv_data_segment_length,
+                immediate_data: true,
+                initial_r2t: true,
+                first_burst_length: 65536.min(limits.first_burst_length),
+                max_burst_length: 262144.min(limits.max_burst_length),
+                max_outstanding_r2t: 1,
+                default_time2wait: 2,
+                default_time2retain: 20,
+                error_recovery_level: 0,
+                max_connections: 1,
+                exp_cmd_sn: 0,
+            },
+            stage: SECURITY,
+            first: true,
+            pending: Vec::new(),
+            sent_tpgt: false,
+            sent_mrdsl: false,
+        }
+    }
+
+    /// The session type once known.
+    pub fn session_type(&self) -> SessionType {
+        self.neg.session_type
+    }
+
+    /// Handles one Login Request. `target_exists` says whether a TargetName may
+    /// be logged in to; `tsih` is the session handle to hand out on success;
+    /// `stat_sn` is the StatSN of this response.
+    pub fn step(
+        &mut self,
+        req: &Pdu,
+        target_exists: &dyn Fn(&str) -> bool,
+        tsih: u16,
+        stat_sn: u32,
+    ) -> LoginStep {
+        let flags = req.flags();
+        let transit = flags & 0x80 != 0;
+        let cont = flags & 0x40 != 0;
+        let csg = (flags >> 2) & 0x03;
+        let nsg = flags & 0x03;
+        let cmd_sn = req.u32_at(24);
+        let fail = |this: &Self, e: LoginError| {
+            let mut r = this.response(req, stat_sn, cmd_sn, false, csg, nsg, 0, Vec::new());
+            let (class, detail) = e.status();
+            r.set_byte(36, class);
+            r.set_byte(37, detail);
+            LoginStep::Fail(r, e)
+        };
+        if req.opcode() != Some(Opcode::LoginRequest) {
+            return fail(self, LoginError::InvalidDuringLogin);
+        }
+        // RFC 7143 §11.12: version-min > 0 is a version we do not speak.
+        if req.byte(3) > 0 {
+            return fail(self, LoginError::UnsupportedVersion);
+        }
+        if self.first {
+            self.neg.isid = req.bhs[8..14].try_into().expect("6 bytes");
+            self.neg.exp_cmd_sn = cmd_sn;
+            if req.u16_at(14) != 0 {
+                // Adding a connection to an existing session (MaxConnections=1).
+                return fail(self, LoginError::NoSession);
+            }
+        }
+        // RFC 7143 §6.3: the initiator may skip the security stage, never go back.
+        if csg != self.stage && !(csg == OPERATIONAL && self.stage == SECURITY) {
+            return fail(self, LoginError::Initiator);
+        }
+        if csg == 2 || csg == FULL_FEATURE || (transit && (nsg == 2 || nsg <= csg)) {
+            return fail(self, LoginError::Initiator);
+        }
+        self.stage = csg;
+
+        self.pending.extend_from_slice(&req.data);
+        if self.pending.len() > 64 * 1024 {
+            return fail(self, LoginError::Initiator);
+        }
+        if cont {
+            // RFC 7143 §11.12.2: more text follows; answer with an empty response.
+            return LoginStep::Continue(self.response(
+                req,
+                stat_sn,
+                cmd_sn,
+                false,
+                csg,
+                nsg,
+                0,
+                Vec::new(),
+            ));
+        }
+        let pairs = match text::parse(&std::mem::take(&mut self.pending)) {
+            Ok(p) => p,
+            Err(_) => return fail(self, LoginError::Initiator),
+        };
+
+        let mut reply: Vec<(String, String)> = Vec::new();
+        for (k, v) in &pairs {
+            match self.negotiate(k, v, csg) {
+                Ok(Some(answer)) => reply.push((k.clone(), answer)),
+                Ok(None) => {}
+                Err(e) => return fail(self, e),
+            }
+        }
+        if self.first {
+            self.first = false;
+            if self.neg.initiator_name.is_empty() {
+                return fail(self, LoginError::MissingParameter);
+            }
+            if self.neg.session_type == SessionType::Normal {
+                match &self.neg.target_name {
+                    None => return fail(self, LoginError::MissingParameter),
+                    Some(t) if !target_exists(t) => return fail(self, LoginError::TargetNotFound),
+                    Some(_) => {}
+                }
+            }
+        }
+        if !self.sent_tpgt && self.neg.session_type == SessionType::Normal {
+            self.sent_tpgt = true;
+            reply.push((
+                "TargetPortalGroupTag".into(),
+                self.limits.portal_group_tag.to_string(),
+            ));
+        }
+        let entering_operational = csg == OPERATIONAL || (transit && nsg == OPERATIONAL);
+        if !self.sent_mrdsl && entering_operational {
+            // Declarative: tell the initiator how large a data segment we accept.
+            self.sent_mrdsl = true;
+            reply.push((
+                "MaxRecvDataSegmentLength".into(),
+                self.limits.max_recv_data_segment_length.to_string(),
+            ));
+        }
+        if transit {
+            self.stage = nsg;
+        }
+        let data = text::encode(&reply);
+        if transit && nsg == FULL_FEATURE {
+            let r = self.response(req, stat_sn, cmd_sn, true, csg, nsg, tsih, data);
+            return LoginStep::Complete(r, Box::new(self.neg.clone()));
+        }
+        LoginStep::Continue(self.response(req, stat_sn, cmd_sn, transit, csg, nsg, 0, data))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn response(
+        &self,
+        req: &Pdu,
+        stat_sn: u32,
+        cmd_sn: u32,
+        transit: bool,
+        csg: u8,
+        nsg: u8,
+        tsih: u16,
+        data: Vec<u8>,
+    ) -> Pdu {
+        // RFC 7143 §11.13: Login Response.
+        let mut r = Pdu::new(Opcode::LoginResponse);
+        let mut flags = (csg & 3) << 2;
+        if transit {
+            flags |= 0x80 | (nsg & 3);
+        }
+        r.set_flags(flags);
+        r.set_byte(2, 0); // version-max
+        r.set_byte(3, 0); // version-active
+        r.bhs[8..14].copy_from_slice(&req.bhs[8..14]);
+        r.set_u16(14, tsih);
+        r.set_itt(req.itt());
+        r.set_u32(24, stat_sn);
+        r.set_u32(28, cmd_sn);
+        r.set_u32(32, cmd_sn.wrapping_add(1));
+        r.data = Bytes::from(data);
+        r
+    }
+
+    /// Negotiates one key; returns the answer to send, if any.
+    fn negotiate(&mut self, key: &str, value: &str, csg: u8) -> Result<Option<String>, LoginError> {
+        let discovery = self.neg.session_type == SessionType::Discovery;
+        let l = self.limits;
+        let n = &mut self.neg;
+        let reject = || Ok(Some("Reject".to_string()));
+        let session_key_in_discovery = matches!(
+            key,
+            "InitialR2T"
+                | "ImmediateData"
+                | "MaxBurstLength"
+                | "FirstBurstLength"
+                | "MaxOutstandingR2T"
+                | "DataPDUInOrder"
+                | "DataSequenceInOrder"
+                | "MaxConnections"
+        );
+        if discovery && session_key_in_discovery {
+            return Ok(Some("Irrelevant".into()));
+        }
+        match key {
+            "InitiatorName" => {
+                if value.is_empty() || value.len() > 223 {
+                    return Err(LoginError::Initiator);
+                }
+                n.initiator_name = value.to_string();
+                Ok(None)
+            }
+            "InitiatorAlias" => {
+                n.initiator_alias = Some(value.to_string());
+                Ok(None)
+            }
+            "TargetName" => {
+                n.target_name = Some(value.to_string());
+                Ok(None)
+            }
+            "SessionType" => match value {
+                "Discovery" => {
+                    n.session_type = SessionType::Discovery;
+                    Ok(None)
+                }
+                "Normal" => {
+                    n.session_type = SessionType::Normal;
+                    Ok(None)
+                }
+                _ => Err(LoginError::Initiator),
+            },
+            "AuthMethod" => {
+                if csg != SECURITY {
+                    return Ok(Some("Irrelevant".into()));
+                }
+                if value.split(',').any(|m| m == "None") {
+                    Ok(Some("None".into()))
+                } else {
+                    // CHAP and the rest are not offered by this target.
+                    Err(LoginError::AuthFailed)
+                }
+            }
+            "HeaderDigest" | "DataDigest" => {
+                let choice = value.split(',').find(|d| *d == "CRC32C" || *d == "None");
+                let Some(choice) = choice else {
+                    return reject();
+                };
+                let on = choice == "CRC32C";
+                if key == "HeaderDigest" {
+                    n.header_digest = on;
+                } else {
+                    n.data_digest = on;
+                }
+                Ok(Some(choice.to_string()))
+            }
+            "MaxRecvDataSegmentLength" => {
+                // Declarative: the initiator's own receive limit.
+                let Some(v) = number(value, 512, 16_777_215) else {
+                    return reject();
+                };
+                n.initiator_mrdsl = v;
+                Ok(None)
+            }
+            "ImmediateData" => {
+                let Some(v) = yes(value) else { return reject() };
+                n.immediate_data = v; // AND with our Yes
+                Ok(Some(yn(n.immediate_data)))
+            }
+            "InitialR2T" => {
+                let Some(v) = yes(value) else { return reject() };
+                n.initial_r2t = v; // OR with our No
+                Ok(Some(yn(n.initial_r2t)))
+            }
+            "FirstBurstLength" => {
+                let Some(v) = number(value, 512, 16_777_215) else {
+                    return reject();
+                };
+                n.first_burst_length = v.min(l.first_burst_length);
+                Ok(Some(n.first_burst_length.to_string()))
+            }
+            "MaxBurstLength" => {
+                let Some(v) = number(value, 512, 16_777_215) else {
+                    return reject();
+                };
+                n.max_burst_length = v.min(l.max_burst_length);
+                Ok(Some(n.max_burst_length.to_string()))
+            }
+            "MaxOutstandingR2T" => {
+                let Some(v) = number(value, 1, 65535) else {
+                    return reject();
+                };
+                n.max_outstanding_r2t = v.min(l.max_outstanding_r2t);
+                Ok(Some(n.max_outstanding_r2t.to_string()))
+            }
+            "DefaultTime2Wait" => {
+                let Some(v) = number(value, 0, 3600) else {
+                    return reject();
+                };
+                n.default_time2wait = v.max(2);
+                Ok(Some(n.default_time2wait.to_string()))
+            }
+            "DefaultTime2Retain" => {
+                let Some(v) = number(value, 0, 3600) else {
+                    return reject();
+                };
+                n.default_time2retain = v.min(20);
+                Ok(Some(n.default_time2retain.to_string()))
+            }
+            "ErrorRecoveryLevel" => {
+                let Some(_) = number(value, 0, 2) else {
+                    return reject();
+                };
+                n.error_recovery_level = 0;
+                Ok(Some("0".into()))
+            }
+            "MaxConnections" => {
+                let Some(_) = number(value, 1, 65535) else {
+                    return reject();
+                };
+                n.max_connections = 1;
+                Ok(Some("1".into()))
+            }
+            "DataPDUInOrder" | "DataSequenceInOrder" => {
+                let Some(_) = yes(value) else { return reject() };
+                Ok(Some("Yes".into())) // OR with our Yes
+            }
+            "IFMarker" | "OFMarker" => {
+                let Some(_) = yes(value) else { return reject() };
+                Ok(Some("No".into())) // AND with our No
+            }
+            "IFMarkInt" | "OFMarkInt" => Ok(Some("Irrelevant".into())),
+            "TargetAlias" | "TargetAddress" | "TargetPortalGroupTag" => reject(),
+            _ => Ok(Some("NotUnderstood".into())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn login_pdu(flags: u8, itt: u32, keys: &[(&str, &str)]) -> Pdu {
+        let mut p = Pdu::new(Opcode::LoginRequest);
+        p.set_immediate(true);
+        p.set_flags(flags);
+        p.bhs[8..14].copy_from_slice(&[0x40, 0, 0x12, 0x34, 0, 1]);
+        p.set_itt(itt);
+        p.set_u32(24, 7);
+        p.data = Bytes::from(text::encode(keys));
+        p
+    }
+
+    fn keys(p: &Pdu) -> Vec<(String, String)> {
+        text::parse(&p.data).unwrap()
+    }
+
+    fn exists(t: &str) -> bool {
+        t == "iqn.2026-11.io.tandem:vol"
+    }
+
+    /// The key set libiscsi sends: security stage, then operational.
+    #[test]
+    fn libiscsi_style_login() {
+        let mut s = LoginState::new(TargetLimits::default());
+        let r1 = login_pdu(
+            0x80 | 0x01,
+            1,
+            &[
+                (
+                    "InitiatorName",
+                    "iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-ls",
+                ),
+                ("TargetName", "iqn.2026-11.io.tandem:vol"),
+                ("SessionType", "Normal"),
+                ("AuthMethod", "None"),
+            ],
+        );
+        let LoginStep::Continue(resp) = s.step(&r1, &exists, 5, 0) else {
+            panic!("security stage failed")
+        };
+        assert_eq!(resp.flags(), 0x80 | 0x01);
+        assert!(keys(&resp).contains(&("AuthMethod".into(), "None".into())));
+        assert!(keys(&resp).iter().any(|(k, _)| k == "TargetPortalGroupTag"));
+        let r2 = login_pdu(
+            0x80 | 0x04 | 0x03,
+            1,
+            &[
+                ("HeaderDigest", "None,CRC32C"),
+                ("DataDigest", "CRC32C,None"),
+                ("DefaultTime2Wait", "2"),
+                ("DefaultTime2Retain", "0"),
+                ("IFMarker", "No"),
+                ("OFMarker", "No"),
+                ("ErrorRecoveryLevel", "0"),
+                ("InitialR2T", "No"),
+                ("ImmediateData", "Yes"),
+                ("MaxBurstLength", "16776192"),
+                ("FirstBurstLength", "262144"),
+                ("MaxOutstandingR2T", "1"),
+                ("MaxConnections", "1"),
+                ("DataPDUInOrder", "Yes"),
+                ("DataSequenceInOrder", "Yes"),
+                ("MaxRecvDataSegmentLength", "262144"),
+                ("X-com.example.Foo", "1"),
+            ],
+        );
+        let LoginStep::Complete(resp, neg) = s.step(&r2, &exists, 5, 1) else {
+            panic!("operational stage failed")
+        };
+        assert_eq!(resp.flags(), 0x80 | 0x04 | 0x03);
+        assert_eq!(resp.u16_at(14), 5, "TSIH handed out");
+        let k = keys(&resp);
+        assert!(k.contains(&("HeaderDigest".into(), "None".into())));
+        assert!(k.contains(&("DataDigest".into(), "CRC32C".into())));
+        assert!(k.contains(&("MaxBurstLength".into(), "1048576".into())));
+        assert!(k.contains(&("X-com.example.Foo".into(), "NotUnderstood".into())));
+        assert!(!neg.header_digest && neg.data_digest);
+        assert!(!neg.initial_r2t && neg.immediate_data);
+        assert_eq!(neg.initiator_mrdsl, 262144);
+        assert_eq!(neg.first_burst_length, 262144);
+        assert_eq!(neg.exp_cmd_sn, 7);
+    }
+
+    #[test]
+    fn discovery_in_one_step() {
+        let mut s = LoginState::new(TargetLimits::default());
+        let r = login_pdu(
+            0x80 | 0x04 | 0x03,
+            1,
+            &[
+                ("InitiatorName", "iqn.x"),
+                ("SessionType", "Discovery"),
+                ("InitialR2T", "No"),
+                ("MaxRecvDataSegmentLength", "8192"),
+            ],
+        );
+        let LoginStep::Complete(resp, neg) = s.step(&r, &exists, 9, 0) else {
+            panic!()
+        };
+        assert_eq!(neg.session_type, SessionType::Discovery);
+        assert!(keys(&resp).contains(&("InitialR2T".into(), "Irrelevant".into())));
+    }
+
+    #[test]
+    fn failures_carry_status() {
+        let cases: Vec<(Vec<(&str, &str)>, (u8, u8))> = vec![
+            (vec![("TargetName", "iqn.2026-11.io.tandem:vol")], (2, 0x07)),
+            (vec![("InitiatorName", "iqn.x")], (2, 0x07)),
+            (
+                vec![("InitiatorName", "iqn.x"), ("TargetName", "iqn.nope:x")],
+                (2, 0x03),
+            ),
+            (
+                vec![
+                    ("InitiatorName", "iqn.x"),
+                    ("TargetName", "iqn.2026-11.io.tandem:vol"),
+                    ("AuthMethod", "CHAP"),
+                ],
+                (2, 0x01),
+            ),
+        ];
+        for (k, want) in cases {
+            let mut s = LoginState::new(TargetLimits::default());
+            match s.step(&login_pdu(0x81, 1, &k), &exists, 1, 0) {
+                LoginStep::Fail(r, _) => assert_eq!((r.byte(36), r.byte(37)), want, "{k:?}"),
+                other => panic!("{k:?} logged in: {other:?}"),
+            }
+        }
+        let mut s = LoginState::new(TargetLimits::default());
+        let mut p = login_pdu(0x81, 1, &[("InitiatorName", "iqn.x")]);
+        p.set_byte(3, 1);
+        assert!(matches!(
+            s.step(&p, &exists, 1, 0),
+            LoginStep::Fail(_, LoginError::UnsupportedVersion)
+        ));
+        let mut s = LoginState::new(TargetLimits::default());
+        let p = login_pdu(0x80 | 0x02, 1, &[("InitiatorName", "iqn.x")]);
+        assert!(matches!(
+            s.step(&p, &exists, 1, 0),
+            LoginStep::Fail(_, LoginError::Initiator)
+        ));
+    }
+
+    #[test]
+    fn bad_values_are_rejected_not_fatal() {
+        let mut s = LoginState::new(TargetLimits::default());
+        let r = login_pdu(
+            0x80 | 0x04 | 0x03,
+            1,
+            &[
+                ("InitiatorName", "iqn.x"),
+                ("SessionType", "Discovery"),
+                ("HeaderDigest", "MD5"),
+                ("MaxRecvDataSegmentLength", "12"),
+            ],
+        );
+        let LoginStep::Complete(resp, _) = s.step(&r, &exists, 9, 0) else {
+            panic!()
+        };
+        let k = keys(&resp);
+        assert!(k.contains(&("HeaderDigest".into(), "Reject".into())));
+        assert!(k.contains(&("MaxRecvDataSegmentLength".into(), "Reject".into())));
+    }
+}
