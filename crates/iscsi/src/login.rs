@@ -603,7 +603,8 @@ mod tests {
 
     #[test]
     fn failures_carry_status() {
-        let cases: Vec<(Vec<(&str, &str)>, (u8, u8))> = vec![
+        type Case<'a> = (Vec<(&'a str, &'a str)>, (u8, u8));
+        let cases: Vec<Case> = vec![
             (vec![("TargetName", "iqn.2026-11.io.tandem:vol")], (2, 0x07)),
             (vec![("InitiatorName", "iqn.x")], (2, 0x07)),
             (

@@ -300,7 +300,7 @@ impl Pdu {
     /// data segment itself goes between them, so it is never copied.
     pub fn encode_parts(&mut self, digests: Digests) -> (Vec<u8>, Vec<u8>) {
         let dlen = self.data.len();
-        debug_assert!(dlen < 1 << 24 && self.ahs.len() % 4 == 0);
+        debug_assert!(dlen < 1 << 24 && self.ahs.len().is_multiple_of(4));
         self.bhs[4] = (self.ahs.len() / 4) as u8;
         self.bhs[5] = (dlen >> 16) as u8;
         self.bhs[6] = (dlen >> 8) as u8;

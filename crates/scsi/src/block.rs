@@ -175,7 +175,7 @@ pub async fn unmap(v: &dyn Volume, cdb: &[u8], data: &Bytes, l: &Limits) -> Outc
     }
     let p = &data[..plen];
     let desc_len = be16(p, 2) as usize;
-    if desc_len % 16 != 0 || 8 + desc_len > plen {
+    if !desc_len.is_multiple_of(16) || 8 + desc_len > plen {
         return Err(Sense::PARAM_LIST_LENGTH);
     }
     let count = desc_len / 16;

@@ -110,7 +110,7 @@ fn device_identification(id: &LunIdentity) -> Vec<u8> {
         .take(251)
         .collect();
     name.push(0);
-    while name.len() % 4 != 0 {
+    while !name.len().is_multiple_of(4) {
         name.push(0);
     }
     add(0x53, 0xA8, &name);

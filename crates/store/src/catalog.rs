@@ -204,7 +204,7 @@ impl Store {
                 "block size {block_size} is not supported; use 512 or 4096"
             )));
         }
-        if size_bytes == 0 || size_bytes % block_size as u64 != 0 {
+        if size_bytes == 0 || !size_bytes.is_multiple_of(block_size as u64) {
             return Err(StoreError::InvalidSize(format!(
                 "size {size_bytes} bytes is not a positive multiple of the {block_size}-byte block size"
             )));

@@ -151,7 +151,7 @@ pub fn check_range(num_blocks: u64, lba: u64, blocks: u64) -> Result<()> {
 /// Checks that `len` bytes are a whole, non-zero number of `block_size` blocks
 /// and returns how many.
 pub fn blocks_in(len: usize, block_size: u32) -> Result<u64> {
-    if len == 0 || len % block_size as usize != 0 || len > MAX_IO_BYTES {
+    if len == 0 || !len.is_multiple_of(block_size as usize) || len > MAX_IO_BYTES {
         return Err(VolumeError::BadLength { len, block_size });
     }
     Ok((len / block_size as usize) as u64)

@@ -1,0 +1,147 @@
+use node::{NodeStatus, VolumeInfo};
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::{CreateVolume, ErrorBody, ResizeVolume};
+
+/// Why a management call failed.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    /// The server could not be reached at all.
+    #[error("cannot reach the tandem server at {addr} (is `tandem serve` running?)")]
+    Unreachable {
+        addr: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The server answered with an error.
+    #[error("{message}")]
+    Refused { status: u16, message: String },
+    /// The server's answer could not be understood.
+    #[error("unexpected answer from the tandem server at {addr}")]
+    BadAnswer {
+        addr: String,
+        #[source]
+        source: reqwest::Error,
+    },
+}
+
+/// Client of the management API, used by the `tandem` CLI.
+pub struct ApiClient {
+    base: String,
+    addr: String,
+    http: reqwest::Client,
+}
+
+impl ApiClient {
+    /// A client for the server whose API listens on `addr` (`host:port`).
+    pub fn new(addr: &str) -> Self {
+        ApiClient {
+            base: format!("http://{addr}"),
+            addr: addr.to_string(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<Option<T>, ClientError> {
+        let mut req = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                addr: self.addr.clone(),
+                source,
+            })?;
+        let status = resp.status();
+        if status == StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            let text = resp.text().await.unwrap_or_default();
+            let message = serde_json::from_str::<ErrorBody>(&text)
+                .map(|b| b.error)
+                .unwrap_or_else(|_| format!("server answered {status}: {text}"));
+            return Err(ClientError::Refused {
+                status: status.as_u16(),
+                message,
+            });
+        }
+        resp.json::<T>()
+            .await
+            .map(Some)
+            .map_err(|source| ClientError::BadAnswer {
+                addr: self.addr.clone(),
+                source,
+            })
+    }
+
+    fn expect<T>(&self, v: Option<T>) -> Result<T, ClientError> {
+        v.ok_or_else(|| ClientError::Refused {
+            status: 204,
+            message: format!("the tandem server at {} sent no body", self.addr),
+        })
+    }
+
+    /// `GET /v1/status`.
+    pub async fn status(&self) -> Result<NodeStatus, ClientError> {
+        let v = self.call::<(), _>(Method::GET, "/v1/status", None).await?;
+        self.expect(v)
+    }
+
+    /// `GET /v1/volumes`.
+    pub async fn list_volumes(&self) -> Result<Vec<VolumeInfo>, ClientError> {
+        let v = self.call::<(), _>(Method::GET, "/v1/volumes", None).await?;
+        self.expect(v)
+    }
+
+    /// `GET /v1/volumes/{name}`.
+    pub async fn volume(&self, name: &str) -> Result<VolumeInfo, ClientError> {
+        let v = self
+            .call::<(), _>(Method::GET, &format!("/v1/volumes/{name}"), None)
+            .await?;
+        self.expect(v)
+    }
+
+    /// `POST /v1/volumes`.
+    pub async fn create_volume(&self, req: &CreateVolume) -> Result<VolumeInfo, ClientError> {
+        let v = self.call(Method::POST, "/v1/volumes", Some(req)).await?;
+        self.expect(v)
+    }
+
+    /// `PATCH /v1/volumes/{name}`.
+    pub async fn resize_volume(
+        &self,
+        name: &str,
+        size_bytes: u64,
+    ) -> Result<VolumeInfo, ClientError> {
+        let v = self
+            .call(
+                Method::PATCH,
+                &format!("/v1/volumes/{name}"),
+                Some(&ResizeVolume { size_bytes }),
+            )
+            .await?;
+        self.expect(v)
+    }
+
+    /// `DELETE /v1/volumes/{name}`.
+    pub async fn delete_volume(&self, name: &str, force: bool) -> Result<(), ClientError> {
+        self.call::<(), serde_json::Value>(
+            Method::DELETE,
+            &format!("/v1/volumes/{name}?force={force}"),
+            None,
+        )
+        .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,112 @@
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use node::{Node, NodeError};
+use serde::Deserialize;
+
+use crate::{CreateVolume, ErrorBody, ResizeVolume};
+
+/// Builds the API router over the node's service layer.
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/volumes", get(list).post(create))
+        .route(
+            "/v1/volumes/:name",
+            get(describe).patch(resize).delete(delete),
+        )
+        .with_state(node)
+}
+
+struct ApiError(NodeError);
+
+impl From<NodeError> for ApiError {
+    fn from(e: NodeError) -> Self {
+        ApiError(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let code = match &self.0 {
+            NodeError::NotFound(_) => StatusCode::NOT_FOUND,
+            NodeError::Invalid(_) => StatusCode::BAD_REQUEST,
+            NodeError::InUse { .. } => StatusCode::CONFLICT,
+            NodeError::Store(e) if e.is_conflict() => StatusCode::CONFLICT,
+            NodeError::Store(e) if e.is_invalid_input() => StatusCode::BAD_REQUEST,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let error = error_chain(&self.0);
+        if code == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(%error, "management request failed");
+        }
+        (code, Json(ErrorBody { error })).into_response()
+    }
+}
+
+/// The error's message followed by its sources, so the cause is not lost.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        let msg = src.to_string();
+        if !s.contains(&msg) {
+            s.push_str(": ");
+            s.push_str(&msg);
+        }
+        cur = src.source();
+    }
+    s
+}
+
+async fn status(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    Json(node.status().await)
+}
+
+async fn list(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    Json(node.list_volumes().await)
+}
+
+async fn create(
+    State(node): State<Arc<Node>>,
+    Json(req): Json<CreateVolume>,
+) -> Result<impl IntoResponse, ApiError> {
+    let info = node
+        .create_volume(&req.name, req.size_bytes, req.block_size)
+        .await?;
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+async fn describe(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(node.volume(&name).await?))
+}
+
+async fn resize(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    Json(req): Json<ResizeVolume>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(node.resize_volume(&name, req.size_bytes).await?))
+}
+
+#[derive(Deserialize)]
+struct DeleteQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+async fn delete(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    Query(q): Query<DeleteQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    node.delete_volume(&name, q.force).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

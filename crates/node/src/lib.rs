@@ -1,0 +1,12 @@
+//! One Tandem node: the local store's volumes, each bound to an iSCSI target
+//! with a stable name and SCSI identity. [`Node`] is the service layer that the
+//! HTTP API (and through it the CLI) calls; it holds no protocol logic.
+#![forbid(unsafe_code)]
+
+mod error;
+mod identity;
+mod service;
+
+pub use error::NodeError;
+pub use identity::{iqn_for, lun_identity, validate_iqn_prefix, DEFAULT_IQN_PREFIX};
+pub use service::{Node, NodeConfig, NodeStatus, VolumeInfo};

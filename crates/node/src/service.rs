@@ -1,0 +1,276 @@
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use scsi::LogicalUnit;
+use serde::{Deserialize, Serialize};
+use store::{LocalVolume, Store};
+use target::Targets;
+use tokio::sync::Mutex;
+use volume::Volume;
+
+use crate::identity::{iqn_for, lun_identity};
+use crate::NodeError;
+
+/// Settings of the node's service layer.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Prefix of every exported IQN (`<prefix>:<volume name>`).
+    pub iqn_prefix: String,
+}
+
+/// What an administrator sees of one volume.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VolumeInfo {
+    /// Volume name, unique on the node.
+    pub name: String,
+    /// Stable volume id.
+    pub id: String,
+    /// Size presented to initiators, in bytes.
+    pub size_bytes: u64,
+    /// Logical block size in bytes.
+    pub block_size: u32,
+    /// Space the volume takes on the backing store, in bytes.
+    pub allocated_bytes: u64,
+    /// iSCSI target name the volume is exported under.
+    pub iqn: String,
+    /// LUN of the volume within its target.
+    pub lun: u32,
+    /// NAA identifier (VPD 0x83) as hex.
+    pub naa: String,
+    /// Unit serial number (VPD 0x80).
+    pub serial: String,
+    /// Number of iSCSI sessions logged in to the volume's target.
+    pub sessions: usize,
+}
+
+/// What an administrator sees of the node.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// Installation UUID, root of every SCSI identity this node presents.
+    pub installation_id: String,
+    /// Tandem version.
+    pub version: String,
+    /// Data directory.
+    pub data_dir: String,
+    /// Number of volumes.
+    pub volumes: usize,
+    /// Total size of all volumes, in bytes.
+    pub provisioned_bytes: u64,
+    /// Total space the volumes take on the backing store, in bytes.
+    pub allocated_bytes: u64,
+}
+
+/// The service layer: every volume operation of the API and CLI goes through here.
+pub struct Node {
+    store: Arc<Store>,
+    targets: Arc<Targets>,
+    config: NodeConfig,
+    /// Exported volumes by name; the lock also serializes catalog changes.
+    exported: Mutex<BTreeMap<String, Exported>>,
+}
+
+struct Exported {
+    volume: Arc<LocalVolume>,
+    lun: Arc<LogicalUnit>,
+    iqn: String,
+}
+
+impl Node {
+    /// Opens every volume of `store` and exports it through `targets`.
+    pub async fn start(
+        store: Arc<Store>,
+        targets: Arc<Targets>,
+        config: NodeConfig,
+    ) -> Result<Node, NodeError> {
+        let node = Node {
+            store,
+            targets,
+            config,
+            exported: Mutex::new(BTreeMap::new()),
+        };
+        {
+            let mut exported = node.exported.lock().await;
+            for meta in node.store.list() {
+                let e = node.export(&meta)?;
+                exported.insert(meta.name.clone(), e);
+            }
+        }
+        Ok(node)
+    }
+
+    fn export(&self, meta: &store::VolumeMeta) -> Result<Exported, NodeError> {
+        let volume = self.store.open_volume(&meta.name)?;
+        let iqn = iqn_for(&self.config.iqn_prefix, &meta.name);
+        let identity = lun_identity(self.store.installation_id(), meta.id, &iqn);
+        let dyn_volume: Arc<dyn Volume> = volume.clone();
+        let lun = Arc::new(LogicalUnit::new(dyn_volume, identity));
+        self.targets.insert(iqn.clone(), lun.clone());
+        tracing::info!(volume = %meta.name, %iqn, "volume exported");
+        Ok(Exported { volume, lun, iqn })
+    }
+
+    fn info(&self, name: &str, meta: &store::VolumeMeta, e: &Exported) -> VolumeInfo {
+        let identity = e.lun.identity();
+        VolumeInfo {
+            name: name.to_string(),
+            id: meta.id.to_string(),
+            size_bytes: e.volume.num_blocks() * e.volume.block_size() as u64,
+            block_size: e.volume.block_size(),
+            allocated_bytes: self.store.allocated_bytes(name).unwrap_or(0),
+            iqn: e.iqn.clone(),
+            lun: 0,
+            naa: identity.naa.iter().map(|b| format!("{b:02x}")).collect(),
+            serial: identity.serial.clone(),
+            sessions: self.targets.session_count(&e.iqn),
+        }
+    }
+
+    /// Creates a thin volume of `size_bytes` and exports it at once.
+    pub async fn create_volume(
+        &self,
+        name: &str,
+        size_bytes: u64,
+        block_size: u32,
+    ) -> Result<VolumeInfo, NodeError> {
+        if block_size != 512 && block_size != 4096 {
+            return Err(NodeError::Invalid(format!(
+                "block size {block_size} is not supported; use 512 or 4096"
+            )));
+        }
+        if size_bytes == 0 || !size_bytes.is_multiple_of(block_size as u64) {
+            return Err(NodeError::Invalid(format!(
+                "size {size_bytes} bytes is not a positive multiple of the {block_size}-byte block size"
+            )));
+        }
+        let mut exported = self.exported.lock().await;
+        let meta = self.store.create(name, size_bytes, block_size)?;
+        let e = match self.export(&meta) {
+            Ok(e) => e,
+            Err(err) => {
+                let _ = self.store.delete(name);
+                return Err(err);
+            }
+        };
+        let info = self.info(name, &meta, &e);
+        exported.insert(name.to_string(), e);
+        tracing::info!(volume = name, size_bytes, "volume created");
+        Ok(info)
+    }
+
+    /// Lists every volume, sorted by name.
+    pub async fn list_volumes(&self) -> Vec<VolumeInfo> {
+        let exported = self.exported.lock().await;
+        exported
+            .iter()
+            .filter_map(|(name, e)| {
+                let meta = self.store.get(name)?;
+                Some(self.info(name, &meta, e))
+            })
+            .collect()
+    }
+
+    /// Describes one volume.
+    pub async fn volume(&self, name: &str) -> Result<VolumeInfo, NodeError> {
+        let exported = self.exported.lock().await;
+        let e = exported
+            .get(name)
+            .ok_or_else(|| NodeError::NotFound(name.to_string()))?;
+        let meta = self
+            .store
+            .get(name)
+            .ok_or_else(|| NodeError::NotFound(name.to_string()))?;
+        Ok(self.info(name, &meta, e))
+    }
+
+    /// Grows a volume to `size_bytes`; initiators see CAPACITY DATA HAS CHANGED.
+    pub async fn resize_volume(
+        &self,
+        name: &str,
+        size_bytes: u64,
+    ) -> Result<VolumeInfo, NodeError> {
+        let exported = self.exported.lock().await;
+        let e = exported
+            .get(name)
+            .ok_or_else(|| NodeError::NotFound(name.to_string()))?;
+        let bs = e.volume.block_size() as u64;
+        if size_bytes == 0 || !size_bytes.is_multiple_of(bs) {
+            return Err(NodeError::Invalid(format!(
+                "size {size_bytes} bytes is not a positive multiple of the {bs}-byte block size of volume {name}"
+            )));
+        }
+        let current = e.volume.num_blocks() * bs;
+        if size_bytes < current {
+            return Err(NodeError::Invalid(format!(
+                "volume {name} is {current} bytes; shrinking to {size_bytes} bytes is not supported"
+            )));
+        }
+        if size_bytes > current {
+            e.volume
+                .resize(size_bytes / bs)
+                .await
+                .map_err(|source| NodeError::Volume {
+                    name: name.to_string(),
+                    source,
+                })?;
+            e.lun.capacity_changed();
+            tracing::info!(
+                volume = name,
+                from = current,
+                to = size_bytes,
+                "volume resized"
+            );
+        }
+        let meta = self
+            .store
+            .get(name)
+            .ok_or_else(|| NodeError::NotFound(name.to_string()))?;
+        Ok(self.info(name, &meta, e))
+    }
+
+    /// Deletes a volume and its data. Refused while initiators are logged in,
+    /// unless `force`, which logs them out first.
+    pub async fn delete_volume(&self, name: &str, force: bool) -> Result<(), NodeError> {
+        let mut exported = self.exported.lock().await;
+        let e = exported
+            .get(name)
+            .ok_or_else(|| NodeError::NotFound(name.to_string()))?;
+        let sessions = self.targets.session_count(&e.iqn);
+        if sessions > 0 && !force {
+            return Err(NodeError::InUse {
+                name: name.to_string(),
+                sessions,
+            });
+        }
+        self.targets.remove(&e.iqn);
+        exported.remove(name);
+        self.store.delete(name)?;
+        tracing::info!(volume = name, "volume deleted");
+        Ok(())
+    }
+
+    /// Makes every acknowledged write of every volume durable (used at shutdown).
+    pub async fn flush_all(&self) -> Result<(), NodeError> {
+        let exported = self.exported.lock().await;
+        for (name, e) in exported.iter() {
+            // Durability point at shutdown: everything written so far reaches stable storage.
+            e.volume.flush().await.map_err(|source| NodeError::Volume {
+                name: name.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Summarizes the node.
+    pub async fn status(&self) -> NodeStatus {
+        let volumes = self.list_volumes().await;
+        NodeStatus {
+            installation_id: self.store.installation_id().to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            data_dir: self.store.data_dir().display().to_string(),
+            volumes: volumes.len(),
+            provisioned_bytes: volumes.iter().map(|v| v.size_bytes).sum(),
+            allocated_bytes: volumes.iter().map(|v| v.allocated_bytes).sum(),
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! `tandem serve`: opens the store, exports its volumes over iSCSI, serves the
+//! management API, and shuts down cleanly on SIGINT/SIGTERM.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+use crate::config::ServeConfig;
+
+/// Runs a node until SIGINT or SIGTERM.
+pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
+    init_logging();
+    let store = Arc::new(
+        store::Store::open(&cfg.data_dir)
+            .with_context(|| format!("cannot open data directory {}", cfg.data_dir.display()))?,
+    );
+    let targets = Arc::new(target::Targets::new());
+    let node = Arc::new(
+        node::Node::start(
+            store.clone(),
+            targets.clone(),
+            node::NodeConfig {
+                iqn_prefix: cfg.iqn_prefix.clone(),
+            },
+        )
+        .await?,
+    );
+
+    let iscsi = TcpListener::bind(cfg.iscsi_listen)
+        .await
+        .with_context(|| format!("cannot listen for iSCSI on {}", cfg.iscsi_listen))?;
+    let api_listener = TcpListener::bind(cfg.api_listen)
+        .await
+        .with_context(|| format!("cannot listen for the management API on {}", cfg.api_listen))?;
+    tracing::info!(
+        data_dir = %cfg.data_dir.display(),
+        iscsi = %iscsi.local_addr()?,
+        api = %api_listener.local_addr()?,
+        installation = %store.installation_id(),
+        "tandem serving"
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let target_task = tokio::spawn(target::serve(
+        iscsi,
+        targets.clone(),
+        target::TargetConfig::default(),
+        stopped(stop_rx.clone()),
+    ));
+    let api_router = api::router(node.clone());
+    let api_stop = stopped(stop_rx.clone());
+    let api_task = tokio::spawn(async move {
+        axum::serve(api_listener, api_router)
+            .with_graceful_shutdown(api_stop)
+            .await
+    });
+
+    wait_for_signal().await?;
+    tracing::info!("shutting down: draining in-flight commands");
+    let _ = stop_tx.send(true);
+    match tokio::time::timeout(Duration::from_secs(30), target_task).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::error!(error = %e, "iSCSI portal stopped with an error"),
+        Ok(Err(e)) => tracing::error!(error = %e, "iSCSI portal task failed"),
+        Err(_) => tracing::warn!("in-flight iSCSI commands did not finish within 30 s"),
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), api_task).await;
+    node.flush_all().await?;
+    tracing::info!("all volumes synced; bye");
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TANDEM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,206 @@
+//! Harness for scenario tests: runs the real `tandem` binary on free loopback
+//! ports with a private data directory, and the real clients against it.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of the binary under test.
+pub fn tandem_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tandem")
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
+
+/// Fails the test with a clear message when a client tool is missing; the
+/// README's test command installs them.
+pub fn require_tool(tool: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{tool} is not installed; run scripts/test.sh (it installs the test clients)"
+    );
+}
+
+/// One running `tandem serve` process.
+pub struct Server {
+    pub data_dir: PathBuf,
+    pub iscsi_port: u16,
+    pub api_port: u16,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Server {
+    /// Starts a server on fresh ports with `data_dir`, and waits until its API answers.
+    pub fn start(data_dir: &Path) -> Server {
+        let mut s = Server {
+            data_dir: data_dir.to_path_buf(),
+            iscsi_port: free_port(),
+            api_port: free_port(),
+            child: None,
+            log: data_dir.with_extension("log"),
+        };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open server log");
+        let child = Command::new(tandem_bin())
+            .args([
+                "serve",
+                "--data-dir",
+                self.data_dir.to_str().unwrap(),
+                "--iscsi-listen",
+                &format!("127.0.0.1:{}", self.iscsi_port),
+                "--api-listen",
+                &format!("127.0.0.1:{}", self.api_port),
+            ])
+            .env("TANDEM_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start tandem serve");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if self.cli(&["status"]).status.success() {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("tandem serve exited with {status}:\n{}", self.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tandem serve did not come up:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The server's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs `tandem <args>` against this server's API.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(tandem_bin())
+            .args(args)
+            .env("TANDEM_API", format!("127.0.0.1:{}", self.api_port))
+            .output()
+            .expect("run tandem CLI")
+    }
+
+    /// Runs `tandem <args>` and returns its stdout, failing the test if it fails.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "tandem {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// `iscsi://127.0.0.1:PORT/IQN/0` for volume `name`.
+    pub fn url(&self, name: &str) -> String {
+        format!(
+            "iscsi://127.0.0.1:{}/{}:{}/0",
+            self.iscsi_port,
+            node_prefix(),
+            name
+        )
+    }
+
+    /// Stops the server with SIGTERM and waits for it to exit cleanly.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(40);
+            loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    assert!(
+                        status.success(),
+                        "tandem serve exited with {status}:\n{}",
+                        self.log_text()
+                    );
+                    return;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!("tandem serve ignored SIGTERM:\n{}", self.log_text());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// Kills the server with SIGKILL (no chance to flush anything).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same ports and data directory.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "server still running");
+        self.spawn();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The default IQN prefix the server exports volumes under.
+pub fn node_prefix() -> &'static str {
+    "iqn.2026-11.io.tandem"
+}
+
+/// Runs a client command, failing the test with its output if it fails.
+pub fn run_ok(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -1,0 +1,258 @@
+//! One TCP connection: login, then a discovery or normal session.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use iscsi::login::LoginStep;
+use iscsi::{Digests, LoginState, Negotiated, Opcode, Pdu, SessionType};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::io::read_pdu;
+use crate::{session, TargetConfig, Targets};
+
+static NEXT_TSIH: AtomicU16 = AtomicU16::new(1);
+
+fn next_tsih() -> u16 {
+    loop {
+        let t = NEXT_TSIH.fetch_add(1, Ordering::Relaxed);
+        if t != 0 {
+            return t;
+        }
+    }
+}
+
+/// Serves one connection until it closes.
+pub(crate) async fn run(
+    stream: TcpStream,
+    peer: SocketAddr,
+    targets: Arc<Targets>,
+    cfg: Arc<TargetConfig>,
+    stop: watch::Receiver<bool>,
+) {
+    let local = match stream.local_addr() {
+        Ok(a) => a,
+        Err(_) => return,
+    };
+    let (mut r, mut w) = stream.into_split();
+    let login = tokio::time::timeout(cfg.login_timeout, async {
+        let mut state = LoginState::new(cfg.limits);
+        let mut stat_sn = 0u32;
+        let tsih = next_tsih();
+        let max = (cfg.limits.max_recv_data_segment_length as usize).max(8192);
+        loop {
+            let pdu = match read_pdu(&mut r, Digests::default(), max).await {
+                Ok(Ok(p)) => p,
+                Ok(Err(_)) => return Err("data digest error during login".to_string()),
+                Err(why) => return Err(why),
+            };
+            let exists = |name: &str| targets.get(name).is_some();
+            let step = state.step(&pdu, &exists, tsih, stat_sn);
+            stat_sn = stat_sn.wrapping_add(1);
+            let (mut resp, done) = match step {
+                LoginStep::Continue(p) => (p, None),
+                LoginStep::Complete(p, neg) => (p, Some(Ok(*neg))),
+                LoginStep::Fail(p, e) => (p, Some(Err(e))),
+            };
+            w.write_all(&resp.encode(Digests::default()))
+                .await
+                .map_err(|e| format!("cannot send login response: {e}"))?;
+            match done {
+                None => continue,
+                Some(Ok(neg)) => return Ok((neg, stat_sn)),
+                Some(Err(e)) => {
+                    return Err(format!(
+                        "login refused ({e}) for initiator {:?} to target {:?}",
+                        initiator_of(&pdu),
+                        target_of(&pdu)
+                    ))
+                }
+            }
+        }
+    })
+    .await;
+    let (neg, stat_sn) = match login {
+        Ok(Ok(x)) => x,
+        Ok(Err(why)) => {
+            tracing::warn!(%peer, "iSCSI login failed: {why}");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%peer, "iSCSI login timed out");
+            return;
+        }
+    };
+    match neg.session_type {
+        SessionType::Discovery => discovery(r, w, peer, local, &targets, &cfg, neg, stat_sn).await,
+        SessionType::Normal => {
+            let name = neg.target_name.clone().unwrap_or_default();
+            let Some(target) = targets.get(&name) else {
+                return;
+            };
+            tracing::info!(%peer, initiator = %neg.initiator_name, target = %name, "iSCSI session started");
+            session::run(r, w, peer, local, target, &cfg, neg, stat_sn, stop).await;
+        }
+    }
+}
+
+fn initiator_of(p: &Pdu) -> String {
+    iscsi::text::parse(&p.data)
+        .ok()
+        .and_then(|kv| {
+            kv.into_iter()
+                .find(|(k, _)| k == "InitiatorName")
+                .map(|(_, v)| v)
+        })
+        .unwrap_or_default()
+}
+
+fn target_of(p: &Pdu) -> String {
+    iscsi::text::parse(&p.data)
+        .ok()
+        .and_then(|kv| {
+            kv.into_iter()
+                .find(|(k, _)| k == "TargetName")
+                .map(|(_, v)| v)
+        })
+        .unwrap_or_default()
+}
+
+/// The TargetAddress of this portal as the initiator reached it.
+pub(crate) fn portal_address(local: SocketAddr, tag: u16) -> String {
+    match local {
+        SocketAddr::V4(a) => format!("{}:{},{tag}", a.ip(), a.port()),
+        SocketAddr::V6(a) => format!("[{}]:{},{tag}", a.ip(), a.port()),
+    }
+}
+
+/// A discovery session: SendTargets, NOP and Logout only (RFC 7143 §4.3).
+#[allow(clippy::too_many_arguments)]
+async fn discovery(
+    mut r: tokio::net::tcp::OwnedReadHalf,
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+    peer: SocketAddr,
+    local: SocketAddr,
+    targets: &Targets,
+    cfg: &TargetConfig,
+    neg: Negotiated,
+    mut stat_sn: u32,
+) {
+    let digests = Digests {
+        header: neg.header_digest,
+        data: neg.data_digest,
+    };
+    let mut exp_cmd_sn = neg.exp_cmd_sn;
+    let max = cfg.limits.max_recv_data_segment_length as usize;
+    let mut pending_text: Option<(u32, Vec<u8>)> = None;
+    let mut next_ttt = 1u32;
+    loop {
+        let read = tokio::time::timeout(cfg.nop_interval * 4, read_pdu(&mut r, digests, max)).await;
+        let pdu = match read {
+            Ok(Ok(Ok(p))) => p,
+            Ok(Ok(Err(bhs))) => {
+                let rej = session::reject(0x02, &bhs);
+                let _ = send(&mut w, rej, digests, &mut stat_sn, exp_cmd_sn, false).await;
+                return;
+            }
+            Ok(Err(_)) | Err(_) => return,
+        };
+        if !pdu.immediate() && pdu.opcode() != Some(Opcode::DataOut) {
+            exp_cmd_sn = exp_cmd_sn.wrapping_add(1);
+        }
+        let reply = match pdu.opcode() {
+            Some(Opcode::TextRequest) => {
+                let ttt = pdu.u32_at(20);
+                let body = match pending_text.take() {
+                    Some((t, rest)) if t == ttt => Ok(rest),
+                    _ => iscsi::text::parse(&pdu.data).map(|kv| {
+                        let wanted = kv
+                            .iter()
+                            .find(|(k, _)| k == "SendTargets")
+                            .map(|(_, v)| v.clone());
+                        match wanted {
+                            Some(which) => {
+                                let addr = portal_address(local, cfg.limits.portal_group_tag);
+                                let list: Vec<(String, Vec<String>)> = targets
+                                    .names()
+                                    .into_iter()
+                                    .filter(|n| which == "All" || *n == which)
+                                    .map(|n| (n, vec![addr.clone()]))
+                                    .collect();
+                                iscsi::text::send_targets(&list)
+                            }
+                            None => {
+                                let pairs: Vec<(String, String)> = kv
+                                    .into_iter()
+                                    .map(|(k, _)| (k, "NotUnderstood".to_string()))
+                                    .collect();
+                                iscsi::text::encode(&pairs)
+                            }
+                        }
+                    }),
+                };
+                match body {
+                    Ok(mut body) => {
+                        let mut p = Pdu::new(Opcode::TextResponse);
+                        p.set_lun(pdu.lun());
+                        p.set_itt(pdu.itt());
+                        let limit = neg.initiator_mrdsl as usize;
+                        if body.len() > limit {
+                            // RFC 7143 §11.11: long answers continue in further exchanges.
+                            let rest = body.split_off(limit);
+                            let ttt = next_ttt;
+                            next_ttt = next_ttt.wrapping_add(1).max(1);
+                            p.set_flags(0x40);
+                            p.set_u32(20, ttt);
+                            pending_text = Some((ttt, rest));
+                        } else {
+                            p.set_flags(0x80);
+                            p.set_u32(20, 0xFFFF_FFFF);
+                        }
+                        p.data = Bytes::from(body);
+                        p
+                    }
+                    Err(_) => session::reject(0x09, &pdu.bhs),
+                }
+            }
+            Some(Opcode::NopOut) if pdu.itt() != 0xFFFF_FFFF => {
+                session::nop_in_reply(&pdu, neg.initiator_mrdsl)
+            }
+            Some(Opcode::NopOut) => continue,
+            Some(Opcode::LogoutRequest) => {
+                let p = session::logout_response(&pdu);
+                let _ = send(&mut w, p, digests, &mut stat_sn, exp_cmd_sn, true).await;
+                return;
+            }
+            _ => {
+                tracing::warn!(%peer, opcode = pdu.opcode_raw(), "PDU not allowed in a discovery session");
+                session::reject(0x05, &pdu.bhs)
+            }
+        };
+        if send(&mut w, reply, digests, &mut stat_sn, exp_cmd_sn, true)
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+async fn send(
+    w: &mut tokio::net::tcp::OwnedWriteHalf,
+    mut p: Pdu,
+    digests: Digests,
+    stat_sn: &mut u32,
+    exp_cmd_sn: u32,
+    advance: bool,
+) -> std::io::Result<()> {
+    p.set_u32(24, *stat_sn);
+    p.set_u32(28, exp_cmd_sn);
+    p.set_u32(32, exp_cmd_sn.wrapping_add(7));
+    if advance && p.opcode() != Some(Opcode::Reject) {
+        *stat_sn = stat_sn.wrapping_add(1);
+    }
+    w.write_all(&p.encode(digests)).await
+}

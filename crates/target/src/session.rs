@@ -1,0 +1,716 @@
+//! A normal session in full feature phase (RFC 7143 §4, §11): SCSI commands
+//! with immediate, unsolicited and solicited (R2T) data, Data-In and status,
+//! NOP, task management and logout. Commands of a session run concurrently;
+//! one writer task sends every PDU in order.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use iscsi::{serial, Digests, Negotiated, Opcode, Pdu, BHS_LEN};
+use scsi::{LogicalUnit, Request, Response, Status};
+use tokio::sync::{mpsc, watch};
+use tokio::task::AbortHandle;
+
+use crate::io::{reader_task, writer_task, Incoming, Outgoing, SeqState};
+use crate::registry::Target;
+use crate::TargetConfig;
+
+const NO_TAG: u32 = 0xFFFF_FFFF;
+
+/// A Reject PDU (RFC 7143 §11.17) carrying the offending header.
+pub(crate) fn reject(reason: u8, bhs: &[u8; BHS_LEN]) -> Pdu {
+    let mut p = Pdu::new(Opcode::Reject);
+    p.set_flags(0x80);
+    p.set_byte(2, reason);
+    p.set_itt(NO_TAG);
+    p.data = Bytes::copy_from_slice(bhs);
+    p
+}
+
+/// The NOP-In answering a NOP-Out ping (RFC 7143 §11.19): echoes its data.
+pub(crate) fn nop_in_reply(req: &Pdu, initiator_mrdsl: u32) -> Pdu {
+    let mut p = Pdu::new(Opcode::NopIn);
+    p.set_flags(0x80);
+    p.set_lun(req.lun());
+    p.set_itt(req.itt());
+    p.set_u32(20, NO_TAG);
+    let n = req.data.len().min(initiator_mrdsl as usize);
+    p.data = req.data.slice(..n);
+    p
+}
+
+/// A Logout Response: connection or session closed successfully (RFC 7143 §11.15).
+pub(crate) fn logout_response(req: &Pdu) -> Pdu {
+    let mut p = Pdu::new(Opcode::LogoutResponse);
+    p.set_flags(0x80);
+    p.set_byte(2, 0);
+    p.set_itt(req.itt());
+    p
+}
+
+/// A SCSI command as received, with everything needed to answer it.
+#[derive(Clone)]
+struct Command {
+    itt: u32,
+    lun: [u8; 8],
+    cdb: Vec<u8>,
+    edtl: u32,
+    immediate: bool,
+}
+
+/// A write waiting for its data-out.
+struct PendingWrite {
+    cmd: Command,
+    buf: Vec<u8>,
+    received: u32,
+    unsolicited_end: u32,
+    unsolicited_done: bool,
+    next_offset: u32,
+    r2ts: Vec<R2t>,
+    r2t_sn: u32,
+}
+
+struct R2t {
+    ttt: u32,
+    offset: u32,
+    len: u32,
+    got: u32,
+}
+
+/// Running commands by ITT: their abort handle (set right after spawning) and
+/// whether they hold a CmdSN window slot (non-immediate commands do).
+type TaskTable = Arc<Mutex<HashMap<u32, (Option<AbortHandle>, bool)>>>;
+
+struct Session<'a> {
+    peer: SocketAddr,
+    target: Arc<Target>,
+    cfg: &'a TargetConfig,
+    neg: Negotiated,
+    nexus: Arc<str>,
+    seq: Arc<SeqState>,
+    out: mpsc::Sender<Outgoing>,
+    tasks: TaskTable,
+    writes: HashMap<u32, PendingWrite>,
+    next_ttt: u32,
+    buffered: usize,
+}
+
+struct SessionCount(Arc<Target>);
+
+impl Drop for SessionCount {
+    fn drop(&mut self) {
+        self.0.sessions.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Runs a normal session on one connection until logout, error or shutdown.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn run(
+    r: tokio::net::tcp::OwnedReadHalf,
+    w: tokio::net::tcp::OwnedWriteHalf,
+    peer: SocketAddr,
+    _local: SocketAddr,
+    target: Arc<Target>,
+    cfg: &TargetConfig,
+    neg: Negotiated,
+    stat_sn: u32,
+    mut stop: watch::Receiver<bool>,
+) {
+    target.sessions.fetch_add(1, Ordering::SeqCst);
+    let _count = SessionCount(target.clone());
+    let mut removed = target.removed.subscribe();
+    let isid: String = neg.isid.iter().map(|b| format!("{b:02x}")).collect();
+    let nexus: Arc<str> = format!("{},i,0x{isid}", neg.initiator_name).into();
+    target.lun0.nexus_added(&nexus);
+    let digests = Digests {
+        header: neg.header_digest,
+        data: neg.data_digest,
+    };
+    let seq = Arc::new(SeqState {
+        exp_cmd_sn: neg.exp_cmd_sn.into(),
+        outstanding: 0.into(),
+        queue_depth: cfg.queue_depth.max(1),
+    });
+    let (out_tx, out_rx) = mpsc::channel(4096);
+    let writer = tokio::spawn(writer_task(w, digests, seq.clone(), stat_sn, out_rx));
+    let (in_tx, mut in_rx) = mpsc::channel(64);
+    let reader = tokio::spawn(reader_task(r, digests, neg.target_mrdsl as usize, in_tx));
+    let mut s = Session {
+        peer,
+        target,
+        cfg,
+        nexus,
+        seq,
+        out: out_tx,
+        tasks: Arc::new(Mutex::new(HashMap::new())),
+        writes: HashMap::new(),
+        next_ttt: 1,
+        buffered: 0,
+        neg,
+    };
+
+    let mut last_heard = Instant::now();
+    let mut ping: Option<Instant> = None;
+    let reason = loop {
+        let wake = match ping {
+            Some(sent) => sent + cfg.nop_timeout,
+            None => last_heard + cfg.nop_interval,
+        };
+        tokio::select! {
+            item = in_rx.recv() => {
+                last_heard = Instant::now();
+                ping = None;
+                match item {
+                    Some(Incoming::Pdu(p)) => match s.handle(p).await {
+                        Ok(true) => {}
+                        Ok(false) => break "logged out".to_string(),
+                        Err(why) => break why,
+                    },
+                    Some(Incoming::BadData(bhs)) => {
+                        // ERL 0: a data digest error cannot be recovered inside the
+                        // session; reject the PDU and drop the connection.
+                        s.send(reject(0x02, &bhs)).await;
+                        break "data digest error".to_string();
+                    }
+                    Some(Incoming::Closed(why)) => break why,
+                    None => break "reader stopped".to_string(),
+                }
+            }
+            _ = tokio::time::sleep_until(wake.into()) => {
+                if ping.is_some() {
+                    break format!("no answer to a NOP-In ping within {:?}", cfg.nop_timeout);
+                }
+                let mut p = Pdu::new(Opcode::NopIn);
+                p.set_flags(0x80);
+                p.set_itt(NO_TAG);
+                let ttt = s.ttt();
+                p.set_u32(20, ttt);
+                s.send(p).await;
+                ping = Some(Instant::now());
+            }
+            _ = async { let _ = stop.wait_for(|v| *v).await; } => {
+                s.drain(cfg.drain_timeout).await;
+                break "target shutting down".to_string();
+            }
+            _ = async { let _ = removed.wait_for(|v| *v).await; } => {
+                s.abort_all();
+                break "target removed".to_string();
+            }
+        }
+    };
+    tracing::info!(peer = %s.peer, initiator = %s.neg.initiator_name, "iSCSI session ended: {reason}");
+    reader.abort();
+    s.abort_all();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let _ = s.out.send(Outgoing::Flush(done_tx)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), done_rx).await;
+    drop(s);
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+}
+
+impl Session<'_> {
+    async fn send(&self, p: Pdu) {
+        let _ = self.out.send(Outgoing::Pdu(p)).await;
+    }
+
+    fn ttt(&mut self) -> u32 {
+        let t = self.next_ttt;
+        self.next_ttt = self.next_ttt.wrapping_add(1);
+        if self.next_ttt == NO_TAG {
+            self.next_ttt = 1;
+        }
+        t
+    }
+
+    /// Handles one PDU; `Ok(false)` ends the session after a logout.
+    async fn handle(&mut self, p: Pdu) -> Result<bool, String> {
+        match p.opcode() {
+            Some(Opcode::ScsiCommand) => self.scsi_command(p).await,
+            Some(Opcode::DataOut) => self.data_out(p).await,
+            Some(Opcode::NopOut) => {
+                if !p.immediate() && !self.accept_cmd_sn(p.u32_at(24)) {
+                    return Ok(true);
+                }
+                if p.itt() != NO_TAG {
+                    self.send(nop_in_reply(&p, self.neg.initiator_mrdsl)).await;
+                }
+                Ok(true)
+            }
+            Some(Opcode::TaskMgmtRequest) => self.task_management(p).await,
+            Some(Opcode::TextRequest) => {
+                if !p.immediate() && !self.accept_cmd_sn(p.u32_at(24)) {
+                    return Ok(true);
+                }
+                let mut r = Pdu::new(Opcode::TextResponse);
+                r.set_flags(0x80);
+                r.set_lun(p.lun());
+                r.set_itt(p.itt());
+                r.set_u32(20, NO_TAG);
+                let asks_targets = iscsi::text::parse(&p.data)
+                    .map(|kv| kv.iter().any(|(k, _)| k == "SendTargets"))
+                    .unwrap_or(false);
+                if asks_targets {
+                    let name = self.neg.target_name.clone().unwrap_or_default();
+                    r.data = Bytes::from(iscsi::text::encode(&[("TargetName", name)]));
+                }
+                self.send(r).await;
+                Ok(true)
+            }
+            Some(Opcode::LogoutRequest) => {
+                if !p.immediate() {
+                    self.accept_cmd_sn(p.u32_at(24));
+                }
+                // RFC 7143 §11.14: finish the session's tasks before answering.
+                self.writes.clear();
+                self.drain(self.cfg.drain_timeout).await;
+                self.send(logout_response(&p)).await;
+                Ok(false)
+            }
+            _ => {
+                tracing::warn!(peer = %self.peer, opcode = p.opcode_raw(), "rejecting an unsupported PDU");
+                self.send(reject(0x05, &p.bhs)).await;
+                Ok(true)
+            }
+        }
+    }
+
+    /// RFC 7143 §3.2.2.1: a non-immediate command must carry the next CmdSN
+    /// inside the window; anything else is ignored.
+    fn accept_cmd_sn(&self, cmd_sn: u32) -> bool {
+        let exp = self.seq.exp_cmd_sn.load(Ordering::SeqCst);
+        if cmd_sn == exp && serial::in_window(cmd_sn, exp, self.seq.max_cmd_sn()) {
+            self.seq
+                .exp_cmd_sn
+                .store(exp.wrapping_add(1), Ordering::SeqCst);
+            true
+        } else {
+            tracing::debug!(peer = %self.peer, cmd_sn, exp, "ignoring a command outside the CmdSN window");
+            false
+        }
+    }
+
+    async fn scsi_command(&mut self, p: Pdu) -> Result<bool, String> {
+        let immediate = p.immediate();
+        if !immediate {
+            if !self.accept_cmd_sn(p.u32_at(24)) {
+                return Ok(true);
+            }
+            self.seq.outstanding.fetch_add(1, Ordering::SeqCst);
+        }
+        let flags = p.flags();
+        let write = flags & 0x20 != 0;
+        let mut cdb = p.bhs[32..48].to_vec();
+        // RFC 7143 §11.3.6: an extended CDB AHS (type 1) carries the bytes past 16.
+        if p.ahs.len() >= 4 && p.ahs[2] == 0x01 {
+            let len = u16::from_be_bytes([p.ahs[0], p.ahs[1]]) as usize;
+            let end = (4 + len.saturating_sub(1)).min(p.ahs.len());
+            cdb.extend_from_slice(&p.ahs[4..end]);
+        }
+        let cmd = Command {
+            itt: p.itt(),
+            lun: p.lun(),
+            cdb,
+            edtl: p.u32_at(20),
+            immediate,
+        };
+        if self.tasks.lock().unwrap().contains_key(&cmd.itt) || self.writes.contains_key(&cmd.itt) {
+            self.send(reject(0x09, &p.bhs)).await;
+            self.finish_uncounted(&cmd);
+            return Ok(true);
+        }
+        let data_len = p.data.len() as u32;
+        if !write || cmd.edtl == 0 {
+            if data_len > 0 && !write {
+                // Immediate data on a command without the W bit is a protocol error.
+                self.send(reject(0x09, &p.bhs)).await;
+                self.finish_uncounted(&cmd);
+                return Ok(true);
+            }
+            self.execute(cmd, Bytes::new());
+            return Ok(true);
+        }
+        if cmd.edtl > self.cfg.max_transfer || data_len > cmd.edtl {
+            tracing::warn!(peer = %self.peer, edtl = cmd.edtl, "refusing a write larger than the transfer limit");
+            self.respond_error(cmd, scsi::Sense::invalid_cdb(0, None))
+                .await;
+            return Ok(true);
+        }
+        if data_len == cmd.edtl {
+            self.execute(cmd, p.data);
+            return Ok(true);
+        }
+        if self.buffered + cmd.edtl as usize > 256 * 1024 * 1024 {
+            self.send(reject(0x06, &p.bhs)).await; // out of resources
+            self.finish_uncounted(&cmd);
+            return Ok(true);
+        }
+        let unsolicited_end = if self.neg.initial_r2t {
+            data_len
+        } else {
+            self.neg.first_burst_length.min(cmd.edtl).max(data_len)
+        };
+        let no_more_unsolicited = flags & 0x80 != 0;
+        let unsolicited_done = no_more_unsolicited || data_len >= unsolicited_end;
+        let mut buf = vec![0u8; cmd.edtl as usize];
+        buf[..p.data.len()].copy_from_slice(&p.data);
+        self.buffered += buf.len();
+        let itt = cmd.itt;
+        self.writes.insert(
+            itt,
+            PendingWrite {
+                cmd,
+                buf,
+                received: data_len,
+                unsolicited_end,
+                unsolicited_done,
+                next_offset: if no_more_unsolicited {
+                    data_len
+                } else {
+                    unsolicited_end
+                },
+                r2ts: Vec::new(),
+                r2t_sn: 0,
+            },
+        );
+        self.solicit(itt).await;
+        Ok(true)
+    }
+
+    /// Sends R2Ts for the write `itt` up to MaxOutstandingR2T (RFC 7143 §11.8).
+    async fn solicit(&mut self, itt: u32) {
+        let max_r2t = self.neg.max_outstanding_r2t.max(1) as usize;
+        let burst = self.neg.max_burst_length.max(512);
+        let mut r2ts = Vec::new();
+        if let Some(w) = self.writes.get(&itt) {
+            if !w.unsolicited_done {
+                return;
+            }
+        }
+        loop {
+            let ttt = self.ttt();
+            let Some(w) = self.writes.get_mut(&itt) else {
+                return;
+            };
+            if w.r2ts.len() >= max_r2t || w.next_offset >= w.cmd.edtl {
+                break;
+            }
+            let len = burst.min(w.cmd.edtl - w.next_offset);
+            let mut p = Pdu::new(Opcode::R2t);
+            p.set_flags(0x80);
+            p.set_lun(w.cmd.lun);
+            p.set_itt(itt);
+            p.set_u32(20, ttt);
+            p.set_u32(36, w.r2t_sn);
+            p.set_u32(40, w.next_offset);
+            p.set_u32(44, len);
+            w.r2ts.push(R2t {
+                ttt,
+                offset: w.next_offset,
+                len,
+                got: 0,
+            });
+            w.r2t_sn += 1;
+            w.next_offset += len;
+            r2ts.push(p);
+        }
+        for p in r2ts {
+            self.send(p).await;
+        }
+    }
+
+    async fn data_out(&mut self, p: Pdu) -> Result<bool, String> {
+        let itt = p.itt();
+        let ttt = p.u32_at(20);
+        let offset = p.u32_at(40);
+        let len = p.data.len() as u32;
+        let fin = p.is_final();
+        let Some(w) = self.writes.get_mut(&itt) else {
+            // Data for a task that was aborted or never existed.
+            tracing::debug!(peer = %self.peer, itt, "discarding Data-Out for an unknown task");
+            return Ok(true);
+        };
+        let end = offset.checked_add(len).filter(|e| *e <= w.cmd.edtl);
+        let valid = match end {
+            None => false,
+            Some(end) if ttt == NO_TAG => !w.unsolicited_done && end <= w.unsolicited_end,
+            Some(end) => w
+                .r2ts
+                .iter()
+                .any(|r| r.ttt == ttt && offset >= r.offset && end <= r.offset + r.len),
+        };
+        if !valid {
+            tracing::warn!(peer = %self.peer, itt, ttt, offset, len, "rejecting Data-Out outside its burst");
+            self.send(reject(0x09, &p.bhs)).await;
+            return Ok(true);
+        }
+        w.buf[offset as usize..(offset + len) as usize].copy_from_slice(&p.data);
+        w.received += len;
+        let mut burst_done = false;
+        if ttt == NO_TAG {
+            if fin {
+                w.unsolicited_done = true;
+                burst_done = true;
+            }
+        } else if let Some(i) = w.r2ts.iter().position(|r| r.ttt == ttt) {
+            w.r2ts[i].got += len;
+            if fin || w.r2ts[i].got >= w.r2ts[i].len {
+                w.r2ts.remove(i);
+                burst_done = true;
+            }
+        }
+        if w.received >= w.cmd.edtl && w.r2ts.is_empty() {
+            let w = self.writes.remove(&itt).expect("present");
+            self.buffered -= w.buf.len();
+            self.execute(w.cmd, Bytes::from(w.buf));
+        } else if burst_done {
+            self.solicit(itt).await;
+        }
+        Ok(true)
+    }
+
+    /// Runs a command on its logical unit in a task of its own.
+    fn execute(&self, cmd: Command, data_out: Bytes) {
+        let lu: Option<Arc<LogicalUnit>> =
+            (scsi::decode_lun(cmd.lun) == 0).then(|| self.target.lun0.clone());
+        let tasks = self.tasks.clone();
+        let seq = self.seq.clone();
+        let out = self.out.clone();
+        let nexus = self.nexus.clone();
+        let mrdsl = self.neg.initiator_mrdsl;
+        let itt = cmd.itt;
+        tasks.lock().unwrap().insert(itt, (None, !cmd.immediate));
+        let handle = tokio::spawn(async move {
+            let req = Request {
+                cdb: &cmd.cdb,
+                data_out,
+                expected_len: cmd.edtl,
+                initiator: &nexus,
+            };
+            let resp = match &lu {
+                Some(lu) => lu.execute(req).await,
+                None => scsi::respond_no_such_lun(&req, &[0]),
+            };
+            if tasks.lock().unwrap().remove(&itt).is_none() {
+                return; // aborted by task management: no response
+            }
+            if !cmd.immediate {
+                seq.outstanding.fetch_sub(1, Ordering::SeqCst);
+            }
+            for p in response_pdus(&cmd, resp, mrdsl) {
+                if out.send(Outgoing::Pdu(p)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        if let Some(slot) = self.tasks.lock().unwrap().get_mut(&itt) {
+            slot.0 = Some(handle.abort_handle());
+        }
+    }
+
+    /// Answers a command that never reached its logical unit with CHECK CONDITION.
+    async fn respond_error(&self, cmd: Command, sense: scsi::Sense) {
+        self.finish_uncounted(&cmd);
+        let resp = Response {
+            status: Status::CheckCondition,
+            data: Vec::new(),
+            sense: Some(sense.encode(false)),
+            data_out_wanted: None,
+        };
+        for p in response_pdus(&cmd, resp, self.neg.initiator_mrdsl) {
+            self.send(p).await;
+        }
+    }
+
+    /// Releases the window slot of a command that will not run.
+    fn finish_uncounted(&self, cmd: &Command) {
+        if !cmd.immediate {
+            self.seq.outstanding.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Aborts one task; returns whether it existed.
+    fn abort_task(&mut self, itt: u32) -> bool {
+        if let Some(w) = self.writes.remove(&itt) {
+            self.buffered -= w.buf.len();
+            self.finish_uncounted(&w.cmd);
+            return true;
+        }
+        let entry = self.tasks.lock().unwrap().remove(&itt);
+        match entry {
+            Some((handle, holds_slot)) => {
+                if let Some(h) = handle {
+                    h.abort();
+                }
+                // Whoever removes the entry frees the slot: the task itself
+                // will find it gone and send nothing.
+                if holds_slot {
+                    self.seq.outstanding.fetch_sub(1, Ordering::SeqCst);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Aborts every task of the session.
+    fn abort_all(&mut self) {
+        let itts: Vec<u32> = self.writes.keys().copied().collect();
+        for itt in itts {
+            self.abort_task(itt);
+        }
+        let running: Vec<u32> = self.tasks.lock().unwrap().keys().copied().collect();
+        for itt in running {
+            self.abort_task(itt);
+        }
+    }
+
+    /// Waits until running commands finish (bounded).
+    async fn drain(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.tasks.lock().unwrap().is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Task management functions (RFC 7143 §11.5).
+    async fn task_management(&mut self, p: Pdu) -> Result<bool, String> {
+        let cmd_sn = p.u32_at(24);
+        if !p.immediate() && !self.accept_cmd_sn(cmd_sn) {
+            return Ok(true);
+        }
+        let function = p.flags() & 0x7F;
+        let ref_itt = p.u32_at(20);
+        let ref_cmd_sn = p.u32_at(32);
+        let lun_ok = scsi::decode_lun(p.lun()) == 0;
+        let mut close = false;
+        let response = match function {
+            // ABORT TASK
+            1 => {
+                // A task that already completed counts as aborted when its
+                // RefCmdSN precedes this request (RFC 7143 §11.5.1).
+                if self.abort_task(ref_itt) || serial::lt(ref_cmd_sn, cmd_sn) {
+                    0
+                } else {
+                    1
+                }
+            }
+            // ABORT TASK SET, CLEAR TASK SET
+            2 | 4 => {
+                self.abort_all();
+                if lun_ok {
+                    0
+                } else {
+                    2
+                }
+            }
+            // LOGICAL UNIT RESET
+            5 => {
+                if lun_ok {
+                    self.abort_all();
+                    self.target.lun0.reset();
+                    0
+                } else {
+                    2
+                }
+            }
+            // TARGET WARM RESET, TARGET COLD RESET
+            6 | 7 => {
+                self.abort_all();
+                self.target.lun0.reset();
+                close = function == 7;
+                0
+            }
+            // TASK REASSIGN needs ErrorRecoveryLevel 2.
+            8 => 4,
+            _ => 5,
+        };
+        let mut r = Pdu::new(Opcode::TaskMgmtResponse);
+        r.set_flags(0x80);
+        r.set_byte(2, response);
+        r.set_itt(p.itt());
+        self.send(r).await;
+        Ok(!close)
+    }
+}
+
+/// Data-In PDUs and the final status for one command (RFC 7143 §11.4, §11.7).
+fn response_pdus(cmd: &Command, resp: Response, mrdsl: u32) -> Vec<Pdu> {
+    let edtl = cmd.edtl as u64;
+    let produced = resp.data.len() as u64;
+    let (over, under, residual) = match resp.data_out_wanted {
+        Some(wanted) => {
+            let wanted = wanted as u64;
+            (wanted > edtl, wanted < edtl, wanted.abs_diff(edtl))
+        }
+        None => (produced > edtl, produced < edtl, produced.abs_diff(edtl)),
+    };
+    let residual = residual.min(u32::MAX as u64) as u32;
+    let mut data = resp.data;
+    data.truncate(cmd.edtl as usize);
+    let data = Bytes::from(data);
+    let good = resp.status == Status::Good && resp.sense.is_none();
+    let mut pdus = Vec::new();
+    let chunk = mrdsl.max(512) as usize;
+    let mut offset = 0usize;
+    let mut data_sn = 0u32;
+    while offset < data.len() {
+        let n = chunk.min(data.len() - offset);
+        let last = offset + n == data.len();
+        let mut p = Pdu::new(Opcode::DataIn);
+        let mut flags = 0u8;
+        if last {
+            flags |= 0x80;
+            if good {
+                // Phase collapse: status rides on the last Data-In.
+                flags |= 0x01;
+                if over {
+                    flags |= 0x04;
+                }
+                if under {
+                    flags |= 0x02;
+                }
+                p.set_byte(3, resp.status as u8);
+                p.set_u32(44, if over || under { residual } else { 0 });
+            }
+        }
+        p.set_flags(flags);
+        p.set_lun(cmd.lun);
+        p.set_itt(cmd.itt);
+        p.set_u32(20, NO_TAG);
+        p.set_u32(36, data_sn);
+        p.set_u32(40, offset as u32);
+        p.data = data.slice(offset..offset + n);
+        pdus.push(p);
+        data_sn += 1;
+        offset += n;
+    }
+    if good && !pdus.is_empty() {
+        return pdus;
+    }
+    let mut r = Pdu::new(Opcode::ScsiResponse);
+    let mut flags = 0x80;
+    if over {
+        flags |= 0x04;
+    }
+    if under {
+        flags |= 0x02;
+    }
+    r.set_flags(flags);
+    r.set_byte(2, 0); // command completed at target
+    r.set_byte(3, resp.status as u8);
+    r.set_itt(cmd.itt);
+    r.set_u32(36, data_sn);
+    r.set_u32(44, if over || under { residual } else { 0 });
+    if let Some(sense) = resp.sense {
+        let mut d = Vec::with_capacity(2 + sense.len());
+        d.extend_from_slice(&(sense.len() as u16).to_be_bytes());
+        d.extend_from_slice(&sense);
+        r.data = Bytes::from(d);
+    }
+    pdus.push(r);
+    pdus
+}
