@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite: installs the clients the end-to-end tests drive when
-# missing, checks formatting and lints, then runs every test of the workspace.
+# missing, checks formatting and lints, runs every test of the workspace, then
+# libiscsi's conformance suite against a live Tandem with a floor on passes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-test-deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
+cargo build -p tandem
+TANDEM_BIN="$PWD/target/debug/tandem" bash tests/conformance.sh --check-floor

@@ -105,8 +105,15 @@ pub async fn write(v: &dyn Volume, cdb: &[u8], data: &Bytes, l: &Limits) -> Outc
     if rw.blocks == 0 {
         return Ok(Vec::new());
     }
-    let payload = needs(data, rw.blocks as u64 * v.block_size() as u64)?;
-    v.write(rw.lba, payload, rw.fua)
+    // When the transport delivered less than the CDB asks for (expected data
+    // transfer length below the transfer length), only the whole blocks that
+    // arrived are written; the transport reports the overflow residual.
+    let bs = v.block_size() as usize;
+    let whole = (rw.blocks as usize).min(data.len() / bs);
+    if whole == 0 {
+        return Ok(Vec::new());
+    }
+    v.write(rw.lba, data.slice(..whole * bs), rw.fua)
         .await
         .map_err(|e| volume_sense(&e, rw.lba))?;
     Ok(Vec::new())
@@ -186,7 +193,7 @@ pub async fn unmap(v: &dyn Volume, cdb: &[u8], data: &Bytes, l: &Limits) -> Outc
     for i in 0..count {
         let d = &p[8 + 16 * i..24 + 16 * i];
         let (lba, blocks) = (be64(d, 0), be32(d, 8) as u64);
-        if blocks as u32 > l.max_unmap_lbas {
+        if blocks > l.max_unmap_lbas as u64 {
             return Err(Sense::INVALID_PARAM);
         }
         check(v, lba, blocks)?;
@@ -250,7 +257,12 @@ pub async fn compare_and_write(v: &dyn Volume, cdb: &[u8], data: &Bytes, l: &Lim
     }
     check(v, lba, blocks)?;
     if blocks == 0 {
-        return Ok(Vec::new());
+        // Nothing to compare; data-out for it means the CDB does not match the transfer.
+        return if data.is_empty() {
+            Ok(Vec::new())
+        } else {
+            Err(Sense::invalid_cdb(13, None))
+        };
     }
     let n = (blocks * v.block_size() as u64) as usize;
     let all = needs(data, 2 * n as u64)?;

@@ -27,9 +27,10 @@ impl Limits {
             max_transfer: blocks(8 << 20),
             optimal_transfer: blocks(1 << 20),
             optimal_granularity: blocks(4096),
-            max_unmap_lbas: blocks(1 << 30),
+            // Punching holes is cheap at any size: no limit (0xFFFFFFFF).
+            max_unmap_lbas: u32::MAX,
             max_unmap_descriptors: 256,
-            max_write_same: blocks(1 << 30),
+            max_write_same: blocks(8 << 20),
             max_compare_and_write: 1,
         }
     }

@@ -72,6 +72,8 @@ struct PendingWrite {
     next_offset: u32,
     r2ts: Vec<R2t>,
     r2t_sn: u32,
+    /// DataSN the next unsolicited Data-Out must carry.
+    unsolicited_data_sn: u32,
 }
 
 struct R2t {
@@ -79,6 +81,8 @@ struct R2t {
     offset: u32,
     len: u32,
     got: u32,
+    /// DataSN the next Data-Out of this burst must carry.
+    data_sn: u32,
 }
 
 /// Running commands by ITT: their abort handle (set right after spawning) and
@@ -374,6 +378,7 @@ impl Session<'_> {
                 },
                 r2ts: Vec::new(),
                 r2t_sn: 0,
+                unsolicited_data_sn: 0,
             },
         );
         self.solicit(itt).await;
@@ -412,6 +417,7 @@ impl Session<'_> {
                 offset: w.next_offset,
                 len,
                 got: 0,
+                data_sn: 0,
             });
             w.r2t_sn += 1;
             w.next_offset += len;
@@ -447,6 +453,25 @@ impl Session<'_> {
             self.send(reject(0x09, &p.bhs)).await;
             return Ok(true);
         }
+        // RFC 7143 §11.7.5: DataSN counts up from 0 within each burst. A gap
+        // is a protocol error that ERL 0 cannot recover inside the session.
+        let data_sn = p.u32_at(36);
+        let expected = if ttt == NO_TAG {
+            &mut w.unsolicited_data_sn
+        } else {
+            &mut w
+                .r2ts
+                .iter_mut()
+                .find(|r| r.ttt == ttt)
+                .expect("validated above")
+                .data_sn
+        };
+        if data_sn != *expected {
+            let why = format!("Data-Out with DataSN {data_sn}, expected {expected}");
+            let _ = self.out.send(Outgoing::Pdu(reject(0x04, &p.bhs))).await;
+            return Err(why);
+        }
+        *expected += 1;
         w.buf[offset as usize..(offset + len) as usize].copy_from_slice(&p.data);
         w.received += len;
         let mut burst_done = false;
