@@ -1,0 +1,413 @@
+//! The target driven by a minimal initiator over loopback: login with and
+//! without digests, discovery, R2T writes, multi-PDU reads, NOP, the CmdSN
+//! window, task management, and hostile input that must not disturb other sessions.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use iscsi::{text, Digests, Opcode, Pdu, BHS_LEN};
+use scsi::{LogicalUnit, LunIdentity};
+use target::{TargetConfig, Targets};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use volume::MemVolume;
+
+const IQN: &str = "iqn.2026-11.io.tandem:t";
+
+async fn start() -> (SocketAddr, Arc<Targets>, tokio::sync::oneshot::Sender<()>) {
+    let targets = Arc::new(Targets::new());
+    let id = LunIdentity {
+        vendor: "TANDEM".into(),
+        product: "VOLUME".into(),
+        revision: "0.1".into(),
+        serial: "s".into(),
+        naa: vec![0x30, 0, 0, 0, 0, 0, 0, 1],
+        target_name: IQN.into(),
+        relative_port: 1,
+        port_group: 1,
+    };
+    let lu = LogicalUnit::new(Arc::new(MemVolume::new(512, 2048)), id);
+    targets.insert(IQN.into(), Arc::new(lu));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let cfg = TargetConfig {
+        nop_interval: Duration::from_millis(400),
+        nop_timeout: Duration::from_millis(400),
+        ..TargetConfig::default()
+    };
+    tokio::spawn(target::serve(listener, targets.clone(), cfg, async {
+        let _ = rx.await;
+    }));
+    (addr, targets, tx)
+}
+
+struct Initiator {
+    s: TcpStream,
+    digests: Digests,
+    cmd_sn: u32,
+    itt: u32,
+}
+
+impl Initiator {
+    async fn connect(addr: SocketAddr) -> Initiator {
+        Initiator {
+            s: TcpStream::connect(addr).await.unwrap(),
+            digests: Digests::default(),
+            cmd_sn: 1,
+            itt: 1,
+        }
+    }
+
+    async fn send(&mut self, mut p: Pdu) {
+        let bytes = p.encode(self.digests);
+        self.s.write_all(&bytes).await.unwrap();
+    }
+
+    async fn recv(&mut self) -> Option<Pdu> {
+        let mut bhs = [0u8; BHS_LEN];
+        match tokio::time::timeout(Duration::from_secs(3), self.s.read_exact(&mut bhs)).await {
+            Ok(Ok(_)) => {}
+            _ => return None,
+        }
+        let n = Pdu::body_len(&bhs, self.digests, 1 << 24).unwrap();
+        let mut body = vec![0u8; n];
+        self.s.read_exact(&mut body).await.ok()?;
+        Some(Pdu::from_parts(bhs, &body, self.digests).expect("target sent a valid PDU"))
+    }
+
+    /// Receives, skipping the target's own NOP-In pings (answering them).
+    async fn recv_reply(&mut self) -> Option<Pdu> {
+        loop {
+            let p = self.recv().await?;
+            if p.opcode() == Some(Opcode::NopIn) && p.itt() == 0xFFFF_FFFF {
+                let mut a = Pdu::new(Opcode::NopOut);
+                a.set_immediate(true);
+                a.set_flags(0x80);
+                a.set_itt(0xFFFF_FFFF);
+                a.set_u32(20, p.u32_at(20));
+                a.set_u32(24, self.cmd_sn);
+                self.send(a).await;
+                continue;
+            }
+            return Some(p);
+        }
+    }
+
+    async fn login(&mut self, keys: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut p = Pdu::new(Opcode::LoginRequest);
+        p.set_immediate(true);
+        p.set_flags(0x80 | 0x04 | 0x03); // operational → full feature
+                                         // A distinct ISID per connection: each is its own I_T nexus.
+        static NEXT_ISID: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(1);
+        let isid = NEXT_ISID
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            .to_be_bytes();
+        p.bhs[8..14].copy_from_slice(&[0x80, 0, 0, 0, isid[0], isid[1]]);
+        p.set_itt(self.itt);
+        p.set_u32(24, self.cmd_sn);
+        p.data = Bytes::from(text::encode(keys));
+        self.send(p).await;
+        let r = self.recv().await.expect("login response");
+        assert_eq!(r.opcode(), Some(Opcode::LoginResponse));
+        assert_eq!((r.byte(36), r.byte(37)), (0, 0), "login refused");
+        let kv = text::parse(&r.data).unwrap();
+        let on = |k: &str| kv.iter().any(|(key, v)| key == k && v == "CRC32C");
+        self.digests = Digests {
+            header: on("HeaderDigest"),
+            data: on("DataDigest"),
+        };
+        kv
+    }
+
+    async fn normal(addr: SocketAddr, extra: &[(&str, &str)]) -> Initiator {
+        let mut i = Initiator::connect(addr).await;
+        let mut keys = vec![
+            ("InitiatorName", "iqn.2026-11.test:init"),
+            ("TargetName", IQN),
+            ("SessionType", "Normal"),
+        ];
+        keys.extend_from_slice(extra);
+        i.login(&keys).await;
+        i
+    }
+
+    fn command(&mut self, cdb: &[u8], edtl: u32, write: bool, immediate: &[u8]) -> Pdu {
+        let mut p = Pdu::new(Opcode::ScsiCommand);
+        p.set_flags(0x80 | if write { 0x20 } else { 0x40 } | 0x01);
+        p.set_itt(self.itt);
+        p.set_u32(20, edtl);
+        p.set_u32(24, self.cmd_sn);
+        p.bhs[32..32 + cdb.len()].copy_from_slice(cdb);
+        p.data = Bytes::copy_from_slice(immediate);
+        self.itt += 1;
+        self.cmd_sn += 1;
+        p
+    }
+
+    /// Runs a data-less command and returns (status, sense key).
+    async fn simple(&mut self, cdb: &[u8]) -> (u8, u8) {
+        let p = self.command(cdb, 0, false, &[]);
+        self.send(p).await;
+        let r = self.recv_reply().await.expect("response");
+        assert_eq!(r.opcode(), Some(Opcode::ScsiResponse));
+        let key = if r.data.len() > 4 {
+            r.data[4] & 0x0f
+        } else {
+            0
+        };
+        (r.byte(3), key)
+    }
+}
+
+fn rw10(op: u8, lba: u32, blocks: u16) -> [u8; 10] {
+    let mut c = [0u8; 10];
+    c[0] = op;
+    c[2..6].copy_from_slice(&lba.to_be_bytes());
+    c[7..9].copy_from_slice(&blocks.to_be_bytes());
+    c
+}
+
+#[tokio::test]
+async fn discovery_lists_the_target() {
+    let (addr, _t, _stop) = start().await;
+    let mut i = Initiator::connect(addr).await;
+    i.login(&[
+        ("InitiatorName", "iqn.2026-11.test:d"),
+        ("SessionType", "Discovery"),
+    ])
+    .await;
+    let mut p = Pdu::new(Opcode::TextRequest);
+    p.set_immediate(true);
+    p.set_flags(0x80);
+    p.set_itt(9);
+    p.set_u32(20, 0xFFFF_FFFF);
+    p.data = Bytes::from(text::encode(&[("SendTargets", "All")]));
+    i.send(p).await;
+    let r = i.recv().await.unwrap();
+    assert_eq!(r.opcode(), Some(Opcode::TextResponse));
+    let kv = text::parse(&r.data).unwrap();
+    assert_eq!(kv[0], ("TargetName".to_string(), IQN.to_string()));
+    assert_eq!(kv[1], ("TargetAddress".to_string(), format!("{addr},1")));
+}
+
+#[tokio::test]
+async fn unknown_target_is_refused_at_login() {
+    let (addr, _t, _stop) = start().await;
+    let mut i = Initiator::connect(addr).await;
+    let mut p = Pdu::new(Opcode::LoginRequest);
+    p.set_immediate(true);
+    p.set_flags(0x87);
+    p.data = Bytes::from(text::encode(&[
+        ("InitiatorName", "iqn.x"),
+        ("TargetName", "iqn.2026-11.io.tandem:nope"),
+    ]));
+    i.send(p).await;
+    let r = i.recv().await.unwrap();
+    assert_eq!((r.byte(36), r.byte(37)), (2, 3), "target not found");
+    assert!(
+        i.recv().await.is_none(),
+        "connection stays open after a failed login"
+    );
+}
+
+#[tokio::test]
+async fn r2t_write_and_multi_pdu_read_with_digests() {
+    let (addr, _t, _stop) = start().await;
+    let mut i = Initiator::normal(
+        addr,
+        &[
+            ("HeaderDigest", "CRC32C"),
+            ("DataDigest", "CRC32C"),
+            ("ImmediateData", "No"),
+            ("InitialR2T", "Yes"),
+            ("MaxBurstLength", "2048"),
+            ("MaxRecvDataSegmentLength", "1024"),
+        ],
+    )
+    .await;
+    assert!(i.digests.header && i.digests.data);
+    // Clear the login's unit attention.
+    assert_eq!(i.simple(&[0u8; 6]).await, (2, 6));
+    assert_eq!(i.simple(&[0u8; 6]).await, (0, 0));
+
+    let data: Vec<u8> = (0..4096u32).map(|x| (x * 7 % 251) as u8).collect();
+    let cmd = i.command(&rw10(0x2A, 16, 8), 4096, true, &[]);
+    let itt = cmd.itt();
+    i.send(cmd).await;
+    let mut sent = 0;
+    while sent < 4096 {
+        let r2t = i.recv_reply().await.expect("R2T");
+        assert_eq!(r2t.opcode(), Some(Opcode::R2t));
+        let (off, len) = (r2t.u32_at(40) as usize, r2t.u32_at(44) as usize);
+        assert!(len <= 2048, "burst larger than MaxBurstLength");
+        for (sn, chunk_start) in (off..off + len).step_by(1024).enumerate() {
+            let end = (chunk_start + 1024).min(off + len);
+            let mut d = Pdu::new(Opcode::DataOut);
+            d.set_flags(if end == off + len { 0x80 } else { 0 });
+            d.set_itt(itt);
+            d.set_u32(20, r2t.u32_at(20));
+            d.set_u32(36, sn as u32);
+            d.set_u32(40, chunk_start as u32);
+            d.data = Bytes::copy_from_slice(&data[chunk_start..end]);
+            i.send(d).await;
+        }
+        sent += len;
+    }
+    let r = i.recv_reply().await.unwrap();
+    assert_eq!((r.opcode(), r.byte(3)), (Some(Opcode::ScsiResponse), 0));
+
+    let cmd = i.command(&rw10(0x28, 16, 8), 4096, false, &[]);
+    i.send(cmd).await;
+    let mut back = vec![0u8; 4096];
+    let mut pdus = 0;
+    loop {
+        let p = i.recv_reply().await.expect("Data-In");
+        assert_eq!(p.opcode(), Some(Opcode::DataIn));
+        assert!(
+            p.data.len() <= 1024,
+            "Data-In larger than the initiator's MaxRecvDataSegmentLength"
+        );
+        assert_eq!(p.u32_at(36), pdus, "DataSN");
+        let off = p.u32_at(40) as usize;
+        back[off..off + p.data.len()].copy_from_slice(&p.data);
+        pdus += 1;
+        if p.flags() & 0x01 != 0 {
+            assert_eq!(p.byte(3), 0);
+            break;
+        }
+    }
+    assert_eq!(pdus, 4);
+    assert_eq!(back, data);
+}
+
+#[tokio::test]
+async fn residuals_are_reported() {
+    let (addr, _t, _stop) = start().await;
+    let mut i = Initiator::normal(addr, &[]).await;
+    i.simple(&[0u8; 6]).await;
+    // INQUIRY asking 96 bytes with an expected length of 10: overflow of 86.
+    let cmd = i.command(&[0x12, 0, 0, 0, 96, 0], 10, false, &[]);
+    i.send(cmd).await;
+    let p = i.recv_reply().await.unwrap();
+    assert_eq!(p.opcode(), Some(Opcode::DataIn));
+    assert_eq!(p.data.len(), 10);
+    assert_eq!(p.flags() & 0x05, 0x05, "status with overflow");
+    assert_eq!(p.u32_at(44), 86);
+}
+
+#[tokio::test]
+async fn nop_window_and_task_management() {
+    let (addr, _t, _stop) = start().await;
+    let mut i = Initiator::normal(addr, &[]).await;
+    // Ping with data is echoed.
+    let mut nop = Pdu::new(Opcode::NopOut);
+    nop.set_immediate(true);
+    nop.set_flags(0x80);
+    nop.set_itt(77);
+    nop.set_u32(20, 0xFFFF_FFFF);
+    nop.set_u32(24, i.cmd_sn);
+    nop.data = Bytes::from_static(b"ping!");
+    i.send(nop).await;
+    let r = i.recv_reply().await.unwrap();
+    assert_eq!(
+        (r.opcode(), r.itt(), &r.data[..]),
+        (Some(Opcode::NopIn), 77, &b"ping!"[..])
+    );
+    let max_cmd_sn = r.u32_at(32);
+
+    // A command beyond MaxCmdSN is ignored; the next in-window one is answered.
+    let mut far = i.command(&[0u8; 6], 0, false, &[]);
+    far.set_u32(24, max_cmd_sn.wrapping_add(10));
+    i.cmd_sn -= 1;
+    i.send(far).await;
+    assert_eq!(
+        i.simple(&[0u8; 6]).await,
+        (2, 6),
+        "the in-window command runs (with the login UA)"
+    );
+
+    // ABORT TASK for a task that never existed, then LUN RESET.
+    let mut tmf = Pdu::new(Opcode::TaskMgmtRequest);
+    tmf.set_immediate(true);
+    tmf.set_flags(0x80 | 1);
+    tmf.set_itt(500);
+    tmf.set_u32(20, 12345);
+    tmf.set_u32(24, i.cmd_sn);
+    tmf.set_u32(32, i.cmd_sn);
+    i.send(tmf.clone()).await;
+    let r = i.recv_reply().await.unwrap();
+    assert_eq!((r.opcode(), r.byte(2)), (Some(Opcode::TaskMgmtResponse), 1));
+    tmf.set_flags(0x80 | 5);
+    tmf.set_itt(501);
+    i.send(tmf).await;
+    let r = i.recv_reply().await.unwrap();
+    assert_eq!(r.byte(2), 0, "LUN RESET completes");
+    let (status, key) = i.simple(&[0u8; 6]).await;
+    assert_eq!((status, key), (2, 6), "reset unit attention");
+}
+
+#[tokio::test]
+async fn hostile_input_is_rejected_without_hurting_other_sessions() {
+    let (addr, _t, _stop) = start().await;
+    let mut good = Initiator::normal(addr, &[]).await;
+    good.simple(&[0u8; 6]).await;
+
+    let mut bad = Initiator::normal(addr, &[]).await;
+    // An opcode the target does not take gets a Reject.
+    let mut p = Pdu::new(Opcode::SnackRequest);
+    p.set_itt(3);
+    bad.send(p).await;
+    let r = bad.recv_reply().await.unwrap();
+    assert_eq!(r.opcode(), Some(Opcode::Reject));
+    // A data segment beyond what the target declared drops the connection.
+    let mut huge = [0u8; BHS_LEN];
+    huge[0] = Opcode::ScsiCommand as u8;
+    huge[5] = 0xFF;
+    bad.s.write_all(&huge).await.unwrap();
+    assert!(
+        bad.recv().await.is_none(),
+        "oversized PDU did not close the connection"
+    );
+    // Half a PDU, then the client vanishes.
+    let mut half = Initiator::connect(addr).await;
+    half.s.write_all(&[0x43, 0x87, 0, 0]).await.unwrap();
+    drop(half);
+
+    assert_eq!(
+        good.simple(&[0u8; 6]).await,
+        (0, 0),
+        "the good session was disturbed"
+    );
+}
+
+#[tokio::test]
+async fn removing_the_target_ends_its_sessions_and_idle_peers_are_pinged() {
+    let (addr, targets, _stop) = start().await;
+    let mut i = Initiator::normal(addr, &[]).await;
+    assert_eq!(targets.session_count(IQN), 1);
+    // Idle: the target pings with a NOP-In carrying a target transfer tag.
+    let ping = i.recv().await.expect("NOP-In ping");
+    assert_eq!(
+        (ping.opcode(), ping.itt()),
+        (Some(Opcode::NopIn), 0xFFFF_FFFF)
+    );
+    assert_ne!(ping.u32_at(20), 0xFFFF_FFFF);
+    // Unanswered, the connection is closed after nop_timeout.
+    assert!(
+        i.recv().await.is_none(),
+        "unanswered ping did not close the connection"
+    );
+
+    let mut j = Initiator::normal(addr, &[]).await;
+    j.simple(&[0u8; 6]).await;
+    assert!(targets.remove(IQN));
+    assert!(
+        j.recv().await.is_none(),
+        "session survived removal of its target"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(targets.session_count(IQN), 0);
+}
