@@ -9,4 +9,4 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
 cargo build -p tandem
-TANDEM_BIN="$PWD/target/debug/tandem" bash tests/conformance.sh --check-floor
+TANDEM_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/tandem" bash tests/conformance.sh --check-floor

@@ -45,12 +45,14 @@ pub fn decode_rw(cdb: &[u8]) -> Result<Rw, Sense> {
                 fua: false,
             });
         }
-        op::READ_10 | op::WRITE_10 | op::VERIFY_10 => Rw {
-            lba: be32(cdb, 2) as u64,
-            blocks: be16(cdb, 7) as u32,
-            fua,
-        },
-        op::READ_12 | op::WRITE_12 => Rw {
+        op::READ_10 | op::WRITE_10 | op::VERIFY_10 | op::WRITE_AND_VERIFY_10 | op::PRE_FETCH_10 => {
+            Rw {
+                lba: be32(cdb, 2) as u64,
+                blocks: be16(cdb, 7) as u32,
+                fua,
+            }
+        }
+        op::READ_12 | op::WRITE_12 | op::WRITE_AND_VERIFY_12 => Rw {
             lba: be32(cdb, 2) as u64,
             blocks: be32(cdb, 6),
             fua,
@@ -95,9 +97,16 @@ pub async fn read(v: &dyn Volume, cdb: &[u8], l: &Limits) -> Outcome {
         .map_err(|e| volume_sense(&e, rw.lba))
 }
 
-/// WRITE 6/10/12/16.
+/// WRITE 6/10/12/16, and WRITE AND VERIFY 10/12/16 (SBC-3 5.36): the data
+/// reaches stable storage before GOOD, so the verify reads back what was written.
 pub async fn write(v: &dyn Volume, cdb: &[u8], data: &Bytes, l: &Limits) -> Outcome {
-    let rw = decode_rw(cdb)?;
+    let mut rw = decode_rw(cdb)?;
+    if matches!(
+        cdb[0],
+        op::WRITE_AND_VERIFY_10 | op::WRITE_AND_VERIFY_12 | op::WRITE_AND_VERIFY_16
+    ) {
+        rw.fua = true;
+    }
     check(v, rw.lba, rw.blocks as u64)?;
     if rw.blocks > l.max_transfer {
         return Err(Sense::invalid_cdb(0, None));
@@ -323,4 +332,12 @@ pub async fn get_lba_status(v: &dyn Volume, cdb: &[u8]) -> Outcome {
     let len = (d.len() - 4) as u32;
     d[0..4].copy_from_slice(&len.to_be_bytes());
     Ok(d)
+}
+
+/// PRE-FETCH 10/16 (SBC-3 5.9): range-checked; there is no separate cache to
+/// fill, so GOOD (not CONDITION MET) tells the initiator nothing was staged.
+pub fn pre_fetch(v: &dyn Volume, cdb: &[u8]) -> Outcome {
+    let rw = decode_rw(cdb)?;
+    check(v, rw.lba, rw.blocks as u64)?;
+    Ok(Vec::new())
 }

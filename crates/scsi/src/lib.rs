@@ -9,6 +9,7 @@ mod cdb;
 mod inquiry;
 mod limits;
 mod mode;
+mod opcodes;
 mod sense;
 mod unit_attention;
 
@@ -194,6 +195,14 @@ impl LogicalUnit {
                     Ok(self.report_target_port_groups(cdb)),
                     Some(be32(cdb, 6) as usize),
                 ),
+                0x0C => (
+                    opcodes::report_supported_operation_codes(cdb),
+                    Some(opcodes::allocation_length(cdb)),
+                ),
+                0x0D => (
+                    opcodes::report_supported_tmfs(cdb),
+                    Some(opcodes::allocation_length(cdb)),
+                ),
                 _ => (Err(Sense::invalid_cdb(1, Some(4))), None),
             },
             op::MODE_SENSE_6 | op::MODE_SENSE_10 => {
@@ -211,9 +220,14 @@ impl LogicalUnit {
             op::READ_6 | op::READ_10 | op::READ_12 | op::READ_16 => {
                 (block::read(v, cdb, &limits).await, None)
             }
-            op::WRITE_6 | op::WRITE_10 | op::WRITE_12 | op::WRITE_16 => {
-                (block::write(v, cdb, data, &limits).await, None)
-            }
+            op::WRITE_6
+            | op::WRITE_10
+            | op::WRITE_12
+            | op::WRITE_16
+            | op::WRITE_AND_VERIFY_10
+            | op::WRITE_AND_VERIFY_12
+            | op::WRITE_AND_VERIFY_16 => (block::write(v, cdb, data, &limits).await, None),
+            op::PRE_FETCH_10 | op::PRE_FETCH_16 => (block::pre_fetch(v, cdb), None),
             op::VERIFY_10 | op::VERIFY_16 => (block::verify(v, cdb, data, &limits).await, None),
             op::SYNCHRONIZE_CACHE_10 | op::SYNCHRONIZE_CACHE_16 => {
                 (block::synchronize_cache(v, cdb).await, None)
@@ -271,9 +285,13 @@ fn data_out_len(cdb: &[u8], block_size: u32) -> Option<u32> {
     }
     let bs = block_size as u64;
     let bytes: u64 = match opcode {
-        op::WRITE_6 | op::WRITE_10 | op::WRITE_12 | op::WRITE_16 => {
-            block::decode_rw(cdb).ok()?.blocks as u64 * bs
-        }
+        op::WRITE_6
+        | op::WRITE_10
+        | op::WRITE_12
+        | op::WRITE_16
+        | op::WRITE_AND_VERIFY_10
+        | op::WRITE_AND_VERIFY_12
+        | op::WRITE_AND_VERIFY_16 => block::decode_rw(cdb).ok()?.blocks as u64 * bs,
         op::VERIFY_10 | op::VERIFY_16 => match (cdb[1] >> 1) & 0x03 {
             1 => block::decode_rw(cdb).ok()?.blocks as u64 * bs,
             3 => bs,

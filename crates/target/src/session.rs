@@ -467,9 +467,16 @@ impl Session<'_> {
                 .data_sn
         };
         if data_sn != *expected {
-            let why = format!("Data-Out with DataSN {data_sn}, expected {expected}");
+            // The burst can no longer be trusted: reject the PDU and end the
+            // command with CHECK CONDITION; the session itself carries on.
+            tracing::warn!(peer = %self.peer, itt, data_sn, expected = *expected, "Data-Out out of sequence");
             let _ = self.out.send(Outgoing::Pdu(reject(0x04, &p.bhs))).await;
-            return Err(why);
+            let w = self.writes.remove(&itt).expect("present");
+            self.buffered -= w.buf.len();
+            // ABORTED COMMAND, DATA PHASE ERROR (SPC-4 table 50).
+            let sense = scsi::Sense::new(scsi::sense_key::ABORTED_COMMAND, 0x4B, 0x00);
+            self.respond_error(w.cmd, sense).await;
+            return Ok(true);
         }
         *expected += 1;
         w.buf[offset as usize..(offset + len) as usize].copy_from_slice(&p.data);
