@@ -1,6 +1,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use scsi::reservations::{PersistentState, StateStore};
 use scsi::LogicalUnit;
 use serde::{Deserialize, Serialize};
 use store::{LocalVolume, Store};
@@ -75,6 +76,24 @@ struct Exported {
     iqn: String,
 }
 
+/// Saves a logical unit's persistent reservations next to its volume.
+struct UnitStateFile {
+    store: Arc<Store>,
+    name: String,
+}
+
+#[async_trait::async_trait]
+impl StateStore for UnitStateFile {
+    async fn save(&self, bytes: Vec<u8>) -> Result<(), String> {
+        let store = self.store.clone();
+        let name = self.name.clone();
+        tokio::task::spawn_blocking(move || store.write_unit_state(&name, &bytes))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+    }
+}
+
 impl Node {
     /// Opens every volume of `store` and exports it through `targets`.
     pub async fn start(
@@ -103,7 +122,19 @@ impl Node {
         let iqn = iqn_for(&self.config.iqn_prefix, &meta.name);
         let identity = lun_identity(self.store.installation_id(), meta.id, &iqn);
         let dyn_volume: Arc<dyn Volume> = volume.clone();
-        let lun = Arc::new(LogicalUnit::new(dyn_volume, identity));
+        let saved = match self.store.read_unit_state(&meta.name)? {
+            None => PersistentState::default(),
+            Some(bytes) => PersistentState::decode(&bytes).unwrap_or_else(|e| {
+                tracing::error!(volume = %meta.name, "persistent reservations unreadable, starting without: {e}");
+                PersistentState::default()
+            }),
+        };
+        let state_store = Arc::new(UnitStateFile {
+            store: self.store.clone(),
+            name: meta.name.clone(),
+        });
+        let lun =
+            Arc::new(LogicalUnit::new(dyn_volume, identity).with_reservations(saved, state_store));
         self.targets.insert(iqn.clone(), lun.clone());
         tracing::info!(volume = %meta.name, %iqn, "volume exported");
         Ok(Exported { volume, lun, iqn })

@@ -32,7 +32,7 @@ pub struct Rw {
     pub fua: bool,
 }
 
-/// Decodes the LBA, transfer length and FUA of READ/WRITE 6/10/12/16 and VERIFY 10/16.
+/// Decodes the LBA, transfer length and FUA of READ/WRITE 6/10/12/16 and VERIFY 10/12/16.
 pub fn decode_rw(cdb: &[u8]) -> Result<Rw, Sense> {
     let fua = cdb[1] & 0x08 != 0;
     let rw = match cdb[0] {
@@ -52,7 +52,7 @@ pub fn decode_rw(cdb: &[u8]) -> Result<Rw, Sense> {
                 fua,
             }
         }
-        op::READ_12 | op::WRITE_12 | op::WRITE_AND_VERIFY_12 => Rw {
+        op::READ_12 | op::WRITE_12 | op::WRITE_AND_VERIFY_12 | op::VERIFY_12 => Rw {
             lba: be32(cdb, 2) as u64,
             blocks: be32(cdb, 6),
             fua,

@@ -10,6 +10,7 @@ mod inquiry;
 mod limits;
 mod mode;
 mod opcodes;
+pub mod reservations;
 mod sense;
 mod unit_attention;
 
@@ -24,6 +25,7 @@ pub use sense::{key as sense_key, Sense};
 
 use crate::block::Outcome;
 use crate::cdb::{be16, be32};
+use crate::reservations::{PersistentState, Reservations, StateStore, CONFLICT};
 use crate::unit_attention::UnitAttentions;
 
 /// SAM-5 status codes.
@@ -96,6 +98,7 @@ pub struct LogicalUnit {
     volume: Arc<dyn Volume>,
     identity: LunIdentity,
     attentions: UnitAttentions,
+    reservations: Reservations,
 }
 
 impl LogicalUnit {
@@ -105,7 +108,20 @@ impl LogicalUnit {
             volume,
             identity,
             attentions: UnitAttentions::default(),
+            reservations: Reservations::new(PersistentState::default(), None),
         }
+    }
+
+    /// Starts from persistent reservations loaded from `store` (see
+    /// [`PersistentState::decode`]) and saves every change back to it.
+    pub fn with_reservations(mut self, state: PersistentState, store: Arc<dyn StateStore>) -> Self {
+        self.reservations = Reservations::new(state, Some(store));
+        self
+    }
+
+    /// The persistent reservation state, as PERSISTENT RESERVE IN reports it.
+    pub fn persistent_reservations(&self) -> PersistentState {
+        self.reservations.snapshot()
     }
 
     /// The volume behind this unit.
@@ -142,6 +158,14 @@ impl LogicalUnit {
             Some(_) => return check_condition(Sense::invalid_cdb(0, None), data_out_wanted),
             None => return check_condition(Sense::INVALID_OPCODE, data_out_wanted),
         }
+        if !self.reservations.allows(req.initiator, cdb) {
+            return Response {
+                status: Status::ReservationConflict,
+                data: Vec::new(),
+                sense: None,
+                data_out_wanted,
+            };
+        }
         let (outcome, alloc) = self.dispatch(&req).await;
         match outcome {
             Ok(mut data) => {
@@ -155,6 +179,12 @@ impl LogicalUnit {
                     data_out_wanted,
                 }
             }
+            Err(CONFLICT) => Response {
+                status: Status::ReservationConflict,
+                data: Vec::new(),
+                sense: None,
+                data_out_wanted,
+            },
             Err(sense) => check_condition(sense, data_out_wanted),
         }
     }
@@ -228,7 +258,30 @@ impl LogicalUnit {
             | op::WRITE_AND_VERIFY_12
             | op::WRITE_AND_VERIFY_16 => (block::write(v, cdb, data, &limits).await, None),
             op::PRE_FETCH_10 | op::PRE_FETCH_16 => (block::pre_fetch(v, cdb), None),
-            op::VERIFY_10 | op::VERIFY_16 => (block::verify(v, cdb, data, &limits).await, None),
+            op::VERIFY_10 | op::VERIFY_12 | op::VERIFY_16 => {
+                (block::verify(v, cdb, data, &limits).await, None)
+            }
+            op::PERSISTENT_RESERVE_IN => (
+                self.reservations.persistent_reserve_in(cdb),
+                Some(be16(cdb, 7) as usize),
+            ),
+            op::PERSISTENT_RESERVE_OUT => (
+                self.reservations
+                    .persistent_reserve_out(req.initiator, cdb, data, &self.attentions)
+                    .await
+                    .map(|()| Vec::new()),
+                None,
+            ),
+            op::RESERVE_6 | op::RESERVE_10 => (
+                self.reservations
+                    .reserve_legacy(req.initiator, cdb)
+                    .map(|()| Vec::new()),
+                None,
+            ),
+            op::RELEASE_6 | op::RELEASE_10 => {
+                self.reservations.release_legacy(req.initiator);
+                (Ok(Vec::new()), None)
+            }
             op::SYNCHRONIZE_CACHE_10 | op::SYNCHRONIZE_CACHE_16 => {
                 (block::synchronize_cache(v, cdb).await, None)
             }
@@ -268,7 +321,14 @@ impl LogicalUnit {
     /// LUN RESET / TARGET WARM RESET happened (the transport has already
     /// aborted the task set): every nexus gets a reset unit attention.
     pub fn reset(&self) {
+        self.reservations.nexus_lost(None);
         self.attentions.raise_all(unit_attention::LUN_RESET);
+    }
+
+    /// The I_T nexus ended (logout or lost connection): a RESERVE (6)/(10)
+    /// it held is released; persistent reservations stay.
+    pub fn nexus_removed(&self, initiator: &str) {
+        self.reservations.nexus_lost(Some(initiator));
     }
 
     /// The volume was resized: every nexus gets CAPACITY DATA HAS CHANGED.
@@ -292,7 +352,7 @@ fn data_out_len(cdb: &[u8], block_size: u32) -> Option<u32> {
         | op::WRITE_AND_VERIFY_10
         | op::WRITE_AND_VERIFY_12
         | op::WRITE_AND_VERIFY_16 => block::decode_rw(cdb).ok()?.blocks as u64 * bs,
-        op::VERIFY_10 | op::VERIFY_16 => match (cdb[1] >> 1) & 0x03 {
+        op::VERIFY_10 | op::VERIFY_12 | op::VERIFY_16 => match (cdb[1] >> 1) & 0x03 {
             1 => block::decode_rw(cdb).ok()?.blocks as u64 * bs,
             3 => bs,
             _ => 0,
@@ -306,6 +366,7 @@ fn data_out_len(cdb: &[u8], block_size: u32) -> Option<u32> {
             }
         }
         op::UNMAP => be16(cdb, 7) as u64,
+        op::PERSISTENT_RESERVE_OUT => be32(cdb, 5) as u64,
         op::COMPARE_AND_WRITE => 2 * cdb[13] as u64 * bs,
         _ => return None,
     };

@@ -75,6 +75,12 @@ impl Sense {
         }
     }
 
+    /// The same condition pointing at `byte` (and `bit`) of the parameter list.
+    pub const fn with_field(mut self, byte: u16, bit: Option<u8>) -> Sense {
+        self.field = Some((false, byte, bit));
+        self
+    }
+
     /// The same condition with the INFORMATION field set.
     pub const fn with_info(mut self, info: u64) -> Sense {
         self.info = Some(info);

@@ -35,6 +35,15 @@ impl UnitAttentions {
         }
     }
 
+    /// Queues `ua` for one nexus (no duplicates).
+    pub fn raise(&self, nexus: &str, ua: Sense) {
+        let mut p = self.pending.lock().unwrap();
+        let q = p.entry(nexus.to_string()).or_default();
+        if !q.contains(&ua) {
+            q.push_back(ua);
+        }
+    }
+
     /// Takes the oldest pending unit attention of `nexus`.
     pub fn take(&self, nexus: &str) -> Option<Sense> {
         let mut p = self.pending.lock().unwrap();

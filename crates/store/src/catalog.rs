@@ -302,6 +302,33 @@ impl Store {
         Ok(())
     }
 
+    /// The logical unit state saved for a volume (persistent reservations),
+    /// or `None` when nothing was saved yet.
+    pub fn read_unit_state(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.unit_state_path(name)?;
+        match fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io("cannot read", &path)(e)),
+        }
+    }
+
+    /// Replaces the logical unit state saved for a volume, durably.
+    pub fn write_unit_state(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        let path = self.unit_state_path(name)?;
+        write_atomic(&path, bytes)
+    }
+
+    fn unit_state_path(&self, name: &str) -> Result<PathBuf, StoreError> {
+        let meta = self
+            .get(name)
+            .ok_or_else(|| StoreError::NotFound(name.to_string()))?;
+        Ok(self
+            .volumes_dir()
+            .join(meta.id.to_string())
+            .join("reservations.json"))
+    }
+
     /// Space the volume's data takes on the filesystem, in bytes.
     pub fn allocated_bytes(&self, name: &str) -> Result<u64, StoreError> {
         let meta = self

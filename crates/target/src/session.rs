@@ -209,6 +209,7 @@ pub(crate) async fn run(
     tracing::info!(peer = %s.peer, initiator = %s.neg.initiator_name, "iSCSI session ended: {reason}");
     reader.abort();
     s.abort_all();
+    s.target.lun0.nexus_removed(&s.nexus);
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let _ = s.out.send(Outgoing::Flush(done_tx)).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), done_rx).await;
@@ -622,9 +623,13 @@ impl Session<'_> {
         let response = match function {
             // ABORT TASK
             1 => {
-                // A task that already completed counts as aborted when its
-                // RefCmdSN precedes this request (RFC 7143 §11.5.1).
-                if self.abort_task(ref_itt) || serial::lt(ref_cmd_sn, cmd_sn) {
+                // RFC 7143 §11.5.1: a task not found counts as aborted only
+                // when its command was never received (RefCmdSN still inside
+                // the window, before this request); one that already completed
+                // and answered "does not exist".
+                let exp = self.seq.exp_cmd_sn.load(Ordering::SeqCst);
+                let never_received = !serial::lt(ref_cmd_sn, exp) && serial::lt(ref_cmd_sn, cmd_sn);
+                if self.abort_task(ref_itt) || never_received {
                     0
                 } else {
                     1
