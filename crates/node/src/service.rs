@@ -2,6 +2,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use scsi::reservations::{PersistentState, StateStore};
+use scsi::xcopy::UnitDirectory;
 use scsi::LogicalUnit;
 use serde::{Deserialize, Serialize};
 use store::{LocalVolume, Store};
@@ -133,8 +134,12 @@ impl Node {
             store: self.store.clone(),
             name: meta.name.clone(),
         });
-        let lun =
-            Arc::new(LogicalUnit::new(dyn_volume, identity).with_reservations(saved, state_store));
+        let directory: Arc<dyn UnitDirectory> = self.targets.clone();
+        let lun = Arc::new(
+            LogicalUnit::new(dyn_volume, identity)
+                .with_reservations(saved, state_store)
+                .with_directory(Arc::downgrade(&directory)),
+        );
         self.targets.insert(iqn.clone(), lun.clone());
         tracing::info!(volume = %meta.name, %iqn, "volume exported");
         Ok(Exported { volume, lun, iqn })

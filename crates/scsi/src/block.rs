@@ -341,3 +341,59 @@ pub fn pre_fetch(v: &dyn Volume, cdb: &[u8]) -> Outcome {
     check(v, rw.lba, rw.blocks as u64)?;
     Ok(Vec::new())
 }
+
+/// Attempts ORWRITE makes before giving up under constant contention.
+const ORWRITE_ATTEMPTS: usize = 16;
+
+/// ORWRITE (16) (SBC-3 5.8): ORs data-out into the blocks, atomically against
+/// every other writer (read, OR, then compare-and-write the result; a block
+/// changed in between is read again).
+pub async fn orwrite(v: &dyn Volume, cdb: &[u8], data: &Bytes, l: &Limits) -> Outcome {
+    if cdb[1] & 0xE0 != 0 {
+        // ORPROTECT: these volumes carry no protection information.
+        return Err(Sense::invalid_cdb(1, Some(7)));
+    }
+    let lba = be64(cdb, 2);
+    let blocks = be32(cdb, 10);
+    let fua = cdb[1] & 0x08 != 0;
+    check(v, lba, blocks as u64)?;
+    if blocks > l.max_transfer {
+        return Err(Sense::invalid_cdb(10, None));
+    }
+    if blocks == 0 {
+        return Ok(Vec::new());
+    }
+    let mask = needs(data, blocks as u64 * v.block_size() as u64)?;
+    for _ in 0..ORWRITE_ATTEMPTS {
+        let current = v
+            .read(lba, blocks)
+            .await
+            .map_err(|e| volume_sense(&e, lba))?;
+        let merged: Vec<u8> = current
+            .iter()
+            .zip(mask.iter())
+            .map(|(a, b)| a | b)
+            .collect();
+        match v
+            .compare_and_write(lba, Bytes::from(current), Bytes::from(merged), fua)
+            .await
+        {
+            Ok(()) => return Ok(Vec::new()),
+            Err(VolumeError::Miscompare { .. }) => continue,
+            Err(e) => return Err(volume_sense(&e, lba)),
+        }
+    }
+    Err(Sense::new(crate::sense::key::ABORTED_COMMAND, 0x00, 0x00))
+}
+
+/// READ DEFECT DATA (10)/(12) (SBC-3 5.17, 5.18): a thin volume has no
+/// medium of its own, so both lists are valid and empty, in the format asked for.
+pub fn read_defect_data(cdb: &[u8]) -> Outcome {
+    if cdb[0] == op::READ_DEFECT_DATA_10 {
+        let flags = cdb[2] & 0x1F;
+        Ok(vec![0, flags, 0, 0])
+    } else {
+        let flags = cdb[1] & 0x1F;
+        Ok(vec![0, flags, 0, 0, 0, 0, 0, 0])
+    }
+}

@@ -8,7 +8,7 @@ use crate::sense::Sense;
 use crate::LunIdentity;
 
 /// VPD pages this unit reports, in ascending order.
-pub const SUPPORTED_VPD: [u8; 6] = [0x00, 0x80, 0x83, 0xB0, 0xB1, 0xB2];
+pub const SUPPORTED_VPD: [u8; 7] = [0x00, 0x80, 0x83, 0x8F, 0xB0, 0xB1, 0xB2];
 
 /// Builds the INQUIRY answer for `cdb` (before truncation to the allocation length).
 pub fn inquiry(
@@ -39,6 +39,7 @@ pub fn inquiry(
                 .collect(),
         )),
         0x83 => Ok(vpd(0x83, device_identification(id))),
+        0x8F => Ok(vpd(0x8F, crate::xcopy::third_party_copy_page())),
         0xB0 => Ok(vpd(0xB0, block_limits(limits))),
         0xB1 => Ok(vpd(0xB1, vec![0u8; 0x3C])),
         0xB2 => Ok(vpd(0xB2, provisioning_page(provisioning))),
@@ -57,7 +58,7 @@ fn standard(id: &LunIdentity) -> Vec<u8> {
     d[0] = 0x00; // peripheral qualifier 0, direct access block device
     d[2] = 0x06; // SPC-4
     d[3] = 0x12; // HISUP, response data format 2
-    d[5] = 0x10; // TPGS = 01b: implicit ALUA
+    d[5] = 0x10 | 0x08; // TPGS = 01b: implicit ALUA; 3PC: EXTENDED COPY
     d[7] = 0x02; // CMDQUE
     d[8..16].copy_from_slice(&ascii_field(&id.vendor, 8));
     d[16..32].copy_from_slice(&ascii_field(&id.product, 16));
@@ -91,9 +92,7 @@ fn device_identification(id: &LunIdentity) -> Vec<u8> {
     // NAA, associated with the logical unit, binary.
     add(0x01, 0x03, &id.naa);
     // T10 vendor ID, logical unit, ASCII: vendor (8) + serial.
-    let mut t10 = ascii_field(&id.vendor, 8);
-    t10.extend(id.serial.bytes().filter(|b| (0x20..0x7f).contains(b)));
-    add(0x02, 0x01, &t10);
+    add(0x02, 0x01, &t10_designator(id));
     // Relative target port and target port group, target port, iSCSI protocol.
     let mut port = vec![0, 0];
     port.extend_from_slice(&id.relative_port.to_be_bytes());
@@ -115,6 +114,13 @@ fn device_identification(id: &LunIdentity) -> Vec<u8> {
     }
     add(0x53, 0xA8, &name);
     d
+}
+
+/// The T10 vendor ID designator value: vendor (8 bytes) + serial number.
+pub fn t10_designator(id: &LunIdentity) -> Vec<u8> {
+    let mut t10 = ascii_field(&id.vendor, 8);
+    t10.extend(id.serial.bytes().filter(|b| (0x20..0x7f).contains(b)));
+    t10
 }
 
 // SBC-3 6.6.4: block limits.

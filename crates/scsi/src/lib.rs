@@ -13,6 +13,7 @@ mod opcodes;
 pub mod reservations;
 mod sense;
 mod unit_attention;
+pub mod xcopy;
 
 use std::sync::Arc;
 
@@ -99,16 +100,56 @@ pub struct LogicalUnit {
     identity: LunIdentity,
     attentions: UnitAttentions,
     reservations: Reservations,
+    copies: xcopy::CopyManager,
+    mode: std::sync::Mutex<mode::Settings>,
 }
 
 impl LogicalUnit {
     /// Creates the logical unit for `volume`, presented as `identity`.
     pub fn new(volume: Arc<dyn Volume>, identity: LunIdentity) -> Self {
         LogicalUnit {
-            volume,
             identity,
             attentions: UnitAttentions::default(),
             reservations: Reservations::new(PersistentState::default(), None),
+            copies: xcopy::CopyManager::default(),
+            mode: std::sync::Mutex::new(mode::Settings {
+                write_cache: volume.write_cache(),
+                d_sense: false,
+                swp: false,
+            }),
+            volume,
+        }
+    }
+
+    fn mode_state(&self) -> mode::ModeState {
+        mode::ModeState {
+            num_blocks: self.volume.num_blocks(),
+            block_size: self.volume.block_size(),
+            volatile_cache: self.volume.write_cache(),
+            settings: *self.mode.lock().unwrap(),
+        }
+    }
+
+    /// Lets EXTENDED COPY reach the other logical units of the node.
+    pub fn with_directory(self, directory: std::sync::Weak<dyn xcopy::UnitDirectory>) -> Self {
+        self.copies.set_directory(directory);
+        self
+    }
+
+    /// Whether `d` (a VPD 0x83 designation descriptor: code set, type, length,
+    /// value) names this logical unit.
+    pub fn has_designator(&self, d: &[u8]) -> bool {
+        if d.len() < 4 || (d[1] >> 4) & 0x03 != 0 {
+            return false;
+        }
+        let len = d[3] as usize;
+        let Some(value) = d.get(4..4 + len) else {
+            return false;
+        };
+        match d[1] & 0x0F {
+            0x03 => value == self.identity.naa.as_slice(),
+            0x01 => value == inquiry::t10_designator(&self.identity).as_slice(),
+            _ => false,
         }
     }
 
@@ -143,20 +184,26 @@ impl LogicalUnit {
     pub async fn execute(&self, req: Request<'_>) -> Response {
         let cdb = req.cdb;
         let Some(&opcode) = cdb.first() else {
-            return check_condition(Sense::INVALID_OPCODE, None);
+            return check_condition(Sense::INVALID_OPCODE, None, false);
         };
         let data_out_wanted = data_out_len(cdb, self.volume.block_size());
+        let settings = *self.mode.lock().unwrap();
+        let fail = |sense: Sense| check_condition(sense, data_out_wanted, settings.d_sense);
         // SAM-5 5.14: a pending unit attention preempts every command but these.
         if !matches!(opcode, op::INQUIRY | op::REPORT_LUNS | op::REQUEST_SENSE) {
             if let Some(ua) = self.attentions.take(req.initiator) {
-                return check_condition(ua, data_out_wanted);
+                return fail(ua);
             }
         }
         match cdb_len(opcode) {
             Some(n) if cdb.len() >= n => {}
             // Short CDBs cannot be parsed; unknown groups are unknown commands.
-            Some(_) => return check_condition(Sense::invalid_cdb(0, None), data_out_wanted),
-            None => return check_condition(Sense::INVALID_OPCODE, data_out_wanted),
+            Some(_) => return fail(Sense::invalid_cdb(0, None)),
+            None => return fail(Sense::INVALID_OPCODE),
+        }
+        let changes_medium = changes_medium(opcode);
+        if changes_medium && settings.swp {
+            return fail(mode::WRITE_PROTECTED);
         }
         if !self.reservations.allows(req.initiator, cdb) {
             return Response {
@@ -166,7 +213,13 @@ impl LogicalUnit {
                 data_out_wanted,
             };
         }
-        let (outcome, alloc) = self.dispatch(&req).await;
+        let (mut outcome, alloc) = self.dispatch(&req).await;
+        if changes_medium && outcome.is_ok() && !settings.write_cache && self.volume.write_cache() {
+            // WCE cleared by MODE SELECT: every write is durable before GOOD.
+            if let Err(e) = self.volume.flush().await {
+                outcome = Err(block::volume_sense(&e, 0));
+            }
+        }
         match outcome {
             Ok(mut data) => {
                 if let Some(a) = alloc {
@@ -185,7 +238,7 @@ impl LogicalUnit {
                 sense: None,
                 data_out_wanted,
             },
-            Err(sense) => check_condition(sense, data_out_wanted),
+            Err(sense) => fail(sense),
         }
     }
 
@@ -237,11 +290,7 @@ impl LogicalUnit {
             },
             op::MODE_SENSE_6 | op::MODE_SENSE_10 => {
                 let ten = cdb[0] == op::MODE_SENSE_10;
-                let state = mode::ModeState {
-                    num_blocks: v.num_blocks(),
-                    block_size: v.block_size(),
-                    write_cache: v.write_cache(),
-                };
+                let state = self.mode_state();
                 (
                     mode::mode_sense(cdb, ten, &state),
                     Some(mode::allocation_length(cdb, ten)),
@@ -277,6 +326,32 @@ impl LogicalUnit {
                     .reserve_legacy(req.initiator, cdb)
                     .map(|()| Vec::new()),
                 None,
+            ),
+            op::MODE_SELECT_6 | op::MODE_SELECT_10 => {
+                let ten = cdb[0] == op::MODE_SELECT_10;
+                let outcome = mode::mode_select(cdb, ten, data, &self.mode_state()).map(|next| {
+                    let mut m = self.mode.lock().unwrap();
+                    if *m != next {
+                        *m = next;
+                        self.attentions
+                            .raise_others(req.initiator, mode::PARAMETERS_CHANGED);
+                    }
+                    Vec::new()
+                });
+                (outcome, None)
+            }
+            op::ORWRITE_16 => (block::orwrite(v, cdb, data, &limits).await, None),
+            op::READ_DEFECT_DATA_10 => (block::read_defect_data(cdb), Some(be16(cdb, 7) as usize)),
+            op::READ_DEFECT_DATA_12 => (block::read_defect_data(cdb), Some(be32(cdb, 6) as usize)),
+            op::EXTENDED_COPY => (
+                self.copies
+                    .extended_copy(self, req.initiator, cdb, data)
+                    .await,
+                None,
+            ),
+            op::RECEIVE_COPY_RESULTS => (
+                self.copies.receive_copy_results(req.initiator, cdb),
+                Some(be32(cdb, 10) as usize),
             ),
             op::RELEASE_6 | op::RELEASE_10 => {
                 self.reservations.release_legacy(req.initiator);
@@ -357,6 +432,7 @@ fn data_out_len(cdb: &[u8], block_size: u32) -> Option<u32> {
             3 => bs,
             _ => 0,
         },
+        op::ORWRITE_16 => be32(cdb, 10) as u64 * bs,
         op::WRITE_SAME_10 => bs,
         op::WRITE_SAME_16 => {
             if cdb[1] & 0x01 != 0 {
@@ -367,17 +443,40 @@ fn data_out_len(cdb: &[u8], block_size: u32) -> Option<u32> {
         }
         op::UNMAP => be16(cdb, 7) as u64,
         op::PERSISTENT_RESERVE_OUT => be32(cdb, 5) as u64,
+        op::EXTENDED_COPY => be32(cdb, 10) as u64,
+        op::MODE_SELECT_6 => cdb[4] as u64,
+        op::MODE_SELECT_10 => be16(cdb, 7) as u64,
         op::COMPARE_AND_WRITE => 2 * cdb[13] as u64 * bs,
         _ => return None,
     };
     Some(bytes.min(u32::MAX as u64) as u32)
 }
 
-fn check_condition(sense: Sense, data_out_wanted: Option<u32>) -> Response {
+/// Commands that change the medium: refused under SWP, flushed when WCE is off.
+fn changes_medium(opcode: u8) -> bool {
+    matches!(
+        opcode,
+        op::WRITE_6
+            | op::WRITE_10
+            | op::WRITE_12
+            | op::WRITE_16
+            | op::WRITE_AND_VERIFY_10
+            | op::WRITE_AND_VERIFY_12
+            | op::WRITE_AND_VERIFY_16
+            | op::WRITE_SAME_10
+            | op::WRITE_SAME_16
+            | op::UNMAP
+            | op::COMPARE_AND_WRITE
+            | op::ORWRITE_16
+            | op::EXTENDED_COPY
+    )
+}
+
+fn check_condition(sense: Sense, data_out_wanted: Option<u32>, descriptor: bool) -> Response {
     Response {
         status: Status::CheckCondition,
         data: Vec::new(),
-        sense: Some(sense.encode(false)),
+        sense: Some(sense.encode(descriptor)),
         data_out_wanted,
     }
 }
@@ -447,12 +546,12 @@ pub fn respond_no_such_lun(req: &Request<'_>, luns: &[u64]) -> Response {
         }
         Some(&op::REPORT_LUNS) if cdb.len() >= 12 => match report_luns(cdb, luns) {
             (Ok(d), alloc) => good(d, alloc.unwrap_or(usize::MAX)),
-            (Err(s), _) => check_condition(s, None),
+            (Err(s), _) => check_condition(s, None, false),
         },
         Some(&op::REQUEST_SENSE) if cdb.len() >= 6 => good(
             Sense::LUN_NOT_SUPPORTED.encode(cdb[1] & 1 != 0),
             cdb[4] as usize,
         ),
-        _ => check_condition(Sense::LUN_NOT_SUPPORTED, None),
+        _ => check_condition(Sense::LUN_NOT_SUPPORTED, None, false),
     }
 }

@@ -14,6 +14,9 @@ const COMMANDS: &[(u8, Option<u16>, &[u8])] = &[
     (op::READ_6, None, &[0x08, 0x1F, F, F, F, 0]),
     (op::WRITE_6, None, &[0x0A, 0x1F, F, F, F, 0]),
     (op::INQUIRY, None, &[0x12, 0x01, F, F, F, 0]),
+    (op::MODE_SELECT_6, None, &[0x15, 0x11, 0, 0, F, 0]),
+    (op::RESERVE_6, None, &[0x16, 0, 0, 0, 0, 0]),
+    (op::RELEASE_6, None, &[0x17, 0, 0, 0, 0, 0]),
     (op::MODE_SENSE_6, None, &[0x1A, 0x08, F, F, F, 0]),
     (op::START_STOP_UNIT, None, &[0x1B, 0x01, 0, 0x0F, 0xF7, 0]),
     (
@@ -40,15 +43,102 @@ const COMMANDS: &[(u8, Option<u16>, &[u8])] = &[
         &[0x35, 0x02, F, F, F, F, 0, F, F, 0],
     ),
     (
+        op::READ_DEFECT_DATA_10,
+        None,
+        &[0x37, 0, 0x1F, 0, 0, 0, 0, F, F, 0],
+    ),
+    (
         op::WRITE_SAME_10,
         None,
         &[0x41, 0x08, F, F, F, F, 0, F, F, 0],
     ),
     (op::UNMAP, None, &[0x42, 0, 0, 0, 0, 0, 0, F, F, 0]),
     (
+        op::MODE_SELECT_10,
+        None,
+        &[0x55, 0x11, 0, 0, 0, 0, 0, F, F, 0],
+    ),
+    (op::RESERVE_10, None, &[0x56, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+    (op::RELEASE_10, None, &[0x57, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+    (
         op::MODE_SENSE_10,
         None,
         &[0x5A, 0x18, F, F, 0, 0, 0, F, F, 0],
+    ),
+    (
+        op::PERSISTENT_RESERVE_IN,
+        Some(0),
+        &[0x5E, 0, 0, 0, 0, 0, 0, F, F, 0],
+    ),
+    (
+        op::PERSISTENT_RESERVE_IN,
+        Some(1),
+        &[0x5E, 1, 0, 0, 0, 0, 0, F, F, 0],
+    ),
+    (
+        op::PERSISTENT_RESERVE_IN,
+        Some(2),
+        &[0x5E, 2, 0, 0, 0, 0, 0, F, F, 0],
+    ),
+    (
+        op::PERSISTENT_RESERVE_IN,
+        Some(3),
+        &[0x5E, 3, 0, 0, 0, 0, 0, F, F, 0],
+    ),
+    (
+        op::PERSISTENT_RESERVE_OUT,
+        Some(0),
+        &[0x5F, 0, F, 0, 0, F, F, F, F, 0],
+    ),
+    (
+        op::PERSISTENT_RESERVE_OUT,
+        Some(1),
+        &[0x5F, 1, F, 0, 0, F, F, F, F, 0],
+    ),
+    (
+        op::PERSISTENT_RESERVE_OUT,
+        Some(2),
+        &[0x5F, 2, F, 0, 0, F, F, F, F, 0],
+    ),
+    (
+        op::PERSISTENT_RESERVE_OUT,
+        Some(3),
+        &[0x5F, 3, F, 0, 0, F, F, F, F, 0],
+    ),
+    (
+        op::PERSISTENT_RESERVE_OUT,
+        Some(4),
+        &[0x5F, 4, F, 0, 0, F, F, F, F, 0],
+    ),
+    (
+        op::PERSISTENT_RESERVE_OUT,
+        Some(5),
+        &[0x5F, 5, F, 0, 0, F, F, F, F, 0],
+    ),
+    (
+        op::PERSISTENT_RESERVE_OUT,
+        Some(6),
+        &[0x5F, 6, F, 0, 0, F, F, F, F, 0],
+    ),
+    (
+        op::PERSISTENT_RESERVE_OUT,
+        Some(7),
+        &[0x5F, 7, F, 0, 0, F, F, F, F, 0],
+    ),
+    (
+        op::EXTENDED_COPY,
+        Some(0),
+        &[0x83, 0, 0, 0, 0, 0, 0, 0, 0, 0, F, F, F, F, 0, 0],
+    ),
+    (
+        op::RECEIVE_COPY_RESULTS,
+        Some(0),
+        &[0x84, 0, F, 0, 0, 0, 0, 0, 0, 0, F, F, F, F, 0, 0],
+    ),
+    (
+        op::RECEIVE_COPY_RESULTS,
+        Some(3),
+        &[0x84, 3, F, 0, 0, 0, 0, 0, 0, 0, F, F, F, F, 0, 0],
     ),
     (
         op::READ_16,
@@ -64,6 +154,11 @@ const COMMANDS: &[(u8, Option<u16>, &[u8])] = &[
         op::WRITE_16,
         None,
         &[0x8A, 0x18, F, F, F, F, F, F, F, F, F, F, F, F, 0, 0],
+    ),
+    (
+        op::ORWRITE_16,
+        None,
+        &[0x8B, 0x18, F, F, F, F, F, F, F, F, F, F, F, F, 0, 0],
     ),
     (
         op::WRITE_AND_VERIFY_16,
@@ -134,6 +229,16 @@ const COMMANDS: &[(u8, Option<u16>, &[u8])] = &[
         op::WRITE_AND_VERIFY_12,
         None,
         &[0xAE, 0x12, F, F, F, F, F, F, F, F, 0, 0],
+    ),
+    (
+        op::VERIFY_12,
+        None,
+        &[0xAF, 0x16, F, F, F, F, F, F, F, F, 0, 0],
+    ),
+    (
+        op::READ_DEFECT_DATA_12,
+        None,
+        &[0xB7, 0x1F, 0, 0, 0, 0, F, F, F, F, 0, 0],
     ),
 ];
 

@@ -715,7 +715,7 @@ fn check_type(scope: u8, kind: u8) -> Result<(), Sense> {
 pub fn transport_id(nexus: &str) -> Vec<u8> {
     let mut name: Vec<u8> = nexus.as_bytes().to_vec();
     name.push(0);
-    while name.len() % 4 != 0 || name.len() < 20 {
+    while !name.len().is_multiple_of(4) || name.len() < 20 {
         name.push(0);
     }
     let mut t = vec![0x40 | 0x05, 0];

@@ -35,6 +35,16 @@ impl UnitAttentions {
         }
     }
 
+    /// Queues `ua` for every known nexus but `except` (no duplicates).
+    pub fn raise_others(&self, except: &str, ua: Sense) {
+        let mut p = self.pending.lock().unwrap();
+        for (n, q) in p.iter_mut() {
+            if n != except && !q.contains(&ua) {
+                q.push_back(ua);
+            }
+        }
+    }
+
     /// Queues `ua` for one nexus (no duplicates).
     pub fn raise(&self, nexus: &str, ua: Sense) {
         let mut p = self.pending.lock().unwrap();

@@ -72,3 +72,14 @@ impl Targets {
         self.map.read().unwrap().get(iqn).cloned()
     }
 }
+
+impl scsi::xcopy::UnitDirectory for Targets {
+    fn logical_units(&self) -> Vec<Arc<LogicalUnit>> {
+        self.map
+            .read()
+            .unwrap()
+            .values()
+            .map(|t| t.lun0.clone())
+            .collect()
+    }
+}
