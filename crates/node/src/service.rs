@@ -161,6 +161,16 @@ impl Node {
         }
     }
 
+    /// The logical unit a volume is exported as.
+    pub async fn logical_unit(&self, name: &str) -> Result<Arc<LogicalUnit>, NodeError> {
+        self.exported
+            .lock()
+            .await
+            .get(name)
+            .map(|e| e.lun.clone())
+            .ok_or_else(|| NodeError::NotFound(name.to_string()))
+    }
+
     /// Creates a thin volume of `size_bytes` and exports it at once.
     pub async fn create_volume(
         &self,

@@ -102,13 +102,45 @@ pub struct LogicalUnit {
     reservations: Reservations,
     copies: xcopy::CopyManager,
     mode: std::sync::Mutex<mode::Settings>,
+    groups: std::sync::Mutex<Vec<PortGroup>>,
+}
+
+/// Asymmetric access states (SPC-4 5.15.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum AccessState {
+    /// Active/optimized: the preferred path.
+    ActiveOptimized = 0x0,
+    /// Active/non-optimized: works, at a cost (I/O is forwarded).
+    ActiveNonOptimized = 0x1,
+    /// Standby: only management commands.
+    Standby = 0x2,
+    /// Unavailable: only management commands.
+    Unavailable = 0x3,
+    /// Transitioning between states.
+    Transitioning = 0xF,
+}
+
+/// One target port group as REPORT TARGET PORT GROUPS shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortGroup {
+    /// Target port group identifier (VPD 0x83 designator type 5).
+    pub id: u16,
+    /// Access state of every port in the group.
+    pub state: AccessState,
+    /// Whether this is the preferred group (PREF bit).
+    pub preferred: bool,
+    /// Relative target port identifiers in the group.
+    pub ports: Vec<u16>,
+    /// Status code: 0x02 after an implicit state change.
+    pub status: u8,
 }
 
 impl LogicalUnit {
     /// Creates the logical unit for `volume`, presented as `identity`.
     pub fn new(volume: Arc<dyn Volume>, identity: LunIdentity) -> Self {
         LogicalUnit {
-            identity,
+            identity: identity.clone(),
             attentions: UnitAttentions::default(),
             reservations: Reservations::new(PersistentState::default(), None),
             copies: xcopy::CopyManager::default(),
@@ -117,6 +149,13 @@ impl LogicalUnit {
                 d_sense: false,
                 swp: false,
             }),
+            groups: std::sync::Mutex::new(vec![PortGroup {
+                id: identity.port_group,
+                state: AccessState::ActiveOptimized,
+                preferred: true,
+                ports: vec![identity.relative_port],
+                status: 0,
+            }]),
             volume,
         }
     }
@@ -200,6 +239,23 @@ impl LogicalUnit {
             // Short CDBs cannot be parsed; unknown groups are unknown commands.
             Some(_) => return fail(Sense::invalid_cdb(0, None)),
             None => return fail(Sense::INVALID_OPCODE),
+        }
+        // SPC-4 5.15.2.4: ports in standby, unavailable or transitioning
+        // state answer only the commands that find a better path.
+        let state = self.my_access_state();
+        if !matches!(
+            state,
+            AccessState::ActiveOptimized | AccessState::ActiveNonOptimized
+        ) && !matches!(
+            opcode,
+            op::INQUIRY | op::REPORT_LUNS | op::REQUEST_SENSE | op::MAINTENANCE_IN
+        ) {
+            let ascq = match state {
+                AccessState::Standby => 0x0B,
+                AccessState::Unavailable => 0x0C,
+                _ => 0x0A,
+            };
+            return fail(Sense::new(sense_key::NOT_READY, 0x04, ascq));
         }
         let changes_medium = changes_medium(opcode);
         if changes_medium && settings.swp {
@@ -369,22 +425,68 @@ impl LogicalUnit {
         }
     }
 
-    // SPC-4 6.36: one target port group, active/optimized.
+    // SPC-4 6.36: REPORT TARGET PORT GROUPS.
     fn report_target_port_groups(&self, cdb: &[u8]) -> Vec<u8> {
         let extended = (cdb[1] >> 5) == 1;
         let mut d = vec![0u8; 4];
         if extended {
             d.extend_from_slice(&[0x10, 0, 0, 0]);
         }
-        d.push(0x80); // PREF, asymmetric access state 0: active/optimized
-        d.push(0x01 | 0x02); // AO_SUP, AN_SUP
-        d.extend_from_slice(&self.identity.port_group.to_be_bytes());
-        d.extend_from_slice(&[0, 0, 0, 1]); // status, vendor, port count
-        d.extend_from_slice(&[0, 0]);
-        d.extend_from_slice(&self.identity.relative_port.to_be_bytes());
+        for g in self.groups.lock().unwrap().iter() {
+            d.push(if g.preferred { 0x80 } else { 0 } | g.state as u8);
+            // T_SUP, U_SUP, S_SUP, AN_SUP, AO_SUP.
+            d.push(0x80 | 0x08 | 0x04 | 0x02 | 0x01);
+            d.extend_from_slice(&g.id.to_be_bytes());
+            d.push(0);
+            d.push(g.status);
+            d.push(0);
+            d.push(g.ports.len().min(255) as u8);
+            for p in g.ports.iter().take(255) {
+                d.extend_from_slice(&[0, 0]);
+                d.extend_from_slice(&p.to_be_bytes());
+            }
+        }
         let len = (d.len() - 4) as u32;
         d[0..4].copy_from_slice(&len.to_be_bytes());
         d
+    }
+
+    /// The target port groups this unit reports, and their access states.
+    pub fn port_groups(&self) -> Vec<PortGroup> {
+        self.groups.lock().unwrap().clone()
+    }
+
+    /// Replaces the target port groups (ALUA, SPC-4 5.15). When an access
+    /// state changes, every nexus gets ASYMMETRIC ACCESS STATE CHANGED and the
+    /// changed groups report "altered by implicit transition".
+    pub fn set_port_groups(&self, mut groups: Vec<PortGroup>) {
+        let mut cur = self.groups.lock().unwrap();
+        let mut changed = false;
+        for g in groups.iter_mut() {
+            let before = cur.iter().find(|c| c.id == g.id).map(|c| c.state);
+            if before != Some(g.state) {
+                g.status = 0x02;
+                changed = true;
+            }
+        }
+        changed |= groups.len() != cur.len();
+        *cur = groups;
+        drop(cur);
+        if changed {
+            self.attentions
+                .raise_all(unit_attention::ACCESS_STATE_CHANGED);
+        }
+    }
+
+    /// The access state of the port this unit is reached through.
+    fn my_access_state(&self) -> AccessState {
+        self.groups
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|g| g.id == self.identity.port_group)
+            .map(|g| g.state)
+            .unwrap_or(AccessState::ActiveOptimized)
     }
 
     /// A new I_T nexus logged in: it will see POWER ON, RESET, OR BUS DEVICE

@@ -9,6 +9,8 @@ use crate::sense::{key, Sense};
 pub const POWER_ON: Sense = Sense::new(key::UNIT_ATTENTION, 0x29, 0x00);
 /// BUS DEVICE RESET FUNCTION OCCURRED (logical unit reset).
 pub const LUN_RESET: Sense = Sense::new(key::UNIT_ATTENTION, 0x29, 0x03);
+/// ASYMMETRIC ACCESS STATE CHANGED.
+pub const ACCESS_STATE_CHANGED: Sense = Sense::new(key::UNIT_ATTENTION, 0x2A, 0x06);
 /// CAPACITY DATA HAS CHANGED.
 pub const CAPACITY_CHANGED: Sense = Sense::new(key::UNIT_ATTENTION, 0x2A, 0x09);
 

@@ -164,7 +164,10 @@ async fn inquiry_pages() {
     let short = run(&lu, &[0x12, 0, 0, 0, 5], &[]).await;
     assert_eq!(short.data.len(), 5);
     let pages = run(&lu, &[0x12, 1, 0x00, 0, 255], &[]).await;
-    assert_eq!(&pages.data[4..], &[0x00, 0x80, 0x83, 0xB0, 0xB1, 0xB2]);
+    assert_eq!(
+        &pages.data[4..],
+        &[0x00, 0x80, 0x83, 0x8F, 0xB0, 0xB1, 0xB2]
+    );
     let serial = run(&lu, &[0x12, 1, 0x80, 0, 255], &[]).await;
     assert_eq!(&serial.data[4..], b"0123456789abcdef");
     let id = run(&lu, &[0x12, 1, 0x83, 0, 255], &[]).await;
