@@ -103,6 +103,13 @@ pub struct LogicalUnit {
     copies: xcopy::CopyManager,
     mode: std::sync::Mutex<mode::Settings>,
     groups: std::sync::Mutex<Vec<PortGroup>>,
+    fence: tokio::sync::RwLock<()>,
+}
+
+/// Held while a command runs; see [`LogicalUnit::execute`].
+enum Fence<'a> {
+    Shared(#[allow(dead_code)] tokio::sync::RwLockReadGuard<'a, ()>),
+    Exclusive(#[allow(dead_code)] tokio::sync::RwLockWriteGuard<'a, ()>),
 }
 
 /// Asymmetric access states (SPC-4 5.15.2).
@@ -156,6 +163,7 @@ impl LogicalUnit {
                 ports: vec![identity.relative_port],
                 status: 0,
             }]),
+            fence: tokio::sync::RwLock::new(()),
             volume,
         }
     }
@@ -261,6 +269,19 @@ impl LogicalUnit {
         if changes_medium && settings.swp {
             return fail(mode::WRITE_PROTECTED);
         }
+        // Reservation changes wait for every command in flight, and commands
+        // wait for a change in progress: once PERSISTENT RESERVE OUT (e.g.
+        // PREEMPT AND ABORT fencing a failed cluster node) or RESERVE returns,
+        // no command admitted under the old reservation is still running.
+        let changes_reservations = matches!(
+            opcode,
+            op::PERSISTENT_RESERVE_OUT | op::RESERVE_6 | op::RESERVE_10
+        );
+        let _fence = if changes_reservations {
+            Fence::Exclusive(self.fence.write().await)
+        } else {
+            Fence::Shared(self.fence.read().await)
+        };
         if !self.reservations.allows(req.initiator, cdb) {
             return Response {
                 status: Status::ReservationConflict,
