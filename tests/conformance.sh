@@ -40,6 +40,12 @@ mkdir -p "$out"
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  # tgtd may ignore SIGTERM while it still has sessions: give every server
+  # five seconds, then stop it hard.
+  for p in "${pids[@]}"; do
+    for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$p" 2>/dev/null || true
+  done
   wait 2>/dev/null || true
   rm -rf "$work/data" "$work/tgt.img"
 }

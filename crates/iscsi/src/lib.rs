@@ -3,10 +3,14 @@
 //! serial number arithmetic. The `target` crate owns the sockets.
 #![forbid(unsafe_code)]
 
+pub mod chap;
 pub mod login;
 pub mod pdu;
 pub mod serial;
 pub mod text;
 
-pub use login::{LoginError, LoginState, Negotiated, SessionType, TargetLimits};
+pub use chap::{AuthPolicy, Credentials};
+pub use login::{
+    Access, LoginError, LoginPolicy, LoginState, Negotiated, SessionType, TargetLimits,
+};
 pub use pdu::{Digests, Opcode, Pdu, PduError, BHS_LEN};

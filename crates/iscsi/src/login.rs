@@ -1,12 +1,56 @@
 //! Target-side login (RFC 7143 §6, §11.12, §11.13, §13): stage transitions,
-//! security stage (AuthMethod=None), operational parameter negotiation, and
-//! the Login Response for every Login Request.
+//! security stage (AuthMethod None or CHAP, one-way or mutual), access
+//! control by initiator name, operational parameter negotiation, and the
+//! Login Response for every Login Request.
 
 use bytes::Bytes;
 use thiserror::Error;
 
+use crate::chap::{self, Algorithm, AuthPolicy};
 use crate::pdu::{Opcode, Pdu};
 use crate::text;
+
+/// Whether an initiator may log in, and how it must authenticate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    /// No such target.
+    NotFound,
+    /// The target exists but this initiator is not on its access list.
+    Denied,
+    /// Log in, authenticating as the policy says.
+    Allowed(AuthPolicy),
+}
+
+/// Decides who may log in to what. `target` is `None` for discovery sessions.
+pub trait LoginPolicy {
+    /// The access `initiator` has to `target`.
+    fn access(&self, initiator: &str, target: Option<&str>) -> Access;
+}
+
+/// A plain "does this target exist" check: everyone may log in, unauthenticated.
+impl<F: Fn(&str) -> bool> LoginPolicy for F {
+    fn access(&self, _initiator: &str, target: Option<&str>) -> Access {
+        match target {
+            Some(t) if !self(t) => Access::NotFound,
+            _ => Access::Allowed(AuthPolicy::default()),
+        }
+    }
+}
+
+/// Where the CHAP exchange stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Chap {
+    /// AuthMethod not agreed yet.
+    Idle,
+    /// AuthMethod=CHAP agreed; waiting for CHAP_A.
+    Chosen,
+    /// Challenge sent; waiting for CHAP_N and CHAP_R.
+    Challenged {
+        alg: Algorithm,
+        id: u8,
+        challenge: Vec<u8>,
+    },
+}
 
 /// Kind of session being logged in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +122,8 @@ pub enum LoginError {
     Initiator,
     #[error("authentication failure")]
     AuthFailed,
+    #[error("initiator not authorized for this target")]
+    NotAuthorized,
     #[error("target not found")]
     TargetNotFound,
     #[error("unsupported version")]
@@ -98,6 +144,7 @@ impl LoginError {
         match self {
             LoginError::Initiator => (2, 0x00),
             LoginError::AuthFailed => (2, 0x01),
+            LoginError::NotAuthorized => (2, 0x02),
             LoginError::TargetNotFound => (2, 0x03),
             LoginError::UnsupportedVersion => (2, 0x05),
             LoginError::MissingParameter => (2, 0x07),
@@ -132,6 +179,11 @@ pub struct LoginState {
     pending: Vec<u8>,
     sent_tpgt: bool,
     sent_mrdsl: bool,
+    /// The target's authentication policy, known after the first request.
+    auth: AuthPolicy,
+    chap: Chap,
+    /// Whether the security stage is satisfied.
+    authenticated: bool,
 }
 
 fn yes(v: &str) -> Option<bool> {
@@ -186,6 +238,9 @@ impl LoginState {
             pending: Vec::new(),
             sent_tpgt: false,
             sent_mrdsl: false,
+            auth: AuthPolicy::default(),
+            chap: Chap::Idle,
+            authenticated: false,
         }
     }
 
@@ -194,13 +249,13 @@ impl LoginState {
         self.neg.session_type
     }
 
-    /// Handles one Login Request. `target_exists` says whether a TargetName may
-    /// be logged in to; `tsih` is the session handle to hand out on success;
+    /// Handles one Login Request. `policy` says who may log in to what and how
+    /// they authenticate; `tsih` is the session handle to hand out on success;
     /// `stat_sn` is the StatSN of this response.
     pub fn step(
         &mut self,
         req: &Pdu,
-        target_exists: &dyn Fn(&str) -> bool,
+        policy: &dyn LoginPolicy,
         tsih: u16,
         stat_sn: u32,
     ) -> LoginStep {
@@ -264,24 +319,67 @@ impl LoginState {
         };
 
         let mut reply: Vec<(String, String)> = Vec::new();
+        let identity_key = |k: &str| matches!(k, "InitiatorName" | "SessionType" | "TargetName");
+        if self.first {
+            // Who is logging in to what decides everything else: those keys first.
+            for (k, v) in pairs.iter().filter(|(k, _)| identity_key(k)) {
+                if let Err(e) = self.negotiate(k, v, csg) {
+                    return fail(self, e);
+                }
+            }
+            self.first = false;
+            if self.neg.initiator_name.is_empty() {
+                return fail(self, LoginError::MissingParameter);
+            }
+            let target = match self.neg.session_type {
+                SessionType::Discovery => None,
+                SessionType::Normal => match &self.neg.target_name {
+                    None => return fail(self, LoginError::MissingParameter),
+                    Some(t) => Some(t.as_str()),
+                },
+            };
+            match policy.access(&self.neg.initiator_name, target) {
+                Access::NotFound => return fail(self, LoginError::TargetNotFound),
+                Access::Denied => return fail(self, LoginError::NotAuthorized),
+                Access::Allowed(auth) => self.auth = auth,
+            }
+        }
+        let mut chap_keys: Vec<(String, String)> = Vec::new();
         for (k, v) in &pairs {
+            if identity_key(k) {
+                continue;
+            }
+            if k.starts_with("CHAP_") {
+                chap_keys.push((k.clone(), v.clone()));
+                continue;
+            }
             match self.negotiate(k, v, csg) {
                 Ok(Some(answer)) => reply.push((k.clone(), answer)),
                 Ok(None) => {}
                 Err(e) => return fail(self, e),
             }
         }
-        if self.first {
-            self.first = false;
-            if self.neg.initiator_name.is_empty() {
-                return fail(self, LoginError::MissingParameter);
+        if !chap_keys.is_empty() {
+            if csg != SECURITY {
+                return fail(self, LoginError::Initiator);
             }
-            if self.neg.session_type == SessionType::Normal {
-                match &self.neg.target_name {
-                    None => return fail(self, LoginError::MissingParameter),
-                    Some(t) if !target_exists(t) => return fail(self, LoginError::TargetNotFound),
-                    Some(_) => {}
+            match self.chap_step(&chap_keys) {
+                Ok(mut answers) => reply.append(&mut answers),
+                Err(e) => return fail(self, e),
+            }
+        }
+        // Leaving the security stage (or never entering it) needs an
+        // authenticated initiator when the target asks for CHAP.
+        let mut transit = transit;
+        if !self.authenticated && (csg == OPERATIONAL || transit) {
+            match (&self.auth.chap, &self.chap) {
+                (None, _) => self.authenticated = true,
+                // Mid-exchange: the target declines the transition for now
+                // (RFC 7143 §6.2) and the exchange goes on.
+                (Some(_), Chap::Chosen | Chap::Challenged { .. }) if csg == SECURITY => {
+                    transit = false;
                 }
+                _ => return fail(self, LoginError::AuthFailed),
             }
         }
         if !self.sent_tpgt && self.neg.session_type == SessionType::Normal {
@@ -342,6 +440,66 @@ impl LoginState {
         r
     }
 
+    /// One round of the CHAP exchange (RFC 7143 §12.1.3).
+    fn chap_step(
+        &mut self,
+        keys: &[(String, String)],
+    ) -> Result<Vec<(String, String)>, LoginError> {
+        let get = |name: &str| {
+            keys.iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        match std::mem::replace(&mut self.chap, Chap::Idle) {
+            Chap::Chosen => {
+                let offer = get("CHAP_A").ok_or(LoginError::AuthFailed)?;
+                let alg = Algorithm::choose(offer).ok_or(LoginError::AuthFailed)?;
+                let id: u8 = rand::random();
+                let challenge: Vec<u8> = (0..alg.len()).map(|_| rand::random::<u8>()).collect();
+                let answers = vec![
+                    ("CHAP_A".to_string(), (alg as u8).to_string()),
+                    ("CHAP_I".to_string(), id.to_string()),
+                    ("CHAP_C".to_string(), chap::encode_hex(&challenge)),
+                ];
+                self.chap = Chap::Challenged { alg, id, challenge };
+                Ok(answers)
+            }
+            Chap::Challenged { alg, id, challenge } => {
+                let creds = self.auth.chap.as_ref().ok_or(LoginError::AuthFailed)?;
+                let name = get("CHAP_N").ok_or(LoginError::AuthFailed)?;
+                let response = get("CHAP_R")
+                    .and_then(chap::decode_binary)
+                    .ok_or(LoginError::AuthFailed)?;
+                let expected = alg.response(id, &creds.secret, &challenge);
+                if name != creds.user || !chap::same(&response, &expected) {
+                    return Err(LoginError::AuthFailed);
+                }
+                let mut answers = Vec::new();
+                match (get("CHAP_I"), get("CHAP_C")) {
+                    (None, None) => {}
+                    (Some(i), Some(c)) => {
+                        // Mutual CHAP: the target proves itself in turn.
+                        let mutual = self.auth.mutual.as_ref().ok_or(LoginError::AuthFailed)?;
+                        let their_id: u8 = number(i, 0, 255).ok_or(LoginError::AuthFailed)? as u8;
+                        let their = chap::decode_binary(c).ok_or(LoginError::AuthFailed)?;
+                        if their.is_empty() || their.len() > 1024 || chap::same(&their, &challenge)
+                        {
+                            // An echoed challenge is a reflection attack.
+                            return Err(LoginError::AuthFailed);
+                        }
+                        let r = alg.response(their_id, &mutual.secret, &their);
+                        answers.push(("CHAP_N".to_string(), mutual.user.clone()));
+                        answers.push(("CHAP_R".to_string(), chap::encode_hex(&r)));
+                    }
+                    _ => return Err(LoginError::AuthFailed),
+                }
+                self.authenticated = true;
+                Ok(answers)
+            }
+            Chap::Idle => Err(LoginError::Initiator),
+        }
+    }
+
     /// Negotiates one key; returns the answer to send, if any.
     fn negotiate(&mut self, key: &str, value: &str, csg: u8) -> Result<Option<String>, LoginError> {
         let discovery = self.neg.session_type == SessionType::Discovery;
@@ -393,10 +551,19 @@ impl LoginState {
                 if csg != SECURITY {
                     return Ok(Some("Irrelevant".into()));
                 }
-                if value.split(',').any(|m| m == "None") {
+                let offered = |m: &str| value.split(',').any(|o| o == m);
+                if self.auth.chap.is_some() {
+                    if !offered("CHAP") {
+                        return Err(LoginError::AuthFailed);
+                    }
+                    self.chap = Chap::Chosen;
+                    Ok(Some("CHAP".into()))
+                } else if offered("None") {
+                    self.authenticated = true;
                     Ok(Some("None".into()))
                 } else {
-                    // CHAP and the rest are not offered by this target.
+                    // The initiator insists on authenticating a target that has
+                    // no CHAP secrets configured.
                     Err(LoginError::AuthFailed)
                 }
             }
@@ -661,5 +828,139 @@ mod tests {
         let k = keys(&resp);
         assert!(k.contains(&("HeaderDigest".into(), "Reject".into())));
         assert!(k.contains(&("MaxRecvDataSegmentLength".into(), "Reject".into())));
+    }
+
+    struct Chapped {
+        mutual: bool,
+    }
+
+    impl LoginPolicy for Chapped {
+        fn access(&self, initiator: &str, target: Option<&str>) -> Access {
+            if target.is_some_and(|t| t != "iqn.2026-11.io.tandem:vol") {
+                return Access::NotFound;
+            }
+            if initiator != "iqn.ok" {
+                return Access::Denied;
+            }
+            Access::Allowed(AuthPolicy {
+                chap: Some(chap::Credentials {
+                    user: "alice".into(),
+                    secret: b"initiator-secret".to_vec(),
+                }),
+                mutual: self.mutual.then(|| chap::Credentials {
+                    user: "tandem".into(),
+                    secret: b"target-secret-1".to_vec(),
+                }),
+            })
+        }
+    }
+
+    fn get(k: &[(String, String)], name: &str) -> String {
+        k.iter()
+            .find(|(x, _)| x == name)
+            .map(|(_, v)| v.clone())
+            .unwrap()
+    }
+
+    /// Runs the CHAP exchange up to the response; returns the last step.
+    fn chap_login(policy: &Chapped, initiator: &str, secret: &[u8], mutual: bool) -> LoginStep {
+        let mut s = LoginState::new(TargetLimits::default());
+        let r1 = login_pdu(
+            0x80 | 0x01,
+            1,
+            &[
+                ("InitiatorName", initiator),
+                ("TargetName", "iqn.2026-11.io.tandem:vol"),
+                ("SessionType", "Normal"),
+                ("AuthMethod", "CHAP,None"),
+            ],
+        );
+        let step = s.step(&r1, policy, 1, 0);
+        let LoginStep::Continue(resp) = step else {
+            return step;
+        };
+        assert_eq!(resp.flags() & 0x80, 0, "no transit before authentication");
+        assert_eq!(get(&keys(&resp), "AuthMethod"), "CHAP");
+        let LoginStep::Continue(resp) =
+            s.step(&login_pdu(0x00, 1, &[("CHAP_A", "6,5")]), policy, 1, 1)
+        else {
+            panic!("CHAP_A refused")
+        };
+        let k = keys(&resp);
+        assert_eq!(get(&k, "CHAP_A"), "5");
+        let id: u8 = get(&k, "CHAP_I").parse().unwrap();
+        let challenge = chap::decode_binary(&get(&k, "CHAP_C")).unwrap();
+        let r = Algorithm::Md5.response(id, secret, &challenge);
+        let r = chap::encode_hex(&r);
+        let my_challenge = chap::encode_hex(&[9u8; 16]);
+        let mut answer = vec![("CHAP_N", "alice"), ("CHAP_R", r.as_str())];
+        if mutual {
+            answer.push(("CHAP_I", "77"));
+            answer.push(("CHAP_C", my_challenge.as_str()));
+        }
+        s.step(&login_pdu(0x80 | 0x01, 1, &answer), policy, 1, 2)
+    }
+
+    #[test]
+    fn one_way_chap() {
+        let p = Chapped { mutual: false };
+        let LoginStep::Continue(resp) = chap_login(&p, "iqn.ok", b"initiator-secret", false) else {
+            panic!("good secret refused")
+        };
+        assert_eq!(
+            resp.flags() & 0x83,
+            0x81,
+            "moves on to the operational stage"
+        );
+        match chap_login(&p, "iqn.ok", b"wrong-secret-123", false) {
+            LoginStep::Fail(r, LoginError::AuthFailed) => {
+                assert_eq!((r.byte(36), r.byte(37)), (2, 1))
+            }
+            other => panic!("wrong secret: {other:?}"),
+        }
+        // Asking for mutual CHAP when the target has no secret of its own fails.
+        assert!(matches!(
+            chap_login(&p, "iqn.ok", b"initiator-secret", true),
+            LoginStep::Fail(_, LoginError::AuthFailed)
+        ));
+    }
+
+    #[test]
+    fn mutual_chap_proves_the_target() {
+        let p = Chapped { mutual: true };
+        let LoginStep::Continue(resp) = chap_login(&p, "iqn.ok", b"initiator-secret", true) else {
+            panic!("mutual login failed")
+        };
+        let k = keys(&resp);
+        assert_eq!(get(&k, "CHAP_N"), "tandem");
+        let want = Algorithm::Md5.response(77, b"target-secret-1", &[9u8; 16]);
+        assert_eq!(chap::decode_binary(&get(&k, "CHAP_R")).unwrap(), want);
+    }
+
+    #[test]
+    fn access_lists_and_skipping_authentication() {
+        let p = Chapped { mutual: false };
+        match chap_login(&p, "iqn.intruder", b"initiator-secret", false) {
+            LoginStep::Fail(r, LoginError::NotAuthorized) => {
+                assert_eq!((r.byte(36), r.byte(37)), (2, 2))
+            }
+            other => panic!("{other:?}"),
+        }
+        // Straight to the operational stage, or AuthMethod=None only: refused.
+        for (flags, keys) in [
+            (0x80 | 0x04 | 0x03, vec![]),
+            (0x80 | 0x01, vec![("AuthMethod", "None")]),
+        ] {
+            let mut s = LoginState::new(TargetLimits::default());
+            let mut k = vec![
+                ("InitiatorName", "iqn.ok"),
+                ("TargetName", "iqn.2026-11.io.tandem:vol"),
+            ];
+            k.extend(keys);
+            assert!(matches!(
+                s.step(&login_pdu(flags, 1, &k), &p, 1, 0),
+                LoginStep::Fail(_, LoginError::AuthFailed)
+            ));
+        }
     }
 }
