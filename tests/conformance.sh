@@ -117,7 +117,7 @@ TANDEM_LOG=warn "$bin" serve --data-dir "$work/data" \
   --iscsi-listen "127.0.0.1:$iport" --api-listen "127.0.0.1:$aport" >"$out/tandem-server.log" 2>&1 &
 pids+=($!)
 wait_port 127.0.0.1 "$aport"
-TANDEM_API="127.0.0.1:$aport" "$bin" volume create conformance --size "$LUN_SIZE" >/dev/null
+TANDEM_API="127.0.0.1:$aport" TANDEM_DATA_DIR="$work/data" "$bin" volume create conformance --size "$LUN_SIZE" >/dev/null
 run_suite tandem "iscsi://127.0.0.1:$iport/iqn.2026-11.io.tandem:conformance/0"
 
 # --- tgtd -------------------------------------------------------------------

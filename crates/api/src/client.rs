@@ -32,15 +32,18 @@ pub enum ClientError {
 pub struct ApiClient {
     base: String,
     addr: String,
+    token: String,
     http: reqwest::Client,
 }
 
 impl ApiClient {
-    /// A client for the server whose API listens on `addr` (`host:port`).
-    pub fn new(addr: &str) -> Self {
+    /// A client for the server whose API listens on `addr` (`host:port`),
+    /// authenticating with `token` (the server's `api.token`).
+    pub fn new(addr: &str, token: &str) -> Self {
         ApiClient {
             base: format!("http://{addr}"),
             addr: addr.to_string(),
+            token: token.trim().to_string(),
             http: reqwest::Client::new(),
         }
     }
@@ -51,7 +54,10 @@ impl ApiClient {
         path: &str,
         body: Option<&B>,
     ) -> Result<Option<T>, ClientError> {
-        let mut req = self.http.request(method, format!("{}{}", self.base, path));
+        let mut req = self
+            .http
+            .request(method, format!("{}{}", self.base, path))
+            .bearer_auth(&self.token);
         if let Some(b) = body {
             req = req.json(b);
         }
@@ -129,6 +135,22 @@ impl ApiClient {
                 Method::PATCH,
                 &format!("/v1/volumes/{name}"),
                 Some(&ResizeVolume { size_bytes }),
+            )
+            .await?;
+        self.expect(v)
+    }
+
+    /// `PUT /v1/volumes/{name}/access`.
+    pub async fn set_access(
+        &self,
+        name: &str,
+        access: &node::AccessConfig,
+    ) -> Result<VolumeInfo, ClientError> {
+        let v = self
+            .call(
+                Method::PUT,
+                &format!("/v1/volumes/{name}/access"),
+                Some(access),
             )
             .await?;
         self.expect(v)

@@ -7,8 +7,12 @@
 //! - `GET    /v1/volumes/{name}`              describe one volume
 //! - `PATCH  /v1/volumes/{name}`              grow `{size_bytes}`
 //! - `DELETE /v1/volumes/{name}?force=true`   delete (force logs initiators out)
+//! - `PUT    /v1/volumes/{name}/access`       replace access rules
+//!   `{allowed_initiators: [..], chap: {user, secret}?, mutual_chap: {user, secret}?}`
 //!
-//! Errors are `{"error": "..."}` with 400 (bad request), 404 (no such volume),
+//! Every request carries `Authorization: Bearer <token>`, the token the server
+//! keeps in `<data dir>/api.token` (mode 0600). Errors are `{"error": "..."}`
+//! with 400 (bad request), 401 (no or wrong token), 404 (no such volume),
 //! 409 (exists / in use) or 500.
 #![forbid(unsafe_code)]
 

@@ -1,17 +1,20 @@
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, put};
 use axum::{Json, Router};
-use node::{Node, NodeError};
+use node::{AccessConfig, Node, NodeError};
 use serde::Deserialize;
 
 use crate::{CreateVolume, ErrorBody, ResizeVolume};
 
-/// Builds the API router over the node's service layer.
-pub fn router(node: Arc<Node>) -> Router {
+/// Builds the API router over the node's service layer. Every request must
+/// carry `Authorization: Bearer <token>`.
+pub fn router(node: Arc<Node>, token: String) -> Router {
+    let token = Arc::new(token);
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/volumes", get(list).post(create))
@@ -19,7 +22,34 @@ pub fn router(node: Arc<Node>) -> Router {
             "/v1/volumes/:name",
             get(describe).patch(resize).delete(delete),
         )
+        .route("/v1/volumes/:name/access", put(set_access))
+        .layer(middleware::from_fn(move |req: Request, next: Next| {
+            let token = token.clone();
+            async move { authorize(&token, req, next).await }
+        }))
         .with_state(node)
+}
+
+async fn authorize(token: &str, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !same(given.as_bytes(), token.as_bytes()) {
+        tracing::warn!(path = %req.uri().path(), "management request without a valid API token refused");
+        let error = "missing or wrong API token: the CLI reads it from <data dir>/api.token \
+                     (set TANDEM_DATA_DIR, --token-file or TANDEM_API_TOKEN)"
+            .to_string();
+        return (StatusCode::UNAUTHORIZED, Json(ErrorBody { error })).into_response();
+    }
+    next.run(req).await
+}
+
+/// Constant-time comparison.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 struct ApiError(NodeError);
@@ -109,4 +139,12 @@ async fn delete(
 ) -> Result<impl IntoResponse, ApiError> {
     node.delete_volume(&name, q.force).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn set_access(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    Json(req): Json<AccessConfig>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(node.set_access(&name, req).await?))
 }

@@ -77,7 +77,7 @@ impl Algorithm {
     }
 
     /// Length of a challenge and of a response.
-    pub fn len(self) -> usize {
+    pub fn digest_len(self) -> usize {
         match self {
             Algorithm::Md5 => 16,
             Algorithm::Sha256 => 32,

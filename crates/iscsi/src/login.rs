@@ -244,6 +244,11 @@ impl LoginState {
         }
     }
 
+    /// The initiator and target names given so far (for logging failures).
+    pub fn names(&self) -> (&str, Option<&str>) {
+        (&self.neg.initiator_name, self.neg.target_name.as_deref())
+    }
+
     /// The session type once known.
     pub fn session_type(&self) -> SessionType {
         self.neg.session_type
@@ -455,7 +460,7 @@ impl LoginState {
                 let offer = get("CHAP_A").ok_or(LoginError::AuthFailed)?;
                 let alg = Algorithm::choose(offer).ok_or(LoginError::AuthFailed)?;
                 let id: u8 = rand::random();
-                let challenge: Vec<u8> = (0..alg.len()).map(|_| rand::random::<u8>()).collect();
+                let challenge: Vec<u8> = (0..alg.digest_len()).map(|_| rand::random::<u8>()).collect();
                 let answers = vec![
                     ("CHAP_A".to_string(), (alg as u8).to_string()),
                     ("CHAP_I".to_string(), id.to_string()),

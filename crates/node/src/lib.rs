@@ -3,10 +3,12 @@
 //! HTTP API (and through it the CLI) calls; it holds no protocol logic.
 #![forbid(unsafe_code)]
 
+mod access;
 mod error;
 mod identity;
 mod service;
 
+pub use access::{AccessConfig, ChapSecret};
 pub use error::NodeError;
 pub use identity::{iqn_for, lun_identity, validate_iqn_prefix, DEFAULT_IQN_PREFIX};
 pub use service::{Node, NodeConfig, NodeStatus, VolumeInfo};

@@ -11,7 +11,7 @@ use tokio::sync::Mutex;
 use volume::Volume;
 
 use crate::identity::{iqn_for, lun_identity};
-use crate::NodeError;
+use crate::{AccessConfig, NodeError};
 
 /// Settings of the node's service layer.
 #[derive(Debug, Clone)]
@@ -43,6 +43,15 @@ pub struct VolumeInfo {
     pub serial: String,
     /// Number of iSCSI sessions logged in to the volume's target.
     pub sessions: usize,
+    /// Initiators allowed to log in; empty: every initiator.
+    #[serde(default)]
+    pub allowed_initiators: Vec<String>,
+    /// CHAP user initiators authenticate as, when CHAP is on (the secret is never shown).
+    #[serde(default)]
+    pub chap_user: Option<String>,
+    /// CHAP user the target answers mutual CHAP with.
+    #[serde(default)]
+    pub mutual_chap_user: Option<String>,
 }
 
 /// What an administrator sees of the node.
@@ -75,6 +84,7 @@ struct Exported {
     volume: Arc<LocalVolume>,
     lun: Arc<LogicalUnit>,
     iqn: String,
+    access: AccessConfig,
 }
 
 /// Saves a logical unit's persistent reservations next to its volume.
@@ -140,9 +150,24 @@ impl Node {
                 .with_reservations(saved, state_store)
                 .with_directory(Arc::downgrade(&directory)),
         );
-        self.targets.insert(iqn.clone(), lun.clone());
+        let access = match self.store.read_access(&meta.name)? {
+            None => AccessConfig::default(),
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                NodeError::Invalid(format!(
+                    "the access rules of volume {} are unreadable ({e}); fix or remove access.json in its directory",
+                    meta.name
+                ))
+            })?,
+        };
+        self.targets
+            .insert_with_access(iqn.clone(), lun.clone(), access.target_access());
         tracing::info!(volume = %meta.name, %iqn, "volume exported");
-        Ok(Exported { volume, lun, iqn })
+        Ok(Exported {
+            volume,
+            lun,
+            iqn,
+            access,
+        })
     }
 
     fn info(&self, name: &str, meta: &store::VolumeMeta, e: &Exported) -> VolumeInfo {
@@ -158,7 +183,40 @@ impl Node {
             naa: identity.naa.iter().map(|b| format!("{b:02x}")).collect(),
             serial: identity.serial.clone(),
             sessions: self.targets.session_count(&e.iqn),
+            allowed_initiators: e.access.allowed_initiators.clone(),
+            chap_user: e.access.chap.as_ref().map(|c| c.user.clone()),
+            mutual_chap_user: e.access.mutual_chap.as_ref().map(|c| c.user.clone()),
         }
+    }
+
+    /// Replaces who may log in to a volume and how they authenticate. New
+    /// logins follow the new rules at once; sessions already logged in stay.
+    pub async fn set_access(
+        &self,
+        name: &str,
+        access: AccessConfig,
+    ) -> Result<VolumeInfo, NodeError> {
+        access.validate()?;
+        let mut exported = self.exported.lock().await;
+        let e = exported
+            .get_mut(name)
+            .ok_or_else(|| NodeError::NotFound(name.to_string()))?;
+        let json = serde_json::to_vec_pretty(&access).expect("plain data encodes");
+        self.store.write_access(name, &json)?;
+        self.targets.set_access(&e.iqn, access.target_access());
+        e.access = access;
+        let meta = self
+            .store
+            .get(name)
+            .ok_or_else(|| NodeError::NotFound(name.to_string()))?;
+        tracing::info!(
+            volume = name,
+            initiators = e.access.allowed_initiators.len(),
+            chap = e.access.chap.is_some(),
+            mutual = e.access.mutual_chap.is_some(),
+            "volume access changed"
+        );
+        Ok(self.info(name, &meta, e))
     }
 
     /// The logical unit a volume is exported as.

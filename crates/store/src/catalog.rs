@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::durable::{sync_dir, write_atomic};
+use crate::durable::{sync_dir, write_atomic, write_atomic_mode};
 use crate::{LocalVolume, StoreError};
 
 /// What the store records about one volume.
@@ -302,6 +302,21 @@ impl Store {
         Ok(())
     }
 
+    /// The management API token: created at first start (random, 256 bits) in
+    /// `<data dir>/api.token`, readable by the owner only.
+    pub fn api_token(&self) -> Result<String, StoreError> {
+        let path = self.dir.join("api.token");
+        match fs::read_to_string(&path) {
+            Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::io("cannot read", &path)(e)),
+        }
+        let token = format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
+        write_atomic_mode(&path, format!("{token}\n").as_bytes(), 0o600)?;
+        Ok(token)
+    }
+
     /// The logical unit state saved for a volume (persistent reservations),
     /// or `None` when nothing was saved yet.
     pub fn read_unit_state(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -320,13 +335,32 @@ impl Store {
     }
 
     fn unit_state_path(&self, name: &str) -> Result<PathBuf, StoreError> {
+        self.volume_file(name, "reservations.json")
+    }
+
+    /// The access rules saved for a volume (initiator list, CHAP secrets),
+    /// or `None` when the volume has none.
+    pub fn read_access(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.volume_file(name, "access.json")?;
+        match fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io("cannot read", &path)(e)),
+        }
+    }
+
+    /// Replaces a volume's access rules, durably, in a file only the owner
+    /// can read (it holds CHAP secrets).
+    pub fn write_access(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        let path = self.volume_file(name, "access.json")?;
+        write_atomic_mode(&path, bytes, 0o600)
+    }
+
+    fn volume_file(&self, name: &str, file: &str) -> Result<PathBuf, StoreError> {
         let meta = self
             .get(name)
             .ok_or_else(|| StoreError::NotFound(name.to_string()))?;
-        Ok(self
-            .volumes_dir()
-            .join(meta.id.to_string())
-            .join("reservations.json"))
+        Ok(self.volumes_dir().join(meta.id.to_string()).join(file))
     }
 
     /// Space the volume's data takes on the filesystem, in bytes.

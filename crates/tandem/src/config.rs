@@ -20,10 +20,13 @@ pub struct ServeConfig {
     pub iqn_prefix: String,
 }
 
+/// Where `tandem serve` keeps its data unless told otherwise.
+pub const DEFAULT_DATA_DIR: &str = "./tandem-data";
+
 impl Default for ServeConfig {
     fn default() -> Self {
         ServeConfig {
-            data_dir: PathBuf::from("./tandem-data"),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             iscsi_listen: "127.0.0.1:3260".parse().expect("valid default"),
             api_listen: api::DEFAULT_API_ADDR.parse().expect("valid default"),
             iqn_prefix: node::DEFAULT_IQN_PREFIX.to_string(),

@@ -55,7 +55,14 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         target::TargetConfig::default(),
         stopped(stop_rx.clone()),
     ));
-    let api_router = api::router(node.clone());
+    let token = store
+        .api_token()
+        .context("cannot create the management API token")?;
+    tracing::info!(
+        token_file = %cfg.data_dir.join("api.token").display(),
+        "management API requires the token in this file"
+    );
+    let api_router = api::router(node.clone(), token);
     let api_stop = stopped(stop_rx.clone());
     let api_task = tokio::spawn(async move {
         axum::serve(api_listener, api_router)

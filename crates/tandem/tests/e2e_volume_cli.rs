@@ -93,6 +93,7 @@ fn cli_without_a_server_says_so() {
     let out = std::process::Command::new(common::tandem_bin())
         .args(["volume", "list"])
         .env("TANDEM_API", format!("127.0.0.1:{}", common::free_port()))
+        .env("TANDEM_API_TOKEN", "any")
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -49,8 +49,7 @@ pub(crate) async fn run(
                 Ok(Err(_)) => return Err("data digest error during login".to_string()),
                 Err(why) => return Err(why),
             };
-            let exists = |name: &str| targets.get(name).is_some();
-            let step = state.step(&pdu, &exists, tsih, stat_sn);
+            let step = state.step(&pdu, &*targets, tsih, stat_sn);
             stat_sn = stat_sn.wrapping_add(1);
             let (mut resp, done) = match step {
                 LoginStep::Continue(p) => (p, None),
@@ -64,11 +63,18 @@ pub(crate) async fn run(
                 None => continue,
                 Some(Ok(neg)) => return Ok((neg, stat_sn)),
                 Some(Err(e)) => {
+                    let (initiator, target) = state.names();
+                    let initiator = if initiator.is_empty() {
+                        initiator_of(&pdu)
+                    } else {
+                        initiator.to_string()
+                    };
+                    let target = target
+                        .map(str::to_string)
+                        .unwrap_or_else(|| target_of(&pdu));
                     return Err(format!(
-                        "login refused ({e}) for initiator {:?} to target {:?}",
-                        initiator_of(&pdu),
-                        target_of(&pdu)
-                    ))
+                        "login refused ({e}) for initiator {initiator:?} to target {target:?}"
+                    ));
                 }
             }
         }
@@ -77,6 +83,7 @@ pub(crate) async fn run(
     let (neg, stat_sn) = match login {
         Ok(Ok(x)) => x,
         Ok(Err(why)) => {
+            // Failed logins name the initiator's address and name (in `why`).
             tracing::warn!(%peer, "iSCSI login failed: {why}");
             return;
         }
@@ -176,7 +183,7 @@ async fn discovery(
                             Some(which) => {
                                 let addr = portal_address(local, cfg.limits.portal_group_tag);
                                 let list: Vec<(String, Vec<String>)> = targets
-                                    .names()
+                                    .visible_to(&neg.initiator_name)
                                     .into_iter()
                                     .filter(|n| which == "All" || *n == which)
                                     .map(|n| (n, vec![addr.clone()]))

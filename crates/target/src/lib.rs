@@ -8,7 +8,7 @@ mod io;
 mod registry;
 mod session;
 
-pub use registry::Targets;
+pub use registry::{TargetAccess, Targets};
 
 use std::future::Future;
 use std::sync::Arc;

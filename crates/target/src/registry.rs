@@ -4,8 +4,30 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
+use iscsi::{Access, AuthPolicy, LoginPolicy};
 use scsi::LogicalUnit;
 use tokio::sync::watch;
+
+/// Who may log in to a target, and how they authenticate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TargetAccess {
+    /// Initiator names allowed to log in and to see the target in discovery;
+    /// empty: every initiator.
+    pub allowed_initiators: Vec<String>,
+    /// CHAP secrets (one-way and mutual); none: no authentication.
+    pub auth: AuthPolicy,
+}
+
+impl TargetAccess {
+    /// Whether `initiator` is on the access list.
+    pub fn admits(&self, initiator: &str) -> bool {
+        self.allowed_initiators.is_empty()
+            || self
+                .allowed_initiators
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(initiator))
+    }
+}
 
 /// One exported target: its logical units and its live sessions.
 pub(crate) struct Target {
@@ -15,6 +37,8 @@ pub(crate) struct Target {
     pub sessions: AtomicUsize,
     /// Flips to true when the target is removed: its sessions close.
     pub removed: watch::Sender<bool>,
+    /// Access list and authentication.
+    pub access: RwLock<TargetAccess>,
 }
 
 /// The set of targets, by IQN. Shared by the portal and the service layer.
@@ -29,12 +53,19 @@ impl Targets {
         Targets::default()
     }
 
-    /// Exports `lun0` as LUN 0 of target `iqn` (replacing any previous one).
+    /// Exports `lun0` as LUN 0 of target `iqn` (replacing any previous one),
+    /// open to every initiator without authentication.
     pub fn insert(&self, iqn: String, lun0: Arc<LogicalUnit>) {
+        self.insert_with_access(iqn, lun0, TargetAccess::default());
+    }
+
+    /// Exports `lun0` as LUN 0 of target `iqn` with `access`.
+    pub fn insert_with_access(&self, iqn: String, lun0: Arc<LogicalUnit>, access: TargetAccess) {
         let t = Arc::new(Target {
             lun0,
             sessions: AtomicUsize::new(0),
             removed: watch::channel(false).0,
+            access: RwLock::new(access),
         });
         if let Some(old) = self.map.write().unwrap().insert(iqn, t) {
             let _ = old.removed.send(true);
@@ -51,6 +82,29 @@ impl Targets {
             }
             None => false,
         }
+    }
+
+    /// Replaces the access rules of `iqn`; sessions already logged in stay.
+    /// Returns whether the target exists.
+    pub fn set_access(&self, iqn: &str, access: TargetAccess) -> bool {
+        match self.get(iqn) {
+            Some(t) => {
+                *t.access.write().unwrap() = access;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The targets `initiator` may see in discovery, sorted.
+    pub fn visible_to(&self, initiator: &str) -> Vec<String> {
+        self.map
+            .read()
+            .unwrap()
+            .iter()
+            .filter(|(_, t)| t.access.read().unwrap().admits(initiator))
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 
     /// Number of normal sessions logged in to `iqn`.
@@ -81,5 +135,23 @@ impl scsi::xcopy::UnitDirectory for Targets {
             .values()
             .map(|t| t.lun0.clone())
             .collect()
+    }
+}
+
+impl LoginPolicy for Targets {
+    fn access(&self, initiator: &str, target: Option<&str>) -> Access {
+        let Some(name) = target else {
+            // Discovery is open; what it shows is filtered per initiator.
+            return Access::Allowed(AuthPolicy::default());
+        };
+        let Some(t) = self.get(name) else {
+            return Access::NotFound;
+        };
+        let access = t.access.read().unwrap();
+        if access.admits(initiator) {
+            Access::Allowed(access.auth.clone())
+        } else {
+            Access::Denied
+        }
     }
 }

@@ -112,6 +112,9 @@ impl Server {
         Command::new(tandem_bin())
             .args(args)
             .env("TANDEM_API", format!("127.0.0.1:{}", self.api_port))
+            .env("TANDEM_DATA_DIR", &self.data_dir)
+            .env_remove("TANDEM_API_TOKEN")
+            .env_remove("TANDEM_TOKEN_FILE")
             .output()
             .expect("run tandem CLI")
     }
