@@ -460,7 +460,9 @@ impl LoginState {
                 let offer = get("CHAP_A").ok_or(LoginError::AuthFailed)?;
                 let alg = Algorithm::choose(offer).ok_or(LoginError::AuthFailed)?;
                 let id: u8 = rand::random();
-                let challenge: Vec<u8> = (0..alg.digest_len()).map(|_| rand::random::<u8>()).collect();
+                let challenge: Vec<u8> = (0..alg.digest_len())
+                    .map(|_| rand::random::<u8>())
+                    .collect();
                 let answers = vec![
                     ("CHAP_A".to_string(), (alg as u8).to_string()),
                     ("CHAP_I".to_string(), id.to_string()),

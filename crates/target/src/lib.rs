@@ -10,8 +10,10 @@ mod session;
 
 pub use registry::{TargetAccess, Targets};
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -35,6 +37,9 @@ pub struct TargetConfig {
     pub max_transfer: u32,
     /// Most connections served at once; more are refused at accept.
     pub max_connections: usize,
+    /// Most connections from one source address; more are refused at accept,
+    /// so one misbehaving host cannot starve the others.
+    pub max_connections_per_source: usize,
     /// How long shutdown waits for in-flight commands.
     pub drain_timeout: Duration,
 }
@@ -49,6 +54,7 @@ impl Default for TargetConfig {
             login_timeout: Duration::from_secs(15),
             max_transfer: 16 * 1024 * 1024,
             max_connections: 1024,
+            max_connections_per_source: 256,
             drain_timeout: Duration::from_secs(25),
         }
     }
@@ -64,6 +70,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let config = Arc::new(config);
+    let per_source: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut conns = JoinSet::new();
     tokio::pin!(shutdown);
@@ -85,8 +92,24 @@ pub async fn serve(
                     tracing::warn!(%peer, limit = config.max_connections, "refusing iSCSI connection: too many connections");
                     continue;
                 }
+                let source = peer.ip();
+                let from_source = {
+                    let mut m = per_source.lock().unwrap();
+                    let n = m.entry(source).or_insert(0);
+                    *n += 1;
+                    *n
+                };
+                let slot = SourceSlot { map: per_source.clone(), source };
+                if from_source > config.max_connections_per_source {
+                    tracing::warn!(%peer, limit = config.max_connections_per_source, "refusing iSCSI connection: too many connections from this address");
+                    continue;
+                }
                 let _ = stream.set_nodelay(true);
-                conns.spawn(connection::run(stream, peer, targets.clone(), config.clone(), stop_rx.clone()));
+                let run = connection::run(stream, peer, targets.clone(), config.clone(), stop_rx.clone());
+                conns.spawn(async move {
+                    let _slot = slot;
+                    run.await
+                });
             }
         }
     }
@@ -103,4 +126,22 @@ pub async fn serve(
         conns.shutdown().await;
     }
     Ok(())
+}
+
+/// One connection counted against its source address; released on drop.
+struct SourceSlot {
+    map: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    source: IpAddr,
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut m = self.map.lock().unwrap();
+        if let Some(n) = m.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.source);
+            }
+        }
+    }
 }

@@ -17,6 +17,17 @@ use volume::MemVolume;
 const IQN: &str = "iqn.2026-11.io.tandem:t";
 
 async fn start() -> (SocketAddr, Arc<Targets>, tokio::sync::oneshot::Sender<()>) {
+    start_with(TargetConfig {
+        nop_interval: Duration::from_millis(400),
+        nop_timeout: Duration::from_millis(400),
+        ..TargetConfig::default()
+    })
+    .await
+}
+
+async fn start_with(
+    cfg: TargetConfig,
+) -> (SocketAddr, Arc<Targets>, tokio::sync::oneshot::Sender<()>) {
     let targets = Arc::new(Targets::new());
     let id = LunIdentity {
         vendor: "TANDEM".into(),
@@ -33,11 +44,6 @@ async fn start() -> (SocketAddr, Arc<Targets>, tokio::sync::oneshot::Sender<()>)
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let cfg = TargetConfig {
-        nop_interval: Duration::from_millis(400),
-        nop_timeout: Duration::from_millis(400),
-        ..TargetConfig::default()
-    };
     tokio::spawn(target::serve(listener, targets.clone(), cfg, async {
         let _ = rx.await;
     }));
@@ -410,4 +416,29 @@ async fn removing_the_target_ends_its_sessions_and_idle_peers_are_pinged() {
     );
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(targets.session_count(IQN), 0);
+}
+
+#[tokio::test]
+async fn one_source_cannot_take_every_connection() {
+    let (addr, _t, _stop) = start_with(TargetConfig {
+        max_connections_per_source: 2,
+        ..TargetConfig::default()
+    })
+    .await;
+    let mut a = Initiator::normal(addr, &[]).await;
+    let b = Initiator::normal(addr, &[]).await;
+    // The third connection from the same address is closed at once.
+    let mut c = Initiator::connect(addr).await;
+    assert!(c.recv().await.is_none(), "third connection was served");
+    // The sessions already in are not disturbed; a freed slot is usable again.
+    assert_eq!(
+        a.simple(&[0x00, 0, 0, 0, 0, 0]).await.0,
+        0x02,
+        "power-on UA"
+    );
+    assert_eq!(a.simple(&[0x00, 0, 0, 0, 0, 0]).await.0, 0x00);
+    drop(b);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut d = Initiator::normal(addr, &[]).await;
+    assert_eq!(d.simple(&[0x00, 0, 0, 0, 0, 0]).await.0, 0x02);
 }
