@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use iscsi::{text, Digests, Opcode, Pdu, BHS_LEN};
+use iscsi::{text, Opcode, Pdu, BHS_LEN};
 use scsi::{LogicalUnit, LunIdentity};
 use target::{TargetConfig, Targets};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use testkit::{rw10, Initiator};
+use tokio::io::AsyncWriteExt;
 use volume::MemVolume;
 
 const IQN: &str = "iqn.2026-11.io.tandem:t";
@@ -50,130 +50,9 @@ async fn start_with(
     (addr, targets, tx)
 }
 
-struct Initiator {
-    s: TcpStream,
-    digests: Digests,
-    cmd_sn: u32,
-    itt: u32,
-}
-
-impl Initiator {
-    async fn connect(addr: SocketAddr) -> Initiator {
-        Initiator {
-            s: TcpStream::connect(addr).await.unwrap(),
-            digests: Digests::default(),
-            cmd_sn: 1,
-            itt: 1,
-        }
-    }
-
-    async fn send(&mut self, mut p: Pdu) {
-        let bytes = p.encode(self.digests);
-        self.s.write_all(&bytes).await.unwrap();
-    }
-
-    async fn recv(&mut self) -> Option<Pdu> {
-        let mut bhs = [0u8; BHS_LEN];
-        match tokio::time::timeout(Duration::from_secs(3), self.s.read_exact(&mut bhs)).await {
-            Ok(Ok(_)) => {}
-            _ => return None,
-        }
-        let n = Pdu::body_len(&bhs, self.digests, 1 << 24).unwrap();
-        let mut body = vec![0u8; n];
-        self.s.read_exact(&mut body).await.ok()?;
-        Some(Pdu::from_parts(bhs, &body, self.digests).expect("target sent a valid PDU"))
-    }
-
-    /// Receives, skipping the target's own NOP-In pings (answering them).
-    async fn recv_reply(&mut self) -> Option<Pdu> {
-        loop {
-            let p = self.recv().await?;
-            if p.opcode() == Some(Opcode::NopIn) && p.itt() == 0xFFFF_FFFF {
-                let mut a = Pdu::new(Opcode::NopOut);
-                a.set_immediate(true);
-                a.set_flags(0x80);
-                a.set_itt(0xFFFF_FFFF);
-                a.set_u32(20, p.u32_at(20));
-                a.set_u32(24, self.cmd_sn);
-                self.send(a).await;
-                continue;
-            }
-            return Some(p);
-        }
-    }
-
-    async fn login(&mut self, keys: &[(&str, &str)]) -> Vec<(String, String)> {
-        let mut p = Pdu::new(Opcode::LoginRequest);
-        p.set_immediate(true);
-        p.set_flags(0x80 | 0x04 | 0x03); // operational → full feature
-                                         // A distinct ISID per connection: each is its own I_T nexus.
-        static NEXT_ISID: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(1);
-        let isid = NEXT_ISID
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            .to_be_bytes();
-        p.bhs[8..14].copy_from_slice(&[0x80, 0, 0, 0, isid[0], isid[1]]);
-        p.set_itt(self.itt);
-        p.set_u32(24, self.cmd_sn);
-        p.data = Bytes::from(text::encode(keys));
-        self.send(p).await;
-        let r = self.recv().await.expect("login response");
-        assert_eq!(r.opcode(), Some(Opcode::LoginResponse));
-        assert_eq!((r.byte(36), r.byte(37)), (0, 0), "login refused");
-        let kv = text::parse(&r.data).unwrap();
-        let on = |k: &str| kv.iter().any(|(key, v)| key == k && v == "CRC32C");
-        self.digests = Digests {
-            header: on("HeaderDigest"),
-            data: on("DataDigest"),
-        };
-        kv
-    }
-
-    async fn normal(addr: SocketAddr, extra: &[(&str, &str)]) -> Initiator {
-        let mut i = Initiator::connect(addr).await;
-        let mut keys = vec![
-            ("InitiatorName", "iqn.2026-11.test:init"),
-            ("TargetName", IQN),
-            ("SessionType", "Normal"),
-        ];
-        keys.extend_from_slice(extra);
-        i.login(&keys).await;
-        i
-    }
-
-    fn command(&mut self, cdb: &[u8], edtl: u32, write: bool, immediate: &[u8]) -> Pdu {
-        let mut p = Pdu::new(Opcode::ScsiCommand);
-        p.set_flags(0x80 | if write { 0x20 } else { 0x40 } | 0x01);
-        p.set_itt(self.itt);
-        p.set_u32(20, edtl);
-        p.set_u32(24, self.cmd_sn);
-        p.bhs[32..32 + cdb.len()].copy_from_slice(cdb);
-        p.data = Bytes::copy_from_slice(immediate);
-        self.itt += 1;
-        self.cmd_sn += 1;
-        p
-    }
-
-    /// Runs a data-less command and returns (status, sense key).
-    async fn simple(&mut self, cdb: &[u8]) -> (u8, u8) {
-        let p = self.command(cdb, 0, false, &[]);
-        self.send(p).await;
-        let r = self.recv_reply().await.expect("response");
-        assert_eq!(r.opcode(), Some(Opcode::ScsiResponse));
-        let key = if r.data.len() > 4 {
-            r.data[4] & 0x0f
-        } else {
-            0
-        };
-        (r.byte(3), key)
-    }
-}
-
-fn rw10(op: u8, lba: u32, blocks: u16) -> [u8; 10] {
-    let mut c = [0u8; 10];
-    c[0] = op;
-    c[2..6].copy_from_slice(&lba.to_be_bytes());
-    c[7..9].copy_from_slice(&blocks.to_be_bytes());
-    c
+/// The test initiator, logged in to this file's target.
+async fn normal(addr: SocketAddr, extra: &[(&str, &str)]) -> Initiator {
+    Initiator::normal(addr, IQN, extra).await
 }
 
 #[tokio::test]
@@ -222,7 +101,7 @@ async fn unknown_target_is_refused_at_login() {
 #[tokio::test]
 async fn r2t_write_and_multi_pdu_read_with_digests() {
     let (addr, _t, _stop) = start().await;
-    let mut i = Initiator::normal(
+    let mut i = normal(
         addr,
         &[
             ("HeaderDigest", "CRC32C"),
@@ -292,7 +171,7 @@ async fn r2t_write_and_multi_pdu_read_with_digests() {
 #[tokio::test]
 async fn residuals_are_reported() {
     let (addr, _t, _stop) = start().await;
-    let mut i = Initiator::normal(addr, &[]).await;
+    let mut i = normal(addr, &[]).await;
     i.simple(&[0u8; 6]).await;
     // INQUIRY asking 96 bytes with an expected length of 10: overflow of 86.
     let cmd = i.command(&[0x12, 0, 0, 0, 96, 0], 10, false, &[]);
@@ -307,7 +186,7 @@ async fn residuals_are_reported() {
 #[tokio::test]
 async fn nop_window_and_task_management() {
     let (addr, _t, _stop) = start().await;
-    let mut i = Initiator::normal(addr, &[]).await;
+    let mut i = normal(addr, &[]).await;
     // Ping with data is echoed.
     let mut nop = Pdu::new(Opcode::NopOut);
     nop.set_immediate(true);
@@ -358,10 +237,10 @@ async fn nop_window_and_task_management() {
 #[tokio::test]
 async fn hostile_input_is_rejected_without_hurting_other_sessions() {
     let (addr, _t, _stop) = start().await;
-    let mut good = Initiator::normal(addr, &[]).await;
+    let mut good = normal(addr, &[]).await;
     good.simple(&[0u8; 6]).await;
 
-    let mut bad = Initiator::normal(addr, &[]).await;
+    let mut bad = normal(addr, &[]).await;
     // An opcode the target does not take gets a Reject.
     let mut p = Pdu::new(Opcode::SnackRequest);
     p.set_itt(3);
@@ -392,7 +271,7 @@ async fn hostile_input_is_rejected_without_hurting_other_sessions() {
 #[tokio::test]
 async fn removing_the_target_ends_its_sessions_and_idle_peers_are_pinged() {
     let (addr, targets, _stop) = start().await;
-    let mut i = Initiator::normal(addr, &[]).await;
+    let mut i = normal(addr, &[]).await;
     assert_eq!(targets.session_count(IQN), 1);
     // Idle: the target pings with a NOP-In carrying a target transfer tag.
     let ping = i.recv().await.expect("NOP-In ping");
@@ -407,7 +286,7 @@ async fn removing_the_target_ends_its_sessions_and_idle_peers_are_pinged() {
         "unanswered ping did not close the connection"
     );
 
-    let mut j = Initiator::normal(addr, &[]).await;
+    let mut j = normal(addr, &[]).await;
     j.simple(&[0u8; 6]).await;
     assert!(targets.remove(IQN));
     assert!(
@@ -425,8 +304,8 @@ async fn one_source_cannot_take_every_connection() {
         ..TargetConfig::default()
     })
     .await;
-    let mut a = Initiator::normal(addr, &[]).await;
-    let b = Initiator::normal(addr, &[]).await;
+    let mut a = normal(addr, &[]).await;
+    let b = normal(addr, &[]).await;
     // The third connection from the same address is closed at once.
     let mut c = Initiator::connect(addr).await;
     assert!(c.recv().await.is_none(), "third connection was served");
@@ -439,6 +318,6 @@ async fn one_source_cannot_take_every_connection() {
     assert_eq!(a.simple(&[0x00, 0, 0, 0, 0, 0]).await.0, 0x00);
     drop(b);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let mut d = Initiator::normal(addr, &[]).await;
+    let mut d = normal(addr, &[]).await;
     assert_eq!(d.simple(&[0x00, 0, 0, 0, 0, 0]).await.0, 0x02);
 }
