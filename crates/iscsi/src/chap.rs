@@ -121,15 +121,12 @@ pub fn decode_binary(v: &str) -> Option<Vec<u8>> {
         if h.is_empty() || h.len() > 2048 {
             return None;
         }
-        let h = if h.len() % 2 == 1 {
-            format!("0{h}")
-        } else {
-            h.to_string()
-        };
-        return (0..h.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&h[i..i + 2], 16).ok())
-            .collect();
+        let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+        let mut digits = h.bytes().map(digit).collect::<Option<Vec<u8>>>()?;
+        if digits.len() % 2 == 1 {
+            digits.insert(0, 0);
+        }
+        return Some(digits.chunks(2).map(|p| p[0] << 4 | p[1]).collect());
     }
     if let Some(b) = v.strip_prefix("0b").or_else(|| v.strip_prefix("0B")) {
         return decode_base64(b);
@@ -205,6 +202,8 @@ mod tests {
         assert_eq!(decode_binary("0x"), None);
         assert_eq!(decode_binary("12"), None);
         assert_eq!(decode_binary("0xzz"), None);
+        // Found by fuzzing: multi-byte characters used to split mid-character.
+        assert_eq!(decode_binary("0x0\u{00b6}c"), None);
         assert_eq!(encode_hex(&[1, 0xab]), "0x01ab");
     }
 
