@@ -241,6 +241,12 @@ impl Pdu {
     /// Assembles a received PDU from its BHS and the `body_len` bytes after it,
     /// checking digests.
     pub fn from_parts(bhs: [u8; BHS_LEN], body: &[u8], digests: Digests) -> Result<Pdu, PduError> {
+        Self::from_body(bhs, Bytes::copy_from_slice(body), digests)
+    }
+
+    /// As [`Pdu::from_parts`], taking the body as it was received: the data
+    /// segment is a slice of `body`, not a copy.
+    pub fn from_body(bhs: [u8; BHS_LEN], body: Bytes, digests: Digests) -> Result<Pdu, PduError> {
         let need = Self::body_len(&bhs, digests, usize::MAX)?;
         if body.len() < need {
             return Err(PduError::Truncated {
@@ -268,10 +274,11 @@ impl Pdu {
                 return Err(PduError::DataDigest);
             }
         }
+        let data_at = at - pad4(dlen);
         Ok(Pdu {
             bhs,
             ahs: ahs.to_vec(),
-            data: Bytes::copy_from_slice(&padded[..dlen]),
+            data: body.slice(data_at..data_at + dlen),
         })
     }
 

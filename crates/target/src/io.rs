@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use iscsi::{Digests, Opcode, Pdu, PduError, BHS_LEN};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 
@@ -21,8 +22,8 @@ pub(crate) enum Incoming {
 }
 
 /// Reads one PDU.
-pub(crate) async fn read_pdu(
-    r: &mut OwnedReadHalf,
+pub(crate) async fn read_pdu<R: AsyncRead + Unpin>(
+    r: &mut R,
     digests: Digests,
     max_data: usize,
 ) -> Result<Result<Pdu, [u8; BHS_LEN]>, String> {
@@ -32,11 +33,18 @@ pub(crate) async fn read_pdu(
         _ => format!("read failed: {e}"),
     })?;
     let body_len = Pdu::body_len(&bhs, digests, max_data).map_err(|e| e.to_string())?;
-    let mut body = vec![0u8; body_len];
-    r.read_exact(&mut body)
-        .await
-        .map_err(|e| format!("connection lost inside a PDU: {e}"))?;
-    match Pdu::from_parts(bhs, &body, digests) {
+    // The body goes straight into the buffer the data segment will live in:
+    // no zeroing, no second copy.
+    let mut body = BytesMut::with_capacity(body_len);
+    while body.len() < body_len {
+        let mut limited = (&mut *r).take((body_len - body.len()) as u64);
+        match limited.read_buf(&mut body).await {
+            Ok(0) => return Err("connection lost inside a PDU".to_string()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("connection lost inside a PDU: {e}")),
+        }
+    }
+    match Pdu::from_body(bhs, body.freeze(), digests) {
         Ok(p) => Ok(Ok(p)),
         Err(PduError::DataDigest) => Ok(Err(bhs)),
         Err(e) => Err(e.to_string()),
@@ -45,11 +53,13 @@ pub(crate) async fn read_pdu(
 
 /// Runs the reader until the connection fails or the receiver goes away.
 pub(crate) async fn reader_task(
-    mut r: OwnedReadHalf,
+    r: OwnedReadHalf,
     digests: Digests,
     max_data: usize,
     tx: mpsc::Sender<Incoming>,
 ) {
+    // Buffered: with many commands in flight, one read brings in many PDUs.
+    let mut r = BufReader::with_capacity(256 * 1024, r);
     loop {
         let item = match read_pdu(&mut r, digests, max_data).await {
             Ok(Ok(p)) => Incoming::Pdu(p),
@@ -148,6 +158,13 @@ pub(crate) async fn writer_task(
                 }
             }
             next = rx.try_recv().ok();
+            if next.is_none() {
+                // Commands completing right now on other tasks get one chance
+                // to join this batch: fewer, fuller segments for the initiator
+                // to wake up for.
+                tokio::task::yield_now().await;
+                next = rx.try_recv().ok();
+            }
         }
         if w.flush().await.is_err() {
             return stat_sn;
