@@ -79,3 +79,67 @@ pub(crate) fn seek(f: &File, offset: u64, data: bool) -> io::Result<Option<u64>>
         Err(err)
     }
 }
+
+/// Tries to read all of `buf` at `offset` without blocking (`preadv2` with
+/// `RWF_NOWAIT`): `Ok(true)` when the data came from the page cache,
+/// `Ok(false)` when it would have to wait for the disk (or the kernel or
+/// filesystem cannot tell), in which case the caller reads on a worker thread.
+pub(crate) fn read_nowait(f: &File, buf: &mut [u8], offset: u64) -> io::Result<bool> {
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    #[allow(unsafe_code)]
+    // SAFETY: the iovec points into `buf`, which is live and writable for its
+    // whole length during the call; the fd is owned by `f`.
+    let n = unsafe {
+        libc::preadv2(
+            f.as_raw_fd(),
+            &iov,
+            1,
+            offset as libc::off_t,
+            libc::RWF_NOWAIT,
+        )
+    };
+    nowait_outcome(n, buf.len())
+}
+
+fn nowait_outcome(n: isize, want: usize) -> io::Result<bool> {
+    if n >= 0 {
+        return Ok(n as usize == want);
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EAGAIN) | Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) | Some(libc::ENOSYS) => {
+            Ok(false)
+        }
+        _ => Err(err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nowait_reads_come_from_the_page_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("f"))
+            .unwrap();
+        f.set_len(1 << 20).unwrap();
+        let data = vec![7u8; 4096];
+        write_at(&f, &data, 8192).unwrap();
+        // Just written, so in the page cache: served without waiting.
+        let mut back = vec![0u8; 4096];
+        assert!(read_nowait(&f, &mut back, 8192).unwrap());
+        assert_eq!(back, data);
+        // Past the end of the file: a short read, not done.
+        let mut beyond = vec![0u8; 4096];
+        assert!(!read_nowait(&f, &mut beyond, (1 << 20) - 100).unwrap());
+    }
+}

@@ -15,6 +15,7 @@ mod durable;
 mod error;
 mod file_io;
 mod local;
+mod pool;
 
 pub use catalog::{validate_name, Store, VolumeMeta};
 pub use error::StoreError;

@@ -13,6 +13,11 @@ use volume::{
 use crate::catalog::VolumeMeta;
 use crate::durable::write_atomic;
 use crate::file_io;
+use crate::pool::IoPool;
+
+/// Largest read tried inline from the page cache before handing it to a
+/// worker thread: copying more than this would hold up the async worker.
+const INLINE_READ_MAX: usize = 256 * 1024;
 
 /// A thin volume stored as a sparse file. Unwritten and unmapped blocks are
 /// holes: they read as zeros and take no space.
@@ -61,7 +66,23 @@ impl LocalVolume {
         }
     }
 
+    /// Runs a positional read or write on the I/O pool.
     async fn blocking<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&File) -> std::io::Result<T> + Send + 'static,
+    {
+        let file = self.file.clone();
+        match IoPool::global().run(move || f(&file)).await {
+            Ok(r) => r.map_err(VolumeError::from_io),
+            Err(e) => Err(VolumeError::Io(e)),
+        }
+    }
+
+    /// Runs a call that may wait on the disk for long (fdatasync, hole
+    /// punching, extent scans) on tokio's growing blocking pool, so it never
+    /// holds up the I/O pool's few workers.
+    async fn slow<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&File) -> std::io::Result<T> + Send + 'static,
@@ -75,19 +96,25 @@ impl LocalVolume {
 
     async fn write_unlocked(&self, lba: u64, data: Bytes, fua: bool) -> Result<()> {
         let off = lba * self.block_size as u64;
-        self.blocking(move |f| {
-            file_io::write_at(f, &data, off)?;
-            if fua {
-                file_io::sync(f)?;
-            }
-            Ok(())
-        })
-        .await
+        self.blocking(move |f| file_io::write_at(f, &data, off))
+            .await?;
+        if fua {
+            self.slow(file_io::sync).await?;
+        }
+        Ok(())
     }
 
     async fn read_unlocked(&self, lba: u64, blocks: u64) -> Result<Vec<u8>> {
         let off = lba * self.block_size as u64;
         let len = blocks as usize * self.block_size as usize;
+        if len <= INLINE_READ_MAX {
+            // Data already in the page cache is copied right here; only reads
+            // that would wait for the disk go to a worker thread.
+            let mut buf = vec![0u8; len];
+            if file_io::read_nowait(&self.file, &mut buf, off).map_err(VolumeError::from_io)? {
+                return Ok(buf);
+            }
+        }
         self.blocking(move |f| {
             let mut buf = vec![0u8; len];
             file_io::read_at(f, &mut buf, off)?;
@@ -138,7 +165,7 @@ impl Volume for LocalVolume {
 
     async fn flush(&self) -> Result<()> {
         self.check_open()?;
-        self.blocking(file_io::sync).await
+        self.slow(file_io::sync).await
     }
 
     async fn unmap(&self, lba: u64, blocks: u64) -> Result<()> {
@@ -146,7 +173,7 @@ impl Volume for LocalVolume {
         check_range(self.num_blocks(), lba, blocks)?;
         let bs = self.block_size as u64;
         let _shared = self.gate.read().await;
-        self.blocking(move |f| file_io::punch_hole(f, lba * bs, blocks * bs))
+        self.slow(move |f| file_io::punch_hole(f, lba * bs, blocks * bs))
             .await
     }
 
@@ -220,7 +247,7 @@ impl Volume for LocalVolume {
                 blocks: 0,
                 num_blocks: current,
             })?;
-        self.blocking(move |f| {
+        self.slow(move |f| {
             f.set_len(size)?;
             // Durability point: the new length is on disk before the metadata says so.
             f.sync_all()

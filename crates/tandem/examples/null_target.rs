@@ -33,5 +33,11 @@ async fn main() -> std::io::Result<()> {
     let targets = Arc::new(Targets::new());
     targets.insert(iqn, Arc::new(lu));
     let listener = tokio::net::TcpListener::bind(&listen).await?;
-    target::serve(listener, targets, TargetConfig::default(), std::future::pending()).await
+    target::serve(
+        listener,
+        targets,
+        TargetConfig::default(),
+        std::future::pending(),
+    )
+    .await
 }

@@ -4,8 +4,8 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use iscsi::{Digests, Opcode, Pdu, PduError, BHS_LEN};
 use bytes::BytesMut;
+use iscsi::{Digests, Opcode, Pdu, PduError, BHS_LEN};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
