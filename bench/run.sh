@@ -37,32 +37,14 @@ tandem="$target_dir/release/tandem"
 null_target="$target_dir/release/examples/null_target"
 
 work=$(mktemp -d "${BENCH_DIR:-/var/tmp}/tandem-bench.XXXXXX")
-pids=()
+# shellcheck source=../scripts/servers.sh
+. "$root/scripts/servers.sh"
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do
-    for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$p" 2>/dev/null || true
-  done
-  wait 2>/dev/null || true
+  stop_servers 2>/dev/null
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-free_port() {
-  local p
-  while :; do
-    p=$(( (RANDOM % 30000) + 20000 ))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
-  done
-}
-wait_port() {
-  for _ in $(seq 1 200); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  echo "bench: nothing listens on port $1" >&2; exit 1
-}
 bytes_of() { numfmt --from=iec "$1"; }
 size_bytes=$(bytes_of "$SIZE")
 
@@ -119,7 +101,8 @@ m_randwrite32() { local n=$(( DURATION * 30000 )); awk -v n="$n" -v t="$(qemu_se
 m_lat_read()  { local n=$(( DURATION * 4000 )); awk -v n="$n" -v t="$(qemu_secs "$1" "$n" 1 4096 $STEP)" 'BEGIN{printf "%.1f", t/n*1e6}'; }
 m_lat_write() { local n=$(( DURATION * 4000 )); awk -v n="$n" -v t="$(qemu_secs "$1" "$n" 1 4096 $STEP -w)" 'BEGIN{printf "%.1f", t/n*1e6}'; }
 
-# fio on the raw file: the same patterns without any protocol.
+# fio on the raw file: the same patterns without any protocol, from the page
+# cache like the targets' (no invalidation before each job).
 fio_raw() { # rw bs depth -> IOPS or MB/s or latency
   local rw=$1 bs=$2 depth=$3 what=$4
   # Buffered I/O never queues in the kernel, so depth > 1 means one job per
@@ -127,7 +110,7 @@ fio_raw() { # rw bs depth -> IOPS or MB/s or latency
   local jobs=1
   (( depth > 1 )) && jobs=$(nproc)
   fio --name=raw --filename="$work/raw.img" --size="$size_bytes" --rw="$rw" --bs="$bs" \
-    --ioengine=psync --numjobs="$jobs" --group_reporting --direct=0 --time_based \
+    --ioengine=psync --numjobs="$jobs" --group_reporting --direct=0 --invalidate=0 --time_based \
     --runtime="$DURATION" --output-format=json 2>/dev/null | python3 -c "
 import json,sys
 j=json.load(sys.stdin)['jobs'][0]

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Tandem's end-to-end tests need on a Debian machine, only when
 # it is missing: libiscsi's command-line clients, qemu-img with its iSCSI
-# block driver, tgtd (the peer target we compare against) and iproute2.
+# block driver, tgtd (the peer target we compare against), iproute2 and fio
+# (the raw-file reference of bench/run.sh).
 #
 # qemu-img reads iscsi:// URLs only through Debian's qemu-block-extra, and that
 # package must be the very same version as the installed qemu-utils. When
@@ -16,7 +17,7 @@ export DEBIAN_FRONTEND=noninteractive
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
 need=()
-for p in libiscsi-bin qemu-utils tgt iproute2 nftables; do
+for p in libiscsi-bin qemu-utils tgt iproute2 nftables fio; do
   have_pkg "$p" || need+=("$p")
 done
 

@@ -37,36 +37,13 @@ fi
 work=$(mktemp -d /tmp/tandem-conformance.XXXXXX)
 [ -n "$out" ] || out="$work"
 mkdir -p "$out"
-pids=()
+# shellcheck source=../scripts/servers.sh
+. "$root/scripts/servers.sh"
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  # tgtd may ignore SIGTERM while it still has sessions: give every server
-  # five seconds, then stop it hard.
-  for p in "${pids[@]}"; do
-    for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$p" 2>/dev/null || true
-  done
-  wait 2>/dev/null || true
+  stop_servers 2>/dev/null
   rm -rf "$work/data" "$work/tgt.img"
 }
 trap cleanup EXIT
-
-free_port() { # a loopback port nothing answers on
-  local p
-  while :; do
-    p=$(( (RANDOM % 30000) + 20000 ))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
-  done
-}
-
-wait_port() { # host port
-  for _ in $(seq 1 200); do
-    if (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  echo "conformance: nothing listens on $1:$2" >&2
-  return 1
-}
 
 LUN_SIZE=${LUN_SIZE:-256M}
 SUITE_TIMEOUT=${SUITE_TIMEOUT:-900}
@@ -116,7 +93,7 @@ aport=$(free_port)
 TANDEM_LOG=warn "$bin" serve --data-dir "$work/data" \
   --iscsi-listen "127.0.0.1:$iport" --api-listen "127.0.0.1:$aport" >"$out/tandem-server.log" 2>&1 &
 pids+=($!)
-wait_port 127.0.0.1 "$aport"
+wait_port "$aport"
 TANDEM_API="127.0.0.1:$aport" TANDEM_DATA_DIR="$work/data" "$bin" volume create conformance --size "$LUN_SIZE" >/dev/null
 run_suite tandem "iscsi://127.0.0.1:$iport/iqn.2026-11.io.tandem:conformance/0"
 
@@ -127,7 +104,7 @@ if [ "$with_tgt" = 1 ]; then
   truncate -s "$LUN_SIZE" "$work/tgt.img"
   tgtd -f -C "$cport" --iscsi "portal=127.0.0.1:$tport" >"$out/tgtd-server.log" 2>&1 &
   pids+=($!)
-  wait_port 127.0.0.1 "$tport"
+  wait_port "$tport"
   tgtadm -C "$cport" --lld iscsi --mode target --op new --tid 1 --targetname iqn.2001-04.org.debian:conformance
   tgtadm -C "$cport" --lld iscsi --mode logicalunit --op new --tid 1 --lun 1 --backing-store "$work/tgt.img"
   tgtadm -C "$cport" --lld iscsi --mode target --op bind --tid 1 --initiator-address ALL

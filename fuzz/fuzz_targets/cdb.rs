@@ -2,32 +2,13 @@
 //! never a panic, always a status.
 #![no_main]
 
-use std::sync::{Arc, OnceLock};
-
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use scsi::{LogicalUnit, LunIdentity, Request};
-use volume::MemVolume;
+use scsi::Request;
 
-fn unit() -> &'static (tokio::runtime::Runtime, LogicalUnit) {
-    static UNIT: OnceLock<(tokio::runtime::Runtime, LogicalUnit)> = OnceLock::new();
-    UNIT.get_or_init(|| {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let id = LunIdentity {
-            vendor: "TANDEM".into(),
-            product: "VOLUME".into(),
-            revision: "0.1".into(),
-            serial: "fuzz".into(),
-            naa: vec![0x30, 1, 2, 3, 4, 5, 6, 7],
-            target_name: "iqn.2026-11.io.tandem:fuzz".into(),
-            relative_port: 1,
-            port_group: 1,
-        };
-        (rt, LogicalUnit::new(Arc::new(MemVolume::new(512, 256)), id))
-    })
-}
+#[path = "common/unit.rs"]
+mod unit;
+use unit::unit;
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 2 {

@@ -283,12 +283,7 @@ impl LogicalUnit {
             Fence::Shared(self.fence.read().await)
         };
         if !self.reservations.allows(req.initiator, cdb) {
-            return Response {
-                status: Status::ReservationConflict,
-                data: Vec::new(),
-                sense: None,
-                data_out_wanted,
-            };
+            return reservation_conflict(data_out_wanted);
         }
         let (mut outcome, alloc) = self.dispatch(&req).await;
         if changes_medium && outcome.is_ok() && !settings.write_cache && self.volume.write_cache() {
@@ -309,12 +304,7 @@ impl LogicalUnit {
                     data_out_wanted,
                 }
             }
-            Err(CONFLICT) => Response {
-                status: Status::ReservationConflict,
-                data: Vec::new(),
-                sense: None,
-                data_out_wanted,
-            },
+            Err(CONFLICT) => reservation_conflict(data_out_wanted),
             Err(sense) => fail(sense),
         }
     }
@@ -593,6 +583,15 @@ fn changes_medium(opcode: u8) -> bool {
             | op::ORWRITE_16
             | op::EXTENDED_COPY
     )
+}
+
+fn reservation_conflict(data_out_wanted: Option<u32>) -> Response {
+    Response {
+        status: Status::ReservationConflict,
+        data: Vec::new(),
+        sense: None,
+        data_out_wanted,
+    }
 }
 
 fn check_condition(sense: Sense, data_out_wanted: Option<u32>, descriptor: bool) -> Response {
