@@ -104,6 +104,7 @@ pub struct LogicalUnit {
     mode: std::sync::Mutex<mode::Settings>,
     groups: std::sync::Mutex<Vec<PortGroup>>,
     fence: tokio::sync::RwLock<()>,
+    space_warned: std::sync::atomic::AtomicBool,
 }
 
 /// Held while a command runs; see [`LogicalUnit::execute`].
@@ -164,6 +165,7 @@ impl LogicalUnit {
                 status: 0,
             }]),
             fence: tokio::sync::RwLock::new(()),
+            space_warned: std::sync::atomic::AtomicBool::new(false),
             volume,
         }
     }
@@ -286,6 +288,9 @@ impl LogicalUnit {
             return reservation_conflict(data_out_wanted);
         }
         let (mut outcome, alloc) = self.dispatch(&req).await;
+        if changes_medium {
+            self.watch_space();
+        }
         if changes_medium && outcome.is_ok() && !settings.write_cache && self.volume.write_cache() {
             // WCE cleared by MODE SELECT: every write is durable before GOOD.
             if let Err(e) = self.volume.flush().await {
@@ -498,6 +503,27 @@ impl LogicalUnit {
             .find(|g| g.id == self.identity.port_group)
             .map(|g| g.state)
             .unwrap_or(AccessState::ActiveOptimized)
+    }
+
+    /// SBC-3 4.7.3.7: when the space behind a thin volume falls below its
+    /// soft threshold, every nexus hears THIN PROVISIONING SOFT THRESHOLD
+    /// REACHED once; it is raised again after space came back and ran low anew.
+    fn watch_space(&self) {
+        let low = self.volume.low_on_space();
+        if low
+            && !self
+                .space_warned
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::warn!(
+                target_name = %self.identity.target_name,
+                "free space below the thin provisioning soft threshold"
+            );
+            self.attentions.raise_all(unit_attention::SOFT_THRESHOLD);
+        } else if !low {
+            self.space_warned
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// A new I_T nexus logged in: it will see POWER ON, RESET, OR BUS DEVICE

@@ -11,6 +11,8 @@ pub const POWER_ON: Sense = Sense::new(key::UNIT_ATTENTION, 0x29, 0x00);
 pub const LUN_RESET: Sense = Sense::new(key::UNIT_ATTENTION, 0x29, 0x03);
 /// ASYMMETRIC ACCESS STATE CHANGED.
 pub const ACCESS_STATE_CHANGED: Sense = Sense::new(key::UNIT_ATTENTION, 0x2A, 0x06);
+/// THIN PROVISIONING SOFT THRESHOLD REACHED.
+pub const SOFT_THRESHOLD: Sense = Sense::new(key::UNIT_ATTENTION, 0x38, 0x07);
 /// CAPACITY DATA HAS CHANGED.
 pub const CAPACITY_CHANGED: Sense = Sense::new(key::UNIT_ATTENTION, 0x2A, 0x09);
 

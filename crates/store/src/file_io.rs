@@ -80,6 +80,23 @@ pub(crate) fn seek(f: &File, offset: u64, data: bool) -> io::Result<Option<u64>>
     }
 }
 
+/// Bytes free for unprivileged writers and the total size of the filesystem
+/// holding `f`.
+pub(crate) fn space(f: &File) -> io::Result<(u64, u64)> {
+    #[allow(unsafe_code)]
+    // SAFETY: fstatvfs writes into the zeroed struct we own; the fd is owned by `f`.
+    let (rc, st) = unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        let rc = libc::fstatvfs(f.as_raw_fd(), &mut st);
+        (rc, st)
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let frsize = st.f_frsize;
+    Ok((st.f_bavail * frsize, st.f_blocks * frsize))
+}
+
 /// Tries to read all of `buf` at `offset` without blocking (`preadv2` with
 /// `RWF_NOWAIT`): `Ok(true)` when the data came from the page cache,
 /// `Ok(false)` when it would have to wait for the disk (or the kernel or

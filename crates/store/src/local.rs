@@ -19,6 +19,15 @@ use crate::pool::IoPool;
 /// worker thread: copying more than this would hold up the async worker.
 const INLINE_READ_MAX: usize = 256 * 1024;
 
+/// Most that may be written between two looks at the filesystem's free
+/// space; closer to the soft threshold the looks come more often.
+const SPACE_CHECK_BYTES: u64 = 64 << 20;
+const SPACE_CHECK_MIN: u64 = 1 << 20;
+/// The soft threshold: free space below this share of the filesystem (but
+/// never more than `SOFT_THRESHOLD_MAX`) counts as low.
+const SOFT_THRESHOLD_PERCENT: u64 = 10;
+const SOFT_THRESHOLD_MAX: u64 = 8 << 30;
+
 /// A thin volume stored as a sparse file. Unwritten and unmapped blocks are
 /// holes: they read as zeros and take no space.
 ///
@@ -33,6 +42,12 @@ pub struct LocalVolume {
     closed: AtomicBool,
     meta: Mutex<VolumeMeta>,
     meta_path: PathBuf,
+    /// Free space of the filesystem is below the soft threshold.
+    low_space: Arc<AtomicBool>,
+    /// Bytes written since the free space was last looked at.
+    since_space_check: AtomicU64,
+    /// Bytes to write before the next look.
+    space_check_every: Arc<AtomicU64>,
 }
 
 impl LocalVolume {
@@ -45,6 +60,10 @@ impl LocalVolume {
             closed: AtomicBool::new(false),
             meta: Mutex::new(meta),
             meta_path,
+            low_space: Arc::new(AtomicBool::new(false)),
+            // Look at the free space with the first write.
+            since_space_check: AtomicU64::new(SPACE_CHECK_BYTES),
+            space_check_every: Arc::new(AtomicU64::new(SPACE_CHECK_BYTES)),
         }
     }
 
@@ -96,8 +115,35 @@ impl LocalVolume {
 
     async fn write_unlocked(&self, lba: u64, data: Bytes, fua: bool) -> Result<()> {
         let off = lba * self.block_size as u64;
-        self.blocking(move |f| file_io::write_at(f, &data, off))
-            .await?;
+        let len = data.len() as u64;
+        let check = self.since_space_check.fetch_add(len, Ordering::Relaxed) + len
+            >= self.space_check_every.load(Ordering::Relaxed);
+        if check {
+            self.since_space_check.store(0, Ordering::Relaxed);
+        }
+        let low = self.low_space.clone();
+        let every = self.space_check_every.clone();
+        let written = self
+            .blocking(move |f| {
+                let r = file_io::write_at(f, &data, off);
+                if check || r.is_err() {
+                    if let Ok((free, total)) = file_io::space(f) {
+                        let threshold =
+                            (total / 100 * SOFT_THRESHOLD_PERCENT).min(SOFT_THRESHOLD_MAX);
+                        low.store(free < threshold, Ordering::Relaxed);
+                        // Look again after a quarter of the way to the threshold.
+                        let next = (free.saturating_sub(threshold) / 4)
+                            .clamp(SPACE_CHECK_MIN, SPACE_CHECK_BYTES);
+                        every.store(next, Ordering::Relaxed);
+                    }
+                }
+                r
+            })
+            .await;
+        if let Err(VolumeError::NoSpace) = written {
+            self.low_space.store(true, Ordering::Relaxed);
+        }
+        written?;
         if fua {
             self.slow(file_io::sync).await?;
         }
@@ -143,6 +189,10 @@ impl Volume for LocalVolume {
         true
     }
 
+    fn low_on_space(&self) -> bool {
+        self.low_space.load(Ordering::Relaxed)
+    }
+
     async fn read(&self, lba: u64, blocks: u32) -> Result<Vec<u8>> {
         self.check_open()?;
         check_range(self.num_blocks(), lba, blocks as u64)?;
@@ -173,6 +223,9 @@ impl Volume for LocalVolume {
         check_range(self.num_blocks(), lba, blocks)?;
         let bs = self.block_size as u64;
         let _shared = self.gate.read().await;
+        // Space comes back: look at it again with the next write.
+        self.since_space_check
+            .store(SPACE_CHECK_BYTES, Ordering::Relaxed);
         self.slow(move |f| file_io::punch_hole(f, lba * bs, blocks * bs))
             .await
     }

@@ -19,6 +19,8 @@ pub struct Outcome {
     pub status: u8,
     /// Sense key when the status carried sense data, else 0.
     pub sense_key: u8,
+    /// Additional sense code and qualifier (fixed-format sense), else 0.
+    pub asc: (u8, u8),
     /// Data-in received.
     pub data: Vec<u8>,
 }
@@ -184,19 +186,18 @@ impl Initiator {
                         return Some(Outcome {
                             status: p.byte(3),
                             sense_key: 0,
+                            asc: (0, 0),
                             data,
                         });
                     }
                 }
                 Some(Opcode::ScsiResponse) => {
-                    let sense_key = if p.data.len() > 4 {
-                        p.data[4] & 0x0f
-                    } else {
-                        0
-                    };
+                    // Data segment: sense length (2 bytes), then fixed-format sense.
+                    let at = |i: usize| p.data.get(2 + i).copied().unwrap_or(0);
                     return Some(Outcome {
                         status: p.byte(3),
-                        sense_key,
+                        sense_key: at(2) & 0x0f,
+                        asc: (at(12), at(13)),
                         data,
                     });
                 }

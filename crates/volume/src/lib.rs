@@ -59,6 +59,13 @@ pub trait Volume: Send + Sync + 'static {
     /// without FUA needs a `flush` to become durable.
     fn write_cache(&self) -> bool;
 
+    /// Whether the space behind a thin volume has fallen below its soft
+    /// threshold: writes still succeed, but the administrator should act
+    /// before they fail for want of space.
+    fn low_on_space(&self) -> bool {
+        false
+    }
+
     /// Reads `blocks` blocks starting at `lba`.
     async fn read(&self, lba: u64, blocks: u32) -> Result<Vec<u8>>;
 
@@ -183,6 +190,9 @@ impl<V: Volume + ?Sized> Volume for std::sync::Arc<V> {
     }
     fn write_cache(&self) -> bool {
         (**self).write_cache()
+    }
+    fn low_on_space(&self) -> bool {
+        (**self).low_on_space()
     }
     async fn read(&self, lba: u64, blocks: u32) -> Result<Vec<u8>> {
         (**self).read(lba, blocks).await
