@@ -1,7 +1,9 @@
 //! The worker threads that run blocking file calls for every volume of the
-//! store. A small fixed pool: while commands keep arriving the workers never
-//! sleep, so a busy volume pays no thread wake-up per I/O (tokio's blocking
-//! pool wakes a thread for every call).
+//! store. A sleeping worker is woken only when the jobs waiting outnumber the
+//! workers already running, so a busy volume served by one or two awake
+//! workers pays no thread wake-up per I/O (tokio's blocking pool wakes a
+//! thread for every call), while calls that stall (writeback throttling, a
+//! slow disk) let the backlog grow and bring in more workers.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -11,6 +13,8 @@ type Job = Box<dyn FnOnce() + Send>;
 struct Queue {
     jobs: VecDeque<Job>,
     idle: usize,
+    /// Workers running a job right now.
+    active: usize,
 }
 
 struct Shared {
@@ -30,6 +34,7 @@ impl IoPool {
             queue: Mutex::new(Queue {
                 jobs: VecDeque::new(),
                 idle: 0,
+                active: 0,
             }),
             ready: Condvar::new(),
         });
@@ -43,13 +48,13 @@ impl IoPool {
         IoPool { shared }
     }
 
-    /// The pool shared by every volume of the process: one worker per CPU,
-    /// at least four so a slow disk call does not stall the others.
+    /// The pool shared by every volume of the process: enough workers that
+    /// calls stalled in the kernel do not hold up the rest.
     pub(crate) fn global() -> &'static IoPool {
         static POOL: OnceLock<IoPool> = OnceLock::new();
         POOL.get_or_init(|| {
             let cpus = std::thread::available_parallelism().map_or(4, |n| n.get());
-            IoPool::new(cpus.max(4))
+            IoPool::new((cpus * 4).max(16))
         })
     }
 
@@ -66,7 +71,7 @@ impl IoPool {
         {
             let mut q = self.shared.queue.lock().unwrap();
             q.jobs.push_back(job);
-            if q.idle > 0 {
+            if q.idle > 0 && (q.active == 0 || q.jobs.len() > q.active) {
                 self.shared.ready.notify_one();
             }
         }
@@ -81,6 +86,7 @@ fn worker(s: &Shared) {
             let mut q = s.queue.lock().unwrap();
             loop {
                 if let Some(j) = q.jobs.pop_front() {
+                    q.active += 1;
                     break j;
                 }
                 q.idle += 1;
@@ -90,6 +96,7 @@ fn worker(s: &Shared) {
         };
         // A panicking job must not take the worker with it.
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+        s.queue.lock().unwrap().active -= 1;
     }
 }
 
