@@ -10,6 +10,7 @@
 //! ```
 #![deny(unsafe_code)]
 
+mod backing;
 mod catalog;
 mod durable;
 mod error;
@@ -17,6 +18,7 @@ mod file_io;
 mod local;
 mod pool;
 
+pub use backing::{Backing, SimDisk};
 pub use catalog::{validate_name, Store, VolumeMeta};
 pub use error::StoreError;
 pub use local::LocalVolume;

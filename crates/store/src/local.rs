@@ -1,4 +1,3 @@
-use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -10,9 +9,9 @@ use volume::{
     blocks_in, check_range, first_difference, BlockState, Provisioning, Result, Volume, VolumeError,
 };
 
+use crate::backing::Backing;
 use crate::catalog::VolumeMeta;
 use crate::durable::write_atomic;
-use crate::file_io;
 use crate::pool::IoPool;
 
 /// Largest read tried inline from the page cache before handing it to a
@@ -34,14 +33,15 @@ const SOFT_THRESHOLD_MAX: u64 = 8 << 30;
 /// Atomicity of COMPARE AND WRITE: every write-like operation holds `gate`
 /// shared; compare-and-write holds it exclusively, so no other write can land
 /// between its compare and its write. Reads take no lock.
-pub struct LocalVolume {
-    file: Arc<File>,
+pub struct LocalVolume<B: Backing = std::fs::File> {
+    file: Arc<B>,
     block_size: u32,
     num_blocks: AtomicU64,
     gate: RwLock<()>,
     closed: AtomicBool,
     meta: Mutex<VolumeMeta>,
-    meta_path: PathBuf,
+    /// Where the metadata lives (`None` for a simulated disk).
+    meta_path: Option<PathBuf>,
     /// Free space of the filesystem is below the soft threshold.
     low_space: Arc<AtomicBool>,
     /// Bytes written since the free space was last looked at.
@@ -50,8 +50,27 @@ pub struct LocalVolume {
     space_check_every: Arc<AtomicU64>,
 }
 
-impl LocalVolume {
-    pub(crate) fn new(file: File, meta: VolumeMeta, meta_path: PathBuf) -> Self {
+impl LocalVolume<std::fs::File> {
+    pub(crate) fn new(file: std::fs::File, meta: VolumeMeta, meta_path: PathBuf) -> Self {
+        LocalVolume::build(file, meta, Some(meta_path))
+    }
+}
+
+impl<B: Backing> LocalVolume<B> {
+    /// A volume over any backing, e.g. a [`SimDisk`](crate::SimDisk) for
+    /// power-cut tests; its metadata is kept in memory only.
+    pub fn with_backing(backing: B, block_size: u32, num_blocks: u64) -> Self {
+        let meta = VolumeMeta {
+            id: uuid::Uuid::nil(),
+            name: "simulated".into(),
+            size_bytes: num_blocks * block_size as u64,
+            block_size,
+            created: 0,
+        };
+        LocalVolume::build(backing, meta, None)
+    }
+
+    fn build(file: B, meta: VolumeMeta, meta_path: Option<PathBuf>) -> Self {
         LocalVolume {
             file: Arc::new(file),
             block_size: meta.block_size,
@@ -89,7 +108,7 @@ impl LocalVolume {
     async fn blocking<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&File) -> std::io::Result<T> + Send + 'static,
+        F: FnOnce(&B) -> std::io::Result<T> + Send + 'static,
     {
         let file = self.file.clone();
         match IoPool::global().run(move || f(&file)).await {
@@ -104,7 +123,7 @@ impl LocalVolume {
     async fn slow<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&File) -> std::io::Result<T> + Send + 'static,
+        F: FnOnce(&B) -> std::io::Result<T> + Send + 'static,
     {
         let file = self.file.clone();
         match tokio::task::spawn_blocking(move || f(&file)).await {
@@ -125,9 +144,9 @@ impl LocalVolume {
         let every = self.space_check_every.clone();
         let written = self
             .blocking(move |f| {
-                let r = file_io::write_at(f, &data, off);
+                let r = f.write_at(&data, off);
                 if check || r.is_err() {
-                    if let Ok((free, total)) = file_io::space(f) {
+                    if let Ok((free, total)) = f.space() {
                         let threshold =
                             (total / 100 * SOFT_THRESHOLD_PERCENT).min(SOFT_THRESHOLD_MAX);
                         low.store(free < threshold, Ordering::Relaxed);
@@ -145,7 +164,7 @@ impl LocalVolume {
         }
         written?;
         if fua {
-            self.slow(file_io::sync).await?;
+            self.slow(|f| f.sync()).await?;
         }
         Ok(())
     }
@@ -157,13 +176,17 @@ impl LocalVolume {
             // Data already in the page cache is copied right here; only reads
             // that would wait for the disk go to a worker thread.
             let mut buf = vec![0u8; len];
-            if file_io::read_nowait(&self.file, &mut buf, off).map_err(VolumeError::from_io)? {
+            if self
+                .file
+                .read_nowait(&mut buf, off)
+                .map_err(VolumeError::from_io)?
+            {
                 return Ok(buf);
             }
         }
         self.blocking(move |f| {
             let mut buf = vec![0u8; len];
-            file_io::read_at(f, &mut buf, off)?;
+            f.read_at(&mut buf, off)?;
             Ok(buf)
         })
         .await
@@ -171,7 +194,7 @@ impl LocalVolume {
 }
 
 #[async_trait]
-impl Volume for LocalVolume {
+impl<B: Backing> Volume for LocalVolume<B> {
     fn block_size(&self) -> u32 {
         self.block_size
     }
@@ -215,7 +238,7 @@ impl Volume for LocalVolume {
 
     async fn flush(&self) -> Result<()> {
         self.check_open()?;
-        self.slow(file_io::sync).await
+        self.slow(|f| f.sync()).await
     }
 
     async fn unmap(&self, lba: u64, blocks: u64) -> Result<()> {
@@ -226,7 +249,7 @@ impl Volume for LocalVolume {
         // Space comes back: look at it again with the next write.
         self.since_space_check
             .store(SPACE_CHECK_BYTES, Ordering::Relaxed);
-        self.slow(move |f| file_io::punch_hole(f, lba * bs, blocks * bs))
+        self.slow(move |f| f.punch_hole(lba * bs, blocks * bs))
             .await
     }
 
@@ -263,7 +286,7 @@ impl Volume for LocalVolume {
         let off = lba * bs;
         let (state, until) = self
             .blocking(move |f| {
-                let next_data = match file_io::seek(f, off, true) {
+                let next_data = match f.seek(off, true) {
                     Ok(d) => d.unwrap_or(end).min(end),
                     // No SEEK_DATA on this filesystem: report everything mapped.
                     Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
@@ -274,7 +297,7 @@ impl Volume for LocalVolume {
                 if next_data > off {
                     return Ok((BlockState::Deallocated, next_data));
                 }
-                let next_hole = file_io::seek(f, off, false)?.unwrap_or(end).min(end);
+                let next_hole = f.seek(off, false)?.unwrap_or(end).min(end);
                 Ok((BlockState::Mapped, next_hole))
             })
             .await?;
@@ -300,20 +323,16 @@ impl Volume for LocalVolume {
                 blocks: 0,
                 num_blocks: current,
             })?;
-        self.slow(move |f| {
-            f.set_len(size)?;
-            // Durability point: the new length is on disk before the metadata says so.
-            f.sync_all()
-        })
-        .await?;
+        self.slow(move |f| f.set_len_durably(size)).await?;
         let mut meta = self.meta.lock().unwrap().clone();
         meta.size_bytes = size;
-        let json = serde_json::to_vec_pretty(&meta).expect("metadata serializes");
-        let path = self.meta_path.clone();
-        tokio::task::spawn_blocking(move || write_atomic(&path, &json))
-            .await
-            .map_err(|e| VolumeError::Io(std::io::Error::other(e)))?
-            .map_err(|e| VolumeError::Io(std::io::Error::other(e.to_string())))?;
+        if let Some(path) = self.meta_path.clone() {
+            let json = serde_json::to_vec_pretty(&meta).expect("metadata serializes");
+            tokio::task::spawn_blocking(move || write_atomic(&path, &json))
+                .await
+                .map_err(|e| VolumeError::Io(std::io::Error::other(e)))?
+                .map_err(|e| VolumeError::Io(std::io::Error::other(e.to_string())))?;
+        }
         *self.meta.lock().unwrap() = meta;
         self.num_blocks.store(blocks, Ordering::Release);
         Ok(())
