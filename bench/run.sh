@@ -83,7 +83,6 @@ url_tgtd_null="iscsi://127.0.0.1:$gport/iqn.2001-04.org.debian:null/1"
 # --- measurements ---------------------------------------------------------------
 # Each prints one number on stdout.
 STEP=1052672 # 1 MiB + 4 KiB: successive requests land scattered over the LUN
-blocks4k=$(( size_bytes / 4096 ))
 
 perf_iops() { # url qd
   timeout $((DURATION + 20)) iscsi-perf -r -m "$2" -t "$DURATION" "$1" 2>&1 \
@@ -93,12 +92,16 @@ qemu_secs() { # url count depth size step [-w]
   timeout 300 qemu-img bench -f raw -t none -c "$2" -d "$3" -s "$4" -S "$5" ${6:-} "$1" 2>&1 \
     | sed -n 's/Run completed in \([0-9.]*\) seconds./\1/p'
 }
-m_seqwrite() { local n=$(( size_bytes / 1048576 )); awk -v n="$n" -v t="$(qemu_secs "$1" "$n" 8 1M 1M -w)" 'BEGIN{printf "%.0f", n/t}'; }
-m_seqread()  { local n=$(( size_bytes / 1048576 )); awk -v n="$n" -v t="$(qemu_secs "$1" "$n" 8 1M 1M)" 'BEGIN{printf "%.0f", n/t}'; }
+qemu_rate() { # url count depth size step [-w] -> requests per second
+  awk -v n="$2" -v t="$(qemu_secs "$@")" 'BEGIN{printf "%.0f", n/t}'
+}
+mib=$(( size_bytes / 1048576 ))
+m_seqwrite() { qemu_rate "$1" "$mib" 8 1M 1M -w; }
+m_seqread()  { qemu_rate "$1" "$mib" 8 1M 1M; }
 m_randread1()  { perf_iops "$1" 1; }
 m_randread32() { perf_iops "$1" 32; }
-m_randwrite1()  { local n=$(( DURATION * 4000 )); awk -v n="$n" -v t="$(qemu_secs "$1" "$n" 1 4096 $STEP -w)" 'BEGIN{printf "%.0f", n/t}'; }
-m_randwrite32() { local n=$(( DURATION * 30000 )); awk -v n="$n" -v t="$(qemu_secs "$1" "$n" 32 4096 $STEP -w)" 'BEGIN{printf "%.0f", n/t}'; }
+m_randwrite1()  { qemu_rate "$1" $(( DURATION * 4000 )) 1 4096 $STEP -w; }
+m_randwrite32() { qemu_rate "$1" $(( DURATION * 30000 )) 32 4096 $STEP -w; }
 # Random 4 KiB at queue depth 1, one command at a time through libiscsi
 # (bench/lat.py): prints "mean p99" in µs.
 lat() { python3 "$root/bench/lat.py" "$2" "$1" "$DURATION" "$size_bytes" 2>/dev/null | awk 'NF==4{print $2, $4}'; }

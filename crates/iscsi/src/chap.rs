@@ -86,21 +86,16 @@ impl Algorithm {
 
     /// RFC 1994: H(identifier || secret || challenge).
     pub fn response(self, id: u8, secret: &[u8], challenge: &[u8]) -> Vec<u8> {
+        fn hash<D: Digest>(id: u8, secret: &[u8], challenge: &[u8]) -> Vec<u8> {
+            let mut h = D::new();
+            h.update([id]);
+            h.update(secret);
+            h.update(challenge);
+            h.finalize().to_vec()
+        }
         match self {
-            Algorithm::Md5 => {
-                let mut h = Md5::new();
-                h.update([id]);
-                h.update(secret);
-                h.update(challenge);
-                h.finalize().to_vec()
-            }
-            Algorithm::Sha256 => {
-                let mut h = Sha256::new();
-                h.update([id]);
-                h.update(secret);
-                h.update(challenge);
-                h.finalize().to_vec()
-            }
+            Algorithm::Md5 => hash::<Md5>(id, secret, challenge),
+            Algorithm::Sha256 => hash::<Sha256>(id, secret, challenge),
         }
     }
 }

@@ -209,11 +209,6 @@ impl LogicalUnit {
         self
     }
 
-    /// The persistent reservation state, as PERSISTENT RESERVE IN reports it.
-    pub fn persistent_reservations(&self) -> PersistentState {
-        self.reservations.snapshot()
-    }
-
     /// The volume behind this unit.
     pub fn volume(&self) -> &Arc<dyn Volume> {
         &self.volume
@@ -289,12 +284,8 @@ impl LogicalUnit {
         }
         let (mut outcome, alloc) = self.dispatch(&req).await;
         if changes_medium {
-            self.watch_space();
-        }
-        if changes_medium && outcome.is_ok() && !settings.write_cache && self.volume.write_cache() {
-            // WCE cleared by MODE SELECT: every write is durable before GOOD.
-            if let Err(e) = self.volume.flush().await {
-                outcome = Err(block::volume_sense(&e, 0));
+            if let Err(e) = self.medium_changed(outcome.is_ok()).await {
+                outcome = Err(e);
             }
         }
         match outcome {
@@ -426,7 +417,7 @@ impl LogicalUnit {
                 Some(be32(cdb, 10) as usize),
             ),
             op::RELEASE_6 | op::RELEASE_10 => {
-                self.reservations.release_legacy(req.initiator);
+                self.reservations.end_legacy(Some(req.initiator));
                 (Ok(Vec::new()), None)
             }
             op::SYNCHRONIZE_CACHE_10 | op::SYNCHRONIZE_CACHE_16 => {
@@ -505,6 +496,21 @@ impl LogicalUnit {
             .unwrap_or(AccessState::ActiveOptimized)
     }
 
+    /// After a command changed the medium (also as the destination of an
+    /// EXTENDED COPY): the free-space watch and, when it succeeded and WCE
+    /// was cleared by MODE SELECT, the flush that makes it durable before GOOD.
+    async fn medium_changed(&self, succeeded: bool) -> Result<(), Sense> {
+        self.watch_space();
+        let write_cache = self.mode.lock().unwrap().write_cache;
+        if succeeded && !write_cache && self.volume.write_cache() {
+            self.volume
+                .flush()
+                .await
+                .map_err(|e| block::volume_sense(&e, 0))?;
+        }
+        Ok(())
+    }
+
     /// SBC-3 4.7.3.7: when the space behind a thin volume falls below its
     /// soft threshold, every nexus hears THIN PROVISIONING SOFT THRESHOLD
     /// REACHED once; it is raised again after space came back and ran low anew.
@@ -535,14 +541,14 @@ impl LogicalUnit {
     /// LUN RESET / TARGET WARM RESET happened (the transport has already
     /// aborted the task set): every nexus gets a reset unit attention.
     pub fn reset(&self) {
-        self.reservations.nexus_lost(None);
+        self.reservations.end_legacy(None);
         self.attentions.raise_all(unit_attention::LUN_RESET);
     }
 
     /// The I_T nexus ended (logout or lost connection): a RESERVE (6)/(10)
     /// it held is released; persistent reservations stay.
     pub fn nexus_removed(&self, initiator: &str) {
-        self.reservations.nexus_lost(Some(initiator));
+        self.reservations.end_legacy(Some(initiator));
     }
 
     /// The volume was resized: every nexus gets CAPACITY DATA HAS CHANGED.

@@ -212,26 +212,19 @@ pub struct Reservations {
 impl Reservations {
     /// Starts from `state` (as loaded from the store), saving changes to `store`.
     pub fn new(state: PersistentState, store: Option<Arc<dyn StateStore>>) -> Reservations {
-        let r = Reservations {
+        Reservations {
             any: AtomicBool::new(state.reservation.is_some()),
             state: Mutex::new(state),
             legacy: Mutex::new(None),
             out_lock: tokio::sync::Mutex::new(()),
             store,
-        };
-        r.refresh();
-        r
+        }
     }
 
     fn refresh(&self) {
         let any = self.state.lock().unwrap().reservation.is_some()
             || self.legacy.lock().unwrap().is_some();
         self.any.store(any, Ordering::SeqCst);
-    }
-
-    /// A copy of the persistent state.
-    pub fn snapshot(&self) -> PersistentState {
-        self.state.lock().unwrap().clone()
     }
 
     /// Whether `nexus` may run `cdb` now; false means RESERVATION CONFLICT.
@@ -299,19 +292,10 @@ impl Reservations {
         Ok(())
     }
 
-    /// RELEASE (6)/(10): the holder gives up its reservation; anyone else's release does nothing.
-    pub fn release_legacy(&self, nexus: &str) {
-        let mut legacy = self.legacy.lock().unwrap();
-        if legacy.as_deref() == Some(nexus) {
-            *legacy = None;
-        }
-        drop(legacy);
-        self.refresh();
-    }
-
-    /// The nexus is gone (logout, dropped connection), or a reset happened
-    /// (`None`): the SPC-2 reservation ends; persistent ones stay.
-    pub fn nexus_lost(&self, nexus: Option<&str>) {
+    /// Ends the SPC-2 reservation if `nexus` holds it, whoever holds it for
+    /// `None`: RELEASE (6)/(10) by the holder (anyone else's does nothing),
+    /// the holder's nexus gone, a reset. Persistent reservations stay.
+    pub fn end_legacy(&self, nexus: Option<&str>) {
         let mut legacy = self.legacy.lock().unwrap();
         if nexus.is_none() || legacy.as_deref() == nexus {
             *legacy = None;
@@ -450,8 +434,13 @@ impl Reservations {
         }
         let aptpl = flags & 0x01 != 0;
         let mut s = self.state.lock().unwrap();
-        let before = s.clone();
         let mine = s.key_of(nexus);
+        // Every action but registering needs the nexus registered under the
+        // reservation key it gives.
+        if !matches!(action, 0x00 | 0x06) && mine != Some(res_key) {
+            return Err(CONFLICT);
+        }
+        let before = s.clone();
         let outcome = match action {
             // REGISTER, REGISTER AND IGNORE EXISTING KEY
             0x00 | 0x06 => {
@@ -490,65 +479,48 @@ impl Reservations {
                 }
             }
             // RESERVE
-            0x01 => match mine {
-                Some(k) if k == res_key => {
-                    if scope != 0 {
-                        return Err(Sense::invalid_cdb(2, Some(7)));
-                    }
-                    if !valid_kind(kind) {
-                        return Err(Sense::invalid_cdb(2, Some(3)));
-                    }
-                    match &s.reservation {
-                        None => {
-                            s.reservation = Some(Reservation {
-                                holder: nexus.to_string(),
-                                kind,
-                            });
-                            Ok(())
-                        }
-                        Some(r) if s.holds(nexus) && r.kind == kind => Ok(()),
-                        Some(_) => Err(CONFLICT),
-                    }
-                }
-                _ => Err(CONFLICT),
-            },
-            // RELEASE
-            0x02 => match mine {
-                Some(k) if k == res_key => match s.reservation.clone() {
-                    Some(r) if s.holds(nexus) => {
-                        if r.kind != kind || scope != 0 {
-                            return Err(INVALID_RELEASE);
-                        }
-                        s.reservation = None;
-                        if registrants_only(r.kind) || all_registrants(r.kind) {
-                            for reg in s.registrations.iter().filter(|x| x.nexus != nexus) {
-                                notify.push((reg.nexus.clone(), RESERVATIONS_RELEASED));
-                            }
-                        }
+            0x01 => {
+                check_type(scope, kind)?;
+                match &s.reservation {
+                    None => {
+                        s.reservation = Some(Reservation {
+                            holder: nexus.to_string(),
+                            kind,
+                        });
                         Ok(())
                     }
-                    _ => Ok(()),
-                },
-                _ => Err(CONFLICT),
-            },
-            // CLEAR
-            0x03 => match mine {
-                Some(k) if k == res_key => {
-                    for reg in s.registrations.iter().filter(|x| x.nexus != nexus) {
-                        notify.push((reg.nexus.clone(), RESERVATIONS_PREEMPTED));
+                    Some(r) if s.holds(nexus) && r.kind == kind => Ok(()),
+                    Some(_) => Err(CONFLICT),
+                }
+            }
+            // RELEASE
+            0x02 => match s.reservation.clone() {
+                Some(r) if s.holds(nexus) => {
+                    if r.kind != kind || scope != 0 {
+                        return Err(INVALID_RELEASE);
                     }
-                    s.registrations.clear();
                     s.reservation = None;
-                    s.generation = s.generation.wrapping_add(1);
+                    if registrants_only(r.kind) || all_registrants(r.kind) {
+                        for reg in s.registrations.iter().filter(|x| x.nexus != nexus) {
+                            notify.push((reg.nexus.clone(), RESERVATIONS_RELEASED));
+                        }
+                    }
                     Ok(())
                 }
-                _ => Err(CONFLICT),
+                _ => Ok(()),
             },
+            // CLEAR
+            0x03 => {
+                for reg in s.registrations.iter().filter(|x| x.nexus != nexus) {
+                    notify.push((reg.nexus.clone(), RESERVATIONS_PREEMPTED));
+                }
+                s.registrations.clear();
+                s.reservation = None;
+                s.generation = s.generation.wrapping_add(1);
+                Ok(())
+            }
             // PREEMPT, PREEMPT AND ABORT
-            _ => match mine {
-                Some(k) if k == res_key => preempt(&mut s, nexus, sa_key, scope, kind, notify),
-                _ => Err(CONFLICT),
-            },
+            _ => preempt(&mut s, nexus, sa_key, scope, kind, notify),
         };
         if *s != before {
             *save = Some(s.clone());

@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
+use volume::VolumeError;
 
 use crate::cdb::{be16, be32, be64, op};
 use crate::sense::{key, Sense};
@@ -316,8 +317,7 @@ async fn copy_segment(
     {
         return Err(crate::reservations::CONFLICT);
     }
-    let dst_mode = *dst.mode.lock().unwrap();
-    if dst_mode.swp {
+    if dst.mode.lock().unwrap().swp {
         return Err(crate::mode::WRITE_PROTECTED);
     }
     let (sv, dv) = (src.volume(), dst.volume());
@@ -347,17 +347,14 @@ async fn copy_segment(
             .map_err(|_| SEGMENT_FAILED)?;
         dv.write(seg.dst_lba + off, Bytes::from(data), false)
             .await
-            .map_err(|e| crate::block::volume_sense(&e, seg.dst_lba + off))
-            .map_err(|s| {
-                if s.key == key::DATA_PROTECT {
-                    s
-                } else {
-                    SEGMENT_FAILED
-                }
+            .map_err(|e| match e {
+                VolumeError::NoSpace => Sense::SPACE_ALLOC_FAILED,
+                _ => SEGMENT_FAILED,
             })?;
     }
-    if !dst_mode.write_cache && dv.write_cache() {
-        dv.flush().await.map_err(|_| SEGMENT_FAILED)?;
+    // The copy manager's own volume is handled by its EXTENDED COPY command.
+    if !std::ptr::eq(dst, me) {
+        dst.medium_changed(true).await.map_err(|_| SEGMENT_FAILED)?;
     }
     Ok(blocks * bs)
 }

@@ -320,33 +320,18 @@ impl Store {
     /// The logical unit state saved for a volume (persistent reservations),
     /// or `None` when nothing was saved yet.
     pub fn read_unit_state(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let path = self.unit_state_path(name)?;
-        match fs::read(&path) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(StoreError::io("cannot read", &path)(e)),
-        }
+        read_if_exists(&self.volume_file(name, "reservations.json")?)
     }
 
     /// Replaces the logical unit state saved for a volume, durably.
     pub fn write_unit_state(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
-        let path = self.unit_state_path(name)?;
-        write_atomic(&path, bytes)
-    }
-
-    fn unit_state_path(&self, name: &str) -> Result<PathBuf, StoreError> {
-        self.volume_file(name, "reservations.json")
+        write_atomic(&self.volume_file(name, "reservations.json")?, bytes)
     }
 
     /// The access rules saved for a volume (initiator list, CHAP secrets),
     /// or `None` when the volume has none.
     pub fn read_access(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let path = self.volume_file(name, "access.json")?;
-        match fs::read(&path) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(StoreError::io("cannot read", &path)(e)),
-        }
+        read_if_exists(&self.volume_file(name, "access.json")?)
     }
 
     /// Replaces a volume's access rules, durably, in a file only the owner
@@ -371,5 +356,14 @@ impl Store {
         let data = self.volumes_dir().join(meta.id.to_string()).join("data");
         let md = fs::metadata(&data).map_err(StoreError::io("cannot stat", &data))?;
         Ok(md.blocks() * 512)
+    }
+}
+
+/// The contents of `path`, or `None` when there is no such file.
+fn read_if_exists(path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
+    match fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StoreError::io("cannot read", path)(e)),
     }
 }

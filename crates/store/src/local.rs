@@ -43,11 +43,11 @@ pub struct LocalVolume<B: Backing = std::fs::File> {
     /// Where the metadata lives (`None` for a simulated disk).
     meta_path: Option<PathBuf>,
     /// Free space of the filesystem is below the soft threshold.
-    low_space: Arc<AtomicBool>,
+    low_space: AtomicBool,
     /// Bytes written since the free space was last looked at.
     since_space_check: AtomicU64,
     /// Bytes to write before the next look.
-    space_check_every: Arc<AtomicU64>,
+    space_check_every: AtomicU64,
 }
 
 impl LocalVolume<std::fs::File> {
@@ -79,10 +79,10 @@ impl<B: Backing> LocalVolume<B> {
             closed: AtomicBool::new(false),
             meta: Mutex::new(meta),
             meta_path,
-            low_space: Arc::new(AtomicBool::new(false)),
+            low_space: AtomicBool::new(false),
             // Look at the free space with the first write.
             since_space_check: AtomicU64::new(SPACE_CHECK_BYTES),
-            space_check_every: Arc::new(AtomicU64::new(SPACE_CHECK_BYTES)),
+            space_check_every: AtomicU64::new(SPACE_CHECK_BYTES),
         }
     }
 
@@ -140,25 +140,10 @@ impl<B: Backing> LocalVolume<B> {
         if check {
             self.since_space_check.store(0, Ordering::Relaxed);
         }
-        let low = self.low_space.clone();
-        let every = self.space_check_every.clone();
-        let written = self
-            .blocking(move |f| {
-                let r = f.write_at(&data, off);
-                if check || r.is_err() {
-                    if let Ok((free, total)) = f.space() {
-                        let threshold =
-                            (total / 100 * SOFT_THRESHOLD_PERCENT).min(SOFT_THRESHOLD_MAX);
-                        low.store(free < threshold, Ordering::Relaxed);
-                        // Look again after a quarter of the way to the threshold.
-                        let next = (free.saturating_sub(threshold) / 4)
-                            .clamp(SPACE_CHECK_MIN, SPACE_CHECK_BYTES);
-                        every.store(next, Ordering::Relaxed);
-                    }
-                }
-                r
-            })
-            .await;
+        let written = self.blocking(move |f| f.write_at(&data, off)).await;
+        if check || written.is_err() {
+            self.look_at_space().await;
+        }
         if let Err(VolumeError::NoSpace) = written {
             self.low_space.store(true, Ordering::Relaxed);
         }
@@ -167,6 +152,18 @@ impl<B: Backing> LocalVolume<B> {
             self.slow(|f| f.sync()).await?;
         }
         Ok(())
+    }
+
+    /// Compares the filesystem's free space with the soft threshold, and
+    /// decides when to look again: after a quarter of the way to the threshold.
+    async fn look_at_space(&self) {
+        if let Ok((free, total)) = self.blocking(|f| f.space()).await {
+            let threshold = (total / 100 * SOFT_THRESHOLD_PERCENT).min(SOFT_THRESHOLD_MAX);
+            self.low_space.store(free < threshold, Ordering::Relaxed);
+            let next =
+                (free.saturating_sub(threshold) / 4).clamp(SPACE_CHECK_MIN, SPACE_CHECK_BYTES);
+            self.space_check_every.store(next, Ordering::Relaxed);
+        }
     }
 
     async fn read_unlocked(&self, lba: u64, blocks: u64) -> Result<Vec<u8>> {

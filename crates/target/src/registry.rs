@@ -117,11 +117,6 @@ impl Targets {
             .unwrap_or(0)
     }
 
-    /// Every exported IQN, sorted.
-    pub fn names(&self) -> Vec<String> {
-        self.map.read().unwrap().keys().cloned().collect()
-    }
-
     pub(crate) fn get(&self, iqn: &str) -> Option<Arc<Target>> {
         self.map.read().unwrap().get(iqn).cloned()
     }

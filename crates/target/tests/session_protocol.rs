@@ -126,19 +126,9 @@ async fn r2t_write_and_multi_pdu_read_with_digests() {
     while sent < 4096 {
         let r2t = i.recv_reply().await.expect("R2T");
         assert_eq!(r2t.opcode(), Some(Opcode::R2t));
-        let (off, len) = (r2t.u32_at(40) as usize, r2t.u32_at(44) as usize);
+        let len = r2t.u32_at(44) as usize;
         assert!(len <= 2048, "burst larger than MaxBurstLength");
-        for (sn, chunk_start) in (off..off + len).step_by(1024).enumerate() {
-            let end = (chunk_start + 1024).min(off + len);
-            let mut d = Pdu::new(Opcode::DataOut);
-            d.set_flags(if end == off + len { 0x80 } else { 0 });
-            d.set_itt(itt);
-            d.set_u32(20, r2t.u32_at(20));
-            d.set_u32(36, sn as u32);
-            d.set_u32(40, chunk_start as u32);
-            d.data = Bytes::copy_from_slice(&data[chunk_start..end]);
-            i.send(d).await;
-        }
+        i.answer_r2t(&r2t, itt, &data, 1024).await;
         sent += len;
     }
     let r = i.recv_reply().await.unwrap();

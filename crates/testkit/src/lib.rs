@@ -141,6 +141,24 @@ impl Initiator {
         p
     }
 
+    /// Sends the Data-Out PDUs that `r2t` asks for from `data`, at most
+    /// `chunk` bytes each, numbered from DataSN 0.
+    pub async fn answer_r2t(&mut self, r2t: &Pdu, itt: u32, data: &[u8], chunk: usize) {
+        let (off, len) = (r2t.u32_at(40) as usize, r2t.u32_at(44) as usize);
+        let end = (off + len).min(data.len());
+        for (sn, start) in (off..end).step_by(chunk).enumerate() {
+            let stop = (start + chunk).min(end);
+            let mut d = Pdu::new(Opcode::DataOut);
+            d.set_flags(if stop == end { 0x80 } else { 0 });
+            d.set_itt(itt);
+            d.set_u32(20, r2t.u32_at(20));
+            d.set_u32(36, sn as u32);
+            d.set_u32(40, start as u32);
+            d.data = Bytes::copy_from_slice(&data[start..stop]);
+            self.send(d).await;
+        }
+    }
+
     /// Runs a data-less command and returns (status, sense key).
     pub async fn simple(&mut self, cdb: &[u8]) -> (u8, u8) {
         let o = self.run(cdb, &[], 0).await.expect("response");
@@ -163,21 +181,7 @@ impl Initiator {
         loop {
             let p = self.recv_reply().await?;
             match p.opcode() {
-                Some(Opcode::R2t) => {
-                    let (off, len) = (p.u32_at(40) as usize, p.u32_at(44) as usize);
-                    let end = (off + len).min(data_out.len());
-                    for (sn, start) in (off..end).step_by(8192).enumerate() {
-                        let stop = (start + 8192).min(end);
-                        let mut d = Pdu::new(Opcode::DataOut);
-                        d.set_flags(if stop == end { 0x80 } else { 0 });
-                        d.set_itt(itt);
-                        d.set_u32(20, p.u32_at(20));
-                        d.set_u32(36, sn as u32);
-                        d.set_u32(40, start as u32);
-                        d.data = Bytes::copy_from_slice(&data_out[start..stop]);
-                        self.send(d).await;
-                    }
-                }
+                Some(Opcode::R2t) => self.answer_r2t(&p, itt, data_out, 8192).await,
                 Some(Opcode::DataIn) => {
                     let off = p.u32_at(40) as usize;
                     let n = p.data.len().min(data.len().saturating_sub(off));
