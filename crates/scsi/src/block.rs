@@ -21,6 +21,7 @@ pub fn volume_sense(e: &VolumeError, lba: u64) -> Sense {
         VolumeError::Medium { lba, .. } => Sense::UNRECOVERED_READ.with_info(*lba),
         VolumeError::Shrink { .. } => Sense::invalid_cdb(0, None),
         VolumeError::Closed => Sense::NOT_READY,
+        VolumeError::Unavailable(_) => Sense::ALUA_TRANSITION,
         VolumeError::Io(_) => Sense::WRITE_ERROR.with_info(lba),
     }
 }

@@ -61,6 +61,9 @@ impl Sense {
     pub const WRITE_ERROR: Sense = Sense::new(key::MEDIUM_ERROR, 0x0C, 0x00);
     /// NOT READY, LOGICAL UNIT NOT READY, CAUSE NOT REPORTABLE (volume closed).
     pub const NOT_READY: Sense = Sense::new(key::NOT_READY, 0x04, 0x00);
+    /// LOGICAL UNIT NOT ACCESSIBLE, ASYMMETRIC ACCESS STATE TRANSITION
+    /// (SPC-4 5.15.2.6): initiators retry the command.
+    pub const ALUA_TRANSITION: Sense = Sense::new(key::NOT_READY, 0x04, 0x0A);
     /// MISCOMPARE, MISCOMPARE DURING VERIFY OPERATION.
     pub const MISCOMPARE: Sense = Sense::new(key::MISCOMPARE, 0x1D, 0x00);
 

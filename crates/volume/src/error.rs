@@ -28,6 +28,11 @@ pub enum VolumeError {
     /// The volume was closed or deleted while the operation was queued.
     #[error("the volume is closed")]
     Closed,
+    /// The volume cannot serve I/O on this node right now (a replicated
+    /// volume between primaries, or cut off from its peers); retrying later
+    /// may succeed.
+    #[error("the volume is unavailable here: {0}")]
+    Unavailable(String),
     /// The operating system reported an I/O error.
     #[error("I/O error")]
     Io(#[from] std::io::Error),

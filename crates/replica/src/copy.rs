@@ -1,0 +1,379 @@
+//! One node's copy of a replicated volume: the local volume, the highest
+//! epoch it has accepted, its identity, and its activity log.
+//!
+//! The activity log marks, durably and before the write is issued, every
+//! region this node writes as a primary; a region is cleared again once it
+//! has been quiet for a sweep and the peers' dirty maps that cover its writes
+//! are durable. After a crash of the primary, the marked regions are the ones
+//! its copy may hold writes that no replica got (they were never
+//! acknowledged, but the copies must still converge): a restarted primary
+//! resyncs them to its peers, and a deposed one reports them to the new
+//! primary when it returns ([`crate::wire::Welcome::suspect`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+use volume::{Volume, VolumeError};
+
+use crate::dirty::{write_durably, DirtyMap};
+
+/// Bytes per activity-log region.
+pub const ACTIVITY_REGION: u64 = 4 << 20;
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct CopyMeta {
+    copy_id: uuid::Uuid,
+    epoch: u64,
+}
+
+/// This node's copy of one volume.
+pub struct LocalCopy {
+    name: String,
+    volume: Arc<dyn Volume>,
+    meta_path: PathBuf,
+    copy_id: uuid::Uuid,
+    epoch: AtomicU64,
+    epoch_lock: Mutex<()>,
+    activity: Arc<DirtyMap>,
+    in_flight: RwLock<Vec<AtomicU32>>,
+    touched: DirtyMap,
+    activity_lock: Mutex<()>,
+    primary: RwLock<Option<Arc<dyn Volume>>>,
+    base: PathBuf,
+    peer_maps: RwLock<Vec<Arc<DirtyMap>>>,
+    known_copies: RwLock<std::collections::HashMap<u64, [u8; 16]>>,
+}
+
+fn io_err(e: std::io::Error) -> VolumeError {
+    VolumeError::Io(e)
+}
+
+impl LocalCopy {
+    /// Opens (or starts) the copy of `volume` whose files live at `base`
+    /// (`<base>.copy.json`, `<base>.activity`).
+    pub fn open(
+        name: &str,
+        volume: Arc<dyn Volume>,
+        base: &Path,
+    ) -> std::io::Result<Arc<LocalCopy>> {
+        let meta_path = base.with_extension("copy.json");
+        let meta = match std::fs::read(&meta_path) {
+            Ok(b) => serde_json::from_slice::<CopyMeta>(&b).map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{}: {e}", meta_path.display()),
+                )
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let m = CopyMeta {
+                    copy_id: uuid::Uuid::new_v4(),
+                    epoch: 0,
+                };
+                write_durably(&meta_path, &serde_json::to_vec(&m).expect("serializable"))?;
+                m
+            }
+            Err(e) => return Err(e),
+        };
+        let bytes = volume.num_blocks() * volume.block_size() as u64;
+        let activity_path = base.with_extension("activity");
+        let activity = match DirtyMap::load(&activity_path, bytes)? {
+            Some(m) => m,
+            None => DirtyMap::new(ACTIVITY_REGION, bytes, Some(activity_path)),
+        };
+        let regions = activity.regions();
+        if activity.count() > 0 {
+            tracing::info!(
+                volume = name,
+                regions = activity.count(),
+                "activity log holds regions written before the last stop"
+            );
+        }
+        Ok(Arc::new(LocalCopy {
+            name: name.to_string(),
+            volume,
+            meta_path,
+            copy_id: meta.copy_id,
+            epoch: AtomicU64::new(meta.epoch),
+            epoch_lock: Mutex::new(()),
+            activity: Arc::new(activity),
+            in_flight: RwLock::new((0..regions).map(|_| AtomicU32::new(0)).collect()),
+            touched: DirtyMap::new(ACTIVITY_REGION, bytes, None),
+            activity_lock: Mutex::new(()),
+            primary: RwLock::new(None),
+            base: base.to_path_buf(),
+            peer_maps: RwLock::default(),
+            known_copies: RwLock::default(),
+        }))
+    }
+
+    /// Volume name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The local volume.
+    pub fn volume(&self) -> &Arc<dyn Volume> {
+        &self.volume
+    }
+
+    /// Identity of this copy; a new copy (new or wiped node) has a new one.
+    pub fn copy_id(&self) -> [u8; 16] {
+        *self.copy_id.as_bytes()
+    }
+
+    /// Highest epoch this copy accepted writes from.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Raises the accepted epoch to `epoch` (durably); returns the current
+    /// one. Writes of older epochs are refused from then on.
+    pub async fn accept_epoch(&self, epoch: u64) -> Result<u64, VolumeError> {
+        if epoch <= self.epoch() {
+            return Ok(self.epoch());
+        }
+        let _one = self.epoch_lock.lock().await;
+        if epoch > self.epoch() {
+            let m = CopyMeta {
+                copy_id: self.copy_id,
+                epoch,
+            };
+            let path = self.meta_path.clone();
+            // The new epoch is durable before any write of it is applied.
+            tokio::task::spawn_blocking(move || {
+                write_durably(&path, &serde_json::to_vec(&m).expect("serializable"))
+            })
+            .await
+            .map_err(|e| VolumeError::Io(std::io::Error::other(e)))?
+            .map_err(io_err)?;
+            self.epoch.store(epoch, Ordering::Release);
+        }
+        Ok(self.epoch())
+    }
+
+    /// Regions of the activity log, as byte ranges.
+    pub fn suspect_ranges(&self) -> Vec<(u64, u64)> {
+        self.activity.ranges()
+    }
+
+    /// Marks the regions of a write about to be issued as a primary, durably
+    /// when one was clean, and counts the write in flight until the guard drops.
+    pub async fn enter(&self, offset: u64, len: u64) -> Result<ActivityGuard<'_>, VolumeError> {
+        let len = len.max(1);
+        let first = offset / ACTIVITY_REGION;
+        let last = (offset + len - 1) / ACTIVITY_REGION;
+        {
+            let counts = self.in_flight.read().unwrap();
+            for r in first..=last {
+                if let Some(c) = counts.get(r as usize) {
+                    c.fetch_add(1, Ordering::AcqRel);
+                }
+            }
+        }
+        let guard = ActivityGuard {
+            copy: self,
+            first,
+            last,
+        };
+        self.touched.mark(offset, len);
+        if self.activity.mark(offset, len) || self.activity.changed() {
+            let _one = self.activity_lock.lock().await;
+            if self.activity.changed() {
+                self.persist_activity().await?;
+            }
+        }
+        Ok(guard)
+    }
+
+    async fn persist_activity(&self) -> Result<(), VolumeError> {
+        let map = self.activity.clone();
+        tokio::task::spawn_blocking(move || map.persist())
+            .await
+            .map_err(|e| VolumeError::Io(std::io::Error::other(e)))?
+            .map_err(io_err)
+    }
+
+    /// Clears activity-log regions that had no write in flight and none
+    /// since the previous sweep, once whatever records their writes for
+    /// absent peers (the primary's peer maps) and the data itself are durable.
+    pub async fn sweep(&self) -> Result<(), VolumeError> {
+        let _one = self.activity_lock.lock().await;
+        let mut quiet = Vec::new();
+        {
+            let counts = self.in_flight.read().unwrap();
+            let mut r = 0;
+            while let Some(s) = self.activity.next_set(r) {
+                let busy = counts
+                    .get(s as usize)
+                    .is_some_and(|c| c.load(Ordering::Acquire) > 0);
+                if !busy && !self.touched.is_set(s) {
+                    quiet.push(s);
+                }
+                r = s + 1;
+            }
+        }
+        // Regions touched since the last sweep get one more sweep of grace.
+        let mut r = 0;
+        while let Some(s) = self.touched.next_set(r) {
+            self.touched.clear(s);
+            r = s + 1;
+        }
+        if quiet.is_empty() && !self.activity.changed() {
+            return Ok(());
+        }
+        let maps: Vec<Arc<DirtyMap>> = self.peer_maps.read().unwrap().clone();
+        for m in maps.into_iter().filter(|m| m.changed()) {
+            tokio::task::spawn_blocking(move || m.persist())
+                .await
+                .map_err(|e| VolumeError::Io(std::io::Error::other(e)))?
+                .map_err(io_err)?;
+        }
+        // The regions' data is durable on this copy before they leave the log.
+        self.volume.flush().await?;
+        for r in quiet {
+            self.activity.clear(r);
+        }
+        self.persist_activity().await
+    }
+
+    /// Registers (replacing any before) the dirty maps a primary keeps for
+    /// its peers; each sweep makes them durable before clearing the log.
+    pub fn set_peer_maps(&self, maps: Vec<Arc<DirtyMap>>) {
+        *self.peer_maps.write().unwrap() = maps;
+    }
+
+    /// Path of a file of this copy with the given extension.
+    pub fn file(&self, ext: &str) -> PathBuf {
+        self.base.with_extension(ext)
+    }
+
+    /// Remembers the identity of a primary's copy seen in its hello.
+    pub fn note_copy(&self, node: u64, copy_id: [u8; 16]) {
+        if copy_id != [0; 16] {
+            self.known_copies.write().unwrap().insert(node, copy_id);
+        }
+    }
+
+    /// The identity of `node`'s copy, if this node has seen it.
+    pub fn known_copy(&self, node: u64) -> Option<[u8; 16]> {
+        self.known_copies.read().unwrap().get(&node).copied()
+    }
+
+    /// Grows the activity log after the volume grew.
+    pub fn grown(&self) {
+        let bytes = self.volume.num_blocks() * self.volume.block_size() as u64;
+        self.activity.grow(bytes);
+        self.touched.grow(bytes);
+        let mut counts = self.in_flight.write().unwrap();
+        while (counts.len() as u64) < self.activity.regions() {
+            counts.push(AtomicU32::new(0));
+        }
+    }
+
+    /// Sets (or clears) the volume this node serves as the volume's primary;
+    /// forwarded I/O from other nodes goes there.
+    pub fn set_primary(&self, primary: Option<Arc<dyn Volume>>) {
+        *self.primary.write().unwrap() = primary;
+    }
+
+    /// The primary volume, when this node is the volume's primary.
+    pub fn primary(&self) -> Option<Arc<dyn Volume>> {
+        self.primary.read().unwrap().clone()
+    }
+
+    /// Removes the copy's replication files (the volume is being deleted).
+    pub fn remove_files(&self) -> std::io::Result<()> {
+        self.activity.remove_file()?;
+        match std::fs::remove_file(&self.meta_path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Counts a primary's write in flight in the activity log.
+pub struct ActivityGuard<'a> {
+    copy: &'a LocalCopy,
+    first: u64,
+    last: u64,
+}
+
+impl Drop for ActivityGuard<'_> {
+    fn drop(&mut self) {
+        // The grace sweep counts from completion.
+        let first = self.first * ACTIVITY_REGION;
+        self.copy
+            .touched
+            .mark(first, (self.last + 1) * ACTIVITY_REGION - first);
+        let counts = self.copy.in_flight.read().unwrap();
+        for r in self.first..=self.last {
+            if let Some(c) = counts.get(r as usize) {
+                c.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use volume::MemVolume;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn epoch_and_identity_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("vol");
+        let v: Arc<dyn Volume> = Arc::new(MemVolume::new(512, 1 << 16));
+        let c = LocalCopy::open("vol", v.clone(), &base).unwrap();
+        let id = c.copy_id();
+        assert_eq!(c.accept_epoch(5).await.unwrap(), 5);
+        assert_eq!(c.accept_epoch(3).await.unwrap(), 5, "epochs never go back");
+        drop(c);
+        let c = LocalCopy::open("vol", v, &base).unwrap();
+        assert_eq!(c.copy_id(), id);
+        assert_eq!(c.epoch(), 5);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn activity_log_is_durable_and_cleared_when_quiet() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("vol");
+        let v: Arc<dyn Volume> = Arc::new(MemVolume::new(512, 1 << 16));
+        let c = LocalCopy::open("vol", v.clone(), &base).unwrap();
+        {
+            let _g = c.enter(ACTIVITY_REGION * 2 + 5, 4096).await.unwrap();
+            // Durable while the write is in flight: a reopen (crash) sees it.
+            let again = LocalCopy::open("vol", v.clone(), &base).unwrap();
+            assert_eq!(
+                again.suspect_ranges(),
+                vec![(ACTIVITY_REGION * 2, ACTIVITY_REGION)]
+            );
+            c.sweep().await.unwrap();
+            assert_eq!(c.suspect_ranges().len(), 1, "busy region stays");
+        }
+        let peer = Arc::new(DirtyMap::new(
+            1 << 16,
+            1 << 25,
+            Some(dir.path().join("peer")),
+        ));
+        peer.mark(0, 1);
+        c.set_peer_maps(vec![peer.clone()]);
+        c.sweep().await.unwrap();
+        assert_eq!(
+            c.suspect_ranges().len(),
+            1,
+            "recently touched region gets a grace sweep"
+        );
+        c.sweep().await.unwrap();
+        assert!(c.suspect_ranges().is_empty());
+        assert!(
+            !peer.changed(),
+            "peer maps are made durable before the log is cleared"
+        );
+        let again = LocalCopy::open("vol", v, &base).unwrap();
+        assert!(again.suspect_ranges().is_empty());
+    }
+}

@@ -1,0 +1,252 @@
+//! The connecting end of a replication connection: many requests in flight,
+//! answered in any order, each matched to its caller by id.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::auth::{self, AuthError, ClusterKey};
+use crate::wire::{self, Failure, Hello, Op, Request, Response, Welcome};
+
+/// Why a request over a link did not get an answer.
+#[derive(Debug, Error)]
+pub enum LinkError {
+    /// The peer could not be reached.
+    #[error("cannot connect to {addr}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The peer is not a cluster member.
+    #[error("authentication with {addr} failed")]
+    Auth {
+        addr: String,
+        #[source]
+        source: AuthError,
+    },
+    /// The peer refused the hello.
+    #[error("{addr} refused: {reason}")]
+    Refused { addr: String, reason: String },
+    /// The connection broke or sent something outside the protocol.
+    #[error("the connection to {0} is down")]
+    Down(String),
+    /// No answer within the request timeout.
+    #[error("{0} did not answer in time")]
+    Timeout(String),
+    /// The peer answered with a failure.
+    #[error("{addr} failed the request: {failure:?}")]
+    Failed { addr: String, failure: Failure },
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Bytes, Failure>>>>>;
+
+/// An authenticated connection to one peer for one volume.
+pub struct Link {
+    addr: String,
+    frames: mpsc::UnboundedSender<(Bytes, Option<Bytes>)>,
+    pending: Pending,
+    next_id: AtomicU64,
+    alive: Arc<AtomicBool>,
+    timeout: Duration,
+    welcome: Welcome,
+    tasks: [JoinHandle<()>; 2],
+}
+
+/// A request sent and not yet answered.
+pub struct Call<'a> {
+    link: &'a Link,
+    id: u64,
+    rx: oneshot::Receiver<Result<Bytes, Failure>>,
+}
+
+impl Link {
+    /// Connects to `addr`, authenticates both ways, and says `hello`.
+    pub async fn connect(
+        addr: &str,
+        key: &ClusterKey,
+        hello: &Hello,
+        timeout: Duration,
+    ) -> Result<Link, LinkError> {
+        let a = addr.to_string();
+        let setup = async {
+            let mut s = TcpStream::connect(addr)
+                .await
+                .map_err(|source| LinkError::Connect {
+                    addr: a.clone(),
+                    source,
+                })?;
+            let _ = s.set_nodelay(true);
+            auth::client(&mut s, key)
+                .await
+                .map_err(|source| LinkError::Auth {
+                    addr: a.clone(),
+                    source,
+                })?;
+            s.write_all(&hello.encode())
+                .await
+                .map_err(|_| LinkError::Down(a.clone()))?;
+            let body = read_frame(&mut s)
+                .await
+                .ok_or_else(|| LinkError::Down(a.clone()))?;
+            match Welcome::decode(body) {
+                Ok(Ok(w)) => Ok((s, w)),
+                Ok(Err(reason)) => Err(LinkError::Refused {
+                    addr: a.clone(),
+                    reason,
+                }),
+                Err(_) => Err(LinkError::Down(a.clone())),
+            }
+        };
+        let (stream, welcome) = tokio::time::timeout(timeout, setup)
+            .await
+            .map_err(|_| LinkError::Timeout(a.clone()))??;
+        let (mut rd, wr) = stream.into_split();
+        let pending: Pending = Arc::default();
+        let alive = Arc::new(AtomicBool::new(true));
+        let (tx, mut rx) = mpsc::unbounded_channel::<(Bytes, Option<Bytes>)>();
+
+        let (p, al) = (pending.clone(), alive.clone());
+        let reader = tokio::spawn(async move {
+            while let Some(body) = read_frame(&mut rd).await {
+                let Ok(resp) = Response::decode(body) else {
+                    break;
+                };
+                if let Some(tx) = p.lock().unwrap().remove(&resp.id) {
+                    let _ = tx.send(resp.result);
+                }
+            }
+            al.store(false, Ordering::Release);
+            p.lock().unwrap().clear();
+        });
+        let (p, al) = (pending.clone(), alive.clone());
+        let writer = tokio::spawn(async move {
+            let mut w = BufWriter::with_capacity(256 * 1024, wr);
+            'out: while let Some((head, data)) = rx.recv().await {
+                let mut next = Some((head, data));
+                while let Some((head, data)) = next.take() {
+                    if w.write_all(&head).await.is_err() {
+                        break 'out;
+                    }
+                    if let Some(d) = data {
+                        if w.write_all(&d).await.is_err() {
+                            break 'out;
+                        }
+                    }
+                    next = rx.try_recv().ok();
+                }
+                if w.flush().await.is_err() {
+                    break;
+                }
+            }
+            al.store(false, Ordering::Release);
+            p.lock().unwrap().clear();
+        });
+        Ok(Link {
+            addr: a,
+            frames: tx,
+            pending,
+            next_id: AtomicU64::new(1),
+            alive,
+            timeout,
+            welcome,
+            tasks: [reader, writer],
+        })
+    }
+
+    /// What the peer answered to the hello.
+    pub fn welcome(&self) -> &Welcome {
+        &self.welcome
+    }
+
+    /// Address of the peer.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Whether the connection still works.
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+
+    /// Sends a request; the answer is awaited with [`Call::wait`].
+    pub fn send(&self, epoch: u64, op: Op) -> Result<Call<'_>, LinkError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut p = self.pending.lock().unwrap();
+            // Checked under the lock the reader drains with: a request
+            // registered after the drain sees the link dead.
+            if !self.is_alive() {
+                return Err(LinkError::Down(self.addr.clone()));
+            }
+            p.insert(id, tx);
+        }
+        let (head, data) = Request { id, epoch, op }.encode();
+        if self.frames.send((head, data)).is_err() {
+            self.pending.lock().unwrap().remove(&id);
+            return Err(LinkError::Down(self.addr.clone()));
+        }
+        Ok(Call { link: self, id, rx })
+    }
+
+    /// Sends a request and waits for its answer.
+    pub async fn call(&self, epoch: u64, op: Op) -> Result<Bytes, LinkError> {
+        self.send(epoch, op)?.wait().await
+    }
+
+    /// Closes the connection; requests in flight fail.
+    pub fn close(&self) {
+        self.alive.store(false, Ordering::Release);
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.pending.lock().unwrap().clear();
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl Call<'_> {
+    /// Waits for the answer, at most the link's timeout. A timeout closes the
+    /// link: a peer that does not answer in time is treated as gone.
+    pub async fn wait(self) -> Result<Bytes, LinkError> {
+        let addr = || self.link.addr.clone();
+        match tokio::time::timeout(self.link.timeout, self.rx).await {
+            Ok(Ok(Ok(data))) => Ok(data),
+            Ok(Ok(Err(failure))) => Err(LinkError::Failed {
+                addr: addr(),
+                failure,
+            }),
+            Ok(Err(_)) => Err(LinkError::Down(addr())),
+            Err(_) => {
+                self.link.pending.lock().unwrap().remove(&self.id);
+                tracing::warn!(peer = %self.link.addr, "no answer within {:?}, dropping the connection", self.link.timeout);
+                self.link.close();
+                Err(LinkError::Timeout(addr()))
+            }
+        }
+    }
+}
+
+/// Reads one frame body; `None` at end of stream, on error or on a bad length.
+pub(crate) async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> Option<Bytes> {
+    let mut prefix = [0u8; 4];
+    r.read_exact(&mut prefix).await.ok()?;
+    let n = wire::frame_len(prefix).ok()?;
+    let mut body = BytesMut::zeroed(n);
+    r.read_exact(&mut body).await.ok()?;
+    Some(body.freeze())
+}

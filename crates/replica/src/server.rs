@@ -1,0 +1,264 @@
+//! The serving end: every node accepts replication connections from the
+//! primaries of the volumes it holds a copy of, and forwarded I/O from nodes
+//! whose initiators use a volume this node is the primary of.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use volume::{Volume, VolumeError};
+
+use crate::auth::{self, ClusterKey};
+use crate::copy::LocalCopy;
+use crate::link::read_frame;
+use crate::wire::{failure_of, Failure, Hello, Mode, Op, Request, Response, Welcome};
+
+/// Most requests one connection may have in flight; more wait unread.
+const MAX_IN_FLIGHT: usize = 256;
+
+/// The copies this node serves, by volume name.
+pub struct ReplicaServer {
+    key: ClusterKey,
+    copies: RwLock<HashMap<String, Arc<LocalCopy>>>,
+}
+
+impl ReplicaServer {
+    /// A server that admits only nodes knowing `key`.
+    pub fn new(key: ClusterKey) -> Arc<ReplicaServer> {
+        Arc::new(ReplicaServer {
+            key,
+            copies: RwLock::default(),
+        })
+    }
+
+    /// Serves `copy` from now on.
+    pub fn add(&self, copy: Arc<LocalCopy>) {
+        self.copies
+            .write()
+            .unwrap()
+            .insert(copy.name().to_string(), copy);
+    }
+
+    /// Stops serving the copy of `name`.
+    pub fn remove(&self, name: &str) -> Option<Arc<LocalCopy>> {
+        self.copies.write().unwrap().remove(name)
+    }
+
+    /// The copy of `name`, if this node holds one.
+    pub fn get(&self, name: &str) -> Option<Arc<LocalCopy>> {
+        self.copies.read().unwrap().get(name).cloned()
+    }
+
+    /// Accepts connections on `listener` until the task is dropped.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            match listener.accept().await {
+                Ok((s, peer)) => {
+                    let me = self.clone();
+                    tokio::spawn(async move { me.connection(s, peer).await });
+                }
+                Err(e) => {
+                    tracing::warn!("replication accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    async fn connection(self: Arc<Self>, mut s: TcpStream, peer: SocketAddr) {
+        let _ = s.set_nodelay(true);
+        let handshake = async {
+            auth::server(&mut s, &self.key)
+                .await
+                .map_err(|e| e.to_string())?;
+            let body = read_frame(&mut s).await.ok_or("no hello")?;
+            Hello::decode(body).map_err(|e| e.to_string())
+        };
+        let hello = match tokio::time::timeout(std::time::Duration::from_secs(10), handshake).await
+        {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => {
+                tracing::warn!(%peer, "replication connection refused: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(%peer, "replication connection refused: handshake timed out");
+                return;
+            }
+        };
+        let answer = self.welcome(&hello).await;
+        let copy = answer.as_ref().ok().map(|(_, c)| c.clone());
+        let welcome = answer.map(|(w, _)| w);
+        if let Err(why) = &welcome {
+            tracing::warn!(%peer, volume = %hello.volume, node = hello.node, "replication hello refused: {why}");
+        }
+        if s.write_all(&Welcome::encode(&welcome)).await.is_err() {
+            return;
+        }
+        let Some(copy) = copy else {
+            return;
+        };
+        tracing::debug!(%peer, volume = %hello.volume, node = hello.node, mode = ?hello.mode, "replication connection");
+        let (mut rd, wr) = s.into_split();
+        let (tx, mut rx) = mpsc::unbounded_channel::<(Bytes, Option<Bytes>)>();
+        let writer = tokio::spawn(async move {
+            let mut w = BufWriter::with_capacity(256 * 1024, wr);
+            'out: while let Some(first) = rx.recv().await {
+                let mut next = Some(first);
+                while let Some((head, data)) = next.take() {
+                    if w.write_all(&head).await.is_err() {
+                        break 'out;
+                    }
+                    if let Some(d) = data {
+                        if w.write_all(&d).await.is_err() {
+                            break 'out;
+                        }
+                    }
+                    next = rx.try_recv().ok();
+                }
+                if w.flush().await.is_err() {
+                    break;
+                }
+            }
+        });
+        let limit = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        while let Some(body) = read_frame(&mut rd).await {
+            let req = match Request::decode(body) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(%peer, "malformed replication request, closing: {e}");
+                    break;
+                }
+            };
+            let Ok(permit) = limit.clone().acquire_owned().await else {
+                break;
+            };
+            let (copy, tx, mode) = (copy.clone(), tx.clone(), hello.mode);
+            tokio::spawn(async move {
+                let result = execute(&copy, mode, req.epoch, req.op).await;
+                let _ = tx.send(Response { id: req.id, result }.encode());
+                drop(permit);
+            });
+        }
+        drop(tx);
+        let _ = writer.await;
+    }
+
+    async fn welcome(&self, hello: &Hello) -> Result<(Welcome, Arc<LocalCopy>), String> {
+        let copy = self
+            .get(&hello.volume)
+            .ok_or_else(|| format!("this node holds no copy of volume {}", hello.volume))?;
+        match hello.mode {
+            Mode::Replicate => {
+                copy.note_copy(hello.node, hello.copy_id);
+                let current = copy
+                    .accept_epoch(hello.epoch)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if hello.epoch < current {
+                    return Err(format!(
+                        "volume {}: epoch {} is stale, this copy follows epoch {current}",
+                        hello.volume, hello.epoch
+                    ));
+                }
+            }
+            Mode::Forward => {
+                if copy.primary().is_none() {
+                    return Err(format!(
+                        "this node is not the primary of volume {}",
+                        hello.volume
+                    ));
+                }
+            }
+        }
+        let v = copy.volume();
+        Ok((
+            Welcome {
+                copy_id: copy.copy_id(),
+                epoch: copy.epoch(),
+                block_size: v.block_size(),
+                num_blocks: v.num_blocks(),
+                suspect: copy.suspect_ranges(),
+            },
+            copy,
+        ))
+    }
+}
+
+/// Runs one request against the copy (replication) or the primary volume (forwarding).
+async fn execute(copy: &LocalCopy, mode: Mode, epoch: u64, op: Op) -> Result<Bytes, Failure> {
+    let target: Arc<dyn Volume> = match mode {
+        Mode::Replicate => {
+            let current = copy.epoch();
+            if epoch < current {
+                return Err(Failure::StaleEpoch { current });
+            }
+            if epoch > current {
+                copy.accept_epoch(epoch).await.map_err(|e| failure_of(&e))?;
+            }
+            copy.volume().clone()
+        }
+        Mode::Forward => copy.primary().ok_or(Failure::NotPrimary)?,
+    };
+    let v = &*target;
+    let bs = v.block_size() as u64;
+    // A replica logs the regions it changes too: if it stops before the data
+    // is durable, the primary resyncs them when it returns.
+    let touched = match &op {
+        Op::Write { lba, data, .. } => Some((*lba, data.len() as u64)),
+        Op::Unmap { lba, blocks } | Op::WriteSame { lba, blocks, .. } => {
+            Some((*lba, blocks.saturating_mul(bs)))
+        }
+        _ => None,
+    };
+    let _active = match touched {
+        Some((lba, len)) if mode == Mode::Replicate => Some(
+            copy.enter(lba.saturating_mul(bs), len)
+                .await
+                .map_err(|e| failure_of(&e))?,
+        ),
+        _ => None,
+    };
+    let done = |r: Result<(), VolumeError>| r.map(|_| Bytes::new()).map_err(|e| failure_of(&e));
+    match op {
+        Op::Write { lba, fua, data } => done(v.write(lba, data, fua).await),
+        Op::Unmap { lba, blocks } => done(v.unmap(lba, blocks).await),
+        Op::WriteSame {
+            lba,
+            blocks,
+            unmap,
+            fua,
+            pattern,
+        } => done(v.write_same(lba, blocks, pattern, unmap, fua).await),
+        Op::Flush => done(v.flush().await),
+        Op::Resize { blocks } => {
+            let r = v.resize(blocks).await;
+            if r.is_ok() {
+                copy.grown();
+            }
+            done(r)
+        }
+        Op::Ping => Ok(Bytes::new()),
+        Op::Settle if mode == Mode::Replicate => done(copy.sweep().await),
+        Op::Settle => Ok(Bytes::new()),
+        Op::Read { lba, blocks } if mode == Mode::Forward => v
+            .read(lba, blocks)
+            .await
+            .map(Bytes::from)
+            .map_err(|e| failure_of(&e)),
+        Op::CompareAndWrite { lba, fua, data } if mode == Mode::Forward => {
+            let half = data.len() / 2;
+            done(
+                v.compare_and_write(lba, data.slice(..half), data.slice(half..), fua)
+                    .await,
+            )
+        }
+        Op::Read { .. } | Op::CompareAndWrite { .. } => Err(failure_of(&VolumeError::Io(
+            std::io::Error::other("operation not allowed on a replication connection"),
+        ))),
+    }
+}

@@ -1,0 +1,727 @@
+//! The replication wire protocol: length-prefixed frames over TCP.
+//!
+//! After the mutual authentication of [`crate::auth`], the connecting node
+//! sends one [`Hello`] and reads one [`Welcome`]; then it sends [`Request`]s
+//! and the serving node answers each with a [`Response`] carrying the same
+//! id, in any order. Every frame is `u32 length (big endian) | body`. Numbers
+//! are big endian. This module is pure (bytes in, bytes out) so it can be
+//! fuzzed and unit-tested.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use thiserror::Error;
+use volume::VolumeError;
+
+/// Largest frame body accepted: the largest transfer plus headers.
+pub const MAX_FRAME: usize = volume::MAX_IO_BYTES + 4096;
+
+/// Protocol version in every hello; a mismatch is refused.
+pub const VERSION: u16 = 1;
+
+/// A frame that does not follow the protocol.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum WireError {
+    /// The frame ended before a field it announces.
+    #[error("frame truncated")]
+    Truncated,
+    /// The frame names a message or field value this version does not know.
+    #[error("unknown {what} {value}")]
+    Unknown { what: &'static str, value: u64 },
+    /// A length exceeds what the protocol allows.
+    #[error("frame of {0} bytes is larger than allowed")]
+    TooLarge(usize),
+    /// A text field is not UTF-8.
+    #[error("text field is not UTF-8")]
+    BadText,
+}
+
+/// What a connection is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The volume's primary mirrors writes to this node's copy.
+    Replicate = 1,
+    /// A node without the primary role forwards its initiators' I/O to the primary.
+    Forward = 2,
+}
+
+/// First message of the connecting node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    /// What the connection is for.
+    pub mode: Mode,
+    /// Node id of the sender.
+    pub node: u64,
+    /// Epoch of the sender's view of the volume (primary's epoch for `Replicate`).
+    pub epoch: u64,
+    /// Identity of the sender's own copy of the volume (zeros if it has none).
+    pub copy_id: [u8; 16],
+    /// Volume name.
+    pub volume: String,
+}
+
+/// The serving node's answer to a [`Hello`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Welcome {
+    /// Identity of the serving node's copy of the volume: a new id means a new,
+    /// empty copy that needs a full sync.
+    pub copy_id: [u8; 16],
+    /// Highest epoch the serving node has accepted for the volume.
+    pub epoch: u64,
+    /// Logical block size of the copy.
+    pub block_size: u32,
+    /// Size of the copy in blocks.
+    pub num_blocks: u64,
+    /// Byte ranges the serving node wrote as a primary and may not have
+    /// mirrored (its activity log): the new primary must resync them.
+    pub suspect: Vec<(u64, u64)>,
+}
+
+/// A volume operation sent to a replica or forwarded to the primary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Reads `blocks` blocks at `lba` (forwarding only).
+    Read { lba: u64, blocks: u32 },
+    /// Writes whole blocks at `lba`.
+    Write { lba: u64, fua: bool, data: Bytes },
+    /// Deallocates a block range.
+    Unmap { lba: u64, blocks: u64 },
+    /// Writes `pattern` (one block) over a range, or deallocates it when
+    /// `unmap` is set and the pattern is zeros.
+    WriteSame {
+        lba: u64,
+        blocks: u64,
+        unmap: bool,
+        fua: bool,
+        pattern: Bytes,
+    },
+    /// COMPARE AND WRITE of `data` = compare half then write half (forwarding only).
+    CompareAndWrite { lba: u64, fua: bool, data: Bytes },
+    /// Makes every completed write durable.
+    Flush,
+    /// Grows the volume to `blocks` blocks.
+    Resize { blocks: u64 },
+    /// No operation: proves the link is alive.
+    Ping,
+    /// From the primary: every write it sent before is on every in-sync copy,
+    /// so the replica may flush and clear quiet regions of its activity log.
+    Settle,
+}
+
+/// One numbered operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// Chosen by the sender; echoed in the response.
+    pub id: u64,
+    /// Epoch of the primary that sent it (checked in `Replicate` mode).
+    pub epoch: u64,
+    /// The operation.
+    pub op: Op,
+}
+
+/// Why a remote operation failed, as the serving node saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The request's epoch is older than one the node accepted: its sender is
+    /// no longer the primary.
+    StaleEpoch { current: u64 },
+    /// A forwarded request reached a node that is not the volume's primary.
+    NotPrimary,
+    /// The volume operation itself failed.
+    Volume { code: u8, arg: u64, message: String },
+}
+
+/// Answer to one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// Id of the request.
+    pub id: u64,
+    /// Data read (empty for other operations), or the failure.
+    pub result: Result<Bytes, Failure>,
+}
+
+const OP_READ: u8 = 1;
+const OP_WRITE: u8 = 2;
+const OP_UNMAP: u8 = 3;
+const OP_WRITE_SAME: u8 = 4;
+const OP_CAW: u8 = 5;
+const OP_FLUSH: u8 = 6;
+const OP_RESIZE: u8 = 7;
+const OP_PING: u8 = 8;
+const OP_SETTLE: u8 = 9;
+
+const E_OUT_OF_RANGE: u8 = 1;
+const E_BAD_LENGTH: u8 = 2;
+const E_MISCOMPARE: u8 = 3;
+const E_NO_SPACE: u8 = 4;
+const E_MEDIUM: u8 = 5;
+const E_SHRINK: u8 = 6;
+const E_CLOSED: u8 = 7;
+const E_IO: u8 = 8;
+const E_UNAVAILABLE: u8 = 9;
+
+/// Encodes a volume failure for the wire.
+pub fn failure_of(e: &VolumeError) -> Failure {
+    let (code, arg) = match e {
+        VolumeError::OutOfRange { lba, .. } => (E_OUT_OF_RANGE, *lba),
+        VolumeError::BadLength { len, .. } => (E_BAD_LENGTH, *len as u64),
+        VolumeError::Miscompare { offset } => (E_MISCOMPARE, *offset as u64),
+        VolumeError::NoSpace => (E_NO_SPACE, 0),
+        VolumeError::Medium { lba, .. } => (E_MEDIUM, *lba),
+        VolumeError::Shrink { requested, .. } => (E_SHRINK, *requested),
+        VolumeError::Closed => (E_CLOSED, 0),
+        VolumeError::Io(_) => (E_IO, 0),
+        VolumeError::Unavailable(_) => (E_UNAVAILABLE, 0),
+    };
+    Failure::Volume {
+        code,
+        arg,
+        message: e.to_string(),
+    }
+}
+
+/// Turns a remote failure back into the volume error the caller reports.
+/// `num_blocks` and `block_size` fill fields the wire does not carry.
+pub fn volume_error_of(f: &Failure, num_blocks: u64, block_size: u32) -> VolumeError {
+    match f {
+        Failure::StaleEpoch { current } => VolumeError::Unavailable(format!(
+            "a newer primary (epoch {current}) has taken over the volume"
+        )),
+        Failure::NotPrimary => {
+            VolumeError::Unavailable("the forwarding target is no longer the primary".into())
+        }
+        Failure::Volume { code, arg, message } => match *code {
+            E_OUT_OF_RANGE => VolumeError::OutOfRange {
+                lba: *arg,
+                blocks: 0,
+                num_blocks,
+            },
+            E_BAD_LENGTH => VolumeError::BadLength {
+                len: *arg as usize,
+                block_size,
+            },
+            E_MISCOMPARE => VolumeError::Miscompare {
+                offset: *arg as usize,
+            },
+            E_NO_SPACE => VolumeError::NoSpace,
+            E_MEDIUM => VolumeError::Medium {
+                lba: *arg,
+                reason: message.clone(),
+            },
+            E_SHRINK => VolumeError::Shrink {
+                current: num_blocks,
+                requested: *arg,
+            },
+            E_CLOSED => VolumeError::Closed,
+            E_UNAVAILABLE => VolumeError::Unavailable(message.clone()),
+            _ => VolumeError::Io(std::io::Error::other(message.clone())),
+        },
+    }
+}
+
+fn put_str(b: &mut BytesMut, s: &str) {
+    let s = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
+    b.put_u16(s.len() as u16);
+    b.put_slice(s);
+}
+
+fn need(b: &Bytes, n: usize) -> Result<(), WireError> {
+    if b.remaining() < n {
+        Err(WireError::Truncated)
+    } else {
+        Ok(())
+    }
+}
+
+fn get_u8(b: &mut Bytes) -> Result<u8, WireError> {
+    need(b, 1)?;
+    Ok(b.get_u8())
+}
+
+fn get_u16(b: &mut Bytes) -> Result<u16, WireError> {
+    need(b, 2)?;
+    Ok(b.get_u16())
+}
+
+fn get_u32(b: &mut Bytes) -> Result<u32, WireError> {
+    need(b, 4)?;
+    Ok(b.get_u32())
+}
+
+fn get_u64(b: &mut Bytes) -> Result<u64, WireError> {
+    need(b, 8)?;
+    Ok(b.get_u64())
+}
+
+fn get_str(b: &mut Bytes) -> Result<String, WireError> {
+    let n = get_u16(b)? as usize;
+    need(b, n)?;
+    let s = b.split_to(n);
+    String::from_utf8(s.to_vec()).map_err(|_| WireError::BadText)
+}
+
+fn get_blob(b: &mut Bytes) -> Result<Bytes, WireError> {
+    let n = get_u32(b)? as usize;
+    if n > MAX_FRAME {
+        return Err(WireError::TooLarge(n));
+    }
+    need(b, n)?;
+    Ok(b.split_to(n))
+}
+
+/// Reads the length prefix of a frame; refuses bodies larger than [`MAX_FRAME`].
+pub fn frame_len(prefix: [u8; 4]) -> Result<usize, WireError> {
+    let n = u32::from_be_bytes(prefix) as usize;
+    if n > MAX_FRAME {
+        return Err(WireError::TooLarge(n));
+    }
+    Ok(n)
+}
+
+/// Wraps a body into a frame.
+fn framed(body: BytesMut) -> Bytes {
+    let mut out = BytesMut::with_capacity(4 + body.len());
+    out.put_u32(body.len() as u32);
+    out.extend_from_slice(&body);
+    out.freeze()
+}
+
+impl Hello {
+    /// Encodes the hello as a whole frame.
+    pub fn encode(&self) -> Bytes {
+        let mut b = BytesMut::new();
+        b.put_u16(VERSION);
+        b.put_u8(self.mode as u8);
+        b.put_u64(self.node);
+        b.put_u64(self.epoch);
+        b.put_slice(&self.copy_id);
+        put_str(&mut b, &self.volume);
+        framed(b)
+    }
+
+    /// Decodes a hello body.
+    pub fn decode(mut b: Bytes) -> Result<Hello, WireError> {
+        let version = get_u16(&mut b)?;
+        if version != VERSION {
+            return Err(WireError::Unknown {
+                what: "protocol version",
+                value: version as u64,
+            });
+        }
+        let mode = match get_u8(&mut b)? {
+            1 => Mode::Replicate,
+            2 => Mode::Forward,
+            m => {
+                return Err(WireError::Unknown {
+                    what: "mode",
+                    value: m as u64,
+                })
+            }
+        };
+        let node = get_u64(&mut b)?;
+        let epoch = get_u64(&mut b)?;
+        need(&b, 16)?;
+        let mut copy_id = [0u8; 16];
+        b.copy_to_slice(&mut copy_id);
+        Ok(Hello {
+            mode,
+            node,
+            epoch,
+            copy_id,
+            volume: get_str(&mut b)?,
+        })
+    }
+}
+
+/// Most suspect ranges a welcome carries; more are merged into one range.
+const MAX_SUSPECT: usize = 65536;
+
+impl Welcome {
+    /// Encodes the answer as a whole frame: `Ok` with the welcome, or a refusal text.
+    pub fn encode(answer: &Result<Welcome, String>) -> Bytes {
+        let mut b = BytesMut::new();
+        match answer {
+            Ok(w) => {
+                b.put_u8(0);
+                b.put_slice(&w.copy_id);
+                b.put_u64(w.epoch);
+                b.put_u32(w.block_size);
+                b.put_u64(w.num_blocks);
+                let n = w.suspect.len().min(MAX_SUSPECT);
+                b.put_u32(n as u32);
+                for (i, &(off, len)) in w.suspect.iter().take(n).enumerate() {
+                    if i + 1 == n && w.suspect.len() > n {
+                        // Too many ranges: the last one spans all the rest.
+                        b.put_u64(off);
+                        b.put_u64(u64::MAX - off);
+                    } else {
+                        b.put_u64(off);
+                        b.put_u64(len);
+                    }
+                }
+            }
+            Err(why) => {
+                b.put_u8(1);
+                put_str(&mut b, why);
+            }
+        }
+        framed(b)
+    }
+
+    /// Decodes the answer to a hello.
+    pub fn decode(mut b: Bytes) -> Result<Result<Welcome, String>, WireError> {
+        match get_u8(&mut b)? {
+            0 => {
+                need(&b, 16)?;
+                let mut copy_id = [0u8; 16];
+                b.copy_to_slice(&mut copy_id);
+                let epoch = get_u64(&mut b)?;
+                let block_size = get_u32(&mut b)?;
+                let num_blocks = get_u64(&mut b)?;
+                let n = get_u32(&mut b)? as usize;
+                if n > MAX_SUSPECT {
+                    return Err(WireError::TooLarge(n));
+                }
+                let mut suspect = Vec::with_capacity(n);
+                for _ in 0..n {
+                    suspect.push((get_u64(&mut b)?, get_u64(&mut b)?));
+                }
+                Ok(Ok(Welcome {
+                    copy_id,
+                    epoch,
+                    block_size,
+                    num_blocks,
+                    suspect,
+                }))
+            }
+            1 => Ok(Err(get_str(&mut b)?)),
+            v => Err(WireError::Unknown {
+                what: "welcome status",
+                value: v as u64,
+            }),
+        }
+    }
+}
+
+impl Request {
+    /// Encodes the request as a frame: a header and, for operations that carry
+    /// data, the data as a second buffer (sent without copying).
+    pub fn encode(&self) -> (Bytes, Option<Bytes>) {
+        let mut b = BytesMut::with_capacity(64);
+        b.put_u64(self.id);
+        b.put_u64(self.epoch);
+        let data = match &self.op {
+            Op::Read { lba, blocks } => {
+                b.put_u8(OP_READ);
+                b.put_u64(*lba);
+                b.put_u32(*blocks);
+                None
+            }
+            Op::Write { lba, fua, data } => {
+                b.put_u8(OP_WRITE);
+                b.put_u64(*lba);
+                b.put_u8(*fua as u8);
+                Some(data.clone())
+            }
+            Op::Unmap { lba, blocks } => {
+                b.put_u8(OP_UNMAP);
+                b.put_u64(*lba);
+                b.put_u64(*blocks);
+                None
+            }
+            Op::WriteSame {
+                lba,
+                blocks,
+                unmap,
+                fua,
+                pattern,
+            } => {
+                b.put_u8(OP_WRITE_SAME);
+                b.put_u64(*lba);
+                b.put_u64(*blocks);
+                b.put_u8(*unmap as u8 | (*fua as u8) << 1);
+                Some(pattern.clone())
+            }
+            Op::CompareAndWrite { lba, fua, data } => {
+                b.put_u8(OP_CAW);
+                b.put_u64(*lba);
+                b.put_u8(*fua as u8);
+                Some(data.clone())
+            }
+            Op::Flush => {
+                b.put_u8(OP_FLUSH);
+                None
+            }
+            Op::Resize { blocks } => {
+                b.put_u8(OP_RESIZE);
+                b.put_u64(*blocks);
+                None
+            }
+            Op::Ping => {
+                b.put_u8(OP_PING);
+                None
+            }
+            Op::Settle => {
+                b.put_u8(OP_SETTLE);
+                None
+            }
+        };
+        let body_len = b.len() + data.as_ref().map_or(0, |d| 4 + d.len());
+        let mut head = BytesMut::with_capacity(4 + b.len() + 4);
+        head.put_u32(body_len as u32);
+        head.extend_from_slice(&b);
+        if let Some(d) = &data {
+            head.put_u32(d.len() as u32);
+        }
+        (head.freeze(), data)
+    }
+
+    /// Decodes a request body (the frame without its length prefix).
+    pub fn decode(mut b: Bytes) -> Result<Request, WireError> {
+        let id = get_u64(&mut b)?;
+        let epoch = get_u64(&mut b)?;
+        let op = match get_u8(&mut b)? {
+            OP_READ => Op::Read {
+                lba: get_u64(&mut b)?,
+                blocks: get_u32(&mut b)?,
+            },
+            OP_WRITE => Op::Write {
+                lba: get_u64(&mut b)?,
+                fua: get_u8(&mut b)? != 0,
+                data: get_blob(&mut b)?,
+            },
+            OP_UNMAP => Op::Unmap {
+                lba: get_u64(&mut b)?,
+                blocks: get_u64(&mut b)?,
+            },
+            OP_WRITE_SAME => {
+                let lba = get_u64(&mut b)?;
+                let blocks = get_u64(&mut b)?;
+                let flags = get_u8(&mut b)?;
+                Op::WriteSame {
+                    lba,
+                    blocks,
+                    unmap: flags & 1 != 0,
+                    fua: flags & 2 != 0,
+                    pattern: get_blob(&mut b)?,
+                }
+            }
+            OP_CAW => Op::CompareAndWrite {
+                lba: get_u64(&mut b)?,
+                fua: get_u8(&mut b)? != 0,
+                data: get_blob(&mut b)?,
+            },
+            OP_FLUSH => Op::Flush,
+            OP_RESIZE => Op::Resize {
+                blocks: get_u64(&mut b)?,
+            },
+            OP_PING => Op::Ping,
+            OP_SETTLE => Op::Settle,
+            o => {
+                return Err(WireError::Unknown {
+                    what: "operation",
+                    value: o as u64,
+                })
+            }
+        };
+        Ok(Request { id, epoch, op })
+    }
+}
+
+impl Response {
+    /// Encodes the response as a frame header plus the data read, if any.
+    pub fn encode(&self) -> (Bytes, Option<Bytes>) {
+        let mut b = BytesMut::with_capacity(64);
+        b.put_u64(self.id);
+        let data = match &self.result {
+            Ok(d) => {
+                b.put_u8(0);
+                b.put_u32(d.len() as u32);
+                (!d.is_empty()).then(|| d.clone())
+            }
+            Err(Failure::StaleEpoch { current }) => {
+                b.put_u8(1);
+                b.put_u64(*current);
+                None
+            }
+            Err(Failure::NotPrimary) => {
+                b.put_u8(2);
+                None
+            }
+            Err(Failure::Volume { code, arg, message }) => {
+                b.put_u8(3);
+                b.put_u8(*code);
+                b.put_u64(*arg);
+                put_str(&mut b, message);
+                None
+            }
+        };
+        let body_len = b.len() + data.as_ref().map_or(0, |d| d.len());
+        let mut head = BytesMut::with_capacity(4 + b.len());
+        head.put_u32(body_len as u32);
+        head.extend_from_slice(&b);
+        (head.freeze(), data)
+    }
+
+    /// Decodes a response body.
+    pub fn decode(mut b: Bytes) -> Result<Response, WireError> {
+        let id = get_u64(&mut b)?;
+        let result = match get_u8(&mut b)? {
+            0 => Ok(get_blob(&mut b)?),
+            1 => Err(Failure::StaleEpoch {
+                current: get_u64(&mut b)?,
+            }),
+            2 => Err(Failure::NotPrimary),
+            3 => Err(Failure::Volume {
+                code: get_u8(&mut b)?,
+                arg: get_u64(&mut b)?,
+                message: get_str(&mut b)?,
+            }),
+            s => {
+                return Err(WireError::Unknown {
+                    what: "response status",
+                    value: s as u64,
+                })
+            }
+        };
+        Ok(Response { id, result })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn body(head: Bytes, data: Option<Bytes>) -> Bytes {
+        let mut all = BytesMut::from(&head[..]);
+        if let Some(d) = data {
+            all.extend_from_slice(&d);
+        }
+        let n = frame_len(all[..4].try_into().unwrap()).unwrap();
+        assert_eq!(n, all.len() - 4, "length prefix matches the body");
+        all.freeze().slice(4..)
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let data = proptest::collection::vec(any::<u8>(), 0..600).prop_map(Bytes::from);
+        prop_oneof![
+            (any::<u64>(), any::<u32>()).prop_map(|(lba, blocks)| Op::Read { lba, blocks }),
+            (any::<u64>(), any::<bool>(), data.clone()).prop_map(|(lba, fua, data)| Op::Write {
+                lba,
+                fua,
+                data
+            }),
+            (any::<u64>(), any::<u64>()).prop_map(|(lba, blocks)| Op::Unmap { lba, blocks }),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                any::<bool>(),
+                any::<bool>(),
+                data.clone()
+            )
+                .prop_map(|(lba, blocks, unmap, fua, pattern)| Op::WriteSame {
+                    lba,
+                    blocks,
+                    unmap,
+                    fua,
+                    pattern
+                }),
+            (any::<u64>(), any::<bool>(), data).prop_map(|(lba, fua, data)| Op::CompareAndWrite {
+                lba,
+                fua,
+                data
+            }),
+            Just(Op::Flush),
+            any::<u64>().prop_map(|blocks| Op::Resize { blocks }),
+            Just(Op::Ping),
+            Just(Op::Settle),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn requests_round_trip(id in any::<u64>(), epoch in any::<u64>(), op in op()) {
+            let r = Request { id, epoch, op };
+            let (h, d) = r.encode();
+            prop_assert_eq!(Request::decode(body(h, d)).unwrap(), r);
+        }
+
+        #[test]
+        fn responses_round_trip(id in any::<u64>(), data in proptest::collection::vec(any::<u8>(), 0..300),
+                                which in 0u8..4, arg in any::<u64>(), msg in ".{0,40}") {
+            let result = match which {
+                0 => Ok(Bytes::from(data)),
+                1 => Err(Failure::StaleEpoch { current: arg }),
+                2 => Err(Failure::NotPrimary),
+                _ => Err(Failure::Volume { code: 5, arg, message: msg }),
+            };
+            let r = Response { id, result };
+            let (h, d) = r.encode();
+            prop_assert_eq!(Response::decode(body(h, d)).unwrap(), r);
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let b = Bytes::from(bytes);
+            let _ = Request::decode(b.clone());
+            let _ = Response::decode(b.clone());
+            let _ = Hello::decode(b.clone());
+            let _ = Welcome::decode(b);
+        }
+    }
+
+    #[test]
+    fn hello_and_welcome_round_trip() {
+        let h = Hello {
+            mode: Mode::Forward,
+            node: 3,
+            epoch: 9,
+            copy_id: [4; 16],
+            volume: "vmstore".into(),
+        };
+        let f = h.encode();
+        assert_eq!(Hello::decode(f.slice(4..)).unwrap(), h);
+        let w = Ok(Welcome {
+            copy_id: [7; 16],
+            epoch: 4,
+            block_size: 512,
+            num_blocks: 1 << 20,
+            suspect: vec![(0, 4 << 20), (8 << 20, 4 << 20)],
+        });
+        assert_eq!(Welcome::decode(Welcome::encode(&w).slice(4..)).unwrap(), w);
+        let refused = Err("no such volume".to_string());
+        assert_eq!(
+            Welcome::decode(Welcome::encode(&refused).slice(4..)).unwrap(),
+            refused
+        );
+    }
+
+    #[test]
+    fn oversized_frames_are_refused() {
+        assert!(frame_len((MAX_FRAME as u32 + 1).to_be_bytes()).is_err());
+        let mut b = BytesMut::new();
+        b.put_u64(1);
+        b.put_u64(1);
+        b.put_u8(OP_WRITE);
+        b.put_u64(0);
+        b.put_u8(0);
+        b.put_u32(u32::MAX);
+        assert!(Request::decode(b.freeze()).is_err());
+    }
+
+    #[test]
+    fn volume_errors_survive_the_wire() {
+        let e = VolumeError::Miscompare { offset: 17 };
+        assert!(matches!(
+            volume_error_of(&failure_of(&e), 10, 512),
+            VolumeError::Miscompare { offset: 17 }
+        ));
+        let e = VolumeError::Medium {
+            lba: 5,
+            reason: "checksum".into(),
+        };
+        assert!(matches!(
+            volume_error_of(&failure_of(&e), 10, 512),
+            VolumeError::Medium { lba: 5, .. }
+        ));
+    }
+}
