@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -112,7 +113,7 @@ impl Link {
         let (mut rd, wr) = stream.into_split();
         let pending: Pending = Arc::default();
         let alive = Arc::new(AtomicBool::new(true));
-        let (tx, mut rx) = mpsc::unbounded_channel::<(Bytes, Option<Bytes>)>();
+        let (tx, rx) = mpsc::unbounded_channel::<(Bytes, Option<Bytes>)>();
 
         let (p, al) = (pending.clone(), alive.clone());
         let reader = tokio::spawn(async move {
@@ -129,24 +130,7 @@ impl Link {
         });
         let (p, al) = (pending.clone(), alive.clone());
         let writer = tokio::spawn(async move {
-            let mut w = BufWriter::with_capacity(256 * 1024, wr);
-            'out: while let Some((head, data)) = rx.recv().await {
-                let mut next = Some((head, data));
-                while let Some((head, data)) = next.take() {
-                    if w.write_all(&head).await.is_err() {
-                        break 'out;
-                    }
-                    if let Some(d) = data {
-                        if w.write_all(&d).await.is_err() {
-                            break 'out;
-                        }
-                    }
-                    next = rx.try_recv().ok();
-                }
-                if w.flush().await.is_err() {
-                    break;
-                }
-            }
+            write_frames(wr, rx).await;
             al.store(false, Ordering::Release);
             p.lock().unwrap().clear();
         });
@@ -249,4 +233,31 @@ pub(crate) async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> Option<Byt
     let mut body = BytesMut::zeroed(n);
     r.read_exact(&mut body).await.ok()?;
     Some(body.freeze())
+}
+
+/// Writes queued frames (header, then data without copying) until the queue
+/// closes or the socket fails; flushes when the queue runs empty, so frames
+/// queued together leave in one go.
+pub(crate) async fn write_frames(
+    wr: OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<(Bytes, Option<Bytes>)>,
+) {
+    let mut w = BufWriter::with_capacity(256 * 1024, wr);
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some((head, data)) = next.take() {
+            if w.write_all(&head).await.is_err() {
+                return;
+            }
+            if let Some(d) = data {
+                if w.write_all(&d).await.is_err() {
+                    return;
+                }
+            }
+            next = rx.try_recv().ok();
+        }
+        if w.flush().await.is_err() {
+            return;
+        }
+    }
 }

@@ -7,14 +7,14 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
-use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use volume::{Volume, VolumeError};
 
 use crate::auth::{self, ClusterKey};
 use crate::copy::LocalCopy;
-use crate::link::read_frame;
+use crate::link::{read_frame, write_frames};
 use crate::wire::{failure_of, Failure, Hello, Mode, Op, Request, Response, Welcome};
 
 /// Most requests one connection may have in flight; more wait unread.
@@ -24,6 +24,8 @@ const MAX_IN_FLIGHT: usize = 256;
 pub struct ReplicaServer {
     key: ClusterKey,
     copies: RwLock<HashMap<String, Arc<LocalCopy>>>,
+    /// Bumped to drop every open connection.
+    generation: tokio::sync::watch::Sender<u64>,
 }
 
 impl ReplicaServer {
@@ -32,6 +34,7 @@ impl ReplicaServer {
         Arc::new(ReplicaServer {
             key,
             copies: RwLock::default(),
+            generation: tokio::sync::watch::channel(0).0,
         })
     }
 
@@ -53,6 +56,11 @@ impl ReplicaServer {
         self.copies.read().unwrap().get(name).cloned()
     }
 
+    /// Drops every open connection (peers reconnect if they still may).
+    pub fn drop_connections(&self) {
+        self.generation.send_modify(|g| *g += 1);
+    }
+
     /// Accepts connections on `listener` until the task is dropped.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         loop {
@@ -69,7 +77,18 @@ impl ReplicaServer {
         }
     }
 
-    async fn connection(self: Arc<Self>, mut s: TcpStream, peer: SocketAddr) {
+    async fn connection(self: Arc<Self>, s: TcpStream, peer: SocketAddr) {
+        let mut gen = self.generation.subscribe();
+        gen.mark_unchanged();
+        tokio::select! {
+            _ = self.clone().serve_connection(s, peer) => {}
+            _ = gen.changed() => {
+                tracing::debug!(%peer, "replication connection dropped");
+            }
+        }
+    }
+
+    async fn serve_connection(self: Arc<Self>, mut s: TcpStream, peer: SocketAddr) {
         let _ = s.set_nodelay(true);
         let handshake = async {
             auth::server(&mut s, &self.key)
@@ -104,27 +123,8 @@ impl ReplicaServer {
         };
         tracing::debug!(%peer, volume = %hello.volume, node = hello.node, mode = ?hello.mode, "replication connection");
         let (mut rd, wr) = s.into_split();
-        let (tx, mut rx) = mpsc::unbounded_channel::<(Bytes, Option<Bytes>)>();
-        let writer = tokio::spawn(async move {
-            let mut w = BufWriter::with_capacity(256 * 1024, wr);
-            'out: while let Some(first) = rx.recv().await {
-                let mut next = Some(first);
-                while let Some((head, data)) = next.take() {
-                    if w.write_all(&head).await.is_err() {
-                        break 'out;
-                    }
-                    if let Some(d) = data {
-                        if w.write_all(&d).await.is_err() {
-                            break 'out;
-                        }
-                    }
-                    next = rx.try_recv().ok();
-                }
-                if w.flush().await.is_err() {
-                    break;
-                }
-            }
-        });
+        let (tx, rx) = mpsc::unbounded_channel::<(Bytes, Option<Bytes>)>();
+        let mut writer = AbortOnDrop(tokio::spawn(write_frames(wr, rx)));
         let limit = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         while let Some(body) = read_frame(&mut rd).await {
             let req = match Request::decode(body) {
@@ -145,7 +145,7 @@ impl ReplicaServer {
             });
         }
         drop(tx);
-        let _ = writer.await;
+        let _ = (&mut writer.0).await;
     }
 
     async fn welcome(&self, hello: &Hello) -> Result<(Welcome, Arc<LocalCopy>), String> {
@@ -260,5 +260,14 @@ async fn execute(copy: &LocalCopy, mode: Mode, epoch: u64, op: Op) -> Result<Byt
         Op::Read { .. } | Op::CompareAndWrite { .. } => Err(failure_of(&VolumeError::Io(
             std::io::Error::other("operation not allowed on a replication connection"),
         ))),
+    }
+}
+
+/// Aborts a task when dropped (the connection it served is gone).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

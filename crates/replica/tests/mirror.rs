@@ -1,0 +1,366 @@
+//! Scenario tests of the data plane with in-process nodes on loopback: a
+//! primary mirroring to replicas, replicas that die and return, a deposed
+//! primary, an expired lease, forwarding.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use replica::{
+    ClusterKey, Control, ForwardVolume, LocalCopy, PeerSpec, PrimaryConfig, ReplicaServer,
+    ReplicatedVolume,
+};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use volume::{MemVolume, Volume, VolumeError};
+
+const BS: u32 = 4096;
+
+#[derive(Default)]
+struct TestControl {
+    lease_lost: AtomicBool,
+    refuse: AtomicBool,
+    lost: Mutex<Vec<u64>>,
+    in_sync: Mutex<Vec<u64>>,
+}
+
+#[async_trait]
+impl Control for TestControl {
+    fn lease_valid(&self) -> bool {
+        !self.lease_lost.load(Ordering::SeqCst)
+    }
+    async fn replica_lost(&self, _v: &str, node: u64, _e: u64) -> Result<(), String> {
+        if self.refuse.load(Ordering::SeqCst) {
+            return Err("no quorum".into());
+        }
+        self.lost.lock().unwrap().push(node);
+        Ok(())
+    }
+    async fn replica_in_sync(&self, _v: &str, node: u64, _e: u64) -> Result<(), String> {
+        self.in_sync.lock().unwrap().push(node);
+        Ok(())
+    }
+    async fn replica_syncing(&self, _v: &str, _n: u64, _e: u64, _d: u64, _t: u64) {}
+}
+
+/// One node: its copy of the volume and its replication server.
+struct TestNode {
+    _dir: tempfile::TempDir,
+    copy: Arc<LocalCopy>,
+    server: Arc<ReplicaServer>,
+    addr: SocketAddr,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestNode {
+    async fn new(key: &ClusterKey, blocks: u64) -> TestNode {
+        let dir = tempfile::tempdir().unwrap();
+        let vol: Arc<dyn Volume> = Arc::new(MemVolume::new(BS, blocks));
+        let copy = LocalCopy::open("vol", vol, &dir.path().join("vol")).unwrap();
+        let server = ReplicaServer::new(key.clone());
+        server.add(copy.clone());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = Some(tokio::spawn(server.clone().serve(listener)));
+        TestNode {
+            _dir: dir,
+            copy,
+            server,
+            addr,
+            task,
+        }
+    }
+
+    /// The node dies: its port stops answering and connections drop.
+    fn kill(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+        self.server.drop_connections();
+    }
+
+    /// The node comes back on the same address with the same copy.
+    async fn restart(&mut self) {
+        let listener = TcpListener::bind(self.addr).await.unwrap();
+        self.task = Some(tokio::spawn(self.server.clone().serve(listener)));
+    }
+
+    async fn contents(&self) -> Vec<u8> {
+        let v = self.copy.volume();
+        v.read(0, v.num_blocks() as u32).await.unwrap()
+    }
+}
+
+fn key() -> ClusterKey {
+    ClusterKey::new(b"test cluster secret".to_vec())
+}
+
+async fn primary(
+    on: &TestNode,
+    epoch: u64,
+    peers: &[(&TestNode, u64, bool)],
+    control: Arc<TestControl>,
+) -> Arc<ReplicatedVolume> {
+    let specs = peers
+        .iter()
+        .map(|(n, id, in_sync)| PeerSpec {
+            node: *id,
+            addr: n.addr.to_string(),
+            in_sync: *in_sync,
+        })
+        .collect();
+    let cfg = PrimaryConfig {
+        node: 1,
+        epoch,
+        key: key(),
+        timeout: Duration::from_secs(2),
+    };
+    let p = ReplicatedVolume::start(on.copy.clone(), cfg, specs, control)
+        .await
+        .unwrap();
+    wait_for(
+        || p.peer_status().iter().all(|s| s.connected),
+        "peers connect",
+    )
+    .await;
+    p
+}
+
+async fn wait_for(mut f: impl FnMut() -> bool, what: &str) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < Duration::from_secs(20), "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn pattern(blocks: u64, seed: u8) -> Bytes {
+    Bytes::from(
+        (0..blocks * BS as u64)
+            .map(|i| (i as u8).wrapping_mul(seed) ^ seed | 1)
+            .collect::<Vec<u8>>(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicated_volume_passes_the_volume_suite_and_mirrors_it() {
+    let k = key();
+    let last: Arc<Mutex<Vec<(TestNode, TestNode, Arc<ReplicatedVolume>)>>> = Arc::default();
+    let keep = last.clone();
+    volume::testsuite::run_all(|bs, n| {
+        let k = k.clone();
+        let keep = keep.clone();
+        async move {
+            let mk = |k: ClusterKey| async move {
+                let dir = tempfile::tempdir().unwrap();
+                let vol: Arc<dyn Volume> = Arc::new(MemVolume::new(bs, n));
+                let copy = LocalCopy::open("vol", vol, &dir.path().join("vol")).unwrap();
+                let server = ReplicaServer::new(k);
+                server.add(copy.clone());
+                let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let addr = listener.local_addr().unwrap();
+                let task = Some(tokio::spawn(server.clone().serve(listener)));
+                TestNode {
+                    _dir: dir,
+                    copy,
+                    server,
+                    addr,
+                    task,
+                }
+            };
+            let a = mk(k.clone()).await;
+            let b = mk(k).await;
+            let p = primary(&a, 1, &[(&b, 2, true)], Arc::default()).await;
+            keep.lock().unwrap().push((a, b, p.clone()));
+            p
+        }
+    })
+    .await;
+    // Every volume of the suite ended with identical copies on both nodes.
+    let all = std::mem::take(&mut *last.lock().unwrap());
+    assert!(!all.is_empty());
+    for (a, b, _p) in &all {
+        let (va, vb) = (a.copy.volume(), b.copy.volume());
+        assert_eq!(
+            va.num_blocks(),
+            vb.num_blocks(),
+            "resize reached the replica"
+        );
+        assert_eq!(a.contents().await, b.contents().await, "copies differ");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_replica_is_recorded_before_the_ack_and_resynced_incrementally() {
+    let k = key();
+    let blocks = 64 * 1024 * 1024 / BS as u64; // 64 MiB
+    let a = TestNode::new(&k, blocks).await;
+    let mut b = TestNode::new(&k, blocks).await;
+    let control = Arc::new(TestControl::default());
+    let p = primary(&a, 1, &[(&b, 2, true)], control.clone()).await;
+
+    for i in 0..16u64 {
+        p.write(i * 1024, pattern(256, i as u8 + 1), false)
+            .await
+            .unwrap();
+    }
+    p.flush().await.unwrap();
+    assert_eq!(a.contents().await, b.contents().await);
+    // Let the replica settle its activity log, so only new writes count.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+
+    b.kill();
+    // Writes go on; the first one records the replica as lost before its ack.
+    p.write(100, pattern(2, 7), true).await.unwrap();
+    assert_eq!(*control.lost.lock().unwrap(), vec![2]);
+    p.write(9000, pattern(4, 9), false).await.unwrap();
+    p.unmap(1024, 256).await.unwrap();
+    let st = &p.peer_status()[0];
+    assert_eq!(st.state, "out-of-sync");
+    assert!(
+        st.dirty_bytes > 0 && st.dirty_bytes <= 3 * 1024 * 1024,
+        "{st:?}"
+    );
+    assert_ne!(a.contents().await, b.contents().await);
+
+    b.restart().await;
+    wait_for(
+        || control.in_sync.lock().unwrap().contains(&2),
+        "replica back in sync",
+    )
+    .await;
+    let st = &p.peer_status()[0];
+    assert_eq!(st.state, "in-sync", "{st:?}");
+    assert!(
+        st.resync_total < 64 * 1024 * 1024 / 4,
+        "only dirty regions were copied: {st:?}"
+    );
+    assert_eq!(a.contents().await, b.contents().await, "copies converged");
+    // And it is in the write path again.
+    p.write(5, pattern(1, 3), true).await.unwrap();
+    assert_eq!(a.contents().await, b.contents().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_is_not_acknowledged_when_the_loss_cannot_be_recorded() {
+    let k = key();
+    let a = TestNode::new(&k, 1024).await;
+    let mut b = TestNode::new(&k, 1024).await;
+    let control = Arc::new(TestControl::default());
+    let p = primary(&a, 1, &[(&b, 2, true)], control.clone()).await;
+    control.refuse.store(true, Ordering::SeqCst);
+    b.kill();
+    let r = p.write(0, pattern(1, 5), true).await;
+    assert!(matches!(r, Err(VolumeError::Unavailable(_))), "{r:?}");
+    assert!(control.lost.lock().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deposed_primary_and_expired_lease_stop_acknowledging() {
+    let k = key();
+    let a = TestNode::new(&k, 1024).await;
+    let b = TestNode::new(&k, 1024).await;
+    let control = Arc::new(TestControl::default());
+    let p = primary(&a, 1, &[(&b, 2, true)], control.clone()).await;
+    p.write(0, pattern(1, 5), true).await.unwrap();
+
+    control.lease_lost.store(true, Ordering::SeqCst);
+    let r = p.write(0, pattern(1, 6), true).await;
+    assert!(matches!(r, Err(VolumeError::Unavailable(_))), "{r:?}");
+    assert!(
+        p.read(0, 1).await.is_err(),
+        "no reads without the lease either"
+    );
+    control.lease_lost.store(false, Ordering::SeqCst);
+
+    // Node 2 is promoted at epoch 2: the old primary's writes are refused.
+    b.copy.accept_epoch(2).await.unwrap();
+    let before = b.contents().await;
+    let r = p.write(1, pattern(1, 8), true).await;
+    assert!(matches!(r, Err(VolumeError::Unavailable(_))), "{r:?}");
+    assert_eq!(
+        b.contents().await,
+        before,
+        "the stale write never reached the new epoch's copy"
+    );
+    assert!(
+        control.lost.lock().unwrap().is_empty(),
+        "a deposed primary does not mark others lost"
+    );
+    let r = p.write(2, pattern(1, 8), true).await;
+    assert!(r.is_err(), "it stays deposed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_nodes_forward_io_to_the_primary() {
+    let k = key();
+    let a = TestNode::new(&k, 2048).await;
+    let b = TestNode::new(&k, 2048).await;
+    let p = primary(&a, 1, &[(&b, 2, true)], Arc::default()).await;
+    a.copy.set_primary(Some(p.clone() as Arc<dyn Volume>));
+
+    let fwd = ForwardVolume::new(
+        b.copy.clone(),
+        2,
+        a.addr.to_string(),
+        k.clone(),
+        Duration::from_secs(2),
+    );
+    let data = pattern(8, 11);
+    fwd.write(16, data.clone(), true).await.unwrap();
+    assert_eq!(fwd.read(16, 8).await.unwrap(), data);
+    assert_eq!(p.read(16, 8).await.unwrap(), data);
+    let r = fwd
+        .compare_and_write(16, pattern(1, 1), pattern(1, 2), false)
+        .await;
+    assert!(matches!(r, Err(VolumeError::Miscompare { .. })), "{r:?}");
+    fwd.flush().await.unwrap();
+    assert_eq!(a.contents().await, b.contents().await);
+
+    // No longer primary: forwarded I/O is refused as a transition.
+    a.copy.set_primary(None);
+    fwd.close();
+    let r = fwd.read(0, 1).await;
+    assert!(matches!(r, Err(VolumeError::Unavailable(_))), "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_the_cluster_secret_gets_nothing() {
+    let a = TestNode::new(&key(), 256).await;
+    let stranger = TestNode::new(&ClusterKey::new(b"another cluster".to_vec()), 256).await;
+    let control = Arc::new(TestControl::default());
+    let cfg = PrimaryConfig {
+        node: 1,
+        epoch: 1,
+        key: key(),
+        timeout: Duration::from_secs(2),
+    };
+    let spec = PeerSpec {
+        node: 9,
+        addr: stranger.addr.to_string(),
+        in_sync: true,
+    };
+    let p = ReplicatedVolume::start(a.copy.clone(), cfg, vec![spec], control.clone())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!p.peer_status()[0].connected);
+    p.write(0, pattern(1, 4), true).await.unwrap();
+    assert_eq!(*control.lost.lock().unwrap(), vec![9]);
+    assert!(stranger.contents().await.iter().all(|&b| b == 0));
+    // Forwarding from a stranger is refused too.
+    let fwd = ForwardVolume::new(
+        stranger.copy.clone(),
+        9,
+        a.addr.to_string(),
+        ClusterKey::new(b"another cluster".to_vec()),
+        Duration::from_secs(1),
+    );
+    assert!(matches!(
+        fwd.read(0, 1).await,
+        Err(VolumeError::Unavailable(_))
+    ));
+}
