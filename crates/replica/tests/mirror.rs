@@ -57,8 +57,12 @@ struct TestNode {
 
 impl TestNode {
     async fn new(key: &ClusterKey, blocks: u64) -> TestNode {
+        TestNode::with(key, BS, blocks).await
+    }
+
+    async fn with(key: &ClusterKey, bs: u32, blocks: u64) -> TestNode {
         let dir = tempfile::tempdir().unwrap();
-        let vol: Arc<dyn Volume> = Arc::new(MemVolume::new(BS, blocks));
+        let vol: Arc<dyn Volume> = Arc::new(MemVolume::new(bs, blocks));
         let copy = LocalCopy::open("vol", vol, &dir.path().join("vol")).unwrap();
         let server = ReplicaServer::new(key.clone());
         server.add(copy.clone());
@@ -148,31 +152,15 @@ fn pattern(blocks: u64, seed: u8) -> Bytes {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicated_volume_passes_the_volume_suite_and_mirrors_it() {
     let k = key();
-    let last: Arc<Mutex<Vec<(TestNode, TestNode, Arc<ReplicatedVolume>)>>> = Arc::default();
+    type Mirror = (TestNode, TestNode, Arc<ReplicatedVolume>);
+    let last: Arc<Mutex<Vec<Mirror>>> = Arc::default();
     let keep = last.clone();
     volume::testsuite::run_all(|bs, n| {
         let k = k.clone();
         let keep = keep.clone();
         async move {
-            let mk = |k: ClusterKey| async move {
-                let dir = tempfile::tempdir().unwrap();
-                let vol: Arc<dyn Volume> = Arc::new(MemVolume::new(bs, n));
-                let copy = LocalCopy::open("vol", vol, &dir.path().join("vol")).unwrap();
-                let server = ReplicaServer::new(k);
-                server.add(copy.clone());
-                let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-                let addr = listener.local_addr().unwrap();
-                let task = Some(tokio::spawn(server.clone().serve(listener)));
-                TestNode {
-                    _dir: dir,
-                    copy,
-                    server,
-                    addr,
-                    task,
-                }
-            };
-            let a = mk(k.clone()).await;
-            let b = mk(k).await;
+            let a = TestNode::with(&k, bs, n).await;
+            let b = TestNode::with(&k, bs, n).await;
             let p = primary(&a, 1, &[(&b, 2, true)], Arc::default()).await;
             keep.lock().unwrap().push((a, b, p.clone()));
             p
