@@ -8,12 +8,12 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{node_prefix, Server};
 use rand::{Rng, SeedableRng};
+use testkit::history::{block, History};
 use testkit::{rw16, Initiator};
 
 const BLOCK: usize = 512;
@@ -21,42 +21,6 @@ const BLOCK: usize = 512;
 const EXTENT: u64 = 8;
 /// Extents the writes spread over.
 const EXTENTS: u64 = 64;
-
-/// What one block holds after write `seq` to the extent at `lba`.
-fn block(seq: u64, lba: u64) -> Vec<u8> {
-    let mut b = Vec::with_capacity(BLOCK);
-    b.extend_from_slice(b"TANDEMCR");
-    b.extend_from_slice(&seq.to_be_bytes());
-    b.extend_from_slice(&lba.to_be_bytes());
-    let mut x = seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ lba;
-    while b.len() < BLOCK {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        b.push(x as u8);
-    }
-    b
-}
-
-/// The write `seq` a block holds, if it is one of ours and whole.
-fn decode(b: &[u8], lba: u64) -> Option<u64> {
-    if b.iter().all(|&x| x == 0) {
-        return Some(0);
-    }
-    if &b[..8] != b"TANDEMCR" {
-        return None;
-    }
-    let seq = u64::from_be_bytes(b[8..16].try_into().unwrap());
-    (block(seq, lba) == b).then_some(seq)
-}
-
-#[derive(Default)]
-struct History {
-    /// Per block: every write issued to it.
-    issued: HashMap<u64, Vec<u64>>,
-    /// Per block: the newest write known durable.
-    durable: HashMap<u64, u64>,
-}
 
 async fn session(addr: SocketAddr) -> Initiator {
     let target = format!("{}:crash", node_prefix());
@@ -78,9 +42,9 @@ async fn write_until_killed(addr: SocketAddr, seed: u64, next_seq: &mut u64, h: 
         let fua = rng.gen_bool(0.5);
         let mut data = Vec::with_capacity(EXTENT as usize * BLOCK);
         for lba in extent..extent + EXTENT {
-            data.extend(block(seq, lba));
-            h.issued.entry(lba).or_default().push(seq);
+            data.extend(block(seq, lba, BLOCK));
         }
+        h.issued(extent, EXTENT, seq);
         let Some(o) = i
             .run(&rw16(0x8A, extent, EXTENT as u32, fua), &data, 0)
             .await
@@ -89,9 +53,7 @@ async fn write_until_killed(addr: SocketAddr, seed: u64, next_seq: &mut u64, h: 
         };
         assert_eq!(o.status, 0, "write failed before the crash");
         if fua {
-            for lba in extent..extent + EXTENT {
-                h.durable.insert(lba, seq);
-            }
+            h.durable(extent, EXTENT, seq);
         } else {
             unsynced.push((extent, seq));
         }
@@ -101,10 +63,7 @@ async fn write_until_killed(addr: SocketAddr, seed: u64, next_seq: &mut u64, h: 
             };
             assert_eq!(o.status, 0, "SYNCHRONIZE CACHE failed");
             for (extent, seq) in unsynced.drain(..) {
-                for lba in extent..extent + EXTENT {
-                    let d = h.durable.entry(lba).or_insert(0);
-                    *d = (*d).max(seq);
-                }
+                h.durable(extent, EXTENT, seq);
             }
         }
     }
@@ -118,19 +77,8 @@ async fn verify(addr: SocketAddr, h: &History) {
         .await
         .expect("read after restart");
     assert_eq!(o.status, 0);
-    for lba in 0..blocks as u64 {
-        let b = &o.data[lba as usize * BLOCK..(lba as usize + 1) * BLOCK];
-        let seq = decode(b, lba).unwrap_or_else(|| panic!("block {lba} holds garbage"));
-        let durable = h.durable.get(&lba).copied().unwrap_or(0);
-        assert!(
-            seq >= durable,
-            "block {lba}: acknowledged write {durable} lost, found {seq}"
-        );
-        let issued = h.issued.get(&lba).map(Vec::as_slice).unwrap_or(&[]);
-        assert!(
-            seq == 0 || issued.contains(&seq),
-            "block {lba} holds write {seq}, never issued to it"
-        );
+    if let Err(errors) = h.check_range(0, &o.data, BLOCK) {
+        panic!("{} blocks wrong after restart: {:#?}", errors.len(), errors);
     }
 }
 
@@ -158,7 +106,7 @@ async fn acknowledged_writes_survive_kill_9() {
         verify(addr, &h).await;
     }
     assert!(
-        h.durable.values().any(|&s| s > 0),
+        h.acknowledged() > 0,
         "no write was acknowledged: the test proved nothing"
     );
 }

@@ -3,6 +3,8 @@
 //! It trusts nothing it receives beyond what the checks in tests need.
 #![forbid(unsafe_code)]
 
+pub mod history;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
