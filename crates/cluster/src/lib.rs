@@ -1,0 +1,985 @@
+//! Tandem's control plane: which nodes are members, which volumes exist,
+//! where their copies are, which copies hold every acknowledged write, and
+//! which node is each volume's primary at which epoch. It lives in a Raft log
+//! run by openraft over a redb database on every member; block writes never
+//! pass through it.
+//!
+//! Timing (see [`LEASE`], [`DEAD_AFTER`]): every member sends a heartbeat to
+//! the leader every [`HEARTBEAT`]; the leader answers only after confirming
+//! with a quorum that it still leads. A member's lease runs [`LEASE`] from
+//! the moment it *sent* an answered heartbeat, and a primary acknowledges
+//! writes only while its lease runs. The leader declares a node dead when it
+//! has not *received* a heartbeat for [`DEAD_AFTER`] (> LEASE, and a new
+//! leader waits as long after its election before declaring anyone dead),
+//! and only then promotes an in-sync replica. So by the time another primary
+//! exists, the old one's lease has run out: it no longer acknowledges
+//! writes, and every copy refuses its older epoch anyway. This assumes the
+//! members' clocks run at rates within a few percent of each other (no
+//! synchronized wall clocks are needed).
+
+// openraft dictates its (large) storage error type; results carry it as is.
+#![allow(clippy::result_large_err)]
+
+pub mod net;
+pub mod state;
+pub mod store;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Cursor;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::routing::post;
+use axum::Router;
+use openraft::error::{
+    ClientWriteError, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError,
+    Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::storage::Adaptor;
+use openraft::{BasicNode, ChangeMembers, Raft, ServerState};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+pub use net::Key;
+pub use state::{
+    ClusterState, Command, NodeId, NodeInfo, Outcome, ReplicaState, Role, VolumeRecord,
+};
+use store::RedbStore;
+
+openraft::declare_raft_types!(
+    /// Raft types of the control plane.
+    pub TypeConfig:
+        D = Command,
+        R = Outcome,
+        NodeId = u64,
+        Node = BasicNode,
+);
+
+/// How often every member tells the leader it is alive.
+pub const HEARTBEAT: Duration = Duration::from_millis(250);
+/// How long a member may act as primary after sending an answered heartbeat.
+pub const LEASE: Duration = Duration::from_millis(1500);
+/// How long the leader waits without a heartbeat before declaring a node dead.
+pub const DEAD_AFTER: Duration = Duration::from_millis(2000);
+
+/// What went wrong in the control plane.
+#[derive(Debug, Error)]
+pub enum ClusterError {
+    /// A member could not be reached.
+    #[error("cannot reach {addr}: {reason}")]
+    Unreachable { addr: String, reason: String },
+    /// A member does not share the cluster secret.
+    #[error("authentication failed: {0}")]
+    Auth(String),
+    /// A member answered with an error.
+    #[error("{0}")]
+    Remote(String),
+    /// The cluster has no leader (no quorum).
+    #[error("the cluster has no leader right now (is a majority of members up?)")]
+    NoLeader,
+    /// The command was refused.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The local state could not be read or written.
+    #[error("cluster state in {path}: {reason}")]
+    Local { path: String, reason: String },
+    /// A join token that is not one.
+    #[error("the join token is not valid (expected tandem-join:<cluster id>:<secret>)")]
+    BadToken,
+    /// The Raft engine failed.
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// How a member sees the cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// This node.
+    pub me: NodeId,
+    /// Current leader, if any.
+    pub leader: Option<NodeId>,
+    /// Raft term.
+    pub term: u64,
+    /// Last applied log index.
+    pub applied: u64,
+    /// Voting members.
+    pub voters: Vec<NodeId>,
+    /// Milliseconds since the leader last heard from each member (leader's view).
+    pub last_seen_ms: BTreeMap<NodeId, u64>,
+    /// The replicated state.
+    pub state: ClusterState,
+}
+
+/// The join token format: `tandem-join:<cluster id>:<secret hex>`.
+pub fn join_token(cluster_id: Uuid, key: &Key) -> String {
+    format!("tandem-join:{cluster_id}:{}", hex::encode(key.bytes()))
+}
+
+fn parse_token(token: &str) -> Result<(Uuid, Key), ClusterError> {
+    let mut parts = token.trim().splitn(3, ':');
+    if parts.next() != Some("tandem-join") {
+        return Err(ClusterError::BadToken);
+    }
+    let id = parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .ok_or(ClusterError::BadToken)?;
+    let key = parts
+        .next()
+        .and_then(|s| hex::decode(s).ok())
+        .filter(|k| k.len() >= 16)
+        .ok_or(ClusterError::BadToken)?;
+    Ok((id, Key::from_bytes(key)))
+}
+
+struct Net {
+    caller: net::Caller,
+}
+
+struct NetClient {
+    caller: net::Caller,
+    target: NodeId,
+    addr: String,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Net {
+    type Network = NetClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> NetClient {
+        NetClient {
+            caller: self.caller.clone(),
+            target,
+            addr: node.addr.clone(),
+        }
+    }
+}
+
+impl NetClient {
+    async fn rpc<Req: Serialize, Resp: serde::de::DeserializeOwned, E>(
+        &self,
+        path: &str,
+        req: &Req,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        E: std::error::Error + serde::de::DeserializeOwned,
+    {
+        let r: Result<Resp, RaftError<NodeId, E>> = self
+            .caller
+            .post(&self.addr, path, req)
+            .await
+            .map_err(|e| match e {
+            ClusterError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&e)),
+            other => RPCError::Network(NetworkError::new(&other)),
+        })?;
+        r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for NetClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.rpc("/raft/append", &rpc).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.rpc("/raft/snapshot", &rpc).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        _option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.rpc("/raft/vote", &rpc).await
+    }
+}
+
+struct Inner {
+    me: NodeInfo,
+    raft: Raft<TypeConfig>,
+    store: RedbStore,
+    gate: net::Gate,
+    caller: net::Caller,
+    /// Leader's view: when each member's last heartbeat arrived.
+    seen: Mutex<HashMap<NodeId, Instant>>,
+    /// When this node last became leader.
+    leader_since: Mutex<Option<Instant>>,
+    lease_until: Mutex<Option<Instant>>,
+}
+
+/// A running member of the cluster.
+pub struct Cluster {
+    inner: Arc<Inner>,
+    addr: SocketAddr,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct JoinRequest {
+    info: NodeInfo,
+}
+
+#[derive(Serialize, Deserialize)]
+struct NodeRequest {
+    node: NodeId,
+}
+
+type Answer<T> = Result<T, String>;
+
+fn local(path: &Path, e: impl std::fmt::Display) -> ClusterError {
+    ClusterError::Local {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ClusterError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| local(&tmp, e))?;
+    f.write_all(bytes).map_err(|e| local(&tmp, e))?;
+    f.sync_all().map_err(|e| local(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| local(path, e))?;
+    if let Some(d) = path.parent() {
+        std::fs::File::open(d)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| local(d, e))?;
+    }
+    Ok(())
+}
+
+impl Cluster {
+    /// Whether `dir` holds a member's state (then use [`Cluster::open`]).
+    pub fn exists(dir: &Path) -> bool {
+        dir.join("node.json").exists()
+    }
+
+    /// Creates a new cluster with this node as its only member; returns the
+    /// running member and the token other nodes join with.
+    pub async fn init(
+        dir: &Path,
+        mut me: NodeInfo,
+        listen: SocketAddr,
+    ) -> Result<(Cluster, String), ClusterError> {
+        if Cluster::exists(dir) {
+            return Err(local(dir, "already a cluster member"));
+        }
+        std::fs::create_dir_all(dir).map_err(|e| local(dir, e))?;
+        let key = Key::generate();
+        if me.id == 0 {
+            me.id = 1;
+        }
+        Cluster::save_identity(dir, &me, &key)?;
+        let c = Cluster::start(dir, me.clone(), key.clone(), listen).await?;
+        let mut members = BTreeMap::new();
+        members.insert(
+            me.id,
+            BasicNode {
+                addr: me.cluster_addr.clone(),
+            },
+        );
+        c.inner
+            .raft
+            .initialize(members)
+            .await
+            .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let cluster_id = Uuid::new_v4();
+        c.propose(Command::Init { cluster_id }).await?;
+        c.propose(Command::AddNode { info: me }).await?;
+        Ok((c, join_token(cluster_id, &key)))
+    }
+
+    /// Joins the cluster of `token` through the member at `seed` (host:port
+    /// of its cluster endpoint). This node's id is chosen by the leader
+    /// unless `me.id` is set.
+    pub async fn join(
+        dir: &Path,
+        mut me: NodeInfo,
+        listen: SocketAddr,
+        seed: &str,
+        token: &str,
+    ) -> Result<Cluster, ClusterError> {
+        if Cluster::exists(dir) {
+            return Err(local(dir, "already a cluster member"));
+        }
+        let (_, key) = parse_token(token)?;
+        let caller = net::Caller::new(key.clone(), Duration::from_secs(10));
+        // Both sides prove the secret before anything is written here.
+        let status: Answer<ClusterStatus> = caller.post(seed, "/cluster/status", &()).await?;
+        let status = status.map_err(ClusterError::Remote)?;
+        if me.id == 0 {
+            me.id = status
+                .state
+                .nodes
+                .keys()
+                .max()
+                .copied()
+                .unwrap_or(0)
+                .max(status.voters.iter().max().copied().unwrap_or(0))
+                + 1;
+        }
+        std::fs::create_dir_all(dir).map_err(|e| local(dir, e))?;
+        Cluster::save_identity(dir, &me, &key)?;
+        let c = Cluster::start(dir, me.clone(), key, listen).await?;
+        let r = caller
+            .post::<_, Answer<()>>(seed, "/cluster/join", &JoinRequest { info: me })
+            .await
+            .and_then(|r| r.map_err(ClusterError::Refused));
+        if let Err(e) = r {
+            c.shutdown().await;
+            for f in ["node.json", "cluster.key"] {
+                let _ = std::fs::remove_file(dir.join(f));
+            }
+            return Err(e);
+        }
+        Ok(c)
+    }
+
+    /// Restarts a member from its saved state.
+    pub async fn open(dir: &Path, listen: SocketAddr) -> Result<Cluster, ClusterError> {
+        let p = dir.join("node.json");
+        let me: NodeInfo = serde_json::from_slice(&std::fs::read(&p).map_err(|e| local(&p, e))?)
+            .map_err(|e| local(&p, e))?;
+        let kp = dir.join("cluster.key");
+        let key = hex::decode(
+            std::fs::read_to_string(&kp)
+                .map_err(|e| local(&kp, e))?
+                .trim(),
+        )
+        .map_err(|e| local(&kp, e))?;
+        Cluster::start(dir, me, Key::from_bytes(key), listen).await
+    }
+
+    fn save_identity(dir: &Path, me: &NodeInfo, key: &Key) -> Result<(), ClusterError> {
+        // The secret first: a node.json without its key would be a member
+        // that cannot talk to anyone.
+        write_private(
+            &dir.join("cluster.key"),
+            hex::encode(key.bytes()).as_bytes(),
+        )?;
+        write_private(
+            &dir.join("node.json"),
+            &serde_json::to_vec_pretty(me).expect("serializable"),
+        )
+    }
+
+    async fn start(
+        dir: &Path,
+        me: NodeInfo,
+        key: Key,
+        listen: SocketAddr,
+    ) -> Result<Cluster, ClusterError> {
+        // A member stopped in this process releases the database when its
+        // Raft tasks have wound down; give that a moment.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let store = loop {
+            match RedbStore::open(dir) {
+                Ok(s) => break s,
+                Err(redb::Error::DatabaseAlreadyOpen) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(local(&dir.join("raft.redb"), e)),
+            }
+        };
+        let config = openraft::Config {
+            cluster_name: "tandem".into(),
+            heartbeat_interval: 100,
+            election_timeout_min: 500,
+            election_timeout_max: 900,
+            install_snapshot_timeout: 2000,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let caller = net::Caller::new(key.clone(), Duration::from_millis(1000));
+        let (log, sm) = Adaptor::new(store.clone());
+        let raft = Raft::new(
+            me.id,
+            Arc::new(config),
+            Net {
+                caller: caller.clone(),
+            },
+            log,
+            sm,
+        )
+        .await
+        .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let inner = Arc::new(Inner {
+            me,
+            raft,
+            store,
+            gate: net::Gate::new(key),
+            caller,
+            seen: Mutex::default(),
+            leader_since: Mutex::new(None),
+            lease_until: Mutex::new(None),
+        });
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| local(Path::new(&listen.to_string()), e))?;
+        let addr = listener.local_addr().map_err(|e| local(dir, e))?;
+        let app = Router::new()
+            .route("/raft/append", post(h_append))
+            .route("/raft/vote", post(h_vote))
+            .route("/raft/snapshot", post(h_snapshot))
+            .route("/cluster/join", post(h_join))
+            .route("/cluster/leave", post(h_leave))
+            .route("/cluster/propose", post(h_propose))
+            .route("/cluster/heartbeat", post(h_heartbeat))
+            .route("/cluster/status", post(h_status))
+            .with_state(Arc::downgrade(&inner));
+        let server = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!("cluster endpoint stopped: {e}");
+            }
+        });
+        let tasks = vec![
+            server,
+            tokio::spawn(heartbeats(Arc::downgrade(&inner))),
+            tokio::spawn(failover(Arc::downgrade(&inner))),
+        ];
+        tracing::info!(node = inner.me.id, %addr, "cluster member started");
+        Ok(Cluster {
+            inner,
+            addr,
+            tasks: Mutex::new(tasks),
+        })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.inner.me.id
+    }
+
+    /// This node as the cluster knows it.
+    pub fn me(&self) -> &NodeInfo {
+        &self.inner.me
+    }
+
+    /// Address the cluster endpoint listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Follows the applied cluster state.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<ClusterState>> {
+        self.inner.store.subscribe()
+    }
+
+    /// The applied cluster state now.
+    pub fn state(&self) -> Arc<ClusterState> {
+        self.inner.store.state()
+    }
+
+    /// Whether this node may act as a primary now (its lease runs).
+    pub fn lease_valid(&self) -> bool {
+        self.inner
+            .lease_until
+            .lock()
+            .unwrap()
+            .is_some_and(|t| Instant::now() < t)
+    }
+
+    /// Proposes a command and waits until it is committed and applied here.
+    pub async fn propose(&self, cmd: Command) -> Result<(), ClusterError> {
+        self.inner.propose(cmd).await
+    }
+
+    /// This node's view of the cluster (liveness from the leader).
+    pub async fn status(&self) -> ClusterStatus {
+        let mut s = self.inner.local_status();
+        if let Some(l) = s.leader.filter(|&l| l != self.id()) {
+            if let Some(addr) = self.inner.addr_of(l) {
+                if let Ok(Ok(remote)) = self
+                    .inner
+                    .caller
+                    .post::<_, Answer<ClusterStatus>>(&addr, "/cluster/status", &())
+                    .await
+                {
+                    s.last_seen_ms = remote.last_seen_ms;
+                }
+            }
+        }
+        s
+    }
+
+    /// Leaves the cluster (refused while this node holds volume copies).
+    pub async fn leave(&self) -> Result<(), ClusterError> {
+        self.inner
+            .to_leader::<_, ()>("/cluster/leave", &NodeRequest { node: self.id() })
+            .await
+    }
+
+    /// Stops the member (its state stays on disk).
+    pub async fn shutdown(&self) {
+        let tasks: Vec<_> = self.tasks.lock().unwrap().drain(..).collect();
+        for t in &tasks {
+            t.abort();
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        let _ = self.inner.raft.shutdown().await;
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for t in self.tasks.lock().unwrap().iter() {
+            t.abort();
+        }
+    }
+}
+
+impl Inner {
+    fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    fn addr_of(&self, node: NodeId) -> Option<String> {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        m.membership()
+            .get_node(&node)
+            .map(|n| n.addr.clone())
+            .or_else(|| {
+                self.store
+                    .state()
+                    .nodes
+                    .get(&node)
+                    .map(|n| n.cluster_addr.clone())
+            })
+    }
+
+    fn local_status(&self) -> ClusterStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let seen = self.seen.lock().unwrap();
+        ClusterStatus {
+            me: self.me.id,
+            leader: m.current_leader,
+            term: m.current_term,
+            applied: m.last_applied.map(|l| l.index).unwrap_or(0),
+            voters: m.membership_config.membership().voter_ids().collect(),
+            last_seen_ms: if m.state == ServerState::Leader {
+                seen.iter()
+                    .map(|(n, t)| (*n, t.elapsed().as_millis() as u64))
+                    .collect()
+            } else {
+                BTreeMap::new()
+            },
+            state: (*self.store.state()).clone(),
+        }
+    }
+
+    /// Sends a request to the leader (this node, or over HTTP), retrying
+    /// while a leader is being elected.
+    async fn to_leader<B: Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClusterError> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let leader = self.leader();
+            let addr = leader.and_then(|l| self.addr_of(l));
+            let r = match addr {
+                Some(a) => match self.caller.post::<_, Answer<T>>(&a, path, body).await {
+                    Ok(Ok(t)) => return Ok(t),
+                    Ok(Err(why)) if why.starts_with("not the leader") => {
+                        Err(ClusterError::NoLeader)
+                    }
+                    Ok(Err(why)) => return Err(ClusterError::Refused(why)),
+                    Err(e) => Err(e),
+                },
+                None => Err(ClusterError::NoLeader),
+            };
+            if Instant::now() > deadline {
+                return r.map(|_: ()| unreachable!());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn propose(&self, cmd: Command) -> Result<(), ClusterError> {
+        if self.leader() == Some(self.me.id) {
+            match self.write(cmd.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(LeaderWrite::Refused(why)) => return Err(ClusterError::Refused(why)),
+                Err(LeaderWrite::NotLeader) => {}
+            }
+        }
+        let applied: u64 = self.to_leader("/cluster/propose", &cmd).await?;
+        // Wait until this node applied it too, so callers see their change.
+        let _ = self
+            .raft
+            .wait(Some(Duration::from_secs(5)))
+            .applied_index_at_least(Some(applied), "proposal applied")
+            .await;
+        Ok(())
+    }
+
+    async fn write(&self, cmd: Command) -> Result<(), LeaderWrite> {
+        match self.raft.client_write(cmd).await {
+            Ok(r) => match r.data {
+                Outcome::Done => Ok(()),
+                Outcome::Refused(why) => Err(LeaderWrite::Refused(why)),
+            },
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(LeaderWrite::NotLeader)
+            }
+            Err(e) => Err(LeaderWrite::Refused(e.to_string())),
+        }
+    }
+}
+
+enum LeaderWrite {
+    NotLeader,
+    Refused(String),
+}
+
+async fn h_append(State(w): State<Weak<Inner>>, h: HeaderMap, body: Bytes) -> Response {
+    let Some(s) = w.upgrade() else {
+        return stopping();
+    };
+    let nonce = match s.gate.check(&h, "/raft/append", &body) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let r = match serde_json::from_slice::<AppendEntriesRequest<TypeConfig>>(&body) {
+        Ok(req) => s.raft.append_entries(req).await,
+        Err(e) => return bad_request(e),
+    };
+    s.gate.answer(&nonce, &r)
+}
+
+async fn h_vote(State(w): State<Weak<Inner>>, h: HeaderMap, body: Bytes) -> Response {
+    let Some(s) = w.upgrade() else {
+        return stopping();
+    };
+    let nonce = match s.gate.check(&h, "/raft/vote", &body) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let r = match serde_json::from_slice::<VoteRequest<NodeId>>(&body) {
+        Ok(req) => s.raft.vote(req).await,
+        Err(e) => return bad_request(e),
+    };
+    s.gate.answer(&nonce, &r)
+}
+
+async fn h_snapshot(State(w): State<Weak<Inner>>, h: HeaderMap, body: Bytes) -> Response {
+    let Some(s) = w.upgrade() else {
+        return stopping();
+    };
+    let nonce = match s.gate.check(&h, "/raft/snapshot", &body) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let r = match serde_json::from_slice::<InstallSnapshotRequest<TypeConfig>>(&body) {
+        Ok(req) => s.raft.install_snapshot(req).await,
+        Err(e) => return bad_request(e),
+    };
+    s.gate.answer(&nonce, &r)
+}
+
+fn stopping() -> Response {
+    use axum::response::IntoResponse;
+    (
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "member stopping",
+    )
+        .into_response()
+}
+
+fn bad_request(e: impl std::fmt::Display) -> Response {
+    use axum::response::IntoResponse;
+    (axum::http::StatusCode::BAD_REQUEST, e.to_string()).into_response()
+}
+
+fn not_leader(s: &Inner) -> String {
+    format!("not the leader (leader: {:?})", s.leader())
+}
+
+async fn h_join(State(w): State<Weak<Inner>>, h: HeaderMap, body: Bytes) -> Response {
+    let Some(s) = w.upgrade() else {
+        return stopping();
+    };
+    let nonce = match s.gate.check(&h, "/cluster/join", &body) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let req: JoinRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return bad_request(e),
+    };
+    let r: Answer<()> = async {
+        if s.leader() != Some(s.me.id) {
+            // Joining through a follower: hand the request to the leader.
+            return s
+                .to_leader::<_, ()>("/cluster/join", &req)
+                .await
+                .map_err(|e| e.to_string());
+        }
+        let info = req.info;
+        if s.store.state().nodes.contains_key(&info.id) {
+            return Err(format!("node id {} is already a member", info.id));
+        }
+        let node = BasicNode {
+            addr: info.cluster_addr.clone(),
+        };
+        s.raft
+            .add_learner(info.id, node, true)
+            .await
+            .map_err(|e| format!("adding node {} as learner: {e}", info.id))?;
+        s.raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([info.id])), false)
+            .await
+            .map_err(|e| format!("making node {} a voter: {e}", info.id))?;
+        s.seen.lock().unwrap().insert(info.id, Instant::now());
+        tracing::info!(node = info.id, name = %info.name, role = ?info.role, "node joined");
+        match s.write(Command::AddNode { info }).await {
+            Ok(()) => Ok(()),
+            Err(LeaderWrite::Refused(why)) => Err(why),
+            Err(LeaderWrite::NotLeader) => Err(not_leader(&s)),
+        }
+    }
+    .await;
+    s.gate.answer(&nonce, &r)
+}
+
+async fn h_leave(State(w): State<Weak<Inner>>, h: HeaderMap, body: Bytes) -> Response {
+    let Some(s) = w.upgrade() else {
+        return stopping();
+    };
+    let nonce = match s.gate.check(&h, "/cluster/leave", &body) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let req: NodeRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return bad_request(e),
+    };
+    let r: Answer<()> = async {
+        if s.leader() != Some(s.me.id) {
+            return Err(not_leader(&s));
+        }
+        if let Some(v) = s
+            .store
+            .state()
+            .volumes
+            .values()
+            .find(|v| v.replicas.contains_key(&req.node))
+        {
+            return Err(format!(
+                "node {} holds a copy of volume {}; delete or move it first",
+                req.node, v.name
+            ));
+        }
+        s.raft
+            .change_membership(
+                ChangeMembers::RemoveVoters(BTreeSet::from([req.node])),
+                false,
+            )
+            .await
+            .map_err(|e| format!("removing node {}: {e}", req.node))?;
+        match s.write(Command::RemoveNode { node: req.node }).await {
+            Ok(()) => Ok(()),
+            Err(LeaderWrite::Refused(why)) => Err(why),
+            Err(LeaderWrite::NotLeader) => Err(not_leader(&s)),
+        }
+    }
+    .await;
+    s.gate.answer(&nonce, &r)
+}
+
+async fn h_propose(State(w): State<Weak<Inner>>, h: HeaderMap, body: Bytes) -> Response {
+    let Some(s) = w.upgrade() else {
+        return stopping();
+    };
+    let nonce = match s.gate.check(&h, "/cluster/propose", &body) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let cmd: Command = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => return bad_request(e),
+    };
+    let r: Answer<u64> = match s.write(cmd).await {
+        Ok(()) => Ok(s
+            .raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map(|l| l.index)
+            .unwrap_or(0)),
+        Err(LeaderWrite::NotLeader) => Err(not_leader(&s)),
+        Err(LeaderWrite::Refused(why)) => Err(why),
+    };
+    s.gate.answer(&nonce, &r)
+}
+
+async fn h_heartbeat(State(w): State<Weak<Inner>>, h: HeaderMap, body: Bytes) -> Response {
+    let Some(s) = w.upgrade() else {
+        return stopping();
+    };
+    let nonce = match s.gate.check(&h, "/cluster/heartbeat", &body) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let req: NodeRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return bad_request(e),
+    };
+    // Answered only by a leader a quorum still follows.
+    let r: Answer<()> = match s.raft.ensure_linearizable().await {
+        Ok(_) => {
+            s.seen.lock().unwrap().insert(req.node, Instant::now());
+            Ok(())
+        }
+        Err(_) => Err(not_leader(&s)),
+    };
+    s.gate.answer(&nonce, &r)
+}
+
+async fn h_status(State(w): State<Weak<Inner>>, h: HeaderMap, body: Bytes) -> Response {
+    let Some(s) = w.upgrade() else {
+        return stopping();
+    };
+    let nonce = match s.gate.check(&h, "/cluster/status", &body) {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let r: Answer<ClusterStatus> = Ok(s.local_status());
+    s.gate.answer(&nonce, &r)
+}
+
+/// Keeps this node's lease: a heartbeat to the leader, answered only while
+/// the leader has a quorum, extends it to `LEASE` after the send time.
+async fn heartbeats(me: Weak<Inner>) {
+    loop {
+        tokio::time::sleep(HEARTBEAT).await;
+        let Some(s) = me.upgrade() else { return };
+        let sent = Instant::now();
+        let ok = match s.leader() {
+            Some(l) if l == s.me.id => {
+                let ok = s.raft.ensure_linearizable().await.is_ok();
+                if ok {
+                    s.seen.lock().unwrap().insert(l, Instant::now());
+                }
+                ok
+            }
+            Some(l) => match s.addr_of(l) {
+                Some(addr) => matches!(
+                    s.caller
+                        .post::<_, Answer<()>>(
+                            &addr,
+                            "/cluster/heartbeat",
+                            &NodeRequest { node: s.me.id }
+                        )
+                        .await,
+                    Ok(Ok(()))
+                ),
+                None => false,
+            },
+            None => false,
+        };
+        if ok {
+            *s.lease_until.lock().unwrap() = Some(sent + LEASE);
+        }
+    }
+}
+
+/// On the leader: promotes an in-sync replica of every volume whose primary
+/// stopped sending heartbeats.
+async fn failover(me: Weak<Inner>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let Some(s) = me.upgrade() else { return };
+        let leading = s.raft.metrics().borrow().state == ServerState::Leader;
+        let since = {
+            let mut ls = s.leader_since.lock().unwrap();
+            match (leading, *ls) {
+                (true, None) => {
+                    *ls = Some(Instant::now());
+                    s.seen.lock().unwrap().clear();
+                }
+                (false, Some(_)) => *ls = None,
+                _ => {}
+            }
+            *ls
+        };
+        let Some(since) = since else { continue };
+        if since.elapsed() < DEAD_AFTER {
+            // A new leader has not heard everyone yet: nobody is dead.
+            continue;
+        }
+        let alive = |n: NodeId| {
+            s.seen
+                .lock()
+                .unwrap()
+                .get(&n)
+                .is_some_and(|t| t.elapsed() < DEAD_AFTER)
+        };
+        let state = s.store.state();
+        for v in state.volumes.values() {
+            if alive(v.primary) {
+                continue;
+            }
+            let candidate = v
+                .replicas
+                .iter()
+                .find(|(&n, st)| n != v.primary && **st == ReplicaState::InSync && alive(n));
+            match candidate {
+                Some((&n, _)) => {
+                    tracing::warn!(volume = %v.name, old = v.primary, new = n, epoch = v.epoch + 1, "primary silent, promoting an in-sync replica");
+                    let cmd = Command::Promote {
+                        volume: v.name.clone(),
+                        node: n,
+                        expected_epoch: v.epoch,
+                    };
+                    if let Err(LeaderWrite::Refused(why)) = s.write(cmd).await {
+                        tracing::warn!(volume = %v.name, "promotion refused: {why}");
+                    }
+                }
+                None => {
+                    tracing::debug!(volume = %v.name, "primary silent and no live in-sync replica: volume waits")
+                }
+            }
+        }
+    }
+}
+
+/// Path of the cluster directory inside a node's data directory.
+pub fn default_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("cluster")
+}

@@ -1,0 +1,495 @@
+//! The replicated cluster state and the commands that change it. Pure and
+//! deterministic: every node applies the same committed commands in the same
+//! order and gets the same state. Invalid commands are answered with an
+//! error and change nothing.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Node identifier (the Raft node id).
+pub type NodeId = u64;
+
+/// What a member does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Holds volume copies and serves iSCSI.
+    Data,
+    /// Votes only: the third voter of a two-node cluster.
+    Witness,
+}
+
+/// A member of the cluster and where to reach it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct NodeInfo {
+    /// Node id, unique in the cluster.
+    pub id: NodeId,
+    /// Name for people (host name by default).
+    pub name: String,
+    /// Data node or witness.
+    pub role: Option<Role>,
+    /// Control-plane HTTP endpoint, host:port.
+    pub cluster_addr: String,
+    /// iSCSI portal, host:port (empty for a witness).
+    pub iscsi_addr: String,
+    /// Replication endpoint, host:port (empty for a witness).
+    pub repl_addr: String,
+}
+
+impl NodeInfo {
+    /// Whether the node may hold volume copies.
+    pub fn holds_data(&self) -> bool {
+        self.role == Some(Role::Data)
+    }
+}
+
+/// Whether a copy holds every acknowledged write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "state")]
+pub enum ReplicaState {
+    /// Holds every acknowledged write: may become primary.
+    InSync,
+    /// Misses writes; the primary tracks which.
+    OutOfSync,
+    /// Catching up: `done` of `total` bytes copied.
+    Syncing { done: u64, total: u64 },
+}
+
+/// A volume of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeRecord {
+    /// Stable id; seeds the SCSI identity with the cluster id.
+    pub id: Uuid,
+    /// Name, part of the IQN.
+    pub name: String,
+    /// Size in bytes.
+    pub size_bytes: u64,
+    /// Logical block size.
+    pub block_size: u32,
+    /// Nodes holding a copy and the state of each.
+    pub replicas: BTreeMap<NodeId, ReplicaState>,
+    /// Node that orders the writes (always an in-sync replica).
+    pub primary: NodeId,
+    /// Grows with every change of primary; replicas refuse older epochs.
+    pub epoch: u64,
+}
+
+/// The whole replicated state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ClusterState {
+    /// Cluster instance id, set once at init.
+    pub cluster_id: Option<Uuid>,
+    /// Members by id.
+    pub nodes: BTreeMap<NodeId, NodeInfo>,
+    /// Volumes by name.
+    pub volumes: BTreeMap<String, VolumeRecord>,
+}
+
+/// A change to the state, proposed through Raft.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "command")]
+pub enum Command {
+    /// Sets the cluster id (first entry of a new cluster).
+    Init { cluster_id: Uuid },
+    /// Adds or updates a member.
+    AddNode { info: NodeInfo },
+    /// Removes a member that holds no volume copy.
+    RemoveNode { node: NodeId },
+    /// Creates a volume with `replicas` copies on distinct data nodes.
+    CreateVolume {
+        id: Uuid,
+        name: String,
+        size_bytes: u64,
+        block_size: u32,
+        replicas: usize,
+    },
+    /// Deletes a volume.
+    DeleteVolume { name: String },
+    /// Grows a volume.
+    ResizeVolume { name: String, size_bytes: u64 },
+    /// The primary of `epoch` reports a replica's state.
+    SetReplicaState {
+        volume: String,
+        node: NodeId,
+        state: ReplicaState,
+        epoch: u64,
+    },
+    /// Makes `node` the primary at `expected_epoch + 1`; the old primary, if
+    /// it is not `node`, counts as out of sync from then on.
+    Promote {
+        volume: String,
+        node: NodeId,
+        expected_epoch: u64,
+    },
+}
+
+/// Answer to a command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Applied.
+    Done,
+    /// Refused; the state is unchanged.
+    Refused(String),
+}
+
+impl ClusterState {
+    /// Applies one committed command.
+    pub fn apply(&mut self, cmd: &Command) -> Outcome {
+        match self.try_apply(cmd) {
+            Ok(()) => Outcome::Done,
+            Err(why) => Outcome::Refused(why),
+        }
+    }
+
+    fn volume_mut(&mut self, name: &str) -> Result<&mut VolumeRecord, String> {
+        self.volumes
+            .get_mut(name)
+            .ok_or_else(|| format!("there is no volume {name}"))
+    }
+
+    fn try_apply(&mut self, cmd: &Command) -> Result<(), String> {
+        match cmd {
+            Command::Init { cluster_id } => {
+                if self.cluster_id.is_some_and(|c| c != *cluster_id) {
+                    return Err("the cluster already has an id".into());
+                }
+                self.cluster_id = Some(*cluster_id);
+            }
+            Command::AddNode { info } => {
+                if info.role.is_none() {
+                    return Err(format!("node {} has no role", info.id));
+                }
+                if let Some(other) = self
+                    .nodes
+                    .values()
+                    .find(|n| n.id != info.id && n.name == info.name)
+                {
+                    return Err(format!(
+                        "another node ({}) is already named {}",
+                        other.id, info.name
+                    ));
+                }
+                if let Some(old) = self.nodes.get(&info.id) {
+                    let holds = self
+                        .volumes
+                        .values()
+                        .any(|v| v.replicas.contains_key(&old.id));
+                    if holds && !info.holds_data() {
+                        return Err(format!(
+                            "node {} holds volume copies and cannot become a witness",
+                            info.id
+                        ));
+                    }
+                }
+                self.nodes.insert(info.id, info.clone());
+            }
+            Command::RemoveNode { node } => {
+                if !self.nodes.contains_key(node) {
+                    return Err(format!("node {node} is not a member"));
+                }
+                if let Some(v) = self
+                    .volumes
+                    .values()
+                    .find(|v| v.replicas.contains_key(node))
+                {
+                    return Err(format!(
+                        "node {node} holds a copy of volume {}; delete or move it first",
+                        v.name
+                    ));
+                }
+                self.nodes.remove(node);
+            }
+            Command::CreateVolume {
+                id,
+                name,
+                size_bytes,
+                block_size,
+                replicas,
+            } => {
+                if self.volumes.contains_key(name) {
+                    return Err(format!("volume {name} already exists"));
+                }
+                if !(1..=3).contains(replicas) {
+                    return Err(format!("{replicas} replicas asked; 1, 2 or 3 are possible"));
+                }
+                let placed = self.place(*replicas)?;
+                let primary = placed[0];
+                self.volumes.insert(
+                    name.clone(),
+                    VolumeRecord {
+                        id: *id,
+                        name: name.clone(),
+                        size_bytes: *size_bytes,
+                        block_size: *block_size,
+                        replicas: placed.iter().map(|&n| (n, ReplicaState::InSync)).collect(),
+                        primary,
+                        epoch: 1,
+                    },
+                );
+            }
+            Command::DeleteVolume { name } => {
+                self.volumes
+                    .remove(name)
+                    .ok_or_else(|| format!("there is no volume {name}"))?;
+            }
+            Command::ResizeVolume { name, size_bytes } => {
+                let v = self.volume_mut(name)?;
+                if *size_bytes < v.size_bytes {
+                    return Err(format!(
+                        "volume {name} cannot shrink from {} to {size_bytes} bytes",
+                        v.size_bytes
+                    ));
+                }
+                v.size_bytes = *size_bytes;
+            }
+            Command::SetReplicaState {
+                volume,
+                node,
+                state,
+                epoch,
+            } => {
+                let v = self.volume_mut(volume)?;
+                if *epoch != v.epoch {
+                    return Err(format!(
+                        "volume {volume}: epoch {epoch} is stale (current {})",
+                        v.epoch
+                    ));
+                }
+                if *node == v.primary {
+                    return Err(format!(
+                        "volume {volume}: the primary's own copy is in sync by definition"
+                    ));
+                }
+                let r = v
+                    .replicas
+                    .get_mut(node)
+                    .ok_or_else(|| format!("volume {volume} has no copy on node {node}"))?;
+                *r = *state;
+            }
+            Command::Promote {
+                volume,
+                node,
+                expected_epoch,
+            } => {
+                let v = self.volume_mut(volume)?;
+                if *expected_epoch != v.epoch {
+                    return Err(format!(
+                        "volume {volume}: epoch {expected_epoch} is stale (current {})",
+                        v.epoch
+                    ));
+                }
+                match v.replicas.get(node) {
+                    Some(ReplicaState::InSync) => {}
+                    Some(_) => {
+                        return Err(format!(
+                            "volume {volume}: the copy on node {node} is not in sync and cannot become primary"
+                        ))
+                    }
+                    None => return Err(format!("volume {volume} has no copy on node {node}")),
+                }
+                if v.primary != *node {
+                    if let Some(old) = v.replicas.get_mut(&v.primary) {
+                        *old = ReplicaState::OutOfSync;
+                    }
+                }
+                v.primary = *node;
+                v.epoch += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Chooses `n` distinct data nodes, those with the fewest copies first.
+    fn place(&self, n: usize) -> Result<Vec<NodeId>, String> {
+        let mut load: Vec<(usize, NodeId)> = self
+            .nodes
+            .values()
+            .filter(|i| i.holds_data())
+            .map(|i| {
+                let copies = self
+                    .volumes
+                    .values()
+                    .filter(|v| v.replicas.contains_key(&i.id))
+                    .count();
+                (copies, i.id)
+            })
+            .collect();
+        if load.len() < n {
+            return Err(format!(
+                "{n} replicas need {n} data nodes; the cluster has {}",
+                load.len()
+            ));
+        }
+        load.sort();
+        Ok(load.into_iter().take(n).map(|(_, id)| id).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn node(id: NodeId, role: Role) -> NodeInfo {
+        NodeInfo {
+            id,
+            name: format!("n{id}"),
+            role: Some(role),
+            cluster_addr: format!("10.0.0.{id}:7400"),
+            iscsi_addr: String::new(),
+            repl_addr: String::new(),
+        }
+    }
+
+    fn cluster(data: u64, witness: bool) -> ClusterState {
+        let mut s = ClusterState::default();
+        for i in 1..=data {
+            assert_eq!(
+                s.apply(&Command::AddNode {
+                    info: node(i, Role::Data)
+                }),
+                Outcome::Done
+            );
+        }
+        if witness {
+            s.apply(&Command::AddNode {
+                info: node(9, Role::Witness),
+            });
+        }
+        s
+    }
+
+    fn create(name: &str, replicas: usize) -> Command {
+        Command::CreateVolume {
+            id: Uuid::nil(),
+            name: name.into(),
+            size_bytes: 1 << 30,
+            block_size: 512,
+            replicas,
+        }
+    }
+
+    #[test]
+    fn placement_spreads_copies_over_data_nodes_only() {
+        let mut s = cluster(3, true);
+        assert_eq!(s.apply(&create("a", 2)), Outcome::Done);
+        assert_eq!(s.apply(&create("b", 2)), Outcome::Done);
+        let a: Vec<_> = s.volumes["a"].replicas.keys().copied().collect();
+        let b: Vec<_> = s.volumes["b"].replicas.keys().copied().collect();
+        assert_eq!(a, vec![1, 2]);
+        assert!(b.contains(&3), "least loaded node first: {b:?}");
+        assert!(!a.contains(&9) && !b.contains(&9), "witness holds no data");
+        assert!(matches!(s.apply(&create("c", 4)), Outcome::Refused(_)));
+        let mut two = cluster(2, true);
+        assert!(matches!(two.apply(&create("c", 3)), Outcome::Refused(_)));
+    }
+
+    #[test]
+    fn stale_replicas_are_never_promoted_and_epochs_fence() {
+        let mut s = cluster(2, true);
+        s.apply(&create("v", 2));
+        let v = &s.volumes["v"];
+        let (p, other) = (
+            v.primary,
+            *v.replicas.keys().find(|&&n| n != v.primary).unwrap(),
+        );
+        let lost = Command::SetReplicaState {
+            volume: "v".into(),
+            node: other,
+            state: ReplicaState::OutOfSync,
+            epoch: 1,
+        };
+        assert_eq!(s.apply(&lost), Outcome::Done);
+        let promote = |node, e| Command::Promote {
+            volume: "v".into(),
+            node,
+            expected_epoch: e,
+        };
+        assert!(matches!(s.apply(&promote(other, 1)), Outcome::Refused(_)));
+        // The stale copy catches up; only the current epoch's primary may say so.
+        let back = |e| Command::SetReplicaState {
+            volume: "v".into(),
+            node: other,
+            state: ReplicaState::InSync,
+            epoch: e,
+        };
+        assert!(matches!(s.apply(&back(0)), Outcome::Refused(_)));
+        assert_eq!(s.apply(&back(1)), Outcome::Done);
+        assert_eq!(s.apply(&promote(other, 1)), Outcome::Done);
+        let v = &s.volumes["v"];
+        assert_eq!((v.primary, v.epoch), (other, 2));
+        assert_eq!(v.replicas[&p], ReplicaState::OutOfSync);
+        assert!(
+            matches!(s.apply(&promote(p, 1)), Outcome::Refused(_)),
+            "stale epoch"
+        );
+    }
+
+    #[test]
+    fn nodes_with_copies_cannot_leave() {
+        let mut s = cluster(2, false);
+        s.apply(&create("v", 1));
+        let holder = s.volumes["v"].primary;
+        assert!(matches!(
+            s.apply(&Command::RemoveNode { node: holder }),
+            Outcome::Refused(_)
+        ));
+        let free = if holder == 1 { 2 } else { 1 };
+        assert_eq!(s.apply(&Command::RemoveNode { node: free }), Outcome::Done);
+    }
+
+    fn any_command() -> impl Strategy<Value = Command> {
+        let vol = prop_oneof![Just("a".to_string()), Just("b".to_string())];
+        let state = prop_oneof![
+            Just(ReplicaState::InSync),
+            Just(ReplicaState::OutOfSync),
+            Just(ReplicaState::Syncing { done: 1, total: 2 })
+        ];
+        prop_oneof![
+            (vol.clone(), 1usize..4).prop_map(|(n, r)| create(&n, r)),
+            vol.clone().prop_map(|name| Command::DeleteVolume { name }),
+            (vol.clone(), 1u64..4, state, 0u64..5).prop_map(|(volume, node, state, epoch)| {
+                Command::SetReplicaState {
+                    volume,
+                    node,
+                    state,
+                    epoch,
+                }
+            }),
+            (vol, 1u64..4, 0u64..5).prop_map(|(volume, node, expected_epoch)| Command::Promote {
+                volume,
+                node,
+                expected_epoch
+            }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn any_history_keeps_one_in_sync_primary_and_growing_epochs(cmds in proptest::collection::vec(any_command(), 1..60)) {
+            let mut s = cluster(3, true);
+            let mut epochs: BTreeMap<Uuid, u64> = BTreeMap::new();
+            for c in &cmds {
+                let before = s.clone();
+                if let Outcome::Refused(_) = s.apply(c) {
+                    prop_assert_eq!(&s, &before, "a refused command changed the state");
+                }
+                for v in s.volumes.values() {
+                    prop_assert_eq!(v.replicas.get(&v.primary), Some(&ReplicaState::InSync));
+                    let ids: Vec<_> = v.replicas.keys().collect();
+                    prop_assert!(ids.iter().all(|n| s.nodes[n].holds_data()));
+                    let b = before.volumes.get(&v.name);
+                    if let Some(b) = b {
+                        prop_assert!(v.epoch >= b.epoch, "epoch went back");
+                        if v.primary != b.primary {
+                            prop_assert!(v.epoch > b.epoch, "new primary without a new epoch");
+                        }
+                    }
+                    epochs.insert(v.id, v.epoch);
+                }
+            }
+        }
+    }
+}

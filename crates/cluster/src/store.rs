@@ -1,0 +1,352 @@
+//! Raft log, vote and state machine in one redb database (`raft.redb`).
+//!
+//! Every change commits a redb write transaction, which is durable when it
+//! returns (redb's default immediate durability): a vote or log entry
+//! reported saved survives a crash, as Raft requires. The state machine is
+//! small (members and volumes), so it is saved whole after each applied
+//! batch and doubles as the snapshot.
+
+use std::io::Cursor;
+use std::ops::RangeBounds;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use openraft::storage::{LogState, RaftLogReader, RaftSnapshotBuilder, RaftStorage, Snapshot};
+use openraft::{
+    AnyError, BasicNode, Entry, EntryPayload, LogId, OptionalSend, SnapshotMeta, StorageError,
+    StorageIOError, StoredMembership, Vote,
+};
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::state::{ClusterState, Outcome};
+use crate::TypeConfig;
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+type Error = StorageError<u64>;
+
+/// The applied state machine.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Applied {
+    /// Last log entry applied.
+    pub last_applied: Option<LogId<u64>>,
+    /// Membership as of the last applied entry.
+    pub membership: StoredMembership<u64, BasicNode>,
+    /// The cluster state.
+    pub state: ClusterState,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SavedSnapshot {
+    meta: SnapshotMeta<u64, BasicNode>,
+    data: Vec<u8>,
+}
+
+/// Raft storage of one node.
+#[derive(Clone)]
+pub struct RedbStore {
+    db: Arc<Database>,
+    applied: Arc<RwLock<Applied>>,
+    publish: Arc<watch::Sender<Arc<ClusterState>>>,
+}
+
+fn io(e: impl std::error::Error + 'static) -> AnyError {
+    AnyError::new(&e)
+}
+
+impl RedbStore {
+    /// Opens (or creates) the database in `dir`.
+    pub fn open(dir: &Path) -> Result<RedbStore, redb::Error> {
+        let db = Database::create(dir.join("raft.redb"))?;
+        let txn = db.begin_write()?;
+        {
+            txn.open_table(LOG)?;
+            txn.open_table(META)?;
+        }
+        txn.commit()?;
+        let store = RedbStore {
+            db: Arc::new(db),
+            applied: Arc::default(),
+            publish: Arc::new(watch::channel(Arc::new(ClusterState::default())).0),
+        };
+        if let Some(bytes) = store
+            .get_meta("applied")
+            .map_err(|e| redb::Error::Io(std::io::Error::other(e.to_string())))?
+        {
+            let a: Applied = serde_json::from_slice(&bytes)
+                .map_err(|e| redb::Error::Io(std::io::Error::other(e)))?;
+            store.publish.send_replace(Arc::new(a.state.clone()));
+            *store.applied.write().unwrap() = a;
+        }
+        Ok(store)
+    }
+
+    /// Follows the applied cluster state.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<ClusterState>> {
+        self.publish.subscribe()
+    }
+
+    /// The applied cluster state now.
+    pub fn state(&self) -> Arc<ClusterState> {
+        self.publish.borrow().clone()
+    }
+
+    fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
+        let read = |e: AnyError| -> Error { StorageIOError::<u64>::read(e).into() };
+        let txn = self.db.begin_read().map_err(|e| read(io(e)))?;
+        let t = txn.open_table(META).map_err(|e| read(io(e)))?;
+        Ok(t.get(key)
+            .map_err(|e| read(io(e)))?
+            .map(|v| v.value().to_vec()))
+    }
+
+    fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), Error> {
+        let write = |e: AnyError| -> Error { StorageIOError::<u64>::write(e).into() };
+        let txn = self.db.begin_write().map_err(|e| write(io(e)))?;
+        {
+            let mut t = txn.open_table(META).map_err(|e| write(io(e)))?;
+            t.insert(key, value).map_err(|e| write(io(e)))?;
+        }
+        // Durable on return: redb commits with immediate durability.
+        txn.commit().map_err(|e| write(io(e)))
+    }
+
+    fn save_applied(&self) -> Result<(), Error> {
+        let bytes = serde_json::to_vec(&*self.applied.read().unwrap())
+            .map_err(|e| StorageIOError::<u64>::write_state_machine(io(e)))?;
+        self.put_meta("applied", &bytes)
+    }
+
+    fn last_log_id(&self) -> Result<Option<LogId<u64>>, Error> {
+        let read = |e: AnyError| -> Error { StorageIOError::<u64>::read_logs(e).into() };
+        let txn = self.db.begin_read().map_err(|e| read(io(e)))?;
+        let t = txn.open_table(LOG).map_err(|e| read(io(e)))?;
+        let last = t.last().map_err(|e| read(io(e)))?;
+        match last {
+            None => Ok(None),
+            Some((_, v)) => {
+                let e: Entry<TypeConfig> =
+                    serde_json::from_slice(v.value()).map_err(|e| read(io(e)))?;
+                Ok(Some(e.log_id))
+            }
+        }
+    }
+
+    fn remove_logs(&self, range: impl RangeBounds<u64>) -> Result<(), Error> {
+        let write = |e: AnyError| -> Error { StorageIOError::<u64>::write_logs(e).into() };
+        let txn = self.db.begin_write().map_err(|e| write(io(e)))?;
+        {
+            let mut t = txn.open_table(LOG).map_err(|e| write(io(e)))?;
+            t.retain_in(range, |_, _| false).map_err(|e| write(io(e)))?;
+        }
+        txn.commit().map_err(|e| write(io(e)))
+    }
+}
+
+impl RaftLogReader<TypeConfig> for RedbStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + std::fmt::Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, Error> {
+        let read = |e: AnyError| -> Error { StorageIOError::<u64>::read_logs(e).into() };
+        let txn = self.db.begin_read().map_err(|e| read(io(e)))?;
+        let t = txn.open_table(LOG).map_err(|e| read(io(e)))?;
+        let mut out = Vec::new();
+        for item in t.range(range).map_err(|e| read(io(e)))? {
+            let (_, v) = item.map_err(|e| read(io(e)))?;
+            out.push(serde_json::from_slice(v.value()).map_err(|e| read(io(e)))?);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for RedbStore {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, Error> {
+        let applied = self.applied.read().unwrap().clone();
+        let data = serde_json::to_vec(&applied)
+            .map_err(|e| StorageIOError::<u64>::write_snapshot(None, io(e)))?;
+        let id = match &applied.last_applied {
+            Some(l) => format!("{}-{}", l.leader_id, l.index),
+            None => "empty".into(),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: applied.last_applied,
+            last_membership: applied.membership.clone(),
+            snapshot_id: id,
+        };
+        let saved = serde_json::to_vec(&SavedSnapshot {
+            meta: meta.clone(),
+            data: data.clone(),
+        })
+        .map_err(|e| StorageIOError::<u64>::write_snapshot(None, io(e)))?;
+        self.put_meta("snapshot", &saved)?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStorage<TypeConfig> for RedbStore {
+    type LogReader = RedbStore;
+    type SnapshotBuilder = RedbStore;
+
+    async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), Error> {
+        let b = serde_json::to_vec(vote).map_err(|e| StorageIOError::<u64>::write_vote(io(e)))?;
+        self.put_meta("vote", &b)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, Error> {
+        match self.get_meta("vote")? {
+            None => Ok(None),
+            Some(b) => Ok(Some(
+                serde_json::from_slice(&b).map_err(|e| StorageIOError::<u64>::read_vote(io(e)))?,
+            )),
+        }
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> Result<(), Error> {
+        let b = serde_json::to_vec(&committed).map_err(|e| StorageIOError::<u64>::write(io(e)))?;
+        self.put_meta("committed", &b)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, Error> {
+        match self.get_meta("committed")? {
+            None => Ok(None),
+            Some(b) => {
+                serde_json::from_slice(&b).map_err(|e| StorageIOError::<u64>::read(io(e)).into())
+            }
+        }
+    }
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, Error> {
+        let purged: Option<LogId<u64>> = match self.get_meta("purged")? {
+            None => None,
+            Some(b) => {
+                serde_json::from_slice(&b).map_err(|e| StorageIOError::<u64>::read_logs(io(e)))?
+            }
+        };
+        let last = self.last_log_id()?.or(purged);
+        Ok(LogState {
+            last_purged_log_id: purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn append_to_log<I>(&mut self, entries: I) -> Result<(), Error>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+    {
+        let write = |e: AnyError| -> Error { StorageIOError::<u64>::write_logs(e).into() };
+        let txn = self.db.begin_write().map_err(|e| write(io(e)))?;
+        {
+            let mut t = txn.open_table(LOG).map_err(|e| write(io(e)))?;
+            for e in entries {
+                let b = serde_json::to_vec(&e).map_err(|e| write(io(e)))?;
+                t.insert(e.log_id.index, b.as_slice())
+                    .map_err(|e| write(io(e)))?;
+            }
+        }
+        // The entries are durable before Raft counts them as appended.
+        txn.commit().map_err(|e| write(io(e)))
+    }
+
+    async fn delete_conflict_logs_since(&mut self, log_id: LogId<u64>) -> Result<(), Error> {
+        self.remove_logs(log_id.index..)
+    }
+
+    async fn purge_logs_upto(&mut self, log_id: LogId<u64>) -> Result<(), Error> {
+        let b =
+            serde_json::to_vec(&Some(log_id)).map_err(|e| StorageIOError::<u64>::write(io(e)))?;
+        self.put_meta("purged", &b)?;
+        self.remove_logs(..=log_id.index)
+    }
+
+    async fn last_applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<u64>>, StoredMembership<u64, BasicNode>), Error> {
+        let a = self.applied.read().unwrap();
+        Ok((a.last_applied, a.membership.clone()))
+    }
+
+    async fn apply_to_state_machine(
+        &mut self,
+        entries: &[Entry<TypeConfig>],
+    ) -> Result<Vec<Outcome>, Error> {
+        let mut out = Vec::with_capacity(entries.len());
+        {
+            let mut a = self.applied.write().unwrap();
+            for e in entries {
+                a.last_applied = Some(e.log_id);
+                out.push(match &e.payload {
+                    EntryPayload::Blank => Outcome::Done,
+                    EntryPayload::Normal(cmd) => {
+                        let r = a.state.apply(cmd);
+                        if let Outcome::Refused(why) = &r {
+                            tracing::debug!(?cmd, "command refused: {why}");
+                        }
+                        r
+                    }
+                    EntryPayload::Membership(m) => {
+                        a.membership = StoredMembership::new(Some(e.log_id), m.clone());
+                        Outcome::Done
+                    }
+                });
+            }
+        }
+        self.save_applied()?;
+        let state = self.applied.read().unwrap().state.clone();
+        self.publish.send_replace(Arc::new(state));
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, Error> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<u64, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), Error> {
+        let data = snapshot.into_inner();
+        let a: Applied = serde_json::from_slice(&data)
+            .map_err(|e| StorageIOError::<u64>::read_snapshot(Some(meta.signature()), io(e)))?;
+        let state = a.state.clone();
+        *self.applied.write().unwrap() = a;
+        self.save_applied()?;
+        let saved = serde_json::to_vec(&SavedSnapshot {
+            meta: meta.clone(),
+            data,
+        })
+        .map_err(|e| StorageIOError::<u64>::write_snapshot(Some(meta.signature()), io(e)))?;
+        self.put_meta("snapshot", &saved)?;
+        self.publish.send_replace(Arc::new(state));
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, Error> {
+        match self.get_meta("snapshot")? {
+            None => Ok(None),
+            Some(b) => {
+                let s: SavedSnapshot = serde_json::from_slice(&b)
+                    .map_err(|e| StorageIOError::<u64>::read_snapshot(None, io(e)))?;
+                Ok(Some(Snapshot {
+                    meta: s.meta,
+                    snapshot: Box::new(Cursor::new(s.data)),
+                }))
+            }
+        }
+    }
+}
