@@ -98,6 +98,34 @@ impl ApiClient {
         })
     }
 
+    /// `GET /v1/cluster`.
+    pub async fn cluster(&self) -> Result<crate::ClusterView, ClientError> {
+        let v = self.call::<(), _>(Method::GET, "/v1/cluster", None).await?;
+        self.expect(v)
+    }
+
+    /// `POST /v1/cluster/init`.
+    pub async fn cluster_init(&self) -> Result<crate::ClusterToken, ClientError> {
+        let v = self
+            .call(Method::POST, "/v1/cluster/init", Some(&()))
+            .await?;
+        self.expect(v)
+    }
+
+    /// `POST /v1/cluster/join`.
+    pub async fn cluster_join(&self, req: &crate::JoinCluster) -> Result<(), ClientError> {
+        self.call::<_, ()>(Method::POST, "/v1/cluster/join", Some(req))
+            .await
+            .map(|_| ())
+    }
+
+    /// `POST /v1/cluster/leave`.
+    pub async fn cluster_leave(&self) -> Result<(), ClientError> {
+        self.call::<_, ()>(Method::POST, "/v1/cluster/leave", Some(&()))
+            .await
+            .map(|_| ())
+    }
+
     /// `GET /v1/status`.
     pub async fn status(&self) -> Result<NodeStatus, ClientError> {
         let v = self.call::<(), _>(Method::GET, "/v1/status", None).await?;

@@ -9,6 +9,10 @@
 //! - `DELETE /v1/volumes/{name}?force=true`   delete (force logs initiators out)
 //! - `PUT    /v1/volumes/{name}/access`       replace access rules
 //!   `{allowed_initiators: [..], chap: {user, secret}?, mutual_chap: {user, secret}?}`
+//! - `GET    /v1/cluster`                     cluster status and replication progress
+//! - `POST   /v1/cluster/init`                make this node a new cluster → `{token}`
+//! - `POST   /v1/cluster/join`                join `{seed, token}`
+//! - `POST   /v1/cluster/leave`               leave the cluster
 //!
 //! Every request carries `Authorization: Bearer <token>`, the token the server
 //! keeps in `<data dir>/api.token` (mode 0600). Errors are `{"error": "..."}`
@@ -37,6 +41,34 @@ pub struct CreateVolume {
     /// Logical block size, 512 (default) or 4096.
     #[serde(default = "default_block_size")]
     pub block_size: u32,
+    /// Copies on distinct nodes (cluster members only; default 2, or 1 with one data node).
+    #[serde(default)]
+    pub replicas: Option<usize>,
+}
+
+/// Body of `POST /v1/cluster/join`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinCluster {
+    /// Cluster endpoint (host:port) of any member.
+    pub seed: String,
+    /// Join token printed by `tandem cluster init`.
+    pub token: String,
+}
+
+/// Answer of `POST /v1/cluster/init`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterToken {
+    /// Join token for other nodes (holds the cluster secret: keep it private).
+    pub token: String,
+}
+
+/// Answer of `GET /v1/cluster`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterView {
+    /// Control-plane status.
+    pub status: node::ClusterStatus,
+    /// For volumes this node is primary of: the state of each replica.
+    pub replication: std::collections::BTreeMap<String, Vec<replica::PeerStatus>>,
 }
 
 fn default_block_size() -> u32 {

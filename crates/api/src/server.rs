@@ -4,18 +4,38 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use node::{AccessConfig, Node, NodeError};
+use node::{AccessConfig, ClusterConfig, Node, NodeError};
 use serde::Deserialize;
 
-use crate::{CreateVolume, ErrorBody, ResizeVolume};
+use crate::{ClusterToken, ClusterView, CreateVolume, ErrorBody, JoinCluster, ResizeVolume};
 
 /// Builds the API router over the node's service layer. Every request must
 /// carry `Authorization: Bearer <token>`.
-pub fn router(node: Arc<Node>, token: String) -> Router {
+pub fn router(node: Arc<Node>, token: String, cluster: ClusterConfig) -> Router {
     let token = Arc::new(token);
+    let cluster = Arc::new(cluster);
+    let join_cfg = cluster.clone();
     Router::new()
+        .route("/v1/cluster", get(cluster_view))
+        .route(
+            "/v1/cluster/init",
+            post(move |State(node): State<Arc<Node>>| async move {
+                let token = node.cluster_init(&cluster).await?;
+                Ok::<_, ApiError>(Json(ClusterToken { token }))
+            }),
+        )
+        .route(
+            "/v1/cluster/join",
+            post(
+                move |State(node): State<Arc<Node>>, Json(req): Json<JoinCluster>| async move {
+                    node.cluster_join(&join_cfg, &req.seed, &req.token).await?;
+                    Ok::<_, ApiError>(StatusCode::NO_CONTENT)
+                },
+            ),
+        )
+        .route("/v1/cluster/leave", post(cluster_leave))
         .route("/v1/status", get(status))
         .route("/v1/volumes", get(list).post(create))
         .route(
@@ -93,6 +113,23 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+async fn cluster_view(State(node): State<Arc<Node>>) -> Result<impl IntoResponse, ApiError> {
+    let status = node.cluster_status().await?;
+    let replication = match node.clustered() {
+        Some(c) => c.peer_status().await,
+        None => Default::default(),
+    };
+    Ok(Json(ClusterView {
+        status,
+        replication,
+    }))
+}
+
+async fn cluster_leave(State(node): State<Arc<Node>>) -> Result<impl IntoResponse, ApiError> {
+    node.cluster_leave().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 async fn status(State(node): State<Arc<Node>>) -> impl IntoResponse {
     Json(node.status().await)
 }
@@ -106,7 +143,7 @@ async fn create(
     Json(req): Json<CreateVolume>,
 ) -> Result<impl IntoResponse, ApiError> {
     let info = node
-        .create_volume(&req.name, req.size_bytes, req.block_size)
+        .create_volume(&req.name, req.size_bytes, req.block_size, req.replicas)
         .await?;
     Ok((StatusCode::CREATED, Json(info)))
 }

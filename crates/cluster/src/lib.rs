@@ -487,6 +487,11 @@ impl Cluster {
         &self.inner.me
     }
 
+    /// The cluster secret (also authenticates replication connections).
+    pub fn secret(&self) -> Key {
+        self.inner.gate.key().clone()
+    }
+
     /// Address the cluster endpoint listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr

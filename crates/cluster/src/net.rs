@@ -101,6 +101,11 @@ impl Gate {
         }
     }
 
+    /// The secret the gate checks against.
+    pub fn key(&self) -> &Key {
+        &self.key
+    }
+
     /// Checks a request; returns its nonce for signing the answer.
     pub fn check(&self, headers: &HeaderMap, path: &str, body: &[u8]) -> Result<String, Response> {
         let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");

@@ -15,6 +15,9 @@ pub enum NodeError {
     /// The local store refused the operation.
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    /// The cluster control plane refused or failed the operation.
+    #[error("cluster: {0}")]
+    Cluster(String),
     /// The volume refused the operation.
     #[error("volume {name}: {source}")]
     Volume {

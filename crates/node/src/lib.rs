@@ -4,11 +4,14 @@
 #![forbid(unsafe_code)]
 
 mod access;
+mod clustered;
 mod error;
 mod identity;
 mod service;
 
 pub use access::{AccessConfig, ChapSecret};
+pub use cluster::ClusterStatus;
+pub use clustered::{ClusterConfig, Clustered};
 pub use error::NodeError;
 pub use identity::{iqn_for, lun_identity, validate_iqn_prefix, DEFAULT_IQN_PREFIX};
 pub use service::{Node, NodeConfig, NodeStatus, VolumeInfo};

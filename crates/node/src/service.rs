@@ -73,17 +73,19 @@ pub struct NodeStatus {
 
 /// The service layer: every volume operation of the API and CLI goes through here.
 pub struct Node {
-    store: Arc<Store>,
-    targets: Arc<Targets>,
-    config: NodeConfig,
+    pub(crate) store: Arc<Store>,
+    pub(crate) targets: Arc<Targets>,
+    pub(crate) config: NodeConfig,
     /// Exported volumes by name; the lock also serializes catalog changes.
-    exported: Mutex<BTreeMap<String, Exported>>,
+    pub(crate) exported: Mutex<BTreeMap<String, Exported>>,
+    /// The cluster side, once this node is a member.
+    pub(crate) cluster: std::sync::OnceLock<Arc<crate::Clustered>>,
 }
 
-struct Exported {
-    volume: Arc<LocalVolume>,
-    lun: Arc<LogicalUnit>,
-    iqn: String,
+pub(crate) struct Exported {
+    pub(crate) volume: Arc<LocalVolume>,
+    pub(crate) lun: Arc<LogicalUnit>,
+    pub(crate) iqn: String,
     access: AccessConfig,
 }
 
@@ -117,6 +119,7 @@ impl Node {
             targets,
             config,
             exported: Mutex::new(BTreeMap::new()),
+            cluster: std::sync::OnceLock::new(),
         };
         {
             let mut exported = node.exported.lock().await;
@@ -132,7 +135,20 @@ impl Node {
         let volume = self.store.open_volume(&meta.name)?;
         let iqn = iqn_for(&self.config.iqn_prefix, &meta.name);
         let identity = lun_identity(self.store.installation_id(), meta.id, &iqn);
-        let dyn_volume: Arc<dyn Volume> = volume.clone();
+        self.export_as(meta, volume.clone(), volume, identity)
+    }
+
+    /// Exports `served` (the local volume, or a replicated volume over it)
+    /// under `identity`.
+    pub(crate) fn export_as(
+        &self,
+        meta: &store::VolumeMeta,
+        volume: Arc<LocalVolume>,
+        served: Arc<dyn Volume>,
+        identity: scsi::LunIdentity,
+    ) -> Result<Exported, NodeError> {
+        let iqn = identity.target_name.clone();
+        let dyn_volume: Arc<dyn Volume> = served;
         let saved = match self.store.read_unit_state(&meta.name)? {
             None => PersistentState::default(),
             Some(bytes) => PersistentState::decode(&bytes).unwrap_or_else(|e| {
@@ -229,23 +245,42 @@ impl Node {
             .ok_or_else(|| NodeError::NotFound(name.to_string()))
     }
 
-    /// Creates a thin volume of `size_bytes` and exports it at once.
+    /// Creates a thin volume of `size_bytes` and exports it at once. On a
+    /// cluster member the volume is created through the control plane with
+    /// `replicas` copies (default 2, or 1 with a single data node).
     pub async fn create_volume(
         &self,
         name: &str,
         size_bytes: u64,
         block_size: u32,
+        replicas: Option<usize>,
     ) -> Result<VolumeInfo, NodeError> {
-        if block_size != 512 && block_size != 4096 {
-            return Err(NodeError::Invalid(format!(
-                "block size {block_size} is not supported; use 512 or 4096"
-            )));
+        if let Some(c) = self.clustered() {
+            let data_nodes = c
+                .cluster()
+                .state()
+                .nodes
+                .values()
+                .filter(|n| n.holds_data())
+                .count();
+            let n = replicas.unwrap_or(data_nodes.clamp(1, 2));
+            self.check_geometry(size_bytes, block_size)?;
+            self.create_clustered(&c, name, size_bytes, block_size, n)
+                .await?;
+            return match self.volume(name).await {
+                Ok(info) => Ok(info),
+                // Placed on other nodes only: describe it from the cluster state.
+                Err(NodeError::NotFound(_)) => Ok(self.remote_info(&c, name)),
+                Err(e) => Err(e),
+            };
         }
-        if size_bytes == 0 || !size_bytes.is_multiple_of(block_size as u64) {
-            return Err(NodeError::Invalid(format!(
-                "size {size_bytes} bytes is not a positive multiple of the {block_size}-byte block size"
-            )));
+        if replicas.is_some_and(|r| r > 1) {
+            return Err(NodeError::Invalid(
+                "replicas need a cluster: run `tandem cluster init` (and join other nodes) first"
+                    .into(),
+            ));
         }
+        self.check_geometry(size_bytes, block_size)?;
         let mut exported = self.exported.lock().await;
         let meta = self.store.create(name, size_bytes, block_size)?;
         let e = match self.export(&meta) {
@@ -259,6 +294,40 @@ impl Node {
         exported.insert(name.to_string(), e);
         tracing::info!(volume = name, size_bytes, "volume created");
         Ok(info)
+    }
+
+    fn remote_info(&self, c: &crate::Clustered, name: &str) -> VolumeInfo {
+        let state = c.cluster().state();
+        let v = state.volumes.get(name);
+        VolumeInfo {
+            name: name.to_string(),
+            id: v.map(|v| v.id.to_string()).unwrap_or_default(),
+            size_bytes: v.map(|v| v.size_bytes).unwrap_or(0),
+            block_size: v.map(|v| v.block_size).unwrap_or(0),
+            allocated_bytes: 0,
+            iqn: iqn_for(&self.config.iqn_prefix, name),
+            lun: 0,
+            naa: String::new(),
+            serial: String::new(),
+            sessions: 0,
+            allowed_initiators: Vec::new(),
+            chap_user: None,
+            mutual_chap_user: None,
+        }
+    }
+
+    fn check_geometry(&self, size_bytes: u64, block_size: u32) -> Result<(), NodeError> {
+        if block_size != 512 && block_size != 4096 {
+            return Err(NodeError::Invalid(format!(
+                "block size {block_size} is not supported; use 512 or 4096"
+            )));
+        }
+        if size_bytes == 0 || !size_bytes.is_multiple_of(block_size as u64) {
+            return Err(NodeError::Invalid(format!(
+                "size {size_bytes} bytes is not a positive multiple of the {block_size}-byte block size"
+            )));
+        }
+        Ok(())
     }
 
     /// Lists every volume, sorted by name.
@@ -334,6 +403,23 @@ impl Node {
     /// Deletes a volume and its data. Refused while initiators are logged in,
     /// unless `force`, which logs them out first.
     pub async fn delete_volume(&self, name: &str, force: bool) -> Result<(), NodeError> {
+        if let Some(c) = self.clustered() {
+            if c.cluster().state().volumes.contains_key(name) {
+                {
+                    let exported = self.exported.lock().await;
+                    if let Some(e) = exported.get(name) {
+                        let sessions = self.targets.session_count(&e.iqn);
+                        if sessions > 0 && !force {
+                            return Err(NodeError::InUse {
+                                name: name.to_string(),
+                                sessions,
+                            });
+                        }
+                    }
+                }
+                return self.delete_clustered(&c, name).await;
+            }
+        }
         let mut exported = self.exported.lock().await;
         let e = exported
             .get(name)

@@ -60,8 +60,12 @@ async fn reservations_persist_only_with_aptpl() {
     let dir = tempfile::tempdir().unwrap();
     {
         let node = start(dir.path()).await;
-        node.create_volume("kept", 1 << 20, 512).await.unwrap();
-        node.create_volume("lost", 1 << 20, 512).await.unwrap();
+        node.create_volume("kept", 1 << 20, 512, None)
+            .await
+            .unwrap();
+        node.create_volume("lost", 1 << 20, 512, None)
+            .await
+            .unwrap();
         let kept = node.logical_unit("kept").await.unwrap();
         let lost = node.logical_unit("lost").await.unwrap();
         ready(&kept).await;
@@ -82,8 +86,8 @@ async fn reservations_persist_only_with_aptpl() {
 async fn extended_copy_between_volumes_of_the_node() {
     let dir = tempfile::tempdir().unwrap();
     let node = start(dir.path()).await;
-    node.create_volume("src", 1 << 20, 512).await.unwrap();
-    node.create_volume("dst", 1 << 20, 512).await.unwrap();
+    node.create_volume("src", 1 << 20, 512, None).await.unwrap();
+    node.create_volume("dst", 1 << 20, 512, None).await.unwrap();
     let src = node.logical_unit("src").await.unwrap();
     let dst = node.logical_unit("dst").await.unwrap();
     ready(&src).await;

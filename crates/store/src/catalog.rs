@@ -198,6 +198,18 @@ impl Store {
         size_bytes: u64,
         block_size: u32,
     ) -> Result<VolumeMeta, StoreError> {
+        self.create_with_id(name, size_bytes, block_size, Uuid::new_v4())
+    }
+
+    /// Creates a volume with a given id (a cluster volume's copy keeps the
+    /// cluster-wide id, which seeds its SCSI identity).
+    pub fn create_with_id(
+        &self,
+        name: &str,
+        size_bytes: u64,
+        block_size: u32,
+        id: Uuid,
+    ) -> Result<VolumeMeta, StoreError> {
         validate_name(name)?;
         if block_size != 512 && block_size != 4096 {
             return Err(StoreError::InvalidSize(format!(
@@ -219,7 +231,7 @@ impl Store {
             return Err(StoreError::Exists(name.to_string()));
         }
         let meta = VolumeMeta {
-            id: Uuid::new_v4(),
+            id,
             name: name.to_string(),
             size_bytes,
             block_size,
@@ -244,6 +256,12 @@ impl Store {
         sync_dir(&self.volumes_dir())?;
         cat.metas.insert(name.to_string(), meta.clone());
         Ok(meta)
+    }
+
+    /// Directory of a volume's files (data, metadata, and what other layers keep beside them).
+    pub fn volume_dir(&self, name: &str) -> Option<PathBuf> {
+        self.get(name)
+            .map(|m| self.volumes_dir().join(m.id.to_string()))
     }
 
     /// Opens a volume for I/O; every caller gets the same handle.

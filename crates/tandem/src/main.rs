@@ -51,11 +51,78 @@ enum Command {
         /// Prefix of exported IQNs [default: iqn.2026-11.io.tandem].
         #[arg(long)]
         iqn_prefix: Option<String>,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Manage the cluster this node belongs to.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Run a witness: a cluster member that votes but holds no data (the
+    /// third voter of a two-node cluster). Joins on first start, rejoins after.
+    Witness {
+        /// Directory for the witness's state [default: ./tandem-witness].
+        #[arg(long, default_value = "./tandem-witness")]
+        data_dir: PathBuf,
+        /// Cluster endpoint of the witness.
+        #[arg(long, default_value = "0.0.0.0:7400")]
+        listen: SocketAddr,
+        /// Host or address the members reach the witness at.
+        #[arg(long, default_value = "127.0.0.1")]
+        advertise: String,
+        /// Name of the witness [default: host name].
+        #[arg(long)]
+        name: Option<String>,
+        /// Cluster endpoint of a member (first start only).
+        #[arg(long)]
+        join: Option<String>,
+        /// Join token from `tandem cluster init` (first start only).
+        #[arg(long, env = "TANDEM_JOIN_TOKEN")]
+        token: Option<String>,
     },
     /// Manage volumes of a running node.
     #[command(subcommand)]
     Volume(VolumeCommand),
     /// Show the node's identity and totals.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Where a node's cluster endpoints listen and how others reach it.
+#[derive(clap::Args, Clone)]
+struct ClusterArgs {
+    /// Control-plane endpoint (cluster members only).
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    cluster_listen: SocketAddr,
+    /// Replication endpoint (cluster members only).
+    #[arg(long, default_value = "127.0.0.1:7401")]
+    repl_listen: SocketAddr,
+    /// Host or address other nodes reach this one at.
+    #[arg(long, default_value = "127.0.0.1")]
+    advertise: String,
+    /// Name of this node in the cluster [default: host name].
+    #[arg(long)]
+    node_name: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Make the running node the first member of a new cluster; prints the
+    /// join token (it holds the cluster secret: pass it privately).
+    Init,
+    /// Join the running node to a cluster through any member.
+    Join {
+        /// Cluster endpoint of a member (host:port).
+        seed: String,
+        /// Join token printed by `tandem cluster init`.
+        #[arg(long, env = "TANDEM_JOIN_TOKEN")]
+        token: String,
+    },
+    /// Remove the running node from its cluster (it must hold no volume copies).
+    Leave,
+    /// Members, leader, volumes, primaries and replica states.
     Status {
         /// Print JSON instead of text.
         #[arg(long)]
@@ -74,6 +141,9 @@ enum VolumeCommand {
         /// Logical block size: 512 or 4096.
         #[arg(long, default_value_t = 512)]
         block_size: u32,
+        /// Copies on distinct nodes (cluster members; default 2, or 1 with one data node).
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=3))]
+        replicas: Option<u8>,
     },
     /// List volumes.
     List {
@@ -198,6 +268,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             iscsi_listen,
             api_listen,
             iqn_prefix,
+            cluster,
         } => {
             let file = match config {
                 Some(p) => FileConfig::load(&p)?,
@@ -209,8 +280,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 api_listen,
                 iqn_prefix,
             };
-            serve::run(ServeConfig::merge(file, flags)?).await
+            let cfg = ServeConfig::merge(file, flags)?;
+            let cluster = node::ClusterConfig {
+                name: cluster.node_name.unwrap_or_else(host_name),
+                cluster_listen: cluster.cluster_listen,
+                repl_listen: cluster.repl_listen,
+                advertise: cluster.advertise,
+                iscsi_port: cfg.iscsi_listen.port(),
+            };
+            serve::run(cfg, cluster).await
         }
+        Command::Witness {
+            data_dir,
+            listen,
+            advertise,
+            name,
+            join,
+            token,
+        } => {
+            let me = cluster::NodeInfo {
+                id: 0,
+                name: name.unwrap_or_else(host_name),
+                role: Some(cluster::Role::Witness),
+                cluster_addr: format!("{advertise}:{}", listen.port()),
+                iscsi_addr: String::new(),
+                repl_addr: String::new(),
+            };
+            serve::witness(&data_dir, listen, me, join, token).await
+        }
+        Command::Cluster(cmd) => cluster_command(&client()?, cmd).await,
         Command::Status { json } => {
             let s = client()?.status().await?;
             if json {
@@ -229,18 +327,132 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "tandem".into())
+}
+
+async fn cluster_command(c: &api::ApiClient, cmd: ClusterCommand) -> anyhow::Result<()> {
+    match cmd {
+        ClusterCommand::Init => {
+            let t = c.cluster_init().await?;
+            println!("cluster created; other nodes join with:");
+            println!(
+                "  tandem cluster join <this node's cluster endpoint> --token {}",
+                t.token
+            );
+        }
+        ClusterCommand::Join { seed, token } => {
+            c.cluster_join(&api::JoinCluster {
+                seed: seed.clone(),
+                token,
+            })
+            .await?;
+            println!("joined the cluster through {seed}");
+        }
+        ClusterCommand::Leave => {
+            c.cluster_leave().await?;
+            println!("left the cluster");
+        }
+        ClusterCommand::Status { json } => {
+            let v = c.cluster().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            let s = &v.status;
+            let id = s
+                .state
+                .cluster_id
+                .map(|u| u.to_string())
+                .unwrap_or_default();
+            println!("cluster   {id}");
+            println!(
+                "this node {}   leader {}   term {}",
+                s.me,
+                s.leader.map(|l| l.to_string()).unwrap_or("none".into()),
+                s.term
+            );
+            println!();
+            println!(
+                "{:<4} {:<16} {:<8} {:<22} {:<10}",
+                "ID", "NAME", "ROLE", "ENDPOINT", "LAST SEEN"
+            );
+            for n in s.state.nodes.values() {
+                let seen = s
+                    .last_seen_ms
+                    .get(&n.id)
+                    .map(|ms| format!("{ms} ms"))
+                    .unwrap_or_else(|| "-".into());
+                let role = if n.holds_data() { "data" } else { "witness" };
+                println!(
+                    "{:<4} {:<16} {:<8} {:<22} {:<10}",
+                    n.id, n.name, role, n.cluster_addr, seen
+                );
+            }
+            println!();
+            println!(
+                "{:<16} {:<8} {:<6} {:<6} REPLICAS",
+                "VOLUME", "SIZE", "PRIM", "EPOCH"
+            );
+            for vol in s.state.volumes.values() {
+                let reps: Vec<String> = vol
+                    .replicas
+                    .iter()
+                    .map(|(n, st)| match st {
+                        cluster::ReplicaState::InSync => format!("{n}:in-sync"),
+                        cluster::ReplicaState::OutOfSync => format!("{n}:out-of-sync"),
+                        cluster::ReplicaState::Syncing { done, total } => format!(
+                            "{n}:syncing {}%",
+                            if *total == 0 { 100 } else { done * 100 / total }
+                        ),
+                    })
+                    .collect();
+                println!(
+                    "{:<16} {:<8} {:<6} {:<6} {}",
+                    vol.name,
+                    format_size(vol.size_bytes),
+                    vol.primary,
+                    vol.epoch,
+                    reps.join(" ")
+                );
+            }
+            for (vol, peers) in &v.replication {
+                for p in peers {
+                    if p.state != "in-sync" {
+                        println!(
+                            "resync {vol} -> node {}: {} ({} of {} copied, {} dirty)",
+                            p.node,
+                            p.state,
+                            format_size(p.resync_done),
+                            format_size(p.resync_total),
+                            format_size(p.dirty_bytes)
+                        );
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn volume_command(c: &api::ApiClient, cmd: VolumeCommand) -> anyhow::Result<()> {
     match cmd {
         VolumeCommand::Create {
             name,
             size,
             block_size,
+            replicas,
         } => {
             let v = c
                 .create_volume(&api::CreateVolume {
                     name,
                     size_bytes: size,
                     block_size,
+                    replicas: replicas.map(usize::from),
                 })
                 .await?;
             println!(

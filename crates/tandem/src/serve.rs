@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use crate::config::ServeConfig;
 
 /// Runs a node until SIGINT or SIGTERM.
-pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
+pub async fn run(cfg: ServeConfig, cluster: node::ClusterConfig) -> anyhow::Result<()> {
     init_logging();
     let store = Arc::new(
         store::Store::open(&cfg.data_dir)
@@ -62,7 +62,14 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         token_file = %cfg.data_dir.join("api.token").display(),
         "management API requires the token in this file"
     );
-    let api_router = api::router(node.clone(), token);
+    if node.resume_cluster(&cluster).await? {
+        tracing::info!(
+            control = %cluster.cluster_listen,
+            replication = %cluster.repl_listen,
+            "rejoined the cluster"
+        );
+    }
+    let api_router = api::router(node.clone(), token, cluster);
     let api_stop = stopped(stop_rx.clone());
     let api_task = tokio::spawn(async move {
         axum::serve(api_listener, api_router)
@@ -82,6 +89,32 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(5), api_task).await;
     node.flush_all().await?;
     tracing::info!("all volumes synced; bye");
+    Ok(())
+}
+
+/// Runs a witness until SIGTERM/SIGINT: joins on first start, rejoins after.
+pub async fn witness(
+    dir: &std::path::Path,
+    listen: std::net::SocketAddr,
+    me: cluster::NodeInfo,
+    join: Option<String>,
+    token: Option<String>,
+) -> anyhow::Result<()> {
+    init_logging();
+    let c = if cluster::Cluster::exists(dir) {
+        cluster::Cluster::open(dir, listen).await?
+    } else {
+        let (Some(seed), Some(token)) = (join, token) else {
+            anyhow::bail!(
+                "{} holds no witness yet: give --join <member's cluster endpoint> and --token <join token>",
+                dir.display()
+            );
+        };
+        cluster::Cluster::join(dir, me, listen, &seed, &token).await?
+    };
+    tracing::info!(node = c.id(), %listen, "witness serving");
+    wait_for_signal().await?;
+    c.shutdown().await;
     Ok(())
 }
 

@@ -40,6 +40,9 @@ pub struct Server {
     pub data_dir: PathBuf,
     pub iscsi_port: u16,
     pub api_port: u16,
+    /// Control-plane and replication ports (cluster members).
+    pub cluster_port: u16,
+    pub repl_port: u16,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -51,11 +54,18 @@ impl Server {
             data_dir: data_dir.to_path_buf(),
             iscsi_port: free_port(),
             api_port: free_port(),
+            cluster_port: free_port(),
+            repl_port: free_port(),
             child: None,
             log: data_dir.with_extension("log"),
         };
         s.spawn();
         s
+    }
+
+    /// The server's control-plane endpoint, `127.0.0.1:PORT`.
+    pub fn cluster_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.cluster_port)
     }
 
     fn spawn(&mut self) {
@@ -73,6 +83,12 @@ impl Server {
                 &format!("127.0.0.1:{}", self.iscsi_port),
                 "--api-listen",
                 &format!("127.0.0.1:{}", self.api_port),
+                "--cluster-listen",
+                &format!("127.0.0.1:{}", self.cluster_port),
+                "--repl-listen",
+                &format!("127.0.0.1:{}", self.repl_port),
+                "--node-name",
+                &format!("node-{}", self.iscsi_port),
             ])
             .env("TANDEM_LOG", "info")
             .stdin(Stdio::null())

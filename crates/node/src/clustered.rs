@@ -1,0 +1,492 @@
+//! A node as a member of a cluster: it follows the replicated cluster state
+//! and makes this machine match it. For every volume with a copy here it
+//! keeps the local copy (created with the cluster-wide volume id), serves it
+//! to the primary over the replication endpoint, and exports it over iSCSI
+//! under the cluster-wide identity (NAA and serial from cluster id + volume
+//! id, the same on every node). The export's access role follows the state:
+//! the primary mirrors writes to its peers (ALUA active/optimized), the other
+//! holders forward I/O to the primary (active/non-optimized).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cluster::{
+    Cluster, ClusterState, ClusterStatus, Command, NodeId, NodeInfo, ReplicaState, Role,
+};
+use replica::{
+    ClusterKey, ForwardVolume, LocalCopy, PeerSpec, PrimaryConfig, ReplicaServer, ReplicatedVolume,
+    RoleVolume,
+};
+use scsi::{AccessState, PortGroup};
+use tokio::sync::Mutex;
+use volume::Volume;
+
+use crate::identity::{iqn_for, lun_identity};
+use crate::{Node, NodeError};
+
+/// How a node takes part in a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Name of this node in the cluster.
+    pub name: String,
+    /// Where the control-plane endpoint listens.
+    pub cluster_listen: SocketAddr,
+    /// Where the replication endpoint listens.
+    pub repl_listen: SocketAddr,
+    /// Host name or address other nodes and initiators reach this node at.
+    pub advertise: String,
+    /// iSCSI port of this node.
+    pub iscsi_port: u16,
+}
+
+/// Time a replica or primary gets to answer a replication request.
+const REPL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The cluster side of a node.
+pub struct Clustered {
+    cluster: Cluster,
+    server: Arc<ReplicaServer>,
+    key: ClusterKey,
+    slots: Mutex<HashMap<String, Slot>>,
+    control: Arc<Control>,
+}
+
+struct Slot {
+    role: Arc<RoleVolume>,
+    lun: Arc<scsi::LogicalUnit>,
+    /// (primary, epoch, holders) the current role was set up for.
+    current: Option<(NodeId, u64, Vec<NodeId>)>,
+}
+
+/// What a primary asks of the control plane, through this node's membership.
+struct Control {
+    cluster: Weak<Clustered>,
+}
+
+#[async_trait]
+impl replica::Control for Control {
+    fn lease_valid(&self) -> bool {
+        self.cluster
+            .upgrade()
+            .is_some_and(|c| c.cluster.lease_valid())
+    }
+
+    async fn replica_lost(&self, volume: &str, node: u64, epoch: u64) -> Result<(), String> {
+        self.set(volume, node, ReplicaState::OutOfSync, epoch).await
+    }
+
+    async fn replica_in_sync(&self, volume: &str, node: u64, epoch: u64) -> Result<(), String> {
+        self.set(volume, node, ReplicaState::InSync, epoch).await
+    }
+
+    async fn replica_syncing(&self, volume: &str, node: u64, epoch: u64, done: u64, total: u64) {
+        let _ = self
+            .set(volume, node, ReplicaState::Syncing { done, total }, epoch)
+            .await;
+    }
+}
+
+impl Control {
+    async fn set(
+        &self,
+        volume: &str,
+        node: u64,
+        state: ReplicaState,
+        epoch: u64,
+    ) -> Result<(), String> {
+        let c = self.cluster.upgrade().ok_or("the node is stopping")?;
+        c.cluster
+            .propose(Command::SetReplicaState {
+                volume: volume.to_string(),
+                node,
+                state,
+                epoch,
+            })
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn cluster_err(e: cluster::ClusterError) -> NodeError {
+    NodeError::Cluster(e.to_string())
+}
+
+impl Clustered {
+    /// This node's member of the control plane.
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    /// Replication status of the volumes this node is primary of.
+    pub async fn peer_status(&self) -> BTreeMap<String, Vec<replica::PeerStatus>> {
+        let slots = self.slots.lock().await;
+        slots
+            .iter()
+            .filter_map(|(name, s)| match s.role.role() {
+                replica::Role::Primary(p) => Some((name.clone(), p.peer_status())),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+impl Node {
+    /// Whether this node is a cluster member.
+    pub fn clustered(&self) -> Option<Arc<Clustered>> {
+        self.cluster.get().cloned()
+    }
+
+    fn me(cfg: &ClusterConfig) -> NodeInfo {
+        NodeInfo {
+            id: 0,
+            name: cfg.name.clone(),
+            role: Some(Role::Data),
+            cluster_addr: format!("{}:{}", cfg.advertise, cfg.cluster_listen.port()),
+            iscsi_addr: format!("{}:{}", cfg.advertise, cfg.iscsi_port),
+            repl_addr: format!("{}:{}", cfg.advertise, cfg.repl_listen.port()),
+        }
+    }
+
+    fn cluster_dir(&self) -> std::path::PathBuf {
+        cluster::default_dir(self.store.data_dir())
+    }
+
+    /// Rejoins the cluster this node was a member of, if any (at start).
+    pub async fn resume_cluster(self: &Arc<Self>, cfg: &ClusterConfig) -> Result<bool, NodeError> {
+        let dir = self.cluster_dir();
+        if !Cluster::exists(&dir) {
+            return Ok(false);
+        }
+        let c = Cluster::open(&dir, cfg.cluster_listen)
+            .await
+            .map_err(cluster_err)?;
+        self.enter(c, cfg).await?;
+        Ok(true)
+    }
+
+    /// Creates a cluster with this node as first member; returns the join token.
+    pub async fn cluster_init(self: &Arc<Self>, cfg: &ClusterConfig) -> Result<String, NodeError> {
+        if self.cluster.get().is_some() {
+            return Err(NodeError::Invalid(
+                "this node is already a cluster member".into(),
+            ));
+        }
+        let (c, token) = Cluster::init(&self.cluster_dir(), Node::me(cfg), cfg.cluster_listen)
+            .await
+            .map_err(cluster_err)?;
+        self.enter(c, cfg).await?;
+        Ok(token)
+    }
+
+    /// Joins the cluster of `token` through the member at `seed`.
+    pub async fn cluster_join(
+        self: &Arc<Self>,
+        cfg: &ClusterConfig,
+        seed: &str,
+        token: &str,
+    ) -> Result<(), NodeError> {
+        if self.cluster.get().is_some() {
+            return Err(NodeError::Invalid(
+                "this node is already a cluster member".into(),
+            ));
+        }
+        let c = Cluster::join(
+            &self.cluster_dir(),
+            Node::me(cfg),
+            cfg.cluster_listen,
+            seed,
+            token,
+        )
+        .await
+        .map_err(cluster_err)?;
+        self.enter(c, cfg).await
+    }
+
+    /// The cluster as this node sees it.
+    pub async fn cluster_status(&self) -> Result<ClusterStatus, NodeError> {
+        let c = self
+            .clustered()
+            .ok_or_else(|| NodeError::Invalid("this node is not a cluster member".into()))?;
+        Ok(c.cluster.status().await)
+    }
+
+    /// Leaves the cluster (refused while this node holds volume copies).
+    pub async fn cluster_leave(&self) -> Result<(), NodeError> {
+        let c = self
+            .clustered()
+            .ok_or_else(|| NodeError::Invalid("this node is not a cluster member".into()))?;
+        c.cluster.leave().await.map_err(cluster_err)
+    }
+
+    async fn enter(self: &Arc<Self>, c: Cluster, cfg: &ClusterConfig) -> Result<(), NodeError> {
+        let key = ClusterKey::new(c.secret().bytes().to_vec());
+        let server = ReplicaServer::new(key.clone());
+        let listener = tokio::net::TcpListener::bind(cfg.repl_listen)
+            .await
+            .map_err(|e| {
+                NodeError::Cluster(format!(
+                    "cannot listen for replication on {}: {e}",
+                    cfg.repl_listen
+                ))
+            })?;
+        tokio::spawn(server.clone().serve(listener));
+        let clustered = Arc::new_cyclic(|weak| Clustered {
+            cluster: c,
+            server,
+            key,
+            slots: Mutex::new(HashMap::new()),
+            control: Arc::new(Control {
+                cluster: weak.clone(),
+            }),
+        });
+        if self.cluster.set(clustered.clone()).is_err() {
+            return Err(NodeError::Invalid(
+                "this node is already a cluster member".into(),
+            ));
+        }
+        let node = Arc::downgrade(self);
+        let mut watch = clustered.cluster.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let Some(n) = node.upgrade() else { return };
+                let state = watch.borrow_and_update().clone();
+                n.reconcile(&state).await;
+                drop(n);
+                // Changes wake us at once; the tick retries what failed.
+                let _ = tokio::time::timeout(Duration::from_millis(500), watch.changed()).await;
+            }
+        });
+        Ok(())
+    }
+
+    /// Makes this node match the cluster state.
+    pub(crate) async fn reconcile(&self, state: &ClusterState) {
+        let Some(c) = self.clustered() else { return };
+        let Some(cluster_id) = state.cluster_id else {
+            return;
+        };
+        let me = c.cluster.id();
+        let mut slots = c.slots.lock().await;
+        for v in state
+            .volumes
+            .values()
+            .filter(|v| v.replicas.contains_key(&me))
+        {
+            if let Err(e) = self.hold(&c, &mut slots, cluster_id, v, state).await {
+                tracing::warn!(volume = %v.name, "cannot take up the cluster's volume here yet: {e}");
+            }
+        }
+        let gone: Vec<String> = slots
+            .keys()
+            .filter(|n| {
+                state
+                    .volumes
+                    .get(*n)
+                    .is_none_or(|v| !v.replicas.contains_key(&me))
+            })
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(slot) = slots.remove(&name) {
+                slot.role.set_role(replica::Role::Waiting);
+                c.server.remove(&name);
+                let mut exported = self.exported.lock().await;
+                if let Some(e) = exported.remove(&name) {
+                    self.targets.remove(&e.iqn);
+                }
+                let _ = slot.role.copy().remove_files();
+                if let Err(e) = self.store.delete(&name) {
+                    tracing::warn!(volume = %name, "removing the local copy failed: {e}");
+                } else {
+                    tracing::info!(volume = %name, "local copy removed (volume deleted or moved)");
+                }
+            }
+        }
+    }
+
+    async fn hold(
+        &self,
+        c: &Arc<Clustered>,
+        slots: &mut HashMap<String, Slot>,
+        cluster_id: uuid::Uuid,
+        v: &cluster::VolumeRecord,
+        state: &ClusterState,
+    ) -> Result<(), NodeError> {
+        let me = c.cluster.id();
+        if !slots.contains_key(&v.name) {
+            let meta = match self.store.get(&v.name) {
+                Some(m) if m.id == v.id => m,
+                Some(_) => {
+                    return Err(NodeError::Invalid(format!(
+                        "a local volume named {} exists on this node; rename or delete it",
+                        v.name
+                    )))
+                }
+                None => {
+                    tracing::info!(volume = %v.name, "creating the local copy");
+                    self.store
+                        .create_with_id(&v.name, v.size_bytes, v.block_size, v.id)?
+                }
+            };
+            let local = self.store.open_volume(&v.name)?;
+            let base = self
+                .store
+                .volume_dir(&v.name)
+                .ok_or_else(|| NodeError::NotFound(v.name.clone()))?
+                .join("replica");
+            let copy = LocalCopy::open(&v.name, local.clone(), &base).map_err(|e| {
+                NodeError::Cluster(format!("volume {}: opening the copy: {e}", v.name))
+            })?;
+            c.server.add(copy.clone());
+            let role = Arc::new(RoleVolume::new(copy));
+            let iqn = iqn_for(&self.config.iqn_prefix, &v.name);
+            let mut identity = lun_identity(cluster_id, v.id, &iqn);
+            // One target port group per node: ALUA tells initiators which node leads.
+            identity.port_group = me as u16;
+            identity.relative_port = me as u16;
+            let mut exported = self.exported.lock().await;
+            if let Some(old) = exported.remove(&v.name) {
+                self.targets.remove(&old.iqn);
+            }
+            let e = self.export_as(&meta, local, role.clone(), identity)?;
+            let lun = e.lun.clone();
+            exported.insert(v.name.clone(), e);
+            slots.insert(
+                v.name.clone(),
+                Slot {
+                    role,
+                    lun,
+                    current: None,
+                },
+            );
+        }
+        let slot = slots.get_mut(&v.name).expect("inserted above");
+        let local = slot.role.copy().volume().clone();
+        let bs = local.block_size() as u64;
+        if local.num_blocks() * bs < v.size_bytes {
+            local
+                .resize(v.size_bytes / bs)
+                .await
+                .map_err(|source| NodeError::Volume {
+                    name: v.name.clone(),
+                    source,
+                })?;
+            slot.role.copy().grown();
+            slot.lun.capacity_changed();
+        }
+        let holders: Vec<NodeId> = v.replicas.keys().copied().collect();
+        let desired = (v.primary, v.epoch, holders.clone());
+        if slot.current.as_ref() == Some(&desired) {
+            return Ok(());
+        }
+        if v.primary == me {
+            let peers = v
+                .replicas
+                .iter()
+                .filter(|(&n, _)| n != me)
+                .map(|(&n, st)| PeerSpec {
+                    node: n,
+                    addr: state
+                        .nodes
+                        .get(&n)
+                        .map(|i| i.repl_addr.clone())
+                        .unwrap_or_default(),
+                    in_sync: *st == ReplicaState::InSync,
+                })
+                .collect();
+            let cfg = PrimaryConfig {
+                node: me,
+                epoch: v.epoch,
+                key: c.key.clone(),
+                timeout: REPL_TIMEOUT,
+            };
+            // Stop the old role before the new primary takes the copy.
+            slot.role.set_role(replica::Role::Waiting);
+            let control: Arc<dyn replica::Control> = c.control.clone();
+            let p = ReplicatedVolume::start(slot.role.copy().clone(), cfg, peers, control)
+                .await
+                .map_err(|source| NodeError::Volume {
+                    name: v.name.clone(),
+                    source,
+                })?;
+            slot.role.set_role(replica::Role::Primary(p));
+        } else {
+            let addr = state
+                .nodes
+                .get(&v.primary)
+                .map(|i| i.repl_addr.clone())
+                .unwrap_or_default();
+            let f = ForwardVolume::new(
+                slot.role.copy().clone(),
+                me,
+                addr,
+                c.key.clone(),
+                REPL_TIMEOUT,
+            );
+            slot.role.set_role(replica::Role::Forward(Arc::new(f)));
+        }
+        slot.current = Some(desired);
+        let groups = holders
+            .iter()
+            .map(|&n| PortGroup {
+                id: n as u16,
+                state: if n == v.primary {
+                    AccessState::ActiveOptimized
+                } else {
+                    AccessState::ActiveNonOptimized
+                },
+                preferred: n == v.primary,
+                ports: vec![n as u16],
+                status: 0,
+            })
+            .collect();
+        slot.lun.set_port_groups(groups);
+        tracing::info!(volume = %v.name, primary = v.primary, epoch = v.epoch, me, "volume role set");
+        Ok(())
+    }
+
+    /// Creates a volume through the control plane with `replicas` copies.
+    pub(crate) async fn create_clustered(
+        &self,
+        c: &Arc<Clustered>,
+        name: &str,
+        size_bytes: u64,
+        block_size: u32,
+        replicas: usize,
+    ) -> Result<(), NodeError> {
+        store::validate_name(name)?;
+        c.cluster
+            .propose(Command::CreateVolume {
+                id: uuid::Uuid::new_v4(),
+                name: name.to_string(),
+                size_bytes,
+                block_size,
+                replicas,
+            })
+            .await
+            .map_err(cluster_err)?;
+        let state = c.cluster.state();
+        self.reconcile(&state).await;
+        Ok(())
+    }
+
+    /// Deletes a cluster volume everywhere.
+    pub(crate) async fn delete_clustered(
+        &self,
+        c: &Arc<Clustered>,
+        name: &str,
+    ) -> Result<(), NodeError> {
+        c.cluster
+            .propose(Command::DeleteVolume {
+                name: name.to_string(),
+            })
+            .await
+            .map_err(cluster_err)?;
+        let state = c.cluster.state();
+        self.reconcile(&state).await;
+        Ok(())
+    }
+}
