@@ -9,9 +9,10 @@
 //! with a quorum that it still leads. A member's lease runs [`LEASE`] from
 //! the moment it *sent* an answered heartbeat, and a primary acknowledges
 //! writes only while its lease runs. The leader declares a node dead when it
-//! has not *received* a heartbeat for [`DEAD_AFTER`] (> LEASE, and a new
-//! leader waits as long after its election before declaring anyone dead),
-//! and only then promotes an in-sync replica. So by the time another primary
+//! has not *received* a heartbeat for [`DEAD_AFTER`] (> LEASE; a new leader
+//! first waits LEASE plus a margin after its election, since only a leader a
+//! quorum still follows grants leases), and only then promotes an in-sync
+//! replica. So by the time another primary
 //! exists, the old one's lease has run out: it no longer acknowledges
 //! writes, and every copy refuses its older epoch anyway. This assumes the
 //! members' clocks run at rates within a few percent of each other (no
@@ -70,11 +71,11 @@ openraft::declare_raft_types!(
 );
 
 /// How often every member tells the leader it is alive.
-pub const HEARTBEAT: Duration = Duration::from_millis(250);
+pub const HEARTBEAT: Duration = Duration::from_millis(200);
 /// How long a member may act as primary after sending an answered heartbeat.
-pub const LEASE: Duration = Duration::from_millis(1500);
+pub const LEASE: Duration = Duration::from_millis(1000);
 /// How long the leader waits without a heartbeat before declaring a node dead.
-pub const DEAD_AFTER: Duration = Duration::from_millis(2000);
+pub const DEAD_AFTER: Duration = Duration::from_millis(1500);
 
 /// What went wrong in the control plane.
 #[derive(Debug, Error)]
@@ -928,7 +929,7 @@ async fn heartbeats(me: Weak<Inner>) {
 /// stopped sending heartbeats.
 async fn failover(me: Weak<Inner>) {
     loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
         let Some(s) = me.upgrade() else { return };
         let leading = s.raft.metrics().borrow().state == ServerState::Leader;
         let since = {
@@ -944,10 +945,11 @@ async fn failover(me: Weak<Inner>) {
             *ls
         };
         let Some(since) = since else { continue };
-        if since.elapsed() < DEAD_AFTER {
-            // A new leader has not heard everyone yet: nobody is dead.
-            continue;
-        }
+        // A new leader has heard nobody yet. Leases were granted only by a
+        // leader a quorum confirmed, so none granted by the old leader
+        // outlives this election by more than LEASE: after that (and a
+        // margin) a silent primary can be replaced.
+        let grace = LEASE + Duration::from_millis(300);
         let alive = |n: NodeId| {
             s.seen
                 .lock()
@@ -955,6 +957,9 @@ async fn failover(me: Weak<Inner>) {
                 .get(&n)
                 .is_some_and(|t| t.elapsed() < DEAD_AFTER)
         };
+        if since.elapsed() < grace {
+            continue;
+        }
         let state = s.store.state();
         for v in state.volumes.values() {
             if alive(v.primary) {
