@@ -1,7 +1,8 @@
 //! A two-node cluster with a witness, as three real processes on loopback:
 //! a client writes numbered blocks (FUA) through the primary, the primary is
 //! killed with SIGKILL, the other node takes over, every acknowledged write
-//! reads back from it, the killed node returns and resyncs, and the two
+//! reads back from it, the killed node returns and resyncs; then the
+//! secondary is killed while writes go on, returns and resyncs; the two
 //! copies end up byte-identical.
 
 mod common;
@@ -138,7 +139,7 @@ fn volume_file(s: &Server) -> std::path::PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn primary_killed_survivor_serves_every_acknowledged_write_and_copies_converge() {
+async fn primary_then_secondary_killed_no_acknowledged_write_lost_and_copies_converge() {
     let dir = tempfile::tempdir().unwrap();
     let mut a = Server::start(&dir.path().join("a"));
     let mut b = Server::start(&dir.path().join("b"));
@@ -268,6 +269,35 @@ async fn primary_killed_survivor_serves_every_acknowledged_write_and_copies_conv
             .is_some_and(|r| r.values().all(|x| x["state"] == "in-sync"))
     });
     verify(primary.iscsi_port, &h).await;
+
+    // Now the secondary dies: the primary goes on alone once Raft records
+    // the copy as out of sync, and the copy catches up when it returns.
+    primary.kill();
+    for k in 0..16 {
+        seq += 1;
+        assert_eq!(
+            write(&mut s, &mut h, k, seq).await,
+            Some(true),
+            "write {seq} with the secondary dead"
+        );
+    }
+    let st = status(other);
+    let reps = st["status"]["state"]["volumes"]["vm"]["replicas"].clone();
+    assert!(
+        reps.as_object()
+            .unwrap()
+            .values()
+            .any(|x| x["state"] == "out-of-sync"),
+        "the dead secondary is recorded out of sync: {reps}"
+    );
+    primary.restart();
+    wait_until("secondary back in sync", 60, || {
+        let st = status(other);
+        let reps = &st["status"]["state"]["volumes"]["vm"]["replicas"];
+        reps.as_object()
+            .is_some_and(|r| r.values().all(|x| x["state"] == "in-sync"))
+    });
+    verify(other.iscsi_port, &h).await;
     drop(s);
     drop(i);
     drop(f);
