@@ -27,6 +27,8 @@ pub trait Backing: Send + Sync + 'static {
     fn seek(&self, offset: u64, data: bool) -> io::Result<Option<u64>>;
     /// Sets the length and makes it durable.
     fn set_len_durably(&self, len: u64) -> io::Result<()>;
+    /// The current length in bytes.
+    fn size(&self) -> io::Result<u64>;
     /// (free, total) bytes of the space behind the storage.
     fn space(&self) -> io::Result<(u64, u64)>;
 }
@@ -54,6 +56,9 @@ impl Backing for File {
         self.set_len(len)?;
         // Durability point: the new length is on disk before the metadata says so.
         self.sync_all()
+    }
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.metadata()?.len())
     }
     fn space(&self) -> io::Result<(u64, u64)> {
         file_io::space(self)
@@ -105,6 +110,15 @@ impl SimDisk {
             }
         }
         SimDisk::from_image(image)
+    }
+
+    /// Flips bits of the byte at `offset`, durably and behind the back of
+    /// any writer: the disk itself went bad there.
+    pub fn corrupt(&self, offset: u64, mask: u8) {
+        let mut s = self.state.lock().unwrap();
+        let at = offset as usize;
+        s.durable[at] ^= mask;
+        s.current[at] ^= mask;
     }
 
     /// Writes since the last sync.
@@ -163,6 +177,9 @@ impl Backing for SimDisk {
         s.pending.clear();
         Ok(())
     }
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.state.lock().unwrap().current.len() as u64)
+    }
     fn space(&self) -> io::Result<(u64, u64)> {
         Ok((1 << 40, 1 << 40))
     }
@@ -190,6 +207,9 @@ impl<B: Backing> Backing for std::sync::Arc<B> {
     }
     fn set_len_durably(&self, len: u64) -> io::Result<()> {
         (**self).set_len_durably(len)
+    }
+    fn size(&self) -> io::Result<u64> {
+        (**self).size()
     }
     fn space(&self) -> io::Result<(u64, u64)> {
         (**self).space()

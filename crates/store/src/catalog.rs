@@ -8,8 +8,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::dirty_map::DirtyMap;
 use crate::durable::{sync_dir, write_atomic, write_atomic_mode};
-use crate::{LocalVolume, StoreError};
+use crate::{LocalVolume, StoreError, VolumeFiles, REGION_BYTES};
+
+/// The checksum sidecar of a volume's data file.
+const SUMS: &str = "data.crc32c";
+/// The dirty-region bitmap of a volume's data file.
+const DIRTY: &str = "data.dirty";
 
 /// What the store records about one volume.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -250,6 +256,16 @@ impl Store {
         f.set_len(size_bytes)
             .map_err(StoreError::io("cannot size", &data))?;
         f.sync_all().map_err(StoreError::io("cannot sync", &data))?;
+        let sums = vdir.join(SUMS);
+        let s = File::create(&sums).map_err(StoreError::io("cannot create", &sums))?;
+        // A sparse sidecar: every entry 0, "unwritten", like the data.
+        s.set_len(size_bytes / block_size as u64 * 4)
+            .map_err(StoreError::io("cannot size", &sums))?;
+        s.sync_all().map_err(StoreError::io("cannot sync", &sums))?;
+        let dirty = vdir.join(DIRTY);
+        let d = File::create(&dirty).map_err(StoreError::io("cannot create", &dirty))?;
+        DirtyMap::create(&d, size_bytes, REGION_BYTES.trailing_zeros())
+            .map_err(StoreError::io("cannot write", &dirty))?;
         // meta.json last: a volume exists once its metadata is durable.
         let json = serde_json::to_vec_pretty(&meta).expect("metadata serializes");
         write_atomic(&vdir.join("meta.json"), &json)?;
@@ -292,7 +308,29 @@ impl Store {
             f.set_len(meta.size_bytes)
                 .map_err(StoreError::io("cannot size", &data))?;
         }
-        let v = Arc::new(LocalVolume::new(f, meta, vdir.join("meta.json")));
+        let sums_path = vdir.join(SUMS);
+        // A volume from before checksums has no sidecar: start it empty and
+        // drop any bitmap, so the volume computes every checksum at open.
+        let upgrade = !sums_path.exists();
+        let open_rw = |path: &Path, truncate: bool| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(truncate)
+                .open(path)
+                .map_err(StoreError::io("cannot open", path))
+        };
+        let sums = open_rw(&sums_path, false)?;
+        let dirty = open_rw(&vdir.join(DIRTY), upgrade)?;
+        let files = VolumeFiles {
+            data: f,
+            sums,
+            dirty,
+        };
+        let v = LocalVolume::new(files, meta, vdir.join("meta.json"))
+            .map_err(StoreError::io("cannot open checksums of", &vdir))?;
+        let v = Arc::new(v);
         cat.open.insert(name.to_string(), v.clone());
         Ok(v)
     }

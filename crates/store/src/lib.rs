@@ -6,12 +6,16 @@
 //! installation.json        {"id": UUID} — root of every SCSI identity
 //! volumes/<uuid>/meta.json id, name, size, block size (written last on create)
 //! volumes/<uuid>/data      sparse file holding the blocks
+//! volumes/<uuid>/data.crc32c  one crc32c per block (0: unwritten, reads as zeros)
+//! volumes/<uuid>/data.dirty   dirty-region bitmap (1 MiB regions) and clean-stop marker
 //! volumes/<uuid>.deleting  a volume being deleted (removed on next open)
 //! ```
 #![deny(unsafe_code)]
 
 mod backing;
 mod catalog;
+mod checksum;
+mod dirty_map;
 mod durable;
 mod error;
 mod file_io;
@@ -21,4 +25,4 @@ mod pool;
 pub use backing::{Backing, SimDisk};
 pub use catalog::{validate_name, Store, VolumeMeta};
 pub use error::StoreError;
-pub use local::LocalVolume;
+pub use local::{LocalVolume, VolumeFiles, REGION_BYTES};

@@ -1,6 +1,8 @@
+use std::collections::BTreeSet;
+use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -11,8 +13,20 @@ use volume::{
 
 use crate::backing::Backing;
 use crate::catalog::VolumeMeta;
+use crate::checksum::{self, ENTRY};
+use crate::dirty_map::{DirtyMap, Opened};
 use crate::durable::write_atomic;
 use crate::pool::IoPool;
+
+/// Size of a dirty region: the unit the dirty-region bitmap tracks and an
+/// unclean stop rechecks. 1 MiB keeps the bitmap small (16 KiB per 128 GiB)
+/// and the recheck after a crash short, while random writes settle into
+/// already-dirty regions quickly.
+pub const REGION_BYTES: u64 = 1 << 20;
+
+/// Lock stripes that keep a block's data and checksum updates together
+/// against other writers and rechecking readers.
+const STRIPES: u64 = 256;
 
 /// Largest read tried inline from the page cache before handing it to a
 /// worker thread: copying more than this would hold up the async worker.
@@ -27,14 +41,117 @@ const SPACE_CHECK_MIN: u64 = 1 << 20;
 const SOFT_THRESHOLD_PERCENT: u64 = 10;
 const SOFT_THRESHOLD_MAX: u64 = 8 << 30;
 
+/// The three stores of one volume: its blocks, their checksums (one
+/// crc32c per block) and the dirty-region bitmap.
+pub struct VolumeFiles<B> {
+    /// The blocks.
+    pub data: B,
+    /// The checksum sidecar.
+    pub sums: B,
+    /// The dirty-region bitmap.
+    pub dirty: B,
+}
+
+/// Data and checksums, with the locks that keep them in step.
+struct Files<B> {
+    data: B,
+    sums: B,
+    bs: u64,
+    region_shift: u32,
+    stripes: Vec<Mutex<()>>,
+}
+
+impl<B: Backing> Files<B> {
+    /// First and last dirty region of blocks `[lba, lba + blocks)`.
+    fn regions(&self, lba: u64, blocks: u64) -> (u64, u64) {
+        (
+            (lba * self.bs) >> self.region_shift,
+            ((lba + blocks) * self.bs - 1) >> self.region_shift,
+        )
+    }
+
+    /// Blocks `[first, end)` of region `r`.
+    fn region_blocks(&self, r: u64) -> (u64, u64) {
+        let per = (1u64 << self.region_shift) / self.bs;
+        (r * per, (r + 1) * per)
+    }
+
+    /// Takes the stripe locks of every region the blocks lie in, in order.
+    fn lock(&self, lba: u64, blocks: u64) -> Vec<MutexGuard<'_, ()>> {
+        let (first, last) = self.regions(lba, blocks);
+        let mut idx: Vec<u64> = if last - first + 1 >= STRIPES {
+            (0..STRIPES).collect()
+        } else {
+            (first..=last).map(|r| r % STRIPES).collect()
+        };
+        idx.sort_unstable();
+        idx.dedup();
+        idx.iter()
+            .map(|&i| self.stripes[i as usize].lock().unwrap())
+            .collect()
+    }
+
+    /// Writes blocks and their checksums.
+    fn write(&self, lba: u64, data: &[u8]) -> io::Result<()> {
+        let sums = checksum::entries(data, self.bs as usize, false);
+        let _locks = self.lock(lba, data.len() as u64 / self.bs);
+        self.data.write_at(data, lba * self.bs)?;
+        self.sums.write_at(&sums, lba * ENTRY)
+    }
+
+    /// Reads blocks and their checksums.
+    fn read(&self, lba: u64, blocks: u64) -> io::Result<(Vec<u8>, Vec<u8>)> {
+        let mut data = vec![0u8; (blocks * self.bs) as usize];
+        let mut sums = vec![0u8; (blocks * ENTRY) as usize];
+        self.data.read_at(&mut data, lba * self.bs)?;
+        self.sums.read_at(&mut sums, lba * ENTRY)?;
+        Ok((data, sums))
+    }
+
+    /// Reads blocks with no write to them half done, and finds the first one
+    /// that does not match its checksum.
+    fn read_settled(&self, lba: u64, blocks: u64) -> io::Result<(Vec<u8>, Option<u64>)> {
+        let _locks = self.lock(lba, blocks);
+        let (data, sums) = self.read(lba, blocks)?;
+        let bad = checksum::first_bad(&data, &sums, self.bs as usize);
+        Ok((data, bad.map(|i| lba + i as u64)))
+    }
+
+    /// Deallocates blocks; their checksums go back to "unwritten".
+    fn unmap(&self, lba: u64, blocks: u64) -> io::Result<()> {
+        let _locks = self.lock(lba, blocks);
+        self.data.punch_hole(lba * self.bs, blocks * self.bs)?;
+        self.sums.punch_hole(lba * ENTRY, blocks * ENTRY)
+    }
+
+    /// Recomputes the checksums of blocks from the data as it is.
+    fn rebuild(&self, lba: u64, blocks: u64) -> io::Result<()> {
+        let _locks = self.lock(lba, blocks);
+        checksum::rebuild(&self.data, &self.sums, self.bs, lba, blocks)
+    }
+
+    /// Makes data and checksums durable.
+    fn sync(&self) -> io::Result<()> {
+        // Durability point for volume data and its checksums: fdatasync of both files.
+        self.data.sync()?;
+        self.sums.sync()
+    }
+}
+
 /// A thin volume stored as a sparse file. Unwritten and unmapped blocks are
 /// holes: they read as zeros and take no space.
+///
+/// Every block carries a crc32c in a sidecar file, checked on every read; a
+/// block that fails it is reported as a medium error, never returned. A
+/// durable dirty-region bitmap says where data and checksums may disagree
+/// after a power cut, so an unclean stop rechecks only those regions.
 ///
 /// Atomicity of COMPARE AND WRITE: every write-like operation holds `gate`
 /// shared; compare-and-write holds it exclusively, so no other write can land
 /// between its compare and its write. Reads take no lock.
 pub struct LocalVolume<B: Backing = std::fs::File> {
-    file: Arc<B>,
+    files: Arc<Files<B>>,
+    map: Arc<DirtyMap<B>>,
     block_size: u32,
     num_blocks: AtomicU64,
     gate: RwLock<()>,
@@ -48,18 +165,33 @@ pub struct LocalVolume<B: Backing = std::fs::File> {
     since_space_check: AtomicU64,
     /// Bytes to write before the next look.
     space_check_every: AtomicU64,
+    /// Regions where a failed write or unmap may have left data and
+    /// checksums apart: their checksums are recomputed, not trusted, and they
+    /// stay dirty until that has been done.
+    suspect: Mutex<BTreeSet<u64>>,
 }
 
 impl LocalVolume<std::fs::File> {
-    pub(crate) fn new(file: std::fs::File, meta: VolumeMeta, meta_path: PathBuf) -> Self {
-        LocalVolume::build(file, meta, Some(meta_path))
+    pub(crate) fn new(
+        files: VolumeFiles<std::fs::File>,
+        meta: VolumeMeta,
+        meta_path: PathBuf,
+    ) -> io::Result<Self> {
+        LocalVolume::open(files, meta, Some(meta_path), REGION_BYTES)
     }
 }
 
 impl<B: Backing> LocalVolume<B> {
-    /// A volume over any backing, e.g. a [`SimDisk`](crate::SimDisk) for
-    /// power-cut tests; its metadata is kept in memory only.
-    pub fn with_backing(backing: B, block_size: u32, num_blocks: u64) -> Self {
+    /// A volume over any backing, e.g. [`SimDisk`](crate::SimDisk)s for
+    /// power-cut tests; its metadata is kept in memory only. Empty `sums` and
+    /// `dirty` backings are set up from the data; `region_bytes` (a power of
+    /// two, at least one block) sizes the dirty regions of a new bitmap.
+    pub fn with_backing(
+        files: VolumeFiles<B>,
+        block_size: u32,
+        num_blocks: u64,
+        region_bytes: u64,
+    ) -> Result<Self> {
         let meta = VolumeMeta {
             id: uuid::Uuid::nil(),
             name: "simulated".into(),
@@ -67,14 +199,74 @@ impl<B: Backing> LocalVolume<B> {
             block_size,
             created: 0,
         };
-        LocalVolume::build(backing, meta, None)
+        LocalVolume::open(files, meta, None, region_bytes).map_err(VolumeError::from_io)
     }
 
-    fn build(file: B, meta: VolumeMeta, meta_path: Option<PathBuf>) -> Self {
-        LocalVolume {
-            file: Arc::new(file),
+    /// Opens a volume's files: rechecks the dirty regions of an unclean stop,
+    /// or builds every checksum when the volume has none yet.
+    fn open(
+        files: VolumeFiles<B>,
+        meta: VolumeMeta,
+        meta_path: Option<PathBuf>,
+        region_bytes: u64,
+    ) -> io::Result<Self> {
+        assert!(region_bytes.is_power_of_two() && region_bytes >= meta.block_size as u64);
+        let VolumeFiles { data, sums, dirty } = files;
+        let bs = meta.block_size as u64;
+        let num_blocks = meta.size_bytes / bs;
+        if sums.size()? < num_blocks * ENTRY {
+            sums.set_len_durably(num_blocks * ENTRY)?;
+        }
+        let (map, recover) = match DirtyMap::open(dirty, meta.size_bytes)? {
+            Opened::Map { map, recover } => (map, Some(recover)),
+            Opened::Missing(dirty) => {
+                tracing::info!(
+                    volume = %meta.name,
+                    "volume has no checksums yet: computing them from its data"
+                );
+                checksum::rebuild(&data, &sums, bs, 0, num_blocks)?;
+                // Durability point: every checksum is on disk before the map says all is clean.
+                sums.sync()?;
+                DirtyMap::create(&dirty, meta.size_bytes, region_bytes.trailing_zeros())?;
+                match DirtyMap::open(dirty, meta.size_bytes)? {
+                    Opened::Map { map, .. } => (map, None),
+                    Opened::Missing(_) => {
+                        return Err(io::Error::other(
+                            "the new dirty-region bitmap is unreadable",
+                        ))
+                    }
+                }
+            }
+        };
+        let files = Files {
+            data,
+            sums,
+            bs,
+            region_shift: map.region_shift(),
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+        };
+        if let Some(recover) = recover.filter(|r| !r.is_empty()) {
+            tracing::warn!(
+                volume = %meta.name,
+                regions = recover.len(),
+                region_bytes = 1u64 << files.region_shift,
+                "volume was not shut down cleanly: recomputing the checksums of its dirty regions"
+            );
+            for r in recover {
+                let (first, end) = files.region_blocks(r);
+                if first < num_blocks {
+                    files.rebuild(first, end.min(num_blocks) - first)?;
+                }
+            }
+            // Durability point: recomputed checksums are on disk before the bitmap forgets the regions.
+            files.sums.sync()?;
+        }
+        map.start()?;
+        Ok(LocalVolume {
+            files: Arc::new(files),
+            map: Arc::new(map),
             block_size: meta.block_size,
-            num_blocks: AtomicU64::new(meta.size_bytes / meta.block_size as u64),
+            num_blocks: AtomicU64::new(num_blocks),
             gate: RwLock::new(()),
             closed: AtomicBool::new(false),
             meta: Mutex::new(meta),
@@ -83,7 +275,8 @@ impl<B: Backing> LocalVolume<B> {
             // Look at the free space with the first write.
             since_space_check: AtomicU64::new(SPACE_CHECK_BYTES),
             space_check_every: AtomicU64::new(SPACE_CHECK_BYTES),
-        }
+            suspect: Mutex::new(BTreeSet::new()),
+        })
     }
 
     /// The volume's current metadata.
@@ -108,10 +301,10 @@ impl<B: Backing> LocalVolume<B> {
     async fn blocking<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&B) -> std::io::Result<T> + Send + 'static,
+        F: FnOnce(&Files<B>) -> std::io::Result<T> + Send + 'static,
     {
-        let file = self.file.clone();
-        match IoPool::global().run(move || f(&file)).await {
+        let files = self.files.clone();
+        match IoPool::global().run(move || f(&files)).await {
             Ok(r) => r.map_err(VolumeError::from_io),
             Err(e) => Err(VolumeError::Io(e)),
         }
@@ -123,24 +316,50 @@ impl<B: Backing> LocalVolume<B> {
     async fn slow<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&B) -> std::io::Result<T> + Send + 'static,
+        F: FnOnce(&Files<B>) -> std::io::Result<T> + Send + 'static,
     {
-        let file = self.file.clone();
-        match tokio::task::spawn_blocking(move || f(&file)).await {
+        let files = self.files.clone();
+        match tokio::task::spawn_blocking(move || f(&files)).await {
             Ok(r) => r.map_err(VolumeError::from_io),
             Err(e) => Err(VolumeError::Io(std::io::Error::other(e))),
         }
     }
 
+    /// Makes sure the regions of blocks `[lba, lba + blocks)` are durably
+    /// dirty before anything is written there: an atomic bit test when they
+    /// are, one bitmap sync (shared with other writers) when not.
+    async fn enter(&self, lba: u64, blocks: u64) -> Result<()> {
+        let (first, last) = self.files.regions(lba, blocks);
+        if self.map.enter(first, last) {
+            return Ok(());
+        }
+        let map = self.map.clone();
+        match tokio::task::spawn_blocking(move || map.mark(first, last)).await {
+            Ok(r) => r.map_err(VolumeError::from_io),
+            Err(e) => Err(VolumeError::Io(std::io::Error::other(e))),
+        }
+    }
+
+    /// Remembers that a failed write or unmap may have left the data and
+    /// checksums of these blocks apart.
+    fn suspect(&self, lba: u64, blocks: u64) {
+        let (first, last) = self.files.regions(lba, blocks);
+        self.suspect.lock().unwrap().extend(first..=last);
+    }
+
     async fn write_unlocked(&self, lba: u64, data: Bytes, fua: bool) -> Result<()> {
-        let off = lba * self.block_size as u64;
         let len = data.len() as u64;
+        let blocks = len / self.block_size as u64;
+        self.enter(lba, blocks).await?;
         let check = self.since_space_check.fetch_add(len, Ordering::Relaxed) + len
             >= self.space_check_every.load(Ordering::Relaxed);
         if check {
             self.since_space_check.store(0, Ordering::Relaxed);
         }
-        let written = self.blocking(move |f| f.write_at(&data, off)).await;
+        let written = self.blocking(move |f| f.write(lba, &data)).await;
+        if written.is_err() {
+            self.suspect(lba, blocks);
+        }
         if check || written.is_err() {
             self.look_at_space().await;
         }
@@ -157,7 +376,7 @@ impl<B: Backing> LocalVolume<B> {
     /// Compares the filesystem's free space with the soft threshold, and
     /// decides when to look again: after a quarter of the way to the threshold.
     async fn look_at_space(&self) {
-        if let Ok((free, total)) = self.blocking(|f| f.space()).await {
+        if let Ok((free, total)) = self.blocking(|f| f.data.space()).await {
             let threshold = (total / 100 * SOFT_THRESHOLD_PERCENT).min(SOFT_THRESHOLD_MAX);
             self.low_space.store(free < threshold, Ordering::Relaxed);
             let next =
@@ -169,24 +388,107 @@ impl<B: Backing> LocalVolume<B> {
     async fn read_unlocked(&self, lba: u64, blocks: u64) -> Result<Vec<u8>> {
         let off = lba * self.block_size as u64;
         let len = blocks as usize * self.block_size as usize;
+        let bs = self.block_size as usize;
         if len <= INLINE_READ_MAX {
-            // Data already in the page cache is copied right here; only reads
-            // that would wait for the disk go to a worker thread.
+            // Data and checksums already in the page cache are copied right
+            // here; only reads that would wait for the disk go to a worker.
             let mut buf = vec![0u8; len];
+            let mut sums = vec![0u8; blocks as usize * ENTRY as usize];
             if self
-                .file
+                .files
+                .data
                 .read_nowait(&mut buf, off)
                 .map_err(VolumeError::from_io)?
+                && self
+                    .files
+                    .sums
+                    .read_nowait(&mut sums, lba * ENTRY)
+                    .map_err(VolumeError::from_io)?
             {
-                return Ok(buf);
+                if checksum::first_bad(&buf, &sums, bs).is_none() {
+                    return Ok(buf);
+                }
+                return self.read_settled(lba, blocks).await;
             }
         }
-        self.blocking(move |f| {
-            let mut buf = vec![0u8; len];
-            f.read_at(&mut buf, off)?;
-            Ok(buf)
+        let (buf, bad) = self
+            .blocking(move |f| {
+                let (buf, sums) = f.read(lba, blocks)?;
+                let bad = checksum::first_bad(&buf, &sums, bs);
+                Ok((buf, bad))
+            })
+            .await?;
+        match bad {
+            None => Ok(buf),
+            Some(_) => self.read_settled(lba, blocks).await,
+        }
+    }
+
+    /// A read that failed its checksums, looked at again with no write to
+    /// those blocks half done (a write racing the read is not corruption).
+    /// What still fails is a medium error, except in regions a failed write
+    /// left suspect, whose checksums are recomputed instead.
+    async fn read_settled(&self, lba: u64, blocks: u64) -> Result<Vec<u8>> {
+        let (buf, bad) = self.blocking(move |f| f.read_settled(lba, blocks)).await?;
+        let Some(bad) = bad else {
+            return Ok(buf);
+        };
+        let (first, last) = self.files.regions(lba, blocks);
+        let suspects: Vec<u64> = self
+            .suspect
+            .lock()
+            .unwrap()
+            .range(first..=last)
+            .copied()
+            .collect();
+        let in_suspect = suspects.contains(&self.files.regions(bad, 1).0);
+        if in_suspect {
+            self.heal(suspects).await?;
+            let (buf, bad) = self.blocking(move |f| f.read_settled(lba, blocks)).await?;
+            return match bad {
+                None => Ok(buf),
+                Some(bad) => Err(self.corrupt(bad)),
+            };
+        }
+        Err(self.corrupt(bad))
+    }
+
+    /// Reports a block whose data does not match its checksum.
+    fn corrupt(&self, lba: u64) -> VolumeError {
+        tracing::error!(
+            volume = %self.meta.lock().unwrap().name,
+            lba,
+            "block does not match its checksum: the data on disk is damaged; reporting a medium error"
+        );
+        VolumeError::Medium {
+            lba,
+            reason: "the data does not match its checksum".into(),
+        }
+    }
+
+    /// Recomputes the checksums of suspect regions from their data and stops
+    /// suspecting them.
+    async fn heal(&self, regions: Vec<u64>) -> Result<()> {
+        if regions.is_empty() {
+            return Ok(());
+        }
+        let n = self.num_blocks();
+        let rs = regions.clone();
+        self.slow(move |f| {
+            for r in rs {
+                let (first, end) = f.region_blocks(r);
+                if first < n {
+                    f.rebuild(first, end.min(n) - first)?;
+                }
+            }
+            f.sums.sync()
         })
-        .await
+        .await?;
+        let mut suspect = self.suspect.lock().unwrap();
+        for r in regions {
+            suspect.remove(&r);
+        }
+        Ok(())
     }
 }
 
@@ -235,19 +537,40 @@ impl<B: Backing> Volume for LocalVolume<B> {
 
     async fn flush(&self) -> Result<()> {
         self.check_open()?;
-        self.slow(|f| f.sync()).await
+        let quiet = self.map.quiet();
+        if !quiet.is_empty() {
+            // Every write issued before the epoch began completes before the
+            // sync below, so the quiet regions hold nothing unsynced once it returns.
+            drop(self.gate.write().await);
+        }
+        self.slow(|f| f.sync()).await?;
+        let suspects: Vec<u64> = self.suspect.lock().unwrap().iter().copied().collect();
+        // A failed write is healed by the next flush; until then its regions stay dirty.
+        let _ = self.heal(suspects).await;
+        if quiet.is_empty() {
+            return Ok(());
+        }
+        let keep = self.suspect.lock().unwrap().clone();
+        let map = self.map.clone();
+        match tokio::task::spawn_blocking(move || map.clear(&quiet, |r| keep.contains(&r))).await {
+            Ok(r) => r.map_err(VolumeError::from_io),
+            Err(e) => Err(VolumeError::Io(std::io::Error::other(e))),
+        }
     }
 
     async fn unmap(&self, lba: u64, blocks: u64) -> Result<()> {
         self.check_open()?;
         check_range(self.num_blocks(), lba, blocks)?;
-        let bs = self.block_size as u64;
         let _shared = self.gate.read().await;
+        self.enter(lba, blocks).await?;
         // Space comes back: look at it again with the next write.
         self.since_space_check
             .store(SPACE_CHECK_BYTES, Ordering::Relaxed);
-        self.slow(move |f| f.punch_hole(lba * bs, blocks * bs))
-            .await
+        let done = self.slow(move |f| f.unmap(lba, blocks)).await;
+        if done.is_err() {
+            self.suspect(lba, blocks);
+        }
+        done
     }
 
     async fn compare_and_write(
@@ -283,7 +606,7 @@ impl<B: Backing> Volume for LocalVolume<B> {
         let off = lba * bs;
         let (state, until) = self
             .blocking(move |f| {
-                let next_data = match f.seek(off, true) {
+                let next_data = match f.data.seek(off, true) {
                     Ok(d) => d.unwrap_or(end).min(end),
                     // No SEEK_DATA on this filesystem: report everything mapped.
                     Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
@@ -294,7 +617,7 @@ impl<B: Backing> Volume for LocalVolume<B> {
                 if next_data > off {
                     return Ok((BlockState::Deallocated, next_data));
                 }
-                let next_hole = f.seek(off, false)?.unwrap_or(end).min(end);
+                let next_hole = f.data.seek(off, false)?.unwrap_or(end).min(end);
                 Ok((BlockState::Mapped, next_hole))
             })
             .await?;
@@ -320,7 +643,16 @@ impl<B: Backing> Volume for LocalVolume<B> {
                 blocks: 0,
                 num_blocks: current,
             })?;
-        self.slow(move |f| f.set_len_durably(size)).await?;
+        self.slow(move |f| {
+            f.data.set_len_durably(size)?;
+            f.sums.set_len_durably(blocks * ENTRY)
+        })
+        .await?;
+        let map = self.map.clone();
+        tokio::task::spawn_blocking(move || map.grow(size))
+            .await
+            .map_err(|e| VolumeError::Io(std::io::Error::other(e)))?
+            .map_err(VolumeError::from_io)?;
         let mut meta = self.meta.lock().unwrap().clone();
         meta.size_bytes = size;
         if let Some(path) = self.meta_path.clone() {
@@ -333,5 +665,24 @@ impl<B: Backing> Volume for LocalVolume<B> {
         *self.meta.lock().unwrap() = meta;
         self.num_blocks.store(blocks, Ordering::Release);
         Ok(())
+    }
+}
+
+/// A clean close: once nothing holds the volume any more, data and checksums
+/// are made durable and the bitmap is marked clean, so the next open has
+/// nothing to recheck. Skipped for a deleted volume and while a failed write
+/// is not healed (its regions stay dirty and are rechecked at the next open).
+impl<B: Backing> Drop for LocalVolume<B> {
+    fn drop(&mut self) {
+        if self.closed.load(Ordering::SeqCst) || !self.suspect.lock().unwrap().is_empty() {
+            return;
+        }
+        let name = self.meta.lock().unwrap().name.clone();
+        match self.files.sync().and_then(|()| self.map.close_clean()) {
+            Ok(()) => tracing::debug!(volume = %name, "volume closed cleanly"),
+            Err(e) => {
+                tracing::warn!(volume = %name, error = %e, "volume could not be closed cleanly; its dirty regions are rechecked at the next open")
+            }
+        }
     }
 }
