@@ -398,3 +398,25 @@ pub fn read_defect_data(cdb: &[u8]) -> Outcome {
         Ok(vec![0, flags, 0, 0, 0, 0, 0, 0])
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_block_failing_its_checksum_is_an_unrecovered_read_error_at_its_lba() {
+        // SBC-3 4.18.1: the INFORMATION field names the first LBA in error.
+        let e = VolumeError::Medium {
+            lba: 77,
+            reason: "the data does not match its checksum".into(),
+        };
+        let fixed = volume_sense(&e, 70).encode(false);
+        assert_eq!(fixed[0], 0xF0, "VALID: the INFORMATION field holds the LBA");
+        assert_eq!(fixed[2], crate::sense::key::MEDIUM_ERROR);
+        assert_eq!((fixed[12], fixed[13]), (0x11, 0x00));
+        assert_eq!(&fixed[3..7], &77u32.to_be_bytes());
+        let desc = volume_sense(&e, 70).encode(true);
+        assert_eq!((desc[1], desc[2], desc[3]), (0x03, 0x11, 0x00));
+        assert_eq!(&desc[12..20], &77u64.to_be_bytes());
+    }
+}
