@@ -25,6 +25,9 @@ const WORDS_PER_PAGE: usize = (PAGE / 8) as usize;
 const CLEAN: u32 = 0;
 /// Header state: in use; dirty bits may be set.
 const IN_USE: u32 = 1;
+/// Regions marked ahead of a sequential write stream, so that it pays one
+/// bitmap sync per this many regions instead of one per region.
+const AHEAD: u64 = 8;
 
 /// Length of the bitmap file for `regions` regions.
 fn file_len(regions: u64) -> u64 {
@@ -37,6 +40,7 @@ fn regions_of(size: u64, shift: u32) -> u64 {
 }
 
 struct Bits {
+    regions: u64,
     /// Regions durably marked dirty on disk.
     dirty: Vec<AtomicU64>,
     /// Regions a write-like operation entered since the current flush epoch began.
@@ -47,6 +51,7 @@ impl Bits {
     fn new(regions: u64) -> Bits {
         let words = regions.div_ceil(64) as usize;
         Bits {
+            regions,
             dirty: (0..words).map(|_| AtomicU64::new(0)).collect(),
             touched: (0..words).map(|_| AtomicU64::new(0)).collect(),
         }
@@ -203,9 +208,13 @@ impl<B: Backing> DirtyMap<B> {
         // Ours again, in case an earlier holder took them and failed.
         want.extend(first..=last);
         let bits = self.bits.read().unwrap();
-        want.retain(|&r| {
-            bits.dirty[(r / 64) as usize].load(Ordering::SeqCst) & (1 << (r % 64)) == 0
-        });
+        let is_dirty =
+            |r: u64| bits.dirty[(r / 64) as usize].load(Ordering::SeqCst) & (1 << (r % 64)) != 0;
+        if first > 0 && is_dirty(first - 1) {
+            // The region before is dirty: most likely a stream moving forward.
+            want.extend(last + 1..(last + AHEAD).min(bits.regions));
+        }
+        want.retain(|&r| !is_dirty(r));
         if want.is_empty() {
             return Ok(());
         }
@@ -298,6 +307,7 @@ impl<B: Backing> DirtyMap<B> {
         let _io = self.io.lock().unwrap();
         let mut bits = self.bits.write().unwrap();
         let words = regions.div_ceil(64) as usize;
+        bits.regions = regions;
         while bits.dirty.len() < words {
             bits.dirty.push(AtomicU64::new(0));
             bits.touched.push(AtomicU64::new(0));
@@ -360,6 +370,23 @@ mod tests {
         let cut = map.file.power_cut(|_| false);
         let (_, recover) = opened(cut, 100 << 20);
         assert_eq!(recover, vec![70]);
+    }
+
+    #[test]
+    fn a_write_stream_marks_regions_ahead() {
+        let disk = SimDisk::new(0);
+        DirtyMap::create(&disk, 100 << 20, 20).unwrap();
+        let (map, _) = opened(disk, 100 << 20);
+        map.start().unwrap();
+        map.mark(4, 4).unwrap();
+        assert_eq!(map.dirty_regions(), vec![4]);
+        // Region 5 follows a dirty one: the regions after it are marked with it.
+        map.mark(5, 5).unwrap();
+        assert_eq!(map.dirty_regions(), (4..=12).collect::<Vec<_>>());
+        // Never beyond the end of the volume.
+        map.mark(97, 97).unwrap();
+        map.mark(98, 98).unwrap();
+        assert_eq!(map.dirty_regions()[9..], [97, 98, 99]);
     }
 
     #[test]
