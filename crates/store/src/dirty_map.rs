@@ -315,7 +315,7 @@ impl<B: Backing> DirtyMap<B> {
         self.file.set_len_durably(file_len(regions))
     }
 
-    /// Dirty regions right now (for tests and status).
+    /// Dirty regions right now.
     #[cfg(test)]
     pub(crate) fn dirty_regions(&self) -> Vec<u64> {
         let bits = self.bits.read().unwrap();

@@ -333,8 +333,18 @@ impl<B: Backing> LocalVolume<B> {
         if self.map.enter(first, last) {
             return Ok(());
         }
+        self.on_map(move |map| map.mark(first, last)).await
+    }
+
+    /// Runs a call on the dirty-region bitmap (it may wait for a sync) on
+    /// tokio's blocking pool.
+    async fn on_map<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&DirtyMap<B>) -> std::io::Result<T> + Send + 'static,
+    {
         let map = self.map.clone();
-        match tokio::task::spawn_blocking(move || map.mark(first, last)).await {
+        match tokio::task::spawn_blocking(move || f(&map)).await {
             Ok(r) => r.map_err(VolumeError::from_io),
             Err(e) => Err(VolumeError::Io(std::io::Error::other(e))),
         }
@@ -551,11 +561,8 @@ impl<B: Backing> Volume for LocalVolume<B> {
             return Ok(());
         }
         let keep = self.suspect.lock().unwrap().clone();
-        let map = self.map.clone();
-        match tokio::task::spawn_blocking(move || map.clear(&quiet, |r| keep.contains(&r))).await {
-            Ok(r) => r.map_err(VolumeError::from_io),
-            Err(e) => Err(VolumeError::Io(std::io::Error::other(e))),
-        }
+        self.on_map(move |map| map.clear(&quiet, |r| keep.contains(&r)))
+            .await
     }
 
     async fn unmap(&self, lba: u64, blocks: u64) -> Result<()> {
@@ -648,11 +655,7 @@ impl<B: Backing> Volume for LocalVolume<B> {
             f.sums.set_len_durably(blocks * ENTRY)
         })
         .await?;
-        let map = self.map.clone();
-        tokio::task::spawn_blocking(move || map.grow(size))
-            .await
-            .map_err(|e| VolumeError::Io(std::io::Error::other(e)))?
-            .map_err(VolumeError::from_io)?;
+        self.on_map(move |map| map.grow(size)).await?;
         let mut meta = self.meta.lock().unwrap().clone();
         meta.size_bytes = size;
         if let Some(path) = self.meta_path.clone() {
