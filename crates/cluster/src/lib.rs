@@ -510,11 +510,14 @@ impl Cluster {
 
     /// Whether this node may act as a primary now (its lease runs).
     pub fn lease_valid(&self) -> bool {
-        self.inner
-            .lease_until
-            .lock()
-            .unwrap()
-            .is_some_and(|t| Instant::now() < t)
+        self.lease_valid_until().is_some_and(|t| Instant::now() < t)
+    }
+
+    /// Until when this node may act as a primary: `LEASE` after it sent the
+    /// last heartbeat that a confirmed leader answered (`None` before the
+    /// first). A primary must stop acknowledging writes at this instant.
+    pub fn lease_valid_until(&self) -> Option<Instant> {
+        *self.inner.lease_until.lock().unwrap()
     }
 
     /// Proposes a command and waits until it is committed and applied here.
@@ -540,7 +543,9 @@ impl Cluster {
         s
     }
 
-    /// Leaves the cluster (refused while this node holds volume copies).
+    /// Leaves the cluster: drops this node's volume copies (primaries move
+    /// to another in-sync copy) and its vote. Refused while it holds the
+    /// only in-sync copy of a volume.
     pub async fn leave(&self) -> Result<(), ClusterError> {
         self.inner
             .to_leader::<_, ()>("/cluster/leave", &NodeRequest { node: self.id() })
@@ -799,30 +804,35 @@ async fn h_leave(State(w): State<Weak<Inner>>, h: HeaderMap, body: Bytes) -> Res
         if s.leader() != Some(s.me.id) {
             return Err(not_leader(&s));
         }
-        if let Some(v) = s
-            .store
-            .state()
-            .volumes
-            .values()
-            .find(|v| v.replicas.contains_key(&req.node))
-        {
+        if let Some(v) = s.store.state().only_in_sync_copy_on(req.node) {
             return Err(format!(
-                "node {} holds a copy of volume {}; delete or move it first",
+                "node {} holds the only in-sync copy of volume {}; add a replica and let it sync first",
                 req.node, v.name
             ));
         }
-        s.raft
-            .change_membership(
-                ChangeMembers::RemoveVoters(BTreeSet::from([req.node])),
-                false,
-            )
-            .await
-            .map_err(|e| format!("removing node {}: {e}", req.node))?;
-        match s.write(Command::RemoveNode { node: req.node }).await {
-            Ok(()) => Ok(()),
-            Err(LeaderWrite::Refused(why)) => Err(why),
-            Err(LeaderWrite::NotLeader) => Err(not_leader(&s)),
+        // The state first: it refuses to drop the last in-sync copy of a
+        // volume and moves primaries away; then the vote. Both steps are
+        // skipped when already done, so a failed leave can be retried.
+        if s.store.state().nodes.contains_key(&req.node) {
+            match s.write(Command::RemoveNode { node: req.node }).await {
+                Ok(()) => {}
+                Err(LeaderWrite::Refused(why)) => return Err(why),
+                Err(LeaderWrite::NotLeader) => return Err(not_leader(&s)),
+            }
         }
+        let members = s.raft.metrics().borrow().membership_config.clone();
+        if members.membership().get_node(&req.node).is_some() {
+            s.raft
+                .change_membership(
+                    ChangeMembers::RemoveVoters(BTreeSet::from([req.node])),
+                    false,
+                )
+                .await
+                .map_err(|e| format!("removing node {} from the voters: {e}", req.node))?;
+        }
+        s.seen.lock().unwrap().remove(&req.node);
+        tracing::info!(node = req.node, "node left");
+        Ok(())
     }
     .await;
     s.gate.answer(&nonce, &r)

@@ -11,6 +11,24 @@ use uuid::Uuid;
 /// Node identifier (the Raft node id).
 pub type NodeId = u64;
 
+/// Most copies a volume may have.
+pub const MAX_REPLICAS: usize = 3;
+
+/// Checks a volume's size and block size.
+fn check_geometry(name: &str, size_bytes: u64, block_size: u32) -> Result<(), String> {
+    if !block_size.is_power_of_two() || !(512..=65536).contains(&block_size) {
+        return Err(format!(
+            "volume {name}: block size {block_size} is not a power of two from 512 to 65536"
+        ));
+    }
+    if size_bytes == 0 || !size_bytes.is_multiple_of(u64::from(block_size)) {
+        return Err(format!(
+            "volume {name}: size {size_bytes} is not a positive multiple of the block size {block_size}"
+        ));
+    }
+    Ok(())
+}
+
 /// What a member does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -95,7 +113,9 @@ pub enum Command {
     Init { cluster_id: Uuid },
     /// Adds or updates a member.
     AddNode { info: NodeInfo },
-    /// Removes a member that holds no volume copy.
+    /// Removes a member and drops its volume copies; refused while it holds
+    /// the only in-sync copy of a volume. Where it was the primary, the
+    /// in-sync copy with the lowest node id takes over at the next epoch.
     RemoveNode { node: NodeId },
     /// Creates a volume with `replicas` copies on distinct data nodes.
     CreateVolume {
@@ -123,6 +143,11 @@ pub enum Command {
         node: NodeId,
         expected_epoch: u64,
     },
+    /// Places a new copy of a volume on a data node; it starts out of sync
+    /// and the primary brings it up to date.
+    AddReplica { volume: String, node: NodeId },
+    /// Drops a copy of a volume (not the primary's: promote another first).
+    RemoveReplica { volume: String, node: NodeId },
 }
 
 /// Answer to a command.
@@ -189,15 +214,25 @@ impl ClusterState {
                 if !self.nodes.contains_key(node) {
                     return Err(format!("node {node} is not a member"));
                 }
-                if let Some(v) = self
-                    .volumes
-                    .values()
-                    .find(|v| v.replicas.contains_key(node))
-                {
+                if let Some(v) = self.only_in_sync_copy_on(*node) {
                     return Err(format!(
-                        "node {node} holds a copy of volume {}; delete or move it first",
+                        "node {node} holds the only in-sync copy of volume {}; add a replica and let it sync first",
                         v.name
                     ));
+                }
+                for v in self.volumes.values_mut() {
+                    if v.replicas.remove(node).is_none() || v.primary != *node {
+                        continue;
+                    }
+                    // Checked above: another in-sync copy exists.
+                    if let Some((&next, _)) = v
+                        .replicas
+                        .iter()
+                        .find(|(_, st)| **st == ReplicaState::InSync)
+                    {
+                        v.primary = next;
+                        v.epoch += 1;
+                    }
                 }
                 self.nodes.remove(node);
             }
@@ -211,9 +246,12 @@ impl ClusterState {
                 if self.volumes.contains_key(name) {
                     return Err(format!("volume {name} already exists"));
                 }
-                if !(1..=3).contains(replicas) {
-                    return Err(format!("{replicas} replicas asked; 1, 2 or 3 are possible"));
+                if !(1..=MAX_REPLICAS).contains(replicas) {
+                    return Err(format!(
+                        "volume {name}: {replicas} replicas asked; 1, 2 or 3 are possible"
+                    ));
                 }
+                check_geometry(name, *size_bytes, *block_size)?;
                 let placed = self.place(*replicas)?;
                 let primary = placed[0];
                 self.volumes.insert(
@@ -242,6 +280,7 @@ impl ClusterState {
                         v.size_bytes
                     ));
                 }
+                check_geometry(name, *size_bytes, v.block_size)?;
                 v.size_bytes = *size_bytes;
             }
             Command::SetReplicaState {
@@ -297,8 +336,49 @@ impl ClusterState {
                 v.primary = *node;
                 v.epoch += 1;
             }
+            Command::AddReplica { volume, node } => {
+                match self.nodes.get(node) {
+                    Some(n) if n.holds_data() => {}
+                    Some(_) => {
+                        return Err(format!(
+                            "volume {volume}: node {node} is a witness and holds no data"
+                        ))
+                    }
+                    None => return Err(format!("node {node} is not a member")),
+                }
+                let v = self.volume_mut(volume)?;
+                if v.replicas.contains_key(node) {
+                    return Err(format!("volume {volume} already has a copy on node {node}"));
+                }
+                if v.replicas.len() >= MAX_REPLICAS {
+                    return Err(format!("volume {volume} already has {MAX_REPLICAS} copies"));
+                }
+                v.replicas.insert(*node, ReplicaState::OutOfSync);
+            }
+            Command::RemoveReplica { volume, node } => {
+                let v = self.volume_mut(volume)?;
+                if !v.replicas.contains_key(node) {
+                    return Err(format!("volume {volume} has no copy on node {node}"));
+                }
+                if v.primary == *node {
+                    return Err(format!(
+                        "volume {volume}: the copy on node {node} is the primary; promote another in-sync copy first"
+                    ));
+                }
+                v.replicas.remove(node);
+            }
         }
         Ok(())
+    }
+
+    /// A volume of which `node` holds the only in-sync copy, if any.
+    pub fn only_in_sync_copy_on(&self, node: NodeId) -> Option<&VolumeRecord> {
+        self.volumes.values().find(|v| {
+            v.replicas.get(&node) == Some(&ReplicaState::InSync)
+                && v.replicas
+                    .iter()
+                    .all(|(&n, st)| n == node || *st != ReplicaState::InSync)
+        })
     }
 
     /// Chooses `n` distinct data nodes, those with the fewest copies first.
@@ -428,7 +508,7 @@ mod tests {
     }
 
     #[test]
-    fn nodes_with_copies_cannot_leave() {
+    fn nodes_with_the_only_in_sync_copy_cannot_leave() {
         let mut s = cluster(2, false);
         s.apply(&create("v", 1));
         let holder = s.volumes["v"].primary;
@@ -438,6 +518,157 @@ mod tests {
         ));
         let free = if holder == 1 { 2 } else { 1 };
         assert_eq!(s.apply(&Command::RemoveNode { node: free }), Outcome::Done);
+        assert!(matches!(
+            s.apply(&Command::RemoveNode { node: free }),
+            Outcome::Refused(_)
+        ));
+    }
+
+    #[test]
+    fn a_leaving_primary_hands_over_to_an_in_sync_copy() {
+        let mut s = cluster(3, true);
+        s.apply(&create("v", 3));
+        let v = s.volumes["v"].clone();
+        assert_eq!((v.primary, v.epoch), (1, 1));
+        // Node 2 misses writes: node 3 must take over.
+        s.apply(&Command::SetReplicaState {
+            volume: "v".into(),
+            node: 2,
+            state: ReplicaState::OutOfSync,
+            epoch: 1,
+        });
+        assert_eq!(s.apply(&Command::RemoveNode { node: 1 }), Outcome::Done);
+        let v = &s.volumes["v"];
+        assert_eq!((v.primary, v.epoch), (3, 2));
+        assert!(!v.replicas.contains_key(&1));
+        assert!(!s.nodes.contains_key(&1));
+        // Node 3 now holds the only in-sync copy.
+        assert!(matches!(
+            s.apply(&Command::RemoveNode { node: 3 }),
+            Outcome::Refused(_)
+        ));
+        assert_eq!(s.apply(&Command::RemoveNode { node: 2 }), Outcome::Done);
+        assert_eq!(s.volumes["v"].replicas.len(), 1);
+    }
+
+    #[test]
+    fn replicas_are_added_out_of_sync_and_removed_unless_primary() {
+        let mut s = cluster(3, true);
+        s.apply(&create("v", 1));
+        let add = |node| Command::AddReplica {
+            volume: "v".into(),
+            node,
+        };
+        let remove = |node| Command::RemoveReplica {
+            volume: "v".into(),
+            node,
+        };
+        assert!(matches!(s.apply(&add(9)), Outcome::Refused(_)), "witness");
+        assert!(matches!(s.apply(&add(5)), Outcome::Refused(_)), "stranger");
+        assert!(matches!(s.apply(&add(1)), Outcome::Refused(_)), "twice");
+        assert_eq!(s.apply(&add(2)), Outcome::Done);
+        assert_eq!(s.volumes["v"].replicas[&2], ReplicaState::OutOfSync);
+        assert!(matches!(
+            s.apply(&Command::Promote {
+                volume: "v".into(),
+                node: 2,
+                expected_epoch: 1
+            }),
+            Outcome::Refused(_)
+        ));
+        assert_eq!(s.apply(&add(3)), Outcome::Done);
+        s.apply(&Command::AddNode {
+            info: node(4, Role::Data),
+        });
+        assert!(matches!(s.apply(&add(4)), Outcome::Refused(_)), "at most 3");
+        assert!(
+            matches!(s.apply(&remove(1)), Outcome::Refused(_)),
+            "primary"
+        );
+        assert_eq!(s.apply(&remove(3)), Outcome::Done);
+        assert!(matches!(s.apply(&remove(3)), Outcome::Refused(_)));
+        assert_eq!(
+            s.volumes["v"].replicas.keys().copied().collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+    }
+
+    #[test]
+    fn geometry_and_names_are_checked() {
+        let mut s = cluster(1, false);
+        let bad = |size_bytes, block_size| Command::CreateVolume {
+            id: Uuid::nil(),
+            name: "g".into(),
+            size_bytes,
+            block_size,
+            replicas: 1,
+        };
+        for (size, bs) in [
+            (0, 512),
+            (1000, 512),
+            (4096, 0),
+            (4096, 1000),
+            (1 << 20, 1 << 20),
+        ] {
+            assert!(matches!(s.apply(&bad(size, bs)), Outcome::Refused(_)));
+        }
+        assert!(matches!(s.apply(&create("g", 0)), Outcome::Refused(_)));
+        assert_eq!(s.apply(&create("g", 1)), Outcome::Done);
+        assert!(matches!(s.apply(&create("g", 1)), Outcome::Refused(_)));
+        let resize = |size_bytes| Command::ResizeVolume {
+            name: "g".into(),
+            size_bytes,
+        };
+        assert!(
+            matches!(s.apply(&resize(1 << 20)), Outcome::Refused(_)),
+            "shrink"
+        );
+        assert!(matches!(
+            s.apply(&resize((1 << 31) + 1)),
+            Outcome::Refused(_)
+        ));
+        assert_eq!(s.apply(&resize(1 << 31)), Outcome::Done);
+        assert_eq!(s.volumes["g"].size_bytes, 1 << 31);
+        let mut witness = node(2, Role::Witness);
+        witness.name = "n1".into();
+        assert!(
+            matches!(
+                s.apply(&Command::AddNode { info: witness }),
+                Outcome::Refused(_)
+            ),
+            "names are unique"
+        );
+        let mut demoted = node(1, Role::Witness);
+        demoted.name = "n1".into();
+        assert!(
+            matches!(
+                s.apply(&Command::AddNode { info: demoted }),
+                Outcome::Refused(_)
+            ),
+            "a node with copies stays a data node"
+        );
+    }
+
+    #[test]
+    fn commands_round_trip_through_json() {
+        let cmds = [
+            create("v", 2),
+            Command::SetReplicaState {
+                volume: "v".into(),
+                node: 2,
+                state: ReplicaState::Syncing { done: 5, total: 9 },
+                epoch: 3,
+            },
+            Command::AddReplica {
+                volume: "v".into(),
+                node: 3,
+            },
+        ];
+        for c in cmds {
+            let back: Command = serde_json::from_slice(&serde_json::to_vec(&c).unwrap()).unwrap();
+            assert_eq!(back, c);
+        }
+        assert!(serde_json::from_str::<Command>(r#"{"command":"promote"}"#).is_err());
     }
 
     fn any_command() -> impl Strategy<Value = Command> {
@@ -447,47 +678,79 @@ mod tests {
             Just(ReplicaState::OutOfSync),
             Just(ReplicaState::Syncing { done: 1, total: 2 })
         ];
+        let node_id = 1u64..6;
         prop_oneof![
             (vol.clone(), 1usize..4).prop_map(|(n, r)| create(&n, r)),
             vol.clone().prop_map(|name| Command::DeleteVolume { name }),
-            (vol.clone(), 1u64..4, state, 0u64..5).prop_map(|(volume, node, state, epoch)| {
-                Command::SetReplicaState {
+            (vol.clone(), node_id.clone(), state, 0u64..6).prop_map(
+                |(volume, node, state, epoch)| {
+                    Command::SetReplicaState {
+                        volume,
+                        node,
+                        state,
+                        epoch,
+                    }
+                }
+            ),
+            (vol.clone(), node_id.clone(), 0u64..6).prop_map(|(volume, node, expected_epoch)| {
+                Command::Promote {
                     volume,
                     node,
-                    state,
-                    epoch,
+                    expected_epoch,
                 }
             }),
-            (vol, 1u64..4, 0u64..5).prop_map(|(volume, node, expected_epoch)| Command::Promote {
-                volume,
-                node,
-                expected_epoch
+            (vol.clone(), node_id.clone())
+                .prop_map(|(volume, node)| Command::AddReplica { volume, node }),
+            (vol, node_id.clone())
+                .prop_map(|(volume, node)| Command::RemoveReplica { volume, node }),
+            node_id
+                .clone()
+                .prop_map(|node| Command::RemoveNode { node }),
+            (node_id, any::<bool>()).prop_map(|(id, data)| Command::AddNode {
+                info: node(id, if data { Role::Data } else { Role::Witness })
             }),
         ]
     }
 
     proptest! {
         #[test]
-        fn any_history_keeps_one_in_sync_primary_and_growing_epochs(cmds in proptest::collection::vec(any_command(), 1..60)) {
+        fn any_history_keeps_one_in_sync_primary_and_growing_epochs(cmds in proptest::collection::vec(any_command(), 1..80)) {
             let mut s = cluster(3, true);
-            let mut epochs: BTreeMap<Uuid, u64> = BTreeMap::new();
+            // Every (volume, epoch) ever seen and its primary: two primaries
+            // at one epoch would be split brain.
+            let mut primaries: BTreeMap<(Uuid, u64), NodeId> = BTreeMap::new();
+            let mut ids = 0u128;
             for c in &cmds {
+                let c = match c {
+                    Command::CreateVolume { name, size_bytes, block_size, replicas, .. } => {
+                        ids += 1;
+                        Command::CreateVolume {
+                            id: Uuid::from_u128(ids),
+                            name: name.clone(),
+                            size_bytes: *size_bytes,
+                            block_size: *block_size,
+                            replicas: *replicas,
+                        }
+                    }
+                    c => c.clone(),
+                };
                 let before = s.clone();
-                if let Outcome::Refused(_) = s.apply(c) {
+                if let Outcome::Refused(_) = s.apply(&c) {
                     prop_assert_eq!(&s, &before, "a refused command changed the state");
                 }
                 for v in s.volumes.values() {
                     prop_assert_eq!(v.replicas.get(&v.primary), Some(&ReplicaState::InSync));
-                    let ids: Vec<_> = v.replicas.keys().collect();
-                    prop_assert!(ids.iter().all(|n| s.nodes[n].holds_data()));
-                    let b = before.volumes.get(&v.name);
-                    if let Some(b) = b {
+                    prop_assert!((1..=MAX_REPLICAS).contains(&v.replicas.len()));
+                    prop_assert!(v.replicas.keys().all(|n| s.nodes.get(n).is_some_and(|i| i.holds_data())),
+                        "a copy on a witness or a stranger: {:?}", v.replicas);
+                    if let Some(b) = before.volumes.get(&v.name).filter(|b| b.id == v.id) {
                         prop_assert!(v.epoch >= b.epoch, "epoch went back");
                         if v.primary != b.primary {
                             prop_assert!(v.epoch > b.epoch, "new primary without a new epoch");
                         }
                     }
-                    epochs.insert(v.id, v.epoch);
+                    let p = primaries.entry((v.id, v.epoch)).or_insert(v.primary);
+                    prop_assert_eq!(*p, v.primary, "two primaries at one epoch");
                 }
             }
         }
