@@ -876,13 +876,19 @@ async fn h_heartbeat(State(w): State<Weak<Inner>>, h: HeaderMap, body: Bytes) ->
         Ok(r) => r,
         Err(e) => return bad_request(e),
     };
-    // Answered only by a leader a quorum still follows.
-    let r: Answer<()> = match s.raft.ensure_linearizable().await {
-        Ok(_) => {
-            s.seen.lock().unwrap().insert(req.node, Instant::now());
-            Ok(())
-        }
-        Err(_) => Err(not_leader(&s)),
+    // Answered only by a leader a quorum still follows, and only for
+    // members: a node that left holds no lease.
+    if !s.store.state().nodes.contains_key(&req.node) {
+        let r: Answer<()> = Err(format!("node {} is not a member", req.node));
+        return s.gate.answer(&nonce, &r);
+    }
+    let r: Answer<()> = if confirm_leadership(&s).await {
+        // Recorded after the confirmation, so later than the member's send
+        // time, from which its lease runs.
+        s.seen.lock().unwrap().insert(req.node, Instant::now());
+        Ok(())
+    } else {
+        Err(not_leader(&s))
     };
     s.gate.answer(&nonce, &r)
 }
@@ -899,6 +905,15 @@ async fn h_status(State(w): State<Weak<Inner>>, h: HeaderMap, body: Bytes) -> Re
     s.gate.answer(&nonce, &r)
 }
 
+/// Whether this node still leads: a quorum answered a fresh round of
+/// heartbeats (bounded by `LEASE`, since a later answer is useless).
+async fn confirm_leadership(s: &Inner) -> bool {
+    matches!(
+        tokio::time::timeout(LEASE, s.raft.ensure_linearizable()).await,
+        Ok(Ok(_))
+    )
+}
+
 /// Keeps this node's lease: a heartbeat to the leader, answered only while
 /// the leader has a quorum, extends it to `LEASE` after the send time.
 async fn heartbeats(me: Weak<Inner>) {
@@ -908,7 +923,7 @@ async fn heartbeats(me: Weak<Inner>) {
         let sent = Instant::now();
         let ok = match s.leader() {
             Some(l) if l == s.me.id => {
-                let ok = s.raft.ensure_linearizable().await.is_ok();
+                let ok = s.store.state().nodes.contains_key(&l) && confirm_leadership(&s).await;
                 if ok {
                     s.seen.lock().unwrap().insert(l, Instant::now());
                 }

@@ -75,6 +75,28 @@ impl Key {
     }
 }
 
+/// The `x-tandem-auth` tag of a request: HMAC-SHA256 over "req", the
+/// method, path, time (Unix seconds, as sent), nonce and SHA-256 of the body.
+pub fn request_tag(key: &Key, path: &str, time: &str, nonce: &str, body: &[u8]) -> String {
+    key.tag(&request_parts(path, time, nonce, &digest(body)))
+}
+
+fn request_parts<'a>(
+    path: &'a str,
+    time: &'a str,
+    nonce: &'a str,
+    hash: &'a [u8],
+) -> [&'a [u8]; 6] {
+    [
+        b"req",
+        b"POST",
+        path.as_bytes(),
+        time.as_bytes(),
+        nonce.as_bytes(),
+        hash,
+    ]
+}
+
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -118,17 +140,10 @@ impl Gate {
         if nonce.len() < 16 || nonce.len() > 64 {
             return Err(refuse("bad nonce"));
         }
-        if !self.key.verify(
-            &[
-                b"req",
-                b"POST",
-                path.as_bytes(),
-                time.as_bytes(),
-                nonce.as_bytes(),
-                &digest(body),
-            ],
-            tag,
-        ) {
+        if !self
+            .key
+            .verify(&request_parts(path, time, nonce, &digest(body)), tag)
+        {
             return Err(refuse("wrong cluster secret"));
         }
         if now_secs().abs_diff(t) > MAX_SKEW_SECS {
@@ -192,14 +207,7 @@ impl Caller {
         let mut n = [0u8; 16];
         rand::thread_rng().fill_bytes(&mut n);
         let nonce = hex::encode(n);
-        let tag = self.key.tag(&[
-            b"req",
-            b"POST",
-            path.as_bytes(),
-            time.as_bytes(),
-            nonce.as_bytes(),
-            &digest(&body),
-        ]);
+        let tag = request_tag(&self.key, path, &time, &nonce, &body);
         let unreachable = |e: reqwest::Error| ClusterError::Unreachable {
             addr: addr.to_string(),
             reason: e.to_string(),
@@ -245,5 +253,73 @@ impl Caller {
         }
         serde_json::from_slice(&bytes)
             .map_err(|e| ClusterError::Remote(format!("{addr}: bad answer: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(key: &Key, path: &str, time: u64, nonce: &str, body: &[u8]) -> HeaderMap {
+        let time = time.to_string();
+        let mut h = HeaderMap::new();
+        h.insert("x-tandem-time", time.parse().unwrap());
+        h.insert("x-tandem-nonce", nonce.parse().unwrap());
+        h.insert(
+            "x-tandem-auth",
+            request_tag(key, path, &time, nonce, body).parse().unwrap(),
+        );
+        h
+    }
+
+    const NONCE: &str = "00112233445566778899aabbccddeeff";
+
+    #[test]
+    fn gate_takes_a_signed_request_once() {
+        let key = Key::generate();
+        let gate = Gate::new(key.clone());
+        let h = headers(&key, "/cluster/status", now_secs(), NONCE, b"null");
+        assert_eq!(gate.check(&h, "/cluster/status", b"null").unwrap(), NONCE);
+        let again = gate.check(&h, "/cluster/status", b"null").unwrap_err();
+        assert_eq!(again.status(), StatusCode::UNAUTHORIZED, "replay");
+    }
+
+    #[test]
+    fn gate_refuses_wrong_secret_tampering_and_old_requests() {
+        let key = Key::generate();
+        let gate = Gate::new(key.clone());
+        let refused = |h: &HeaderMap, path: &str, body: &[u8]| {
+            gate.check(h, path, body).unwrap_err().status() == StatusCode::UNAUTHORIZED
+        };
+        let now = now_secs();
+        let stranger = headers(&Key::generate(), "/raft/vote", now, NONCE, b"{}");
+        assert!(refused(&stranger, "/raft/vote", b"{}"));
+        let good = headers(&key, "/raft/vote", now, NONCE, b"{}");
+        assert!(refused(&good, "/raft/vote", b"{ }"), "body changed");
+        assert!(refused(&good, "/raft/append", b"{}"), "path changed");
+        let old = headers(&key, "/raft/vote", now - 31, NONCE, b"{}");
+        assert!(refused(&old, "/raft/vote", b"{}"), "31 s old");
+        let ahead = headers(&key, "/raft/vote", now + 31, NONCE, b"{}");
+        assert!(refused(&ahead, "/raft/vote", b"{}"), "31 s ahead");
+        let short = headers(&key, "/raft/vote", now, "abc", b"{}");
+        assert!(refused(&short, "/raft/vote", b"{}"), "short nonce");
+        assert!(refused(&HeaderMap::new(), "/raft/vote", b"{}"), "unsigned");
+        let mut bad_hex = good.clone();
+        bad_hex.insert("x-tandem-auth", "zz".parse().unwrap());
+        assert!(refused(&bad_hex, "/raft/vote", b"{}"));
+        // None of the refusals used up the nonce of the good request.
+        assert!(gate.check(&good, "/raft/vote", b"{}").is_ok());
+    }
+
+    #[test]
+    fn answers_are_bound_to_the_request_nonce_and_body() {
+        let key = Key::generate();
+        let r = Gate::new(key.clone()).answer(NONCE, &42u32);
+        let tag = r.headers()["x-tandem-auth"].to_str().unwrap().to_string();
+        let hash = digest(b"42");
+        assert!(key.verify(&[b"resp", NONCE.as_bytes(), b"200", &hash], &tag));
+        assert!(!key.verify(&[b"resp", b"other-nonce-0000", b"200", &hash], &tag));
+        assert!(!key.verify(&[b"resp", NONCE.as_bytes(), b"200", &digest(b"43")], &tag));
+        assert!(!Key::generate().verify(&[b"resp", NONCE.as_bytes(), b"200", &hash], &tag));
     }
 }
