@@ -115,8 +115,14 @@ pub struct ClusterStatus {
     pub leader: Option<NodeId>,
     /// Raft term.
     pub term: u64,
-    /// Last applied log index.
+    /// Last applied (hence committed) log index.
     pub applied: u64,
+    /// Last index in this node's log (committed or not).
+    #[serde(default)]
+    pub last_log_index: u64,
+    /// Last log index covered by this node's snapshot (0: none yet).
+    #[serde(default)]
+    pub snapshot: u64,
     /// Voting members.
     pub voters: Vec<NodeId>,
     /// Milliseconds since the leader last heard from each member (leader's view).
@@ -552,6 +558,35 @@ impl Cluster {
             .await
     }
 
+    /// Builds a snapshot of the applied state and drops the log entries it
+    /// covers; returns the index of the last entry in the snapshot. Raft
+    /// also does this by itself every few thousand entries. A member that
+    /// later needs dropped entries receives the snapshot instead.
+    pub async fn compact_log(&self) -> Result<u64, ClusterError> {
+        let raft = &self.inner.raft;
+        let fatal = |e: openraft::error::Fatal<NodeId>| ClusterError::Raft(e.to_string());
+        let Some(applied) = raft.metrics().borrow().last_applied else {
+            return Ok(0);
+        };
+        raft.trigger().snapshot().await.map_err(fatal)?;
+        let wait = raft.wait(Some(Duration::from_secs(10)));
+        let waited = |e: openraft::metrics::WaitError| ClusterError::Raft(e.to_string());
+        let m = wait
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index >= applied.index),
+                "snapshot built",
+            )
+            .await
+            .map_err(waited)?;
+        let upto = m.snapshot.map(|s| s.index).unwrap_or(applied.index);
+        raft.trigger().purge_log(upto).await.map_err(fatal)?;
+        wait.metrics(|m| m.purged.is_some_and(|p| p.index >= upto), "log purged")
+            .await
+            .map_err(waited)?;
+        tracing::info!(node = self.id(), upto, "cluster log compacted");
+        Ok(upto)
+    }
+
     /// Stops the member (its state stays on disk).
     pub async fn shutdown(&self) {
         let tasks: Vec<_> = self.tasks.lock().unwrap().drain(..).collect();
@@ -600,6 +635,8 @@ impl Inner {
             leader: m.current_leader,
             term: m.current_term,
             applied: m.last_applied.map(|l| l.index).unwrap_or(0),
+            last_log_index: m.last_log_index.unwrap_or(0),
+            snapshot: m.snapshot.map(|l| l.index).unwrap_or(0),
             voters: m.membership_config.membership().voter_ids().collect(),
             last_seen_ms: if m.state == ServerState::Leader {
                 seen.iter()

@@ -154,3 +154,30 @@ async fn a_single_member_survives_a_restart() {
             .is_err()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_joining_after_compaction_receives_a_snapshot() {
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, token) = init(d1.path(), "a", Role::Data).await;
+    for i in 0..20 {
+        a.propose(create(&format!("v{i}"), 1)).await.unwrap();
+    }
+    let upto = a.compact_log().await.unwrap();
+    assert!(upto >= 22, "snapshot covers the volumes: {upto}");
+    assert_eq!(a.status().await.snapshot, upto);
+    let b = join(d2.path(), "b", Role::Data, &a, &token).await;
+    eventually("b has the state", 10, || {
+        b.state().volumes.len() == 20 && b.state().nodes.len() == 2
+    })
+    .await;
+    // The entries it missed were dropped: only the snapshot could carry them.
+    assert!(b.status().await.snapshot >= upto);
+    b.propose(create("after", 2)).await.unwrap();
+    assert_eq!(*a.state(), *b.state());
+    // Restarted, b keeps what the snapshot gave it.
+    let addr = b.local_addr();
+    b.shutdown().await;
+    drop(b);
+    let b = Cluster::open(d2.path(), addr).await.unwrap();
+    assert_eq!(b.state().volumes.len(), 21);
+}
