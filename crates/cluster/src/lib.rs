@@ -4,19 +4,64 @@
 //! run by openraft over a redb database on every member; block writes never
 //! pass through it.
 //!
-//! Timing (see [`LEASE`], [`DEAD_AFTER`]): every member sends a heartbeat to
-//! the leader every [`HEARTBEAT`]; the leader answers only after confirming
-//! with a quorum that it still leads. A member's lease runs [`LEASE`] from
-//! the moment it *sent* an answered heartbeat, and a primary acknowledges
-//! writes only while its lease runs. The leader declares a node dead when it
-//! has not *received* a heartbeat for [`DEAD_AFTER`] (> LEASE; a new leader
-//! first waits LEASE plus a margin after its election, since only a leader a
-//! quorum still follows grants leases), and only then promotes an in-sync
-//! replica. So by the time another primary
-//! exists, the old one's lease has run out: it no longer acknowledges
-//! writes, and every copy refuses its older epoch anyway. This assumes the
-//! members' clocks run at rates within a few percent of each other (no
-//! synchronized wall clocks are needed).
+//! # Use
+//!
+//! [`Cluster::init`] starts a one-member cluster and returns the join token;
+//! [`Cluster::join`] adds a member through any existing one (requests reach
+//! the leader, which adds the node as a learner, waits until it has caught
+//! up and makes it a voter: data nodes and witnesses all vote);
+//! [`Cluster::open`] restarts a member from its directory after a stop or a
+//! crash. [`Cluster::propose`] runs a [`Command`] through the leader,
+//! [`Cluster::subscribe`] follows the applied [`ClusterState`],
+//! [`Cluster::status`] reports leader, term, indexes and the leader's view of
+//! who is alive, [`Cluster::leave`] removes this member.
+//!
+//! # Files
+//!
+//! A member's directory holds `node.json` (its [`NodeInfo`]), `cluster.key`
+//! (the 32-byte cluster secret in hex, mode 0600) and `raft.redb` (vote, log,
+//! applied state and snapshot).
+//!
+//! # Join token
+//!
+//! `tandem-join:<cluster id>:<secret hex>`: the cluster's UUID and the 64 hex
+//! digits of the secret. Whoever holds it can join, so it is handled like a
+//! password. Members authenticate every call both ways with the secret (see
+//! [`net`]).
+//!
+//! # Leases and failover
+//!
+//! Every member sends a heartbeat to the leader every [`HEARTBEAT`]
+//! (200 ms). The leader answers only after a fresh round of Raft heartbeats
+//! confirmed that a quorum still follows it. A member's lease runs
+//! [`LEASE`] (1 s) from the moment it *sent* the last answered heartbeat
+//! ([`Cluster::lease_valid_until`]); a primary acknowledges writes only
+//! while its lease runs.
+//!
+//! The leader records the moment it *answered* each heartbeat, which is
+//! later than the send. It declares a data node dead when it has not heard
+//! from it for [`DEAD_AFTER`] (1.5 s) and then promotes a live in-sync copy
+//! of each volume that node was primary of (the dead primary's copy becomes
+//! out of sync in the same step, the epoch grows by one). A copy that misses
+//! writes is never promoted; such a volume waits for its primary.
+//!
+//! So a lease always ends at least `DEAD_AFTER - LEASE` (0.5 s) before the
+//! leader may replace its holder. A newly elected leader has heard nobody;
+//! every lease the previous leader granted was confirmed by a quorum before
+//! this election, so none outlives it by more than `LEASE`: the new leader
+//! waits `LEASE` plus [`ELECTION_MARGIN`] (300 ms) after its election before it replaces anyone.
+//! Either way, when a new primary exists, the old one has stopped
+//! acknowledging writes, and every copy refuses its older epoch anyway.
+//!
+//! Durations are measured on each node's monotonic clock; no synchronized
+//! wall clocks are needed, only clock *rates* within a few percent of each
+//! other (the margins are 30–50 % of the lease). Request timestamps are
+//! checked against wall clocks within 30 s, for replay protection only.
+//!
+//! A dead primary is replaced about `DEAD_AFTER` (plus up to 100 ms) after
+//! its last heartbeat; if it was also the Raft leader, after the election
+//! (0.5–0.9 s election timeout) and `LEASE` + `ELECTION_MARGIN`: about
+//! 2–3 s.
 
 // openraft dictates its (large) storage error type; results carry it as is.
 #![allow(clippy::result_large_err)]
@@ -76,6 +121,12 @@ pub const HEARTBEAT: Duration = Duration::from_millis(200);
 pub const LEASE: Duration = Duration::from_millis(1000);
 /// How long the leader waits without a heartbeat before declaring a node dead.
 pub const DEAD_AFTER: Duration = Duration::from_millis(1500);
+/// How long a new leader waits past `LEASE` after its election before it
+/// replaces a primary it has not heard from.
+pub const ELECTION_MARGIN: Duration = Duration::from_millis(300);
+
+// A lease must end before the leader can give its volumes to another node.
+const _: () = assert!(DEAD_AFTER.as_millis() > LEASE.as_millis());
 
 /// What went wrong in the control plane.
 #[derive(Debug, Error)]
@@ -233,8 +284,8 @@ struct Inner {
     caller: net::Caller,
     /// Leader's view: when each member's last heartbeat arrived.
     seen: Mutex<HashMap<NodeId, Instant>>,
-    /// When this node last became leader.
-    leader_since: Mutex<Option<Instant>>,
+    /// The term in which this node leads and when it noticed.
+    leader_since: Mutex<Option<(u64, Instant)>>,
     lease_until: Mutex<Option<Instant>>,
 }
 
@@ -993,25 +1044,36 @@ async fn failover(me: Weak<Inner>) {
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let Some(s) = me.upgrade() else { return };
-        let leading = s.raft.metrics().borrow().state == ServerState::Leader;
+        let (leading, term) = {
+            let m = s.raft.metrics().borrow().clone();
+            (m.state == ServerState::Leader, m.current_term)
+        };
         let since = {
             let mut ls = s.leader_since.lock().unwrap();
             match (leading, *ls) {
+                // Leading in a term not seen leading before (even if this
+                // loop missed the lost leadership in between): what was
+                // heard in an earlier term says nothing about the leases
+                // another leader may have granted since.
                 (true, None) => {
-                    *ls = Some(Instant::now());
+                    *ls = Some((term, Instant::now()));
+                    s.seen.lock().unwrap().clear();
+                }
+                (true, Some((t, _))) if t != term => {
+                    *ls = Some((term, Instant::now()));
                     s.seen.lock().unwrap().clear();
                 }
                 (false, Some(_)) => *ls = None,
                 _ => {}
             }
-            *ls
+            ls.map(|(_, at)| at)
         };
         let Some(since) = since else { continue };
         // A new leader has heard nobody yet. Leases were granted only by a
         // leader a quorum confirmed, so none granted by the old leader
         // outlives this election by more than LEASE: after that (and a
         // margin) a silent primary can be replaced.
-        let grace = LEASE + Duration::from_millis(300);
+        let grace = LEASE + ELECTION_MARGIN;
         let alive = |n: NodeId| {
             s.seen
                 .lock()
