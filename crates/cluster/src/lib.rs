@@ -59,9 +59,10 @@
 //! checked against wall clocks within 30 s, for replay protection only.
 //!
 //! A dead primary is replaced about `DEAD_AFTER` (plus up to 100 ms) after
-//! its last heartbeat; if it was also the Raft leader, after the election
-//! (0.5–0.9 s election timeout) and `LEASE` + `ELECTION_MARGIN`: about
-//! 2–3 s.
+//! its last heartbeat, about 1.6 s; if it was also the Raft leader, after
+//! the election (0.4–0.7 s election timeout; followers refuse to vote until
+//! 0.7 s after they last heard the old leader, so about 1–1.2 s) and `LEASE`
+//! + `ELECTION_MARGIN`: about 2.6 s.
 
 // openraft dictates its (large) storage error type; results carry it as is.
 #![allow(clippy::result_large_err)]
@@ -294,6 +295,11 @@ pub struct Cluster {
     inner: Arc<Inner>,
     addr: SocketAddr,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The HTTP server, stopped gracefully so that no connection outlives
+    /// the member (a peer's pooled connection would otherwise keep talking
+    /// to a member that is gone).
+    server: Mutex<Option<JoinHandle<()>>>,
+    stop: watch::Sender<bool>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -473,8 +479,8 @@ impl Cluster {
         let config = openraft::Config {
             cluster_name: "tandem".into(),
             heartbeat_interval: 100,
-            election_timeout_min: 500,
-            election_timeout_max: 900,
+            election_timeout_min: 400,
+            election_timeout_max: 700,
             install_snapshot_timeout: 2000,
             ..Default::default()
         }
@@ -517,13 +523,19 @@ impl Cluster {
             .route("/cluster/heartbeat", post(h_heartbeat))
             .route("/cluster/status", post(h_status))
             .with_state(Arc::downgrade(&inner));
+        let (stop, mut stopped) = watch::channel(false);
         let server = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
+            let signal = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(signal)
+                .await
+            {
                 tracing::error!("cluster endpoint stopped: {e}");
             }
         });
         let tasks = vec![
-            server,
             tokio::spawn(heartbeats(Arc::downgrade(&inner))),
             tokio::spawn(failover(Arc::downgrade(&inner))),
         ];
@@ -532,6 +544,8 @@ impl Cluster {
             inner,
             addr,
             tasks: Mutex::new(tasks),
+            server: Mutex::new(Some(server)),
+            stop,
         })
     }
 
@@ -647,6 +661,18 @@ impl Cluster {
         for t in tasks {
             let _ = t.await;
         }
+        // Requests under way finish (a member stopping answers 503), idle
+        // connections close; a request stuck longer than this is cut.
+        self.stop.send_replace(true);
+        let server = self.server.lock().unwrap().take();
+        if let Some(mut server) = server {
+            if tokio::time::timeout(Duration::from_secs(2), &mut server)
+                .await
+                .is_err()
+            {
+                server.abort();
+            }
+        }
         let _ = self.inner.raft.shutdown().await;
     }
 }
@@ -656,6 +682,8 @@ impl Drop for Cluster {
         for t in self.tasks.lock().unwrap().iter() {
             t.abort();
         }
+        // The server winds down by itself once its connections are idle.
+        self.stop.send_replace(true);
     }
 }
 
@@ -813,8 +841,11 @@ async fn h_snapshot(State(w): State<Weak<Inner>>, h: HeaderMap, body: Bytes) -> 
 
 fn stopping() -> Response {
     use axum::response::IntoResponse;
+    // Closing the connection makes the peer dial again, and so reach
+    // whatever listens on this address next.
     (
         axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        [(axum::http::header::CONNECTION, "close")],
         "member stopping",
     )
         .into_response()

@@ -41,6 +41,7 @@ async fn leader_killed_then_restarted_from_disk() {
         sb.leader.is_some_and(|l| l != a_id) && sb.leader == sw.leader
     })
     .await;
+    println!("new leader {elected:?} after the kill");
     assert!(
         elected < Duration::from_secs(5),
         "election took {elected:?}"
