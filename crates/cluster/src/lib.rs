@@ -283,6 +283,11 @@ struct Inner {
     store: RedbStore,
     gate: net::Gate,
     caller: net::Caller,
+    /// Slower calls handed to the leader (joins wait for the new member to
+    /// catch up).
+    forward: net::Caller,
+    /// Held by the leader while it adds a member.
+    joining: tokio::sync::Mutex<()>,
     /// Leader's view: when each member's last heartbeat arrived.
     seen: Mutex<HashMap<NodeId, Instant>>,
     /// The term in which this node leads and when it noticed.
@@ -503,8 +508,10 @@ impl Cluster {
             me,
             raft,
             store,
-            gate: net::Gate::new(key),
+            gate: net::Gate::new(key.clone()),
             caller,
+            forward: net::Caller::new(key.clone(), Duration::from_secs(10)),
+            joining: tokio::sync::Mutex::new(()),
             seen: Mutex::default(),
             leader_since: Mutex::new(None),
             lease_until: Mutex::new(None),
@@ -740,7 +747,7 @@ impl Inner {
             let leader = self.leader();
             let addr = leader.and_then(|l| self.addr_of(l));
             let r = match addr {
-                Some(a) => match self.caller.post::<_, Answer<T>>(&a, path, body).await {
+                Some(a) => match self.forward.post::<_, Answer<T>>(&a, path, body).await {
                     Ok(Ok(t)) => return Ok(t),
                     Ok(Err(why)) if why.starts_with("not the leader") => {
                         Err(ClusterError::NoLeader)
@@ -880,9 +887,32 @@ async fn h_join(State(w): State<Weak<Inner>>, h: HeaderMap, body: Bytes) -> Resp
                 .await
                 .map_err(|e| e.to_string());
         }
+        // One join at a time, so two nodes cannot take the same id.
+        let _one = s.joining.lock().await;
         let info = req.info;
-        if s.store.state().nodes.contains_key(&info.id) {
+        let state = s.store.state();
+        let members = s.raft.metrics().borrow().membership_config.clone();
+        let voter = members.membership().voter_ids().any(|v| v == info.id);
+        if let Some(known) = state.nodes.get(&info.id) {
+            if *known == info && voter {
+                // A retry of a join that went through.
+                return Ok(());
+            }
             return Err(format!("node id {} is already a member", info.id));
+        }
+        if let Some(n) = members.membership().get_node(&info.id) {
+            if n.addr != info.cluster_addr {
+                return Err(format!(
+                    "node id {} is taken by the node at {}; join again",
+                    info.id, n.addr
+                ));
+            }
+        }
+        // Checked before the node gets a vote: a voter the state refuses
+        // (a taken name, say) would count in every quorum.
+        let mut probe = (*state).clone();
+        if let Outcome::Refused(why) = probe.apply(&Command::AddNode { info: info.clone() }) {
+            return Err(why);
         }
         let node = BasicNode {
             addr: info.cluster_addr.clone(),

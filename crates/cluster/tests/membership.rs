@@ -181,3 +181,53 @@ async fn a_member_joining_after_compaction_receives_a_snapshot() {
     let b = Cluster::open(d2.path(), addr).await.unwrap();
     assert_eq!(b.state().volumes.len(), 21);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_leaves_and_a_taken_name_cannot_join() {
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (a, token) = init(dirs[0].path(), "a", Role::Data).await;
+    let b = join(dirs[1].path(), "b", Role::Data, &a, &token).await;
+    let c = join(dirs[2].path(), "c", Role::Data, &b, &token).await;
+    a.propose(create("vm", 2)).await.unwrap();
+
+    // A second "b" is refused before it gets a vote.
+    let addr = free_addr();
+    let r = Cluster::join(
+        dirs[3].path(),
+        info("b", Role::Data, addr),
+        addr,
+        &c.local_addr().to_string(),
+        &token,
+    )
+    .await;
+    assert!(
+        matches!(&r, Err(ClusterError::Refused(why)) if why.contains("named b")),
+        "{:?}",
+        r.err()
+    );
+    assert!(!Cluster::exists(dirs[3].path()));
+    assert_eq!(a.status().await.voters.len(), 3);
+
+    // The leader, primary of vm, leaves: vm moves to b, a new leader is
+    // elected among b and c.
+    let a_id = a.id();
+    a.leave().await.unwrap();
+    eventually_async("a new leader without a", 10, || async {
+        let s = b.status().await;
+        s.leader.is_some_and(|l| l != a_id) && !s.voters.contains(&a_id)
+    })
+    .await;
+    a.shutdown().await;
+    let s = b.state();
+    assert!(!s.nodes.contains_key(&a_id));
+    assert_eq!(
+        (s.volumes["vm"].primary, s.volumes["vm"].epoch),
+        (b.id(), 2)
+    );
+    c.propose(create("after", 2)).await.unwrap();
+    assert_eq!(
+        b.state().volumes["after"].replicas.len(),
+        2,
+        "placed on b and c"
+    );
+}
