@@ -746,19 +746,17 @@ impl Inner {
         loop {
             let leader = self.leader();
             let addr = leader.and_then(|l| self.addr_of(l));
-            let r = match addr {
+            let retryable = match addr {
                 Some(a) => match self.forward.post::<_, Answer<T>>(&a, path, body).await {
                     Ok(Ok(t)) => return Ok(t),
-                    Ok(Err(why)) if why.starts_with("not the leader") => {
-                        Err(ClusterError::NoLeader)
-                    }
+                    Ok(Err(why)) if why.starts_with("not the leader") => ClusterError::NoLeader,
                     Ok(Err(why)) => return Err(ClusterError::Refused(why)),
-                    Err(e) => Err(e),
+                    Err(e) => e,
                 },
-                None => Err(ClusterError::NoLeader),
+                None => ClusterError::NoLeader,
             };
             if Instant::now() > deadline {
-                return r.map(|_: ()| unreachable!());
+                return Err(retryable);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
