@@ -226,7 +226,7 @@ async fn the_leader_leaves_and_a_taken_name_cannot_join() {
     );
     c.propose(create("after", 2)).await.unwrap();
     assert_eq!(
-        b.state().volumes["after"].replicas.len(),
+        c.state().volumes["after"].replicas.len(),
         2,
         "placed on b and c"
     );
