@@ -129,6 +129,12 @@ pub const ELECTION_MARGIN: Duration = Duration::from_millis(300);
 // A lease must end before the leader can give its volumes to another node.
 const _: () = assert!(DEAD_AFTER.as_millis() > LEASE.as_millis());
 
+/// Largest snapshot piece sent in one install-snapshot call.
+const SNAPSHOT_CHUNK: usize = 64 * 1024;
+/// Largest request body a member accepts (append-entries batches, snapshot
+/// pieces).
+const MAX_BODY: usize = 16 * 1024 * 1024;
+
 /// What went wrong in the control plane.
 #[derive(Debug, Error)]
 pub enum ClusterError {
@@ -487,6 +493,9 @@ impl Cluster {
             election_timeout_min: 400,
             election_timeout_max: 700,
             install_snapshot_timeout: 2000,
+            // JSON spells each snapshot byte as up to four characters; a
+            // chunk stays far below the request body limit.
+            snapshot_max_chunk_size: SNAPSHOT_CHUNK as u64,
             ..Default::default()
         }
         .validate()
@@ -529,6 +538,7 @@ impl Cluster {
             .route("/cluster/propose", post(h_propose))
             .route("/cluster/heartbeat", post(h_heartbeat))
             .route("/cluster/status", post(h_status))
+            .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
             .with_state(Arc::downgrade(&inner));
         let (stop, mut stopped) = watch::channel(false);
         let server = tokio::spawn(async move {

@@ -14,6 +14,27 @@ pub type NodeId = u64;
 /// Most copies a volume may have.
 pub const MAX_REPLICAS: usize = 3;
 
+/// Checks a volume name: it becomes part of an IQN and a directory name, so
+/// 1 to 63 of a-z, 0-9, '.' and '-', starting with a letter or digit (the
+/// local store's rule).
+fn check_name(name: &str) -> Result<(), String> {
+    let ok = (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "volume name {name:?} is not 1 to 63 of a-z, 0-9, '.' and '-' starting with a letter or digit"
+        ))
+    }
+}
+
 /// Checks a volume's size and block size.
 fn check_geometry(name: &str, size_bytes: u64, block_size: u32) -> Result<(), String> {
     if !block_size.is_power_of_two() || !(512..=65536).contains(&block_size) {
@@ -243,6 +264,7 @@ impl ClusterState {
                 block_size,
                 replicas,
             } => {
+                check_name(name)?;
                 if self.volumes.contains_key(name) {
                     return Err(format!("volume {name} already exists"));
                 }
@@ -613,6 +635,13 @@ mod tests {
             assert!(matches!(s.apply(&bad(size, bs)), Outcome::Refused(_)));
         }
         assert!(matches!(s.apply(&create("g", 0)), Outcome::Refused(_)));
+        for name in ["", "Upper", "-dash", "a/b", "a b", &"x".repeat(64)] {
+            assert!(
+                matches!(s.apply(&create(name, 1)), Outcome::Refused(_)),
+                "{name:?}"
+            );
+        }
+        assert_eq!(s.apply(&create(&"x".repeat(63), 1)), Outcome::Done);
         assert_eq!(s.apply(&create("g", 1)), Outcome::Done);
         assert!(matches!(s.apply(&create("g", 1)), Outcome::Refused(_)));
         let resize = |size_bytes| Command::ResizeVolume {

@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use cluster::{Cluster, ClusterError, Command, ReplicaState, Role};
 use common::{create, eventually, eventually_async, free_addr, info, init, join};
 
@@ -35,7 +37,16 @@ async fn two_data_nodes_and_a_witness_grow_to_three_and_one_leaves() {
 
     // Placement: two copies on the two data nodes, never on the witness;
     // a proposal through a follower is forwarded to the leader.
+    let mut follow = w.subscribe();
+    follow.borrow_and_update();
     b.propose(create("vm", 2)).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !follow.borrow_and_update().volumes.contains_key("vm") {
+            follow.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the witness's subscription shows the new volume");
     let v = b.state().volumes["vm"].clone();
     assert_eq!(
         v.replicas.keys().copied().collect::<Vec<_>>(),
@@ -155,19 +166,34 @@ async fn a_single_member_survives_a_restart() {
     );
 }
 
+const VOLUMES: usize = 800;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_joining_after_compaction_receives_a_snapshot() {
     let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (a, token) = init(d1.path(), "a", Role::Data).await;
-    for i in 0..20 {
-        a.propose(create(&format!("v{i}"), 1)).await.unwrap();
+    // Enough volumes that the snapshot travels in several pieces.
+    let a = std::sync::Arc::new(a);
+    let mut proposals = tokio::task::JoinSet::new();
+    for i in 0..VOLUMES {
+        let a = a.clone();
+        proposals.spawn(async move { a.propose(create(&format!("v{i}"), 1)).await });
     }
+    while let Some(r) = proposals.join_next().await {
+        r.unwrap().unwrap();
+    }
+    let a = std::sync::Arc::into_inner(a).unwrap();
+    let snapshot_size = serde_json::to_vec(&*a.state()).unwrap().len();
+    assert!(snapshot_size > 2 * 64 * 1024, "{snapshot_size} bytes");
     let upto = a.compact_log().await.unwrap();
-    assert!(upto >= 22, "snapshot covers the volumes: {upto}");
+    assert!(
+        upto >= VOLUMES as u64,
+        "snapshot covers the volumes: {upto}"
+    );
     assert_eq!(a.status().await.snapshot, upto);
     let b = join(d2.path(), "b", Role::Data, &a, &token).await;
     eventually("b has the state", 10, || {
-        b.state().volumes.len() == 20 && b.state().nodes.len() == 2
+        b.state().volumes.len() == VOLUMES && b.state().nodes.len() == 2
     })
     .await;
     // The entries it missed were dropped: only the snapshot could carry them.
@@ -179,7 +205,7 @@ async fn a_member_joining_after_compaction_receives_a_snapshot() {
     b.shutdown().await;
     drop(b);
     let b = Cluster::open(d2.path(), addr).await.unwrap();
-    assert_eq!(b.state().volumes.len(), 21);
+    assert_eq!(b.state().volumes.len(), VOLUMES + 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
