@@ -189,6 +189,16 @@ pub struct ClusterStatus {
     pub state: ClusterState,
 }
 
+impl ClusterStatus {
+    /// Whether the leader heard from `node` within [`DEAD_AFTER`] (false
+    /// when no leader's view is known).
+    pub fn reachable(&self, node: NodeId) -> bool {
+        self.last_seen_ms
+            .get(&node)
+            .is_some_and(|&ms| u128::from(ms) < DEAD_AFTER.as_millis())
+    }
+}
+
 /// The join token format: `tandem-join:<cluster id>:<secret hex>`.
 pub fn join_token(cluster_id: Uuid, key: &Key) -> String {
     format!("tandem-join:{cluster_id}:{}", hex::encode(key.bytes()))
@@ -408,11 +418,20 @@ impl Cluster {
         if Cluster::exists(dir) {
             return Err(local(dir, "already a cluster member"));
         }
-        let (_, key) = parse_token(token)?;
+        let (cluster_id, key) = parse_token(token)?;
         let caller = net::Caller::new(key.clone(), Duration::from_secs(10));
         // Both sides prove the secret before anything is written here.
         let status: Answer<ClusterStatus> = caller.post(seed, "/cluster/status", &()).await?;
         let status = status.map_err(ClusterError::Remote)?;
+        if status.state.cluster_id != Some(cluster_id) {
+            return Err(ClusterError::Refused(format!(
+                "{seed} belongs to cluster {}, the token to cluster {cluster_id}",
+                status
+                    .state
+                    .cluster_id
+                    .map_or("(none yet)".to_string(), |c| c.to_string())
+            )));
+        }
         if me.id == 0 {
             me.id = status
                 .state

@@ -207,6 +207,22 @@ impl ClusterState {
                 if info.role.is_none() {
                     return Err(format!("node {} has no role", info.id));
                 }
+                if info.id == 0 {
+                    return Err("node id 0 is not valid".into());
+                }
+                if info.name.is_empty()
+                    || info.name.len() > 253
+                    || info.name.chars().any(char::is_control)
+                {
+                    return Err(format!(
+                        "node {}: the name must be 1 to 253 printable characters",
+                        info.id
+                    ));
+                }
+                let addrs = [&info.cluster_addr, &info.iscsi_addr, &info.repl_addr];
+                if addrs.iter().any(|a| a.len() > 255) {
+                    return Err(format!("node {}: an address is too long", info.id));
+                }
                 if let Some(other) = self
                     .nodes
                     .values()
@@ -667,6 +683,33 @@ mod tests {
             ),
             "names are unique"
         );
+        for bad in [
+            NodeInfo {
+                name: String::new(),
+                ..node(5, Role::Data)
+            },
+            NodeInfo {
+                name: "a\nb".into(),
+                ..node(5, Role::Data)
+            },
+            NodeInfo {
+                repl_addr: "x".repeat(256),
+                ..node(5, Role::Data)
+            },
+            node(0, Role::Data),
+            NodeInfo {
+                role: None,
+                ..node(5, Role::Data)
+            },
+        ] {
+            assert!(
+                matches!(
+                    s.apply(&Command::AddNode { info: bad.clone() }),
+                    Outcome::Refused(_)
+                ),
+                "{bad:?}"
+            );
+        }
         let mut demoted = node(1, Role::Witness);
         demoted.name = "n1".into();
         assert!(

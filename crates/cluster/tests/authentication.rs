@@ -117,8 +117,20 @@ async fn requests_without_the_secret_are_refused() {
     let me = info("x", Role::Data, addr);
     let r = Cluster::join(d2.path(), me.clone(), addr, &seed, &forged).await;
     assert!(matches!(r, Err(ClusterError::Auth(_))), "{:?}", r.err());
-    let r = Cluster::join(d2.path(), me, addr, &seed, "not-a-token").await;
+    let r = Cluster::join(d2.path(), me.clone(), addr, &seed, "not-a-token").await;
     assert!(matches!(r, Err(ClusterError::BadToken)));
+    // The right secret with another cluster's id: refused as well.
+    let other = format!(
+        "tandem-join:{}:{}",
+        uuid::Uuid::new_v4(),
+        &token[token.rfind(':').unwrap() + 1..]
+    );
+    let r = Cluster::join(d2.path(), me, addr, &seed, &other).await;
+    assert!(
+        matches!(&r, Err(ClusterError::Refused(why)) if why.contains("belongs to cluster")),
+        "{:?}",
+        r.err()
+    );
     assert!(!Cluster::exists(d2.path()));
     assert_eq!(a.state().nodes.len(), 1);
 }
