@@ -386,7 +386,14 @@ impl Cluster {
             me.id = 1;
         }
         Cluster::save_identity(dir, &me, &key)?;
-        let c = Cluster::start(dir, me.clone(), key.clone(), listen).await?;
+        let c = match Cluster::start(dir, me.clone(), key.clone(), listen).await {
+            Ok(c) => c,
+            Err(e) => {
+                // Nothing was started: the directory may be used again.
+                Cluster::forget_identity(dir);
+                return Err(e);
+            }
+        };
         let mut members = BTreeMap::new();
         members.insert(
             me.id,
@@ -403,6 +410,13 @@ impl Cluster {
         c.propose(Command::Init { cluster_id }).await?;
         c.propose(Command::AddNode { info: me }).await?;
         Ok((c, join_token(cluster_id, &key)))
+    }
+
+    /// Removes the identity files of a member that never took part.
+    fn forget_identity(dir: &Path) {
+        for f in ["node.json", "cluster.key"] {
+            let _ = std::fs::remove_file(dir.join(f));
+        }
     }
 
     /// Joins the cluster of `token` through the member at `seed` (host:port
@@ -445,16 +459,22 @@ impl Cluster {
         }
         std::fs::create_dir_all(dir).map_err(|e| local(dir, e))?;
         Cluster::save_identity(dir, &me, &key)?;
-        let c = Cluster::start(dir, me.clone(), key, listen).await?;
+        let c = match Cluster::start(dir, me.clone(), key, listen).await {
+            Ok(c) => c,
+            Err(e) => {
+                Cluster::forget_identity(dir);
+                return Err(e);
+            }
+        };
         let r = caller
             .post::<_, Answer<()>>(seed, "/cluster/join", &JoinRequest { info: me })
             .await
             .and_then(|r| r.map_err(ClusterError::Refused));
         if let Err(e) = r {
+            // The Raft database stays: should the leader have got as far
+            // as giving this node a vote, its log and vote are kept.
             c.shutdown().await;
-            for f in ["node.json", "cluster.key"] {
-                let _ = std::fs::remove_file(dir.join(f));
-            }
+            Cluster::forget_identity(dir);
             return Err(e);
         }
         Ok(c)
