@@ -49,7 +49,8 @@
 //! leader may replace its holder. A newly elected leader has heard nobody;
 //! every lease the previous leader granted was confirmed by a quorum before
 //! this election, so none outlives it by more than `LEASE`: the new leader
-//! waits `LEASE` plus [`ELECTION_MARGIN`] (300 ms) after its election before it replaces anyone.
+//! waits `LEASE` plus [`ELECTION_MARGIN`] (300 ms) after its election
+//! before it replaces anyone.
 //! Either way, when a new primary exists, the old one has stopped
 //! acknowledging writes, and every copy refuses its older epoch anyway.
 //!
@@ -61,9 +62,10 @@
 //! A dead primary is replaced about `DEAD_AFTER` (plus up to 100 ms) after
 //! its last heartbeat, about 1.6 s; if it was also the Raft leader, after
 //! the election (0.4–0.7 s election timeout; followers refuse to vote until
-//! 0.7 s after they last heard the old leader, so about 1–1.2 s) and `LEASE`
-//! + `ELECTION_MARGIN`: about 2.6 s.
+//! 0.7 s after they last heard the old leader, so about 1–1.2 s) and then
+//! `LEASE` and `ELECTION_MARGIN`: about 2.6 s.
 
+#![forbid(unsafe_code)]
 // openraft dictates its (large) storage error type; results carry it as is.
 #![allow(clippy::result_large_err)]
 
