@@ -213,7 +213,8 @@ impl Node {
         Ok(c.cluster.status().await)
     }
 
-    /// Leaves the cluster (refused while this node holds volume copies).
+    /// Leaves the cluster: its copies are dropped and its primaries handed to
+    /// in-sync copies; refused while it holds the only in-sync copy of a volume.
     pub async fn cluster_leave(&self) -> Result<(), NodeError> {
         let c = self
             .clustered()

@@ -120,7 +120,8 @@ enum ClusterCommand {
         #[arg(long, env = "TANDEM_JOIN_TOKEN")]
         token: String,
     },
-    /// Remove the running node from its cluster (it must hold no volume copies).
+    /// Remove the running node from its cluster (its copies are dropped; refused
+    /// while it holds the only in-sync copy of a volume).
     Leave,
     /// Members, leader, volumes, primaries and replica states.
     Status {
