@@ -47,11 +47,6 @@ impl ForwardVolume {
         }
     }
 
-    /// Address of the primary I/O goes to.
-    pub fn primary_addr(&self) -> &str {
-        &self.addr
-    }
-
     async fn link(&self) -> Result<Arc<Link>, VolumeError> {
         let alive = |l: &Option<Arc<Link>>| l.as_ref().filter(|l| l.is_alive()).cloned();
         if let Some(l) = alive(&self.link.read().unwrap()) {
@@ -156,12 +151,7 @@ impl Volume for ForwardVolume {
         unmap: bool,
         fua: bool,
     ) -> volume::Result<()> {
-        if pattern.len() != self.block_size() as usize {
-            return Err(VolumeError::BadLength {
-                len: pattern.len(),
-                block_size: self.block_size(),
-            });
-        }
+        volume::check_pattern(pattern.len(), self.block_size())?;
         volume::check_range(self.num_blocks(), lba, blocks)?;
         self.call(Op::WriteSame {
             lba,
@@ -181,14 +171,9 @@ impl Volume for ForwardVolume {
         write: Bytes,
         fua: bool,
     ) -> volume::Result<()> {
-        let blocks = volume::blocks_in(write.len(), self.block_size())?;
+        let blocks =
+            volume::compare_and_write_blocks(compare.len(), write.len(), self.block_size())?;
         volume::check_range(self.num_blocks(), lba, blocks)?;
-        if compare.len() != write.len() {
-            return Err(VolumeError::BadLength {
-                len: compare.len(),
-                block_size: self.block_size(),
-            });
-        }
         let mut both = Vec::with_capacity(compare.len() * 2);
         both.extend_from_slice(&compare);
         both.extend_from_slice(&write);

@@ -724,12 +724,7 @@ impl Volume for ReplicatedVolume {
         unmap: bool,
         fua: bool,
     ) -> volume::Result<()> {
-        if pattern.len() != self.block_size() as usize {
-            return Err(VolumeError::BadLength {
-                len: pattern.len(),
-                block_size: self.block_size(),
-            });
-        }
+        volume::check_pattern(pattern.len(), self.block_size())?;
         check_range(self.num_blocks(), lba, blocks)?;
         let local = self
             .copy
@@ -752,14 +747,9 @@ impl Volume for ReplicatedVolume {
         write: Bytes,
         fua: bool,
     ) -> volume::Result<()> {
-        let blocks = volume::blocks_in(write.len(), self.block_size())?;
+        let blocks =
+            volume::compare_and_write_blocks(compare.len(), write.len(), self.block_size())?;
         check_range(self.num_blocks(), lba, blocks)?;
-        if compare.len() != write.len() {
-            return Err(VolumeError::BadLength {
-                len: compare.len(),
-                block_size: self.block_size(),
-            });
-        }
         let local = self.copy.volume().write(lba, write.clone(), fua);
         let op = Op::Write {
             lba,

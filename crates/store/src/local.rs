@@ -588,13 +588,7 @@ impl<B: Backing> Volume for LocalVolume<B> {
         fua: bool,
     ) -> Result<()> {
         self.check_open()?;
-        let n = blocks_in(compare.len(), self.block_size)?;
-        if write.len() != compare.len() {
-            return Err(VolumeError::BadLength {
-                len: write.len(),
-                block_size: self.block_size,
-            });
-        }
+        let n = volume::compare_and_write_blocks(compare.len(), write.len(), self.block_size)?;
         check_range(self.num_blocks(), lba, n)?;
         let _exclusive = self.gate.write().await;
         let current = self.read_unlocked(lba, n).await?;

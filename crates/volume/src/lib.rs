@@ -90,12 +90,7 @@ pub trait Volume: Send + Sync + 'static {
         fua: bool,
     ) -> Result<()> {
         let bs = self.block_size() as usize;
-        if pattern.len() != bs {
-            return Err(VolumeError::BadLength {
-                len: pattern.len(),
-                block_size: self.block_size(),
-            });
-        }
+        check_pattern(pattern.len(), self.block_size())?;
         check_range(self.num_blocks(), lba, blocks)?;
         if unmap && pattern.iter().all(|&b| b == 0) && self.provisioning() == Provisioning::Thin {
             self.unmap(lba, blocks).await?;
@@ -162,6 +157,27 @@ pub fn blocks_in(len: usize, block_size: u32) -> Result<u64> {
         return Err(VolumeError::BadLength { len, block_size });
     }
     Ok((len / block_size as usize) as u64)
+}
+
+/// Checks that a WRITE SAME pattern of `len` bytes is exactly one block.
+pub fn check_pattern(len: usize, block_size: u32) -> Result<()> {
+    if len != block_size as usize {
+        return Err(VolumeError::BadLength { len, block_size });
+    }
+    Ok(())
+}
+
+/// Checks the two buffers of a COMPARE AND WRITE (a whole number of blocks,
+/// both the same length) and returns how many blocks they cover.
+pub fn compare_and_write_blocks(compare: usize, write: usize, block_size: u32) -> Result<u64> {
+    let n = blocks_in(compare, block_size)?;
+    if write != compare {
+        return Err(VolumeError::BadLength {
+            len: write,
+            block_size,
+        });
+    }
+    Ok(n)
 }
 
 /// Returns the byte offset of the first difference between `a` and `b`.

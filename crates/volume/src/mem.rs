@@ -5,7 +5,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::{
-    blocks_in, check_range, first_difference, BlockState, Provisioning, Result, Volume, VolumeError,
+    blocks_in, check_range, compare_and_write_blocks, first_difference, BlockState, Provisioning,
+    Result, Volume, VolumeError,
 };
 
 /// A thin volume held in memory: only written blocks take space. For tests and
@@ -113,13 +114,7 @@ impl Volume for MemVolume {
         write: Bytes,
         _fua: bool,
     ) -> Result<()> {
-        let n = blocks_in(compare.len(), self.block_size)?;
-        if write.len() != compare.len() {
-            return Err(VolumeError::BadLength {
-                len: write.len(),
-                block_size: self.block_size,
-            });
-        }
+        let n = compare_and_write_blocks(compare.len(), write.len(), self.block_size)?;
         let mut st = self.state.write().unwrap();
         check_range(st.num_blocks, lba, n)?;
         let current = self.read_locked(&st, lba, n);
