@@ -458,7 +458,9 @@ impl Node {
         block_size: u32,
         replicas: usize,
     ) -> Result<(), NodeError> {
+        // Checked here, before the proposal, as the store checks a local create.
         store::validate_name(name)?;
+        store::validate_geometry(size_bytes, block_size)?;
         c.cluster
             .propose(Command::CreateVolume {
                 id: uuid::Uuid::new_v4(),

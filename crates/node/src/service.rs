@@ -264,7 +264,6 @@ impl Node {
                 .filter(|n| n.holds_data())
                 .count();
             let n = replicas.unwrap_or(data_nodes.clamp(1, 2));
-            self.check_geometry(size_bytes, block_size)?;
             self.create_clustered(&c, name, size_bytes, block_size, n)
                 .await?;
             return match self.volume(name).await {
@@ -280,7 +279,6 @@ impl Node {
                     .into(),
             ));
         }
-        self.check_geometry(size_bytes, block_size)?;
         let mut exported = self.exported.lock().await;
         let meta = self.store.create(name, size_bytes, block_size)?;
         let e = match self.export(&meta) {
@@ -314,20 +312,6 @@ impl Node {
             chap_user: None,
             mutual_chap_user: None,
         }
-    }
-
-    fn check_geometry(&self, size_bytes: u64, block_size: u32) -> Result<(), NodeError> {
-        if block_size != 512 && block_size != 4096 {
-            return Err(NodeError::Invalid(format!(
-                "block size {block_size} is not supported; use 512 or 4096"
-            )));
-        }
-        if size_bytes == 0 || !size_bytes.is_multiple_of(block_size as u64) {
-            return Err(NodeError::Invalid(format!(
-                "size {size_bytes} bytes is not a positive multiple of the {block_size}-byte block size"
-            )));
-        }
-        Ok(())
     }
 
     /// Lists every volume, sorted by name.

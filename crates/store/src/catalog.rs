@@ -52,6 +52,27 @@ struct Catalog {
     open: HashMap<String, Arc<LocalVolume>>,
 }
 
+/// Checks a volume's size and block size: 512 or 4096-byte blocks, a
+/// positive whole number of them, no larger than a file can be.
+pub fn validate_geometry(size_bytes: u64, block_size: u32) -> Result<(), StoreError> {
+    if block_size != 512 && block_size != 4096 {
+        return Err(StoreError::InvalidSize(format!(
+            "block size {block_size} is not supported; use 512 or 4096"
+        )));
+    }
+    if size_bytes == 0 || !size_bytes.is_multiple_of(block_size as u64) {
+        return Err(StoreError::InvalidSize(format!(
+            "size {size_bytes} bytes is not a positive multiple of the {block_size}-byte block size"
+        )));
+    }
+    if size_bytes > i64::MAX as u64 {
+        return Err(StoreError::InvalidSize(format!(
+            "size {size_bytes} bytes is larger than a file can be"
+        )));
+    }
+    Ok(())
+}
+
 /// Checks a volume name: `[a-z0-9][a-z0-9.-]{0,62}` (it becomes part of an IQN).
 pub fn validate_name(name: &str) -> Result<(), StoreError> {
     let bad = |why| {
@@ -217,21 +238,7 @@ impl Store {
         id: Uuid,
     ) -> Result<VolumeMeta, StoreError> {
         validate_name(name)?;
-        if block_size != 512 && block_size != 4096 {
-            return Err(StoreError::InvalidSize(format!(
-                "block size {block_size} is not supported; use 512 or 4096"
-            )));
-        }
-        if size_bytes == 0 || !size_bytes.is_multiple_of(block_size as u64) {
-            return Err(StoreError::InvalidSize(format!(
-                "size {size_bytes} bytes is not a positive multiple of the {block_size}-byte block size"
-            )));
-        }
-        if size_bytes > i64::MAX as u64 {
-            return Err(StoreError::InvalidSize(format!(
-                "size {size_bytes} bytes is larger than a file can be"
-            )));
-        }
+        validate_geometry(size_bytes, block_size)?;
         let mut cat = self.catalog.lock().unwrap();
         if cat.metas.contains_key(name) {
             return Err(StoreError::Exists(name.to_string()));

@@ -23,6 +23,6 @@ mod local;
 mod pool;
 
 pub use backing::{Backing, SimDisk};
-pub use catalog::{validate_name, Store, VolumeMeta};
+pub use catalog::{validate_geometry, validate_name, Store, VolumeMeta};
 pub use error::StoreError;
 pub use local::{LocalVolume, VolumeFiles, REGION_BYTES};
