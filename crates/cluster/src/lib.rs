@@ -851,48 +851,46 @@ enum LeaderWrite {
 }
 
 async fn h_append(State(w): State<Weak<Inner>>, h: HeaderMap, body: Bytes) -> Response {
-    let Some(s) = w.upgrade() else {
-        return stopping();
-    };
-    let nonce = match s.gate.check(&h, "/raft/append", &body) {
-        Ok(n) => n,
-        Err(r) => return r,
-    };
-    let r = match serde_json::from_slice::<AppendEntriesRequest<TypeConfig>>(&body) {
-        Ok(req) => s.raft.append_entries(req).await,
-        Err(e) => return bad_request(e),
-    };
+    let (s, nonce, req) =
+        match admit::<AppendEntriesRequest<TypeConfig>>(&w, &h, "/raft/append", &body) {
+            Ok(x) => x,
+            Err(r) => return r,
+        };
+    let r = s.raft.append_entries(req).await;
     s.gate.answer(&nonce, &r)
 }
 
 async fn h_vote(State(w): State<Weak<Inner>>, h: HeaderMap, body: Bytes) -> Response {
-    let Some(s) = w.upgrade() else {
-        return stopping();
-    };
-    let nonce = match s.gate.check(&h, "/raft/vote", &body) {
-        Ok(n) => n,
+    let (s, nonce, req) = match admit::<VoteRequest<NodeId>>(&w, &h, "/raft/vote", &body) {
+        Ok(x) => x,
         Err(r) => return r,
     };
-    let r = match serde_json::from_slice::<VoteRequest<NodeId>>(&body) {
-        Ok(req) => s.raft.vote(req).await,
-        Err(e) => return bad_request(e),
-    };
+    let r = s.raft.vote(req).await;
     s.gate.answer(&nonce, &r)
 }
 
 async fn h_snapshot(State(w): State<Weak<Inner>>, h: HeaderMap, body: Bytes) -> Response {
-    let Some(s) = w.upgrade() else {
-        return stopping();
-    };
-    let nonce = match s.gate.check(&h, "/raft/snapshot", &body) {
-        Ok(n) => n,
-        Err(r) => return r,
-    };
-    let r = match serde_json::from_slice::<InstallSnapshotRequest<TypeConfig>>(&body) {
-        Ok(req) => s.raft.install_snapshot(req).await,
-        Err(e) => return bad_request(e),
-    };
+    let (s, nonce, req) =
+        match admit::<InstallSnapshotRequest<TypeConfig>>(&w, &h, "/raft/snapshot", &body) {
+            Ok(x) => x,
+            Err(r) => return r,
+        };
+    let r = s.raft.install_snapshot(req).await;
     s.gate.answer(&nonce, &r)
+}
+
+/// Admits a member request: the member is still running, the caller proves
+/// the cluster secret (the nonce signs the answer), the body decodes.
+fn admit<T: serde::de::DeserializeOwned>(
+    w: &Weak<Inner>,
+    h: &HeaderMap,
+    path: &str,
+    body: &[u8],
+) -> Result<(Arc<Inner>, String, T), Response> {
+    let s = w.upgrade().ok_or_else(stopping)?;
+    let nonce = s.gate.check(h, path, body)?;
+    let req = serde_json::from_slice(body).map_err(bad_request)?;
+    Ok((s, nonce, req))
 }
 
 fn stopping() -> Response {
@@ -917,16 +915,9 @@ fn not_leader(s: &Inner) -> String {
 }
 
 async fn h_join(State(w): State<Weak<Inner>>, h: HeaderMap, body: Bytes) -> Response {
-    let Some(s) = w.upgrade() else {
-        return stopping();
-    };
-    let nonce = match s.gate.check(&h, "/cluster/join", &body) {
-        Ok(n) => n,
+    let (s, nonce, req) = match admit::<JoinRequest>(&w, &h, "/cluster/join", &body) {
+        Ok(x) => x,
         Err(r) => return r,
-    };
-    let req: JoinRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_request(e),
     };
     let r: Answer<()> = async {
         if s.leader() != Some(s.me.id) {
@@ -987,16 +978,9 @@ async fn h_join(State(w): State<Weak<Inner>>, h: HeaderMap, body: Bytes) -> Resp
 }
 
 async fn h_leave(State(w): State<Weak<Inner>>, h: HeaderMap, body: Bytes) -> Response {
-    let Some(s) = w.upgrade() else {
-        return stopping();
-    };
-    let nonce = match s.gate.check(&h, "/cluster/leave", &body) {
-        Ok(n) => n,
+    let (s, nonce, req) = match admit::<NodeRequest>(&w, &h, "/cluster/leave", &body) {
+        Ok(x) => x,
         Err(r) => return r,
-    };
-    let req: NodeRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_request(e),
     };
     let r: Answer<()> = async {
         if s.leader() != Some(s.me.id) {
@@ -1037,16 +1021,9 @@ async fn h_leave(State(w): State<Weak<Inner>>, h: HeaderMap, body: Bytes) -> Res
 }
 
 async fn h_propose(State(w): State<Weak<Inner>>, h: HeaderMap, body: Bytes) -> Response {
-    let Some(s) = w.upgrade() else {
-        return stopping();
-    };
-    let nonce = match s.gate.check(&h, "/cluster/propose", &body) {
-        Ok(n) => n,
+    let (s, nonce, cmd) = match admit::<Command>(&w, &h, "/cluster/propose", &body) {
+        Ok(x) => x,
         Err(r) => return r,
-    };
-    let cmd: Command = match serde_json::from_slice(&body) {
-        Ok(c) => c,
-        Err(e) => return bad_request(e),
     };
     let r: Answer<u64> = match s.write(cmd).await {
         Ok(()) => Ok(s
@@ -1063,16 +1040,9 @@ async fn h_propose(State(w): State<Weak<Inner>>, h: HeaderMap, body: Bytes) -> R
 }
 
 async fn h_heartbeat(State(w): State<Weak<Inner>>, h: HeaderMap, body: Bytes) -> Response {
-    let Some(s) = w.upgrade() else {
-        return stopping();
-    };
-    let nonce = match s.gate.check(&h, "/cluster/heartbeat", &body) {
-        Ok(n) => n,
+    let (s, nonce, req) = match admit::<NodeRequest>(&w, &h, "/cluster/heartbeat", &body) {
+        Ok(x) => x,
         Err(r) => return r,
-    };
-    let req: NodeRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_request(e),
     };
     // Answered only by a leader a quorum still follows, and only for
     // members: a node that left holds no lease.
