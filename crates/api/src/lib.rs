@@ -69,6 +69,11 @@ pub struct ClusterView {
     pub status: node::ClusterStatus,
     /// For volumes this node is primary of: the state of each replica.
     pub replication: std::collections::BTreeMap<String, Vec<replica::PeerStatus>>,
+    /// For volumes held here: when this node acknowledged writes as their
+    /// primary, one window per primary role (no two nodes' windows of a
+    /// volume may overlap).
+    #[serde(default)]
+    pub acknowledged: std::collections::BTreeMap<String, Vec<replica::AckWindow>>,
 }
 
 fn default_block_size() -> u32 {

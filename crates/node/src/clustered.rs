@@ -133,6 +133,18 @@ impl Clustered {
     }
 }
 
+impl Clustered {
+    /// Per volume held here: when this node acknowledged writes as its primary.
+    pub async fn acknowledged(&self) -> BTreeMap<String, Vec<replica::AckWindow>> {
+        let slots = self.slots.lock().await;
+        slots
+            .iter()
+            .map(|(name, s)| (name.clone(), s.role.acknowledged()))
+            .filter(|(_, w)| !w.is_empty())
+            .collect()
+    }
+}
+
 impl Node {
     /// Whether this node is a cluster member.
     pub fn clustered(&self) -> Option<Arc<Clustered>> {

@@ -25,6 +25,9 @@ pub struct ForwardVolume {
     timeout: Duration,
     link: RwLock<Option<Arc<Link>>>,
     connecting: Mutex<()>,
+    /// Set when this node stops forwarding (its role changed): operations
+    /// still waiting for the old primary give up at once.
+    closed: tokio::sync::watch::Sender<bool>,
 }
 
 impl ForwardVolume {
@@ -44,6 +47,7 @@ impl ForwardVolume {
             timeout,
             link: RwLock::new(None),
             connecting: Mutex::new(()),
+            closed: tokio::sync::watch::Sender::new(false),
         }
     }
 
@@ -77,6 +81,17 @@ impl ForwardVolume {
     }
 
     async fn call(&self, op: Op) -> Result<Bytes, VolumeError> {
+        let mut closed = self.closed.subscribe();
+        tokio::select! {
+            r = self.forward(op) => r,
+            _ = closed.wait_for(|c| *c) => Err(VolumeError::Unavailable(format!(
+                "volume {}: the primary changed while the operation waited",
+                self.copy.name()
+            ))),
+        }
+    }
+
+    async fn forward(&self, op: Op) -> Result<Bytes, VolumeError> {
         let link = self.link().await?;
         link.call(0, op).await.map_err(|e| match e {
             LinkError::Failed { failure, .. } => {
@@ -91,6 +106,7 @@ impl ForwardVolume {
 
     /// Closes the connection to the primary.
     pub fn close(&self) {
+        self.closed.send_replace(true);
         if let Some(l) = self.link.write().unwrap().take() {
             l.close();
         }

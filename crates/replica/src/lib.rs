@@ -33,7 +33,7 @@ use volume::{BlockState, Provisioning, Volume, VolumeError};
 pub use auth::ClusterKey;
 pub use copy::LocalCopy;
 pub use forward::ForwardVolume;
-pub use primary::{Control, PeerSpec, PeerStatus, PrimaryConfig, ReplicatedVolume};
+pub use primary::{AckWindow, Control, PeerSpec, PeerStatus, PrimaryConfig, ReplicatedVolume};
 pub use server::ReplicaServer;
 
 /// The role this node plays for a volume.
@@ -53,6 +53,8 @@ pub enum Role {
 pub struct RoleVolume {
     copy: Arc<LocalCopy>,
     role: RwLock<Role>,
+    /// Writes acknowledged by earlier primary roles of this node.
+    acknowledged: std::sync::Mutex<Vec<AckWindow>>,
 }
 
 impl RoleVolume {
@@ -61,6 +63,7 @@ impl RoleVolume {
         RoleVolume {
             copy,
             role: RwLock::new(Role::Waiting),
+            acknowledged: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -78,10 +81,23 @@ impl RoleVolume {
         }
         let old = std::mem::replace(&mut *self.role.write().unwrap(), role);
         match old {
-            Role::Primary(p) => p.stop(),
+            Role::Primary(p) => {
+                p.stop();
+                self.acknowledged.lock().unwrap().extend(p.acknowledged());
+            }
             Role::Forward(f) => f.close(),
             Role::Waiting => {}
         }
+    }
+
+    /// The writes this node acknowledged as primary of the volume, one
+    /// window per primary role it held (oldest first).
+    pub fn acknowledged(&self) -> Vec<AckWindow> {
+        let mut all = self.acknowledged.lock().unwrap().clone();
+        if let Role::Primary(p) = self.role() {
+            all.extend(p.acknowledged());
+        }
+        all
     }
 
     /// The current role.

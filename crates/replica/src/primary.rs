@@ -91,6 +91,44 @@ pub struct PrimaryConfig {
     pub timeout: Duration,
 }
 
+/// When a primary acknowledged writes of a volume, for audits: two nodes
+/// must never acknowledge writes of one volume at the same time. Times are
+/// wall-clock microseconds since the Unix epoch, taken after the last check
+/// that this node may still act as primary.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AckWindow {
+    /// Epoch the writes were acknowledged under.
+    pub epoch: u64,
+    /// Writes acknowledged.
+    pub writes: u64,
+    /// First acknowledgement.
+    pub first_us: u64,
+    /// Last acknowledgement.
+    pub last_us: u64,
+}
+
+#[derive(Default)]
+struct AckCounter {
+    writes: AtomicU64,
+    first_us: AtomicU64,
+    last_us: AtomicU64,
+}
+
+impl AckCounter {
+    fn record(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(1)
+            .max(1);
+        let _ = self
+            .first_us
+            .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire);
+        self.last_us.fetch_max(now, Ordering::AcqRel);
+        self.writes.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
 /// A peer as status displays show it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PeerStatus {
@@ -144,6 +182,7 @@ pub struct ReplicatedVolume {
     ranges: RangeLock,
     deposed: AtomicBool,
     stopped: AtomicBool,
+    acks: AckCounter,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -227,6 +266,7 @@ impl ReplicatedVolume {
             ranges: RangeLock::default(),
             deposed: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
+            acks: AckCounter::default(),
             tasks: std::sync::Mutex::new(Vec::new()),
         });
         let mut tasks = Vec::new();
@@ -260,6 +300,17 @@ impl ReplicatedVolume {
     /// The epoch this primary writes with.
     pub fn epoch(&self) -> u64 {
         self.cfg.epoch
+    }
+
+    /// The writes this primary acknowledged, if any.
+    pub fn acknowledged(&self) -> Option<AckWindow> {
+        let writes = self.acks.writes.load(Ordering::Acquire);
+        (writes > 0).then(|| AckWindow {
+            epoch: self.cfg.epoch,
+            writes,
+            first_us: self.acks.first_us.load(Ordering::Acquire),
+            last_us: self.acks.last_us.load(Ordering::Acquire),
+        })
     }
 
     /// State of every peer.
@@ -377,7 +428,9 @@ impl ReplicatedVolume {
             }
         }
         local_result?;
-        self.check_serving()
+        self.check_serving()?;
+        self.acks.record();
+        Ok(())
     }
 
     /// A peer failed a request: out of the write path, recorded in the

@@ -2,6 +2,9 @@
 //! ports with a private data directory, and the real clients against it.
 #![allow(dead_code)]
 
+pub mod cluster;
+pub mod netns;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -43,6 +46,10 @@ pub struct Server {
     /// Control-plane and replication ports (cluster members).
     pub cluster_port: u16,
     pub repl_port: u16,
+    /// Address the server listens on and advertises.
+    pub host: String,
+    /// Network namespace it runs in (None: this one).
+    pub netns: Option<String>,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -50,12 +57,20 @@ pub struct Server {
 impl Server {
     /// Starts a server on fresh ports with `data_dir`, and waits until its API answers.
     pub fn start(data_dir: &Path) -> Server {
+        Server::start_on(data_dir, "127.0.0.1", None)
+    }
+
+    /// Starts a server on `host` (its address), inside network namespace
+    /// `netns` when given, on the standard ports.
+    pub fn start_on(data_dir: &Path, host: &str, netns: Option<&str>) -> Server {
         let mut s = Server {
             data_dir: data_dir.to_path_buf(),
-            iscsi_port: free_port(),
-            api_port: free_port(),
-            cluster_port: free_port(),
-            repl_port: free_port(),
+            iscsi_port: if netns.is_some() { 3260 } else { free_port() },
+            api_port: if netns.is_some() { 8080 } else { free_port() },
+            cluster_port: if netns.is_some() { 7400 } else { free_port() },
+            repl_port: if netns.is_some() { 7401 } else { free_port() },
+            host: host.to_string(),
+            netns: netns.map(str::to_string),
             child: None,
             log: data_dir.with_extension("log"),
         };
@@ -63,9 +78,16 @@ impl Server {
         s
     }
 
-    /// The server's control-plane endpoint, `127.0.0.1:PORT`.
+    /// The server's control-plane endpoint, `HOST:PORT`.
     pub fn cluster_addr(&self) -> String {
-        format!("127.0.0.1:{}", self.cluster_port)
+        format!("{}:{}", self.host, self.cluster_port)
+    }
+
+    /// The server's iSCSI portal, `HOST:PORT`.
+    pub fn portal(&self) -> std::net::SocketAddr {
+        format!("{}:{}", self.host, self.iscsi_port)
+            .parse()
+            .expect("portal address")
     }
 
     fn spawn(&mut self) {
@@ -74,21 +96,32 @@ impl Server {
             .append(true)
             .open(&self.log)
             .expect("open server log");
-        let child = Command::new(tandem_bin())
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, tandem_bin()]);
+                c
+            }
+            None => Command::new(tandem_bin()),
+        };
+        let h = &self.host;
+        let child = cmd
             .args([
                 "serve",
                 "--data-dir",
                 self.data_dir.to_str().unwrap(),
                 "--iscsi-listen",
-                &format!("127.0.0.1:{}", self.iscsi_port),
+                &format!("{h}:{}", self.iscsi_port),
                 "--api-listen",
-                &format!("127.0.0.1:{}", self.api_port),
+                &format!("{h}:{}", self.api_port),
                 "--cluster-listen",
-                &format!("127.0.0.1:{}", self.cluster_port),
+                &format!("{h}:{}", self.cluster_port),
                 "--repl-listen",
-                &format!("127.0.0.1:{}", self.repl_port),
+                &format!("{h}:{}", self.repl_port),
+                "--advertise",
+                h,
                 "--node-name",
-                &format!("node-{}", self.iscsi_port),
+                &format!("node-{h}-{}", self.iscsi_port),
             ])
             .env("TANDEM_LOG", "info")
             .stdin(Stdio::null())
@@ -133,7 +166,7 @@ impl Server {
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(tandem_bin())
             .args(args)
-            .env("TANDEM_API", format!("127.0.0.1:{}", self.api_port))
+            .env("TANDEM_API", format!("{}:{}", self.host, self.api_port))
             .env("TANDEM_DATA_DIR", &self.data_dir)
             .env_remove("TANDEM_API_TOKEN")
             .env_remove("TANDEM_TOKEN_FILE")
@@ -156,7 +189,8 @@ impl Server {
     /// `iscsi://127.0.0.1:PORT/IQN/0` for volume `name`.
     pub fn url(&self, name: &str) -> String {
         format!(
-            "iscsi://127.0.0.1:{}/{}:{}/0",
+            "iscsi://{}:{}/{}:{}/0",
+            self.host,
             self.iscsi_port,
             node_prefix(),
             name

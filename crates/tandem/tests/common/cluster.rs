@@ -1,0 +1,308 @@
+//! What the cluster scenario tests share: forming a cluster of `tandem`
+//! processes, a witness, an initiator that writes numbered extents (FUA) and
+//! records them in a history, and the checks run after each scenario.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use testkit::history::{block, History};
+use testkit::{rw16, Initiator};
+
+use super::{free_port, node_prefix, tandem_bin, Server};
+
+/// Block size of the test volumes.
+pub const BLOCK: usize = 512;
+/// Blocks per write.
+pub const EXTENT: u64 = 8;
+
+/// A `tandem witness` process.
+pub struct Witness {
+    child: Child,
+    /// Its cluster endpoint.
+    pub addr: String,
+}
+
+impl Witness {
+    /// Starts a witness on `host` (in namespace `netns` when given) that
+    /// joins through `seed` with `token`.
+    pub fn start(dir: &Path, host: &str, netns: Option<&str>, seed: &str, token: &str) -> Witness {
+        let port = if netns.is_some() { 7400 } else { free_port() };
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, tandem_bin()]);
+                c
+            }
+            None => Command::new(tandem_bin()),
+        };
+        let log = std::fs::File::create(dir.with_extension("log")).expect("witness log");
+        let child = cmd
+            .args([
+                "witness",
+                "--data-dir",
+                dir.to_str().unwrap(),
+                "--listen",
+                &format!("{host}:{port}"),
+                "--advertise",
+                host,
+                "--join",
+                seed,
+                "--token",
+                token,
+            ])
+            .env("TANDEM_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start tandem witness");
+        Witness {
+            child,
+            addr: format!("{host}:{port}"),
+        }
+    }
+}
+
+impl Drop for Witness {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `tandem cluster status --json` of `s`.
+pub fn status(s: &Server) -> serde_json::Value {
+    serde_json::from_str(&s.cli_ok(&["cluster", "status", "--json"])).unwrap()
+}
+
+/// Waits up to `secs` for `f`, failing the test with `what`.
+pub fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < Duration::from_secs(secs), "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Makes `first` a new cluster and joins `others`; returns the join token.
+pub fn form(first: &Server, others: &[&Server]) -> String {
+    let out = first.cli_ok(&["cluster", "init"]);
+    let token = out
+        .split_whitespace()
+        .find(|w| w.starts_with("tandem-join:"))
+        .expect("init prints a join token")
+        .to_string();
+    for o in others {
+        o.cli_ok(&["cluster", "join", &first.cluster_addr(), "--token", &token]);
+    }
+    token
+}
+
+/// Waits until `s` sees `n` members.
+pub fn wait_members(s: &Server, n: usize) {
+    wait_until(&format!("{n} members"), 30, || {
+        status(s)["status"]["state"]["nodes"]
+            .as_object()
+            .is_some_and(|m| m.len() == n)
+    });
+}
+
+/// This node's id.
+pub fn node_id(s: &Server) -> u64 {
+    status(s)["status"]["me"].as_u64().unwrap()
+}
+
+/// The record of `volume` as `s` sees it.
+pub fn volume_record(s: &Server, volume: &str) -> serde_json::Value {
+    status(s)["status"]["state"]["volumes"][volume].clone()
+}
+
+/// Whether every copy of `volume` is in sync, as `s` sees it.
+pub fn all_in_sync(s: &Server, volume: &str) -> bool {
+    volume_record(s, volume)["replicas"]
+        .as_object()
+        .is_some_and(|r| r.values().all(|x| x["state"] == "in-sync"))
+}
+
+/// A logged-in session to `volume` at `portal`, unit attentions cleared;
+/// None when the portal does not answer within 3 s.
+pub async fn session(portal: SocketAddr, volume: &str) -> Option<Initiator> {
+    let target = format!("{}:{volume}", node_prefix());
+    let connect = async {
+        let mut i = Initiator::normal(portal, &target, &[]).await;
+        // Clear the power-on / ALUA unit attentions.
+        for _ in 0..4 {
+            if i.simple(&[0u8; 6]).await.0 == 0 {
+                break;
+            }
+        }
+        i
+    };
+    tokio::time::timeout(Duration::from_secs(3), connect)
+        .await
+        .ok()
+}
+
+/// One FUA write of extent `n` as write `seq`: Some(true) when acknowledged,
+/// Some(false) when refused, None when the connection failed or hung.
+pub async fn write(i: &mut Initiator, h: &mut History, n: u64, seq: u64) -> Option<bool> {
+    let lba = n * EXTENT;
+    let mut data = Vec::with_capacity(EXTENT as usize * BLOCK);
+    for b in lba..lba + EXTENT {
+        data.extend(block(seq, b, BLOCK));
+    }
+    h.issued(lba, EXTENT, seq);
+    // A unit attention (ALUA state changed, capacity, reset) is reported
+    // once, and "access state transition" lasts while the cluster settles;
+    // initiators retry both, as here (up to about 2 s).
+    for _ in 0..40 {
+        let o = tokio::time::timeout(
+            Duration::from_secs(5),
+            i.run(&rw16(0x8A, lba, EXTENT as u32, true), &data, 0),
+        )
+        .await
+        .ok()??;
+        if o.status == 0 {
+            h.durable(lba, EXTENT, seq);
+            return Some(true);
+        }
+        match (o.sense_key, o.asc) {
+            (6, _) => {}
+            (2, (0x04, 0x0A)) => tokio::time::sleep(Duration::from_millis(50)).await,
+            _ => {
+                eprintln!(
+                    "write {seq} failed: sense key {:#x} asc {:02x?}",
+                    o.sense_key, o.asc
+                );
+                return Some(false);
+            }
+        }
+    }
+    Some(false)
+}
+
+/// Writes through `portal` until one write is acknowledged (retrying with
+/// new sessions as an initiator would); returns how long that took.
+pub async fn write_until_acknowledged(
+    portal: SocketAddr,
+    volume: &str,
+    h: &mut History,
+    seq: &mut u64,
+    extents: u64,
+    limit: Duration,
+) -> Duration {
+    let start = Instant::now();
+    let mut n = 0;
+    loop {
+        assert!(start.elapsed() < limit, "I/O never resumed on {portal}");
+        let Some(mut s) = session(portal, volume).await else {
+            continue;
+        };
+        while start.elapsed() < limit {
+            *seq += 1;
+            n = (n + 1) % extents;
+            match write(&mut s, h, n, *seq).await {
+                Some(true) => return start.elapsed(),
+                Some(false) => tokio::time::sleep(Duration::from_millis(50)).await,
+                None => break,
+            }
+        }
+    }
+}
+
+/// Reads the first `extents` extents of `volume` through `portal` and checks
+/// every block against the history.
+pub async fn verify(portal: SocketAddr, volume: &str, extents: u64, h: &History) {
+    let mut i = session(portal, volume)
+        .await
+        .expect("session for verification");
+    let blocks = (extents * EXTENT) as u32;
+    let mut o = None;
+    for _ in 0..100 {
+        let r = i
+            .run(&rw16(0x88, 0, blocks, false), &[], blocks * BLOCK as u32)
+            .await
+            .expect("read");
+        match (r.status, r.sense_key, r.asc) {
+            (0, _, _) => {
+                o = Some(r);
+                break;
+            }
+            // Retried like an initiator does while the node takes up its role.
+            (_, 6, _) | (_, 2, (0x04, 0x0A)) => tokio::time::sleep(Duration::from_millis(50)).await,
+            _ => panic!(
+                "read failed: sense key {:#x} asc {:02x?}",
+                r.sense_key, r.asc
+            ),
+        }
+    }
+    let o = o.expect("reads kept failing with access state transition");
+    if let Err(errors) = h.check_range(0, &o.data, BLOCK) {
+        panic!(
+            "{} blocks wrong: {:#?}",
+            errors.len(),
+            &errors[..errors.len().min(10)]
+        );
+    }
+}
+
+/// The data file of the only volume of `s`.
+pub fn volume_file(s: &Server) -> PathBuf {
+    let dir = s.data_dir.join("volumes");
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path().join("data");
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("no volume data under {}", dir.display());
+}
+
+/// One node's acknowledgement windows of `volume` as (node, epoch, first, last, writes).
+pub fn ack_windows(s: &Server, volume: &str) -> Vec<(u64, u64, u64, u64, u64)> {
+    let v: serde_json::Value =
+        serde_json::from_str(&s.cli_ok(&["cluster", "status", "--json"])).unwrap();
+    let me = v["status"]["me"].as_u64().unwrap();
+    v["acknowledged"][volume]
+        .as_array()
+        .map(|ws| {
+            ws.iter()
+                .map(|w| {
+                    (
+                        me,
+                        w["epoch"].as_u64().unwrap(),
+                        w["first_us"].as_u64().unwrap(),
+                        w["last_us"].as_u64().unwrap(),
+                        w["writes"].as_u64().unwrap(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Fails unless the windows of different nodes are disjoint in time and
+/// the later one has the newer epoch: at no moment did two nodes acknowledge
+/// writes of the volume.
+pub fn assert_one_writer(windows: &[(u64, u64, u64, u64, u64)]) {
+    for (k, a) in windows.iter().enumerate() {
+        for b in &windows[k + 1..] {
+            if a.0 == b.0 {
+                continue;
+            }
+            let (early, late) = if a.2 <= b.2 { (a, b) } else { (b, a) };
+            assert!(
+                early.3 < late.2 && early.1 < late.1,
+                "two nodes acknowledged writes at once: node {} epoch {} from {} to {} us, node {} epoch {} from {} us",
+                early.0,
+                early.1,
+                early.2,
+                early.3,
+                late.0,
+                late.1,
+                late.2
+            );
+        }
+    }
+}
