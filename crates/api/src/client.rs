@@ -4,7 +4,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::{CreateVolume, ErrorBody, ResizeVolume};
+use crate::{AddReplica, CreateVolume, ErrorBody, ReplicaPlaced, ResizeVolume};
 
 /// Why a management call failed.
 #[derive(Debug, Error)]
@@ -144,6 +144,33 @@ impl ApiClient {
             .call::<(), _>(Method::GET, &format!("/v1/volumes/{name}"), None)
             .await?;
         self.expect(v)
+    }
+
+    /// `POST /v1/volumes/{name}/replicas`: the id of the node given the copy.
+    pub async fn add_replica(&self, name: &str, node: Option<&str>) -> Result<u64, ClientError> {
+        let req = AddReplica {
+            node: node.map(str::to_string),
+        };
+        let v = self
+            .call(
+                Method::POST,
+                &format!("/v1/volumes/{name}/replicas"),
+                Some(&req),
+            )
+            .await?;
+        let placed: ReplicaPlaced = self.expect(v)?;
+        Ok(placed.node)
+    }
+
+    /// `DELETE /v1/volumes/{name}/replicas/{node}`.
+    pub async fn remove_replica(&self, name: &str, node: &str) -> Result<(), ClientError> {
+        self.call::<(), serde_json::Value>(
+            Method::DELETE,
+            &format!("/v1/volumes/{name}/replicas/{node}"),
+            None,
+        )
+        .await?;
+        Ok(())
     }
 
     /// `POST /v1/volumes`.

@@ -10,6 +10,8 @@
 //! - `PUT    /v1/volumes/{name}/access`       replace access rules
 //!   `{allowed_initiators: [..], chap: {user, secret}?, mutual_chap: {user, secret}?}`
 //! - `GET    /v1/cluster`                     cluster status and replication progress
+//! - `POST   /v1/volumes/{name}/replicas`     add a copy `{node?}` → `{node}`
+//! - `DELETE /v1/volumes/{name}/replicas/{node}` drop the copy on a member
 //! - `POST   /v1/cluster/init`                make this node a new cluster → `{token}`
 //! - `POST   /v1/cluster/join`                join `{seed, token}`
 //! - `POST   /v1/cluster/leave`               leave the cluster
@@ -60,6 +62,22 @@ pub struct JoinCluster {
 pub struct ClusterToken {
     /// Join token for other nodes (holds the cluster secret: keep it private).
     pub token: String,
+}
+
+/// Body of `POST /v1/volumes/{name}/replicas`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AddReplica {
+    /// Member (name or id) to hold the new copy; none: the data node without
+    /// a copy that holds the fewest copies.
+    #[serde(default)]
+    pub node: Option<String>,
+}
+
+/// Answer of `POST /v1/volumes/{name}/replicas`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplicaPlaced {
+    /// Id of the node that holds the new copy.
+    pub node: u64,
 }
 
 /// Answer of `GET /v1/cluster`.

@@ -9,7 +9,10 @@ use axum::{Json, Router};
 use node::{AccessConfig, ClusterConfig, Node, NodeError};
 use serde::Deserialize;
 
-use crate::{ClusterToken, ClusterView, CreateVolume, ErrorBody, JoinCluster, ResizeVolume};
+use crate::{
+    AddReplica, ClusterToken, ClusterView, CreateVolume, ErrorBody, JoinCluster, ReplicaPlaced,
+    ResizeVolume,
+};
 
 /// Builds the API router over the node's service layer. Every request must
 /// carry `Authorization: Bearer <token>`.
@@ -43,6 +46,11 @@ pub fn router(node: Arc<Node>, token: String, cluster: ClusterConfig) -> Router 
             get(describe).patch(resize).delete(delete),
         )
         .route("/v1/volumes/:name/access", put(set_access))
+        .route("/v1/volumes/:name/replicas", post(add_replica))
+        .route(
+            "/v1/volumes/:name/replicas/:node",
+            axum::routing::delete(remove_replica),
+        )
         .layer(middleware::from_fn(move |req: Request, next: Next| {
             let token = token.clone();
             async move { authorize(&token, req, next).await }
@@ -85,7 +93,7 @@ impl IntoResponse for ApiError {
         let code = match &self.0 {
             NodeError::NotFound(_) => StatusCode::NOT_FOUND,
             NodeError::Invalid(_) => StatusCode::BAD_REQUEST,
-            NodeError::InUse { .. } => StatusCode::CONFLICT,
+            NodeError::InUse { .. } | NodeError::Refused(_) => StatusCode::CONFLICT,
             NodeError::Store(e) if e.is_conflict() => StatusCode::CONFLICT,
             NodeError::Store(e) if e.is_invalid_input() => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -124,6 +132,23 @@ async fn cluster_view(State(node): State<Arc<Node>>) -> Result<impl IntoResponse
         replication,
         acknowledged,
     }))
+}
+
+async fn add_replica(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    Json(req): Json<AddReplica>,
+) -> Result<impl IntoResponse, ApiError> {
+    let placed = node.add_replica(&name, req.node.as_deref()).await?;
+    Ok((StatusCode::CREATED, Json(ReplicaPlaced { node: placed })))
+}
+
+async fn remove_replica(
+    State(node): State<Arc<Node>>,
+    Path((name, member)): Path<(String, String)>,
+) -> Result<impl IntoResponse, ApiError> {
+    node.remove_replica(&name, &member).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn cluster_leave(State(node): State<Arc<Node>>) -> Result<impl IntoResponse, ApiError> {

@@ -419,8 +419,8 @@ impl ClusterState {
         })
     }
 
-    /// Chooses `n` distinct data nodes, those with the fewest copies first.
-    fn place(&self, n: usize) -> Result<Vec<NodeId>, String> {
+    /// Data nodes as (copies held, id), fewest copies first.
+    fn data_nodes_by_load(&self) -> Vec<(usize, NodeId)> {
         let mut load: Vec<(usize, NodeId)> = self
             .nodes
             .values()
@@ -434,14 +434,45 @@ impl ClusterState {
                 (copies, i.id)
             })
             .collect();
+        load.sort();
+        load
+    }
+
+    /// Chooses `n` distinct data nodes, those with the fewest copies first.
+    fn place(&self, n: usize) -> Result<Vec<NodeId>, String> {
+        let load = self.data_nodes_by_load();
         if load.len() < n {
             return Err(format!(
                 "{n} replicas need {n} data nodes; the cluster has {}",
                 load.len()
             ));
         }
-        load.sort();
         Ok(load.into_iter().take(n).map(|(_, id)| id).collect())
+    }
+
+    /// The data node without a copy of `volume` that holds the fewest copies.
+    pub fn place_another(&self, volume: &str) -> Result<NodeId, String> {
+        let v = self
+            .volumes
+            .get(volume)
+            .ok_or_else(|| format!("there is no volume {volume}"))?;
+        self.data_nodes_by_load()
+            .into_iter()
+            .map(|(_, id)| id)
+            .find(|id| !v.replicas.contains_key(id))
+            .ok_or_else(|| {
+                format!(
+                    "every data node already holds a copy of volume {volume}; join another node first"
+                )
+            })
+    }
+
+    /// The member called `name`, or with id `name`.
+    pub fn find_node(&self, name: &str) -> Option<&NodeInfo> {
+        self.nodes
+            .values()
+            .find(|i| i.name == name)
+            .or_else(|| name.parse().ok().and_then(|id| self.nodes.get(&id)))
     }
 }
 
@@ -587,6 +618,42 @@ mod tests {
         ));
         assert_eq!(s.apply(&Command::RemoveNode { node: 2 }), Outcome::Done);
         assert_eq!(s.volumes["v"].replicas.len(), 1);
+    }
+
+    #[test]
+    fn another_copy_goes_to_the_least_loaded_data_node_without_one() {
+        let mut s = cluster(3, true);
+        for name in ["v", "w"] {
+            assert_eq!(
+                s.apply(&Command::CreateVolume {
+                    id: Uuid::new_v4(),
+                    name: name.into(),
+                    size_bytes: 1 << 20,
+                    block_size: 512,
+                    replicas: 2,
+                }),
+                Outcome::Done
+            );
+        }
+        let v = &s.volumes["v"];
+        let next = s.place_another("v").unwrap();
+        assert!(!v.replicas.contains_key(&next));
+        assert!(s.nodes[&next].holds_data());
+        assert_eq!(
+            s.apply(&Command::AddReplica {
+                volume: "v".into(),
+                node: next,
+            }),
+            Outcome::Done
+        );
+        assert!(s
+            .place_another("v")
+            .unwrap_err()
+            .contains("every data node"));
+        assert!(s.place_another("nope").is_err());
+        assert_eq!(s.find_node("n2").map(|n| n.id), Some(2));
+        assert_eq!(s.find_node("3").map(|n| n.id), Some(3));
+        assert!(s.find_node("n7").is_none());
     }
 
     #[test]

@@ -111,7 +111,10 @@ impl Control {
 }
 
 fn cluster_err(e: cluster::ClusterError) -> NodeError {
-    NodeError::Cluster(e.to_string())
+    match e {
+        cluster::ClusterError::Refused(why) => NodeError::Refused(why),
+        e => NodeError::Cluster(e.to_string()),
+    }
 }
 
 impl Clustered {
@@ -486,6 +489,61 @@ impl Node {
         let state = c.cluster.state();
         self.reconcile(&state).await;
         Ok(())
+    }
+
+    /// Adds a copy of cluster volume `name` on `node` (a member's name or
+    /// id), or on the data node without one that holds the fewest copies.
+    /// The new copy is filled by a full sync while I/O goes on and becomes
+    /// in sync when it has everything. Returns the node it was placed on.
+    pub async fn add_replica(&self, name: &str, node: Option<&str>) -> Result<NodeId, NodeError> {
+        let c = self.member()?;
+        let state = c.cluster.state();
+        if !state.volumes.contains_key(name) {
+            return Err(NodeError::NotFound(name.to_string()));
+        }
+        let target = match node {
+            Some(n) => {
+                state
+                    .find_node(n)
+                    .ok_or_else(|| NodeError::Invalid(format!("no cluster member named {n}")))?
+                    .id
+            }
+            None => state.place_another(name).map_err(NodeError::Refused)?,
+        };
+        c.cluster
+            .propose(Command::AddReplica {
+                volume: name.to_string(),
+                node: target,
+            })
+            .await
+            .map_err(cluster_err)?;
+        Ok(target)
+    }
+
+    /// Drops the copy of cluster volume `name` on `node` (name or id); not
+    /// the primary's (the cluster refuses that).
+    pub async fn remove_replica(&self, name: &str, node: &str) -> Result<(), NodeError> {
+        let c = self.member()?;
+        let state = c.cluster.state();
+        if !state.volumes.contains_key(name) {
+            return Err(NodeError::NotFound(name.to_string()));
+        }
+        let target = state
+            .find_node(node)
+            .ok_or_else(|| NodeError::Invalid(format!("no cluster member named {node}")))?
+            .id;
+        c.cluster
+            .propose(Command::RemoveReplica {
+                volume: name.to_string(),
+                node: target,
+            })
+            .await
+            .map_err(cluster_err)
+    }
+
+    fn member(&self) -> Result<Arc<Clustered>, NodeError> {
+        self.clustered()
+            .ok_or_else(|| NodeError::Invalid("this node is not a cluster member".into()))
     }
 
     /// Deletes a cluster volume everywhere.

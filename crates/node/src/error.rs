@@ -15,9 +15,12 @@ pub enum NodeError {
     /// The local store refused the operation.
     #[error(transparent)]
     Store(#[from] store::StoreError),
-    /// The cluster control plane refused or failed the operation.
+    /// The cluster control plane failed the operation.
     #[error("cluster: {0}")]
     Cluster(String),
+    /// The cluster refused the change (it conflicts with the cluster state).
+    #[error("refused by the cluster: {0}")]
+    Refused(String),
     /// The volume refused the operation.
     #[error("volume {name}: {source}")]
     Volume {

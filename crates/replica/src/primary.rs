@@ -511,11 +511,16 @@ impl ReplicatedVolume {
         p.total.store(total, Ordering::Relaxed);
         p.done.store(0, Ordering::Relaxed);
         let name = self.copy.name().to_string();
+        // An in-sync peer only reconciles regions where unacknowledged
+        // writes may differ: it stays in sync for the control plane.
+        let report = was != IN_SYNC;
         if total > 0 {
             tracing::info!(volume = %name, node = p.node, bytes = total, "resync starts");
-            self.control
-                .replica_syncing(&name, p.node, self.cfg.epoch, 0, total)
-                .await;
+            if report {
+                self.control
+                    .replica_syncing(&name, p.node, self.cfg.epoch, 0, total)
+                    .await;
+            }
         }
         let zero_block = Bytes::from(vec![0u8; bs as usize]);
         let mut last_report = Instant::now();
@@ -563,7 +568,7 @@ impl ReplicatedVolume {
                 p.dirty.clear(r);
             }
             let done = p.done.fetch_add(n * RESYNC_REGION, Ordering::Relaxed) + n * RESYNC_REGION;
-            if last_report.elapsed() > Duration::from_secs(1) {
+            if report && last_report.elapsed() > Duration::from_secs(1) {
                 last_report = Instant::now();
                 self.control
                     .replica_syncing(&name, p.node, self.cfg.epoch, done, total)

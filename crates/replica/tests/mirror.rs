@@ -25,6 +25,7 @@ struct TestControl {
     refuse: AtomicBool,
     lost: Mutex<Vec<u64>>,
     in_sync: Mutex<Vec<u64>>,
+    syncing: Mutex<Vec<u64>>,
 }
 
 #[async_trait]
@@ -43,7 +44,9 @@ impl Control for TestControl {
         self.in_sync.lock().unwrap().push(node);
         Ok(())
     }
-    async fn replica_syncing(&self, _v: &str, _n: u64, _e: u64, _d: u64, _t: u64) {}
+    async fn replica_syncing(&self, _v: &str, node: u64, _e: u64, _d: u64, _t: u64) {
+        self.syncing.lock().unwrap().push(node);
+    }
 }
 
 /// One node: its copy of the volume and its replication server.
@@ -229,6 +232,39 @@ async fn dead_replica_is_recorded_before_the_ack_and_resynced_incrementally() {
     assert_eq!(a.contents().await, b.contents().await, "copies converged");
     // And it is in the write path again.
     p.write(5, pattern(1, 3), true).await.unwrap();
+    assert_eq!(a.contents().await, b.contents().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_sync_replica_stays_in_sync_while_a_new_primary_reconciles_recent_regions() {
+    let k = key();
+    let a = TestNode::new(&k, 4096).await;
+    let b = TestNode::new(&k, 4096).await;
+    let control = Arc::new(TestControl::default());
+    let p = primary(&a, 1, &[(&b, 2, true)], control.clone()).await;
+    for i in 0..8u64 {
+        p.write(i * 300, pattern(8, i as u8 + 1), false)
+            .await
+            .unwrap();
+    }
+    // The role ends before the activity log is swept: a primary at the next
+    // epoch on the same copy must reconcile those regions with the replica.
+    p.stop();
+    drop(p);
+    assert!(!a.copy.suspect_ranges().is_empty(), "regions still logged");
+    let p = primary(&a, 2, &[(&b, 2, true)], control.clone()).await;
+    wait_for(
+        || p.peer_status()[0].dirty_bytes == 0 && p.peer_status()[0].resync_total > 0,
+        "recent regions reconciled",
+    )
+    .await;
+    assert_eq!(a.contents().await, b.contents().await);
+    assert_eq!(p.peer_status()[0].state, "in-sync");
+    assert!(
+        control.syncing.lock().unwrap().is_empty(),
+        "an in-sync replica was reported syncing to the control plane"
+    );
+    p.write(7, pattern(1, 5), true).await.unwrap();
     assert_eq!(a.contents().await, b.contents().await);
 }
 

@@ -188,6 +188,30 @@ enum VolumeCommand {
         #[arg(long, requires = "mutual_user")]
         mutual_secret_file: Option<PathBuf>,
     },
+    /// Show where a cluster volume's copies are and whether they are in
+    /// sync (with resync progress).
+    Status {
+        name: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a copy of a cluster volume on another data node; it is filled by
+    /// a full sync while I/O goes on.
+    AddReplica {
+        name: String,
+        /// Member (name or id) to hold the copy [default: the data node
+        /// without a copy that holds the fewest copies].
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Drop the copy of a cluster volume on a member (not the primary's).
+    RemoveReplica {
+        name: String,
+        /// Member (name or id) whose copy goes.
+        #[arg(long)]
+        node: String,
+    },
     /// Delete a volume and its data.
     Delete {
         name: String,
@@ -554,6 +578,72 @@ async fn volume_command(c: &api::ApiClient, cmd: VolumeCommand) -> anyhow::Resul
                 (Some(_), Some(_)) => "with mutual CHAP",
             };
             println!("volume {}: {who} may log in {how}", v.name);
+        }
+        VolumeCommand::Status { name, json } => {
+            let view = c.cluster().await?;
+            let state = &view.status.state;
+            let Some(vol) = state.volumes.get(&name) else {
+                let local = c.volume(&name).await.is_ok();
+                if local {
+                    anyhow::bail!("volume {name} is local to this node: it has no replicas");
+                }
+                anyhow::bail!("no volume named {name}");
+            };
+            if json {
+                let out = serde_json::json!({
+                    "volume": vol,
+                    "replication": view.replication.get(&name),
+                });
+                println!("{}", serde_json::to_string_pretty(&out)?);
+                return Ok(());
+            }
+            let node_name = |id: &u64| {
+                state
+                    .nodes
+                    .get(id)
+                    .map(|n| n.name.clone())
+                    .unwrap_or_else(|| format!("node {id}"))
+            };
+            println!("volume    {}", vol.name);
+            println!("size      {}", format_size(vol.size_bytes));
+            println!(
+                "primary   {} (node {})",
+                node_name(&vol.primary),
+                vol.primary
+            );
+            println!("epoch     {}", vol.epoch);
+            println!();
+            println!("{:<4} {:<16} {:<12} PROGRESS", "ID", "NODE", "STATE");
+            for (n, st) in &vol.replicas {
+                let (state_text, progress) = match st {
+                    cluster::ReplicaState::InSync => ("in-sync", String::new()),
+                    cluster::ReplicaState::OutOfSync => ("out-of-sync", String::new()),
+                    cluster::ReplicaState::Syncing { done, total } => (
+                        "syncing",
+                        format!(
+                            "{}% ({} of {})",
+                            if *total == 0 { 100 } else { done * 100 / total },
+                            format_size(*done),
+                            format_size(*total)
+                        ),
+                    ),
+                };
+                println!(
+                    "{:<4} {:<16} {:<12} {}",
+                    n,
+                    node_name(n),
+                    state_text,
+                    progress
+                );
+            }
+        }
+        VolumeCommand::AddReplica { name, node } => {
+            let placed = c.add_replica(&name, node.as_deref()).await?;
+            println!("volume {name}: new copy on node {placed}; it is filled by a full sync (see `tandem volume status {name}`)");
+        }
+        VolumeCommand::RemoveReplica { name, node } => {
+            c.remove_replica(&name, &node).await?;
+            println!("volume {name}: the copy on {node} is dropped");
         }
         VolumeCommand::Delete { name, force } => {
             c.delete_volume(&name, force).await?;

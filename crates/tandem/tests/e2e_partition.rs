@@ -125,7 +125,10 @@ async fn partitioned_primary_stops_and_the_other_node_takes_over() {
     let mut seq = 0;
     write_all(nodes[p].portal(), &mut h, &mut seq).await;
 
-    // 1. Partition the primary from the other node and the witness.
+    // 1. Partition the primary from the other node and the witness. With
+    // the replica in sync, the primary cannot acknowledge anything without
+    // it (recording it lost needs a quorum).
+    wait_until("the replica in sync", 30, || all_in_sync(&nodes[p], "vm"));
     lan.partition(p, &[o, 2]);
     nothing_acknowledged(nodes[p].portal(), &mut h, &mut seq, Duration::from_secs(4)).await;
     let pause = write_until_acknowledged(

@@ -306,3 +306,50 @@ pub fn assert_one_writer(windows: &[(u64, u64, u64, u64, u64)]) {
         }
     }
 }
+
+/// A writer that keeps writing extents through one portal in the
+/// background (reconnecting as an initiator would) until finished.
+pub struct Writer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<(History, u64, u64)>,
+}
+
+impl Writer {
+    /// Starts writing through `portal`, going on with history `h` from `seq`.
+    pub fn start(
+        portal: SocketAddr,
+        volume: &str,
+        mut h: History,
+        mut seq: u64,
+        extents: u64,
+    ) -> Writer {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let volume = volume.to_string();
+        let task = tokio::spawn(async move {
+            let mut acked = 0;
+            while !flag.load(std::sync::atomic::Ordering::Acquire) {
+                let Some(mut s) = session(portal, &volume).await else {
+                    continue;
+                };
+                while !flag.load(std::sync::atomic::Ordering::Acquire) {
+                    seq += 1;
+                    match write(&mut s, &mut h, seq % extents, seq).await {
+                        Some(true) => acked += 1,
+                        Some(false) => tokio::time::sleep(Duration::from_millis(50)).await,
+                        None => break,
+                    }
+                }
+            }
+            (h, seq, acked)
+        });
+        Writer { stop, task }
+    }
+
+    /// Stops writing; the history, the last sequence number used and how
+    /// many writes were acknowledged.
+    pub async fn finish(self) -> (History, u64, u64) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        self.task.await.expect("writer task")
+    }
+}

@@ -1,0 +1,145 @@
+//! Growing a running cluster, as separate `tandem` processes in network
+//! namespaces: two data nodes and a witness serve a mirrored volume while an
+//! initiator keeps writing; a third data node joins, gets a copy of the
+//! volume with `tandem volume add-replica` (a full sync while the writes go
+//! on) and comes in sync; then the primary is killed with SIGKILL and one of
+//! the two remaining copies takes over. Every acknowledged write reads back
+//! through every node, no two nodes acknowledged writes at once, and after
+//! the killed node returns all three copies are byte-identical.
+
+mod common;
+
+use std::time::Duration;
+
+use common::cluster::{
+    ack_windows, all_in_sync, assert_one_writer, form, node_id, verify, volume_file, volume_record,
+    wait_members, wait_until, write_until_acknowledged, Witness, Writer,
+};
+use common::netns::Lan;
+use common::Server;
+use testkit::history::History;
+
+const EXTENTS: u64 = 256;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn third_node_joins_takes_a_copy_online_and_survives_the_primary() {
+    let Some(lan) = Lan::or_skip(4) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = vec![
+        Server::start_on(&dir.path().join("a"), &lan.addr(0), Some(&lan.ns(0))),
+        Server::start_on(&dir.path().join("b"), &lan.addr(1), Some(&lan.ns(1))),
+    ];
+    let token = form(&nodes[0], &[&nodes[1]]);
+    let _witness = Witness::start(
+        &dir.path().join("w"),
+        &lan.addr(3),
+        Some(&lan.ns(3)),
+        &nodes[0].cluster_addr(),
+        &token,
+    );
+    wait_members(&nodes[0], 3);
+    nodes[0].cli_ok(&["volume", "create", "vm", "--size", "16M", "--replicas", "2"]);
+    wait_until("both nodes export the volume", 20, || {
+        nodes
+            .iter()
+            .all(|n| n.cli_ok(&["volume", "list"]).contains("vm"))
+    });
+    let primary = volume_record(&nodes[0], "vm")["primary"].as_u64().unwrap();
+    let p = if node_id(&nodes[0]) == primary { 0 } else { 1 };
+
+    // Writes go on while the cluster grows.
+    let writer = Writer::start(nodes[p].portal(), "vm", History::default(), 0, EXTENTS);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    nodes.push(Server::start_on(
+        &dir.path().join("c"),
+        &lan.addr(2),
+        Some(&lan.ns(2)),
+    ));
+    nodes[2].cli_ok(&[
+        "cluster",
+        "join",
+        &nodes[0].cluster_addr(),
+        "--token",
+        &token,
+    ]);
+    wait_members(&nodes[0], 4);
+    let c_id = node_id(&nodes[2]);
+    let c_name = format!("node-{}-3260", lan.addr(2));
+
+    // The copy of the primary cannot be dropped; a new copy goes to c.
+    let refused = nodes[2].cli(&[
+        "volume",
+        "remove-replica",
+        "vm",
+        "--node",
+        &primary.to_string(),
+    ]);
+    assert!(!refused.status.success(), "the primary's copy was dropped");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("primary"),
+        "refusal names the reason: {}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let out = nodes[2].cli_ok(&["volume", "add-replica", "vm", "--node", &c_name]);
+    assert!(out.contains(&format!("node {c_id}")), "{out}");
+    wait_until("the new copy in sync", 60, || {
+        volume_record(&nodes[0], "vm")["replicas"][c_id.to_string()]["state"] == "in-sync"
+    });
+    let status = nodes[2].cli_ok(&["volume", "status", "vm"]);
+    assert!(
+        status.contains(&c_name) && status.contains("in-sync"),
+        "{status}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (mut h, mut seq, acked) = writer.finish().await;
+    assert!(
+        acked > 20,
+        "only {acked} writes acknowledged while the cluster grew"
+    );
+    for n in &nodes {
+        verify(n.portal(), "vm", EXTENTS, &h).await;
+    }
+
+    // Kill the primary: one of the two other copies takes over.
+    nodes[p].kill();
+    let survivor = 2;
+    let pause = write_until_acknowledged(
+        nodes[survivor].portal(),
+        "vm",
+        &mut h,
+        &mut seq,
+        EXTENTS,
+        Duration::from_secs(30),
+    )
+    .await;
+    eprintln!("I/O resumed {pause:?} after SIGKILL of the primary (3 data nodes)");
+    let writer = Writer::start(nodes[survivor].portal(), "vm", h, seq, EXTENTS);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (h, _, acked) = writer.finish().await;
+    assert!(acked > 0, "no write acknowledged after the failover");
+    let record = volume_record(&nodes[survivor], "vm");
+    assert_ne!(record["primary"].as_u64(), Some(primary), "a new primary");
+    nodes[p].restart();
+    wait_until("all three copies in sync", 60, || {
+        all_in_sync(&nodes[survivor], "vm")
+    });
+    for n in &nodes {
+        verify(n.portal(), "vm", EXTENTS, &h).await;
+    }
+    let mut windows = Vec::new();
+    for n in &nodes {
+        windows.extend(ack_windows(n, "vm"));
+    }
+    assert_one_writer(&windows);
+
+    for n in nodes.iter_mut() {
+        n.stop();
+    }
+    let first = std::fs::read(volume_file(&nodes[0])).unwrap();
+    for n in &nodes[1..] {
+        assert!(
+            std::fs::read(volume_file(n)).unwrap() == first,
+            "the copies differ after the cluster grew and failed over"
+        );
+    }
+}
