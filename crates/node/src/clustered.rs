@@ -231,10 +231,16 @@ impl Node {
     /// Leaves the cluster: its copies are dropped and its primaries handed to
     /// in-sync copies; refused while it holds the only in-sync copy of a volume.
     pub async fn cluster_leave(&self) -> Result<(), NodeError> {
-        let c = self
-            .clustered()
-            .ok_or_else(|| NodeError::Invalid("this node is not a cluster member".into()))?;
-        c.cluster.leave().await.map_err(cluster_err)
+        let c = self.member()?;
+        c.cluster.leave().await.map_err(cluster_err)?;
+        // The cluster no longer sends this node its log: drop the copies
+        // here (the cluster state already did) rather than keep serving them.
+        let mut slots = c.slots.lock().await;
+        let names: Vec<String> = slots.keys().cloned().collect();
+        for name in names {
+            self.release(&c, &mut slots, &name).await;
+        }
+        Ok(())
     }
 
     async fn enter(self: &Arc<Self>, c: Cluster, cfg: &ClusterConfig) -> Result<(), NodeError> {
@@ -306,19 +312,24 @@ impl Node {
             .cloned()
             .collect();
         for name in gone {
-            if let Some(slot) = slots.remove(&name) {
-                slot.role.set_role(replica::Role::Waiting);
-                c.server.remove(&name);
-                let mut exported = self.exported.lock().await;
-                if let Some(e) = exported.remove(&name) {
-                    self.targets.remove(&e.iqn);
-                }
-                let _ = slot.role.copy().remove_files();
-                if let Err(e) = self.store.delete(&name) {
-                    tracing::warn!(volume = %name, "removing the local copy failed: {e}");
-                } else {
-                    tracing::info!(volume = %name, "local copy removed (volume deleted or moved)");
-                }
+            self.release(&c, &mut slots, &name).await;
+        }
+    }
+
+    /// Stops serving the local copy of `name` and removes it.
+    async fn release(&self, c: &Clustered, slots: &mut HashMap<String, Slot>, name: &str) {
+        if let Some(slot) = slots.remove(name) {
+            slot.role.set_role(replica::Role::Waiting);
+            c.server.remove(name);
+            let mut exported = self.exported.lock().await;
+            if let Some(e) = exported.remove(name) {
+                self.targets.remove(&e.iqn);
+            }
+            let _ = slot.role.copy().remove_files();
+            if let Err(e) = self.store.delete(name) {
+                tracing::warn!(volume = %name, "removing the local copy failed: {e}");
+            } else {
+                tracing::info!(volume = %name, "local copy removed (volume deleted or moved)");
             }
         }
     }

@@ -5,7 +5,9 @@
 //! on) and comes in sync; then the primary is killed with SIGKILL and one of
 //! the two remaining copies takes over. Every acknowledged write reads back
 //! through every node, no two nodes acknowledged writes at once, and after
-//! the killed node returns all three copies are byte-identical.
+//! the killed node returns all three copies are byte-identical; an image
+//! qemu-img writes through one node reads back identical through all; the
+//! third node leaves and drops its copy.
 
 mod common;
 
@@ -16,7 +18,8 @@ use common::cluster::{
     wait_members, wait_until, write_until_acknowledged, Witness, Writer,
 };
 use common::netns::Lan;
-use common::Server;
+use common::{require_tool, run_ok, Server};
+use rand::RngCore;
 use testkit::history::History;
 
 const EXTENTS: u64 = 256;
@@ -132,14 +135,56 @@ async fn third_node_joins_takes_a_copy_online_and_survives_the_primary() {
     }
     assert_one_writer(&windows);
 
-    for n in nodes.iter_mut() {
-        n.stop();
-    }
-    let first = std::fs::read(volume_file(&nodes[0])).unwrap();
-    for n in &nodes[1..] {
-        assert!(
-            std::fs::read(volume_file(n)).unwrap() == first,
-            "the copies differ after the cluster grew and failed over"
+    // A libiscsi client too: qemu-img writes a random image through the
+    // node that was killed (it forwards to the primary) and reads the same
+    // bytes back through every node.
+    require_tool("qemu-img");
+    let image = dir.path().join("image.raw");
+    let mut data = vec![0u8; 16 << 20];
+    rand::thread_rng().fill_bytes(&mut data);
+    std::fs::write(&image, &data).unwrap();
+    let image = image.to_str().unwrap();
+    run_ok(
+        "qemu-img",
+        &[
+            "convert",
+            "-n",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            image,
+            &nodes[p].url("vm"),
+        ],
+    );
+    for n in &nodes {
+        run_ok(
+            "qemu-img",
+            &["compare", "-f", "raw", "-F", "raw", image, &n.url("vm")],
         );
     }
+
+    // The third node leaves: the volume stays on the other two, the node
+    // drops its copy at once. Its bytes are taken first (all I/O is done).
+    let third = std::fs::read(volume_file(&nodes[2])).unwrap();
+    nodes[2].cli_ok(&["cluster", "leave"]);
+    let record = volume_record(&nodes[0], "vm");
+    assert_eq!(record["replicas"].as_object().unwrap().len(), 2, "{record}");
+    assert!(!nodes[2].cli_ok(&["volume", "list"]).contains("vm"));
+    assert!(
+        std::fs::read_dir(nodes[2].data_dir.join("volumes"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "the node that left still holds a copy"
+    );
+
+    nodes[2].stop();
+    nodes[0].stop();
+    nodes[1].stop();
+    let first = std::fs::read(volume_file(&nodes[0])).unwrap();
+    assert!(
+        std::fs::read(volume_file(&nodes[1])).unwrap() == first && third == first,
+        "the copies differ after the cluster grew and failed over"
+    );
 }
