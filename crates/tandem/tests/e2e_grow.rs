@@ -14,10 +14,10 @@ mod common;
 use std::time::Duration;
 
 use common::cluster::{
-    ack_windows, all_in_sync, assert_one_writer, form, node_id, verify, volume_file, volume_record,
-    wait_members, wait_until, write_until_acknowledged, Witness, Writer,
+    ack_windows, all_in_sync, assert_one_writer, node_id, verify, volume_file, volume_record,
+    wait_members, wait_until, write_until_acknowledged, Writer,
 };
-use common::netns::Lan;
+use common::netns::{two_nodes_and_witness, Lan};
 use common::{require_tool, run_ok, Server};
 use rand::RngCore;
 use testkit::history::History;
@@ -28,25 +28,7 @@ const EXTENTS: u64 = 256;
 async fn third_node_joins_takes_a_copy_online_and_survives_the_primary() {
     let Some(lan) = Lan::or_skip(4) else { return };
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes = vec![
-        Server::start_on(&dir.path().join("a"), &lan.addr(0), Some(&lan.ns(0))),
-        Server::start_on(&dir.path().join("b"), &lan.addr(1), Some(&lan.ns(1))),
-    ];
-    let token = form(&nodes[0], &[&nodes[1]]);
-    let _witness = Witness::start(
-        &dir.path().join("w"),
-        &lan.addr(3),
-        Some(&lan.ns(3)),
-        &nodes[0].cluster_addr(),
-        &token,
-    );
-    wait_members(&nodes[0], 3);
-    nodes[0].cli_ok(&["volume", "create", "vm", "--size", "16M", "--replicas", "2"]);
-    wait_until("both nodes export the volume", 20, || {
-        nodes
-            .iter()
-            .all(|n| n.cli_ok(&["volume", "list"]).contains("vm"))
-    });
+    let (mut nodes, _witness, token) = two_nodes_and_witness(&lan, dir.path(), 3, "16M");
     let primary = volume_record(&nodes[0], "vm")["primary"].as_u64().unwrap();
     let p = if node_id(&nodes[0]) == primary { 0 } else { 1 };
 

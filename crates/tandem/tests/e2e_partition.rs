@@ -21,11 +21,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cluster::{
-    ack_windows, all_in_sync, assert_one_writer, form, node_id, session, verify, volume_file,
-    volume_record, wait_members, wait_until, write, write_until_acknowledged, Witness, BLOCK,
-    EXTENT,
+    ack_windows, all_in_sync, assert_one_writer, node_id, session, verify, volume_file,
+    volume_record, wait_until, write, write_until_acknowledged, BLOCK, EXTENT,
 };
-use common::netns::Lan;
+use common::netns::{two_nodes_and_witness, Lan};
 use common::Server;
 use testkit::history::History;
 use testkit::rw16;
@@ -98,25 +97,7 @@ fn primary_host(servers: &[&Server; 2], ids: [u64; 2]) -> usize {
 async fn partitioned_primary_stops_and_the_other_node_takes_over() {
     let Some(lan) = Lan::or_skip(3) else { return };
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes = [
-        Server::start_on(&dir.path().join("a"), &lan.addr(0), Some(&lan.ns(0))),
-        Server::start_on(&dir.path().join("b"), &lan.addr(1), Some(&lan.ns(1))),
-    ];
-    let token = form(&nodes[0], &[&nodes[1]]);
-    let _witness = Witness::start(
-        &dir.path().join("w"),
-        &lan.addr(2),
-        Some(&lan.ns(2)),
-        &nodes[0].cluster_addr(),
-        &token,
-    );
-    wait_members(&nodes[0], 3);
-    nodes[0].cli_ok(&["volume", "create", "vm", "--size", "4M", "--replicas", "2"]);
-    wait_until("both nodes export the volume", 20, || {
-        nodes
-            .iter()
-            .all(|n| n.cli_ok(&["volume", "list"]).contains("vm"))
-    });
+    let (mut nodes, _witness, _) = two_nodes_and_witness(&lan, dir.path(), 2, "4M");
     let ids = [node_id(&nodes[0]), node_id(&nodes[1])];
     let p = primary_host(&[&nodes[0], &nodes[1]], ids);
     let o = 1 - p;

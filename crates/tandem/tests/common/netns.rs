@@ -184,3 +184,35 @@ impl Drop for Lan {
         let _ = ip(&["link", "del", &self.bridge()]);
     }
 }
+
+/// Two data nodes on hosts 0 and 1 of `lan` and a witness on host
+/// `witness_host`, formed into a cluster, serving volume "vm" of `size`
+/// with two copies; returns the nodes, the witness and the join token.
+pub fn two_nodes_and_witness(
+    lan: &Lan,
+    dir: &std::path::Path,
+    witness_host: usize,
+    size: &str,
+) -> (Vec<super::Server>, super::cluster::Witness, String) {
+    use super::cluster::{form, wait_members, wait_until, Witness};
+    let nodes = vec![
+        super::Server::start_on(&dir.join("a"), &lan.addr(0), Some(&lan.ns(0))),
+        super::Server::start_on(&dir.join("b"), &lan.addr(1), Some(&lan.ns(1))),
+    ];
+    let token = form(&nodes[0], &[&nodes[1]]);
+    let witness = Witness::start(
+        &dir.join("w"),
+        &lan.addr(witness_host),
+        Some(&lan.ns(witness_host)),
+        &nodes[0].cluster_addr(),
+        &token,
+    );
+    wait_members(&nodes[0], 3);
+    nodes[0].cli_ok(&["volume", "create", "vm", "--size", size, "--replicas", "2"]);
+    wait_until("both nodes export the volume", 20, || {
+        nodes
+            .iter()
+            .all(|n| n.cli_ok(&["volume", "list"]).contains("vm"))
+    });
+    (nodes, witness, token)
+}
