@@ -487,16 +487,31 @@ impl Node {
         // Checked here, before the proposal, as the store checks a local create.
         store::validate_name(name)?;
         store::validate_geometry(size_bytes, block_size)?;
-        c.cluster
+        let id = uuid::Uuid::new_v4();
+        let proposed = c
+            .cluster
             .propose(Command::CreateVolume {
-                id: uuid::Uuid::new_v4(),
+                id,
                 name: name.to_string(),
                 size_bytes,
                 block_size,
                 replicas,
             })
-            .await
-            .map_err(cluster_err)?;
+            .await;
+        if let Err(e) = proposed {
+            // A proposal retried after its answer got lost is refused
+            // because the first attempt created the volume: ours, by its id
+            // (once this node has applied that entry).
+            let found = || c.cluster.state().volumes.get(name).map(|v| v.id);
+            let mut waited = 0;
+            while found().is_none() && waited < 20 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                waited += 1;
+            }
+            if found() != Some(id) {
+                return Err(cluster_err(e));
+            }
+        }
         let state = c.cluster.state();
         self.reconcile(&state).await;
         Ok(())

@@ -37,6 +37,11 @@ async fn primary_then_secondary_killed_no_acknowledged_write_lost_and_copies_con
     wait_until("both nodes export the volume", 20, || {
         b.cli_ok(&["volume", "list"]).contains("vm") && a.cli_ok(&["volume", "list"]).contains("vm")
     });
+    // The name is taken cluster-wide: the other node cannot create it again.
+    let again = b.cli(&["volume", "create", "vm", "--size", "4M", "--replicas", "2"]);
+    assert!(!again.status.success(), "a second volume vm was created");
+    let why = String::from_utf8_lossy(&again.stderr);
+    assert!(why.contains("exists"), "{why}");
     let primary_id = volume_record(&a, "vm")["primary"].as_u64().unwrap();
     let a_id = node_id(&a);
     let (primary, other) = if primary_id == a_id {
