@@ -9,9 +9,10 @@
 //! - `DELETE /v1/volumes/{name}?force=true`   delete (force logs initiators out)
 //! - `PUT    /v1/volumes/{name}/access`       replace access rules
 //!   `{allowed_initiators: [..], chap: {user, secret}?, mutual_chap: {user, secret}?}`
-//! - `GET    /v1/cluster`                     cluster status and replication progress
 //! - `POST   /v1/volumes/{name}/replicas`     add a copy `{node?}` → `{node}`
 //! - `DELETE /v1/volumes/{name}/replicas/{node}` drop the copy on a member
+//! - `GET    /v1/cluster`                     cluster status, replication
+//!   progress, and when this node acknowledged writes as a primary
 //! - `POST   /v1/cluster/init`                make this node a new cluster → `{token}`
 //! - `POST   /v1/cluster/join`                join `{seed, token}`
 //! - `POST   /v1/cluster/leave`               leave the cluster
@@ -19,7 +20,7 @@
 //! Every request carries `Authorization: Bearer <token>`, the token the server
 //! keeps in `<data dir>/api.token` (mode 0600). Errors are `{"error": "..."}`
 //! with 400 (bad request), 401 (no or wrong token), 404 (no such volume),
-//! 409 (exists / in use) or 500.
+//! 409 (exists / in use / refused by the cluster) or 500.
 #![forbid(unsafe_code)]
 
 mod client;
