@@ -47,8 +47,16 @@ pub struct LocalCopy {
     known_copies: RwLock<std::collections::HashMap<u64, [u8; 16]>>,
 }
 
-fn io_err(e: std::io::Error) -> VolumeError {
-    VolumeError::Io(e)
+/// Runs file work that may wait on the disk (a sync) on tokio's blocking pool.
+pub(crate) async fn off_thread<T, F>(f: F) -> Result<T, VolumeError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> std::io::Result<T> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| VolumeError::Io(std::io::Error::other(e)))?
+        .map_err(VolumeError::Io)
 }
 
 impl LocalCopy {
@@ -143,12 +151,10 @@ impl LocalCopy {
             };
             let path = self.meta_path.clone();
             // The new epoch is durable before any write of it is applied.
-            tokio::task::spawn_blocking(move || {
+            off_thread(move || {
                 write_durably(&path, &serde_json::to_vec(&m).expect("serializable"))
             })
-            .await
-            .map_err(|e| VolumeError::Io(std::io::Error::other(e)))?
-            .map_err(io_err)?;
+            .await?;
             self.epoch.store(epoch, Ordering::Release);
         }
         Ok(self.epoch())
@@ -190,10 +196,7 @@ impl LocalCopy {
 
     async fn persist_activity(&self) -> Result<(), VolumeError> {
         let map = self.activity.clone();
-        tokio::task::spawn_blocking(move || map.persist())
-            .await
-            .map_err(|e| VolumeError::Io(std::io::Error::other(e)))?
-            .map_err(io_err)
+        off_thread(move || map.persist()).await
     }
 
     /// Clears activity-log regions that had no write in flight and none
@@ -226,10 +229,7 @@ impl LocalCopy {
         }
         let maps: Vec<Arc<DirtyMap>> = self.peer_maps.read().unwrap().clone();
         for m in maps.into_iter().filter(|m| m.changed()) {
-            tokio::task::spawn_blocking(move || m.persist())
-                .await
-                .map_err(|e| VolumeError::Io(std::io::Error::other(e)))?
-                .map_err(io_err)?;
+            off_thread(move || m.persist()).await?;
         }
         // The regions' data is durable on this copy before they leave the log.
         self.volume.flush().await?;

@@ -30,7 +30,7 @@ use tokio::task::JoinHandle;
 use volume::{check_range, BlockState, Provisioning, Volume, VolumeError};
 
 use crate::auth::ClusterKey;
-use crate::copy::LocalCopy;
+use crate::copy::{off_thread, LocalCopy};
 use crate::dirty::DirtyMap;
 use crate::link::{Link, LinkError};
 use crate::ranges::RangeLock;
@@ -253,10 +253,7 @@ impl ReplicatedVolume {
         copy.set_peer_maps(list.iter().map(|p| p.dirty.clone()).collect());
         for p in &list {
             let m = p.dirty.clone();
-            tokio::task::spawn_blocking(move || m.persist())
-                .await
-                .map_err(|e| VolumeError::Io(std::io::Error::other(e)))?
-                .map_err(VolumeError::Io)?;
+            off_thread(move || m.persist()).await?;
         }
         let me = Arc::new(ReplicatedVolume {
             copy,

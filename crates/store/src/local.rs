@@ -171,6 +171,19 @@ pub struct LocalVolume<B: Backing = std::fs::File> {
     suspect: Mutex<BTreeSet<u64>>,
 }
 
+/// Runs a call that may wait long (a sync, hole punching, an extent scan) on
+/// tokio's growing blocking pool.
+async fn on_blocking_pool<T, F>(f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> std::io::Result<T> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(VolumeError::from_io),
+        Err(e) => Err(VolumeError::Io(std::io::Error::other(e))),
+    }
+}
+
 impl LocalVolume<std::fs::File> {
     pub(crate) fn new(
         files: VolumeFiles<std::fs::File>,
@@ -319,10 +332,7 @@ impl<B: Backing> LocalVolume<B> {
         F: FnOnce(&Files<B>) -> std::io::Result<T> + Send + 'static,
     {
         let files = self.files.clone();
-        match tokio::task::spawn_blocking(move || f(&files)).await {
-            Ok(r) => r.map_err(VolumeError::from_io),
-            Err(e) => Err(VolumeError::Io(std::io::Error::other(e))),
-        }
+        on_blocking_pool(move || f(&files)).await
     }
 
     /// Makes sure the regions of blocks `[lba, lba + blocks)` are durably
@@ -344,10 +354,7 @@ impl<B: Backing> LocalVolume<B> {
         F: FnOnce(&DirtyMap<B>) -> std::io::Result<T> + Send + 'static,
     {
         let map = self.map.clone();
-        match tokio::task::spawn_blocking(move || f(&map)).await {
-            Ok(r) => r.map_err(VolumeError::from_io),
-            Err(e) => Err(VolumeError::Io(std::io::Error::other(e))),
-        }
+        on_blocking_pool(move || f(&map)).await
     }
 
     /// Remembers that a failed write or unmap may have left the data and
