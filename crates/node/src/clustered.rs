@@ -110,6 +110,14 @@ impl Control {
     }
 }
 
+/// The id of the member called `name` (or with id `name`).
+fn member_id(state: &ClusterState, name: &str) -> Result<NodeId, NodeError> {
+    state
+        .find_node(name)
+        .map(|n| n.id)
+        .ok_or_else(|| NodeError::Invalid(format!("no cluster member named {name}")))
+}
+
 fn cluster_err(e: cluster::ClusterError) -> NodeError {
     match e {
         cluster::ClusterError::Refused(why) => NodeError::Refused(why),
@@ -222,10 +230,7 @@ impl Node {
 
     /// The cluster as this node sees it.
     pub async fn cluster_status(&self) -> Result<ClusterStatus, NodeError> {
-        let c = self
-            .clustered()
-            .ok_or_else(|| NodeError::Invalid("this node is not a cluster member".into()))?;
-        Ok(c.cluster.status().await)
+        Ok(self.member()?.cluster.status().await)
     }
 
     /// Leaves the cluster: its copies are dropped and its primaries handed to
@@ -528,12 +533,7 @@ impl Node {
             return Err(NodeError::NotFound(name.to_string()));
         }
         let target = match node {
-            Some(n) => {
-                state
-                    .find_node(n)
-                    .ok_or_else(|| NodeError::Invalid(format!("no cluster member named {n}")))?
-                    .id
-            }
+            Some(n) => member_id(&state, n)?,
             None => state.place_another(name).map_err(NodeError::Refused)?,
         };
         c.cluster
@@ -554,10 +554,7 @@ impl Node {
         if !state.volumes.contains_key(name) {
             return Err(NodeError::NotFound(name.to_string()));
         }
-        let target = state
-            .find_node(node)
-            .ok_or_else(|| NodeError::Invalid(format!("no cluster member named {node}")))?
-            .id;
+        let target = member_id(&state, node)?;
         c.cluster
             .propose(Command::RemoveReplica {
                 volume: name.to_string(),

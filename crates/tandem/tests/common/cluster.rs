@@ -261,8 +261,7 @@ pub fn volume_file(s: &Server) -> PathBuf {
 
 /// One node's acknowledgement windows of `volume` as (node, epoch, first, last, writes).
 pub fn ack_windows(s: &Server, volume: &str) -> Vec<(u64, u64, u64, u64, u64)> {
-    let v: serde_json::Value =
-        serde_json::from_str(&s.cli_ok(&["cluster", "status", "--json"])).unwrap();
+    let v = status(s);
     let me = v["status"]["me"].as_u64().unwrap();
     v["acknowledged"][volume]
         .as_array()
