@@ -113,6 +113,10 @@ pub struct VolumeRecord {
     pub primary: NodeId,
     /// Grows with every change of primary; replicas refuse older epochs.
     pub epoch: u64,
+    /// Who may log in to the volume on every node, as the nodes' access
+    /// rules in JSON (may hold CHAP secrets); `None`: every initiator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<String>,
 }
 
 /// The whole replicated state.
@@ -169,6 +173,11 @@ pub enum Command {
     AddReplica { volume: String, node: NodeId },
     /// Drops a copy of a volume (not the primary's: promote another first).
     RemoveReplica { volume: String, node: NodeId },
+    /// Replaces who may log in to a volume (on every node).
+    SetAccess {
+        volume: String,
+        access: Option<String>,
+    },
 }
 
 /// Answer to a command.
@@ -302,6 +311,7 @@ impl ClusterState {
                         replicas: placed.iter().map(|&n| (n, ReplicaState::InSync)).collect(),
                         primary,
                         epoch: 1,
+                        access: None,
                     },
                 );
             }
@@ -404,6 +414,9 @@ impl ClusterState {
                     ));
                 }
                 v.replicas.remove(node);
+            }
+            Command::SetAccess { volume, access } => {
+                self.volume_mut(volume)?.access = access.clone();
             }
         }
         Ok(())
@@ -802,6 +815,10 @@ mod tests {
                 volume: "v".into(),
                 node: 3,
             },
+            Command::SetAccess {
+                volume: "v".into(),
+                access: Some(r#"{"allowed_initiators":["iqn.x"]}"#.into()),
+            },
         ];
         for c in cmds {
             let back: Command = serde_json::from_slice(&serde_json::to_vec(&c).unwrap()).unwrap();
@@ -840,8 +857,10 @@ mod tests {
             }),
             (vol.clone(), node_id.clone())
                 .prop_map(|(volume, node)| Command::AddReplica { volume, node }),
-            (vol, node_id.clone())
+            (vol.clone(), node_id.clone())
                 .prop_map(|(volume, node)| Command::RemoveReplica { volume, node }),
+            (vol, proptest::option::of(Just("{}".to_string())))
+                .prop_map(|(volume, access)| Command::SetAccess { volume, access }),
             node_id
                 .clone()
                 .prop_map(|node| Command::RemoveNode { node }),

@@ -1,11 +1,12 @@
 //! A node as a member of a cluster: it follows the replicated cluster state
-//! and makes this machine match it. For every volume with a copy here it
-//! keeps the local copy (created with the cluster-wide volume id), serves it
-//! to the primary over the replication endpoint, and exports it over iSCSI
-//! under the cluster-wide identity (NAA and serial from cluster id + volume
-//! id, the same on every node). The export's access role follows the state:
-//! the primary mirrors writes to its peers (ALUA active/optimized), the other
-//! holders forward I/O to the primary (active/non-optimized).
+//! and makes this machine match it. Every data node exports every volume
+//! over iSCSI under the cluster-wide identity (NAA and serial from the
+//! cluster id and volume id, the same on every node) and access rules. Where the state
+//! places a copy here, the node keeps it (created with the cluster-wide
+//! volume id) and serves it to the primary over the replication endpoint.
+//! The export's access role follows the state: the primary mirrors writes to
+//! its peers (ALUA active/optimized), every other node forwards I/O to the
+//! primary (active/non-optimized), whether it holds a copy or not.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -17,8 +18,8 @@ use cluster::{
     Cluster, ClusterState, ClusterStatus, Command, NodeId, NodeInfo, ReplicaState, Role,
 };
 use replica::{
-    ClusterKey, ForwardVolume, LocalCopy, PeerSpec, PrimaryConfig, ReplicaServer, ReplicatedVolume,
-    RoleVolume,
+    ClusterKey, ForwardVolume, LocalCopy, PeerSpec, PrimaryConfig, Recorded, ReplicaServer,
+    ReplicatedVolume, RoleVolume, Shape,
 };
 use scsi::{AccessState, PortGroup};
 use tokio::sync::Mutex;
@@ -57,8 +58,27 @@ pub struct Clustered {
 struct Slot {
     role: Arc<RoleVolume>,
     lun: Arc<scsi::LogicalUnit>,
+    /// Where the logical unit keeps its state.
+    unit_dir: std::path::PathBuf,
+    /// The access rules (as recorded) the export follows.
+    access: Option<String>,
     /// (primary, epoch, holders) the current role was set up for.
     current: Option<(NodeId, u64, Vec<NodeId>)>,
+    /// The ALUA port groups the logical unit reports.
+    groups: Vec<PortGroup>,
+}
+
+/// The access rules the cluster records for `v`.
+fn access_of(v: &cluster::VolumeRecord) -> Result<crate::AccessConfig, NodeError> {
+    match &v.access {
+        None => Ok(crate::AccessConfig::default()),
+        Some(json) => serde_json::from_str(json).map_err(|e| {
+            NodeError::Cluster(format!(
+                "volume {}: the access rules in the cluster state are unreadable: {e}",
+                v.name
+            ))
+        }),
+    }
 }
 
 /// What a primary asks of the control plane, through this node's membership.
@@ -228,9 +248,14 @@ impl Node {
         self.enter(c, cfg).await
     }
 
-    /// The cluster as this node sees it.
+    /// The cluster as this node sees it. Access rules are left out (they
+    /// may hold CHAP secrets; `volume show` gives them without).
     pub async fn cluster_status(&self) -> Result<ClusterStatus, NodeError> {
-        Ok(self.member()?.cluster.status().await)
+        let mut status = self.member()?.cluster.status().await;
+        for v in status.state.volumes.values_mut() {
+            v.access = None;
+        }
+        Ok(status)
     }
 
     /// Leaves the cluster: its copies are dropped and its primaries handed to
@@ -289,31 +314,26 @@ impl Node {
         Ok(())
     }
 
-    /// Makes this node match the cluster state.
+    /// Makes this node match the cluster state: every data node presents
+    /// every volume, with a copy where the state places one.
     pub(crate) async fn reconcile(&self, state: &ClusterState) {
         let Some(c) = self.clustered() else { return };
         let Some(cluster_id) = state.cluster_id else {
             return;
         };
         let me = c.cluster.id();
+        let presents = state.nodes.get(&me).is_some_and(|n| n.holds_data());
         let mut slots = c.slots.lock().await;
-        for v in state
-            .volumes
-            .values()
-            .filter(|v| v.replicas.contains_key(&me))
-        {
-            if let Err(e) = self.hold(&c, &mut slots, cluster_id, v, state).await {
-                tracing::warn!(volume = %v.name, "cannot take up the cluster's volume here yet: {e}");
+        if presents {
+            for v in state.volumes.values() {
+                if let Err(e) = self.hold(&c, &mut slots, cluster_id, v, state).await {
+                    tracing::warn!(volume = %v.name, "cannot take up the cluster's volume here yet: {e}");
+                }
             }
         }
         let gone: Vec<String> = slots
             .keys()
-            .filter(|n| {
-                state
-                    .volumes
-                    .get(*n)
-                    .is_none_or(|v| !v.replicas.contains_key(&me))
-            })
+            .filter(|n| !presents || !state.volumes.contains_key(*n))
             .cloned()
             .collect();
         for name in gone {
@@ -321,22 +341,139 @@ impl Node {
         }
     }
 
-    /// Stops serving the local copy of `name` and removes it.
+    /// Stops presenting `name` and removes the local copy, if any.
     async fn release(&self, c: &Clustered, slots: &mut HashMap<String, Slot>, name: &str) {
-        if let Some(slot) = slots.remove(name) {
-            slot.role.set_role(replica::Role::Waiting);
-            c.server.remove(name);
+        let Some(slot) = slots.remove(name) else {
+            return;
+        };
+        slot.role.set_role(replica::Role::Waiting);
+        {
             let mut exported = self.exported.lock().await;
             if let Some(e) = exported.remove(name) {
                 self.targets.remove(&e.iqn);
             }
-            let _ = slot.role.copy().remove_files();
-            if let Err(e) = self.store.delete(name) {
-                tracing::warn!(volume = %name, "removing the local copy failed: {e}");
-            } else {
-                tracing::info!(volume = %name, "local copy removed (volume deleted or moved)");
+        }
+        let Some(copy) = slot.role.copy() else {
+            if let Err(e) = std::fs::remove_dir_all(&slot.unit_dir) {
+                tracing::warn!(volume = %name, "removing {}: {e}", slot.unit_dir.display());
+            }
+            tracing::info!(volume = %name, "no longer presented here");
+            return;
+        };
+        c.server.remove(name);
+        let _ = copy.remove_files();
+        if let Err(e) = self.store.delete(name) {
+            tracing::warn!(volume = %name, "removing the local copy failed: {e}");
+        } else {
+            tracing::info!(volume = %name, "local copy removed (volume deleted or moved)");
+        }
+    }
+
+    /// Where the logical unit of a volume without a copy here keeps its state.
+    fn presented_dir(&self, id: uuid::Uuid) -> std::path::PathBuf {
+        self.store.data_dir().join("presented").join(id.to_string())
+    }
+
+    /// Opens (creating it if needed) this node's copy of `v`.
+    fn open_copy(
+        &self,
+        c: &Clustered,
+        v: &cluster::VolumeRecord,
+    ) -> Result<(Shape, Arc<store::LocalVolume>), NodeError> {
+        match self.store.get(&v.name) {
+            Some(m) if m.id == v.id => {}
+            Some(_) => {
+                return Err(NodeError::Invalid(format!(
+                    "a local volume named {} exists on this node; rename or delete it",
+                    v.name
+                )))
+            }
+            None => {
+                tracing::info!(volume = %v.name, "creating the local copy");
+                self.store
+                    .create_with_id(&v.name, v.size_bytes, v.block_size, v.id)?;
             }
         }
+        let local = self.store.open_volume(&v.name)?;
+        let base = self.local_unit_dir(&v.name)?.join("replica");
+        let copy = LocalCopy::open(&v.name, local.clone(), &base)
+            .map_err(|e| NodeError::Cluster(format!("volume {}: opening the copy: {e}", v.name)))?;
+        c.server.add(copy.clone());
+        Ok((Shape::Copy(copy), local))
+    }
+
+    /// Exports `v` here: over this node's copy when the state places one
+    /// here, else forwarding everything to the primary.
+    fn present(
+        &self,
+        c: &Clustered,
+        cluster_id: uuid::Uuid,
+        v: &cluster::VolumeRecord,
+        exported: &mut BTreeMap<String, crate::service::Exported>,
+    ) -> Result<Slot, NodeError> {
+        let me = c.cluster.id();
+        let (shape, local, unit_dir) = if v.replicas.contains_key(&me) {
+            let (shape, local) = self.open_copy(c, v)?;
+            (shape, Some(local), self.local_unit_dir(&v.name)?)
+        } else {
+            match self.store.get(&v.name) {
+                Some(m) if m.id != v.id => {
+                    return Err(NodeError::Invalid(format!(
+                        "a local volume named {} exists on this node; rename or delete it",
+                        v.name
+                    )))
+                }
+                Some(_) => {
+                    // A copy the cluster dropped while this node was away.
+                    if let Some(old) = exported.remove(&v.name) {
+                        self.targets.remove(&old.iqn);
+                    }
+                    self.store.delete(&v.name)?;
+                    tracing::info!(volume = %v.name, "stale local copy removed");
+                }
+                None => {}
+            }
+            let dir = self.presented_dir(v.id);
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                NodeError::Cluster(format!(
+                    "volume {}: creating {}: {e}",
+                    v.name,
+                    dir.display()
+                ))
+            })?;
+            let blocks = v.size_bytes / v.block_size as u64;
+            let shape = Shape::Recorded(Recorded::new(&v.name, v.block_size, blocks));
+            (shape, None, dir)
+        };
+        let role = Arc::new(RoleVolume::new(shape));
+        let iqn = iqn_for(&self.config.iqn_prefix, &v.name);
+        let mut identity = lun_identity(cluster_id, v.id, &iqn);
+        // One target port group per node: ALUA tells initiators which node leads.
+        identity.port_group = me as u16;
+        identity.relative_port = me as u16;
+        if let Some(old) = exported.remove(&v.name) {
+            self.targets.remove(&old.iqn);
+        }
+        let access = access_of(v)?;
+        let e = self.export_as(crate::service::Export {
+            name: v.name.clone(),
+            id: v.id,
+            local,
+            served: role.clone(),
+            identity,
+            unit_dir: unit_dir.clone(),
+            access,
+        })?;
+        let lun = e.lun.clone();
+        exported.insert(v.name.clone(), e);
+        Ok(Slot {
+            role,
+            lun,
+            unit_dir,
+            access: v.access.clone(),
+            current: None,
+            groups: Vec::new(),
+        })
     }
 
     async fn hold(
@@ -348,135 +485,181 @@ impl Node {
         state: &ClusterState,
     ) -> Result<(), NodeError> {
         let me = c.cluster.id();
+        let copy_here = v.replicas.contains_key(&me);
+        if slots
+            .get(&v.name)
+            .is_some_and(|s| s.role.copy().is_some() != copy_here)
+        {
+            // A copy was placed here or taken away: present it anew.
+            self.release(c, slots, &v.name).await;
+        }
         if !slots.contains_key(&v.name) {
-            let meta = match self.store.get(&v.name) {
-                Some(m) if m.id == v.id => m,
-                Some(_) => {
-                    return Err(NodeError::Invalid(format!(
-                        "a local volume named {} exists on this node; rename or delete it",
-                        v.name
-                    )))
-                }
-                None => {
-                    tracing::info!(volume = %v.name, "creating the local copy");
-                    self.store
-                        .create_with_id(&v.name, v.size_bytes, v.block_size, v.id)?
-                }
-            };
-            let local = self.store.open_volume(&v.name)?;
-            let base = self
-                .store
-                .volume_dir(&v.name)
-                .ok_or_else(|| NodeError::NotFound(v.name.clone()))?
-                .join("replica");
-            let copy = LocalCopy::open(&v.name, local.clone(), &base).map_err(|e| {
-                NodeError::Cluster(format!("volume {}: opening the copy: {e}", v.name))
-            })?;
-            c.server.add(copy.clone());
-            let role = Arc::new(RoleVolume::new(copy));
-            let iqn = iqn_for(&self.config.iqn_prefix, &v.name);
-            let mut identity = lun_identity(cluster_id, v.id, &iqn);
-            // One target port group per node: ALUA tells initiators which node leads.
-            identity.port_group = me as u16;
-            identity.relative_port = me as u16;
             let mut exported = self.exported.lock().await;
-            if let Some(old) = exported.remove(&v.name) {
-                self.targets.remove(&old.iqn);
-            }
-            let e = self.export_as(&meta, local, role.clone(), identity)?;
-            let lun = e.lun.clone();
-            exported.insert(v.name.clone(), e);
-            slots.insert(
-                v.name.clone(),
-                Slot {
-                    role,
-                    lun,
-                    current: None,
-                },
-            );
+            let slot = self.present(c, cluster_id, v, &mut exported)?;
+            slots.insert(v.name.clone(), slot);
         }
         let slot = slots.get_mut(&v.name).expect("inserted above");
-        let local = slot.role.copy().volume().clone();
-        let bs = local.block_size() as u64;
-        if local.num_blocks() * bs < v.size_bytes {
-            local
-                .resize(v.size_bytes / bs)
-                .await
-                .map_err(|source| NodeError::Volume {
-                    name: v.name.clone(),
-                    source,
-                })?;
-            slot.role.copy().grown();
-            slot.lun.capacity_changed();
+        let bs = v.block_size as u64;
+        match slot.role.shape() {
+            Shape::Copy(copy) => {
+                let local = copy.volume().clone();
+                if local.num_blocks() * bs < v.size_bytes {
+                    local
+                        .resize(v.size_bytes / bs)
+                        .await
+                        .map_err(|source| NodeError::Volume {
+                            name: v.name.clone(),
+                            source,
+                        })?;
+                    copy.grown();
+                    slot.lun.capacity_changed();
+                }
+            }
+            Shape::Recorded(r) => {
+                if slot.role.num_blocks() * bs < v.size_bytes {
+                    r.grow(v.size_bytes / bs);
+                    slot.lun.capacity_changed();
+                }
+            }
+        }
+        if slot.access != v.access {
+            let access = access_of(v)?;
+            let mut exported = self.exported.lock().await;
+            if let Some(e) = exported.get_mut(&v.name) {
+                self.apply_access(&v.name, e, access);
+            }
+            slot.access = v.access.clone();
         }
         let holders: Vec<NodeId> = v.replicas.keys().copied().collect();
         let desired = (v.primary, v.epoch, holders.clone());
-        if slot.current.as_ref() == Some(&desired) {
-            return Ok(());
-        }
-        if v.primary == me {
-            let peers = v
-                .replicas
-                .iter()
-                .filter(|(&n, _)| n != me)
-                .map(|(&n, st)| PeerSpec {
-                    node: n,
-                    addr: state
-                        .nodes
-                        .get(&n)
-                        .map(|i| i.repl_addr.clone())
-                        .unwrap_or_default(),
-                    in_sync: *st == ReplicaState::InSync,
-                })
-                .collect();
-            let cfg = PrimaryConfig {
-                node: me,
-                epoch: v.epoch,
-                key: c.key.clone(),
-                timeout: REPL_TIMEOUT,
-            };
-            // Stop the old role before the new primary takes the copy.
-            slot.role.set_role(replica::Role::Waiting);
-            let control: Arc<dyn replica::Control> = c.control.clone();
-            let p = ReplicatedVolume::start(slot.role.copy().clone(), cfg, peers, control)
+        if slot.current.as_ref() != Some(&desired) {
+            self.take_role(c, slot, v, state)
                 .await
                 .map_err(|source| NodeError::Volume {
                     name: v.name.clone(),
                     source,
                 })?;
-            slot.role.set_role(replica::Role::Primary(p));
-        } else {
+            slot.current = Some(desired);
+            tracing::info!(volume = %v.name, primary = v.primary, epoch = v.epoch, me, copy = copy_here, "volume role set");
+        }
+        // Every data node presents the volume: the primary's port group is
+        // active/optimized, every other node's active/non-optimized.
+        let groups: Vec<PortGroup> = state
+            .nodes
+            .values()
+            .filter(|n| n.holds_data())
+            .map(|n| PortGroup {
+                id: n.id as u16,
+                state: if n.id == v.primary {
+                    AccessState::ActiveOptimized
+                } else {
+                    AccessState::ActiveNonOptimized
+                },
+                preferred: n.id == v.primary,
+                ports: vec![n.id as u16],
+                status: 0,
+            })
+            .collect();
+        if slot.groups != groups {
+            slot.lun.set_port_groups(groups.clone());
+            slot.groups = groups;
+        }
+        Ok(())
+    }
+
+    /// Sets this node's role for `v`: primary (mirroring to the other
+    /// copies) or forwarding to the primary.
+    async fn take_role(
+        &self,
+        c: &Arc<Clustered>,
+        slot: &Slot,
+        v: &cluster::VolumeRecord,
+        state: &ClusterState,
+    ) -> Result<(), volume::VolumeError> {
+        let me = c.cluster.id();
+        let copy = slot.role.copy().filter(|_| v.primary == me);
+        let Some(copy) = copy else {
             let addr = state
                 .nodes
                 .get(&v.primary)
                 .map(|i| i.repl_addr.clone())
                 .unwrap_or_default();
             let f = ForwardVolume::new(
-                slot.role.copy().clone(),
+                slot.role.shape().clone(),
                 me,
                 addr,
                 c.key.clone(),
                 REPL_TIMEOUT,
             );
             slot.role.set_role(replica::Role::Forward(Arc::new(f)));
-        }
-        slot.current = Some(desired);
-        let groups = holders
+            return Ok(());
+        };
+        let peers = v
+            .replicas
             .iter()
-            .map(|&n| PortGroup {
-                id: n as u16,
-                state: if n == v.primary {
-                    AccessState::ActiveOptimized
-                } else {
-                    AccessState::ActiveNonOptimized
-                },
-                preferred: n == v.primary,
-                ports: vec![n as u16],
-                status: 0,
+            .filter(|(&n, _)| n != me)
+            .map(|(&n, st)| PeerSpec {
+                node: n,
+                addr: state
+                    .nodes
+                    .get(&n)
+                    .map(|i| i.repl_addr.clone())
+                    .unwrap_or_default(),
+                in_sync: *st == ReplicaState::InSync,
             })
             .collect();
-        slot.lun.set_port_groups(groups);
-        tracing::info!(volume = %v.name, primary = v.primary, epoch = v.epoch, me, "volume role set");
+        let cfg = PrimaryConfig {
+            node: me,
+            epoch: v.epoch,
+            key: c.key.clone(),
+            timeout: REPL_TIMEOUT,
+        };
+        // Stop the old role before the new primary takes the copy.
+        slot.role.set_role(replica::Role::Waiting);
+        let control: Arc<dyn replica::Control> = c.control.clone();
+        let p = ReplicatedVolume::start(copy.clone(), cfg, peers, control).await?;
+        slot.role.set_role(replica::Role::Primary(p));
+        Ok(())
+    }
+
+    /// Replaces the access rules of cluster volume `name` on every node.
+    pub(crate) async fn set_access_clustered(
+        &self,
+        c: &Arc<Clustered>,
+        name: &str,
+        access: &crate::AccessConfig,
+    ) -> Result<(), NodeError> {
+        let json = (*access != crate::AccessConfig::default())
+            .then(|| serde_json::to_string(access).expect("plain data encodes"));
+        c.cluster
+            .propose(Command::SetAccess {
+                volume: name.to_string(),
+                access: json,
+            })
+            .await
+            .map_err(cluster_err)?;
+        let state = c.cluster.state();
+        self.reconcile(&state).await;
+        Ok(())
+    }
+
+    /// Grows cluster volume `name` on every node.
+    pub(crate) async fn resize_clustered(
+        &self,
+        c: &Arc<Clustered>,
+        name: &str,
+        size_bytes: u64,
+    ) -> Result<(), NodeError> {
+        c.cluster
+            .propose(Command::ResizeVolume {
+                name: name.to_string(),
+                size_bytes,
+            })
+            .await
+            .map_err(cluster_err)?;
+        let state = c.cluster.state();
+        self.reconcile(&state).await;
+        tracing::info!(volume = name, to = size_bytes, "cluster volume resized");
         Ok(())
     }
 

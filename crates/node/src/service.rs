@@ -1,4 +1,5 @@
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use scsi::reservations::{PersistentState, StateStore};
@@ -83,28 +84,48 @@ pub struct Node {
 }
 
 pub(crate) struct Exported {
-    pub(crate) volume: Arc<LocalVolume>,
+    /// Stable volume id.
+    pub(crate) id: uuid::Uuid,
+    /// What initiators' commands go to: the local volume, or the cluster
+    /// role over it.
+    pub(crate) served: Arc<dyn Volume>,
+    /// This node's data of the volume; `None` for a cluster volume whose
+    /// copies are all on other nodes.
+    pub(crate) local: Option<Arc<LocalVolume>>,
     pub(crate) lun: Arc<LogicalUnit>,
     pub(crate) iqn: String,
-    access: AccessConfig,
+    pub(crate) access: AccessConfig,
 }
 
-/// Saves a logical unit's persistent reservations next to its volume.
+/// File in an export's unit directory that holds its persistent reservations.
+const RESERVATIONS: &str = "reservations.json";
+
+/// Saves a logical unit's persistent reservations in its unit directory.
 struct UnitStateFile {
-    store: Arc<Store>,
-    name: String,
+    path: PathBuf,
 }
 
 #[async_trait::async_trait]
 impl StateStore for UnitStateFile {
     async fn save(&self, bytes: Vec<u8>) -> Result<(), String> {
-        let store = self.store.clone();
-        let name = self.name.clone();
-        tokio::task::spawn_blocking(move || store.write_unit_state(&name, &bytes))
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || store::write_atomic(&path, &bytes))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())
     }
+}
+
+/// How one volume is exported.
+pub(crate) struct Export {
+    pub(crate) name: String,
+    pub(crate) id: uuid::Uuid,
+    pub(crate) local: Option<Arc<LocalVolume>>,
+    pub(crate) served: Arc<dyn Volume>,
+    pub(crate) identity: scsi::LunIdentity,
+    /// Where the logical unit keeps its state (persistent reservations).
+    pub(crate) unit_dir: PathBuf,
+    pub(crate) access: AccessConfig,
 }
 
 impl Node {
@@ -135,37 +156,6 @@ impl Node {
         let volume = self.store.open_volume(&meta.name)?;
         let iqn = iqn_for(&self.config.iqn_prefix, &meta.name);
         let identity = lun_identity(self.store.installation_id(), meta.id, &iqn);
-        self.export_as(meta, volume.clone(), volume, identity)
-    }
-
-    /// Exports `served` (the local volume, or a replicated volume over it)
-    /// under `identity`.
-    pub(crate) fn export_as(
-        &self,
-        meta: &store::VolumeMeta,
-        volume: Arc<LocalVolume>,
-        served: Arc<dyn Volume>,
-        identity: scsi::LunIdentity,
-    ) -> Result<Exported, NodeError> {
-        let iqn = identity.target_name.clone();
-        let dyn_volume: Arc<dyn Volume> = served;
-        let saved = match self.store.read_unit_state(&meta.name)? {
-            None => PersistentState::default(),
-            Some(bytes) => PersistentState::decode(&bytes).unwrap_or_else(|e| {
-                tracing::error!(volume = %meta.name, "persistent reservations unreadable, starting without: {e}");
-                PersistentState::default()
-            }),
-        };
-        let state_store = Arc::new(UnitStateFile {
-            store: self.store.clone(),
-            name: meta.name.clone(),
-        });
-        let directory: Arc<dyn UnitDirectory> = self.targets.clone();
-        let lun = Arc::new(
-            LogicalUnit::new(dyn_volume, identity)
-                .with_reservations(saved, state_store)
-                .with_directory(Arc::downgrade(&directory)),
-        );
         let access = match self.store.read_access(&meta.name)? {
             None => AccessConfig::default(),
             Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
@@ -175,25 +165,66 @@ impl Node {
                 ))
             })?,
         };
-        self.targets
-            .insert_with_access(iqn.clone(), lun.clone(), access.target_access());
-        tracing::info!(volume = %meta.name, %iqn, "volume exported");
-        Ok(Exported {
-            volume,
-            lun,
-            iqn,
+        self.export_as(Export {
+            name: meta.name.clone(),
+            id: meta.id,
+            local: Some(volume.clone()),
+            served: volume,
+            identity,
+            unit_dir: self.local_unit_dir(&meta.name)?,
             access,
         })
     }
 
-    fn info(&self, name: &str, meta: &store::VolumeMeta, e: &Exported) -> VolumeInfo {
+    /// The unit directory of a volume with data on this node.
+    pub(crate) fn local_unit_dir(&self, name: &str) -> Result<PathBuf, NodeError> {
+        self.store
+            .volume_dir(name)
+            .ok_or_else(|| NodeError::NotFound(name.to_string()))
+    }
+
+    /// Exports a volume through the targets.
+    pub(crate) fn export_as(&self, x: Export) -> Result<Exported, NodeError> {
+        let iqn = x.identity.target_name.clone();
+        let path = x.unit_dir.join(RESERVATIONS);
+        let saved = match store::read_if_exists(&path)? {
+            None => PersistentState::default(),
+            Some(bytes) => PersistentState::decode(&bytes).unwrap_or_else(|e| {
+                tracing::error!(volume = %x.name, "persistent reservations unreadable, starting without: {e}");
+                PersistentState::default()
+            }),
+        };
+        let state_store = Arc::new(UnitStateFile { path });
+        let directory: Arc<dyn UnitDirectory> = self.targets.clone();
+        let lun = Arc::new(
+            LogicalUnit::new(x.served.clone(), x.identity)
+                .with_reservations(saved, state_store)
+                .with_directory(Arc::downgrade(&directory)),
+        );
+        self.targets
+            .insert_with_access(iqn.clone(), lun.clone(), x.access.target_access());
+        tracing::info!(volume = %x.name, %iqn, "volume exported");
+        Ok(Exported {
+            id: x.id,
+            served: x.served,
+            local: x.local,
+            lun,
+            iqn,
+            access: x.access,
+        })
+    }
+
+    fn info(&self, name: &str, e: &Exported) -> VolumeInfo {
         let identity = e.lun.identity();
         VolumeInfo {
             name: name.to_string(),
-            id: meta.id.to_string(),
-            size_bytes: e.volume.num_blocks() * e.volume.block_size() as u64,
-            block_size: e.volume.block_size(),
-            allocated_bytes: self.store.allocated_bytes(name).unwrap_or(0),
+            id: e.id.to_string(),
+            size_bytes: e.served.num_blocks() * e.served.block_size() as u64,
+            block_size: e.served.block_size(),
+            allocated_bytes: match e.local {
+                Some(_) => self.store.allocated_bytes(name).unwrap_or(0),
+                None => 0,
+            },
             iqn: e.iqn.clone(),
             lun: 0,
             naa: identity.naa.iter().map(|b| format!("{b:02x}")).collect(),
@@ -207,24 +238,33 @@ impl Node {
 
     /// Replaces who may log in to a volume and how they authenticate. New
     /// logins follow the new rules at once; sessions already logged in stay.
+    /// A cluster volume's rules hold on every node.
     pub async fn set_access(
         &self,
         name: &str,
         access: AccessConfig,
     ) -> Result<VolumeInfo, NodeError> {
         access.validate()?;
+        if let Some(c) = self.clustered() {
+            if c.cluster().state().volumes.contains_key(name) {
+                self.set_access_clustered(&c, name, &access).await?;
+                return self.volume(name).await;
+            }
+        }
         let mut exported = self.exported.lock().await;
         let e = exported
             .get_mut(name)
             .ok_or_else(|| NodeError::NotFound(name.to_string()))?;
         let json = serde_json::to_vec_pretty(&access).expect("plain data encodes");
         self.store.write_access(name, &json)?;
+        self.apply_access(name, e, access);
+        Ok(self.info(name, e))
+    }
+
+    /// Makes new logins to `e` follow `access`.
+    pub(crate) fn apply_access(&self, name: &str, e: &mut Exported, access: AccessConfig) {
         self.targets.set_access(&e.iqn, access.target_access());
         e.access = access;
-        let meta = self
-            .store
-            .get(name)
-            .ok_or_else(|| NodeError::NotFound(name.to_string()))?;
         tracing::info!(
             volume = name,
             initiators = e.access.allowed_initiators.len(),
@@ -232,7 +272,6 @@ impl Node {
             mutual = e.access.mutual_chap.is_some(),
             "volume access changed"
         );
-        Ok(self.info(name, &meta, e))
     }
 
     /// The logical unit a volume is exported as.
@@ -288,7 +327,7 @@ impl Node {
                 return Err(err);
             }
         };
-        let info = self.info(name, &meta, &e);
+        let info = self.info(name, &e);
         exported.insert(name.to_string(), e);
         tracing::info!(volume = name, size_bytes, "volume created");
         Ok(info)
@@ -319,10 +358,7 @@ impl Node {
         let exported = self.exported.lock().await;
         exported
             .iter()
-            .filter_map(|(name, e)| {
-                let meta = self.store.get(name)?;
-                Some(self.info(name, &meta, e))
-            })
+            .map(|(name, e)| self.info(name, e))
             .collect()
     }
 
@@ -332,37 +368,46 @@ impl Node {
         let e = exported
             .get(name)
             .ok_or_else(|| NodeError::NotFound(name.to_string()))?;
-        let meta = self
-            .store
-            .get(name)
-            .ok_or_else(|| NodeError::NotFound(name.to_string()))?;
-        Ok(self.info(name, &meta, e))
+        Ok(self.info(name, e))
     }
 
-    /// Grows a volume to `size_bytes`; initiators see CAPACITY DATA HAS CHANGED.
+    /// Grows a volume to `size_bytes`; initiators see CAPACITY DATA HAS
+    /// CHANGED. A cluster volume grows on every node.
     pub async fn resize_volume(
         &self,
         name: &str,
         size_bytes: u64,
     ) -> Result<VolumeInfo, NodeError> {
+        let clustered = self
+            .clustered()
+            .filter(|c| c.cluster().state().volumes.contains_key(name));
         let exported = self.exported.lock().await;
         let e = exported
             .get(name)
             .ok_or_else(|| NodeError::NotFound(name.to_string()))?;
-        let bs = e.volume.block_size() as u64;
+        let bs = e.served.block_size() as u64;
         if size_bytes == 0 || !size_bytes.is_multiple_of(bs) {
             return Err(NodeError::Invalid(format!(
                 "size {size_bytes} bytes is not a positive multiple of the {bs}-byte block size of volume {name}"
             )));
         }
-        let current = e.volume.num_blocks() * bs;
+        let current = e.served.num_blocks() * bs;
         if size_bytes < current {
             return Err(NodeError::Invalid(format!(
                 "volume {name} is {current} bytes; shrinking to {size_bytes} bytes is not supported"
             )));
         }
+        if let Some(c) = clustered {
+            drop(exported);
+            self.resize_clustered(&c, name, size_bytes).await?;
+            return self.volume(name).await;
+        }
+        let local = e
+            .local
+            .as_ref()
+            .ok_or_else(|| NodeError::NotFound(name.to_string()))?;
         if size_bytes > current {
-            e.volume
+            local
                 .resize(size_bytes / bs)
                 .await
                 .map_err(|source| NodeError::Volume {
@@ -377,11 +422,7 @@ impl Node {
                 "volume resized"
             );
         }
-        let meta = self
-            .store
-            .get(name)
-            .ok_or_else(|| NodeError::NotFound(name.to_string()))?;
-        Ok(self.info(name, &meta, e))
+        Ok(self.info(name, e))
     }
 
     /// Deletes a volume and its data. Refused while initiators are logged in,
@@ -426,8 +467,9 @@ impl Node {
     pub async fn flush_all(&self) -> Result<(), NodeError> {
         let exported = self.exported.lock().await;
         for (name, e) in exported.iter() {
+            let Some(local) = &e.local else { continue };
             // Durability point at shutdown: everything written so far reaches stable storage.
-            e.volume.flush().await.map_err(|source| NodeError::Volume {
+            local.flush().await.map_err(|source| NodeError::Volume {
                 name: name.clone(),
                 source,
             })?;

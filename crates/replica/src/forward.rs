@@ -12,13 +12,13 @@ use tokio::sync::Mutex;
 use volume::{BlockState, Provisioning, Volume, VolumeError};
 
 use crate::auth::ClusterKey;
-use crate::copy::LocalCopy;
 use crate::link::{Link, LinkError};
 use crate::wire::{volume_error_of, Hello, Mode, Op};
+use crate::Shape;
 
-/// Forwards I/O for `copy`'s volume to the primary at `addr`.
+/// Forwards I/O for a volume to its primary at `addr`.
 pub struct ForwardVolume {
-    copy: Arc<LocalCopy>,
+    shape: Shape,
     node: u64,
     addr: String,
     key: ClusterKey,
@@ -31,16 +31,17 @@ pub struct ForwardVolume {
 }
 
 impl ForwardVolume {
-    /// A volume whose I/O goes to the primary at `addr` (replication address).
+    /// A volume of `shape`'s geometry whose I/O goes to the primary at
+    /// `addr` (replication address).
     pub fn new(
-        copy: Arc<LocalCopy>,
+        shape: Shape,
         node: u64,
         addr: String,
         key: ClusterKey,
         timeout: Duration,
     ) -> ForwardVolume {
         ForwardVolume {
-            copy,
+            shape,
             node,
             addr,
             key,
@@ -60,12 +61,14 @@ impl ForwardVolume {
         if let Some(l) = alive(&self.link.read().unwrap()) {
             return Ok(l);
         }
+        // The primary does not check a forwarder's epoch or copy (it may have none).
+        let copy = self.shape.copy();
         let hello = Hello {
             mode: Mode::Forward,
             node: self.node,
-            epoch: self.copy.epoch(),
-            copy_id: self.copy.copy_id(),
-            volume: self.copy.name().to_string(),
+            epoch: copy.map_or(0, |c| c.epoch()),
+            copy_id: copy.map_or([0; 16], |c| c.copy_id()),
+            volume: self.shape.name().to_string(),
         };
         let l = Link::connect(&self.addr, &self.key, &hello, self.timeout)
             .await
@@ -73,7 +76,7 @@ impl ForwardVolume {
             .map_err(|e| {
                 VolumeError::Unavailable(format!(
                     "volume {}: the primary cannot be reached: {e}",
-                    self.copy.name()
+                    self.shape.name()
                 ))
             })?;
         *self.link.write().unwrap() = Some(l.clone());
@@ -86,7 +89,7 @@ impl ForwardVolume {
             r = self.forward(op) => r,
             _ = closed.wait_for(|c| *c) => Err(VolumeError::Unavailable(format!(
                 "volume {}: the primary changed while the operation waited",
-                self.copy.name()
+                self.shape.name()
             ))),
         }
     }
@@ -99,7 +102,7 @@ impl ForwardVolume {
             }
             other => VolumeError::Unavailable(format!(
                 "volume {}: forwarding to the primary failed: {other}",
-                self.copy.name()
+                self.shape.name()
             )),
         })
     }
@@ -116,19 +119,19 @@ impl ForwardVolume {
 #[async_trait]
 impl Volume for ForwardVolume {
     fn block_size(&self) -> u32 {
-        self.copy.volume().block_size()
+        self.shape.block_size()
     }
 
     fn num_blocks(&self) -> u64 {
-        self.copy.volume().num_blocks()
+        self.shape.num_blocks()
     }
 
     fn provisioning(&self) -> Provisioning {
-        self.copy.volume().provisioning()
+        self.shape.provisioning()
     }
 
     fn write_cache(&self) -> bool {
-        self.copy.volume().write_cache()
+        self.shape.write_cache()
     }
 
     async fn read(&self, lba: u64, blocks: u32) -> volume::Result<Vec<u8>> {
@@ -137,7 +140,7 @@ impl Volume for ForwardVolume {
         if data.len() != blocks as usize * self.block_size() as usize {
             return Err(VolumeError::Unavailable(format!(
                 "volume {}: the primary answered a read with {} bytes",
-                self.copy.name(),
+                self.shape.name(),
                 data.len()
             )));
         }

@@ -24,6 +24,7 @@ pub mod ranges;
 pub mod server;
 pub mod wire;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
@@ -48,10 +49,100 @@ pub enum Role {
     Waiting,
 }
 
+/// Where a node takes a volume's geometry from.
+#[derive(Clone)]
+pub enum Shape {
+    /// The node's copy of the volume.
+    Copy(Arc<LocalCopy>),
+    /// The node holds no copy: the geometry the control plane records.
+    Recorded(Arc<Recorded>),
+}
+
+/// Geometry of a volume this node presents without holding a copy.
+pub struct Recorded {
+    name: String,
+    block_size: u32,
+    blocks: AtomicU64,
+}
+
+impl Recorded {
+    /// A volume of `blocks` blocks of `block_size` bytes.
+    pub fn new(name: &str, block_size: u32, blocks: u64) -> Arc<Recorded> {
+        Arc::new(Recorded {
+            name: name.to_string(),
+            block_size,
+            blocks: AtomicU64::new(blocks),
+        })
+    }
+
+    /// Records that the volume grew to `blocks` blocks.
+    pub fn grow(&self, blocks: u64) {
+        self.blocks.fetch_max(blocks, Ordering::Relaxed);
+    }
+}
+
+impl Shape {
+    /// Volume name.
+    pub fn name(&self) -> &str {
+        match self {
+            Shape::Copy(c) => c.name(),
+            Shape::Recorded(r) => &r.name,
+        }
+    }
+
+    /// The local copy, if this node holds one.
+    pub fn copy(&self) -> Option<&Arc<LocalCopy>> {
+        match self {
+            Shape::Copy(c) => Some(c),
+            Shape::Recorded(_) => None,
+        }
+    }
+
+    /// Logical block size in bytes.
+    pub fn block_size(&self) -> u32 {
+        match self {
+            Shape::Copy(c) => c.volume().block_size(),
+            Shape::Recorded(r) => r.block_size,
+        }
+    }
+
+    /// Number of logical blocks.
+    pub fn num_blocks(&self) -> u64 {
+        match self {
+            Shape::Copy(c) => c.volume().num_blocks(),
+            Shape::Recorded(r) => r.blocks.load(Ordering::Relaxed),
+        }
+    }
+
+    /// How the volume allocates space (every copy is thin).
+    pub fn provisioning(&self) -> Provisioning {
+        match self {
+            Shape::Copy(c) => c.volume().provisioning(),
+            Shape::Recorded(_) => Provisioning::Thin,
+        }
+    }
+
+    /// Whether writes need a flush to become durable (they do on every copy).
+    pub fn write_cache(&self) -> bool {
+        match self {
+            Shape::Copy(c) => c.volume().write_cache(),
+            Shape::Recorded(_) => true,
+        }
+    }
+
+    fn low_on_space(&self) -> bool {
+        match self {
+            Shape::Copy(c) => c.volume().low_on_space(),
+            Shape::Recorded(_) => false,
+        }
+    }
+}
+
 /// A volume whose implementation follows this node's role. Geometry comes
-/// from the local copy, which every role shares.
+/// from the local copy, which every role shares, or, on a node without a
+/// copy (which can only forward), from the control plane's record.
 pub struct RoleVolume {
-    copy: Arc<LocalCopy>,
+    shape: Shape,
     role: RwLock<Role>,
     /// Writes acknowledged by earlier primary roles of this node.
     acknowledged: std::sync::Mutex<Vec<AckWindow>>,
@@ -59,25 +150,33 @@ pub struct RoleVolume {
 
 impl RoleVolume {
     /// Starts in [`Role::Waiting`].
-    pub fn new(copy: Arc<LocalCopy>) -> RoleVolume {
+    pub fn new(shape: Shape) -> RoleVolume {
         RoleVolume {
-            copy,
+            shape,
             role: RwLock::new(Role::Waiting),
             acknowledged: std::sync::Mutex::new(Vec::new()),
         }
     }
 
-    /// The local copy.
-    pub fn copy(&self) -> &Arc<LocalCopy> {
-        &self.copy
+    /// Where the geometry comes from (and the local copy, if any).
+    pub fn shape(&self) -> &Shape {
+        &self.shape
+    }
+
+    /// The local copy, if this node holds one.
+    pub fn copy(&self) -> Option<&Arc<LocalCopy>> {
+        self.shape.copy()
     }
 
     /// Switches the role; the previous primary (if any) is stopped and
-    /// forwarded I/O from other nodes follows.
+    /// forwarded I/O from other nodes follows. Only a node with a copy can
+    /// be primary.
     pub fn set_role(&self, role: Role) {
-        match &role {
-            Role::Primary(p) => self.copy.set_primary(Some(p.clone() as Arc<dyn Volume>)),
-            _ => self.copy.set_primary(None),
+        if let Some(copy) = self.copy() {
+            match &role {
+                Role::Primary(p) => copy.set_primary(Some(p.clone() as Arc<dyn Volume>)),
+                _ => copy.set_primary(None),
+            }
         }
         let old = std::mem::replace(&mut *self.role.write().unwrap(), role);
         match old {
@@ -111,7 +210,7 @@ impl RoleVolume {
             Role::Forward(f) => Ok(f.clone()),
             Role::Waiting => Err(VolumeError::Unavailable(format!(
                 "volume {} has no primary right now",
-                self.copy.name()
+                self.shape.name()
             ))),
         }
     }
@@ -120,23 +219,23 @@ impl RoleVolume {
 #[async_trait]
 impl Volume for RoleVolume {
     fn block_size(&self) -> u32 {
-        self.copy.volume().block_size()
+        self.shape.block_size()
     }
 
     fn num_blocks(&self) -> u64 {
-        self.copy.volume().num_blocks()
+        self.shape.num_blocks()
     }
 
     fn provisioning(&self) -> Provisioning {
-        self.copy.volume().provisioning()
+        self.shape.provisioning()
     }
 
     fn write_cache(&self) -> bool {
-        self.copy.volume().write_cache()
+        self.shape.write_cache()
     }
 
     fn low_on_space(&self) -> bool {
-        self.copy.volume().low_on_space()
+        self.shape.low_on_space()
     }
 
     async fn read(&self, lba: u64, blocks: u32) -> volume::Result<Vec<u8>> {

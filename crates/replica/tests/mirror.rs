@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use replica::{
-    ClusterKey, Control, ForwardVolume, LocalCopy, PeerSpec, PrimaryConfig, ReplicaServer,
-    ReplicatedVolume,
+    ClusterKey, Control, ForwardVolume, LocalCopy, PeerSpec, PrimaryConfig, Recorded,
+    ReplicaServer, ReplicatedVolume, Role, RoleVolume, Shape,
 };
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -327,7 +327,7 @@ async fn other_nodes_forward_io_to_the_primary() {
     a.copy.set_primary(Some(p.clone() as Arc<dyn Volume>));
 
     let fwd = ForwardVolume::new(
-        b.copy.clone(),
+        Shape::Copy(b.copy.clone()),
         2,
         a.addr.to_string(),
         k.clone(),
@@ -343,6 +343,31 @@ async fn other_nodes_forward_io_to_the_primary() {
     assert!(matches!(r, Err(VolumeError::Miscompare { .. })), "{r:?}");
     fwd.flush().await.unwrap();
     assert_eq!(a.contents().await, b.contents().await);
+
+    // A node without a copy presents the volume with the recorded geometry
+    // and forwards everything.
+    let shape = Shape::Recorded(Recorded::new("vol", BS, 2048));
+    let role = RoleVolume::new(shape.clone());
+    assert!(role.copy().is_none());
+    assert_eq!((role.block_size(), role.num_blocks()), (BS, 2048));
+    let r = role.read(0, 1).await;
+    assert!(matches!(r, Err(VolumeError::Unavailable(_))), "{r:?}");
+    let far = ForwardVolume::new(
+        shape,
+        3,
+        a.addr.to_string(),
+        k.clone(),
+        Duration::from_secs(2),
+    );
+    role.set_role(Role::Forward(Arc::new(far)));
+    let other = pattern(4, 12);
+    role.write(100, other.clone(), false).await.unwrap();
+    role.flush().await.unwrap();
+    assert_eq!(role.read(100, 4).await.unwrap(), other);
+    assert_eq!(fwd.read(100, 4).await.unwrap(), other);
+    assert_eq!(a.contents().await, b.contents().await);
+    let r = role.read(2047, 2).await;
+    assert!(matches!(r, Err(VolumeError::OutOfRange { .. })), "{r:?}");
 
     // No longer primary: forwarded I/O is refused as a transition.
     a.copy.set_primary(None);
@@ -377,7 +402,7 @@ async fn a_node_without_the_cluster_secret_gets_nothing() {
     assert!(stranger.contents().await.iter().all(|&b| b == 0));
     // Forwarding from a stranger is refused too.
     let fwd = ForwardVolume::new(
-        stranger.copy.clone(),
+        Shape::Copy(stranger.copy.clone()),
         9,
         a.addr.to_string(),
         ClusterKey::new(b"another cluster".to_vec()),

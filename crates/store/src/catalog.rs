@@ -380,17 +380,6 @@ impl Store {
         Ok(token)
     }
 
-    /// The logical unit state saved for a volume (persistent reservations),
-    /// or `None` when nothing was saved yet.
-    pub fn read_unit_state(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        read_if_exists(&self.volume_file(name, "reservations.json")?)
-    }
-
-    /// Replaces the logical unit state saved for a volume, durably.
-    pub fn write_unit_state(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
-        write_atomic(&self.volume_file(name, "reservations.json")?, bytes)
-    }
-
     /// The access rules saved for a volume (initiator list, CHAP secrets),
     /// or `None` when the volume has none.
     pub fn read_access(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -423,7 +412,7 @@ impl Store {
 }
 
 /// The contents of `path`, or `None` when there is no such file.
-fn read_if_exists(path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
+pub fn read_if_exists(path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
     match fs::read(path) {
         Ok(b) => Ok(Some(b)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),

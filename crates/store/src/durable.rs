@@ -10,7 +10,7 @@ use crate::StoreError;
 
 /// Writes `bytes` to `path` so that after a crash the file holds either the old
 /// or the new contents, never a mix.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     write_atomic_mode(path, bytes, 0o644)
 }
 

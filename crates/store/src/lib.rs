@@ -23,6 +23,7 @@ mod local;
 mod pool;
 
 pub use backing::{Backing, SimDisk};
-pub use catalog::{validate_geometry, validate_name, Store, VolumeMeta};
+pub use catalog::{read_if_exists, validate_geometry, validate_name, Store, VolumeMeta};
+pub use durable::write_atomic;
 pub use error::StoreError;
 pub use local::{LocalVolume, VolumeFiles, REGION_BYTES};

@@ -42,6 +42,28 @@ async fn primary_then_secondary_killed_no_acknowledged_write_lost_and_copies_con
     assert!(!again.status.success(), "a second volume vm was created");
     let why = String::from_utf8_lossy(&again.stderr);
     assert!(why.contains("exists"), "{why}");
+    // Access rules and size belong to the volume, not to a node: set
+    // through one node, they hold on the other.
+    let show = |s: &Server| -> serde_json::Value {
+        serde_json::from_str(&s.cli_ok(&["volume", "show", "vm", "--json"])).unwrap()
+    };
+    b.cli_ok(&["volume", "access", "vm", "--allow", "iqn.2026-01.test:only"]);
+    wait_until("the access rule on both nodes", 10, || {
+        show(&a)["allowed_initiators"] == serde_json::json!(["iqn.2026-01.test:only"])
+    });
+    assert!(
+        !a.cli_ok(&["cluster", "status", "--json"])
+            .contains("iqn.2026-01.test:only"),
+        "the cluster status shows the access rules (they may hold secrets)"
+    );
+    a.cli_ok(&["volume", "access", "vm"]);
+    wait_until("every initiator allowed again on both nodes", 10, || {
+        show(&b)["allowed_initiators"] == serde_json::json!([])
+    });
+    b.cli_ok(&["volume", "resize", "vm", "--size", "8M"]);
+    wait_until("both copies grown", 10, || {
+        show(&a)["size_bytes"] == 8 << 20 && show(&b)["size_bytes"] == 8 << 20
+    });
     let primary_id = volume_record(&a, "vm")["primary"].as_u64().unwrap();
     let a_id = node_id(&a);
     let (primary, other) = if primary_id == a_id {

@@ -1,6 +1,7 @@
 //! Growing a running cluster, as separate `tandem` processes in network
 //! namespaces: two data nodes and a witness serve a mirrored volume while an
-//! initiator keeps writing; a third data node joins, gets a copy of the
+//! initiator keeps writing; a third data node joins and at once presents the
+//! volume without a copy (same identity, forwarding I/O), gets a copy of the
 //! volume with `tandem volume add-replica` (a full sync while the writes go
 //! on) and comes in sync; then the primary is killed with SIGKILL and one of
 //! the two remaining copies takes over. Every acknowledged write reads back
@@ -14,8 +15,8 @@ mod common;
 use std::time::Duration;
 
 use common::cluster::{
-    ack_windows, all_in_sync, assert_one_writer, node_id, verify, volume_file, volume_record,
-    wait_members, wait_until, write_until_acknowledged, Writer,
+    ack_windows, all_in_sync, assert_one_writer, node_id, port_groups, verify, volume_file,
+    volume_record, wait_members, wait_until, write_until_acknowledged, Writer,
 };
 use common::netns::{two_nodes_and_witness, Lan};
 use common::{require_tool, run_ok, Server};
@@ -50,6 +51,54 @@ async fn third_node_joins_takes_a_copy_online_and_survives_the_primary() {
     wait_members(&nodes[0], 4);
     let c_id = node_id(&nodes[2]);
     let c_name = format!("node-{}-3260", lan.addr(2));
+
+    // The new node presents the volume at once, without a copy: same
+    // identity, its port group active/non-optimized, I/O forwarded.
+    wait_until("the volume presented by the new node", 10, || {
+        nodes[2].cli_ok(&["volume", "list"]).contains("vm")
+    });
+    let naa = |s: &Server| {
+        serde_json::from_str::<serde_json::Value>(&s.cli_ok(&["volume", "show", "vm", "--json"]))
+            .unwrap()["naa"]
+            .clone()
+    };
+    assert_eq!(
+        naa(&nodes[2]),
+        naa(&nodes[p]),
+        "one SCSI identity on every node"
+    );
+    assert!(
+        std::fs::read_dir(nodes[2].data_dir.join("volumes"))
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(true),
+        "a copy was made on a node the volume is not placed on"
+    );
+    let groups = port_groups(nodes[2].portal(), "vm").await;
+    let state_of = |n: u64| groups.iter().find(|g| g.0 == n as u16).map(|g| g.1);
+    assert_eq!(
+        state_of(primary),
+        Some(0),
+        "primary active/optimized: {groups:?}"
+    );
+    assert_eq!(
+        state_of(c_id),
+        Some(1),
+        "new node active/non-optimized: {groups:?}"
+    );
+    assert_eq!(groups.len(), 3, "one port group per data node: {groups:?}");
+    let (mut h, mut seq, _) = writer.finish().await;
+    verify(nodes[2].portal(), "vm", EXTENTS, &h).await;
+    write_until_acknowledged(
+        nodes[2].portal(),
+        "vm",
+        &mut h,
+        &mut seq,
+        EXTENTS,
+        Duration::from_secs(5),
+    )
+    .await;
+    verify(nodes[p].portal(), "vm", EXTENTS, &h).await;
+    let writer = Writer::start(nodes[p].portal(), "vm", h, seq, EXTENTS);
 
     // The copy of the primary cannot be dropped; a new copy goes to c.
     let refused = nodes[2].cli(&[

@@ -144,6 +144,31 @@ pub async fn session(portal: SocketAddr, volume: &str) -> Option<Initiator> {
         .ok()
 }
 
+/// The ALUA port groups `portal` reports for `volume` (REPORT TARGET PORT
+/// GROUPS): (group id, asymmetric access state) each, in the target's order.
+#[allow(dead_code)]
+pub async fn port_groups(portal: SocketAddr, volume: &str) -> Vec<(u16, u8)> {
+    let mut i = session(portal, volume).await.expect("session");
+    let mut cdb = [0u8; 12];
+    cdb[0] = 0xA3;
+    cdb[1] = 0x0A;
+    cdb[6..10].copy_from_slice(&1024u32.to_be_bytes());
+    let o = i
+        .run(&cdb, &[], 1024)
+        .await
+        .expect("REPORT TARGET PORT GROUPS");
+    assert_eq!(o.status, 0, "REPORT TARGET PORT GROUPS failed: {:?}", o.asc);
+    let len = u32::from_be_bytes(o.data[0..4].try_into().unwrap()) as usize;
+    let mut groups = Vec::new();
+    let mut at = 4;
+    while at + 8 <= 4 + len {
+        let d = &o.data[at..];
+        groups.push((u16::from_be_bytes([d[2], d[3]]), d[0] & 0x0f));
+        at += 8 + 4 * d[7] as usize;
+    }
+    groups
+}
+
 /// One FUA write of extent `n` as write `seq`: Some(true) when acknowledged,
 /// Some(false) when refused, None when the connection failed or hung.
 pub async fn write(i: &mut Initiator, h: &mut History, n: u64, seq: u64) -> Option<bool> {
