@@ -3,6 +3,7 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -29,8 +30,23 @@ pub const REGION_BYTES: u64 = 1 << 20;
 const STRIPES: u64 = 256;
 
 /// Largest read tried inline from the page cache before handing it to a
-/// worker thread: copying more than this would hold up the async worker.
-const INLINE_READ_MAX: usize = 256 * 1024;
+/// worker thread. Copying 1 MiB from the cache holds the async thread for
+/// about 100-200 µs, less than handing the read to a worker and back costs
+/// (1 MiB sequential reads at qd8: 1.9 GB/s through workers, 2.4 inline).
+const INLINE_READ_MAX: usize = 1024 * 1024;
+
+/// Largest write done inline, on the calling (async) thread, into the page
+/// cache. Handing a small write to a worker thread and back costs more CPU
+/// than the write itself (two thread wake-ups).
+const INLINE_WRITE_MAX: usize = 128 * 1024;
+/// Page size of the cache: an inline write covers whole pages, so the
+/// kernel never has to read a page from disk to merge it.
+const PAGE: u64 = 4096;
+/// An inline write slower than this (the kernel throttled dirty pages or
+/// waited on the journal) sends writes to the worker threads for
+/// `INLINE_PAUSE`, so the async threads do not keep stalling.
+const INLINE_SLOW: Duration = Duration::from_millis(2);
+const INLINE_PAUSE: Duration = Duration::from_secs(1);
 
 /// Most that may be written between two looks at the filesystem's free
 /// space; closer to the soft threshold the looks come more often.
@@ -97,6 +113,46 @@ impl<B: Backing> Files<B> {
         let _locks = self.lock(lba, data.len() as u64 / self.bs);
         self.data.write_at(data, lba * self.bs)?;
         self.sums.write_at(&sums, lba * ENTRY)
+    }
+
+    /// Writes whole cached pages of blocks and their checksums right here,
+    /// when that cannot wait for the disk or for another writer: `None`
+    /// when the write is not page-aligned, larger than `INLINE_WRITE_MAX`,
+    /// its checksum page is not in the page cache (updating it would read
+    /// the disk), or another write holds its blocks.
+    fn write_inline(&self, lba: u64, data: &[u8]) -> Option<io::Result<()>> {
+        let off = lba * self.bs;
+        let len = data.len();
+        if !off.is_multiple_of(PAGE) || !(len as u64).is_multiple_of(PAGE) || len > INLINE_WRITE_MAX
+        {
+            return None;
+        }
+        let blocks = len as u64 / self.bs;
+        let mut probe = [0u8; INLINE_WRITE_MAX / 512 * ENTRY as usize];
+        let probe = &mut probe[..(blocks * ENTRY) as usize];
+        if !matches!(self.sums.read_nowait(probe, lba * ENTRY), Ok(true)) {
+            return None;
+        }
+        let sums = checksum::entries(data, self.bs as usize, false);
+        let _locks = self.try_lock(lba, blocks)?;
+        Some(
+            self.data
+                .write_at(data, off)
+                .and_then(|()| self.sums.write_at(&sums, lba * ENTRY)),
+        )
+    }
+
+    /// As [`Files::lock`], without waiting: `None` when a stripe is taken.
+    fn try_lock(&self, lba: u64, blocks: u64) -> Option<Vec<MutexGuard<'_, ()>>> {
+        let (first, last) = self.regions(lba, blocks);
+        let mut idx: Vec<u64> = (first..=last.min(first + STRIPES - 1))
+            .map(|r| r % STRIPES)
+            .collect();
+        idx.sort_unstable();
+        idx.dedup();
+        idx.iter()
+            .map(|&i| self.stripes[i as usize].try_lock().ok())
+            .collect()
     }
 
     /// Reads blocks and their checksums.
@@ -169,6 +225,13 @@ pub struct LocalVolume<B: Backing = std::fs::File> {
     /// checksums apart: their checksums are recomputed, not trusted, and they
     /// stay dirty until that has been done.
     suspect: Mutex<BTreeSet<u64>>,
+    /// Clock of `inline_after`.
+    clock: Instant,
+    /// Microseconds on `clock` before which writes go to the worker threads
+    /// (an inline write was slow).
+    inline_after: AtomicU64,
+    /// Writes done inline so far.
+    inline_writes: AtomicU64,
 }
 
 /// Runs a call that may wait long (a sync, hole punching, an extent scan) on
@@ -289,7 +352,33 @@ impl<B: Backing> LocalVolume<B> {
             since_space_check: AtomicU64::new(SPACE_CHECK_BYTES),
             space_check_every: AtomicU64::new(SPACE_CHECK_BYTES),
             suspect: Mutex::new(BTreeSet::new()),
+            clock: Instant::now(),
+            inline_after: AtomicU64::new(0),
+            inline_writes: AtomicU64::new(0),
         })
+    }
+
+    /// How many writes were done inline, without a worker thread.
+    pub fn inline_writes(&self) -> u64 {
+        self.inline_writes.load(Ordering::Relaxed)
+    }
+
+    /// Writes inline when that is cheap and cannot wait long (see
+    /// [`Files::write_inline`]); `None`: hand the write to a worker.
+    fn write_inline(&self, lba: u64, data: &[u8]) -> Option<Result<()>> {
+        let start = self.clock.elapsed();
+        if (start.as_micros() as u64) < self.inline_after.load(Ordering::Relaxed) {
+            return None;
+        }
+        let r = self.files.write_inline(lba, data)?;
+        let took = self.clock.elapsed() - start;
+        if took > INLINE_SLOW {
+            let resume = (start + took + INLINE_PAUSE).as_micros() as u64;
+            self.inline_after.store(resume, Ordering::Relaxed);
+            tracing::debug!(volume = %self.meta.lock().unwrap().name, ?took, "slow inline write: writes go to the worker threads for a while");
+        }
+        self.inline_writes.fetch_add(1, Ordering::Relaxed);
+        Some(r.map_err(VolumeError::from_io))
     }
 
     /// The volume's current metadata.
@@ -373,7 +462,10 @@ impl<B: Backing> LocalVolume<B> {
         if check {
             self.since_space_check.store(0, Ordering::Relaxed);
         }
-        let written = self.blocking(move |f| f.write(lba, &data)).await;
+        let written = match self.write_inline(lba, &data) {
+            Some(r) => r,
+            None => self.blocking(move |f| f.write(lba, &data)).await,
+        };
         if written.is_err() {
             self.suspect(lba, blocks);
         }

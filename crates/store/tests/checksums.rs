@@ -1,6 +1,7 @@
 //! Block checksums on real files: damage in a volume's data file is reported
 //! as a medium error after a restart, a volume made before checksums gets
-//! them at open, and growing, unmapping and rewriting keep them in step.
+//! them at open, growing, unmapping and rewriting keep them in step, and
+//! small writes done inline (without a worker thread) keep them in step too.
 
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
@@ -151,4 +152,38 @@ async fn grow_unmap_and_write_same_keep_checksums_in_step() {
     assert_eq!(v.read(309, 1).await.unwrap(), pattern(7));
     store.delete("g").unwrap();
     assert!(!vdir.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_page_aligned_writes_run_inline_and_keep_checksums_in_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut expect = vec![0u8; 1 << 20];
+    {
+        let store = Store::open(dir.path()).unwrap();
+        store.create("vm", 1 << 20, BS).unwrap();
+        let v = store.open_volume("vm").unwrap();
+        // 4 KiB writes at 4 KiB offsets: once the checksum page is in the
+        // page cache they are done inline.
+        for round in 0..3u64 {
+            for page in (0..256u64).step_by(7) {
+                let lba = page * 8;
+                let data: Vec<u8> = (lba..lba + 8).flat_map(|b| pattern(b + round)).collect();
+                expect[(lba * BS as u64) as usize..][..data.len()].copy_from_slice(&data);
+                v.write(lba, Bytes::from(data), false).await.unwrap();
+            }
+        }
+        let inline = v.inline_writes();
+        assert!(inline > 0, "no write ran inline");
+        // Not page-aligned: handed to a worker thread, still in step.
+        let odd = pattern(999);
+        expect[BS as usize..][..BS as usize].copy_from_slice(&odd);
+        v.write(1, Bytes::from(odd), true).await.unwrap();
+        assert_eq!(v.inline_writes(), inline, "an unaligned write ran inline");
+        assert_eq!(v.read(0, 2048).await.unwrap(), expect);
+        v.flush().await.unwrap();
+    }
+    // After a restart every checksum still matches its block.
+    let store = Store::open(dir.path()).unwrap();
+    let v = store.open_volume("vm").unwrap();
+    assert_eq!(v.read(0, 2048).await.unwrap(), expect);
 }
