@@ -39,6 +39,12 @@ const INLINE_READ_MAX: usize = 1024 * 1024;
 /// cache. Handing a small write to a worker thread and back costs more CPU
 /// than the write itself (two thread wake-ups).
 const INLINE_WRITE_MAX: usize = 128 * 1024;
+/// Largest piece of data handed to the kernel in one write call. Linux
+/// (6.x, ext4 with large folios) caches a large write in one large folio,
+/// and every later 4 KiB write into that folio walks all its blocks: after a
+/// volume was filled by 1 MiB writes, 4 KiB scattered writes at qd32 ran at
+/// 28 k IOPS here, against 64 k after a fill in 64 KiB pieces.
+const WRITE_CHUNK: usize = 64 * 1024;
 /// Page size of the cache: an inline write covers whole pages, so the
 /// kernel never has to read a page from disk to merge it.
 const PAGE: u64 = 4096;
@@ -111,8 +117,21 @@ impl<B: Backing> Files<B> {
     fn write(&self, lba: u64, data: &[u8]) -> io::Result<()> {
         let sums = checksum::entries(data, self.bs as usize, false);
         let _locks = self.lock(lba, data.len() as u64 / self.bs);
-        self.data.write_at(data, lba * self.bs)?;
+        self.write_data(data, lba * self.bs)?;
         self.sums.write_at(&sums, lba * ENTRY)
+    }
+
+    /// Writes into the data file at most `WRITE_CHUNK` bytes per call: the
+    /// page cache sizes its folios after the write, and small 4 KiB writes
+    /// into a region once filled by large writes then cost less (see
+    /// `WRITE_CHUNK`).
+    fn write_data(&self, data: &[u8], offset: u64) -> io::Result<()> {
+        let mut at = 0;
+        for chunk in data.chunks(WRITE_CHUNK) {
+            self.data.write_at(chunk, offset + at)?;
+            at += chunk.len() as u64;
+        }
+        Ok(())
     }
 
     /// Writes whole cached pages of blocks and their checksums right here,
@@ -136,8 +155,7 @@ impl<B: Backing> Files<B> {
         let sums = checksum::entries(data, self.bs as usize, false);
         let _locks = self.try_lock(lba, blocks)?;
         Some(
-            self.data
-                .write_at(data, off)
+            self.write_data(data, off)
                 .and_then(|()| self.sums.write_at(&sums, lba * ENTRY)),
         )
     }

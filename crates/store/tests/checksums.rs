@@ -1,7 +1,8 @@
 //! Block checksums on real files: damage in a volume's data file is reported
 //! as a medium error after a restart, a volume made before checksums gets
-//! them at open, growing, unmapping and rewriting keep them in step, and
-//! small writes done inline (without a worker thread) keep them in step too.
+//! them at open, growing, unmapping and rewriting keep them in step, and so
+//! do small writes done inline (without a worker thread) and large writes
+//! handed to the kernel in pieces.
 
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
@@ -155,7 +156,7 @@ async fn grow_unmap_and_write_same_keep_checksums_in_step() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn small_page_aligned_writes_run_inline_and_keep_checksums_in_step() {
+async fn writes_inline_or_in_pieces_keep_checksums_in_step() {
     let dir = tempfile::tempdir().unwrap();
     let mut expect = vec![0u8; 1 << 20];
     {
@@ -179,6 +180,10 @@ async fn small_page_aligned_writes_run_inline_and_keep_checksums_in_step() {
         expect[BS as usize..][..BS as usize].copy_from_slice(&odd);
         v.write(1, Bytes::from(odd), true).await.unwrap();
         assert_eq!(v.inline_writes(), inline, "an unaligned write ran inline");
+        // Larger than one write call takes (64 KiB): written in pieces.
+        let big: Vec<u8> = (3..303u64).flat_map(pattern).collect();
+        expect[3 * BS as usize..][..big.len()].copy_from_slice(&big);
+        v.write(3, Bytes::from(big), false).await.unwrap();
         assert_eq!(v.read(0, 2048).await.unwrap(), expect);
         v.flush().await.unwrap();
     }
