@@ -631,13 +631,19 @@ impl Node {
     ) -> Result<(), NodeError> {
         let json = (*access != crate::AccessConfig::default())
             .then(|| serde_json::to_string(access).expect("plain data encodes"));
-        c.cluster
-            .propose(Command::SetAccess {
+        self.change(
+            c,
+            Command::SetAccess {
                 volume: name.to_string(),
                 access: json,
-            })
-            .await
-            .map_err(cluster_err)?;
+            },
+        )
+        .await
+    }
+
+    /// Proposes `cmd` and, once it is applied, makes this node match.
+    async fn change(&self, c: &Arc<Clustered>, cmd: Command) -> Result<(), NodeError> {
+        c.cluster.propose(cmd).await.map_err(cluster_err)?;
         let state = c.cluster.state();
         self.reconcile(&state).await;
         Ok(())
@@ -650,15 +656,14 @@ impl Node {
         name: &str,
         size_bytes: u64,
     ) -> Result<(), NodeError> {
-        c.cluster
-            .propose(Command::ResizeVolume {
+        self.change(
+            c,
+            Command::ResizeVolume {
                 name: name.to_string(),
                 size_bytes,
-            })
-            .await
-            .map_err(cluster_err)?;
-        let state = c.cluster.state();
-        self.reconcile(&state).await;
+            },
+        )
+        .await?;
         tracing::info!(volume = name, to = size_bytes, "cluster volume resized");
         Ok(())
     }
@@ -758,14 +763,12 @@ impl Node {
         c: &Arc<Clustered>,
         name: &str,
     ) -> Result<(), NodeError> {
-        c.cluster
-            .propose(Command::DeleteVolume {
+        self.change(
+            c,
+            Command::DeleteVolume {
                 name: name.to_string(),
-            })
-            .await
-            .map_err(cluster_err)?;
-        let state = c.cluster.state();
-        self.reconcile(&state).await;
-        Ok(())
+            },
+        )
+        .await
     }
 }
