@@ -100,17 +100,23 @@ impl<B: Backing> Files<B> {
 
     /// Takes the stripe locks of every region the blocks lie in, in order.
     fn lock(&self, lba: u64, blocks: u64) -> Vec<MutexGuard<'_, ()>> {
+        self.stripes_of(lba, blocks)
+            .map(|i| self.stripes[i].lock().unwrap())
+            .collect()
+    }
+
+    /// The stripes covering the regions of the blocks, in ascending order
+    /// (the order every writer takes them in).
+    fn stripes_of(&self, lba: u64, blocks: u64) -> impl Iterator<Item = usize> {
         let (first, last) = self.regions(lba, blocks);
-        let mut idx: Vec<u64> = if last - first + 1 >= STRIPES {
-            (0..STRIPES).collect()
+        let mut idx: Vec<usize> = if last - first + 1 >= STRIPES {
+            (0..STRIPES as usize).collect()
         } else {
-            (first..=last).map(|r| r % STRIPES).collect()
+            (first..=last).map(|r| (r % STRIPES) as usize).collect()
         };
         idx.sort_unstable();
         idx.dedup();
-        idx.iter()
-            .map(|&i| self.stripes[i as usize].lock().unwrap())
-            .collect()
+        idx.into_iter()
     }
 
     /// Writes blocks and their checksums.
@@ -162,14 +168,8 @@ impl<B: Backing> Files<B> {
 
     /// As [`Files::lock`], without waiting: `None` when a stripe is taken.
     fn try_lock(&self, lba: u64, blocks: u64) -> Option<Vec<MutexGuard<'_, ()>>> {
-        let (first, last) = self.regions(lba, blocks);
-        let mut idx: Vec<u64> = (first..=last.min(first + STRIPES - 1))
-            .map(|r| r % STRIPES)
-            .collect();
-        idx.sort_unstable();
-        idx.dedup();
-        idx.iter()
-            .map(|&i| self.stripes[i as usize].try_lock().ok())
+        self.stripes_of(lba, blocks)
+            .map(|i| self.stripes[i].try_lock().ok())
             .collect()
     }
 
