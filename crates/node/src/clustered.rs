@@ -374,25 +374,17 @@ impl Node {
         self.store.data_dir().join("presented").join(id.to_string())
     }
 
-    /// Opens (creating it if needed) this node's copy of `v`.
+    /// Opens (creating it if needed) this node's copy of `v`; a local
+    /// volume of that name is its copy (checked by the caller).
     fn open_copy(
         &self,
         c: &Clustered,
         v: &cluster::VolumeRecord,
     ) -> Result<(Shape, Arc<store::LocalVolume>), NodeError> {
-        match self.store.get(&v.name) {
-            Some(m) if m.id == v.id => {}
-            Some(_) => {
-                return Err(NodeError::Invalid(format!(
-                    "a local volume named {} exists on this node; rename or delete it",
-                    v.name
-                )))
-            }
-            None => {
-                tracing::info!(volume = %v.name, "creating the local copy");
-                self.store
-                    .create_with_id(&v.name, v.size_bytes, v.block_size, v.id)?;
-            }
+        if self.store.get(&v.name).is_none() {
+            tracing::info!(volume = %v.name, "creating the local copy");
+            self.store
+                .create_with_id(&v.name, v.size_bytes, v.block_size, v.id)?;
         }
         let local = self.store.open_volume(&v.name)?;
         let base = self.local_unit_dir(&v.name)?.join("replica");
@@ -412,26 +404,24 @@ impl Node {
         exported: &mut BTreeMap<String, crate::service::Exported>,
     ) -> Result<Slot, NodeError> {
         let me = c.cluster.id();
+        let here = self.store.get(&v.name);
+        if here.as_ref().is_some_and(|m| m.id != v.id) {
+            return Err(NodeError::Invalid(format!(
+                "a local volume named {} exists on this node; rename or delete it",
+                v.name
+            )));
+        }
         let (shape, local, unit_dir) = if v.replicas.contains_key(&me) {
             let (shape, local) = self.open_copy(c, v)?;
             (shape, Some(local), self.local_unit_dir(&v.name)?)
         } else {
-            match self.store.get(&v.name) {
-                Some(m) if m.id != v.id => {
-                    return Err(NodeError::Invalid(format!(
-                        "a local volume named {} exists on this node; rename or delete it",
-                        v.name
-                    )))
+            if here.is_some() {
+                // A copy the cluster dropped while this node was away.
+                if let Some(old) = exported.remove(&v.name) {
+                    self.targets.remove(&old.iqn);
                 }
-                Some(_) => {
-                    // A copy the cluster dropped while this node was away.
-                    if let Some(old) = exported.remove(&v.name) {
-                        self.targets.remove(&old.iqn);
-                    }
-                    self.store.delete(&v.name)?;
-                    tracing::info!(volume = %v.name, "stale local copy removed");
-                }
-                None => {}
+                self.store.delete(&v.name)?;
+                tracing::info!(volume = %v.name, "stale local copy removed");
             }
             let dir = self.presented_dir(v.id);
             std::fs::create_dir_all(&dir).map_err(|e| {
