@@ -8,10 +8,16 @@
 
 use std::io;
 
+use smallvec::SmallVec;
+
 use crate::backing::Backing;
 
 /// Bytes of sidecar per block.
 pub(crate) const ENTRY: u64 = 4;
+
+/// Sidecar entries of one I/O: those of up to 256 blocks (128 KiB of
+/// 512-byte blocks, 1 MiB of 4 KiB ones) stay on the stack.
+pub(crate) type Sums = SmallVec<[u8; 1024]>;
 
 /// The checksum stored for one block.
 pub(crate) fn of(block: &[u8]) -> u32 {
@@ -37,8 +43,8 @@ fn is_zero(b: &[u8]) -> bool {
 /// The sidecar entries of `data`, a whole number of `bs`-byte blocks. With
 /// `zeros_unwritten` an all-zero block gets the "unwritten" entry, so
 /// rebuilding a volume's sums leaves the sidecar as sparse as the data.
-pub(crate) fn entries(data: &[u8], bs: usize, zeros_unwritten: bool) -> Vec<u8> {
-    let mut out = Vec::with_capacity(data.len() / bs * ENTRY as usize);
+pub(crate) fn entries(data: &[u8], bs: usize, zeros_unwritten: bool) -> Sums {
+    let mut out = Sums::with_capacity(data.len() / bs * ENTRY as usize);
     for block in data.chunks_exact(bs) {
         let e = if zeros_unwritten && is_zero(block) {
             0

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use smallvec::SmallVec;
 use tokio::sync::RwLock;
 use volume::{
     blocks_in, check_range, first_difference, BlockState, Provisioning, Result, Volume, VolumeError,
@@ -14,7 +15,7 @@ use volume::{
 
 use crate::backing::Backing;
 use crate::catalog::VolumeMeta;
-use crate::checksum::{self, ENTRY};
+use crate::checksum::{self, Sums, ENTRY};
 use crate::dirty_map::{DirtyMap, Opened};
 use crate::durable::write_atomic;
 use crate::pool::IoPool;
@@ -74,6 +75,20 @@ pub struct VolumeFiles<B> {
     pub dirty: B,
 }
 
+/// What a read found in the page cache.
+enum Cached {
+    /// Data and checksums were there and match.
+    Hit(Vec<u8>),
+    /// Some of it was not: the read has to wait for the disk.
+    Miss,
+    /// A block does not match its checksum (or a write raced the read).
+    Bad,
+}
+
+/// Stripe locks held by one operation; a write of up to 3 MiB takes at most
+/// four, and holds them without allocating.
+type Guards<'a> = SmallVec<[MutexGuard<'a, ()>; 4]>;
+
 /// Data and checksums, with the locks that keep them in step.
 struct Files<B> {
     data: B,
@@ -99,7 +114,7 @@ impl<B: Backing> Files<B> {
     }
 
     /// Takes the stripe locks of every region the blocks lie in, in order.
-    fn lock(&self, lba: u64, blocks: u64) -> Vec<MutexGuard<'_, ()>> {
+    fn lock(&self, lba: u64, blocks: u64) -> Guards<'_> {
         self.stripes_of(lba, blocks)
             .map(|i| self.stripes[i].lock().unwrap())
             .collect()
@@ -109,14 +124,18 @@ impl<B: Backing> Files<B> {
     /// (the order every writer takes them in).
     fn stripes_of(&self, lba: u64, blocks: u64) -> impl Iterator<Item = usize> {
         let (first, last) = self.regions(lba, blocks);
-        let mut idx: Vec<usize> = if last - first + 1 >= STRIPES {
-            (0..STRIPES as usize).collect()
+        let all = STRIPES as usize;
+        let (a, b) = ((first % STRIPES) as usize, (last % STRIPES) as usize);
+        // Every stripe, one run of them, or a run that wraps past the last
+        // stripe: then the low ones come first.
+        let (low, high) = if last - first + 1 >= STRIPES {
+            (0..all, 0..0)
+        } else if a <= b {
+            (a..b + 1, 0..0)
         } else {
-            (first..=last).map(|r| (r % STRIPES) as usize).collect()
+            (0..b + 1, a..all)
         };
-        idx.sort_unstable();
-        idx.dedup();
-        idx.into_iter()
+        low.chain(high)
     }
 
     /// Writes blocks and their checksums.
@@ -167,16 +186,16 @@ impl<B: Backing> Files<B> {
     }
 
     /// As [`Files::lock`], without waiting: `None` when a stripe is taken.
-    fn try_lock(&self, lba: u64, blocks: u64) -> Option<Vec<MutexGuard<'_, ()>>> {
+    fn try_lock(&self, lba: u64, blocks: u64) -> Option<Guards<'_>> {
         self.stripes_of(lba, blocks)
             .map(|i| self.stripes[i].try_lock().ok())
             .collect()
     }
 
     /// Reads blocks and their checksums.
-    fn read(&self, lba: u64, blocks: u64) -> io::Result<(Vec<u8>, Vec<u8>)> {
-        let mut data = vec![0u8; (blocks * self.bs) as usize];
-        let mut sums = vec![0u8; (blocks * ENTRY) as usize];
+    fn read(&self, lba: u64, blocks: u64) -> io::Result<(Vec<u8>, Sums)> {
+        let mut data = volume::buffer::take((blocks * self.bs) as usize);
+        let mut sums = Sums::from_elem(0, (blocks * ENTRY) as usize);
         self.data.read_at(&mut data, lba * self.bs)?;
         self.sums.read_at(&mut sums, lba * ENTRY)?;
         Ok((data, sums))
@@ -512,30 +531,38 @@ impl<B: Backing> LocalVolume<B> {
         }
     }
 
+    /// Data and checksums already in the page cache are copied right here,
+    /// on the calling thread; only reads that would wait for the disk go to
+    /// a worker.
+    fn read_cached(&self, lba: u64, blocks: u64) -> Result<Cached> {
+        let bs = self.block_size as usize;
+        let mut buf = volume::buffer::take(blocks as usize * bs);
+        let mut sums = Sums::from_elem(0, blocks as usize * ENTRY as usize);
+        let cached = self
+            .files
+            .data
+            .read_nowait(&mut buf, lba * bs as u64)
+            .map_err(VolumeError::from_io)?
+            && self
+                .files
+                .sums
+                .read_nowait(&mut sums, lba * ENTRY)
+                .map_err(VolumeError::from_io)?;
+        if cached && checksum::first_bad(&buf, &sums, bs).is_none() {
+            return Ok(Cached::Hit(buf));
+        }
+        volume::buffer::give(buf);
+        Ok(if cached { Cached::Bad } else { Cached::Miss })
+    }
+
     async fn read_unlocked(&self, lba: u64, blocks: u64) -> Result<Vec<u8>> {
-        let off = lba * self.block_size as u64;
         let len = blocks as usize * self.block_size as usize;
         let bs = self.block_size as usize;
         if len <= INLINE_READ_MAX {
-            // Data and checksums already in the page cache are copied right
-            // here; only reads that would wait for the disk go to a worker.
-            let mut buf = vec![0u8; len];
-            let mut sums = vec![0u8; blocks as usize * ENTRY as usize];
-            if self
-                .files
-                .data
-                .read_nowait(&mut buf, off)
-                .map_err(VolumeError::from_io)?
-                && self
-                    .files
-                    .sums
-                    .read_nowait(&mut sums, lba * ENTRY)
-                    .map_err(VolumeError::from_io)?
-            {
-                if checksum::first_bad(&buf, &sums, bs).is_none() {
-                    return Ok(buf);
-                }
-                return self.read_settled(lba, blocks).await;
+            match self.read_cached(lba, blocks)? {
+                Cached::Hit(buf) => return Ok(buf),
+                Cached::Bad => return self.read_settled(lba, blocks).await,
+                Cached::Miss => {}
             }
         }
         let (buf, bad) = self
@@ -547,7 +574,10 @@ impl<B: Backing> LocalVolume<B> {
             .await?;
         match bad {
             None => Ok(buf),
-            Some(_) => self.read_settled(lba, blocks).await,
+            Some(_) => {
+                volume::buffer::give(buf);
+                self.read_settled(lba, blocks).await
+            }
         }
     }
 

@@ -6,6 +6,7 @@
 //! returned `Ok`; before that it may be lost by a crash (see DESIGN.md).
 #![forbid(unsafe_code)]
 
+pub mod buffer;
 mod error;
 mod mem;
 mod null;

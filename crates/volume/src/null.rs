@@ -42,7 +42,9 @@ impl Volume for NullVolume {
 
     async fn read(&self, lba: u64, blocks: u32) -> Result<Vec<u8>> {
         check_range(self.num_blocks(), lba, blocks as u64)?;
-        Ok(vec![0u8; blocks as usize * self.block_size as usize])
+        Ok(crate::buffer::zeroed(
+            blocks as usize * self.block_size as usize,
+        ))
     }
 
     async fn write(&self, lba: u64, data: Bytes, _fua: bool) -> Result<()> {
