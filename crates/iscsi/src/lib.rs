@@ -13,4 +13,4 @@ pub use chap::{AuthPolicy, Credentials};
 pub use login::{
     Access, LoginError, LoginPolicy, LoginState, Negotiated, SessionType, TargetLimits,
 };
-pub use pdu::{Digests, Opcode, Pdu, PduError, BHS_LEN};
+pub use pdu::{Digests, Opcode, Pdu, PduError, Trailer, BHS_LEN};

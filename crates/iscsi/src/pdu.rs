@@ -97,6 +97,35 @@ pub struct Pdu {
     pub data: Bytes,
 }
 
+/// What follows a data segment on the wire: up to 3 bytes of padding to a
+/// 4-byte boundary, then the data digest if one was negotiated.
+#[derive(Debug, Clone, Copy)]
+pub struct Trailer {
+    bytes: [u8; 7],
+    len: usize,
+}
+
+impl Trailer {
+    /// The trailer of data segment `data`.
+    pub fn of(data: &[u8], digests: Digests) -> Trailer {
+        let mut bytes = [0u8; 7];
+        let pad = pad4(data.len()) - data.len();
+        let mut len = pad;
+        if digests.data && !data.is_empty() {
+            let crc = crc32c::crc32c_append(crc32c::crc32c(data), &bytes[..pad]);
+            bytes[pad..pad + 4].copy_from_slice(&crc.to_le_bytes());
+            len += 4;
+        }
+        Trailer { bytes, len }
+    }
+}
+
+impl AsRef<[u8]> for Trailer {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
 fn pad4(n: usize) -> usize {
     (n + 3) & !3
 }
@@ -306,26 +335,28 @@ impl Pdu {
     /// digest) and the trailer after the data (padding and data digest). The
     /// data segment itself goes between them, so it is never copied.
     pub fn encode_parts(&mut self, digests: Digests) -> (Vec<u8>, Vec<u8>) {
-        let dlen = self.data.len();
-        debug_assert!(dlen < 1 << 24 && self.ahs.len().is_multiple_of(4));
-        self.bhs[4] = (self.ahs.len() / 4) as u8;
-        self.bhs[5] = (dlen >> 16) as u8;
-        self.bhs[6] = (dlen >> 8) as u8;
-        self.bhs[7] = dlen as u8;
         let mut head = Vec::with_capacity(BHS_LEN + self.ahs.len() + 4);
-        head.extend_from_slice(&self.bhs);
-        head.extend_from_slice(&self.ahs);
-        if digests.header {
-            let crc = crc32c::crc32c(&head);
-            head.extend_from_slice(&crc.to_le_bytes());
-        }
-        let pad = pad4(dlen) - dlen;
-        let mut tail = vec![0u8; pad];
-        if digests.data && dlen > 0 {
-            let crc = crc32c::crc32c_append(crc32c::crc32c(&self.data), &tail);
-            tail.extend_from_slice(&crc.to_le_bytes());
-        }
+        self.head_into(self.data.len(), digests, &mut head);
+        let tail = Trailer::of(&self.data, digests).as_ref().to_vec();
         (head, tail)
+    }
+
+    /// Appends to `out` the header of this PDU carrying a data segment of
+    /// `data_len` bytes (which need not be in `self.data`): the BHS with its
+    /// lengths filled in, the AHS and the header digest.
+    pub fn head_into(&mut self, data_len: usize, digests: Digests, out: &mut Vec<u8>) {
+        debug_assert!(data_len < 1 << 24 && self.ahs.len().is_multiple_of(4));
+        self.bhs[4] = (self.ahs.len() / 4) as u8;
+        self.bhs[5] = (data_len >> 16) as u8;
+        self.bhs[6] = (data_len >> 8) as u8;
+        self.bhs[7] = data_len as u8;
+        let start = out.len();
+        out.extend_from_slice(&self.bhs);
+        out.extend_from_slice(&self.ahs);
+        if digests.header {
+            let crc = crc32c::crc32c(&out[start..]);
+            out.extend_from_slice(&crc.to_le_bytes());
+        }
     }
 
     /// The whole PDU as bytes.

@@ -4,11 +4,13 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use bytes::BytesMut;
-use iscsi::{Digests, Opcode, Pdu, PduError, BHS_LEN};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use bytes::{Buf, BytesMut};
+use iscsi::{Digests, Opcode, Pdu, PduError, Trailer, BHS_LEN};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
+
+use crate::reply::Reply;
 
 /// What the reader task delivers.
 #[derive(Debug)]
@@ -51,17 +53,23 @@ pub(crate) async fn read_pdu<R: AsyncRead + Unpin>(
     }
 }
 
+/// How much the reader takes from the socket at once. PDUs are cut out of
+/// this buffer without a copy, so their data segments share it; a new one
+/// is allocated only when it is full and a PDU cut from it (a write still
+/// running) is alive. Small, so few running writes can keep little memory
+/// alive: at most the CmdSN window times this.
+const RX_CHUNK: usize = 64 * 1024;
+
 /// Runs the reader until the connection fails or the receiver goes away.
 pub(crate) async fn reader_task(
-    r: OwnedReadHalf,
+    mut r: OwnedReadHalf,
     digests: Digests,
     max_data: usize,
     tx: mpsc::Sender<Incoming>,
 ) {
-    // Buffered: with many commands in flight, one read brings in many PDUs.
-    let mut r = BufReader::with_capacity(256 * 1024, r);
+    let mut rx = BytesMut::with_capacity(RX_CHUNK);
     loop {
-        let item = match read_pdu(&mut r, digests, max_data).await {
+        let item = match next_pdu(&mut r, &mut rx, digests, max_data).await {
             Ok(Ok(p)) => Incoming::Pdu(p),
             Ok(Err(bhs)) => Incoming::BadData(bhs),
             Err(why) => {
@@ -73,6 +81,50 @@ pub(crate) async fn reader_task(
             return;
         }
     }
+}
+
+/// Cuts the next PDU out of `rx`, reading from `r` until it is whole. With
+/// many commands in flight, one read brings in many PDUs.
+async fn next_pdu<R: AsyncRead + Unpin>(
+    r: &mut R,
+    rx: &mut BytesMut,
+    digests: Digests,
+    max_data: usize,
+) -> Result<Result<Pdu, [u8; BHS_LEN]>, String> {
+    fill(r, rx, BHS_LEN).await?;
+    let bhs: [u8; BHS_LEN] = rx[..BHS_LEN].try_into().expect("48 bytes");
+    let body_len = Pdu::body_len(&bhs, digests, max_data).map_err(|e| e.to_string())?;
+    fill(r, rx, BHS_LEN + body_len).await?;
+    let mut body = rx.split_to(BHS_LEN + body_len);
+    body.advance(BHS_LEN);
+    match Pdu::from_body(bhs, body.freeze(), digests) {
+        Ok(p) => Ok(Ok(p)),
+        Err(PduError::DataDigest) => Ok(Err(bhs)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Reads until `rx` holds at least `need` bytes.
+async fn fill<R: AsyncRead + Unpin>(
+    r: &mut R,
+    rx: &mut BytesMut,
+    need: usize,
+) -> Result<(), String> {
+    while rx.len() < need {
+        if rx.capacity() - rx.len() < (need - rx.len()).max(RX_CHUNK / 4) {
+            // Reuses the buffer in place when no PDU cut from it is alive.
+            rx.reserve((need - rx.len()).max(RX_CHUNK));
+        }
+        let inside = !rx.is_empty();
+        match r.read_buf(rx).await {
+            Ok(0) if inside => return Err("connection lost inside a PDU".to_string()),
+            Ok(0) => return Err("connection closed by the initiator".to_string()),
+            Ok(_) => {}
+            Err(e) if inside => return Err(format!("connection lost inside a PDU: {e}")),
+            Err(e) => return Err(format!("read failed: {e}")),
+        }
+    }
+    Ok(())
 }
 
 /// Sequence numbers of a session, shared by its reader and writer.
@@ -101,6 +153,8 @@ impl SeqState {
 pub(crate) enum Outgoing {
     /// A PDU; StatSN/ExpCmdSN/MaxCmdSN are filled in by the writer.
     Pdu(Pdu),
+    /// A finished command: its Data-In and status PDUs.
+    Reply(Reply),
     /// Flush everything queued, then report back.
     Flush(tokio::sync::oneshot::Sender<()>),
 }
@@ -120,40 +174,44 @@ fn advances_stat_sn(p: &Pdu) -> bool {
 }
 
 /// Runs the writer: stamps sequence numbers in send order and batches
-/// writes, flushing when nothing more is queued.
+/// writes, flushing when nothing more is queued. `mrdsl` is the initiator's
+/// MaxRecvDataSegmentLength, which cuts replies into Data-In PDUs.
 pub(crate) async fn writer_task(
     w: OwnedWriteHalf,
     digests: Digests,
     seq: Arc<SeqState>,
-    mut stat_sn: u32,
+    stat_sn: u32,
+    mrdsl: u32,
     mut rx: mpsc::Receiver<Outgoing>,
 ) -> u32 {
-    let mut w = BufWriter::with_capacity(256 * 1024, w);
+    let mut out = Out {
+        w: BufWriter::with_capacity(256 * 1024, w),
+        head: Vec::with_capacity(BHS_LEN + 8),
+        digests,
+        seq,
+        stat_sn,
+    };
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         while let Some(item) = next.take() {
             match item {
-                Outgoing::Pdu(mut p) => {
-                    // Every target PDU carries ExpCmdSN/MaxCmdSN at 28/32; StatSN at 24
-                    // except Data-In without status, where the field is reserved.
-                    if p.opcode() != Some(Opcode::DataIn) || p.flags() & 0x01 != 0 {
-                        p.set_u32(24, stat_sn);
-                    }
-                    p.set_u32(28, seq.exp_cmd_sn.load(Ordering::SeqCst));
-                    p.set_u32(32, seq.max_cmd_sn());
-                    if advances_stat_sn(&p) {
-                        stat_sn = stat_sn.wrapping_add(1);
-                    }
-                    let (head, tail) = p.encode_parts(digests);
-                    let ok = w.write_all(&head).await.is_ok()
-                        && w.write_all(&p.data).await.is_ok()
-                        && w.write_all(&tail).await.is_ok();
-                    if !ok {
-                        return stat_sn;
+                Outgoing::Pdu(p) => {
+                    if !out.put(p, None).await {
+                        return out.stat_sn;
                     }
                 }
+                Outgoing::Reply(r) => {
+                    for (p, range) in r.frames(mrdsl) {
+                        if !out.put(p, range.map(|range| r.data(range))).await {
+                            return out.stat_sn;
+                        }
+                    }
+                    // The data is on its way (buffered or sent): its buffer
+                    // serves the next read.
+                    volume::buffer::give(r.resp.data);
+                }
                 Outgoing::Flush(done) => {
-                    let _ = w.flush().await;
+                    let _ = out.w.flush().await;
                     let _ = done.send(());
                 }
             }
@@ -166,10 +224,45 @@ pub(crate) async fn writer_task(
                 next = rx.try_recv().ok();
             }
         }
-        if w.flush().await.is_err() {
-            return stat_sn;
+        if out.w.flush().await.is_err() {
+            return out.stat_sn;
         }
     }
-    let _ = w.flush().await;
-    stat_sn
+    let _ = out.w.flush().await;
+    out.stat_sn
+}
+
+/// The sending end of a connection, with the StatSN it stamps next.
+struct Out {
+    w: BufWriter<OwnedWriteHalf>,
+    /// Header scratch space, reused for every PDU.
+    head: Vec<u8>,
+    digests: Digests,
+    seq: Arc<SeqState>,
+    stat_sn: u32,
+}
+
+impl Out {
+    /// Stamps and writes one PDU; its data segment is `data`, or the PDU's
+    /// own data when `None`. `false` once the connection is gone.
+    async fn put(&mut self, mut p: Pdu, data: Option<&[u8]>) -> bool {
+        // Every target PDU carries ExpCmdSN/MaxCmdSN at 28/32; StatSN at 24
+        // except Data-In without status, where the field is reserved.
+        if p.opcode() != Some(Opcode::DataIn) || p.flags() & 0x01 != 0 {
+            p.set_u32(24, self.stat_sn);
+        }
+        p.set_u32(28, self.seq.exp_cmd_sn.load(Ordering::SeqCst));
+        p.set_u32(32, self.seq.max_cmd_sn());
+        if advances_stat_sn(&p) {
+            self.stat_sn = self.stat_sn.wrapping_add(1);
+        }
+        let len = data.map_or(p.data.len(), <[u8]>::len);
+        self.head.clear();
+        p.head_into(len, self.digests, &mut self.head);
+        let body = data.unwrap_or(&p.data);
+        let tail = Trailer::of(body, self.digests);
+        self.w.write_all(&self.head).await.is_ok()
+            && self.w.write_all(body).await.is_ok()
+            && self.w.write_all(tail.as_ref()).await.is_ok()
+    }
 }

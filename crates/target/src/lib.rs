@@ -6,6 +6,7 @@
 mod connection;
 mod io;
 mod registry;
+mod reply;
 mod session;
 
 pub use registry::{TargetAccess, Targets};

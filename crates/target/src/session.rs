@@ -12,11 +12,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use iscsi::{serial, Digests, Negotiated, Opcode, Pdu, BHS_LEN};
 use scsi::{LogicalUnit, Request, Response, Status};
+use smallvec::SmallVec;
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
 use crate::io::{reader_task, writer_task, Incoming, Outgoing, SeqState};
 use crate::registry::Target;
+use crate::reply::Reply;
 use crate::TargetConfig;
 
 const NO_TAG: u32 = 0xFFFF_FFFF;
@@ -57,9 +59,22 @@ pub(crate) fn logout_response(req: &Pdu) -> Pdu {
 struct Command {
     itt: u32,
     lun: [u8; 8],
-    cdb: Vec<u8>,
+    /// The CDB: 16 bytes from the header, more from an extended CDB AHS.
+    cdb: SmallVec<[u8; 16]>,
     edtl: u32,
     immediate: bool,
+}
+
+impl Command {
+    /// Addresses `resp` to this command's task.
+    fn reply(&self, resp: Response) -> Reply {
+        Reply {
+            lun: self.lun,
+            itt: self.itt,
+            edtl: self.edtl,
+            resp,
+        }
+    }
 }
 
 /// A write waiting for its data-out.
@@ -74,6 +89,24 @@ struct PendingWrite {
     r2t_sn: u32,
     /// DataSN the next unsolicited Data-Out must carry.
     unsolicited_data_sn: u32,
+    /// Buffer offset the next unsolicited Data-Out must start at.
+    unsolicited_next: u32,
+}
+
+/// The data of a write gathered from its Data-Outs; goes back to the buffer
+/// pool when the write is done with it.
+struct Pooled(Vec<u8>);
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        volume::buffer::give(std::mem::take(&mut self.0));
+    }
 }
 
 struct R2t {
@@ -140,7 +173,14 @@ pub(crate) async fn run(
         queue_depth: cfg.queue_depth.max(1),
     });
     let (out_tx, out_rx) = mpsc::channel(4096);
-    let writer = tokio::spawn(writer_task(w, digests, seq.clone(), stat_sn, out_rx));
+    let writer = tokio::spawn(writer_task(
+        w,
+        digests,
+        seq.clone(),
+        stat_sn,
+        neg.initiator_mrdsl,
+        out_rx,
+    ));
     let (in_tx, mut in_rx) = mpsc::channel(64);
     let reader = tokio::spawn(reader_task(r, digests, neg.target_mrdsl as usize, in_tx));
     let mut s = Session {
@@ -308,7 +348,7 @@ impl Session<'_> {
         }
         let flags = p.flags();
         let write = flags & 0x20 != 0;
-        let mut cdb = p.bhs[32..48].to_vec();
+        let mut cdb = SmallVec::from_slice(&p.bhs[32..48]);
         // RFC 7143 §11.3.6: an extended CDB AHS (type 1) carries the bytes past 16.
         if p.ahs.len() >= 4 && p.ahs[2] == 0x01 {
             let len = u16::from_be_bytes([p.ahs[0], p.ahs[1]]) as usize;
@@ -360,7 +400,9 @@ impl Session<'_> {
         };
         let no_more_unsolicited = flags & 0x80 != 0;
         let unsolicited_done = no_more_unsolicited || data_len >= unsolicited_end;
-        let mut buf = vec![0u8; cmd.edtl as usize];
+        // Every byte of the buffer is written by the immediate data and the
+        // in-order Data-Outs before the command runs (see `data_out`).
+        let mut buf = volume::buffer::take(cmd.edtl as usize);
         buf[..p.data.len()].copy_from_slice(&p.data);
         self.buffered += buf.len();
         let itt = cmd.itt;
@@ -380,6 +422,7 @@ impl Session<'_> {
                 r2ts: Vec::new(),
                 r2t_sn: 0,
                 unsolicited_data_sn: 0,
+                unsolicited_next: data_len,
             },
         );
         self.solicit(itt).await;
@@ -454,23 +497,25 @@ impl Session<'_> {
             self.send(reject(0x09, &p.bhs)).await;
             return Ok(true);
         }
-        // RFC 7143 §11.7.5: DataSN counts up from 0 within each burst. A gap
+        // RFC 7143 §11.7.5: DataSN counts up from 0 within each burst; with
+        // DataPDUInOrder=Yes (§13.19) each Data-Out starts where the one
+        // before it ended, so no byte of the buffer is left unwritten. A gap
         // is a protocol error that ERL 0 cannot recover inside the session.
         let data_sn = p.u32_at(36);
-        let expected = if ttt == NO_TAG {
-            &mut w.unsolicited_data_sn
+        let (expected, at) = if ttt == NO_TAG {
+            (&mut w.unsolicited_data_sn, w.unsolicited_next)
         } else {
-            &mut w
+            let r = w
                 .r2ts
                 .iter_mut()
                 .find(|r| r.ttt == ttt)
-                .expect("validated above")
-                .data_sn
+                .expect("validated above");
+            (&mut r.data_sn, r.offset + r.got)
         };
-        if data_sn != *expected {
+        if data_sn != *expected || offset != at {
             // The burst can no longer be trusted: reject the PDU and end the
             // command with CHECK CONDITION; the session itself carries on.
-            tracing::warn!(peer = %self.peer, itt, data_sn, expected = *expected, "Data-Out out of sequence");
+            tracing::warn!(peer = %self.peer, itt, data_sn, expected = *expected, offset, expected_offset = at, "Data-Out out of sequence");
             let _ = self.out.send(Outgoing::Pdu(reject(0x04, &p.bhs))).await;
             let w = self.writes.remove(&itt).expect("present");
             self.buffered -= w.buf.len();
@@ -480,6 +525,9 @@ impl Session<'_> {
             return Ok(true);
         }
         *expected += 1;
+        if ttt == NO_TAG {
+            w.unsolicited_next += len;
+        }
         w.buf[offset as usize..(offset + len) as usize].copy_from_slice(&p.data);
         w.received += len;
         let mut burst_done = false;
@@ -498,7 +546,7 @@ impl Session<'_> {
         if w.received >= w.cmd.edtl && w.r2ts.is_empty() {
             let w = self.writes.remove(&itt).expect("present");
             self.buffered -= w.buf.len();
-            self.execute(w.cmd, Bytes::from(w.buf));
+            self.execute(w.cmd, Bytes::from_owner(Pooled(w.buf)));
         } else if burst_done {
             self.solicit(itt).await;
         }
@@ -513,7 +561,6 @@ impl Session<'_> {
         let seq = self.seq.clone();
         let out = self.out.clone();
         let nexus = self.nexus.clone();
-        let mrdsl = self.neg.initiator_mrdsl;
         let itt = cmd.itt;
         tasks.lock().unwrap().insert(itt, (None, !cmd.immediate));
         let handle = tokio::spawn(async move {
@@ -533,11 +580,7 @@ impl Session<'_> {
             if !cmd.immediate {
                 seq.outstanding.fetch_sub(1, Ordering::SeqCst);
             }
-            for p in response_pdus(&cmd, resp, mrdsl) {
-                if out.send(Outgoing::Pdu(p)).await.is_err() {
-                    return;
-                }
-            }
+            let _ = out.send(Outgoing::Reply(cmd.reply(resp))).await;
         });
         if let Some(slot) = self.tasks.lock().unwrap().get_mut(&itt) {
             slot.0 = Some(handle.abort_handle());
@@ -553,9 +596,7 @@ impl Session<'_> {
             sense: Some(sense.encode(false)),
             data_out_wanted: None,
         };
-        for p in response_pdus(&cmd, resp, self.neg.initiator_mrdsl) {
-            self.send(p).await;
-        }
+        let _ = self.out.send(Outgoing::Reply(cmd.reply(resp))).await;
     }
 
     /// Releases the window slot of a command that will not run.
@@ -672,82 +713,4 @@ impl Session<'_> {
         self.send(r).await;
         Ok(!close)
     }
-}
-
-/// Data-In PDUs and the final status for one command (RFC 7143 §11.4, §11.7).
-fn response_pdus(cmd: &Command, resp: Response, mrdsl: u32) -> Vec<Pdu> {
-    let edtl = cmd.edtl as u64;
-    let produced = resp.data.len() as u64;
-    let (over, under, residual) = match resp.data_out_wanted {
-        Some(wanted) => {
-            let wanted = wanted as u64;
-            (wanted > edtl, wanted < edtl, wanted.abs_diff(edtl))
-        }
-        None => (produced > edtl, produced < edtl, produced.abs_diff(edtl)),
-    };
-    let residual = residual.min(u32::MAX as u64) as u32;
-    let mut data = resp.data;
-    data.truncate(cmd.edtl as usize);
-    let data = Bytes::from(data);
-    let good = resp.status == Status::Good && resp.sense.is_none();
-    let mut pdus = Vec::new();
-    let chunk = mrdsl.max(512) as usize;
-    let mut offset = 0usize;
-    let mut data_sn = 0u32;
-    while offset < data.len() {
-        let n = chunk.min(data.len() - offset);
-        let last = offset + n == data.len();
-        let mut p = Pdu::new(Opcode::DataIn);
-        let mut flags = 0u8;
-        if last {
-            flags |= 0x80;
-            if good {
-                // Phase collapse: status rides on the last Data-In.
-                flags |= 0x01;
-                if over {
-                    flags |= 0x04;
-                }
-                if under {
-                    flags |= 0x02;
-                }
-                p.set_byte(3, resp.status as u8);
-                p.set_u32(44, if over || under { residual } else { 0 });
-            }
-        }
-        p.set_flags(flags);
-        p.set_lun(cmd.lun);
-        p.set_itt(cmd.itt);
-        p.set_u32(20, NO_TAG);
-        p.set_u32(36, data_sn);
-        p.set_u32(40, offset as u32);
-        p.data = data.slice(offset..offset + n);
-        pdus.push(p);
-        data_sn += 1;
-        offset += n;
-    }
-    if good && !pdus.is_empty() {
-        return pdus;
-    }
-    let mut r = Pdu::new(Opcode::ScsiResponse);
-    let mut flags = 0x80;
-    if over {
-        flags |= 0x04;
-    }
-    if under {
-        flags |= 0x02;
-    }
-    r.set_flags(flags);
-    r.set_byte(2, 0); // command completed at target
-    r.set_byte(3, resp.status as u8);
-    r.set_itt(cmd.itt);
-    r.set_u32(36, data_sn);
-    r.set_u32(44, if over || under { residual } else { 0 });
-    if let Some(sense) = resp.sense {
-        let mut d = Vec::with_capacity(2 + sense.len());
-        d.extend_from_slice(&(sense.len() as u16).to_be_bytes());
-        d.extend_from_slice(&sense);
-        r.data = Bytes::from(d);
-    }
-    pdus.push(r);
-    pdus
 }

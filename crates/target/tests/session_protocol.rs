@@ -159,6 +159,62 @@ async fn r2t_write_and_multi_pdu_read_with_digests() {
 }
 
 #[tokio::test]
+async fn a_data_out_that_overlaps_its_burst_ends_the_command_and_writes_nothing() {
+    let (addr, _t, _stop) = start().await;
+    let mut i = normal(
+        addr,
+        &[
+            ("ImmediateData", "No"),
+            ("InitialR2T", "Yes"),
+            ("MaxRecvDataSegmentLength", "1024"),
+        ],
+    )
+    .await;
+    assert_eq!(i.simple(&[0u8; 6]).await, (2, 6));
+    let before: Vec<u8> = (0..4096u32).map(|x| (x % 253) as u8).collect();
+    let o = i.run(&rw10(0x2A, 16, 8), &before, 0).await.unwrap();
+    assert_eq!((o.status, o.sense_key), (0, 0));
+
+    // The second Data-Out of the burst starts over at offset 0 instead of
+    // 1024: with DataPDUInOrder=Yes that is a protocol error, and the end
+    // of the buffer would never have been written.
+    let cmd = i.command(&rw10(0x2A, 16, 8), 4096, true, &[]);
+    let itt = cmd.itt();
+    i.send(cmd).await;
+    let r2t = i.recv_reply().await.expect("R2T");
+    assert_eq!(r2t.opcode(), Some(Opcode::R2t));
+    for (sn, flags) in [(0u32, 0u8), (1, 0), (2, 0), (3, 0x80)] {
+        let mut d = Pdu::new(Opcode::DataOut);
+        d.set_flags(flags);
+        d.set_itt(itt);
+        d.set_u32(20, r2t.u32_at(20));
+        d.set_u32(36, sn);
+        d.set_u32(40, if sn == 1 { 0 } else { sn * 1024 });
+        d.data = Bytes::from(vec![0xEE; 1024]);
+        i.send(d).await;
+    }
+    let reject = i.recv_reply().await.expect("Reject");
+    assert_eq!(
+        (reject.opcode(), reject.byte(2)),
+        (Some(Opcode::Reject), 0x04)
+    );
+    let r = i.recv_reply().await.expect("SCSI Response");
+    assert_eq!(r.opcode(), Some(Opcode::ScsiResponse));
+    assert_eq!(
+        (r.byte(3), r.data[2 + 2] & 0x0F),
+        (2, 0x0B),
+        "ABORTED COMMAND"
+    );
+
+    let o = i.run(&rw10(0x28, 16, 8), &[], 4096).await.unwrap();
+    assert_eq!(o.status, 0);
+    assert_eq!(
+        o.data, before,
+        "nothing of the refused write reached the volume"
+    );
+}
+
+#[tokio::test]
 async fn residuals_are_reported() {
     let (addr, _t, _stop) = start().await;
     let mut i = normal(addr, &[]).await;
