@@ -246,6 +246,14 @@ impl Volume for RoleVolume {
         self.current()?.write(lba, data, fua).await
     }
 
+    fn read_now(&self, lba: u64, blocks: u32) -> Option<volume::Result<Vec<u8>>> {
+        self.current().ok()?.read_now(lba, blocks)
+    }
+
+    fn write_now(&self, lba: u64, data: &Bytes) -> Option<volume::Result<()>> {
+        self.current().ok()?.write_now(lba, data)
+    }
+
     async fn flush(&self) -> volume::Result<()> {
         self.current()?.flush().await
     }

@@ -747,6 +747,12 @@ impl Volume for ReplicatedVolume {
         self.copy.volume().read(lba, blocks).await
     }
 
+    /// Reads come from the local copy; a write always waits for the peers.
+    fn read_now(&self, lba: u64, blocks: u32) -> Option<volume::Result<Vec<u8>>> {
+        self.check_serving().ok()?;
+        self.copy.volume().read_now(lba, blocks)
+    }
+
     async fn write(&self, lba: u64, data: Bytes, fua: bool) -> volume::Result<()> {
         let blocks = volume::blocks_in(data.len(), self.block_size())?;
         check_range(self.num_blocks(), lba, blocks)?;

@@ -83,24 +83,46 @@ fn needs(data: &Bytes, bytes: u64) -> Result<Bytes, Sense> {
     Ok(data.slice(..bytes as usize))
 }
 
-/// READ 6/10/12/16.
-pub async fn read(v: &dyn Volume, cdb: &[u8], l: &Limits) -> Outcome {
+/// The blocks a READ 6/10/12/16 reads; `None` for a transfer length of 0.
+fn read_request(v: &dyn Volume, cdb: &[u8], l: &Limits) -> Result<Option<Rw>, Sense> {
     let rw = decode_rw(cdb)?;
     check(v, rw.lba, rw.blocks as u64)?;
     if rw.blocks > l.max_transfer {
         return Err(Sense::invalid_cdb(0, None));
     }
-    if rw.blocks == 0 {
+    Ok((rw.blocks > 0).then_some(rw))
+}
+
+/// READ 6/10/12/16.
+pub async fn read(v: &dyn Volume, cdb: &[u8], l: &Limits) -> Outcome {
+    let Some(rw) = read_request(v, cdb, l)? else {
         return Ok(Vec::new());
-    }
+    };
     v.read(rw.lba, rw.blocks)
         .await
         .map_err(|e| volume_sense(&e, rw.lba))
 }
 
-/// WRITE 6/10/12/16, and WRITE AND VERIFY 10/12/16 (SBC-3 5.36): the data
-/// reaches stable storage before GOOD, so the verify reads back what was written.
-pub async fn write(v: &dyn Volume, cdb: &[u8], data: &Bytes, l: &Limits) -> Outcome {
+/// READ 6/10/12/16 done right away, or `None` when the volume would have
+/// to wait (see [`Volume::read_now`]).
+pub fn read_now(v: &dyn Volume, cdb: &[u8], l: &Limits) -> Option<Outcome> {
+    let rw = match read_request(v, cdb, l) {
+        Ok(Some(rw)) => rw,
+        Ok(None) => return Some(Ok(Vec::new())),
+        Err(sense) => return Some(Err(sense)),
+    };
+    let r = v.read_now(rw.lba, rw.blocks)?;
+    Some(r.map_err(|e| volume_sense(&e, rw.lba)))
+}
+
+/// What a WRITE-family command writes: where, whether with FUA, and the
+/// data; `None` when nothing is to be written.
+fn write_request(
+    v: &dyn Volume,
+    cdb: &[u8],
+    data: &Bytes,
+    l: &Limits,
+) -> Result<Option<(Rw, Bytes)>, Sense> {
     let mut rw = decode_rw(cdb)?;
     if matches!(
         cdb[0],
@@ -112,21 +134,47 @@ pub async fn write(v: &dyn Volume, cdb: &[u8], data: &Bytes, l: &Limits) -> Outc
     if rw.blocks > l.max_transfer {
         return Err(Sense::invalid_cdb(0, None));
     }
-    if rw.blocks == 0 {
-        return Ok(Vec::new());
-    }
     // When the transport delivered less than the CDB asks for (expected data
     // transfer length below the transfer length), only the whole blocks that
     // arrived are written; the transport reports the overflow residual.
     let bs = v.block_size() as usize;
     let whole = (rw.blocks as usize).min(data.len() / bs);
     if whole == 0 {
-        return Ok(Vec::new());
+        return Ok(None);
     }
-    v.write(rw.lba, data.slice(..whole * bs), rw.fua)
+    let data = if whole * bs == data.len() {
+        data.clone()
+    } else {
+        data.slice(..whole * bs)
+    };
+    Ok(Some((rw, data)))
+}
+
+/// WRITE 6/10/12/16, and WRITE AND VERIFY 10/12/16 (SBC-3 5.36): the data
+/// reaches stable storage before GOOD, so the verify reads back what was written.
+pub async fn write(v: &dyn Volume, cdb: &[u8], data: &Bytes, l: &Limits) -> Outcome {
+    let Some((rw, data)) = write_request(v, cdb, data, l)? else {
+        return Ok(Vec::new());
+    };
+    v.write(rw.lba, data, rw.fua)
         .await
         .map_err(|e| volume_sense(&e, rw.lba))?;
     Ok(Vec::new())
+}
+
+/// WRITE 6/10/12/16 without FUA done right away, or `None` when the volume
+/// would have to wait (see [`Volume::write_now`]).
+pub fn write_now(v: &dyn Volume, cdb: &[u8], data: &Bytes, l: &Limits) -> Option<Outcome> {
+    let (rw, data) = match write_request(v, cdb, data, l) {
+        Ok(Some(w)) => w,
+        Ok(None) => return Some(Ok(Vec::new())),
+        Err(sense) => return Some(Err(sense)),
+    };
+    if rw.fua {
+        return None;
+    }
+    let r = v.write_now(rw.lba, &data)?;
+    Some(r.map(|()| Vec::new()).map_err(|e| volume_sense(&e, rw.lba)))
 }
 
 /// VERIFY 10/16: BYTCHK 0 checks the range is readable, 1 compares data-out,

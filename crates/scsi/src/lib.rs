@@ -107,6 +107,41 @@ pub struct LogicalUnit {
     space_warned: std::sync::atomic::AtomicBool,
 }
 
+/// A command past [`LogicalUnit::admit`], with what its answer depends on.
+struct Admitted {
+    /// Data-out bytes the CDB asks for, for the residual.
+    data_out_wanted: Option<u32>,
+    /// The mode settings the command runs under.
+    settings: mode::Settings,
+}
+
+impl Admitted {
+    /// CHECK CONDITION with `sense`, in the format the initiator chose.
+    fn fail(&self, sense: Sense) -> Response {
+        check_condition(sense, self.data_out_wanted, self.settings.d_sense)
+    }
+
+    /// The answer to a command that ran: its data-in cut to the allocation
+    /// length, or its failure.
+    fn respond(&self, outcome: Outcome, alloc: Option<usize>) -> Response {
+        match outcome {
+            Ok(mut data) => {
+                if let Some(a) = alloc {
+                    data.truncate(a);
+                }
+                Response {
+                    status: Status::Good,
+                    data,
+                    sense: None,
+                    data_out_wanted: self.data_out_wanted,
+                }
+            }
+            Err(CONFLICT) => reservation_conflict(self.data_out_wanted),
+            Err(sense) => self.fail(sense),
+        }
+    }
+}
+
 /// Held while a command runs; see [`LogicalUnit::execute`].
 enum Fence<'a> {
     Shared(#[allow(dead_code)] tokio::sync::RwLockReadGuard<'a, ()>),
@@ -226,13 +261,86 @@ impl LogicalUnit {
 
     /// Executes one command. Never panics on any input.
     pub async fn execute(&self, req: Request<'_>) -> Response {
+        let admitted = match self.admit(&req) {
+            Ok(a) => a,
+            Err(refused) => return refused,
+        };
+        let opcode = req.cdb[0];
+        // Reservation changes wait for every command in flight, and commands
+        // wait for a change in progress: once PERSISTENT RESERVE OUT (e.g.
+        // PREEMPT AND ABORT fencing a failed cluster node) or RESERVE returns,
+        // no command admitted under the old reservation is still running.
+        let changes_reservations = matches!(
+            opcode,
+            op::PERSISTENT_RESERVE_OUT | op::RESERVE_6 | op::RESERVE_10
+        );
+        let _fence = if changes_reservations {
+            Fence::Exclusive(self.fence.write().await)
+        } else {
+            Fence::Shared(self.fence.read().await)
+        };
+        if !self.reservations.allows(req.initiator, req.cdb) {
+            return reservation_conflict(admitted.data_out_wanted);
+        }
+        let (mut outcome, alloc) = self.dispatch(&req).await;
+        if changes_medium(opcode) {
+            if let Err(e) = self.medium_changed(outcome.is_ok()).await {
+                outcome = Err(e);
+            }
+        }
+        admitted.respond(outcome, alloc)
+    }
+
+    /// Runs a READ or WRITE (without FUA) right away when nothing in it has
+    /// to wait: the volume has the blocks at hand (page cache, memory) and
+    /// no reservation change is under way. `None` means "not now", with
+    /// nothing done: the caller runs the command through
+    /// [`LogicalUnit::execute`]. A busy session's commands mostly finish
+    /// here, without a task of their own and its wake-ups.
+    pub fn execute_now(&self, req: &Request<'_>) -> Option<Response> {
+        let opcode = *req.cdb.first()?;
+        let write = match opcode {
+            op::READ_6 | op::READ_10 | op::READ_12 | op::READ_16 => false,
+            op::WRITE_6 | op::WRITE_10 | op::WRITE_12 | op::WRITE_16 => true,
+            _ => return None,
+        };
+        let admitted = match self.admit(req) {
+            Ok(a) => a,
+            Err(refused) => return Some(refused),
+        };
+        // With the write cache turned off every write is flushed, which waits.
+        if write && !admitted.settings.write_cache && self.volume.write_cache() {
+            return None;
+        }
+        let _fence = self.fence.try_read().ok()?;
+        if !self.reservations.allows(req.initiator, req.cdb) {
+            return Some(reservation_conflict(admitted.data_out_wanted));
+        }
+        let v: &dyn Volume = &*self.volume;
+        let limits = self.limits();
+        let outcome = if write {
+            let outcome = block::write_now(v, req.cdb, &req.data_out, &limits)?;
+            self.watch_space();
+            outcome
+        } else {
+            block::read_now(v, req.cdb, &limits)?
+        };
+        Some(admitted.respond(outcome, None))
+    }
+
+    /// The checks every command passes before it runs, in SAM-5's order: a
+    /// pending unit attention, the CDB's length, the port's access state,
+    /// write protection. `Err` is the answer of a command refused here.
+    fn admit(&self, req: &Request<'_>) -> Result<Admitted, Response> {
         let cdb = req.cdb;
         let Some(&opcode) = cdb.first() else {
-            return check_condition(Sense::INVALID_OPCODE, None, false);
+            return Err(check_condition(Sense::INVALID_OPCODE, None, false));
         };
-        let data_out_wanted = data_out_len(cdb, self.volume.block_size());
-        let settings = *self.mode.lock().unwrap();
-        let fail = |sense: Sense| check_condition(sense, data_out_wanted, settings.d_sense);
+        let admitted = Admitted {
+            data_out_wanted: data_out_len(cdb, self.volume.block_size()),
+            settings: *self.mode.lock().unwrap(),
+        };
+        let fail = |sense: Sense| Err(admitted.fail(sense));
         // SAM-5 5.14: a pending unit attention preempts every command but these.
         if !matches!(opcode, op::INQUIRY | op::REPORT_LUNS | op::REQUEST_SENSE) {
             if let Some(ua) = self.attentions.take(req.initiator) {
@@ -262,47 +370,10 @@ impl LogicalUnit {
             };
             return fail(Sense::new(sense_key::NOT_READY, 0x04, ascq));
         }
-        let changes_medium = changes_medium(opcode);
-        if changes_medium && settings.swp {
+        if changes_medium(opcode) && admitted.settings.swp {
             return fail(mode::WRITE_PROTECTED);
         }
-        // Reservation changes wait for every command in flight, and commands
-        // wait for a change in progress: once PERSISTENT RESERVE OUT (e.g.
-        // PREEMPT AND ABORT fencing a failed cluster node) or RESERVE returns,
-        // no command admitted under the old reservation is still running.
-        let changes_reservations = matches!(
-            opcode,
-            op::PERSISTENT_RESERVE_OUT | op::RESERVE_6 | op::RESERVE_10
-        );
-        let _fence = if changes_reservations {
-            Fence::Exclusive(self.fence.write().await)
-        } else {
-            Fence::Shared(self.fence.read().await)
-        };
-        if !self.reservations.allows(req.initiator, cdb) {
-            return reservation_conflict(data_out_wanted);
-        }
-        let (mut outcome, alloc) = self.dispatch(&req).await;
-        if changes_medium {
-            if let Err(e) = self.medium_changed(outcome.is_ok()).await {
-                outcome = Err(e);
-            }
-        }
-        match outcome {
-            Ok(mut data) => {
-                if let Some(a) = alloc {
-                    data.truncate(a);
-                }
-                Response {
-                    status: Status::Good,
-                    data,
-                    sense: None,
-                    data_out_wanted,
-                }
-            }
-            Err(CONFLICT) => reservation_conflict(data_out_wanted),
-            Err(sense) => fail(sense),
-        }
+        Ok(admitted)
     }
 
     /// Runs the command; returns its outcome and the allocation length that cuts its data-in.

@@ -490,6 +490,40 @@ impl<B: Backing> LocalVolume<B> {
         self.suspect.lock().unwrap().extend(first..=last);
     }
 
+    /// What a failed write leaves behind: suspect regions, and a full
+    /// filesystem noted as low on space.
+    fn after_write(&self, lba: u64, blocks: u64, written: &Result<()>) {
+        if written.is_err() {
+            self.suspect(lba, blocks);
+        }
+        if let Err(VolumeError::NoSpace) = written {
+            self.low_space.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Refuses reads of a deleted volume, outside it, or too long.
+    fn check_read(&self, lba: u64, blocks: u32) -> Result<()> {
+        self.check_open()?;
+        check_range(self.num_blocks(), lba, blocks as u64)?;
+        let len = blocks as usize * self.block_size as usize;
+        if len > volume::MAX_IO_BYTES {
+            return Err(VolumeError::BadLength {
+                len,
+                block_size: self.block_size,
+            });
+        }
+        Ok(())
+    }
+
+    /// Refuses writes to a deleted volume, outside it, or of part of a
+    /// block; returns the number of blocks.
+    fn check_write(&self, lba: u64, data: &[u8]) -> Result<u64> {
+        self.check_open()?;
+        let n = blocks_in(data.len(), self.block_size)?;
+        check_range(self.num_blocks(), lba, n)?;
+        Ok(n)
+    }
+
     async fn write_unlocked(&self, lba: u64, data: Bytes, fua: bool) -> Result<()> {
         let len = data.len() as u64;
         let blocks = len / self.block_size as u64;
@@ -503,15 +537,10 @@ impl<B: Backing> LocalVolume<B> {
             Some(r) => r,
             None => self.blocking(move |f| f.write(lba, &data)).await,
         };
-        if written.is_err() {
-            self.suspect(lba, blocks);
-        }
         if check || written.is_err() {
             self.look_at_space().await;
         }
-        if let Err(VolumeError::NoSpace) = written {
-            self.low_space.store(true, Ordering::Relaxed);
-        }
+        self.after_write(lba, blocks, &written);
         written?;
         if fua {
             self.slow(|f| f.sync()).await?;
@@ -673,23 +702,50 @@ impl<B: Backing> Volume for LocalVolume<B> {
     }
 
     async fn read(&self, lba: u64, blocks: u32) -> Result<Vec<u8>> {
-        self.check_open()?;
-        check_range(self.num_blocks(), lba, blocks as u64)?;
-        if blocks as usize * self.block_size as usize > volume::MAX_IO_BYTES {
-            return Err(VolumeError::BadLength {
-                len: blocks as usize * self.block_size as usize,
-                block_size: self.block_size,
-            });
-        }
+        self.check_read(lba, blocks)?;
         self.read_unlocked(lba, blocks as u64).await
     }
 
     async fn write(&self, lba: u64, data: Bytes, fua: bool) -> Result<()> {
-        self.check_open()?;
-        let n = blocks_in(data.len(), self.block_size)?;
-        check_range(self.num_blocks(), lba, n)?;
+        self.check_write(lba, &data)?;
         let _shared = self.gate.read().await;
         self.write_unlocked(lba, data, fua).await
+    }
+
+    fn read_now(&self, lba: u64, blocks: u32) -> Option<Result<Vec<u8>>> {
+        if let Err(e) = self.check_read(lba, blocks) {
+            return Some(Err(e));
+        }
+        if blocks as usize * self.block_size as usize > INLINE_READ_MAX {
+            return None;
+        }
+        match self.read_cached(lba, blocks as u64) {
+            Ok(Cached::Hit(buf)) => Some(Ok(buf)),
+            Ok(Cached::Miss | Cached::Bad) => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    fn write_now(&self, lba: u64, data: &Bytes) -> Option<Result<()>> {
+        let blocks = match self.check_write(lba, data) {
+            Ok(n) => n,
+            Err(e) => return Some(Err(e)),
+        };
+        let _shared = self.gate.try_read().ok()?;
+        // Regions not yet durably dirty need a bitmap sync first, and a
+        // look at the free space is due now and then: both wait.
+        let (first, last) = self.files.regions(lba, blocks);
+        let len = data.len() as u64;
+        if !self.map.enter(first, last)
+            || self.since_space_check.load(Ordering::Relaxed) + len
+                >= self.space_check_every.load(Ordering::Relaxed)
+        {
+            return None;
+        }
+        let written = self.write_inline(lba, data)?;
+        self.since_space_check.fetch_add(len, Ordering::Relaxed);
+        self.after_write(lba, blocks, &written);
+        Some(written)
     }
 
     async fn flush(&self) -> Result<()> {

@@ -375,7 +375,7 @@ impl Session<'_> {
                 self.finish_uncounted(&cmd);
                 return Ok(true);
             }
-            self.execute(cmd, Bytes::new());
+            self.execute(cmd, Bytes::new()).await;
             return Ok(true);
         }
         if cmd.edtl > self.cfg.max_transfer || data_len > cmd.edtl {
@@ -385,7 +385,7 @@ impl Session<'_> {
             return Ok(true);
         }
         if data_len == cmd.edtl {
-            self.execute(cmd, p.data);
+            self.execute(cmd, p.data).await;
             return Ok(true);
         }
         if self.buffered + cmd.edtl as usize > 256 * 1024 * 1024 {
@@ -546,15 +546,33 @@ impl Session<'_> {
         if w.received >= w.cmd.edtl && w.r2ts.is_empty() {
             let w = self.writes.remove(&itt).expect("present");
             self.buffered -= w.buf.len();
-            self.execute(w.cmd, Bytes::from_owner(Pooled(w.buf)));
+            self.execute(w.cmd, Bytes::from_owner(Pooled(w.buf))).await;
         } else if burst_done {
             self.solicit(itt).await;
         }
         Ok(true)
     }
 
-    /// Runs a command on its logical unit in a task of its own.
-    fn execute(&self, cmd: Command, data_out: Bytes) {
+    /// Runs a command on its logical unit: right here when it can finish
+    /// without waiting (see [`LogicalUnit::execute_now`]), else in a task of
+    /// its own, so the session goes on reading commands meanwhile.
+    async fn execute(&self, cmd: Command, data_out: Bytes) {
+        let mut data_out = data_out;
+        if scsi::decode_lun(cmd.lun) == 0 {
+            let req = Request {
+                cdb: &cmd.cdb,
+                data_out,
+                expected_len: cmd.edtl,
+                initiator: &self.nexus,
+            };
+            if let Some(resp) = self.target.lun0.execute_now(&req) {
+                drop(req);
+                self.finish_uncounted(&cmd);
+                let _ = self.out.send(Outgoing::Reply(cmd.reply(resp))).await;
+                return;
+            }
+            data_out = req.data_out;
+        }
         let lu: Option<Arc<LogicalUnit>> =
             (scsi::decode_lun(cmd.lun) == 0).then(|| self.target.lun0.clone());
         let tasks = self.tasks.clone();
@@ -599,7 +617,8 @@ impl Session<'_> {
         let _ = self.out.send(Outgoing::Reply(cmd.reply(resp))).await;
     }
 
-    /// Releases the window slot of a command that will not run.
+    /// Releases the window slot of a command answered without a task of its
+    /// own: refused, or finished on the spot.
     fn finish_uncounted(&self, cmd: &Command) {
         if !cmd.immediate {
             self.seq.outstanding.fetch_sub(1, Ordering::SeqCst);

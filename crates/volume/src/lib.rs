@@ -74,6 +74,20 @@ pub trait Volume: Send + Sync + 'static {
     /// is on stable storage when this returns `Ok`.
     async fn write(&self, lba: u64, data: Bytes, fua: bool) -> Result<()>;
 
+    /// As [`Volume::read`], done right here when that needs no waiting (the
+    /// data is in memory or in the page cache). `None` means "not without
+    /// waiting", and nothing was done: the caller uses `read`. Lets the
+    /// transport finish a command on the spot instead of in a task of its own.
+    fn read_now(&self, _lba: u64, _blocks: u32) -> Option<Result<Vec<u8>>> {
+        None
+    }
+
+    /// As [`Volume::write`] without FUA, done right here when that needs no
+    /// waiting; `None` as for [`Volume::read_now`].
+    fn write_now(&self, _lba: u64, _data: &Bytes) -> Option<Result<()>> {
+        None
+    }
+
     /// Makes every write that completed before this call durable.
     async fn flush(&self) -> Result<()>;
 
@@ -216,6 +230,12 @@ impl<V: Volume + ?Sized> Volume for std::sync::Arc<V> {
     }
     async fn write(&self, lba: u64, data: Bytes, fua: bool) -> Result<()> {
         (**self).write(lba, data, fua).await
+    }
+    fn read_now(&self, lba: u64, blocks: u32) -> Option<Result<Vec<u8>>> {
+        (**self).read_now(lba, blocks)
+    }
+    fn write_now(&self, lba: u64, data: &Bytes) -> Option<Result<()>> {
+        (**self).write_now(lba, data)
     }
     async fn flush(&self) -> Result<()> {
         (**self).flush().await

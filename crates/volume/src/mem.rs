@@ -57,6 +57,22 @@ impl MemVolume {
     }
 }
 
+impl MemVolume {
+    fn read_blocks(&self, lba: u64, blocks: u32) -> Result<Vec<u8>> {
+        let st = self.state.read().unwrap();
+        check_range(st.num_blocks, lba, blocks as u64)?;
+        Ok(self.read_locked(&st, lba, blocks as u64))
+    }
+
+    fn write_blocks(&self, lba: u64, data: &[u8]) -> Result<()> {
+        let n = blocks_in(data.len(), self.block_size)?;
+        let mut st = self.state.write().unwrap();
+        check_range(st.num_blocks, lba, n)?;
+        self.write_locked(&mut st, lba, data);
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl Volume for MemVolume {
     fn block_size(&self) -> u32 {
@@ -76,17 +92,19 @@ impl Volume for MemVolume {
     }
 
     async fn read(&self, lba: u64, blocks: u32) -> Result<Vec<u8>> {
-        let st = self.state.read().unwrap();
-        check_range(st.num_blocks, lba, blocks as u64)?;
-        Ok(self.read_locked(&st, lba, blocks as u64))
+        self.read_blocks(lba, blocks)
     }
 
     async fn write(&self, lba: u64, data: Bytes, _fua: bool) -> Result<()> {
-        let n = blocks_in(data.len(), self.block_size)?;
-        let mut st = self.state.write().unwrap();
-        check_range(st.num_blocks, lba, n)?;
-        self.write_locked(&mut st, lba, &data);
-        Ok(())
+        self.write_blocks(lba, &data)
+    }
+
+    fn read_now(&self, lba: u64, blocks: u32) -> Option<Result<Vec<u8>>> {
+        Some(self.read_blocks(lba, blocks))
+    }
+
+    fn write_now(&self, lba: u64, data: &Bytes) -> Option<Result<()>> {
+        Some(self.write_blocks(lba, data))
     }
 
     async fn flush(&self) -> Result<()> {

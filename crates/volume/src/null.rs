@@ -22,6 +22,20 @@ impl NullVolume {
     }
 }
 
+impl NullVolume {
+    fn read_zeros(&self, lba: u64, blocks: u32) -> Result<Vec<u8>> {
+        check_range(self.num_blocks(), lba, blocks as u64)?;
+        Ok(crate::buffer::zeroed(
+            blocks as usize * self.block_size as usize,
+        ))
+    }
+
+    fn drop_write(&self, lba: u64, data: &[u8]) -> Result<()> {
+        let n = blocks_in(data.len(), self.block_size)?;
+        check_range(self.num_blocks(), lba, n)
+    }
+}
+
 #[async_trait]
 impl Volume for NullVolume {
     fn block_size(&self) -> u32 {
@@ -41,15 +55,19 @@ impl Volume for NullVolume {
     }
 
     async fn read(&self, lba: u64, blocks: u32) -> Result<Vec<u8>> {
-        check_range(self.num_blocks(), lba, blocks as u64)?;
-        Ok(crate::buffer::zeroed(
-            blocks as usize * self.block_size as usize,
-        ))
+        self.read_zeros(lba, blocks)
     }
 
     async fn write(&self, lba: u64, data: Bytes, _fua: bool) -> Result<()> {
-        let n = blocks_in(data.len(), self.block_size)?;
-        check_range(self.num_blocks(), lba, n)
+        self.drop_write(lba, &data)
+    }
+
+    fn read_now(&self, lba: u64, blocks: u32) -> Option<Result<Vec<u8>>> {
+        Some(self.read_zeros(lba, blocks))
+    }
+
+    fn write_now(&self, lba: u64, data: &Bytes) -> Option<Result<()>> {
+        Some(self.drop_write(lba, data))
     }
 
     async fn flush(&self) -> Result<()> {

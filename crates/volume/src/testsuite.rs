@@ -26,6 +26,7 @@ where
         compare_and_write_is_atomic(Arc::new(make(bs, 64).await)).await;
         resize_grows_and_keeps_data(make(bs, 64).await).await;
         block_status_sees_writes(make(bs, 64).await).await;
+        done_now_or_later_the_same(make(bs, 64).await).await;
     }
 }
 
@@ -277,4 +278,38 @@ pub async fn block_status_sees_writes<V: Volume>(v: V) {
         v.block_status(v.num_blocks()).await,
         Err(VolumeError::OutOfRange { .. })
     ));
+}
+
+/// `read_now` and `write_now`, where they act, do what `read` and `write`
+/// do: they see each other's data, and refuse what those refuse.
+pub async fn done_now_or_later_the_same<V: Volume>(v: V) {
+    let bs = v.block_size();
+    let n = v.num_blocks();
+    let first = pattern(bs, 4, 3);
+    match v.write_now(8, &Bytes::from(first.clone())) {
+        Some(now) => now.expect("write_now"),
+        None => v.write(8, Bytes::from(first.clone()), false).await.unwrap(),
+    }
+    assert_eq!(v.read(8, 4).await.unwrap(), first);
+    let second = pattern(bs, 2, 5);
+    v.write(9, Bytes::from(second.clone()), false)
+        .await
+        .unwrap();
+    if let Some(back) = v.read_now(8, 4) {
+        let back = back.expect("read_now");
+        let b = bs as usize;
+        assert_eq!(&back[..b], &first[..b]);
+        assert_eq!(&back[b..3 * b], &second[..]);
+        assert_eq!(&back[3 * b..], &first[3 * b..]);
+    }
+    let outside = Bytes::from(pattern(bs, 2, 1));
+    if let Some(r) = v.write_now(n - 1, &outside) {
+        assert!(matches!(r, Err(VolumeError::OutOfRange { .. })), "{r:?}");
+    }
+    if let Some(r) = v.read_now(n - 1, 2) {
+        assert!(matches!(r, Err(VolumeError::OutOfRange { .. })), "{r:?}");
+    }
+    if let Some(r) = v.write_now(0, &Bytes::from(vec![1u8; bs as usize + 1])) {
+        assert!(matches!(r, Err(VolumeError::BadLength { .. })), "{r:?}");
+    }
 }
