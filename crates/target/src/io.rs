@@ -111,9 +111,15 @@ async fn fill<R: AsyncRead + Unpin>(
     need: usize,
 ) -> Result<(), String> {
     while rx.len() < need {
-        if rx.capacity() - rx.len() < (need - rx.len()).max(RX_CHUNK / 4) {
-            // Reuses the buffer in place when no PDU cut from it is alive.
-            rx.reserve((need - rx.len()).max(RX_CHUNK));
+        let want = (need - rx.len()).max(RX_CHUNK / 4);
+        let spare = rx.capacity() - rx.len();
+        // When no PDU cut from the buffer is alive any more, what is left of
+        // the next PDU moves to its front and all of it is reused. While one
+        // is (the command before this one is still running), the rest of the
+        // buffer is read into first; only a full buffer takes a new one, of
+        // RX_CHUNK or the PDU's size.
+        if spare < want && !rx.try_reclaim(want) && spare == 0 {
+            rx.reserve(want);
         }
         let inside = !rx.is_empty();
         match r.read_buf(rx).await {
