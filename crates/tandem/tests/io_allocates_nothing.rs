@@ -10,7 +10,7 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use scsi::{LogicalUnit, LunIdentity};
+use scsi::LogicalUnit;
 use target::{TargetConfig, Targets};
 use testkit::{rw10, Initiator};
 
@@ -81,18 +81,9 @@ fn lba(i: u32) -> u32 {
 fn reads_and_writes_in_the_page_cache_allocate_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let store = store::Store::open(dir.path()).unwrap();
-    store.create("v", 64 << 20, 512).unwrap();
+    let meta = store.create("v", 64 << 20, 512).unwrap();
     let volume = store.open_volume("v").unwrap();
-    let id = LunIdentity {
-        vendor: "TANDEM".into(),
-        product: "VOLUME".into(),
-        revision: "0.1".into(),
-        serial: "s".into(),
-        naa: vec![0x30, 0, 0, 0, 0, 0, 0, 1],
-        target_name: IQN.into(),
-        relative_port: 1,
-        port_group: 1,
-    };
+    let id = node::lun_identity(store.installation_id(), meta.id, IQN);
     let targets = Arc::new(Targets::new());
     targets.insert(IQN.into(), Arc::new(LogicalUnit::new(volume.clone(), id)));
 
