@@ -4,14 +4,14 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use iscsi::login::LoginStep;
 use iscsi::{Digests, LoginState, Negotiated, Opcode, Pdu, SessionType};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::io::read_pdu;
+use crate::io::{next_pdu, receive_buffer};
 use crate::{session, TargetConfig, Targets};
 
 static NEXT_TSIH: AtomicU16 = AtomicU16::new(1);
@@ -38,13 +38,14 @@ pub(crate) async fn run(
         Err(_) => return,
     };
     let (mut r, mut w) = stream.into_split();
+    let mut rx = receive_buffer();
     let login = tokio::time::timeout(cfg.login_timeout, async {
         let mut state = LoginState::new(cfg.limits);
         let mut stat_sn = 0u32;
         let tsih = next_tsih();
         let max = (cfg.limits.max_recv_data_segment_length as usize).max(8192);
         loop {
-            let pdu = match read_pdu(&mut r, Digests::default(), max).await {
+            let pdu = match next_pdu(&mut r, &mut rx, Digests::default(), max).await {
                 Ok(Ok(p)) => p,
                 Ok(Err(_)) => return Err("data digest error during login".to_string()),
                 Err(why) => return Err(why),
@@ -93,14 +94,16 @@ pub(crate) async fn run(
         }
     };
     match neg.session_type {
-        SessionType::Discovery => discovery(r, w, peer, local, &targets, &cfg, neg, stat_sn).await,
+        SessionType::Discovery => {
+            discovery(r, rx, w, peer, local, &targets, &cfg, neg, stat_sn).await
+        }
         SessionType::Normal => {
             let name = neg.target_name.clone().unwrap_or_default();
             let Some(target) = targets.get(&name) else {
                 return;
             };
             tracing::info!(%peer, initiator = %neg.initiator_name, target = %name, "iSCSI session started");
-            session::run(r, w, peer, local, target, &cfg, neg, stat_sn, stop).await;
+            session::run(r, rx, w, peer, local, target, &cfg, neg, stat_sn, stop).await;
         }
     }
 }
@@ -139,6 +142,7 @@ pub(crate) fn portal_address(local: SocketAddr, tag: u16) -> String {
 #[allow(clippy::too_many_arguments)]
 async fn discovery(
     mut r: tokio::net::tcp::OwnedReadHalf,
+    mut rx: BytesMut,
     mut w: tokio::net::tcp::OwnedWriteHalf,
     peer: SocketAddr,
     local: SocketAddr,
@@ -156,7 +160,11 @@ async fn discovery(
     let mut pending_text: Option<(u32, Vec<u8>)> = None;
     let mut next_ttt = 1u32;
     loop {
-        let read = tokio::time::timeout(cfg.nop_interval * 4, read_pdu(&mut r, digests, max)).await;
+        let read = tokio::time::timeout(
+            cfg.nop_interval * 4,
+            next_pdu(&mut r, &mut rx, digests, max),
+        )
+        .await;
         let pdu = match read {
             Ok(Ok(Ok(p))) => p,
             Ok(Ok(Err(bhs))) => {

@@ -23,36 +23,6 @@ pub(crate) enum Incoming {
     Closed(String),
 }
 
-/// Reads one PDU.
-pub(crate) async fn read_pdu<R: AsyncRead + Unpin>(
-    r: &mut R,
-    digests: Digests,
-    max_data: usize,
-) -> Result<Result<Pdu, [u8; BHS_LEN]>, String> {
-    let mut bhs = [0u8; BHS_LEN];
-    r.read_exact(&mut bhs).await.map_err(|e| match e.kind() {
-        std::io::ErrorKind::UnexpectedEof => "connection closed by the initiator".to_string(),
-        _ => format!("read failed: {e}"),
-    })?;
-    let body_len = Pdu::body_len(&bhs, digests, max_data).map_err(|e| e.to_string())?;
-    // The body goes straight into the buffer the data segment will live in:
-    // no zeroing, no second copy.
-    let mut body = BytesMut::with_capacity(body_len);
-    while body.len() < body_len {
-        let mut limited = (&mut *r).take((body_len - body.len()) as u64);
-        match limited.read_buf(&mut body).await {
-            Ok(0) => return Err("connection lost inside a PDU".to_string()),
-            Ok(_) => {}
-            Err(e) => return Err(format!("connection lost inside a PDU: {e}")),
-        }
-    }
-    match Pdu::from_body(bhs, body.freeze(), digests) {
-        Ok(p) => Ok(Ok(p)),
-        Err(PduError::DataDigest) => Ok(Err(bhs)),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
 /// How much the reader takes from the socket at once. PDUs are cut out of
 /// this buffer without a copy, so their data segments share it; a new one
 /// is allocated only when it is full and a PDU cut from it (a write still
@@ -60,14 +30,20 @@ pub(crate) async fn read_pdu<R: AsyncRead + Unpin>(
 /// alive: at most the CmdSN window times this.
 const RX_CHUNK: usize = 64 * 1024;
 
-/// Runs the reader until the connection fails or the receiver goes away.
+/// The buffer a connection receives into, from login to logout.
+pub(crate) fn receive_buffer() -> BytesMut {
+    BytesMut::with_capacity(RX_CHUNK)
+}
+
+/// Runs the reader until the connection fails or the receiver goes away;
+/// `rx` holds whatever was received past the login.
 pub(crate) async fn reader_task(
     mut r: OwnedReadHalf,
+    mut rx: BytesMut,
     digests: Digests,
     max_data: usize,
     tx: mpsc::Sender<Incoming>,
 ) {
-    let mut rx = BytesMut::with_capacity(RX_CHUNK);
     loop {
         let item = match next_pdu(&mut r, &mut rx, digests, max_data).await {
             Ok(Ok(p)) => Incoming::Pdu(p),
@@ -84,8 +60,9 @@ pub(crate) async fn reader_task(
 }
 
 /// Cuts the next PDU out of `rx`, reading from `r` until it is whole. With
-/// many commands in flight, one read brings in many PDUs.
-async fn next_pdu<R: AsyncRead + Unpin>(
+/// many commands in flight, one read brings in many PDUs. `Ok(Err(bhs))` is
+/// a PDU whose data digest failed.
+pub(crate) async fn next_pdu<R: AsyncRead + Unpin>(
     r: &mut R,
     rx: &mut BytesMut,
     digests: Digests,

@@ -148,6 +148,7 @@ impl Drop for SessionCount {
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn run(
     r: tokio::net::tcp::OwnedReadHalf,
+    rx: bytes::BytesMut,
     w: tokio::net::tcp::OwnedWriteHalf,
     peer: SocketAddr,
     _local: SocketAddr,
@@ -182,7 +183,13 @@ pub(crate) async fn run(
         out_rx,
     ));
     let (in_tx, mut in_rx) = mpsc::channel(64);
-    let reader = tokio::spawn(reader_task(r, digests, neg.target_mrdsl as usize, in_tx));
+    let reader = tokio::spawn(reader_task(
+        r,
+        rx,
+        digests,
+        neg.target_mrdsl as usize,
+        in_tx,
+    ));
     let mut s = Session {
         peer,
         target,
