@@ -142,12 +142,7 @@ fn write_request(
     if whole == 0 {
         return Ok(None);
     }
-    let data = if whole * bs == data.len() {
-        data.clone()
-    } else {
-        data.slice(..whole * bs)
-    };
-    Ok(Some((rw, data)))
+    Ok(Some((rw, data.slice(..whole * bs))))
 }
 
 /// WRITE 6/10/12/16, and WRITE AND VERIFY 10/12/16 (SBC-3 5.36): the data

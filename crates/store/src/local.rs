@@ -79,7 +79,8 @@ pub struct VolumeFiles<B> {
 enum Cached {
     /// Data and checksums were there and match.
     Hit(Vec<u8>),
-    /// Some of it was not: the read has to wait for the disk.
+    /// Some of it was not (or the read is too long to copy inline): a
+    /// worker reads it.
     Miss,
     /// A block does not match its checksum (or a write raced the read).
     Bad,
@@ -561,10 +562,13 @@ impl<B: Backing> LocalVolume<B> {
     }
 
     /// Data and checksums already in the page cache are copied right here,
-    /// on the calling thread; only reads that would wait for the disk go to
-    /// a worker.
+    /// on the calling thread; only reads that would wait for the disk, or
+    /// are longer than `INLINE_READ_MAX`, go to a worker.
     fn read_cached(&self, lba: u64, blocks: u64) -> Result<Cached> {
         let bs = self.block_size as usize;
+        if blocks as usize * bs > INLINE_READ_MAX {
+            return Ok(Cached::Miss);
+        }
         let mut buf = volume::buffer::take(blocks as usize * bs);
         let mut sums = Sums::from_elem(0, blocks as usize * ENTRY as usize);
         let cached = self
@@ -585,14 +589,11 @@ impl<B: Backing> LocalVolume<B> {
     }
 
     async fn read_unlocked(&self, lba: u64, blocks: u64) -> Result<Vec<u8>> {
-        let len = blocks as usize * self.block_size as usize;
         let bs = self.block_size as usize;
-        if len <= INLINE_READ_MAX {
-            match self.read_cached(lba, blocks)? {
-                Cached::Hit(buf) => return Ok(buf),
-                Cached::Bad => return self.read_settled(lba, blocks).await,
-                Cached::Miss => {}
-            }
+        match self.read_cached(lba, blocks)? {
+            Cached::Hit(buf) => return Ok(buf),
+            Cached::Bad => return self.read_settled(lba, blocks).await,
+            Cached::Miss => {}
         }
         let (buf, bad) = self
             .blocking(move |f| {
@@ -715,9 +716,6 @@ impl<B: Backing> Volume for LocalVolume<B> {
     fn read_now(&self, lba: u64, blocks: u32) -> Option<Result<Vec<u8>>> {
         if let Err(e) = self.check_read(lba, blocks) {
             return Some(Err(e));
-        }
-        if blocks as usize * self.block_size as usize > INLINE_READ_MAX {
-            return None;
         }
         match self.read_cached(lba, blocks as u64) {
             Ok(Cached::Hit(buf)) => Some(Ok(buf)),

@@ -565,7 +565,8 @@ impl Session<'_> {
     /// its own, so the session goes on reading commands meanwhile.
     async fn execute(&self, cmd: Command, data_out: Bytes) {
         let mut data_out = data_out;
-        if scsi::decode_lun(cmd.lun) == 0 {
+        let lun0 = scsi::decode_lun(cmd.lun) == 0;
+        if lun0 {
             let req = Request {
                 cdb: &cmd.cdb,
                 data_out,
@@ -580,8 +581,7 @@ impl Session<'_> {
             }
             data_out = req.data_out;
         }
-        let lu: Option<Arc<LogicalUnit>> =
-            (scsi::decode_lun(cmd.lun) == 0).then(|| self.target.lun0.clone());
+        let lu: Option<Arc<LogicalUnit>> = lun0.then(|| self.target.lun0.clone());
         let tasks = self.tasks.clone();
         let seq = self.seq.clone();
         let out = self.out.clone();
