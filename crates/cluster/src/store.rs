@@ -365,6 +365,15 @@ mod tests {
         }
     }
 
+    /// The log entries of [`commands`], numbered from 1.
+    fn entries() -> Vec<Entry<TypeConfig>> {
+        commands()
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| entry(i as u64 + 1, c))
+            .collect()
+    }
+
     fn commands() -> Vec<Command> {
         vec![
             Command::Init {
@@ -394,11 +403,7 @@ mod tests {
     async fn applied_state_survives_reopen_and_travels_as_a_snapshot() {
         let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let mut a = RedbStore::open(d1.path()).unwrap();
-        let entries: Vec<_> = commands()
-            .into_iter()
-            .enumerate()
-            .map(|(i, c)| entry(i as u64 + 1, c))
-            .collect();
+        let entries = entries();
         a.append_to_log(entries.clone()).await.unwrap();
         let out = a.apply_to_state_machine(&entries).await.unwrap();
         assert_eq!(out[..3], [Outcome::Done, Outcome::Done, Outcome::Done]);
@@ -455,11 +460,7 @@ mod tests {
         assert_eq!(s.read_vote().await.unwrap(), None);
         let vote = Vote::new(3, 2);
         s.save_vote(&vote).await.unwrap();
-        let entries: Vec<_> = commands()
-            .into_iter()
-            .enumerate()
-            .map(|(i, c)| entry(i as u64 + 1, c))
-            .collect();
+        let entries = entries();
         s.append_to_log(entries.clone()).await.unwrap();
         s.delete_conflict_logs_since(entries[1].log_id)
             .await
