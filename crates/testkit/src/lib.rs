@@ -4,6 +4,9 @@
 #![forbid(unsafe_code)]
 
 pub mod history;
+mod ports;
+
+pub use ports::free_port;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, Ordering};

@@ -24,8 +24,7 @@ pub fn info(name: &str, role: Role, addr: SocketAddr) -> NodeInfo {
 
 /// A loopback address nobody listens on right now.
 pub fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    SocketAddr::from(([127, 0, 0, 1], testkit::free_port()))
 }
 
 /// Starts the first member of a new cluster; returns it and the join token.
