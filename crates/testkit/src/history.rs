@@ -61,6 +61,19 @@ impl History {
         }
     }
 
+    /// Takes in the history of another writer (of other blocks, or of the
+    /// same blocks with other write numbers), so one check covers both.
+    pub fn absorb(&mut self, other: History) {
+        for (b, seqs) in other.issued {
+            self.issued.entry(b).or_default().extend(seqs);
+        }
+        for (b, seq) in other.durable {
+            let d = self.durable.entry(b).or_insert(0);
+            *d = (*d).max(seq);
+        }
+        self.acknowledged += other.acknowledged;
+    }
+
     /// Number of writes acknowledged as durable.
     pub fn acknowledged(&self) -> u64 {
         self.acknowledged
@@ -131,5 +144,21 @@ mod tests {
         torn[300] ^= 1;
         assert!(h.check(1, &torn).is_err(), "torn block");
         assert_eq!(h.check(5, &[0u8; 512]), Ok(0));
+    }
+
+    #[test]
+    fn absorbed_history_checks_both_writers() {
+        let mut a = History::default();
+        a.issued(0, 1, 1);
+        a.durable(0, 1, 1);
+        let mut b = History::default();
+        b.issued(1, 1, 2);
+        b.durable(1, 1, 2);
+        b.issued(0, 1, 3);
+        a.absorb(b);
+        assert_eq!(a.acknowledged(), 2);
+        assert!(a.check(1, &[0u8; 512]).is_err(), "b's write is checked");
+        assert_eq!(a.check(0, &block(3, 0, 512)), Ok(3), "b's issued write");
+        assert!(a.check(0, &[0u8; 512]).is_err(), "a's write is checked");
     }
 }

@@ -41,20 +41,30 @@ pub struct Initiator {
 impl Initiator {
     /// Opens the TCP connection.
     pub async fn connect(addr: SocketAddr) -> Initiator {
-        Initiator {
-            s: TcpStream::connect(addr)
-                .await
-                .expect("connect to the target"),
+        Initiator::try_connect(addr)
+            .await
+            .expect("connect to the target")
+    }
+
+    /// Opens the TCP connection, or says why it could not.
+    pub async fn try_connect(addr: SocketAddr) -> std::io::Result<Initiator> {
+        Ok(Initiator {
+            s: TcpStream::connect(addr).await?,
             digests: Digests::default(),
             cmd_sn: 1,
             itt: 1,
-        }
+        })
     }
 
     /// Sends one PDU.
-    pub async fn send(&mut self, mut p: Pdu) {
+    pub async fn send(&mut self, p: Pdu) {
+        self.try_send(p).await.expect("send a PDU");
+    }
+
+    /// Sends one PDU; an error when the connection is gone.
+    pub async fn try_send(&mut self, mut p: Pdu) -> std::io::Result<()> {
         let bytes = p.encode(self.digests);
-        self.s.write_all(&bytes).await.expect("send a PDU");
+        self.s.write_all(&bytes).await
     }
 
     /// Receives one PDU; `None` when the connection closed or 3 s passed.
@@ -81,7 +91,7 @@ impl Initiator {
                 a.set_itt(0xFFFF_FFFF);
                 a.set_u32(20, p.u32_at(20));
                 a.set_u32(24, self.cmd_sn);
-                self.send(a).await;
+                self.try_send(a).await.ok()?;
                 continue;
             }
             return Some(p);
@@ -92,6 +102,11 @@ impl Initiator {
     pub async fn login(&mut self, keys: &[(&str, &str)]) -> Vec<(String, String)> {
         let r = self.try_login(keys).await.expect("login response");
         assert_eq!((r.byte(36), r.byte(37)), (0, 0), "login refused");
+        self.logged_in(&r)
+    }
+
+    /// Takes up the digests a successful login response agreed on; its keys.
+    fn logged_in(&mut self, r: &Pdu) -> Vec<(String, String)> {
         let kv = text::parse(&r.data).unwrap();
         let on = |k: &str| kv.iter().any(|(key, v)| key == k && v == "CRC32C");
         self.digests = Digests {
@@ -113,7 +128,7 @@ impl Initiator {
         p.set_itt(self.itt);
         p.set_u32(24, self.cmd_sn);
         p.data = Bytes::from(text::encode(keys));
-        self.send(p).await;
+        self.try_send(p).await.ok()?;
         let r = self.recv().await?;
         assert_eq!(r.opcode(), Some(Opcode::LoginResponse));
         Some(r)
@@ -130,6 +145,27 @@ impl Initiator {
         keys.extend_from_slice(extra);
         i.login(&keys).await;
         i
+    }
+
+    /// Connects and logs in to `target` as a normal session, for tests
+    /// whose targets come and go: `None` (no panic) when the connection is
+    /// refused or drops, the login is refused, or `limit` passes.
+    pub async fn try_normal(addr: SocketAddr, target: &str, limit: Duration) -> Option<Initiator> {
+        let attempt = async {
+            let mut i = Initiator::try_connect(addr).await.ok()?;
+            let keys = [
+                ("InitiatorName", "iqn.2026-11.test:init"),
+                ("TargetName", target),
+                ("SessionType", "Normal"),
+            ];
+            let r = i.try_login(&keys).await?;
+            if (r.byte(36), r.byte(37)) != (0, 0) {
+                return None;
+            }
+            i.logged_in(&r);
+            Some(i)
+        };
+        tokio::time::timeout(limit, attempt).await.ok().flatten()
     }
 
     /// Builds a SCSI Command PDU (LUN 0, simple task) and advances ITT/CmdSN.
@@ -149,6 +185,19 @@ impl Initiator {
     /// Sends the Data-Out PDUs that `r2t` asks for from `data`, at most
     /// `chunk` bytes each, numbered from DataSN 0.
     pub async fn answer_r2t(&mut self, r2t: &Pdu, itt: u32, data: &[u8], chunk: usize) {
+        self.try_answer_r2t(r2t, itt, data, chunk)
+            .await
+            .expect("send Data-Out");
+    }
+
+    /// [`Initiator::answer_r2t`], with an error when the connection is gone.
+    pub async fn try_answer_r2t(
+        &mut self,
+        r2t: &Pdu,
+        itt: u32,
+        data: &[u8],
+        chunk: usize,
+    ) -> std::io::Result<()> {
         let (off, len) = (r2t.u32_at(40) as usize, r2t.u32_at(44) as usize);
         let end = (off + len).min(data.len());
         for (sn, start) in (off..end).step_by(chunk).enumerate() {
@@ -160,8 +209,9 @@ impl Initiator {
             d.set_u32(36, sn as u32);
             d.set_u32(40, start as u32);
             d.data = Bytes::copy_from_slice(&data[start..stop]);
-            self.send(d).await;
+            self.try_send(d).await?;
         }
+        Ok(())
     }
 
     /// Runs a data-less command and returns (status, sense key).
@@ -181,12 +231,12 @@ impl Initiator {
         };
         let cmd = self.command(cdb, edtl, write, &[]);
         let itt = cmd.itt();
-        self.send(cmd).await;
+        self.try_send(cmd).await.ok()?;
         let mut data = vec![0u8; read_len as usize];
         loop {
             let p = self.recv_reply().await?;
             match p.opcode() {
-                Some(Opcode::R2t) => self.answer_r2t(&p, itt, data_out, 8192).await,
+                Some(Opcode::R2t) => self.try_answer_r2t(&p, itt, data_out, 8192).await.ok()?,
                 Some(Opcode::DataIn) => {
                     let off = p.u32_at(40) as usize;
                     let n = p.data.len().min(data.len().saturating_sub(off));

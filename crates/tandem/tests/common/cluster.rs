@@ -19,9 +19,13 @@ pub const EXTENT: u64 = 8;
 
 /// A `tandem witness` process.
 pub struct Witness {
-    child: Child,
+    child: Option<Child>,
     /// Its cluster endpoint.
     pub addr: String,
+    /// The arguments it was started with, to start it again.
+    args: Vec<String>,
+    netns: Option<String>,
+    log: PathBuf,
 }
 
 impl Witness {
@@ -29,7 +33,32 @@ impl Witness {
     /// joins through `seed` with `token`.
     pub fn start(dir: &Path, host: &str, netns: Option<&str>, seed: &str, token: &str) -> Witness {
         let port = if netns.is_some() { 7400 } else { free_port() };
-        let mut cmd = match netns {
+        let args = [
+            "witness",
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--listen",
+            &format!("{host}:{port}"),
+            "--advertise",
+            host,
+            "--join",
+            seed,
+            "--token",
+            token,
+        ];
+        let mut w = Witness {
+            child: None,
+            addr: format!("{host}:{port}"),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            netns: netns.map(str::to_string),
+            log: dir.with_extension("log"),
+        };
+        w.spawn();
+        w
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = match &self.netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
                 c.args(["netns", "exec", ns, tandem_bin()]);
@@ -37,43 +66,188 @@ impl Witness {
             }
             None => Command::new(tandem_bin()),
         };
-        let log = std::fs::File::create(dir.with_extension("log")).expect("witness log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("witness log");
+        // A witness that was a member rejoins from its data directory (the
+        // join arguments are then ignored).
         let child = cmd
-            .args([
-                "witness",
-                "--data-dir",
-                dir.to_str().unwrap(),
-                "--listen",
-                &format!("{host}:{port}"),
-                "--advertise",
-                host,
-                "--join",
-                seed,
-                "--token",
-                token,
-            ])
+            .args(&self.args)
             .env("TANDEM_LOG", "info")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("start tandem witness");
-        Witness {
-            child,
-            addr: format!("{host}:{port}"),
+        self.child = Some(child);
+    }
+
+    /// Process id of the running witness.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("witness running").id()
+    }
+
+    /// Whether the witness process runs (started and not killed or stopped).
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Kills the witness with SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
+    }
+
+    /// Stops the witness with SIGTERM and waits for it to exit cleanly.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    assert!(
+                        status.success(),
+                        "tandem witness exited with {status}:\n{}",
+                        self.log_text()
+                    );
+                    return;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    panic!("tandem witness ignored SIGTERM:\n{}", self.log_text());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Starts the witness again from its data directory.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "witness still running");
+        self.spawn();
+    }
+
+    /// The witness's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 
 impl Drop for Witness {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
 /// `tandem cluster status --json` of `s`.
 pub fn status(s: &Server) -> serde_json::Value {
     serde_json::from_str(&s.cli_ok(&["cluster", "status", "--json"])).unwrap()
+}
+
+/// `tandem cluster status --json` of `s`; `None` when it does not answer
+/// within 5 s (stopped, cut off, or waiting for a leader that does not answer).
+pub fn try_status(s: &Server) -> Option<serde_json::Value> {
+    let out = s.cli_within(&["cluster", "status", "--json"], Duration::from_secs(5))?;
+    serde_json::from_str(&out).ok()
+}
+
+/// What every node reports, for failure messages: its status, or that it
+/// does not answer.
+pub fn cluster_report(nodes: &[&Server]) -> String {
+    nodes
+        .iter()
+        .map(|n| match try_status(n) {
+            Some(v) => format!(
+                "node at {}:\n{}",
+                n.portal(),
+                serde_json::to_string_pretty(&v).unwrap()
+            ),
+            None => format!("node at {}: no answer", n.portal()),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Whether `volume` is back to normal as the nodes report it: each knows a
+/// leader and the same primary and epoch, the control plane records every
+/// copy in sync, and the primary has taken up its role with every peer
+/// connected, in sync and nothing left to resync. `Err` says what is not.
+pub fn converged(nodes: &[&Server], volume: &str) -> Result<(), String> {
+    let mut seen = Vec::new();
+    for n in nodes {
+        let v = try_status(n).ok_or_else(|| format!("node at {} does not answer", n.portal()))?;
+        seen.push(v);
+    }
+    let record = |v: &serde_json::Value| v["status"]["state"]["volumes"][volume].clone();
+    let first = record(&seen[0]);
+    let primary = first["primary"].as_u64();
+    for (n, v) in nodes.iter().zip(&seen) {
+        let r = record(v);
+        if v["status"]["leader"].is_null() {
+            return Err(format!("node at {} knows no leader", n.portal()));
+        }
+        if r["primary"].as_u64() != primary || r["epoch"] != first["epoch"] {
+            return Err(format!(
+                "the nodes disagree on the primary: {} vs {}",
+                first["primary"], r["primary"]
+            ));
+        }
+        let all_in_sync = r["replicas"]
+            .as_object()
+            .is_some_and(|c| c.values().all(|x| x["state"] == "in-sync"));
+        if !all_in_sync {
+            return Err(format!(
+                "node at {} sees copies not in sync: {}",
+                n.portal(),
+                r["replicas"]
+            ));
+        }
+    }
+    let p = seen
+        .iter()
+        .find(|v| v["status"]["me"].as_u64() == primary)
+        .ok_or_else(|| format!("primary {first} is not one of the nodes answering"))?;
+    let peers = p["replication"][volume]
+        .as_array()
+        .ok_or_else(|| format!("node {primary:?} has not taken up the primary role yet"))?;
+    for peer in peers {
+        if peer["state"] != "in-sync" || peer["connected"] != true || peer["dirty_bytes"] != 0 {
+            return Err(format!("the primary's peer is not caught up: {peer}"));
+        }
+    }
+    Ok(())
+}
+
+/// Waits up to `secs` for [`converged`]; `Err` gives the last reason and
+/// every node's status.
+pub fn wait_converged(nodes: &[&Server], volume: &str, secs: u64) -> Result<Duration, String> {
+    let t = Instant::now();
+    loop {
+        match converged(nodes, volume) {
+            Ok(()) => return Ok(t.elapsed()),
+            Err(why) if t.elapsed() > Duration::from_secs(secs) => {
+                return Err(format!(
+                    "volume {volume} not back in sync after {secs} s: {why}\n{}",
+                    cluster_report(nodes)
+                ))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// Which of `nodes` is the primary of `volume`, as the first that answers sees it.
+pub fn primary_index(nodes: &[&Server], volume: &str) -> Option<usize> {
+    let v = nodes.iter().find_map(|n| try_status(n))?;
+    let p = v["status"]["state"]["volumes"][volume]["primary"].as_u64()?;
+    nodes
+        .iter()
+        .position(|n| try_status(n).and_then(|s| s["status"]["me"].as_u64()) == Some(p))
 }
 
 /// Waits up to `secs` for `f`, failing the test with `what`.

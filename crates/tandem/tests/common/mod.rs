@@ -3,7 +3,10 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod log;
+pub mod nemesis;
 pub mod netns;
+pub mod workload;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -150,6 +153,11 @@ impl Server {
         self.child.as_ref().expect("server running").id()
     }
 
+    /// Whether the server process runs (started and not killed or stopped).
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// The server's log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -165,6 +173,40 @@ impl Server {
             .env_remove("TANDEM_TOKEN_FILE")
             .output()
             .expect("run tandem CLI")
+    }
+
+    /// Runs `tandem <args>` against this server's API; `None` when it fails
+    /// or takes longer than `limit` (a stopped server does not answer).
+    pub fn cli_within(&self, args: &[&str], limit: Duration) -> Option<String> {
+        let child = Command::new(tandem_bin())
+            .args(args)
+            .env("TANDEM_API", format!("{}:{}", self.host, self.api_port))
+            .env("TANDEM_DATA_DIR", &self.data_dir)
+            .env_remove("TANDEM_API_TOKEN")
+            .env_remove("TANDEM_TOKEN_FILE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run tandem CLI");
+        let pid = child.id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        match rx.recv_timeout(limit) {
+            Ok(Ok(out)) if out.status.success() => {
+                Some(String::from_utf8_lossy(&out.stdout).into_owned())
+            }
+            Ok(_) => None,
+            Err(_) => {
+                // Still running (its reader thread has not reaped it).
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+                None
+            }
+        }
     }
 
     /// Runs `tandem <args>` and returns its stdout, failing the test if it fails.
