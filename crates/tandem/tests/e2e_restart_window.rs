@@ -1,10 +1,11 @@
 //! A node that starts must not acknowledge a write of a cluster volume
 //! before it knows its role for it (issue #14, the restart window).
 //!
-//! Two data nodes and a witness run as real processes on loopback. An
-//! initiator reconnects to one node's portal every couple of milliseconds
-//! (connect, login, FUA writes, short limits) while that node is killed with
-//! SIGKILL and started again, a few rounds each, for
+//! Two data nodes and a witness run as real processes on loopback (a
+//! cluster of its own for each case, one case at a time). An initiator
+//! reconnects to one node's portal every couple of milliseconds (connect,
+//! login, FUA writes, short limits) while that node is killed with SIGKILL
+//! and started again, a few rounds each, for
 //!
 //! (a) the primary, restarted once the other node has taken over;
 //! (b) the secondary, restarted once the primary has recorded it out of sync;

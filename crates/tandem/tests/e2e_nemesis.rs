@@ -1,0 +1,403 @@
+//! Random fault schedules against a live cluster, in the spirit of Jepsen's
+//! nemesis: two data nodes and a witness, each a `tandem` process in its own
+//! network namespace (needs root; skipped elsewhere, fails in CI).
+//!
+//! Each schedule applies one to three faults to distinct members, the
+//! witness included — kill -9 and a later start, SIGSTOP and SIGCONT, a
+//! clean restart (SIGTERM, then start), a cut link and its repair — at
+//! random moments, while three initiators write through different portals
+//! (one through each data node, one switching between them on every
+//! reconnection), reconnecting as soon as a connection fails, mixing FUA
+//! writes, plain writes made durable by a later SYNCHRONIZE CACHE, and plain
+//! writes never flushed. The initiators own disjoint extents.
+//!
+//! After each schedule every fault is healed and every member runs; the
+//! volume must come back in sync, every write acknowledged as durable must
+//! read back through both data nodes (history checker), no two nodes may
+//! have acknowledged writes at once, and once both nodes are stopped their
+//! data files and checksum files must be byte-identical.
+//!
+//! `TANDEM_NEMESIS_SEED=<n>` replays a seed (printed at the start and on
+//! failure, with every schedule); `TANDEM_NEMESIS_SCHEDULES=<n>` sets how
+//! many schedules run (default 4). `scripts/soak.sh` runs it for hours.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::cluster::{
+    ack_windows, assert_one_writer, cluster_report, node_id, volume_file, wait_converged, Witness,
+    BLOCK, EXTENT,
+};
+use common::log::now_us;
+use common::nemesis::{Action, Fault, Schedule};
+use common::netns::{two_nodes_and_witness, Lan};
+use common::workload::{read_volume, Ack, Load, LoadConfig, Mix, Pick};
+use common::Server;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use testkit::history::{decode, History};
+
+const VOLUME: &str = "vm";
+const SIZE: &str = "8M";
+const BLOCKS: u64 = (8 << 20) / BLOCK as u64;
+const EXTENTS: u64 = BLOCKS / EXTENT;
+const WRITERS: u64 = 3;
+/// The witness runs on host 2 of the network.
+const WITNESS_HOST: usize = 2;
+/// Faults start within this span of the schedule's start...
+const SPAN: Duration = Duration::from_secs(6);
+/// ...and last between these.
+const SHORTEST: Duration = Duration::from_millis(300);
+const LONGEST: Duration = Duration::from_secs(4);
+/// How long the cluster gets to come back in sync after the last heal.
+const CONVERGE_SECS: u64 = 120;
+
+fn env_u64(name: &str) -> Option<u64> {
+    let v = std::env::var(name).ok()?;
+    Some(
+        v.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v} is not a number")),
+    )
+}
+
+/// Says how to replay a failure, and keeps the servers' logs, when the test
+/// fails (dropped last, after every process is gone).
+struct Replay {
+    seed: u64,
+    plan: String,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Replay {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "nemesis failed with seed {0}; replay with TANDEM_NEMESIS_SEED={0}\n{1}",
+                self.seed, self.plan
+            );
+            if let Some(d) = self.dir.take() {
+                eprintln!("server logs kept in {}", d.keep().display());
+            }
+        }
+    }
+}
+
+/// The cluster's members: data nodes 0 and 1, the witness as member 2.
+struct Members {
+    nodes: Vec<Server>,
+    witness: Witness,
+    lan: Lan,
+}
+
+impl Members {
+    fn pid(&self, m: usize) -> u32 {
+        if m < 2 {
+            self.nodes[m].pid()
+        } else {
+            self.witness.pid()
+        }
+    }
+
+    fn host(&self, m: usize) -> usize {
+        if m < 2 {
+            m
+        } else {
+            WITNESS_HOST
+        }
+    }
+
+    fn signal(&self, m: usize, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &self.pid(m).to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} of member {m} failed");
+    }
+
+    fn begin(&mut self, m: usize, fault: Fault) {
+        match (fault, m < 2) {
+            (Fault::Kill, true) => self.nodes[m].kill(),
+            (Fault::Kill, false) => self.witness.kill(),
+            (Fault::Pause, _) => self.signal(m, "-STOP"),
+            (Fault::Restart, true) => {
+                self.nodes[m].stop();
+                self.nodes[m].restart();
+            }
+            (Fault::Restart, false) => {
+                self.witness.stop();
+                self.witness.restart();
+            }
+            (Fault::Cut, _) => self.lan.cut(self.host(m)),
+        }
+    }
+
+    fn heal(&mut self, m: usize, fault: Fault) {
+        match (fault, m < 2) {
+            (Fault::Kill, true) => self.nodes[m].restart(),
+            (Fault::Kill, false) => self.witness.restart(),
+            (Fault::Pause, _) => self.signal(m, "-CONT"),
+            (Fault::Restart, _) => {}
+            (Fault::Cut, _) => self.lan.mend(self.host(m)),
+        }
+    }
+
+    fn both(&self) -> [&Server; 2] {
+        [&self.nodes[0], &self.nodes[1]]
+    }
+}
+
+/// The writes a read shows lost, each with when and how it was acknowledged
+/// (at most 12, one line per write).
+fn explain(
+    data: &[u8],
+    h: &History,
+    acks: &HashMap<u64, Ack>,
+    starts: &[u64],
+    portals: &[std::net::SocketAddr; 2],
+) -> String {
+    let mut lines = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (i, b) in data.chunks(BLOCK).enumerate() {
+        let lba = i as u64;
+        let Err(why) = h.check(lba, b) else { continue };
+        let expected = h.newest_durable(lba);
+        if !seen.insert((expected, decode(b, lba))) {
+            continue;
+        }
+        let how = match acks.get(&expected) {
+            Some(a) => {
+                let k = starts.iter().rposition(|&s| s <= a.at_us).unwrap_or(0);
+                let node = if a.portal == portals[0] { "a" } else { "b" };
+                format!(
+                    "{} write acknowledged through node {node} {:+.3} s into schedule {}",
+                    if a.fua { "FUA" } else { "plain (then flushed)" },
+                    (a.at_us as f64 - starts[k] as f64) / 1e6,
+                    k + 1
+                )
+            }
+            None => "no acknowledgement on record".to_string(),
+        };
+        lines.push(format!("  {why} ({how})"));
+        if lines.len() == 12 {
+            break;
+        }
+    }
+    lines.join("\n")
+}
+
+/// Where two files differ, as a sentence; `None` when equal. `per_block`:
+/// bytes of the file per block of the volume.
+fn differs(name: &str, x: &[u8], y: &[u8], per_block: usize) -> Option<String> {
+    let blocks = x.chunks(per_block).zip(y.chunks(per_block)).enumerate();
+    let wrong: Vec<usize> = blocks
+        .filter(|(_, (p, q))| p != q)
+        .map(|(i, _)| i)
+        .collect();
+    if let Some(&first) = wrong.first() {
+        let show = |f: &[u8], b: usize| {
+            let part = &f[b * per_block..((b + 1) * per_block).min(f.len())];
+            let hex: String = part.iter().take(16).map(|c| format!("{c:02x}")).collect();
+            hex
+        };
+        let examples: Vec<String> = wrong
+            .iter()
+            .take(4)
+            .map(|&b| format!("block {b}: {}.. vs {}..", show(x, b), show(y, b)))
+            .collect();
+        return Some(format!(
+            "{name} differs between the nodes in {} blocks, the first block {first} ({})",
+            wrong.len(),
+            examples.join("; ")
+        ));
+    }
+    (x.len() != y.len()).then(|| {
+        format!(
+            "{name} differs between the nodes in length: {} and {} bytes",
+            x.len(),
+            y.len()
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_faults_lose_no_acknowledged_write() {
+    let seed = env_u64("TANDEM_NEMESIS_SEED").unwrap_or_else(|| now_us() % 1_000_000_007);
+    let count = env_u64("TANDEM_NEMESIS_SCHEDULES").unwrap_or(4);
+    let names = ["node a", "node b", "the witness"];
+    let mut rng = StdRng::seed_from_u64(seed);
+    let plan: Vec<Schedule> = (0..count)
+        .map(|_| Schedule::random(&mut rng, &names, 3, SPAN, SHORTEST, LONGEST))
+        .collect();
+    let listing: String = plan
+        .iter()
+        .enumerate()
+        .map(|(k, s)| format!("  schedule {}: {s}\n", k + 1))
+        .collect();
+    eprintln!("nemesis: seed {seed} (replay with TANDEM_NEMESIS_SEED={seed}), {count} schedules:\n{listing}");
+    let mut replay = Replay {
+        seed,
+        plan: listing,
+        dir: None,
+    };
+    let Some(lan) = Lan::or_skip(3) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (nodes, witness, _) = two_nodes_and_witness(&lan, dir.path(), WITNESS_HOST, SIZE);
+    replay.dir = Some(dir);
+    let mut m = Members {
+        nodes,
+        witness,
+        lan,
+    };
+    let ids = [node_id(&m.nodes[0]), node_id(&m.nodes[1])];
+    eprintln!("node a is node {}, node b is node {}", ids[0], ids[1]);
+    if let Err(e) = wait_converged(&m.both(), VOLUME, CONVERGE_SECS) {
+        panic!("the new volume: {e}");
+    }
+
+    let seq = Arc::new(AtomicU64::new(0));
+    let mut history = History::default();
+    // Every acknowledged write by number, and when each schedule started.
+    let mut acks: HashMap<u64, Ack> = HashMap::new();
+    let mut starts: Vec<u64> = Vec::new();
+    let part = EXTENTS / WRITERS;
+    for (k, schedule) in plan.iter().enumerate() {
+        let what = format!("schedule {} of seed {seed} ({schedule})", k + 1);
+        eprintln!("{what}: starts");
+        let portals = [m.nodes[0].portal(), m.nodes[1].portal()];
+        let loads: Vec<Load> = (0..WRITERS)
+            .map(|w| {
+                let through = match w {
+                    0 => vec![portals[0]],
+                    1 => vec![portals[1]],
+                    _ => portals.to_vec(),
+                };
+                let cfg = LoadConfig::steady(
+                    VOLUME,
+                    through,
+                    w * part..(w + 1) * part,
+                    Pick::Random,
+                    Mix::MIXED,
+                );
+                Load::start(
+                    LoadConfig {
+                        seed: seed ^ ((k as u64) << 8) ^ w,
+                        ..cfg
+                    },
+                    seq.clone(),
+                )
+            })
+            .collect();
+        for (w, l) in loads.iter().enumerate() {
+            assert!(
+                l.acknowledged_beyond(0, 1, Duration::from_secs(30)).await,
+                "{what}: writer {w} got nothing acknowledged before the faults\n{}",
+                cluster_report(&m.both())
+            );
+        }
+
+        // The faults, at their moments.
+        let start = Instant::now();
+        starts.push(now_us());
+        for (at, step, action) in schedule.timeline() {
+            if let Some(wait) = at.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+            eprintln!(
+                "  +{:.2} s: {} {}",
+                start.elapsed().as_secs_f64(),
+                if action == Action::Heal {
+                    "heal:"
+                } else {
+                    "fault:"
+                },
+                schedule.describe(step)
+            );
+            match action {
+                Action::Begin => m.begin(step.member, step.fault),
+                Action::Heal => m.heal(step.member, step.fault),
+            }
+        }
+        let healed = now_us();
+
+        // Everything healed: back in sync, and every initiator served again.
+        match wait_converged(&m.both(), VOLUME, CONVERGE_SECS) {
+            Ok(took) => eprintln!(
+                "{what}: back in sync {:.1} s after the last heal",
+                took.as_secs_f64()
+            ),
+            Err(e) => panic!("{what}: {e}"),
+        }
+        for (w, l) in loads.iter().enumerate() {
+            let t = Instant::now();
+            while l.progress().1 <= healed {
+                assert!(
+                    t.elapsed() < Duration::from_secs(60),
+                    "{what}: writer {w} got nothing acknowledged within 60 s after everything healed\n{}",
+                    cluster_report(&m.both())
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        for (w, l) in loads.into_iter().enumerate() {
+            let ledger = l.finish().await;
+            eprintln!("{what}: writer {w}: {:?}", ledger.tally);
+            for e in &ledger.errors {
+                eprintln!("    {e}");
+            }
+            history.absorb(ledger.history);
+            acks.extend(ledger.acks.into_iter().map(|a| (a.seq, a)));
+        }
+
+        // Every acknowledged write through every node.
+        for (n, id) in m.nodes.iter().zip(ids) {
+            let data = read_volume(n.portal(), VOLUME, BLOCKS, Duration::from_secs(60))
+                .await
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            if let Err(errors) = history.check_range(0, &data, BLOCK) {
+                panic!(
+                    "{what}: {} blocks wrong when read through node {id} ({}):\n{}",
+                    errors.len(),
+                    n.portal(),
+                    explain(&data, &history, &acks, &starts, &portals)
+                );
+            }
+        }
+        let mut windows = ack_windows(&m.nodes[0], VOLUME);
+        windows.extend(ack_windows(&m.nodes[1], VOLUME));
+        assert_one_writer(&windows);
+
+        // Byte for byte, once both nodes have flushed and stopped.
+        for n in &mut m.nodes {
+            n.stop();
+        }
+        let mut wrong = Vec::new();
+        let data = [volume_file(&m.nodes[0]), volume_file(&m.nodes[1])];
+        let sums = data.clone().map(|d| d.with_extension("crc32c"));
+        for (name, files, per_block) in [("data", &data, BLOCK), ("data.crc32c", &sums, 4)] {
+            let x = std::fs::read(&files[0]).unwrap();
+            let y = std::fs::read(&files[1]).unwrap();
+            wrong.extend(differs(name, &x, &y, per_block));
+        }
+        assert!(
+            wrong.is_empty(),
+            "{what}: the copies differ after resync:\n{}",
+            wrong.join("\n")
+        );
+        for n in &mut m.nodes {
+            n.restart();
+        }
+        if let Err(e) = wait_converged(&m.both(), VOLUME, CONVERGE_SECS) {
+            panic!("{what}: after both nodes restarted: {e}");
+        }
+        eprintln!(
+            "{what}: passed ({} writes acknowledged as durable so far)",
+            history.acknowledged()
+        );
+    }
+    assert!(m.witness.running());
+}
