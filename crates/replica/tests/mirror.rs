@@ -23,6 +23,8 @@ const BS: u32 = 4096;
 struct TestControl {
     lease_lost: AtomicBool,
     refuse: AtomicBool,
+    /// How long recording a lost replica takes before it answers.
+    record_delay_ms: std::sync::atomic::AtomicU64,
     lost: Mutex<Vec<u64>>,
     in_sync: Mutex<Vec<u64>>,
     syncing: Mutex<Vec<u64>>,
@@ -30,10 +32,12 @@ struct TestControl {
 
 #[async_trait]
 impl Control for TestControl {
-    fn lease_valid(&self) -> bool {
+    fn may_acknowledge(&self, _v: &str, _e: u64) -> bool {
         !self.lease_lost.load(Ordering::SeqCst)
     }
     async fn replica_lost(&self, _v: &str, node: u64, _e: u64) -> Result<(), String> {
+        let delay = self.record_delay_ms.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(delay)).await;
         if self.refuse.load(Ordering::SeqCst) {
             return Err("no quorum".into());
         }
@@ -280,6 +284,49 @@ async fn write_is_not_acknowledged_when_the_loss_cannot_be_recorded() {
     let r = p.write(0, pattern(1, 5), true).await;
     assert!(matches!(r, Err(VolumeError::Unavailable(_))), "{r:?}");
     assert!(control.lost.lock().unwrap().is_empty());
+}
+
+/// While the record of a lost replica is being committed, other writes that
+/// skip that replica wait for the record and fail with it: none of them is
+/// acknowledged without the replica and without the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_during_a_slow_failed_record_are_not_acknowledged() {
+    let k = key();
+    let a = TestNode::new(&k, 1024).await;
+    let mut b = TestNode::new(&k, 1024).await;
+    let control = Arc::new(TestControl::default());
+    let p = primary(&a, 1, &[(&b, 2, true)], control.clone()).await;
+    // No quorum: the record takes a while, then fails.
+    control.record_delay_ms.store(400, Ordering::SeqCst);
+    control.refuse.store(true, Ordering::SeqCst);
+    b.kill();
+    let start = Instant::now();
+    let mut writes = Vec::new();
+    for i in 0..64u64 {
+        let p = p.clone();
+        writes.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(i * 5)).await;
+            p.write(i * 8, pattern(8, i as u8 + 1), i % 4 == 0).await
+        }));
+    }
+    let mut acknowledged = Vec::new();
+    for (i, w) in writes.into_iter().enumerate() {
+        if w.await.unwrap().is_ok() {
+            acknowledged.push(i);
+        }
+    }
+    assert!(
+        acknowledged.is_empty(),
+        "writes {acknowledged:?} were acknowledged without the replica and without the record"
+    );
+    assert!(control.lost.lock().unwrap().is_empty());
+    assert!(start.elapsed() < Duration::from_secs(30), "writes hung");
+    assert_eq!(p.acknowledged(), None);
+    // Once the record can be made, writes go on without the replica.
+    control.refuse.store(false, Ordering::SeqCst);
+    control.record_delay_ms.store(0, Ordering::SeqCst);
+    p.write(0, pattern(1, 9), true).await.unwrap();
+    assert_eq!(*control.lost.lock().unwrap(), vec![2]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
