@@ -553,7 +553,6 @@ impl ReplicatedVolume {
                     .await;
             }
         }
-        let zero_block = Bytes::from(vec![0u8; bs as usize]);
         let mut last_report = Instant::now();
         let regions_per_chunk = RESYNC_CHUNK / RESYNC_REGION;
         let mut cursor = 0;
@@ -573,28 +572,9 @@ impl ReplicatedVolume {
             }
             let blocks = end - lba;
             let _range = self.ranges.lock(lba, blocks).await;
-            let data = v
-                .read(lba, blocks as u32)
+            self.copy_range(link, lba, blocks)
                 .await
-                .map_err(|e| format!("reading the local copy: {e}"))?;
-            let op = if data.iter().all(|&b| b == 0) {
-                Op::WriteSame {
-                    lba,
-                    blocks,
-                    unmap: true,
-                    fua: false,
-                    pattern: zero_block.clone(),
-                }
-            } else {
-                Op::Write {
-                    lba,
-                    fua: false,
-                    data: Bytes::from(data),
-                }
-            };
-            link.call(self.cfg.epoch, op)
-                .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| format!("copying blocks {lba}..{}: {e}", lba + blocks))?;
             for r in first..first + n {
                 p.dirty.clear(r);
             }
@@ -651,6 +631,68 @@ impl ReplicatedVolume {
             return Err(format!("recording the replica in sync failed: {why}"));
         }
         tracing::info!(volume = %name, node = p.node, bytes = total, "replica in sync");
+        Ok(())
+    }
+}
+
+impl ReplicatedVolume {
+    /// Makes blocks `[lba, lba + blocks)` of the peer behind `link` equal to
+    /// this copy's, the caller holding the range: written blocks are sent as
+    /// data, unwritten ones unmapped, so the peer's copy stays as thin as
+    /// this one and its checksums match block for block.
+    async fn copy_range(&self, link: &Link, lba: u64, blocks: u64) -> Result<(), String> {
+        let v = self.copy.volume();
+        let bs = v.block_size() as usize;
+        let data = Bytes::from(
+            v.read(lba, blocks as u32)
+                .await
+                .map_err(|e| format!("reading the local copy: {e}"))?,
+        );
+        // Which blocks hold written data: mapped ones (a written block of
+        // zeros included) and any that does not read as zeros.
+        let mut written = Vec::with_capacity(blocks as usize);
+        let mut at = lba;
+        while at < lba + blocks {
+            let (state, n) = v
+                .block_status(at)
+                .await
+                .map_err(|e| format!("reading the local copy's allocation: {e}"))?;
+            let n = n.clamp(1, lba + blocks - at);
+            written.extend((0..n).map(|_| state == BlockState::Mapped));
+            at += n;
+        }
+        for (i, block) in data.chunks(bs).enumerate() {
+            written[i] |= block.iter().any(|&b| b != 0);
+        }
+        // One request per run of written or unwritten blocks, all in flight
+        // together.
+        let mut calls = Vec::new();
+        let mut start = 0;
+        while start < written.len() {
+            let kind = written[start];
+            let end = written[start..]
+                .iter()
+                .position(|&w| w != kind)
+                .map_or(written.len(), |k| start + k);
+            let run_lba = lba + start as u64;
+            let op = if kind {
+                Op::Write {
+                    lba: run_lba,
+                    fua: false,
+                    data: data.slice(start * bs..end * bs),
+                }
+            } else {
+                Op::Unmap {
+                    lba: run_lba,
+                    blocks: (end - start) as u64,
+                }
+            };
+            calls.push(link.send(self.cfg.epoch, op).map_err(|e| e.to_string())?);
+            start = end;
+        }
+        for c in calls {
+            c.wait().await.map_err(|e| e.to_string())?;
+        }
         Ok(())
     }
 }

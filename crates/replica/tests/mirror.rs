@@ -239,6 +239,61 @@ async fn dead_replica_is_recorded_before_the_ack_and_resynced_incrementally() {
     assert_eq!(a.contents().await, b.contents().await);
 }
 
+/// Which blocks of `v` hold written data, as runs of (first block, blocks).
+async fn written_runs(v: &dyn Volume) -> Vec<(u64, u64)> {
+    let mut runs = Vec::new();
+    let mut lba = 0;
+    while lba < v.num_blocks() {
+        let (state, n) = v.block_status(lba).await.unwrap();
+        if state == volume::BlockState::Mapped {
+            match runs.last_mut() {
+                Some((start, len)) if *start + *len == lba => *len += n,
+                _ => runs.push((lba, n)),
+            }
+        }
+        lba += n;
+    }
+    runs
+}
+
+/// A resync copies written blocks and unmaps unwritten ones: the returning
+/// replica holds exactly the blocks the primary holds (a block written with
+/// zeros included), no zero-filled neighbours of written blocks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resync_keeps_the_replica_as_thin_as_the_primary() {
+    let k = key();
+    let blocks = 16 * 1024 * 1024 / BS as u64;
+    let a = TestNode::new(&k, blocks).await;
+    let mut b = TestNode::new(&k, blocks).await;
+    let control = Arc::new(TestControl::default());
+    let p = primary(&a, 1, &[(&b, 2, true)], control.clone()).await;
+    p.write(0, pattern(4, 1), true).await.unwrap();
+    b.kill();
+    // Scattered writes while the replica is away: single blocks inside
+    // resync chunks, a block of zeros, an unmap of data it had.
+    p.write(7, pattern(1, 2), false).await.unwrap();
+    p.write(300, pattern(1, 3), false).await.unwrap();
+    p.write(301, Bytes::from(vec![0u8; BS as usize]), false)
+        .await
+        .unwrap();
+    p.unmap(1, 2).await.unwrap();
+    p.write(2000, pattern(3, 4), true).await.unwrap();
+    b.restart().await;
+    wait_for(
+        || control.in_sync.lock().unwrap().contains(&2),
+        "replica back in sync",
+    )
+    .await;
+    assert_eq!(a.contents().await, b.contents().await, "copies converged");
+    let want = written_runs(a.copy.volume().as_ref()).await;
+    assert_eq!(want, vec![(0, 1), (3, 1), (7, 1), (300, 2), (2000, 3)]);
+    assert_eq!(
+        written_runs(b.copy.volume().as_ref()).await,
+        want,
+        "the replica holds other blocks than the primary"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_sync_replica_stays_in_sync_while_a_new_primary_reconciles_recent_regions() {
     let k = key();
