@@ -485,6 +485,16 @@ impl Node {
             access,
         })?;
         let lun = e.lun.clone();
+        // Until the cluster state gives this node its role (`hold`), every
+        // command that touches the medium fails as an access state
+        // transition, and REPORT TARGET PORT GROUPS says so.
+        lun.set_port_groups(vec![PortGroup {
+            id: me as u16,
+            state: AccessState::Transitioning,
+            preferred: false,
+            ports: vec![me as u16],
+            status: 0,
+        }]);
         exported.insert(v.name.clone(), e);
         Ok(Slot {
             role,
