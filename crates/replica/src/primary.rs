@@ -162,6 +162,8 @@ struct Peer {
     dirty: Arc<DirtyMap>,
     /// Serializes control-plane changes of this peer's state.
     state_change: tokio::sync::Mutex<()>,
+    /// Whether this primary role ever had a link to the peer.
+    linked: AtomicBool,
     done: AtomicU64,
     total: AtomicU64,
 }
@@ -254,6 +256,7 @@ impl ReplicatedVolume {
                 link: RwLock::new(None),
                 dirty: Arc::new(dirty),
                 state_change: tokio::sync::Mutex::new(()),
+                linked: AtomicBool::new(false),
                 done: AtomicU64::new(0),
                 total: AtomicU64::new(0),
             }));
@@ -718,9 +721,13 @@ async fn supervise(me: Weak<ReplicatedVolume>, p: Arc<Peer>) {
                 match Link::connect(&p.addr, &v.cfg.key, &hello, v.cfg.timeout).await {
                     Ok(l) => {
                         let l = Arc::new(l);
-                        v.welcomed(&p, &l).await;
-                        backoff = Duration::from_millis(100);
-                        Some(l)
+                        if v.welcomed(&p, &l).await {
+                            backoff = Duration::from_millis(100);
+                            Some(l)
+                        } else {
+                            l.close();
+                            None
+                        }
                     }
                     Err(e) => {
                         tracing::debug!(
@@ -757,12 +764,15 @@ async fn supervise(me: Weak<ReplicatedVolume>, p: Arc<Peer>) {
 impl ReplicatedVolume {
     /// A new connection to `p` answered: check which copy it is, take its
     /// suspect regions, and put it in the write path when it may be.
-    async fn welcomed(&self, p: &Peer, l: &Arc<Link>) {
+    /// Returns whether the link was taken; if not, the caller drops it and
+    /// tries again later.
+    async fn welcomed(&self, p: &Peer, l: &Arc<Link>) -> bool {
         let w = l.welcome();
         if w.epoch > self.cfg.epoch {
             self.deposed.store(true, Ordering::Release);
-            return;
+            return false;
         }
+        let reconnect = p.linked.swap(true, Ordering::AcqRel);
         let tag = p.dirty.tag();
         if tag != w.copy_id {
             if tag != [0; 16] {
@@ -772,14 +782,35 @@ impl ReplicatedVolume {
                     "the replica's copy was replaced, copying everything"
                 );
                 p.dirty.mark_all();
-                let _ = self.lose(p, &LinkError::Down(p.addr.clone())).await;
+                if self
+                    .lose(p, &LinkError::Down(p.addr.clone()))
+                    .await
+                    .is_err()
+                {
+                    return false;
+                }
             } else if p.mode() != IN_SYNC {
                 p.dirty.mark_all();
             }
             p.dirty.set_tag(w.copy_id);
         }
         p.dirty.mark_ranges(&w.suspect);
+        if reconnect && p.mode() == IN_SYNC {
+            // The link broke while this primary acknowledged writes: the
+            // replica may have restarted and lost writes it had not flushed
+            // yet, which a SYNCHRONIZE CACHE from now on would promise. It
+            // counts as out of sync (recorded) until the resync has copied
+            // its suspect regions back.
+            if self
+                .lose(p, &LinkError::Down(p.addr.clone()))
+                .await
+                .is_err()
+            {
+                return false;
+            }
+        }
         *p.link.write().unwrap() = Some(l.clone());
+        true
     }
 }
 

@@ -239,6 +239,35 @@ async fn dead_replica_is_recorded_before_the_ack_and_resynced_incrementally() {
     assert_eq!(a.contents().await, b.contents().await);
 }
 
+/// A replica whose link broke and came back before any write noticed may
+/// have restarted and lost writes it had not flushed: it is recorded out of
+/// sync before it takes writes again, so a later SYNCHRONIZE CACHE never
+/// counts on it until the resync has copied its recent regions back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_reconnects_is_recorded_out_of_sync_until_resynced() {
+    let k = key();
+    let a = TestNode::new(&k, 1024).await;
+    let mut b = TestNode::new(&k, 1024).await;
+    let control = Arc::new(TestControl::default());
+    let p = primary(&a, 1, &[(&b, 2, true)], control.clone()).await;
+    p.write(0, pattern(4, 1), false).await.unwrap();
+    // No I/O while the replica is away and back.
+    b.kill();
+    b.restart().await;
+    wait_for(
+        || control.lost.lock().unwrap().contains(&2),
+        "reconnected replica recorded out of sync",
+    )
+    .await;
+    wait_for(
+        || control.in_sync.lock().unwrap().contains(&2),
+        "replica back in sync after the resync",
+    )
+    .await;
+    p.flush().await.unwrap();
+    assert_eq!(a.contents().await, b.contents().await);
+}
+
 /// Which blocks of `v` hold written data, as runs of (first block, blocks).
 async fn written_runs(v: &dyn Volume) -> Vec<(u64, u64)> {
     let mut runs = Vec::new();
