@@ -33,10 +33,16 @@
 //!
 //! Every member sends a heartbeat to the leader every [`HEARTBEAT`]
 //! (200 ms). The leader answers only after a fresh round of Raft heartbeats
-//! confirmed that a quorum still follows it. A member's lease runs
-//! [`LEASE`] (1 s) from the moment it *sent* the last answered heartbeat
-//! ([`Cluster::lease_valid_until`]); a primary acknowledges writes only
-//! while its lease runs.
+//! confirmed that a quorum still follows it, and the answer carries the
+//! leader's commit index at that moment. A member's lease runs [`LEASE`]
+//! (1 s) from the moment it *sent* the last answered heartbeat
+//! ([`Cluster::lease_valid_until`]), and is taken only once the member has
+//! applied the log up to that index: while a lease runs, the cluster state
+//! the member follows is at least as new as the state the leader had when
+//! it answered. A primary acknowledges writes only while its lease runs and
+//! that state names it primary at its epoch, so a member restarted with an
+//! old state, or frozen while the others moved on, finds out that it was
+//! replaced before it acknowledges anything.
 //!
 //! The leader records the moment it *answered* each heartbeat, which is
 //! later than the send. It declares a data node dead when it has not heard
@@ -1050,13 +1056,14 @@ async fn h_heartbeat(State(w): State<Weak<Inner>>, h: HeaderMap, body: Bytes) ->
         let r: Answer<()> = Err(format!("node {} is not a member", req.node));
         return s.gate.answer(&nonce, &r);
     }
-    let r: Answer<()> = if confirm_leadership(&s).await {
-        // Recorded after the confirmation, so later than the member's send
-        // time, from which its lease runs.
-        s.seen.lock().unwrap().insert(req.node, Instant::now());
-        Ok(())
-    } else {
-        Err(not_leader(&s))
+    let r: Answer<u64> = match confirm_leadership(&s).await {
+        Some(committed) => {
+            // Recorded after the confirmation, so later than the member's
+            // send time, from which its lease runs.
+            s.seen.lock().unwrap().insert(req.node, Instant::now());
+            Ok(committed)
+        }
+        None => Err(not_leader(&s)),
     };
     s.gate.answer(&nonce, &r)
 }
@@ -1074,46 +1081,71 @@ async fn h_status(State(w): State<Weak<Inner>>, h: HeaderMap, body: Bytes) -> Re
 }
 
 /// Whether this node still leads: a quorum answered a fresh round of
-/// heartbeats (bounded by `LEASE`, since a later answer is useless).
-async fn confirm_leadership(s: &Inner) -> bool {
-    matches!(
-        tokio::time::timeout(LEASE, s.raft.ensure_linearizable()).await,
-        Ok(Ok(_))
-    )
+/// heartbeats (bounded by `LEASE`, since a later answer is useless). Gives
+/// the index of the last entry committed at that moment, which this node
+/// has applied when it returns.
+async fn confirm_leadership(s: &Inner) -> Option<u64> {
+    match tokio::time::timeout(LEASE, s.raft.ensure_linearizable()).await {
+        Ok(Ok(read)) => Some(read.map(|l| l.index).unwrap_or(0)),
+        _ => None,
+    }
 }
 
 /// Keeps this node's lease: a heartbeat to the leader, answered only while
-/// the leader has a quorum, extends it to `LEASE` after the send time.
+/// the leader has a quorum, extends it to `LEASE` after the send time, once
+/// this node has applied everything the leader had committed by then.
 async fn heartbeats(me: Weak<Inner>) {
     loop {
         tokio::time::sleep(HEARTBEAT).await;
         let Some(s) = me.upgrade() else { return };
         let sent = Instant::now();
-        let ok = match s.leader() {
+        let committed = match s.leader() {
             Some(l) if l == s.me.id => {
-                let ok = s.store.state().nodes.contains_key(&l) && confirm_leadership(&s).await;
-                if ok {
+                // The leader has applied its read index when this returns.
+                let confirmed = if s.store.state().nodes.contains_key(&l) {
+                    confirm_leadership(&s).await
+                } else {
+                    None
+                };
+                if confirmed.is_some() {
                     s.seen.lock().unwrap().insert(l, Instant::now());
                 }
-                ok
+                confirmed
             }
             Some(l) => match s.addr_of(l) {
-                Some(addr) => matches!(
-                    s.caller
-                        .post::<_, Answer<()>>(
-                            &addr,
-                            "/cluster/heartbeat",
-                            &NodeRequest { node: s.me.id }
-                        )
-                        .await,
-                    Ok(Ok(()))
-                ),
-                None => false,
+                Some(addr) => match s
+                    .caller
+                    .post::<_, Answer<u64>>(
+                        &addr,
+                        "/cluster/heartbeat",
+                        &NodeRequest { node: s.me.id },
+                    )
+                    .await
+                {
+                    Ok(Ok(index)) => Some(index),
+                    _ => None,
+                },
+                None => None,
             },
-            None => false,
+            None => None,
         };
-        if ok {
+        let Some(index) = committed else { continue };
+        // A lease on a state older than the leader's would let this node
+        // act on a role it no longer has. Waiting longer than the lease
+        // would run is pointless: the next heartbeat tries again.
+        let caught_up = s
+            .raft
+            .wait(Some(LEASE.saturating_sub(sent.elapsed())))
+            .applied_index_at_least(Some(index), "caught up with the leader")
+            .await
+            .is_ok();
+        if caught_up {
             *s.lease_until.lock().unwrap() = Some(sent + LEASE);
+        } else {
+            tracing::debug!(
+                index,
+                "lease not renewed: this node has not applied the leader's commits yet"
+            );
         }
     }
 }

@@ -43,8 +43,16 @@ pub struct ClusterConfig {
     pub iscsi_port: u16,
 }
 
+/// Where in a volume's directory the files of its cluster copy start
+/// (`replica.copy.json`, `replica.activity`, ...).
+pub(crate) const COPY_BASE: &str = "replica";
+
 /// Time a replica or primary gets to answer a replication request.
 const REPL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Time the control plane gets to commit that a replica misses writes
+/// before the writes waiting for that record fail.
+const RECORD_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The cluster side of a node.
 pub struct Clustered {
@@ -88,14 +96,32 @@ struct Control {
 
 #[async_trait]
 impl replica::Control for Control {
-    fn lease_valid(&self) -> bool {
-        self.cluster
-            .upgrade()
-            .is_some_and(|c| c.cluster.lease_valid())
+    fn may_acknowledge(&self, volume: &str, epoch: u64) -> bool {
+        // The lease is granted only once this node has applied every change
+        // the leader had committed when it answered, so the state read here
+        // is at least that fresh: a node restarted with an old state, or one
+        // deposed while it was frozen, finds out before it acknowledges.
+        self.cluster.upgrade().is_some_and(|c| {
+            c.cluster.lease_valid()
+                && c.cluster
+                    .state()
+                    .volumes
+                    .get(volume)
+                    .is_some_and(|v| v.primary == c.cluster.id() && v.epoch == epoch)
+        })
     }
 
     async fn replica_lost(&self, volume: &str, node: u64, epoch: u64) -> Result<(), String> {
-        self.set(volume, node, ReplicaState::OutOfSync, epoch).await
+        // Writes wait for this record: without a quorum it gives up rather
+        // than hold them until one returns.
+        let record = self.set(volume, node, ReplicaState::OutOfSync, epoch);
+        match tokio::time::timeout(RECORD_TIMEOUT, record).await {
+            Ok(r) => r,
+            Err(_) => Err(format!(
+                "no quorum committed it within {} s",
+                RECORD_TIMEOUT.as_secs()
+            )),
+        }
     }
 
     async fn replica_in_sync(&self, volume: &str, node: u64, epoch: u64) -> Result<(), String> {
@@ -299,8 +325,12 @@ impl Node {
                 "this node is already a cluster member".into(),
             ));
         }
-        let node = Arc::downgrade(self);
+        // The first reconcile happens before this returns, so a node that
+        // opens its portal afterwards never presents a copy without a role.
         let mut watch = clustered.cluster.subscribe();
+        let first = watch.borrow_and_update().clone();
+        self.reconcile(&first).await;
+        let node = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
                 let Some(n) = node.upgrade() else { return };
@@ -387,7 +417,7 @@ impl Node {
                 .create_with_id(&v.name, v.size_bytes, v.block_size, v.id)?;
         }
         let local = self.store.open_volume(&v.name)?;
-        let base = self.local_unit_dir(&v.name)?.join("replica");
+        let base = self.local_unit_dir(&v.name)?.join(COPY_BASE);
         let copy = LocalCopy::open(&v.name, local.clone(), &base)
             .map_err(|e| NodeError::Cluster(format!("volume {}: opening the copy: {e}", v.name)))?;
         c.server.add(copy.clone());
@@ -455,6 +485,16 @@ impl Node {
             access,
         })?;
         let lun = e.lun.clone();
+        // Until the cluster state gives this node its role (`hold`), every
+        // command that touches the medium fails as an access state
+        // transition, and REPORT TARGET PORT GROUPS says so.
+        lun.set_port_groups(vec![PortGroup {
+            id: me as u16,
+            state: AccessState::Transitioning,
+            preferred: false,
+            ports: vec![me as u16],
+            status: 0,
+        }]);
         exported.insert(v.name.clone(), e);
         Ok(Slot {
             role,

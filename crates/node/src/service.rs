@@ -143,8 +143,16 @@ impl Node {
             cluster: std::sync::OnceLock::new(),
         };
         {
+            let member = cluster::Cluster::exists(&cluster::default_dir(node.store.data_dir()));
             let mut exported = node.exported.lock().await;
             for meta in node.store.list() {
+                if member && node.is_cluster_copy(&meta.name) {
+                    // Written as a plain local volume, a copy would take
+                    // writes no other copy has: it is presented only in the
+                    // role the cluster state gives it (`reconcile`).
+                    tracing::info!(volume = %meta.name, "copy of a cluster volume: presented once the cluster state says who leads it");
+                    continue;
+                }
                 let e = node.export(&meta)?;
                 exported.insert(meta.name.clone(), e);
             }
@@ -174,6 +182,13 @@ impl Node {
             unit_dir: self.local_unit_dir(&meta.name)?,
             access,
         })
+    }
+
+    /// Whether this node's volume `name` is a copy of a cluster volume.
+    pub(crate) fn is_cluster_copy(&self, name: &str) -> bool {
+        self.store
+            .volume_dir(name)
+            .is_some_and(|d| replica::LocalCopy::exists(&d.join(crate::clustered::COPY_BASE)))
     }
 
     /// The unit directory of a volume with data on this node.

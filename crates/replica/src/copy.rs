@@ -60,6 +60,12 @@ where
 }
 
 impl LocalCopy {
+    /// Whether a copy was ever started at `base`: the volume beside it is a
+    /// copy of a cluster volume, not a local one.
+    pub fn exists(base: &Path) -> bool {
+        base.with_extension("copy.json").exists()
+    }
+
     /// Opens (or starts) the copy of `volume` whose files live at `base`
     /// (`<base>.copy.json`, `<base>.activity`).
     pub fn open(

@@ -9,7 +9,10 @@
 //!   promoted.
 //! - syncing: it is catching up. Writes are sent to it, but its failures
 //!   only mark regions dirty.
-//! - out of sync: writes only mark its dirty map.
+//! - losing: it failed a write and the record that it is out of sync is
+//!   being committed. Writes do not go to it, but none is acknowledged until
+//!   that record has committed; if it cannot be, they fail.
+//! - out of sync (recorded): writes only mark its dirty map.
 //!
 //! The dirty map of a peer has [`RESYNC_REGION`] granularity (64 KiB). It is
 //! kept in memory and made durable by the activity-log sweep before the
@@ -48,16 +51,21 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 const IN_SYNC: u8 = 0;
 const SYNCING: u8 = 1;
 const OUT_OF_SYNC: u8 = 2;
+const LOSING: u8 = 3;
 
 /// What the replicated volume asks of the control plane.
 #[async_trait]
 pub trait Control: Send + Sync + 'static {
-    /// Whether this node may still acknowledge writes as the primary: false
-    /// once its lease may have expired (a new primary could be promoted).
-    fn lease_valid(&self) -> bool;
+    /// Whether this node may still acknowledge writes of `volume` as its
+    /// primary at `epoch`: false once its lease may have expired (a new
+    /// primary could be promoted) or once the cluster state it follows no
+    /// longer names it primary at that epoch.
+    fn may_acknowledge(&self, volume: &str, epoch: u64) -> bool;
 
     /// Records durably (a committed control-plane change) that `node`'s copy
-    /// of `volume` misses writes. Called before a write it missed is acknowledged.
+    /// of `volume` misses writes. Called before a write it missed is
+    /// acknowledged; must give up (fail) within about a lease rather than wait
+    /// for a quorum that may never come back.
     async fn replica_lost(&self, volume: &str, node: u64, epoch: u64) -> Result<(), String>;
 
     /// Records durably that `node`'s copy holds every acknowledged write again.
@@ -134,7 +142,7 @@ impl AckCounter {
 pub struct PeerStatus {
     /// Node id.
     pub node: u64,
-    /// "in-sync", "syncing" or "out-of-sync".
+    /// "in-sync", "syncing" or "out-of-sync" (also while that is being recorded).
     pub state: String,
     /// Whether a connection is up.
     pub connected: bool,
@@ -154,6 +162,8 @@ struct Peer {
     dirty: Arc<DirtyMap>,
     /// Serializes control-plane changes of this peer's state.
     state_change: tokio::sync::Mutex<()>,
+    /// Whether this primary role ever had a link to the peer.
+    linked: AtomicBool,
     done: AtomicU64,
     total: AtomicU64,
 }
@@ -246,6 +256,7 @@ impl ReplicatedVolume {
                 link: RwLock::new(None),
                 dirty: Arc::new(dirty),
                 state_change: tokio::sync::Mutex::new(()),
+                linked: AtomicBool::new(false),
                 done: AtomicU64::new(0),
                 total: AtomicU64::new(0),
             }));
@@ -338,9 +349,12 @@ impl ReplicatedVolume {
             self.deposed.store(true, Ordering::Release);
             return Err(unavailable("a newer primary has taken over the volume"));
         }
-        if !self.control.lease_valid() {
+        if !self
+            .control
+            .may_acknowledge(self.copy.name(), self.cfg.epoch)
+        {
             return Err(unavailable(
-                "this node lost contact with the control plane (lease expired)",
+                "this node lost contact with the control plane (lease expired) or no longer leads the volume",
             ));
         }
         Ok(())
@@ -370,15 +384,16 @@ impl ReplicatedVolume {
         }
         let _active = self.copy.enter(off, len).await?;
         let mut calls = Vec::with_capacity(self.peers.len());
+        let mut failures = Vec::new();
         for p in &self.peers {
             match p.mode() {
                 OUT_OF_SYNC => {
                     p.dirty.mark(off, len);
                 }
-                _ => match p.link() {
-                    Some(link) => calls.push((p, Some(link))),
-                    None => calls.push((p, None)),
-                },
+                // Its out-of-sync record is not committed yet: this write
+                // misses it, so it waits for that record like a failure.
+                LOSING => failures.push((p, LinkError::Down(p.addr.clone()))),
+                _ => calls.push((p, p.link())),
             }
         }
         // Sent before the local write starts, so both proceed together.
@@ -391,7 +406,6 @@ impl ReplicatedVolume {
             sent.push((*p, call));
         }
         let local_result = local.await;
-        let mut failures = Vec::new();
         for (p, call) in sent {
             let r = match call {
                 Ok(c) => c.wait().await.map(|_| ()),
@@ -430,28 +444,38 @@ impl ReplicatedVolume {
         Ok(())
     }
 
-    /// A peer failed a request: out of the write path, recorded in the
-    /// control plane before any write it missed is acknowledged.
+    /// A peer failed a request (or a write skipped it while it was being
+    /// lost): out of the write path, recorded in the control plane before
+    /// any write it missed is acknowledged. Returns once that record has
+    /// committed; an error means the caller's write must fail.
+    ///
+    /// Callers may hold a range of the write ordering: nothing that holds
+    /// `state_change` waits for ranges, so this cannot deadlock.
     async fn lose(&self, p: &Peer, e: &LinkError) -> Result<(), VolumeError> {
         let _one = p.state_change.lock().await;
         match p.mode() {
-            IN_SYNC => {
-                tracing::warn!(
-                    volume = self.copy.name(),
-                    node = p.node,
-                    "replica failed a write, marking it out of sync: {e}"
-                );
+            IN_SYNC | LOSING => {
                 if let Some(l) = p.link.write().unwrap().take() {
                     l.close();
                 }
-                p.mode.store(OUT_OF_SYNC, Ordering::Release);
+                // Out of the write path, but writes that skip it wait for
+                // the record below (they queue on `state_change`).
+                p.mode.store(LOSING, Ordering::Release);
+                // A primary that may not acknowledge anyway does not try.
+                self.check_serving()?;
+                tracing::warn!(
+                    volume = self.copy.name(),
+                    node = p.node,
+                    "replica failed a write, recording it out of sync: {e}"
+                );
                 if let Err(why) = self
                     .control
                     .replica_lost(self.copy.name(), p.node, self.cfg.epoch)
                     .await
                 {
-                    // Not recorded: the peer still counts as in sync, so the
-                    // write must not be acknowledged.
+                    // Not recorded: the peer still counts as in sync, so no
+                    // write it missed may be acknowledged. The next write
+                    // tries the record again.
                     p.mode.store(IN_SYNC, Ordering::Release);
                     return Err(unavailable(format!(
                         "volume {}: replica on node {} failed and the control plane could not record it: {why}",
@@ -459,6 +483,7 @@ impl ReplicatedVolume {
                         p.node
                     )));
                 }
+                p.mode.store(OUT_OF_SYNC, Ordering::Release);
                 Ok(())
             }
             SYNCING => {
@@ -478,8 +503,13 @@ impl ReplicatedVolume {
     async fn to_peers(&self, op: Op) -> Result<(), VolumeError> {
         let mut failures = Vec::new();
         for p in &self.peers {
-            if p.mode() == OUT_OF_SYNC {
-                continue;
+            match p.mode() {
+                OUT_OF_SYNC => continue,
+                LOSING => {
+                    failures.push((p, LinkError::Down(p.addr.clone())));
+                    continue;
+                }
+                _ => {}
             }
             let r = match p.link() {
                 Some(l) => l.call(self.cfg.epoch, op.clone()).await.map(|_| ()),
@@ -501,8 +531,15 @@ impl ReplicatedVolume {
         let v = self.copy.volume();
         let bs = v.block_size() as u64;
         let was = p.mode();
-        if was == OUT_OF_SYNC {
-            p.mode.store(SYNCING, Ordering::Release);
+        if was == LOSING {
+            return Err("its out-of-sync record is not committed yet".into());
+        }
+        if was == OUT_OF_SYNC
+            && p.mode
+                .compare_exchange(OUT_OF_SYNC, SYNCING, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            return Err("its state changed".into());
         }
         let total = p.dirty.count() * RESYNC_REGION;
         p.total.store(total, Ordering::Relaxed);
@@ -519,12 +556,11 @@ impl ReplicatedVolume {
                     .await;
             }
         }
-        let zero_block = Bytes::from(vec![0u8; bs as usize]);
         let mut last_report = Instant::now();
         let regions_per_chunk = RESYNC_CHUNK / RESYNC_REGION;
         let mut cursor = 0;
         while let Some(first) = p.dirty.next_set(cursor) {
-            if self.stopped.load(Ordering::Acquire) || p.mode() == OUT_OF_SYNC {
+            if self.stopped.load(Ordering::Acquire) || matches!(p.mode(), OUT_OF_SYNC | LOSING) {
                 return Err("stopped".into());
             }
             let mut n = 1;
@@ -539,28 +575,9 @@ impl ReplicatedVolume {
             }
             let blocks = end - lba;
             let _range = self.ranges.lock(lba, blocks).await;
-            let data = v
-                .read(lba, blocks as u32)
+            self.copy_range(link, lba, blocks)
                 .await
-                .map_err(|e| format!("reading the local copy: {e}"))?;
-            let op = if data.iter().all(|&b| b == 0) {
-                Op::WriteSame {
-                    lba,
-                    blocks,
-                    unmap: true,
-                    fua: false,
-                    pattern: zero_block.clone(),
-                }
-            } else {
-                Op::Write {
-                    lba,
-                    fua: false,
-                    data: Bytes::from(data),
-                }
-            };
-            link.call(self.cfg.epoch, op)
-                .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| format!("copying blocks {lba}..{}: {e}", lba + blocks))?;
             for r in first..first + n {
                 p.dirty.clear(r);
             }
@@ -581,15 +598,28 @@ impl ReplicatedVolume {
             }
             return Ok(());
         }
-        let _one = p.state_change.lock().await;
         {
             // Barrier: no write in flight, so none issued while the peer was
-            // syncing can still fail after it counts as in sync.
+            // syncing can still fail after it counts as in sync. Taken
+            // without `state_change`: a write holding a range may wait for
+            // that lock in `lose`.
             let _all = self.ranges.lock(0, u64::MAX).await;
-            if p.dirty.count() > 0 || !link.is_alive() || p.mode() != SYNCING {
+            if p.dirty.count() > 0 || !link.is_alive() {
                 return Ok(());
             }
-            p.mode.store(IN_SYNC, Ordering::Release);
+            if p.mode
+                .compare_exchange(SYNCING, IN_SYNC, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                return Ok(());
+            }
+        }
+        // Records are committed in the order the peer's state changed: a
+        // write that fails it from now on records it lost after this.
+        let _one = p.state_change.lock().await;
+        if p.mode() != IN_SYNC {
+            // Lost again (and recorded so) since the barrier.
+            return Ok(());
         }
         p.dirty.set_tag(link.welcome().copy_id);
         if let Err(why) = self
@@ -598,10 +628,74 @@ impl ReplicatedVolume {
             .await
         {
             // Stays in the write path (stricter than needed); recorded on a later try.
-            p.mode.store(SYNCING, Ordering::Release);
+            let _ = p
+                .mode
+                .compare_exchange(IN_SYNC, SYNCING, Ordering::AcqRel, Ordering::Acquire);
             return Err(format!("recording the replica in sync failed: {why}"));
         }
         tracing::info!(volume = %name, node = p.node, bytes = total, "replica in sync");
+        Ok(())
+    }
+}
+
+impl ReplicatedVolume {
+    /// Makes blocks `[lba, lba + blocks)` of the peer behind `link` equal to
+    /// this copy's, the caller holding the range: written blocks are sent as
+    /// data, unwritten ones unmapped, so the peer's copy stays as thin as
+    /// this one and its checksums match block for block.
+    async fn copy_range(&self, link: &Link, lba: u64, blocks: u64) -> Result<(), String> {
+        let v = self.copy.volume();
+        let bs = v.block_size() as usize;
+        let data = Bytes::from(
+            v.read(lba, blocks as u32)
+                .await
+                .map_err(|e| format!("reading the local copy: {e}"))?,
+        );
+        // Which blocks hold written data: mapped ones (a written block of
+        // zeros included) and any that does not read as zeros.
+        let mut written = Vec::with_capacity(blocks as usize);
+        let mut at = lba;
+        while at < lba + blocks {
+            let (state, n) = v
+                .block_status(at)
+                .await
+                .map_err(|e| format!("reading the local copy's allocation: {e}"))?;
+            let n = n.clamp(1, lba + blocks - at);
+            written.extend((0..n).map(|_| state == BlockState::Mapped));
+            at += n;
+        }
+        for (i, block) in data.chunks(bs).enumerate() {
+            written[i] |= block.iter().any(|&b| b != 0);
+        }
+        // One request per run of written or unwritten blocks, all in flight
+        // together.
+        let mut calls = Vec::new();
+        let mut start = 0;
+        while start < written.len() {
+            let kind = written[start];
+            let end = written[start..]
+                .iter()
+                .position(|&w| w != kind)
+                .map_or(written.len(), |k| start + k);
+            let run_lba = lba + start as u64;
+            let op = if kind {
+                Op::Write {
+                    lba: run_lba,
+                    fua: false,
+                    data: data.slice(start * bs..end * bs),
+                }
+            } else {
+                Op::Unmap {
+                    lba: run_lba,
+                    blocks: (end - start) as u64,
+                }
+            };
+            calls.push(link.send(self.cfg.epoch, op).map_err(|e| e.to_string())?);
+            start = end;
+        }
+        for c in calls {
+            c.wait().await.map_err(|e| e.to_string())?;
+        }
         Ok(())
     }
 }
@@ -627,9 +721,13 @@ async fn supervise(me: Weak<ReplicatedVolume>, p: Arc<Peer>) {
                 match Link::connect(&p.addr, &v.cfg.key, &hello, v.cfg.timeout).await {
                     Ok(l) => {
                         let l = Arc::new(l);
-                        v.welcomed(&p, &l).await;
-                        backoff = Duration::from_millis(100);
-                        Some(l)
+                        if v.welcomed(&p, &l).await {
+                            backoff = Duration::from_millis(100);
+                            Some(l)
+                        } else {
+                            l.close();
+                            None
+                        }
                     }
                     Err(e) => {
                         tracing::debug!(
@@ -666,12 +764,15 @@ async fn supervise(me: Weak<ReplicatedVolume>, p: Arc<Peer>) {
 impl ReplicatedVolume {
     /// A new connection to `p` answered: check which copy it is, take its
     /// suspect regions, and put it in the write path when it may be.
-    async fn welcomed(&self, p: &Peer, l: &Arc<Link>) {
+    /// Returns whether the link was taken; if not, the caller drops it and
+    /// tries again later.
+    async fn welcomed(&self, p: &Peer, l: &Arc<Link>) -> bool {
         let w = l.welcome();
         if w.epoch > self.cfg.epoch {
             self.deposed.store(true, Ordering::Release);
-            return;
+            return false;
         }
+        let reconnect = p.linked.swap(true, Ordering::AcqRel);
         let tag = p.dirty.tag();
         if tag != w.copy_id {
             if tag != [0; 16] {
@@ -681,14 +782,35 @@ impl ReplicatedVolume {
                     "the replica's copy was replaced, copying everything"
                 );
                 p.dirty.mark_all();
-                let _ = self.lose(p, &LinkError::Down(p.addr.clone())).await;
+                if self
+                    .lose(p, &LinkError::Down(p.addr.clone()))
+                    .await
+                    .is_err()
+                {
+                    return false;
+                }
             } else if p.mode() != IN_SYNC {
                 p.dirty.mark_all();
             }
             p.dirty.set_tag(w.copy_id);
         }
         p.dirty.mark_ranges(&w.suspect);
+        if reconnect && p.mode() == IN_SYNC {
+            // The link broke while this primary acknowledged writes: the
+            // replica may have restarted and lost writes it had not flushed
+            // yet, which a SYNCHRONIZE CACHE from now on would promise. It
+            // counts as out of sync (recorded) until the resync has copied
+            // its suspect regions back.
+            if self
+                .lose(p, &LinkError::Down(p.addr.clone()))
+                .await
+                .is_err()
+            {
+                return false;
+            }
+        }
         *p.link.write().unwrap() = Some(l.clone());
+        true
     }
 }
 

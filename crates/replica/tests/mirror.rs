@@ -23,6 +23,8 @@ const BS: u32 = 4096;
 struct TestControl {
     lease_lost: AtomicBool,
     refuse: AtomicBool,
+    /// How long recording a lost replica takes before it answers.
+    record_delay_ms: std::sync::atomic::AtomicU64,
     lost: Mutex<Vec<u64>>,
     in_sync: Mutex<Vec<u64>>,
     syncing: Mutex<Vec<u64>>,
@@ -30,10 +32,12 @@ struct TestControl {
 
 #[async_trait]
 impl Control for TestControl {
-    fn lease_valid(&self) -> bool {
+    fn may_acknowledge(&self, _v: &str, _e: u64) -> bool {
         !self.lease_lost.load(Ordering::SeqCst)
     }
     async fn replica_lost(&self, _v: &str, node: u64, _e: u64) -> Result<(), String> {
+        let delay = self.record_delay_ms.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(delay)).await;
         if self.refuse.load(Ordering::SeqCst) {
             return Err("no quorum".into());
         }
@@ -235,6 +239,90 @@ async fn dead_replica_is_recorded_before_the_ack_and_resynced_incrementally() {
     assert_eq!(a.contents().await, b.contents().await);
 }
 
+/// A replica whose link broke and came back before any write noticed may
+/// have restarted and lost writes it had not flushed: it is recorded out of
+/// sync before it takes writes again, so a later SYNCHRONIZE CACHE never
+/// counts on it until the resync has copied its recent regions back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_reconnects_is_recorded_out_of_sync_until_resynced() {
+    let k = key();
+    let a = TestNode::new(&k, 1024).await;
+    let mut b = TestNode::new(&k, 1024).await;
+    let control = Arc::new(TestControl::default());
+    let p = primary(&a, 1, &[(&b, 2, true)], control.clone()).await;
+    p.write(0, pattern(4, 1), false).await.unwrap();
+    // No I/O while the replica is away and back.
+    b.kill();
+    b.restart().await;
+    wait_for(
+        || control.lost.lock().unwrap().contains(&2),
+        "reconnected replica recorded out of sync",
+    )
+    .await;
+    wait_for(
+        || control.in_sync.lock().unwrap().contains(&2),
+        "replica back in sync after the resync",
+    )
+    .await;
+    p.flush().await.unwrap();
+    assert_eq!(a.contents().await, b.contents().await);
+}
+
+/// Which blocks of `v` hold written data, as runs of (first block, blocks).
+async fn written_runs(v: &dyn Volume) -> Vec<(u64, u64)> {
+    let mut runs = Vec::new();
+    let mut lba = 0;
+    while lba < v.num_blocks() {
+        let (state, n) = v.block_status(lba).await.unwrap();
+        if state == volume::BlockState::Mapped {
+            match runs.last_mut() {
+                Some((start, len)) if *start + *len == lba => *len += n,
+                _ => runs.push((lba, n)),
+            }
+        }
+        lba += n;
+    }
+    runs
+}
+
+/// A resync copies written blocks and unmaps unwritten ones: the returning
+/// replica holds exactly the blocks the primary holds (a block written with
+/// zeros included), no zero-filled neighbours of written blocks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resync_keeps_the_replica_as_thin_as_the_primary() {
+    let k = key();
+    let blocks = 16 * 1024 * 1024 / BS as u64;
+    let a = TestNode::new(&k, blocks).await;
+    let mut b = TestNode::new(&k, blocks).await;
+    let control = Arc::new(TestControl::default());
+    let p = primary(&a, 1, &[(&b, 2, true)], control.clone()).await;
+    p.write(0, pattern(4, 1), true).await.unwrap();
+    b.kill();
+    // Scattered writes while the replica is away: single blocks inside
+    // resync chunks, a block of zeros, an unmap of data it had.
+    p.write(7, pattern(1, 2), false).await.unwrap();
+    p.write(300, pattern(1, 3), false).await.unwrap();
+    p.write(301, Bytes::from(vec![0u8; BS as usize]), false)
+        .await
+        .unwrap();
+    p.unmap(1, 2).await.unwrap();
+    p.write(2000, pattern(3, 4), true).await.unwrap();
+    b.restart().await;
+    wait_for(
+        || control.in_sync.lock().unwrap().contains(&2),
+        "replica back in sync",
+    )
+    .await;
+    assert_eq!(a.contents().await, b.contents().await, "copies converged");
+    let want = written_runs(a.copy.volume().as_ref()).await;
+    assert_eq!(want, vec![(0, 1), (3, 1), (7, 1), (300, 2), (2000, 3)]);
+    assert_eq!(
+        written_runs(b.copy.volume().as_ref()).await,
+        want,
+        "the replica holds other blocks than the primary"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_sync_replica_stays_in_sync_while_a_new_primary_reconciles_recent_regions() {
     let k = key();
@@ -280,6 +368,49 @@ async fn write_is_not_acknowledged_when_the_loss_cannot_be_recorded() {
     let r = p.write(0, pattern(1, 5), true).await;
     assert!(matches!(r, Err(VolumeError::Unavailable(_))), "{r:?}");
     assert!(control.lost.lock().unwrap().is_empty());
+}
+
+/// While the record of a lost replica is being committed, other writes that
+/// skip that replica wait for the record and fail with it: none of them is
+/// acknowledged without the replica and without the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_during_a_slow_failed_record_are_not_acknowledged() {
+    let k = key();
+    let a = TestNode::new(&k, 1024).await;
+    let mut b = TestNode::new(&k, 1024).await;
+    let control = Arc::new(TestControl::default());
+    let p = primary(&a, 1, &[(&b, 2, true)], control.clone()).await;
+    // No quorum: the record takes a while, then fails.
+    control.record_delay_ms.store(400, Ordering::SeqCst);
+    control.refuse.store(true, Ordering::SeqCst);
+    b.kill();
+    let start = Instant::now();
+    let mut writes = Vec::new();
+    for i in 0..64u64 {
+        let p = p.clone();
+        writes.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(i * 5)).await;
+            p.write(i * 8, pattern(8, i as u8 + 1), i % 4 == 0).await
+        }));
+    }
+    let mut acknowledged = Vec::new();
+    for (i, w) in writes.into_iter().enumerate() {
+        if w.await.unwrap().is_ok() {
+            acknowledged.push(i);
+        }
+    }
+    assert!(
+        acknowledged.is_empty(),
+        "writes {acknowledged:?} were acknowledged without the replica and without the record"
+    );
+    assert!(control.lost.lock().unwrap().is_empty());
+    assert!(start.elapsed() < Duration::from_secs(30), "writes hung");
+    assert_eq!(p.acknowledged(), None);
+    // Once the record can be made, writes go on without the replica.
+    control.refuse.store(false, Ordering::SeqCst);
+    control.record_delay_ms.store(0, Ordering::SeqCst);
+    p.write(0, pattern(1, 9), true).await.unwrap();
+    assert_eq!(*control.lost.lock().unwrap(), vec![2]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

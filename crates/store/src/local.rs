@@ -63,6 +63,9 @@ const SPACE_CHECK_MIN: u64 = 1 << 20;
 /// never more than `SOFT_THRESHOLD_MAX`) counts as low.
 const SOFT_THRESHOLD_PERCENT: u64 = 10;
 const SOFT_THRESHOLD_MAX: u64 = 8 << 30;
+/// Most checksum entries one block-status query reads to split allocated
+/// space into written and unwritten blocks (64 KiB of sidecar).
+const STATUS_SCAN_BLOCKS: u64 = 16 * 1024;
 
 /// The three stores of one volume: its blocks, their checksums (one
 /// crc32c per block) and the dirty-region bitmap.
@@ -820,7 +823,24 @@ impl<B: Backing> Volume for LocalVolume<B> {
                     return Ok((BlockState::Deallocated, next_data));
                 }
                 let next_hole = f.data.seek(off, false)?.unwrap_or(end).min(end);
-                Ok((BlockState::Mapped, next_hole))
+                // Inside allocated space (filesystem blocks may be larger
+                // than logical ones), the sidecar tells written blocks from
+                // unwritten ones: an unwritten block has the entry 0.
+                let blocks = (next_hole.div_ceil(bs) * bs - off) / bs;
+                let scan = blocks.clamp(1, STATUS_SCAN_BLOCKS);
+                let mut sums = vec![0u8; (scan * ENTRY) as usize];
+                f.sums.read_at(&mut sums, lba * ENTRY)?;
+                let written = |i: usize| sums[i * ENTRY as usize..][..ENTRY as usize] != [0; 4];
+                let first = written(0);
+                let run = (1..scan as usize)
+                    .find(|&i| written(i) != first)
+                    .map_or(scan, |i| i as u64);
+                let state = if first {
+                    BlockState::Mapped
+                } else {
+                    BlockState::Deallocated
+                };
+                Ok((state, off + run * bs))
             })
             .await?;
         // Holes are found at filesystem-block granularity; round outward to whole blocks.

@@ -189,3 +189,34 @@ async fn thin_volumes_allocate_on_write_and_free_on_unmap() {
     assert_eq!(state, volume::BlockState::Deallocated);
     assert!(run >= 2048);
 }
+
+/// With 512-byte blocks a filesystem block holds eight of them: the written
+/// one is mapped, its unwritten neighbours are not (they read as zeros and
+/// have no checksum), and a block written with zeros is mapped.
+#[tokio::test]
+async fn block_status_tells_written_blocks_inside_one_filesystem_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.create("small", 1 << 20, 512).unwrap();
+    let v = store.open_volume("small").unwrap();
+    v.write(9, Bytes::from(vec![0x5au8; 512]), true)
+        .await
+        .unwrap();
+    v.write(12, Bytes::from(vec![0u8; 1024]), true)
+        .await
+        .unwrap();
+    let status = |lba| {
+        let v = v.clone();
+        async move { v.block_status(lba).await.unwrap() }
+    };
+    assert_eq!(status(8).await, (volume::BlockState::Deallocated, 1));
+    assert_eq!(status(9).await, (volume::BlockState::Mapped, 1));
+    assert_eq!(status(10).await, (volume::BlockState::Deallocated, 2));
+    assert_eq!(status(12).await, (volume::BlockState::Mapped, 2));
+    assert_eq!(status(14).await, (volume::BlockState::Deallocated, 2));
+    let (state, run) = status(16).await;
+    assert_eq!(state, volume::BlockState::Deallocated);
+    assert_eq!(run, 2048 - 16, "the rest of the volume is a hole");
+    v.unmap(9, 1).await.unwrap();
+    assert_eq!(status(8).await, (volume::BlockState::Deallocated, 4));
+}

@@ -49,12 +49,6 @@ pub async fn run(cfg: ServeConfig, cluster: node::ClusterConfig) -> anyhow::Resu
         let _ = rx.wait_for(|s| *s).await;
     };
 
-    let target_task = tokio::spawn(target::serve(
-        iscsi,
-        targets.clone(),
-        target::TargetConfig::default(),
-        stopped(stop_rx.clone()),
-    ));
     let token = store
         .api_token()
         .context("cannot create the management API token")?;
@@ -69,6 +63,15 @@ pub async fn run(cfg: ServeConfig, cluster: node::ClusterConfig) -> anyhow::Resu
             "rejoined the cluster"
         );
     }
+    // Initiators are let in only now: every copy of a cluster volume is
+    // presented in the role the cluster state gives it (or as waiting for
+    // one), never as a plain local volume in the moments before.
+    let target_task = tokio::spawn(target::serve(
+        iscsi,
+        targets.clone(),
+        target::TargetConfig::default(),
+        stopped(stop_rx.clone()),
+    ));
     let api_router = api::router(node.clone(), token, cluster);
     let api_stop = stopped(stop_rx.clone());
     let api_task = tokio::spawn(async move {
