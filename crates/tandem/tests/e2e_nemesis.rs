@@ -19,11 +19,12 @@
 //!
 //! `TANDEM_NEMESIS_SEED=<n>` replays a seed (printed at the start and on
 //! failure, with every schedule); `TANDEM_NEMESIS_SCHEDULES=<n>` sets how
-//! many schedules run (default 4). `scripts/soak.sh` runs it for hours.
+//! many schedules run (default 8). `scripts/soak.sh` runs it for hours.
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -151,75 +152,124 @@ impl Members {
     }
 }
 
-/// The writes a read shows lost, each with when and how it was acknowledged
-/// (at most 12, one line per write).
-fn explain(
-    data: &[u8],
-    h: &History,
-    acks: &HashMap<u64, Ack>,
-    starts: &[u64],
-    portals: &[std::net::SocketAddr; 2],
-) -> String {
-    let mut lines = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for (i, b) in data.chunks(BLOCK).enumerate() {
-        let lba = i as u64;
-        let Err(why) = h.check(lba, b) else { continue };
-        let expected = h.newest_durable(lba);
-        if !seen.insert((expected, decode(b, lba))) {
-            continue;
-        }
-        let how = match acks.get(&expected) {
-            Some(a) => {
-                let k = starts.iter().rposition(|&s| s <= a.at_us).unwrap_or(0);
-                let node = if a.portal == portals[0] { "a" } else { "b" };
-                format!(
-                    "{} write acknowledged through node {node} {:+.3} s into schedule {}",
-                    if a.fua { "FUA" } else { "plain (then flushed)" },
-                    (a.at_us as f64 - starts[k] as f64) / 1e6,
-                    k + 1
-                )
-            }
-            None => "no acknowledgement on record".to_string(),
-        };
-        lines.push(format!("  {why} ({how})"));
-        if lines.len() == 12 {
-            break;
-        }
-    }
-    lines.join("\n")
+/// Every acknowledged write by number and when each schedule started: to
+/// say when and how a write was acknowledged.
+struct Record {
+    acks: HashMap<u64, Ack>,
+    starts: Vec<u64>,
+    portals: [SocketAddr; 2],
 }
 
-/// Where two files differ, as a sentence; `None` when equal. `per_block`:
-/// bytes of the file per block of the volume.
-fn differs(name: &str, x: &[u8], y: &[u8], per_block: usize) -> Option<String> {
-    let blocks = x.chunks(per_block).zip(y.chunks(per_block)).enumerate();
-    let wrong: Vec<usize> = blocks
+impl Record {
+    /// What became of write `seq`, for reports.
+    fn how(&self, seq: Option<u64>) -> String {
+        let Some(seq) = seq else {
+            return "no write of ours".to_string();
+        };
+        if seq == 0 {
+            return "never written".to_string();
+        }
+        let Some(a) = self.acks.get(&seq) else {
+            return format!("write {seq}, not acknowledged");
+        };
+        let k = self.starts.iter().rposition(|&s| s <= a.at_us).unwrap_or(0);
+        let node = if a.portal == self.portals[0] {
+            "a"
+        } else {
+            "b"
+        };
+        format!(
+            "write {seq}, {} acknowledged through node {node} {:+.3} s into schedule {}",
+            if a.fua {
+                "FUA"
+            } else {
+                "plain (flushed later or not)"
+            },
+            (a.at_us as f64 - self.starts[k] as f64) / 1e6,
+            k + 1
+        )
+    }
+
+    /// The writes a read shows lost (at most 12, one line per write).
+    fn lost(&self, data: &[u8], h: &History) -> String {
+        let mut lines = Vec::new();
+        let mut seen = HashSet::new();
+        for (i, b) in data.chunks(BLOCK).enumerate() {
+            let lba = i as u64;
+            let Err(why) = h.check(lba, b) else { continue };
+            let expected = h.newest_durable(lba);
+            if !seen.insert((expected, decode(b, lba))) {
+                continue;
+            }
+            lines.push(format!("  {why} (expected {})", self.how(Some(expected))));
+            if lines.len() == 12 {
+                break;
+            }
+        }
+        lines.join("\n")
+    }
+
+    /// Where the two nodes' data files differ: which write each shows.
+    fn diverged(&self, x: &[u8], y: &[u8]) -> Option<String> {
+        let wrong = differing(x, y, BLOCK);
+        let first: Vec<String> = wrong
+            .iter()
+            .take(8)
+            .map(|&b| {
+                let r = b * BLOCK..(b + 1) * BLOCK;
+                let lba = b as u64;
+                format!(
+                    "  block {b}: node a shows {}; node b shows {}",
+                    self.how(x.get(r.clone()).and_then(|d| decode(d, lba))),
+                    self.how(y.get(r).and_then(|d| decode(d, lba)))
+                )
+            })
+            .collect();
+        (!wrong.is_empty() || x.len() != y.len()).then(|| {
+            format!(
+                "data differs between the nodes in {} blocks ({} and {} bytes long):\n{}",
+                wrong.len(),
+                x.len(),
+                y.len(),
+                first.join("\n")
+            )
+        })
+    }
+}
+
+/// The blocks in which two files differ; `per_block`: bytes of the file per
+/// block of the volume.
+fn differing(x: &[u8], y: &[u8], per_block: usize) -> Vec<usize> {
+    x.chunks(per_block)
+        .zip(y.chunks(per_block))
+        .enumerate()
         .filter(|(_, (p, q))| p != q)
         .map(|(i, _)| i)
+        .collect()
+}
+
+/// Where the two nodes' checksum files differ (4 bytes per block).
+fn sums_differ(x: &[u8], y: &[u8]) -> Option<String> {
+    let wrong = differing(x, y, 4);
+    let first: Vec<String> = wrong
+        .iter()
+        .take(8)
+        .map(|&b| {
+            let hex = |f: &[u8]| {
+                f.get(b * 4..b * 4 + 4)
+                    .map(|e| e.iter().map(|c| format!("{c:02x}")).collect::<String>())
+                    .unwrap_or_default()
+            };
+            format!("block {b}: {} vs {}", hex(x), hex(y))
+        })
         .collect();
-    if let Some(&first) = wrong.first() {
-        let show = |f: &[u8], b: usize| {
-            let part = &f[b * per_block..((b + 1) * per_block).min(f.len())];
-            let hex: String = part.iter().take(16).map(|c| format!("{c:02x}")).collect();
-            hex
-        };
-        let examples: Vec<String> = wrong
-            .iter()
-            .take(4)
-            .map(|&b| format!("block {b}: {}.. vs {}..", show(x, b), show(y, b)))
-            .collect();
-        return Some(format!(
-            "{name} differs between the nodes in {} blocks, the first block {first} ({})",
-            wrong.len(),
-            examples.join("; ")
-        ));
-    }
-    (x.len() != y.len()).then(|| {
+    (!wrong.is_empty() || x.len() != y.len()).then(|| {
         format!(
-            "{name} differs between the nodes in length: {} and {} bytes",
+            "data.crc32c differs between the nodes in {} blocks ({} and {} bytes long): {}",
+            wrong.len(),
             x.len(),
-            y.len()
+            y.len(),
+            first.join("; ")
         )
     })
 }
@@ -227,7 +277,7 @@ fn differs(name: &str, x: &[u8], y: &[u8], per_block: usize) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_faults_lose_no_acknowledged_write() {
     let seed = env_u64("TANDEM_NEMESIS_SEED").unwrap_or_else(|| now_us() % 1_000_000_007);
-    let count = env_u64("TANDEM_NEMESIS_SCHEDULES").unwrap_or(4);
+    let count = env_u64("TANDEM_NEMESIS_SCHEDULES").unwrap_or(8);
     let names = ["node a", "node b", "the witness"];
     let mut rng = StdRng::seed_from_u64(seed);
     let plan: Vec<Schedule> = (0..count)
@@ -261,14 +311,16 @@ async fn random_faults_lose_no_acknowledged_write() {
 
     let seq = Arc::new(AtomicU64::new(0));
     let mut history = History::default();
-    // Every acknowledged write by number, and when each schedule started.
-    let mut acks: HashMap<u64, Ack> = HashMap::new();
-    let mut starts: Vec<u64> = Vec::new();
+    let mut record = Record {
+        acks: HashMap::new(),
+        starts: Vec::new(),
+        portals: [m.nodes[0].portal(), m.nodes[1].portal()],
+    };
     let part = EXTENTS / WRITERS;
     for (k, schedule) in plan.iter().enumerate() {
         let what = format!("schedule {} of seed {seed} ({schedule})", k + 1);
         eprintln!("{what}: starts");
-        let portals = [m.nodes[0].portal(), m.nodes[1].portal()];
+        let portals = record.portals;
         let loads: Vec<Load> = (0..WRITERS)
             .map(|w| {
                 let through = match w {
@@ -302,7 +354,7 @@ async fn random_faults_lose_no_acknowledged_write() {
 
         // The faults, at their moments.
         let start = Instant::now();
-        starts.push(now_us());
+        record.starts.push(now_us());
         for (at, step, action) in schedule.timeline() {
             if let Some(wait) = at.checked_sub(start.elapsed()) {
                 std::thread::sleep(wait);
@@ -350,7 +402,9 @@ async fn random_faults_lose_no_acknowledged_write() {
                 eprintln!("    {e}");
             }
             history.absorb(ledger.history);
-            acks.extend(ledger.acks.into_iter().map(|a| (a.seq, a)));
+            record
+                .acks
+                .extend(ledger.acks.into_iter().map(|a| (a.seq, a)));
         }
 
         // Every acknowledged write through every node.
@@ -363,7 +417,7 @@ async fn random_faults_lose_no_acknowledged_write() {
                     "{what}: {} blocks wrong when read through node {id} ({}):\n{}",
                     errors.len(),
                     n.portal(),
-                    explain(&data, &history, &acks, &starts, &portals)
+                    record.lost(&data, &history)
                 );
             }
         }
@@ -375,14 +429,12 @@ async fn random_faults_lose_no_acknowledged_write() {
         for n in &mut m.nodes {
             n.stop();
         }
-        let mut wrong = Vec::new();
+        let read = |f: &std::path::Path| std::fs::read(f).unwrap();
         let data = [volume_file(&m.nodes[0]), volume_file(&m.nodes[1])];
         let sums = data.clone().map(|d| d.with_extension("crc32c"));
-        for (name, files, per_block) in [("data", &data, BLOCK), ("data.crc32c", &sums, 4)] {
-            let x = std::fs::read(&files[0]).unwrap();
-            let y = std::fs::read(&files[1]).unwrap();
-            wrong.extend(differs(name, &x, &y, per_block));
-        }
+        let mut wrong = Vec::new();
+        wrong.extend(record.diverged(&read(&data[0]), &read(&data[1])));
+        wrong.extend(sums_differ(&read(&sums[0]), &read(&sums[1])));
         assert!(
             wrong.is_empty(),
             "{what}: the copies differ after resync:\n{}",
