@@ -111,8 +111,13 @@ pub struct VolumeRecord {
     pub replicas: BTreeMap<NodeId, ReplicaState>,
     /// Node that orders the writes (always an in-sync replica).
     pub primary: NodeId,
-    /// Grows with every change of primary; replicas refuse older epochs.
+    /// Grows with every change of primary, and every time a primary takes
+    /// up its role anew; replicas refuse older epochs.
     pub epoch: u64,
+    /// Per replica, the number of the last state report applied (see
+    /// [`Command::SetReplicaState`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reports: BTreeMap<NodeId, u64>,
     /// Who may log in to the volume on every node, as the nodes' access
     /// rules in JSON (may hold CHAP secrets); `None`: every initiator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -154,12 +159,17 @@ pub enum Command {
     DeleteVolume { name: String },
     /// Grows a volume.
     ResizeVolume { name: String, size_bytes: u64 },
-    /// The primary of `epoch` reports a replica's state.
+    /// The primary of `epoch` reports a replica's state. A report numbered
+    /// `seq` (above 0) is refused unless it is above the last one applied
+    /// for that replica: a report the primary gave up waiting for cannot
+    /// land after a later one and undo it.
     SetReplicaState {
         volume: String,
         node: NodeId,
         state: ReplicaState,
         epoch: u64,
+        #[serde(default)]
+        seq: u64,
     },
     /// Makes `node` the primary at `expected_epoch + 1`; the old primary, if
     /// it is not `node`, counts as out of sync from then on.
@@ -311,6 +321,7 @@ impl ClusterState {
                         replicas: placed.iter().map(|&n| (n, ReplicaState::InSync)).collect(),
                         primary,
                         epoch: 1,
+                        reports: BTreeMap::new(),
                         access: None,
                     },
                 );
@@ -336,6 +347,7 @@ impl ClusterState {
                 node,
                 state,
                 epoch,
+                seq,
             } => {
                 let v = self.volume_mut(volume)?;
                 if *epoch != v.epoch {
@@ -353,6 +365,15 @@ impl ClusterState {
                     .replicas
                     .get_mut(node)
                     .ok_or_else(|| format!("volume {volume} has no copy on node {node}"))?;
+                if *seq > 0 {
+                    let last = v.reports.get(node).copied().unwrap_or(0);
+                    if *seq <= last {
+                        return Err(format!(
+                            "volume {volume}: report {seq} on node {node} was overtaken by report {last}"
+                        ));
+                    }
+                    v.reports.insert(*node, *seq);
+                }
                 *r = *state;
             }
             Command::Promote {
@@ -562,6 +583,7 @@ mod tests {
             node: other,
             state: ReplicaState::OutOfSync,
             epoch: 1,
+            seq: 0,
         };
         assert_eq!(s.apply(&lost), Outcome::Done);
         let promote = |node, e| Command::Promote {
@@ -576,6 +598,7 @@ mod tests {
             node: other,
             state: ReplicaState::InSync,
             epoch: e,
+            seq: 0,
         };
         assert!(matches!(s.apply(&back(0)), Outcome::Refused(_)));
         assert_eq!(s.apply(&back(1)), Outcome::Done);
@@ -618,6 +641,7 @@ mod tests {
             node: 2,
             state: ReplicaState::OutOfSync,
             epoch: 1,
+            seq: 0,
         });
         assert_eq!(s.apply(&Command::RemoveNode { node: 1 }), Outcome::Done);
         let v = &s.volumes["v"];
@@ -810,6 +834,7 @@ mod tests {
                 node: 2,
                 state: ReplicaState::Syncing { done: 5, total: 9 },
                 epoch: 3,
+                seq: 7,
             },
             Command::AddReplica {
                 volume: "v".into(),
@@ -827,6 +852,35 @@ mod tests {
         assert!(serde_json::from_str::<Command>(r#"{"command":"promote"}"#).is_err());
     }
 
+    #[test]
+    fn a_report_overtaken_by_a_later_one_is_refused() {
+        let mut s = cluster(2, true);
+        assert_eq!(s.apply(&create("v", 2)), Outcome::Done);
+        let other = *s.volumes["v"]
+            .replicas
+            .keys()
+            .find(|&&n| n != s.volumes["v"].primary)
+            .unwrap();
+        let report = |state, seq| Command::SetReplicaState {
+            volume: "v".into(),
+            node: other,
+            state,
+            epoch: 1,
+            seq,
+        };
+        // "In sync" (2) was given up on and "out of sync" (3) sent after it;
+        // the first lands late and must not undo the second.
+        assert_eq!(s.apply(&report(ReplicaState::OutOfSync, 3)), Outcome::Done);
+        assert!(matches!(
+            s.apply(&report(ReplicaState::InSync, 2)),
+            Outcome::Refused(_)
+        ));
+        assert_eq!(s.volumes["v"].replicas[&other], ReplicaState::OutOfSync);
+        assert_eq!(s.apply(&report(ReplicaState::InSync, 4)), Outcome::Done);
+        // Unnumbered reports are applied as before.
+        assert_eq!(s.apply(&report(ReplicaState::OutOfSync, 0)), Outcome::Done);
+    }
+
     fn any_command() -> impl Strategy<Value = Command> {
         let vol = prop_oneof![Just("a".to_string()), Just("b".to_string())];
         let state = prop_oneof![
@@ -838,13 +892,14 @@ mod tests {
         prop_oneof![
             (vol.clone(), 1usize..4).prop_map(|(n, r)| create(&n, r)),
             vol.clone().prop_map(|name| Command::DeleteVolume { name }),
-            (vol.clone(), node_id.clone(), state, 0u64..6).prop_map(
-                |(volume, node, state, epoch)| {
+            (vol.clone(), node_id.clone(), state, 0u64..6, 0u64..4).prop_map(
+                |(volume, node, state, epoch, seq)| {
                     Command::SetReplicaState {
                         volume,
                         node,
                         state,
                         epoch,
+                        seq,
                     }
                 }
             ),

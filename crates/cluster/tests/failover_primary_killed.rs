@@ -84,6 +84,7 @@ async fn primary_on_a_follower_killed_and_stale_copies_stay_put() {
         node: a_id,
         state: ReplicaState::InSync,
         epoch: 2,
+        seq: 0,
     };
     b.propose(synced).await.unwrap();
     eventually("b holds a lease", 5, || b.lease_valid()).await;

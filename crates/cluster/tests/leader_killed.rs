@@ -28,6 +28,7 @@ async fn leader_killed_then_restarted_from_disk() {
         node: a_id,
         state: ReplicaState::InSync,
         epoch: 2,
+        seq: 0,
     };
     a.propose(synced).await.unwrap();
     let before = a.state();

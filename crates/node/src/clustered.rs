@@ -61,6 +61,9 @@ pub struct Clustered {
     key: ClusterKey,
     slots: Mutex<HashMap<String, Slot>>,
     control: Arc<Control>,
+    /// Per volume, the epoch this process took the primary role up at (by
+    /// promoting itself), not yet used by a role.
+    taken_up: std::sync::Mutex<HashMap<String, u64>>,
 }
 
 struct Slot {
@@ -92,6 +95,9 @@ fn access_of(v: &cluster::VolumeRecord) -> Result<crate::AccessConfig, NodeError
 /// What a primary asks of the control plane, through this node's membership.
 struct Control {
     cluster: Weak<Clustered>,
+    /// Number of the last report made per (volume, replica node): reports
+    /// are numbered so that one given up on cannot land after a later one.
+    reports: std::sync::Mutex<HashMap<(String, u64), u64>>,
 }
 
 #[async_trait]
@@ -144,12 +150,28 @@ impl Control {
         epoch: u64,
     ) -> Result<(), String> {
         let c = self.cluster.upgrade().ok_or("the node is stopping")?;
+        // Numbered in the order the primary makes its reports, above any
+        // report applied so far (by this node or an earlier primary).
+        let seq = {
+            let applied = c
+                .cluster
+                .state()
+                .volumes
+                .get(volume)
+                .and_then(|v| v.reports.get(&node).copied())
+                .unwrap_or(0);
+            let mut reports = self.reports.lock().unwrap();
+            let last = reports.entry((volume.to_string(), node)).or_insert(0);
+            *last = (*last).max(applied) + 1;
+            *last
+        };
         c.cluster
             .propose(Command::SetReplicaState {
                 volume: volume.to_string(),
                 node,
                 state,
                 epoch,
+                seq,
             })
             .await
             .map_err(|e| e.to_string())
@@ -318,7 +340,9 @@ impl Node {
             slots: Mutex::new(HashMap::new()),
             control: Arc::new(Control {
                 cluster: weak.clone(),
+                reports: std::sync::Mutex::new(HashMap::new()),
             }),
+            taken_up: std::sync::Mutex::new(HashMap::new()),
         });
         if self.cluster.set(clustered.clone()).is_err() {
             return Err(NodeError::Invalid(
@@ -563,6 +587,41 @@ impl Node {
         let holders: Vec<NodeId> = v.replicas.keys().copied().collect();
         let desired = (v.primary, v.epoch, holders.clone());
         if slot.current.as_ref() != Some(&desired) {
+            if v.primary == me
+                && copy_here
+                && c.taken_up.lock().unwrap().get(&v.name) != Some(&v.epoch)
+            {
+                // Every primary role runs at an epoch of its own, taken up
+                // through the control plane first: reports an earlier role
+                // (before a restart, or before a change of the copies) gave
+                // up waiting for can then never land in this role's time,
+                // and the role starts from a state that holds every change
+                // committed before it. Until then the volume waits.
+                slot.role.set_role(replica::Role::Waiting);
+                slot.current = None;
+                let promote = c.cluster.propose(Command::Promote {
+                    volume: v.name.clone(),
+                    node: me,
+                    expected_epoch: v.epoch,
+                });
+                match tokio::time::timeout(RECORD_TIMEOUT, promote).await {
+                    Ok(Ok(())) => {
+                        c.taken_up
+                            .lock()
+                            .unwrap()
+                            .insert(v.name.clone(), v.epoch + 1);
+                        tracing::info!(volume = %v.name, epoch = v.epoch + 1, "taking up the primary role");
+                        // The applied promotion wakes the next reconcile.
+                        return Ok(());
+                    }
+                    Ok(Err(e)) => return Err(cluster_err(e)),
+                    Err(_) => {
+                        return Err(NodeError::Cluster(
+                            "taking up the primary role: the control plane did not answer".into(),
+                        ))
+                    }
+                }
+            }
             self.take_role(c, slot, v, state)
                 .await
                 .map_err(|source| NodeError::Volume {
@@ -649,6 +708,8 @@ impl Node {
         let control: Arc<dyn replica::Control> = c.control.clone();
         let p = ReplicatedVolume::start(copy.clone(), cfg, peers, control).await?;
         slot.role.set_role(replica::Role::Primary(p));
+        // Used: the next primary role of this volume takes up its own epoch.
+        c.taken_up.lock().unwrap().remove(&v.name);
         Ok(())
     }
 

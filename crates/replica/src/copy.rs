@@ -45,6 +45,9 @@ pub struct LocalCopy {
     base: PathBuf,
     peer_maps: RwLock<Vec<Arc<DirtyMap>>>,
     known_copies: RwLock<std::collections::HashMap<u64, [u8; 16]>>,
+    /// Number of the newest replication connection; only it may change the
+    /// copy (see [`LocalCopy::open_session`]).
+    session: tokio::sync::RwLock<u64>,
 }
 
 /// Runs file work that may wait on the disk (a sync) on tokio's blocking pool.
@@ -120,6 +123,7 @@ impl LocalCopy {
             base: base.to_path_buf(),
             peer_maps: RwLock::default(),
             known_copies: RwLock::default(),
+            session: tokio::sync::RwLock::new(0),
         }))
     }
 
@@ -164,6 +168,26 @@ impl LocalCopy {
             self.epoch.store(epoch, Ordering::Release);
         }
         Ok(self.epoch())
+    }
+
+    /// Makes a new replication connection the only one that may change the
+    /// copy, once every request of older ones still running has finished;
+    /// returns its number. A primary that gave up on a connection (and
+    /// resyncs over a new one) would otherwise see a write it sent on the
+    /// old one land after the resync, over newer data: TCP still delivers
+    /// what was in flight when a link came back, and a frozen replica reads
+    /// it when it wakes.
+    pub async fn open_session(&self) -> u64 {
+        let mut current = self.session.write().await;
+        *current += 1;
+        *current
+    }
+
+    /// Admits one request of replication connection `session`: held while
+    /// the request changes the copy; `None` once a newer connection opened.
+    pub async fn in_session(&self, session: u64) -> Option<tokio::sync::RwLockReadGuard<'_, u64>> {
+        let current = self.session.read().await;
+        (*current == session).then_some(current)
     }
 
     /// Regions of the activity log, as byte ranges.
@@ -341,6 +365,29 @@ mod tests {
         let c = LocalCopy::open("vol", v, &base).unwrap();
         assert_eq!(c.copy_id(), id);
         assert_eq!(c.epoch(), 5);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_replication_connection_waits_for_the_old_ones_requests_and_fences_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let v: Arc<dyn Volume> = Arc::new(MemVolume::new(512, 1 << 10));
+        let c = LocalCopy::open("vol", v, &dir.path().join("vol")).unwrap();
+        let old = c.open_session().await;
+        let running = c.in_session(old).await.expect("the only connection");
+        // The newer connection is welcomed only after the request of the
+        // older one still running has finished.
+        let newer = {
+            let c = c.clone();
+            tokio::spawn(async move { c.open_session().await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(!newer.is_finished(), "welcomed while an older request ran");
+        drop(running);
+        let new = newer.await.unwrap();
+        assert!(new > old);
+        // From then on the older connection changes nothing.
+        assert!(c.in_session(old).await.is_none());
+        assert!(c.in_session(new).await.is_some());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

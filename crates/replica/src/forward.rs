@@ -100,10 +100,20 @@ impl ForwardVolume {
             LinkError::Failed { failure, .. } => {
                 volume_error_of(&failure, self.num_blocks(), self.block_size())
             }
-            other => VolumeError::Unavailable(format!(
-                "volume {}: forwarding to the primary failed: {other}",
-                self.shape.name()
-            )),
+            other => {
+                // Given up on: the connection goes, with what it has not
+                // delivered, so the request cannot reach the primary after
+                // the initiator was told it failed. The next one reconnects.
+                let mut current = self.link.write().unwrap();
+                if current.as_ref().is_some_and(|l| Arc::ptr_eq(l, &link)) {
+                    current.take();
+                }
+                link.close();
+                VolumeError::Unavailable(format!(
+                    "volume {}: forwarding to the primary failed: {other}",
+                    self.shape.name()
+                ))
+            }
         })
     }
 

@@ -86,6 +86,10 @@ impl Link {
                     source,
                 })?;
             let _ = s.set_nodelay(true);
+            // Closing the link discards what it has not delivered yet (and
+            // resets the connection): a request given up on must not reach
+            // the peer later, when a cut link comes back.
+            let _ = s.set_zero_linger();
             auth::client(&mut s, key)
                 .await
                 .map_err(|source| LinkError::Auth {

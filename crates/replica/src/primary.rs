@@ -164,6 +164,8 @@ struct Peer {
     state_change: tokio::sync::Mutex<()>,
     /// Whether this primary role ever had a link to the peer.
     linked: AtomicBool,
+    /// In sync here, but the control plane has not recorded it so yet.
+    unrecorded: AtomicBool,
     done: AtomicU64,
     total: AtomicU64,
 }
@@ -257,6 +259,7 @@ impl ReplicatedVolume {
                 dirty: Arc::new(dirty),
                 state_change: tokio::sync::Mutex::new(()),
                 linked: AtomicBool::new(false),
+                unrecorded: AtomicBool::new(false),
                 done: AtomicU64::new(0),
                 total: AtomicU64::new(0),
             }));
@@ -622,18 +625,25 @@ impl ReplicatedVolume {
             return Ok(());
         }
         p.dirty.set_tag(link.welcome().copy_id);
+        p.unrecorded.store(true, Ordering::Release);
+        self.record_in_sync(p).await?;
+        tracing::info!(volume = %name, node = p.node, bytes = total, "replica in sync");
+        Ok(())
+    }
+
+    /// Records that `p`, in the write path as in sync, holds every write,
+    /// the caller holding `state_change`. When that fails the peer stays in
+    /// sync here: a record given up on may still commit later, so a write it
+    /// misses must still be recorded (after it). The supervisor tries again.
+    async fn record_in_sync(&self, p: &Peer) -> Result<(), String> {
         if let Err(why) = self
             .control
-            .replica_in_sync(&name, p.node, self.cfg.epoch)
+            .replica_in_sync(self.copy.name(), p.node, self.cfg.epoch)
             .await
         {
-            // Stays in the write path (stricter than needed); recorded on a later try.
-            let _ = p
-                .mode
-                .compare_exchange(IN_SYNC, SYNCING, Ordering::AcqRel, Ordering::Acquire);
             return Err(format!("recording the replica in sync failed: {why}"));
         }
-        tracing::info!(volume = %name, node = p.node, bytes = total, "replica in sync");
+        p.unrecorded.store(false, Ordering::Release);
         Ok(())
     }
 }
@@ -745,6 +755,17 @@ async fn supervise(me: Weak<ReplicatedVolume>, p: Arc<Peer>) {
                 }
             }
         };
+        if p.mode() == IN_SYNC && p.unrecorded.load(Ordering::Acquire) {
+            let _one = p.state_change.lock().await;
+            if p.mode() == IN_SYNC && p.unrecorded.load(Ordering::Acquire) {
+                match v.record_in_sync(&p).await {
+                    Ok(()) => {
+                        tracing::info!(volume = v.copy.name(), node = p.node, "replica in sync")
+                    }
+                    Err(e) => tracing::info!(volume = v.copy.name(), node = p.node, "{e}"),
+                }
+            }
+        }
         if let Some(l) = link {
             if p.mode() != IN_SYNC || p.dirty.count() > 0 {
                 if let Err(e) = v.resync(&p, &l).await {

@@ -110,8 +110,9 @@ impl ReplicaServer {
             }
         };
         let answer = self.welcome(&hello).await;
-        let copy = answer.as_ref().ok().map(|(_, c)| c.clone());
-        let welcome = answer.map(|(w, _)| w);
+        let copy = answer.as_ref().ok().map(|(_, c, _)| c.clone());
+        let session = answer.as_ref().map_or(0, |(_, _, s)| *s);
+        let welcome = answer.map(|(w, _, _)| w);
         if let Err(why) = &welcome {
             tracing::warn!(%peer, volume = %hello.volume, node = hello.node, "replication hello refused: {why}");
         }
@@ -139,7 +140,15 @@ impl ReplicaServer {
             };
             let (copy, tx, mode) = (copy.clone(), tx.clone(), hello.mode);
             tokio::spawn(async move {
-                let result = execute(&copy, mode, req.epoch, req.op).await;
+                let result = match mode {
+                    Mode::Replicate => match copy.in_session(session).await {
+                        Some(_current) => execute(&copy, mode, req.epoch, req.op).await,
+                        None => Err(failure_of(&VolumeError::Unavailable(
+                            "a newer replication connection replaced this one".into(),
+                        ))),
+                    },
+                    Mode::Forward => execute(&copy, mode, req.epoch, req.op).await,
+                };
                 let _ = tx.send(Response { id: req.id, result }.encode());
                 drop(permit);
             });
@@ -148,7 +157,9 @@ impl ReplicaServer {
         let _ = (&mut writer.0).await;
     }
 
-    async fn welcome(&self, hello: &Hello) -> Result<(Welcome, Arc<LocalCopy>), String> {
+    /// Admits a connection: the welcome, the copy and, for a replication
+    /// connection, its session number.
+    async fn welcome(&self, hello: &Hello) -> Result<(Welcome, Arc<LocalCopy>, u64), String> {
         let copy = self
             .get(&hello.volume)
             .ok_or_else(|| format!("this node holds no copy of volume {}", hello.volume))?;
@@ -175,6 +186,10 @@ impl ReplicaServer {
                 }
             }
         }
+        let session = match hello.mode {
+            Mode::Replicate => copy.open_session().await,
+            Mode::Forward => 0,
+        };
         let v = copy.volume();
         Ok((
             Welcome {
@@ -185,6 +200,7 @@ impl ReplicaServer {
                 suspect: copy.suspect_ranges(),
             },
             copy,
+            session,
         ))
     }
 }

@@ -95,7 +95,18 @@ impl TestNode {
 
     /// The node comes back on the same address with the same copy.
     async fn restart(&mut self) {
-        let listener = TcpListener::bind(self.addr).await.unwrap();
+        // The aborted server task lets go of its listener asynchronously.
+        let mut tries = 0;
+        let listener = loop {
+            match TcpListener::bind(self.addr).await {
+                Ok(l) => break l,
+                Err(_) if tries < 100 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("rebinding {}: {e}", self.addr),
+            }
+        };
         self.task = Some(tokio::spawn(self.server.clone().serve(listener)));
     }
 
