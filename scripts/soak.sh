@@ -25,8 +25,9 @@ mkdir -p "$logs"
 # Built once; every run below reuses the binary.
 cargo test -p tandem --test e2e_nemesis --no-run
 
-deadline=$(( $(date +%s) + $(awk "BEGIN { printf \"%d\", $hours * 3600 }") ))
 runs=0
+trap 'echo "stopped after $runs passing runs ($((runs * per_run)) schedules)"; exit 130' INT TERM
+deadline=$(( $(date +%s) + $(awk "BEGIN { printf \"%d\", $hours * 3600 }") ))
 while [ "$(date +%s)" -lt "$deadline" ]; do
     seed=$(od -An -N6 -tu8 /dev/urandom | tr -d ' ')
     out="$logs/$(date -u +%Y%m%dT%H%M%SZ)-seed-$seed.log"

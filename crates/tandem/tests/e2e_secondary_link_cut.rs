@@ -39,7 +39,6 @@ const RETRANSMISSIONS: Duration = Duration::from_secs(10);
 const ROUNDS: usize = 3;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open bug: the secondary applies the write of a replication connection the primary dropped, after the resync"]
 async fn a_write_in_flight_at_a_cut_does_not_land_after_the_resync() {
     let Some(lan) = Lan::or_skip(3) else { return };
     let dir = tempfile::tempdir().unwrap();
