@@ -31,7 +31,7 @@ use common::cluster::{
     ack_windows, assert_one_writer, form, node_id, primary_index, try_status, volume_file,
     wait_converged, wait_members, wait_until, Witness, BLOCK, EXTENT,
 };
-use common::log::{now_us, wait_logged};
+use common::log::{logged, now_us, wait_logged};
 use common::workload::{check_volume, Ack, Load, LoadConfig, Mix, Pick};
 use common::Server;
 use testkit::history::History;
@@ -348,19 +348,33 @@ async fn lone_node_acknowledges_nothing_without_a_quorum() {
         let from = c.nodes[l].log_text().len();
         let started = now_us();
         c.nodes[l].restart();
-        // It takes up the role the state on its disk gives it, or logs
-        // nothing of the kind; either way it must turn the writes away.
-        let role_set = wait_logged(&c.nodes[l], from, ROLE_SET, Duration::from_secs(10));
+        // Up and running, it turns the initiator away (or presents the LUN
+        // without a role until it has a quorum).
         let refused = hammer.refused();
         wait_until(
             &format!("(c) round {round}: the initiator turned away by the lone node"),
             30,
             || hammer.refused() >= refused + 20,
         );
+        let role_set = logged(&c.nodes[l].log_text(), from, ROLE_SET)
+            .first()
+            .map(|l| l.0);
         restarts.push((started, role_set));
     }
     let ledger = hammer.finish().await;
-    eprintln!("(c) lone node {}: {:?}", c.ids[l], ledger.tally);
+    let roles: Vec<String> = restarts
+        .iter()
+        .map(|(start, role)| match role {
+            Some(at) => format!("role set {} ms after the start", (at - start) / 1000),
+            None => "no role set".to_string(),
+        })
+        .collect();
+    eprintln!(
+        "(c) lone node {}: {}; {:?}",
+        c.ids[l],
+        roles.join(", "),
+        ledger.tally
+    );
     if let Some(first) = ledger.acks.first() {
         let started = restarts
             .iter()
