@@ -3,8 +3,10 @@
 //! out-of-sync record).
 //!
 //! Two data nodes and a witness run as real processes on loopback. Each
-//! round: the witness is killed (the data nodes keep a quorum), initiators
-//! write FUA through the primary, and the secondary is killed with SIGKILL.
+//! round: the primary is made the control plane's leader (the others are
+//! restarted until it is), the witness is killed (the data nodes keep a
+//! quorum), initiators write FUA through the primary, and the secondary is
+//! killed with SIGKILL.
 //! The primary cannot record the lost copy (no quorum left), so from then on
 //! it must not acknowledge a write. Once nothing has been acknowledged for
 //! longer than a lease the primary is killed too, and the secondary and the
@@ -35,15 +37,23 @@ const VOLUME: &str = "vm";
 const SIZE: &str = "32M";
 const BLOCKS: u64 = (32 << 20) / BLOCK as u64;
 const EXTENTS: u64 = BLOCKS / EXTENT;
-/// Initiators writing at once through the primary: while one write waits
-/// for the record of the lost copy, others arrive.
+/// Initiators writing through the primary from before the secondary is
+/// killed, and as many logging in right after: writes that were in flight
+/// at the kill wait for the record of the lost copy, the later ones arrive
+/// meanwhile.
 const WRITERS: u64 = 4;
 const ROUNDS: usize = 3;
 /// Longer than a lease (1 s): a primary that acknowledged nothing for this
 /// long has stopped.
 const QUIET: Duration = Duration::from_secs(2);
 
-/// Whether node `i` reports itself primary of the volume with its role taken up.
+/// The control plane's leader as `s` sees it.
+fn leader(s: &Server) -> Option<u64> {
+    try_status(s)?["status"]["leader"].as_u64()
+}
+
+/// Whether `s` (node `id`) reports itself primary of the volume with its
+/// role taken up.
 fn acts_as_primary(s: &Server, id: u64) -> bool {
     try_status(s).is_some_and(|v| {
         v["status"]["state"]["volumes"][VOLUME]["primary"].as_u64() == Some(id)
@@ -105,8 +115,8 @@ async fn no_write_acknowledged_after_the_secondary_died_without_a_quorum_to_reco
     let seq = Arc::new(AtomicU64::new(0));
     let mut history = History::default();
     // Each initiator writes fresh extents of its own part of the volume.
-    let part = EXTENTS / WRITERS;
-    let mut fresh: Vec<u64> = (0..WRITERS).map(|k| k * part).collect();
+    let part = EXTENTS / (2 * WRITERS);
+    let mut fresh: Vec<u64> = (0..2 * WRITERS).map(|k| k * part).collect();
     for round in 1..=ROUNDS {
         let p = primary_index(&[&nodes[0], &nodes[1]], VOLUME).expect("a primary");
         let s = 1 - p;
@@ -114,30 +124,51 @@ async fn no_write_acknowledged_after_the_secondary_died_without_a_quorum_to_reco
             "round {round} (primary node {}, secondary node {})",
             ids[p], ids[s]
         );
+        // A lost copy goes unrecorded longest when the primary leads the
+        // control plane: it appends the record and waits for a commit that
+        // cannot come. Whoever else leads steps down by a clean restart.
+        for _ in 0..10 {
+            match leader(&nodes[p]) {
+                Some(l) if l == ids[p] => break,
+                Some(l) if l == ids[s] => {
+                    nodes[s].stop();
+                    nodes[s].restart();
+                }
+                Some(_) => {
+                    witness.stop();
+                    witness.restart();
+                }
+                None => {}
+            }
+            converge(&nodes, &what);
+        }
+        assert_eq!(
+            leader(&nodes[p]),
+            Some(ids[p]),
+            "{what}: the primary does not lead the control plane after ten restarts of the others"
+        );
         witness.kill();
-        let loads: Vec<Load> = (0..WRITERS)
-            .map(|k| {
-                let range = fresh[k as usize]..(k + 1) * part;
-                Load::start(
-                    LoadConfig::steady(
-                        VOLUME,
-                        vec![nodes[p].portal()],
-                        range,
-                        Pick::Fresh,
-                        Mix::FUA,
-                    ),
-                    seq.clone(),
-                )
-            })
-            .collect();
+        let portal = nodes[p].portal();
+        let start = |k: u64| {
+            let range = fresh[k as usize]..(k + 1) * part;
+            let cfg = LoadConfig::steady(VOLUME, vec![portal], range, Pick::Fresh, Mix::FUA);
+            Load::start(cfg, seq.clone())
+        };
+        let mut loads: Vec<Load> = (0..WRITERS).map(start).collect();
         assert!(
             loads[0]
                 .acknowledged_beyond(0, 10, Duration::from_secs(20))
                 .await,
             "{what}: writes through the primary stalled with the witness down"
         );
+        assert_eq!(
+            leader(&nodes[p]),
+            Some(ids[p]),
+            "{what}: the primary no longer leads the control plane"
+        );
         let killed = now_us();
         nodes[s].kill();
+        loads.extend((WRITERS..2 * WRITERS).map(start));
         // Without a quorum the primary cannot record the lost copy: it must
         // stop acknowledging at once (with the record missing, at the
         // latest when its lease runs out).
