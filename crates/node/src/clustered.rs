@@ -62,8 +62,11 @@ pub struct Clustered {
     slots: Mutex<HashMap<String, Slot>>,
     control: Arc<Control>,
     /// Per volume, the epoch this process took the primary role up at (by
-    /// promoting itself), not yet used by a role.
-    taken_up: std::sync::Mutex<HashMap<String, u64>>,
+    /// promoting itself), not yet used by a role; `None` while the
+    /// promotion is being proposed.
+    taken_up: std::sync::Mutex<HashMap<String, Option<u64>>>,
+    /// Wakes the reconcile loop (a role was taken up).
+    wake: tokio::sync::Notify,
 }
 
 struct Slot {
@@ -343,6 +346,7 @@ impl Node {
                 reports: std::sync::Mutex::new(HashMap::new()),
             }),
             taken_up: std::sync::Mutex::new(HashMap::new()),
+            wake: tokio::sync::Notify::new(),
         });
         if self.cluster.set(clustered.clone()).is_err() {
             return Err(NodeError::Invalid(
@@ -360,9 +364,16 @@ impl Node {
                 let Some(n) = node.upgrade() else { return };
                 let state = watch.borrow_and_update().clone();
                 n.reconcile(&state).await;
-                drop(n);
                 // Changes wake us at once; the tick retries what failed.
-                let _ = tokio::time::timeout(Duration::from_millis(500), watch.changed()).await;
+                let Some(c) = n.clustered() else { return };
+                drop(n);
+                let woken = async {
+                    tokio::select! {
+                        _ = watch.changed() => {}
+                        _ = c.wake.notified() => {}
+                    }
+                };
+                let _ = tokio::time::timeout(Duration::from_millis(500), woken).await;
             }
         });
         Ok(())
@@ -589,7 +600,7 @@ impl Node {
         if slot.current.as_ref() != Some(&desired) {
             if v.primary == me
                 && copy_here
-                && c.taken_up.lock().unwrap().get(&v.name) != Some(&v.epoch)
+                && c.taken_up.lock().unwrap().get(&v.name) != Some(&Some(v.epoch))
             {
                 // Every primary role runs at an epoch of its own, taken up
                 // through the control plane first: reports an earlier role
@@ -599,28 +610,8 @@ impl Node {
                 // committed before it. Until then the volume waits.
                 slot.role.set_role(replica::Role::Waiting);
                 slot.current = None;
-                let promote = c.cluster.propose(Command::Promote {
-                    volume: v.name.clone(),
-                    node: me,
-                    expected_epoch: v.epoch,
-                });
-                match tokio::time::timeout(RECORD_TIMEOUT, promote).await {
-                    Ok(Ok(())) => {
-                        c.taken_up
-                            .lock()
-                            .unwrap()
-                            .insert(v.name.clone(), v.epoch + 1);
-                        tracing::info!(volume = %v.name, epoch = v.epoch + 1, "taking up the primary role");
-                        // The applied promotion wakes the next reconcile.
-                        return Ok(());
-                    }
-                    Ok(Err(e)) => return Err(cluster_err(e)),
-                    Err(_) => {
-                        return Err(NodeError::Cluster(
-                            "taking up the primary role: the control plane did not answer".into(),
-                        ))
-                    }
-                }
+                self.take_up(c, v);
+                return Ok(());
             }
             self.take_role(c, slot, v, state)
                 .await
@@ -654,6 +645,43 @@ impl Node {
             slot.groups = groups;
         }
         Ok(())
+    }
+
+    /// Promotes this node to the next epoch of `v`, in the background (the
+    /// control plane may have no quorum, and other volumes must not wait):
+    /// the applied promotion wakes the reconcile that builds the role.
+    fn take_up(&self, c: &Arc<Clustered>, v: &cluster::VolumeRecord) {
+        {
+            let mut taken = c.taken_up.lock().unwrap();
+            if taken.get(&v.name) == Some(&None) {
+                return; // being proposed
+            }
+            taken.insert(v.name.clone(), None);
+        }
+        let (c, name, epoch) = (c.clone(), v.name.clone(), v.epoch);
+        tokio::spawn(async move {
+            let promote = c.cluster.propose(Command::Promote {
+                volume: name.clone(),
+                node: c.cluster.id(),
+                expected_epoch: epoch,
+            });
+            let outcome = match tokio::time::timeout(RECORD_TIMEOUT, promote).await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(_) => Err("the control plane did not answer".to_string()),
+            };
+            let mut taken = c.taken_up.lock().unwrap();
+            match outcome {
+                Ok(()) => {
+                    tracing::info!(volume = %name, epoch = epoch + 1, "taking up the primary role");
+                    taken.insert(name, Some(epoch + 1));
+                    c.wake.notify_one();
+                }
+                Err(why) => {
+                    tracing::warn!(volume = %name, "cannot take up the primary role yet: {why}");
+                    taken.remove(&name);
+                }
+            }
+        });
     }
 
     /// Sets this node's role for `v`: primary (mirroring to the other
