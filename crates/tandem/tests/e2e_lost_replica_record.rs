@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use common::cluster::{
     ack_windows, assert_one_writer, form, node_id, primary_index, try_status, volume_file,
-    wait_converged, wait_members, wait_until, Witness, BLOCK, EXTENT,
+    wait_converged, wait_members, wait_settled, wait_until, Witness, BLOCK, EXTENT,
 };
 use common::log::now_us;
 use common::workload::{check_volume, Ledger, Load, LoadConfig, Mix, Pick};
@@ -247,6 +247,9 @@ async fn no_write_acknowledged_after_the_secondary_died_without_a_quorum_to_reco
         );
     }
 
+    if let Err(e) = wait_settled(&[&nodes[0], &nodes[1]], VOLUME, 90, Duration::from_secs(3)) {
+        panic!("before the copies are compared: {e}");
+    }
     let mut windows = ack_windows(&nodes[0], VOLUME);
     windows.extend(ack_windows(&nodes[1], VOLUME));
     assert_one_writer(&windows);

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use common::cluster::{
     ack_windows, assert_one_writer, form, node_id, primary_index, try_status, volume_file,
-    wait_converged, wait_members, wait_until, Witness, BLOCK, EXTENT,
+    wait_converged, wait_members, wait_settled, wait_until, Witness, BLOCK, EXTENT,
 };
 use common::log::{logged, now_us, wait_logged};
 use common::workload::{check_volume, Ack, Load, LoadConfig, Mix, Pick};
@@ -49,6 +49,9 @@ const ROLE_SET: &str = "volume role set";
 /// A write forwarded the moment the role is set may be answered a little
 /// before the line is written.
 const LOG_SLACK_US: u64 = 10_000;
+/// How long the copies must stay in sync before they are compared: past
+/// the primary's 2 s replication timeout.
+const SETTLED: Duration = Duration::from_secs(3);
 
 struct Cluster {
     nodes: [Server; 2],
@@ -269,7 +272,9 @@ fn start(dir: &std::path::Path) -> Cluster {
 /// The end of each case: every acknowledged write reads back through both
 /// nodes, no two nodes acknowledged at once, and the copies are identical.
 async fn finish(mut c: Cluster, what: &str) {
-    c.converge(what);
+    if let Err(e) = wait_settled(&c.both(), VOLUME, 90, SETTLED) {
+        panic!("{what}: {e}");
+    }
     c.check(what).await;
     let mut windows = ack_windows(&c.nodes[0], VOLUME);
     windows.extend(ack_windows(&c.nodes[1], VOLUME));
@@ -350,11 +355,11 @@ async fn lone_node_acknowledges_nothing_without_a_quorum() {
         c.nodes[l].restart();
         // Up and running, it turns the initiator away (or presents the LUN
         // without a role until it has a quorum).
-        let refused = hammer.refused();
+        let turned_away = hammer.turned_away();
         wait_until(
             &format!("(c) round {round}: the initiator turned away by the lone node"),
             30,
-            || hammer.refused() >= refused + 20,
+            || hammer.turned_away() >= turned_away + 20,
         );
         let role_set = logged(&c.nodes[l].log_text(), from, ROLE_SET)
             .first()

@@ -241,6 +241,39 @@ pub fn wait_converged(nodes: &[&Server], volume: &str, secs: u64) -> Result<Dura
     }
 }
 
+/// Waits up to `secs` until [`converged`] has held for `stable` without a
+/// break. A replica that stopped answering still counts as in sync until
+/// the primary's replication timeout (2 s) runs out, so a copy compared
+/// right after a heal may be about to be recorded out of sync and resynced;
+/// `stable` past that timeout rules it out once writes have stopped.
+pub fn wait_settled(
+    nodes: &[&Server],
+    volume: &str,
+    secs: u64,
+    stable: Duration,
+) -> Result<Duration, String> {
+    let t = Instant::now();
+    let mut since: Option<Instant> = None;
+    loop {
+        match converged(nodes, volume) {
+            Ok(()) => {
+                let from = *since.get_or_insert_with(Instant::now);
+                if from.elapsed() >= stable {
+                    return Ok(t.elapsed());
+                }
+            }
+            Err(why) if t.elapsed() > Duration::from_secs(secs) => {
+                return Err(format!(
+                    "volume {volume} not settled in sync after {secs} s: {why}\n{}",
+                    cluster_report(nodes)
+                ))
+            }
+            Err(_) => since = None,
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Which of `nodes` is the primary of `volume`, as the first that answers sees it.
 pub fn primary_index(nodes: &[&Server], volume: &str) -> Option<usize> {
     let v = nodes.iter().find_map(|n| try_status(n))?;

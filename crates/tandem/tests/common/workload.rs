@@ -196,7 +196,7 @@ pub struct Ledger {
 pub struct Load {
     stop: Arc<AtomicBool>,
     acked: Arc<AtomicU64>,
-    refused: Arc<AtomicU64>,
+    turned_away: Arc<AtomicU64>,
     last_ack_us: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<Ledger>,
 }
@@ -219,12 +219,12 @@ impl Load {
     pub fn start(cfg: LoadConfig, seq: Arc<AtomicU64>) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(AtomicU64::new(0));
-        let refused = Arc::new(AtomicU64::new(0));
+        let turned_away = Arc::new(AtomicU64::new(0));
         let last_ack_us = Arc::new(AtomicU64::new(0));
         let writer = Writer {
             stop: stop.clone(),
             acked: acked.clone(),
-            refused: refused.clone(),
+            turned_away: turned_away.clone(),
             last_ack_us: last_ack_us.clone(),
             seq,
             ledger: Ledger {
@@ -238,7 +238,7 @@ impl Load {
         Load {
             stop,
             acked,
-            refused,
+            turned_away,
             last_ack_us,
             task: tokio::spawn(writer.run()),
         }
@@ -253,10 +253,10 @@ impl Load {
         )
     }
 
-    /// Logins tried plus writes answered with an error so far: how often
-    /// the writer tried and got nowhere.
-    pub fn refused(&self) -> u64 {
-        self.refused.load(Ordering::Acquire)
+    /// Connections or logins that failed plus writes answered with an
+    /// error so far: how often the writer tried and got nowhere.
+    pub fn turned_away(&self) -> u64 {
+        self.turned_away.load(Ordering::Acquire)
     }
 
     /// Waits until `n` more writes than `since` are acknowledged; false
@@ -283,7 +283,7 @@ struct Writer {
     cfg: LoadConfig,
     stop: Arc<AtomicBool>,
     acked: Arc<AtomicU64>,
-    refused: Arc<AtomicU64>,
+    turned_away: Arc<AtomicU64>,
     last_ack_us: Arc<AtomicU64>,
     seq: Arc<AtomicU64>,
     ledger: Ledger,
@@ -312,7 +312,7 @@ impl Writer {
                 }
                 None => {
                     self.ledger.tally.no_session += 1;
-                    self.refused.fetch_add(1, Ordering::AcqRel);
+                    self.turned_away.fetch_add(1, Ordering::AcqRel);
                 }
             }
             tokio::time::sleep(self.cfg.reconnect_pause).await;
@@ -384,12 +384,12 @@ impl Writer {
                 }
                 Answer::Error(o) => {
                     self.ledger.tally.failed += 1;
-                    self.refused.fetch_add(1, Ordering::AcqRel);
+                    self.turned_away.fetch_add(1, Ordering::AcqRel);
                     self.note(format!("write {seq} at LBA {lba} via {portal}"), &o);
                 }
                 Answer::Transition => {
                     self.ledger.tally.failed += 1;
-                    self.refused.fetch_add(1, Ordering::AcqRel);
+                    self.turned_away.fetch_add(1, Ordering::AcqRel);
                     return true;
                 }
                 Answer::Lost => {
