@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::state::{NodeId, NodeName, WriteId, WriteName};
+use crate::state::{Command, NodeId, NodeName, WriteId, WriteName};
 
 /// One step of one actor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -45,7 +45,9 @@ pub enum Action {
         /// The lost peer.
         peer: NodeId,
     },
-    /// `primary`'s `replica_lost` record of `peer` times out (no quorum).
+    /// `primary`'s `replica_lost` record of `peer` times out (no quorum, or
+    /// a slow commit); every write waiting for it fails, and the command
+    /// may still commit later.
     RecordLostFails {
         /// The recording primary.
         primary: NodeId,
@@ -67,32 +69,72 @@ pub enum Action {
         /// The peer brought up to date.
         peer: NodeId,
     },
-    /// Behind a barrier (no write in flight) `primary` records syncing
-    /// `peer` in sync in the control plane.
-    RecordInSync {
+    /// Behind a barrier (no write in flight) `primary` counts syncing `peer`
+    /// in sync: writes go to it, and its failures are recorded.
+    MarkInSync {
         /// The primary.
         primary: NodeId,
         /// The peer now in sync.
         peer: NodeId,
     },
-    /// `primary`'s in-sync record of `peer` times out (no quorum); the peer
-    /// stays syncing, the command may still commit later.
+    /// `primary` records `peer`, in sync in its memory, in sync in the
+    /// control plane (again, if an earlier try timed out); the record
+    /// commits or is refused.
+    RecordInSync {
+        /// The primary.
+        primary: NodeId,
+        /// The peer.
+        peer: NodeId,
+    },
+    /// `primary`'s in-sync record of `peer` times out (no quorum, or a slow
+    /// commit); the peer stays in sync in the primary's memory (in the fixed
+    /// design), and the command may still commit later.
     RecordInSyncFails {
         /// The primary.
         primary: NodeId,
         /// The peer.
         peer: NodeId,
     },
-    /// A command whose proposer gave up on it commits after all.
-    LateCommit,
-    /// The control plane promotes in-sync `node` to primary at the next
-    /// epoch, the old primary's copy out of sync.
+    /// A command whose proposer gave up on it commits after all (or is
+    /// refused), maybe after later commands.
+    LateCommit {
+        /// The command.
+        command: Command,
+    },
+    /// The leader fails over: it promotes in-sync `node` to primary at the
+    /// next epoch, the old primary's copy out of sync, once the old primary
+    /// holds no lease.
     Promote {
         /// The new primary.
         node: NodeId,
     },
-    /// `node`'s view names it primary: it starts its role at the view's
-    /// epoch, its copy accepting that epoch first.
+    /// The leader decides to promote in-sync `node` (the old primary holds
+    /// no lease), and the promotion commits only at a later step (a slow
+    /// commit): until then the leader answers heartbeats from the state
+    /// before it.
+    FailoverSlowly {
+        /// The new primary.
+        node: NodeId,
+    },
+    /// The leader's slow promotion commits (or is refused).
+    FailoverCommits,
+    /// `node`'s view names it primary and it runs no role: it proposes to
+    /// promote itself from the view's epoch, and the promotion commits or
+    /// is refused.
+    TakeUp {
+        /// The node.
+        node: NodeId,
+    },
+    /// `node`'s promotion of itself times out (no quorum, or a slow
+    /// commit); it may still commit later.
+    TakeUpFails {
+        /// The node.
+        node: NodeId,
+    },
+    /// `node`'s view names it primary at the epoch it took up (in
+    /// [`crate::Variant::RoleFromStaleView`]: at any epoch): it starts its
+    /// role at that epoch, its copy accepting the epoch first, its peers'
+    /// modes from the view.
     TakeRole {
         /// The node.
         node: NodeId,
@@ -171,7 +213,7 @@ impl fmt::Display for Action {
             ),
             Action::RecordLostFails { primary, peer } => write!(
                 f,
-                "{}'s replica_lost({}) fails: no quorum",
+                "{}'s replica_lost({}) times out",
                 NodeName(primary),
                 NodeName(peer)
             ),
@@ -181,20 +223,42 @@ impl fmt::Display for Action {
             Action::Resync { primary, peer } => {
                 write!(f, "{} resyncs {}", NodeName(primary), NodeName(peer))
             }
+            Action::MarkInSync { primary, peer } => write!(
+                f,
+                "{} counts {} in sync (barrier)",
+                NodeName(primary),
+                NodeName(peer)
+            ),
             Action::RecordInSync { primary, peer } => write!(
                 f,
-                "{} records {} in sync",
+                "control plane decides {}'s in-sync record of {}",
                 NodeName(primary),
                 NodeName(peer)
             ),
             Action::RecordInSyncFails { primary, peer } => write!(
                 f,
-                "{}'s in-sync record of {} times out: no quorum",
+                "{}'s in-sync record of {} times out",
                 NodeName(primary),
                 NodeName(peer)
             ),
-            Action::LateCommit => write!(f, "control plane commits the timed-out record after all"),
+            Action::LateCommit { command } => {
+                write!(f, "control plane decides the timed-out {command} after all")
+            }
             Action::Promote { node } => write!(f, "control plane promotes {}", NodeName(node)),
+            Action::FailoverSlowly { node } => write!(
+                f,
+                "leader proposes to promote {}; the commit is slow",
+                NodeName(node)
+            ),
+            Action::FailoverCommits => write!(f, "control plane decides the leader's promotion"),
+            Action::TakeUp { node } => write!(
+                f,
+                "control plane decides {}'s promotion of itself",
+                NodeName(node)
+            ),
+            Action::TakeUpFails { node } => {
+                write!(f, "{}'s promotion of itself times out", NodeName(node))
+            }
             Action::TakeRole { node } => write!(f, "{} takes the primary role", NodeName(node)),
             Action::Apply { node } => write!(f, "{} applies the committed state", NodeName(node)),
             Action::Heartbeat { node } => write!(f, "{} gets a lease", NodeName(node)),

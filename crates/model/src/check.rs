@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use stateright::{Checker, CheckerVisitor, Expectation, HasDiscoveries, Model, Path};
 
 use crate::action::Action;
-use crate::state::{Answer, Mode, NodeName, ReplicaState, State, WriteName};
+use crate::state::{Answer, Mode, NodeName, Record, ReplicaState, State, WriteName};
 use crate::Protocol;
 
 /// What one run of the checker explored and found.
@@ -88,6 +88,27 @@ impl Protocol {
             elapsed: start.elapsed(),
             discoveries,
         }
+    }
+}
+
+impl Protocol {
+    /// The state `actions` lead to from the initial state; panics naming
+    /// the first action that is not possible.
+    pub fn replay(&self, actions: &[Action]) -> State {
+        actions.iter().fold(self.initial(), |s, &a| {
+            self.next_state(&s, a)
+                .unwrap_or_else(|| panic!("{a} is not possible in {s:?}"))
+        })
+    }
+
+    /// Whether the invariant named `property` holds in `state`.
+    pub fn holds(&self, property: &'static str, state: &State) -> bool {
+        let p = self
+            .properties()
+            .into_iter()
+            .find(|p| p.name == property && p.expectation == Expectation::Always)
+            .unwrap_or_else(|| panic!("no invariant is named {property:?}"));
+        (p.condition)(self, state)
     }
 }
 
@@ -197,9 +218,15 @@ impl fmt::Display for Summary<'_> {
             c.index,
             NodeName(c.primary),
             c.epoch,
-            replicas(self.nodes, &c.replicas),
+            replicas(self.nodes, c),
             s.acknowledged
         )?;
+        if let Some(promote) = s.promoting {
+            write!(f, " | leader proposed {promote}")?;
+        }
+        for command in s.pending.iter().flatten() {
+            write!(f, " | timed out {command}")?;
+        }
         for (i, n) in s.nodes.iter().enumerate().take(self.nodes) {
             write!(
                 f,
@@ -214,6 +241,9 @@ impl fmt::Display for Summary<'_> {
                 n.accepted,
                 n.copy
             )?;
+            if n.taken_up > 0 {
+                write!(f, " took up @{}", n.taken_up)?;
+            }
             if let Some(r) = &n.role {
                 write!(
                     f,
@@ -229,7 +259,8 @@ impl fmt::Display for Summary<'_> {
                             Mode::OutOfSync => "out-of-sync",
                         };
                         let losing = if peer.recording { "+recording" } else { "" };
-                        write!(f, " {}:{mode}{losing}", NodeName(p))?;
+                        let unrecorded = if peer.unrecorded { "+unrecorded" } else { "" };
+                        write!(f, " {}:{mode}{unrecorded}{losing}", NodeName(p))?;
                     }
                 }
                 for (w, answers) in r.writes.iter().enumerate() {
@@ -254,16 +285,18 @@ impl fmt::Display for Summary<'_> {
     }
 }
 
-fn replicas(nodes: usize, r: &[ReplicaState]) -> String {
-    r.iter()
-        .take(nodes)
-        .enumerate()
-        .map(|(i, st)| {
-            let st = match st {
+/// Each copy's committed state, with the number of the last report on it.
+fn replicas(nodes: usize, c: &Record) -> String {
+    (0..nodes)
+        .map(|i| {
+            let st = match c.replicas[i] {
                 ReplicaState::InSync => "in",
                 ReplicaState::OutOfSync => "out",
             };
-            format!("{}:{st}", NodeName(i))
+            match c.reports[i] {
+                0 => format!("{}:{st}", NodeName(i)),
+                seq => format!("{}:{st}#{seq}", NodeName(i)),
+            }
         })
         .collect::<Vec<_>>()
         .join(" ")

@@ -4,7 +4,7 @@
 
 use stateright::Property;
 
-use crate::state::{ReplicaState, State};
+use crate::state::{Command, ReplicaState, State};
 use crate::Protocol;
 
 /// Every acknowledged write is on every copy the committed state lists as in
@@ -30,6 +30,11 @@ pub const RESYNCED_AFTER_FAILOVER: &str = "every copy is in sync again after a f
 /// a write that replica misses.
 pub const LOSS_RECORDED: &str = "a lost replica is recorded out of sync";
 
+/// Reachable: a timed-out report still waits to commit although a later
+/// report on the same copy was applied at the same epoch: only its number
+/// keeps it from undoing that one.
+pub const LATE_REPORT_OVERTAKEN: &str = "a late report is overtaken by a later one";
+
 /// The safety properties, by name.
 pub const INVARIANTS: [&str; 4] = [
     ON_EVERY_IN_SYNC_COPY,
@@ -38,8 +43,13 @@ pub const INVARIANTS: [&str; 4] = [
     EPOCHS_GROW,
 ];
 
-/// The examples that must be reachable, by name.
-pub const EXAMPLES: [&str; 2] = [RESYNCED_AFTER_FAILOVER, LOSS_RECORDED];
+/// The examples that must be reachable, by name ([`LATE_REPORT_OVERTAKEN`]
+/// only with late commits and numbered reports).
+pub const EXAMPLES: [&str; 3] = [
+    RESYNCED_AFTER_FAILOVER,
+    LOSS_RECORDED,
+    LATE_REPORT_OVERTAKEN,
+];
 
 pub(crate) fn all() -> Vec<Property<Protocol>> {
     vec![
@@ -70,6 +80,14 @@ pub(crate) fn all() -> Vec<Property<Protocol>> {
             (0..m.bounds.nodes).any(|n| {
                 s.committed.replicas[n] == ReplicaState::OutOfSync
                     && !s.acknowledged.missing_from(s.nodes[n].copy).is_empty()
+            })
+        }),
+        Property::sometimes(LATE_REPORT_OVERTAKEN, |_, s: &State| {
+            s.pending.iter().flatten().any(|&c| {
+                matches!(c, Command::SetReplicaState { node, epoch, seq, .. }
+                    if epoch == s.committed.epoch
+                        && seq > 0
+                        && seq <= s.committed.reports[node])
             })
         }),
     ]

@@ -14,6 +14,9 @@ pub const MAX_NODES: usize = 3;
 /// Most writes a model can issue.
 pub const MAX_WRITES: usize = 4;
 
+/// Most timed-out commands that may wait to commit at one time.
+pub const MAX_PENDING: usize = 2;
+
 /// A data node, by index (0 is `A`, 1 is `B`, 2 is `C`).
 pub type NodeId = usize;
 
@@ -91,7 +94,7 @@ impl fmt::Debug for NodeName {
 }
 
 /// A copy's state as the control plane records it (`cluster::ReplicaState`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ReplicaState {
     /// Holds every acknowledged write; may be promoted.
     InSync,
@@ -103,14 +106,115 @@ pub enum ReplicaState {
 /// the Raft log as a linearizable register, `index` counting its changes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Record {
-    /// How many commands have committed (the commit index).
+    /// How many commands have changed it (the commit index, refused
+    /// commands left out).
     pub index: u8,
     /// The node that is primary.
     pub primary: NodeId,
-    /// Grows with every change of primary.
+    /// Grows with every promotion: a change of primary, and every primary
+    /// role taking up its own epoch.
     pub epoch: u8,
     /// Each node's copy; slots past the model's node count stay unused.
     pub replicas: [ReplicaState; MAX_NODES],
+    /// Per copy, the number of the last state report applied
+    /// (`VolumeRecord::reports`).
+    pub reports: [u8; MAX_NODES],
+}
+
+/// A command a node proposes to the control plane (`cluster::Command`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Command {
+    /// The primary of `epoch` reports the state of `node`'s copy: its
+    /// `replica_lost` record or its in-sync record. Numbered `seq` (0:
+    /// unnumbered).
+    SetReplicaState {
+        /// The copy reported on.
+        node: NodeId,
+        /// Its new state.
+        state: ReplicaState,
+        /// The epoch of the reporting primary role.
+        epoch: u8,
+        /// Above every report on `node` made before it by the same node.
+        seq: u8,
+    },
+    /// Makes `node` primary at `expected_epoch + 1`; the old primary, if
+    /// another node, counts as out of sync from then on.
+    Promote {
+        /// The new primary (maybe the current one, taking up a new epoch).
+        node: NodeId,
+        /// The epoch the proposer saw.
+        expected_epoch: u8,
+    },
+}
+
+impl Record {
+    /// Applies one committed command as `ClusterState::apply` does; tells
+    /// whether it was applied (`false`: refused, the record unchanged).
+    pub fn apply(&mut self, command: Command) -> bool {
+        match command {
+            Command::SetReplicaState {
+                node,
+                state,
+                epoch,
+                seq,
+            } => {
+                // "epoch is stale", "the primary's own copy is in sync by
+                // definition", "report overtaken by a later one".
+                if epoch != self.epoch
+                    || node == self.primary
+                    || (seq > 0 && seq <= self.reports[node])
+                {
+                    return false;
+                }
+                if seq > 0 {
+                    self.reports[node] = seq;
+                }
+                self.replicas[node] = state;
+            }
+            Command::Promote {
+                node,
+                expected_epoch,
+            } => {
+                if expected_epoch != self.epoch || self.replicas[node] != ReplicaState::InSync {
+                    return false;
+                }
+                if node != self.primary {
+                    self.replicas[self.primary] = ReplicaState::OutOfSync;
+                }
+                self.primary = node;
+                self.epoch += 1;
+            }
+        }
+        self.index += 1;
+        true
+    }
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Command::SetReplicaState {
+                node,
+                state,
+                epoch,
+                seq,
+            } => {
+                let state = match state {
+                    ReplicaState::InSync => "in sync",
+                    ReplicaState::OutOfSync => "out of sync",
+                };
+                let node = NodeName(node);
+                match seq {
+                    0 => write!(f, "report \"{node} {state}\" @{epoch}"),
+                    seq => write!(f, "report #{seq} \"{node} {state}\" @{epoch}"),
+                }
+            }
+            Command::Promote {
+                node,
+                expected_epoch,
+            } => write!(f, "promote {} from @{expected_epoch}", NodeName(node)),
+        }
+    }
 }
 
 /// A peer's mode in the primary's memory (`primary.rs`: `IN_SYNC`,
@@ -134,6 +238,20 @@ pub struct Peer {
     /// A `replica_lost` record of this peer is waiting for the control plane
     /// (the fixed design calls the peer "losing" meanwhile).
     pub recording: bool,
+    /// In sync here, not yet recorded so in the control plane (the
+    /// primary tries the in-sync record again).
+    pub unrecorded: bool,
+}
+
+impl Peer {
+    /// A peer in `mode`, nothing pending.
+    pub fn new(mode: Mode) -> Peer {
+        Peer {
+            mode,
+            recording: false,
+            unrecorded: false,
+        }
+    }
 }
 
 /// Where one write in flight stands with one peer.
@@ -178,7 +296,9 @@ impl Role {
 pub struct Node {
     /// Running (not crashed).
     pub up: bool,
-    /// Restarted and has not yet held a lease since.
+    /// Restarted and has not yet held a lease since (kept only in
+    /// [`crate::Variant::RestartAsPlainDisk`], the one design that acts on
+    /// it).
     pub restarted: bool,
     /// Its lease runs: it may acknowledge writes as primary.
     pub lease: bool,
@@ -192,18 +312,12 @@ pub struct Node {
     pub copy: Writes,
     /// Its primary role, if it runs one (lost in a crash).
     pub role: Option<Role>,
-}
-
-/// A command the control plane neither committed nor refused in time: its
-/// proposer gave up on it, and it may still commit later.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Undecided {
-    /// The copy whose state it sets.
-    pub peer: NodeId,
-    /// The state it sets.
-    pub state: ReplicaState,
-    /// The epoch of the primary that proposed it.
-    pub epoch: u8,
+    /// The epoch this process promoted itself to, for a role not yet
+    /// started (`Clustered::taken_up`; 0: none; lost in a crash).
+    pub taken_up: u8,
+    /// Per copy, the number of the last state report this process made
+    /// (`Control::reports`; lost in a crash).
+    pub reported: [u8; MAX_NODES],
 }
 
 /// One state of the whole system.
@@ -223,8 +337,17 @@ pub struct State {
     pub crashes: u8,
     /// Control-plane outages so far.
     pub outages: u8,
-    /// A timed-out command that may still commit.
-    pub undecided: Option<Undecided>,
+    /// Commands that timed out although the control plane had a quorum.
+    pub slow: u8,
+    /// Promotions of another node by the leader so far.
+    pub failovers: u8,
+    /// Of those, promotions whose commit was slow.
+    pub slow_failovers: u8,
+    /// A promotion the leader decided, not committed yet (a slow commit).
+    pub promoting: Option<Command>,
+    /// Timed-out commands that may still commit, in any order (kept sorted,
+    /// so that the same commands make the same state).
+    pub pending: [Option<Command>; MAX_PENDING],
     /// Timed-out commands so far that were left to commit late.
     pub late: u8,
     /// Set if an epoch or an applied view ever went backwards (history

@@ -1,13 +1,13 @@
 //! The protocol's steps: which actions each actor may take in a state, and
 //! the state each one leads to. Names follow `replica::primary` (peers,
-//! modes, `lose`, `replica_lost`, resync) and `cluster` (promote, lease,
-//! heartbeat, applied view).
+//! modes, `lose`, `replica_lost`, resync), `node::clustered` (taking up
+//! the primary role) and `cluster` (promote, reports, lease, heartbeat,
+//! applied view).
 
 use crate::action::Action;
-use crate::state::{
-    Answer, Mode, NodeId, Peer, ReplicaState, Role, State, Undecided, WriteId, MAX_NODES,
-    MAX_WRITES,
-};
+use crate::control::{keep_number, unrecorded};
+use crate::primary::{depose, record_failed, role_mut};
+use crate::state::{Answer, Mode, NodeId, Peer, ReplicaState, Role, State, MAX_NODES, MAX_WRITES};
 use crate::{Protocol, Variant};
 
 impl Protocol {
@@ -74,13 +74,15 @@ impl Protocol {
                 out.push(Action::Acknowledge { primary, write });
             }
             for peer in self.node_ids().filter(|&p| p != primary) {
-                if role.peers[peer].recording {
+                let p = role.peers[peer];
+                if p.recording {
                     out.push(Action::RecordLost { primary, peer });
                     out.push(Action::RecordLostFails { primary, peer });
                 }
-                match role.peers[peer].mode {
+                match p.mode {
                     Mode::OutOfSync => out.push(Action::Resync { primary, peer }),
-                    Mode::Syncing => {
+                    Mode::Syncing => out.push(Action::MarkInSync { primary, peer }),
+                    Mode::InSync if p.unrecorded => {
                         out.push(Action::RecordInSync { primary, peer });
                         out.push(Action::RecordInSyncFails { primary, peer });
                     }
@@ -90,6 +92,9 @@ impl Protocol {
         }
         for node in self.node_ids() {
             out.push(Action::Promote { node });
+            out.push(Action::FailoverSlowly { node });
+            out.push(Action::TakeUp { node });
+            out.push(Action::TakeUpFails { node });
             out.push(Action::TakeRole { node });
             out.push(Action::Apply { node });
             out.push(Action::Heartbeat { node });
@@ -97,12 +102,16 @@ impl Protocol {
             out.push(Action::Crash { node });
             out.push(Action::Restart { node });
         }
-        out.push(Action::LateCommit);
+        out.push(Action::FailoverCommits);
+        for command in s.pending.into_iter().flatten() {
+            out.push(Action::LateCommit { command });
+        }
         out.push(Action::ControlPlaneLost);
         out.push(Action::ControlPlaneBack);
     }
 
-    /// The state after `a`, or `None` where `a` is not possible in `s`.
+    /// The state after `a`, or `None` where `a` is not possible in `s` (or
+    /// would change nothing).
     pub(crate) fn step(&self, s: &State, a: Action) -> Option<State> {
         let mut t = *s;
         match a {
@@ -110,13 +119,9 @@ impl Protocol {
                 if write != s.next_write || write >= self.bounds.writes || !s.nodes[via].up {
                     return None;
                 }
-                if s.nodes[via].restarted {
-                    // The fixed design exports nothing writable before a
-                    // lease with a caught-up view; the bug takes the write
-                    // as a plain local disk would.
-                    if !self.plain_disk(s, via) {
-                        return None;
-                    }
+                if self.plain_disk(s, via) {
+                    // The bug: a restarted node takes the write as a plain
+                    // local disk would.
                     t.nodes[via].copy = s.nodes[via].copy.with(write);
                     t.acknowledged = s.acknowledged.with(write);
                 } else {
@@ -165,14 +170,11 @@ impl Protocol {
                 if !role.peers[peer].recording || !s.control_up {
                     return None;
                 }
-                if s.committed.epoch == role.epoch {
-                    t.committed.replicas[peer] = ReplicaState::OutOfSync;
-                    t.committed.index += 1;
+                let report = self.report(s, primary, peer, ReplicaState::OutOfSync, role.epoch);
+                if self.propose(&mut t, primary, report) {
+                    keep_number(&mut t, primary, report);
                     let r = role_mut(&mut t, primary);
-                    r.peers[peer] = Peer {
-                        mode: Mode::OutOfSync,
-                        recording: false,
-                    };
+                    r.peers[peer] = Peer::new(Mode::OutOfSync);
                     for answers in r.writes.iter_mut().flatten() {
                         if answers[peer] == Answer::AwaitRecord {
                             answers[peer] = Answer::Done;
@@ -185,10 +187,13 @@ impl Protocol {
             }
             Action::RecordLostFails { primary, peer } => {
                 let role = s.nodes[primary].role?;
-                if !role.peers[peer].recording || s.control_up {
+                if !role.peers[peer].recording || !self.times_out(&mut t) {
                     return None;
                 }
-                self.leave_undecided(&mut t, peer, ReplicaState::OutOfSync, role.epoch);
+                let report = self.report(s, primary, peer, ReplicaState::OutOfSync, role.epoch);
+                if self.leave_pending(&mut t, report) {
+                    keep_number(&mut t, primary, report);
+                }
                 record_failed(role_mut(&mut t, primary), peer);
             }
             Action::Acknowledge { primary, write } => {
@@ -217,85 +222,118 @@ impl Protocol {
                     role_mut(&mut t, primary).peers[peer].mode = Mode::Syncing;
                 }
             }
-            Action::RecordInSync { primary, peer } => {
+            Action::MarkInSync { primary, peer } => {
                 let role = s.nodes[primary].role?;
-                if role.deposed
-                    || role.peers[peer].mode != Mode::Syncing
-                    || role.busy()
-                    || !s.control_up
-                    || s.committed.epoch != role.epoch
-                {
+                if role.deposed || role.peers[peer].mode != Mode::Syncing || role.busy() {
                     return None;
                 }
-                t.committed.replicas[peer] = ReplicaState::InSync;
-                t.committed.index += 1;
-                role_mut(&mut t, primary).peers[peer].mode = Mode::InSync;
+                let p = &mut role_mut(&mut t, primary).peers[peer];
+                p.mode = Mode::InSync;
+                p.unrecorded = true;
+            }
+            Action::RecordInSync { primary, peer } => {
+                let role = s.nodes[primary].role?;
+                if !unrecorded(&role, peer) || !s.control_up {
+                    return None;
+                }
+                let report = self.report(s, primary, peer, ReplicaState::InSync, role.epoch);
+                if !self.propose(&mut t, primary, report) {
+                    // Refused ("epoch is stale"): nothing changes, and
+                    // trying again changes nothing either.
+                    return None;
+                }
+                keep_number(&mut t, primary, report);
+                role_mut(&mut t, primary).peers[peer].unrecorded = false;
             }
             Action::RecordInSyncFails { primary, peer } => {
                 let role = s.nodes[primary].role?;
-                if role.deposed
-                    || role.peers[peer].mode != Mode::Syncing
-                    || role.busy()
-                    || s.control_up
-                {
+                if !unrecorded(&role, peer) || !self.times_out(&mut t) {
                     return None;
                 }
-                // The peer stays syncing ("recorded on a later try"); only
-                // a command left to commit late changes the state.
-                if !self.leave_undecided(&mut t, peer, ReplicaState::InSync, role.epoch) {
+                let report = self.report(s, primary, peer, ReplicaState::InSync, role.epoch);
+                let left = self.leave_pending(&mut t, report);
+                if left {
+                    keep_number(&mut t, primary, report);
+                }
+                if self.variant == Variant::BackToSyncing {
+                    // The bug: out of sync again at its next failure, with
+                    // no record, while this one may still commit.
+                    let p = &mut role_mut(&mut t, primary).peers[peer];
+                    p.mode = Mode::Syncing;
+                    p.unrecorded = false;
+                } else if !left {
+                    // The peer stays in sync, the record is tried again.
                     return None;
                 }
             }
-            Action::LateCommit => {
-                let cmd = s.undecided?;
+            Action::LateCommit { command } => {
+                let slot = s.pending.iter().position(|&c| c == Some(command))?;
                 if !s.control_up {
                     return None;
                 }
-                if cmd.epoch == s.committed.epoch {
-                    t.committed.replicas[cmd.peer] = cmd.state;
-                    t.committed.index += 1;
-                }
-                t.undecided = None;
+                t.pending[slot] = None;
+                t.pending.sort_unstable();
+                // Applied or refused: its proposer does not learn which.
+                t.committed.apply(command);
             }
             Action::Promote { node } => {
-                let old = s.committed.primary;
-                let failovers = s.committed.epoch - 1;
-                if !s.control_up
-                    || node == old
-                    || s.committed.replicas[node] != ReplicaState::InSync
-                    || !s.nodes[node].up
-                    || s.nodes[old].lease
-                    || failovers >= self.bounds.failovers
-                {
+                let promote = self.failover(s, node)?;
+                if !t.committed.apply(promote) {
                     return None;
                 }
-                t.committed.replicas[old] = ReplicaState::OutOfSync;
-                t.committed.primary = node;
-                t.committed.epoch += 1;
-                t.committed.index += 1;
+                t.failovers += 1;
+            }
+            Action::FailoverSlowly { node } => {
+                let promote = self.failover(s, node)?;
+                if s.slow_failovers >= self.bounds.slow_failovers {
+                    return None;
+                }
+                t.promoting = Some(promote);
+                t.failovers += 1;
+                t.slow_failovers += 1;
+            }
+            Action::FailoverCommits => {
+                let promote = s.promoting?;
+                if !s.control_up {
+                    return None;
+                }
+                t.promoting = None;
+                t.committed.apply(promote);
+            }
+            Action::TakeUp { node } => {
+                let promote = self.taking_up(s, node)?;
+                if !s.control_up || !self.propose(&mut t, node, promote) {
+                    return None;
+                }
+                t.nodes[node].taken_up = s.nodes[node].view.epoch + 1;
+            }
+            Action::TakeUpFails { node } => {
+                let promote = self.taking_up(s, node)?;
+                if !self.times_out(&mut t) || !self.leave_pending(&mut t, promote) {
+                    return None;
+                }
             }
             Action::TakeRole { node } => {
                 let n = s.nodes[node];
-                let stale_role_allowed = self.variant == Variant::RoleFromStaleView;
+                let own_epoch = n.taken_up == n.view.epoch;
                 if !n.up
-                    || (n.restarted && !stale_role_allowed)
+                    || n.role.is_some()
                     || n.view.primary != node
-                    || n.role.is_some_and(|r| r.epoch >= n.view.epoch)
+                    || (!own_epoch && self.variant != Variant::RoleFromStaleView)
                     || n.accepted > n.view.epoch
                 {
                     return None;
                 }
-                let mut peers = [Peer {
-                    mode: Mode::OutOfSync,
-                    recording: false,
-                }; MAX_NODES];
+                let mut peers = [Peer::new(Mode::OutOfSync); MAX_NODES];
                 for (p, st) in peers.iter_mut().zip(n.view.replicas) {
                     if st == ReplicaState::InSync {
                         p.mode = Mode::InSync;
                     }
                 }
-                t.nodes[node].accepted = n.view.epoch;
-                t.nodes[node].role = Some(Role {
+                let t_node = &mut t.nodes[node];
+                t_node.accepted = n.view.epoch;
+                t_node.taken_up = 0;
+                t_node.role = Some(Role {
                     epoch: n.view.epoch,
                     deposed: false,
                     peers,
@@ -319,7 +357,10 @@ impl Protocol {
                 let n = s.nodes[node];
                 let caught_up = n.view.index == s.committed.index
                     || self.variant == Variant::LeaseWithoutCaughtUpView;
-                if !n.up || !s.control_up || !caught_up || (n.lease && !n.restarted) {
+                // The proposed change: the lease also waits for the
+                // leader's promotion in flight.
+                let waits = self.variant == Variant::LeaseAfterPromotion && s.promoting.is_some();
+                if !n.up || !s.control_up || !caught_up || waits || (n.lease && !n.restarted) {
                     return None;
                 }
                 t.nodes[node].lease = true;
@@ -340,6 +381,8 @@ impl Protocol {
                 n.lease = false;
                 n.restarted = false;
                 n.role = None;
+                n.taken_up = 0;
+                n.reported = [0; MAX_NODES];
                 t.crashes += 1;
             }
             Action::Restart { node } => {
@@ -347,7 +390,10 @@ impl Protocol {
                     return None;
                 }
                 t.nodes[node].up = true;
-                t.nodes[node].restarted = true;
+                // Only the plain-disk bug acts on it: otherwise a restarted
+                // node forwards writes to the primary its view names (as
+                // any node does), and that one checks it may acknowledge.
+                t.nodes[node].restarted = self.variant == Variant::RestartAsPlainDisk;
             }
             Action::ControlPlaneLost => {
                 if !s.control_up || s.outages >= self.bounds.outages {
@@ -363,101 +409,8 @@ impl Protocol {
                 t.control_up = true;
             }
         }
-        if t.committed.index > s.committed.index && a != Action::LateCommit {
-            // Raft commits in log order: a timed-out command still in the
-            // log commits before any later one, or never.
-            t.undecided = None;
-        }
         t.went_back |= went_back(s, &t);
         Some(t)
-    }
-
-    /// Leaves a timed-out command to commit later, if the bounds allow one
-    /// more; tells whether it did.
-    fn leave_undecided(&self, t: &mut State, peer: NodeId, state: ReplicaState, epoch: u8) -> bool {
-        if t.undecided.is_some() || t.late >= self.bounds.late_commits {
-            return false;
-        }
-        t.undecided = Some(Undecided { peer, state, epoch });
-        t.late += 1;
-        true
-    }
-
-    /// The primary writes its copy and sends the write to every peer not
-    /// out of sync; a peer whose `replica_lost` record is pending is not
-    /// skipped: the write waits for that record.
-    fn start_write(&self, t: &mut State, primary: NodeId, write: WriteId) {
-        t.nodes[primary].copy = t.nodes[primary].copy.with(write);
-        let role = role_mut(t, primary);
-        let mut answers = [Answer::Skipped; MAX_NODES];
-        for peer in self.node_ids().filter(|&p| p != primary) {
-            let p = role.peers[peer];
-            answers[peer] = match p.mode {
-                Mode::OutOfSync => Answer::Skipped,
-                Mode::InSync | Mode::Syncing if p.recording => Answer::AwaitRecord,
-                Mode::InSync | Mode::Syncing => Answer::Sent,
-            };
-        }
-        role.writes[write] = Some(answers);
-    }
-
-    /// `primary.rs`'s `lose`: `peer` failed `write`.
-    fn lose(&self, role: &mut Role, write: WriteId, peer: NodeId) {
-        let p = &mut role.peers[peer];
-        let answer = if p.recording {
-            // Serialized behind the pending record: wait for its outcome.
-            Answer::AwaitRecord
-        } else {
-            match p.mode {
-                Mode::InSync => {
-                    p.recording = true;
-                    if self.variant == Variant::MarkBeforeCommit {
-                        // The bug: out of the write path before the record
-                        // commits, so writes issued meanwhile skip the peer.
-                        p.mode = Mode::OutOfSync;
-                    }
-                    Answer::AwaitRecord
-                }
-                Mode::Syncing => {
-                    // The control plane already counts it out of sync.
-                    p.mode = Mode::OutOfSync;
-                    Answer::Done
-                }
-                Mode::OutOfSync => Answer::Done,
-            }
-        };
-        if let Some(answers) = role.writes[write].as_mut() {
-            answers[peer] = answer;
-        }
-    }
-}
-
-fn role_mut(t: &mut State, n: NodeId) -> &mut Role {
-    t.nodes[n]
-        .role
-        .as_mut()
-        .expect("the step checked that the node has a role")
-}
-
-/// A peer answered with a newer epoch: the role acknowledges nothing more,
-/// every write in flight fails.
-fn depose(t: &mut State, primary: NodeId) {
-    let r = role_mut(t, primary);
-    r.deposed = true;
-    r.writes = [None; MAX_WRITES];
-}
-
-/// The `replica_lost` record of `peer` did not commit: the peer counts as in
-/// sync again, and every write waiting for the record fails.
-fn record_failed(role: &mut Role, peer: NodeId) {
-    role.peers[peer] = Peer {
-        mode: Mode::InSync,
-        recording: false,
-    };
-    for w in role.writes.iter_mut() {
-        if w.is_some_and(|answers| answers[peer] == Answer::AwaitRecord) {
-            *w = None;
-        }
     }
 }
 
@@ -474,16 +427,19 @@ fn went_back(s: &State, t: &State) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::Command;
     use crate::{Bounds, Protocol, Variant};
 
     fn run(p: &Protocol, actions: &[Action]) -> State {
-        actions.iter().fold(p.initial(), |s, &a| {
-            p.step(&s, a)
-                .unwrap_or_else(|| panic!("{a} is not possible in {s:?}"))
-        })
+        p.replay(actions)
     }
 
-    const START: [Action; 2] = [Action::TakeRole { node: 0 }, Action::Heartbeat { node: 0 }];
+    /// `A` takes up epoch 2, starts its role and gets a lease.
+    const START: [Action; 3] = [
+        Action::TakeUp { node: 0 },
+        Action::TakeRole { node: 0 },
+        Action::Heartbeat { node: 0 },
+    ];
 
     #[test]
     fn a_forwarded_write_is_acknowledged_once_every_copy_has_it() {
@@ -544,17 +500,13 @@ mod tests {
     }
 
     #[test]
-    fn a_restarted_node_takes_no_write_before_its_lease() {
+    fn a_restarted_node_forwards_writes_to_the_primary() {
         let fixed = Protocol::new(Variant::Fixed, Bounds::SMALL);
         let mut actions = START.to_vec();
         actions.extend([Action::Crash { node: 1 }, Action::Restart { node: 1 }]);
         let s = run(&fixed, &actions);
-        assert!(fixed.step(&s, Action::Write { via: 1, write: 0 }).is_none());
-        let s = run(
-            &fixed,
-            &[actions.clone(), vec![Action::Heartbeat { node: 1 }]].concat(),
-        );
         let s = fixed.step(&s, Action::Write { via: 1, write: 0 }).unwrap();
+        assert!(s.acknowledged.is_empty());
         assert!(
             s.nodes[0].role.unwrap().writes[0].is_some(),
             "forwarded to A"
@@ -576,7 +528,64 @@ mod tests {
             &[&START[..], &[Action::LeaseExpires { node: 0 }]].concat(),
         );
         let s = p.step(&s, Action::Promote { node: 1 }).unwrap();
-        assert_eq!((s.committed.primary, s.committed.epoch), (1, 2));
+        assert_eq!((s.committed.primary, s.committed.epoch), (1, 3));
         assert_eq!(s.committed.replicas[0], ReplicaState::OutOfSync);
+    }
+
+    #[test]
+    fn a_role_starts_only_at_an_epoch_of_its_own() {
+        let p = Protocol::new(Variant::Fixed, Bounds::SMALL);
+        let s = p.initial();
+        assert!(
+            p.step(&s, Action::TakeRole { node: 0 }).is_none(),
+            "a role at the epoch of the volume's creation"
+        );
+        let s = run(&p, &START[..1]);
+        assert_eq!((s.committed.epoch, s.nodes[0].taken_up), (2, 2));
+        assert_eq!(s.nodes[0].view, s.committed, "applied by its proposer");
+        let s = run(&p, &START);
+        assert_eq!(s.nodes[0].role.unwrap().epoch, 2);
+        assert_eq!(s.nodes[0].taken_up, 0, "used by the role");
+
+        // After a crash the node takes up yet another epoch.
+        let mut actions = START.to_vec();
+        actions.extend([Action::Crash { node: 0 }, Action::Restart { node: 0 }]);
+        let s = run(&p, &actions);
+        assert!(p.step(&s, Action::TakeRole { node: 0 }).is_none());
+        actions.extend([Action::TakeUp { node: 0 }, Action::TakeRole { node: 0 }]);
+        assert_eq!(run(&p, &actions).nodes[0].role.unwrap().epoch, 3);
+
+        // The variant starts the role straight from the view.
+        let stale = Protocol::new(Variant::RoleFromStaleView, Bounds::SMALL);
+        assert!(stale.step(&s, Action::TakeUp { node: 0 }).is_none());
+        let s = stale.step(&stale.initial(), Action::TakeRole { node: 0 });
+        assert_eq!(s.unwrap().nodes[0].role.unwrap().epoch, 1);
+    }
+
+    #[test]
+    fn a_report_is_refused_for_an_older_epoch_or_a_later_report() {
+        let mut r = Protocol::new(Variant::Fixed, Bounds::SMALL)
+            .initial()
+            .committed;
+        let report = |state, epoch, seq| Command::SetReplicaState {
+            node: 1,
+            state,
+            epoch,
+            seq,
+        };
+        assert!(r.apply(report(ReplicaState::OutOfSync, 1, 2)));
+        assert!(!r.apply(report(ReplicaState::InSync, 1, 1)), "overtaken");
+        assert!(!r.apply(report(ReplicaState::InSync, 1, 2)), "overtaken");
+        assert_eq!(r.replicas[1], ReplicaState::OutOfSync);
+        assert!(r.apply(report(ReplicaState::InSync, 1, 0)), "unnumbered");
+        let promote = Command::Promote {
+            node: 0,
+            expected_epoch: 1,
+        };
+        assert!(r.apply(promote));
+        assert!(!r.apply(promote), "expected epoch is stale");
+        assert_eq!((r.primary, r.epoch, r.index), (0, 2, 4));
+        assert!(!r.apply(report(ReplicaState::OutOfSync, 1, 3)), "epoch");
+        assert!(!r.apply(report(ReplicaState::OutOfSync, 2, 1)), "primary");
     }
 }
