@@ -110,8 +110,10 @@ pub enum Action {
     },
     /// The leader decides to promote in-sync `node` (the old primary holds
     /// no lease), and the promotion commits only at a later step (a slow
-    /// commit): until then the leader answers heartbeats from the state
-    /// before it.
+    /// commit): until then the leader answers the other members' heartbeats
+    /// from the state before it, and the old primary's not at all (in
+    /// [`crate::Variant::LeaseDuringPromotion`]: from the state before it
+    /// too).
     FailoverSlowly {
         /// The new primary.
         node: NodeId,

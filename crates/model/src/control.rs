@@ -26,6 +26,21 @@ impl Protocol {
         })
     }
 
+    /// Whether the leader leaves `node`'s heartbeats unanswered: it decided
+    /// to replace `node` as primary and the promotion is not decided yet
+    /// (`cluster`'s `replacing`, changed and read under the lock heartbeat
+    /// answers take). Once it is, a lease needs a view that holds it (the
+    /// answer carries at least the leader's applied index). Never in
+    /// [`Variant::LeaseDuringPromotion`].
+    pub(crate) fn being_replaced(&self, s: &State, node: NodeId) -> bool {
+        // The node being replaced is still the committed primary: no other
+        // failover is decided while one is pending, and a node's promotion
+        // of itself leaves the primary as it is.
+        self.variant != Variant::LeaseDuringPromotion
+            && s.promoting.is_some()
+            && s.committed.primary == node
+    }
+
     /// The promotion `node` proposes for itself before it starts a primary
     /// role (`Clustered::hold`): its view names it primary, it runs no
     /// role, and it has not yet taken up the view's epoch. `None` in

@@ -343,7 +343,8 @@ pub struct State {
     pub failovers: u8,
     /// Of those, promotions whose commit was slow.
     pub slow_failovers: u8,
-    /// A promotion the leader decided, not committed yet (a slow commit).
+    /// A promotion the leader decided, not committed yet (a slow commit);
+    /// the old primary's heartbeats go unanswered meanwhile.
     pub promoting: Option<Command>,
     /// Timed-out commands that may still commit, in any order (kept sorted,
     /// so that the same commands make the same state).

@@ -357,10 +357,12 @@ impl Protocol {
                 let n = s.nodes[node];
                 let caught_up = n.view.index == s.committed.index
                     || self.variant == Variant::LeaseWithoutCaughtUpView;
-                // The proposed change: the lease also waits for the
-                // leader's promotion in flight.
-                let waits = self.variant == Variant::LeaseAfterPromotion && s.promoting.is_some();
-                if !n.up || !s.control_up || !caught_up || waits || (n.lease && !n.restarted) {
+                if !n.up
+                    || !s.control_up
+                    || !caught_up
+                    || self.being_replaced(s, node)
+                    || (n.lease && !n.restarted)
+                {
                     return None;
                 }
                 t.nodes[node].lease = true;
