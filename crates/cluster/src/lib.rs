@@ -79,7 +79,7 @@ pub mod net;
 pub mod state;
 pub mod store;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::Cursor;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -314,6 +314,10 @@ struct Inner {
     joining: tokio::sync::Mutex<()>,
     /// Leader's view: when each member's last heartbeat arrived.
     seen: Mutex<HashMap<NodeId, Instant>>,
+    /// Leader's view: primaries it decided to replace and is promoting
+    /// another copy for; their heartbeats go unanswered meanwhile. Changed
+    /// and read under `seen`'s lock.
+    replacing: Mutex<HashSet<NodeId>>,
     /// The term in which this node leads and when it noticed.
     leader_since: Mutex<Option<(u64, Instant)>>,
     lease_until: Mutex<Option<Instant>>,
@@ -569,6 +573,7 @@ impl Cluster {
             forward: net::Caller::new(key.clone(), Duration::from_secs(10)),
             joining: tokio::sync::Mutex::new(()),
             seen: Mutex::default(),
+            replacing: Mutex::default(),
             leader_since: Mutex::new(None),
             lease_until: Mutex::new(None),
         });
@@ -1058,10 +1063,20 @@ async fn h_heartbeat(State(w): State<Weak<Inner>>, h: HeaderMap, body: Bytes) ->
     }
     let r: Answer<u64> = match confirm_leadership(&s).await {
         Some(committed) => {
-            // Recorded after the confirmation, so later than the member's
-            // send time, from which its lease runs.
-            s.seen.lock().unwrap().insert(req.node, Instant::now());
-            Ok(committed)
+            let mut seen = s.seen.lock().unwrap();
+            if s.replacing.lock().unwrap().contains(&req.node) {
+                // Declared dead and being replaced: no new lease until the
+                // promotion is decided, and then only on a state with it.
+                Err(format!("node {} is being replaced as a primary", req.node))
+            } else {
+                // Recorded after the confirmation, so later than the
+                // member's send time, from which its lease runs. A promotion
+                // decided before this moment is applied here already (it
+                // was a primary of this node's that is now being replaced,
+                // or it is done): the member must apply it too.
+                seen.insert(req.node, Instant::now());
+                Ok(committed.max(s.store.applied_index()))
+            }
         }
         None => Err(not_leader(&s)),
     };
@@ -1107,10 +1122,15 @@ async fn heartbeats(me: Weak<Inner>) {
                 } else {
                     None
                 };
-                if confirmed.is_some() {
-                    s.seen.lock().unwrap().insert(l, Instant::now());
-                }
-                confirmed
+                // As `h_heartbeat` answers the other members.
+                confirmed.and_then(|committed| {
+                    let mut seen = s.seen.lock().unwrap();
+                    if s.replacing.lock().unwrap().contains(&l) {
+                        return None;
+                    }
+                    seen.insert(l, Instant::now());
+                    Some(committed.max(s.store.applied_index()))
+                })
             }
             Some(l) => match s.addr_of(l) {
                 Some(addr) => match s
@@ -1186,34 +1206,46 @@ async fn failover(me: Weak<Inner>) {
         // outlives this election by more than LEASE: after that (and a
         // margin) a silent primary can be replaced.
         let grace = LEASE + ELECTION_MARGIN;
-        let alive = |n: NodeId| {
-            s.seen
-                .lock()
-                .unwrap()
-                .get(&n)
-                .is_some_and(|t| t.elapsed() < DEAD_AFTER)
-        };
         if since.elapsed() < grace {
             continue;
         }
         let state = s.store.state();
         for v in state.volumes.values() {
-            if alive(v.primary) {
-                continue;
-            }
-            let candidate = v
-                .replicas
-                .iter()
-                .find(|(&n, st)| n != v.primary && **st == ReplicaState::InSync && alive(n));
+            // Deciding and fencing are one step against heartbeat answers:
+            // a heartbeat answered before it makes the primary alive here,
+            // one answered after it waits for the promotion (see
+            // `h_heartbeat`), so the old primary never gets a lease on a
+            // state in which it still leads while another node takes over.
+            let candidate = {
+                let seen = s.seen.lock().unwrap();
+                let alive = |n: NodeId| seen.get(&n).is_some_and(|t| t.elapsed() < DEAD_AFTER);
+                if alive(v.primary) {
+                    continue;
+                }
+                let candidate = v
+                    .replicas
+                    .iter()
+                    .find(|(&n, st)| n != v.primary && **st == ReplicaState::InSync && alive(n))
+                    .map(|(&n, _)| n);
+                if candidate.is_some() {
+                    s.replacing.lock().unwrap().insert(v.primary);
+                }
+                candidate
+            };
             match candidate {
-                Some((&n, _)) => {
+                Some(n) => {
                     tracing::warn!(volume = %v.name, old = v.primary, new = n, epoch = v.epoch + 1, "primary silent, promoting an in-sync replica");
                     let cmd = Command::Promote {
                         volume: v.name.clone(),
                         node: n,
                         expected_epoch: v.epoch,
                     };
-                    if let Err(LeaderWrite::Refused(why)) = s.write(cmd).await {
+                    let outcome = s.write(cmd).await;
+                    {
+                        let _seen = s.seen.lock().unwrap();
+                        s.replacing.lock().unwrap().remove(&v.primary);
+                    }
+                    if let Err(LeaderWrite::Refused(why)) = outcome {
                         tracing::warn!(volume = %v.name, "promotion refused: {why}");
                     }
                 }

@@ -89,6 +89,15 @@ impl RedbStore {
         self.publish.subscribe()
     }
 
+    /// Index of the last log entry applied to the state.
+    pub fn applied_index(&self) -> u64 {
+        self.applied
+            .read()
+            .unwrap()
+            .last_applied
+            .map_or(0, |l| l.index)
+    }
+
     /// The applied cluster state now.
     pub fn state(&self) -> Arc<ClusterState> {
         self.publish.borrow().clone()
