@@ -52,6 +52,55 @@ fn leader(s: &Server) -> Option<u64> {
     try_status(s)?["status"]["leader"].as_u64()
 }
 
+/// The control plane's term and leader as `s` sees it.
+fn leadership(s: &Server) -> Option<(u64, Option<u64>)> {
+    let v = try_status(s)?;
+    Some((
+        v["status"]["term"].as_u64()?,
+        v["status"]["leader"].as_u64(),
+    ))
+}
+
+/// Makes node `p` lead the control plane: whoever else leads is stopped
+/// until the other two have elected a leader of a later term, then started
+/// again; each time `p` has an even chance.
+fn make_primary_lead(
+    nodes: &mut [Server; 2],
+    witness: &mut Witness,
+    ids: [u64; 2],
+    p: usize,
+    what: &str,
+) {
+    let s = 1 - p;
+    for _ in 0..12 {
+        let Some((term, Some(l))) = leadership(&nodes[p]) else {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        };
+        if l == ids[p] {
+            return;
+        }
+        eprintln!("{what}: node {l} leads the control plane (term {term}); it steps aside");
+        if l == ids[s] {
+            nodes[s].stop();
+        } else {
+            witness.stop();
+        }
+        wait_until(&format!("{what}: a leader after node {l}"), 30, || {
+            leadership(&nodes[p]).is_some_and(|(t, now)| t > term && now.is_some_and(|n| n != l))
+        });
+        if l == ids[s] {
+            nodes[s].restart();
+        } else {
+            witness.restart();
+        }
+    }
+    panic!(
+        "{what}: the primary does not lead the control plane after twelve elections (leader {:?})",
+        leader(&nodes[p])
+    );
+}
+
 /// Whether `s` (node `id`) reports itself primary of the volume with its
 /// role taken up.
 fn acts_as_primary(s: &Server, id: u64) -> bool {
@@ -126,27 +175,9 @@ async fn no_write_acknowledged_after_the_secondary_died_without_a_quorum_to_reco
         );
         // A lost copy goes unrecorded longest when the primary leads the
         // control plane: it appends the record and waits for a commit that
-        // cannot come. Whoever else leads steps down by a clean restart.
-        for _ in 0..10 {
-            match leader(&nodes[p]) {
-                Some(l) if l == ids[p] => break,
-                Some(l) if l == ids[s] => {
-                    nodes[s].stop();
-                    nodes[s].restart();
-                }
-                Some(_) => {
-                    witness.stop();
-                    witness.restart();
-                }
-                None => {}
-            }
-            converge(&nodes, &what);
-        }
-        assert_eq!(
-            leader(&nodes[p]),
-            Some(ids[p]),
-            "{what}: the primary does not lead the control plane after ten restarts of the others"
-        );
+        // cannot come.
+        make_primary_lead(&mut nodes, &mut witness, ids, p, &what);
+        converge(&nodes, &what);
         witness.kill();
         let portal = nodes[p].portal();
         let start = |k: u64| {
