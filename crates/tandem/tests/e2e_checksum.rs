@@ -22,24 +22,6 @@ fn pattern(lba: u64) -> Vec<u8> {
         .collect()
 }
 
-/// The log without its colour escapes.
-fn plain(log: &str) -> String {
-    let mut out = String::with_capacity(log.len());
-    let mut chars = log.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 async fn session(addr: SocketAddr) -> Initiator {
     let target = format!("{}:rot", node_prefix());
     let mut i = Initiator::normal(addr, &target, &[]).await;
@@ -111,7 +93,7 @@ async fn a_damaged_block_is_a_medium_error_and_a_rewrite_heals_it() {
     assert_eq!(o.status, 0);
     assert_eq!(o.data, data[..DAMAGED as usize * BLOCK]);
 
-    let log = plain(&server.log_text());
+    let log = common::log::plain(&server.log_text());
     assert!(
         log.lines()
             .any(|l| l.contains("does not match its checksum")

@@ -42,27 +42,9 @@ impl Lcg {
     }
 }
 
-/// The log without its colours (ANSI escape sequences).
-fn plain(log: &str) -> String {
-    let mut out = String::with_capacity(log.len());
-    let mut chars = log.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// Sum of the `key=` numbers on the log lines that contain every one of `has`.
 fn sum_field(log: &str, has: &[&str], key: &str) -> u64 {
-    plain(log)
+    common::log::plain(log)
         .lines()
         .filter(|l| has.iter().all(|h| l.contains(h)))
         .filter_map(|l| {

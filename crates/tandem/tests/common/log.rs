@@ -23,8 +23,9 @@ pub fn logged(text: &str, from: usize, needle: &str) -> Vec<(u64, String)> {
         .collect()
 }
 
-/// A log line without its terminal colours (ANSI escape sequences).
-fn plain(line: &str) -> String {
+/// A log (or one line of it) without its terminal colours (ANSI escape
+/// sequences).
+pub fn plain(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
     let mut chars = line.chars();
     while let Some(c) = chars.next() {
