@@ -755,6 +755,13 @@ async fn supervise(me: Weak<ReplicatedVolume>, p: Arc<Peer>) {
                 }
             }
         };
+        if p.mode() == LOSING {
+            // A write failed it while this node could not record that (its
+            // lease had run out): record it now, or no resync can start.
+            if let Err(e) = v.lose(&p, &LinkError::Down(p.addr.clone())).await {
+                tracing::debug!(volume = v.copy.name(), node = p.node, "{e}");
+            }
+        }
         if p.mode() == IN_SYNC && p.unrecorded.load(Ordering::Acquire) {
             let _one = p.state_change.lock().await;
             if p.mode() == IN_SYNC && p.unrecorded.load(Ordering::Acquire) {
