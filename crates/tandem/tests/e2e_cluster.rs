@@ -10,8 +10,8 @@ mod common;
 use std::time::Duration;
 
 use common::cluster::{
-    ack_windows, all_in_sync, assert_one_writer, form, node_id, session, verify, volume_file,
-    volume_record, wait_members, wait_until, write, write_until_acknowledged, Witness,
+    ack_windows, all_in_sync, assert_one_writer, node_id, session, verify, volume_file,
+    volume_record, wait_until, write, write_until_acknowledged,
 };
 use common::Server;
 use testkit::history::History;
@@ -21,17 +21,7 @@ const EXTENTS: u64 = 128;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn primary_then_secondary_killed_no_acknowledged_write_lost_and_copies_converge() {
     let dir = tempfile::tempdir().unwrap();
-    let mut a = Server::start(&dir.path().join("a"));
-    let mut b = Server::start(&dir.path().join("b"));
-    let token = form(&a, &[&b]);
-    let witness = Witness::start(
-        &dir.path().join("w"),
-        "127.0.0.1",
-        None,
-        &a.cluster_addr(),
-        &token,
-    );
-    wait_members(&a, 3);
+    let (mut a, mut b, witness, _) = common::cluster::on_loopback(dir.path());
 
     a.cli_ok(&["volume", "create", "vm", "--size", "4M", "--replicas", "2"]);
     wait_until("both nodes export the volume", 20, || {

@@ -25,8 +25,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::cluster::{
-    ack_windows, assert_one_writer, form, node_id, primary_index, try_status, volume_file,
-    wait_converged, wait_members, wait_settled, wait_until, Witness, BLOCK, EXTENT,
+    ack_windows, assert_one_writer, node_id, primary_index, try_status, volume_file,
+    wait_converged, wait_settled, wait_until, Witness, BLOCK, EXTENT,
 };
 use common::log::now_us;
 use common::workload::{check_volume, Ledger, Load, LoadConfig, Mix, Pick};
@@ -132,17 +132,7 @@ async fn problems(nodes: &[(&Server, u64)], h: &History) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_write_acknowledged_after_the_secondary_died_without_a_quorum_to_record_it() {
     let dir = tempfile::tempdir().unwrap();
-    let a = Server::start(&dir.path().join("a"));
-    let b = Server::start(&dir.path().join("b"));
-    let token = form(&a, &[&b]);
-    let mut witness = Witness::start(
-        &dir.path().join("w"),
-        "127.0.0.1",
-        None,
-        &a.cluster_addr(),
-        &token,
-    );
-    wait_members(&a, 3);
+    let (a, b, mut witness, _) = common::cluster::on_loopback(dir.path());
     a.cli_ok(&[
         "volume",
         "create",

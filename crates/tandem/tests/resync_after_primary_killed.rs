@@ -15,10 +15,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cluster::{
-    all_in_sync, form, node_id, session, volume_record, wait_members, wait_until, write,
-    write_until_acknowledged, Witness, BLOCK, EXTENT,
+    all_in_sync, node_id, session, volume_record, wait_until, write, write_until_acknowledged,
+    BLOCK, EXTENT,
 };
-use common::Server;
 use testkit::history::History;
 
 const VOLUME_MIB: u64 = 512;
@@ -62,17 +61,7 @@ fn sum_field(log: &str, has: &[&str], key: &str) -> u64 {
 #[ignore = "a measurement: run by bench/resync.sh"]
 async fn resync_after_primary_killed_under_random_writes() {
     let dir = tempfile::tempdir().unwrap();
-    let mut a = Server::start(&dir.path().join("a"));
-    let mut b = Server::start(&dir.path().join("b"));
-    let token = form(&a, &[&b]);
-    let _witness = Witness::start(
-        &dir.path().join("w"),
-        "127.0.0.1",
-        None,
-        &a.cluster_addr(),
-        &token,
-    );
-    wait_members(&a, 3);
+    let (mut a, mut b, _witness, _) = common::cluster::on_loopback(dir.path());
     let size = format!("{VOLUME_MIB}M");
     a.cli_ok(&["volume", "create", "vm", "--size", &size, "--replicas", "2"]);
     wait_until("both copies in sync", 30, || all_in_sync(&a, "vm"));

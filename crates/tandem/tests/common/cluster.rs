@@ -306,6 +306,17 @@ pub fn form(first: &Server, others: &[&Server]) -> String {
     token
 }
 
+/// Two data nodes and a witness as processes on loopback, formed into a
+/// cluster (every member seen): the nodes, the witness and the join token.
+pub fn on_loopback(dir: &Path) -> (Server, Server, Witness, String) {
+    let a = Server::start(&dir.join("a"));
+    let b = Server::start(&dir.join("b"));
+    let token = form(&a, &[&b]);
+    let witness = Witness::start(&dir.join("w"), "127.0.0.1", None, &a.cluster_addr(), &token);
+    wait_members(&a, 3);
+    (a, b, witness, token)
+}
+
 /// Waits until `s` sees `n` members.
 pub fn wait_members(s: &Server, n: usize) {
     wait_until(&format!("{n} members"), 30, || {
