@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::auth::{self, AuthError, ClusterKey};
-use crate::wire::{self, Failure, Hello, Op, Request, Response, Welcome};
+use crate::wire::{self, Failure, Hello, Op, Refusal, Refused, Request, Response, Welcome};
 
 /// Why a request over a link did not get an answer.
 #[derive(Debug, Error)]
@@ -34,9 +34,14 @@ pub enum LinkError {
         #[source]
         source: AuthError,
     },
-    /// The peer refused the hello.
-    #[error("{addr} refused: {reason}")]
-    Refused { addr: String, reason: String },
+    /// The peer refused the hello: `refusal` says why, `message` says it
+    /// to a person.
+    #[error("{addr} refused: {message}")]
+    Refused {
+        addr: String,
+        refusal: Refusal,
+        message: String,
+    },
     /// The connection broke or sent something outside the protocol.
     #[error("the connection to {0} is down")]
     Down(String),
@@ -104,9 +109,10 @@ impl Link {
                 .ok_or_else(|| LinkError::Down(a.clone()))?;
             match Welcome::decode(body) {
                 Ok(Ok(w)) => Ok((s, w)),
-                Ok(Err(reason)) => Err(LinkError::Refused {
+                Ok(Err(Refused { refusal, message })) => Err(LinkError::Refused {
                     addr: a.clone(),
-                    reason,
+                    refusal,
+                    message,
                 }),
                 Err(_) => Err(LinkError::Down(a.clone())),
             }

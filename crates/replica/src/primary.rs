@@ -37,7 +37,7 @@ use crate::copy::{off_thread, LocalCopy};
 use crate::dirty::DirtyMap;
 use crate::link::{Link, LinkError};
 use crate::ranges::RangeLock;
-use crate::wire::{Failure, Hello, Mode, Op};
+use crate::wire::{Failure, Hello, Mode, Op, Refusal};
 
 /// Bytes per region of a peer's dirty map: the unit of incremental resync.
 pub const RESYNC_REGION: u64 = 64 << 10;
@@ -745,10 +745,12 @@ async fn supervise(me: Weak<ReplicatedVolume>, p: Arc<Peer>) {
                             node = p.node,
                             "replica unreachable: {e}"
                         );
-                        if let LinkError::Refused { reason, .. } = &e {
-                            if reason.contains("stale") {
-                                v.deposed.store(true, Ordering::Release);
-                            }
+                        if let LinkError::Refused {
+                            refusal: Refusal::StaleEpoch { .. },
+                            ..
+                        } = &e
+                        {
+                            v.deposed.store(true, Ordering::Release);
                         }
                         None
                     }

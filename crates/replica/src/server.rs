@@ -12,13 +12,29 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use volume::{Volume, VolumeError};
 
-use crate::auth::{self, ClusterKey};
+use crate::auth::{self, AuthError, ClusterKey};
 use crate::copy::LocalCopy;
 use crate::link::{read_frame, write_frames};
-use crate::wire::{failure_of, Failure, Hello, Mode, Op, Request, Response, Welcome};
+use crate::wire::{
+    failure_of, Failure, Hello, Mode, Op, Refusal, Refused, Request, Response, Welcome, WireError,
+};
 
 /// Most requests one connection may have in flight; more wait unread.
 const MAX_IN_FLIGHT: usize = 256;
+
+/// Why a connection ended before its hello was read.
+#[derive(Debug, thiserror::Error)]
+enum HandshakeError {
+    /// The connecting node does not know the cluster secret.
+    #[error("authentication failed: {0}")]
+    Auth(AuthError),
+    /// The connection closed before a whole hello arrived.
+    #[error("no hello")]
+    NoHello,
+    /// The hello does not follow the protocol (or another version of it).
+    #[error("bad hello: {0}")]
+    BadHello(WireError),
+}
 
 /// The copies this node serves, by volume name.
 pub struct ReplicaServer {
@@ -93,9 +109,9 @@ impl ReplicaServer {
         let handshake = async {
             auth::server(&mut s, &self.key)
                 .await
-                .map_err(|e| e.to_string())?;
-            let body = read_frame(&mut s).await.ok_or("no hello")?;
-            Hello::decode(body).map_err(|e| e.to_string())
+                .map_err(HandshakeError::Auth)?;
+            let body = read_frame(&mut s).await.ok_or(HandshakeError::NoHello)?;
+            Hello::decode(body).map_err(HandshakeError::BadHello)
         };
         let hello = match tokio::time::timeout(std::time::Duration::from_secs(10), handshake).await
         {
@@ -114,7 +130,7 @@ impl ReplicaServer {
         let session = answer.as_ref().map_or(0, |(_, _, s)| *s);
         let welcome = answer.map(|(w, _, _)| w);
         if let Err(why) = &welcome {
-            tracing::warn!(%peer, volume = %hello.volume, node = hello.node, "replication hello refused: {why}");
+            tracing::warn!(%peer, volume = %hello.volume, node = hello.node, "replication hello refused: {}", why.message);
         }
         if s.write_all(&Welcome::encode(&welcome)).await.is_err() {
             return;
@@ -159,29 +175,41 @@ impl ReplicaServer {
 
     /// Admits a connection: the welcome, the copy and, for a replication
     /// connection, its session number.
-    async fn welcome(&self, hello: &Hello) -> Result<(Welcome, Arc<LocalCopy>, u64), String> {
-        let copy = self
-            .get(&hello.volume)
-            .ok_or_else(|| format!("this node holds no copy of volume {}", hello.volume))?;
+    async fn welcome(&self, hello: &Hello) -> Result<(Welcome, Arc<LocalCopy>, u64), Refused> {
+        let refused = |refusal, message| Refused { refusal, message };
+        let copy = self.get(&hello.volume).ok_or_else(|| {
+            refused(
+                Refusal::NoCopy,
+                format!("this node holds no copy of volume {}", hello.volume),
+            )
+        })?;
         match hello.mode {
             Mode::Replicate => {
                 copy.note_copy(hello.node, hello.copy_id);
-                let current = copy
-                    .accept_epoch(hello.epoch)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let current = copy.accept_epoch(hello.epoch).await.map_err(|e| {
+                    refused(
+                        Refusal::Failed,
+                        format!(
+                            "volume {}: taking up epoch {} failed: {e}",
+                            hello.volume, hello.epoch
+                        ),
+                    )
+                })?;
                 if hello.epoch < current {
-                    return Err(format!(
-                        "volume {}: epoch {} is stale, this copy follows epoch {current}",
-                        hello.volume, hello.epoch
+                    return Err(refused(
+                        Refusal::StaleEpoch { current },
+                        format!(
+                            "volume {}: epoch {} is stale, this copy follows epoch {current}",
+                            hello.volume, hello.epoch
+                        ),
                     ));
                 }
             }
             Mode::Forward => {
                 if copy.primary().is_none() {
-                    return Err(format!(
-                        "this node is not the primary of volume {}",
-                        hello.volume
+                    return Err(refused(
+                        Refusal::NotPrimary,
+                        format!("this node is not the primary of volume {}", hello.volume),
                     ));
                 }
             }

@@ -1,7 +1,8 @@
 //! The replication wire protocol: length-prefixed frames over TCP.
 //!
 //! After the mutual authentication of [`crate::auth`], the connecting node
-//! sends one [`Hello`] and reads one [`Welcome`]; then it sends [`Request`]s
+//! sends one [`Hello`] and reads one [`Welcome`] (or a [`Refused`], which
+//! says why as a [`Refusal`]); then it sends [`Request`]s
 //! and the serving node answers each with a [`Response`] carrying the same
 //! id, in any order. Every frame is `u32 length (big endian) | body`. Numbers
 //! are big endian. This module is pure (bytes in, bytes out) so it can be
@@ -15,7 +16,9 @@ use volume::VolumeError;
 pub const MAX_FRAME: usize = volume::MAX_IO_BYTES + 4096;
 
 /// Protocol version in every hello; a mismatch is refused.
-pub const VERSION: u16 = 1;
+///
+/// Version 2 carries a typed [`Refusal`] in the answer to a hello.
+pub const VERSION: u16 = 2;
 
 /// A frame that does not follow the protocol.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -73,6 +76,31 @@ pub struct Welcome {
     /// Byte ranges the serving node wrote as a primary and may not have
     /// mirrored (its activity log): the new primary must resync them.
     pub suspect: Vec<(u64, u64)>,
+}
+
+/// Why a serving node refused a hello. The connecting node acts on this, never
+/// on the text that goes with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The serving node holds no copy of the volume.
+    NoCopy,
+    /// The hello's epoch is older than the one the copy follows: its sender
+    /// is no longer the volume's primary.
+    StaleEpoch { current: u64 },
+    /// A forwarding connection reached a node that is not the volume's primary.
+    NotPrimary,
+    /// The serving node could not admit the connection (its copy could not
+    /// record the new epoch); the message says why.
+    Failed,
+}
+
+/// The answer to a hello that is not a [`Welcome`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// Why, for the connecting node to act on.
+    pub refusal: Refusal,
+    /// The same for a person reading the log, naming the volume.
+    pub message: String,
 }
 
 /// A volume operation sent to a replica or forwarded to the primary.
@@ -147,6 +175,11 @@ const OP_FLUSH: u8 = 6;
 const OP_RESIZE: u8 = 7;
 const OP_PING: u8 = 8;
 const OP_SETTLE: u8 = 9;
+
+const REFUSED_NO_COPY: u8 = 1;
+const REFUSED_STALE_EPOCH: u8 = 2;
+const REFUSED_NOT_PRIMARY: u8 = 3;
+const REFUSED_FAILED: u8 = 4;
 
 const E_OUT_OF_RANGE: u8 = 1;
 const E_BAD_LENGTH: u8 = 2;
@@ -335,8 +368,8 @@ impl Hello {
 const MAX_SUSPECT: usize = 65536;
 
 impl Welcome {
-    /// Encodes the answer as a whole frame: `Ok` with the welcome, or a refusal text.
-    pub fn encode(answer: &Result<Welcome, String>) -> Bytes {
+    /// Encodes the answer as a whole frame: `Ok` with the welcome, or the refusal.
+    pub fn encode(answer: &Result<Welcome, Refused>) -> Bytes {
         let mut b = BytesMut::new();
         match answer {
             Ok(w) => {
@@ -358,16 +391,24 @@ impl Welcome {
                     }
                 }
             }
-            Err(why) => {
+            Err(Refused { refusal, message }) => {
                 b.put_u8(1);
-                put_str(&mut b, why);
+                let (code, arg) = match refusal {
+                    Refusal::NoCopy => (REFUSED_NO_COPY, 0),
+                    Refusal::StaleEpoch { current } => (REFUSED_STALE_EPOCH, *current),
+                    Refusal::NotPrimary => (REFUSED_NOT_PRIMARY, 0),
+                    Refusal::Failed => (REFUSED_FAILED, 0),
+                };
+                b.put_u8(code);
+                b.put_u64(arg);
+                put_str(&mut b, message);
             }
         }
         framed(b)
     }
 
     /// Decodes the answer to a hello.
-    pub fn decode(mut b: Bytes) -> Result<Result<Welcome, String>, WireError> {
+    pub fn decode(mut b: Bytes) -> Result<Result<Welcome, Refused>, WireError> {
         match get_u8(&mut b)? {
             0 => {
                 need(&b, 16)?;
@@ -392,7 +433,26 @@ impl Welcome {
                     suspect,
                 }))
             }
-            1 => Ok(Err(get_str(&mut b)?)),
+            1 => {
+                let code = get_u8(&mut b)?;
+                let arg = get_u64(&mut b)?;
+                let refusal = match code {
+                    REFUSED_NO_COPY => Refusal::NoCopy,
+                    REFUSED_STALE_EPOCH => Refusal::StaleEpoch { current: arg },
+                    REFUSED_NOT_PRIMARY => Refusal::NotPrimary,
+                    REFUSED_FAILED => Refusal::Failed,
+                    c => {
+                        return Err(WireError::Unknown {
+                            what: "refusal",
+                            value: c as u64,
+                        })
+                    }
+                };
+                Ok(Err(Refused {
+                    refusal,
+                    message: get_str(&mut b)?,
+                }))
+            }
             v => Err(WireError::Unknown {
                 what: "welcome status",
                 value: v as u64,
@@ -688,11 +748,67 @@ mod tests {
             suspect: vec![(0, 4 << 20), (8 << 20, 4 << 20)],
         });
         assert_eq!(Welcome::decode(Welcome::encode(&w).slice(4..)).unwrap(), w);
-        let refused = Err("no such volume".to_string());
+        let refused = Err(Refused {
+            refusal: Refusal::NoCopy,
+            message: "no such volume".into(),
+        });
         assert_eq!(
             Welcome::decode(Welcome::encode(&refused).slice(4..)).unwrap(),
             refused
         );
+    }
+
+    fn refusal() -> impl Strategy<Value = Refusal> {
+        prop_oneof![
+            Just(Refusal::NoCopy),
+            any::<u64>().prop_map(|current| Refusal::StaleEpoch { current }),
+            Just(Refusal::NotPrimary),
+            Just(Refusal::Failed),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn refusals_round_trip(refusal in refusal(), message in ".{0,40}") {
+            let r = Err(Refused { refusal, message });
+            prop_assert_eq!(Welcome::decode(Welcome::encode(&r).slice(4..)).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn an_unknown_refusal_is_a_protocol_error() {
+        let mut b = BytesMut::new();
+        b.put_u8(1);
+        b.put_u8(99);
+        b.put_u64(0);
+        b.put_u16(0);
+        assert_eq!(
+            Welcome::decode(b.freeze()),
+            Err(WireError::Unknown {
+                what: "refusal",
+                value: 99
+            })
+        );
+    }
+
+    #[test]
+    fn a_hello_of_another_version_is_refused() {
+        let h = Hello {
+            mode: Mode::Replicate,
+            node: 1,
+            epoch: 1,
+            copy_id: [0; 16],
+            volume: "v".into(),
+        };
+        let mut body = BytesMut::from(&h.encode()[4..]);
+        body[..2].copy_from_slice(&(VERSION - 1).to_be_bytes());
+        assert!(matches!(
+            Hello::decode(body.freeze()),
+            Err(WireError::Unknown {
+                what: "protocol version",
+                ..
+            })
+        ));
     }
 
     #[test]
