@@ -92,8 +92,10 @@ pub enum ReplicaState {
     InSync,
     /// Misses writes; the primary tracks which.
     OutOfSync,
-    /// Catching up: `done` of `total` bytes copied.
-    Syncing { done: u64, total: u64 },
+    /// Catching up. The primary reports how far; the log records only that
+    /// it started (entries written before carry `done` and `total`, which
+    /// are ignored).
+    Syncing,
 }
 
 /// A volume of the cluster.
@@ -832,7 +834,7 @@ mod tests {
             Command::SetReplicaState {
                 volume: "v".into(),
                 node: 2,
-                state: ReplicaState::Syncing { done: 5, total: 9 },
+                state: ReplicaState::Syncing,
                 epoch: 3,
                 seq: 7,
             },
@@ -850,6 +852,29 @@ mod tests {
             assert_eq!(back, c);
         }
         assert!(serde_json::from_str::<Command>(r#"{"command":"promote"}"#).is_err());
+    }
+
+    #[test]
+    fn entries_with_resync_progress_still_apply() {
+        let old = r#"{"command":"set-replica-state","volume":"v","node":2,"state":{"state":"syncing","done":5,"total":9},"epoch":3,"seq":7}"#;
+        let c: Command = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            c,
+            Command::SetReplicaState {
+                volume: "v".into(),
+                node: 2,
+                state: ReplicaState::Syncing,
+                epoch: 3,
+                seq: 7,
+            }
+        );
+        let record = r#"{"2":{"state":"syncing","done":1,"total":2},"3":{"state":"in-sync"}}"#;
+        let replicas: BTreeMap<NodeId, ReplicaState> = serde_json::from_str(record).unwrap();
+        assert_eq!(replicas[&2], ReplicaState::Syncing);
+        assert_eq!(
+            serde_json::to_string(&ReplicaState::Syncing).unwrap(),
+            r#"{"state":"syncing"}"#
+        );
     }
 
     #[test]
@@ -886,7 +911,7 @@ mod tests {
         let state = prop_oneof![
             Just(ReplicaState::InSync),
             Just(ReplicaState::OutOfSync),
-            Just(ReplicaState::Syncing { done: 1, total: 2 })
+            Just(ReplicaState::Syncing)
         ];
         let node_id = 1u64..6;
         prop_oneof![

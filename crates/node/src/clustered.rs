@@ -18,8 +18,8 @@ use cluster::{
     Cluster, ClusterState, ClusterStatus, Command, NodeId, NodeInfo, ReplicaState, Role,
 };
 use replica::{
-    ClusterKey, ForwardVolume, LocalCopy, PeerSpec, PrimaryConfig, Recorded, ReplicaServer,
-    ReplicatedVolume, RoleVolume, Shape,
+    ClusterKey, ControlError, ForwardVolume, LocalCopy, PeerSpec, PeerState, PrimaryConfig,
+    Recorded, ReplicaServer, ReplicatedVolume, RoleVolume, Shape,
 };
 use scsi::{AccessState, PortGroup};
 use tokio::sync::Mutex;
@@ -120,27 +120,39 @@ impl replica::Control for Control {
         })
     }
 
-    async fn replica_lost(&self, volume: &str, node: u64, epoch: u64) -> Result<(), String> {
+    async fn replica_lost(&self, volume: &str, node: u64, epoch: u64) -> Result<(), ControlError> {
         // Writes wait for this record: without a quorum it gives up rather
         // than hold them until one returns.
-        let record = self.set(volume, node, ReplicaState::OutOfSync, epoch);
+        let record = self.set(volume, node, PeerState::OutOfSync, epoch);
         match tokio::time::timeout(RECORD_TIMEOUT, record).await {
             Ok(r) => r,
-            Err(_) => Err(format!(
-                "no quorum committed it within {} s",
-                RECORD_TIMEOUT.as_secs()
-            )),
+            Err(_) => Err(ControlError::NoQuorum {
+                waited: RECORD_TIMEOUT,
+            }),
         }
     }
 
-    async fn replica_in_sync(&self, volume: &str, node: u64, epoch: u64) -> Result<(), String> {
-        self.set(volume, node, ReplicaState::InSync, epoch).await
+    async fn replica_in_sync(
+        &self,
+        volume: &str,
+        node: u64,
+        epoch: u64,
+    ) -> Result<(), ControlError> {
+        self.set(volume, node, PeerState::InSync, epoch).await
     }
 
-    async fn replica_syncing(&self, volume: &str, node: u64, epoch: u64, done: u64, total: u64) {
-        let _ = self
-            .set(volume, node, ReplicaState::Syncing { done, total }, epoch)
-            .await;
+    async fn replica_syncing(&self, volume: &str, node: u64, epoch: u64) {
+        let _ = self.set(volume, node, PeerState::Syncing, epoch).await;
+    }
+}
+
+/// How the cluster state records a primary's view of a peer: a peer being
+/// lost is recorded out of sync (that record is what it waits for).
+fn recorded(state: PeerState) -> ReplicaState {
+    match state {
+        PeerState::InSync => ReplicaState::InSync,
+        PeerState::Syncing => ReplicaState::Syncing,
+        PeerState::OutOfSync | PeerState::Losing => ReplicaState::OutOfSync,
     }
 }
 
@@ -149,10 +161,10 @@ impl Control {
         &self,
         volume: &str,
         node: u64,
-        state: ReplicaState,
+        state: PeerState,
         epoch: u64,
-    ) -> Result<(), String> {
-        let c = self.cluster.upgrade().ok_or("the node is stopping")?;
+    ) -> Result<(), ControlError> {
+        let c = self.cluster.upgrade().ok_or(ControlError::Stopping)?;
         // Numbered in the order the primary makes its reports, above any
         // report applied so far (by this node or an earlier primary).
         let seq = {
@@ -172,12 +184,15 @@ impl Control {
             .propose(Command::SetReplicaState {
                 volume: volume.to_string(),
                 node,
-                state,
+                state: recorded(state),
                 epoch,
                 seq,
             })
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| match e {
+                cluster::ClusterError::Refused(why) => ControlError::Refused(why),
+                e => ControlError::Unavailable(e.to_string()),
+            })
     }
 }
 

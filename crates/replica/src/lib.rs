@@ -34,7 +34,10 @@ use volume::{BlockState, Provisioning, Volume, VolumeError};
 pub use auth::ClusterKey;
 pub use copy::LocalCopy;
 pub use forward::ForwardVolume;
-pub use primary::{AckWindow, Control, PeerSpec, PeerStatus, PrimaryConfig, ReplicatedVolume};
+pub use primary::{
+    AckWindow, Control, ControlError, PeerSpec, PeerState, PeerStatus, PrimaryConfig,
+    ReplicatedVolume,
+};
 pub use server::ReplicaServer;
 
 /// The role this node plays for a volume.

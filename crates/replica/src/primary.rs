@@ -24,11 +24,12 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, RwLock, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use thiserror::Error;
 use tokio::task::JoinHandle;
 use volume::{check_range, BlockState, Provisioning, Volume, VolumeError};
 
@@ -48,10 +49,92 @@ const RESYNC_CHUNK: u64 = 1 << 20;
 /// How often the activity log is swept and replicas told to settle.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
-const IN_SYNC: u8 = 0;
-const SYNCING: u8 = 1;
-const OUT_OF_SYNC: u8 = 2;
-const LOSING: u8 = 3;
+/// A peer's state as its primary sees it (see the module documentation).
+/// Status displays and JSON name the states `in-sync`, `syncing`,
+/// `out-of-sync` and `losing`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[repr(u8)]
+pub enum PeerState {
+    /// Holds every acknowledged write; a write it fails is recorded before
+    /// that write is acknowledged.
+    InSync = 0,
+    /// Catching up: writes go to it, its failures only mark regions dirty.
+    Syncing = 1,
+    /// Recorded as missing writes: writes only mark its dirty map.
+    OutOfSync = 2,
+    /// Failed a write; the record that it is out of sync is being committed,
+    /// and no write waits for it any more but none is acknowledged before
+    /// that record.
+    Losing = 3,
+}
+
+impl PeerState {
+    /// The name status displays use (the same as in JSON).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerState::InSync => "in-sync",
+            PeerState::Syncing => "syncing",
+            PeerState::OutOfSync => "out-of-sync",
+            PeerState::Losing => "losing",
+        }
+    }
+}
+
+impl std::fmt::Display for PeerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A byte that is not a [`PeerState`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[error("{0} is not a peer state")]
+pub struct NotAPeerState(pub u8);
+
+impl TryFrom<u8> for PeerState {
+    type Error = NotAPeerState;
+
+    fn try_from(v: u8) -> Result<PeerState, NotAPeerState> {
+        match v {
+            0 => Ok(PeerState::InSync),
+            1 => Ok(PeerState::Syncing),
+            2 => Ok(PeerState::OutOfSync),
+            3 => Ok(PeerState::Losing),
+            v => Err(NotAPeerState(v)),
+        }
+    }
+}
+
+/// A [`PeerState`] the write path reads without a lock.
+struct AtomicPeerState(AtomicU8);
+
+impl AtomicPeerState {
+    fn new(s: PeerState) -> AtomicPeerState {
+        AtomicPeerState(AtomicU8::new(s as u8))
+    }
+
+    fn load(&self) -> PeerState {
+        PeerState::try_from(self.0.load(Ordering::Acquire)).expect("only peer states are stored")
+    }
+
+    fn store(&self, s: PeerState) {
+        self.0.store(s as u8, Ordering::Release);
+    }
+
+    /// Moves from `current` to `new`; `Err` holds the state found instead.
+    fn compare_exchange(&self, current: PeerState, new: PeerState) -> Result<(), PeerState> {
+        self.0
+            .compare_exchange(
+                current as u8,
+                new as u8,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .map(|_| ())
+            .map_err(|v| PeerState::try_from(v).expect("only peer states are stored"))
+    }
+}
 
 /// What the replicated volume asks of the control plane.
 #[async_trait]
@@ -66,13 +149,38 @@ pub trait Control: Send + Sync + 'static {
     /// of `volume` misses writes. Called before a write it missed is
     /// acknowledged; must give up (fail) within about a lease rather than wait
     /// for a quorum that may never come back.
-    async fn replica_lost(&self, volume: &str, node: u64, epoch: u64) -> Result<(), String>;
+    async fn replica_lost(&self, volume: &str, node: u64, epoch: u64) -> Result<(), ControlError>;
 
     /// Records durably that `node`'s copy holds every acknowledged write again.
-    async fn replica_in_sync(&self, volume: &str, node: u64, epoch: u64) -> Result<(), String>;
+    async fn replica_in_sync(
+        &self,
+        volume: &str,
+        node: u64,
+        epoch: u64,
+    ) -> Result<(), ControlError>;
 
-    /// Reports resync progress (best effort, for status displays).
-    async fn replica_syncing(&self, volume: &str, node: u64, epoch: u64, done: u64, total: u64);
+    /// Records that a resync of `node`'s copy started (best effort, for
+    /// status displays). Its progress is not recorded: the primary reports
+    /// it in [`ReplicatedVolume::peer_status`].
+    async fn replica_syncing(&self, volume: &str, node: u64, epoch: u64);
+}
+
+/// Why the control plane did not record a change of a peer's state.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ControlError {
+    /// No quorum committed the record in the time a write may wait for it.
+    #[error("no quorum committed the record within {} s", waited.as_secs_f32())]
+    NoQuorum { waited: Duration },
+    /// This node is shutting down.
+    #[error("the node is stopping")]
+    Stopping,
+    /// The control plane refused the change (for instance, its epoch is
+    /// no longer the volume's).
+    #[error("the control plane refused the record: {0}")]
+    Refused(String),
+    /// The control plane could not be asked (no leader, unreachable, ...).
+    #[error("the control plane could not record it: {0}")]
+    Unavailable(String),
 }
 
 /// A replica of the volume as the control plane places it.
@@ -142,8 +250,11 @@ impl AckCounter {
 pub struct PeerStatus {
     /// Node id.
     pub node: u64,
-    /// "in-sync", "syncing" or "out-of-sync" (also while that is being recorded).
-    pub state: String,
+    /// In sync, syncing (also an in-sync peer reconciling regions written
+    /// before the last stop) or out of sync (also while that is being
+    /// recorded): never [`PeerState::Losing`]. In JSON `"in-sync"`,
+    /// `"syncing"` or `"out-of-sync"`.
+    pub state: PeerState,
     /// Whether a connection is up.
     pub connected: bool,
     /// Bytes the peer is known to miss.
@@ -154,10 +265,18 @@ pub struct PeerStatus {
     pub resync_total: u64,
 }
 
+impl PeerStatus {
+    /// Whether the peer holds every acknowledged write, with nothing left
+    /// to reconcile.
+    pub fn in_sync(&self) -> bool {
+        self.state == PeerState::InSync
+    }
+}
+
 struct Peer {
     node: u64,
     addr: String,
-    mode: AtomicU8,
+    state: AtomicPeerState,
     link: RwLock<Option<Arc<Link>>>,
     dirty: Arc<DirtyMap>,
     /// Serializes control-plane changes of this peer's state.
@@ -171,8 +290,8 @@ struct Peer {
 }
 
 impl Peer {
-    fn mode(&self) -> u8 {
-        self.mode.load(Ordering::Acquire)
+    fn state(&self) -> PeerState {
+        self.state.load()
     }
 
     fn link(&self) -> Option<Arc<Link>> {
@@ -250,11 +369,15 @@ impl ReplicatedVolume {
             };
             // Regions this copy wrote without knowing whether peers got them.
             dirty.mark_ranges(&suspect);
-            let mode = if spec.in_sync { IN_SYNC } else { OUT_OF_SYNC };
+            let state = if spec.in_sync {
+                PeerState::InSync
+            } else {
+                PeerState::OutOfSync
+            };
             list.push(Arc::new(Peer {
                 node: spec.node,
                 addr: spec.addr,
-                mode: AtomicU8::new(mode),
+                state: AtomicPeerState::new(state),
                 link: RwLock::new(None),
                 dirty: Arc::new(dirty),
                 state_change: tokio::sync::Mutex::new(()),
@@ -330,12 +453,11 @@ impl ReplicatedVolume {
             .iter()
             .map(|p| PeerStatus {
                 node: p.node,
-                state: match p.mode() {
-                    IN_SYNC if p.dirty.count() == 0 => "in-sync",
-                    IN_SYNC | SYNCING => "syncing",
-                    _ => "out-of-sync",
-                }
-                .into(),
+                state: match p.state() {
+                    PeerState::InSync if p.dirty.count() == 0 => PeerState::InSync,
+                    PeerState::InSync | PeerState::Syncing => PeerState::Syncing,
+                    PeerState::OutOfSync | PeerState::Losing => PeerState::OutOfSync,
+                },
                 connected: p.link().is_some(),
                 dirty_bytes: p.dirty.count() * RESYNC_REGION,
                 resync_done: p.done.load(Ordering::Relaxed),
@@ -389,13 +511,13 @@ impl ReplicatedVolume {
         let mut calls = Vec::with_capacity(self.peers.len());
         let mut failures = Vec::new();
         for p in &self.peers {
-            match p.mode() {
-                OUT_OF_SYNC => {
+            match p.state() {
+                PeerState::OutOfSync => {
                     p.dirty.mark(off, len);
                 }
                 // Its out-of-sync record is not committed yet: this write
                 // misses it, so it waits for that record like a failure.
-                LOSING => failures.push((p, LinkError::Down(p.addr.clone()))),
+                PeerState::Losing => failures.push((p, LinkError::Down(p.addr.clone()))),
                 _ => calls.push((p, p.link())),
             }
         }
@@ -456,14 +578,14 @@ impl ReplicatedVolume {
     /// `state_change` waits for ranges, so this cannot deadlock.
     async fn lose(&self, p: &Peer, e: &LinkError) -> Result<(), VolumeError> {
         let _one = p.state_change.lock().await;
-        match p.mode() {
-            IN_SYNC | LOSING => {
+        match p.state() {
+            PeerState::InSync | PeerState::Losing => {
                 if let Some(l) = p.link.write().unwrap().take() {
                     l.close();
                 }
                 // Out of the write path, but writes that skip it wait for
                 // the record below (they queue on `state_change`).
-                p.mode.store(LOSING, Ordering::Release);
+                p.state.store(PeerState::Losing);
                 // A primary that may not acknowledge anyway does not try.
                 self.check_serving()?;
                 tracing::warn!(
@@ -479,23 +601,23 @@ impl ReplicatedVolume {
                     // Not recorded: the peer still counts as in sync, so no
                     // write it missed may be acknowledged. The next write
                     // tries the record again.
-                    p.mode.store(IN_SYNC, Ordering::Release);
+                    p.state.store(PeerState::InSync);
                     return Err(unavailable(format!(
                         "volume {}: replica on node {} failed and the control plane could not record it: {why}",
                         self.copy.name(),
                         p.node
                     )));
                 }
-                p.mode.store(OUT_OF_SYNC, Ordering::Release);
+                p.state.store(PeerState::OutOfSync);
                 Ok(())
             }
-            SYNCING => {
+            PeerState::Syncing => {
                 tracing::info!(
                     volume = self.copy.name(),
                     node = p.node,
                     "resync interrupted: {e}"
                 );
-                p.mode.store(OUT_OF_SYNC, Ordering::Release);
+                p.state.store(PeerState::OutOfSync);
                 Ok(())
             }
             _ => Ok(()),
@@ -506,9 +628,9 @@ impl ReplicatedVolume {
     async fn to_peers(&self, op: Op) -> Result<(), VolumeError> {
         let mut failures = Vec::new();
         for p in &self.peers {
-            match p.mode() {
-                OUT_OF_SYNC => continue,
-                LOSING => {
+            match p.state() {
+                PeerState::OutOfSync => continue,
+                PeerState::Losing => {
                     failures.push((p, LinkError::Down(p.addr.clone())));
                     continue;
                 }
@@ -530,19 +652,19 @@ impl ReplicatedVolume {
 
     /// Copies the dirty regions of `p` over `link`; then, behind a barrier,
     /// switches it to in sync and records that.
-    async fn resync(&self, p: &Peer, link: &Link) -> Result<(), String> {
+    async fn resync(&self, p: &Peer, link: &Link) -> Result<(), ResyncError> {
         let v = self.copy.volume();
         let bs = v.block_size() as u64;
-        let was = p.mode();
-        if was == LOSING {
-            return Err("its out-of-sync record is not committed yet".into());
+        let was = p.state();
+        if was == PeerState::Losing {
+            return Err(ResyncError::NotRecorded);
         }
-        if was == OUT_OF_SYNC
-            && p.mode
-                .compare_exchange(OUT_OF_SYNC, SYNCING, Ordering::AcqRel, Ordering::Acquire)
+        if was == PeerState::OutOfSync
+            && p.state
+                .compare_exchange(PeerState::OutOfSync, PeerState::Syncing)
                 .is_err()
         {
-            return Err("its state changed".into());
+            return Err(ResyncError::StateChanged);
         }
         let total = p.dirty.count() * RESYNC_REGION;
         p.total.store(total, Ordering::Relaxed);
@@ -550,21 +672,22 @@ impl ReplicatedVolume {
         let name = self.copy.name().to_string();
         // An in-sync peer only reconciles regions where unacknowledged
         // writes may differ: it stays in sync for the control plane.
-        let report = was != IN_SYNC;
+        let report = was != PeerState::InSync;
         if total > 0 {
             tracing::info!(volume = %name, node = p.node, bytes = total, "resync starts");
             if report {
                 self.control
-                    .replica_syncing(&name, p.node, self.cfg.epoch, 0, total)
+                    .replica_syncing(&name, p.node, self.cfg.epoch)
                     .await;
             }
         }
-        let mut last_report = Instant::now();
         let regions_per_chunk = RESYNC_CHUNK / RESYNC_REGION;
         let mut cursor = 0;
         while let Some(first) = p.dirty.next_set(cursor) {
-            if self.stopped.load(Ordering::Acquire) || matches!(p.mode(), OUT_OF_SYNC | LOSING) {
-                return Err("stopped".into());
+            if self.stopped.load(Ordering::Acquire)
+                || matches!(p.state(), PeerState::OutOfSync | PeerState::Losing)
+            {
+                return Err(ResyncError::Stopped);
             }
             let mut n = 1;
             while n < regions_per_chunk && p.dirty.is_set(first + n) {
@@ -580,22 +703,20 @@ impl ReplicatedVolume {
             let _range = self.ranges.lock(lba, blocks).await;
             self.copy_range(link, lba, blocks)
                 .await
-                .map_err(|e| format!("copying blocks {lba}..{}: {e}", lba + blocks))?;
+                .map_err(|cause| ResyncError::Copy {
+                    start: lba,
+                    end: lba + blocks,
+                    cause,
+                })?;
             for r in first..first + n {
                 p.dirty.clear(r);
             }
-            let done = p.done.fetch_add(n * RESYNC_REGION, Ordering::Relaxed) + n * RESYNC_REGION;
-            if report && last_report.elapsed() > Duration::from_secs(1) {
-                last_report = Instant::now();
-                self.control
-                    .replica_syncing(&name, p.node, self.cfg.epoch, done, total)
-                    .await;
-            }
+            p.done.fetch_add(n * RESYNC_REGION, Ordering::Relaxed);
         }
         link.call(self.cfg.epoch, Op::Flush)
             .await
-            .map_err(|e| e.to_string())?;
-        if p.mode() == IN_SYNC {
+            .map_err(ResyncError::Flush)?;
+        if p.state() == PeerState::InSync {
             if total > 0 {
                 tracing::info!(volume = %name, node = p.node, "reconciled regions written before the last stop");
             }
@@ -610,8 +731,8 @@ impl ReplicatedVolume {
             if p.dirty.count() > 0 || !link.is_alive() {
                 return Ok(());
             }
-            if p.mode
-                .compare_exchange(SYNCING, IN_SYNC, Ordering::AcqRel, Ordering::Acquire)
+            if p.state
+                .compare_exchange(PeerState::Syncing, PeerState::InSync)
                 .is_err()
             {
                 return Ok(());
@@ -620,7 +741,7 @@ impl ReplicatedVolume {
         // Records are committed in the order the peer's state changed: a
         // write that fails it from now on records it lost after this.
         let _one = p.state_change.lock().await;
-        if p.mode() != IN_SYNC {
+        if p.state() != PeerState::InSync {
             // Lost again (and recorded so) since the barrier.
             return Ok(());
         }
@@ -635,14 +756,11 @@ impl ReplicatedVolume {
     /// the caller holding `state_change`. When that fails the peer stays in
     /// sync here: a record given up on may still commit later, so a write it
     /// misses must still be recorded (after it). The supervisor tries again.
-    async fn record_in_sync(&self, p: &Peer) -> Result<(), String> {
-        if let Err(why) = self
-            .control
+    async fn record_in_sync(&self, p: &Peer) -> Result<(), ResyncError> {
+        self.control
             .replica_in_sync(self.copy.name(), p.node, self.cfg.epoch)
             .await
-        {
-            return Err(format!("recording the replica in sync failed: {why}"));
-        }
+            .map_err(ResyncError::Record)?;
         p.unrecorded.store(false, Ordering::Release);
         Ok(())
     }
@@ -653,23 +771,16 @@ impl ReplicatedVolume {
     /// this copy's, the caller holding the range: written blocks are sent as
     /// data, unwritten ones unmapped, so the peer's copy stays as thin as
     /// this one and its checksums match block for block.
-    async fn copy_range(&self, link: &Link, lba: u64, blocks: u64) -> Result<(), String> {
+    async fn copy_range(&self, link: &Link, lba: u64, blocks: u64) -> Result<(), CopyError> {
         let v = self.copy.volume();
         let bs = v.block_size() as usize;
-        let data = Bytes::from(
-            v.read(lba, blocks as u32)
-                .await
-                .map_err(|e| format!("reading the local copy: {e}"))?,
-        );
+        let data = Bytes::from(v.read(lba, blocks as u32).await.map_err(CopyError::Read)?);
         // Which blocks hold written data: mapped ones (a written block of
         // zeros included) and any that does not read as zeros.
         let mut written = Vec::with_capacity(blocks as usize);
         let mut at = lba;
         while at < lba + blocks {
-            let (state, n) = v
-                .block_status(at)
-                .await
-                .map_err(|e| format!("reading the local copy's allocation: {e}"))?;
+            let (state, n) = v.block_status(at).await.map_err(CopyError::Allocation)?;
             let n = n.clamp(1, lba + blocks - at);
             written.extend((0..n).map(|_| state == BlockState::Mapped));
             at += n;
@@ -700,14 +811,55 @@ impl ReplicatedVolume {
                     blocks: (end - start) as u64,
                 }
             };
-            calls.push(link.send(self.cfg.epoch, op).map_err(|e| e.to_string())?);
+            calls.push(link.send(self.cfg.epoch, op).map_err(CopyError::Link)?);
             start = end;
         }
         for c in calls {
-            c.wait().await.map_err(|e| e.to_string())?;
+            c.wait().await.map_err(CopyError::Link)?;
         }
         Ok(())
     }
+}
+
+/// Why a resync stopped before the peer was in sync.
+#[derive(Debug, Error)]
+enum ResyncError {
+    /// The peer failed a write and the record of that is not committed yet.
+    #[error("its out-of-sync record is not committed yet")]
+    NotRecorded,
+    /// The peer's state changed under the resync.
+    #[error("its state changed")]
+    StateChanged,
+    /// The primary stopped, or the peer was lost again.
+    #[error("stopped")]
+    Stopped,
+    /// A run of dirty blocks could not be copied.
+    #[error("copying blocks {start}..{end}: {cause}")]
+    Copy {
+        start: u64,
+        end: u64,
+        cause: CopyError,
+    },
+    /// The peer did not make the copied blocks durable.
+    #[error("flushing the replica: {0}")]
+    Flush(LinkError),
+    /// The peer is in sync but the control plane did not record it.
+    #[error("recording the replica in sync failed: {0}")]
+    Record(ControlError),
+}
+
+/// Why a range could not be copied to a peer.
+#[derive(Debug, Error)]
+enum CopyError {
+    /// The local copy could not be read.
+    #[error("reading the local copy: {0}")]
+    Read(VolumeError),
+    /// The local copy's allocation could not be read.
+    #[error("reading the local copy's allocation: {0}")]
+    Allocation(VolumeError),
+    /// The peer did not take the data.
+    #[error("{0}")]
+    Link(LinkError),
 }
 
 /// Keeps a connection to one peer and resyncs it whenever it misses writes.
@@ -757,16 +909,16 @@ async fn supervise(me: Weak<ReplicatedVolume>, p: Arc<Peer>) {
                 }
             }
         };
-        if p.mode() == LOSING {
+        if p.state() == PeerState::Losing {
             // A write failed it while this node could not record that (its
             // lease had run out): record it now, or no resync can start.
             if let Err(e) = v.lose(&p, &LinkError::Down(p.addr.clone())).await {
                 tracing::debug!(volume = v.copy.name(), node = p.node, "{e}");
             }
         }
-        if p.mode() == IN_SYNC && p.unrecorded.load(Ordering::Acquire) {
+        if p.state() == PeerState::InSync && p.unrecorded.load(Ordering::Acquire) {
             let _one = p.state_change.lock().await;
-            if p.mode() == IN_SYNC && p.unrecorded.load(Ordering::Acquire) {
+            if p.state() == PeerState::InSync && p.unrecorded.load(Ordering::Acquire) {
                 match v.record_in_sync(&p).await {
                     Ok(()) => {
                         tracing::info!(volume = v.copy.name(), node = p.node, "replica in sync")
@@ -776,7 +928,7 @@ async fn supervise(me: Weak<ReplicatedVolume>, p: Arc<Peer>) {
             }
         }
         if let Some(l) = link {
-            if p.mode() != IN_SYNC || p.dirty.count() > 0 {
+            if p.state() != PeerState::InSync || p.dirty.count() > 0 {
                 if let Err(e) = v.resync(&p, &l).await {
                     tracing::info!(volume = v.copy.name(), node = p.node, "resync paused: {e}");
                     if !l.is_alive() {
@@ -819,13 +971,13 @@ impl ReplicatedVolume {
                 {
                     return false;
                 }
-            } else if p.mode() != IN_SYNC {
+            } else if p.state() != PeerState::InSync {
                 p.dirty.mark_all();
             }
             p.dirty.set_tag(w.copy_id);
         }
         p.dirty.mark_ranges(&w.suspect);
-        if reconnect && p.mode() == IN_SYNC {
+        if reconnect && p.state() == PeerState::InSync {
             // The link broke while this primary acknowledged writes: the
             // replica may have restarted and lost writes it had not flushed
             // yet, which a SYNCHRONIZE CACHE from now on would promise. It
@@ -857,7 +1009,7 @@ async fn sweeper(me: Weak<ReplicatedVolume>) {
             continue;
         }
         for p in &v.peers {
-            if p.mode() != OUT_OF_SYNC {
+            if p.state() != PeerState::OutOfSync {
                 if let Some(l) = p.link() {
                     let _ = l.call(v.cfg.epoch, Op::Settle).await;
                 }

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use replica::{
-    ClusterKey, Control, ForwardVolume, LocalCopy, PeerSpec, PrimaryConfig, Recorded,
-    ReplicaServer, ReplicatedVolume, Role, RoleVolume, Shape,
+    ClusterKey, Control, ControlError, ForwardVolume, LocalCopy, PeerSpec, PeerState,
+    PrimaryConfig, Recorded, ReplicaServer, ReplicatedVolume, Role, RoleVolume, Shape,
 };
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -35,20 +35,22 @@ impl Control for TestControl {
     fn may_acknowledge(&self, _v: &str, _e: u64) -> bool {
         !self.lease_lost.load(Ordering::SeqCst)
     }
-    async fn replica_lost(&self, _v: &str, node: u64, _e: u64) -> Result<(), String> {
+    async fn replica_lost(&self, _v: &str, node: u64, _e: u64) -> Result<(), ControlError> {
         let delay = self.record_delay_ms.load(Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(delay)).await;
         if self.refuse.load(Ordering::SeqCst) {
-            return Err("no quorum".into());
+            return Err(ControlError::NoQuorum {
+                waited: Duration::from_millis(delay),
+            });
         }
         self.lost.lock().unwrap().push(node);
         Ok(())
     }
-    async fn replica_in_sync(&self, _v: &str, node: u64, _e: u64) -> Result<(), String> {
+    async fn replica_in_sync(&self, _v: &str, node: u64, _e: u64) -> Result<(), ControlError> {
         self.in_sync.lock().unwrap().push(node);
         Ok(())
     }
-    async fn replica_syncing(&self, _v: &str, node: u64, _e: u64, _d: u64, _t: u64) {
+    async fn replica_syncing(&self, _v: &str, node: u64, _e: u64) {
         self.syncing.lock().unwrap().push(node);
     }
 }
@@ -225,7 +227,7 @@ async fn dead_replica_is_recorded_before_the_ack_and_resynced_incrementally() {
     p.write(9000, pattern(4, 9), false).await.unwrap();
     p.unmap(1024, 256).await.unwrap();
     let st = &p.peer_status()[0];
-    assert_eq!(st.state, "out-of-sync");
+    assert_eq!(st.state, PeerState::OutOfSync);
     assert!(
         st.dirty_bytes > 0 && st.dirty_bytes <= 3 * 1024 * 1024,
         "{st:?}"
@@ -239,10 +241,18 @@ async fn dead_replica_is_recorded_before_the_ack_and_resynced_incrementally() {
     )
     .await;
     let st = &p.peer_status()[0];
-    assert_eq!(st.state, "in-sync", "{st:?}");
+    assert_eq!(st.state, PeerState::InSync, "{st:?}");
     assert!(
         st.resync_total < 64 * 1024 * 1024 / 4,
         "only dirty regions were copied: {st:?}"
+    );
+    assert!(
+        st.resync_total > 0 && st.resync_done == st.resync_total,
+        "the primary reports the resync's progress: {st:?}"
+    );
+    assert!(
+        control.syncing.lock().unwrap().contains(&2),
+        "the control plane hears that the resync started"
     );
     assert_eq!(a.contents().await, b.contents().await, "copies converged");
     // And it is in the write path again.
@@ -358,7 +368,7 @@ async fn in_sync_replica_stays_in_sync_while_a_new_primary_reconciles_recent_reg
     )
     .await;
     assert_eq!(a.contents().await, b.contents().await);
-    assert_eq!(p.peer_status()[0].state, "in-sync");
+    assert_eq!(p.peer_status()[0].state, PeerState::InSync);
     assert!(
         control.syncing.lock().unwrap().is_empty(),
         "an in-sync replica was reported syncing to the control plane"

@@ -430,10 +430,14 @@ async fn cluster_command(c: &api::ApiClient, cmd: ClusterCommand) -> anyhow::Res
                     .map(|(n, st)| match st {
                         cluster::ReplicaState::InSync => format!("{n}:in-sync"),
                         cluster::ReplicaState::OutOfSync => format!("{n}:out-of-sync"),
-                        cluster::ReplicaState::Syncing { done, total } => format!(
-                            "{n}:syncing {}%",
-                            if *total == 0 { 100 } else { done * 100 / total }
-                        ),
+                        cluster::ReplicaState::Syncing => {
+                            match resync_progress(&v, &vol.name, *n) {
+                                Some((done, total)) => {
+                                    format!("{n}:syncing {}%", percent(done, total))
+                                }
+                                None => format!("{n}:syncing"),
+                            }
+                        }
                     })
                     .collect();
                 println!(
@@ -447,7 +451,7 @@ async fn cluster_command(c: &api::ApiClient, cmd: ClusterCommand) -> anyhow::Res
             }
             for (vol, peers) in &v.replication {
                 for p in peers {
-                    if p.state != "in-sync" {
+                    if !p.in_sync() {
                         println!(
                             "resync {vol} -> node {}: {} ({} of {} copied, {} dirty)",
                             p.node,
@@ -618,14 +622,18 @@ async fn volume_command(c: &api::ApiClient, cmd: VolumeCommand) -> anyhow::Resul
                 let (state_text, progress) = match st {
                     cluster::ReplicaState::InSync => ("in-sync", String::new()),
                     cluster::ReplicaState::OutOfSync => ("out-of-sync", String::new()),
-                    cluster::ReplicaState::Syncing { done, total } => (
+                    cluster::ReplicaState::Syncing => (
                         "syncing",
-                        format!(
-                            "{}% ({} of {})",
-                            if *total == 0 { 100 } else { done * 100 / total },
-                            format_size(*done),
-                            format_size(*total)
-                        ),
+                        resync_progress(&view, &name, *n)
+                            .map(|(done, total)| {
+                                format!(
+                                    "{}% ({} of {})",
+                                    percent(done, total),
+                                    format_size(done),
+                                    format_size(total)
+                                )
+                            })
+                            .unwrap_or_default(),
                     ),
                 };
                 println!(
@@ -651,4 +659,21 @@ async fn volume_command(c: &api::ApiClient, cmd: VolumeCommand) -> anyhow::Resul
         }
     }
     Ok(())
+}
+
+/// Bytes copied and bytes to copy by the resync of `volume`'s copy on
+/// `node`, as the volume's primary reports them; `None` unless the node
+/// asked is that primary (the cluster state records only that a resync
+/// runs, not how far it is).
+fn resync_progress(view: &api::ClusterView, volume: &str, node: u64) -> Option<(u64, u64)> {
+    view.replication
+        .get(volume)?
+        .iter()
+        .find(|p| p.node == node)
+        .map(|p| (p.resync_done, p.resync_total))
+}
+
+/// `done` of `total` in percent (100 when there is nothing to do).
+fn percent(done: u64, total: u64) -> u64 {
+    (done * 100).checked_div(total).unwrap_or(100)
 }
