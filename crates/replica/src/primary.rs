@@ -2,7 +2,7 @@
 //! every write to the local copy and to every in-sync replica before
 //! acknowledging it, and tracks what absent replicas miss.
 //!
-//! Each peer is in one of three modes:
+//! Each peer is in one of four states ([`PeerState`]):
 //! - in sync: it has every acknowledged write. A write it fails makes the
 //!   primary record it out of sync in the control plane *before* the write
 //!   is acknowledged, so a replica without an acknowledged write is never
@@ -21,167 +21,48 @@
 //! miss. When a peer comes back the primary copies only its dirty regions,
 //! under the same range lock as writes, then switches it to in sync behind a
 //! barrier (no write in flight) and records that in the control plane.
+//!
+//! This file holds the write path (fan-out to the peers, losing a peer,
+//! acknowledging); the other parts of the role live beside it in
+//! `primary/`: `peer.rs` (peer states, links and their supervision),
+//! `resync.rs` (copying a peer's dirty regions back), `sweeper.rs` (the
+//! activity-log sweep), `audit.rs` (when writes were acknowledged) and
+//! `control.rs` (what the role asks of the control plane).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, RwLock, Weak};
+mod audit;
+mod control;
+mod peer;
+mod resync;
+mod sweeper;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
-use thiserror::Error;
 use tokio::task::JoinHandle;
 use volume::{check_range, BlockState, Provisioning, Volume, VolumeError};
 
 use crate::auth::ClusterKey;
 use crate::copy::{off_thread, LocalCopy};
 use crate::dirty::DirtyMap;
-use crate::link::{Link, LinkError};
+use crate::link::LinkError;
 use crate::ranges::RangeLock;
-use crate::wire::{Failure, Hello, Mode, Op, Refusal};
+use crate::wire::{Failure, Op};
+
+pub use audit::AckWindow;
+pub use control::{Control, ControlError};
+pub use peer::{NotAPeerState, PeerState, PeerStatus};
+
+use audit::AckCounter;
+use peer::{AtomicPeerState, Peer};
 
 /// Bytes per region of a peer's dirty map: the unit of incremental resync.
 pub const RESYNC_REGION: u64 = 64 << 10;
 
-/// Largest run of dirty regions copied by one resync request.
-const RESYNC_CHUNK: u64 = 1 << 20;
-
 /// How often the activity log is swept and replicas told to settle.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
-
-/// A peer's state as its primary sees it (see the module documentation).
-/// Status displays and JSON name the states `in-sync`, `syncing`,
-/// `out-of-sync` and `losing`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-#[repr(u8)]
-pub enum PeerState {
-    /// Holds every acknowledged write; a write it fails is recorded before
-    /// that write is acknowledged.
-    InSync = 0,
-    /// Catching up: writes go to it, its failures only mark regions dirty.
-    Syncing = 1,
-    /// Recorded as missing writes: writes only mark its dirty map.
-    OutOfSync = 2,
-    /// Failed a write; the record that it is out of sync is being committed,
-    /// and no write waits for it any more but none is acknowledged before
-    /// that record.
-    Losing = 3,
-}
-
-impl PeerState {
-    /// The name status displays use (the same as in JSON).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PeerState::InSync => "in-sync",
-            PeerState::Syncing => "syncing",
-            PeerState::OutOfSync => "out-of-sync",
-            PeerState::Losing => "losing",
-        }
-    }
-}
-
-impl std::fmt::Display for PeerState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A byte that is not a [`PeerState`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
-#[error("{0} is not a peer state")]
-pub struct NotAPeerState(pub u8);
-
-impl TryFrom<u8> for PeerState {
-    type Error = NotAPeerState;
-
-    fn try_from(v: u8) -> Result<PeerState, NotAPeerState> {
-        match v {
-            0 => Ok(PeerState::InSync),
-            1 => Ok(PeerState::Syncing),
-            2 => Ok(PeerState::OutOfSync),
-            3 => Ok(PeerState::Losing),
-            v => Err(NotAPeerState(v)),
-        }
-    }
-}
-
-/// A [`PeerState`] the write path reads without a lock.
-struct AtomicPeerState(AtomicU8);
-
-impl AtomicPeerState {
-    fn new(s: PeerState) -> AtomicPeerState {
-        AtomicPeerState(AtomicU8::new(s as u8))
-    }
-
-    fn load(&self) -> PeerState {
-        PeerState::try_from(self.0.load(Ordering::Acquire)).expect("only peer states are stored")
-    }
-
-    fn store(&self, s: PeerState) {
-        self.0.store(s as u8, Ordering::Release);
-    }
-
-    /// Moves from `current` to `new`; `Err` holds the state found instead.
-    fn compare_exchange(&self, current: PeerState, new: PeerState) -> Result<(), PeerState> {
-        self.0
-            .compare_exchange(
-                current as u8,
-                new as u8,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
-            .map(|_| ())
-            .map_err(|v| PeerState::try_from(v).expect("only peer states are stored"))
-    }
-}
-
-/// What the replicated volume asks of the control plane.
-#[async_trait]
-pub trait Control: Send + Sync + 'static {
-    /// Whether this node may still acknowledge writes of `volume` as its
-    /// primary at `epoch`: false once its lease may have expired (a new
-    /// primary could be promoted) or once the cluster state it follows no
-    /// longer names it primary at that epoch.
-    fn may_acknowledge(&self, volume: &str, epoch: u64) -> bool;
-
-    /// Records durably (a committed control-plane change) that `node`'s copy
-    /// of `volume` misses writes. Called before a write it missed is
-    /// acknowledged; must give up (fail) within about a lease rather than wait
-    /// for a quorum that may never come back.
-    async fn replica_lost(&self, volume: &str, node: u64, epoch: u64) -> Result<(), ControlError>;
-
-    /// Records durably that `node`'s copy holds every acknowledged write again.
-    async fn replica_in_sync(
-        &self,
-        volume: &str,
-        node: u64,
-        epoch: u64,
-    ) -> Result<(), ControlError>;
-
-    /// Records that a resync of `node`'s copy started (best effort, for
-    /// status displays). Its progress is not recorded: the primary reports
-    /// it in [`ReplicatedVolume::peer_status`].
-    async fn replica_syncing(&self, volume: &str, node: u64, epoch: u64);
-}
-
-/// Why the control plane did not record a change of a peer's state.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum ControlError {
-    /// No quorum committed the record in the time a write may wait for it.
-    #[error("no quorum committed the record within {} s", waited.as_secs_f32())]
-    NoQuorum { waited: Duration },
-    /// This node is shutting down.
-    #[error("the node is stopping")]
-    Stopping,
-    /// The control plane refused the change (for instance, its epoch is
-    /// no longer the volume's).
-    #[error("the control plane refused the record: {0}")]
-    Refused(String),
-    /// The control plane could not be asked (no leader, unreachable, ...).
-    #[error("the control plane could not record it: {0}")]
-    Unavailable(String),
-}
 
 /// A replica of the volume as the control plane places it.
 #[derive(Debug, Clone)]
@@ -205,103 +86,6 @@ pub struct PrimaryConfig {
     pub key: ClusterKey,
     /// Time a replica gets to answer a request before it counts as gone.
     pub timeout: Duration,
-}
-
-/// When a primary acknowledged writes of a volume, for audits: two nodes
-/// must never acknowledge writes of one volume at the same time. Times are
-/// wall-clock microseconds since the Unix epoch, taken after the last check
-/// that this node may still act as primary.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct AckWindow {
-    /// Epoch the writes were acknowledged under.
-    pub epoch: u64,
-    /// Writes acknowledged.
-    pub writes: u64,
-    /// First acknowledgement.
-    pub first_us: u64,
-    /// Last acknowledgement.
-    pub last_us: u64,
-}
-
-#[derive(Default)]
-struct AckCounter {
-    writes: AtomicU64,
-    first_us: AtomicU64,
-    last_us: AtomicU64,
-}
-
-impl AckCounter {
-    fn record(&self) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or(1)
-            .max(1);
-        let _ = self
-            .first_us
-            .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire);
-        self.last_us.fetch_max(now, Ordering::AcqRel);
-        self.writes.fetch_add(1, Ordering::AcqRel);
-    }
-}
-
-/// A peer as status displays show it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct PeerStatus {
-    /// Node id.
-    pub node: u64,
-    /// In sync, syncing (also an in-sync peer reconciling regions written
-    /// before the last stop) or out of sync (also while that is being
-    /// recorded): never [`PeerState::Losing`]. In JSON `"in-sync"`,
-    /// `"syncing"` or `"out-of-sync"`.
-    pub state: PeerState,
-    /// Whether a connection is up.
-    pub connected: bool,
-    /// Bytes the peer is known to miss.
-    pub dirty_bytes: u64,
-    /// Bytes copied by the running resync.
-    pub resync_done: u64,
-    /// Bytes the running resync set out to copy.
-    pub resync_total: u64,
-}
-
-impl PeerStatus {
-    /// Whether the peer holds every acknowledged write, with nothing left
-    /// to reconcile.
-    pub fn in_sync(&self) -> bool {
-        self.state == PeerState::InSync
-    }
-}
-
-struct Peer {
-    node: u64,
-    addr: String,
-    state: AtomicPeerState,
-    link: RwLock<Option<Arc<Link>>>,
-    dirty: Arc<DirtyMap>,
-    /// Serializes control-plane changes of this peer's state.
-    state_change: tokio::sync::Mutex<()>,
-    /// Whether this primary role ever had a link to the peer.
-    linked: AtomicBool,
-    /// In sync here, but the control plane has not recorded it so yet.
-    unrecorded: AtomicBool,
-    done: AtomicU64,
-    total: AtomicU64,
-}
-
-impl Peer {
-    fn state(&self) -> PeerState {
-        self.state.load()
-    }
-
-    fn link(&self) -> Option<Arc<Link>> {
-        self.link
-            .read()
-            .unwrap()
-            .as_ref()
-            .filter(|l| l.is_alive())
-            .cloned()
-    }
 }
 
 /// A replicated volume as served by its primary.
@@ -405,9 +189,12 @@ impl ReplicatedVolume {
         });
         let mut tasks = Vec::new();
         for p in &me.peers {
-            tasks.push(tokio::spawn(supervise(Arc::downgrade(&me), p.clone())));
+            tasks.push(tokio::spawn(peer::supervise(
+                Arc::downgrade(&me),
+                p.clone(),
+            )));
         }
-        tasks.push(tokio::spawn(sweeper(Arc::downgrade(&me))));
+        tasks.push(tokio::spawn(sweeper::sweeper(Arc::downgrade(&me))));
         *me.tasks.lock().unwrap() = tasks;
         tracing::info!(
             volume = me.copy.name(),
@@ -434,36 +221,6 @@ impl ReplicatedVolume {
     /// The epoch this primary writes with.
     pub fn epoch(&self) -> u64 {
         self.cfg.epoch
-    }
-
-    /// The writes this primary acknowledged, if any.
-    pub fn acknowledged(&self) -> Option<AckWindow> {
-        let writes = self.acks.writes.load(Ordering::Acquire);
-        (writes > 0).then(|| AckWindow {
-            epoch: self.cfg.epoch,
-            writes,
-            first_us: self.acks.first_us.load(Ordering::Acquire),
-            last_us: self.acks.last_us.load(Ordering::Acquire),
-        })
-    }
-
-    /// State of every peer.
-    pub fn peer_status(&self) -> Vec<PeerStatus> {
-        self.peers
-            .iter()
-            .map(|p| PeerStatus {
-                node: p.node,
-                state: match p.state() {
-                    PeerState::InSync if p.dirty.count() == 0 => PeerState::InSync,
-                    PeerState::InSync | PeerState::Syncing => PeerState::Syncing,
-                    PeerState::OutOfSync | PeerState::Losing => PeerState::OutOfSync,
-                },
-                connected: p.link().is_some(),
-                dirty_bytes: p.dirty.count() * RESYNC_REGION,
-                resync_done: p.done.load(Ordering::Relaxed),
-                resync_total: p.total.load(Ordering::Relaxed),
-            })
-            .collect()
     }
 
     fn check_serving(&self) -> Result<(), VolumeError> {
@@ -648,373 +405,6 @@ impl ReplicatedVolume {
             self.lose(p, &e).await?;
         }
         Ok(())
-    }
-
-    /// Copies the dirty regions of `p` over `link`; then, behind a barrier,
-    /// switches it to in sync and records that.
-    async fn resync(&self, p: &Peer, link: &Link) -> Result<(), ResyncError> {
-        let v = self.copy.volume();
-        let bs = v.block_size() as u64;
-        let was = p.state();
-        if was == PeerState::Losing {
-            return Err(ResyncError::NotRecorded);
-        }
-        if was == PeerState::OutOfSync
-            && p.state
-                .compare_exchange(PeerState::OutOfSync, PeerState::Syncing)
-                .is_err()
-        {
-            return Err(ResyncError::StateChanged);
-        }
-        let total = p.dirty.count() * RESYNC_REGION;
-        p.total.store(total, Ordering::Relaxed);
-        p.done.store(0, Ordering::Relaxed);
-        let name = self.copy.name().to_string();
-        // An in-sync peer only reconciles regions where unacknowledged
-        // writes may differ: it stays in sync for the control plane.
-        let report = was != PeerState::InSync;
-        if total > 0 {
-            tracing::info!(volume = %name, node = p.node, bytes = total, "resync starts");
-            if report {
-                self.control
-                    .replica_syncing(&name, p.node, self.cfg.epoch)
-                    .await;
-            }
-        }
-        let regions_per_chunk = RESYNC_CHUNK / RESYNC_REGION;
-        let mut cursor = 0;
-        while let Some(first) = p.dirty.next_set(cursor) {
-            if self.stopped.load(Ordering::Acquire)
-                || matches!(p.state(), PeerState::OutOfSync | PeerState::Losing)
-            {
-                return Err(ResyncError::Stopped);
-            }
-            let mut n = 1;
-            while n < regions_per_chunk && p.dirty.is_set(first + n) {
-                n += 1;
-            }
-            cursor = first + n;
-            let lba = first * RESYNC_REGION / bs;
-            let end = ((first + n) * RESYNC_REGION / bs).min(v.num_blocks());
-            if lba >= end {
-                continue;
-            }
-            let blocks = end - lba;
-            let _range = self.ranges.lock(lba, blocks).await;
-            self.copy_range(link, lba, blocks)
-                .await
-                .map_err(|cause| ResyncError::Copy {
-                    start: lba,
-                    end: lba + blocks,
-                    cause,
-                })?;
-            for r in first..first + n {
-                p.dirty.clear(r);
-            }
-            p.done.fetch_add(n * RESYNC_REGION, Ordering::Relaxed);
-        }
-        link.call(self.cfg.epoch, Op::Flush)
-            .await
-            .map_err(ResyncError::Flush)?;
-        if p.state() == PeerState::InSync {
-            if total > 0 {
-                tracing::info!(volume = %name, node = p.node, "reconciled regions written before the last stop");
-            }
-            return Ok(());
-        }
-        {
-            // Barrier: no write in flight, so none issued while the peer was
-            // syncing can still fail after it counts as in sync. Taken
-            // without `state_change`: a write holding a range may wait for
-            // that lock in `lose`.
-            let _all = self.ranges.lock(0, u64::MAX).await;
-            if p.dirty.count() > 0 || !link.is_alive() {
-                return Ok(());
-            }
-            if p.state
-                .compare_exchange(PeerState::Syncing, PeerState::InSync)
-                .is_err()
-            {
-                return Ok(());
-            }
-        }
-        // Records are committed in the order the peer's state changed: a
-        // write that fails it from now on records it lost after this.
-        let _one = p.state_change.lock().await;
-        if p.state() != PeerState::InSync {
-            // Lost again (and recorded so) since the barrier.
-            return Ok(());
-        }
-        p.dirty.set_tag(link.welcome().copy_id);
-        p.unrecorded.store(true, Ordering::Release);
-        self.record_in_sync(p).await?;
-        tracing::info!(volume = %name, node = p.node, bytes = total, "replica in sync");
-        Ok(())
-    }
-
-    /// Records that `p`, in the write path as in sync, holds every write,
-    /// the caller holding `state_change`. When that fails the peer stays in
-    /// sync here: a record given up on may still commit later, so a write it
-    /// misses must still be recorded (after it). The supervisor tries again.
-    async fn record_in_sync(&self, p: &Peer) -> Result<(), ResyncError> {
-        self.control
-            .replica_in_sync(self.copy.name(), p.node, self.cfg.epoch)
-            .await
-            .map_err(ResyncError::Record)?;
-        p.unrecorded.store(false, Ordering::Release);
-        Ok(())
-    }
-}
-
-impl ReplicatedVolume {
-    /// Makes blocks `[lba, lba + blocks)` of the peer behind `link` equal to
-    /// this copy's, the caller holding the range: written blocks are sent as
-    /// data, unwritten ones unmapped, so the peer's copy stays as thin as
-    /// this one and its checksums match block for block.
-    async fn copy_range(&self, link: &Link, lba: u64, blocks: u64) -> Result<(), CopyError> {
-        let v = self.copy.volume();
-        let bs = v.block_size() as usize;
-        let data = Bytes::from(v.read(lba, blocks as u32).await.map_err(CopyError::Read)?);
-        // Which blocks hold written data: mapped ones (a written block of
-        // zeros included) and any that does not read as zeros.
-        let mut written = Vec::with_capacity(blocks as usize);
-        let mut at = lba;
-        while at < lba + blocks {
-            let (state, n) = v.block_status(at).await.map_err(CopyError::Allocation)?;
-            let n = n.clamp(1, lba + blocks - at);
-            written.extend((0..n).map(|_| state == BlockState::Mapped));
-            at += n;
-        }
-        for (i, block) in data.chunks(bs).enumerate() {
-            written[i] |= block.iter().any(|&b| b != 0);
-        }
-        // One request per run of written or unwritten blocks, all in flight
-        // together.
-        let mut calls = Vec::new();
-        let mut start = 0;
-        while start < written.len() {
-            let kind = written[start];
-            let end = written[start..]
-                .iter()
-                .position(|&w| w != kind)
-                .map_or(written.len(), |k| start + k);
-            let run_lba = lba + start as u64;
-            let op = if kind {
-                Op::Write {
-                    lba: run_lba,
-                    fua: false,
-                    data: data.slice(start * bs..end * bs),
-                }
-            } else {
-                Op::Unmap {
-                    lba: run_lba,
-                    blocks: (end - start) as u64,
-                }
-            };
-            calls.push(link.send(self.cfg.epoch, op).map_err(CopyError::Link)?);
-            start = end;
-        }
-        for c in calls {
-            c.wait().await.map_err(CopyError::Link)?;
-        }
-        Ok(())
-    }
-}
-
-/// Why a resync stopped before the peer was in sync.
-#[derive(Debug, Error)]
-enum ResyncError {
-    /// The peer failed a write and the record of that is not committed yet.
-    #[error("its out-of-sync record is not committed yet")]
-    NotRecorded,
-    /// The peer's state changed under the resync.
-    #[error("its state changed")]
-    StateChanged,
-    /// The primary stopped, or the peer was lost again.
-    #[error("stopped")]
-    Stopped,
-    /// A run of dirty blocks could not be copied.
-    #[error("copying blocks {start}..{end}: {cause}")]
-    Copy {
-        start: u64,
-        end: u64,
-        cause: CopyError,
-    },
-    /// The peer did not make the copied blocks durable.
-    #[error("flushing the replica: {0}")]
-    Flush(LinkError),
-    /// The peer is in sync but the control plane did not record it.
-    #[error("recording the replica in sync failed: {0}")]
-    Record(ControlError),
-}
-
-/// Why a range could not be copied to a peer.
-#[derive(Debug, Error)]
-enum CopyError {
-    /// The local copy could not be read.
-    #[error("reading the local copy: {0}")]
-    Read(VolumeError),
-    /// The local copy's allocation could not be read.
-    #[error("reading the local copy's allocation: {0}")]
-    Allocation(VolumeError),
-    /// The peer did not take the data.
-    #[error("{0}")]
-    Link(LinkError),
-}
-
-/// Keeps a connection to one peer and resyncs it whenever it misses writes.
-async fn supervise(me: Weak<ReplicatedVolume>, p: Arc<Peer>) {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let Some(v) = me.upgrade() else { return };
-        if v.stopped.load(Ordering::Acquire) {
-            return;
-        }
-        let link = match p.link() {
-            Some(l) => Some(l),
-            None => {
-                let hello = Hello {
-                    mode: Mode::Replicate,
-                    node: v.cfg.node,
-                    epoch: v.cfg.epoch,
-                    copy_id: v.copy.copy_id(),
-                    volume: v.copy.name().to_string(),
-                };
-                match Link::connect(&p.addr, &v.cfg.key, &hello, v.cfg.timeout).await {
-                    Ok(l) => {
-                        let l = Arc::new(l);
-                        if v.welcomed(&p, &l).await {
-                            backoff = Duration::from_millis(100);
-                            Some(l)
-                        } else {
-                            l.close();
-                            None
-                        }
-                    }
-                    Err(e) => {
-                        tracing::debug!(
-                            volume = v.copy.name(),
-                            node = p.node,
-                            "replica unreachable: {e}"
-                        );
-                        if let LinkError::Refused {
-                            refusal: Refusal::StaleEpoch { .. },
-                            ..
-                        } = &e
-                        {
-                            v.deposed.store(true, Ordering::Release);
-                        }
-                        None
-                    }
-                }
-            }
-        };
-        if p.state() == PeerState::Losing {
-            // A write failed it while this node could not record that (its
-            // lease had run out): record it now, or no resync can start.
-            if let Err(e) = v.lose(&p, &LinkError::Down(p.addr.clone())).await {
-                tracing::debug!(volume = v.copy.name(), node = p.node, "{e}");
-            }
-        }
-        if p.state() == PeerState::InSync && p.unrecorded.load(Ordering::Acquire) {
-            let _one = p.state_change.lock().await;
-            if p.state() == PeerState::InSync && p.unrecorded.load(Ordering::Acquire) {
-                match v.record_in_sync(&p).await {
-                    Ok(()) => {
-                        tracing::info!(volume = v.copy.name(), node = p.node, "replica in sync")
-                    }
-                    Err(e) => tracing::info!(volume = v.copy.name(), node = p.node, "{e}"),
-                }
-            }
-        }
-        if let Some(l) = link {
-            if p.state() != PeerState::InSync || p.dirty.count() > 0 {
-                if let Err(e) = v.resync(&p, &l).await {
-                    tracing::info!(volume = v.copy.name(), node = p.node, "resync paused: {e}");
-                    if !l.is_alive() {
-                        let _ = v.lose(&p, &LinkError::Down(p.addr.clone())).await;
-                    }
-                }
-            }
-        }
-        drop(v);
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(1));
-    }
-}
-
-impl ReplicatedVolume {
-    /// A new connection to `p` answered: check which copy it is, take its
-    /// suspect regions, and put it in the write path when it may be.
-    /// Returns whether the link was taken; if not, the caller drops it and
-    /// tries again later.
-    async fn welcomed(&self, p: &Peer, l: &Arc<Link>) -> bool {
-        let w = l.welcome();
-        if w.epoch > self.cfg.epoch {
-            self.deposed.store(true, Ordering::Release);
-            return false;
-        }
-        let reconnect = p.linked.swap(true, Ordering::AcqRel);
-        let tag = p.dirty.tag();
-        if tag != w.copy_id {
-            if tag != [0; 16] {
-                tracing::warn!(
-                    volume = self.copy.name(),
-                    node = p.node,
-                    "the replica's copy was replaced, copying everything"
-                );
-                p.dirty.mark_all();
-                if self
-                    .lose(p, &LinkError::Down(p.addr.clone()))
-                    .await
-                    .is_err()
-                {
-                    return false;
-                }
-            } else if p.state() != PeerState::InSync {
-                p.dirty.mark_all();
-            }
-            p.dirty.set_tag(w.copy_id);
-        }
-        p.dirty.mark_ranges(&w.suspect);
-        if reconnect && p.state() == PeerState::InSync {
-            // The link broke while this primary acknowledged writes: the
-            // replica may have restarted and lost writes it had not flushed
-            // yet, which a SYNCHRONIZE CACHE from now on would promise. It
-            // counts as out of sync (recorded) until the resync has copied
-            // its suspect regions back.
-            if self
-                .lose(p, &LinkError::Down(p.addr.clone()))
-                .await
-                .is_err()
-            {
-                return false;
-            }
-        }
-        *p.link.write().unwrap() = Some(l.clone());
-        true
-    }
-}
-
-/// Sweeps the activity log and lets replicas settle theirs.
-async fn sweeper(me: Weak<ReplicatedVolume>) {
-    loop {
-        tokio::time::sleep(SWEEP_INTERVAL).await;
-        let Some(v) = me.upgrade() else { return };
-        if v.stopped.load(Ordering::Acquire) {
-            return;
-        }
-        if let Err(e) = v.copy.sweep().await {
-            tracing::warn!(volume = v.copy.name(), "activity log sweep failed: {e}");
-            continue;
-        }
-        for p in &v.peers {
-            if p.state() != PeerState::OutOfSync {
-                if let Some(l) = p.link() {
-                    let _ = l.call(v.cfg.epoch, Op::Settle).await;
-                }
-            }
-        }
     }
 }
 

@@ -1,0 +1,53 @@
+//! What the primary role asks of the control plane, and how that fails.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use thiserror::Error;
+
+/// What the replicated volume asks of the control plane.
+#[async_trait]
+pub trait Control: Send + Sync + 'static {
+    /// Whether this node may still acknowledge writes of `volume` as its
+    /// primary at `epoch`: false once its lease may have expired (a new
+    /// primary could be promoted) or once the cluster state it follows no
+    /// longer names it primary at that epoch.
+    fn may_acknowledge(&self, volume: &str, epoch: u64) -> bool;
+
+    /// Records durably (a committed control-plane change) that `node`'s copy
+    /// of `volume` misses writes. Called before a write it missed is
+    /// acknowledged; must give up (fail) within about a lease rather than wait
+    /// for a quorum that may never come back.
+    async fn replica_lost(&self, volume: &str, node: u64, epoch: u64) -> Result<(), ControlError>;
+
+    /// Records durably that `node`'s copy holds every acknowledged write again.
+    async fn replica_in_sync(
+        &self,
+        volume: &str,
+        node: u64,
+        epoch: u64,
+    ) -> Result<(), ControlError>;
+
+    /// Records that a resync of `node`'s copy started (best effort, for
+    /// status displays). Its progress is not recorded: the primary reports
+    /// it in [`ReplicatedVolume::peer_status`](super::ReplicatedVolume::peer_status).
+    async fn replica_syncing(&self, volume: &str, node: u64, epoch: u64);
+}
+
+/// Why the control plane did not record a change of a peer's state.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ControlError {
+    /// No quorum committed the record in the time a write may wait for it.
+    #[error("no quorum committed the record within {} s", waited.as_secs_f32())]
+    NoQuorum { waited: Duration },
+    /// This node is shutting down.
+    #[error("the node is stopping")]
+    Stopping,
+    /// The control plane refused the change (for instance, its epoch is
+    /// no longer the volume's).
+    #[error("the control plane refused the record: {0}")]
+    Refused(String),
+    /// The control plane could not be asked (no leader, unreachable, ...).
+    #[error("the control plane could not record it: {0}")]
+    Unavailable(String),
+}

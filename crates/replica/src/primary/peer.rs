@@ -1,0 +1,378 @@
+//! The peers of a primary: the state each is in, the link to it, and the
+//! task that keeps that link up and sends the peer to resync when it misses
+//! writes.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use super::{ReplicatedVolume, RESYNC_REGION};
+use crate::dirty::DirtyMap;
+use crate::link::{Link, LinkError};
+use crate::wire::{Hello, Mode, Refusal};
+
+/// A peer's state as its primary sees it (see [`crate::primary`]).
+/// Status displays and JSON name the states `in-sync`, `syncing`,
+/// `out-of-sync` and `losing`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[repr(u8)]
+pub enum PeerState {
+    /// Holds every acknowledged write; a write it fails is recorded before
+    /// that write is acknowledged.
+    InSync = 0,
+    /// Catching up: writes go to it, its failures only mark regions dirty.
+    Syncing = 1,
+    /// Recorded as missing writes: writes only mark its dirty map.
+    OutOfSync = 2,
+    /// Failed a write; the record that it is out of sync is being committed,
+    /// and no write waits for it any more but none is acknowledged before
+    /// that record.
+    Losing = 3,
+}
+
+impl PeerState {
+    /// The name status displays use (the same as in JSON).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerState::InSync => "in-sync",
+            PeerState::Syncing => "syncing",
+            PeerState::OutOfSync => "out-of-sync",
+            PeerState::Losing => "losing",
+        }
+    }
+}
+
+impl std::fmt::Display for PeerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A byte that is not a [`PeerState`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[error("{0} is not a peer state")]
+pub struct NotAPeerState(pub u8);
+
+impl TryFrom<u8> for PeerState {
+    type Error = NotAPeerState;
+
+    fn try_from(v: u8) -> Result<PeerState, NotAPeerState> {
+        match v {
+            0 => Ok(PeerState::InSync),
+            1 => Ok(PeerState::Syncing),
+            2 => Ok(PeerState::OutOfSync),
+            3 => Ok(PeerState::Losing),
+            v => Err(NotAPeerState(v)),
+        }
+    }
+}
+
+/// A [`PeerState`] the write path reads without a lock.
+pub(super) struct AtomicPeerState(AtomicU8);
+
+impl AtomicPeerState {
+    pub(super) fn new(s: PeerState) -> AtomicPeerState {
+        AtomicPeerState(AtomicU8::new(s as u8))
+    }
+
+    pub(super) fn load(&self) -> PeerState {
+        PeerState::try_from(self.0.load(Ordering::Acquire)).expect("only peer states are stored")
+    }
+
+    pub(super) fn store(&self, s: PeerState) {
+        self.0.store(s as u8, Ordering::Release);
+    }
+
+    /// Moves from `current` to `new`; `Err` holds the state found instead.
+    pub(super) fn compare_exchange(
+        &self,
+        current: PeerState,
+        new: PeerState,
+    ) -> Result<(), PeerState> {
+        self.0
+            .compare_exchange(
+                current as u8,
+                new as u8,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .map(|_| ())
+            .map_err(|v| PeerState::try_from(v).expect("only peer states are stored"))
+    }
+}
+
+/// A peer as status displays show it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// Node id.
+    pub node: u64,
+    /// In sync, syncing (also an in-sync peer reconciling regions written
+    /// before the last stop) or out of sync (also while that is being
+    /// recorded): never [`PeerState::Losing`]. In JSON `"in-sync"`,
+    /// `"syncing"` or `"out-of-sync"`.
+    pub state: PeerState,
+    /// Whether a connection is up.
+    pub connected: bool,
+    /// Bytes the peer is known to miss.
+    pub dirty_bytes: u64,
+    /// Bytes copied by the running resync.
+    pub resync_done: u64,
+    /// Bytes the running resync set out to copy.
+    pub resync_total: u64,
+}
+
+impl PeerStatus {
+    /// Whether the peer holds every acknowledged write, with nothing left
+    /// to reconcile.
+    pub fn in_sync(&self) -> bool {
+        self.state == PeerState::InSync
+    }
+}
+
+/// A replica as its primary tracks it.
+pub(super) struct Peer {
+    pub(super) node: u64,
+    pub(super) addr: String,
+    pub(super) state: AtomicPeerState,
+    pub(super) link: RwLock<Option<Arc<Link>>>,
+    pub(super) dirty: Arc<DirtyMap>,
+    /// Serializes control-plane changes of this peer's state.
+    pub(super) state_change: tokio::sync::Mutex<()>,
+    /// Whether this primary role ever had a link to the peer.
+    pub(super) linked: AtomicBool,
+    /// In sync here, but the control plane has not recorded it so yet.
+    pub(super) unrecorded: AtomicBool,
+    /// Bytes copied by the running resync (reported by status, not recorded).
+    pub(super) done: AtomicU64,
+    /// Bytes the running resync set out to copy.
+    pub(super) total: AtomicU64,
+}
+
+impl Peer {
+    pub(super) fn state(&self) -> PeerState {
+        self.state.load()
+    }
+
+    pub(super) fn link(&self) -> Option<Arc<Link>> {
+        self.link
+            .read()
+            .unwrap()
+            .as_ref()
+            .filter(|l| l.is_alive())
+            .cloned()
+    }
+}
+
+impl ReplicatedVolume {
+    /// State of every peer.
+    pub fn peer_status(&self) -> Vec<PeerStatus> {
+        self.peers
+            .iter()
+            .map(|p| PeerStatus {
+                node: p.node,
+                state: match p.state() {
+                    PeerState::InSync if p.dirty.count() == 0 => PeerState::InSync,
+                    PeerState::InSync | PeerState::Syncing => PeerState::Syncing,
+                    PeerState::OutOfSync | PeerState::Losing => PeerState::OutOfSync,
+                },
+                connected: p.link().is_some(),
+                dirty_bytes: p.dirty.count() * RESYNC_REGION,
+                resync_done: p.done.load(Ordering::Relaxed),
+                resync_total: p.total.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+}
+
+/// Keeps a connection to one peer and resyncs it whenever it misses writes.
+pub(super) async fn supervise(me: Weak<ReplicatedVolume>, p: Arc<Peer>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let Some(v) = me.upgrade() else { return };
+        if v.stopped.load(Ordering::Acquire) {
+            return;
+        }
+        let link = match p.link() {
+            Some(l) => Some(l),
+            None => {
+                let hello = Hello {
+                    mode: Mode::Replicate,
+                    node: v.cfg.node,
+                    epoch: v.cfg.epoch,
+                    copy_id: v.copy.copy_id(),
+                    volume: v.copy.name().to_string(),
+                };
+                match Link::connect(&p.addr, &v.cfg.key, &hello, v.cfg.timeout).await {
+                    Ok(l) => {
+                        let l = Arc::new(l);
+                        if v.welcomed(&p, &l).await {
+                            backoff = Duration::from_millis(100);
+                            Some(l)
+                        } else {
+                            l.close();
+                            None
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(
+                            volume = v.copy.name(),
+                            node = p.node,
+                            "replica unreachable: {e}"
+                        );
+                        if let LinkError::Refused {
+                            refusal: Refusal::StaleEpoch { .. },
+                            ..
+                        } = &e
+                        {
+                            v.deposed.store(true, Ordering::Release);
+                        }
+                        None
+                    }
+                }
+            }
+        };
+        if p.state() == PeerState::Losing {
+            // A write failed it while this node could not record that (its
+            // lease had run out): record it now, or no resync can start.
+            if let Err(e) = v.lose(&p, &LinkError::Down(p.addr.clone())).await {
+                tracing::debug!(volume = v.copy.name(), node = p.node, "{e}");
+            }
+        }
+        if p.state() == PeerState::InSync && p.unrecorded.load(Ordering::Acquire) {
+            let _one = p.state_change.lock().await;
+            if p.state() == PeerState::InSync && p.unrecorded.load(Ordering::Acquire) {
+                match v.record_in_sync(&p).await {
+                    Ok(()) => {
+                        tracing::info!(volume = v.copy.name(), node = p.node, "replica in sync")
+                    }
+                    Err(e) => tracing::info!(volume = v.copy.name(), node = p.node, "{e}"),
+                }
+            }
+        }
+        if let Some(l) = link {
+            if p.state() != PeerState::InSync || p.dirty.count() > 0 {
+                if let Err(e) = v.resync(&p, &l).await {
+                    tracing::info!(volume = v.copy.name(), node = p.node, "resync paused: {e}");
+                    if !l.is_alive() {
+                        let _ = v.lose(&p, &LinkError::Down(p.addr.clone())).await;
+                    }
+                }
+            }
+        }
+        drop(v);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
+impl ReplicatedVolume {
+    /// A new connection to `p` answered: check which copy it is, take its
+    /// suspect regions, and put it in the write path when it may be.
+    /// Returns whether the link was taken; if not, the caller drops it and
+    /// tries again later.
+    async fn welcomed(&self, p: &Peer, l: &Arc<Link>) -> bool {
+        let w = l.welcome();
+        if w.epoch > self.cfg.epoch {
+            self.deposed.store(true, Ordering::Release);
+            return false;
+        }
+        let reconnect = p.linked.swap(true, Ordering::AcqRel);
+        let tag = p.dirty.tag();
+        if tag != w.copy_id {
+            if tag != [0; 16] {
+                tracing::warn!(
+                    volume = self.copy.name(),
+                    node = p.node,
+                    "the replica's copy was replaced, copying everything"
+                );
+                p.dirty.mark_all();
+                if self
+                    .lose(p, &LinkError::Down(p.addr.clone()))
+                    .await
+                    .is_err()
+                {
+                    return false;
+                }
+            } else if p.state() != PeerState::InSync {
+                p.dirty.mark_all();
+            }
+            p.dirty.set_tag(w.copy_id);
+        }
+        p.dirty.mark_ranges(&w.suspect);
+        if reconnect && p.state() == PeerState::InSync {
+            // The link broke while this primary acknowledged writes: the
+            // replica may have restarted and lost writes it had not flushed
+            // yet, which a SYNCHRONIZE CACHE from now on would promise. It
+            // counts as out of sync (recorded) until the resync has copied
+            // its suspect regions back.
+            if self
+                .lose(p, &LinkError::Down(p.addr.clone()))
+                .await
+                .is_err()
+            {
+                return false;
+            }
+        }
+        *p.link.write().unwrap() = Some(l.clone());
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: [PeerState; 4] = [
+        PeerState::InSync,
+        PeerState::Syncing,
+        PeerState::OutOfSync,
+        PeerState::Losing,
+    ];
+
+    #[test]
+    fn every_state_survives_the_atomic() {
+        for s in ALL {
+            assert_eq!(PeerState::try_from(s as u8), Ok(s));
+            let a = AtomicPeerState::new(s);
+            assert_eq!(a.load(), s);
+            for t in ALL {
+                a.store(s);
+                let moved = a.compare_exchange(t, PeerState::Losing);
+                if s == t {
+                    assert_eq!(moved, Ok(()));
+                    assert_eq!(a.load(), PeerState::Losing);
+                } else {
+                    assert_eq!(moved, Err(s));
+                    assert_eq!(a.load(), s);
+                }
+            }
+        }
+        assert_eq!(PeerState::try_from(4), Err(NotAPeerState(4)));
+    }
+
+    #[test]
+    fn status_json_names_the_states_as_before() {
+        for s in ALL {
+            assert_eq!(
+                serde_json::to_string(&s).unwrap(),
+                format!("\"{s}\""),
+                "JSON and displays use one name"
+            );
+        }
+        let st = PeerStatus {
+            node: 2,
+            state: PeerState::OutOfSync,
+            connected: true,
+            dirty_bytes: 65536,
+            resync_done: 1,
+            resync_total: 3,
+        };
+        let json = r#"{"node":2,"state":"out-of-sync","connected":true,"dirty_bytes":65536,"resync_done":1,"resync_total":3}"#;
+        assert_eq!(serde_json::to_string(&st).unwrap(), json);
+        assert_eq!(serde_json::from_str::<PeerStatus>(json).unwrap(), st);
+    }
+}
