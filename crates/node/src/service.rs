@@ -109,9 +109,8 @@ struct UnitStateFile {
 impl StateStore for UnitStateFile {
     async fn save(&self, bytes: Vec<u8>) -> Result<(), String> {
         let path = self.path.clone();
-        tokio::task::spawn_blocking(move || store::write_atomic(&path, &bytes))
+        durable::blocking(move || Ok(durable::write_atomic(&path, &bytes)?))
             .await
-            .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())
     }
 }

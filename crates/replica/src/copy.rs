@@ -11,14 +11,15 @@
 //! primary when it returns ([`crate::wire::Welcome::suspect`]).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use volume::{Volume, VolumeError};
 
-use crate::dirty::{write_durably, DirtyMap};
+pub use crate::dirty::ActivityGuard;
+use crate::dirty::{ActivityLog, DirtyMap};
 
 /// Bytes per activity-log region.
 pub const ACTIVITY_REGION: u64 = 4 << 20;
@@ -37,9 +38,8 @@ pub struct LocalCopy {
     copy_id: uuid::Uuid,
     epoch: AtomicU64,
     epoch_lock: Mutex<()>,
-    activity: Arc<DirtyMap>,
-    in_flight: RwLock<Vec<AtomicU32>>,
-    touched: DirtyMap,
+    activity: Arc<ActivityLog>,
+    /// Serializes sweeps of the activity log.
     activity_lock: Mutex<()>,
     primary: RwLock<Option<Arc<dyn Volume>>>,
     base: PathBuf,
@@ -56,10 +56,7 @@ where
     T: Send + 'static,
     F: FnOnce() -> std::io::Result<T> + Send + 'static,
 {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| VolumeError::Io(std::io::Error::other(e)))?
-        .map_err(VolumeError::Io)
+    durable::blocking(f).await.map_err(VolumeError::Io)
 }
 
 impl LocalCopy {
@@ -89,18 +86,13 @@ impl LocalCopy {
                     copy_id: uuid::Uuid::new_v4(),
                     epoch: 0,
                 };
-                write_durably(&meta_path, &serde_json::to_vec(&m).expect("serializable"))?;
+                durable::write_atomic(&meta_path, &serde_json::to_vec(&m).expect("serializable"))?;
                 m
             }
             Err(e) => return Err(e),
         };
         let bytes = volume.num_blocks() * volume.block_size() as u64;
-        let activity_path = base.with_extension("activity");
-        let activity = match DirtyMap::load(&activity_path, bytes)? {
-            Some(m) => m,
-            None => DirtyMap::new(ACTIVITY_REGION, bytes, Some(activity_path)),
-        };
-        let regions = activity.regions();
+        let activity = ActivityLog::open(&base.with_extension("activity"), ACTIVITY_REGION, bytes)?;
         if activity.count() > 0 {
             tracing::info!(
                 volume = name,
@@ -116,8 +108,6 @@ impl LocalCopy {
             epoch: AtomicU64::new(meta.epoch),
             epoch_lock: Mutex::new(()),
             activity: Arc::new(activity),
-            in_flight: RwLock::new((0..regions).map(|_| AtomicU32::new(0)).collect()),
-            touched: DirtyMap::new(ACTIVITY_REGION, bytes, None),
             activity_lock: Mutex::new(()),
             primary: RwLock::new(None),
             base: base.to_path_buf(),
@@ -162,7 +152,8 @@ impl LocalCopy {
             let path = self.meta_path.clone();
             // The new epoch is durable before any write of it is applied.
             off_thread(move || {
-                write_durably(&path, &serde_json::to_vec(&m).expect("serializable"))
+                let json = serde_json::to_vec(&m).expect("serializable");
+                Ok(durable::write_atomic(&path, &json)?)
             })
             .await?;
             self.epoch.store(epoch, Ordering::Release);
@@ -198,35 +189,13 @@ impl LocalCopy {
     /// Marks the regions of a write about to be issued as a primary, durably
     /// when one was clean, and counts the write in flight until the guard drops.
     pub async fn enter(&self, offset: u64, len: u64) -> Result<ActivityGuard<'_>, VolumeError> {
-        let len = len.max(1);
-        let first = offset / ACTIVITY_REGION;
-        let last = (offset + len - 1) / ACTIVITY_REGION;
-        {
-            let counts = self.in_flight.read().unwrap();
-            for r in first..=last {
-                if let Some(c) = counts.get(r as usize) {
-                    c.fetch_add(1, Ordering::AcqRel);
-                }
-            }
+        let entered = self.activity.enter(offset, len);
+        if !entered.marked() {
+            let (log, (first, last)) = (self.activity.clone(), entered.regions());
+            // The regions are marked on disk before the write is issued.
+            off_thread(move || log.mark(first, last)).await?;
         }
-        let guard = ActivityGuard {
-            copy: self,
-            first,
-            last,
-        };
-        self.touched.mark(offset, len);
-        if self.activity.mark(offset, len) || self.activity.changed() {
-            let _one = self.activity_lock.lock().await;
-            if self.activity.changed() {
-                self.persist_activity().await?;
-            }
-        }
-        Ok(guard)
-    }
-
-    async fn persist_activity(&self) -> Result<(), VolumeError> {
-        let map = self.activity.clone();
-        off_thread(move || map.persist()).await
+        Ok(entered)
     }
 
     /// Clears activity-log regions that had no write in flight and none
@@ -234,27 +203,9 @@ impl LocalCopy {
     /// absent peers (the primary's peer maps) and the data itself are durable.
     pub async fn sweep(&self) -> Result<(), VolumeError> {
         let _one = self.activity_lock.lock().await;
-        let mut quiet = Vec::new();
-        {
-            let counts = self.in_flight.read().unwrap();
-            let mut r = 0;
-            while let Some(s) = self.activity.next_set(r) {
-                let busy = counts
-                    .get(s as usize)
-                    .is_some_and(|c| c.load(Ordering::Acquire) > 0);
-                if !busy && !self.touched.is_set(s) {
-                    quiet.push(s);
-                }
-                r = s + 1;
-            }
-        }
-        // Regions touched since the last sweep get one more sweep of grace.
-        let mut r = 0;
-        while let Some(s) = self.touched.next_set(r) {
-            self.touched.clear(s);
-            r = s + 1;
-        }
-        if quiet.is_empty() && !self.activity.changed() {
+        // Regions written since the last sweep get one more sweep of grace.
+        let quiet = self.activity.quiet();
+        if quiet.is_empty() {
             return Ok(());
         }
         let maps: Vec<Arc<DirtyMap>> = self.peer_maps.read().unwrap().clone();
@@ -263,10 +214,8 @@ impl LocalCopy {
         }
         // The regions' data is durable on this copy before they leave the log.
         self.volume.flush().await?;
-        for r in quiet {
-            self.activity.clear(r);
-        }
-        self.persist_activity().await
+        let log = self.activity.clone();
+        off_thread(move || log.clear(&quiet)).await
     }
 
     /// Registers (replacing any before) the dirty maps a primary keeps for
@@ -296,11 +245,6 @@ impl LocalCopy {
     pub fn grown(&self) {
         let bytes = self.volume.num_blocks() * self.volume.block_size() as u64;
         self.activity.grow(bytes);
-        self.touched.grow(bytes);
-        let mut counts = self.in_flight.write().unwrap();
-        while (counts.len() as u64) < self.activity.regions() {
-            counts.push(AtomicU32::new(0));
-        }
     }
 
     /// Sets (or clears) the volume this node serves as the volume's primary;
@@ -316,34 +260,13 @@ impl LocalCopy {
 
     /// Removes the copy's replication files (the volume is being deleted).
     pub fn remove_files(&self) -> std::io::Result<()> {
-        self.activity.remove_file()?;
-        match std::fs::remove_file(&self.meta_path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
-    }
-}
-
-/// Counts a primary's write in flight in the activity log.
-pub struct ActivityGuard<'a> {
-    copy: &'a LocalCopy,
-    first: u64,
-    last: u64,
-}
-
-impl Drop for ActivityGuard<'_> {
-    fn drop(&mut self) {
-        // The grace sweep counts from completion.
-        let first = self.first * ACTIVITY_REGION;
-        self.copy
-            .touched
-            .mark(first, (self.last + 1) * ACTIVITY_REGION - first);
-        let counts = self.copy.in_flight.read().unwrap();
-        for r in self.first..=self.last {
-            if let Some(c) = counts.get(r as usize) {
-                c.fetch_sub(1, Ordering::AcqRel);
+        for path in [self.file("activity"), self.meta_path.clone()] {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
             }
         }
+        Ok(())
     }
 }
 
@@ -407,11 +330,7 @@ mod tests {
             c.sweep().await.unwrap();
             assert_eq!(c.suspect_ranges().len(), 1, "busy region stays");
         }
-        let peer = Arc::new(DirtyMap::new(
-            1 << 16,
-            1 << 25,
-            Some(dir.path().join("peer")),
-        ));
+        let peer = Arc::new(DirtyMap::create(&dir.path().join("peer"), 1 << 16, 1 << 25).unwrap());
         peer.mark(0, 1);
         c.set_peer_maps(vec![peer.clone()]);
         c.sweep().await.unwrap();

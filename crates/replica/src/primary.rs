@@ -140,7 +140,8 @@ impl ReplicatedVolume {
             let dirty = match DirtyMap::load(&path, bytes).map_err(VolumeError::Io)? {
                 Some(m) if m.region_bytes() == RESYNC_REGION => m,
                 _ => {
-                    let m = DirtyMap::new(RESYNC_REGION, bytes, Some(path));
+                    let m =
+                        DirtyMap::create(&path, RESYNC_REGION, bytes).map_err(VolumeError::Io)?;
                     if let Some(id) = copy.known_copy(spec.node) {
                         m.set_tag(id);
                     } else if !spec.in_sync {

@@ -18,12 +18,10 @@ mod checksum;
 mod dirty_map;
 mod durable;
 mod error;
-mod file_io;
 mod local;
 mod pool;
 
 pub use backing::{Backing, SimDisk};
 pub use catalog::{read_if_exists, validate_geometry, validate_name, Store, VolumeMeta};
-pub use durable::write_atomic;
 pub use error::StoreError;
 pub use local::{LocalVolume, VolumeFiles, REGION_BYTES};

@@ -16,8 +16,7 @@ use volume::{
 use crate::backing::Backing;
 use crate::catalog::VolumeMeta;
 use crate::checksum::{self, Sums, ENTRY};
-use crate::dirty_map::{DirtyMap, Opened};
-use crate::durable::write_atomic;
+use crate::dirty_map::{DirtyMap, Opened, AHEAD};
 use crate::pool::IoPool;
 
 /// Size of a dirty region: the unit the dirty-region bitmap tracks and an
@@ -275,17 +274,17 @@ pub struct LocalVolume<B: Backing = std::fs::File> {
     inline_writes: AtomicU64,
 }
 
-/// Runs a call that may wait long (a sync, hole punching, an extent scan) on
-/// tokio's growing blocking pool.
-async fn on_blocking_pool<T, F>(f: F) -> Result<T>
+/// Runs `f` on a handle of its own on `on` on tokio's blocking pool.
+async fn on_blocking_pool<S, T, F>(on: &Arc<S>, f: F) -> Result<T>
 where
+    S: Send + Sync + 'static,
     T: Send + 'static,
-    F: FnOnce() -> std::io::Result<T> + Send + 'static,
+    F: FnOnce(&S) -> io::Result<T> + Send + 'static,
 {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.map_err(VolumeError::from_io),
-        Err(e) => Err(VolumeError::Io(std::io::Error::other(e))),
-    }
+    let on = on.clone();
+    durable::blocking(move || f(&on))
+        .await
+        .map_err(VolumeError::from_io)
 }
 
 impl LocalVolume<std::fs::File> {
@@ -335,7 +334,10 @@ impl<B: Backing> LocalVolume<B> {
             sums.set_len_durably(num_blocks * ENTRY)?;
         }
         let (map, recover) = match DirtyMap::open(dirty, meta.size_bytes)? {
-            Opened::Map { map, recover } => (map, Some(recover)),
+            Opened::Map(map) => {
+                let recover = map.marked();
+                (map, Some(recover))
+            }
             Opened::Missing(dirty) => {
                 tracing::info!(
                     volume = %meta.name,
@@ -346,7 +348,7 @@ impl<B: Backing> LocalVolume<B> {
                 sums.sync()?;
                 DirtyMap::create(&dirty, meta.size_bytes, region_bytes.trailing_zeros())?;
                 match DirtyMap::open(dirty, meta.size_bytes)? {
-                    Opened::Map { map, .. } => (map, None),
+                    Opened::Map(map) => (map, None),
                     Opened::Missing(_) => {
                         return Err(io::Error::other(
                             "the new dirty-region bitmap is unreadable",
@@ -355,6 +357,7 @@ impl<B: Backing> LocalVolume<B> {
                 }
             }
         };
+        let map = map.mark_ahead(AHEAD);
         let files = Files {
             data,
             sums,
@@ -461,8 +464,7 @@ impl<B: Backing> LocalVolume<B> {
         T: Send + 'static,
         F: FnOnce(&Files<B>) -> std::io::Result<T> + Send + 'static,
     {
-        let files = self.files.clone();
-        on_blocking_pool(move || f(&files)).await
+        on_blocking_pool(&self.files, f).await
     }
 
     /// Makes sure the regions of blocks `[lba, lba + blocks)` are durably
@@ -483,8 +485,7 @@ impl<B: Backing> LocalVolume<B> {
         T: Send + 'static,
         F: FnOnce(&DirtyMap<B>) -> std::io::Result<T> + Send + 'static,
     {
-        let map = self.map.clone();
-        on_blocking_pool(move || f(&map)).await
+        on_blocking_pool(&self.map, f).await
     }
 
     /// Remembers that a failed write or unmap may have left the data and
@@ -875,10 +876,9 @@ impl<B: Backing> Volume for LocalVolume<B> {
         meta.size_bytes = size;
         if let Some(path) = self.meta_path.clone() {
             let json = serde_json::to_vec_pretty(&meta).expect("metadata serializes");
-            tokio::task::spawn_blocking(move || write_atomic(&path, &json))
+            durable::blocking(move || Ok(durable::write_atomic(&path, &json)?))
                 .await
-                .map_err(|e| VolumeError::Io(std::io::Error::other(e)))?
-                .map_err(|e| VolumeError::Io(std::io::Error::other(e.to_string())))?;
+                .map_err(VolumeError::Io)?;
         }
         *self.meta.lock().unwrap() = meta;
         self.num_blocks.store(blocks, Ordering::Release);
