@@ -41,7 +41,6 @@ pub struct LocalCopy {
     in_flight: RwLock<Vec<AtomicU32>>,
     touched: DirtyMap,
     activity_lock: Mutex<()>,
-    primary: RwLock<Option<Arc<dyn Volume>>>,
     base: PathBuf,
     peer_maps: RwLock<Vec<Arc<DirtyMap>>>,
     known_copies: RwLock<std::collections::HashMap<u64, [u8; 16]>>,
@@ -119,7 +118,6 @@ impl LocalCopy {
             in_flight: RwLock::new((0..regions).map(|_| AtomicU32::new(0)).collect()),
             touched: DirtyMap::new(ACTIVITY_REGION, bytes, None),
             activity_lock: Mutex::new(()),
-            primary: RwLock::new(None),
             base: base.to_path_buf(),
             peer_maps: RwLock::default(),
             known_copies: RwLock::default(),
@@ -301,17 +299,6 @@ impl LocalCopy {
         while (counts.len() as u64) < self.activity.regions() {
             counts.push(AtomicU32::new(0));
         }
-    }
-
-    /// Sets (or clears) the volume this node serves as the volume's primary;
-    /// forwarded I/O from other nodes goes there.
-    pub fn set_primary(&self, primary: Option<Arc<dyn Volume>>) {
-        *self.primary.write().unwrap() = primary;
-    }
-
-    /// The primary volume, when this node is the volume's primary.
-    pub fn primary(&self) -> Option<Arc<dyn Volume>> {
-        self.primary.read().unwrap().clone()
     }
 
     /// Removes the copy's replication files (the volume is being deleted).
