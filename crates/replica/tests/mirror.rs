@@ -171,13 +171,12 @@ fn pattern(blocks: u64, seed: u8) -> Bytes {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replicated_volume_passes_the_volume_suite_and_mirrors_it() {
+/// Runs the volume suite against the volume node 1 (primary, mirroring to
+/// node 2) or node 2 (forwarding to node 1) exports, and checks that every
+/// volume of the suite ended with identical copies on both nodes.
+async fn suite_through(forwarding: bool) {
     let k = key();
-    type Mirror = (TestNode, TestNode, Arc<ReplicatedVolume>);
-    // The suite runs against what initiators reach: the exported volume,
-    // routed to its primary role.
-    let last: Arc<Mutex<Vec<Mirror>>> = Arc::default();
+    let last: Arc<Mutex<Vec<(TestNode, TestNode)>>> = Arc::default();
     let keep = last.clone();
     volume::testsuite::run_all(|bs, n| {
         let k = k.clone();
@@ -186,17 +185,30 @@ async fn replicated_volume_passes_the_volume_suite_and_mirrors_it() {
             let a = TestNode::with(&k, bs, n).await;
             let b = TestNode::with(&k, bs, n).await;
             let p = primary(&a, 1, &[(&b, 2, true)], Arc::default()).await;
-            let export = a.export.clone();
-            export.set_route(Route::Primary(p.clone()));
-            keep.lock().unwrap().push((a, b, p));
+            a.export.set_route(Route::Primary(p));
+            let export = if forwarding {
+                let route = ForwardVolume::new(
+                    "vol",
+                    Some(b.copy.clone()),
+                    2,
+                    a.addr.to_string(),
+                    k.clone(),
+                    Duration::from_secs(2),
+                );
+                b.export.set_route(Route::Forward(Arc::new(route)));
+                assert!(!b.export.completes_now(false), "forwarded reads wait");
+                b.export.clone()
+            } else {
+                a.export.clone()
+            };
+            keep.lock().unwrap().push((a, b));
             export
         }
     })
     .await;
-    // Every volume of the suite ended with identical copies on both nodes.
     let all = std::mem::take(&mut *last.lock().unwrap());
     assert!(!all.is_empty());
-    for (a, b, _p) in &all {
+    for (a, b) in &all {
         let (va, vb) = (a.copy.volume(), b.copy.volume());
         assert_eq!(
             va.num_blocks(),
@@ -208,42 +220,13 @@ async fn replicated_volume_passes_the_volume_suite_and_mirrors_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_primary_passes_the_volume_suite_and_mirrors_it() {
+    suite_through(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forwarding_node_passes_the_volume_suite() {
-    // The exported volume on the node that is not primary: every request
-    // goes to the primary on the other node, and comes back the same.
-    let k = key();
-    type Pair = (TestNode, TestNode, Arc<ReplicatedVolume>);
-    let last: Arc<Mutex<Vec<Pair>>> = Arc::default();
-    let keep = last.clone();
-    volume::testsuite::run_all(|bs, n| {
-        let k = k.clone();
-        let keep = keep.clone();
-        async move {
-            let a = TestNode::with(&k, bs, n).await;
-            let b = TestNode::with(&k, bs, n).await;
-            let p = primary(&a, 1, &[(&b, 2, true)], Arc::default()).await;
-            a.export.set_route(Route::Primary(p.clone()));
-            let route = ForwardVolume::new(
-                "vol",
-                Some(b.copy.clone()),
-                2,
-                a.addr.to_string(),
-                k.clone(),
-                Duration::from_secs(2),
-            );
-            let export = b.export.clone();
-            export.set_route(Route::Forward(Arc::new(route)));
-            assert!(!export.completes_now(false), "forwarded reads wait");
-            keep.lock().unwrap().push((a, b, p));
-            export
-        }
-    })
-    .await;
-    let all = std::mem::take(&mut *last.lock().unwrap());
-    assert!(!all.is_empty());
-    for (a, b, _p) in &all {
-        assert_eq!(a.contents().await, b.contents().await, "copies differ");
-    }
+    suite_through(true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
