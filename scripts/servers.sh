@@ -4,11 +4,12 @@
 
 pids=()
 
-# A loopback port nothing answers on.
+# A loopback port nothing answers on, below the kernel's ephemeral range
+# (32768 and up by default), where outgoing connections take theirs.
 free_port() {
   local p
   while :; do
-    p=$(( (RANDOM % 30000) + 20000 ))
+    p=$(( (RANDOM % 12000) + 20000 ))
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
   done
 }

@@ -124,7 +124,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 async fn cluster_view(State(node): State<Arc<Node>>) -> Result<impl IntoResponse, ApiError> {
     let status = node.cluster_status().await?;
     let (replication, acknowledged) = match node.clustered() {
-        Some(c) => (c.peer_status().await, c.acknowledged().await),
+        Some(_) => (node.peer_status().await, node.acknowledged().await),
         None => Default::default(),
     };
     Ok(Json(ClusterView {

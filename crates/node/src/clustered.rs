@@ -18,14 +18,13 @@ use cluster::{
     Cluster, ClusterState, ClusterStatus, Command, NodeId, NodeInfo, ReplicaState, Role,
 };
 use replica::{
-    ClusterKey, ControlError, ForwardVolume, LocalCopy, PeerSpec, PeerState, PrimaryConfig,
-    Recorded, ReplicaServer, ReplicatedVolume, RoleVolume, Shape,
+    ClusterKey, ClusterVolume, ControlError, ForwardVolume, LocalCopy, PeerSpec, PeerState,
+    PrimaryConfig, ReplicaServer, ReplicatedVolume, Route,
 };
 use scsi::{AccessState, PortGroup};
-use tokio::sync::Mutex;
-use volume::Volume;
 
 use crate::identity::{iqn_for, lun_identity};
+use crate::registry::{Presented, Registry};
 use crate::{Node, NodeError};
 
 /// How a node takes part in a cluster.
@@ -59,7 +58,6 @@ pub struct Clustered {
     cluster: Cluster,
     server: Arc<ReplicaServer>,
     key: ClusterKey,
-    slots: Mutex<HashMap<String, Slot>>,
     control: Arc<Control>,
     /// Per volume, the epoch this process took the primary role up at (by
     /// promoting itself), not yet used by a role; `None` while the
@@ -67,19 +65,6 @@ pub struct Clustered {
     taken_up: std::sync::Mutex<HashMap<String, Option<u64>>>,
     /// Wakes the reconcile loop (a role was taken up).
     wake: tokio::sync::Notify,
-}
-
-struct Slot {
-    role: Arc<RoleVolume>,
-    lun: Arc<scsi::LogicalUnit>,
-    /// Where the logical unit keeps its state.
-    unit_dir: std::path::PathBuf,
-    /// The access rules (as recorded) the export follows.
-    access: Option<String>,
-    /// (primary, epoch, holders) the current role was set up for.
-    current: Option<(NodeId, u64, Vec<NodeId>)>,
-    /// The ALUA port groups the logical unit reports.
-    groups: Vec<PortGroup>,
 }
 
 /// The access rules the cluster records for `v`.
@@ -216,33 +201,27 @@ impl Clustered {
     pub fn cluster(&self) -> &Cluster {
         &self.cluster
     }
-
-    /// Replication status of the volumes this node is primary of.
-    pub async fn peer_status(&self) -> BTreeMap<String, Vec<replica::PeerStatus>> {
-        let slots = self.slots.lock().await;
-        slots
-            .iter()
-            .filter_map(|(name, s)| match s.role.role() {
-                replica::Role::Primary(p) => Some((name.clone(), p.peer_status())),
-                _ => None,
-            })
-            .collect()
-    }
-}
-
-impl Clustered {
-    /// Per volume held here: when this node acknowledged writes as its primary.
-    pub async fn acknowledged(&self) -> BTreeMap<String, Vec<replica::AckWindow>> {
-        let slots = self.slots.lock().await;
-        slots
-            .iter()
-            .map(|(name, s)| (name.clone(), s.role.acknowledged()))
-            .filter(|(_, w)| !w.is_empty())
-            .collect()
-    }
 }
 
 impl Node {
+    /// Replication status of the volumes this node is primary of.
+    pub async fn peer_status(&self) -> BTreeMap<String, Vec<replica::PeerStatus>> {
+        let vols = self.exported.lock().await;
+        vols.presented()
+            .filter_map(|(e, p)| Some((e.name.clone(), p.volume.primary()?.peer_status())))
+            .collect()
+    }
+
+    /// Per cluster volume presented here: when this node acknowledged
+    /// writes as its primary.
+    pub async fn acknowledged(&self) -> BTreeMap<String, Vec<replica::AckWindow>> {
+        let vols = self.exported.lock().await;
+        vols.presented()
+            .map(|(e, p)| (e.name.clone(), p.volume.acknowledged()))
+            .filter(|(_, w)| !w.is_empty())
+            .collect()
+    }
+
     /// Whether this node is a cluster member.
     pub fn clustered(&self) -> Option<Arc<Clustered>> {
         self.cluster.get().cloned()
@@ -331,10 +310,10 @@ impl Node {
         c.cluster.leave().await.map_err(cluster_err)?;
         // The cluster no longer sends this node its log: drop the copies
         // here (the cluster state already did) rather than keep serving them.
-        let mut slots = c.slots.lock().await;
-        let names: Vec<String> = slots.keys().cloned().collect();
+        let mut vols = self.exported.lock().await;
+        let names: Vec<String> = vols.presented().map(|(e, _)| e.name.clone()).collect();
         for name in names {
-            self.release(&c, &mut slots, &name).await;
+            self.release(&c, &mut vols, &name);
         }
         Ok(())
     }
@@ -355,7 +334,6 @@ impl Node {
             cluster: c,
             server,
             key,
-            slots: Mutex::new(HashMap::new()),
             control: Arc::new(Control {
                 cluster: weak.clone(),
                 reports: std::sync::Mutex::new(HashMap::new()),
@@ -403,39 +381,37 @@ impl Node {
         };
         let me = c.cluster.id();
         let presents = state.nodes.get(&me).is_some_and(|n| n.holds_data());
-        let mut slots = c.slots.lock().await;
+        let mut vols = self.exported.lock().await;
         if presents {
             for v in state.volumes.values() {
-                if let Err(e) = self.hold(&c, &mut slots, cluster_id, v, state).await {
+                if let Err(e) = self.hold(&c, &mut vols, cluster_id, v, state).await {
                     tracing::warn!(volume = %v.name, "cannot take up the cluster's volume here yet: {e}");
                 }
             }
         }
-        let gone: Vec<String> = slots
-            .keys()
-            .filter(|n| !presents || !state.volumes.contains_key(*n))
-            .cloned()
+        let gone: Vec<String> = vols
+            .presented()
+            .filter(|(e, _)| !presents || state.volumes.get(&e.name).is_none_or(|v| v.id != e.id))
+            .map(|(e, _)| e.name.clone())
             .collect();
         for name in gone {
-            self.release(&c, &mut slots, &name).await;
+            self.release(&c, &mut vols, &name);
         }
     }
 
     /// Stops presenting `name` and removes the local copy, if any.
-    async fn release(&self, c: &Clustered, slots: &mut HashMap<String, Slot>, name: &str) {
-        let Some(slot) = slots.remove(name) else {
+    fn release(&self, c: &Clustered, vols: &mut Registry, name: &str) {
+        let Some(e) = vols.remove(name) else {
             return;
         };
-        slot.role.set_role(replica::Role::Waiting);
-        {
-            let mut exported = self.exported.lock().await;
-            if let Some(e) = exported.remove(name) {
-                self.targets.remove(&e.iqn);
-            }
-        }
-        let Some(copy) = slot.role.copy() else {
-            if let Err(e) = std::fs::remove_dir_all(&slot.unit_dir) {
-                tracing::warn!(volume = %name, "removing {}: {e}", slot.unit_dir.display());
+        self.targets.remove(&e.iqn);
+        let Some(p) = e.cluster else {
+            return;
+        };
+        p.volume.set_route(Route::Waiting);
+        let Some(copy) = p.volume.copy() else {
+            if let Err(e) = std::fs::remove_dir_all(&p.unit_dir) {
+                tracing::warn!(volume = %name, "removing {}: {e}", p.unit_dir.display());
             }
             tracing::info!(volume = %name, "no longer presented here");
             return;
@@ -458,9 +434,8 @@ impl Node {
     /// volume of that name is its copy (checked by the caller).
     fn open_copy(
         &self,
-        c: &Clustered,
         v: &cluster::VolumeRecord,
-    ) -> Result<(Shape, Arc<store::LocalVolume>), NodeError> {
+    ) -> Result<(Arc<LocalCopy>, Arc<store::LocalVolume>), NodeError> {
         if self.store.get(&v.name).is_none() {
             tracing::info!(volume = %v.name, "creating the local copy");
             self.store
@@ -470,8 +445,7 @@ impl Node {
         let base = self.local_unit_dir(&v.name)?.join(COPY_BASE);
         let copy = LocalCopy::open(&v.name, local.clone(), &base)
             .map_err(|e| NodeError::Cluster(format!("volume {}: opening the copy: {e}", v.name)))?;
-        c.server.add(copy.clone());
-        Ok((Shape::Copy(copy), local))
+        Ok((copy, local))
     }
 
     /// Exports `v` here: over this node's copy when the state places one
@@ -481,8 +455,8 @@ impl Node {
         c: &Clustered,
         cluster_id: uuid::Uuid,
         v: &cluster::VolumeRecord,
-        exported: &mut BTreeMap<String, crate::service::Exported>,
-    ) -> Result<Slot, NodeError> {
+        exported: &mut Registry,
+    ) -> Result<(), NodeError> {
         let me = c.cluster.id();
         let here = self.store.get(&v.name);
         if here.as_ref().is_some_and(|m| m.id != v.id) {
@@ -491,9 +465,11 @@ impl Node {
                 v.name
             )));
         }
-        let (shape, local, unit_dir) = if v.replicas.contains_key(&me) {
-            let (shape, local) = self.open_copy(c, v)?;
-            (shape, Some(local), self.local_unit_dir(&v.name)?)
+        let (role, local, unit_dir) = if v.replicas.contains_key(&me) {
+            let (copy, local) = self.open_copy(v)?;
+            let role = ClusterVolume::over_copy(copy);
+            c.server.add(role.clone());
+            (role, Some(local), self.local_unit_dir(&v.name)?)
         } else {
             if here.is_some() {
                 // A copy the cluster dropped while this node was away.
@@ -512,10 +488,9 @@ impl Node {
                 ))
             })?;
             let blocks = v.size_bytes / v.block_size as u64;
-            let shape = Shape::Recorded(Recorded::new(&v.name, v.block_size, blocks));
-            (shape, None, dir)
+            let role = ClusterVolume::recorded(&v.name, v.block_size, blocks);
+            (role, None, dir)
         };
-        let role = Arc::new(RoleVolume::new(shape));
         let iqn = iqn_for(&self.config.iqn_prefix, &v.name);
         let mut identity = lun_identity(cluster_id, v.id, &iqn);
         // One target port group per node: ALUA tells initiators which node leads.
@@ -525,7 +500,7 @@ impl Node {
             self.targets.remove(&old.iqn);
         }
         let access = access_of(v)?;
-        let e = self.export_as(crate::service::Export {
+        let mut e = self.export_as(crate::service::Export {
             name: v.name.clone(),
             id: v.id,
             local,
@@ -534,81 +509,68 @@ impl Node {
             unit_dir: unit_dir.clone(),
             access,
         })?;
-        let lun = e.lun.clone();
         // Until the cluster state gives this node its role (`hold`), every
         // command that touches the medium fails as an access state
         // transition, and REPORT TARGET PORT GROUPS says so.
-        lun.set_port_groups(vec![PortGroup {
+        e.lun.set_port_groups(vec![PortGroup {
             id: me as u16,
             state: AccessState::Transitioning,
             preferred: false,
             ports: vec![me as u16],
             status: 0,
         }]);
-        exported.insert(v.name.clone(), e);
-        Ok(Slot {
-            role,
-            lun,
+        e.cluster = Some(Presented {
+            volume: role,
             unit_dir,
             access: v.access.clone(),
             current: None,
             groups: Vec::new(),
-        })
+        });
+        exported.insert(e);
+        Ok(())
     }
 
     async fn hold(
         &self,
         c: &Arc<Clustered>,
-        slots: &mut HashMap<String, Slot>,
+        vols: &mut Registry,
         cluster_id: uuid::Uuid,
         v: &cluster::VolumeRecord,
         state: &ClusterState,
     ) -> Result<(), NodeError> {
         let me = c.cluster.id();
         let copy_here = v.replicas.contains_key(&me);
-        if slots
-            .get(&v.name)
-            .is_some_and(|s| s.role.copy().is_some() != copy_here)
-        {
+        let has_copy = |vols: &Registry| {
+            vols.by_id(v.id)
+                .and_then(|e| e.cluster.as_ref())
+                .map(|p| p.volume.copy().is_some())
+        };
+        if has_copy(vols).is_some_and(|copy| copy != copy_here) {
             // A copy was placed here or taken away: present it anew.
-            self.release(c, slots, &v.name).await;
+            self.release(c, vols, &v.name);
         }
-        if !slots.contains_key(&v.name) {
-            let mut exported = self.exported.lock().await;
-            let slot = self.present(c, cluster_id, v, &mut exported)?;
-            slots.insert(v.name.clone(), slot);
+        if has_copy(vols).is_none() {
+            self.present(c, cluster_id, v, vols)?;
         }
-        let slot = slots.get_mut(&v.name).expect("inserted above");
-        let bs = v.block_size as u64;
-        match slot.role.shape() {
-            Shape::Copy(copy) => {
-                let local = copy.volume().clone();
-                if local.num_blocks() * bs < v.size_bytes {
-                    local
-                        .resize(v.size_bytes / bs)
-                        .await
-                        .map_err(|source| NodeError::Volume {
-                            name: v.name.clone(),
-                            source,
-                        })?;
-                    copy.grown();
-                    slot.lun.capacity_changed();
-                }
-            }
-            Shape::Recorded(r) => {
-                if slot.role.num_blocks() * bs < v.size_bytes {
-                    r.grow(v.size_bytes / bs);
-                    slot.lun.capacity_changed();
-                }
-            }
-        }
-        if slot.access != v.access {
+        let e = vols.by_id_mut(v.id).expect("presented above");
+        let recorded = e.cluster.as_ref().expect("presented above").access.clone();
+        if recorded != v.access {
             let access = access_of(v)?;
-            let mut exported = self.exported.lock().await;
-            if let Some(e) = exported.get_mut(&v.name) {
-                self.apply_access(&v.name, e, access);
-            }
-            slot.access = v.access.clone();
+            self.apply_access(&v.name, e, access);
+        }
+        let lun = e.lun.clone();
+        let slot = e.cluster.as_mut().expect("presented above");
+        slot.access = v.access.clone();
+        let grew = slot
+            .volume
+            .grow_to(v.size_bytes / v.block_size as u64)
+            .await
+            .map_err(|source| NodeError::Volume {
+                name: v.name.clone(),
+                source,
+            })?;
+        if grew {
+            lun.capacity_changed();
         }
         let holders: Vec<NodeId> = v.replicas.keys().copied().collect();
         let desired = (v.primary, v.epoch, holders.clone());
@@ -623,12 +585,12 @@ impl Node {
                 // up waiting for can then never land in this role's time,
                 // and the role starts from a state that holds every change
                 // committed before it. Until then the volume waits.
-                slot.role.set_role(replica::Role::Waiting);
+                slot.volume.set_route(Route::Waiting);
                 slot.current = None;
                 self.take_up(c, v);
                 return Ok(());
             }
-            self.take_role(c, slot, v, state)
+            self.take_role(c, &slot.volume, v, state)
                 .await
                 .map_err(|source| NodeError::Volume {
                     name: v.name.clone(),
@@ -656,7 +618,7 @@ impl Node {
             })
             .collect();
         if slot.groups != groups {
-            slot.lun.set_port_groups(groups.clone());
+            lun.set_port_groups(groups.clone());
             slot.groups = groups;
         }
         Ok(())
@@ -704,12 +666,12 @@ impl Node {
     async fn take_role(
         &self,
         c: &Arc<Clustered>,
-        slot: &Slot,
+        volume: &ClusterVolume,
         v: &cluster::VolumeRecord,
         state: &ClusterState,
     ) -> Result<(), volume::VolumeError> {
         let me = c.cluster.id();
-        let copy = slot.role.copy().filter(|_| v.primary == me);
+        let copy = volume.copy().filter(|_| v.primary == me);
         let Some(copy) = copy else {
             let addr = state
                 .nodes
@@ -717,13 +679,14 @@ impl Node {
                 .map(|i| i.repl_addr.clone())
                 .unwrap_or_default();
             let f = ForwardVolume::new(
-                slot.role.shape().clone(),
+                &v.name,
+                volume.copy().cloned(),
                 me,
                 addr,
                 c.key.clone(),
                 REPL_TIMEOUT,
             );
-            slot.role.set_role(replica::Role::Forward(Arc::new(f)));
+            volume.set_route(Route::Forward(Arc::new(f)));
             return Ok(());
         };
         let peers = v
@@ -747,10 +710,10 @@ impl Node {
             timeout: REPL_TIMEOUT,
         };
         // Stop the old role before the new primary takes the copy.
-        slot.role.set_role(replica::Role::Waiting);
+        volume.set_route(Route::Waiting);
         let control: Arc<dyn replica::Control> = c.control.clone();
         let p = ReplicatedVolume::start(copy.clone(), cfg, peers, control).await?;
-        slot.role.set_role(replica::Role::Primary(p));
+        volume.set_route(Route::Primary(p));
         // Used: the next primary role of this volume takes up its own epoch.
         c.taken_up.lock().unwrap().remove(&v.name);
         Ok(())

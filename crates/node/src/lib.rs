@@ -7,6 +7,7 @@ mod access;
 mod clustered;
 mod error;
 mod identity;
+mod registry;
 mod service;
 
 pub use access::{AccessConfig, ChapSecret};

@@ -1,4 +1,3 @@
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -12,6 +11,7 @@ use tokio::sync::Mutex;
 use volume::Volume;
 
 use crate::identity::{iqn_for, lun_identity};
+use crate::registry::{Exported, Registry};
 use crate::{AccessConfig, NodeError};
 
 /// Settings of the node's service layer.
@@ -77,24 +77,11 @@ pub struct Node {
     pub(crate) store: Arc<Store>,
     pub(crate) targets: Arc<Targets>,
     pub(crate) config: NodeConfig,
-    /// Exported volumes by name; the lock also serializes catalog changes.
-    pub(crate) exported: Mutex<BTreeMap<String, Exported>>,
+    /// Every exported volume; the lock also serializes catalog changes and
+    /// the cluster reconcile.
+    pub(crate) exported: Mutex<Registry>,
     /// The cluster side, once this node is a member.
     pub(crate) cluster: std::sync::OnceLock<Arc<crate::Clustered>>,
-}
-
-pub(crate) struct Exported {
-    /// Stable volume id.
-    pub(crate) id: uuid::Uuid,
-    /// What initiators' commands go to: the local volume, or the cluster
-    /// role over it.
-    pub(crate) served: Arc<dyn Volume>,
-    /// This node's data of the volume; `None` for a cluster volume whose
-    /// copies are all on other nodes.
-    pub(crate) local: Option<Arc<LocalVolume>>,
-    pub(crate) lun: Arc<LogicalUnit>,
-    pub(crate) iqn: String,
-    pub(crate) access: AccessConfig,
 }
 
 /// File in an export's unit directory that holds its persistent reservations.
@@ -138,7 +125,7 @@ impl Node {
             store,
             targets,
             config,
-            exported: Mutex::new(BTreeMap::new()),
+            exported: Mutex::new(Registry::default()),
             cluster: std::sync::OnceLock::new(),
         };
         {
@@ -153,7 +140,7 @@ impl Node {
                     continue;
                 }
                 let e = node.export(&meta)?;
-                exported.insert(meta.name.clone(), e);
+                exported.insert(e);
             }
         }
         Ok(node)
@@ -219,12 +206,14 @@ impl Node {
             .insert_with_access(iqn.clone(), lun.clone(), x.access.target_access());
         tracing::info!(volume = %x.name, %iqn, "volume exported");
         Ok(Exported {
+            name: x.name,
             id: x.id,
             served: x.served,
             local: x.local,
             lun,
             iqn,
             access: x.access,
+            cluster: None,
         })
     }
 
@@ -342,7 +331,7 @@ impl Node {
             }
         };
         let info = self.info(name, &e);
-        exported.insert(name.to_string(), e);
+        exported.insert(e);
         tracing::info!(volume = name, size_bytes, "volume created");
         Ok(info)
     }
@@ -371,8 +360,9 @@ impl Node {
     pub async fn list_volumes(&self) -> Vec<VolumeInfo> {
         let exported = self.exported.lock().await;
         exported
-            .iter()
-            .map(|(name, e)| self.info(name, e))
+            .by_name()
+            .into_iter()
+            .map(|e| self.info(&e.name, e))
             .collect()
     }
 
@@ -480,11 +470,11 @@ impl Node {
     /// Makes every acknowledged write of every volume durable (used at shutdown).
     pub async fn flush_all(&self) -> Result<(), NodeError> {
         let exported = self.exported.lock().await;
-        for (name, e) in exported.iter() {
+        for e in exported.by_name() {
             let Some(local) = &e.local else { continue };
             // Durability point at shutdown: everything written so far reaches stable storage.
             local.flush().await.map_err(|source| NodeError::Volume {
-                name: name.clone(),
+                name: e.name.clone(),
                 source,
             })?;
         }

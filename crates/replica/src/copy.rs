@@ -41,7 +41,6 @@ pub struct LocalCopy {
     activity: Arc<ActivityLog>,
     /// Serializes sweeps of the activity log.
     activity_lock: Mutex<()>,
-    primary: RwLock<Option<Arc<dyn Volume>>>,
     base: PathBuf,
     peer_maps: RwLock<Vec<Arc<DirtyMap>>>,
     known_copies: RwLock<std::collections::HashMap<u64, [u8; 16]>>,
@@ -109,7 +108,6 @@ impl LocalCopy {
             epoch_lock: Mutex::new(()),
             activity: Arc::new(activity),
             activity_lock: Mutex::new(()),
-            primary: RwLock::new(None),
             base: base.to_path_buf(),
             peer_maps: RwLock::default(),
             known_copies: RwLock::default(),
@@ -245,17 +243,6 @@ impl LocalCopy {
     pub fn grown(&self) {
         let bytes = self.volume.num_blocks() * self.volume.block_size() as u64;
         self.activity.grow(bytes);
-    }
-
-    /// Sets (or clears) the volume this node serves as the volume's primary;
-    /// forwarded I/O from other nodes goes there.
-    pub fn set_primary(&self, primary: Option<Arc<dyn Volume>>) {
-        *self.primary.write().unwrap() = primary;
-    }
-
-    /// The primary volume, when this node is the volume's primary.
-    pub fn primary(&self) -> Option<Arc<dyn Volume>> {
-        self.primary.read().unwrap().clone()
     }
 
     /// Removes the copy's replication files (the volume is being deleted).

@@ -1,24 +1,34 @@
-//! A volume on a node that is not its primary: every operation is forwarded
-//! to the primary (the ALUA active/non-optimized path). When the primary
+//! The route of a volume on a node that is not its primary: every operation
+//! is forwarded to the primary (the ALUA active/non-optimized path). When the primary
 //! cannot be reached the operation fails with "access state transition",
 //! which initiators retry; by then the control plane names the new primary.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::Mutex;
-use volume::{BlockState, Provisioning, Volume, VolumeError};
+use volume::VolumeError;
 
 use crate::auth::ClusterKey;
+use crate::copy::LocalCopy;
 use crate::link::{Link, LinkError};
-use crate::wire::{volume_error_of, Hello, Mode, Op};
-use crate::Shape;
+use crate::wire::{Failure, Hello, Mode, Op};
+
+/// Why a forwarded operation failed.
+#[derive(Debug)]
+pub enum Forwarded {
+    /// The primary ran it and it failed there.
+    Failed(Failure),
+    /// It did not get an answer from the primary.
+    Unavailable(VolumeError),
+}
 
 /// Forwards I/O for a volume to its primary at `addr`.
 pub struct ForwardVolume {
-    shape: Shape,
+    volume: String,
+    /// This node's copy, if any: the primary learns its identity.
+    copy: Option<Arc<LocalCopy>>,
     node: u64,
     addr: String,
     key: ClusterKey,
@@ -31,17 +41,19 @@ pub struct ForwardVolume {
 }
 
 impl ForwardVolume {
-    /// A volume of `shape`'s geometry whose I/O goes to the primary at
-    /// `addr` (replication address).
+    /// Forwards `volume`'s I/O from this node (`node`, holding `copy` if
+    /// any) to the primary at `addr` (replication address).
     pub fn new(
-        shape: Shape,
+        volume: &str,
+        copy: Option<Arc<LocalCopy>>,
         node: u64,
         addr: String,
         key: ClusterKey,
         timeout: Duration,
     ) -> ForwardVolume {
         ForwardVolume {
-            shape,
+            volume: volume.to_string(),
+            copy,
             node,
             addr,
             key,
@@ -62,13 +74,13 @@ impl ForwardVolume {
             return Ok(l);
         }
         // The primary does not check a forwarder's epoch or copy (it may have none).
-        let copy = self.shape.copy();
+        let copy = self.copy.as_ref();
         let hello = Hello {
             mode: Mode::Forward,
             node: self.node,
             epoch: copy.map_or(0, |c| c.epoch()),
             copy_id: copy.map_or([0; 16], |c| c.copy_id()),
-            volume: self.shape.name().to_string(),
+            volume: self.volume.clone(),
         };
         let l = Link::connect(&self.addr, &self.key, &hello, self.timeout)
             .await
@@ -76,30 +88,29 @@ impl ForwardVolume {
             .map_err(|e| {
                 VolumeError::Unavailable(format!(
                     "volume {}: the primary cannot be reached: {e}",
-                    self.shape.name()
+                    self.volume
                 ))
             })?;
         *self.link.write().unwrap() = Some(l.clone());
         Ok(l)
     }
 
-    async fn call(&self, op: Op) -> Result<Bytes, VolumeError> {
+    /// Runs `op` on the primary.
+    pub async fn call(&self, op: Op) -> Result<Bytes, Forwarded> {
         let mut closed = self.closed.subscribe();
         tokio::select! {
             r = self.forward(op) => r,
-            _ = closed.wait_for(|c| *c) => Err(VolumeError::Unavailable(format!(
+            _ = closed.wait_for(|c| *c) => Err(Forwarded::Unavailable(VolumeError::Unavailable(format!(
                 "volume {}: the primary changed while the operation waited",
-                self.shape.name()
-            ))),
+                self.volume
+            )))),
         }
     }
 
-    async fn forward(&self, op: Op) -> Result<Bytes, VolumeError> {
-        let link = self.link().await?;
+    async fn forward(&self, op: Op) -> Result<Bytes, Forwarded> {
+        let link = self.link().await.map_err(Forwarded::Unavailable)?;
         link.call(0, op).await.map_err(|e| match e {
-            LinkError::Failed { failure, .. } => {
-                volume_error_of(&failure, self.num_blocks(), self.block_size())
-            }
+            LinkError::Failed { failure, .. } => Forwarded::Failed(failure),
             other => {
                 // Given up on: the connection goes, with what it has not
                 // delivered, so the request cannot reach the primary after
@@ -109,10 +120,10 @@ impl ForwardVolume {
                     current.take();
                 }
                 link.close();
-                VolumeError::Unavailable(format!(
+                Forwarded::Unavailable(VolumeError::Unavailable(format!(
                     "volume {}: forwarding to the primary failed: {other}",
-                    self.shape.name()
-                ))
+                    self.volume
+                )))
             }
         })
     }
@@ -123,107 +134,6 @@ impl ForwardVolume {
         if let Some(l) = self.link.write().unwrap().take() {
             l.close();
         }
-    }
-}
-
-#[async_trait]
-impl Volume for ForwardVolume {
-    fn block_size(&self) -> u32 {
-        self.shape.block_size()
-    }
-
-    fn num_blocks(&self) -> u64 {
-        self.shape.num_blocks()
-    }
-
-    fn provisioning(&self) -> Provisioning {
-        self.shape.provisioning()
-    }
-
-    fn write_cache(&self) -> bool {
-        self.shape.write_cache()
-    }
-
-    async fn read(&self, lba: u64, blocks: u32) -> volume::Result<Vec<u8>> {
-        volume::check_range(self.num_blocks(), lba, blocks as u64)?;
-        let data = self.call(Op::Read { lba, blocks }).await?;
-        if data.len() != blocks as usize * self.block_size() as usize {
-            return Err(VolumeError::Unavailable(format!(
-                "volume {}: the primary answered a read with {} bytes",
-                self.shape.name(),
-                data.len()
-            )));
-        }
-        Ok(data.to_vec())
-    }
-
-    async fn write(&self, lba: u64, data: Bytes, fua: bool) -> volume::Result<()> {
-        let blocks = volume::blocks_in(data.len(), self.block_size())?;
-        volume::check_range(self.num_blocks(), lba, blocks)?;
-        self.call(Op::Write { lba, fua, data }).await.map(|_| ())
-    }
-
-    async fn flush(&self) -> volume::Result<()> {
-        self.call(Op::Flush).await.map(|_| ())
-    }
-
-    async fn unmap(&self, lba: u64, blocks: u64) -> volume::Result<()> {
-        volume::check_range(self.num_blocks(), lba, blocks)?;
-        self.call(Op::Unmap { lba, blocks }).await.map(|_| ())
-    }
-
-    async fn write_same(
-        &self,
-        lba: u64,
-        blocks: u64,
-        pattern: Bytes,
-        unmap: bool,
-        fua: bool,
-    ) -> volume::Result<()> {
-        volume::check_pattern(pattern.len(), self.block_size())?;
-        volume::check_range(self.num_blocks(), lba, blocks)?;
-        self.call(Op::WriteSame {
-            lba,
-            blocks,
-            unmap,
-            fua,
-            pattern,
-        })
-        .await
-        .map(|_| ())
-    }
-
-    async fn compare_and_write(
-        &self,
-        lba: u64,
-        compare: Bytes,
-        write: Bytes,
-        fua: bool,
-    ) -> volume::Result<()> {
-        let blocks =
-            volume::compare_and_write_blocks(compare.len(), write.len(), self.block_size())?;
-        volume::check_range(self.num_blocks(), lba, blocks)?;
-        let mut both = Vec::with_capacity(compare.len() * 2);
-        both.extend_from_slice(&compare);
-        both.extend_from_slice(&write);
-        self.call(Op::CompareAndWrite {
-            lba,
-            fua,
-            data: Bytes::from(both),
-        })
-        .await
-        .map(|_| ())
-    }
-
-    async fn block_status(&self, lba: u64) -> volume::Result<(BlockState, u64)> {
-        // The local copy may be behind: report the range as mapped, which
-        // is always a correct answer (SBC-4 5.5).
-        volume::check_range(self.num_blocks(), lba, 1)?;
-        Ok((BlockState::Mapped, self.num_blocks() - lba))
-    }
-
-    async fn resize(&self, blocks: u64) -> volume::Result<()> {
-        self.call(Op::Resize { blocks }).await.map(|_| ())
     }
 }
 

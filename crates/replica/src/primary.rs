@@ -39,10 +39,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::task::JoinHandle;
-use volume::{check_range, BlockState, Provisioning, Volume, VolumeError};
+use volume::{BlockState, Volume, VolumeError};
 
 use crate::auth::ClusterKey;
 use crate::copy::{off_thread, LocalCopy};
@@ -254,7 +253,7 @@ impl ReplicatedVolume {
         local: impl std::future::Future<Output = Result<(), VolumeError>>,
     ) -> Result<(), VolumeError> {
         self.check_serving()?;
-        let bs = self.block_size() as u64;
+        let bs = self.copy.volume().block_size() as u64;
         let (off, len) = (lba * bs, blocks * bs);
         let _range = self.ranges.lock(lba, blocks).await;
         if let Some(compare) = compare {
@@ -415,48 +414,33 @@ impl Drop for ReplicatedVolume {
     }
 }
 
-#[async_trait]
-impl Volume for ReplicatedVolume {
-    fn block_size(&self) -> u32 {
-        self.copy.volume().block_size()
-    }
-
-    fn num_blocks(&self) -> u64 {
-        self.copy.volume().num_blocks()
-    }
-
-    fn provisioning(&self) -> Provisioning {
-        self.copy.volume().provisioning()
-    }
-
-    fn write_cache(&self) -> bool {
-        self.copy.volume().write_cache()
-    }
-
-    fn low_on_space(&self) -> bool {
-        self.copy.volume().low_on_space()
-    }
-
-    async fn read(&self, lba: u64, blocks: u32) -> volume::Result<Vec<u8>> {
+/// The volume's operations as the primary runs them. The caller
+/// ([`crate::ClusterVolume`]) has checked every range and length against the
+/// volume's geometry.
+impl ReplicatedVolume {
+    /// Reads from the local copy.
+    pub async fn read(&self, lba: u64, blocks: u32) -> volume::Result<Vec<u8>> {
         self.check_serving()?;
         self.copy.volume().read(lba, blocks).await
     }
 
-    /// Reads come from the local copy; a write always waits for the peers.
-    fn read_now(&self, lba: u64, blocks: u32) -> Option<volume::Result<Vec<u8>>> {
+    /// As [`ReplicatedVolume::read`], when the local copy has the blocks at
+    /// hand; a write always waits for the peers.
+    pub fn read_now(&self, lba: u64, blocks: u32) -> Option<volume::Result<Vec<u8>>> {
         self.check_serving().ok()?;
         self.copy.volume().read_now(lba, blocks)
     }
 
-    async fn write(&self, lba: u64, data: Bytes, fua: bool) -> volume::Result<()> {
-        let blocks = volume::blocks_in(data.len(), self.block_size())?;
-        check_range(self.num_blocks(), lba, blocks)?;
+    /// Writes `data` to the local copy and every in-sync or syncing peer.
+    pub async fn write(&self, lba: u64, data: Bytes, fua: bool) -> volume::Result<()> {
+        let blocks = volume::blocks_in(data.len(), self.copy.volume().block_size())?;
         let local = self.copy.volume().write(lba, data.clone(), fua);
         self.replicate(lba, blocks, Op::Write { lba, fua, data }, None, local)
             .await
     }
 
-    async fn flush(&self) -> volume::Result<()> {
+    /// Makes every completed write durable here and on every peer written to.
+    pub async fn flush(&self) -> volume::Result<()> {
         self.check_serving()?;
         let local = self.copy.volume().flush();
         let (l, r) = tokio::join!(local, self.to_peers(Op::Flush));
@@ -465,14 +449,15 @@ impl Volume for ReplicatedVolume {
         self.check_serving()
     }
 
-    async fn unmap(&self, lba: u64, blocks: u64) -> volume::Result<()> {
-        check_range(self.num_blocks(), lba, blocks)?;
+    /// Deallocates the range here and on the peers.
+    pub async fn unmap(&self, lba: u64, blocks: u64) -> volume::Result<()> {
         let local = self.copy.volume().unmap(lba, blocks);
         self.replicate(lba, blocks, Op::Unmap { lba, blocks }, None, local)
             .await
     }
 
-    async fn write_same(
+    /// WRITE SAME here and on the peers.
+    pub async fn write_same(
         &self,
         lba: u64,
         blocks: u64,
@@ -480,8 +465,6 @@ impl Volume for ReplicatedVolume {
         unmap: bool,
         fua: bool,
     ) -> volume::Result<()> {
-        volume::check_pattern(pattern.len(), self.block_size())?;
-        check_range(self.num_blocks(), lba, blocks)?;
         let local = self
             .copy
             .volume()
@@ -496,16 +479,20 @@ impl Volume for ReplicatedVolume {
         self.replicate(lba, blocks, op, None, local).await
     }
 
-    async fn compare_and_write(
+    /// Compares `compare` with the local copy and, when equal, writes
+    /// `write` everywhere, atomically against every other write.
+    pub async fn compare_and_write(
         &self,
         lba: u64,
         compare: Bytes,
         write: Bytes,
         fua: bool,
     ) -> volume::Result<()> {
-        let blocks =
-            volume::compare_and_write_blocks(compare.len(), write.len(), self.block_size())?;
-        check_range(self.num_blocks(), lba, blocks)?;
+        let blocks = volume::compare_and_write_blocks(
+            compare.len(),
+            write.len(),
+            self.copy.volume().block_size(),
+        )?;
         let local = self.copy.volume().write(lba, write.clone(), fua);
         let op = Op::Write {
             lba,
@@ -515,16 +502,18 @@ impl Volume for ReplicatedVolume {
         self.replicate(lba, blocks, op, Some(compare), local).await
     }
 
-    async fn block_status(&self, lba: u64) -> volume::Result<(BlockState, u64)> {
+    /// Whether the range at `lba` is mapped, from the local copy.
+    pub async fn block_status(&self, lba: u64) -> volume::Result<(BlockState, u64)> {
         self.copy.volume().block_status(lba).await
     }
 
-    async fn resize(&self, blocks: u64) -> volume::Result<()> {
+    /// Grows the volume here, then on the peers.
+    pub async fn resize(&self, blocks: u64) -> volume::Result<()> {
         self.check_serving()?;
         let _all = self.ranges.lock(0, u64::MAX).await;
         self.copy.volume().resize(blocks).await?;
         self.copy.grown();
-        let bytes = blocks * self.block_size() as u64;
+        let bytes = blocks * self.copy.volume().block_size() as u64;
         for p in &self.peers {
             p.dirty.grow(bytes);
         }

@@ -14,7 +14,9 @@ use volume::{Volume, VolumeError};
 
 use crate::auth::{self, AuthError, ClusterKey};
 use crate::copy::LocalCopy;
+use crate::export::ClusterVolume;
 use crate::link::{read_frame, write_frames};
+use crate::primary::ReplicatedVolume;
 use crate::wire::{
     failure_of, Failure, Hello, Mode, Op, Refusal, Refused, Request, Response, Welcome, WireError,
 };
@@ -36,10 +38,11 @@ enum HandshakeError {
     BadHello(WireError),
 }
 
-/// The copies this node serves, by volume name.
+/// The volumes this node holds a copy of, by name: their copies are served
+/// to primaries, and forwarded I/O goes to those it is the primary of.
 pub struct ReplicaServer {
     key: ClusterKey,
-    copies: RwLock<HashMap<String, Arc<LocalCopy>>>,
+    volumes: RwLock<HashMap<String, Arc<ClusterVolume>>>,
     /// Bumped to drop every open connection.
     generation: tokio::sync::watch::Sender<u64>,
 }
@@ -49,27 +52,30 @@ impl ReplicaServer {
     pub fn new(key: ClusterKey) -> Arc<ReplicaServer> {
         Arc::new(ReplicaServer {
             key,
-            copies: RwLock::default(),
+            volumes: RwLock::default(),
             generation: tokio::sync::watch::channel(0).0,
         })
     }
 
-    /// Serves `copy` from now on.
-    pub fn add(&self, copy: Arc<LocalCopy>) {
-        self.copies
-            .write()
-            .unwrap()
-            .insert(copy.name().to_string(), copy);
+    /// Serves `volume` from now on; ignored for a volume without a copy
+    /// here (it can be neither replicated to nor primary).
+    pub fn add(&self, volume: Arc<ClusterVolume>) {
+        if volume.copy().is_some() {
+            self.volumes
+                .write()
+                .unwrap()
+                .insert(volume.name().to_string(), volume);
+        }
     }
 
-    /// Stops serving the copy of `name`.
-    pub fn remove(&self, name: &str) -> Option<Arc<LocalCopy>> {
-        self.copies.write().unwrap().remove(name)
+    /// Stops serving `name`.
+    pub fn remove(&self, name: &str) -> Option<Arc<ClusterVolume>> {
+        self.volumes.write().unwrap().remove(name)
     }
 
-    /// The copy of `name`, if this node holds one.
-    pub fn get(&self, name: &str) -> Option<Arc<LocalCopy>> {
-        self.copies.read().unwrap().get(name).cloned()
+    /// The volume `name`, if this node holds a copy of it.
+    pub fn get(&self, name: &str) -> Option<Arc<ClusterVolume>> {
+        self.volumes.read().unwrap().get(name).cloned()
     }
 
     /// Drops every open connection (peers reconnect if they still may).
@@ -126,7 +132,7 @@ impl ReplicaServer {
             }
         };
         let answer = self.welcome(&hello).await;
-        let copy = answer.as_ref().ok().map(|(_, c, _)| c.clone());
+        let volume = answer.as_ref().ok().map(|(_, v, _)| v.clone());
         let session = answer.as_ref().map_or(0, |(_, _, s)| *s);
         let welcome = answer.map(|(w, _, _)| w);
         if let Err(why) = &welcome {
@@ -135,7 +141,7 @@ impl ReplicaServer {
         if s.write_all(&Welcome::encode(&welcome)).await.is_err() {
             return;
         }
-        let Some(copy) = copy else {
+        let Some(volume) = volume else {
             return;
         };
         tracing::debug!(%peer, volume = %hello.volume, node = hello.node, mode = ?hello.mode, "replication connection");
@@ -154,16 +160,20 @@ impl ReplicaServer {
             let Ok(permit) = limit.clone().acquire_owned().await else {
                 break;
             };
-            let (copy, tx, mode) = (copy.clone(), tx.clone(), hello.mode);
+            let (volume, tx, mode) = (volume.clone(), tx.clone(), hello.mode);
             tokio::spawn(async move {
+                let copy = volume.copy().expect("served volumes hold a copy");
                 let result = match mode {
                     Mode::Replicate => match copy.in_session(session).await {
-                        Some(_current) => execute(&copy, mode, req.epoch, req.op).await,
+                        Some(_current) => replicated(copy, req.epoch, req.op).await,
                         None => Err(failure_of(&VolumeError::Unavailable(
                             "a newer replication connection replaced this one".into(),
                         ))),
                     },
-                    Mode::Forward => execute(&copy, mode, req.epoch, req.op).await,
+                    Mode::Forward => match volume.primary() {
+                        Some(p) => forwarded(&p, req.op).await,
+                        None => Err(Failure::NotPrimary),
+                    },
                 };
                 let _ = tx.send(Response { id: req.id, result }.encode());
                 drop(permit);
@@ -173,16 +183,17 @@ impl ReplicaServer {
         let _ = (&mut writer.0).await;
     }
 
-    /// Admits a connection: the welcome, the copy and, for a replication
+    /// Admits a connection: the welcome, the volume and, for a replication
     /// connection, its session number.
-    async fn welcome(&self, hello: &Hello) -> Result<(Welcome, Arc<LocalCopy>, u64), Refused> {
+    async fn welcome(&self, hello: &Hello) -> Result<(Welcome, Arc<ClusterVolume>, u64), Refused> {
         let refused = |refusal, message| Refused { refusal, message };
-        let copy = self.get(&hello.volume).ok_or_else(|| {
+        let volume = self.get(&hello.volume).ok_or_else(|| {
             refused(
                 Refusal::NoCopy,
                 format!("this node holds no copy of volume {}", hello.volume),
             )
         })?;
+        let copy = volume.copy().expect("served volumes hold a copy");
         match hello.mode {
             Mode::Replicate => {
                 copy.note_copy(hello.node, hello.copy_id);
@@ -206,7 +217,7 @@ impl ReplicaServer {
                 }
             }
             Mode::Forward => {
-                if copy.primary().is_none() {
+                if volume.primary().is_none() {
                     return Err(refused(
                         Refusal::NotPrimary,
                         format!("this node is not the primary of volume {}", hello.volume),
@@ -227,28 +238,22 @@ impl ReplicaServer {
                 num_blocks: v.num_blocks(),
                 suspect: copy.suspect_ranges(),
             },
-            copy,
+            volume.clone(),
             session,
         ))
     }
 }
 
-/// Runs one request against the copy (replication) or the primary volume (forwarding).
-async fn execute(copy: &LocalCopy, mode: Mode, epoch: u64, op: Op) -> Result<Bytes, Failure> {
-    let target: Arc<dyn Volume> = match mode {
-        Mode::Replicate => {
-            let current = copy.epoch();
-            if epoch < current {
-                return Err(Failure::StaleEpoch { current });
-            }
-            if epoch > current {
-                copy.accept_epoch(epoch).await.map_err(|e| failure_of(&e))?;
-            }
-            copy.volume().clone()
-        }
-        Mode::Forward => copy.primary().ok_or(Failure::NotPrimary)?,
-    };
-    let v = &*target;
+/// Runs one request of a primary against this node's copy.
+async fn replicated(copy: &LocalCopy, epoch: u64, op: Op) -> Result<Bytes, Failure> {
+    let current = copy.epoch();
+    if epoch < current {
+        return Err(Failure::StaleEpoch { current });
+    }
+    if epoch > current {
+        copy.accept_epoch(epoch).await.map_err(|e| failure_of(&e))?;
+    }
+    let v = copy.volume();
     let bs = v.block_size() as u64;
     // A replica logs the regions it changes too: if it stops before the data
     // is durable, the primary resyncs them when it returns.
@@ -260,14 +265,13 @@ async fn execute(copy: &LocalCopy, mode: Mode, epoch: u64, op: Op) -> Result<Byt
         _ => None,
     };
     let _active = match touched {
-        Some((lba, len)) if mode == Mode::Replicate => Some(
+        Some((lba, len)) => Some(
             copy.enter(lba.saturating_mul(bs), len)
                 .await
                 .map_err(|e| failure_of(&e))?,
         ),
-        _ => None,
+        None => None,
     };
-    let done = |r: Result<(), VolumeError>| r.map(|_| Bytes::new()).map_err(|e| failure_of(&e));
     match op {
         Op::Write { lba, fua, data } => done(v.write(lba, data, fua).await),
         Op::Unmap { lba, blocks } => done(v.unmap(lba, blocks).await),
@@ -287,24 +291,46 @@ async fn execute(copy: &LocalCopy, mode: Mode, epoch: u64, op: Op) -> Result<Byt
             done(r)
         }
         Op::Ping => Ok(Bytes::new()),
-        Op::Settle if mode == Mode::Replicate => done(copy.sweep().await),
-        Op::Settle => Ok(Bytes::new()),
-        Op::Read { lba, blocks } if mode == Mode::Forward => v
-            .read(lba, blocks)
-            .await
-            .map(Bytes::from)
-            .map_err(|e| failure_of(&e)),
-        Op::CompareAndWrite { lba, fua, data } if mode == Mode::Forward => {
-            let half = data.len() / 2;
-            done(
-                v.compare_and_write(lba, data.slice(..half), data.slice(half..), fua)
-                    .await,
-            )
-        }
+        Op::Settle => done(copy.sweep().await),
         Op::Read { .. } | Op::CompareAndWrite { .. } => Err(failure_of(&VolumeError::Io(
             std::io::Error::other("operation not allowed on a replication connection"),
         ))),
     }
+}
+
+/// Runs one request another node forwarded to this node's primary role.
+/// The primary's copy checks ranges and lengths as it applies them.
+async fn forwarded(p: &ReplicatedVolume, op: Op) -> Result<Bytes, Failure> {
+    match op {
+        Op::Read { lba, blocks } => p
+            .read(lba, blocks)
+            .await
+            .map(Bytes::from)
+            .map_err(|e| failure_of(&e)),
+        Op::Write { lba, fua, data } => done(p.write(lba, data, fua).await),
+        Op::Unmap { lba, blocks } => done(p.unmap(lba, blocks).await),
+        Op::WriteSame {
+            lba,
+            blocks,
+            unmap,
+            fua,
+            pattern,
+        } => done(p.write_same(lba, blocks, pattern, unmap, fua).await),
+        Op::CompareAndWrite { lba, fua, data } => {
+            let half = data.len() / 2;
+            done(
+                p.compare_and_write(lba, data.slice(..half), data.slice(half..), fua)
+                    .await,
+            )
+        }
+        Op::Flush => done(p.flush().await),
+        Op::Resize { blocks } => done(p.resize(blocks).await),
+        Op::Ping | Op::Settle => Ok(Bytes::new()),
+    }
+}
+
+fn done(r: Result<(), VolumeError>) -> Result<Bytes, Failure> {
+    r.map(|_| Bytes::new()).map_err(|e| failure_of(&e))
 }
 
 /// Aborts a task when dropped (the connection it served is gone).

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use replica::{
-    ClusterKey, Control, ControlError, ForwardVolume, LocalCopy, PeerSpec, PeerState,
-    PrimaryConfig, Recorded, ReplicaServer, ReplicatedVolume, Role, RoleVolume, Shape,
+    ClusterKey, ClusterVolume, Control, ControlError, ForwardVolume, LocalCopy, PeerSpec,
+    PeerState, PrimaryConfig, ReplicaServer, ReplicatedVolume, Route,
 };
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -55,10 +55,12 @@ impl Control for TestControl {
     }
 }
 
-/// One node: its copy of the volume and its replication server.
+/// One node: its copy of the volume, the volume as it exports it, and its
+/// replication server.
 struct TestNode {
     _dir: tempfile::TempDir,
     copy: Arc<LocalCopy>,
+    export: Arc<ClusterVolume>,
     server: Arc<ReplicaServer>,
     addr: SocketAddr,
     task: Option<JoinHandle<()>>,
@@ -73,14 +75,16 @@ impl TestNode {
         let dir = tempfile::tempdir().unwrap();
         let vol: Arc<dyn Volume> = Arc::new(MemVolume::new(bs, blocks));
         let copy = LocalCopy::open("vol", vol, &dir.path().join("vol")).unwrap();
+        let export = ClusterVolume::over_copy(copy.clone());
         let server = ReplicaServer::new(key.clone());
-        server.add(copy.clone());
+        server.add(export.clone());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = Some(tokio::spawn(server.clone().serve(listener)));
         TestNode {
             _dir: dir,
             copy,
+            export,
             server,
             addr,
             task,
@@ -169,11 +173,12 @@ fn pattern(blocks: u64, seed: u8) -> Bytes {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replicated_volume_passes_the_volume_suite_and_mirrors_it() {
+/// Runs the volume suite against the volume node 1 (primary, mirroring to
+/// node 2) or node 2 (forwarding to node 1) exports, and checks that every
+/// volume of the suite ended with identical copies on both nodes.
+async fn suite_through(forwarding: bool) {
     let k = key();
-    type Mirror = (TestNode, TestNode, Arc<ReplicatedVolume>);
-    let last: Arc<Mutex<Vec<Mirror>>> = Arc::default();
+    let last: Arc<Mutex<Vec<(TestNode, TestNode)>>> = Arc::default();
     let keep = last.clone();
     volume::testsuite::run_all(|bs, n| {
         let k = k.clone();
@@ -182,15 +187,30 @@ async fn replicated_volume_passes_the_volume_suite_and_mirrors_it() {
             let a = TestNode::with(&k, bs, n).await;
             let b = TestNode::with(&k, bs, n).await;
             let p = primary(&a, 1, &[(&b, 2, true)], Arc::default()).await;
-            keep.lock().unwrap().push((a, b, p.clone()));
-            p
+            a.export.set_route(Route::Primary(p));
+            let export = if forwarding {
+                let route = ForwardVolume::new(
+                    "vol",
+                    Some(b.copy.clone()),
+                    2,
+                    a.addr.to_string(),
+                    k.clone(),
+                    Duration::from_secs(2),
+                );
+                b.export.set_route(Route::Forward(Arc::new(route)));
+                assert!(!b.export.completes_now(false), "forwarded reads wait");
+                b.export.clone()
+            } else {
+                a.export.clone()
+            };
+            keep.lock().unwrap().push((a, b));
+            export
         }
     })
     .await;
-    // Every volume of the suite ended with identical copies on both nodes.
     let all = std::mem::take(&mut *last.lock().unwrap());
     assert!(!all.is_empty());
-    for (a, b, _p) in &all {
+    for (a, b) in &all {
         let (va, vb) = (a.copy.volume(), b.copy.volume());
         assert_eq!(
             va.num_blocks(),
@@ -199,6 +219,69 @@ async fn replicated_volume_passes_the_volume_suite_and_mirrors_it() {
         );
         assert_eq!(a.contents().await, b.contents().await, "copies differ");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_primary_passes_the_volume_suite_and_mirrors_it() {
+    suite_through(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarding_node_passes_the_volume_suite() {
+    suite_through(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_without_a_primary_refuses_every_request_as_a_transition() {
+    let k = key();
+    let a = TestNode::new(&k, 64).await;
+    let v = a.export.clone();
+    assert!(matches!(v.route(), Route::Waiting));
+    assert!(!v.completes_now(false) && !v.completes_now(true));
+    assert!(v.read_now(0, 1).is_none());
+    let one = pattern(1, 3);
+    let results = [
+        v.read(0, 1).await.map(drop),
+        v.write(0, one.clone(), false).await,
+        v.flush().await,
+        v.unmap(0, 1).await,
+        v.write_same(0, 2, one.clone(), false, false).await,
+        v.compare_and_write(0, one.clone(), one.clone(), false)
+            .await,
+        v.block_status(0).await.map(drop),
+        v.resize(128).await,
+    ];
+    for r in results {
+        assert!(matches!(r, Err(VolumeError::Unavailable(_))), "{r:?}");
+    }
+    // Arguments are still checked first, against the geometry it owns.
+    let r = v.read(63, 2).await;
+    assert!(matches!(r, Err(VolumeError::OutOfRange { .. })), "{r:?}");
+    assert!(
+        a.contents().await.iter().all(|&b| b == 0),
+        "nothing written"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_primary_reads_at_once_and_writes_through_the_peers() {
+    let k = key();
+    let a = TestNode::new(&k, 256).await;
+    let b = TestNode::new(&k, 256).await;
+    let p = primary(&a, 1, &[(&b, 2, true)], Arc::default()).await;
+    let v = a.export.clone();
+    v.set_route(Route::Primary(p.clone()));
+    assert!(v.completes_now(false), "reads come from the local copy");
+    assert!(!v.completes_now(true), "writes wait for the peers");
+    v.write(3, pattern(2, 5), false).await.unwrap();
+    let now = v.read_now(3, 2).expect("the copy has the blocks at hand");
+    assert_eq!(now.unwrap(), pattern(2, 5));
+    // The primary role ends with the route: its writes are remembered.
+    v.set_route(Route::Waiting);
+    let acked = v.acknowledged();
+    assert_eq!(acked.len(), 1);
+    assert_eq!(acked[0].writes, 1);
+    assert!(v.write(3, pattern(1, 6), false).await.is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -476,15 +559,18 @@ async fn other_nodes_forward_io_to_the_primary() {
     let a = TestNode::new(&k, 2048).await;
     let b = TestNode::new(&k, 2048).await;
     let p = primary(&a, 1, &[(&b, 2, true)], Arc::default()).await;
-    a.copy.set_primary(Some(p.clone() as Arc<dyn Volume>));
+    a.export.set_route(Route::Primary(p.clone()));
 
-    let fwd = ForwardVolume::new(
-        Shape::Copy(b.copy.clone()),
+    let fwd = b.export.clone();
+    let route = ForwardVolume::new(
+        "vol",
+        Some(b.copy.clone()),
         2,
         a.addr.to_string(),
         k.clone(),
         Duration::from_secs(2),
     );
+    fwd.set_route(Route::Forward(Arc::new(route)));
     let data = pattern(8, 11);
     fwd.write(16, data.clone(), true).await.unwrap();
     assert_eq!(fwd.read(16, 8).await.unwrap(), data);
@@ -498,20 +584,20 @@ async fn other_nodes_forward_io_to_the_primary() {
 
     // A node without a copy presents the volume with the recorded geometry
     // and forwards everything.
-    let shape = Shape::Recorded(Recorded::new("vol", BS, 2048));
-    let role = RoleVolume::new(shape.clone());
+    let role = ClusterVolume::recorded("vol", BS, 2048);
     assert!(role.copy().is_none());
     assert_eq!((role.block_size(), role.num_blocks()), (BS, 2048));
     let r = role.read(0, 1).await;
     assert!(matches!(r, Err(VolumeError::Unavailable(_))), "{r:?}");
     let far = ForwardVolume::new(
-        shape,
+        "vol",
+        None,
         3,
         a.addr.to_string(),
         k.clone(),
         Duration::from_secs(2),
     );
-    role.set_role(Role::Forward(Arc::new(far)));
+    role.set_route(Route::Forward(Arc::new(far)));
     let other = pattern(4, 12);
     role.write(100, other.clone(), false).await.unwrap();
     role.flush().await.unwrap();
@@ -522,8 +608,13 @@ async fn other_nodes_forward_io_to_the_primary() {
     assert!(matches!(r, Err(VolumeError::OutOfRange { .. })), "{r:?}");
 
     // No longer primary: forwarded I/O is refused as a transition.
-    a.copy.set_primary(None);
-    fwd.close();
+    a.export.set_route(Route::Waiting);
+    let Route::Forward(route) = fwd.route() else {
+        panic!("forwarding")
+    };
+    let r = fwd.read(0, 1).await;
+    assert!(matches!(r, Err(VolumeError::Unavailable(_))), "{r:?}");
+    route.close();
     let r = fwd.read(0, 1).await;
     assert!(matches!(r, Err(VolumeError::Unavailable(_))), "{r:?}");
 }
@@ -552,14 +643,18 @@ async fn a_node_without_the_cluster_secret_gets_nothing() {
     p.write(0, pattern(1, 4), true).await.unwrap();
     assert_eq!(*control.lost.lock().unwrap(), vec![9]);
     assert!(stranger.contents().await.iter().all(|&b| b == 0));
-    // Forwarding from a stranger is refused too.
-    let fwd = ForwardVolume::new(
-        Shape::Copy(stranger.copy.clone()),
+    // Forwarding from a stranger is refused too, though the primary is there.
+    let fwd = stranger.export.clone();
+    let route = ForwardVolume::new(
+        "vol",
+        Some(stranger.copy.clone()),
         9,
         a.addr.to_string(),
         ClusterKey::new(b"another cluster".to_vec()),
         Duration::from_secs(1),
     );
+    a.export.set_route(Route::Primary(p.clone()));
+    fwd.set_route(Route::Forward(Arc::new(route)));
     assert!(matches!(
         fwd.read(0, 1).await,
         Err(VolumeError::Unavailable(_))

@@ -304,6 +304,9 @@ impl LogicalUnit {
             op::WRITE_6 | op::WRITE_10 | op::WRITE_12 | op::WRITE_16 => true,
             _ => return None,
         };
+        if !self.volume.completes_now(write) {
+            return None;
+        }
         let admitted = match self.admit(req) {
             Ok(a) => a,
             Err(refused) => return Some(refused),

@@ -10,6 +10,7 @@ pub mod buffer;
 mod error;
 mod mem;
 mod null;
+#[cfg(any(test, feature = "testsuite"))]
 pub mod testsuite;
 
 pub use error::VolumeError;
@@ -86,6 +87,15 @@ pub trait Volume: Send + Sync + 'static {
     /// waiting; `None` as for [`Volume::read_now`].
     fn write_now(&self, _lba: u64, _data: &Bytes) -> Option<Result<()>> {
         None
+    }
+
+    /// Whether [`Volume::read_now`] (or, with `write`, [`Volume::write_now`])
+    /// can ever complete a request here. A volume whose requests always
+    /// wait (a mirrored write waits for the other copies) says no, and the
+    /// caller goes straight to the waiting path without preparing the
+    /// request twice.
+    fn completes_now(&self, _write: bool) -> bool {
+        true
     }
 
     /// Makes every write that completed before this call durable.
@@ -236,6 +246,9 @@ impl<V: Volume + ?Sized> Volume for std::sync::Arc<V> {
     }
     fn write_now(&self, lba: u64, data: &Bytes) -> Option<Result<()>> {
         (**self).write_now(lba, data)
+    }
+    fn completes_now(&self, write: bool) -> bool {
+        (**self).completes_now(write)
     }
     async fn flush(&self) -> Result<()> {
         (**self).flush().await

@@ -1,0 +1,188 @@
+#!/usr/bin/env bash
+# Mirrored writes side by side with a single node, in one run, on this
+# machine: a standalone `tandem serve`, and a cluster of two data nodes and a
+# witness on loopback with a volume mirrored on both, written through its
+# primary and through the other node (forwarded). Same volume size, same
+# fill, same clients. Prints a markdown table with ratios to the standalone
+# node and writes it to bench/results/<date>-<host>-mirror.md.
+#
+#   bash bench/mirror.sh            # REPEAT=3 rounds, targets rotated, medians
+#   bash bench/mirror.sh --quick    # one round, short runs (smoke test)
+#
+# Environment: REPEAT (rounds, default 3), DURATION (seconds per run, default
+# 5), SIZE (volume size, default 1G), BENCH_DIR (where the data directories
+# live, default a temp dir under /var/tmp), TANDEM_BIN (the binary to measure,
+# default a release build of this checkout: point it at another build to
+# compare two versions on the same machine).
+#
+# CPU per write is the CPU time every Tandem process of the setup spent
+# during the 4 KiB run (from /proc/<pid>/stat), over the writes it made; the
+# initiator's own CPU is not counted.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+quick=0
+[ "${1:-}" = "--quick" ] && quick=1
+REPEAT=${REPEAT:-$([ $quick = 1 ] && echo 1 || echo 3)}
+DURATION=${DURATION:-$([ $quick = 1 ] && echo 2 || echo 5)}
+SIZE=${SIZE:-1G}
+
+for t in qemu-img python3 numfmt; do
+  command -v "$t" >/dev/null || { echo "mirror bench: $t is missing; run scripts/install-test-deps.sh" >&2; exit 2; }
+done
+qemu-img --help | grep -q iscsi || { echo "mirror bench: qemu-img cannot open iscsi:// (install qemu-block-extra)" >&2; exit 2; }
+
+if [ -z "${TANDEM_BIN:-}" ]; then
+  echo "mirror bench: building Tandem (release)" >&2
+  cargo build --release -q -p tandem --bin tandem
+  TANDEM_BIN="${CARGO_TARGET_DIR:-$root/target}/release/tandem"
+fi
+tandem=$TANDEM_BIN
+
+work=$(mktemp -d "${BENCH_DIR:-/var/tmp}/tandem-mirror.XXXXXX")
+# shellcheck source=../scripts/servers.sh
+. "$root/scripts/servers.sh"
+cleanup() {
+  stop_servers 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+size_bytes=$(numfmt --from=iec "$SIZE")
+iqn=iqn.2026-11.io.tandem:bench
+
+# --- the setups ----------------------------------------------------------------
+# serve NAME [cluster]: starts a node; sets port_NAME, api_NAME, pid_NAME.
+serve() {
+  local name=$1 port api extra=()
+  port=$(free_port); api=$(free_port)
+  if [ "${2:-}" = cluster ]; then
+    extra=(--cluster-listen "127.0.0.1:$(free_port)" --repl-listen "127.0.0.1:$(free_port)"
+           --advertise 127.0.0.1 --node-name "$name")
+  fi
+  TANDEM_LOG=warn "$tandem" serve --data-dir "$work/$name" --iscsi-listen "127.0.0.1:$port" \
+    --api-listen "127.0.0.1:$api" "${extra[@]}" >"$work/$name.log" 2>&1 &
+  pids+=($!)
+  printf -v "pid_$name" '%s' "$!"
+  printf -v "port_$name" '%s' "$port"
+  printf -v "api_$name" '%s' "$api"
+  wait_port "$api"
+}
+cli() { # NAME args...
+  local api="api_$1" name=$1; shift
+  TANDEM_API="127.0.0.1:${!api}" TANDEM_DATA_DIR="$work/$name" "$tandem" "$@"
+}
+
+serve single
+cli single volume create bench --size "$SIZE" >/dev/null
+
+serve a cluster
+serve b cluster
+token=$(cli a cluster init | grep -o 'tandem-join:[^ ]*' | head -1)
+cluster_a=$(tr '\0' ' ' </proc/"$pid_a"/cmdline | grep -o -- '--cluster-listen [^ ]*' | awk '{print $2}')
+cli b cluster join "$cluster_a" --token "$token" >/dev/null
+wport=$(free_port)
+TANDEM_LOG=warn "$tandem" witness --data-dir "$work/w" --listen "127.0.0.1:$wport" \
+  --advertise 127.0.0.1 --join "$cluster_a" --token "$token" >"$work/w.log" 2>&1 &
+pids+=($!)
+cli a volume create bench --size "$SIZE" --replicas 2 >/dev/null
+
+# status_json NAME -> the cluster status as JSON
+status_json() { cli "$1" cluster status --json; }
+# Waits until the volume has a primary and both copies are in sync; prints
+# the primary's node name (a or b).
+settled() {
+  for _ in $(seq 1 600); do
+    local who
+    who=$(status_json a 2>/dev/null | python3 -c '
+import json, sys
+s = json.load(sys.stdin)["status"]
+v = s["state"]["volumes"].get("bench")
+nodes = s["state"]["nodes"]
+if v and len(v["replicas"]) == 2 and all(r["state"] == "in-sync" for r in v["replicas"].values()):
+    print(nodes[str(v["primary"])]["name"])
+' 2>/dev/null || true)
+    if [ -n "$who" ]; then echo "$who"; return 0; fi
+    sleep 0.1
+  done
+  echo "mirror bench: the volume did not settle; logs in $work" >&2
+  return 1
+}
+primary=$(settled)
+other=$([ "$primary" = a ] && echo b || echo a)
+url_of() { local p="port_$1"; echo "iscsi://127.0.0.1:${!p}/$iqn/0"; }
+url_single=$(url_of single)
+url_primary=$(url_of "$primary")
+url_forwarded=$(url_of "$other")
+
+# --- measurements ----------------------------------------------------------------
+STEP=1052672 # 1 MiB + 4 KiB: successive requests land scattered over the LUN
+qemu_secs() { # url count depth size step
+  timeout 600 qemu-img bench -f raw -t none -w -c "$2" -d "$3" -s "$4" -S "$5" "$1" 2>&1 \
+    | sed -n 's/Run completed in \([0-9.]*\) seconds./\1/p'
+}
+# CPU ticks every Tandem process of the setup has used so far.
+setup_pids() { if [ "$1" = single ]; then echo "$pid_single"; else echo "$pid_a $pid_b"; fi; }
+ticks() { local t=0; for p in $(setup_pids "$1"); do t=$(( t + $(awk '{print $14 + $15}' /proc/"$p"/stat) )); done; echo $t; }
+hz=$(getconf CLK_TCK)
+
+# Fill each volume once with 64 KiB writes, as a used volume would be.
+mib=$(( size_bytes / 1048576 ))
+for u in "$url_single" "$url_primary"; do
+  qemu_secs "$u" $(( size_bytes / 65536 )) 8 65536 65536 >/dev/null
+done
+
+declare -A results
+record() { results["$1|$2"]+="$3 "; }
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END{if(NR==0){print "-"}else{print (NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2}}'; }
+
+measure() { # who url
+  local who=$1 url=$2 n t0 t1 secs
+  n=$(( DURATION * 10000 ))
+  t0=$(ticks "$([ "$who" = single ] && echo single || echo cluster)")
+  secs=$(qemu_secs "$url" "$n" 32 4096 "$STEP")
+  t1=$(ticks "$([ "$who" = single ] && echo single || echo cluster)")
+  record "$who" iops "$(awk -v n="$n" -v t="$secs" 'BEGIN{printf "%.0f", n/t}')"
+  record "$who" cpu "$(awk -v d=$(( t1 - t0 )) -v hz="$hz" -v n="$n" 'BEGIN{printf "%.1f", d/hz*1e6/n}')"
+  secs=$(qemu_secs "$url" "$mib" 8 1M 1M)
+  record "$who" seq "$(awk -v n="$mib" -v t="$secs" 'BEGIN{printf "%.0f", n*1.048576/t}')"
+  read -r mean p99 < <(python3 "$root/bench/lat.py" write "$url" "$DURATION" "$size_bytes" 2>/dev/null | awk 'NF==4{print $2, $4}')
+  record "$who" lat "$mean"
+  record "$who" p99 "$p99"
+}
+
+whos=(single primary forwarded)
+for round in $(seq 1 "$REPEAT"); do
+  echo "mirror bench: round $round of $REPEAT" >&2
+  # Rotate the order so no setup always runs first.
+  for i in 0 1 2; do
+    who=${whos[$(( (i + round) % 3 ))]}
+    url_var="url_$who"
+    measure "$who" "${!url_var}"
+  done
+done
+
+med() { echo "${results[$1|$2]:-}" | median; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b+0 == 0) print "-"; else printf "%.2f", a/b }'; }
+out="$root/bench/results/$(date +%F)-$(hostname -s)-mirror.md"
+{
+  echo "# Mirrored writes, $(date +%F)"
+  echo
+  echo "\`bash bench/mirror.sh\` (REPEAT=$REPEAT, DURATION=${DURATION}s, SIZE=$SIZE); medians of $REPEAT rounds, setups rotated."
+  echo
+  echo "Machine: $(nproc) CPUs, $(free -g | awk '/Mem:/{print $2}') GiB RAM, kernel $(uname -r). Tandem: $("$tandem" --version 2>/dev/null || echo "$tandem")."
+  echo
+  echo "| measure | standalone | primary | forwarded | primary / standalone | forwarded / primary |"
+  echo "|---|---:|---:|---:|---:|---:|"
+  for row in "iops|4 KiB scattered write, qd32 (IOPS)" "cpu|CPU per 4 KiB write, all nodes (µs)" \
+             "seq|1 MiB sequential write, qd8 (MB/s)" "lat|4 KiB write latency, qd1, mean (µs)" \
+             "p99|4 KiB write latency, qd1, p99 (µs)"; do
+    key=${row%%|*}; label=${row#*|}
+    s=$(med single "$key"); p=$(med primary "$key"); f=$(med forwarded "$key")
+    echo "| $label | $s | $p | $f | $(ratio "$p" "$s") | $(ratio "$f" "$p") |"
+  done
+  echo
+  echo "Ratios are plain quotients (for latency and CPU, lower is better)."
+} | tee "$out"
+echo "mirror bench: written to $out" >&2

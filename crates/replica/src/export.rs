@@ -1,0 +1,344 @@
+//! The one object initiators' commands reach for a cluster volume on this
+//! node, whatever the node's part in it.
+//!
+//! A [`ClusterVolume`] owns the volume's geometry (from this node's copy, or
+//! from the control plane's record on a node without one) and checks every
+//! request against it once. What happens next depends on its [`Route`]: the
+//! primary mirrors the request to the other copies ([`ReplicatedVolume`]), any other
+//! node forwards it to the primary ([`ForwardVolume`]), and while no primary is
+//! known the request fails as an access state transition, which initiators
+//! retry. The control plane moves the route; initiators keep talking to the
+//! same object.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use volume::{BlockState, Provisioning, Volume, VolumeError};
+
+use crate::copy::LocalCopy;
+use crate::forward::{ForwardVolume, Forwarded};
+use crate::primary::{AckWindow, ReplicatedVolume};
+use crate::wire::{volume_error_of, Op};
+
+/// Where this node sends a volume's I/O.
+#[derive(Clone)]
+pub enum Route {
+    /// This node orders and mirrors the writes.
+    Primary(Arc<ReplicatedVolume>),
+    /// Another node is the primary; I/O is forwarded there.
+    Forward(Arc<ForwardVolume>),
+    /// No primary is known (between primaries, or cut off): I/O fails with
+    /// "access state transition" and initiators retry.
+    Waiting,
+}
+
+/// Where the geometry comes from.
+enum Shape {
+    /// This node's copy of the volume.
+    Copy(Arc<LocalCopy>),
+    /// No copy here: the geometry the control plane records.
+    Recorded { block_size: u32, blocks: AtomicU64 },
+}
+
+/// A cluster volume as this node exports it.
+pub struct ClusterVolume {
+    name: String,
+    shape: Shape,
+    route: RwLock<Route>,
+    /// Writes acknowledged by earlier primary roles of this node.
+    acknowledged: Mutex<Vec<AckWindow>>,
+}
+
+impl ClusterVolume {
+    /// The volume over this node's copy; starts in [`Route::Waiting`].
+    pub fn over_copy(copy: Arc<LocalCopy>) -> Arc<ClusterVolume> {
+        Arc::new(ClusterVolume {
+            name: copy.name().to_string(),
+            shape: Shape::Copy(copy),
+            route: RwLock::new(Route::Waiting),
+            acknowledged: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The volume on a node without a copy (it can only forward), with the
+    /// geometry the control plane records; starts in [`Route::Waiting`].
+    pub fn recorded(name: &str, block_size: u32, blocks: u64) -> Arc<ClusterVolume> {
+        Arc::new(ClusterVolume {
+            name: name.to_string(),
+            shape: Shape::Recorded {
+                block_size,
+                blocks: AtomicU64::new(blocks),
+            },
+            route: RwLock::new(Route::Waiting),
+            acknowledged: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Volume name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// This node's copy, if it holds one.
+    pub fn copy(&self) -> Option<&Arc<LocalCopy>> {
+        match &self.shape {
+            Shape::Copy(c) => Some(c),
+            Shape::Recorded { .. } => None,
+        }
+    }
+
+    /// Grows the volume to `blocks` blocks: the copy (and its activity log)
+    /// here, or the recorded geometry. Returns whether it grew.
+    pub async fn grow_to(&self, blocks: u64) -> Result<bool, VolumeError> {
+        match &self.shape {
+            Shape::Copy(c) => {
+                if c.volume().num_blocks() >= blocks {
+                    return Ok(false);
+                }
+                c.volume().resize(blocks).await?;
+                c.grown();
+                Ok(true)
+            }
+            Shape::Recorded { blocks: b, .. } => {
+                Ok(b.fetch_max(blocks, Ordering::Relaxed) < blocks)
+            }
+        }
+    }
+
+    /// Switches the route; a previous primary is stopped (its writes are
+    /// remembered for [`ClusterVolume::acknowledged`]) and a previous
+    /// forwarder closed, so operations still waiting on it give up.
+    pub fn set_route(&self, route: Route) {
+        let old = std::mem::replace(&mut *self.route.write().unwrap(), route);
+        match old {
+            Route::Primary(p) => {
+                p.stop();
+                self.acknowledged.lock().unwrap().extend(p.acknowledged());
+            }
+            Route::Forward(f) => f.close(),
+            Route::Waiting => {}
+        }
+    }
+
+    /// The current route.
+    pub fn route(&self) -> Route {
+        self.route.read().unwrap().clone()
+    }
+
+    /// The primary role, when this node holds it: forwarded I/O from other
+    /// nodes goes there.
+    pub fn primary(&self) -> Option<Arc<ReplicatedVolume>> {
+        match &*self.route.read().unwrap() {
+            Route::Primary(p) => Some(p.clone()),
+            _ => None,
+        }
+    }
+
+    /// The writes this node acknowledged as primary of the volume, one
+    /// window per primary role it held (oldest first).
+    pub fn acknowledged(&self) -> Vec<AckWindow> {
+        let mut all = self.acknowledged.lock().unwrap().clone();
+        if let Some(p) = self.primary() {
+            all.extend(p.acknowledged());
+        }
+        all
+    }
+
+    fn waiting(&self) -> VolumeError {
+        VolumeError::Unavailable(format!("volume {} has no primary right now", self.name))
+    }
+
+    /// Forwards `op` to the primary; its failure becomes this volume's.
+    async fn forward(&self, f: &ForwardVolume, op: Op) -> volume::Result<Bytes> {
+        f.call(op).await.map_err(|e| match e {
+            Forwarded::Failed(failure) => {
+                volume_error_of(&failure, self.num_blocks(), self.block_size())
+            }
+            Forwarded::Unavailable(e) => e,
+        })
+    }
+
+    fn range(&self, lba: u64, blocks: u64) -> volume::Result<()> {
+        volume::check_range(self.num_blocks(), lba, blocks)
+    }
+}
+
+#[async_trait]
+impl Volume for ClusterVolume {
+    fn block_size(&self) -> u32 {
+        match &self.shape {
+            Shape::Copy(c) => c.volume().block_size(),
+            Shape::Recorded { block_size, .. } => *block_size,
+        }
+    }
+
+    fn num_blocks(&self) -> u64 {
+        match &self.shape {
+            Shape::Copy(c) => c.volume().num_blocks(),
+            Shape::Recorded { blocks, .. } => blocks.load(Ordering::Relaxed),
+        }
+    }
+
+    fn provisioning(&self) -> Provisioning {
+        match &self.shape {
+            Shape::Copy(c) => c.volume().provisioning(),
+            // Every copy is thin.
+            Shape::Recorded { .. } => Provisioning::Thin,
+        }
+    }
+
+    fn write_cache(&self) -> bool {
+        match &self.shape {
+            Shape::Copy(c) => c.volume().write_cache(),
+            // Every copy needs a flush to make writes durable.
+            Shape::Recorded { .. } => true,
+        }
+    }
+
+    fn low_on_space(&self) -> bool {
+        match &self.shape {
+            Shape::Copy(c) => c.volume().low_on_space(),
+            Shape::Recorded { .. } => false,
+        }
+    }
+
+    fn completes_now(&self, write: bool) -> bool {
+        // The primary reads its own copy; every write waits for the peers,
+        // and forwarded I/O for the primary.
+        !write && matches!(&*self.route.read().unwrap(), Route::Primary(_))
+    }
+
+    async fn read(&self, lba: u64, blocks: u32) -> volume::Result<Vec<u8>> {
+        self.range(lba, blocks as u64)?;
+        match self.route() {
+            Route::Primary(p) => p.read(lba, blocks).await,
+            Route::Forward(f) => {
+                let data = self.forward(&f, Op::Read { lba, blocks }).await?;
+                if data.len() != blocks as usize * self.block_size() as usize {
+                    return Err(VolumeError::Unavailable(format!(
+                        "volume {}: the primary answered a read with {} bytes",
+                        self.name,
+                        data.len()
+                    )));
+                }
+                Ok(data.to_vec())
+            }
+            Route::Waiting => Err(self.waiting()),
+        }
+    }
+
+    fn read_now(&self, lba: u64, blocks: u32) -> Option<volume::Result<Vec<u8>>> {
+        if let Err(e) = self.range(lba, blocks as u64) {
+            return Some(Err(e));
+        }
+        match &*self.route.read().unwrap() {
+            Route::Primary(p) => p.read_now(lba, blocks),
+            _ => None,
+        }
+    }
+
+    async fn write(&self, lba: u64, data: Bytes, fua: bool) -> volume::Result<()> {
+        let blocks = volume::blocks_in(data.len(), self.block_size())?;
+        self.range(lba, blocks)?;
+        match self.route() {
+            Route::Primary(p) => p.write(lba, data, fua).await,
+            Route::Forward(f) => self
+                .forward(&f, Op::Write { lba, fua, data })
+                .await
+                .map(drop),
+            Route::Waiting => Err(self.waiting()),
+        }
+    }
+
+    async fn flush(&self) -> volume::Result<()> {
+        match self.route() {
+            Route::Primary(p) => p.flush().await,
+            Route::Forward(f) => self.forward(&f, Op::Flush).await.map(drop),
+            Route::Waiting => Err(self.waiting()),
+        }
+    }
+
+    async fn unmap(&self, lba: u64, blocks: u64) -> volume::Result<()> {
+        self.range(lba, blocks)?;
+        match self.route() {
+            Route::Primary(p) => p.unmap(lba, blocks).await,
+            Route::Forward(f) => self.forward(&f, Op::Unmap { lba, blocks }).await.map(drop),
+            Route::Waiting => Err(self.waiting()),
+        }
+    }
+
+    async fn write_same(
+        &self,
+        lba: u64,
+        blocks: u64,
+        pattern: Bytes,
+        unmap: bool,
+        fua: bool,
+    ) -> volume::Result<()> {
+        volume::check_pattern(pattern.len(), self.block_size())?;
+        self.range(lba, blocks)?;
+        match self.route() {
+            Route::Primary(p) => p.write_same(lba, blocks, pattern, unmap, fua).await,
+            Route::Forward(f) => {
+                let op = Op::WriteSame {
+                    lba,
+                    blocks,
+                    unmap,
+                    fua,
+                    pattern,
+                };
+                self.forward(&f, op).await.map(drop)
+            }
+            Route::Waiting => Err(self.waiting()),
+        }
+    }
+
+    async fn compare_and_write(
+        &self,
+        lba: u64,
+        compare: Bytes,
+        write: Bytes,
+        fua: bool,
+    ) -> volume::Result<()> {
+        let blocks =
+            volume::compare_and_write_blocks(compare.len(), write.len(), self.block_size())?;
+        self.range(lba, blocks)?;
+        match self.route() {
+            Route::Primary(p) => p.compare_and_write(lba, compare, write, fua).await,
+            Route::Forward(f) => {
+                // The primary receives both halves in one buffer.
+                let mut data = Vec::with_capacity(compare.len() * 2);
+                data.extend_from_slice(&compare);
+                data.extend_from_slice(&write);
+                let op = Op::CompareAndWrite {
+                    lba,
+                    fua,
+                    data: Bytes::from(data),
+                };
+                self.forward(&f, op).await.map(drop)
+            }
+            Route::Waiting => Err(self.waiting()),
+        }
+    }
+
+    async fn block_status(&self, lba: u64) -> volume::Result<(BlockState, u64)> {
+        self.range(lba, 1)?;
+        match self.route() {
+            Route::Primary(p) => p.block_status(lba).await,
+            // A copy that is not the primary's may be behind: "mapped" is
+            // always a correct answer (SBC-4 5.5).
+            Route::Forward(_) => Ok((BlockState::Mapped, self.num_blocks() - lba)),
+            Route::Waiting => Err(self.waiting()),
+        }
+    }
+
+    async fn resize(&self, blocks: u64) -> volume::Result<()> {
+        match self.route() {
+            Route::Primary(p) => p.resize(blocks).await,
+            Route::Forward(f) => self.forward(&f, Op::Resize { blocks }).await.map(drop),
+            Route::Waiting => Err(self.waiting()),
+        }
+    }
+}
