@@ -1,6 +1,6 @@
 //! iSCSI (RFC 7143), target side, as pure functions over bytes: PDU framing
 //! and fields, CRC32C digests, text key=value lists, login negotiation and
-//! serial number arithmetic. The `target` crate owns the sockets.
+//! serial number arithmetic. The `portal` crate owns the sockets.
 #![forbid(unsafe_code)]
 
 pub mod chap;

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use iscsi::{text, Opcode, Pdu, BHS_LEN};
+use portal::{TargetConfig, Targets};
 use scsi::{LogicalUnit, LunIdentity};
-use target::{TargetConfig, Targets};
 use testkit::{rw10, Initiator};
 use tokio::io::AsyncWriteExt;
 use volume::MemVolume;
@@ -44,7 +44,7 @@ async fn start_with(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(target::serve(listener, targets.clone(), cfg, async {
+    tokio::spawn(portal::serve(listener, targets.clone(), cfg, async {
         let _ = rx.await;
     }));
     (addr, targets, tx)
