@@ -1,6 +1,7 @@
 //! PDU framing (RFC 7143 §11.2): the 48-byte Basic Header Segment, additional
 //! header segments, optional CRC32C header and data digests, and the padded
-//! data segment. Field accessors name the RFC's fields by offset.
+//! data segment. The raw field accessors here take offsets; the
+//! typed ones in [`crate::views`] name the RFC's fields.
 
 use bytes::Bytes;
 use thiserror::Error;
@@ -231,6 +232,26 @@ impl Pdu {
         self.set_u32(16, v)
     }
 
+    /// Sets StatSN: every PDU a target sends carries it at the same place
+    /// (RFC 7143 §11.4.3, §11.7.4; in a Data-In without status it is
+    /// reserved and left alone).
+    #[inline]
+    pub fn set_stat_sn(&mut self, v: u32) {
+        self.set_u32(24, v)
+    }
+
+    /// Sets ExpCmdSN, at the same place in every PDU a target sends.
+    #[inline]
+    pub fn set_exp_cmd_sn(&mut self, v: u32) {
+        self.set_u32(28, v)
+    }
+
+    /// Sets MaxCmdSN, at the same place in every PDU a target sends.
+    #[inline]
+    pub fn set_max_cmd_sn(&mut self, v: u32) {
+        self.set_u32(32, v)
+    }
+
     /// DataSegmentLength as declared in the BHS.
     pub fn declared_data_len(&self) -> usize {
         ((self.bhs[5] as usize) << 16) | ((self.bhs[6] as usize) << 8) | self.bhs[7] as usize
@@ -365,6 +386,20 @@ impl Pdu {
         head.extend_from_slice(&self.data);
         head.extend_from_slice(&tail);
         head
+    }
+}
+
+impl AsRef<Pdu> for Pdu {
+    #[inline]
+    fn as_ref(&self) -> &Pdu {
+        self
+    }
+}
+
+impl AsMut<Pdu> for Pdu {
+    #[inline]
+    fn as_mut(&mut self) -> &mut Pdu {
+        self
     }
 }
 
