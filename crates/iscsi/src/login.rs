@@ -9,6 +9,7 @@ use thiserror::Error;
 use crate::chap::{self, Algorithm, AuthPolicy};
 use crate::pdu::{Opcode, Pdu};
 use crate::text;
+use crate::views::{LoginRequest, LoginResponse};
 
 /// Whether an initiator may log in, and how it must authenticate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -264,30 +265,33 @@ impl LoginState {
         tsih: u16,
         stat_sn: u32,
     ) -> LoginStep {
-        let flags = req.flags();
-        let transit = flags & 0x80 != 0;
-        let cont = flags & 0x40 != 0;
-        let csg = (flags >> 2) & 0x03;
-        let nsg = flags & 0x03;
-        let cmd_sn = req.u32_at(24);
+        // Read at the Login Request's layout even when the opcode is another:
+        // the refusal answers with the stages and CmdSN found there.
+        let login = LoginRequest::at_layout(req);
+        let transit = login.transit();
+        let cont = login.continues();
+        let csg = login.csg();
+        let nsg = login.nsg();
+        let cmd_sn = login.cmd_sn();
         let fail = |this: &Self, e: LoginError| {
             let mut r = this.response(req, stat_sn, cmd_sn, false, csg, nsg, 0, Vec::new());
             let (class, detail) = e.status();
-            r.set_byte(36, class);
-            r.set_byte(37, detail);
+            let mut v = LoginResponse::view(&mut r);
+            v.set_status_class(class);
+            v.set_status_detail(detail);
             LoginStep::Fail(r, e)
         };
         if req.opcode() != Some(Opcode::LoginRequest) {
             return fail(self, LoginError::InvalidDuringLogin);
         }
         // RFC 7143 §11.12: version-min > 0 is a version we do not speak.
-        if req.byte(3) > 0 {
+        if login.version_min() > 0 {
             return fail(self, LoginError::UnsupportedVersion);
         }
         if self.first {
-            self.neg.isid = req.bhs[8..14].try_into().expect("6 bytes");
+            self.neg.isid = login.isid();
             self.neg.exp_cmd_sn = cmd_sn;
-            if req.u16_at(14) != 0 {
+            if login.tsih() != 0 {
                 // Adding a connection to an existing session (MaxConnections=1).
                 return fail(self, LoginError::NoSession);
             }
@@ -426,23 +430,22 @@ impl LoginState {
         tsih: u16,
         data: Vec<u8>,
     ) -> Pdu {
-        // RFC 7143 §11.13: Login Response.
-        let mut r = Pdu::new(Opcode::LoginResponse);
-        let mut flags = (csg & 3) << 2;
+        // RFC 7143 §11.13: Login Response, version 0 (max and active).
+        let login = LoginRequest::at_layout(req);
+        let mut r = LoginResponse::new();
+        r.set_csg(csg);
         if transit {
-            flags |= 0x80 | (nsg & 3);
+            r.set_transit(true);
+            r.set_nsg(nsg);
         }
-        r.set_flags(flags);
-        r.set_byte(2, 0); // version-max
-        r.set_byte(3, 0); // version-active
-        r.bhs[8..14].copy_from_slice(&req.bhs[8..14]);
-        r.set_u16(14, tsih);
-        r.set_itt(req.itt());
-        r.set_u32(24, stat_sn);
-        r.set_u32(28, cmd_sn);
-        r.set_u32(32, cmd_sn.wrapping_add(1));
-        r.data = Bytes::from(data);
-        r
+        r.set_isid(login.isid());
+        r.set_tsih(tsih);
+        r.set_itt(login.itt());
+        r.set_stat_sn(stat_sn);
+        r.set_exp_cmd_sn(cmd_sn);
+        r.set_max_cmd_sn(cmd_sn.wrapping_add(1));
+        r.pdu_mut().data = Bytes::from(data);
+        r.into()
     }
 
     /// One round of the CHAP exchange (RFC 7143 §12.1.3).

@@ -1,6 +1,7 @@
 //! PDU framing (RFC 7143 §11.2): the 48-byte Basic Header Segment, additional
 //! header segments, optional CRC32C header and data digests, and the padded
-//! data segment. Field accessors name the RFC's fields by offset.
+//! data segment. The raw field accessors here take offsets; the
+//! typed ones in [`crate::views`] name the RFC's fields.
 
 use bytes::Bytes;
 use thiserror::Error;
@@ -34,6 +35,7 @@ pub enum Opcode {
 
 impl Opcode {
     /// Decodes the low six bits of byte 0.
+    #[inline]
     pub fn from_u8(b: u8) -> Option<Opcode> {
         use Opcode::*;
         Some(match b & 0x3F {
@@ -132,6 +134,7 @@ fn pad4(n: usize) -> usize {
 
 impl Pdu {
     /// A PDU with `opcode` and every other field zero.
+    #[inline]
     pub fn new(opcode: Opcode) -> Pdu {
         let mut bhs = [0u8; BHS_LEN];
         bhs[0] = opcode as u8;
@@ -143,21 +146,25 @@ impl Pdu {
     }
 
     /// The opcode, if it is one RFC 7143 defines.
+    #[inline]
     pub fn opcode(&self) -> Option<Opcode> {
         Opcode::from_u8(self.bhs[0])
     }
 
     /// Raw opcode bits.
+    #[inline]
     pub fn opcode_raw(&self) -> u8 {
         self.bhs[0] & 0x3F
     }
 
     /// The I (immediate delivery) bit.
+    #[inline]
     pub fn immediate(&self) -> bool {
         self.bhs[0] & 0x40 != 0
     }
 
     /// Sets the I bit.
+    #[inline]
     pub fn set_immediate(&mut self, on: bool) {
         if on {
             self.bhs[0] |= 0x40;
@@ -167,76 +174,111 @@ impl Pdu {
     }
 
     /// Byte 1: F bit plus opcode-specific flags.
+    #[inline]
     pub fn flags(&self) -> u8 {
         self.bhs[1]
     }
 
     /// Sets byte 1.
+    #[inline]
     pub fn set_flags(&mut self, f: u8) {
         self.bhs[1] = f;
     }
 
     /// The F (final) bit.
+    #[inline]
     pub fn is_final(&self) -> bool {
         self.bhs[1] & 0x80 != 0
     }
 
     /// A byte of the BHS.
+    #[inline]
     pub fn byte(&self, at: usize) -> u8 {
         self.bhs[at]
     }
 
     /// Sets a byte of the BHS.
+    #[inline]
     pub fn set_byte(&mut self, at: usize, v: u8) {
         self.bhs[at] = v;
     }
 
     /// A big-endian u16 field of the BHS.
+    #[inline]
     pub fn u16_at(&self, at: usize) -> u16 {
         u16::from_be_bytes([self.bhs[at], self.bhs[at + 1]])
     }
 
     /// Sets a big-endian u16 field of the BHS.
+    #[inline]
     pub fn set_u16(&mut self, at: usize, v: u16) {
         self.bhs[at..at + 2].copy_from_slice(&v.to_be_bytes());
     }
 
     /// A big-endian u32 field of the BHS.
+    #[inline]
     pub fn u32_at(&self, at: usize) -> u32 {
         u32::from_be_bytes(self.bhs[at..at + 4].try_into().expect("4 bytes"))
     }
 
     /// Sets a big-endian u32 field of the BHS.
+    #[inline]
     pub fn set_u32(&mut self, at: usize, v: u32) {
         self.bhs[at..at + 4].copy_from_slice(&v.to_be_bytes());
     }
 
     /// The LUN field (bytes 8..16).
+    #[inline]
     pub fn lun(&self) -> [u8; 8] {
         self.bhs[8..16].try_into().expect("8 bytes")
     }
 
     /// Sets the LUN field.
+    #[inline]
     pub fn set_lun(&mut self, lun: [u8; 8]) {
         self.bhs[8..16].copy_from_slice(&lun);
     }
 
     /// Initiator Task Tag (bytes 16..20).
+    #[inline]
     pub fn itt(&self) -> u32 {
         self.u32_at(16)
     }
 
     /// Sets the Initiator Task Tag.
+    #[inline]
     pub fn set_itt(&mut self, v: u32) {
         self.set_u32(16, v)
     }
 
+    /// Sets StatSN: every PDU a target sends carries it at the same place
+    /// (RFC 7143 §11.4.3, §11.7.4; in a Data-In without status it is
+    /// reserved and left alone).
+    #[inline]
+    pub fn set_stat_sn(&mut self, v: u32) {
+        self.set_u32(24, v)
+    }
+
+    /// Sets ExpCmdSN, at the same place in every PDU a target sends.
+    #[inline]
+    pub fn set_exp_cmd_sn(&mut self, v: u32) {
+        self.set_u32(28, v)
+    }
+
+    /// Sets MaxCmdSN, at the same place in every PDU a target sends.
+    #[inline]
+    pub fn set_max_cmd_sn(&mut self, v: u32) {
+        self.set_u32(32, v)
+    }
+
     /// DataSegmentLength as declared in the BHS.
+    #[inline]
     pub fn declared_data_len(&self) -> usize {
         ((self.bhs[5] as usize) << 16) | ((self.bhs[6] as usize) << 8) | self.bhs[7] as usize
     }
 
     /// TotalAHSLength in bytes.
+    #[inline]
     pub fn declared_ahs_len(&self) -> usize {
         self.bhs[4] as usize * 4
     }
@@ -365,6 +407,20 @@ impl Pdu {
         head.extend_from_slice(&self.data);
         head.extend_from_slice(&tail);
         head
+    }
+}
+
+impl AsRef<Pdu> for Pdu {
+    #[inline]
+    fn as_ref(&self) -> &Pdu {
+        self
+    }
+}
+
+impl AsMut<Pdu> for Pdu {
+    #[inline]
+    fn as_mut(&mut self) -> &mut Pdu {
+        self
     }
 }
 

@@ -3,8 +3,8 @@
 
 use iscsi::chap::Credentials;
 use iscsi::AuthPolicy;
+use portal::TargetAccess;
 use serde::{Deserialize, Serialize};
-use target::TargetAccess;
 
 use crate::NodeError;
 

@@ -1,12 +1,12 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use portal::Targets;
 use scsi::reservations::{PersistentState, StateStore};
 use scsi::xcopy::UnitDirectory;
 use scsi::LogicalUnit;
 use serde::{Deserialize, Serialize};
 use store::{LocalVolume, Store};
-use target::Targets;
 use tokio::sync::Mutex;
 use volume::Volume;
 

@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use node::{Node, NodeConfig};
+use portal::Targets;
 use scsi::{LogicalUnit, Request, Status};
 use store::Store;
-use target::Targets;
 
 const A: &str = "iqn.test:a,i,0x000000000001";
 

@@ -8,8 +8,8 @@
 
 use std::sync::Arc;
 
+use portal::{TargetConfig, Targets};
 use scsi::LogicalUnit;
-use target::{TargetConfig, Targets};
 use volume::NullVolume;
 
 #[tokio::main]
@@ -33,7 +33,7 @@ async fn main() -> std::io::Result<()> {
     let targets = Arc::new(Targets::new());
     targets.insert(iqn, Arc::new(lu));
     let listener = tokio::net::TcpListener::bind(&listen).await?;
-    target::serve(
+    portal::serve(
         listener,
         targets,
         TargetConfig::default(),

@@ -18,7 +18,7 @@ pub async fn run(cfg: ServeConfig, cluster: node::ClusterConfig) -> anyhow::Resu
         store::Store::open(&cfg.data_dir)
             .with_context(|| format!("cannot open data directory {}", cfg.data_dir.display()))?,
     );
-    let targets = Arc::new(target::Targets::new());
+    let targets = Arc::new(portal::Targets::new());
     let node = Arc::new(
         node::Node::start(
             store.clone(),
@@ -66,10 +66,10 @@ pub async fn run(cfg: ServeConfig, cluster: node::ClusterConfig) -> anyhow::Resu
     // Initiators are let in only now: every copy of a cluster volume is
     // presented in the role the cluster state gives it (or as waiting for
     // one), never as a plain local volume in the moments before.
-    let target_task = tokio::spawn(target::serve(
+    let target_task = tokio::spawn(portal::serve(
         iscsi,
         targets.clone(),
-        target::TargetConfig::default(),
+        portal::TargetConfig::default(),
         stopped(stop_rx.clone()),
     ));
     let api_router = api::router(node.clone(), token, cluster);

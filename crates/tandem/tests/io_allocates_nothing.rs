@@ -10,8 +10,8 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use portal::{TargetConfig, Targets};
 use scsi::LogicalUnit;
-use target::{TargetConfig, Targets};
 use testkit::{rw10, Initiator};
 
 const IQN: &str = "iqn.2026-11.io.tandem:alloc";
@@ -98,7 +98,7 @@ fn reads_and_writes_in_the_page_cache_allocate_nothing() {
         .unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    rt.spawn(target::serve(
+    rt.spawn(portal::serve(
         listener,
         targets,
         TargetConfig::default(),

@@ -6,11 +6,8 @@
 
 use std::ops::Range;
 
-use bytes::Bytes;
-use iscsi::{Opcode, Pdu};
+use iscsi::{CommandResponse, DataIn, Pdu, ScsiResponse, RESERVED_TAG};
 use scsi::{Response, Status};
-
-const NO_TAG: u32 = 0xFFFF_FFFF;
 
 /// The outcome of one command, addressed to its task.
 pub(crate) struct Reply {
@@ -77,17 +74,6 @@ pub(crate) struct Frames {
 }
 
 impl Frames {
-    fn residual_flags(&self) -> u8 {
-        let mut flags = 0;
-        if self.over {
-            flags |= 0x04;
-        }
-        if self.under {
-            flags |= 0x02;
-        }
-        flags
-    }
-
     fn residual_count(&self) -> u32 {
         if self.over || self.under {
             self.residual
@@ -111,50 +97,48 @@ impl Iterator for Frames {
             let n = self.chunk.min(self.len - self.offset);
             let range = self.offset..self.offset + n;
             let last = range.end == self.len;
-            let mut p = Pdu::new(Opcode::DataIn);
-            let mut flags = 0u8;
+            let mut p = DataIn::new();
             if last {
-                flags |= 0x80;
+                p.set_final(true);
                 if self.good {
                     // Phase collapse: status rides on the last Data-In.
-                    flags |= 0x01 | self.residual_flags();
-                    p.set_byte(3, self.status as u8);
-                    p.set_u32(44, self.residual_count());
+                    p.set_status_present(true);
+                    p.set_residual_overflow(self.over);
+                    p.set_residual_underflow(self.under);
+                    p.set_status(self.status as u8);
+                    p.set_residual_count(self.residual_count());
                     self.done = true;
                 }
             }
-            p.set_flags(flags);
             p.set_lun(self.lun);
             p.set_itt(self.itt);
-            p.set_u32(20, NO_TAG);
-            p.set_u32(36, self.data_sn);
-            p.set_u32(40, self.offset as u32);
+            p.set_target_transfer_tag(RESERVED_TAG);
+            p.set_data_sn(self.data_sn);
+            p.set_buffer_offset(self.offset as u32);
             self.data_sn += 1;
             self.offset = range.end;
-            return Some((p, Some(range)));
+            return Some((p.into(), Some(range)));
         }
         self.done = true;
-        let mut r = Pdu::new(Opcode::ScsiResponse);
-        r.set_flags(0x80 | self.residual_flags());
-        r.set_byte(2, 0); // command completed at target
-        r.set_byte(3, self.status as u8);
+        let mut r = ScsiResponse::new();
+        r.set_residual_overflow(self.over);
+        r.set_residual_underflow(self.under);
+        r.set_command_response(CommandResponse::CompletedAtTarget);
+        r.set_status(self.status as u8);
         r.set_itt(self.itt);
-        r.set_u32(36, self.data_sn);
-        r.set_u32(44, self.residual_count());
+        r.set_exp_data_sn(self.data_sn);
+        r.set_residual_count(self.residual_count());
         if let Some(sense) = self.sense.take() {
-            // RFC 7143 §11.4.7.2: SenseLength, then the sense data.
-            let mut d = Vec::with_capacity(2 + sense.len());
-            d.extend_from_slice(&(sense.len() as u16).to_be_bytes());
-            d.extend_from_slice(&sense);
-            r.data = Bytes::from(d);
+            r.set_sense(&sense);
         }
-        Some((r, None))
+        Some((r.into(), None))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use iscsi::Opcode;
 
     fn reply(data: usize, edtl: u32, status: Status, sense: Option<Vec<u8>>) -> Reply {
         Reply {
@@ -181,12 +165,18 @@ mod tests {
         assert_eq!(ranges, vec![0..4096, 4096..8192, 8192..10_000]);
         for (i, (p, range)) in frames.iter().enumerate() {
             assert_eq!(p.opcode(), Some(Opcode::DataIn));
-            assert_eq!(p.u32_at(36), i as u32, "DataSN");
-            assert_eq!(p.u32_at(40), range.start as u32, "buffer offset");
+            let d = DataIn::view(p);
+            assert_eq!(d.data_sn(), i as u32);
+            assert_eq!(d.buffer_offset(), range.start as u32);
+            assert_eq!(d.target_transfer_tag(), RESERVED_TAG);
+            assert_eq!(d.itt(), 9);
         }
-        let last = &frames[2].0;
-        assert_eq!(last.flags(), 0x81, "F and S, no residual");
-        assert_eq!(frames[0].0.flags(), 0);
+        let last = DataIn::view(&frames[2].0);
+        assert!(last.is_final() && last.status_present(), "F and S");
+        assert!(!last.residual_overflow() && !last.residual_underflow());
+        assert_eq!(last.status(), Status::Good as u8);
+        let first = DataIn::view(&frames[0].0);
+        assert!(!first.is_final() && !first.status_present());
         assert_eq!(r.data(frames[1].1.clone())[0], (4096 % 256) as u8);
     }
 
@@ -195,14 +185,18 @@ mod tests {
         let r = reply(100, 512, Status::Good, None);
         let frames: Vec<_> = r.frames(8192).collect();
         assert_eq!(frames.len(), 1);
-        assert_eq!(frames[0].0.flags(), 0x83);
-        assert_eq!(frames[0].0.u32_at(44), 412);
+        let d = DataIn::view(&frames[0].0);
+        assert!(d.is_final() && d.status_present() && d.residual_underflow());
+        assert!(!d.residual_overflow());
+        assert_eq!(d.residual_count(), 412);
 
         let r = reply(600, 512, Status::Good, None);
         let frames: Vec<_> = r.frames(8192).collect();
         assert_eq!(frames[0].1, Some(0..512));
-        assert_eq!(frames[0].0.flags(), 0x85);
-        assert_eq!(frames[0].0.u32_at(44), 88);
+        let d = DataIn::view(&frames[0].0);
+        assert!(d.is_final() && d.status_present() && d.residual_overflow());
+        assert!(!d.residual_underflow());
+        assert_eq!(d.residual_count(), 88);
     }
 
     #[test]
@@ -214,17 +208,21 @@ mod tests {
         let (p, range) = &frames[0];
         assert_eq!(p.opcode(), Some(Opcode::ScsiResponse));
         assert_eq!(*range, None);
-        assert_eq!(p.byte(3), Status::CheckCondition as u8);
-        assert_eq!(&p.data[..2], &(sense.len() as u16).to_be_bytes());
-        assert_eq!(&p.data[2..], &sense[..]);
+        let r = ScsiResponse::view(p);
+        assert_eq!(r.status(), Status::CheckCondition as u8);
+        assert_eq!(r.response(), CommandResponse::CompletedAtTarget as u8);
+        assert_eq!(r.sense(), Some(&sense[..]));
+        assert_eq!(p.data.len(), 2 + sense.len());
 
         // Data and a failure: Data-In without status, then the response.
         let r = reply(1000, 1000, Status::CheckCondition, Some(sense));
         let frames: Vec<_> = r.frames(8192).collect();
         assert_eq!(frames.len(), 2);
-        assert_eq!(frames[0].0.flags(), 0x80);
+        let d = DataIn::view(&frames[0].0);
+        assert!(d.is_final() && !d.status_present(), "data without status");
         assert_eq!(frames[1].0.opcode(), Some(Opcode::ScsiResponse));
-        assert_eq!(frames[1].0.u32_at(36), 1, "ExpDataSN counts the Data-In");
+        let r = ScsiResponse::view(&frames[1].0);
+        assert_eq!(r.exp_data_sn(), 1, "ExpDataSN counts the Data-In");
     }
 
     #[test]
@@ -233,6 +231,8 @@ mod tests {
         let frames: Vec<_> = r.frames(8192).collect();
         assert_eq!(frames.len(), 1);
         assert_eq!(frames[0].0.opcode(), Some(Opcode::ScsiResponse));
-        assert_eq!(frames[0].0.flags(), 0x80);
+        let r = ScsiResponse::view(&frames[0].0);
+        assert!(!r.residual_overflow() && !r.residual_underflow());
+        assert_eq!((r.status(), r.residual_count()), (Status::Good as u8, 0));
     }
 }

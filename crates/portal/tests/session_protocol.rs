@@ -7,9 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use iscsi::{text, Opcode, Pdu, BHS_LEN};
+use iscsi::{
+    text, DataIn, DataOut, LoginRequest, LoginResponse, NopIn, NopOut, Opcode, Pdu, R2t, Reject,
+    RejectReason, ScsiResponse, TaskFunction, TaskMgmtRequest, TaskMgmtResponse, TaskResponse,
+    TextRequest, BHS_LEN, RESERVED_TAG,
+};
+use portal::{TargetConfig, Targets};
 use scsi::{LogicalUnit, LunIdentity};
-use target::{TargetConfig, Targets};
 use testkit::{rw10, Initiator};
 use tokio::io::AsyncWriteExt;
 use volume::MemVolume;
@@ -44,7 +48,7 @@ async fn start_with(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(target::serve(listener, targets.clone(), cfg, async {
+    tokio::spawn(portal::serve(listener, targets.clone(), cfg, async {
         let _ = rx.await;
     }));
     (addr, targets, tx)
@@ -64,13 +68,12 @@ async fn discovery_lists_the_target() {
         ("SessionType", "Discovery"),
     ])
     .await;
-    let mut p = Pdu::new(Opcode::TextRequest);
+    let mut p = TextRequest::new();
     p.set_immediate(true);
-    p.set_flags(0x80);
     p.set_itt(9);
-    p.set_u32(20, 0xFFFF_FFFF);
-    p.data = Bytes::from(text::encode(&[("SendTargets", "All")]));
-    i.send(p).await;
+    p.set_target_transfer_tag(RESERVED_TAG);
+    p.pdu_mut().data = Bytes::from(text::encode(&[("SendTargets", "All")]));
+    i.send(p.into()).await;
     let r = i.recv().await.unwrap();
     assert_eq!(r.opcode(), Some(Opcode::TextResponse));
     let kv = text::parse(&r.data).unwrap();
@@ -82,16 +85,23 @@ async fn discovery_lists_the_target() {
 async fn unknown_target_is_refused_at_login() {
     let (addr, _t, _stop) = start().await;
     let mut i = Initiator::connect(addr).await;
-    let mut p = Pdu::new(Opcode::LoginRequest);
+    let mut p = LoginRequest::new();
     p.set_immediate(true);
-    p.set_flags(0x87);
-    p.data = Bytes::from(text::encode(&[
+    p.set_transit(true);
+    p.set_csg(1);
+    p.set_nsg(3);
+    p.pdu_mut().data = Bytes::from(text::encode(&[
         ("InitiatorName", "iqn.x"),
         ("TargetName", "iqn.2026-11.io.tandem:nope"),
     ]));
-    i.send(p).await;
+    i.send(p.into()).await;
     let r = i.recv().await.unwrap();
-    assert_eq!((r.byte(36), r.byte(37)), (2, 3), "target not found");
+    let r = LoginResponse::view(&r);
+    assert_eq!(
+        (r.status_class(), r.status_detail()),
+        (2, 3),
+        "target not found"
+    );
     assert!(
         i.recv().await.is_none(),
         "connection stays open after a failed login"
@@ -126,13 +136,14 @@ async fn r2t_write_and_multi_pdu_read_with_digests() {
     while sent < 4096 {
         let r2t = i.recv_reply().await.expect("R2T");
         assert_eq!(r2t.opcode(), Some(Opcode::R2t));
-        let len = r2t.u32_at(44) as usize;
+        let len = R2t::view(&r2t).desired_data_transfer_length() as usize;
         assert!(len <= 2048, "burst larger than MaxBurstLength");
         i.answer_r2t(&r2t, itt, &data, 1024).await;
         sent += len;
     }
     let r = i.recv_reply().await.unwrap();
-    assert_eq!((r.opcode(), r.byte(3)), (Some(Opcode::ScsiResponse), 0));
+    assert_eq!(r.opcode(), Some(Opcode::ScsiResponse));
+    assert_eq!(ScsiResponse::view(&r).status(), 0);
 
     let cmd = i.command(&rw10(0x28, 16, 8), 4096, false, &[]);
     i.send(cmd).await;
@@ -145,12 +156,13 @@ async fn r2t_write_and_multi_pdu_read_with_digests() {
             p.data.len() <= 1024,
             "Data-In larger than the initiator's MaxRecvDataSegmentLength"
         );
-        assert_eq!(p.u32_at(36), pdus, "DataSN");
-        let off = p.u32_at(40) as usize;
+        let d = DataIn::view(&p);
+        assert_eq!(d.data_sn(), pdus);
+        let off = d.buffer_offset() as usize;
         back[off..off + p.data.len()].copy_from_slice(&p.data);
         pdus += 1;
-        if p.flags() & 0x01 != 0 {
-            assert_eq!(p.byte(3), 0);
+        if d.status_present() {
+            assert_eq!(d.status(), 0);
             break;
         }
     }
@@ -183,28 +195,27 @@ async fn a_data_out_that_overlaps_its_burst_ends_the_command_and_writes_nothing(
     i.send(cmd).await;
     let r2t = i.recv_reply().await.expect("R2T");
     assert_eq!(r2t.opcode(), Some(Opcode::R2t));
-    for (sn, flags) in [(0u32, 0u8), (1, 0), (2, 0), (3, 0x80)] {
-        let mut d = Pdu::new(Opcode::DataOut);
-        d.set_flags(flags);
+    for sn in 0..4u32 {
+        let mut d = DataOut::new();
+        d.set_final(sn == 3);
         d.set_itt(itt);
-        d.set_u32(20, r2t.u32_at(20));
-        d.set_u32(36, sn);
-        d.set_u32(40, if sn == 1 { 0 } else { sn * 1024 });
-        d.data = Bytes::from(vec![0xEE; 1024]);
-        i.send(d).await;
+        d.set_target_transfer_tag(R2t::view(&r2t).target_transfer_tag());
+        d.set_data_sn(sn);
+        d.set_buffer_offset(if sn == 1 { 0 } else { sn * 1024 });
+        d.pdu_mut().data = Bytes::from(vec![0xEE; 1024]);
+        i.send(d.into()).await;
     }
     let reject = i.recv_reply().await.expect("Reject");
+    assert_eq!(reject.opcode(), Some(Opcode::Reject));
     assert_eq!(
-        (reject.opcode(), reject.byte(2)),
-        (Some(Opcode::Reject), 0x04)
+        Reject::view(&reject).reason(),
+        RejectReason::ProtocolError as u8
     );
     let r = i.recv_reply().await.expect("SCSI Response");
     assert_eq!(r.opcode(), Some(Opcode::ScsiResponse));
-    assert_eq!(
-        (r.byte(3), r.data[2 + 2] & 0x0F),
-        (2, 0x0B),
-        "ABORTED COMMAND"
-    );
+    let r = ScsiResponse::view(&r);
+    let sense = r.sense().expect("sense data");
+    assert_eq!((r.status(), sense[2] & 0x0F), (2, 0x0B), "ABORTED COMMAND");
 
     let o = i.run(&rw10(0x28, 16, 8), &[], 4096).await.unwrap();
     assert_eq!(o.status, 0);
@@ -225,8 +236,12 @@ async fn residuals_are_reported() {
     let p = i.recv_reply().await.unwrap();
     assert_eq!(p.opcode(), Some(Opcode::DataIn));
     assert_eq!(p.data.len(), 10);
-    assert_eq!(p.flags() & 0x05, 0x05, "status with overflow");
-    assert_eq!(p.u32_at(44), 86);
+    let d = DataIn::view(&p);
+    assert!(
+        d.status_present() && d.residual_overflow(),
+        "status with overflow"
+    );
+    assert_eq!(d.residual_count(), 86);
 }
 
 #[tokio::test]
@@ -234,24 +249,23 @@ async fn nop_window_and_task_management() {
     let (addr, _t, _stop) = start().await;
     let mut i = normal(addr, &[]).await;
     // Ping with data is echoed.
-    let mut nop = Pdu::new(Opcode::NopOut);
+    let mut nop = NopOut::new();
     nop.set_immediate(true);
-    nop.set_flags(0x80);
     nop.set_itt(77);
-    nop.set_u32(20, 0xFFFF_FFFF);
-    nop.set_u32(24, i.cmd_sn);
-    nop.data = Bytes::from_static(b"ping!");
-    i.send(nop).await;
+    nop.set_target_transfer_tag(RESERVED_TAG);
+    nop.set_cmd_sn(i.cmd_sn);
+    nop.pdu_mut().data = Bytes::from_static(b"ping!");
+    i.send(nop.into()).await;
     let r = i.recv_reply().await.unwrap();
     assert_eq!(
         (r.opcode(), r.itt(), &r.data[..]),
         (Some(Opcode::NopIn), 77, &b"ping!"[..])
     );
-    let max_cmd_sn = r.u32_at(32);
+    let max_cmd_sn = NopIn::view(&r).max_cmd_sn();
 
     // A command beyond MaxCmdSN is ignored; the next in-window one is answered.
     let mut far = i.command(&[0u8; 6], 0, false, &[]);
-    far.set_u32(24, max_cmd_sn.wrapping_add(10));
+    iscsi::ScsiCommand::view(&mut far).set_cmd_sn(max_cmd_sn.wrapping_add(10));
     i.cmd_sn -= 1;
     i.send(far).await;
     assert_eq!(
@@ -261,21 +275,29 @@ async fn nop_window_and_task_management() {
     );
 
     // ABORT TASK for a task that never existed, then LUN RESET.
-    let mut tmf = Pdu::new(Opcode::TaskMgmtRequest);
+    let mut tmf = TaskMgmtRequest::new();
     tmf.set_immediate(true);
-    tmf.set_flags(0x80 | 1);
+    tmf.set_function(TaskFunction::AbortTask);
     tmf.set_itt(500);
-    tmf.set_u32(20, 12345);
-    tmf.set_u32(24, i.cmd_sn);
-    tmf.set_u32(32, i.cmd_sn);
-    i.send(tmf.clone()).await;
+    tmf.set_referenced_task_tag(12345);
+    tmf.set_cmd_sn(i.cmd_sn);
+    tmf.set_ref_cmd_sn(i.cmd_sn);
+    i.send(tmf.clone().into()).await;
     let r = i.recv_reply().await.unwrap();
-    assert_eq!((r.opcode(), r.byte(2)), (Some(Opcode::TaskMgmtResponse), 1));
-    tmf.set_flags(0x80 | 5);
+    assert_eq!(r.opcode(), Some(Opcode::TaskMgmtResponse));
+    assert_eq!(
+        TaskMgmtResponse::view(&r).response(),
+        TaskResponse::TaskDoesNotExist as u8
+    );
+    tmf.set_function(TaskFunction::LogicalUnitReset);
     tmf.set_itt(501);
-    i.send(tmf).await;
+    i.send(tmf.into()).await;
     let r = i.recv_reply().await.unwrap();
-    assert_eq!(r.byte(2), 0, "LUN RESET completes");
+    assert_eq!(
+        TaskMgmtResponse::view(&r).response(),
+        TaskResponse::Complete as u8,
+        "LUN RESET completes"
+    );
     let (status, key) = i.simple(&[0u8; 6]).await;
     assert_eq!((status, key), (2, 6), "reset unit attention");
 }
@@ -293,11 +315,11 @@ async fn hostile_input_is_rejected_without_hurting_other_sessions() {
     bad.send(p).await;
     let r = bad.recv_reply().await.unwrap();
     assert_eq!(r.opcode(), Some(Opcode::Reject));
-    // A data segment beyond what the target declared drops the connection.
-    let mut huge = [0u8; BHS_LEN];
-    huge[0] = Opcode::ScsiCommand as u8;
-    huge[5] = 0xFF;
-    bad.s.write_all(&huge).await.unwrap();
+    // A data segment beyond what the target declared drops the connection:
+    // a bare header declaring 16 MiB of data, none of which follows.
+    let mut header = Vec::with_capacity(BHS_LEN);
+    Pdu::new(Opcode::ScsiCommand).head_into(0xFF_0000, iscsi::Digests::default(), &mut header);
+    bad.s.write_all(&header).await.unwrap();
     assert!(
         bad.recv().await.is_none(),
         "oversized PDU did not close the connection"
@@ -315,17 +337,43 @@ async fn hostile_input_is_rejected_without_hurting_other_sessions() {
 }
 
 #[tokio::test]
+async fn a_command_with_a_malformed_extended_cdb_is_rejected_and_the_session_goes_on() {
+    let (addr, _t, _stop) = start().await;
+    let mut i = normal(addr, &[]).await;
+    assert_eq!(i.simple(&[0u8; 6]).await, (2, 6), "login unit attention");
+    // An extended CDB AHS whose AHSLength runs past the AHS area.
+    let mut cmd = i.command(&[0u8; 6], 0, false, &[]);
+    cmd.ahs = vec![0x00, 0x40, iscsi::ahs::EXTENDED_CDB, 0, 1, 2, 3, 4];
+    let itt = cmd.itt();
+    i.send(cmd).await;
+    let r = i.recv_reply().await.expect("Reject");
+    assert_eq!(r.opcode(), Some(Opcode::Reject));
+    let r = Reject::view(&r);
+    assert_eq!(r.reason(), RejectReason::InvalidPduField as u8);
+    let refused = Pdu {
+        bhs: *r.rejected_header().expect("the refused header"),
+        ahs: Vec::new(),
+        data: Bytes::new(),
+    };
+    assert_eq!(
+        (refused.opcode(), refused.itt()),
+        (Some(Opcode::ScsiCommand), itt)
+    );
+    // Its CmdSN was taken and its window slot given back.
+    assert_eq!(i.simple(&[0u8; 6]).await, (0, 0));
+}
+
+#[tokio::test]
 async fn removing_the_target_ends_its_sessions_and_idle_peers_are_pinged() {
     let (addr, targets, _stop) = start().await;
     let mut i = normal(addr, &[]).await;
     assert_eq!(targets.session_count(IQN), 1);
     // Idle: the target pings with a NOP-In carrying a target transfer tag.
     let ping = i.recv().await.expect("NOP-In ping");
-    assert_eq!(
-        (ping.opcode(), ping.itt()),
-        (Some(Opcode::NopIn), 0xFFFF_FFFF)
-    );
-    assert_ne!(ping.u32_at(20), 0xFFFF_FFFF);
+    assert_eq!(ping.opcode(), Some(Opcode::NopIn));
+    let ping = NopIn::view(&ping);
+    assert_eq!(ping.itt(), RESERVED_TAG);
+    assert_ne!(ping.target_transfer_tag(), RESERVED_TAG);
     // Unanswered, the connection is closed after nop_timeout.
     assert!(
         i.recv().await.is_none(),

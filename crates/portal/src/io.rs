@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
-use iscsi::{Digests, Opcode, Pdu, PduError, Trailer, BHS_LEN};
+use iscsi::{DataIn, Digests, NopIn, Opcode, Pdu, PduError, Trailer, BHS_LEN, RESERVED_TAG};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
@@ -150,8 +150,8 @@ fn advances_stat_sn(p: &Pdu) -> bool {
         | Some(Opcode::LogoutResponse)
         | Some(Opcode::TextResponse)
         | Some(Opcode::LoginResponse) => true,
-        Some(Opcode::DataIn) => p.flags() & 0x01 != 0,
-        Some(Opcode::NopIn) => p.itt() != 0xFFFF_FFFF,
+        Some(Opcode::DataIn) => DataIn::view(p).status_present(),
+        Some(Opcode::NopIn) => NopIn::view(p).itt() != RESERVED_TAG,
         _ => false,
     }
 }
@@ -229,13 +229,13 @@ impl Out {
     /// Stamps and writes one PDU; its data segment is `data`, or the PDU's
     /// own data when `None`. `false` once the connection is gone.
     async fn put(&mut self, mut p: Pdu, data: Option<&[u8]>) -> bool {
-        // Every target PDU carries ExpCmdSN/MaxCmdSN at 28/32; StatSN at 24
-        // except Data-In without status, where the field is reserved.
-        if p.opcode() != Some(Opcode::DataIn) || p.flags() & 0x01 != 0 {
-            p.set_u32(24, self.stat_sn);
+        // Every target PDU carries StatSN, ExpCmdSN and MaxCmdSN, StatSN
+        // except a Data-In without status, where the field is reserved.
+        if p.opcode() != Some(Opcode::DataIn) || DataIn::view(&p).status_present() {
+            p.set_stat_sn(self.stat_sn);
         }
-        p.set_u32(28, self.seq.exp_cmd_sn.load(Ordering::SeqCst));
-        p.set_u32(32, self.seq.max_cmd_sn());
+        p.set_exp_cmd_sn(self.seq.exp_cmd_sn.load(Ordering::SeqCst));
+        p.set_max_cmd_sn(self.seq.max_cmd_sn());
         if advances_stat_sn(&p) {
             self.stat_sn = self.stat_sn.wrapping_add(1);
         }

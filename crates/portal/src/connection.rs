@@ -6,7 +6,10 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use iscsi::login::LoginStep;
-use iscsi::{Digests, LoginState, Negotiated, Opcode, Pdu, SessionType};
+use iscsi::{
+    Digests, LoginState, Negotiated, NopOut, Opcode, Pdu, RejectReason, SessionType, TextRequest,
+    TextResponse, RESERVED_TAG,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -168,7 +171,7 @@ async fn discovery(
         let pdu = match read {
             Ok(Ok(Ok(p))) => p,
             Ok(Ok(Err(bhs))) => {
-                let rej = session::reject(0x02, &bhs);
+                let rej = session::reject(RejectReason::DataDigestError, &bhs);
                 let _ = send(&mut w, rej, digests, &mut stat_sn, exp_cmd_sn, false).await;
                 return;
             }
@@ -179,7 +182,8 @@ async fn discovery(
         }
         let reply = match pdu.opcode() {
             Some(Opcode::TextRequest) => {
-                let ttt = pdu.u32_at(20);
+                let req = TextRequest::view(&pdu);
+                let ttt = req.target_transfer_tag();
                 let body = match pending_text.take() {
                     Some((t, rest)) if t == ttt => Ok(rest),
                     _ => iscsi::text::parse(&pdu.data).map(|kv| {
@@ -210,29 +214,29 @@ async fn discovery(
                 };
                 match body {
                     Ok(mut body) => {
-                        let mut p = Pdu::new(Opcode::TextResponse);
-                        p.set_lun(pdu.lun());
-                        p.set_itt(pdu.itt());
+                        let mut p = TextResponse::new();
+                        p.set_lun(req.lun());
+                        p.set_itt(req.itt());
                         let limit = neg.initiator_mrdsl as usize;
                         if body.len() > limit {
                             // RFC 7143 §11.11: long answers continue in further exchanges.
                             let rest = body.split_off(limit);
                             let ttt = next_ttt;
                             next_ttt = next_ttt.wrapping_add(1).max(1);
-                            p.set_flags(0x40);
-                            p.set_u32(20, ttt);
+                            p.set_final(false);
+                            p.set_continues(true);
+                            p.set_target_transfer_tag(ttt);
                             pending_text = Some((ttt, rest));
                         } else {
-                            p.set_flags(0x80);
-                            p.set_u32(20, 0xFFFF_FFFF);
+                            p.set_target_transfer_tag(RESERVED_TAG);
                         }
-                        p.data = Bytes::from(body);
-                        p
+                        p.pdu_mut().data = Bytes::from(body);
+                        p.into()
                     }
-                    Err(_) => session::reject(0x09, &pdu.bhs),
+                    Err(_) => session::reject(RejectReason::InvalidPduField, &pdu.bhs),
                 }
             }
-            Some(Opcode::NopOut) if pdu.itt() != 0xFFFF_FFFF => {
+            Some(Opcode::NopOut) if NopOut::view(&pdu).itt() != RESERVED_TAG => {
                 session::nop_in_reply(&pdu, neg.initiator_mrdsl)
             }
             Some(Opcode::NopOut) => continue,
@@ -243,7 +247,7 @@ async fn discovery(
             }
             _ => {
                 tracing::warn!(%peer, opcode = pdu.opcode_raw(), "PDU not allowed in a discovery session");
-                session::reject(0x05, &pdu.bhs)
+                session::reject(RejectReason::CommandNotSupported, &pdu.bhs)
             }
         };
         if send(&mut w, reply, digests, &mut stat_sn, exp_cmd_sn, true)
@@ -263,9 +267,9 @@ async fn send(
     exp_cmd_sn: u32,
     advance: bool,
 ) -> std::io::Result<()> {
-    p.set_u32(24, *stat_sn);
-    p.set_u32(28, exp_cmd_sn);
-    p.set_u32(32, exp_cmd_sn.wrapping_add(7));
+    p.set_stat_sn(*stat_sn);
+    p.set_exp_cmd_sn(exp_cmd_sn);
+    p.set_max_cmd_sn(exp_cmd_sn.wrapping_add(7));
     if advance && p.opcode() != Some(Opcode::Reject) {
         *stat_sn = stat_sn.wrapping_add(1);
     }

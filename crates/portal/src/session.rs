@@ -10,7 +10,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use iscsi::{serial, Digests, Negotiated, Opcode, Pdu, BHS_LEN};
+use iscsi::{
+    serial, DataOut, Digests, LogoutRequest, LogoutResponse, LogoutResponseCode, Negotiated, NopIn,
+    NopOut, Opcode, Pdu, R2t as R2tPdu, Reject, RejectReason, ScsiCommand, TaskFunction,
+    TaskMgmtRequest, TaskMgmtResponse, TaskResponse, TextRequest, TextResponse, BHS_LEN,
+    RESERVED_TAG,
+};
 use scsi::{LogicalUnit, Request, Response, Status};
 use smallvec::SmallVec;
 use tokio::sync::{mpsc, watch};
@@ -21,37 +26,29 @@ use crate::registry::Target;
 use crate::reply::Reply;
 use crate::TargetConfig;
 
-const NO_TAG: u32 = 0xFFFF_FFFF;
-
 /// A Reject PDU (RFC 7143 §11.17) carrying the offending header.
-pub(crate) fn reject(reason: u8, bhs: &[u8; BHS_LEN]) -> Pdu {
-    let mut p = Pdu::new(Opcode::Reject);
-    p.set_flags(0x80);
-    p.set_byte(2, reason);
-    p.set_itt(NO_TAG);
-    p.data = Bytes::copy_from_slice(bhs);
-    p
+pub(crate) fn reject(reason: RejectReason, bhs: &[u8; BHS_LEN]) -> Pdu {
+    Reject::of(reason, bhs).into()
 }
 
 /// The NOP-In answering a NOP-Out ping (RFC 7143 §11.19): echoes its data.
 pub(crate) fn nop_in_reply(req: &Pdu, initiator_mrdsl: u32) -> Pdu {
-    let mut p = Pdu::new(Opcode::NopIn);
-    p.set_flags(0x80);
-    p.set_lun(req.lun());
-    p.set_itt(req.itt());
-    p.set_u32(20, NO_TAG);
+    let ping = NopOut::view(req);
+    let mut p = NopIn::new();
+    p.set_lun(ping.lun());
+    p.set_itt(ping.itt());
+    p.set_target_transfer_tag(RESERVED_TAG);
     let n = req.data.len().min(initiator_mrdsl as usize);
-    p.data = req.data.slice(..n);
-    p
+    p.pdu_mut().data = req.data.slice(..n);
+    p.into()
 }
 
 /// A Logout Response: connection or session closed successfully (RFC 7143 §11.15).
 pub(crate) fn logout_response(req: &Pdu) -> Pdu {
-    let mut p = Pdu::new(Opcode::LogoutResponse);
-    p.set_flags(0x80);
-    p.set_byte(2, 0);
-    p.set_itt(req.itt());
-    p
+    let mut p = LogoutResponse::new();
+    p.set_logout_response(LogoutResponseCode::Closed);
+    p.set_itt(LogoutRequest::view(req).itt());
+    p.into()
 }
 
 /// A SCSI command as received, with everything needed to answer it.
@@ -224,7 +221,7 @@ pub(crate) async fn run(
                     Some(Incoming::BadData(bhs)) => {
                         // ERL 0: a data digest error cannot be recovered inside the
                         // session; reject the PDU and drop the connection.
-                        s.send(reject(0x02, &bhs)).await;
+                        s.send(reject(RejectReason::DataDigestError, &bhs)).await;
                         break "data digest error".to_string();
                     }
                     Some(Incoming::Closed(why)) => break why,
@@ -235,12 +232,10 @@ pub(crate) async fn run(
                 if ping.is_some() {
                     break format!("no answer to a NOP-In ping within {:?}", cfg.nop_timeout);
                 }
-                let mut p = Pdu::new(Opcode::NopIn);
-                p.set_flags(0x80);
-                p.set_itt(NO_TAG);
-                let ttt = s.ttt();
-                p.set_u32(20, ttt);
-                s.send(p).await;
+                let mut p = NopIn::new();
+                p.set_itt(RESERVED_TAG);
+                p.set_target_transfer_tag(s.ttt());
+                s.send(p.into()).await;
                 ping = Some(Instant::now());
             }
             _ = async { let _ = stop.wait_for(|v| *v).await; } => {
@@ -272,7 +267,7 @@ impl Session<'_> {
     fn ttt(&mut self) -> u32 {
         let t = self.next_ttt;
         self.next_ttt = self.next_ttt.wrapping_add(1);
-        if self.next_ttt == NO_TAG {
+        if self.next_ttt == RESERVED_TAG {
             self.next_ttt = 1;
         }
         t
@@ -284,37 +279,39 @@ impl Session<'_> {
             Some(Opcode::ScsiCommand) => self.scsi_command(p).await,
             Some(Opcode::DataOut) => self.data_out(p).await,
             Some(Opcode::NopOut) => {
-                if !p.immediate() && !self.accept_cmd_sn(p.u32_at(24)) {
+                let ping = NopOut::view(&p);
+                if !ping.immediate() && !self.accept_cmd_sn(ping.cmd_sn()) {
                     return Ok(true);
                 }
-                if p.itt() != NO_TAG {
+                if ping.itt() != RESERVED_TAG {
                     self.send(nop_in_reply(&p, self.neg.initiator_mrdsl)).await;
                 }
                 Ok(true)
             }
             Some(Opcode::TaskMgmtRequest) => self.task_management(p).await,
             Some(Opcode::TextRequest) => {
-                if !p.immediate() && !self.accept_cmd_sn(p.u32_at(24)) {
+                let req = TextRequest::view(&p);
+                if !req.immediate() && !self.accept_cmd_sn(req.cmd_sn()) {
                     return Ok(true);
                 }
-                let mut r = Pdu::new(Opcode::TextResponse);
-                r.set_flags(0x80);
-                r.set_lun(p.lun());
-                r.set_itt(p.itt());
-                r.set_u32(20, NO_TAG);
+                let mut r = TextResponse::new();
+                r.set_lun(req.lun());
+                r.set_itt(req.itt());
+                r.set_target_transfer_tag(RESERVED_TAG);
                 let asks_targets = iscsi::text::parse(&p.data)
                     .map(|kv| kv.iter().any(|(k, _)| k == "SendTargets"))
                     .unwrap_or(false);
                 if asks_targets {
                     let name = self.neg.target_name.clone().unwrap_or_default();
-                    r.data = Bytes::from(iscsi::text::encode(&[("TargetName", name)]));
+                    r.pdu_mut().data = Bytes::from(iscsi::text::encode(&[("TargetName", name)]));
                 }
-                self.send(r).await;
+                self.send(r.into()).await;
                 Ok(true)
             }
             Some(Opcode::LogoutRequest) => {
-                if !p.immediate() {
-                    self.accept_cmd_sn(p.u32_at(24));
+                let req = LogoutRequest::view(&p);
+                if !req.immediate() {
+                    self.accept_cmd_sn(req.cmd_sn());
                 }
                 // RFC 7143 §11.14: finish the session's tasks before answering.
                 self.writes.clear();
@@ -324,7 +321,8 @@ impl Session<'_> {
             }
             _ => {
                 tracing::warn!(peer = %self.peer, opcode = p.opcode_raw(), "rejecting an unsupported PDU");
-                self.send(reject(0x05, &p.bhs)).await;
+                self.send(reject(RejectReason::CommandNotSupported, &p.bhs))
+                    .await;
                 Ok(true)
             }
         }
@@ -346,31 +344,42 @@ impl Session<'_> {
     }
 
     async fn scsi_command(&mut self, p: Pdu) -> Result<bool, String> {
-        let immediate = p.immediate();
+        let c = ScsiCommand::view(&p);
+        let immediate = c.immediate();
         if !immediate {
-            if !self.accept_cmd_sn(p.u32_at(24)) {
+            if !self.accept_cmd_sn(c.cmd_sn()) {
                 return Ok(true);
             }
             self.seq.outstanding.fetch_add(1, Ordering::SeqCst);
         }
-        let flags = p.flags();
-        let write = flags & 0x20 != 0;
-        let mut cdb = SmallVec::from_slice(&p.bhs[32..48]);
-        // RFC 7143 §11.3.6: an extended CDB AHS (type 1) carries the bytes past 16.
-        if p.ahs.len() >= 4 && p.ahs[2] == 0x01 {
-            let len = u16::from_be_bytes([p.ahs[0], p.ahs[1]]) as usize;
-            let end = (4 + len.saturating_sub(1)).min(p.ahs.len());
-            cdb.extend_from_slice(&p.ahs[4..end]);
-        }
+        let write = c.write();
+        let no_more_unsolicited = c.is_final();
+        let mut cdb = SmallVec::from_slice(c.cdb());
+        // RFC 7143 §11.2.2.3: an extended CDB AHS carries the bytes past 16.
+        let malformed = match c.extended_cdb() {
+            Ok(rest) => {
+                cdb.extend_from_slice(rest);
+                None
+            }
+            Err(e) => Some(e),
+        };
         let cmd = Command {
-            itt: p.itt(),
-            lun: p.lun(),
+            itt: c.itt(),
+            lun: c.lun(),
             cdb,
-            edtl: p.u32_at(20),
+            edtl: c.expected_data_transfer_length(),
             immediate,
         };
+        if let Some(e) = malformed {
+            tracing::warn!(peer = %self.peer, itt = cmd.itt, "rejecting a SCSI command: {e}");
+            self.send(reject(RejectReason::InvalidPduField, &p.bhs))
+                .await;
+            self.finish_uncounted(&cmd);
+            return Ok(true);
+        }
         if self.tasks.lock().unwrap().contains_key(&cmd.itt) || self.writes.contains_key(&cmd.itt) {
-            self.send(reject(0x09, &p.bhs)).await;
+            self.send(reject(RejectReason::InvalidPduField, &p.bhs))
+                .await;
             self.finish_uncounted(&cmd);
             return Ok(true);
         }
@@ -378,7 +387,8 @@ impl Session<'_> {
         if !write || cmd.edtl == 0 {
             if data_len > 0 && !write {
                 // Immediate data on a command without the W bit is a protocol error.
-                self.send(reject(0x09, &p.bhs)).await;
+                self.send(reject(RejectReason::InvalidPduField, &p.bhs))
+                    .await;
                 self.finish_uncounted(&cmd);
                 return Ok(true);
             }
@@ -396,7 +406,9 @@ impl Session<'_> {
             return Ok(true);
         }
         if self.buffered + cmd.edtl as usize > 256 * 1024 * 1024 {
-            self.send(reject(0x06, &p.bhs)).await; // out of resources
+            // Out of buffer space for the write's data.
+            self.send(reject(RejectReason::TooManyImmediateCommands, &p.bhs))
+                .await;
             self.finish_uncounted(&cmd);
             return Ok(true);
         }
@@ -405,7 +417,6 @@ impl Session<'_> {
         } else {
             self.neg.first_burst_length.min(cmd.edtl).max(data_len)
         };
-        let no_more_unsolicited = flags & 0x80 != 0;
         let unsolicited_done = no_more_unsolicited || data_len >= unsolicited_end;
         // Every byte of the buffer is written by the immediate data and the
         // in-order Data-Outs before the command runs (see `data_out`).
@@ -455,14 +466,13 @@ impl Session<'_> {
                 break;
             }
             let len = burst.min(w.cmd.edtl - w.next_offset);
-            let mut p = Pdu::new(Opcode::R2t);
-            p.set_flags(0x80);
+            let mut p = R2tPdu::new();
             p.set_lun(w.cmd.lun);
             p.set_itt(itt);
-            p.set_u32(20, ttt);
-            p.set_u32(36, w.r2t_sn);
-            p.set_u32(40, w.next_offset);
-            p.set_u32(44, len);
+            p.set_target_transfer_tag(ttt);
+            p.set_r2t_sn(w.r2t_sn);
+            p.set_buffer_offset(w.next_offset);
+            p.set_desired_data_transfer_length(len);
             w.r2ts.push(R2t {
                 ttt,
                 offset: w.next_offset,
@@ -472,7 +482,7 @@ impl Session<'_> {
             });
             w.r2t_sn += 1;
             w.next_offset += len;
-            r2ts.push(p);
+            r2ts.push(Pdu::from(p));
         }
         for p in r2ts {
             self.send(p).await;
@@ -480,11 +490,13 @@ impl Session<'_> {
     }
 
     async fn data_out(&mut self, p: Pdu) -> Result<bool, String> {
-        let itt = p.itt();
-        let ttt = p.u32_at(20);
-        let offset = p.u32_at(40);
+        let d = DataOut::view(&p);
+        let itt = d.itt();
+        let ttt = d.target_transfer_tag();
+        let offset = d.buffer_offset();
+        let data_sn = d.data_sn();
         let len = p.data.len() as u32;
-        let fin = p.is_final();
+        let fin = d.is_final();
         let Some(w) = self.writes.get_mut(&itt) else {
             // Data for a task that was aborted or never existed.
             tracing::debug!(peer = %self.peer, itt, "discarding Data-Out for an unknown task");
@@ -493,7 +505,7 @@ impl Session<'_> {
         let end = offset.checked_add(len).filter(|e| *e <= w.cmd.edtl);
         let valid = match end {
             None => false,
-            Some(end) if ttt == NO_TAG => !w.unsolicited_done && end <= w.unsolicited_end,
+            Some(end) if ttt == RESERVED_TAG => !w.unsolicited_done && end <= w.unsolicited_end,
             Some(end) => w
                 .r2ts
                 .iter()
@@ -501,15 +513,15 @@ impl Session<'_> {
         };
         if !valid {
             tracing::warn!(peer = %self.peer, itt, ttt, offset, len, "rejecting Data-Out outside its burst");
-            self.send(reject(0x09, &p.bhs)).await;
+            self.send(reject(RejectReason::InvalidPduField, &p.bhs))
+                .await;
             return Ok(true);
         }
         // RFC 7143 §11.7.5: DataSN counts up from 0 within each burst; with
         // DataPDUInOrder=Yes (§13.19) each Data-Out starts where the one
         // before it ended, so no byte of the buffer is left unwritten. A gap
         // is a protocol error that ERL 0 cannot recover inside the session.
-        let data_sn = p.u32_at(36);
-        let (expected, at) = if ttt == NO_TAG {
+        let (expected, at) = if ttt == RESERVED_TAG {
             (&mut w.unsolicited_data_sn, w.unsolicited_next)
         } else {
             let r = w
@@ -523,7 +535,10 @@ impl Session<'_> {
             // The burst can no longer be trusted: reject the PDU and end the
             // command with CHECK CONDITION; the session itself carries on.
             tracing::warn!(peer = %self.peer, itt, data_sn, expected = *expected, offset, expected_offset = at, "Data-Out out of sequence");
-            let _ = self.out.send(Outgoing::Pdu(reject(0x04, &p.bhs))).await;
+            let _ = self
+                .out
+                .send(Outgoing::Pdu(reject(RejectReason::ProtocolError, &p.bhs)))
+                .await;
             let w = self.writes.remove(&itt).expect("present");
             self.buffered -= w.buf.len();
             // ABORTED COMMAND, DATA PHASE ERROR (SPC-4 table 50).
@@ -532,13 +547,13 @@ impl Session<'_> {
             return Ok(true);
         }
         *expected += 1;
-        if ttt == NO_TAG {
+        if ttt == RESERVED_TAG {
             w.unsolicited_next += len;
         }
         w.buf[offset as usize..(offset + len) as usize].copy_from_slice(&p.data);
         w.received += len;
         let mut burst_done = false;
-        if ttt == NO_TAG {
+        if ttt == RESERVED_TAG {
             if fin {
                 w.unsolicited_done = true;
                 burst_done = true;
@@ -678,18 +693,17 @@ impl Session<'_> {
 
     /// Task management functions (RFC 7143 §11.5).
     async fn task_management(&mut self, p: Pdu) -> Result<bool, String> {
-        let cmd_sn = p.u32_at(24);
-        if !p.immediate() && !self.accept_cmd_sn(cmd_sn) {
+        let req = TaskMgmtRequest::view(&p);
+        let cmd_sn = req.cmd_sn();
+        if !req.immediate() && !self.accept_cmd_sn(cmd_sn) {
             return Ok(true);
         }
-        let function = p.flags() & 0x7F;
-        let ref_itt = p.u32_at(20);
-        let ref_cmd_sn = p.u32_at(32);
-        let lun_ok = scsi::decode_lun(p.lun()) == 0;
+        let ref_itt = req.referenced_task_tag();
+        let ref_cmd_sn = req.ref_cmd_sn();
+        let lun_ok = scsi::decode_lun(req.lun()) == 0;
         let mut close = false;
-        let response = match function {
-            // ABORT TASK
-            1 => {
+        let response = match req.function() {
+            Some(TaskFunction::AbortTask) => {
                 // RFC 7143 §11.5.1: a task not found counts as aborted only
                 // when its command was never received (RefCmdSN still inside
                 // the window, before this request); one that already completed
@@ -697,46 +711,42 @@ impl Session<'_> {
                 let exp = self.seq.exp_cmd_sn.load(Ordering::SeqCst);
                 let never_received = !serial::lt(ref_cmd_sn, exp) && serial::lt(ref_cmd_sn, cmd_sn);
                 if self.abort_task(ref_itt) || never_received {
-                    0
+                    TaskResponse::Complete
                 } else {
-                    1
+                    TaskResponse::TaskDoesNotExist
                 }
             }
-            // ABORT TASK SET, CLEAR TASK SET
-            2 | 4 => {
+            Some(TaskFunction::AbortTaskSet | TaskFunction::ClearTaskSet) => {
                 self.abort_all();
                 if lun_ok {
-                    0
+                    TaskResponse::Complete
                 } else {
-                    2
+                    TaskResponse::LunDoesNotExist
                 }
             }
-            // LOGICAL UNIT RESET
-            5 => {
+            Some(TaskFunction::LogicalUnitReset) => {
                 if lun_ok {
                     self.abort_all();
                     self.target.lun0.reset();
-                    0
+                    TaskResponse::Complete
                 } else {
-                    2
+                    TaskResponse::LunDoesNotExist
                 }
             }
-            // TARGET WARM RESET, TARGET COLD RESET
-            6 | 7 => {
+            Some(f @ (TaskFunction::TargetWarmReset | TaskFunction::TargetColdReset)) => {
                 self.abort_all();
                 self.target.lun0.reset();
-                close = function == 7;
-                0
+                close = f == TaskFunction::TargetColdReset;
+                TaskResponse::Complete
             }
             // TASK REASSIGN needs ErrorRecoveryLevel 2.
-            8 => 4,
-            _ => 5,
+            Some(TaskFunction::TaskReassign) => TaskResponse::ReassignmentNotSupported,
+            Some(TaskFunction::ClearAca) | None => TaskResponse::NotSupported,
         };
-        let mut r = Pdu::new(Opcode::TaskMgmtResponse);
-        r.set_flags(0x80);
-        r.set_byte(2, response);
-        r.set_itt(p.itt());
-        self.send(r).await;
+        let mut r = TaskMgmtResponse::new();
+        r.set_task_response(response);
+        r.set_itt(req.itt());
+        self.send(r.into()).await;
         Ok(!close)
     }
 }
