@@ -579,6 +579,28 @@ async fn single_node_cluster_volume_lifecycle() {
         other => panic!("shrink: {other:?}"),
     }
 
+    // A logged-in initiator keeps the volume from being deleted.
+    let addr = portal(f.targets.clone()).await;
+    let session = Initiator::normal(addr, &iqn("shared"), &[]).await;
+    eventually(Duration::from_secs(5), "the session is counted", || {
+        let node = f.node.clone();
+        async move { sessions(&node, "shared").await == 1 }
+    })
+    .await;
+    match f.node.delete_volume("shared", false).await {
+        Err(NodeError::InUse { name, sessions }) => {
+            assert_eq!((name.as_str(), sessions), ("shared", 1))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(c.cluster().state().volumes.contains_key("shared"));
+    drop(session);
+    eventually(Duration::from_secs(5), "the session is gone", || {
+        let node = f.node.clone();
+        async move { sessions(&node, "shared").await == 0 }
+    })
+    .await;
+
     // Access rules reach the target; the status leaves the secrets out.
     let rules = AccessConfig {
         allowed_initiators: vec![HOST_A.into()],
