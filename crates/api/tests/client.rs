@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use api::{ApiClient, ClientError, CreateVolume};
 use node::{AccessConfig, ChapSecret, ClusterConfig, Node, NodeConfig};
+use portal::Targets;
 use store::Store;
-use target::Targets;
 use testkit::free_port;
 
 const MIB: u64 = 1 << 20;

@@ -12,9 +12,9 @@ use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
 use node::{ClusterConfig, Node, NodeConfig};
+use portal::Targets;
 use serde_json::{json, Value};
 use store::Store;
-use target::Targets;
 use testkit::{free_port, Initiator};
 use tower::ServiceExt;
 
@@ -514,10 +514,10 @@ async fn delete_of_a_volume_in_use_answers_409_unless_forced() {
     api.create("busy", MIB).await;
     let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-    tokio::spawn(target::serve(
+    tokio::spawn(portal::serve(
         listener,
         api.targets.clone(),
-        target::TargetConfig::default(),
+        portal::TargetConfig::default(),
         std::future::pending(),
     ));
     let _session = Initiator::normal(addr, &format!("{PREFIX}:busy"), &[]).await;

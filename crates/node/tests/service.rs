@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use iscsi::{Access, LoginPolicy};
 use node::{AccessConfig, ChapSecret, ClusterConfig, Node, NodeConfig, NodeError, VolumeInfo};
+use portal::Targets;
 use scsi::{AccessState, LogicalUnit};
 use store::Store;
-use target::Targets;
 use testkit::{free_port, Initiator};
 
 const PREFIX: &str = "iqn.2026-11.io.tandem";
@@ -390,10 +390,10 @@ async fn access_rules_apply_to_new_logins_and_hide_the_secrets() {
 async fn portal(targets: Arc<Targets>) -> SocketAddr {
     let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-    tokio::spawn(target::serve(
+    tokio::spawn(portal::serve(
         listener,
         targets,
-        target::TargetConfig::default(),
+        portal::TargetConfig::default(),
         std::future::pending(),
     ));
     addr
@@ -552,12 +552,12 @@ async fn single_node_cluster_volume_lifecycle() {
         Duration::from_secs(5),
         "the primary reports its acknowledgements",
         || {
-            let c = c.clone();
-            async move { c.acknowledged().await.contains_key("shared") }
+            let node = f.node.clone();
+            async move { node.acknowledged().await.contains_key("shared") }
         },
     )
     .await;
-    assert!(c.peer_status().await.contains_key("shared"));
+    assert!(f.node.peer_status().await.contains_key("shared"));
     let names: Vec<String> = f
         .node
         .list_volumes()
@@ -655,7 +655,7 @@ async fn single_node_cluster_volume_lifecycle() {
         "left behind: {:?}",
         file_names(&copy_dir)
     );
-    assert!(!c.peer_status().await.contains_key("shared"));
+    assert!(!f.node.peer_status().await.contains_key("shared"));
     let names: Vec<String> = f
         .node
         .list_volumes()
