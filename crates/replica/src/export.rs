@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use volume::{BlockState, Provisioning, Volume, VolumeError};
+use volume::{BlockState, Provisioning, Unavailable, Volume, VolumeError};
 
 use crate::copy::LocalCopy;
 use crate::forward::{ForwardVolume, Forwarded};
@@ -147,7 +147,7 @@ impl ClusterVolume {
     }
 
     fn waiting(&self) -> VolumeError {
-        VolumeError::Unavailable(format!("volume {} has no primary right now", self.name))
+        VolumeError::Unavailable(Unavailable::NoPrimary)
     }
 
     /// Forwards `op` to the primary; its failure becomes this volume's.
@@ -217,10 +217,8 @@ impl Volume for ClusterVolume {
             Route::Forward(f) => {
                 let data = self.forward(&f, Op::Read { lba, blocks }).await?;
                 if data.len() != blocks as usize * self.block_size() as usize {
-                    return Err(VolumeError::Unavailable(format!(
-                        "volume {}: the primary answered a read with {} bytes",
-                        self.name,
-                        data.len()
+                    return Err(VolumeError::Unavailable(Unavailable::PrimaryUnreachable(
+                        format!("it answered a read with {} bytes", data.len()),
                     )));
                 }
                 Ok(data.to_vec())

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::Mutex;
-use volume::VolumeError;
+use volume::{Unavailable, VolumeError};
 
 use crate::auth::ClusterKey;
 use crate::copy::LocalCopy;
@@ -86,10 +86,7 @@ impl ForwardVolume {
             .await
             .map(Arc::new)
             .map_err(|e| {
-                VolumeError::Unavailable(format!(
-                    "volume {}: the primary cannot be reached: {e}",
-                    self.volume
-                ))
+                VolumeError::Unavailable(Unavailable::PrimaryUnreachable(e.to_string()))
             })?;
         *self.link.write().unwrap() = Some(l.clone());
         Ok(l)
@@ -100,10 +97,9 @@ impl ForwardVolume {
         let mut closed = self.closed.subscribe();
         tokio::select! {
             r = self.forward(op) => r,
-            _ = closed.wait_for(|c| *c) => Err(Forwarded::Unavailable(VolumeError::Unavailable(format!(
-                "volume {}: the primary changed while the operation waited",
-                self.volume
-            )))),
+            _ = closed.wait_for(|c| *c) => Err(Forwarded::Unavailable(
+                VolumeError::Unavailable(Unavailable::PrimaryChanged),
+            )),
         }
     }
 
@@ -120,9 +116,8 @@ impl ForwardVolume {
                     current.take();
                 }
                 link.close();
-                Forwarded::Unavailable(VolumeError::Unavailable(format!(
-                    "volume {}: forwarding to the primary failed: {other}",
-                    self.volume
+                Forwarded::Unavailable(VolumeError::Unavailable(Unavailable::PrimaryUnreachable(
+                    other.to_string(),
                 )))
             }
         })

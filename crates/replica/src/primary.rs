@@ -41,7 +41,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::task::JoinHandle;
-use volume::{BlockState, Volume, VolumeError};
+use volume::{BlockState, Unavailable, Volume, VolumeError};
 
 use crate::auth::ClusterKey;
 use crate::copy::{off_thread, LocalCopy};
@@ -109,8 +109,8 @@ impl std::fmt::Debug for ReplicatedVolume {
     }
 }
 
-fn unavailable(why: impl Into<String>) -> VolumeError {
-    VolumeError::Unavailable(why.into())
+fn unavailable(why: Unavailable) -> VolumeError {
+    VolumeError::Unavailable(why)
 }
 
 impl ReplicatedVolume {
@@ -124,11 +124,9 @@ impl ReplicatedVolume {
     ) -> Result<Arc<ReplicatedVolume>, VolumeError> {
         let current = copy.accept_epoch(cfg.epoch).await?;
         if current > cfg.epoch {
-            return Err(unavailable(format!(
-                "volume {}: this copy already follows epoch {current}, newer than {}",
-                copy.name(),
-                cfg.epoch
-            )));
+            return Err(unavailable(Unavailable::Deposed {
+                epoch: Some(current),
+            }));
         }
         let v = copy.volume();
         let bytes = v.num_blocks() * v.block_size() as u64;
@@ -225,19 +223,19 @@ impl ReplicatedVolume {
 
     fn check_serving(&self) -> Result<(), VolumeError> {
         if self.stopped.load(Ordering::Acquire) {
-            return Err(unavailable("this node gave up the primary role"));
+            return Err(unavailable(Unavailable::RoleEnded));
         }
         if self.deposed.load(Ordering::Acquire) || self.copy.epoch() > self.cfg.epoch {
             self.deposed.store(true, Ordering::Release);
-            return Err(unavailable("a newer primary has taken over the volume"));
+            return Err(unavailable(Unavailable::Deposed {
+                epoch: Some(self.copy.epoch()).filter(|&e| e > self.cfg.epoch),
+            }));
         }
         if !self
             .control
             .may_acknowledge(self.copy.name(), self.cfg.epoch)
         {
-            return Err(unavailable(
-                "this node lost contact with the control plane (lease expired) or no longer leads the volume",
-            ));
+            return Err(unavailable(Unavailable::LeaseLost));
         }
         Ok(())
     }
@@ -305,11 +303,9 @@ impl ReplicatedVolume {
             } = &e
             {
                 self.deposed.store(true, Ordering::Release);
-                return Err(unavailable(format!(
-                    "volume {}: node {} follows a newer primary (epoch {current})",
-                    self.copy.name(),
-                    p.node
-                )));
+                return Err(unavailable(Unavailable::Deposed {
+                    epoch: Some(*current),
+                }));
             }
             self.lose(p, &e).await?;
         }
@@ -359,11 +355,10 @@ impl ReplicatedVolume {
                     // write it missed may be acknowledged. The next write
                     // tries the record again.
                     p.state.store(PeerState::InSync);
-                    return Err(unavailable(format!(
-                        "volume {}: replica on node {} failed and the control plane could not record it: {why}",
-                        self.copy.name(),
-                        p.node
-                    )));
+                    return Err(unavailable(Unavailable::NotRecorded {
+                        node: p.node,
+                        why: why.to_string(),
+                    }));
                 }
                 p.state.store(PeerState::OutOfSync);
                 Ok(())

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
-use volume::{Volume, VolumeError};
+use volume::{Unavailable, Volume, VolumeError};
 
 use crate::auth::{self, AuthError, ClusterKey};
 use crate::copy::LocalCopy;
@@ -167,7 +167,7 @@ impl ReplicaServer {
                     Mode::Replicate => match copy.in_session(session).await {
                         Some(_current) => replicated(copy, req.epoch, req.op).await,
                         None => Err(failure_of(&VolumeError::Unavailable(
-                            "a newer replication connection replaced this one".into(),
+                            Unavailable::Superseded,
                         ))),
                     },
                     Mode::Forward => match volume.primary() {

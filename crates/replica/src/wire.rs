@@ -10,7 +10,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use thiserror::Error;
-use volume::VolumeError;
+use volume::{Unavailable, VolumeError};
 
 /// Largest frame body accepted: the largest transfer plus headers.
 pub const MAX_FRAME: usize = volume::MAX_IO_BYTES + 4096;
@@ -202,7 +202,14 @@ pub fn failure_of(e: &VolumeError) -> Failure {
         VolumeError::Shrink { requested, .. } => (E_SHRINK, *requested),
         VolumeError::Closed => (E_CLOSED, 0),
         VolumeError::Io(_) => (E_IO, 0),
-        VolumeError::Unavailable(_) => (E_UNAVAILABLE, 0),
+        VolumeError::Unavailable(why) => {
+            // The reason alone: the receiving side says "unavailable" itself.
+            return Failure::Volume {
+                code: E_UNAVAILABLE,
+                arg: unavailable_code(why),
+                message: why.to_string(),
+            };
+        }
     };
     Failure::Volume {
         code,
@@ -211,16 +218,44 @@ pub fn failure_of(e: &VolumeError) -> Failure {
     }
 }
 
+/// Which [`Unavailable`] case a failure carries (in its argument); the cases
+/// with details of their own travel as their text.
+fn unavailable_code(why: &Unavailable) -> u64 {
+    match why {
+        Unavailable::NoPrimary => 1,
+        Unavailable::RoleEnded => 2,
+        Unavailable::Deposed { .. } => 3,
+        Unavailable::LeaseLost => 4,
+        Unavailable::PrimaryChanged => 5,
+        Unavailable::NotPrimary => 6,
+        Unavailable::Superseded => 7,
+        Unavailable::PrimaryUnreachable(_)
+        | Unavailable::NotRecorded { .. }
+        | Unavailable::Remote(_) => 0,
+    }
+}
+
+fn unavailable_of(code: u64, message: &str) -> Unavailable {
+    match code {
+        1 => Unavailable::NoPrimary,
+        2 => Unavailable::RoleEnded,
+        3 => Unavailable::Deposed { epoch: None },
+        4 => Unavailable::LeaseLost,
+        5 => Unavailable::PrimaryChanged,
+        6 => Unavailable::NotPrimary,
+        7 => Unavailable::Superseded,
+        _ => Unavailable::Remote(message.to_string()),
+    }
+}
+
 /// Turns a remote failure back into the volume error the caller reports.
 /// `num_blocks` and `block_size` fill fields the wire does not carry.
 pub fn volume_error_of(f: &Failure, num_blocks: u64, block_size: u32) -> VolumeError {
     match f {
-        Failure::StaleEpoch { current } => VolumeError::Unavailable(format!(
-            "a newer primary (epoch {current}) has taken over the volume"
-        )),
-        Failure::NotPrimary => {
-            VolumeError::Unavailable("the forwarding target is no longer the primary".into())
-        }
+        Failure::StaleEpoch { current } => VolumeError::Unavailable(Unavailable::Deposed {
+            epoch: Some(*current),
+        }),
+        Failure::NotPrimary => VolumeError::Unavailable(Unavailable::NotPrimary),
         Failure::Volume { code, arg, message } => match *code {
             E_OUT_OF_RANGE => VolumeError::OutOfRange {
                 lba: *arg,
@@ -244,7 +279,7 @@ pub fn volume_error_of(f: &Failure, num_blocks: u64, block_size: u32) -> VolumeE
                 requested: *arg,
             },
             E_CLOSED => VolumeError::Closed,
-            E_UNAVAILABLE => VolumeError::Unavailable(message.clone()),
+            E_UNAVAILABLE => VolumeError::Unavailable(unavailable_of(*arg, message)),
             _ => VolumeError::Io(std::io::Error::other(message.clone())),
         },
     }
@@ -838,6 +873,47 @@ mod tests {
         assert!(matches!(
             volume_error_of(&failure_of(&e), 10, 512),
             VolumeError::Medium { lba: 5, .. }
+        ));
+    }
+
+    #[test]
+    fn why_a_volume_is_unavailable_survives_the_wire() {
+        let unit = [
+            Unavailable::NoPrimary,
+            Unavailable::RoleEnded,
+            Unavailable::LeaseLost,
+            Unavailable::PrimaryChanged,
+            Unavailable::NotPrimary,
+            Unavailable::Superseded,
+        ];
+        for why in unit {
+            let back = volume_error_of(&failure_of(&VolumeError::Unavailable(why.clone())), 1, 512);
+            assert!(
+                matches!(&back, VolumeError::Unavailable(w) if *w == why),
+                "{back:?}"
+            );
+        }
+        let deposed = Unavailable::Deposed { epoch: Some(9) };
+        let back = volume_error_of(&failure_of(&VolumeError::Unavailable(deposed)), 1, 512);
+        assert!(
+            matches!(back, VolumeError::Unavailable(Unavailable::Deposed { .. })),
+            "{back:?}"
+        );
+        // Cases with details travel as their text, said once.
+        let why = Unavailable::NotRecorded {
+            node: 3,
+            why: "no quorum".into(),
+        };
+        let back = volume_error_of(&failure_of(&VolumeError::Unavailable(why.clone())), 1, 512);
+        assert_eq!(
+            back.to_string(),
+            VolumeError::Unavailable(Unavailable::Remote(why.to_string())).to_string()
+        );
+        assert_eq!(back.to_string().matches("unavailable").count(), 1, "{back}");
+        let stale = volume_error_of(&Failure::StaleEpoch { current: 4 }, 1, 512);
+        assert!(matches!(
+            stale,
+            VolumeError::Unavailable(Unavailable::Deposed { epoch: Some(4) })
         ));
     }
 }

@@ -13,7 +13,7 @@ mod null;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod testsuite;
 
-pub use error::VolumeError;
+pub use error::{Unavailable, VolumeError};
 pub use mem::MemVolume;
 pub use null::NullVolume;
 
