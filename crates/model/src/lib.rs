@@ -57,7 +57,7 @@
 //!   a lease granted after a promotion needs a view that holds it), and
 //!   never to a primary the leader is replacing while the promotion is
 //!   pending; [`Action::LeaseExpires`] at any moment.
-//! - **Primary role** ([`state::Role`], `ReplicatedVolume`): each peer's
+//! - **Primary role** ([`state::Role`], `Primary`): each peer's
 //!   [`state::Mode`]. A write is taken only while the role is *serving*
 //!   ([`Protocol::serving`]: lease, not deposed, view says "primary = me at
 //!   this epoch"), written to the local copy and sent to every peer not out

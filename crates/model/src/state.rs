@@ -271,7 +271,7 @@ pub enum Answer {
 /// acknowledged.
 pub type InFlight = [Answer; MAX_NODES];
 
-/// A node's primary role for the volume (`ReplicatedVolume`).
+/// A node's primary role for the volume (`Primary`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Role {
     /// The epoch it writes with.

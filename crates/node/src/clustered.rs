@@ -18,8 +18,8 @@ use cluster::{
     Cluster, ClusterState, ClusterStatus, Command, NodeId, NodeInfo, ReplicaState, Role,
 };
 use replica::{
-    ClusterKey, ClusterVolume, ControlError, ForwardVolume, LocalCopy, PeerSpec, PeerState,
-    PrimaryConfig, ReplicaServer, ReplicatedVolume, Route,
+    ClusterKey, ClusterVolume, ControlError, Forwarder, LocalCopy, PeerSpec, PeerState, Primary,
+    PrimaryConfig, ReplicaServer, Route,
 };
 use scsi::{AccessState, PortGroup};
 
@@ -678,7 +678,7 @@ impl Node {
                 .get(&v.primary)
                 .map(|i| i.repl_addr.clone())
                 .unwrap_or_default();
-            let f = ForwardVolume::new(
+            let f = Forwarder::new(
                 &v.name,
                 volume.copy().cloned(),
                 me,
@@ -712,7 +712,7 @@ impl Node {
         // Stop the old role before the new primary takes the copy.
         volume.set_route(Route::Waiting);
         let control: Arc<dyn replica::Control> = c.control.clone();
-        let p = ReplicatedVolume::start(copy.clone(), cfg, peers, control).await?;
+        let p = Primary::start(copy.clone(), cfg, peers, control).await?;
         volume.set_route(Route::Primary(p));
         // Used: the next primary role of this volume takes up its own epoch.
         c.taken_up.lock().unwrap().remove(&v.name);

@@ -322,11 +322,13 @@ impl<B: Backing> ActivityLog<B> {
 
     /// A new log of `region`-byte regions over `volume_bytes` on `file`
     /// (e.g. a simulated disk), every region clean.
+    #[cfg(test)]
     pub fn over(file: B, region: u64, volume_bytes: u64) -> io::Result<ActivityLog<B>> {
         Ok(ActivityLog::with(fresh(file, region, volume_bytes)?))
     }
 
     /// The log saved on `file`, with its marks, as a restart finds it.
+    #[cfg(test)]
     pub fn reopen(file: B, volume_bytes: u64) -> io::Result<ActivityLog<B>> {
         Ok(ActivityLog::with(opened(file, volume_bytes)?))
     }

@@ -4,8 +4,8 @@
 //! A [`ClusterVolume`] owns the volume's geometry (from this node's copy, or
 //! from the control plane's record on a node without one) and checks every
 //! request against it once. What happens next depends on its [`Route`]: the
-//! primary mirrors the request to the other copies ([`ReplicatedVolume`]), any other
-//! node forwards it to the primary ([`ForwardVolume`]), and while no primary is
+//! primary mirrors the request to the other copies ([`Primary`]), any other
+//! node forwards it to the primary ([`Forwarder`]), and while no primary is
 //! known the request fails as an access state transition, which initiators
 //! retry. The control plane moves the route; initiators keep talking to the
 //! same object.
@@ -18,17 +18,17 @@ use bytes::Bytes;
 use volume::{BlockState, Provisioning, Unavailable, Volume, VolumeError};
 
 use crate::copy::LocalCopy;
-use crate::forward::{ForwardVolume, Forwarded};
-use crate::primary::{AckWindow, ReplicatedVolume};
+use crate::forward::{Forwarded, Forwarder};
+use crate::primary::{AckWindow, Primary};
 use crate::wire::{volume_error_of, Op};
 
 /// Where this node sends a volume's I/O.
 #[derive(Clone)]
 pub enum Route {
     /// This node orders and mirrors the writes.
-    Primary(Arc<ReplicatedVolume>),
+    Primary(Arc<Primary>),
     /// Another node is the primary; I/O is forwarded there.
-    Forward(Arc<ForwardVolume>),
+    Forward(Arc<Forwarder>),
     /// No primary is known (between primaries, or cut off): I/O fails with
     /// "access state transition" and initiators retry.
     Waiting,
@@ -129,7 +129,7 @@ impl ClusterVolume {
 
     /// The primary role, when this node holds it: forwarded I/O from other
     /// nodes goes there.
-    pub fn primary(&self) -> Option<Arc<ReplicatedVolume>> {
+    pub fn primary(&self) -> Option<Arc<Primary>> {
         match &*self.route.read().unwrap() {
             Route::Primary(p) => Some(p.clone()),
             _ => None,
@@ -151,7 +151,7 @@ impl ClusterVolume {
     }
 
     /// Forwards `op` to the primary; its failure becomes this volume's.
-    async fn forward(&self, f: &ForwardVolume, op: Op) -> volume::Result<Bytes> {
+    async fn forward(&self, f: &Forwarder, op: Op) -> volume::Result<Bytes> {
         f.call(op).await.map_err(|e| match e {
             Forwarded::Failed(failure) => {
                 volume_error_of(&failure, self.num_blocks(), self.block_size())

@@ -25,7 +25,7 @@ pub enum Forwarded {
 }
 
 /// Forwards I/O for a volume to its primary at `addr`.
-pub struct ForwardVolume {
+pub struct Forwarder {
     volume: String,
     /// This node's copy, if any: the primary learns its identity.
     copy: Option<Arc<LocalCopy>>,
@@ -40,7 +40,7 @@ pub struct ForwardVolume {
     closed: tokio::sync::watch::Sender<bool>,
 }
 
-impl ForwardVolume {
+impl Forwarder {
     /// Forwards `volume`'s I/O from this node (`node`, holding `copy` if
     /// any) to the primary at `addr` (replication address).
     pub fn new(
@@ -50,8 +50,8 @@ impl ForwardVolume {
         addr: String,
         key: ClusterKey,
         timeout: Duration,
-    ) -> ForwardVolume {
-        ForwardVolume {
+    ) -> Forwarder {
+        Forwarder {
             volume: volume.to_string(),
             copy,
             node,
@@ -132,7 +132,7 @@ impl ForwardVolume {
     }
 }
 
-impl Drop for ForwardVolume {
+impl Drop for Forwarder {
     fn drop(&mut self) {
         self.close();
     }

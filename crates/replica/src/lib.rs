@@ -1,4 +1,6 @@
-//! Synchronous mirroring of a [`Volume`] across the nodes of a cluster.
+//! Synchronous mirroring of a volume across the nodes of a cluster. Only
+//! the types re-exported here are the crate's interface; the replication
+//! protocol ([`wire`]) is public for fuzzing and tools.
 //!
 //! - [`wire`]: the replication protocol (pure, fuzzable).
 //! - [`auth`]: mutual authentication of the two ends with the cluster secret.
@@ -6,10 +8,10 @@
 //!   its activity log.
 //! - [`server::ReplicaServer`]: applies a primary's writes to local copies
 //!   (refusing stale epochs) and executes I/O forwarded by other nodes.
-//! - [`primary::ReplicatedVolume`]: the primary's volume; a write is
-//!   acknowledged once every in-sync copy has it, absent copies are tracked
-//!   in dirty maps and resynced incrementally.
-//! - [`forward::ForwardVolume`]: the route of a non-primary node, which
+//! - [`primary::Primary`]: the primary role; a write is acknowledged once
+//!   every in-sync copy has it, absent copies are tracked in dirty maps and
+//!   resynced incrementally.
+//! - [`forward::Forwarder`]: the route of a non-primary node, which
 //!   forwards I/O to the primary.
 //! - [`export::ClusterVolume`]: what the SCSI layer holds, one per exported
 //!   volume: it owns the geometry, checks every request once and sends it
@@ -17,23 +19,23 @@
 //!   waiting).
 #![forbid(unsafe_code)]
 
-pub mod auth;
-pub mod copy;
-pub mod dirty;
-pub mod export;
-pub mod forward;
-pub mod link;
-pub mod primary;
-pub mod ranges;
-pub mod server;
+mod auth;
+mod copy;
+mod dirty;
+mod export;
+mod forward;
+mod link;
+mod primary;
+mod ranges;
+mod server;
 pub mod wire;
 
 pub use auth::ClusterKey;
 pub use copy::LocalCopy;
 pub use export::{ClusterVolume, Route};
-pub use forward::ForwardVolume;
+pub use forward::Forwarder;
 pub use primary::{
-    AckWindow, Control, ControlError, PeerSpec, PeerState, PeerStatus, PrimaryConfig,
-    ReplicatedVolume,
+    AckWindow, Control, ControlError, NotAPeerState, PeerSpec, PeerState, PeerStatus, Primary,
+    PrimaryConfig,
 };
 pub use server::ReplicaServer;

@@ -161,11 +161,6 @@ impl Link {
         &self.welcome
     }
 
-    /// Address of the peer.
-    pub fn addr(&self) -> &str {
-        &self.addr
-    }
-
     /// Whether the connection still works.
     pub fn is_alive(&self) -> bool {
         self.alive.load(Ordering::Acquire)

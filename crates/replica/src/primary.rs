@@ -88,7 +88,7 @@ pub struct PrimaryConfig {
 }
 
 /// A replicated volume as served by its primary.
-pub struct ReplicatedVolume {
+pub struct Primary {
     copy: Arc<LocalCopy>,
     cfg: PrimaryConfig,
     control: Arc<dyn Control>,
@@ -100,9 +100,9 @@ pub struct ReplicatedVolume {
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
-impl std::fmt::Debug for ReplicatedVolume {
+impl std::fmt::Debug for Primary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReplicatedVolume")
+        f.debug_struct("Primary")
             .field("volume", &self.copy.name())
             .field("epoch", &self.cfg.epoch)
             .finish()
@@ -113,7 +113,7 @@ fn unavailable(why: Unavailable) -> VolumeError {
     VolumeError::Unavailable(why)
 }
 
-impl ReplicatedVolume {
+impl Primary {
     /// Takes the primary role for `copy` at `cfg.epoch` with the replicas in
     /// `peers`, and starts connecting to them, resyncing and sweeping.
     pub async fn start(
@@ -121,7 +121,7 @@ impl ReplicatedVolume {
         cfg: PrimaryConfig,
         peers: Vec<PeerSpec>,
         control: Arc<dyn Control>,
-    ) -> Result<Arc<ReplicatedVolume>, VolumeError> {
+    ) -> Result<Arc<Primary>, VolumeError> {
         let current = copy.accept_epoch(cfg.epoch).await?;
         if current > cfg.epoch {
             return Err(unavailable(Unavailable::Deposed {
@@ -174,7 +174,7 @@ impl ReplicatedVolume {
             let m = p.dirty.clone();
             off_thread(move || m.persist()).await?;
         }
-        let me = Arc::new(ReplicatedVolume {
+        let me = Arc::new(Primary {
             copy,
             cfg,
             control,
@@ -403,7 +403,7 @@ impl ReplicatedVolume {
     }
 }
 
-impl Drop for ReplicatedVolume {
+impl Drop for Primary {
     fn drop(&mut self) {
         self.stop();
     }
@@ -412,14 +412,14 @@ impl Drop for ReplicatedVolume {
 /// The volume's operations as the primary runs them. The caller
 /// ([`crate::ClusterVolume`]) has checked every range and length against the
 /// volume's geometry.
-impl ReplicatedVolume {
+impl Primary {
     /// Reads from the local copy.
     pub async fn read(&self, lba: u64, blocks: u32) -> volume::Result<Vec<u8>> {
         self.check_serving()?;
         self.copy.volume().read(lba, blocks).await
     }
 
-    /// As [`ReplicatedVolume::read`], when the local copy has the blocks at
+    /// As [`Primary::read`], when the local copy has the blocks at
     /// hand; a write always waits for the peers.
     pub fn read_now(&self, lba: u64, blocks: u32) -> Option<volume::Result<Vec<u8>>> {
         self.check_serving().ok()?;

@@ -46,6 +46,7 @@ impl RangeLock {
     }
 
     /// Number of ranges in flight.
+    #[cfg(test)]
     pub fn in_flight(&self) -> usize {
         self.held.lock().unwrap().len()
     }

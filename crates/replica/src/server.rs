@@ -16,7 +16,7 @@ use crate::auth::{self, AuthError, ClusterKey};
 use crate::copy::LocalCopy;
 use crate::export::ClusterVolume;
 use crate::link::{read_frame, write_frames};
-use crate::primary::ReplicatedVolume;
+use crate::primary::Primary;
 use crate::wire::{
     failure_of, Failure, Hello, Mode, Op, Refusal, Refused, Request, Response, Welcome, WireError,
 };
@@ -300,7 +300,7 @@ async fn replicated(copy: &LocalCopy, epoch: u64, op: Op) -> Result<Bytes, Failu
 
 /// Runs one request another node forwarded to this node's primary role.
 /// The primary's copy checks ranges and lengths as it applies them.
-async fn forwarded(p: &ReplicatedVolume, op: Op) -> Result<Bytes, Failure> {
+async fn forwarded(p: &Primary, op: Op) -> Result<Bytes, Failure> {
     match op {
         Op::Read { lba, blocks } => p
             .read(lba, blocks)

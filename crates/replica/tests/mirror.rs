@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use replica::{
-    ClusterKey, ClusterVolume, Control, ControlError, ForwardVolume, LocalCopy, PeerSpec,
-    PeerState, PrimaryConfig, ReplicaServer, ReplicatedVolume, Route,
+    ClusterKey, ClusterVolume, Control, ControlError, Forwarder, LocalCopy, PeerSpec, PeerState,
+    Primary, PrimaryConfig, ReplicaServer, Route,
 };
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -131,7 +131,7 @@ async fn primary(
     epoch: u64,
     peers: &[(&TestNode, u64, bool)],
     control: Arc<TestControl>,
-) -> Arc<ReplicatedVolume> {
+) -> Arc<Primary> {
     let specs = peers
         .iter()
         .map(|(n, id, in_sync)| PeerSpec {
@@ -146,7 +146,7 @@ async fn primary(
         key: key(),
         timeout: Duration::from_secs(2),
     };
-    let p = ReplicatedVolume::start(on.copy.clone(), cfg, specs, control)
+    let p = Primary::start(on.copy.clone(), cfg, specs, control)
         .await
         .unwrap();
     wait_for(
@@ -189,7 +189,7 @@ async fn suite_through(forwarding: bool) {
             let p = primary(&a, 1, &[(&b, 2, true)], Arc::default()).await;
             a.export.set_route(Route::Primary(p));
             let export = if forwarding {
-                let route = ForwardVolume::new(
+                let route = Forwarder::new(
                     "vol",
                     Some(b.copy.clone()),
                     2,
@@ -562,7 +562,7 @@ async fn other_nodes_forward_io_to_the_primary() {
     a.export.set_route(Route::Primary(p.clone()));
 
     let fwd = b.export.clone();
-    let route = ForwardVolume::new(
+    let route = Forwarder::new(
         "vol",
         Some(b.copy.clone()),
         2,
@@ -589,7 +589,7 @@ async fn other_nodes_forward_io_to_the_primary() {
     assert_eq!((role.block_size(), role.num_blocks()), (BS, 2048));
     let r = role.read(0, 1).await;
     assert!(matches!(r, Err(VolumeError::Unavailable(_))), "{r:?}");
-    let far = ForwardVolume::new(
+    let far = Forwarder::new(
         "vol",
         None,
         3,
@@ -635,7 +635,7 @@ async fn a_node_without_the_cluster_secret_gets_nothing() {
         addr: stranger.addr.to_string(),
         in_sync: true,
     };
-    let p = ReplicatedVolume::start(a.copy.clone(), cfg, vec![spec], control.clone())
+    let p = Primary::start(a.copy.clone(), cfg, vec![spec], control.clone())
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -645,7 +645,7 @@ async fn a_node_without_the_cluster_secret_gets_nothing() {
     assert!(stranger.contents().await.iter().all(|&b| b == 0));
     // Forwarding from a stranger is refused too, though the primary is there.
     let fwd = stranger.export.clone();
-    let route = ForwardVolume::new(
+    let route = Forwarder::new(
         "vol",
         Some(stranger.copy.clone()),
         9,

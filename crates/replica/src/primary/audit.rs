@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use super::ReplicatedVolume;
+use super::Primary;
 
 /// When a primary acknowledged writes of a volume, for audits: two nodes
 /// must never acknowledge writes of one volume at the same time. Times are
@@ -45,7 +45,7 @@ impl AckCounter {
     }
 }
 
-impl ReplicatedVolume {
+impl Primary {
     /// The writes this primary acknowledged, if any.
     pub fn acknowledged(&self) -> Option<AckWindow> {
         let writes = self.acks.writes.load(Ordering::Acquire);

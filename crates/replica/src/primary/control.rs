@@ -30,7 +30,7 @@ pub trait Control: Send + Sync + 'static {
 
     /// Records that a resync of `node`'s copy started (best effort, for
     /// status displays). Its progress is not recorded: the primary reports
-    /// it in [`ReplicatedVolume::peer_status`](super::ReplicatedVolume::peer_status).
+    /// it in [`Primary::peer_status`](super::Primary::peer_status).
     async fn replica_syncing(&self, volume: &str, node: u64, epoch: u64);
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use super::{ReplicatedVolume, RESYNC_REGION};
+use super::{Primary, RESYNC_REGION};
 use crate::dirty::DirtyMap;
 use crate::link::{Link, LinkError};
 use crate::wire::{Hello, Mode, Refusal};
@@ -167,7 +167,7 @@ impl Peer {
     }
 }
 
-impl ReplicatedVolume {
+impl Primary {
     /// State of every peer.
     pub fn peer_status(&self) -> Vec<PeerStatus> {
         self.peers
@@ -189,7 +189,7 @@ impl ReplicatedVolume {
 }
 
 /// Keeps a connection to one peer and resyncs it whenever it misses writes.
-pub(super) async fn supervise(me: Weak<ReplicatedVolume>, p: Arc<Peer>) {
+pub(super) async fn supervise(me: Weak<Primary>, p: Arc<Peer>) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let Some(v) = me.upgrade() else { return };
@@ -269,7 +269,7 @@ pub(super) async fn supervise(me: Weak<ReplicatedVolume>, p: Arc<Peer>) {
     }
 }
 
-impl ReplicatedVolume {
+impl Primary {
     /// A new connection to `p` answered: check which copy it is, take its
     /// suspect regions, and put it in the write path when it may be.
     /// Returns whether the link was taken; if not, the caller drops it and

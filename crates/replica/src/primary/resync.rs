@@ -7,14 +7,14 @@ use bytes::Bytes;
 use thiserror::Error;
 use volume::{BlockState, VolumeError};
 
-use super::{ControlError, Peer, PeerState, ReplicatedVolume, RESYNC_REGION};
+use super::{ControlError, Peer, PeerState, Primary, RESYNC_REGION};
 use crate::link::{Link, LinkError};
 use crate::wire::Op;
 
 /// Largest run of dirty regions copied by one resync request.
 const RESYNC_CHUNK: u64 = 1 << 20;
 
-impl ReplicatedVolume {
+impl Primary {
     /// Copies the dirty regions of `p` over `link`; then, behind a barrier,
     /// switches it to in sync and records that.
     pub(super) async fn resync(&self, p: &Peer, link: &Link) -> Result<(), ResyncError> {
@@ -131,7 +131,7 @@ impl ReplicatedVolume {
     }
 }
 
-impl ReplicatedVolume {
+impl Primary {
     /// Makes blocks `[lba, lba + blocks)` of the peer behind `link` equal to
     /// this copy's, the caller holding the range: written blocks are sent as
     /// data, unwritten ones unmapped, so the peer's copy stays as thin as

@@ -3,11 +3,11 @@
 use std::sync::atomic::Ordering;
 use std::sync::Weak;
 
-use super::{PeerState, ReplicatedVolume, SWEEP_INTERVAL};
+use super::{PeerState, Primary, SWEEP_INTERVAL};
 use crate::wire::Op;
 
 /// Sweeps the activity log and lets replicas settle theirs.
-pub(super) async fn sweeper(me: Weak<ReplicatedVolume>) {
+pub(super) async fn sweeper(me: Weak<Primary>) {
     loop {
         tokio::time::sleep(SWEEP_INTERVAL).await;
         let Some(v) = me.upgrade() else { return };
