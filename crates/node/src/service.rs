@@ -298,6 +298,14 @@ impl Node {
         replicas: Option<usize>,
     ) -> Result<VolumeInfo, NodeError> {
         if let Some(c) = self.clustered() {
+            // A local volume of that name (made before the node joined the
+            // cluster) would keep the cluster's volume from being presented
+            // here: the name is taken.
+            if self.store.get(name).is_some() && !self.is_cluster_copy(name) {
+                return Err(NodeError::Store(store::StoreError::Exists(
+                    name.to_string(),
+                )));
+            }
             let data_nodes = c
                 .cluster()
                 .state()
@@ -395,6 +403,8 @@ impl Node {
                 "size {size_bytes} bytes is not a positive multiple of the {bs}-byte block size of volume {name}"
             )));
         }
+        // The same limits as a new volume's (a file cannot be larger).
+        store::validate_geometry(size_bytes, bs as u32)?;
         let current = e.served.num_blocks() * bs;
         if size_bytes < current {
             return Err(NodeError::Invalid(format!(

@@ -268,6 +268,13 @@ async fn resize_grows_only_by_whole_blocks() {
             other => panic!("resize to {size}: {other:?}"),
         }
     }
+    // Beyond what a file can hold: refused like a create, not an I/O error.
+    for size in [1 << 63, u64::MAX - 4095] {
+        match f.node.resize_volume("v", size).await {
+            Err(NodeError::Store(e)) => assert!(e.to_string().contains("larger"), "{e}"),
+            other => panic!("resize to {size}: {other:?}"),
+        }
+    }
     assert_eq!(f.node.volume("v").await.unwrap().size_bytes, 2 * MIB);
     let lu = f.node.logical_unit("v").await.unwrap();
     assert_eq!(lu.volume().num_blocks(), 2 * MIB / 4096);
@@ -507,6 +514,13 @@ async fn single_node_cluster_volume_lifecycle() {
     let token = f.node.cluster_init(&cluster_config()).await.unwrap();
     assert!(token.starts_with("tandem-join:"), "{token}");
     let c = f.node.clustered().expect("a member after init");
+    // The local volume's name is taken: no cluster volume may claim it.
+    match f.node.create_volume("local", 2 * MIB, 512, Some(1)).await {
+        Err(NodeError::Store(e)) => assert!(e.is_conflict(), "{e}"),
+        other => panic!("a cluster volume took a local volume's name: {other:?}"),
+    }
+    assert!(c.cluster().state().volumes.get("local").is_none());
+    assert_eq!(f.node.volume("local").await.unwrap().size_bytes, MIB);
     let me = c.cluster().id();
     let status = f.node.cluster_status().await.unwrap();
     assert_eq!(status.me, me);
