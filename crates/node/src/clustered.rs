@@ -841,7 +841,9 @@ impl Node {
         }
         let target = match node {
             Some(n) => member_id(&state, n)?,
-            None => state.place_another(name).map_err(NodeError::Refused)?,
+            None => state
+                .place_another(name)
+                .map_err(|e| NodeError::Refused(e.to_string()))?,
         };
         c.cluster
             .propose(Command::AddReplica {
