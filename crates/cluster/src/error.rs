@@ -26,6 +26,9 @@ pub enum ClusterError {
     /// A join token that is not one.
     #[error("the join token is not valid (expected tandem-join:<cluster id>:<secret>)")]
     BadToken,
+    /// This data node does not hold the cluster's data key (yet).
+    #[error("no data key here: {0}")]
+    NoDataKey(String),
     /// The Raft engine failed.
     #[error("raft: {0}")]
     Raft(String),

@@ -1,4 +1,4 @@
-//! The member's own files (`node.json`, `cluster.key`): each
+//! The member's own files (`node.json`, `cluster.key`, `data.key`): each
 //! is replaced whole, so a crash leaves either the old or the new content.
 
 use std::path::Path;

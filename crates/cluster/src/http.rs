@@ -17,6 +17,7 @@ use openraft::{BasicNode, ChangeMembers};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::data_key::{self, DataKeyRequest};
 use crate::lease::confirm_leadership;
 use crate::member::{Inner, LeaderWrite};
 use crate::{ClusterError, ClusterStatus, Command, NodeId, NodeInfo, Outcome, Refusal, TypeConfig};
@@ -36,6 +37,7 @@ pub(crate) fn router(inner: Weak<Inner>) -> Router {
         .route("/cluster/propose", post(h_propose))
         .route("/cluster/heartbeat", post(h_heartbeat))
         .route("/cluster/status", post(h_status))
+        .route("/cluster/data-key", post(h_data_key))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(inner)
 }
@@ -348,5 +350,14 @@ async fn h_status(State(w): State<Weak<Inner>>, h: HeaderMap, body: Bytes) -> Re
         Err(r) => return r,
     };
     let r: Answer<ClusterStatus> = Ok(s.local_status());
+    s.gate.answer(&nonce, &r)
+}
+
+async fn h_data_key(State(w): State<Weak<Inner>>, h: HeaderMap, body: Bytes) -> Response {
+    let (s, nonce, req) = match admit::<DataKeyRequest>(&w, &h, "/cluster/data-key", &body) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let r: Answer<String> = data_key::answer(&s, &req).map_err(|e| e.to_string());
     s.gate.answer(&nonce, &r)
 }

@@ -28,6 +28,7 @@
 //! | [`net`]        | authenticated HTTP between members (the cluster secret)             |
 //! | `lease`        | heartbeats and leases: when a member may act as primary             |
 //! | `failover`     | the leader's policy: promote an in-sync copy of a silent primary    |
+//! | [`data_key`]   | the data nodes' key, under which secrets in the state are sealed    |
 //! | `status`       | what a member reports: [`ClusterStatus`]                            |
 //! | `token`        | the join token                                                      |
 //! | `files`        | the member's own small files, replaced atomically                   |
@@ -36,8 +37,9 @@
 //! # Files
 //!
 //! A member's directory holds `node.json` (its [`NodeInfo`]), `cluster.key`
-//! (the 32-byte cluster secret in hex, mode 0600) and `raft.redb` (vote, log,
-//! applied state and snapshot).
+//! (the 32-byte cluster secret in hex, mode 0600), on a data node
+//! `data.key` (the data key in hex, mode 0600, see [`data_key`]) and
+//! `raft.redb` (vote, log, applied state and snapshot).
 //!
 //! # Join token
 //!
@@ -58,6 +60,7 @@
 // openraft dictates its (large) storage error type; results carry it as is.
 #![allow(clippy::result_large_err)]
 
+pub mod data_key;
 mod error;
 mod failover;
 mod files;
@@ -71,12 +74,14 @@ pub mod state;
 mod status;
 mod token;
 
+pub use data_key::{DataKey, SealError};
 pub use error::ClusterError;
 pub use lease::{DEAD_AFTER, ELECTION_MARGIN, HEARTBEAT, LEASE};
 pub use member::{default_dir, Cluster};
 pub use net::Key;
 pub use state::{
-    ClusterState, Command, NodeId, NodeInfo, Outcome, Refusal, ReplicaState, Role, VolumeRecord,
+    access_digest, ClusterState, Command, NodeId, NodeInfo, Outcome, Refusal, ReplicaState, Role,
+    VolumeRecord,
 };
 pub use status::ClusterStatus;
 pub use token::join_token;

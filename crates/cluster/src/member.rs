@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+use crate::data_key::{self, DataKey};
 use crate::files::{local, write_private};
 use crate::http::{is_not_leader, Answer, JoinRequest, NodeRequest};
 use crate::raft_net::Net;
@@ -50,6 +51,10 @@ pub(crate) struct Inner {
     /// The term in which this node leads and when it noticed.
     pub(crate) leader_since: Mutex<Option<(u64, Instant)>>,
     pub(crate) lease_until: Mutex<Option<Instant>>,
+    /// The member's directory.
+    pub(crate) dir: PathBuf,
+    /// On a data node, its data key (once made or received).
+    pub(crate) data_key: Mutex<Option<DataKey>>,
 }
 
 /// A running member of the cluster.
@@ -108,7 +113,12 @@ impl Cluster {
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
         let cluster_id = Uuid::new_v4();
         c.propose(Command::Init { cluster_id }).await?;
+        let data = me.holds_data();
         c.propose(Command::AddNode { info: me }).await?;
+        if data {
+            // The first data node makes the data key.
+            data_key::settle(&c.inner).await?;
+        }
         Ok((c, join_token(cluster_id, &key)))
     }
 
@@ -226,6 +236,14 @@ impl Cluster {
                 Err(e) => return Err(local(&dir.join("raft.redb"), e)),
             }
         };
+        // The data key stays with data nodes: a member that is a witness
+        // now has no use for one it held.
+        let data_key = if me.holds_data() {
+            data_key::load(dir)?
+        } else {
+            data_key::forget(dir);
+            None
+        };
         let config = openraft::Config {
             cluster_name: "tandem".into(),
             heartbeat_interval: 100,
@@ -264,6 +282,8 @@ impl Cluster {
             replacing: Mutex::default(),
             leader_since: Mutex::new(None),
             lease_until: Mutex::new(None),
+            dir: dir.to_path_buf(),
+            data_key: Mutex::new(data_key),
         });
         let listener = tokio::net::TcpListener::bind(listen)
             .await
@@ -282,10 +302,13 @@ impl Cluster {
                 tracing::error!("cluster endpoint stopped: {e}");
             }
         });
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(crate::lease::heartbeats(Arc::downgrade(&inner))),
             tokio::spawn(crate::failover::run(Arc::downgrade(&inner))),
         ];
+        if inner.me.holds_data() {
+            tasks.push(tokio::spawn(data_key::keep(Arc::downgrade(&inner))));
+        }
         tracing::info!(node = inner.me.id, %addr, "cluster member started");
         Ok(Cluster {
             inner,
@@ -336,6 +359,18 @@ impl Cluster {
     /// first). A primary must stop acknowledging writes at this instant.
     pub fn lease_valid_until(&self) -> Option<Instant> {
         *self.inner.lease_until.lock().unwrap()
+    }
+
+    /// On a data node, the cluster's data key, once this node holds the one
+    /// the state records (see [`crate::data_key`]); never on a witness.
+    pub fn data_key(&self) -> Option<DataKey> {
+        data_key::current(&self.inner)
+    }
+
+    /// [`Cluster::data_key`], waiting up to `timeout` for it to arrive (a
+    /// data node that just joined or started fetches it from another).
+    pub async fn wait_data_key(&self, timeout: Duration) -> Option<DataKey> {
+        data_key::wait(&self.inner, timeout).await
     }
 
     /// Proposes a command and waits until it is committed and applied here.

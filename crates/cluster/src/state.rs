@@ -111,6 +111,12 @@ pub enum Refusal {
     /// Fewer data nodes than copies asked.
     #[error("{wanted} replicas need {wanted} data nodes; the cluster has {have}")]
     TooFewDataNodes { wanted: usize, have: usize },
+    /// The access rules changed since a reseal was made.
+    #[error("volume {volume}: the access rules changed meanwhile")]
+    AccessChanged { volume: String },
+    /// Another data key is recorded already.
+    #[error("the cluster records another data key already")]
+    DataKeySet,
     /// Every data node holds a copy already.
     #[error("every data node already holds a copy of volume {volume}; join another node first")]
     NoNodeLeft { volume: String },
@@ -224,7 +230,9 @@ pub struct VolumeRecord {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub reports: BTreeMap<NodeId, u64>,
     /// Who may log in to the volume on every node, as the nodes' access
-    /// rules in JSON (may hold CHAP secrets); `None`: every initiator.
+    /// rules in JSON, CHAP secrets sealed under the data key (a rule
+    /// recorded before they were sealed holds them in clear until its next
+    /// change); `None`: every initiator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access: Option<String>,
 }
@@ -238,6 +246,10 @@ pub struct ClusterState {
     pub nodes: BTreeMap<NodeId, NodeInfo>,
     /// Volumes by name.
     pub volumes: BTreeMap<String, VolumeRecord>,
+    /// Id of the data nodes' key ([`crate::DataKey::id`]), set once; the
+    /// key itself never enters the state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_key: Option<String>,
 }
 
 /// A change to the state, proposed through Raft.
@@ -293,6 +305,25 @@ pub enum Command {
         volume: String,
         access: Option<String>,
     },
+    /// Records which key data nodes seal secrets under (its id); the
+    /// first id recorded stays.
+    SetDataKey { id: String },
+    /// Replaces the access rules of a volume with the same rules, their
+    /// secrets now sealed, unless they changed meanwhile: `replaces` is
+    /// [`access_digest`] of the rules it was made from (the old rules hold
+    /// secrets in clear, so the command names them by digest only).
+    ResealAccess {
+        volume: String,
+        replaces: String,
+        access: String,
+    },
+}
+
+/// The SHA-256 of recorded access rules, in hex: how
+/// [`Command::ResealAccess`] names the rules it replaces.
+pub fn access_digest(access: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(access.as_bytes()))
 }
 
 /// Answer to a command.
@@ -561,6 +592,23 @@ impl ClusterState {
             Command::SetAccess { volume, access } => {
                 self.volume_mut(volume)?.access = access.clone();
             }
+            Command::ResealAccess {
+                volume,
+                replaces,
+                access,
+            } => {
+                let v = self.volume_mut(volume)?;
+                if v.access.as_deref().map(access_digest).as_ref() != Some(replaces) {
+                    return Err(Refusal::AccessChanged {
+                        volume: volume.clone(),
+                    });
+                }
+                v.access = Some(access.clone());
+            }
+            Command::SetDataKey { id } => match &self.data_key {
+                Some(have) if have != id => return Err(Refusal::DataKeySet),
+                _ => self.data_key = Some(id.clone()),
+            },
         }
         Ok(())
     }
@@ -968,12 +1016,56 @@ mod tests {
                 volume: "v".into(),
                 access: Some(r#"{"allowed_initiators":["iqn.x"]}"#.into()),
             },
+            Command::SetDataKey { id: "ab".into() },
+            Command::ResealAccess {
+                volume: "v".into(),
+                replaces: "cd".into(),
+                access: "{}".into(),
+            },
         ];
         for c in cmds {
             let back: Command = serde_json::from_slice(&serde_json::to_vec(&c).unwrap()).unwrap();
             assert_eq!(back, c);
         }
         assert!(serde_json::from_str::<Command>(r#"{"command":"promote"}"#).is_err());
+    }
+
+    #[test]
+    fn the_first_data_key_stays_and_a_reseal_applies_only_to_the_rules_it_was_made_from() {
+        let mut s = cluster(1, false);
+        let set = |id: &str| Command::SetDataKey { id: id.into() };
+        assert_eq!(s.apply(&set("k1")), Outcome::Done);
+        assert_eq!(s.apply(&set("k1")), Outcome::Done, "again, same key");
+        assert_eq!(s.apply(&set("k2")), Outcome::Refused(Refusal::DataKeySet));
+        assert_eq!(s.data_key.as_deref(), Some("k1"));
+
+        s.apply(&create("v", 1));
+        let clear = r#"{"chap":{"user":"esx","secret":"initiator-secret-1"}}"#;
+        let set_access = |a: &str| Command::SetAccess {
+            volume: "v".into(),
+            access: Some(a.into()),
+        };
+        assert_eq!(s.apply(&set_access(clear)), Outcome::Done);
+        let reseal = |replaces: &str| Command::ResealAccess {
+            volume: "v".into(),
+            replaces: access_digest(replaces),
+            access: "sealed".into(),
+        };
+        // The reseal names the old rules by digest, never by their text.
+        let bytes = serde_json::to_string(&reseal(clear)).unwrap();
+        assert!(!bytes.contains("initiator-secret-1"));
+        assert_eq!(
+            s.apply(&reseal("{}")),
+            Outcome::Refused(Refusal::AccessChanged { volume: "v".into() })
+        );
+        assert_eq!(s.volumes["v"].access.as_deref(), Some(clear));
+        assert_eq!(s.apply(&reseal(clear)), Outcome::Done);
+        assert_eq!(s.volumes["v"].access.as_deref(), Some("sealed"));
+        // A state without a data key writes no field for it: snapshots of
+        // clusters made before keep their bytes.
+        assert!(!serde_json::to_string(&cluster(1, false))
+            .unwrap()
+            .contains("data_key"));
     }
 
     #[test]
