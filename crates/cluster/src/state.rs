@@ -1130,8 +1130,17 @@ mod tests {
                 .prop_map(|(volume, node)| Command::AddReplica { volume, node }),
             (vol.clone(), node_id.clone())
                 .prop_map(|(volume, node)| Command::RemoveReplica { volume, node }),
-            (vol, proptest::option::of(Just("{}".to_string())))
+            (vol.clone(), proptest::option::of(Just("{}".to_string())))
                 .prop_map(|(volume, access)| Command::SetAccess { volume, access }),
+            (vol, prop_oneof![Just("{}"), Just("[]")]).prop_map(|(volume, replaces)| {
+                Command::ResealAccess {
+                    volume,
+                    replaces: access_digest(replaces),
+                    access: "[]".into(),
+                }
+            }),
+            prop_oneof![Just("k1"), Just("k2")]
+                .prop_map(|id| Command::SetDataKey { id: id.into() }),
             node_id
                 .clone()
                 .prop_map(|node| Command::RemoveNode { node }),
@@ -1166,6 +1175,9 @@ mod tests {
                 let before = s.clone();
                 if let Outcome::Refused(_) = s.apply(&c) {
                     prop_assert_eq!(&s, &before, "a refused command changed the state");
+                }
+                if before.data_key.is_some() {
+                    prop_assert_eq!(&s.data_key, &before.data_key, "the data key changed");
                 }
                 for v in s.volumes.values() {
                     prop_assert_eq!(v.replicas.get(&v.primary), Some(&ReplicaState::InSync));
