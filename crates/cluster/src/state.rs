@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use thiserror::Error;
 use uuid::Uuid;
 
 /// Node identifier (the Raft node id).
@@ -14,10 +15,117 @@ pub type NodeId = u64;
 /// Most copies a volume may have.
 pub const MAX_REPLICAS: usize = 3;
 
+/// Why the state machine refused a command (the state is unchanged).
+/// Messages name the object, as the CLI shows them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Error)]
+#[serde(rename_all = "kebab-case", tag = "refusal")]
+pub enum Refusal {
+    /// `Init` with another id than the one the cluster has.
+    #[error("the cluster already has an id")]
+    ClusterIdSet,
+    /// A member without a role.
+    #[error("node {node} has no role")]
+    NoRole { node: NodeId },
+    /// Node id 0, which Raft does not take.
+    #[error("node id 0 is not valid")]
+    NodeIdZero,
+    /// An empty, overlong or unprintable member name.
+    #[error("node {node}: the name must be 1 to 253 printable characters")]
+    BadNodeName { node: NodeId },
+    /// A member address over 255 bytes.
+    #[error("node {node}: an address is too long")]
+    AddressTooLong { node: NodeId },
+    /// Another member has the name.
+    #[error("another node ({other}) is already named {name}")]
+    NodeNameTaken { other: NodeId, name: String },
+    /// A data node with copies asked to become a witness.
+    #[error("node {node} holds volume copies and cannot become a witness")]
+    HoldsCopies { node: NodeId },
+    /// No member has this id.
+    #[error("node {node} is not a member")]
+    NotMember { node: NodeId },
+    /// The node holds the only in-sync copy of a volume.
+    #[error("node {node} holds the only in-sync copy of volume {volume}; add a replica and let it sync first")]
+    OnlyInSyncCopy { node: NodeId, volume: String },
+    /// A volume name that cannot be part of an IQN or a directory name.
+    #[error("volume name {name:?} is not 1 to 63 of a-z, 0-9, '.' and '-' starting with a letter or digit")]
+    BadVolumeName { name: String },
+    /// The volume name is taken.
+    #[error("volume {name} already exists")]
+    VolumeExists { name: String },
+    /// No volume has this name.
+    #[error("there is no volume {name}")]
+    NoVolume { name: String },
+    /// A replica count out of 1..=[`MAX_REPLICAS`].
+    #[error("volume {name}: {replicas} replicas asked; 1, 2 or 3 are possible")]
+    ReplicaCount { name: String, replicas: usize },
+    /// A block size that is not a power of two from 512 to 65536.
+    #[error("volume {name}: block size {block_size} is not a power of two from 512 to 65536")]
+    BlockSize { name: String, block_size: u32 },
+    /// A size that is not a positive multiple of the block size.
+    #[error("volume {name}: size {size_bytes} is not a positive multiple of the block size {block_size}")]
+    Size {
+        name: String,
+        size_bytes: u64,
+        block_size: u32,
+    },
+    /// A resize below the current size.
+    #[error("volume {name} cannot shrink from {from} to {to} bytes")]
+    Shrink { name: String, from: u64, to: u64 },
+    /// A command made at an epoch the volume has left.
+    #[error("volume {volume}: epoch {epoch} is stale (current {current})")]
+    StaleEpoch {
+        volume: String,
+        epoch: u64,
+        current: u64,
+    },
+    /// A state report about the primary's own copy.
+    #[error("volume {volume}: the primary's own copy is in sync by definition")]
+    PrimaryCopy { volume: String },
+    /// The volume has no copy on the node.
+    #[error("volume {volume} has no copy on node {node}")]
+    NoCopy { volume: String, node: NodeId },
+    /// A numbered report not above the last applied one.
+    #[error("volume {volume}: report {seq} on node {node} was overtaken by report {last}")]
+    ReportOvertaken {
+        volume: String,
+        node: NodeId,
+        seq: u64,
+        last: u64,
+    },
+    /// Promotion of a copy that misses writes.
+    #[error("volume {volume}: the copy on node {node} is not in sync and cannot become primary")]
+    NotInSync { volume: String, node: NodeId },
+    /// A copy placed on a witness.
+    #[error("volume {volume}: node {node} is a witness and holds no data")]
+    Witness { volume: String, node: NodeId },
+    /// A second copy on one node.
+    #[error("volume {volume} already has a copy on node {node}")]
+    CopyExists { volume: String, node: NodeId },
+    /// More than [`MAX_REPLICAS`] copies.
+    #[error("volume {volume} already has {MAX_REPLICAS} copies")]
+    TooManyCopies { volume: String },
+    /// Dropping the primary's copy.
+    #[error("volume {volume}: the copy on node {node} is the primary; promote another in-sync copy first")]
+    PrimaryNotRemovable { volume: String, node: NodeId },
+    /// Fewer data nodes than copies asked.
+    #[error("{wanted} replicas need {wanted} data nodes; the cluster has {have}")]
+    TooFewDataNodes { wanted: usize, have: usize },
+    /// The access rules changed since a reseal was made.
+    #[error("volume {volume}: the access rules changed meanwhile")]
+    AccessChanged { volume: String },
+    /// Another data key is recorded already.
+    #[error("the cluster records another data key already")]
+    DataKeySet,
+    /// Every data node holds a copy already.
+    #[error("every data node already holds a copy of volume {volume}; join another node first")]
+    NoNodeLeft { volume: String },
+}
+
 /// Checks a volume name: it becomes part of an IQN and a directory name, so
 /// 1 to 63 of a-z, 0-9, '.' and '-', starting with a letter or digit (the
 /// local store's rule).
-fn check_name(name: &str) -> Result<(), String> {
+fn check_name(name: &str) -> Result<(), Refusal> {
     let ok = (1..=63).contains(&name.len())
         && name
             .bytes()
@@ -29,23 +137,26 @@ fn check_name(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "volume name {name:?} is not 1 to 63 of a-z, 0-9, '.' and '-' starting with a letter or digit"
-        ))
+        Err(Refusal::BadVolumeName {
+            name: name.to_string(),
+        })
     }
 }
 
 /// Checks a volume's size and block size.
-fn check_geometry(name: &str, size_bytes: u64, block_size: u32) -> Result<(), String> {
+fn check_geometry(name: &str, size_bytes: u64, block_size: u32) -> Result<(), Refusal> {
     if !block_size.is_power_of_two() || !(512..=65536).contains(&block_size) {
-        return Err(format!(
-            "volume {name}: block size {block_size} is not a power of two from 512 to 65536"
-        ));
+        return Err(Refusal::BlockSize {
+            name: name.to_string(),
+            block_size,
+        });
     }
     if size_bytes == 0 || !size_bytes.is_multiple_of(u64::from(block_size)) {
-        return Err(format!(
-            "volume {name}: size {size_bytes} is not a positive multiple of the block size {block_size}"
-        ));
+        return Err(Refusal::Size {
+            name: name.to_string(),
+            size_bytes,
+            block_size,
+        });
     }
     Ok(())
 }
@@ -121,7 +232,9 @@ pub struct VolumeRecord {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub reports: BTreeMap<NodeId, u64>,
     /// Who may log in to the volume on every node, as the nodes' access
-    /// rules in JSON (may hold CHAP secrets); `None`: every initiator.
+    /// rules in JSON, CHAP secrets sealed under the data key (a rule
+    /// recorded before they were sealed holds them in clear until its next
+    /// change); `None`: every initiator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access: Option<String>,
 }
@@ -135,6 +248,10 @@ pub struct ClusterState {
     pub nodes: BTreeMap<NodeId, NodeInfo>,
     /// Volumes by name.
     pub volumes: BTreeMap<String, VolumeRecord>,
+    /// Id of the data nodes' key ([`crate::DataKey::id`]), set once; the
+    /// key itself never enters the state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_key: Option<String>,
 }
 
 /// A change to the state, proposed through Raft.
@@ -190,6 +307,25 @@ pub enum Command {
         volume: String,
         access: Option<String>,
     },
+    /// Records which key data nodes seal secrets under (its id); the
+    /// first id recorded stays.
+    SetDataKey { id: String },
+    /// Replaces the access rules of a volume with the same rules, their
+    /// secrets now sealed, unless they changed meanwhile: `replaces` is
+    /// [`access_digest`] of the rules it was made from (the old rules hold
+    /// secrets in clear, so the command names them by digest only).
+    ResealAccess {
+        volume: String,
+        replaces: String,
+        access: String,
+    },
+}
+
+/// The SHA-256 of recorded access rules, in hex: how
+/// [`Command::ResealAccess`] names the rules it replaces.
+pub fn access_digest(access: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(access.as_bytes()))
 }
 
 /// Answer to a command.
@@ -198,7 +334,7 @@ pub enum Outcome {
     /// Applied.
     Done,
     /// Refused; the state is unchanged.
-    Refused(String),
+    Refused(Refusal),
 }
 
 impl ClusterState {
@@ -210,49 +346,46 @@ impl ClusterState {
         }
     }
 
-    fn volume_mut(&mut self, name: &str) -> Result<&mut VolumeRecord, String> {
-        self.volumes
-            .get_mut(name)
-            .ok_or_else(|| format!("there is no volume {name}"))
+    fn volume_mut(&mut self, name: &str) -> Result<&mut VolumeRecord, Refusal> {
+        self.volumes.get_mut(name).ok_or_else(|| Refusal::NoVolume {
+            name: name.to_string(),
+        })
     }
 
-    fn try_apply(&mut self, cmd: &Command) -> Result<(), String> {
+    fn try_apply(&mut self, cmd: &Command) -> Result<(), Refusal> {
         match cmd {
             Command::Init { cluster_id } => {
                 if self.cluster_id.is_some_and(|c| c != *cluster_id) {
-                    return Err("the cluster already has an id".into());
+                    return Err(Refusal::ClusterIdSet);
                 }
                 self.cluster_id = Some(*cluster_id);
             }
             Command::AddNode { info } => {
                 if info.role.is_none() {
-                    return Err(format!("node {} has no role", info.id));
+                    return Err(Refusal::NoRole { node: info.id });
                 }
                 if info.id == 0 {
-                    return Err("node id 0 is not valid".into());
+                    return Err(Refusal::NodeIdZero);
                 }
                 if info.name.is_empty()
                     || info.name.len() > 253
                     || info.name.chars().any(char::is_control)
                 {
-                    return Err(format!(
-                        "node {}: the name must be 1 to 253 printable characters",
-                        info.id
-                    ));
+                    return Err(Refusal::BadNodeName { node: info.id });
                 }
                 let addrs = [&info.cluster_addr, &info.iscsi_addr, &info.repl_addr];
                 if addrs.iter().any(|a| a.len() > 255) {
-                    return Err(format!("node {}: an address is too long", info.id));
+                    return Err(Refusal::AddressTooLong { node: info.id });
                 }
                 if let Some(other) = self
                     .nodes
                     .values()
                     .find(|n| n.id != info.id && n.name == info.name)
                 {
-                    return Err(format!(
-                        "another node ({}) is already named {}",
-                        other.id, info.name
-                    ));
+                    return Err(Refusal::NodeNameTaken {
+                        other: other.id,
+                        name: info.name.clone(),
+                    });
                 }
                 if let Some(old) = self.nodes.get(&info.id) {
                     let holds = self
@@ -260,23 +393,20 @@ impl ClusterState {
                         .values()
                         .any(|v| v.replicas.contains_key(&old.id));
                     if holds && !info.holds_data() {
-                        return Err(format!(
-                            "node {} holds volume copies and cannot become a witness",
-                            info.id
-                        ));
+                        return Err(Refusal::HoldsCopies { node: info.id });
                     }
                 }
                 self.nodes.insert(info.id, info.clone());
             }
             Command::RemoveNode { node } => {
                 if !self.nodes.contains_key(node) {
-                    return Err(format!("node {node} is not a member"));
+                    return Err(Refusal::NotMember { node: *node });
                 }
                 if let Some(v) = self.only_in_sync_copy_on(*node) {
-                    return Err(format!(
-                        "node {node} holds the only in-sync copy of volume {}; add a replica and let it sync first",
-                        v.name
-                    ));
+                    return Err(Refusal::OnlyInSyncCopy {
+                        node: *node,
+                        volume: v.name.clone(),
+                    });
                 }
                 for v in self.volumes.values_mut() {
                     if v.replicas.remove(node).is_none() || v.primary != *node {
@@ -303,12 +433,13 @@ impl ClusterState {
             } => {
                 check_name(name)?;
                 if self.volumes.contains_key(name) {
-                    return Err(format!("volume {name} already exists"));
+                    return Err(Refusal::VolumeExists { name: name.clone() });
                 }
                 if !(1..=MAX_REPLICAS).contains(replicas) {
-                    return Err(format!(
-                        "volume {name}: {replicas} replicas asked; 1, 2 or 3 are possible"
-                    ));
+                    return Err(Refusal::ReplicaCount {
+                        name: name.clone(),
+                        replicas: *replicas,
+                    });
                 }
                 check_geometry(name, *size_bytes, *block_size)?;
                 let placed = self.place(*replicas)?;
@@ -331,15 +462,16 @@ impl ClusterState {
             Command::DeleteVolume { name } => {
                 self.volumes
                     .remove(name)
-                    .ok_or_else(|| format!("there is no volume {name}"))?;
+                    .ok_or_else(|| Refusal::NoVolume { name: name.clone() })?;
             }
             Command::ResizeVolume { name, size_bytes } => {
                 let v = self.volume_mut(name)?;
                 if *size_bytes < v.size_bytes {
-                    return Err(format!(
-                        "volume {name} cannot shrink from {} to {size_bytes} bytes",
-                        v.size_bytes
-                    ));
+                    return Err(Refusal::Shrink {
+                        name: name.clone(),
+                        from: v.size_bytes,
+                        to: *size_bytes,
+                    });
                 }
                 check_geometry(name, *size_bytes, v.block_size)?;
                 v.size_bytes = *size_bytes;
@@ -353,26 +485,30 @@ impl ClusterState {
             } => {
                 let v = self.volume_mut(volume)?;
                 if *epoch != v.epoch {
-                    return Err(format!(
-                        "volume {volume}: epoch {epoch} is stale (current {})",
-                        v.epoch
-                    ));
+                    return Err(Refusal::StaleEpoch {
+                        volume: volume.clone(),
+                        epoch: *epoch,
+                        current: v.epoch,
+                    });
                 }
                 if *node == v.primary {
-                    return Err(format!(
-                        "volume {volume}: the primary's own copy is in sync by definition"
-                    ));
+                    return Err(Refusal::PrimaryCopy {
+                        volume: volume.clone(),
+                    });
                 }
-                let r = v
-                    .replicas
-                    .get_mut(node)
-                    .ok_or_else(|| format!("volume {volume} has no copy on node {node}"))?;
+                let r = v.replicas.get_mut(node).ok_or_else(|| Refusal::NoCopy {
+                    volume: volume.clone(),
+                    node: *node,
+                })?;
                 if *seq > 0 {
                     let last = v.reports.get(node).copied().unwrap_or(0);
                     if *seq <= last {
-                        return Err(format!(
-                            "volume {volume}: report {seq} on node {node} was overtaken by report {last}"
-                        ));
+                        return Err(Refusal::ReportOvertaken {
+                            volume: volume.clone(),
+                            node: *node,
+                            seq: *seq,
+                            last,
+                        });
                     }
                     v.reports.insert(*node, *seq);
                 }
@@ -385,19 +521,26 @@ impl ClusterState {
             } => {
                 let v = self.volume_mut(volume)?;
                 if *expected_epoch != v.epoch {
-                    return Err(format!(
-                        "volume {volume}: epoch {expected_epoch} is stale (current {})",
-                        v.epoch
-                    ));
+                    return Err(Refusal::StaleEpoch {
+                        volume: volume.clone(),
+                        epoch: *expected_epoch,
+                        current: v.epoch,
+                    });
                 }
                 match v.replicas.get(node) {
                     Some(ReplicaState::InSync) => {}
                     Some(_) => {
-                        return Err(format!(
-                            "volume {volume}: the copy on node {node} is not in sync and cannot become primary"
-                        ))
+                        return Err(Refusal::NotInSync {
+                            volume: volume.clone(),
+                            node: *node,
+                        })
                     }
-                    None => return Err(format!("volume {volume} has no copy on node {node}")),
+                    None => {
+                        return Err(Refusal::NoCopy {
+                            volume: volume.clone(),
+                            node: *node,
+                        })
+                    }
                 }
                 if v.primary != *node {
                     if let Some(old) = v.replicas.get_mut(&v.primary) {
@@ -411,36 +554,63 @@ impl ClusterState {
                 match self.nodes.get(node) {
                     Some(n) if n.holds_data() => {}
                     Some(_) => {
-                        return Err(format!(
-                            "volume {volume}: node {node} is a witness and holds no data"
-                        ))
+                        return Err(Refusal::Witness {
+                            volume: volume.clone(),
+                            node: *node,
+                        })
                     }
-                    None => return Err(format!("node {node} is not a member")),
+                    None => return Err(Refusal::NotMember { node: *node }),
                 }
                 let v = self.volume_mut(volume)?;
                 if v.replicas.contains_key(node) {
-                    return Err(format!("volume {volume} already has a copy on node {node}"));
+                    return Err(Refusal::CopyExists {
+                        volume: volume.clone(),
+                        node: *node,
+                    });
                 }
                 if v.replicas.len() >= MAX_REPLICAS {
-                    return Err(format!("volume {volume} already has {MAX_REPLICAS} copies"));
+                    return Err(Refusal::TooManyCopies {
+                        volume: volume.clone(),
+                    });
                 }
                 v.replicas.insert(*node, ReplicaState::OutOfSync);
             }
             Command::RemoveReplica { volume, node } => {
                 let v = self.volume_mut(volume)?;
                 if !v.replicas.contains_key(node) {
-                    return Err(format!("volume {volume} has no copy on node {node}"));
+                    return Err(Refusal::NoCopy {
+                        volume: volume.clone(),
+                        node: *node,
+                    });
                 }
                 if v.primary == *node {
-                    return Err(format!(
-                        "volume {volume}: the copy on node {node} is the primary; promote another in-sync copy first"
-                    ));
+                    return Err(Refusal::PrimaryNotRemovable {
+                        volume: volume.clone(),
+                        node: *node,
+                    });
                 }
                 v.replicas.remove(node);
             }
             Command::SetAccess { volume, access } => {
                 self.volume_mut(volume)?.access = access.clone();
             }
+            Command::ResealAccess {
+                volume,
+                replaces,
+                access,
+            } => {
+                let v = self.volume_mut(volume)?;
+                if v.access.as_deref().map(access_digest).as_ref() != Some(replaces) {
+                    return Err(Refusal::AccessChanged {
+                        volume: volume.clone(),
+                    });
+                }
+                v.access = Some(access.clone());
+            }
+            Command::SetDataKey { id } => match &self.data_key {
+                Some(have) if have != id => return Err(Refusal::DataKeySet),
+                _ => self.data_key = Some(id.clone()),
+            },
         }
         Ok(())
     }
@@ -475,31 +645,28 @@ impl ClusterState {
     }
 
     /// Chooses `n` distinct data nodes, those with the fewest copies first.
-    fn place(&self, n: usize) -> Result<Vec<NodeId>, String> {
+    fn place(&self, n: usize) -> Result<Vec<NodeId>, Refusal> {
         let load = self.data_nodes_by_load();
         if load.len() < n {
-            return Err(format!(
-                "{n} replicas need {n} data nodes; the cluster has {}",
-                load.len()
-            ));
+            return Err(Refusal::TooFewDataNodes {
+                wanted: n,
+                have: load.len(),
+            });
         }
         Ok(load.into_iter().take(n).map(|(_, id)| id).collect())
     }
 
     /// The data node without a copy of `volume` that holds the fewest copies.
-    pub fn place_another(&self, volume: &str) -> Result<NodeId, String> {
-        let v = self
-            .volumes
-            .get(volume)
-            .ok_or_else(|| format!("there is no volume {volume}"))?;
+    pub fn place_another(&self, volume: &str) -> Result<NodeId, Refusal> {
+        let v = self.volumes.get(volume).ok_or_else(|| Refusal::NoVolume {
+            name: volume.to_string(),
+        })?;
         self.data_nodes_by_load()
             .into_iter()
             .map(|(_, id)| id)
             .find(|id| !v.replicas.contains_key(id))
-            .ok_or_else(|| {
-                format!(
-                    "every data node already holds a copy of volume {volume}; join another node first"
-                )
+            .ok_or_else(|| Refusal::NoNodeLeft {
+                volume: volume.to_string(),
             })
     }
 
@@ -685,9 +852,14 @@ mod tests {
             }),
             Outcome::Done
         );
+        assert_eq!(
+            s.place_another("v").unwrap_err(),
+            Refusal::NoNodeLeft { volume: "v".into() }
+        );
         assert!(s
             .place_another("v")
             .unwrap_err()
+            .to_string()
             .contains("every data node"));
         assert!(s.place_another("nope").is_err());
         assert_eq!(s.find_node("n2").map(|n| n.id), Some(2));
@@ -846,6 +1018,12 @@ mod tests {
                 volume: "v".into(),
                 access: Some(r#"{"allowed_initiators":["iqn.x"]}"#.into()),
             },
+            Command::SetDataKey { id: "ab".into() },
+            Command::ResealAccess {
+                volume: "v".into(),
+                replaces: "cd".into(),
+                access: "{}".into(),
+            },
         ];
         for c in cmds {
             let back: Command = serde_json::from_slice(&serde_json::to_vec(&c).unwrap()).unwrap();
@@ -875,6 +1053,44 @@ mod tests {
             serde_json::to_string(&ReplicaState::Syncing).unwrap(),
             r#"{"state":"syncing"}"#
         );
+    }
+
+    #[test]
+    fn the_first_data_key_stays_and_a_reseal_applies_only_to_the_rules_it_was_made_from() {
+        let mut s = cluster(1, false);
+        let set = |id: &str| Command::SetDataKey { id: id.into() };
+        assert_eq!(s.apply(&set("k1")), Outcome::Done);
+        assert_eq!(s.apply(&set("k1")), Outcome::Done, "again, same key");
+        assert_eq!(s.apply(&set("k2")), Outcome::Refused(Refusal::DataKeySet));
+        assert_eq!(s.data_key.as_deref(), Some("k1"));
+
+        s.apply(&create("v", 1));
+        let clear = r#"{"chap":{"user":"esx","secret":"initiator-secret-1"}}"#;
+        let set_access = |a: &str| Command::SetAccess {
+            volume: "v".into(),
+            access: Some(a.into()),
+        };
+        assert_eq!(s.apply(&set_access(clear)), Outcome::Done);
+        let reseal = |replaces: &str| Command::ResealAccess {
+            volume: "v".into(),
+            replaces: access_digest(replaces),
+            access: "sealed".into(),
+        };
+        // The reseal names the old rules by digest, never by their text.
+        let bytes = serde_json::to_string(&reseal(clear)).unwrap();
+        assert!(!bytes.contains("initiator-secret-1"));
+        assert_eq!(
+            s.apply(&reseal("{}")),
+            Outcome::Refused(Refusal::AccessChanged { volume: "v".into() })
+        );
+        assert_eq!(s.volumes["v"].access.as_deref(), Some(clear));
+        assert_eq!(s.apply(&reseal(clear)), Outcome::Done);
+        assert_eq!(s.volumes["v"].access.as_deref(), Some("sealed"));
+        // A state without a data key writes no field for it: snapshots of
+        // clusters made before keep their bytes.
+        assert!(!serde_json::to_string(&cluster(1, false))
+            .unwrap()
+            .contains("data_key"));
     }
 
     #[test]
@@ -939,8 +1155,17 @@ mod tests {
                 .prop_map(|(volume, node)| Command::AddReplica { volume, node }),
             (vol.clone(), node_id.clone())
                 .prop_map(|(volume, node)| Command::RemoveReplica { volume, node }),
-            (vol, proptest::option::of(Just("{}".to_string())))
+            (vol.clone(), proptest::option::of(Just("{}".to_string())))
                 .prop_map(|(volume, access)| Command::SetAccess { volume, access }),
+            (vol, prop_oneof![Just("{}"), Just("[]")]).prop_map(|(volume, replaces)| {
+                Command::ResealAccess {
+                    volume,
+                    replaces: access_digest(replaces),
+                    access: "[]".into(),
+                }
+            }),
+            prop_oneof![Just("k1"), Just("k2")]
+                .prop_map(|id| Command::SetDataKey { id: id.into() }),
             node_id
                 .clone()
                 .prop_map(|node| Command::RemoveNode { node }),
@@ -975,6 +1200,9 @@ mod tests {
                 let before = s.clone();
                 if let Outcome::Refused(_) = s.apply(&c) {
                     prop_assert_eq!(&s, &before, "a refused command changed the state");
+                }
+                if before.data_key.is_some() {
+                    prop_assert_eq!(&s.data_key, &before.data_key, "the data key changed");
                 }
                 for v in s.volumes.values() {
                     prop_assert_eq!(v.replicas.get(&v.primary), Some(&ReplicaState::InSync));

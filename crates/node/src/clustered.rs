@@ -53,6 +53,10 @@ const REPL_TIMEOUT: Duration = Duration::from_secs(2);
 /// before the writes waiting for that record fail.
 const RECORD_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Time a node waits for the data key before it refuses to record access
+/// rules with secrets.
+const DATA_KEY_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The cluster side of a node.
 pub struct Clustered {
     cluster: Cluster,
@@ -67,16 +71,21 @@ pub struct Clustered {
     wake: tokio::sync::Notify,
 }
 
-/// The access rules the cluster records for `v`.
-fn access_of(v: &cluster::VolumeRecord) -> Result<crate::AccessConfig, NodeError> {
+/// The access rules the cluster records for `v`, secrets opened with this
+/// data node's key.
+fn access_of(c: &Clustered, v: &cluster::VolumeRecord) -> Result<crate::AccessConfig, NodeError> {
     match &v.access {
         None => Ok(crate::AccessConfig::default()),
-        Some(json) => serde_json::from_str(json).map_err(|e| {
-            NodeError::Cluster(format!(
-                "volume {}: the access rules in the cluster state are unreadable: {e}",
-                v.name
-            ))
-        }),
+        Some(record) => {
+            crate::AccessConfig::from_record(record, c.cluster.data_key().as_ref(), v.id).map_err(
+                |e| {
+                    NodeError::Cluster(format!(
+                        "volume {}: the access rules in the cluster state: {e}",
+                        v.name
+                    ))
+                },
+            )
+        }
     }
 }
 
@@ -189,9 +198,55 @@ fn member_id(state: &ClusterState, name: &str) -> Result<NodeId, NodeError> {
         .ok_or_else(|| NodeError::Invalid(format!("no cluster member named {name}")))
 }
 
+/// This data node's data key, waiting a little for it (a node that just
+/// joined or started fetches it from another data node).
+async fn data_key(c: &Clustered) -> Result<cluster::DataKey, NodeError> {
+    c.cluster
+        .wait_data_key(DATA_KEY_TIMEOUT)
+        .await
+        .ok_or_else(|| {
+            NodeError::Cluster(
+                "this node has not received the cluster's data key yet; try again".into(),
+            )
+        })
+}
+
+/// Seals the CHAP secrets of `v` that the state holds in clear (recorded
+/// by a node from before secrets were sealed): done by the volume's
+/// primary, once it holds the data key; tried again at the next reconcile
+/// if it fails.
+async fn reseal(c: &Clustered, v: &cluster::VolumeRecord) {
+    let Some(record) = v.access.as_deref() else {
+        return;
+    };
+    if !crate::AccessConfig::record_has_clear_secret(record) || !c.cluster.lease_valid() {
+        return;
+    }
+    let Some(key) = c.cluster.data_key() else {
+        return;
+    };
+    let Ok(rules) = crate::AccessConfig::from_record(record, Some(&key), v.id) else {
+        return;
+    };
+    let cmd = Command::ResealAccess {
+        volume: v.name.clone(),
+        replaces: cluster::access_digest(record),
+        access: match rules.to_record(Some(&key), v.id) {
+            Ok(sealed) => sealed,
+            Err(_) => return,
+        },
+    };
+    match tokio::time::timeout(RECORD_TIMEOUT, c.cluster.propose(cmd)).await {
+        Ok(Ok(())) => tracing::info!(volume = %v.name, "CHAP secrets in the cluster state sealed"),
+        Ok(Err(e)) => tracing::warn!(volume = %v.name, "sealing the CHAP secrets: {e}"),
+        Err(_) => tracing::warn!(volume = %v.name, "sealing the CHAP secrets: no answer"),
+    }
+}
+
 fn cluster_err(e: cluster::ClusterError) -> NodeError {
     match e {
         cluster::ClusterError::Refused(why) => NodeError::Refused(why),
+        e @ cluster::ClusterError::BadToken => NodeError::Invalid(e.to_string()),
         e => NodeError::Cluster(e.to_string()),
     }
 }
@@ -499,7 +554,7 @@ impl Node {
         if let Some(old) = exported.remove(&v.name) {
             self.targets.remove(&old.iqn);
         }
-        let access = access_of(v)?;
+        let access = access_of(c, v)?;
         let mut e = self.export_as(crate::service::Export {
             name: v.name.clone(),
             id: v.id,
@@ -555,7 +610,7 @@ impl Node {
         let e = vols.by_id_mut(v.id).expect("presented above");
         let recorded = e.cluster.as_ref().expect("presented above").access.clone();
         if recorded != v.access {
-            let access = access_of(v)?;
+            let access = access_of(c, v)?;
             self.apply_access(&v.name, e, access);
         }
         let lun = e.lun.clone();
@@ -571,6 +626,9 @@ impl Node {
             })?;
         if grew {
             lun.capacity_changed();
+        }
+        if v.primary == me {
+            reseal(c, v).await;
         }
         let holders: Vec<NodeId> = v.replicas.keys().copied().collect();
         let desired = (v.primary, v.epoch, holders.clone());
@@ -726,8 +784,26 @@ impl Node {
         name: &str,
         access: &crate::AccessConfig,
     ) -> Result<(), NodeError> {
-        let json = (*access != crate::AccessConfig::default())
-            .then(|| serde_json::to_string(access).expect("plain data encodes"));
+        let id = c
+            .cluster
+            .state()
+            .volumes
+            .get(name)
+            .map(|v| v.id)
+            .ok_or_else(|| NodeError::NotFound(name.to_string()))?;
+        let json = if *access == crate::AccessConfig::default() {
+            None
+        } else {
+            // Only rules with CHAP secrets need the data key.
+            let key = match access.chap {
+                Some(_) => Some(data_key(c).await?),
+                None => None,
+            };
+            let record = access
+                .to_record(key.as_ref(), id)
+                .map_err(|e| NodeError::Cluster(format!("volume {name}: access rules: {e}")))?;
+            Some(record)
+        };
         self.change(
             c,
             Command::SetAccess {
@@ -819,7 +895,9 @@ impl Node {
         }
         let target = match node {
             Some(n) => member_id(&state, n)?,
-            None => state.place_another(name).map_err(NodeError::Refused)?,
+            None => state
+                .place_another(name)
+                .map_err(|e| NodeError::Refused(e.to_string()))?,
         };
         c.cluster
             .propose(Command::AddReplica {

@@ -519,7 +519,7 @@ async fn single_node_cluster_volume_lifecycle() {
         Err(NodeError::Store(e)) => assert!(e.is_conflict(), "{e}"),
         other => panic!("a cluster volume took a local volume's name: {other:?}"),
     }
-    assert!(c.cluster().state().volumes.get("local").is_none());
+    assert!(!c.cluster().state().volumes.contains_key("local"));
     assert_eq!(f.node.volume("local").await.unwrap().size_bytes, MIB);
     let me = c.cluster().id();
     let status = f.node.cluster_status().await.unwrap();

@@ -17,6 +17,24 @@ use common::Server;
 use testkit::history::History;
 
 const EXTENTS: u64 = 128;
+const CHAP_SECRET: &str = "cluster-chap-secret-1";
+
+/// Every member's Raft database under `dir`.
+fn raft_logs(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if p.file_name().is_some_and(|n| n == "raft.redb") {
+                found.push(p);
+            }
+        }
+    }
+    found
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn primary_then_secondary_killed_no_acknowledged_write_lost_and_copies_converge() {
@@ -46,6 +64,56 @@ async fn primary_then_secondary_killed_no_acknowledged_write_lost_and_copies_con
             .contains("iqn.2026-01.test:only"),
         "the cluster status shows the access rules (they may hold secrets)"
     );
+    // CHAP on a cluster volume: set through one node, it holds on the
+    // other, and the secret is sealed in the log every member keeps (the
+    // witness's too).
+    let secret_file = dir.path().join("chap");
+    std::fs::write(&secret_file, format!("{CHAP_SECRET}\n")).unwrap();
+    b.cli_ok(&[
+        "volume",
+        "access",
+        "vm",
+        "--chap-user",
+        "esx",
+        "--chap-secret-file",
+        secret_file.to_str().unwrap(),
+    ]);
+    wait_until("the CHAP rule on both nodes", 10, || {
+        show(&a)["chap_user"] == "esx"
+    });
+    let logs = raft_logs(dir.path());
+    assert_eq!(logs.len(), 3, "{logs:?}");
+    for log in &logs {
+        let bytes = std::fs::read(log).unwrap();
+        assert!(
+            !bytes
+                .windows(CHAP_SECRET.len())
+                .any(|w| w == CHAP_SECRET.as_bytes()),
+            "the CHAP secret in clear in {}",
+            log.display()
+        );
+    }
+    common::require_tool("iscsi-inq");
+    let url = |creds: &str| {
+        format!(
+            "iscsi://{creds}{}/{}:vm/0",
+            a.portal(),
+            common::node_prefix()
+        )
+    };
+    let login = |creds: &str| {
+        std::process::Command::new("iscsi-inq")
+            .args(["-i", "iqn.2026-01.test:chap", &url(creds)])
+            .output()
+            .unwrap()
+    };
+    let ok = login(&format!("esx%{CHAP_SECRET}@"));
+    assert!(
+        ok.status.success(),
+        "CHAP login through the other node: {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(!login("esx%not-the-secret@").status.success());
     a.cli_ok(&["volume", "access", "vm"]);
     wait_until("every initiator allowed again on both nodes", 10, || {
         show(&b)["allowed_initiators"] == serde_json::json!([])

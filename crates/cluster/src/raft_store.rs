@@ -47,7 +47,7 @@ struct SavedSnapshot {
 
 /// Raft storage of one node.
 #[derive(Clone)]
-pub struct RedbStore {
+pub struct RaftStore {
     db: Arc<Database>,
     applied: Arc<RwLock<Applied>>,
     publish: Arc<watch::Sender<Arc<ClusterState>>>,
@@ -57,9 +57,9 @@ fn io(e: impl std::error::Error + 'static) -> AnyError {
     AnyError::new(&e)
 }
 
-impl RedbStore {
+impl RaftStore {
     /// Opens (or creates) the database in `dir`.
-    pub fn open(dir: &Path) -> Result<RedbStore, redb::Error> {
+    pub fn open(dir: &Path) -> Result<RaftStore, redb::Error> {
         let db = Database::create(dir.join("raft.redb"))?;
         let txn = db.begin_write()?;
         {
@@ -67,7 +67,7 @@ impl RedbStore {
             txn.open_table(META)?;
         }
         txn.commit()?;
-        let store = RedbStore {
+        let store = RaftStore {
             db: Arc::new(db),
             applied: Arc::default(),
             publish: Arc::new(watch::channel(Arc::new(ClusterState::default())).0),
@@ -155,7 +155,7 @@ impl RedbStore {
     }
 }
 
-impl RaftLogReader<TypeConfig> for RedbStore {
+impl RaftLogReader<TypeConfig> for RaftStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + std::fmt::Debug + OptionalSend>(
         &mut self,
         range: RB,
@@ -172,7 +172,7 @@ impl RaftLogReader<TypeConfig> for RedbStore {
     }
 }
 
-impl RaftSnapshotBuilder<TypeConfig> for RedbStore {
+impl RaftSnapshotBuilder<TypeConfig> for RaftStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, Error> {
         let applied = self.applied.read().unwrap().clone();
         let data = serde_json::to_vec(&applied)
@@ -199,9 +199,9 @@ impl RaftSnapshotBuilder<TypeConfig> for RedbStore {
     }
 }
 
-impl RaftStorage<TypeConfig> for RedbStore {
-    type LogReader = RedbStore;
-    type SnapshotBuilder = RedbStore;
+impl RaftStorage<TypeConfig> for RaftStore {
+    type LogReader = RaftStore;
+    type SnapshotBuilder = RaftStore;
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), Error> {
         let b = serde_json::to_vec(vote).map_err(|e| StorageIOError::<u64>::write_vote(io(e)))?;
@@ -411,7 +411,7 @@ mod tests {
     #[tokio::test]
     async fn applied_state_survives_reopen_and_travels_as_a_snapshot() {
         let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let mut a = RedbStore::open(d1.path()).unwrap();
+        let mut a = RaftStore::open(d1.path()).unwrap();
         let entries = entries();
         a.append_to_log(entries.clone()).await.unwrap();
         let out = a.apply_to_state_machine(&entries).await.unwrap();
@@ -436,7 +436,7 @@ mod tests {
         drop(a);
 
         // Reopened from disk: the state machine, the log and the snapshot.
-        let mut a = RedbStore::open(d1.path()).unwrap();
+        let mut a = RaftStore::open(d1.path()).unwrap();
         assert_eq!(a.state(), state);
         assert_eq!(
             a.last_applied_state().await.unwrap().0.map(|l| l.index),
@@ -452,20 +452,20 @@ mod tests {
         let snap = a.get_current_snapshot().await.unwrap().unwrap();
 
         // Installed on an empty member, the snapshot reproduces the state.
-        let mut b = RedbStore::open(d2.path()).unwrap();
+        let mut b = RaftStore::open(d2.path()).unwrap();
         let watch = b.subscribe();
         b.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
         assert_eq!(b.state(), state);
         assert!(watch.has_changed().unwrap());
         drop(b);
-        let b = RedbStore::open(d2.path()).unwrap();
+        let b = RaftStore::open(d2.path()).unwrap();
         assert_eq!(b.state(), state);
     }
 
     #[tokio::test]
     async fn vote_and_log_conflicts_are_durable() {
         let d = tempfile::tempdir().unwrap();
-        let mut s = RedbStore::open(d.path()).unwrap();
+        let mut s = RaftStore::open(d.path()).unwrap();
         assert_eq!(s.read_vote().await.unwrap(), None);
         let vote = Vote::new(3, 2);
         s.save_vote(&vote).await.unwrap();
@@ -475,7 +475,7 @@ mod tests {
             .await
             .unwrap();
         drop(s);
-        let mut s = RedbStore::open(d.path()).unwrap();
+        let mut s = RaftStore::open(d.path()).unwrap();
         assert_eq!(s.read_vote().await.unwrap(), Some(vote));
         let log = s.get_log_state().await.unwrap();
         assert_eq!(log.last_log_id.map(|l| l.index), Some(1));

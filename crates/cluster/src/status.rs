@@ -1,0 +1,70 @@
+//! What a member reports about the cluster: [`ClusterStatus`].
+
+use std::collections::BTreeMap;
+
+use openraft::ServerState;
+use serde::{Deserialize, Serialize};
+
+use crate::lease::DEAD_AFTER;
+use crate::member::Inner;
+use crate::{ClusterState, NodeId};
+
+/// How a member sees the cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// This node.
+    pub me: NodeId,
+    /// Current leader, if any.
+    pub leader: Option<NodeId>,
+    /// Raft term.
+    pub term: u64,
+    /// Last applied (hence committed) log index.
+    pub applied: u64,
+    /// Last index in this node's log (committed or not).
+    #[serde(default)]
+    pub last_log_index: u64,
+    /// Last log index covered by this node's snapshot (0: none yet).
+    #[serde(default)]
+    pub snapshot: u64,
+    /// Voting members.
+    pub voters: Vec<NodeId>,
+    /// Milliseconds since the leader last heard from each member (leader's view).
+    pub last_seen_ms: BTreeMap<NodeId, u64>,
+    /// The replicated state.
+    pub state: ClusterState,
+}
+
+impl ClusterStatus {
+    /// Whether the leader heard from `node` within [`DEAD_AFTER`] (false
+    /// when no leader's view is known).
+    pub fn reachable(&self, node: NodeId) -> bool {
+        self.last_seen_ms
+            .get(&node)
+            .is_some_and(|&ms| u128::from(ms) < DEAD_AFTER.as_millis())
+    }
+}
+
+impl Inner {
+    /// This member's status; liveness only when it leads.
+    pub(crate) fn local_status(&self) -> ClusterStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let seen = self.seen.lock().unwrap();
+        ClusterStatus {
+            me: self.me.id,
+            leader: m.current_leader,
+            term: m.current_term,
+            applied: m.last_applied.map(|l| l.index).unwrap_or(0),
+            last_log_index: m.last_log_index.unwrap_or(0),
+            snapshot: m.snapshot.map(|l| l.index).unwrap_or(0),
+            voters: m.membership_config.membership().voter_ids().collect(),
+            last_seen_ms: if m.state == ServerState::Leader {
+                seen.iter()
+                    .map(|(n, t)| (*n, t.elapsed().as_millis() as u64))
+                    .collect()
+            } else {
+                BTreeMap::new()
+            },
+            state: (*self.store.state()).clone(),
+        }
+    }
+}
