@@ -226,5 +226,18 @@ async fn primary_then_secondary_killed_no_acknowledged_write_lost_and_copies_con
         std::fs::read(volume_file(other)).unwrap(),
     );
     assert!(x == y, "the two copies differ after resync");
+    // A node stopped with SIGTERM closed its copies cleanly, whatever role it
+    // had: started again it has no region to recheck.
+    for node in [&mut *primary, &mut *other] {
+        let before = node.log_text().len();
+        node.restart();
+        let log = node.log_text();
+        assert!(
+            !log[before..].contains("not shut down cleanly"),
+            "a copy was not closed cleanly at SIGTERM:\n{}",
+            &log[before..]
+        );
+        node.stop();
+    }
     drop(witness);
 }
