@@ -94,11 +94,9 @@ struct UnitStateFile {
 
 #[async_trait::async_trait]
 impl StateStore for UnitStateFile {
-    async fn save(&self, bytes: Vec<u8>) -> Result<(), String> {
+    async fn save(&self, bytes: Vec<u8>) -> std::io::Result<()> {
         let path = self.path.clone();
-        durable::blocking(move || Ok(durable::write_atomic(&path, &bytes)?))
-            .await
-            .map_err(|e| e.to_string())
+        durable::blocking(move || Ok(durable::write_atomic(&path, &bytes)?)).await
     }
 }
 

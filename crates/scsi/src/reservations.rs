@@ -65,7 +65,7 @@ fn registrants_only(t: u8) -> bool {
 #[async_trait]
 pub trait StateStore: Send + Sync {
     /// Replaces the saved state with `bytes`, durably, before returning.
-    async fn save(&self, bytes: Vec<u8>) -> Result<(), String>;
+    async fn save(&self, bytes: Vec<u8>) -> std::io::Result<()>;
 }
 
 /// One registration: an I_T nexus and its reservation key.
@@ -102,8 +102,8 @@ pub struct PersistentState {
 impl PersistentState {
     /// Decodes what [`PersistentState::encode`] produced. Without APTPL
     /// nothing persists across a restart, so such a state comes back empty.
-    pub fn decode(bytes: &[u8]) -> Result<PersistentState, String> {
-        let s: PersistentState = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    pub fn decode(bytes: &[u8]) -> Result<PersistentState, serde_json::Error> {
+        let s: PersistentState = serde_json::from_slice(bytes)?;
         Ok(if s.aptpl {
             s
         } else {

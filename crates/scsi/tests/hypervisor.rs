@@ -199,7 +199,7 @@ struct Saved(Mutex<Vec<Vec<u8>>>);
 
 #[async_trait]
 impl StateStore for Saved {
-    async fn save(&self, bytes: Vec<u8>) -> Result<(), String> {
+    async fn save(&self, bytes: Vec<u8>) -> std::io::Result<()> {
         self.0.lock().unwrap().push(bytes);
         Ok(())
     }

@@ -3,7 +3,7 @@
 //!
 //! Addresses are logical block addresses in units of [`Volume::block_size`].
 //! A write is durable once `write(.., fua = true)` or a later `flush()` has
-//! returned `Ok`; before that it may be lost by a crash (see DESIGN.md).
+//! returned `Ok`; before that it may be lost by a crash (see docs/architecture.md, "Where durability is made").
 #![forbid(unsafe_code)]
 
 pub mod buffer;
