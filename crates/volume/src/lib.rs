@@ -1,9 +1,10 @@
 //! The `Volume` trait: asynchronous block I/O that the SCSI layer drives and
-//! that every backend (local store, null, in-memory, later replicated) offers.
+//! that every backend (local store, cluster volume, null, in-memory) offers.
 //!
 //! Addresses are logical block addresses in units of [`Volume::block_size`].
 //! A write is durable once `write(.., fua = true)` or a later `flush()` has
-//! returned `Ok`; before that it may be lost by a crash (see docs/architecture.md, "Where durability is made").
+//! returned `Ok`; before that it may be lost by a crash (see "Where
+//! durability is made" in docs/architecture.md).
 #![forbid(unsafe_code)]
 
 pub mod buffer;
