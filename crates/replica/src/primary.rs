@@ -221,6 +221,39 @@ impl Primary {
         self.cfg.epoch
     }
 
+    /// Checks a request that reached the primary from another node against
+    /// the volume as the primary has it. The sender checked it against its
+    /// own view, which can be larger for a moment while a resize reaches
+    /// the nodes one by one; unchecked, such a write would fail here but be
+    /// applied by a replica that already grew, or fail there and cost an
+    /// in-sync replica its place.
+    pub fn check_request(&self, op: &Op) -> Result<(), VolumeError> {
+        let v = self.copy.volume();
+        let (bs, n) = (v.block_size(), v.num_blocks());
+        match op {
+            Op::Read { lba, blocks } => volume::check_range(n, *lba, *blocks as u64),
+            Op::Write { lba, data, .. } => {
+                volume::check_range(n, *lba, volume::blocks_in(data.len(), bs)?)
+            }
+            Op::Unmap { lba, blocks } => volume::check_range(n, *lba, *blocks),
+            Op::WriteSame {
+                lba,
+                blocks,
+                pattern,
+                ..
+            } => {
+                volume::check_pattern(pattern.len(), bs)?;
+                volume::check_range(n, *lba, *blocks)
+            }
+            Op::CompareAndWrite { lba, data, .. } => {
+                let half = data.len() / 2;
+                let blocks = volume::compare_and_write_blocks(half, data.len() - half, bs)?;
+                volume::check_range(n, *lba, blocks)
+            }
+            Op::Flush | Op::Resize { .. } | Op::Ping | Op::Settle => Ok(()),
+        }
+    }
+
     fn check_serving(&self) -> Result<(), VolumeError> {
         if self.stopped.load(Ordering::Acquire) {
             return Err(unavailable(Unavailable::RoleEnded));

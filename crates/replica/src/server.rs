@@ -298,9 +298,10 @@ async fn replicated(copy: &LocalCopy, epoch: u64, op: Op) -> Result<Bytes, Failu
     }
 }
 
-/// Runs one request another node forwarded to this node's primary role.
-/// The primary's copy checks ranges and lengths as it applies them.
+/// Runs one request another node forwarded to this node's primary role,
+/// once it fits the volume as the primary has it.
 async fn forwarded(p: &Primary, op: Op) -> Result<Bytes, Failure> {
+    p.check_request(&op).map_err(|e| failure_of(&e))?;
     match op {
         Op::Read { lba, blocks } => p
             .read(lba, blocks)

@@ -660,3 +660,65 @@ async fn a_node_without_the_cluster_secret_gets_nothing() {
         Err(VolumeError::Unavailable(_))
     ));
 }
+
+/// A node that is forwarding to the primary, its recorded geometry at `blocks`.
+fn forwarding_node(primary: &TestNode, k: &ClusterKey, blocks: u64) -> Arc<ClusterVolume> {
+    let v = ClusterVolume::recorded("vol", BS, blocks);
+    let route = Forwarder::new(
+        "vol",
+        None,
+        3,
+        primary.addr.to_string(),
+        k.clone(),
+        Duration::from_secs(2),
+    );
+    v.set_route(Route::Forward(Arc::new(route)));
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_request_beyond_the_primarys_size_costs_no_replica_its_place() {
+    // A resize reaches the nodes one by one: the forwarding node already
+    // presents 512 blocks, the primary and its replica still have 256.
+    let k = key();
+    let a = TestNode::new(&k, 256).await;
+    let b = TestNode::new(&k, 256).await;
+    let control = Arc::new(TestControl::default());
+    let p = primary(&a, 1, &[(&b, 2, true)], control.clone()).await;
+    a.export.set_route(Route::Primary(p.clone()));
+    let far = forwarding_node(&a, &k, 512);
+    let r = far.write(300, pattern(1, 3), false).await;
+    assert!(matches!(r, Err(VolumeError::OutOfRange { .. })), "{r:?}");
+    let r = far.write_same(300, 4, pattern(1, 4), false, false).await;
+    assert!(matches!(r, Err(VolumeError::OutOfRange { .. })), "{r:?}");
+    let r = far.unmap(250, 100).await;
+    assert!(matches!(r, Err(VolumeError::OutOfRange { .. })), "{r:?}");
+    let r = far.read(255, 2).await;
+    assert!(matches!(r, Err(VolumeError::OutOfRange { .. })), "{r:?}");
+    assert!(
+        control.lost.lock().unwrap().is_empty(),
+        "a replica was recorded lost"
+    );
+    assert!(p.peer_status().iter().all(|s| s.state == PeerState::InSync));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_write_into_blocks_only_a_replica_has_yet_lands_nowhere() {
+    // The replica grew first; the primary has not yet.
+    let k = key();
+    let a = TestNode::new(&k, 256).await;
+    let b = TestNode::with(&k, BS, 512).await;
+    let control = Arc::new(TestControl::default());
+    let p = primary(&a, 1, &[(&b, 2, true)], control.clone()).await;
+    a.export.set_route(Route::Primary(p.clone()));
+    let far = forwarding_node(&a, &k, 512);
+    let r = far.write(300, pattern(1, 3), false).await;
+    assert!(matches!(r, Err(VolumeError::OutOfRange { .. })), "{r:?}");
+    p.resize(512).await.unwrap();
+    assert_eq!(
+        a.copy.volume().read(300, 1).await.unwrap(),
+        b.copy.volume().read(300, 1).await.unwrap(),
+        "the copies differ where no write was acknowledged"
+    );
+    assert!(control.lost.lock().unwrap().is_empty());
+}
