@@ -239,10 +239,13 @@ impl LocalCopy {
         self.known_copies.read().unwrap().get(&node).copied()
     }
 
-    /// Grows the activity log after the volume grew.
-    pub fn grown(&self) {
-        let bytes = self.volume.num_blocks() * self.volume.block_size() as u64;
-        self.activity.grow(bytes);
+    /// Grows the local volume to `blocks` blocks, the activity log first:
+    /// a write that reaches the new blocks the moment the volume has them is
+    /// counted and marked like any other.
+    pub async fn grow(&self, blocks: u64) -> Result<(), VolumeError> {
+        self.activity
+            .grow(blocks.saturating_mul(self.volume.block_size() as u64));
+        self.volume.resize(blocks).await
     }
 
     /// Removes the copy's replication files (the volume is being deleted).

@@ -396,11 +396,16 @@ impl<B: Backing> ActivityLog<B> {
 
     /// Extends the log after the volume grew to `volume_bytes`.
     pub fn grow(&self, volume_bytes: u64) {
-        self.map.extend(volume_bytes);
+        // The counts grow first, under their lock, so a write into a new
+        // region is counted in flight from the moment the map has it (and
+        // its guard never takes one from a count it did not add to).
         let mut counts = self.in_flight.write().unwrap();
-        while (counts.len() as u64) < self.map.regions() {
+        let region = 1u64 << self.map.region_shift();
+        let regions = volume_bytes.div_ceil(region);
+        while (counts.len() as u64) < regions {
             counts.push(AtomicU32::new(0));
         }
+        self.map.extend(volume_bytes);
     }
 }
 
@@ -574,6 +579,28 @@ mod tests {
         let g = log.enter(60 * MIB, 1);
         assert!(!g.marked());
         assert_eq!(g.regions(), (15, 15));
+    }
+
+    #[test]
+    fn a_write_into_regions_the_log_just_grew_to_is_counted_and_released() {
+        let log = ActivityLog::over(SimDisk::new(0), 4 * MIB, 32 * MIB).unwrap();
+        log.grow(64 * MIB);
+        let g = log.enter(60 * MIB, 1);
+        log.mark(15, 15).unwrap();
+        // In flight in a grown region: no sweep clears it.
+        for _ in 0..3 {
+            let q = log.quiet();
+            log.clear(&q).unwrap();
+        }
+        assert_eq!(log.count(), 1);
+        drop(g);
+        // Its count went back to zero (not below): the region is quiet
+        // again after the grace sweep.
+        let q = log.quiet();
+        log.clear(&q).unwrap();
+        let q = log.quiet();
+        log.clear(&q).unwrap();
+        assert_eq!(log.count(), 0);
     }
 
     /// What a map reopened after a power cut must hold: every promised

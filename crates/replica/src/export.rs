@@ -97,8 +97,7 @@ impl ClusterVolume {
                 if c.volume().num_blocks() >= blocks {
                     return Ok(false);
                 }
-                c.volume().resize(blocks).await?;
-                c.grown();
+                c.grow(blocks).await?;
                 Ok(true)
             }
             Shape::Recorded { blocks: b, .. } => {

@@ -539,8 +539,7 @@ impl Primary {
     pub async fn resize(&self, blocks: u64) -> volume::Result<()> {
         self.check_serving()?;
         let _all = self.ranges.lock(0, u64::MAX).await;
-        self.copy.volume().resize(blocks).await?;
-        self.copy.grown();
+        self.copy.grow(blocks).await?;
         let bytes = blocks * self.copy.volume().block_size() as u64;
         for p in &self.peers {
             p.dirty.grow(bytes);

@@ -283,13 +283,7 @@ async fn replicated(copy: &LocalCopy, epoch: u64, op: Op) -> Result<Bytes, Failu
             pattern,
         } => done(v.write_same(lba, blocks, pattern, unmap, fua).await),
         Op::Flush => done(v.flush().await),
-        Op::Resize { blocks } => {
-            let r = v.resize(blocks).await;
-            if r.is_ok() {
-                copy.grown();
-            }
-            done(r)
-        }
+        Op::Resize { blocks } => done(copy.grow(blocks).await),
         Op::Ping => Ok(Bytes::new()),
         Op::Settle => done(copy.sweep().await),
         Op::Read { .. } | Op::CompareAndWrite { .. } => Err(failure_of(&VolumeError::Io(
