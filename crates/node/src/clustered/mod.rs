@@ -23,6 +23,8 @@ use std::time::Duration;
 use cluster::Cluster;
 use replica::{ClusterKey, ReplicaServer};
 
+pub use status::{AckWindow, PeerState, PeerStatus};
+
 use crate::{Node, NodeError};
 use control::ControlPlaneLink;
 
