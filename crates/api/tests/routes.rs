@@ -15,7 +15,7 @@ use node::{ClusterConfig, Node, NodeConfig};
 use portal::Targets;
 use serde_json::{json, Value};
 use store::Store;
-use testkit::{free_port, Initiator};
+use testkit::{free_port, rw10, Initiator};
 use tower::ServiceExt;
 
 const PREFIX: &str = "iqn.2026-11.io.tandem";
@@ -839,6 +839,75 @@ async fn join_add_and_remove_a_replica_and_leave_on_two_nodes() {
     assert_eq!(
         on_b.body["naa"], created.body["naa"],
         "one identity on every node"
+    );
+
+    // The view names every field of a replica and of an acknowledgement
+    // window, as the CLI and the cluster tests read them: one write
+    // through a, then a's view.
+    let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    tokio::spawn(portal::serve(
+        listener,
+        a.targets.clone(),
+        portal::TargetConfig::default(),
+        std::future::pending(),
+    ));
+    let mut session = Initiator::normal(addr, &format!("{PREFIX}:vm"), &[]).await;
+    // Unit attentions (power on, ALUA state changed) and an access state
+    // transition (the primary role being set up) are answered again, as
+    // an initiator does.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let wrote = session
+            .run(&rw10(0x2a, 0, 1), &[0x5a; 512], 0)
+            .await
+            .expect("an answer to the write");
+        if wrote.status == 0 {
+            break;
+        }
+        let again = wrote.sense_key == 0x6 || (wrote.sense_key, wrote.asc) == (0x2, (0x04, 0x0a));
+        assert!(
+            again && Instant::now() < deadline,
+            "the write failed: sense key {:#x}, asc {:x?}",
+            wrote.sense_key,
+            wrote.asc
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(session);
+    let v = until_view(&a, "b in sync and the write acknowledged", |v| {
+        v["replication"]["vm"][0]["state"] == "in-sync" && v["acknowledged"]["vm"].is_array()
+    })
+    .await;
+    let peer = &v["replication"]["vm"][0];
+    let resync = |field: &str| peer[field].as_u64().expect(field);
+    assert_eq!(
+        peer,
+        &json!({
+            "node": id_b,
+            "state": "in-sync",
+            "connected": true,
+            "dirty_bytes": 0,
+            "resync_done": resync("resync_done"),
+            "resync_total": resync("resync_total"),
+        })
+    );
+    // One window per primary role that acknowledged writes: here the one
+    // write, in the role that runs now.
+    let epoch = v["status"]["state"]["volumes"]["vm"]["epoch"]
+        .as_u64()
+        .unwrap();
+    let window = &v["acknowledged"]["vm"][0];
+    let at = |field: &str| window[field].as_u64().expect(field);
+    assert!(0 < at("first_us") && at("first_us") <= at("last_us"), "{v}");
+    assert_eq!(
+        v["acknowledged"]["vm"],
+        json!([{
+            "epoch": epoch,
+            "writes": 1,
+            "first_us": at("first_us"),
+            "last_us": at("last_us"),
+        }])
     );
 
     // Dropped again: 204, and b lets its copy go.

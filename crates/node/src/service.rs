@@ -101,7 +101,7 @@ impl StateStore for UnitStateFile {
 }
 
 /// How one volume is exported.
-pub(crate) struct Export {
+pub(crate) struct ExportSpec {
     pub(crate) name: String,
     pub(crate) id: uuid::Uuid,
     pub(crate) local: Option<Arc<LocalVolume>>,
@@ -157,7 +157,7 @@ impl Node {
                 ))
             })?,
         };
-        self.export_as(Export {
+        self.export_as(ExportSpec {
             name: meta.name.clone(),
             id: meta.id,
             local: Some(volume.clone()),
@@ -183,7 +183,7 @@ impl Node {
     }
 
     /// Exports a volume through the targets.
-    pub(crate) fn export_as(&self, x: Export) -> Result<Exported, NodeError> {
+    pub(crate) fn export_as(&self, x: ExportSpec) -> Result<Exported, NodeError> {
         let iqn = x.identity.target_name.clone();
         let path = x.unit_dir.join(RESERVATIONS);
         let saved = match store::read_if_exists(&path)? {

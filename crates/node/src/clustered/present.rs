@@ -1,0 +1,367 @@
+//! Presenting the cluster's volumes here: each one exported under its
+//! cluster-wide identity, over this node's copy or forwarding to the
+//! primary, in the role the cluster state gives this node.
+
+use std::sync::Arc;
+
+use cluster::{ClusterState, Command, NodeId, ReplicaState};
+use replica::{ClusterVolume, Forwarder, LocalCopy, PeerSpec, Primary, PrimaryConfig, Route};
+use scsi::{AccessState, PortGroup};
+
+use super::access::{access_of, reseal};
+use super::{Clustered, COPY_BASE, RECORD_TIMEOUT, REPL_TIMEOUT};
+use crate::identity::{iqn_for, lun_identity};
+use crate::registry::{Presented, Registry};
+use crate::{Node, NodeError};
+
+impl Node {
+    /// Makes this node match the cluster state: every data node presents
+    /// every volume, with a copy where the state places one.
+    pub(crate) async fn reconcile(&self, state: &ClusterState) {
+        let Some(c) = self.clustered() else { return };
+        let Some(cluster_id) = state.cluster_id else {
+            return;
+        };
+        let me = c.cluster.id();
+        let presents = state.nodes.get(&me).is_some_and(|n| n.holds_data());
+        let mut vols = self.exported.lock().await;
+        if presents {
+            for v in state.volumes.values() {
+                if let Err(e) = self.hold(&c, &mut vols, cluster_id, v, state).await {
+                    tracing::warn!(volume = %v.name, "cannot take up the cluster's volume here yet: {e}");
+                }
+            }
+        }
+        let gone: Vec<String> = vols
+            .presented()
+            .filter(|(e, _)| !presents || state.volumes.get(&e.name).is_none_or(|v| v.id != e.id))
+            .map(|(e, _)| e.name.clone())
+            .collect();
+        for name in gone {
+            self.release(&c, &mut vols, &name);
+        }
+    }
+
+    /// Stops presenting `name` and removes the local copy, if any.
+    pub(super) fn release(&self, c: &Clustered, vols: &mut Registry, name: &str) {
+        let Some(e) = vols.remove(name) else {
+            return;
+        };
+        self.targets.remove(&e.iqn);
+        let Some(p) = e.cluster else {
+            return;
+        };
+        p.volume.set_route(Route::Waiting);
+        let Some(copy) = p.volume.copy() else {
+            if let Err(e) = std::fs::remove_dir_all(&p.unit_dir) {
+                tracing::warn!(volume = %name, "removing {}: {e}", p.unit_dir.display());
+            }
+            tracing::info!(volume = %name, "no longer presented here");
+            return;
+        };
+        c.server.remove(name);
+        let _ = copy.remove_files();
+        if let Err(e) = self.store.delete(name) {
+            tracing::warn!(volume = %name, "removing the local copy failed: {e}");
+        } else {
+            tracing::info!(volume = %name, "local copy removed (volume deleted or moved)");
+        }
+    }
+
+    /// Where the logical unit of a volume without a copy here keeps its state.
+    fn presented_dir(&self, id: uuid::Uuid) -> std::path::PathBuf {
+        self.store.data_dir().join("presented").join(id.to_string())
+    }
+
+    /// Opens (creating it if needed) this node's copy of `v`; a local
+    /// volume of that name is its copy (checked by the caller).
+    fn open_copy(
+        &self,
+        v: &cluster::VolumeRecord,
+    ) -> Result<(Arc<LocalCopy>, Arc<store::LocalVolume>), NodeError> {
+        if self.store.get(&v.name).is_none() {
+            tracing::info!(volume = %v.name, "creating the local copy");
+            self.store
+                .create_with_id(&v.name, v.size_bytes, v.block_size, v.id)?;
+        }
+        let local = self.store.open_volume(&v.name)?;
+        let base = self.local_unit_dir(&v.name)?.join(COPY_BASE);
+        let copy = LocalCopy::open(&v.name, local.clone(), &base)
+            .map_err(|e| NodeError::Cluster(format!("volume {}: opening the copy: {e}", v.name)))?;
+        Ok((copy, local))
+    }
+
+    /// Exports `v` here: over this node's copy when the state places one
+    /// here, else forwarding everything to the primary.
+    fn present(
+        &self,
+        c: &Clustered,
+        cluster_id: uuid::Uuid,
+        v: &cluster::VolumeRecord,
+        exported: &mut Registry,
+    ) -> Result<(), NodeError> {
+        let me = c.cluster.id();
+        let here = self.store.get(&v.name);
+        if here.as_ref().is_some_and(|m| m.id != v.id) {
+            return Err(NodeError::Invalid(format!(
+                "a local volume named {} exists on this node; rename or delete it",
+                v.name
+            )));
+        }
+        let (role, local, unit_dir) = if v.replicas.contains_key(&me) {
+            let (copy, local) = self.open_copy(v)?;
+            let role = ClusterVolume::over_copy(copy);
+            c.server.add(role.clone());
+            (role, Some(local), self.local_unit_dir(&v.name)?)
+        } else {
+            if here.is_some() {
+                // A copy the cluster dropped while this node was away.
+                if let Some(old) = exported.remove(&v.name) {
+                    self.targets.remove(&old.iqn);
+                }
+                self.store.delete(&v.name)?;
+                tracing::info!(volume = %v.name, "stale local copy removed");
+            }
+            let dir = self.presented_dir(v.id);
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                NodeError::Cluster(format!(
+                    "volume {}: creating {}: {e}",
+                    v.name,
+                    dir.display()
+                ))
+            })?;
+            let blocks = v.size_bytes / v.block_size as u64;
+            let role = ClusterVolume::recorded(&v.name, v.block_size, blocks);
+            (role, None, dir)
+        };
+        let iqn = iqn_for(&self.config.iqn_prefix, &v.name);
+        let mut identity = lun_identity(cluster_id, v.id, &iqn);
+        // One target port group per node: ALUA tells initiators which node leads.
+        identity.port_group = me as u16;
+        identity.relative_port = me as u16;
+        if let Some(old) = exported.remove(&v.name) {
+            self.targets.remove(&old.iqn);
+        }
+        let access = access_of(c, v)?;
+        let mut e = self.export_as(crate::service::ExportSpec {
+            name: v.name.clone(),
+            id: v.id,
+            local,
+            served: role.clone(),
+            identity,
+            unit_dir: unit_dir.clone(),
+            access,
+        })?;
+        // Until the cluster state gives this node its role (`hold`), every
+        // command that touches the medium fails as an access state
+        // transition, and REPORT TARGET PORT GROUPS says so.
+        e.lun.set_port_groups(vec![PortGroup {
+            id: me as u16,
+            state: AccessState::Transitioning,
+            preferred: false,
+            ports: vec![me as u16],
+            status: 0,
+        }]);
+        e.cluster = Some(Presented {
+            volume: role,
+            unit_dir,
+            access: v.access.clone(),
+            current: None,
+            groups: Vec::new(),
+        });
+        exported.insert(e);
+        Ok(())
+    }
+
+    async fn hold(
+        &self,
+        c: &Arc<Clustered>,
+        vols: &mut Registry,
+        cluster_id: uuid::Uuid,
+        v: &cluster::VolumeRecord,
+        state: &ClusterState,
+    ) -> Result<(), NodeError> {
+        let me = c.cluster.id();
+        let copy_here = v.replicas.contains_key(&me);
+        let has_copy = |vols: &Registry| {
+            vols.by_id(v.id)
+                .and_then(|e| e.cluster.as_ref())
+                .map(|p| p.volume.copy().is_some())
+        };
+        if has_copy(vols).is_some_and(|copy| copy != copy_here) {
+            // A copy was placed here or taken away: present it anew.
+            self.release(c, vols, &v.name);
+        }
+        if has_copy(vols).is_none() {
+            self.present(c, cluster_id, v, vols)?;
+        }
+        let e = vols.by_id_mut(v.id).expect("presented above");
+        let recorded = e.cluster.as_ref().expect("presented above").access.clone();
+        if recorded != v.access {
+            let access = access_of(c, v)?;
+            self.apply_access(&v.name, e, access);
+        }
+        let lun = e.lun.clone();
+        let slot = e.cluster.as_mut().expect("presented above");
+        slot.access = v.access.clone();
+        let grew = slot
+            .volume
+            .grow_to(v.size_bytes / v.block_size as u64)
+            .await
+            .map_err(|source| NodeError::Volume {
+                name: v.name.clone(),
+                source,
+            })?;
+        if grew {
+            lun.capacity_changed();
+        }
+        if v.primary == me {
+            reseal(c, v).await;
+        }
+        let holders: Vec<NodeId> = v.replicas.keys().copied().collect();
+        let desired = (v.primary, v.epoch, holders.clone());
+        if slot.current.as_ref() != Some(&desired) {
+            if v.primary == me
+                && copy_here
+                && c.taken_up.lock().unwrap().get(&v.name) != Some(&Some(v.epoch))
+            {
+                // Every primary role runs at an epoch of its own, taken up
+                // through the control plane first: reports an earlier role
+                // (before a restart, or before a change of the copies) gave
+                // up waiting for can then never land in this role's time,
+                // and the role starts from a state that holds every change
+                // committed before it. Until then the volume waits.
+                slot.volume.set_route(Route::Waiting);
+                slot.current = None;
+                self.take_up(c, v);
+                return Ok(());
+            }
+            self.take_role(c, &slot.volume, v, state)
+                .await
+                .map_err(|source| NodeError::Volume {
+                    name: v.name.clone(),
+                    source,
+                })?;
+            slot.current = Some(desired);
+            tracing::info!(volume = %v.name, primary = v.primary, epoch = v.epoch, me, copy = copy_here, "volume role set");
+        }
+        // Every data node presents the volume: the primary's port group is
+        // active/optimized, every other node's active/non-optimized.
+        let groups: Vec<PortGroup> = state
+            .nodes
+            .values()
+            .filter(|n| n.holds_data())
+            .map(|n| PortGroup {
+                id: n.id as u16,
+                state: if n.id == v.primary {
+                    AccessState::ActiveOptimized
+                } else {
+                    AccessState::ActiveNonOptimized
+                },
+                preferred: n.id == v.primary,
+                ports: vec![n.id as u16],
+                status: 0,
+            })
+            .collect();
+        if slot.groups != groups {
+            lun.set_port_groups(groups.clone());
+            slot.groups = groups;
+        }
+        Ok(())
+    }
+
+    /// Promotes this node to the next epoch of `v`, in the background (the
+    /// control plane may have no quorum, and other volumes must not wait):
+    /// the applied promotion wakes the reconcile that builds the role.
+    fn take_up(&self, c: &Arc<Clustered>, v: &cluster::VolumeRecord) {
+        {
+            let mut taken = c.taken_up.lock().unwrap();
+            if taken.get(&v.name) == Some(&None) {
+                return; // being proposed
+            }
+            taken.insert(v.name.clone(), None);
+        }
+        let (c, name, epoch) = (c.clone(), v.name.clone(), v.epoch);
+        tokio::spawn(async move {
+            let promote = c.cluster.propose(Command::Promote {
+                volume: name.clone(),
+                node: c.cluster.id(),
+                expected_epoch: epoch,
+            });
+            let outcome = match tokio::time::timeout(RECORD_TIMEOUT, promote).await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(_) => Err("the control plane did not answer".to_string()),
+            };
+            let mut taken = c.taken_up.lock().unwrap();
+            match outcome {
+                Ok(()) => {
+                    tracing::info!(volume = %name, epoch = epoch + 1, "taking up the primary role");
+                    taken.insert(name, Some(epoch + 1));
+                    c.wake.notify_one();
+                }
+                Err(why) => {
+                    tracing::warn!(volume = %name, "cannot take up the primary role yet: {why}");
+                    taken.remove(&name);
+                }
+            }
+        });
+    }
+
+    /// Sets this node's role for `v`: primary (mirroring to the other
+    /// copies) or forwarding to the primary.
+    async fn take_role(
+        &self,
+        c: &Arc<Clustered>,
+        volume: &ClusterVolume,
+        v: &cluster::VolumeRecord,
+        state: &ClusterState,
+    ) -> Result<(), volume::VolumeError> {
+        let me = c.cluster.id();
+        let copy = volume.copy().filter(|_| v.primary == me);
+        let Some(copy) = copy else {
+            let addr = state
+                .nodes
+                .get(&v.primary)
+                .map(|i| i.repl_addr.clone())
+                .unwrap_or_default();
+            let f = Forwarder::new(
+                &v.name,
+                volume.copy().cloned(),
+                me,
+                addr,
+                c.key.clone(),
+                REPL_TIMEOUT,
+            );
+            volume.set_route(Route::Forward(Arc::new(f)));
+            return Ok(());
+        };
+        let peers = v
+            .replicas
+            .iter()
+            .filter(|(&n, _)| n != me)
+            .map(|(&n, st)| PeerSpec {
+                node: n,
+                addr: state
+                    .nodes
+                    .get(&n)
+                    .map(|i| i.repl_addr.clone())
+                    .unwrap_or_default(),
+                in_sync: *st == ReplicaState::InSync,
+            })
+            .collect();
+        let cfg = PrimaryConfig {
+            node: me,
+            epoch: v.epoch,
+            key: c.key.clone(),
+            timeout: REPL_TIMEOUT,
+        };
+        // Stop the old role before the new primary takes the copy.
+        volume.set_route(Route::Waiting);
+        let control: Arc<dyn replica::Control> = c.control.clone();
+        let p = Primary::start(copy.clone(), cfg, peers, control).await?;
+        volume.set_route(Route::Primary(p));
+        // Used: the next primary role of this volume takes up its own epoch.
+        c.taken_up.lock().unwrap().remove(&v.name);
+        Ok(())
+    }
+}

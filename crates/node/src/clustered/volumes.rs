@@ -1,0 +1,148 @@
+//! Operations on cluster volumes: each one proposed to the control plane,
+//! then matched by this node.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cluster::{ClusterState, Command, NodeId};
+
+use super::{cluster_err, Clustered};
+use crate::{Node, NodeError};
+
+/// The id of the member called `name` (or with id `name`).
+fn member_id(state: &ClusterState, name: &str) -> Result<NodeId, NodeError> {
+    state
+        .find_node(name)
+        .map(|n| n.id)
+        .ok_or_else(|| NodeError::Invalid(format!("no cluster member named {name}")))
+}
+
+impl Node {
+    /// Proposes `cmd` and, once it is applied, makes this node match.
+    pub(super) async fn change(&self, c: &Arc<Clustered>, cmd: Command) -> Result<(), NodeError> {
+        c.cluster.propose(cmd).await.map_err(cluster_err)?;
+        let state = c.cluster.state();
+        self.reconcile(&state).await;
+        Ok(())
+    }
+
+    /// Grows cluster volume `name` on every node.
+    pub(crate) async fn resize_clustered(
+        &self,
+        c: &Arc<Clustered>,
+        name: &str,
+        size_bytes: u64,
+    ) -> Result<(), NodeError> {
+        self.change(
+            c,
+            Command::ResizeVolume {
+                name: name.to_string(),
+                size_bytes,
+            },
+        )
+        .await?;
+        tracing::info!(volume = name, to = size_bytes, "cluster volume resized");
+        Ok(())
+    }
+
+    /// Creates a volume through the control plane with `replicas` copies.
+    pub(crate) async fn create_clustered(
+        &self,
+        c: &Arc<Clustered>,
+        name: &str,
+        size_bytes: u64,
+        block_size: u32,
+        replicas: usize,
+    ) -> Result<(), NodeError> {
+        // Checked here, before the proposal, as the store checks a local create.
+        store::validate_name(name)?;
+        store::validate_geometry(size_bytes, block_size)?;
+        let id = uuid::Uuid::new_v4();
+        let proposed = c
+            .cluster
+            .propose(Command::CreateVolume {
+                id,
+                name: name.to_string(),
+                size_bytes,
+                block_size,
+                replicas,
+            })
+            .await;
+        if let Err(e) = proposed {
+            // A proposal retried after its answer got lost is refused
+            // because the first attempt created the volume: ours, by its id
+            // (once this node has applied that entry).
+            let found = || c.cluster.state().volumes.get(name).map(|v| v.id);
+            let mut waited = 0;
+            while found().is_none() && waited < 20 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                waited += 1;
+            }
+            if found() != Some(id) {
+                return Err(cluster_err(e));
+            }
+        }
+        let state = c.cluster.state();
+        self.reconcile(&state).await;
+        Ok(())
+    }
+
+    /// Adds a copy of cluster volume `name` on `node` (a member's name or
+    /// id), or on the data node without one that holds the fewest copies.
+    /// The new copy is filled by a full sync while I/O goes on and becomes
+    /// in sync when it has everything. Returns the node it was placed on.
+    pub async fn add_replica(&self, name: &str, node: Option<&str>) -> Result<NodeId, NodeError> {
+        let c = self.member()?;
+        let state = c.cluster.state();
+        if !state.volumes.contains_key(name) {
+            return Err(NodeError::NotFound(name.to_string()));
+        }
+        let target = match node {
+            Some(n) => member_id(&state, n)?,
+            None => state
+                .place_another(name)
+                .map_err(|e| NodeError::Refused(e.to_string()))?,
+        };
+        c.cluster
+            .propose(Command::AddReplica {
+                volume: name.to_string(),
+                node: target,
+            })
+            .await
+            .map_err(cluster_err)?;
+        Ok(target)
+    }
+
+    /// Drops the copy of cluster volume `name` on `node` (name or id); not
+    /// the primary's (the cluster refuses that).
+    pub async fn remove_replica(&self, name: &str, node: &str) -> Result<(), NodeError> {
+        let c = self.member()?;
+        let state = c.cluster.state();
+        if !state.volumes.contains_key(name) {
+            return Err(NodeError::NotFound(name.to_string()));
+        }
+        let target = member_id(&state, node)?;
+        c.cluster
+            .propose(Command::RemoveReplica {
+                volume: name.to_string(),
+                node: target,
+            })
+            .await
+            .map_err(cluster_err)
+    }
+
+    /// Deletes a cluster volume everywhere.
+    pub(crate) async fn delete_clustered(
+        &self,
+        c: &Arc<Clustered>,
+        name: &str,
+    ) -> Result<(), NodeError> {
+        self.change(
+            c,
+            Command::DeleteVolume {
+                name: name.to_string(),
+            },
+        )
+        .await
+    }
+}
