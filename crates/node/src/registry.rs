@@ -69,6 +69,11 @@ impl Registry {
         self.by_id.values_mut().find(|e| e.name == name)
     }
 
+    /// The local (not cluster) volume named `name`, to change.
+    pub(crate) fn local_mut(&mut self, name: &str) -> Option<&mut Exported> {
+        self.get_mut(name).filter(|e| e.cluster.is_none())
+    }
+
     /// The volume with id `id`.
     pub(crate) fn by_id(&self, id: uuid::Uuid) -> Option<&Exported> {
         self.by_id.get(&id)

@@ -254,7 +254,7 @@ impl Node {
         }
         let mut exported = self.exported.lock().await;
         let e = exported
-            .get_mut(name)
+            .local_mut(name)
             .ok_or_else(|| NodeError::NotFound(name.to_string()))?;
         let json = serde_json::to_vec_pretty(&access).expect("plain data encodes");
         self.store.write_access(name, &json)?;
@@ -414,9 +414,12 @@ impl Node {
             self.resize_clustered(&c, name, size_bytes).await?;
             return self.volume(name).await;
         }
+        // A cluster volume the cluster no longer has is being released
+        // here, not resized.
         let local = e
             .local
             .as_ref()
+            .filter(|_| e.cluster.is_none())
             .ok_or_else(|| NodeError::NotFound(name.to_string()))?;
         if size_bytes > current {
             local
@@ -458,8 +461,10 @@ impl Node {
             }
         }
         let mut exported = self.exported.lock().await;
+        // A cluster volume the cluster no longer has is released by the
+        // reconcile (role stopped, copy and files removed), not here.
         let e = exported
-            .get(name)
+            .local_mut(name)
             .ok_or_else(|| NodeError::NotFound(name.to_string()))?;
         let sessions = self.targets.session_count(&e.iqn);
         if sessions > 0 && !force {

@@ -47,6 +47,24 @@ async fn data_key(c: &Clustered) -> Result<cluster::DataKey, NodeError> {
 /// by a node from before secrets were sealed): done by the volume's
 /// primary, once it holds the data key; tried again at the next reconcile
 /// if it fails.
+/// Starts [`reseal`] in the background when `v`'s rules still hold a clear
+/// secret (once at a time per volume): it waits for a quorum, and the
+/// reconcile that calls this holds the node's registry.
+pub(super) fn reseal_soon(c: &Arc<Clustered>, v: &cluster::VolumeRecord) {
+    let clear = v
+        .access
+        .as_deref()
+        .is_some_and(crate::AccessConfig::record_has_clear_secret);
+    if !clear || !c.sealing.lock().unwrap().insert(v.name.clone()) {
+        return;
+    }
+    let (c, v) = (c.clone(), v.clone());
+    tokio::spawn(async move {
+        reseal(&c, &v).await;
+        c.sealing.lock().unwrap().remove(&v.name);
+    });
+}
+
 pub(super) async fn reseal(c: &Clustered, v: &cluster::VolumeRecord) {
     let Some(record) = v.access.as_deref() else {
         return;

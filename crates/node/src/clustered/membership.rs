@@ -124,6 +124,7 @@ impl Node {
                 reports: std::sync::Mutex::new(HashMap::new()),
             }),
             taken_up: std::sync::Mutex::new(HashMap::new()),
+            sealing: std::sync::Mutex::default(),
             wake: tokio::sync::Notify::new(),
         });
         if self.cluster.set(clustered.clone()).is_err() {

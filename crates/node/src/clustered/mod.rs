@@ -70,6 +70,8 @@ pub struct Clustered {
     taken_up: std::sync::Mutex<HashMap<String, Option<u64>>>,
     /// Wakes the reconcile loop (a role was taken up).
     wake: tokio::sync::Notify,
+    /// Volumes whose access rules this node is sealing right now.
+    sealing: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 fn cluster_err(e: cluster::ClusterError) -> NodeError {

@@ -8,7 +8,7 @@ use cluster::{ClusterState, Command, NodeId, ReplicaState};
 use replica::{ClusterVolume, Forwarder, LocalCopy, PeerSpec, Primary, PrimaryConfig, Route};
 use scsi::{AccessState, PortGroup};
 
-use super::access::{access_of, reseal};
+use super::access::{access_of, reseal_soon};
 use super::{Clustered, COPY_BASE, RECORD_TIMEOUT, REPL_TIMEOUT};
 use crate::identity::{iqn_for, lun_identity};
 use crate::registry::{Presented, Registry};
@@ -102,12 +102,26 @@ impl Node {
     ) -> Result<(), NodeError> {
         let me = c.cluster.id();
         let here = self.store.get(&v.name);
-        if here.as_ref().is_some_and(|m| m.id != v.id) {
+        if here.as_ref().is_some_and(|m| m.id != v.id)
+            && exported.get(&v.name).is_none_or(|e| e.cluster.is_none())
+        {
             return Err(NodeError::Invalid(format!(
                 "a local volume named {} exists on this node; rename or delete it",
                 v.name
             )));
         }
+        // An earlier cluster volume of that name (deleted, and made again
+        // while this node was away) goes first, with its copy and files.
+        if exported
+            .get(&v.name)
+            .is_some_and(|e| e.cluster.is_some() && e.id != v.id)
+        {
+            self.release(c, exported, &v.name);
+        }
+        // Before anything is opened or served: without the data key the
+        // rules cannot be opened, and the volume is not presented yet.
+        let access = access_of(c, v)?;
+        let here = self.store.get(&v.name);
         let (role, local, unit_dir) = if v.replicas.contains_key(&me) {
             let (copy, local) = self.open_copy(v)?;
             let role = ClusterVolume::over_copy(copy);
@@ -142,7 +156,6 @@ impl Node {
         if let Some(old) = exported.remove(&v.name) {
             self.targets.remove(&old.iqn);
         }
-        let access = access_of(c, v)?;
         let mut e = self.export_as(crate::service::ExportSpec {
             name: v.name.clone(),
             id: v.id,
@@ -197,13 +210,24 @@ impl Node {
         }
         let e = vols.by_id_mut(v.id).expect("presented above");
         let recorded = e.cluster.as_ref().expect("presented above").access.clone();
+        let mut followed = recorded.clone();
         if recorded != v.access {
-            let access = access_of(c, v)?;
-            self.apply_access(&v.name, e, access);
+            // Rules this node cannot open yet (it waits for the data key)
+            // keep the ones in force and are tried again; the volume's
+            // route does not wait for them.
+            match access_of(c, v) {
+                Ok(access) => {
+                    self.apply_access(&v.name, e, access);
+                    followed = v.access.clone();
+                }
+                Err(err) => {
+                    tracing::warn!(volume = %v.name, "new access rules not applied yet: {err}")
+                }
+            }
         }
         let lun = e.lun.clone();
         let slot = e.cluster.as_mut().expect("presented above");
-        slot.access = v.access.clone();
+        slot.access = followed;
         let grew = slot
             .volume
             .grow_to(v.size_bytes / v.block_size as u64)
@@ -216,7 +240,7 @@ impl Node {
             lun.capacity_changed();
         }
         if v.primary == me {
-            reseal(c, v).await;
+            reseal_soon(c, v);
         }
         let holders: Vec<NodeId> = v.replicas.keys().copied().collect();
         let desired = (v.primary, v.epoch, holders.clone());
