@@ -1,5 +1,5 @@
 //! The control-plane side of a step: the commands a node or the leader
-//! proposes (`Control::set`, `Clustered::hold`, `cluster::failover`), how a
+//! proposes (`ControlPlaneLink::set` in node, the node's `hold`, `cluster::failover`), how a
 //! report is numbered, and when a command times out or may commit late.
 
 use crate::state::{Command, Mode, NodeId, ReplicaState, Role, State};
@@ -42,7 +42,7 @@ impl Protocol {
     }
 
     /// The promotion `node` proposes for itself before it starts a primary
-    /// role (`Clustered::hold`): its view names it primary, it runs no
+    /// role (the node's `hold`): its view names it primary, it runs no
     /// role, and it has not yet taken up the view's epoch. `None` in
     /// [`Variant::RoleFromStaleView`], which starts roles without one.
     pub(crate) fn taking_up(&self, s: &State, node: NodeId) -> Option<Command> {
@@ -58,7 +58,7 @@ impl Protocol {
         })
     }
 
-    /// The report `primary` makes on `peer` (`Control::set`): numbered
+    /// The report `primary` makes on `peer` (`ControlPlaneLink::set` in node): numbered
     /// above its own last report on `peer` and above the last one its view
     /// holds (unnumbered in [`Variant::UnnumberedReports`]).
     pub(crate) fn report(

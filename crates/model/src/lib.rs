@@ -43,7 +43,7 @@
 //!   lease, the role, the epoch taken up, the report numbers and every write
 //!   in flight; copy, accepted epoch and view are durable, so a restarted
 //!   node may come back with a stale view.
-//! - **Taking up the primary role** (`Clustered::hold`): a node whose view
+//! - **Taking up the primary role** (the node's `hold`): a node whose view
 //!   names it primary and that runs no role first promotes itself from its
 //!   view's epoch ([`Action::TakeUp`], [`Action::TakeUpFails`]), when the
 //!   volume is new, after a restart and after a failover alike, and starts
@@ -68,7 +68,7 @@
 //!   peer then counts as in sync again). A write is acknowledged once every
 //!   peer has it or is recorded out of sync, after checking the role still
 //!   serves.
-//! - **Reports** (`Control::set`): numbered above the node's own last
+//! - **Reports** (`ControlPlaneLink::set` in node): numbered above the node's own last
 //!   report on that copy and above the last one its view holds.
 //! - **Resync**: the primary copies its writes to an out-of-sync peer that
 //!   is up (the peer turns syncing and receives writes), then, behind a
