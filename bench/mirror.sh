@@ -33,6 +33,7 @@ for t in qemu-img python3 numfmt; do
 done
 qemu-img --help | grep -q iscsi || { echo "mirror bench: qemu-img cannot open iscsi:// (install qemu-block-extra)" >&2; exit 2; }
 
+TANDEM_BIN_GIVEN=${TANDEM_BIN:-}
 if [ -z "${TANDEM_BIN:-}" ]; then
   echo "mirror bench: building Tandem (release)" >&2
   cargo build --release -q -p tandem --bin tandem
@@ -171,7 +172,7 @@ out="$root/bench/results/$(date +%F)-$(hostname -s)-mirror.md"
   echo
   echo "\`bash bench/mirror.sh\` (REPEAT=$REPEAT, DURATION=${DURATION}s, SIZE=$SIZE); medians of $REPEAT rounds, setups rotated."
   echo
-  echo "Machine: $(nproc) CPUs, $(free -g | awk '/Mem:/{print $2}') GiB RAM, kernel $(uname -r). Tandem: $("$tandem" --version 2>/dev/null || echo "$tandem")."
+  echo "Machine: $(nproc) CPUs, $(free -g | awk '/Mem:/{print $2}') GiB RAM, kernel $(uname -r). Tandem: $("$tandem" --version 2>/dev/null || echo "?") ($tandem$( [ -z "$TANDEM_BIN_GIVEN" ] && echo ", built from $(git rev-parse --short HEAD 2>/dev/null)"))."
   echo
   echo "| measure | standalone | primary | forwarded | primary / standalone | forwarded / primary |"
   echo "|---|---:|---:|---:|---:|---:|"
