@@ -1,0 +1,542 @@
+//! The state machine's tests: commands one by one, and a property test
+//! of every sequence.
+
+use super::*;
+use proptest::prelude::*;
+
+fn node(id: NodeId, role: Role) -> NodeInfo {
+    NodeInfo {
+        id,
+        name: format!("n{id}"),
+        role: Some(role),
+        cluster_addr: format!("10.0.0.{id}:7400"),
+        iscsi_addr: String::new(),
+        repl_addr: String::new(),
+    }
+}
+
+fn cluster(data: u64, witness: bool) -> ClusterState {
+    let mut s = ClusterState::default();
+    for i in 1..=data {
+        assert_eq!(
+            s.apply(&Command::AddNode {
+                info: node(i, Role::Data)
+            }),
+            Outcome::Done
+        );
+    }
+    if witness {
+        s.apply(&Command::AddNode {
+            info: node(9, Role::Witness),
+        });
+    }
+    s
+}
+
+fn create(name: &str, replicas: usize) -> Command {
+    Command::CreateVolume {
+        id: Uuid::nil(),
+        name: name.into(),
+        size_bytes: 1 << 30,
+        block_size: 512,
+        replicas,
+    }
+}
+
+#[test]
+fn placement_spreads_copies_over_data_nodes_only() {
+    let mut s = cluster(3, true);
+    assert_eq!(s.apply(&create("a", 2)), Outcome::Done);
+    assert_eq!(s.apply(&create("b", 2)), Outcome::Done);
+    let a: Vec<_> = s.volumes["a"].replicas.keys().copied().collect();
+    let b: Vec<_> = s.volumes["b"].replicas.keys().copied().collect();
+    assert_eq!(a, vec![1, 2]);
+    assert!(b.contains(&3), "least loaded node first: {b:?}");
+    assert!(!a.contains(&9) && !b.contains(&9), "witness holds no data");
+    assert!(matches!(s.apply(&create("c", 4)), Outcome::Refused(_)));
+    let mut two = cluster(2, true);
+    assert!(matches!(two.apply(&create("c", 3)), Outcome::Refused(_)));
+}
+
+#[test]
+fn stale_replicas_are_never_promoted_and_epochs_fence() {
+    let mut s = cluster(2, true);
+    s.apply(&create("v", 2));
+    let v = &s.volumes["v"];
+    let (p, other) = (
+        v.primary,
+        *v.replicas.keys().find(|&&n| n != v.primary).unwrap(),
+    );
+    let lost = Command::SetReplicaState {
+        volume: "v".into(),
+        node: other,
+        state: ReplicaState::OutOfSync,
+        epoch: 1,
+        seq: 0,
+    };
+    assert_eq!(s.apply(&lost), Outcome::Done);
+    let promote = |node, e| Command::Promote {
+        volume: "v".into(),
+        node,
+        expected_epoch: e,
+    };
+    assert!(matches!(s.apply(&promote(other, 1)), Outcome::Refused(_)));
+    // The stale copy catches up; only the current epoch's primary may say so.
+    let back = |e| Command::SetReplicaState {
+        volume: "v".into(),
+        node: other,
+        state: ReplicaState::InSync,
+        epoch: e,
+        seq: 0,
+    };
+    assert!(matches!(s.apply(&back(0)), Outcome::Refused(_)));
+    assert_eq!(s.apply(&back(1)), Outcome::Done);
+    assert_eq!(s.apply(&promote(other, 1)), Outcome::Done);
+    let v = &s.volumes["v"];
+    assert_eq!((v.primary, v.epoch), (other, 2));
+    assert_eq!(v.replicas[&p], ReplicaState::OutOfSync);
+    assert!(
+        matches!(s.apply(&promote(p, 1)), Outcome::Refused(_)),
+        "stale epoch"
+    );
+}
+
+#[test]
+fn nodes_with_the_only_in_sync_copy_cannot_leave() {
+    let mut s = cluster(2, false);
+    s.apply(&create("v", 1));
+    let holder = s.volumes["v"].primary;
+    assert!(matches!(
+        s.apply(&Command::RemoveNode { node: holder }),
+        Outcome::Refused(_)
+    ));
+    let free = if holder == 1 { 2 } else { 1 };
+    assert_eq!(s.apply(&Command::RemoveNode { node: free }), Outcome::Done);
+    assert!(matches!(
+        s.apply(&Command::RemoveNode { node: free }),
+        Outcome::Refused(_)
+    ));
+}
+
+#[test]
+fn a_leaving_primary_hands_over_to_an_in_sync_copy() {
+    let mut s = cluster(3, true);
+    s.apply(&create("v", 3));
+    let v = s.volumes["v"].clone();
+    assert_eq!((v.primary, v.epoch), (1, 1));
+    // Node 2 misses writes: node 3 must take over.
+    s.apply(&Command::SetReplicaState {
+        volume: "v".into(),
+        node: 2,
+        state: ReplicaState::OutOfSync,
+        epoch: 1,
+        seq: 0,
+    });
+    assert_eq!(s.apply(&Command::RemoveNode { node: 1 }), Outcome::Done);
+    let v = &s.volumes["v"];
+    assert_eq!((v.primary, v.epoch), (3, 2));
+    assert!(!v.replicas.contains_key(&1));
+    assert!(!s.nodes.contains_key(&1));
+    // Node 3 now holds the only in-sync copy.
+    assert!(matches!(
+        s.apply(&Command::RemoveNode { node: 3 }),
+        Outcome::Refused(_)
+    ));
+    assert_eq!(s.apply(&Command::RemoveNode { node: 2 }), Outcome::Done);
+    assert_eq!(s.volumes["v"].replicas.len(), 1);
+}
+
+#[test]
+fn another_copy_goes_to_the_least_loaded_data_node_without_one() {
+    let mut s = cluster(3, true);
+    for name in ["v", "w"] {
+        assert_eq!(
+            s.apply(&Command::CreateVolume {
+                id: Uuid::new_v4(),
+                name: name.into(),
+                size_bytes: 1 << 20,
+                block_size: 512,
+                replicas: 2,
+            }),
+            Outcome::Done
+        );
+    }
+    let v = &s.volumes["v"];
+    let next = s.place_another("v").unwrap();
+    assert!(!v.replicas.contains_key(&next));
+    assert!(s.nodes[&next].holds_data());
+    assert_eq!(
+        s.apply(&Command::AddReplica {
+            volume: "v".into(),
+            node: next,
+        }),
+        Outcome::Done
+    );
+    assert_eq!(
+        s.place_another("v").unwrap_err(),
+        Refusal::NoNodeLeft { volume: "v".into() }
+    );
+    assert!(s
+        .place_another("v")
+        .unwrap_err()
+        .to_string()
+        .contains("every data node"));
+    assert!(s.place_another("nope").is_err());
+    assert_eq!(s.find_node("n2").map(|n| n.id), Some(2));
+    assert_eq!(s.find_node("3").map(|n| n.id), Some(3));
+    assert!(s.find_node("n7").is_none());
+}
+
+#[test]
+fn replicas_are_added_out_of_sync_and_removed_unless_primary() {
+    let mut s = cluster(3, true);
+    s.apply(&create("v", 1));
+    let add = |node| Command::AddReplica {
+        volume: "v".into(),
+        node,
+    };
+    let remove = |node| Command::RemoveReplica {
+        volume: "v".into(),
+        node,
+    };
+    assert!(matches!(s.apply(&add(9)), Outcome::Refused(_)), "witness");
+    assert!(matches!(s.apply(&add(5)), Outcome::Refused(_)), "stranger");
+    assert!(matches!(s.apply(&add(1)), Outcome::Refused(_)), "twice");
+    assert_eq!(s.apply(&add(2)), Outcome::Done);
+    assert_eq!(s.volumes["v"].replicas[&2], ReplicaState::OutOfSync);
+    assert!(matches!(
+        s.apply(&Command::Promote {
+            volume: "v".into(),
+            node: 2,
+            expected_epoch: 1
+        }),
+        Outcome::Refused(_)
+    ));
+    assert_eq!(s.apply(&add(3)), Outcome::Done);
+    s.apply(&Command::AddNode {
+        info: node(4, Role::Data),
+    });
+    assert!(matches!(s.apply(&add(4)), Outcome::Refused(_)), "at most 3");
+    assert!(
+        matches!(s.apply(&remove(1)), Outcome::Refused(_)),
+        "primary"
+    );
+    assert_eq!(s.apply(&remove(3)), Outcome::Done);
+    assert!(matches!(s.apply(&remove(3)), Outcome::Refused(_)));
+    assert_eq!(
+        s.volumes["v"].replicas.keys().copied().collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+}
+
+#[test]
+fn geometry_and_names_are_checked() {
+    let mut s = cluster(1, false);
+    let bad = |size_bytes, block_size| Command::CreateVolume {
+        id: Uuid::nil(),
+        name: "g".into(),
+        size_bytes,
+        block_size,
+        replicas: 1,
+    };
+    for (size, bs) in [
+        (0, 512),
+        (1000, 512),
+        (4096, 0),
+        (4096, 1000),
+        (1 << 20, 1 << 20),
+    ] {
+        assert!(matches!(s.apply(&bad(size, bs)), Outcome::Refused(_)));
+    }
+    assert!(matches!(s.apply(&create("g", 0)), Outcome::Refused(_)));
+    for name in ["", "Upper", "-dash", "a/b", "a b", &"x".repeat(64)] {
+        assert!(
+            matches!(s.apply(&create(name, 1)), Outcome::Refused(_)),
+            "{name:?}"
+        );
+    }
+    assert_eq!(s.apply(&create(&"x".repeat(63), 1)), Outcome::Done);
+    assert_eq!(s.apply(&create("g", 1)), Outcome::Done);
+    assert!(matches!(s.apply(&create("g", 1)), Outcome::Refused(_)));
+    let resize = |size_bytes| Command::ResizeVolume {
+        name: "g".into(),
+        size_bytes,
+    };
+    assert!(
+        matches!(s.apply(&resize(1 << 20)), Outcome::Refused(_)),
+        "shrink"
+    );
+    assert!(matches!(
+        s.apply(&resize((1 << 31) + 1)),
+        Outcome::Refused(_)
+    ));
+    assert_eq!(s.apply(&resize(1 << 31)), Outcome::Done);
+    assert_eq!(s.volumes["g"].size_bytes, 1 << 31);
+    let mut witness = node(2, Role::Witness);
+    witness.name = "n1".into();
+    assert!(
+        matches!(
+            s.apply(&Command::AddNode { info: witness }),
+            Outcome::Refused(_)
+        ),
+        "names are unique"
+    );
+    for bad in [
+        NodeInfo {
+            name: String::new(),
+            ..node(5, Role::Data)
+        },
+        NodeInfo {
+            name: "a\nb".into(),
+            ..node(5, Role::Data)
+        },
+        NodeInfo {
+            repl_addr: "x".repeat(256),
+            ..node(5, Role::Data)
+        },
+        node(0, Role::Data),
+        NodeInfo {
+            role: None,
+            ..node(5, Role::Data)
+        },
+    ] {
+        assert!(
+            matches!(
+                s.apply(&Command::AddNode { info: bad.clone() }),
+                Outcome::Refused(_)
+            ),
+            "{bad:?}"
+        );
+    }
+    let mut demoted = node(1, Role::Witness);
+    demoted.name = "n1".into();
+    assert!(
+        matches!(
+            s.apply(&Command::AddNode { info: demoted }),
+            Outcome::Refused(_)
+        ),
+        "a node with copies stays a data node"
+    );
+}
+
+#[test]
+fn commands_round_trip_through_json() {
+    let cmds = [
+        create("v", 2),
+        Command::SetReplicaState {
+            volume: "v".into(),
+            node: 2,
+            state: ReplicaState::Syncing,
+            epoch: 3,
+            seq: 7,
+        },
+        Command::AddReplica {
+            volume: "v".into(),
+            node: 3,
+        },
+        Command::SetAccess {
+            volume: "v".into(),
+            access: Some(r#"{"allowed_initiators":["iqn.x"]}"#.into()),
+        },
+        Command::SetDataKey { id: "ab".into() },
+        Command::ResealAccess {
+            volume: "v".into(),
+            replaces: "cd".into(),
+            access: "{}".into(),
+        },
+    ];
+    for c in cmds {
+        let back: Command = serde_json::from_slice(&serde_json::to_vec(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+    }
+    assert!(serde_json::from_str::<Command>(r#"{"command":"promote"}"#).is_err());
+}
+
+#[test]
+fn entries_with_resync_progress_still_apply() {
+    let old = r#"{"command":"set-replica-state","volume":"v","node":2,"state":{"state":"syncing","done":5,"total":9},"epoch":3,"seq":7}"#;
+    let c: Command = serde_json::from_str(old).unwrap();
+    assert_eq!(
+        c,
+        Command::SetReplicaState {
+            volume: "v".into(),
+            node: 2,
+            state: ReplicaState::Syncing,
+            epoch: 3,
+            seq: 7,
+        }
+    );
+    let record = r#"{"2":{"state":"syncing","done":1,"total":2},"3":{"state":"in-sync"}}"#;
+    let replicas: BTreeMap<NodeId, ReplicaState> = serde_json::from_str(record).unwrap();
+    assert_eq!(replicas[&2], ReplicaState::Syncing);
+    assert_eq!(
+        serde_json::to_string(&ReplicaState::Syncing).unwrap(),
+        r#"{"state":"syncing"}"#
+    );
+}
+
+#[test]
+fn the_first_data_key_stays_and_a_reseal_applies_only_to_the_rules_it_was_made_from() {
+    let mut s = cluster(1, false);
+    let set = |id: &str| Command::SetDataKey { id: id.into() };
+    assert_eq!(s.apply(&set("k1")), Outcome::Done);
+    assert_eq!(s.apply(&set("k1")), Outcome::Done, "again, same key");
+    assert_eq!(s.apply(&set("k2")), Outcome::Refused(Refusal::DataKeySet));
+    assert_eq!(s.data_key.as_deref(), Some("k1"));
+
+    s.apply(&create("v", 1));
+    let clear = r#"{"chap":{"user":"esx","secret":"initiator-secret-1"}}"#;
+    let set_access = |a: &str| Command::SetAccess {
+        volume: "v".into(),
+        access: Some(a.into()),
+    };
+    assert_eq!(s.apply(&set_access(clear)), Outcome::Done);
+    let reseal = |replaces: &str| Command::ResealAccess {
+        volume: "v".into(),
+        replaces: access_digest(replaces),
+        access: "sealed".into(),
+    };
+    // The reseal names the old rules by digest, never by their text.
+    let bytes = serde_json::to_string(&reseal(clear)).unwrap();
+    assert!(!bytes.contains("initiator-secret-1"));
+    assert_eq!(
+        s.apply(&reseal("{}")),
+        Outcome::Refused(Refusal::AccessChanged { volume: "v".into() })
+    );
+    assert_eq!(s.volumes["v"].access.as_deref(), Some(clear));
+    assert_eq!(s.apply(&reseal(clear)), Outcome::Done);
+    assert_eq!(s.volumes["v"].access.as_deref(), Some("sealed"));
+    // A state without a data key writes no field for it: snapshots of
+    // clusters made before keep their bytes.
+    assert!(!serde_json::to_string(&cluster(1, false))
+        .unwrap()
+        .contains("data_key"));
+}
+
+#[test]
+fn a_report_overtaken_by_a_later_one_is_refused() {
+    let mut s = cluster(2, true);
+    assert_eq!(s.apply(&create("v", 2)), Outcome::Done);
+    let other = *s.volumes["v"]
+        .replicas
+        .keys()
+        .find(|&&n| n != s.volumes["v"].primary)
+        .unwrap();
+    let report = |state, seq| Command::SetReplicaState {
+        volume: "v".into(),
+        node: other,
+        state,
+        epoch: 1,
+        seq,
+    };
+    // "In sync" (2) was given up on and "out of sync" (3) sent after it;
+    // the first lands late and must not undo the second.
+    assert_eq!(s.apply(&report(ReplicaState::OutOfSync, 3)), Outcome::Done);
+    assert!(matches!(
+        s.apply(&report(ReplicaState::InSync, 2)),
+        Outcome::Refused(_)
+    ));
+    assert_eq!(s.volumes["v"].replicas[&other], ReplicaState::OutOfSync);
+    assert_eq!(s.apply(&report(ReplicaState::InSync, 4)), Outcome::Done);
+    // Unnumbered reports are applied as before.
+    assert_eq!(s.apply(&report(ReplicaState::OutOfSync, 0)), Outcome::Done);
+}
+
+fn any_command() -> impl Strategy<Value = Command> {
+    let vol = prop_oneof![Just("a".to_string()), Just("b".to_string())];
+    let state = prop_oneof![
+        Just(ReplicaState::InSync),
+        Just(ReplicaState::OutOfSync),
+        Just(ReplicaState::Syncing)
+    ];
+    let node_id = 1u64..6;
+    prop_oneof![
+        (vol.clone(), 1usize..4).prop_map(|(n, r)| create(&n, r)),
+        vol.clone().prop_map(|name| Command::DeleteVolume { name }),
+        (vol.clone(), node_id.clone(), state, 0u64..6, 0u64..4).prop_map(
+            |(volume, node, state, epoch, seq)| {
+                Command::SetReplicaState {
+                    volume,
+                    node,
+                    state,
+                    epoch,
+                    seq,
+                }
+            }
+        ),
+        (vol.clone(), node_id.clone(), 0u64..6).prop_map(|(volume, node, expected_epoch)| {
+            Command::Promote {
+                volume,
+                node,
+                expected_epoch,
+            }
+        }),
+        (vol.clone(), node_id.clone())
+            .prop_map(|(volume, node)| Command::AddReplica { volume, node }),
+        (vol.clone(), node_id.clone())
+            .prop_map(|(volume, node)| Command::RemoveReplica { volume, node }),
+        (vol.clone(), proptest::option::of(Just("{}".to_string())))
+            .prop_map(|(volume, access)| Command::SetAccess { volume, access }),
+        (vol, prop_oneof![Just("{}"), Just("[]")]).prop_map(|(volume, replaces)| {
+            Command::ResealAccess {
+                volume,
+                replaces: access_digest(replaces),
+                access: "[]".into(),
+            }
+        }),
+        prop_oneof![Just("k1"), Just("k2")].prop_map(|id| Command::SetDataKey { id: id.into() }),
+        node_id
+            .clone()
+            .prop_map(|node| Command::RemoveNode { node }),
+        (node_id, any::<bool>()).prop_map(|(id, data)| Command::AddNode {
+            info: node(id, if data { Role::Data } else { Role::Witness })
+        }),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn any_history_keeps_one_in_sync_primary_and_growing_epochs(cmds in proptest::collection::vec(any_command(), 1..80)) {
+        let mut s = cluster(3, true);
+        // Every (volume, epoch) ever seen and its primary: two primaries
+        // at one epoch would be split brain.
+        let mut primaries: BTreeMap<(Uuid, u64), NodeId> = BTreeMap::new();
+        let mut ids = 0u128;
+        for c in &cmds {
+            let c = match c {
+                Command::CreateVolume { name, size_bytes, block_size, replicas, .. } => {
+                    ids += 1;
+                    Command::CreateVolume {
+                        id: Uuid::from_u128(ids),
+                        name: name.clone(),
+                        size_bytes: *size_bytes,
+                        block_size: *block_size,
+                        replicas: *replicas,
+                    }
+                }
+                c => c.clone(),
+            };
+            let before = s.clone();
+            if let Outcome::Refused(_) = s.apply(&c) {
+                prop_assert_eq!(&s, &before, "a refused command changed the state");
+            }
+            if before.data_key.is_some() {
+                prop_assert_eq!(&s.data_key, &before.data_key, "the data key changed");
+            }
+            for v in s.volumes.values() {
+                prop_assert_eq!(v.replicas.get(&v.primary), Some(&ReplicaState::InSync));
+                prop_assert!((1..=MAX_REPLICAS).contains(&v.replicas.len()));
+                prop_assert!(v.replicas.keys().all(|n| s.nodes.get(n).is_some_and(|i| i.holds_data())),
+                    "a copy on a witness or a stranger: {:?}", v.replicas);
+                if let Some(b) = before.volumes.get(&v.name).filter(|b| b.id == v.id) {
+                    prop_assert!(v.epoch >= b.epoch, "epoch went back");
+                    if v.primary != b.primary {
+                        prop_assert!(v.epoch > b.epoch, "new primary without a new epoch");
+                    }
+                }
+                let p = primaries.entry((v.id, v.epoch)).or_insert(v.primary);
+                prop_assert_eq!(*p, v.primary, "two primaries at one epoch");
+            }
+        }
+    }
+}
