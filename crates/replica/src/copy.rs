@@ -179,6 +179,13 @@ impl LocalCopy {
         (*current == session).then_some(current)
     }
 
+    /// As [`LocalCopy::in_session`] without waiting: `None` also while a
+    /// newer connection waits to open (the caller then waits its turn).
+    pub fn in_session_now(&self, session: u64) -> Option<tokio::sync::RwLockReadGuard<'_, u64>> {
+        let current = self.session.try_read().ok()?;
+        (*current == session).then_some(current)
+    }
+
     /// Regions of the activity log, as byte ranges.
     pub fn suspect_ranges(&self) -> Vec<(u64, u64)> {
         self.activity.ranges()
@@ -194,6 +201,14 @@ impl LocalCopy {
             off_thread(move || log.mark(first, last)).await?;
         }
         Ok(entered)
+    }
+
+    /// As [`LocalCopy::enter`] when the regions are marked in the log
+    /// already; `None`, with nothing counted, when marking them would wait
+    /// for the disk.
+    pub fn enter_now(&self, offset: u64, len: u64) -> Option<ActivityGuard<'_>> {
+        let entered = self.activity.enter(offset, len);
+        entered.marked().then_some(entered)
     }
 
     /// Clears activity-log regions that had no write in flight and none

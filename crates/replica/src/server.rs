@@ -157,6 +157,13 @@ impl ReplicaServer {
                     break;
                 }
             };
+            if hello.mode == Mode::Replicate {
+                let copy = volume.copy().expect("served volumes hold a copy");
+                if let Some(result) = replicated_now(copy, session, req.epoch, &req.op) {
+                    let _ = tx.send(Response { id: req.id, result }.encode());
+                    continue;
+                }
+            }
             let Ok(permit) = limit.clone().acquire_owned().await else {
                 break;
             };
@@ -292,6 +299,36 @@ async fn replicated(copy: &LocalCopy, epoch: u64, op: Op) -> Result<Bytes, Failu
     }
 }
 
+/// A primary's write done on the spot, in the connection's own task, when
+/// nothing in it has to wait: the connection is the copy's current one, the
+/// epoch is the copy's, the regions are marked in the activity log already
+/// and the volume takes the data at once (page cache, no FUA). `None` means
+/// "not now", with nothing done: the request runs in a task of its own
+/// ([`replicated`]), which checks and waits for all of these.
+fn replicated_now(
+    copy: &LocalCopy,
+    session: u64,
+    epoch: u64,
+    op: &Op,
+) -> Option<Result<Bytes, Failure>> {
+    let Op::Write {
+        lba,
+        fua: false,
+        data,
+    } = op
+    else {
+        return None;
+    };
+    let _current = copy.in_session_now(session)?;
+    if epoch != copy.epoch() {
+        return None;
+    }
+    let v = copy.volume();
+    let _active = copy.enter_now(lba.saturating_mul(v.block_size() as u64), data.len() as u64)?;
+    let written = v.write_now(*lba, data)?;
+    Some(done(written))
+}
+
 /// Runs one request another node forwarded to this node's primary role,
 /// once it fits the volume as the primary has it.
 async fn forwarded(p: &Primary, op: Op) -> Result<Bytes, Failure> {
@@ -334,5 +371,46 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use volume::MemVolume;
+
+    fn write(lba: u64, fua: bool, byte: u8) -> Op {
+        Op::Write {
+            lba,
+            fua,
+            data: Bytes::from(vec![byte; 512]),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_is_done_on_the_spot_only_when_nothing_in_it_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let v: Arc<dyn Volume> = Arc::new(MemVolume::new(512, 1 << 16));
+        let copy = LocalCopy::open("vol", v.clone(), &dir.path().join("vol")).unwrap();
+        copy.accept_epoch(3).await.unwrap();
+        let session = copy.open_session().await;
+        // Its region is not marked in the activity log yet: that waits.
+        assert!(replicated_now(&copy, session, 3, &write(8, false, 1)).is_none());
+        replicated(&copy, 3, write(8, false, 1)).await.unwrap();
+        // Marked now: the next write into the region is done at once.
+        let r = replicated_now(&copy, session, 3, &write(9, false, 2));
+        assert!(matches!(r, Some(Ok(_))), "{r:?}");
+        assert_eq!(v.read(9, 1).await.unwrap(), vec![2u8; 512]);
+        // FUA, another epoch (older or newer) and other requests wait.
+        assert!(replicated_now(&copy, session, 3, &write(9, true, 3)).is_none());
+        assert!(replicated_now(&copy, session, 2, &write(9, false, 3)).is_none());
+        assert!(replicated_now(&copy, session, 4, &write(9, false, 3)).is_none());
+        assert!(replicated_now(&copy, session, 3, &Op::Flush).is_none());
+        // A connection a newer one replaced changes nothing here.
+        let newer = copy.open_session().await;
+        assert!(replicated_now(&copy, session, 3, &write(9, false, 3)).is_none());
+        assert_eq!(v.read(9, 1).await.unwrap(), vec![2u8; 512]);
+        assert!(replicated_now(&copy, newer, 3, &write(9, false, 4)).is_some());
+        assert_eq!(v.read(9, 1).await.unwrap(), vec![4u8; 512]);
     }
 }
