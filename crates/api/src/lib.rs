@@ -27,6 +27,7 @@ mod client;
 mod server;
 
 pub use client::{ApiClient, ClientError};
+pub use node::{AckWindow, PeerState, PeerStatus};
 pub use server::router;
 
 use serde::{Deserialize, Serialize};
@@ -93,104 +94,6 @@ pub struct ClusterView {
     /// volume may overlap).
     #[serde(default)]
     pub acknowledged: std::collections::BTreeMap<String, Vec<AckWindow>>,
-}
-
-/// One replica of a volume as its primary sees it, in [`ClusterView`].
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct PeerStatus {
-    /// Id of the node that holds the replica.
-    pub node: u64,
-    /// In JSON `"in-sync"`, `"syncing"` or `"out-of-sync"`.
-    pub state: PeerState,
-    /// Whether the primary's connection to the replica is up.
-    pub connected: bool,
-    /// Bytes the replica is known to miss.
-    pub dirty_bytes: u64,
-    /// Bytes copied by the running resync.
-    pub resync_done: u64,
-    /// Bytes the running resync set out to copy.
-    pub resync_total: u64,
-}
-
-impl PeerStatus {
-    /// Whether the replica holds every acknowledged write, with nothing
-    /// left to reconcile.
-    pub fn in_sync(&self) -> bool {
-        self.state == PeerState::InSync
-    }
-}
-
-/// How far a replica is from its primary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum PeerState {
-    /// Holds every acknowledged write, with nothing left to reconcile.
-    InSync,
-    /// Catching up (also an in-sync replica reconciling regions written
-    /// before the last stop).
-    Syncing,
-    /// Recorded as missing writes, or being recorded so.
-    OutOfSync,
-}
-
-impl PeerState {
-    /// The name status displays use (the same as in JSON).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PeerState::InSync => "in-sync",
-            PeerState::Syncing => "syncing",
-            PeerState::OutOfSync => "out-of-sync",
-        }
-    }
-}
-
-impl std::fmt::Display for PeerState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// When a node acknowledged writes of a volume as its primary, in one
-/// primary role, in [`ClusterView`]. Times are wall-clock microseconds
-/// since the Unix epoch.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct AckWindow {
-    /// Epoch the writes were acknowledged under.
-    pub epoch: u64,
-    /// Writes acknowledged.
-    pub writes: u64,
-    /// First acknowledgement.
-    pub first_us: u64,
-    /// Last acknowledgement.
-    pub last_us: u64,
-}
-
-impl From<node::PeerStatus> for PeerStatus {
-    fn from(p: node::PeerStatus) -> Self {
-        PeerStatus {
-            node: p.node,
-            state: match p.state {
-                node::PeerState::InSync => PeerState::InSync,
-                node::PeerState::Syncing => PeerState::Syncing,
-                node::PeerState::OutOfSync => PeerState::OutOfSync,
-            },
-            connected: p.connected,
-            dirty_bytes: p.dirty_bytes,
-            resync_done: p.resync_done,
-            resync_total: p.resync_total,
-        }
-    }
-}
-
-impl From<node::AckWindow> for AckWindow {
-    fn from(w: node::AckWindow) -> Self {
-        AckWindow {
-            epoch: w.epoch,
-            writes: w.writes,
-            first_us: w.first_us,
-            last_us: w.last_us,
-        }
-    }
 }
 
 fn default_block_size() -> u32 {

@@ -124,10 +124,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 async fn cluster_view(State(node): State<Arc<Node>>) -> Result<impl IntoResponse, ApiError> {
     let status = node.cluster_status().await?;
     let (replication, acknowledged) = match node.clustered() {
-        Some(_) => (
-            dtos(node.peer_status().await),
-            dtos(node.acknowledged().await),
-        ),
+        Some(_) => (node.peer_status().await, node.acknowledged().await),
         None => Default::default(),
     };
     Ok(Json(ClusterView {
@@ -135,16 +132,6 @@ async fn cluster_view(State(node): State<Arc<Node>>) -> Result<impl IntoResponse
         replication,
         acknowledged,
     }))
-}
-
-/// Per volume, the node's reports as the API shows them.
-fn dtos<T, D: From<T>>(
-    by_volume: std::collections::BTreeMap<String, Vec<T>>,
-) -> std::collections::BTreeMap<String, Vec<D>> {
-    by_volume
-        .into_iter()
-        .map(|(name, items)| (name, items.into_iter().map(D::from).collect()))
-        .collect()
 }
 
 async fn add_replica(

@@ -1,18 +1,22 @@
 //! What this node reports of the cluster volumes it presents: how far each
 //! copy is behind the primary, and when this node acknowledged writes as a
 //! primary. The types are the node's own, so that the API shows the
-//! service layer's view rather than the replication engine's.
+//! service layer's view rather than the replication engine's; they are
+//! what the API sends, as [`crate::VolumeInfo`] is.
 
 use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
 
 use crate::Node;
 
 /// One copy of a volume on another node, as this node (its primary) sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerStatus {
     /// Id of the node that holds the copy.
     pub node: u64,
-    /// Whether the copy holds every acknowledged write.
+    /// Whether the copy holds every acknowledged write; in JSON
+    /// `"in-sync"`, `"syncing"` or `"out-of-sync"`.
     pub state: PeerState,
     /// Whether a connection to the copy is up.
     pub connected: bool,
@@ -24,8 +28,17 @@ pub struct PeerStatus {
     pub resync_total: u64,
 }
 
+impl PeerStatus {
+    /// Whether the copy holds every acknowledged write, with nothing left
+    /// to reconcile.
+    pub fn in_sync(&self) -> bool {
+        self.state == PeerState::InSync
+    }
+}
+
 /// How far a copy is from its primary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum PeerState {
     /// Holds every acknowledged write, with nothing left to reconcile.
     InSync,
@@ -36,9 +49,26 @@ pub enum PeerState {
     OutOfSync,
 }
 
+impl PeerState {
+    /// The name status displays use (the same as in JSON).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerState::InSync => "in-sync",
+            PeerState::Syncing => "syncing",
+            PeerState::OutOfSync => "out-of-sync",
+        }
+    }
+}
+
+impl std::fmt::Display for PeerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// When this node acknowledged writes of a volume as its primary, in one
 /// primary role. Times are wall-clock microseconds since the Unix epoch.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AckWindow {
     /// Epoch the writes were acknowledged under.
     pub epoch: u64,
