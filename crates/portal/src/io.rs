@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
 use iscsi::{DataIn, Digests, NopIn, Opcode, Pdu, PduError, Trailer, BHS_LEN, RESERVED_TAG};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncWriteExt, BufWriter};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 
@@ -81,33 +81,32 @@ pub(crate) async fn next_pdu<R: AsyncRead + Unpin>(
     }
 }
 
-/// Reads until `rx` holds at least `need` bytes.
+/// Reads until `rx` holds at least `need` bytes (see [`volume::buffer::fill`]).
 async fn fill<R: AsyncRead + Unpin>(
     r: &mut R,
     rx: &mut BytesMut,
     need: usize,
 ) -> Result<(), String> {
-    while rx.len() < need {
-        let want = (need - rx.len()).max(RX_CHUNK / 4);
-        let spare = rx.capacity() - rx.len();
-        // When no PDU cut from the buffer is alive any more, what is left of
-        // the next PDU moves to its front and all of it is reused. While one
-        // is (the command before this one is still running), the rest of the
-        // buffer is read into first; only a full buffer takes a new one, of
-        // RX_CHUNK or the PDU's size.
-        if spare < want && !rx.try_reclaim(want) && spare == 0 {
-            rx.reserve(want);
-        }
-        let inside = !rx.is_empty();
-        match r.read_buf(rx).await {
-            Ok(0) if inside => return Err("connection lost inside a PDU".to_string()),
-            Ok(0) => return Err("connection closed by the initiator".to_string()),
-            Ok(_) => {}
-            Err(e) if inside => return Err(format!("connection lost inside a PDU: {e}")),
-            Err(e) => return Err(format!("read failed: {e}")),
-        }
-    }
-    Ok(())
+    volume::buffer::fill(r, rx, need, RX_CHUNK)
+        .await
+        .map_err(|short| match short {
+            volume::buffer::Short {
+                inside: true,
+                error: None,
+            } => "connection lost inside a PDU".to_string(),
+            volume::buffer::Short {
+                inside: false,
+                error: None,
+            } => "connection closed by the initiator".to_string(),
+            volume::buffer::Short {
+                inside: true,
+                error: Some(e),
+            } => format!("connection lost inside a PDU: {e}"),
+            volume::buffer::Short {
+                inside: false,
+                error: Some(e),
+            } => format!("read failed: {e}"),
+        })
 }
 
 /// Sequence numbers of a session, shared by its reader and writer.

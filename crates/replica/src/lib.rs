@@ -24,6 +24,7 @@ mod copy;
 mod dirty;
 mod export;
 mod forward;
+mod frames;
 mod link;
 mod primary;
 mod ranges;

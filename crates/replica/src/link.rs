@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::auth::{self, AuthError, ClusterKey};
+use crate::frames::{FrameReader, Outbox};
 use crate::wire::{self, Failure, Hello, Op, Refusal, Refused, Request, Response, Welcome};
 
 /// Why a request over a link did not get an answer.
@@ -58,7 +58,7 @@ type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Bytes, Failure>>>>>
 /// An authenticated connection to one peer for one volume.
 pub struct Link {
     addr: String,
-    frames: mpsc::UnboundedSender<(Bytes, Option<Bytes>)>,
+    out: Arc<Outbox>,
     pending: Pending,
     next_id: AtomicU64,
     alive: Arc<AtomicBool>,
@@ -120,14 +120,15 @@ impl Link {
         let (stream, welcome) = tokio::time::timeout(timeout, setup)
             .await
             .map_err(|_| LinkError::Timeout(a.clone()))??;
-        let (mut rd, wr) = stream.into_split();
+        let (rd, wr) = stream.into_split();
         let pending: Pending = Arc::default();
         let alive = Arc::new(AtomicBool::new(true));
-        let (tx, rx) = mpsc::unbounded_channel::<(Bytes, Option<Bytes>)>();
+        let (out, flusher) = Outbox::new(wr);
 
         let (p, al) = (pending.clone(), alive.clone());
         let reader = tokio::spawn(async move {
-            while let Some(body) = read_frame(&mut rd).await {
+            let mut rd = FrameReader::new(rd);
+            while let Some(body) = rd.next().await {
                 let Ok(resp) = Response::decode(body) else {
                     break;
                 };
@@ -140,13 +141,13 @@ impl Link {
         });
         let (p, al) = (pending.clone(), alive.clone());
         let writer = tokio::spawn(async move {
-            write_frames(wr, rx).await;
+            flusher.await;
             al.store(false, Ordering::Release);
             p.lock().unwrap().clear();
         });
         Ok(Link {
             addr: a,
-            frames: tx,
+            out,
             pending,
             next_id: AtomicU64::new(1),
             alive,
@@ -180,7 +181,7 @@ impl Link {
             p.insert(id, tx);
         }
         let (head, data) = Request { id, epoch, op }.encode();
-        if self.frames.send((head, data)).is_err() {
+        if self.out.send([head].into_iter().chain(data)).is_err() {
             self.pending.lock().unwrap().remove(&id);
             return Err(LinkError::Down(self.addr.clone()));
         }
@@ -195,6 +196,7 @@ impl Link {
     /// Closes the connection; requests in flight fail.
     pub fn close(&self) {
         self.alive.store(false, Ordering::Release);
+        self.out.close();
         for t in &self.tasks {
             t.abort();
         }
@@ -238,31 +240,4 @@ pub(crate) async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> Option<Byt
     let mut body = BytesMut::zeroed(n);
     r.read_exact(&mut body).await.ok()?;
     Some(body.freeze())
-}
-
-/// Writes queued frames (header, then data without copying) until the queue
-/// closes or the socket fails; flushes when the queue runs empty, so frames
-/// queued together leave in one go.
-pub(crate) async fn write_frames(
-    wr: OwnedWriteHalf,
-    mut rx: mpsc::UnboundedReceiver<(Bytes, Option<Bytes>)>,
-) {
-    let mut w = BufWriter::with_capacity(256 * 1024, wr);
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        while let Some((head, data)) = next.take() {
-            if w.write_all(&head).await.is_err() {
-                return;
-            }
-            if let Some(d) = data {
-                if w.write_all(&d).await.is_err() {
-                    return;
-                }
-            }
-            next = rx.try_recv().ok();
-        }
-        if w.flush().await.is_err() {
-            return;
-        }
-    }
 }

@@ -9,13 +9,14 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 use volume::{Unavailable, Volume, VolumeError};
 
 use crate::auth::{self, AuthError, ClusterKey};
 use crate::copy::LocalCopy;
 use crate::export::ClusterVolume;
-use crate::link::{read_frame, write_frames};
+use crate::frames::{FrameReader, Outbox};
+use crate::link::read_frame;
 use crate::primary::Primary;
 use crate::wire::{
     failure_of, Failure, Hello, Mode, Op, Refusal, Refused, Request, Response, Welcome, WireError,
@@ -23,6 +24,9 @@ use crate::wire::{
 
 /// Most requests one connection may have in flight; more wait unread.
 const MAX_IN_FLIGHT: usize = 256;
+
+/// Most frame pieces of answers held back to be sent together.
+const MAX_BATCHED: usize = 32;
 
 /// Why a connection ended before its hello was read.
 #[derive(Debug, thiserror::Error)]
@@ -145,11 +149,24 @@ impl ReplicaServer {
             return;
         };
         tracing::debug!(%peer, volume = %hello.volume, node = hello.node, mode = ?hello.mode, "replication connection");
-        let (mut rd, wr) = s.into_split();
-        let (tx, rx) = mpsc::unbounded_channel::<(Bytes, Option<Bytes>)>();
-        let mut writer = AbortOnDrop(tokio::spawn(write_frames(wr, rx)));
+        let (rd, wr) = s.into_split();
+        let mut rd = FrameReader::new(rd);
+        let (out, flusher) = Outbox::new(wr);
+        // Dropped with this task (the connection was dropped): the socket
+        // closes at once, though requests still running hold the outbox.
+        let _close = CloseOnDrop(out.clone());
+        let mut flusher = AbortOnDrop(tokio::spawn(flusher));
         let limit = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-        while let Some(body) = read_frame(&mut rd).await {
+        // Answers to requests done on the spot, sent together once no
+        // further request has arrived whole.
+        let mut answers = Vec::new();
+        loop {
+            if !answers.is_empty() && (!rd.has_frame() || answers.len() >= MAX_BATCHED) {
+                let _ = out.send(answers.drain(..));
+            }
+            let Some(body) = rd.next().await else {
+                break;
+            };
             let req = match Request::decode(body) {
                 Ok(r) => r,
                 Err(e) => {
@@ -160,14 +177,20 @@ impl ReplicaServer {
             if hello.mode == Mode::Replicate {
                 let copy = volume.copy().expect("served volumes hold a copy");
                 if let Some(result) = replicated_now(copy, session, req.epoch, &req.op) {
-                    let _ = tx.send(Response { id: req.id, result }.encode());
+                    let (head, data) = Response { id: req.id, result }.encode();
+                    answers.push(head);
+                    answers.extend(data);
                     continue;
                 }
+            }
+            if !answers.is_empty() {
+                // Answers go out in the order they were decided.
+                let _ = out.send(answers.drain(..));
             }
             let Ok(permit) = limit.clone().acquire_owned().await else {
                 break;
             };
-            let (volume, tx, mode) = (volume.clone(), tx.clone(), hello.mode);
+            let (volume, out, mode) = (volume.clone(), out.clone(), hello.mode);
             tokio::spawn(async move {
                 let copy = volume.copy().expect("served volumes hold a copy");
                 let result = match mode {
@@ -182,12 +205,18 @@ impl ReplicaServer {
                         None => Err(Failure::NotPrimary),
                     },
                 };
-                let _ = tx.send(Response { id: req.id, result }.encode());
+                let (head, data) = Response { id: req.id, result }.encode();
+                let _ = out.send([head].into_iter().chain(data));
                 drop(permit);
             });
         }
-        drop(tx);
-        let _ = (&mut writer.0).await;
+        if !answers.is_empty() {
+            let _ = out.send(answers.drain(..));
+        }
+        // Requests still running answer before the connection closes.
+        let _all = limit.acquire_many(MAX_IN_FLIGHT as u32).await;
+        out.finish();
+        let _ = (&mut flusher.0).await;
     }
 
     /// Admits a connection: the welcome, the volume and, for a replication
@@ -363,6 +392,15 @@ async fn forwarded(p: &Primary, op: Op) -> Result<Bytes, Failure> {
 
 fn done(r: Result<(), VolumeError>) -> Result<Bytes, Failure> {
     r.map(|_| Bytes::new()).map_err(|e| failure_of(&e))
+}
+
+/// Closes an outbox when dropped (the connection it served is gone).
+struct CloseOnDrop(Arc<Outbox>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 /// Aborts a task when dropped (the connection it served is gone).

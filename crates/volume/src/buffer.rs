@@ -92,6 +92,62 @@ pub fn give(mut buf: Vec<u8>) {
     pool.push(buf);
 }
 
+/// Why [`fill`] stopped before the buffer held what was needed.
+#[derive(Debug)]
+pub struct Short {
+    /// Part of the next message had arrived: it was cut off.
+    pub inside: bool,
+    /// The read error; `None` when the peer closed the connection.
+    pub error: Option<std::io::Error>,
+}
+
+/// Reads from `r` until `rx` holds at least `need` bytes. Messages are cut
+/// out of `rx` without a copy (`split_to(..).freeze()`), so they share its
+/// memory; with many requests in flight one read brings in many of them.
+///
+/// When no message cut from the buffer is alive any more, what is left of
+/// the next one moves to its front and all of the buffer is reused. While
+/// one is (a request still running), the rest of the buffer is read into
+/// first; only a full buffer takes a new allocation, of `chunk` or the
+/// message's size. So a connection whose requests finish as they arrive
+/// allocates once, and one with `n` requests running keeps at most about
+/// `n` chunks alive.
+pub async fn fill<R>(
+    r: &mut R,
+    rx: &mut bytes::BytesMut,
+    need: usize,
+    chunk: usize,
+) -> Result<(), Short>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    while rx.len() < need {
+        let want = (need - rx.len()).max(chunk / 4);
+        let spare = rx.capacity() - rx.len();
+        if spare < want && !rx.try_reclaim(want) && spare == 0 {
+            rx.reserve(want);
+        }
+        let inside = !rx.is_empty();
+        match r.read_buf(rx).await {
+            Ok(0) => {
+                return Err(Short {
+                    inside,
+                    error: None,
+                })
+            }
+            Ok(_) => {}
+            Err(e) => {
+                return Err(Short {
+                    inside,
+                    error: Some(e),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
