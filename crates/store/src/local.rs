@@ -48,9 +48,12 @@ const WRITE_CHUNK: usize = 64 * 1024;
 /// Page size of the cache: an inline write covers whole pages, so the
 /// kernel never has to read a page from disk to merge it.
 const PAGE: u64 = 4096;
-/// An inline write slower than this (the kernel throttled dirty pages or
-/// waited on the journal) sends writes to the worker threads for
-/// `INLINE_PAUSE`, so the async threads do not keep stalling.
+/// An inline write slower than this that slept in the kernel (it throttled
+/// dirty pages or waited on the journal) sends writes to the worker threads
+/// for `INLINE_PAUSE`, so the async threads do not keep stalling. A write
+/// that was only slow because the scheduler ran another thread meanwhile
+/// (two busy processes on two CPUs do that all the time) says nothing about
+/// the disk and pauses nothing.
 const INLINE_SLOW: Duration = Duration::from_millis(2);
 const INLINE_PAUSE: Duration = Duration::from_secs(1);
 
@@ -274,6 +277,27 @@ pub struct LocalVolume<B: Backing = std::fs::File> {
     inline_writes: AtomicU64,
 }
 
+/// How often the calling thread has given up its CPU to wait (for a lock,
+/// the disk, writeback throttling) so far; `None` where that is not known,
+/// which makes every slow inline write count as one that waited.
+#[allow(unsafe_code)]
+fn voluntary_switches() -> Option<i64> {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::uninit();
+    // SAFETY: getrusage fills the struct it is given and touches nothing else.
+    let r = unsafe { libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr()) };
+    // SAFETY: a successful getrusage has written the whole struct.
+    (r == 0).then(|| unsafe { usage.assume_init() }.ru_nvcsw)
+}
+
+/// Whether the calling thread waited since [`voluntary_switches`] said
+/// `before`; when that is not known, it may have.
+fn waited_since(before: Option<i64>) -> bool {
+    match (before, voluntary_switches()) {
+        (Some(a), Some(b)) => a != b,
+        _ => true,
+    }
+}
+
 /// Runs `f` on a handle of its own on `on` on tokio's blocking pool.
 async fn on_blocking_pool<S, T, F>(on: &Arc<S>, f: F) -> Result<T>
 where
@@ -414,9 +438,10 @@ impl<B: Backing> LocalVolume<B> {
         if (start.as_micros() as u64) < self.inline_after.load(Ordering::Relaxed) {
             return None;
         }
+        let slept = voluntary_switches();
         let r = self.files.write_inline(lba, data)?;
         let took = self.clock.elapsed() - start;
-        if took > INLINE_SLOW {
+        if took > INLINE_SLOW && waited_since(slept) {
             let resume = (start + took + INLINE_PAUSE).as_micros() as u64;
             self.inline_after.store(resume, Ordering::Relaxed);
             tracing::debug!(volume = %self.meta.lock().unwrap().name, ?took, "slow inline write: writes go to the worker threads for a while");
@@ -902,5 +927,22 @@ impl<B: Backing> Drop for LocalVolume<B> {
                 tracing::warn!(volume = %name, error = %e, "volume could not be closed cleanly; its dirty regions are rechecked at the next open")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thread_that_sleeps_has_waited_and_one_that_computes_has_not() {
+        let before = voluntary_switches();
+        assert!(before.is_some(), "Linux counts a thread's waits");
+        std::thread::sleep(Duration::from_millis(3));
+        assert!(waited_since(before));
+        let before = voluntary_switches();
+        let sum: u64 = (0..10_000u64).map(|i| i.wrapping_mul(i) % 7).sum();
+        assert!(sum > 0);
+        assert!(!waited_since(before), "computing is not waiting");
     }
 }
