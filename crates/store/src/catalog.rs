@@ -329,6 +329,11 @@ impl Store {
                 .map_err(StoreError::io("cannot open", path))
         };
         let sums = open_rw(&sums_path, false)?;
+        // Checksums are read and written a few bytes per block: readahead
+        // would only make every later write into them slower.
+        if let Err(e) = durable::read_at_random(&sums) {
+            tracing::debug!(path = %sums_path.display(), "no readahead advice: {e}");
+        }
         let dirty = open_rw(&vdir.join(DIRTY), upgrade)?;
         let files = VolumeFiles {
             data: f,
