@@ -13,7 +13,7 @@
 # 5), SIZE (volume size, default 1G), BENCH_DIR (where the data directories
 # live, default a temp dir under /var/tmp), TANDEM_BIN (the binary to measure,
 # default a release build of this checkout: point it at another build to
-# compare two versions on the same machine).
+# compare two versions on the same machine), OUT (where the table goes).
 #
 # CPU per write is the CPU time every Tandem process of the setup spent
 # during the 4 KiB run (from /proc/<pid>/stat), over the writes it made; the
@@ -166,7 +166,7 @@ done
 
 med() { echo "${results[$1|$2]:-}" | median; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b+0 == 0) print "-"; else printf "%.2f", a/b }'; }
-out="$root/bench/results/$(date +%F)-$(hostname -s)-mirror.md"
+out=${OUT:-"$root/bench/results/$(date +%F)-$(hostname -s)-mirror.md"}
 {
   echo "# Mirrored writes, $(date +%F)"
   echo
