@@ -20,6 +20,12 @@
 //! `TANDEM_NEMESIS_SEED=<n>` replays a seed (printed at the start and on
 //! failure, with every schedule); `TANDEM_NEMESIS_SCHEDULES=<n>` sets how
 //! many schedules run (default 8). `scripts/soak.sh` runs it for hours.
+//!
+//! `TANDEM_NEMESIS_BENCH_LOAD=1` adds the mirrored-write benchmark's load
+//! (`bench/mirror.sh`: `qemu-img bench`, 4 KiB writes at queue depth 32)
+//! on a second mirrored volume, through each data node, for the whole run
+//! and restarted whenever a fault breaks it: the history checker then
+//! verifies the first volume while the nodes are as busy as in the benchmark.
 
 mod common;
 
@@ -30,7 +36,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::cluster::{
-    ack_windows, assert_one_writer, cluster_report, node_id, volume_file, wait_converged,
+    ack_windows, assert_one_writer, cluster_report, node_id, volume_file_named, wait_converged,
     wait_settled, Witness, BLOCK, EXTENT,
 };
 use common::log::now_us;
@@ -59,6 +65,93 @@ const CONVERGE_SECS: u64 = 120;
 /// How long the copies must stay in sync once the writes stopped before
 /// they are compared: past the primary's 2 s replication timeout.
 const SETTLED: Duration = Duration::from_secs(3);
+
+/// The benchmark's load on a volume of its own (see the module's doc): one
+/// `qemu-img bench` after another through each portal until dropped.
+struct BenchLoad {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    runs: Arc<AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// The second volume, and the benchmark's writes to it.
+const LOAD_VOLUME: &str = "load";
+
+impl BenchLoad {
+    fn start(nodes: &[Server]) -> BenchLoad {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        nodes[0].cli_ok(&[
+            "volume",
+            "create",
+            LOAD_VOLUME,
+            "--size",
+            "256M",
+            "--replicas",
+            "2",
+        ]);
+        if let Err(e) = wait_converged(&[&nodes[0], &nodes[1]], LOAD_VOLUME, CONVERGE_SECS) {
+            panic!("the benchmark's volume: {e}");
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let runs = Arc::new(AtomicU64::new(0));
+        let threads = nodes
+            .iter()
+            .map(|n| {
+                let url = format!(
+                    "iscsi://{}/iqn.2026-11.io.tandem:{LOAD_VOLUME}/0",
+                    n.portal()
+                );
+                let (stop, runs) = (stop.clone(), runs.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Acquire) {
+                        let mut child = std::process::Command::new("qemu-img")
+                            .args(["bench", "-f", "raw", "-t", "none", "-w", "-c", "100000"])
+                            .args(["-d", "32", "-s", "4096", "-S", "1052672", &url])
+                            .stdout(std::process::Stdio::null())
+                            .stderr(std::process::Stdio::null())
+                            .spawn()
+                            .expect("qemu-img runs (TANDEM_NEMESIS_BENCH_LOAD needs qemu-utils and qemu-block-extra)");
+                        loop {
+                            if let Some(status) = child.try_wait().unwrap() {
+                                if status.success() {
+                                    runs.fetch_add(1, Ordering::Relaxed);
+                                } else {
+                                    // A fault broke it: start again shortly.
+                                    std::thread::sleep(Duration::from_millis(200));
+                                }
+                                break;
+                            }
+                            if stop.load(Ordering::Acquire) {
+                                let _ = child.kill();
+                                let _ = child.wait();
+                                break;
+                            }
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                    }
+                })
+            })
+            .collect();
+        BenchLoad {
+            stop,
+            runs,
+            threads,
+        }
+    }
+}
+
+impl Drop for BenchLoad {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        eprintln!(
+            "benchmark load: {} runs of 100000 writes completed",
+            self.runs.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
+}
 
 fn env_u64(name: &str) -> Option<u64> {
     let v = std::env::var(name).ok()?;
@@ -312,6 +405,9 @@ async fn random_faults_lose_no_acknowledged_write() {
         panic!("the new volume: {e}");
     }
 
+    let _bench =
+        (env_u64("TANDEM_NEMESIS_BENCH_LOAD").unwrap_or(0) > 0).then(|| BenchLoad::start(&m.nodes));
+
     let seq = Arc::new(AtomicU64::new(0));
     let mut history = History::default();
     let mut record = Record {
@@ -439,7 +535,10 @@ async fn random_faults_lose_no_acknowledged_write() {
             n.stop();
         }
         let read = |f: &std::path::Path| std::fs::read(f).unwrap();
-        let data = [volume_file(&m.nodes[0]), volume_file(&m.nodes[1])];
+        let data = [
+            volume_file_named(&m.nodes[0], VOLUME),
+            volume_file_named(&m.nodes[1], VOLUME),
+        ];
         let sums = data.clone().map(|d| d.with_extension("crc32c"));
         let mut wrong = Vec::new();
         wrong.extend(record.diverged(&read(&data[0]), &read(&data[1])));

@@ -502,6 +502,22 @@ pub fn volume_file(s: &Server) -> PathBuf {
     panic!("no volume data under {}", dir.display());
 }
 
+/// The data file of the volume named `name` on `s`, when it holds several.
+pub fn volume_file_named(s: &Server, name: &str) -> PathBuf {
+    let dir = s.data_dir.join("volumes");
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let d = e.unwrap().path();
+        let Ok(meta) = std::fs::read(d.join("meta.json")) else {
+            continue;
+        };
+        let meta: serde_json::Value = serde_json::from_slice(&meta).unwrap();
+        if meta["name"] == name && d.join("data").exists() {
+            return d.join("data");
+        }
+    }
+    panic!("no data of volume {name} under {}", dir.display());
+}
+
 /// One node's acknowledgement windows of `volume` as (node, epoch, first, last, writes).
 pub fn ack_windows(s: &Server, volume: &str) -> Vec<(u64, u64, u64, u64, u64)> {
     let v = status(s);
