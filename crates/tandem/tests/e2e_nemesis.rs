@@ -71,6 +71,7 @@ const SETTLED: Duration = Duration::from_secs(3);
 struct BenchLoad {
     stop: Arc<std::sync::atomic::AtomicBool>,
     runs: Arc<AtomicU64>,
+    broken: Arc<AtomicU64>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -94,6 +95,7 @@ impl BenchLoad {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let runs = Arc::new(AtomicU64::new(0));
+        let broken = Arc::new(AtomicU64::new(0));
         let threads = nodes
             .iter()
             .map(|n| {
@@ -101,11 +103,11 @@ impl BenchLoad {
                     "iscsi://{}/iqn.2026-11.io.tandem:{LOAD_VOLUME}/0",
                     n.portal()
                 );
-                let (stop, runs) = (stop.clone(), runs.clone());
+                let (stop, runs, broken) = (stop.clone(), runs.clone(), broken.clone());
                 std::thread::spawn(move || {
                     while !stop.load(Ordering::Acquire) {
                         let mut child = std::process::Command::new("qemu-img")
-                            .args(["bench", "-f", "raw", "-t", "none", "-w", "-c", "100000"])
+                            .args(["bench", "-f", "raw", "-t", "none", "-w", "-c", "20000"])
                             .args(["-d", "32", "-s", "4096", "-S", "1052672", &url])
                             .stdout(std::process::Stdio::null())
                             .stderr(std::process::Stdio::null())
@@ -116,6 +118,7 @@ impl BenchLoad {
                                 if status.success() {
                                     runs.fetch_add(1, Ordering::Relaxed);
                                 } else {
+                                    broken.fetch_add(1, Ordering::Relaxed);
                                     // A fault broke it: start again shortly.
                                     std::thread::sleep(Duration::from_millis(200));
                                 }
@@ -135,21 +138,44 @@ impl BenchLoad {
         BenchLoad {
             stop,
             runs,
+            broken,
             threads,
+        }
+    }
+}
+
+impl BenchLoad {
+    /// Stops the load and says how much of it the nodes acknowledged (the
+    /// acknowledgement windows of their current processes: a lower bound).
+    fn finish(mut self, nodes: &[&Server]) {
+        self.halt();
+        let acknowledged: u64 = nodes
+            .iter()
+            .flat_map(|n| ack_windows(n, LOAD_VOLUME))
+            .map(|(_, _, _, _, writes)| writes)
+            .sum();
+        eprintln!(
+            "benchmark load: {} runs of 20000 writes completed, {} broken by faults, {acknowledged} writes acknowledged since the nodes last started",
+            self.runs.load(std::sync::atomic::Ordering::Relaxed),
+            self.broken.load(std::sync::atomic::Ordering::Relaxed)
+        );
+        assert!(
+            acknowledged > 0,
+            "the benchmark's load got nothing acknowledged"
+        );
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
         }
     }
 }
 
 impl Drop for BenchLoad {
     fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Release);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-        eprintln!(
-            "benchmark load: {} runs of 100000 writes completed",
-            self.runs.load(std::sync::atomic::Ordering::Relaxed)
-        );
+        self.halt();
     }
 }
 
@@ -405,7 +431,7 @@ async fn random_faults_lose_no_acknowledged_write() {
         panic!("the new volume: {e}");
     }
 
-    let _bench =
+    let bench =
         (env_u64("TANDEM_NEMESIS_BENCH_LOAD").unwrap_or(0) > 0).then(|| BenchLoad::start(&m.nodes));
 
     let seq = Arc::new(AtomicU64::new(0));
@@ -558,5 +584,8 @@ async fn random_faults_lose_no_acknowledged_write() {
             "{what}: passed ({} writes acknowledged as durable so far)",
             history.acknowledged()
         );
+    }
+    if let Some(b) = bench {
+        b.finish(&m.both());
     }
 }
