@@ -58,6 +58,9 @@ const RECORD_TIMEOUT: Duration = Duration::from_secs(2);
 /// state and for the connections to its peers (see `present::ready_to_serve`).
 const ROLE_SETTLE: Duration = Duration::from_millis(500);
 
+/// Time `volume create` waits for the new volume's primary to serve it.
+const SERVED_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Time a node waits for the data key before it refuses to record access
 /// rules with secrets.
 const DATA_KEY_TIMEOUT: Duration = Duration::from_secs(5);
