@@ -54,6 +54,13 @@ const REPL_TIMEOUT: Duration = Duration::from_secs(2);
 /// before the writes waiting for that record fail.
 const RECORD_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Time a new primary role waits, before it serves, for its lease and
+/// state and for the connections to its peers (see `present::ready_to_serve`).
+const ROLE_SETTLE: Duration = Duration::from_millis(500);
+
+/// Time `volume create` waits for the new volume's primary to serve it.
+const SERVED_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Time a node waits for the data key before it refuses to record access
 /// rules with secrets.
 const DATA_KEY_TIMEOUT: Duration = Duration::from_secs(5);

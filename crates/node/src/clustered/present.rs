@@ -3,13 +3,14 @@
 //! primary, in the role the cluster state gives this node.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use cluster::{ClusterState, Command, NodeId, ReplicaState};
 use replica::{ClusterVolume, Forwarder, LocalCopy, PeerSpec, Primary, PrimaryConfig, Route};
 use scsi::{AccessState, PortGroup};
 
 use super::access::{access_of, reseal_soon};
-use super::{Clustered, COPY_BASE, RECORD_TIMEOUT, REPL_TIMEOUT};
+use super::{Clustered, COPY_BASE, RECORD_TIMEOUT, REPL_TIMEOUT, ROLE_SETTLE};
 use crate::identity::{iqn_for, lun_identity};
 use crate::registry::{Presented, Registry};
 use crate::{Node, NodeError};
@@ -383,9 +384,46 @@ impl Node {
         volume.set_route(Route::Waiting);
         let control: Arc<dyn replica::Control> = c.control.clone();
         let p = Primary::start(copy.clone(), cfg, peers, control).await?;
+        if let Err(why) = ready_to_serve(c, &p, &v.name, v.epoch).await {
+            tracing::info!(volume = %v.name, epoch = v.epoch, "serving as primary before {why}");
+        }
         volume.set_route(Route::Primary(p));
         // Used: the next primary role of this volume takes up its own epoch.
         c.taken_up.lock().unwrap().remove(&v.name);
         Ok(())
+    }
+}
+
+/// Waits up to [`ROLE_SETTLE`] until a new primary role can acknowledge
+/// writes as they come: the control plane lets it (its lease runs, the
+/// applied state names it primary at its epoch) and every peer that takes
+/// writes is connected. A write sent before that would be refused, or
+/// would cost an in-sync peer whose connection is still being made its
+/// place. `Err` says what was still missing; the role serves anyway (a
+/// peer that is really gone is recorded out of sync by the first write).
+async fn ready_to_serve(
+    c: &Clustered,
+    p: &Primary,
+    volume: &str,
+    epoch: u64,
+) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + ROLE_SETTLE;
+    loop {
+        let missing = if !replica::Control::may_acknowledge(&*c.control, volume, epoch) {
+            "the control plane lets it acknowledge".to_string()
+        } else {
+            match p
+                .peer_status()
+                .into_iter()
+                .find(|s| !s.connected && s.state != replica::PeerState::OutOfSync)
+            {
+                Some(s) => format!("the copy on node {} is connected", s.node),
+                None => return Ok(()),
+            }
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(missing);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

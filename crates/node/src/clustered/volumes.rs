@@ -5,9 +5,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cluster::{ClusterState, Command, NodeId};
+use replica::wire::Op;
+use replica::Route;
 
-use super::{cluster_err, Clustered};
+use super::{cluster_err, Clustered, SERVED_TIMEOUT};
 use crate::{Node, NodeError};
+
+/// The epoch the cluster state gives a volume it creates; its first
+/// primary role runs at the next one.
+const CREATED_EPOCH: u64 = 1;
 
 /// The id of the member called `name` (or with id `name`).
 fn member_id(state: &ClusterState, name: &str) -> Result<NodeId, NodeError> {
@@ -84,7 +90,69 @@ impl Node {
         }
         let state = c.cluster.state();
         self.reconcile(&state).await;
+        // The record names a primary and every copy in sync from the
+        // start, but the primary serves only once it has taken up the role
+        // at an epoch of its own: a caller that writes as soon as this
+        // returns (or as soon as the status shows the record) must find it
+        // served.
+        if let Err(why) = self.wait_served(c, name, SERVED_TIMEOUT).await {
+            tracing::warn!(volume = name, "created, but not served yet: {why}");
+        }
         Ok(())
+    }
+
+    /// Waits up to `timeout` until cluster volume `name` is served: its
+    /// primary has taken up the role (the applied record holds its
+    /// promotion, past the epoch a volume is created at) and serves it, as
+    /// this node's role (primary here) or a forwarded ping (primary
+    /// elsewhere) shows. `Err` says what was still missing.
+    async fn wait_served(
+        &self,
+        c: &Arc<Clustered>,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let missing = match self.served(c, name).await {
+                Ok(()) => return Ok(()),
+                Err(why) => why,
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(missing);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether cluster volume `name` is served now; `Err` says why not.
+    async fn served(&self, c: &Arc<Clustered>, name: &str) -> Result<(), String> {
+        let state = c.cluster.state();
+        let v = state
+            .volumes
+            .get(name)
+            .ok_or("the volume is no longer in the cluster state")?;
+        if v.epoch <= CREATED_EPOCH {
+            return Err(format!(
+                "node {} has not taken up the primary role",
+                v.primary
+            ));
+        }
+        let route = {
+            let vols = self.exported.lock().await;
+            vols.by_id(v.id)
+                .and_then(|e| e.cluster.as_ref())
+                .map(|p| p.volume.route())
+        };
+        match route {
+            Some(Route::Primary(_)) if v.primary == c.cluster.id() => Ok(()),
+            Some(Route::Forward(f)) if v.primary != c.cluster.id() => f
+                .call(Op::Ping)
+                .await
+                .map(drop)
+                .map_err(|e| format!("node {} does not serve it yet ({e:?})", v.primary)),
+            _ => Err("this node has not taken up its role yet".to_string()),
+        }
     }
 
     /// Adds a copy of cluster volume `name` on `node` (a member's name or
