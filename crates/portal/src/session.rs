@@ -92,20 +92,6 @@ struct PendingWrite {
 
 /// The data of a write gathered from its Data-Outs; goes back to the buffer
 /// pool when the write is done with it.
-struct Pooled(Vec<u8>);
-
-impl AsRef<[u8]> for Pooled {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl Drop for Pooled {
-    fn drop(&mut self) {
-        volume::buffer::give(std::mem::take(&mut self.0));
-    }
-}
-
 struct R2t {
     ttt: u32,
     offset: u32,
@@ -568,7 +554,7 @@ impl Session<'_> {
         if w.received >= w.cmd.edtl && w.r2ts.is_empty() {
             let w = self.writes.remove(&itt).expect("present");
             self.buffered -= w.buf.len();
-            self.execute(w.cmd, Bytes::from_owner(Pooled(w.buf))).await;
+            self.execute(w.cmd, volume::buffer::into_bytes(w.buf)).await;
         } else if burst_done {
             self.solicit(itt).await;
         }

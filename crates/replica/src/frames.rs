@@ -16,7 +16,7 @@ use std::io::IoSlice;
 use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::AsyncRead;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 
@@ -24,6 +24,10 @@ use crate::wire;
 
 /// How much a connection reads at once; also the size of its receive buffer.
 const RX_CHUNK: usize = 256 * 1024;
+
+/// Frames larger than this are read into a pooled buffer of their own
+/// rather than cut out of the receive buffer.
+const LARGE_FRAME: usize = RX_CHUNK / 2;
 
 /// Most pieces one vectored write takes.
 const MAX_SLICES: usize = 64;
@@ -50,6 +54,20 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             .ok()?;
         let prefix: [u8; 4] = self.rx[..4].try_into().expect("four bytes");
         let n = wire::frame_len(prefix).ok()?;
+        if n > LARGE_FRAME {
+            // Read into a buffer of the pool, which gets it back once the
+            // frame is dropped: a fresh allocation of this size would cost
+            // a mapping and a page fault per 4 KiB every time.
+            self.rx.advance(4);
+            let mut body = volume::buffer::take(n);
+            let have = self.rx.len().min(n);
+            body[..have].copy_from_slice(&self.rx[..have]);
+            self.rx.advance(have);
+            if have < n {
+                self.r.read_exact(&mut body[have..]).await.ok()?;
+            }
+            return Some(volume::buffer::into_bytes(body));
+        }
         volume::buffer::fill(&mut self.r, &mut self.rx, 4 + n, RX_CHUNK)
             .await
             .ok()?;
@@ -281,8 +299,14 @@ mod tests {
 
     #[tokio::test]
     async fn frames_are_cut_whole_however_the_bytes_arrive() {
+        // Small frames cut from the receive buffer, and large ones (read
+        // into a pooled buffer of their own) among them.
         let bodies: Vec<Vec<u8>> = (0..40u8)
-            .map(|i| vec![i; (i as usize * 977) % 70_000 + 1])
+            .map(|i| match i {
+                20 => vec![i; 1 << 20],
+                _ if i % 7 == 3 => vec![i; 200_000 + i as usize * 1000],
+                _ => vec![i; (i as usize * 977) % 70_000 + 1],
+            })
             .collect();
         let bytes = framed(&bodies);
         for step in [1, 3, 4096, 1 << 20] {

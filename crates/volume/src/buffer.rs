@@ -92,6 +92,26 @@ pub fn give(mut buf: Vec<u8>) {
     pool.push(buf);
 }
 
+/// A pooled buffer as [`bytes::Bytes`]: its memory goes back to the pool
+/// when the last handle on it drops.
+pub fn into_bytes(buf: Vec<u8>) -> bytes::Bytes {
+    bytes::Bytes::from_owner(Pooled(buf))
+}
+
+struct Pooled(Vec<u8>);
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        give(std::mem::take(&mut self.0));
+    }
+}
+
 /// Why [`fill`] stopped before the buffer held what was needed.
 #[derive(Debug)]
 pub struct Short {
@@ -179,6 +199,22 @@ mod tests {
         let z = zeroed(128 * 1024);
         assert!(z.iter().all(|&x| x == 0));
         give(z);
+    }
+
+    #[test]
+    fn a_buffer_lent_out_as_bytes_comes_back_when_the_last_handle_drops() {
+        // 40 KiB: the 64 KiB class, which no other test here uses.
+        let mut a = take(40 * 1024);
+        a.fill(3);
+        let at = a.as_ptr();
+        let bytes = into_bytes(a);
+        let part = bytes.slice(100..200);
+        drop(bytes);
+        assert_eq!(&part[..], &[3u8; 100][..], "a slice keeps it alive");
+        drop(part);
+        let b = take(40 * 1024);
+        assert_eq!(b.as_ptr(), at, "back in the pool, taken again");
+        give(b);
     }
 
     #[test]
