@@ -28,6 +28,12 @@ struct Cli {
     /// else ./tandem-data/api.token]; TANDEM_API_TOKEN gives the token itself.
     #[arg(long, global = true, env = "TANDEM_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+    /// Threads a server (serve, witness) runs its protocol and I/O work on
+    /// [default: half the CPUs, at least 1]. Blocking disk calls have
+    /// worker threads of their own.
+    #[arg(long, global = true, env = "TANDEM_THREADS",
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: Option<u16>,
     #[command(subcommand)]
     command: Command,
 }
@@ -221,9 +227,26 @@ enum VolumeCommand {
     },
 }
 
+/// The runtime threads of a server on a machine with `cpus` CPUs: half of
+/// them. A node shares its host with the virtual machines it serves (and
+/// here with their initiators); most of its work is short (a page-cache
+/// copy, a checksum, a socket call), and a runtime with a thread per CPU
+/// spends more on waking idle threads to steal that work than they gain:
+/// on two CPUs, one thread served 4 KiB writes at qd32 at 72 k IOPS and
+/// reads at 124 k, two threads at 51 k and 100 k, and a mirrored write cost
+/// both nodes a third less CPU.
+fn default_threads(cpus: usize) -> usize {
+    (cpus / 2).max(1)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let threads = cli
+        .threads
+        .map_or_else(|| default_threads(cpus), usize::from);
     let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
         .enable_all()
         .build()
     {
@@ -676,4 +699,28 @@ fn resync_progress(view: &api::ClusterView, volume: &str, node: u64) -> Option<(
 /// `done` of `total` in percent (100 when there is nothing to do).
 fn percent(done: u64, total: u64) -> u64 {
     (done * 100).checked_div(total).unwrap_or(100)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_runs_on_half_the_cpus_and_at_least_one_thread() {
+        assert_eq!(default_threads(1), 1);
+        assert_eq!(default_threads(2), 1);
+        assert_eq!(default_threads(3), 1);
+        assert_eq!(default_threads(4), 2);
+        assert_eq!(default_threads(64), 32);
+    }
+
+    #[test]
+    fn threads_are_counted_from_one() {
+        let cli = Cli::try_parse_from(["tandem", "--threads", "3", "volume", "list"]).unwrap();
+        assert_eq!(cli.threads, Some(3));
+        assert!(Cli::try_parse_from(["tandem", "--threads", "0", "volume", "list"]).is_err());
+        assert!(Cli::try_parse_from(["tandem", "--threads", "many", "volume", "list"]).is_err());
+        let cli = Cli::try_parse_from(["tandem", "volume", "list"]).unwrap();
+        assert_eq!(cli.threads, None);
+    }
 }

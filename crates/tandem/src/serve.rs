@@ -41,6 +41,7 @@ pub async fn run(cfg: ServeConfig, cluster: node::ClusterConfig) -> anyhow::Resu
         iscsi = %iscsi.local_addr()?,
         api = %api_listener.local_addr()?,
         installation = %store.installation_id(),
+        threads = tokio::runtime::Handle::current().metrics().num_workers(),
         "tandem serving"
     );
 
