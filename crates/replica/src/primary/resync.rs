@@ -1,8 +1,8 @@
 //! Resync: copying the regions a peer misses back to it, then switching it
 //! to in sync behind a barrier and recording that.
 //!
-//! The dirty regions are copied in chunks of up to [`RESYNC_CHUNK`], several
-//! in flight at once (as many as the [`throttle`] allows): each chunk holds
+//! The dirty regions are copied in chunks, several in flight at once (as
+//! large and as many as the [`throttle`] allows): each chunk holds
 //! its range of the write ordering from before its blocks are looked at
 //! until the peer has answered every request of it, so the copy never
 //! overtakes a client write of the same blocks nor is overtaken by one. The
@@ -24,9 +24,6 @@ use crate::link::{Call, Link, LinkError};
 use crate::ranges::RangeGuard;
 use crate::wire::Op;
 use throttle::{RateMeter, Throttle, POLICY};
-
-/// Largest run of dirty regions copied by one chunk of a resync.
-const RESYNC_CHUNK: u64 = 1 << 20;
 
 /// Longest a resync held back by its rate limit sleeps before it looks
 /// again whether the client is still writing.
@@ -191,7 +188,6 @@ impl Primary {
     async fn copy_dirty(&self, p: &Peer, link: &Link) -> Result<Sent, ResyncError> {
         let v = self.copy.volume();
         let bs = v.block_size() as u64;
-        let regions_per_chunk = RESYNC_CHUNK / RESYNC_REGION;
         let client_writes = || self.acknowledged().map_or(0, |w| w.writes);
         let mut throttle = Throttle::new(POLICY, Instant::now(), client_writes());
         let mut meter = RateMeter::new(Instant::now());
@@ -204,20 +200,10 @@ impl Primary {
             {
                 return Err(ResyncError::Stopped);
             }
-            let mut n = 1;
-            while n < regions_per_chunk && p.dirty.is_set(first + n) {
-                n += 1;
-            }
-            cursor = first + n;
-            let lba = first * RESYNC_REGION / bs;
-            let end = ((first + n) * RESYNC_REGION / bs).min(v.num_blocks());
-            if lba >= end {
-                continue;
-            }
             // Room in the window, and the rate limit's time come. Chunks in
             // flight are answered before any wait, so a paused resync holds
             // no range a client write could need.
-            loop {
+            let regions_per_chunk = loop {
                 let now = Instant::now();
                 throttle.observe(now, client_writes());
                 p.resync
@@ -233,12 +219,22 @@ impl Primary {
                 }
                 let delay = throttle.delay(now);
                 if delay.is_zero() {
-                    break;
+                    break (throttle.chunk(now) / RESYNC_REGION).max(1);
                 }
                 while let Some(f) = flights.pop_front() {
                     self.land(p, f, &mut meter).await?;
                 }
                 tokio::time::sleep(delay.min(PACE_STEP)).await;
+            };
+            let mut n = 1;
+            while n < regions_per_chunk && p.dirty.is_set(first + n) {
+                n += 1;
+            }
+            cursor = first + n;
+            let lba = first * RESYNC_REGION / bs;
+            let end = ((first + n) * RESYNC_REGION / bs).min(v.num_blocks());
+            if lba >= end {
+                continue;
             }
             let range = self.ranges.lock(lba, end - lba).await;
             let (calls, chunk) = self
