@@ -97,6 +97,27 @@ struct Flight<'a> {
     end: u64,
 }
 
+impl Flight<'_> {
+    /// Waits for every answer to the chunk, then lets its range go; the
+    /// first failure, if any.
+    async fn settle(self) -> Result<(), LinkError> {
+        answered(self.calls).await
+    }
+}
+
+/// Waits for the answer to every call (each within the link's timeout, which
+/// closes the link when it runs out); the first failure, if any.
+async fn answered(calls: Vec<Call<'_>>) -> Result<(), LinkError> {
+    let mut result = Ok(());
+    for c in calls {
+        let r = c.wait().await;
+        if result.is_ok() {
+            result = r.map(|_| ());
+        }
+    }
+    result
+}
+
 impl Primary {
     /// Copies the dirty regions of `p` over `link`; then, behind a barrier,
     /// switches it to in sync and records that.
@@ -186,12 +207,32 @@ impl Primary {
     /// throttle allows, and clears each region once the peer has answered
     /// for it. Returns what was sent.
     async fn copy_dirty(&self, p: &Peer, link: &Link) -> Result<Sent, ResyncError> {
+        let mut flights = VecDeque::new();
+        let copied = self.copy_chunks(p, link, &mut flights).await;
+        // However the copy ended, no chunk lets its range go before the peer
+        // has answered all of it: a request of it still on its way could
+        // otherwise land on the peer after a later write of the same blocks
+        // (a client's, or the next resync's). Each answer comes, or the
+        // link's timeout closes the link.
+        for f in flights {
+            let _ = f.settle().await;
+        }
+        copied
+    }
+
+    /// The loop of [`Primary::copy_dirty`]; chunks not yet answered when it
+    /// returns are left in `flights`.
+    async fn copy_chunks<'a>(
+        &'a self,
+        p: &Peer,
+        link: &'a Link,
+        flights: &mut VecDeque<Flight<'a>>,
+    ) -> Result<Sent, ResyncError> {
         let v = self.copy.volume();
         let bs = v.block_size() as u64;
         let client_writes = || self.acknowledged().map_or(0, |w| w.writes);
         let mut throttle = Throttle::new(POLICY, Instant::now(), client_writes());
         let mut meter = RateMeter::new(Instant::now());
-        let mut flights: VecDeque<Flight<'_>> = VecDeque::new();
         let mut sent = Sent::default();
         let mut cursor = 0;
         while let Some(first) = p.dirty.next_set(cursor) {
@@ -276,17 +317,16 @@ impl Primary {
         f: Flight<'_>,
         meter: &mut RateMeter,
     ) -> Result<(), ResyncError> {
-        for c in f.calls {
-            c.wait().await.map_err(|e| ResyncError::Copy {
-                start: f.lba,
-                end: f.end,
-                cause: CopyError::Link(e),
-            })?;
-        }
-        for r in f.first..f.first + f.regions {
+        let (first, regions, lba, end) = (f.first, f.regions, f.lba, f.end);
+        f.settle().await.map_err(|e| ResyncError::Copy {
+            start: lba,
+            end,
+            cause: CopyError::Link(e),
+        })?;
+        for r in first..first + regions {
             p.dirty.clear(r);
         }
-        let bytes = f.regions * RESYNC_REGION;
+        let bytes = regions * RESYNC_REGION;
         p.resync.done.fetch_add(bytes, Ordering::Relaxed);
         let rate = meter.add(Instant::now(), bytes);
         p.resync.rate.store(rate, Ordering::Relaxed);
@@ -340,18 +380,33 @@ impl Primary {
         let mut sent = Sent::default();
         for (written, at, n) in runs {
             let op = if written {
-                let data = v.read(at, n as u32).await.map_err(CopyError::Read)?;
-                sent.data += n * bs;
-                Op::Write {
-                    lba: at,
-                    fua: false,
-                    data: Bytes::from(data),
+                match v.read(at, n as u32).await {
+                    Ok(data) => Op::Write {
+                        lba: at,
+                        fua: false,
+                        data: Bytes::from(data),
+                    },
+                    Err(e) => {
+                        // The range is held until what was sent is answered.
+                        let _ = answered(calls).await;
+                        return Err(CopyError::Read(e));
+                    }
                 }
             } else {
-                sent.unmapped += n * bs;
                 Op::Unmap { lba: at, blocks: n }
             };
-            calls.push(link.send(self.cfg.epoch, op).map_err(CopyError::Link)?);
+            match link.send(self.cfg.epoch, op) {
+                Ok(c) => calls.push(c),
+                Err(e) => {
+                    let _ = answered(calls).await;
+                    return Err(CopyError::Link(e));
+                }
+            }
+            if written {
+                sent.data += n * bs;
+            } else {
+                sent.unmapped += n * bs;
+            }
             sent.requests += 1;
         }
         Ok((calls, sent))
