@@ -25,6 +25,11 @@ use crate::ranges::RangeGuard;
 use crate::wire::Op;
 use throttle::{RateMeter, Throttle, POLICY};
 
+/// Most bytes one unmap of a resync covers: a chunk that is all unwritten
+/// takes the unwritten dirty regions after it along, so a thin volume costs
+/// a request per 64 MiB it does not hold rather than one per chunk.
+const UNMAP_SPAN: u64 = 64 << 20;
+
 /// Longest a resync held back by its rate limit sleeps before it looks
 /// again whether the client is still writing.
 const PACE_STEP: Duration = Duration::from_millis(50);
@@ -87,6 +92,8 @@ struct Sent {
 struct Flight<'a> {
     /// The chunk's range of the write ordering, held until it is answered.
     _range: RangeGuard<'a>,
+    /// The range of the unwritten regions it took along, if any.
+    _along: Option<RangeGuard<'a>>,
     calls: Vec<Call<'a>>,
     /// First dirty region of the chunk.
     first: u64,
@@ -162,6 +169,7 @@ impl Primary {
                 bytes = total,
                 data = sent.data,
                 unmapped = sent.unmapped,
+                requests = sent.requests,
                 ms = took.as_millis() as u64,
                 bytes_per_s = (total as f64 / took.as_secs_f64().max(1e-6)) as u64,
                 "{what}"
@@ -278,6 +286,18 @@ impl Primary {
                 continue;
             }
             let range = self.ranges.lock(lba, end - lba).await;
+            let (along, n, end) = match self.unwritten_along(p, first, n, lba, end).await {
+                Ok(Some((guard, m, to))) => (Some(guard), m, to),
+                Ok(None) => (None, n, end),
+                Err(cause) => {
+                    return Err(ResyncError::Copy {
+                        start: lba,
+                        end,
+                        cause: CopyError::Allocation(cause),
+                    })
+                }
+            };
+            cursor = first + n;
             let (calls, chunk) = self
                 .send_range(link, lba, end - lba)
                 .await
@@ -296,6 +316,7 @@ impl Primary {
                 .fetch_add(chunk.unmapped, Ordering::Relaxed);
             flights.push_back(Flight {
                 _range: range,
+                _along: along,
                 calls,
                 first,
                 regions: n,
@@ -307,6 +328,47 @@ impl Primary {
             self.land(p, f, &mut meter).await?;
         }
         Ok(sent)
+    }
+
+    /// When blocks `[lba, end)` (dirty regions `first..first + n`, their
+    /// range held) are all unwritten here, takes the unwritten dirty
+    /// regions right after them along, up to [`UNMAP_SPAN`] in all: holds
+    /// their range too, and returns it with the chunk's regions and end
+    /// block. `None` when there is nothing to take along.
+    async fn unwritten_along(
+        &self,
+        p: &Peer,
+        first: u64,
+        n: u64,
+        lba: u64,
+        end: u64,
+    ) -> Result<Option<(RangeGuard<'_>, u64, u64)>, VolumeError> {
+        let v = self.copy.volume();
+        let bs = v.block_size() as u64;
+        let region_end = |r: u64| (r * RESYNC_REGION / bs).min(v.num_blocks());
+        let (state, run) = v.block_status(lba).await?;
+        if state != BlockState::Deallocated || lba + run <= end {
+            return Ok(None);
+        }
+        // Regions up to where the unwritten run went when looked at without
+        // their range held: only a guess until it is.
+        let most = (UNMAP_SPAN / RESYNC_REGION).max(n);
+        let mut m = n;
+        while m < most && p.dirty.is_set(first + m) && region_end(first + m + 1) <= lba + run {
+            m += 1;
+        }
+        if m == n {
+            return Ok(None);
+        }
+        let along = self.ranges.lock(end, region_end(first + m) - end).await;
+        let (state, run) = v.block_status(end).await?;
+        if state != BlockState::Deallocated {
+            return Ok(None);
+        }
+        while m > n && region_end(first + m) > end + run {
+            m -= 1;
+        }
+        Ok((m > n).then(|| (along, m, region_end(first + m))))
     }
 
     /// Waits for every answer to a chunk, then clears its regions and lets
