@@ -158,6 +158,7 @@ impl Primary {
         let copied = self.copy_dirty(p, link).await;
         p.resync.stop();
         let sent = copied?;
+        let copy_took = began.elapsed();
         link.call(self.cfg.epoch, Op::Flush)
             .await
             .map_err(ResyncError::Flush)?;
@@ -171,6 +172,7 @@ impl Primary {
                 unmapped = sent.unmapped,
                 requests = sent.requests,
                 ms = took.as_millis() as u64,
+                flush_ms = (took - copy_took).as_millis() as u64,
                 bytes_per_s = (total as f64 / took.as_secs_f64().max(1e-6)) as u64,
                 "{what}"
             )
