@@ -297,6 +297,10 @@ in_sync "$holder" big >/dev/null
 read -r f_bytes f_data f_unmapped f_ms _ < <(last_sync "$holder" "$adds_id")
 f_wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", b-a}')
 
+# Resyncs that stopped before the end, and why (the nodes' logs).
+stopped_why=$(sed 's/\x1b\[[0-9;]*m//g' "$work/a.log" "$work/b.log" | { grep -oE 'resync (paused|interrupted): .*' || true; } |
+  sed 's/ volume=.*//' | sort | uniq -c | awk '{$1=$1; print}' | paste -sd ';' -)
+
 # --- report --------------------------------------------------------------------------
 gib() { awk -v b="$1" 'BEGIN{printf "%.2f", b/1073741824}'; }
 out="$root/bench/results/$(date +%F)-$(hostname -s)-resync.md"
@@ -322,6 +326,7 @@ out="$root/bench/results/$(date +%F)-$(hostname -s)-resync.md"
   echo "| 2. resync still running when the client finished (rounds) | $(echo "${results[overlapped]}" | tr ' ' '\n' | grep -c 1) of $REPEAT | |"
   echo "| 2. resyncs started for one return of the node | | ${results[busy_starts]} |"
   echo "| 2. the client's run / the whole resync it ran beside (s) | $(med client_secs) / $(med busy_resync_secs) | ${results[client_secs]}/ ${results[busy_resync_secs]} |"
+  echo "| resyncs that stopped before the end (count and reason, whole run) | ${stopped_why:-none} | |"
   echo "| 3. full sync of a $FULL volume holding $written MiB: sent as data (GiB) | $(gib "$f_data") | |"
   echo "| 3. unmapped without reading (GiB) | $(gib "$f_unmapped") | |"
   echo "| 3. resync time (s) / wall time from add-replica to in sync (s) | $(awk -v ms="$f_ms" 'BEGIN{printf "%.2f", ms/1000}') / $f_wall | |"
