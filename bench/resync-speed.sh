@@ -331,6 +331,6 @@ out="$root/bench/results/$(date +%F)-$(hostname -s)-resync.md"
   echo "| 3. unmapped without reading (GiB) | $(gib "$f_unmapped") | |"
   echo "| 3. resync time (s) / wall time from add-replica to in sync (s) | $(awk -v ms="$f_ms" 'BEGIN{printf "%.2f", ms/1000}') / $f_wall | |"
   echo
-  echo "Every copy is checked in sync by the control plane before the next step. Measurement 1's rate is the dirty bytes over the resync's own time as the primary logs it (from its first chunk to the replica's flush and the control-plane record); the wall time adds the node's start, its connection and the records. In measurement 2, the client starts once the resync has copied its first chunk; the resync yields to client writes (one chunk in flight, 64 MiB/s) and takes its full window again 500 ms after the last one. Sum of bytes in 3: $f_bytes (the whole volume)."
+  echo "Every copy is checked in sync by the control plane before the next step. Measurement 1's rate is the dirty bytes over the resync's own time as the primary logs it (from its first chunk to the replica's flush and the control-plane record); the wall time adds the node's start, its connection and the records. In measurement 2, the client starts the moment the primary logs that the resync starts; the resync yields to client writes (one chunk in flight, 64 MiB/s) and takes its full window again 500 ms after the last one. Sum of bytes in 3: $f_bytes (the whole volume)."
 } | tee "$out"
 echo "resync bench: written to $out" >&2
