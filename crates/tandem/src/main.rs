@@ -683,7 +683,7 @@ fn resync_progress<'a>(
 
 /// How fast a running resync copies and whether it yields to client
 /// writes, to follow its progress (", 1.20 GiB/s", ", 60 MiB/s, yielding
-/// to client writes (limit 64 MiB/s)"); empty when it has no rate yet.
+/// to client writes (limit 64 MiB/s)"); empty when it shows neither.
 fn resync_pace(p: &api::PeerStatus) -> String {
     let mut s = String::new();
     if p.resync_rate > 0 {
