@@ -890,6 +890,11 @@ async fn join_add_and_remove_a_replica_and_leave_on_two_nodes() {
             "dirty_bytes": 0,
             "resync_done": resync("resync_done"),
             "resync_total": resync("resync_total"),
+            "resync_data_bytes": resync("resync_data_bytes"),
+            "resync_unmapped_bytes": resync("resync_unmapped_bytes"),
+            "resync_rate": 0,
+            "resync_limit": null,
+            "resync_yielding": false,
         })
     );
     // One window per primary role that acknowledged writes: here the one

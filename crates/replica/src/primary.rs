@@ -35,7 +35,7 @@ mod peer;
 mod resync;
 mod sweeper;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -165,8 +165,7 @@ impl Primary {
                 state_change: tokio::sync::Mutex::new(()),
                 linked: AtomicBool::new(false),
                 unrecorded: AtomicBool::new(false),
-                done: AtomicU64::new(0),
-                total: AtomicU64::new(0),
+                resync: Default::default(),
             }));
         }
         copy.set_peer_maps(list.iter().map(|p| p.dirty.clone()).collect());

@@ -722,3 +722,152 @@ async fn a_forwarded_write_into_blocks_only_a_replica_has_yet_lands_nowhere() {
     );
     assert!(control.lost.lock().unwrap().is_empty());
 }
+
+/// Starts a primary on `on` with one peer, node 2 at `peer`, which the
+/// control plane records out of sync and this copy never tracked: it gets a
+/// full sync once it answers.
+async fn primary_with_new_copy(
+    on: &TestNode,
+    peer: SocketAddr,
+    control: Arc<TestControl>,
+) -> Arc<Primary> {
+    let cfg = PrimaryConfig {
+        node: 1,
+        epoch: 1,
+        key: key(),
+        timeout: Duration::from_secs(2),
+    };
+    let spec = PeerSpec {
+        node: 2,
+        addr: peer.to_string(),
+        in_sync: false,
+    };
+    Primary::start(on.copy.clone(), cfg, vec![spec], control)
+        .await
+        .unwrap()
+}
+
+/// A full sync reads and sends only the blocks the primary holds (a block
+/// written with zeros included); the rest of the volume is unmapped on the
+/// new copy without being read, and the status says how much went which way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_sync_sends_only_written_blocks_as_data() {
+    let k = key();
+    let mib = 1024 * 1024 / BS as u64;
+    let blocks = 64 * mib;
+    let a = TestNode::new(&k, blocks).await;
+    let b = TestNode::new(&k, blocks).await;
+    let v = a.copy.volume();
+    v.write(0, pattern(mib, 1), false).await.unwrap();
+    v.write(10 * mib + 3, pattern(1, 2), false).await.unwrap();
+    v.write(40 * mib, pattern(2 * mib, 3), false).await.unwrap();
+    v.write(50 * mib, Bytes::from(vec![0u8; BS as usize]), false)
+        .await
+        .unwrap();
+    let control = Arc::new(TestControl::default());
+    let p = primary_with_new_copy(&a, b.addr, control.clone()).await;
+    wait_for(
+        || control.in_sync.lock().unwrap().contains(&2),
+        "the new copy in sync",
+    )
+    .await;
+    let st = p.peer_status()[0].clone();
+    let data = (3 * mib + 2) * BS as u64;
+    let size = blocks * BS as u64;
+    assert_eq!(st.resync_total, size, "{st:?}");
+    assert_eq!(st.resync_data_bytes, data, "{st:?}");
+    assert_eq!(st.resync_unmapped_bytes, size - data, "{st:?}");
+    assert_eq!(
+        (st.resync_rate, st.resync_limit, st.resync_yielding),
+        (0, None, false),
+        "no resync runs: {st:?}"
+    );
+    assert_eq!(a.contents().await, b.contents().await, "copies converged");
+    assert_eq!(
+        written_runs(b.copy.volume().as_ref()).await,
+        written_runs(v.as_ref()).await,
+        "the new copy holds other blocks than the primary"
+    );
+}
+
+/// While client writes are being served a resync yields: one chunk at a
+/// time, held to a rate the status shows; once they stop it finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resync_yields_to_client_writes_and_status_shows_it() {
+    let k = key();
+    let mib = 1024 * 1024 / BS as u64;
+    let blocks = 160 * mib;
+    let a = TestNode::new(&k, blocks).await;
+    let mut b = TestNode::new(&k, blocks).await;
+    let v = a.copy.volume();
+    for i in 0..128 {
+        v.write(i * mib, pattern(mib, i as u8 | 1), false)
+            .await
+            .unwrap();
+    }
+    b.kill();
+    let control = Arc::new(TestControl::default());
+    let p = primary_with_new_copy(&a, b.addr, control.clone()).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (p, stop) = (p.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                let lba = (n * 7919) % blocks;
+                p.write(lba, pattern(1, n as u8 | 1), false).await.unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    b.restart().await;
+    wait_for(
+        || p.peer_status()[0].resync_done > 0,
+        "the resync under way",
+    )
+    .await;
+    let t0 = Instant::now();
+    let before = p.peer_status()[0].resync_done;
+    let mut yielding = 0;
+    while t0.elapsed() < Duration::from_millis(1500) {
+        let st = p.peer_status()[0].clone();
+        if st.resync_yielding {
+            assert_eq!(st.resync_limit, Some(64 << 20), "{st:?}");
+            yielding += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let st = p.peer_status()[0].clone();
+    let secs = t0.elapsed().as_secs_f64();
+    assert!(yielding > 0, "the status never showed the resync yielding");
+    // 64 MiB a second, and a chunk of 4 MiB that may have started before
+    // the first client write was seen.
+    let allowed = (64 << 20) as f64 * secs + (5 << 20) as f64;
+    assert!(
+        ((st.resync_done - before) as f64) < allowed,
+        "the resync copied {} bytes in {secs:.2} s while the client wrote: {st:?}",
+        st.resync_done - before
+    );
+    assert!(
+        st.resync_rate > 0 && st.resync_rate < 80 << 20,
+        "the status shows the held rate: {st:?}"
+    );
+    assert_eq!(st.state, PeerState::Syncing, "{st:?}");
+    stop.store(true, Ordering::SeqCst);
+    assert!(writer.await.unwrap() > 0);
+    wait_for(
+        || control.in_sync.lock().unwrap().contains(&2),
+        "the new copy in sync once the client stopped",
+    )
+    .await;
+    let st = p.peer_status()[0].clone();
+    assert!(!st.resync_yielding && st.resync_limit.is_none(), "{st:?}");
+    assert_eq!(
+        st.resync_data_bytes + st.resync_unmapped_bytes,
+        st.resync_total,
+        "every region went once, as data or unmapped: {st:?}"
+    );
+    assert!(st.resync_data_bytes >= 128 << 20, "{st:?}");
+    assert_eq!(a.contents().await, b.contents().await, "copies converged");
+}

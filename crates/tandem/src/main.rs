@@ -455,8 +455,11 @@ async fn cluster_command(c: &api::ApiClient, cmd: ClusterCommand) -> anyhow::Res
                         cluster::ReplicaState::OutOfSync => format!("{n}:out-of-sync"),
                         cluster::ReplicaState::Syncing => {
                             match resync_progress(&v, &vol.name, *n) {
-                                Some((done, total)) => {
-                                    format!("{n}:syncing {}%", percent(done, total))
+                                Some(p) => {
+                                    format!(
+                                        "{n}:syncing {}%",
+                                        percent(p.resync_done, p.resync_total)
+                                    )
                                 }
                                 None => format!("{n}:syncing"),
                             }
@@ -476,12 +479,13 @@ async fn cluster_command(c: &api::ApiClient, cmd: ClusterCommand) -> anyhow::Res
                 for p in peers {
                     if !p.in_sync() {
                         println!(
-                            "resync {vol} -> node {}: {} ({} of {} copied, {} dirty)",
+                            "resync {vol} -> node {}: {} ({} of {} copied, {} dirty{})",
                             p.node,
                             p.state,
                             format_size(p.resync_done),
                             format_size(p.resync_total),
-                            format_size(p.dirty_bytes)
+                            format_size(p.dirty_bytes),
+                            resync_pace(p)
                         );
                     }
                 }
@@ -648,12 +652,13 @@ async fn volume_command(c: &api::ApiClient, cmd: VolumeCommand) -> anyhow::Resul
                     cluster::ReplicaState::Syncing => (
                         "syncing",
                         resync_progress(&view, &name, *n)
-                            .map(|(done, total)| {
+                            .map(|p| {
                                 format!(
-                                    "{}% ({} of {})",
-                                    percent(done, total),
-                                    format_size(done),
-                                    format_size(total)
+                                    "{}% ({} of {}{})",
+                                    percent(p.resync_done, p.resync_total),
+                                    format_size(p.resync_done),
+                                    format_size(p.resync_total),
+                                    resync_pace(p)
                                 )
                             })
                             .unwrap_or_default(),
@@ -684,16 +689,36 @@ async fn volume_command(c: &api::ApiClient, cmd: VolumeCommand) -> anyhow::Resul
     Ok(())
 }
 
-/// Bytes copied and bytes to copy by the resync of `volume`'s copy on
-/// `node`, as the volume's primary reports them; `None` unless the node
+/// The resync of `volume`'s copy on `node` (bytes copied, bytes to copy,
+/// its pace), as the volume's primary reports it; `None` unless the node
 /// asked is that primary (the cluster state records only that a resync
 /// runs, not how far it is).
-fn resync_progress(view: &api::ClusterView, volume: &str, node: u64) -> Option<(u64, u64)> {
+fn resync_progress<'a>(
+    view: &'a api::ClusterView,
+    volume: &str,
+    node: u64,
+) -> Option<&'a api::PeerStatus> {
     view.replication
         .get(volume)?
         .iter()
         .find(|p| p.node == node)
-        .map(|p| (p.resync_done, p.resync_total))
+}
+
+/// How fast a running resync copies and whether it yields to client
+/// writes, to follow its progress (", 1.20 GiB/s", ", 60 MiB/s, yielding
+/// to client writes (limit 64 MiB/s)"); empty when it shows neither.
+fn resync_pace(p: &api::PeerStatus) -> String {
+    let mut s = String::new();
+    if p.resync_rate > 0 {
+        s += &format!(", {}/s", format_size(p.resync_rate));
+    }
+    if p.resync_yielding {
+        s += ", yielding to client writes";
+        if let Some(limit) = p.resync_limit {
+            s += &format!(" (limit {}/s)", format_size(limit));
+        }
+    }
+    s
 }
 
 /// `done` of `total` in percent (100 when there is nothing to do).

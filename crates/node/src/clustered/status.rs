@@ -26,6 +26,23 @@ pub struct PeerStatus {
     pub resync_done: u64,
     /// Bytes the running resync set out to copy.
     pub resync_total: u64,
+    /// Bytes the running (or the last) resync sent as data.
+    #[serde(default)]
+    pub resync_data_bytes: u64,
+    /// Bytes the running (or the last) resync unmapped on the copy without
+    /// reading them (blocks never written here).
+    #[serde(default)]
+    pub resync_unmapped_bytes: u64,
+    /// Bytes the running resync copies a second, lately; 0 when none runs.
+    #[serde(default)]
+    pub resync_rate: u64,
+    /// Bytes a second the running resync is held to while it yields to
+    /// client writes; `None` when it is not held.
+    #[serde(default)]
+    pub resync_limit: Option<u64>,
+    /// Whether the running resync yields to client writes now.
+    #[serde(default)]
+    pub resync_yielding: bool,
 }
 
 impl PeerStatus {
@@ -94,6 +111,11 @@ fn peer_status(p: replica::PeerStatus) -> PeerStatus {
         dirty_bytes: p.dirty_bytes,
         resync_done: p.resync_done,
         resync_total: p.resync_total,
+        resync_data_bytes: p.resync_data_bytes,
+        resync_unmapped_bytes: p.resync_unmapped_bytes,
+        resync_rate: p.resync_rate,
+        resync_limit: p.resync_limit,
+        resync_yielding: p.resync_yielding,
     }
 }
 

@@ -2,13 +2,14 @@
 //! task that keeps that link up and sends the peer to resync when it misses
 //! writes.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use super::resync::Progress;
 use super::{Primary, RESYNC_REGION};
 use crate::dirty::DirtyMap;
 use crate::link::{Link, LinkError};
@@ -123,6 +124,26 @@ pub struct PeerStatus {
     pub resync_done: u64,
     /// Bytes the running resync set out to copy.
     pub resync_total: u64,
+    /// Bytes the running (or the last) resync sent as data: the written
+    /// blocks of its regions.
+    #[serde(default)]
+    pub resync_data_bytes: u64,
+    /// Bytes the running (or the last) resync unmapped on the peer: the
+    /// unwritten blocks of its regions, which it does not read.
+    #[serde(default)]
+    pub resync_unmapped_bytes: u64,
+    /// Bytes of dirty regions the running resync copies a second, lately;
+    /// 0 when none runs.
+    #[serde(default)]
+    pub resync_rate: u64,
+    /// Bytes a second the running resync is held to while it yields to
+    /// client writes; `None` when it is not held.
+    #[serde(default)]
+    pub resync_limit: Option<u64>,
+    /// Whether the running resync yields to client writes now (fewer
+    /// chunks in flight, held to `resync_limit`).
+    #[serde(default)]
+    pub resync_yielding: bool,
 }
 
 impl PeerStatus {
@@ -146,10 +167,9 @@ pub(super) struct Peer {
     pub(super) linked: AtomicBool,
     /// In sync here, but the control plane has not recorded it so yet.
     pub(super) unrecorded: AtomicBool,
-    /// Bytes copied by the running resync (reported by status, not recorded).
-    pub(super) done: AtomicU64,
-    /// Bytes the running resync set out to copy.
-    pub(super) total: AtomicU64,
+    /// What the running (or the last) resync did (reported by status, not
+    /// recorded).
+    pub(super) resync: Progress,
 }
 
 impl Peer {
@@ -181,8 +201,13 @@ impl Primary {
                 },
                 connected: p.link().is_some(),
                 dirty_bytes: p.dirty.count() * RESYNC_REGION,
-                resync_done: p.done.load(Ordering::Relaxed),
-                resync_total: p.total.load(Ordering::Relaxed),
+                resync_done: p.resync.done.load(Ordering::Relaxed),
+                resync_total: p.resync.total.load(Ordering::Relaxed),
+                resync_data_bytes: p.resync.data.load(Ordering::Relaxed),
+                resync_unmapped_bytes: p.resync.unmapped.load(Ordering::Relaxed),
+                resync_rate: p.resync.rate.load(Ordering::Relaxed),
+                resync_limit: Some(p.resync.limit.load(Ordering::Relaxed)).filter(|&l| l > 0),
+                resync_yielding: p.resync.yielding.load(Ordering::Relaxed),
             })
             .collect()
     }
@@ -370,9 +395,22 @@ mod tests {
             dirty_bytes: 65536,
             resync_done: 1,
             resync_total: 3,
+            resync_data_bytes: 4,
+            resync_unmapped_bytes: 5,
+            resync_rate: 6,
+            resync_limit: Some(7),
+            resync_yielding: true,
         };
-        let json = r#"{"node":2,"state":"out-of-sync","connected":true,"dirty_bytes":65536,"resync_done":1,"resync_total":3}"#;
+        let json = r#"{"node":2,"state":"out-of-sync","connected":true,"dirty_bytes":65536,"resync_done":1,"resync_total":3,"resync_data_bytes":4,"resync_unmapped_bytes":5,"resync_rate":6,"resync_limit":7,"resync_yielding":true}"#;
         assert_eq!(serde_json::to_string(&st).unwrap(), json);
         assert_eq!(serde_json::from_str::<PeerStatus>(json).unwrap(), st);
+        // The status of a node that does not report the resync's figures
+        // yet still reads, with none of them.
+        let before = r#"{"node":2,"state":"out-of-sync","connected":true,"dirty_bytes":65536,"resync_done":1,"resync_total":3}"#;
+        let old = serde_json::from_str::<PeerStatus>(before).unwrap();
+        assert_eq!(
+            (old.resync_rate, old.resync_limit, old.resync_yielding),
+            (0, None, false)
+        );
     }
 }
