@@ -72,6 +72,8 @@ struct BenchLoad {
     stop: Arc<std::sync::atomic::AtomicBool>,
     runs: Arc<AtomicU64>,
     broken: Arc<AtomicU64>,
+    /// Writes of the load the nodes acknowledged, counted before each stop.
+    acknowledged: u64,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -107,7 +109,7 @@ impl BenchLoad {
                 std::thread::spawn(move || {
                     while !stop.load(Ordering::Acquire) {
                         let mut child = std::process::Command::new("qemu-img")
-                            .args(["bench", "-f", "raw", "-t", "none", "-w", "-c", "20000"])
+                            .args(["bench", "-f", "raw", "-t", "none", "-w", "-c", "5000"])
                             .args(["-d", "32", "-s", "4096", "-S", "1052672", &url])
                             .stdout(std::process::Stdio::null())
                             .stderr(std::process::Stdio::null())
@@ -139,23 +141,29 @@ impl BenchLoad {
             stop,
             runs,
             broken,
+            acknowledged: 0,
             threads,
         }
     }
 }
 
 impl BenchLoad {
-    /// Stops the load and says how much of it the nodes acknowledged (the
-    /// acknowledgement windows of their current processes: a lower bound).
-    fn finish(mut self, nodes: &[&Server]) {
-        self.halt();
-        let acknowledged: u64 = nodes
+    /// Counts the load's writes the nodes acknowledged since they started
+    /// (their acknowledgement windows), before they stop.
+    fn tally(&mut self, nodes: &[&Server]) {
+        self.acknowledged += nodes
             .iter()
             .flat_map(|n| ack_windows(n, LOAD_VOLUME))
             .map(|(_, _, _, _, writes)| writes)
-            .sum();
+            .sum::<u64>();
+    }
+
+    /// Stops the load and says how much of it the nodes acknowledged.
+    fn finish(mut self) {
+        self.halt();
+        let acknowledged = self.acknowledged;
         eprintln!(
-            "benchmark load: {} runs of 20000 writes completed, {} broken by faults, {acknowledged} writes acknowledged since the nodes last started",
+            "benchmark load: {} runs of 5000 writes completed, {} broken by faults, {acknowledged} writes acknowledged",
             self.runs.load(std::sync::atomic::Ordering::Relaxed),
             self.broken.load(std::sync::atomic::Ordering::Relaxed)
         );
@@ -431,7 +439,7 @@ async fn random_faults_lose_no_acknowledged_write() {
         panic!("the new volume: {e}");
     }
 
-    let bench =
+    let mut bench =
         (env_u64("TANDEM_NEMESIS_BENCH_LOAD").unwrap_or(0) > 0).then(|| BenchLoad::start(&m.nodes));
 
     let seq = Arc::new(AtomicU64::new(0));
@@ -556,6 +564,10 @@ async fn random_faults_lose_no_acknowledged_write() {
         windows.extend(ack_windows(&m.nodes[1], VOLUME));
         assert_one_writer(&windows);
 
+        if let Some(b) = bench.as_mut() {
+            b.tally(&m.both());
+        }
+
         // Byte for byte, once both nodes have flushed and stopped.
         for n in &mut m.nodes {
             n.stop();
@@ -586,6 +598,6 @@ async fn random_faults_lose_no_acknowledged_write() {
         );
     }
     if let Some(b) = bench {
-        b.finish(&m.both());
+        b.finish();
     }
 }
