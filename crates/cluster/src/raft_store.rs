@@ -112,21 +112,40 @@ impl RaftStore {
             .map(|v| v.value().to_vec()))
     }
 
-    fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), Error> {
-        let write = |e: AnyError| -> Error { StorageIOError::<u64>::write(e).into() };
-        let txn = self.db.begin_write().map_err(|e| write(io(e)))?;
-        {
-            let mut t = txn.open_table(META).map_err(|e| write(io(e)))?;
-            t.insert(key, value).map_err(|e| write(io(e)))?;
+    /// Runs a write transaction off the runtime's threads. Its commit syncs
+    /// the disk, which can take long while volumes' data is being written
+    /// back, and a node runs few runtime threads (often one): its I/O and
+    /// heartbeats must not wait for the sync meanwhile. Raft awaits each
+    /// call of its storage before the next, so the order stays the same.
+    async fn write_txn<F>(&self, f: F) -> Result<(), Error>
+    where
+        F: FnOnce(&Database) -> Result<(), Error> + Send + 'static,
+    {
+        let db = self.db.clone();
+        match tokio::task::spawn_blocking(move || f(&db)).await {
+            Ok(r) => r,
+            Err(e) => Err(StorageIOError::<u64>::write(io(e)).into()),
         }
-        // Durable on return: redb commits with immediate durability.
-        txn.commit().map_err(|e| write(io(e)))
     }
 
-    fn save_applied(&self) -> Result<(), Error> {
+    async fn put_meta(&self, key: &'static str, value: Vec<u8>) -> Result<(), Error> {
+        self.write_txn(move |db| {
+            let write = |e: AnyError| -> Error { StorageIOError::<u64>::write(e).into() };
+            let txn = db.begin_write().map_err(|e| write(io(e)))?;
+            {
+                let mut t = txn.open_table(META).map_err(|e| write(io(e)))?;
+                t.insert(key, value.as_slice()).map_err(|e| write(io(e)))?;
+            }
+            // Durable on return: redb commits with immediate durability.
+            txn.commit().map_err(|e| write(io(e)))
+        })
+        .await
+    }
+
+    async fn save_applied(&self) -> Result<(), Error> {
         let bytes = serde_json::to_vec(&*self.applied.read().unwrap())
             .map_err(|e| StorageIOError::<u64>::write_state_machine(io(e)))?;
-        self.put_meta("applied", &bytes)
+        self.put_meta("applied", bytes).await
     }
 
     fn last_log_id(&self) -> Result<Option<LogId<u64>>, Error> {
@@ -144,14 +163,20 @@ impl RaftStore {
         }
     }
 
-    fn remove_logs(&self, range: impl RangeBounds<u64>) -> Result<(), Error> {
-        let write = |e: AnyError| -> Error { StorageIOError::<u64>::write_logs(e).into() };
-        let txn = self.db.begin_write().map_err(|e| write(io(e)))?;
-        {
-            let mut t = txn.open_table(LOG).map_err(|e| write(io(e)))?;
-            t.retain_in(range, |_, _| false).map_err(|e| write(io(e)))?;
-        }
-        txn.commit().map_err(|e| write(io(e)))
+    async fn remove_logs(
+        &self,
+        range: impl RangeBounds<u64> + Send + 'static,
+    ) -> Result<(), Error> {
+        self.write_txn(move |db| {
+            let write = |e: AnyError| -> Error { StorageIOError::<u64>::write_logs(e).into() };
+            let txn = db.begin_write().map_err(|e| write(io(e)))?;
+            {
+                let mut t = txn.open_table(LOG).map_err(|e| write(io(e)))?;
+                t.retain_in(range, |_, _| false).map_err(|e| write(io(e)))?;
+            }
+            txn.commit().map_err(|e| write(io(e)))
+        })
+        .await
     }
 }
 
@@ -191,7 +216,7 @@ impl RaftSnapshotBuilder<TypeConfig> for RaftStore {
             data: data.clone(),
         })
         .map_err(|e| StorageIOError::<u64>::write_snapshot(None, io(e)))?;
-        self.put_meta("snapshot", &saved)?;
+        self.put_meta("snapshot", saved).await?;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -205,7 +230,7 @@ impl RaftStorage<TypeConfig> for RaftStore {
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), Error> {
         let b = serde_json::to_vec(vote).map_err(|e| StorageIOError::<u64>::write_vote(io(e)))?;
-        self.put_meta("vote", &b)
+        self.put_meta("vote", b).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, Error> {
@@ -219,7 +244,7 @@ impl RaftStorage<TypeConfig> for RaftStore {
 
     async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> Result<(), Error> {
         let b = serde_json::to_vec(&committed).map_err(|e| StorageIOError::<u64>::write(io(e)))?;
-        self.put_meta("committed", &b)
+        self.put_meta("committed", b).await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, Error> {
@@ -254,28 +279,38 @@ impl RaftStorage<TypeConfig> for RaftStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
     {
         let write = |e: AnyError| -> Error { StorageIOError::<u64>::write_logs(e).into() };
-        let txn = self.db.begin_write().map_err(|e| write(io(e)))?;
-        {
-            let mut t = txn.open_table(LOG).map_err(|e| write(io(e)))?;
-            for e in entries {
-                let b = serde_json::to_vec(&e).map_err(|e| write(io(e)))?;
-                t.insert(e.log_id.index, b.as_slice())
-                    .map_err(|e| write(io(e)))?;
+        let encoded = entries
+            .into_iter()
+            .map(|e| {
+                Ok((
+                    e.log_id.index,
+                    serde_json::to_vec(&e).map_err(|e| write(io(e)))?,
+                ))
+            })
+            .collect::<Result<Vec<(u64, Vec<u8>)>, Error>>()?;
+        self.write_txn(move |db| {
+            let txn = db.begin_write().map_err(|e| write(io(e)))?;
+            {
+                let mut t = txn.open_table(LOG).map_err(|e| write(io(e)))?;
+                for (index, b) in &encoded {
+                    t.insert(*index, b.as_slice()).map_err(|e| write(io(e)))?;
+                }
             }
-        }
-        // The entries are durable before Raft counts them as appended.
-        txn.commit().map_err(|e| write(io(e)))
+            // The entries are durable before Raft counts them as appended.
+            txn.commit().map_err(|e| write(io(e)))
+        })
+        .await
     }
 
     async fn delete_conflict_logs_since(&mut self, log_id: LogId<u64>) -> Result<(), Error> {
-        self.remove_logs(log_id.index..)
+        self.remove_logs(log_id.index..).await
     }
 
     async fn purge_logs_upto(&mut self, log_id: LogId<u64>) -> Result<(), Error> {
         let b =
             serde_json::to_vec(&Some(log_id)).map_err(|e| StorageIOError::<u64>::write(io(e)))?;
-        self.put_meta("purged", &b)?;
-        self.remove_logs(..=log_id.index)
+        self.put_meta("purged", b).await?;
+        self.remove_logs(..=log_id.index).await
     }
 
     async fn last_applied_state(
@@ -310,7 +345,7 @@ impl RaftStorage<TypeConfig> for RaftStore {
                 });
             }
         }
-        self.save_applied()?;
+        self.save_applied().await?;
         let state = self.applied.read().unwrap().state.clone();
         self.publish.send_replace(Arc::new(state));
         Ok(out)
@@ -334,13 +369,13 @@ impl RaftStorage<TypeConfig> for RaftStore {
             .map_err(|e| StorageIOError::<u64>::read_snapshot(Some(meta.signature()), io(e)))?;
         let state = a.state.clone();
         *self.applied.write().unwrap() = a;
-        self.save_applied()?;
+        self.save_applied().await?;
         let saved = serde_json::to_vec(&SavedSnapshot {
             meta: meta.clone(),
             data,
         })
         .map_err(|e| StorageIOError::<u64>::write_snapshot(Some(meta.signature()), io(e)))?;
-        self.put_meta("snapshot", &saved)?;
+        self.put_meta("snapshot", saved).await?;
         self.publish.send_replace(Arc::new(state));
         Ok(())
     }
@@ -372,6 +407,33 @@ mod tests {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
             payload: EntryPayload::Normal(cmd),
         }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn commits_run_off_the_runtime_thread_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = RaftStore::open(dir.path()).unwrap();
+        let runtime = std::thread::current().id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        store
+            .write_txn(move |_| {
+                tx.send(std::thread::current().id()).unwrap();
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert_ne!(rx.recv().unwrap(), runtime, "the sync waits elsewhere");
+        store.append_to_log(entries()).await.unwrap();
+        let n = entries().len() as u64;
+        assert_eq!(store.last_log_id().unwrap().map(|l| l.index), Some(n));
+        store
+            .delete_conflict_logs_since(entries()[1].log_id)
+            .await
+            .unwrap();
+        assert_eq!(store.last_log_id().unwrap().map(|l| l.index), Some(1));
+        store.put_meta("vote", b"first".to_vec()).await.unwrap();
+        store.put_meta("vote", b"second".to_vec()).await.unwrap();
+        assert_eq!(store.get_meta("vote").unwrap(), Some(b"second".to_vec()));
     }
 
     /// The log entries of [`commands`], numbered from 1.
