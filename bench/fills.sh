@@ -29,27 +29,13 @@ REPEAT=${REPEAT:-$([ $quick = 1 ] && echo 1 || echo 3)}
 DURATION=${DURATION:-$([ $quick = 1 ] && echo 2 || echo 5)}
 SIZE=${SIZE:-1G}
 
-for t in iscsi-perf qemu-img tgtd tgtadm numfmt; do
-  command -v "$t" >/dev/null || { echo "fills bench: $t is missing; run scripts/install-test-deps.sh" >&2; exit 2; }
-done
-qemu-img --help | grep -q iscsi || { echo "fills bench: qemu-img cannot open iscsi:// (install qemu-block-extra)" >&2; exit 2; }
-
-TANDEM_BIN_GIVEN=${TANDEM_BIN:-}
-if [ -z "${TANDEM_BIN:-}" ]; then
-  echo "fills bench: building Tandem (release)" >&2
-  cargo build --release -q -p tandem --bin tandem
-  TANDEM_BIN="${CARGO_TARGET_DIR:-$root/target}/release/tandem"
-fi
-tandem=$TANDEM_BIN
-
-work=$(mktemp -d "${BENCH_DIR:-/var/tmp}/tandem-fills.XXXXXX")
-# shellcheck source=../scripts/servers.sh
-. "$root/scripts/servers.sh"
-cleanup() {
-  stop_servers 2>/dev/null
-  rm -rf "$work"
-}
-trap cleanup EXIT
+bench="fills bench"
+# shellcheck source=common.sh
+. "$root/bench/common.sh"
+need iscsi-perf qemu-img tgtd tgtadm numfmt
+need_qemu_iscsi
+tandem_binary
+bench_work tandem-fills
 
 size_bytes=$(numfmt --from=iec "$SIZE")
 

@@ -28,27 +28,13 @@ REPEAT=${REPEAT:-$([ $quick = 1 ] && echo 1 || echo 3)}
 DURATION=${DURATION:-$([ $quick = 1 ] && echo 2 || echo 5)}
 SIZE=${SIZE:-1G}
 
-for t in qemu-img python3 numfmt; do
-  command -v "$t" >/dev/null || { echo "mirror bench: $t is missing; run scripts/install-test-deps.sh" >&2; exit 2; }
-done
-qemu-img --help | grep -q iscsi || { echo "mirror bench: qemu-img cannot open iscsi:// (install qemu-block-extra)" >&2; exit 2; }
-
-TANDEM_BIN_GIVEN=${TANDEM_BIN:-}
-if [ -z "${TANDEM_BIN:-}" ]; then
-  echo "mirror bench: building Tandem (release)" >&2
-  cargo build --release -q -p tandem --bin tandem
-  TANDEM_BIN="${CARGO_TARGET_DIR:-$root/target}/release/tandem"
-fi
-tandem=$TANDEM_BIN
-
-work=$(mktemp -d "${BENCH_DIR:-/var/tmp}/tandem-mirror.XXXXXX")
-# shellcheck source=../scripts/servers.sh
-. "$root/scripts/servers.sh"
-cleanup() {
-  stop_servers 2>/dev/null
-  rm -rf "$work"
-}
-trap cleanup EXIT
+bench="mirror bench"
+# shellcheck source=common.sh
+. "$root/bench/common.sh"
+need qemu-img python3 numfmt
+need_qemu_iscsi
+tandem_binary
+bench_work tandem-mirror
 
 size_bytes=$(numfmt --from=iec "$SIZE")
 iqn=iqn.2026-11.io.tandem:bench

@@ -28,7 +28,7 @@
 # default 1G), FULL (size of the volume of measurement 3, default 10G),
 # BENCH_DIR (where the data directories live, default a temp dir under
 # /var/tmp; KEEP=1 keeps it, with the nodes' logs), TANDEM_BIN (the binary to measure, default a release build of
-# this checkout).
+# this checkout), OUT (where the table goes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -40,30 +40,16 @@ DURATION=${DURATION:-$([ $quick = 1 ] && echo 2 || echo 5)}
 DIRTY=${DIRTY:-$([ $quick = 1 ] && echo 256M || echo 1G)}
 FULL=${FULL:-$([ $quick = 1 ] && echo 2G || echo 10G)}
 
-for t in qemu-img python3 numfmt; do
-  command -v "$t" >/dev/null || { echo "resync bench: $t is missing; run scripts/install-test-deps.sh" >&2; exit 2; }
-done
+bench="resync bench"
+# shellcheck source=common.sh
+. "$root/bench/common.sh"
+need qemu-img python3 numfmt
 # The interpreter itself, not a version manager's shim: the bench calls it
 # often, and a shim costs CPU the nodes would otherwise have.
 PY=$(python3 -c 'import sys; print(sys.executable)')
-qemu-img --help | grep -q iscsi || { echo "resync bench: qemu-img cannot open iscsi:// (install qemu-block-extra)" >&2; exit 2; }
-
-TANDEM_BIN_GIVEN=${TANDEM_BIN:-}
-if [ -z "${TANDEM_BIN:-}" ]; then
-  echo "resync bench: building Tandem (release)" >&2
-  cargo build --release -q -p tandem --bin tandem
-  TANDEM_BIN="${CARGO_TARGET_DIR:-$root/target}/release/tandem"
-fi
-tandem=$TANDEM_BIN
-
-work=$(mktemp -d "${BENCH_DIR:-/var/tmp}/tandem-resync.XXXXXX")
-# shellcheck source=../scripts/servers.sh
-. "$root/scripts/servers.sh"
-cleanup() {
-  stop_servers 2>/dev/null
-  if [ -n "${KEEP:-}" ]; then echo "resync bench: logs kept in $work" >&2; else rm -rf "$work"; fi
-}
-trap cleanup EXIT
+need_qemu_iscsi
+tandem_binary
+bench_work tandem-resync
 
 dirty_bytes=$(numfmt --from=iec "$DIRTY")
 full_bytes=$(numfmt --from=iec "$FULL")
@@ -303,7 +289,7 @@ stopped_why=$(sed 's/\x1b\[[0-9;]*m//g' "$work/a.log" "$work/b.log" | { grep -oE
 
 # --- report --------------------------------------------------------------------------
 gib() { awk -v b="$1" 'BEGIN{printf "%.2f", b/1073741824}'; }
-out="$root/bench/results/$(date +%F)-$(hostname -s)-resync.md"
+out=${OUT:-"$root/bench/results/$(date +%F)-$(hostname -s)-resync.md"}
 {
   echo "# Resync, $(date +%F)"
   echo
