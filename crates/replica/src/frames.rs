@@ -57,9 +57,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         if n > LARGE_FRAME {
             // Read into a buffer of the pool, which gets it back once the
             // frame is dropped: a fresh allocation of this size would cost
-            // a mapping and a page fault per 4 KiB every time. (Frames over
-            // the pool's largest class, 1 MiB, get a fresh one all the same:
-            // the frame of a 1 MiB write is its data and a header.)
+            // a mapping and a page fault per 4 KiB every time.
             self.rx.advance(4);
             let mut body = volume::buffer::take(n);
             let have = self.rx.len().min(n);
