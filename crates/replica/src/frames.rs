@@ -75,16 +75,6 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         frame.advance(4);
         Some(frame.freeze())
     }
-
-    /// Whether [`FrameReader::next`] has a whole frame at hand, so it
-    /// returns without reading (or fails on a bad length, also at once).
-    pub(crate) fn has_frame(&self) -> bool {
-        if self.rx.len() < 4 {
-            return false;
-        }
-        let prefix: [u8; 4] = self.rx[..4].try_into().expect("four bytes");
-        wire::frame_len(prefix).map_or(true, |n| self.rx.len() >= 4 + n)
-    }
 }
 
 /// The connection is closed: nothing more can be sent.
@@ -322,7 +312,6 @@ mod tests {
                 // Frames kept alive do not disturb the ones after them.
                 held.push(f);
             }
-            assert!(!rd.has_frame());
             assert!(rd.next().await.is_none(), "end of stream");
             for (f, b) in held.iter().zip(&bodies) {
                 assert_eq!(&f[..], &b[..]);
@@ -331,17 +320,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn whole_frames_at_hand_are_known_and_a_bad_length_ends_the_stream() {
-        let bytes = framed(&[vec![1; 10], vec![2; 20]]);
-        let mut rd = FrameReader::new(Trickle {
-            data: bytes,
-            at: 0,
-            step: 1 << 20,
-        });
-        assert!(!rd.has_frame(), "nothing read yet");
-        assert_eq!(rd.next().await.unwrap().len(), 10);
-        assert!(rd.has_frame(), "the second came in the same read");
-        assert_eq!(rd.next().await.unwrap().len(), 20);
+    async fn a_bad_length_ends_the_stream() {
         let mut bad = ((wire::MAX_FRAME + 1) as u32).to_be_bytes().to_vec();
         bad.extend_from_slice(&[0; 16]);
         let mut rd = FrameReader::new(Trickle {

@@ -25,9 +25,6 @@ use crate::wire::{
 /// Most requests one connection may have in flight; more wait unread.
 const MAX_IN_FLIGHT: usize = 256;
 
-/// Most frame pieces of answers held back to be sent together.
-const MAX_BATCHED: usize = 32;
-
 /// Why a connection ended before its hello was read.
 #[derive(Debug, thiserror::Error)]
 enum HandshakeError {
@@ -157,16 +154,10 @@ impl ReplicaServer {
         let _close = CloseOnDrop(out.clone());
         let mut flusher = AbortOnDrop(tokio::spawn(flusher));
         let limit = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-        // Answers to requests done on the spot, sent together once no
-        // further request has arrived whole.
-        let mut answers = Vec::new();
-        loop {
-            if !answers.is_empty() && (!rd.has_frame() || answers.len() >= MAX_BATCHED) {
-                let _ = out.send(answers.drain(..));
-            }
-            let Some(body) = rd.next().await else {
-                break;
-            };
+        // Answers to requests done on the spot are queued at once; the
+        // outbox's flusher runs once this task waits for the next read, so
+        // the answers to everything that arrived together leave together.
+        while let Some(body) = rd.next().await {
             let req = match Request::decode(body) {
                 Ok(r) => r,
                 Err(e) => {
@@ -178,14 +169,9 @@ impl ReplicaServer {
                 let copy = volume.copy().expect("served volumes hold a copy");
                 if let Some(result) = replicated_now(copy, session, req.epoch, &req.op) {
                     let (head, data) = Response { id: req.id, result }.encode();
-                    answers.push(head);
-                    answers.extend(data);
+                    let _ = out.send([head].into_iter().chain(data));
                     continue;
                 }
-            }
-            if !answers.is_empty() {
-                // Answers go out in the order they were decided.
-                let _ = out.send(answers.drain(..));
             }
             let Ok(permit) = limit.clone().acquire_owned().await else {
                 break;
@@ -209,9 +195,6 @@ impl ReplicaServer {
                 let _ = out.send([head].into_iter().chain(data));
                 drop(permit);
             });
-        }
-        if !answers.is_empty() {
-            let _ = out.send(answers.drain(..));
         }
         // Requests still running answer before the connection closes.
         let _all = limit.acquire_many(MAX_IN_FLIGHT as u32).await;
