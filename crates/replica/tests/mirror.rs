@@ -126,17 +126,19 @@ fn key() -> ClusterKey {
     ClusterKey::new(b"test cluster secret".to_vec())
 }
 
-async fn primary(
+/// Starts a primary (node 1) on `on` at `epoch` with `peers` as (address,
+/// node, in sync), without waiting for them.
+async fn start_primary(
     on: &TestNode,
     epoch: u64,
-    peers: &[(&TestNode, u64, bool)],
+    peers: &[(SocketAddr, u64, bool)],
     control: Arc<TestControl>,
 ) -> Arc<Primary> {
     let specs = peers
         .iter()
-        .map(|(n, id, in_sync)| PeerSpec {
+        .map(|(addr, id, in_sync)| PeerSpec {
             node: *id,
-            addr: n.addr.to_string(),
+            addr: addr.to_string(),
             in_sync: *in_sync,
         })
         .collect();
@@ -146,9 +148,23 @@ async fn primary(
         key: key(),
         timeout: Duration::from_secs(2),
     };
-    let p = Primary::start(on.copy.clone(), cfg, specs, control)
+    Primary::start(on.copy.clone(), cfg, specs, control)
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// As [`start_primary`], waiting until every peer is connected.
+async fn primary(
+    on: &TestNode,
+    epoch: u64,
+    peers: &[(&TestNode, u64, bool)],
+    control: Arc<TestControl>,
+) -> Arc<Primary> {
+    let peers: Vec<_> = peers
+        .iter()
+        .map(|(n, id, in_sync)| (n.addr, *id, *in_sync))
+        .collect();
+    let p = start_primary(on, epoch, &peers, control).await;
     wait_for(
         || p.peer_status().iter().all(|s| s.connected),
         "peers connect",
@@ -624,20 +640,7 @@ async fn a_node_without_the_cluster_secret_gets_nothing() {
     let a = TestNode::new(&key(), 256).await;
     let stranger = TestNode::new(&ClusterKey::new(b"another cluster".to_vec()), 256).await;
     let control = Arc::new(TestControl::default());
-    let cfg = PrimaryConfig {
-        node: 1,
-        epoch: 1,
-        key: key(),
-        timeout: Duration::from_secs(2),
-    };
-    let spec = PeerSpec {
-        node: 9,
-        addr: stranger.addr.to_string(),
-        in_sync: true,
-    };
-    let p = Primary::start(a.copy.clone(), cfg, vec![spec], control.clone())
-        .await
-        .unwrap();
+    let p = start_primary(&a, 1, &[(stranger.addr, 9, true)], control.clone()).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!p.peer_status()[0].connected);
     p.write(0, pattern(1, 4), true).await.unwrap();
@@ -731,20 +734,7 @@ async fn primary_with_new_copy(
     peer: SocketAddr,
     control: Arc<TestControl>,
 ) -> Arc<Primary> {
-    let cfg = PrimaryConfig {
-        node: 1,
-        epoch: 1,
-        key: key(),
-        timeout: Duration::from_secs(2),
-    };
-    let spec = PeerSpec {
-        node: 2,
-        addr: peer.to_string(),
-        in_sync: false,
-    };
-    Primary::start(on.copy.clone(), cfg, vec![spec], control)
-        .await
-        .unwrap()
+    start_primary(on, 1, &[(peer, 2, false)], control).await
 }
 
 /// A full sync reads and sends only the blocks the primary holds (a block
