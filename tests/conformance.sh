@@ -4,25 +4,33 @@
 # --tgt, against tgtd (Debian's userspace target) on the same machine, and
 # prints passed / failed / skipped side by side.
 #
+# With --cluster it runs the suite once more against a volume mirrored on a
+# two-node cluster (plus witness) on loopback, with its two URLs on the two
+# nodes: the second initiator of the reservation and multipath suites logs
+# in through the other node.
+#
 # iscsi-test-cu's own summary counts a skipped test as passed; this script
 # reads each test's lines and counts [SKIPPED] tests apart.
 #
-#   tests/conformance.sh [--tgt] [--check-floor] [--out DIR]
+#   tests/conformance.sh [--tgt] [--cluster] [--check-floor] [--out DIR]
 #
-# --check-floor fails when Tandem passes fewer tests than tests/conformance-floor.
+# --check-floor fails when Tandem passes fewer tests than tests/conformance-floor
+# (and, with --cluster, the cross-node run fewer than tests/conformance-cluster-floor).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
 with_tgt=0
+with_cluster=0
 check_floor=0
 out=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --tgt) with_tgt=1 ;;
+    --cluster) with_cluster=1 ;;
     --check-floor) check_floor=1 ;;
     --out) out="$2"; shift ;;
-    *) echo "usage: $0 [--tgt] [--check-floor] [--out DIR]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--tgt] [--cluster] [--check-floor] [--out DIR]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -41,7 +49,7 @@ mkdir -p "$out"
 . "$root/scripts/servers.sh"
 cleanup() {
   stop_servers 2>/dev/null
-  rm -rf "$work/data" "$work/tgt.img"
+  rm -rf "$work/data" "$work/tgt.img" "$work/a" "$work/b" "$work/w"
 }
 trap cleanup EXIT
 
@@ -74,10 +82,10 @@ summarize() { # log failures-file
   ' "$1"
 }
 
-run_suite() { # label url
-  local label=$1 url=$2 log="$out/$1.log"
-  echo "conformance: running iscsi-test-cu against $label ($url)" >&2
-  timeout "$SUITE_TIMEOUT" iscsi-test-cu --dataloss --test ALL "$url" "$url" >"$log" 2>&1 || true
+run_suite() { # label url [second-url]
+  local label=$1 url=$2 url2=${3:-$2} log="$out/$1.log"
+  echo "conformance: running iscsi-test-cu against $label ($url $url2)" >&2
+  timeout "$SUITE_TIMEOUT" iscsi-test-cu --dataloss --test ALL "$url" "$url2" >"$log" 2>&1 || true
   : >"$out/$label.failures"
   summarize "$log" "$out/$label.failures" >"$out/$label.counts"
 }
@@ -111,9 +119,51 @@ if [ "$with_tgt" = 1 ]; then
   run_suite tgtd "iscsi://127.0.0.1:$tport/iqn.2001-04.org.debian:conformance/1"
 fi
 
+# --- Tandem, two nodes --------------------------------------------------------
+if [ "$with_cluster" = 1 ]; then
+  # node NAME: starts a cluster node; sets port_NAME, api_NAME, clu_NAME.
+  node() {
+    local name=$1 p a c
+    p=$(free_port); a=$(free_port); c=$(free_port)
+    TANDEM_LOG=warn "$bin" serve --data-dir "$work/$name" --iscsi-listen "127.0.0.1:$p" \
+      --api-listen "127.0.0.1:$a" --cluster-listen "127.0.0.1:$c" \
+      --repl-listen "127.0.0.1:$(free_port)" --advertise 127.0.0.1 --node-name "$name" \
+      >"$out/tandem-$name.log" 2>&1 &
+    pids+=($!)
+    printf -v "port_$name" '%s' "$p"
+    printf -v "api_$name" '%s' "$a"
+    printf -v "clu_$name" '%s' "$c"
+    wait_port "$a"
+  }
+  ncli() { # NAME args...
+    local api="api_$1" name=$1; shift
+    TANDEM_API="127.0.0.1:${!api}" TANDEM_DATA_DIR="$work/$name" "$bin" "$@"
+  }
+  node a
+  node b
+  token=$(ncli a cluster init | grep -o 'tandem-join:[^ ]*' | head -1)
+  ncli b cluster join "127.0.0.1:$clu_a" --token "$token" >/dev/null
+  wport=$(free_port)
+  TANDEM_LOG=warn "$bin" witness --data-dir "$work/w" --listen "127.0.0.1:$wport" \
+    --advertise 127.0.0.1 --join "127.0.0.1:$clu_a" --token "$token" >"$out/tandem-w.log" 2>&1 &
+  pids+=($!)
+  ncli a volume create conformance --size "$LUN_SIZE" --replicas 2 >/dev/null
+  # Both copies in sync before the suite starts.
+  for _ in $(seq 1 600); do
+    ncli a cluster status --json 2>/dev/null | python3 -c '
+import json, sys
+v = json.load(sys.stdin)["status"]["state"]["volumes"].get("conformance")
+sys.exit(0 if v and len(v["replicas"]) == 2 and all(r["state"] == "in-sync" for r in v["replicas"].values()) else 1)
+' && break
+    sleep 0.1
+  done
+  target=iqn.2026-11.io.tandem:conformance
+  run_suite cluster "iscsi://127.0.0.1:$port_a/$target/0" "iscsi://127.0.0.1:$port_b/$target/0"
+fi
+
 # --- report -----------------------------------------------------------------
 printf '\n%-8s %7s %7s %8s\n' target passed failed skipped
-for label in tandem tgtd; do
+for label in tandem cluster tgtd; do
   [ -f "$out/$label.counts" ] || continue
   read -r p f s <"$out/$label.counts"
   printf '%-8s %7d %7d %8d\n' "$label" "$p" "$f" "$s"
@@ -121,6 +171,10 @@ done
 echo
 echo "Tandem failures:"
 sed 's/^/  /' "$out/tandem.failures"
+if [ -f "$out/cluster.failures" ]; then
+  echo "Tandem failures across two nodes:"
+  sed 's/^/  /' "$out/cluster.failures"
+fi
 echo "logs: $out"
 
 read -r tp tf ts <"$out/tandem.counts"
@@ -135,4 +189,13 @@ if [ "$check_floor" = 1 ]; then
     exit 1
   fi
   echo "conformance: Tandem passed $tp tests (floor $floor)"
+  if [ -f "$out/cluster.counts" ]; then
+    read -r cp cf cs <"$out/cluster.counts"
+    cfloor=$(grep -v '^#' tests/conformance-cluster-floor | tr -d '[:space:]')
+    if [ "$cp" -lt "$cfloor" ]; then
+      echo "conformance: Tandem passed $cp tests across two nodes, below the floor of $cfloor (tests/conformance-cluster-floor)" >&2
+      exit 1
+    fi
+    echo "conformance: Tandem passed $cp tests across two nodes (floor $cfloor)"
+  fi
 fi

@@ -94,9 +94,14 @@ struct UnitStateFile {
 
 #[async_trait::async_trait]
 impl StateStore for UnitStateFile {
-    async fn save(&self, bytes: Vec<u8>) -> std::io::Result<()> {
+    async fn save(&self, bytes: Vec<u8>) -> Result<(), scsi::Sense> {
         let path = self.path.clone();
-        durable::blocking(move || Ok(durable::write_atomic(&path, &bytes)?)).await
+        durable::blocking(move || Ok(durable::write_atomic(&path, &bytes)?))
+            .await
+            .map_err(|e| {
+                tracing::error!(path = %self.path.display(), "cannot save persistent reservations: {e}");
+                scsi::sense_of(&volume::VolumeError::Io(e))
+            })
     }
 }
 
@@ -110,6 +115,16 @@ pub(crate) struct ExportSpec {
     /// Where the logical unit keeps its state (persistent reservations).
     pub(crate) unit_dir: PathBuf,
     pub(crate) access: AccessConfig,
+    /// For a volume other nodes present too: where its commands run and
+    /// its reservations are kept, in place of `unit_dir`.
+    pub(crate) shared: Option<SharedUnit>,
+}
+
+/// How the logical unit of a volume that several nodes present reaches
+/// the node in charge of it.
+pub(crate) struct SharedUnit {
+    pub(crate) owner: Arc<dyn scsi::Owner>,
+    pub(crate) store: Arc<dyn StateStore>,
 }
 
 impl Node {
@@ -165,6 +180,7 @@ impl Node {
             identity,
             unit_dir: self.local_unit_dir(&meta.name)?,
             access,
+            shared: None,
         })
     }
 
@@ -185,21 +201,27 @@ impl Node {
     /// Exports a volume through the targets.
     pub(crate) fn export_as(&self, x: ExportSpec) -> Result<Exported, NodeError> {
         let iqn = x.identity.target_name.clone();
-        let path = x.unit_dir.join(RESERVATIONS);
-        let saved = match store::read_if_exists(&path)? {
-            None => PersistentState::default(),
-            Some(bytes) => PersistentState::decode(&bytes).unwrap_or_else(|e| {
-                tracing::error!(volume = %x.name, "persistent reservations unreadable, starting without: {e}");
-                PersistentState::default()
-            }),
-        };
-        let state_store = Arc::new(UnitStateFile { path });
         let directory: Arc<dyn UnitDirectory> = self.targets.clone();
-        let lun = Arc::new(
-            LogicalUnit::new(x.served.clone(), x.identity)
-                .with_reservations(saved, state_store)
-                .with_directory(Arc::downgrade(&directory)),
-        );
+        let unit = LogicalUnit::new(x.served.clone(), x.identity)
+            .with_directory(Arc::downgrade(&directory));
+        let unit = match x.shared {
+            // The state is taken up when this node is put in charge.
+            Some(shared) => unit
+                .with_reservations(PersistentState::default(), shared.store)
+                .with_owner(shared.owner),
+            None => {
+                let path = x.unit_dir.join(RESERVATIONS);
+                let saved = match store::read_if_exists(&path)? {
+                    None => PersistentState::default(),
+                    Some(bytes) => PersistentState::decode(&bytes).unwrap_or_else(|e| {
+                        tracing::error!(volume = %x.name, "persistent reservations unreadable, starting without: {e}");
+                        PersistentState::default()
+                    }),
+                };
+                unit.with_reservations(saved, Arc::new(UnitStateFile { path }))
+            }
+        };
+        let lun = Arc::new(unit);
         self.targets
             .insert_with_access(iqn.clone(), lun.clone(), x.access.target_access());
         tracing::info!(volume = %x.name, %iqn, "volume exported");

@@ -713,7 +713,7 @@ impl Session<'_> {
             Some(TaskFunction::LogicalUnitReset) => {
                 if lun_ok {
                     self.abort_all();
-                    self.target.lun0.reset();
+                    self.target.lun0.reset().await;
                     TaskResponse::Complete
                 } else {
                     TaskResponse::LunDoesNotExist
@@ -721,7 +721,7 @@ impl Session<'_> {
             }
             Some(f @ (TaskFunction::TargetWarmReset | TaskFunction::TargetColdReset)) => {
                 self.abort_all();
-                self.target.lun0.reset();
+                self.target.lun0.reset().await;
                 close = f == TaskFunction::TargetColdReset;
                 TaskResponse::Complete
             }

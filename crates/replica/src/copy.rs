@@ -47,6 +47,24 @@ pub struct LocalCopy {
     /// Number of the newest replication connection; only it may change the
     /// copy (see [`LocalCopy::open_session`]).
     session: tokio::sync::RwLock<u64>,
+    /// The volume's persistent reservations as last handed to this copy
+    /// while this process ran (see [`LocalCopy::reservations`]).
+    reservations: std::sync::Mutex<Option<bytes::Bytes>>,
+}
+
+/// The extension of the file beside a copy that holds the volume's
+/// persistent reservations.
+const RESERVATIONS: &str = "reservations.json";
+
+/// The volume's persistent reservations as a copy has them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedReservations {
+    /// The encoded state.
+    pub state: bytes::Bytes,
+    /// Whether it was handed over while this process ran, so it went
+    /// through no loss of power: registrations without APTPL still count.
+    /// A state read from disk after a start keeps only what APTPL kept.
+    pub current: bool,
 }
 
 /// Runs file work that may wait on the disk (a sync) on tokio's blocking pool.
@@ -112,6 +130,7 @@ impl LocalCopy {
             peer_maps: RwLock::default(),
             known_copies: RwLock::default(),
             session: tokio::sync::RwLock::new(0),
+            reservations: std::sync::Mutex::new(None),
         }))
     }
 
@@ -263,9 +282,43 @@ impl LocalCopy {
         self.volume.resize(blocks).await
     }
 
+    /// Keeps `state`, the volume's persistent reservations as the primary
+    /// has them now, durably beside the copy: whichever copy's node is the
+    /// next primary starts from them.
+    pub async fn save_reservations(&self, state: bytes::Bytes) -> Result<(), VolumeError> {
+        let path = self.file(RESERVATIONS);
+        let bytes = state.clone();
+        off_thread(move || Ok(durable::write_atomic(&path, &bytes)?)).await?;
+        *self.reservations.lock().unwrap() = Some(state);
+        Ok(())
+    }
+
+    /// The volume's persistent reservations as this copy has them, if it
+    /// holds any (an empty state is none).
+    pub fn reservations(&self) -> std::io::Result<Option<SavedReservations>> {
+        if let Some(state) = self.reservations.lock().unwrap().clone() {
+            return Ok((!state.is_empty()).then_some(SavedReservations {
+                state,
+                current: true,
+            }));
+        }
+        match std::fs::read(self.file(RESERVATIONS)) {
+            Ok(b) => Ok((!b.is_empty()).then(|| SavedReservations {
+                state: b.into(),
+                current: false,
+            })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Removes the copy's replication files (the volume is being deleted).
     pub fn remove_files(&self) -> std::io::Result<()> {
-        for path in [self.file("activity"), self.meta_path.clone()] {
+        for path in [
+            self.file("activity"),
+            self.file(RESERVATIONS),
+            self.meta_path.clone(),
+        ] {
             match std::fs::remove_file(&path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
                 _ => {}

@@ -9,6 +9,12 @@
 //! known the request fails as an access state transition, which initiators
 //! retry. The control plane moves the route; initiators keep talking to the
 //! same object.
+//!
+//! The volume's SCSI state (persistent reservations and what they fence)
+//! is the primary's too: other nodes pass whole commands to the primary's
+//! logical unit ([`ClusterVolume::command`], served through the [`Unit`]
+//! the node attaches), and the primary keeps the reservations on every
+//! copy that takes writes ([`ClusterVolume::save_reservations`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -20,7 +26,21 @@ use volume::{BlockState, Provisioning, Unavailable, Volume, VolumeError};
 use crate::copy::LocalCopy;
 use crate::forward::{Forwarded, Forwarder};
 use crate::primary::{AckWindow, Primary};
-use crate::wire::{volume_error_of, Op};
+use crate::wire::{volume_error_of, Answer, Command, Op};
+
+/// The logical unit a node presents the volume through, as commands that
+/// other nodes pass on reach it (see [`ClusterVolume::set_unit`]).
+#[async_trait]
+pub trait Unit: Send + Sync {
+    /// Runs a command that reached the volume through another node.
+    async fn run(&self, command: Command) -> Answer;
+
+    /// An initiator's nexus ended on another node.
+    fn nexus_ended(&self, nexus: &str);
+
+    /// The unit was reset through another node.
+    async fn reset(&self);
+}
 
 /// Where this node sends a volume's I/O.
 #[derive(Clone)]
@@ -49,6 +69,8 @@ pub struct ClusterVolume {
     route: RwLock<Route>,
     /// Writes acknowledged by earlier primary roles of this node.
     acknowledged: Mutex<Vec<AckWindow>>,
+    /// The logical unit this node presents the volume through.
+    unit: RwLock<Option<Arc<dyn Unit>>>,
 }
 
 impl ClusterVolume {
@@ -59,6 +81,7 @@ impl ClusterVolume {
             shape: Shape::Copy(copy),
             route: RwLock::new(Route::Waiting),
             acknowledged: Mutex::new(Vec::new()),
+            unit: RwLock::new(None),
         })
     }
 
@@ -73,6 +96,7 @@ impl ClusterVolume {
             },
             route: RwLock::new(Route::Waiting),
             acknowledged: Mutex::new(Vec::new()),
+            unit: RwLock::new(None),
         })
     }
 
@@ -143,6 +167,75 @@ impl ClusterVolume {
             all.extend(p.acknowledged());
         }
         all
+    }
+
+    /// Attaches the logical unit this node presents the volume through:
+    /// while this node is the primary, commands other nodes pass on run there.
+    pub fn set_unit(&self, unit: Arc<dyn Unit>) {
+        *self.unit.write().unwrap() = Some(unit);
+    }
+
+    /// The logical unit this node presents the volume through, if attached.
+    pub fn unit(&self) -> Option<Arc<dyn Unit>> {
+        self.unit.read().unwrap().clone()
+    }
+
+    /// Passes a whole SCSI command to the primary's logical unit. Only
+    /// for a node that forwards: on the primary the command runs here, and
+    /// without a known primary it fails as [`Unavailable::NoPrimary`].
+    pub async fn command(&self, command: Command) -> volume::Result<Answer> {
+        match self.route() {
+            Route::Forward(f) => {
+                let bytes = self.forward(&f, Op::Command(command)).await?;
+                Answer::decode(bytes).map_err(|e| {
+                    VolumeError::Unavailable(Unavailable::PrimaryUnreachable(format!(
+                        "its answer to a command does not follow the protocol: {e}"
+                    )))
+                })
+            }
+            Route::Primary(_) => Err(VolumeError::Unavailable(Unavailable::RoleEnded)),
+            Route::Waiting => Err(self.waiting()),
+        }
+    }
+
+    /// Tells the primary, in the background, that an initiator's nexus
+    /// ended here. Lost when the primary cannot be reached: a RESERVE the
+    /// nexus held there then lasts until that primary's role ends.
+    pub fn nexus_ended(&self, nexus: &str) {
+        let Route::Forward(f) = self.route() else {
+            return;
+        };
+        let op = Op::NexusEnded {
+            nexus: Some(nexus.to_string()),
+        };
+        let name = self.name.clone();
+        tokio::spawn(async move {
+            if let Err(e) = f.call(op).await {
+                tracing::warn!(volume = %name, "the primary did not hear of an ended nexus: {e:?}");
+            }
+        });
+    }
+
+    /// Resets the unit on the primary (a LUN RESET through this node) and
+    /// waits for it; when the primary cannot be reached, nexuses logged
+    /// in elsewhere do not hear of it.
+    pub async fn reset(&self) {
+        let Route::Forward(f) = self.route() else {
+            return;
+        };
+        if let Err(e) = f.call(Op::NexusEnded { nexus: None }).await {
+            tracing::warn!(volume = %self.name, "the primary did not hear of a reset: {e:?}");
+        }
+    }
+
+    /// Saves the volume's persistent reservations, encoded, on every copy
+    /// that takes writes, as the primary. Fails when this node is not the
+    /// primary, or the primary may not acknowledge.
+    pub async fn save_reservations(&self, state: Bytes) -> volume::Result<()> {
+        match self.route() {
+            Route::Primary(p) => p.save_reservations(state).await,
+            _ => Err(VolumeError::Unavailable(Unavailable::NotPrimary)),
+        }
     }
 
     fn waiting(&self) -> VolumeError {

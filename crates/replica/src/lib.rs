@@ -32,8 +32,8 @@ mod server;
 pub mod wire;
 
 pub use auth::ClusterKey;
-pub use copy::LocalCopy;
-pub use export::{ClusterVolume, Route};
+pub use copy::{LocalCopy, SavedReservations};
+pub use export::{ClusterVolume, Route, Unit};
 pub use forward::Forwarder;
 pub use primary::{
     AckWindow, Control, ControlError, NotAPeerState, PeerSpec, PeerState, PeerStatus, Primary,

@@ -98,6 +98,9 @@ pub struct Primary {
     stopped: AtomicBool,
     acks: AckCounter,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    /// Held while the persistent reservations go to the copies, so every
+    /// copy gets the changes in the order they were made.
+    reservations: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Primary {
@@ -183,6 +186,7 @@ impl Primary {
             stopped: AtomicBool::new(false),
             acks: AckCounter::default(),
             tasks: std::sync::Mutex::new(Vec::new()),
+            reservations: tokio::sync::Mutex::new(()),
         });
         let mut tasks = Vec::new();
         for p in &me.peers {
@@ -249,7 +253,13 @@ impl Primary {
                 let blocks = volume::compare_and_write_blocks(half, data.len() - half, bs)?;
                 volume::check_range(n, *lba, blocks)
             }
-            Op::Flush | Op::Resize { .. } | Op::Ping | Op::Settle => Ok(()),
+            Op::Flush
+            | Op::Resize { .. }
+            | Op::Ping
+            | Op::Settle
+            | Op::Command(_)
+            | Op::NexusEnded { .. }
+            | Op::Reservations { .. } => Ok(()),
         }
     }
 
@@ -532,6 +542,19 @@ impl Primary {
     /// Whether the range at `lba` is mapped, from the local copy.
     pub async fn block_status(&self, lba: u64) -> volume::Result<(BlockState, u64)> {
         self.copy.volume().block_status(lba).await
+    }
+
+    /// Keeps the volume's persistent reservations (`state`, encoded) on
+    /// this copy and on every peer that takes writes, like a write: a peer
+    /// that fails it is recorded out of sync first, and without the
+    /// control plane to record that, or without the right to acknowledge,
+    /// it fails. A peer out of sync gets them before it is in sync again.
+    pub async fn save_reservations(&self, state: Bytes) -> volume::Result<()> {
+        self.check_serving()?;
+        let _order = self.reservations.lock().await;
+        self.copy.save_reservations(state.clone()).await?;
+        self.to_peers(Op::Reservations { state }).await?;
+        self.check_serving()
     }
 
     /// Grows the volume here, then on the peers.

@@ -187,7 +187,7 @@ impl ReplicaServer {
                         ))),
                     },
                     Mode::Forward => match volume.primary() {
-                        Some(p) => forwarded(&p, req.op).await,
+                        Some(p) => forwarded(&volume, &p, req.op).await,
                         None => Err(Failure::NotPrimary),
                     },
                 };
@@ -305,9 +305,12 @@ async fn replicated(copy: &LocalCopy, epoch: u64, op: Op) -> Result<Bytes, Failu
         Op::Resize { blocks } => done(copy.grow(blocks).await),
         Op::Ping => Ok(Bytes::new()),
         Op::Settle => done(copy.sweep().await),
-        Op::Read { .. } | Op::CompareAndWrite { .. } => Err(failure_of(&VolumeError::Io(
-            std::io::Error::other("operation not allowed on a replication connection"),
-        ))),
+        Op::Reservations { state } => done(copy.save_reservations(state).await),
+        Op::Read { .. } | Op::CompareAndWrite { .. } | Op::Command(_) | Op::NexusEnded { .. } => {
+            Err(failure_of(&VolumeError::Io(std::io::Error::other(
+                "operation not allowed on a replication connection",
+            ))))
+        }
     }
 }
 
@@ -342,10 +345,27 @@ fn replicated_now(
 }
 
 /// Runs one request another node forwarded to this node's primary role,
-/// once it fits the volume as the primary has it.
-async fn forwarded(p: &Primary, op: Op) -> Result<Bytes, Failure> {
+/// once it fits the volume as the primary has it. A whole SCSI command
+/// runs in the logical unit this node presents the volume through.
+async fn forwarded(volume: &ClusterVolume, p: &Primary, op: Op) -> Result<Bytes, Failure> {
     p.check_request(&op).map_err(|e| failure_of(&e))?;
     match op {
+        Op::Command(command) => match volume.unit() {
+            Some(unit) => Ok(unit.run(command).await.encode()),
+            None => Err(Failure::NotPrimary),
+        },
+        Op::NexusEnded { nexus } => {
+            if let Some(unit) = volume.unit() {
+                match nexus {
+                    Some(n) => unit.nexus_ended(&n),
+                    None => unit.reset().await,
+                }
+            }
+            Ok(Bytes::new())
+        }
+        Op::Reservations { .. } => Err(failure_of(&VolumeError::Io(std::io::Error::other(
+            "reservations come from the primary, not to it",
+        )))),
         Op::Read { lba, blocks } => p
             .read(lba, blocks)
             .await

@@ -17,8 +17,10 @@ pub const MAX_FRAME: usize = volume::MAX_IO_BYTES + 4096;
 
 /// Protocol version in every hello; a mismatch is refused.
 ///
-/// Version 2 carries a typed [`Refusal`] in the answer to a hello.
-pub const VERSION: u16 = 2;
+/// Version 2 carries a typed [`Refusal`] in the answer to a hello; version
+/// 3 forwards whole SCSI commands ([`Op::Command`]) and replicates the
+/// persistent reservations ([`Op::Reservations`]).
+pub const VERSION: u16 = 3;
 
 /// A frame that does not follow the protocol.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -132,6 +134,79 @@ pub enum Op {
     /// From the primary: every write it sent before is on every in-sync copy,
     /// so the replica may flush and clear quiet regions of its activity log.
     Settle,
+    /// A SCSI command an initiator sent through another node, for the
+    /// primary's logical unit to run (forwarding only); answered with an
+    /// encoded [`Answer`].
+    Command(Command),
+    /// An initiator's nexus ended on the forwarding node (`Some`), or the
+    /// logical unit was reset through it (`None`) (forwarding only).
+    NexusEnded { nexus: Option<String> },
+    /// From the primary: the volume's persistent reservations as they are
+    /// now, for the replica to keep durably beside its copy.
+    Reservations { state: Bytes },
+}
+
+/// A SCSI command passed on to the primary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    /// The initiator port that sent it ("iqn...,i,0x<ISID>").
+    pub nexus: String,
+    /// The command descriptor block.
+    pub cdb: Bytes,
+    /// The expected data transfer length the initiator announced.
+    pub expected_len: u32,
+    /// Every data-out byte of the command.
+    pub data: Bytes,
+}
+
+/// The outcome of a [`Command`]: what the initiator is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// SCSI status.
+    pub status: u8,
+    /// Encoded sense data (empty without).
+    pub sense: Bytes,
+    /// Data-in, already cut to the allocation length.
+    pub data: Bytes,
+    /// Data-out bytes the CDB asked for, for the residual.
+    pub data_out_wanted: Option<u32>,
+}
+
+impl Answer {
+    /// The answer as the payload of a response.
+    pub fn encode(&self) -> Bytes {
+        let mut b = BytesMut::with_capacity(16 + self.sense.len() + self.data.len());
+        b.put_u8(self.status);
+        match self.data_out_wanted {
+            Some(n) => {
+                b.put_u8(1);
+                b.put_u32(n);
+            }
+            None => b.put_u8(0),
+        }
+        b.put_u32(self.sense.len() as u32);
+        b.put_slice(&self.sense);
+        b.put_u32(self.data.len() as u32);
+        b.put_slice(&self.data);
+        b.freeze()
+    }
+
+    /// Decodes what [`Answer::encode`] produced.
+    pub fn decode(mut b: Bytes) -> Result<Answer, WireError> {
+        let status = get_u8(&mut b)?;
+        let data_out_wanted = match get_u8(&mut b)? {
+            0 => None,
+            _ => Some(get_u32(&mut b)?),
+        };
+        let sense = get_blob(&mut b)?;
+        let data = get_blob(&mut b)?;
+        Ok(Answer {
+            status,
+            sense,
+            data,
+            data_out_wanted,
+        })
+    }
 }
 
 /// One numbered operation.
@@ -175,6 +250,9 @@ const OP_FLUSH: u8 = 6;
 const OP_RESIZE: u8 = 7;
 const OP_PING: u8 = 8;
 const OP_SETTLE: u8 = 9;
+const OP_COMMAND: u8 = 10;
+const OP_NEXUS_ENDED: u8 = 11;
+const OP_RESERVATIONS: u8 = 12;
 
 const REFUSED_NO_COPY: u8 = 1;
 const REFUSED_STALE_EPOCH: u8 = 2;
@@ -558,6 +636,29 @@ impl Request {
                 b.put_u8(OP_SETTLE);
                 None
             }
+            Op::Command(c) => {
+                b.put_u8(OP_COMMAND);
+                put_str(&mut b, &c.nexus);
+                b.put_u32(c.expected_len);
+                b.put_u8(c.cdb.len().min(u8::MAX as usize) as u8);
+                b.put_slice(&c.cdb[..c.cdb.len().min(u8::MAX as usize)]);
+                Some(c.data.clone())
+            }
+            Op::NexusEnded { nexus } => {
+                b.put_u8(OP_NEXUS_ENDED);
+                match nexus {
+                    Some(n) => {
+                        b.put_u8(1);
+                        put_str(&mut b, n);
+                    }
+                    None => b.put_u8(0),
+                }
+                None
+            }
+            Op::Reservations { state } => {
+                b.put_u8(OP_RESERVATIONS);
+                Some(state.clone())
+            }
         };
         let body_len = b.len() + data.as_ref().map_or(0, |d| 4 + d.len());
         let mut head = BytesMut::with_capacity(4 + b.len() + 4);
@@ -610,6 +711,28 @@ impl Request {
             },
             OP_PING => Op::Ping,
             OP_SETTLE => Op::Settle,
+            OP_COMMAND => {
+                let nexus = get_str(&mut b)?;
+                let expected_len = get_u32(&mut b)?;
+                let n = get_u8(&mut b)? as usize;
+                need(&b, n)?;
+                let cdb = b.split_to(n);
+                Op::Command(Command {
+                    nexus,
+                    cdb,
+                    expected_len,
+                    data: get_blob(&mut b)?,
+                })
+            }
+            OP_NEXUS_ENDED => Op::NexusEnded {
+                nexus: match get_u8(&mut b)? {
+                    0 => None,
+                    _ => Some(get_str(&mut b)?),
+                },
+            },
+            OP_RESERVATIONS => Op::Reservations {
+                state: get_blob(&mut b)?,
+            },
             o => {
                 return Err(WireError::Unknown {
                     what: "operation",
@@ -720,15 +843,26 @@ mod tests {
                     fua,
                     pattern
                 }),
-            (any::<u64>(), any::<bool>(), data).prop_map(|(lba, fua, data)| Op::CompareAndWrite {
-                lba,
-                fua,
-                data
-            }),
+            (any::<u64>(), any::<bool>(), data.clone())
+                .prop_map(|(lba, fua, data)| { Op::CompareAndWrite { lba, fua, data } }),
             Just(Op::Flush),
             any::<u64>().prop_map(|blocks| Op::Resize { blocks }),
             Just(Op::Ping),
             Just(Op::Settle),
+            (
+                "[a-z0-9.:,-]{0,80}",
+                proptest::collection::vec(any::<u8>(), 0..17),
+                any::<u32>(),
+                data.clone()
+            )
+                .prop_map(|(nexus, cdb, expected_len, data)| Op::Command(Command {
+                    nexus,
+                    cdb: Bytes::from(cdb),
+                    expected_len,
+                    data
+                })),
+            proptest::option::of("[a-z0-9.:,-]{0,80}").prop_map(|nexus| Op::NexusEnded { nexus }),
+            data.prop_map(|state| Op::Reservations { state }),
         ]
     }
 
@@ -755,8 +889,17 @@ mod tests {
         }
 
         #[test]
+        fn answers_round_trip(status in any::<u8>(), sense in proptest::collection::vec(any::<u8>(), 0..40),
+                              data in proptest::collection::vec(any::<u8>(), 0..300),
+                              data_out_wanted in proptest::option::of(any::<u32>())) {
+            let a = Answer { status, sense: Bytes::from(sense), data: Bytes::from(data), data_out_wanted };
+            prop_assert_eq!(Answer::decode(a.encode()).unwrap(), a);
+        }
+
+        #[test]
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let b = Bytes::from(bytes);
+            let _ = Answer::decode(b.clone());
             let _ = Request::decode(b.clone());
             let _ = Response::decode(b.clone());
             let _ = Hello::decode(b.clone());

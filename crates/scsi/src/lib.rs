@@ -10,6 +10,7 @@ mod inquiry;
 mod limits;
 mod mode;
 mod opcodes;
+mod owner;
 pub mod reservations;
 mod sense;
 mod unit_attention;
@@ -22,6 +23,7 @@ use volume::Volume;
 
 pub use cdb::{cdb_len, op};
 pub use limits::Limits;
+pub use owner::{Owner, Place};
 pub use sense::{key as sense_key, Sense};
 
 use crate::block::Outcome;
@@ -40,6 +42,23 @@ pub enum Status {
     ReservationConflict = 0x18,
     TaskSetFull = 0x28,
     TaskAborted = 0x40,
+}
+
+impl Status {
+    /// The status with code `code`, if SAM-5 defines it here.
+    pub fn from_code(code: u8) -> Option<Status> {
+        [
+            Status::Good,
+            Status::CheckCondition,
+            Status::ConditionMet,
+            Status::Busy,
+            Status::ReservationConflict,
+            Status::TaskSetFull,
+            Status::TaskAborted,
+        ]
+        .into_iter()
+        .find(|s| *s as u8 == code)
+    }
 }
 
 /// Who a LUN presents itself as (INQUIRY, VPD 0x80/0x83). Built by the node from
@@ -105,6 +124,8 @@ pub struct LogicalUnit {
     groups: std::sync::Mutex<Vec<PortGroup>>,
     fence: tokio::sync::RwLock<()>,
     space_warned: std::sync::atomic::AtomicBool,
+    /// For a unit several nodes present: the node that runs its commands.
+    owner: Option<Arc<dyn Owner>>,
 }
 
 /// A command past [`LogicalUnit::admit`], with what its answer depends on.
@@ -201,6 +222,7 @@ impl LogicalUnit {
             }]),
             fence: tokio::sync::RwLock::new(()),
             space_warned: std::sync::atomic::AtomicBool::new(false),
+            owner: None,
             volume,
         }
     }
@@ -244,6 +266,20 @@ impl LogicalUnit {
         self
     }
 
+    /// Presents a unit that other nodes present too: commands that do not
+    /// belong to this node's target port run where `owner` says.
+    pub fn with_owner(mut self, owner: Arc<dyn Owner>) -> Self {
+        self.owner = Some(owner);
+        self
+    }
+
+    /// Puts the persistent reservations another node kept in force here
+    /// (this node now runs the unit's commands) and ends any SPC-2
+    /// reservation, as a change of the node in charge resets it.
+    pub fn load_reservations(&self, state: PersistentState) {
+        self.reservations.replace(state);
+    }
+
     /// The volume behind this unit.
     pub fn volume(&self) -> &Arc<dyn Volume> {
         &self.volume
@@ -261,11 +297,33 @@ impl LogicalUnit {
 
     /// Executes one command. Never panics on any input.
     pub async fn execute(&self, req: Request<'_>) -> Response {
-        let admitted = match self.admit(&req) {
+        self.run(req, false).await
+    }
+
+    /// Executes a command another node's port passed on (see [`Owner`]):
+    /// it checked the command against its own port and its own unit
+    /// attentions already; here it meets this unit's state. Answers an
+    /// access state transition when this node does not run the unit's
+    /// commands (any more).
+    pub async fn execute_forwarded(&self, req: Request<'_>) -> Response {
+        self.run(req, true).await
+    }
+
+    async fn run(&self, req: Request<'_>, forwarded: bool) -> Response {
+        let admitted = match self.admit(&req, forwarded) {
             Ok(a) => a,
             Err(refused) => return refused,
         };
         let opcode = req.cdb[0];
+        if let Some(owner) = self.owner.as_ref().filter(|_| !port_command(opcode)) {
+            match owner.place() {
+                Place::Here => {}
+                Place::Elsewhere if !forwarded => {
+                    return owner.run(&req).await.unwrap_or_else(|s| admitted.fail(s));
+                }
+                _ => return admitted.fail(Sense::ALUA_TRANSITION),
+            }
+        }
         // Reservation changes wait for every command in flight, and commands
         // wait for a change in progress: once PERSISTENT RESERVE OUT (e.g.
         // PREEMPT AND ABORT fencing a failed cluster node) or RESERVE returns,
@@ -307,7 +365,14 @@ impl LogicalUnit {
         if !self.volume.completes_now(write) {
             return None;
         }
-        let admitted = match self.admit(req) {
+        if self
+            .owner
+            .as_ref()
+            .is_some_and(|o| o.place() != Place::Here)
+        {
+            return None;
+        }
+        let admitted = match self.admit(req, false) {
             Ok(a) => a,
             Err(refused) => return Some(refused),
         };
@@ -334,7 +399,11 @@ impl LogicalUnit {
     /// The checks every command passes before it runs, in SAM-5's order: a
     /// pending unit attention, the CDB's length, the port's access state,
     /// write protection. `Err` is the answer of a command refused here.
-    fn admit(&self, req: &Request<'_>) -> Result<Admitted, Response> {
+    /// A `forwarded` command meets the unit attentions of the unit as a
+    /// whole raised here (a reset, a reservation change); those of the port
+    /// it came through (a new login, an access state change) are that
+    /// port's to report.
+    fn admit(&self, req: &Request<'_>, forwarded: bool) -> Result<Admitted, Response> {
         let cdb = req.cdb;
         let Some(&opcode) = cdb.first() else {
             return Err(check_condition(Sense::INVALID_OPCODE, None, false));
@@ -346,7 +415,12 @@ impl LogicalUnit {
         let fail = |sense: Sense| Err(admitted.fail(sense));
         // SAM-5 5.14: a pending unit attention preempts every command but these.
         if !matches!(opcode, op::INQUIRY | op::REPORT_LUNS | op::REQUEST_SENSE) {
-            if let Some(ua) = self.attentions.take(req.initiator) {
+            let ua = if forwarded {
+                self.attentions.take_forwarded(req.initiator)
+            } else {
+                self.attentions.take(req.initiator)
+            };
+            if let Some(ua) = ua {
                 return fail(ua);
             }
         }
@@ -613,22 +687,52 @@ impl LogicalUnit {
     }
 
     /// LUN RESET / TARGET WARM RESET happened (the transport has already
-    /// aborted the task set): every nexus gets a reset unit attention.
-    pub fn reset(&self) {
+    /// aborted the task set): every nexus gets a reset unit attention, on
+    /// every node that presents the unit, before this returns.
+    pub async fn reset(&self) {
         self.reservations.end_legacy(None);
-        self.attentions.raise_all(unit_attention::LUN_RESET);
+        self.attentions.raise_unit(unit_attention::LUN_RESET);
+        if let Some(o) = self
+            .owner
+            .as_ref()
+            .filter(|o| o.place() == Place::Elsewhere)
+        {
+            o.reset().await;
+        }
     }
 
     /// The I_T nexus ended (logout or lost connection): a RESERVE (6)/(10)
     /// it held is released; persistent reservations stay.
     pub fn nexus_removed(&self, initiator: &str) {
         self.reservations.end_legacy(Some(initiator));
+        if let Some(o) = self
+            .owner
+            .as_ref()
+            .filter(|o| o.place() == Place::Elsewhere)
+        {
+            o.nexus_ended(initiator);
+        }
     }
 
     /// The volume was resized: every nexus gets CAPACITY DATA HAS CHANGED.
     pub fn capacity_changed(&self) {
         self.attentions.raise_all(unit_attention::CAPACITY_CHANGED);
     }
+}
+
+/// Commands a node answers for its own target port, whichever node runs
+/// the unit's other commands: identification and the port's access state,
+/// and REQUEST SENSE (the port's unit attentions).
+fn port_command(opcode: u8) -> bool {
+    matches!(
+        opcode,
+        op::INQUIRY | op::REPORT_LUNS | op::REQUEST_SENSE | op::MAINTENANCE_IN
+    )
+}
+
+/// The sense a failed volume operation ends a command with.
+pub fn sense_of(e: &volume::VolumeError) -> Sense {
+    block::volume_sense(e, 0)
 }
 
 /// Bytes of data-out the CDB asks for, for commands that carry data-out.

@@ -64,8 +64,11 @@ fn registrants_only(t: u8) -> bool {
 /// Where a logical unit keeps its persistent reservation state.
 #[async_trait]
 pub trait StateStore: Send + Sync {
-    /// Replaces the saved state with `bytes`, durably, before returning.
-    async fn save(&self, bytes: Vec<u8>) -> std::io::Result<()>;
+    /// Replaces the saved state with `bytes`, durably (and, for a volume
+    /// several nodes present, on every copy that must have it), before
+    /// returning. `Err` is the sense the PERSISTENT RESERVE OUT ends with;
+    /// the change then does not take effect here.
+    async fn save(&self, bytes: Vec<u8>) -> Result<(), Sense>;
 }
 
 /// One registration: an I_T nexus and its reservation key.
@@ -109,6 +112,13 @@ impl PersistentState {
         } else {
             PersistentState::default()
         })
+    }
+
+    /// Decodes what [`PersistentState::encode`] produced, whatever its
+    /// APTPL: for state that never went through a loss of power, such as
+    /// the copy another node of the cluster handed over while it served.
+    pub fn decode_current(bytes: &[u8]) -> Result<PersistentState, serde_json::Error> {
+        serde_json::from_slice(bytes)
     }
 
     /// The saved form.
@@ -373,6 +383,11 @@ impl Reservations {
     }
 
     /// PERSISTENT RESERVE OUT (SPC-4 6.16). `Err(CONFLICT)` is RESERVATION CONFLICT.
+    ///
+    /// A change is worked out on a copy of the state, saved, and only then
+    /// put in force and announced: a change that cannot be saved (a full
+    /// disk, a cluster that cannot reach its other copies) is not in force
+    /// anywhere it answered.
     pub async fn persistent_reserve_out(
         &self,
         nexus: &str,
@@ -381,228 +396,234 @@ impl Reservations {
         attentions: &UnitAttentions,
     ) -> Result<(), Sense> {
         let _serial = self.out_lock.lock().await;
+        let current = self.state.lock().unwrap().clone();
+        let mut next = current.clone();
+        let legacy = self.legacy.lock().unwrap().clone();
         let mut notify = Vec::new();
-        let mut save = None;
-        let outcome = self.change(nexus, cdb, params, &mut notify, &mut save);
-        self.refresh();
+        let outcome = change(
+            &mut next,
+            legacy.as_deref(),
+            nexus,
+            cdb,
+            params,
+            &mut notify,
+        );
+        if next != current {
+            self.save(&next).await?;
+            *self.state.lock().unwrap() = next;
+            self.refresh();
+        }
         for (n, ua) in notify {
             attentions.raise(&n, ua);
         }
-        if let Some(state) = save {
-            self.save(&state).await?;
-        }
         outcome
     }
 
-    /// Applies one PERSISTENT RESERVE OUT; fills in whom to notify and what to save.
-    fn change(
-        &self,
-        nexus: &str,
-        cdb: &[u8],
-        params: &[u8],
-        notify: &mut Vec<(String, Sense)>,
-        save: &mut Option<PersistentState>,
-    ) -> Result<(), Sense> {
-        if let Some(holder) = self.legacy.lock().unwrap().as_deref() {
-            if holder != nexus {
-                return Err(CONFLICT);
-            }
-        }
-        let action = cdb[1] & 0x1F;
-        let scope = cdb[2] >> 4;
-        let kind = cdb[2] & 0x0F;
-        let list_len = be32(cdb, 5) as usize;
-        if action > 0x07 {
-            return Err(Sense::invalid_cdb(1, Some(4)));
-        }
-        if action == 0x07 {
-            return self.register_and_move(nexus, list_len, params, save);
-        }
-        if list_len != 24 {
-            // SPEC_I_PT is not supported, so the list is always the basic 24 bytes.
-            return Err(Sense::PARAM_LIST_LENGTH);
-        }
-        if params.len() < 24 {
-            return Err(Sense::PARAM_LIST_LENGTH);
-        }
-        let res_key = be64(params, 0);
-        let sa_key = be64(params, 8);
-        let flags = params[20];
-        if flags & 0x08 != 0 {
-            // SPEC_I_PT
-            return Err(Sense::INVALID_PARAM.with_field(20, Some(3)));
-        }
-        let aptpl = flags & 0x01 != 0;
-        let mut s = self.state.lock().unwrap();
-        let mine = s.key_of(nexus);
-        // Every action but registering needs the nexus registered under the
-        // reservation key it gives.
-        if !matches!(action, 0x00 | 0x06) && mine != Some(res_key) {
-            return Err(CONFLICT);
-        }
-        let before = s.clone();
-        let outcome = match action {
-            // REGISTER, REGISTER AND IGNORE EXISTING KEY
-            0x00 | 0x06 => {
-                let ignore = action == 0x06;
-                match mine {
-                    None if !ignore && res_key != 0 => Err(CONFLICT),
-                    None if sa_key == 0 => Ok(()),
-                    None => {
-                        if s.registrations.len() >= MAX_REGISTRATIONS {
-                            return Err(NO_REGISTRATION_RESOURCES);
-                        }
-                        s.registrations.push(Registration {
-                            nexus: nexus.to_string(),
-                            key: sa_key,
-                        });
-                        s.aptpl = aptpl;
-                        s.generation = s.generation.wrapping_add(1);
-                        Ok(())
-                    }
-                    Some(k) if !ignore && k != res_key => Err(CONFLICT),
-                    Some(_) if sa_key == 0 => {
-                        for n in s.unregister(nexus) {
-                            notify.push((n, RESERVATIONS_RELEASED));
-                        }
-                        s.generation = s.generation.wrapping_add(1);
-                        Ok(())
-                    }
-                    Some(_) => {
-                        for r in s.registrations.iter_mut().filter(|r| r.nexus == nexus) {
-                            r.key = sa_key;
-                        }
-                        s.aptpl = aptpl;
-                        s.generation = s.generation.wrapping_add(1);
-                        Ok(())
-                    }
-                }
-            }
-            // RESERVE
-            0x01 => {
-                check_type(scope, kind)?;
-                match &s.reservation {
-                    None => {
-                        s.reservation = Some(Reservation {
-                            holder: nexus.to_string(),
-                            kind,
-                        });
-                        Ok(())
-                    }
-                    Some(r) if s.holds(nexus) && r.kind == kind => Ok(()),
-                    Some(_) => Err(CONFLICT),
-                }
-            }
-            // RELEASE
-            0x02 => match s.reservation.clone() {
-                Some(r) if s.holds(nexus) => {
-                    if r.kind != kind || scope != 0 {
-                        return Err(INVALID_RELEASE);
-                    }
-                    s.reservation = None;
-                    if registrants_only(r.kind) || all_registrants(r.kind) {
-                        for reg in s.registrations.iter().filter(|x| x.nexus != nexus) {
-                            notify.push((reg.nexus.clone(), RESERVATIONS_RELEASED));
-                        }
-                    }
-                    Ok(())
-                }
-                _ => Ok(()),
-            },
-            // CLEAR
-            0x03 => {
-                for reg in s.registrations.iter().filter(|x| x.nexus != nexus) {
-                    notify.push((reg.nexus.clone(), RESERVATIONS_PREEMPTED));
-                }
-                s.registrations.clear();
-                s.reservation = None;
-                s.generation = s.generation.wrapping_add(1);
-                Ok(())
-            }
-            // PREEMPT, PREEMPT AND ABORT
-            _ => preempt(&mut s, nexus, sa_key, scope, kind, notify),
-        };
-        if *s != before {
-            *save = Some(s.clone());
-        }
-        outcome
-    }
-
-    // SPC-4 5.13.8: REGISTER AND MOVE hands the reservation to another nexus.
-    fn register_and_move(
-        &self,
-        nexus: &str,
-        list_len: usize,
-        params: &[u8],
-        save: &mut Option<PersistentState>,
-    ) -> Result<(), Sense> {
-        if list_len < 24 || params.len() < list_len {
-            return Err(Sense::PARAM_LIST_LENGTH);
-        }
-        let res_key = be64(params, 0);
-        let sa_key = be64(params, 8);
-        let unreg = params[17] & 0x02 != 0;
-        let aptpl = params[17] & 0x01 != 0;
-        let tid_len = be32(params, 20) as usize;
-        if 24 + tid_len > list_len {
-            return Err(Sense::PARAM_LIST_LENGTH);
-        }
-        let Some(dest) = parse_transport_id(&params[24..24 + tid_len]) else {
-            return Err(Sense::INVALID_PARAM.with_field(24, None));
-        };
-        let mut s = self.state.lock().unwrap();
-        let Some(mine) = s.key_of(nexus) else {
-            return Err(CONFLICT);
-        };
-        if mine != res_key {
-            return Err(CONFLICT);
-        }
-        let Some(res) = s.reservation.clone() else {
-            return Err(CONFLICT);
-        };
-        if all_registrants(res.kind) || res.holder != nexus {
-            return Err(CONFLICT);
-        }
-        if sa_key == 0 {
-            return Err(Sense::INVALID_PARAM.with_field(8, None));
-        }
-        if dest == nexus {
-            return Err(Sense::INVALID_PARAM.with_field(24, None));
-        }
-        match s.registrations.iter_mut().find(|r| r.nexus == dest) {
-            Some(r) => r.key = sa_key,
-            None => {
-                if s.registrations.len() >= MAX_REGISTRATIONS {
-                    return Err(NO_REGISTRATION_RESOURCES);
-                }
-                s.registrations.push(Registration {
-                    nexus: dest.clone(),
-                    key: sa_key,
-                });
-            }
-        }
-        s.reservation = Some(Reservation {
-            holder: dest,
-            kind: res.kind,
-        });
-        if unreg {
-            s.registrations.retain(|r| r.nexus != nexus);
-        }
-        s.aptpl = aptpl;
-        s.generation = s.generation.wrapping_add(1);
-        *save = Some(s.clone());
-        Ok(())
+    /// Puts `state` in force in place of the current one, and ends the
+    /// SPC-2 reservation: the unit takes over the state another node kept
+    /// (a cluster volume's new primary).
+    pub fn replace(&self, state: PersistentState) {
+        *self.state.lock().unwrap() = state;
+        *self.legacy.lock().unwrap() = None;
+        self.refresh();
     }
 
     async fn save(&self, s: &PersistentState) -> Result<(), Sense> {
-        let Some(store) = &self.store else {
-            return Ok(());
-        };
-        store.save(s.encode()).await.map_err(|e| {
-            tracing::error!("cannot save persistent reservations: {e}");
-            Sense::WRITE_ERROR
-        })
+        match &self.store {
+            Some(store) => store.save(s.encode()).await,
+            None => Ok(()),
+        }
     }
+}
+
+/// Applies one PERSISTENT RESERVE OUT to `s`; `legacy` is the holder of an
+/// SPC-2 reservation. Fills in whom to notify.
+fn change(
+    s: &mut PersistentState,
+    legacy: Option<&str>,
+    nexus: &str,
+    cdb: &[u8],
+    params: &[u8],
+    notify: &mut Vec<(String, Sense)>,
+) -> Result<(), Sense> {
+    if legacy.is_some_and(|holder| holder != nexus) {
+        return Err(CONFLICT);
+    }
+    let action = cdb[1] & 0x1F;
+    let scope = cdb[2] >> 4;
+    let kind = cdb[2] & 0x0F;
+    let list_len = be32(cdb, 5) as usize;
+    if action > 0x07 {
+        return Err(Sense::invalid_cdb(1, Some(4)));
+    }
+    if action == 0x07 {
+        return register_and_move(s, nexus, list_len, params);
+    }
+    if list_len != 24 {
+        // SPEC_I_PT is not supported, so the list is always the basic 24 bytes.
+        return Err(Sense::PARAM_LIST_LENGTH);
+    }
+    if params.len() < 24 {
+        return Err(Sense::PARAM_LIST_LENGTH);
+    }
+    let res_key = be64(params, 0);
+    let sa_key = be64(params, 8);
+    let flags = params[20];
+    if flags & 0x08 != 0 {
+        // SPEC_I_PT
+        return Err(Sense::INVALID_PARAM.with_field(20, Some(3)));
+    }
+    let aptpl = flags & 0x01 != 0;
+    let mine = s.key_of(nexus);
+    // Every action but registering needs the nexus registered under the
+    // reservation key it gives.
+    if !matches!(action, 0x00 | 0x06) && mine != Some(res_key) {
+        return Err(CONFLICT);
+    }
+    match action {
+        // REGISTER, REGISTER AND IGNORE EXISTING KEY
+        0x00 | 0x06 => {
+            let ignore = action == 0x06;
+            match mine {
+                None if !ignore && res_key != 0 => Err(CONFLICT),
+                None if sa_key == 0 => Ok(()),
+                None => {
+                    if s.registrations.len() >= MAX_REGISTRATIONS {
+                        return Err(NO_REGISTRATION_RESOURCES);
+                    }
+                    s.registrations.push(Registration {
+                        nexus: nexus.to_string(),
+                        key: sa_key,
+                    });
+                    s.aptpl = aptpl;
+                    s.generation = s.generation.wrapping_add(1);
+                    Ok(())
+                }
+                Some(k) if !ignore && k != res_key => Err(CONFLICT),
+                Some(_) if sa_key == 0 => {
+                    for n in s.unregister(nexus) {
+                        notify.push((n, RESERVATIONS_RELEASED));
+                    }
+                    s.generation = s.generation.wrapping_add(1);
+                    Ok(())
+                }
+                Some(_) => {
+                    for r in s.registrations.iter_mut().filter(|r| r.nexus == nexus) {
+                        r.key = sa_key;
+                    }
+                    s.aptpl = aptpl;
+                    s.generation = s.generation.wrapping_add(1);
+                    Ok(())
+                }
+            }
+        }
+        // RESERVE
+        0x01 => {
+            check_type(scope, kind)?;
+            match &s.reservation {
+                None => {
+                    s.reservation = Some(Reservation {
+                        holder: nexus.to_string(),
+                        kind,
+                    });
+                    Ok(())
+                }
+                Some(r) if s.holds(nexus) && r.kind == kind => Ok(()),
+                Some(_) => Err(CONFLICT),
+            }
+        }
+        // RELEASE
+        0x02 => match s.reservation.clone() {
+            Some(r) if s.holds(nexus) => {
+                if r.kind != kind || scope != 0 {
+                    return Err(INVALID_RELEASE);
+                }
+                s.reservation = None;
+                if registrants_only(r.kind) || all_registrants(r.kind) {
+                    for reg in s.registrations.iter().filter(|x| x.nexus != nexus) {
+                        notify.push((reg.nexus.clone(), RESERVATIONS_RELEASED));
+                    }
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        },
+        // CLEAR
+        0x03 => {
+            for reg in s.registrations.iter().filter(|x| x.nexus != nexus) {
+                notify.push((reg.nexus.clone(), RESERVATIONS_PREEMPTED));
+            }
+            s.registrations.clear();
+            s.reservation = None;
+            s.generation = s.generation.wrapping_add(1);
+            Ok(())
+        }
+        // PREEMPT, PREEMPT AND ABORT
+        _ => preempt(s, nexus, sa_key, scope, kind, notify),
+    }
+}
+
+// SPC-4 5.13.8: REGISTER AND MOVE hands the reservation to another nexus.
+fn register_and_move(
+    s: &mut PersistentState,
+    nexus: &str,
+    list_len: usize,
+    params: &[u8],
+) -> Result<(), Sense> {
+    if list_len < 24 || params.len() < list_len {
+        return Err(Sense::PARAM_LIST_LENGTH);
+    }
+    let res_key = be64(params, 0);
+    let sa_key = be64(params, 8);
+    let unreg = params[17] & 0x02 != 0;
+    let aptpl = params[17] & 0x01 != 0;
+    let tid_len = be32(params, 20) as usize;
+    if 24 + tid_len > list_len {
+        return Err(Sense::PARAM_LIST_LENGTH);
+    }
+    let Some(dest) = parse_transport_id(&params[24..24 + tid_len]) else {
+        return Err(Sense::INVALID_PARAM.with_field(24, None));
+    };
+    let Some(mine) = s.key_of(nexus) else {
+        return Err(CONFLICT);
+    };
+    if mine != res_key {
+        return Err(CONFLICT);
+    }
+    let Some(res) = s.reservation.clone() else {
+        return Err(CONFLICT);
+    };
+    if all_registrants(res.kind) || res.holder != nexus {
+        return Err(CONFLICT);
+    }
+    if sa_key == 0 {
+        return Err(Sense::INVALID_PARAM.with_field(8, None));
+    }
+    if dest == nexus {
+        return Err(Sense::INVALID_PARAM.with_field(24, None));
+    }
+    match s.registrations.iter_mut().find(|r| r.nexus == dest) {
+        Some(r) => r.key = sa_key,
+        None => {
+            if s.registrations.len() >= MAX_REGISTRATIONS {
+                return Err(NO_REGISTRATION_RESOURCES);
+            }
+            s.registrations.push(Registration {
+                nexus: dest.clone(),
+                key: sa_key,
+            });
+        }
+    }
+    s.reservation = Some(Reservation {
+        holder: dest,
+        kind: res.kind,
+    });
+    if unreg {
+        s.registrations.retain(|r| r.nexus != nexus);
+    }
+    s.aptpl = aptpl;
+    s.generation = s.generation.wrapping_add(1);
+    Ok(())
 }
 
 // SPC-4 5.13.11.4: PREEMPT.

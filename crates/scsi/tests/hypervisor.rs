@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use scsi::reservations::{PersistentState, StateStore};
 use scsi::xcopy::UnitDirectory;
-use scsi::{AccessState, LogicalUnit, LunIdentity, PortGroup, Request, Response, Status};
+use scsi::{AccessState, LogicalUnit, LunIdentity, PortGroup, Request, Response, Sense, Status};
 use volume::{MemVolume, Volume};
 
 const A: &str = "iqn.test:a,i,0x000000000001";
@@ -199,7 +199,7 @@ struct Saved(Mutex<Vec<Vec<u8>>>);
 
 #[async_trait]
 impl StateStore for Saved {
-    async fn save(&self, bytes: Vec<u8>) -> std::io::Result<()> {
+    async fn save(&self, bytes: Vec<u8>) -> Result<(), Sense> {
         self.0.lock().unwrap().push(bytes);
         Ok(())
     }
@@ -263,7 +263,7 @@ async fn legacy_reserve_ends_with_the_nexus() {
         run(&lu, B, &[0x16, 0, 0, 0, 0, 0], &[]).await.status,
         Status::Good
     );
-    lu.reset();
+    lu.reset().await;
     run(&lu, A, &[0x00], &[]).await; // the reset's unit attention
     assert_eq!(
         run(&lu, A, &[0x16, 0, 0, 0, 0, 0], &[]).await.status,

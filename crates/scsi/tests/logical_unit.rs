@@ -81,7 +81,7 @@ async fn unit_attention_comes_first_then_clears() {
     lu.capacity_changed();
     let r = run(&lu, &rw10(0x28, 0, 1), &[]).await;
     assert_eq!(sense_of(&r), (6, 0x2A, 0x09));
-    lu.reset();
+    lu.reset().await;
     // REQUEST SENSE reports and clears the UA.
     let r = run(&lu, &[0x03, 0, 0, 0, 18], &[]).await;
     assert_eq!(r.status, Status::Good);

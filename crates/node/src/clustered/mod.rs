@@ -13,6 +13,7 @@ mod control;
 mod membership;
 mod present;
 mod status;
+mod unit;
 mod volumes;
 
 use std::collections::HashMap;

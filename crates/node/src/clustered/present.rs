@@ -10,6 +10,7 @@ use replica::{ClusterVolume, Forwarder, LocalCopy, PeerSpec, Primary, PrimaryCon
 use scsi::{AccessState, PortGroup};
 
 use super::access::{access_of, reseal_soon};
+use super::unit::{reservations_of, FromOthers, OnEveryCopy, ToPrimary};
 use super::{Clustered, COPY_BASE, RECORD_TIMEOUT, REPL_TIMEOUT, ROLE_SETTLE};
 use crate::identity::{iqn_for, lun_identity};
 use crate::registry::{Presented, Registry};
@@ -165,7 +166,12 @@ impl Node {
             identity,
             unit_dir: unit_dir.clone(),
             access,
+            shared: Some(crate::service::SharedUnit {
+                owner: Arc::new(ToPrimary(role.clone())),
+                store: Arc::new(OnEveryCopy(role.clone())),
+            }),
         })?;
+        role.set_unit(Arc::new(FromOthers(Arc::downgrade(&e.lun))));
         // Until the cluster state gives this node its role (`hold`), every
         // command that touches the medium fails as an access state
         // transition, and REPORT TARGET PORT GROUPS says so.
@@ -261,7 +267,7 @@ impl Node {
                 self.take_up(c, v);
                 return Ok(());
             }
-            self.take_role(c, &slot.volume, v, state)
+            self.take_role(c, &lun, &slot.volume, v, state)
                 .await
                 .map_err(|source| NodeError::Volume {
                     name: v.name.clone(),
@@ -337,6 +343,7 @@ impl Node {
     async fn take_role(
         &self,
         c: &Arc<Clustered>,
+        lun: &scsi::LogicalUnit,
         volume: &ClusterVolume,
         v: &cluster::VolumeRecord,
         state: &ClusterState,
@@ -387,6 +394,9 @@ impl Node {
         if let Err(why) = ready_to_serve(c, &p, &v.name, v.epoch).await {
             tracing::info!(volume = %v.name, epoch = v.epoch, "serving as primary before {why}");
         }
+        // The volume's SCSI state is this node's from now on: it starts
+        // from the reservations the copies were given.
+        lun.load_reservations(reservations_of(copy));
         volume.set_route(Route::Primary(p));
         // Used: the next primary role of this volume takes up its own epoch.
         c.taken_up.lock().unwrap().remove(&v.name);

@@ -13,7 +13,7 @@ use super::resync::Progress;
 use super::{Primary, RESYNC_REGION};
 use crate::dirty::DirtyMap;
 use crate::link::{Link, LinkError};
-use crate::wire::{Hello, Mode, Refusal};
+use crate::wire::{Hello, Mode, Op, Refusal};
 
 /// A peer's state as its primary sees it (see [`crate::primary`]).
 /// Status displays and JSON name the states `in-sync`, `syncing`,
@@ -341,6 +341,29 @@ impl Primary {
             {
                 return false;
             }
+        }
+        // Every copy that takes writes holds the volume's persistent
+        // reservations as they are now: a new link gets them before it
+        // enters the write path, in order with the changes made meanwhile
+        // (they wait for the same lock, and reach it through the link).
+        let _order = self.reservations.lock().await;
+        let state = match self.copy.reservations() {
+            Ok(saved) => saved.map(|s| s.state).unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(
+                    volume = self.copy.name(),
+                    "reading the persistent reservations: {e}"
+                );
+                return false;
+            }
+        };
+        if let Err(e) = l.call(self.cfg.epoch, Op::Reservations { state }).await {
+            tracing::info!(
+                volume = self.copy.name(),
+                node = p.node,
+                "handing over the persistent reservations: {e}"
+            );
+            return false;
         }
         *p.link.write().unwrap() = Some(l.clone());
         true
