@@ -8,6 +8,7 @@ use std::time::Duration;
 use cluster::{Cluster, ClusterStatus, NodeInfo, Role};
 use replica::{ClusterKey, ReplicaServer};
 
+use super::sessions::NodeView;
 use super::{cluster_err, ClusterConfig, Clustered, ControlPlaneLink};
 use crate::{Node, NodeError};
 
@@ -132,6 +133,13 @@ impl Node {
                 "this node is already a cluster member".into(),
             ));
         }
+        // Other members ask this node for its sessions.
+        let view = Arc::new(NodeView::new(
+            &clustered,
+            &self.targets,
+            &self.config.iqn_prefix,
+        ));
+        clustered.cluster.serve_sessions(view);
         // The first reconcile happens before this returns, so a node that
         // opens its portal afterwards never presents a copy without a role.
         let mut watch = clustered.cluster.subscribe();

@@ -1,0 +1,155 @@
+//! The sessions of every data node: who is logged in to a cluster volume
+//! anywhere (counted before a delete, listed by `volume show`).
+//!
+//! Sessions are asked of each data node when needed, over the member
+//! endpoint (`cluster::sessions` says why they are not recorded in the
+//! log). A node that cannot be asked is reported by name: `volume delete`
+//! refuses then unless forced, because from here a node that is down and
+//! one that is cut off look the same, and a cut-off node may well have
+//! initiators logged in that will be back to a deleted volume once the
+//! link heals. Only the administrator can know the node is really gone.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Weak};
+
+use cluster::{MemberSession, SessionSource};
+use portal::Targets;
+
+use super::Clustered;
+use crate::identity::iqn_for;
+use crate::service::SessionInfo;
+use crate::Node;
+
+/// This node as the cluster sees it: the sessions it reports to other
+/// members.
+pub(crate) struct NodeView {
+    cluster: Weak<Clustered>,
+    targets: Weak<Targets>,
+    /// The IQN prefix of this node's targets.
+    prefix: String,
+}
+
+impl NodeView {
+    pub(crate) fn new(cluster: &Arc<Clustered>, targets: &Arc<Targets>, prefix: &str) -> NodeView {
+        NodeView {
+            cluster: Arc::downgrade(cluster),
+            targets: Arc::downgrade(targets),
+            prefix: prefix.to_string(),
+        }
+    }
+}
+
+impl SessionSource for NodeView {
+    fn sessions(&self) -> Vec<MemberSession> {
+        let (Some(c), Some(targets)) = (self.cluster.upgrade(), self.targets.upgrade()) else {
+            return Vec::new();
+        };
+        let state = c.cluster.state();
+        state
+            .volumes
+            .values()
+            .flat_map(|v| {
+                targets
+                    .sessions(&iqn_for(&self.prefix, &v.name))
+                    .into_iter()
+                    .map(|s| MemberSession {
+                        volume: v.id,
+                        initiator: s.initiator,
+                        address: s.address.to_string(),
+                    })
+            })
+            .collect()
+    }
+}
+
+/// A data node that could not be asked for its sessions.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Unasked {
+    /// The node's name.
+    pub node: String,
+    /// Why it did not answer.
+    pub reason: String,
+}
+
+impl std::fmt::Display for Unasked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.node, self.reason)
+    }
+}
+
+/// The sessions of cluster volumes on every data node, as asked just now.
+#[derive(Debug, Default)]
+pub(crate) struct Census {
+    /// Sessions by volume id.
+    pub(crate) by_volume: BTreeMap<uuid::Uuid, Vec<SessionInfo>>,
+    /// Data nodes that did not answer: their sessions are not counted.
+    pub(crate) unasked: Vec<Unasked>,
+}
+
+impl Census {
+    /// The sessions of volume `id` found.
+    pub(crate) fn of(&self, id: uuid::Uuid) -> Vec<SessionInfo> {
+        self.by_volume.get(&id).cloned().unwrap_or_default()
+    }
+}
+
+impl Node {
+    /// Asks every data node (this one included) for its sessions, all at
+    /// once; a node that does not answer within the member call timeout
+    /// (1 s) is listed as unasked.
+    pub(crate) async fn census(&self, c: &Arc<Clustered>) -> Census {
+        let state = c.cluster.state();
+        let mut pending: BTreeMap<cluster::NodeId, String> = state
+            .nodes
+            .values()
+            .filter(|n| n.holds_data())
+            .map(|n| (n.id, n.name.clone()))
+            .collect();
+        let mut asks = tokio::task::JoinSet::new();
+        for &id in pending.keys() {
+            let c = c.clone();
+            asks.spawn(async move { (id, c.cluster.sessions_of(id).await) });
+        }
+        let mut census = Census::default();
+        while let Some(joined) = asks.join_next().await {
+            let Ok((id, answer)) = joined else { continue };
+            let Some(name) = pending.remove(&id) else {
+                continue;
+            };
+            match answer {
+                Ok(sessions) => {
+                    for s in sessions {
+                        census
+                            .by_volume
+                            .entry(s.volume)
+                            .or_default()
+                            .push(SessionInfo {
+                                initiator: s.initiator,
+                                address: s.address,
+                                node: Some(name.clone()),
+                            });
+                    }
+                }
+                Err(e) => census.unasked.push(Unasked {
+                    node: name,
+                    reason: e.to_string(),
+                }),
+            }
+        }
+        // A node whose request failed without an answer is not counted as
+        // having no sessions either.
+        census
+            .unasked
+            .extend(pending.into_values().map(|node| Unasked {
+                node,
+                reason: "the request failed".to_string(),
+            }));
+        for sessions in census.by_volume.values_mut() {
+            sessions.sort_by(|a, b| {
+                (&a.node, &a.initiator, &a.address).cmp(&(&b.node, &b.initiator, &b.address))
+            });
+        }
+        census.unasked.sort_by(|a, b| a.node.cmp(&b.node));
+        census
+    }
+}
