@@ -1,5 +1,6 @@
-//! The sessions of every data node: who is logged in to a cluster volume
-//! anywhere (counted before a delete, listed by `volume show`).
+//! The sessions and portals of every data node: who is logged in to a
+//! cluster volume anywhere (counted before a delete, listed by `volume
+//! show`), and which other nodes' portals discovery names for it.
 //!
 //! Sessions are asked of each data node when needed, over the member
 //! endpoint (`cluster::sessions` says why they are not recorded in the
@@ -13,15 +14,15 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 
 use cluster::{MemberSession, SessionSource};
-use portal::Targets;
+use portal::{Portal, PortalDirectory, Targets};
 
 use super::Clustered;
 use crate::identity::iqn_for;
 use crate::service::SessionInfo;
 use crate::Node;
 
-/// This node as the cluster sees it: the sessions it reports to other
-/// members.
+/// This node as the cluster and discovery see it: the sessions it reports
+/// to other members, and the other data nodes' portals it names.
 pub(crate) struct NodeView {
     cluster: Weak<Clustered>,
     targets: Weak<Targets>,
@@ -36,6 +37,13 @@ impl NodeView {
             targets: Arc::downgrade(targets),
             prefix: prefix.to_string(),
         }
+    }
+
+    /// The name of the cluster volume exported here as `target`.
+    fn volume_of<'a>(&self, target: &'a str) -> Option<&'a str> {
+        target
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|rest| rest.strip_prefix(':'))
     }
 }
 
@@ -57,6 +65,34 @@ impl SessionSource for NodeView {
                         initiator: s.initiator,
                         address: s.address.to_string(),
                     })
+            })
+            .collect()
+    }
+}
+
+impl PortalDirectory for NodeView {
+    /// Every other data node exports every cluster volume, in its own
+    /// target port group (its node id, as VPD 0x83 and REPORT TARGET PORT
+    /// GROUPS give it): its portal, as it advertises it in its member record.
+    fn elsewhere(&self, target: &str) -> Vec<Portal> {
+        let Some(c) = self.cluster.upgrade() else {
+            return Vec::new();
+        };
+        let state = c.cluster.state();
+        let me = c.cluster.id();
+        if !self
+            .volume_of(target)
+            .is_some_and(|name| state.volumes.contains_key(name))
+        {
+            return Vec::new();
+        }
+        state
+            .nodes
+            .values()
+            .filter(|n| n.holds_data() && n.id != me && !n.iscsi_addr.is_empty())
+            .map(|n| Portal {
+                address: n.iscsi_addr.clone(),
+                tag: n.id as u16,
             })
             .collect()
     }
