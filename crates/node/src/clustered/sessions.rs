@@ -91,10 +91,25 @@ impl PortalDirectory for NodeView {
             .values()
             .filter(|n| n.holds_data() && n.id != me && !n.iscsi_addr.is_empty())
             .map(|n| Portal {
-                address: n.iscsi_addr.clone(),
+                address: target_address(&n.iscsi_addr),
                 tag: n.id as u16,
             })
             .collect()
+    }
+}
+
+/// A member's advertised iSCSI address (`host:port`) as a TargetAddress
+/// writes it: an IPv6 address in brackets (RFC 7143 §13.8), whether or not
+/// it was advertised with them.
+fn target_address(advertised: &str) -> String {
+    if let Ok(a) = advertised.parse::<std::net::SocketAddr>() {
+        return a.to_string();
+    }
+    match advertised.rsplit_once(':') {
+        Some((host, port)) if host.parse::<std::net::Ipv6Addr>().is_ok() => {
+            format!("[{host}]:{port}")
+        }
+        _ => advertised.to_string(),
     }
 }
 
@@ -187,5 +202,18 @@ impl Node {
         }
         census.unasked.sort_by(|a, b| a.node.cmp(&b.node));
         census
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::target_address;
+
+    #[test]
+    fn target_addresses_put_ipv6_in_brackets() {
+        assert_eq!(target_address("10.0.0.2:3260"), "10.0.0.2:3260");
+        assert_eq!(target_address("[fd00::2]:3260"), "[fd00::2]:3260");
+        assert_eq!(target_address("fd00::2:3260"), "[fd00::2]:3260");
+        assert_eq!(target_address("node-b.lan:3260"), "node-b.lan:3260");
     }
 }
