@@ -34,8 +34,9 @@ pub struct MemberSession {
 /// answers that it has no sessions to report, which callers take as "not
 /// known", never as "none".
 pub trait SessionSource: Send + Sync {
-    /// Every session logged in to a cluster volume through this node.
-    fn sessions(&self) -> Vec<MemberSession>;
+    /// Every session logged in to a cluster volume through this node;
+    /// `None` when the node serves no iSCSI (any more).
+    fn sessions(&self) -> Option<Vec<MemberSession>>;
 }
 
 impl Cluster {
@@ -66,9 +67,8 @@ impl crate::member::Inner {
     /// This member's sessions, from its source; `Err` when it has none.
     pub(crate) fn local_sessions(&self) -> Answer<Vec<MemberSession>> {
         let source = self.sessions.lock().unwrap().clone();
-        match source {
-            Some(s) => Ok(s.sessions()),
-            None => Err(format!("node {} serves no iSCSI sessions", self.me.id)),
-        }
+        source
+            .and_then(|s| s.sessions())
+            .ok_or_else(|| format!("node {} serves no iSCSI sessions", self.me.id))
     }
 }

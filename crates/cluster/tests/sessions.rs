@@ -15,8 +15,17 @@ use common::{eventually, init, join};
 struct Fixed(Vec<MemberSession>);
 
 impl SessionSource for Fixed {
-    fn sessions(&self) -> Vec<MemberSession> {
-        self.0.clone()
+    fn sessions(&self) -> Option<Vec<MemberSession>> {
+        Some(self.0.clone())
+    }
+}
+
+/// A node whose iSCSI side has stopped.
+struct Stopped;
+
+impl SessionSource for Stopped {
+    fn sessions(&self) -> Option<Vec<MemberSession>> {
+        None
     }
 }
 
@@ -49,6 +58,9 @@ async fn a_member_reports_its_sessions_and_one_that_cannot_is_not_taken_for_none
     assert_eq!(a.sessions_of(a.id()).await.unwrap(), Vec::new());
     let witness = a.sessions_of(w.id()).await.unwrap_err().to_string();
     assert!(witness.contains("serves no iSCSI"), "{witness}");
+    // Nor is a node whose iSCSI side has stopped taken for one without sessions.
+    b.serve_sessions(Arc::new(Stopped));
+    assert!(a.sessions_of(b.id()).await.is_err());
 
     // B gone: it cannot be asked.
     let b_id = b.id();

@@ -48,12 +48,11 @@ impl NodeView {
 }
 
 impl SessionSource for NodeView {
-    fn sessions(&self) -> Vec<MemberSession> {
-        let (Some(c), Some(targets)) = (self.cluster.upgrade(), self.targets.upgrade()) else {
-            return Vec::new();
-        };
+    fn sessions(&self) -> Option<Vec<MemberSession>> {
+        let c = self.cluster.upgrade()?;
+        let targets = self.targets.upgrade()?;
         let state = c.cluster.state();
-        state
+        let sessions = state
             .volumes
             .values()
             .flat_map(|v| {
@@ -66,7 +65,8 @@ impl SessionSource for NodeView {
                         address: s.address.to_string(),
                     })
             })
-            .collect()
+            .collect();
+        Some(sessions)
     }
 }
 
