@@ -4,9 +4,12 @@
 //! - `GET    /v1/status`                      node summary
 //! - `GET    /v1/volumes`                     list volumes
 //! - `POST   /v1/volumes`                     create `{name, size_bytes, block_size?}`
-//! - `GET    /v1/volumes/{name}`              describe one volume
+//! - `GET    /v1/volumes/{name}`              describe one volume (a cluster
+//!   volume's sessions on every node, each with the node it is logged in through)
 //! - `PATCH  /v1/volumes/{name}`              grow `{size_bytes}`
-//! - `DELETE /v1/volumes/{name}?force=true`   delete (force logs initiators out)
+//! - `DELETE /v1/volumes/{name}?force=true`   delete; refused while initiators
+//!   are logged in through any node, or while a node cannot be asked (force
+//!   logs initiators out)
 //! - `PUT    /v1/volumes/{name}/access`       replace access rules
 //!   `{allowed_initiators: [..], chap: {user, secret}?, mutual_chap: {user, secret}?}`
 //! - `POST   /v1/volumes/{name}/replicas`     add a copy `{node?}` → `{node}`
@@ -20,7 +23,8 @@
 //! Every request carries `Authorization: Bearer <token>`, the token the server
 //! keeps in `<data dir>/api.token` (mode 0600). Errors are `{"error": "..."}`
 //! with 400 (bad request), 401 (no or wrong token), 404 (no such volume),
-//! 409 (exists / in use / refused by the cluster) or 500.
+//! 409 (exists / in use / sessions not known on some node / refused by the
+//! cluster) or 500.
 #![forbid(unsafe_code)]
 
 mod client;

@@ -93,7 +93,9 @@ impl IntoResponse for ApiError {
         let code = match &self.0 {
             NodeError::NotFound(_) => StatusCode::NOT_FOUND,
             NodeError::Invalid(_) => StatusCode::BAD_REQUEST,
-            NodeError::InUse { .. } | NodeError::Refused(_) => StatusCode::CONFLICT,
+            NodeError::InUse { .. } | NodeError::SessionsUnknown { .. } | NodeError::Refused(_) => {
+                StatusCode::CONFLICT
+            }
             NodeError::Store(e) if e.is_conflict() => StatusCode::CONFLICT,
             NodeError::Store(e) if e.is_invalid_input() => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,

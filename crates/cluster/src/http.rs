@@ -1,5 +1,5 @@
 //! The member endpoint: the HTTP handlers other members call (Raft calls,
-//! join, leave, proposals, heartbeats, status), each admitted by the
+//! join, leave, proposals, heartbeats, status, sessions), each admitted by the
 //! cluster secret ([`crate::net::Gate`]) and answered signed.
 
 use std::collections::BTreeSet;
@@ -38,6 +38,7 @@ pub(crate) fn router(inner: Weak<Inner>) -> Router {
         .route("/cluster/heartbeat", post(h_heartbeat))
         .route("/cluster/status", post(h_status))
         .route("/cluster/data-key", post(h_data_key))
+        .route("/cluster/sessions", post(h_sessions))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(inner)
 }
@@ -360,4 +361,12 @@ async fn h_data_key(State(w): State<Weak<Inner>>, h: HeaderMap, body: Bytes) -> 
     };
     let r: Answer<String> = data_key::answer(&s, &req).map_err(|e| e.to_string());
     s.gate.answer(&nonce, &r)
+}
+
+async fn h_sessions(State(w): State<Weak<Inner>>, h: HeaderMap, body: Bytes) -> Response {
+    let (s, nonce, ()) = match admit::<()>(&w, &h, "/cluster/sessions", &body) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    s.gate.answer(&nonce, &s.local_sessions())
 }

@@ -25,6 +25,7 @@
 //! | [`raft_store`] | Raft log, vote and applied state in `raft.redb`                     |
 //! | `raft_net`     | openraft's network: Raft calls as member requests                   |
 //! | `http`         | the member endpoint: Raft calls, join, leave, proposals, heartbeats |
+//! | [`sessions`]   | each data node's iSCSI sessions, asked for across the cluster       |
 //! | [`net`]        | authenticated HTTP between members (the cluster secret)             |
 //! | `lease`        | heartbeats and leases: when a member may act as primary             |
 //! | `failover`     | the leader's policy: promote an in-sync copy of a silent primary    |
@@ -70,6 +71,7 @@ mod member;
 pub mod net;
 mod raft_net;
 pub mod raft_store;
+pub mod sessions;
 pub mod state;
 mod status;
 mod token;
@@ -79,6 +81,7 @@ pub use error::ClusterError;
 pub use lease::{DEAD_AFTER, ELECTION_MARGIN, HEARTBEAT, LEASE};
 pub use member::{default_dir, Cluster};
 pub use net::Key;
+pub use sessions::{MemberSession, SessionSource};
 pub use state::{
     access_digest, ClusterState, Command, NodeId, NodeInfo, Outcome, Refusal, ReplicaState, Role,
     VolumeRecord,

@@ -55,11 +55,14 @@ pub(crate) struct Inner {
     pub(crate) dir: PathBuf,
     /// On a data node, its data key (once made or received).
     pub(crate) data_key: Mutex<Option<DataKey>>,
+    /// Where this member's iSCSI sessions are reported from, once its node
+    /// serves them.
+    pub(crate) sessions: Mutex<Option<Arc<dyn crate::sessions::SessionSource>>>,
 }
 
 /// A running member of the cluster.
 pub struct Cluster {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
     addr: SocketAddr,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// The HTTP server, stopped gracefully so that no connection outlives
@@ -284,6 +287,7 @@ impl Cluster {
             lease_until: Mutex::new(None),
             dir: dir.to_path_buf(),
             data_key: Mutex::new(data_key),
+            sessions: Mutex::new(None),
         });
         let listener = tokio::net::TcpListener::bind(listen)
             .await

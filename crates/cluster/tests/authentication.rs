@@ -72,6 +72,7 @@ async fn requests_without_the_secret_are_refused() {
     for path in [
         "/cluster/status",
         "/cluster/join",
+        "/cluster/sessions",
         "/raft/vote",
         "/raft/append",
     ] {

@@ -1,5 +1,16 @@
 use thiserror::Error;
 
+use crate::{SessionInfo, Unasked};
+
+/// `items` one after the other, separated by commas.
+fn list<T: std::fmt::Display>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Why a node operation failed, in terms an administrator can act on.
 #[derive(Debug, Error)]
 pub enum NodeError {
@@ -10,8 +21,23 @@ pub enum NodeError {
     #[error("{0}")]
     Invalid(String),
     /// The volume is in use by logged-in initiators.
-    #[error("volume {name} is in use by {sessions} iSCSI session(s); log them out first or delete with force")]
-    InUse { name: String, sessions: usize },
+    #[error(
+        "volume {name} is in use by {} iSCSI session(s): {}; log them out first or delete with force",
+        .sessions.len(),
+        list(.sessions)
+    )]
+    InUse {
+        name: String,
+        sessions: Vec<SessionInfo>,
+    },
+    /// Some data nodes could not be asked whether initiators are logged in
+    /// to the volume through them.
+    #[error(
+        "volume {name}: cannot ask {} for its iSCSI sessions, so initiators may be logged in there; \
+         if it is down (its sessions ended with it), delete with force",
+        list(.nodes)
+    )]
+    SessionsUnknown { name: String, nodes: Vec<Unasked> },
     /// The local store refused the operation.
     #[error(transparent)]
     Store(#[from] store::StoreError),

@@ -12,7 +12,7 @@ mod service;
 
 pub use access::{AccessConfig, ChapSecret};
 pub use cluster::ClusterStatus;
-pub use clustered::{AckWindow, ClusterConfig, Clustered, PeerState, PeerStatus};
+pub use clustered::{AckWindow, ClusterConfig, Clustered, PeerState, PeerStatus, Unasked};
 pub use error::NodeError;
 pub use identity::{iqn_for, lun_identity, validate_iqn_prefix, DEFAULT_IQN_PREFIX};
-pub use service::{Node, NodeConfig, NodeStatus, VolumeInfo};
+pub use service::{Node, NodeConfig, NodeStatus, SessionInfo, VolumeInfo};

@@ -10,6 +10,7 @@ use store::{LocalVolume, Store};
 use tokio::sync::Mutex;
 use volume::Volume;
 
+use crate::clustered::Unasked;
 use crate::identity::{iqn_for, lun_identity};
 use crate::registry::{Exported, Registry};
 use crate::{AccessConfig, NodeError};
@@ -42,8 +43,17 @@ pub struct VolumeInfo {
     pub naa: String,
     /// Unit serial number (VPD 0x80).
     pub serial: String,
-    /// Number of iSCSI sessions logged in to the volume's target.
+    /// Number of iSCSI sessions logged in to the volume: through any node
+    /// of the cluster for a cluster volume (those of `sessions_unknown`
+    /// aside), through this node for a local one.
     pub sessions: usize,
+    /// Each of those sessions: who, from where, through which node.
+    #[serde(default)]
+    pub logged_in: Vec<SessionInfo>,
+    /// Data nodes that could not be asked for their sessions of this
+    /// cluster volume: `sessions` leaves theirs out.
+    #[serde(default)]
+    pub sessions_unknown: Vec<Unasked>,
     /// Initiators allowed to log in; empty: every initiator.
     #[serde(default)]
     pub allowed_initiators: Vec<String>,
@@ -53,6 +63,29 @@ pub struct VolumeInfo {
     /// CHAP user the target answers mutual CHAP with.
     #[serde(default)]
     pub mutual_chap_user: Option<String>,
+}
+
+/// An iSCSI session logged in to a volume.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// The initiator's name (its IQN).
+    pub initiator: String,
+    /// The address the initiator connects from, `host:port`.
+    pub address: String,
+    /// The cluster member the session is logged in through; `None` on a
+    /// node outside a cluster.
+    #[serde(default)]
+    pub node: Option<String>,
+}
+
+impl std::fmt::Display for SessionInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} from {}", self.initiator, self.address)?;
+        match &self.node {
+            Some(n) => write!(f, " through {n}"),
+            None => Ok(()),
+        }
+    }
 }
 
 /// What an administrator sees of the node.
@@ -237,7 +270,24 @@ impl Node {
         })
     }
 
+    /// The sessions logged in to `e` through this node.
+    fn local_sessions(&self, e: &Exported) -> Vec<SessionInfo> {
+        let me = self.clustered().map(|c| c.cluster().me().name.clone());
+        self.targets
+            .sessions(&e.iqn)
+            .into_iter()
+            .map(|s| SessionInfo {
+                initiator: s.initiator,
+                address: s.address.to_string(),
+                node: me.clone(),
+            })
+            .collect()
+    }
+
+    /// Describes `e` with the sessions of this node; a cluster volume's
+    /// are then replaced by those of every node ([`Node::count_sessions`]).
     fn info(&self, name: &str, e: &Exported) -> VolumeInfo {
+        let logged_in = self.local_sessions(e);
         let identity = e.lun.identity();
         VolumeInfo {
             name: name.to_string(),
@@ -252,7 +302,9 @@ impl Node {
             lun: 0,
             naa: identity.naa.iter().map(|b| format!("{b:02x}")).collect(),
             serial: identity.serial.clone(),
-            sessions: self.targets.session_count(&e.iqn),
+            sessions: logged_in.len(),
+            logged_in,
+            sessions_unknown: Vec::new(),
             allowed_initiators: e.access.allowed_initiators.clone(),
             chap_user: e.access.chap.as_ref().map(|c| c.user.clone()),
             mutual_chap_user: e.access.mutual_chap.as_ref().map(|c| c.user.clone()),
@@ -378,6 +430,8 @@ impl Node {
             naa: String::new(),
             serial: String::new(),
             sessions: 0,
+            logged_in: Vec::new(),
+            sessions_unknown: Vec::new(),
             allowed_initiators: Vec::new(),
             chap_user: None,
             mutual_chap_user: None,
@@ -386,6 +440,13 @@ impl Node {
 
     /// Lists every volume, sorted by name.
     pub async fn list_volumes(&self) -> Vec<VolumeInfo> {
+        let mut infos = self.local_infos().await;
+        self.count_sessions(&mut infos).await;
+        infos
+    }
+
+    /// Every volume, sorted by name, with this node's sessions only.
+    async fn local_infos(&self) -> Vec<VolumeInfo> {
         let exported = self.exported.lock().await;
         exported
             .by_name()
@@ -396,11 +457,43 @@ impl Node {
 
     /// Describes one volume.
     pub async fn volume(&self, name: &str) -> Result<VolumeInfo, NodeError> {
-        let exported = self.exported.lock().await;
-        let e = exported
-            .get(name)
-            .ok_or_else(|| NodeError::NotFound(name.to_string()))?;
-        Ok(self.info(name, e))
+        let info = {
+            let exported = self.exported.lock().await;
+            let e = exported
+                .get(name)
+                .ok_or_else(|| NodeError::NotFound(name.to_string()))?;
+            self.info(name, e)
+        };
+        let mut infos = [info];
+        self.count_sessions(&mut infos).await;
+        let [info] = infos;
+        Ok(info)
+    }
+
+    /// Puts in the sessions of the cluster volumes among `infos` on every
+    /// data node, asked once for all of them (without the registry's lock:
+    /// the nodes asked may be asking this one meanwhile).
+    async fn count_sessions(&self, infos: &mut [VolumeInfo]) {
+        let Some(c) = self.clustered() else { return };
+        let state = c.cluster().state();
+        let clustered = |info: &VolumeInfo| {
+            state
+                .volumes
+                .get(&info.name)
+                .filter(|v| v.id.to_string() == info.id)
+                .map(|v| v.id)
+        };
+        if !infos.iter().any(|i| clustered(i).is_some()) {
+            return;
+        }
+        let census = self.census(&c).await;
+        for info in infos {
+            if let Some(id) = clustered(info) {
+                info.logged_in = census.of(id);
+                info.sessions = info.logged_in.len();
+                info.sessions_unknown = census.unasked.clone();
+            }
+        }
     }
 
     /// Grows a volume to `size_bytes`; initiators see CAPACITY DATA HAS
@@ -463,20 +556,30 @@ impl Node {
     }
 
     /// Deletes a volume and its data. Refused while initiators are logged in,
-    /// unless `force`, which logs them out first.
+    /// unless `force`, which logs them out first. A cluster volume counts
+    /// the sessions of every data node; a node that cannot be asked (down
+    /// or cut off: from here they look the same) refuses the delete too,
+    /// unless `force`, the administrator's word that its sessions may go.
+    /// Forced, every node drops its sessions as it applies the delete; a
+    /// node that was down does so when it comes back.
     pub async fn delete_volume(&self, name: &str, force: bool) -> Result<(), NodeError> {
         if let Some(c) = self.clustered() {
-            if c.cluster().state().volumes.contains_key(name) {
-                {
-                    let exported = self.exported.lock().await;
-                    if let Some(e) = exported.get(name) {
-                        let sessions = self.targets.session_count(&e.iqn);
-                        if sessions > 0 && !force {
-                            return Err(NodeError::InUse {
-                                name: name.to_string(),
-                                sessions,
-                            });
-                        }
+            let record = c.cluster().state().volumes.get(name).map(|v| v.id);
+            if let Some(id) = record {
+                if !force {
+                    let census = self.census(&c).await;
+                    let sessions = census.of(id);
+                    if !sessions.is_empty() {
+                        return Err(NodeError::InUse {
+                            name: name.to_string(),
+                            sessions,
+                        });
+                    }
+                    if !census.unasked.is_empty() {
+                        return Err(NodeError::SessionsUnknown {
+                            name: name.to_string(),
+                            nodes: census.unasked,
+                        });
                     }
                 }
                 return self.delete_clustered(&c, name).await;
@@ -488,8 +591,8 @@ impl Node {
         let e = exported
             .local_mut(name)
             .ok_or_else(|| NodeError::NotFound(name.to_string()))?;
-        let sessions = self.targets.session_count(&e.iqn);
-        if sessions > 0 && !force {
+        let sessions = self.local_sessions(e);
+        if !sessions.is_empty() && !force {
             return Err(NodeError::InUse {
                 name: name.to_string(),
                 sessions,
@@ -516,9 +619,9 @@ impl Node {
         Ok(())
     }
 
-    /// Summarizes the node.
+    /// Summarizes the node (without asking other nodes for sessions).
     pub async fn status(&self) -> NodeStatus {
-        let volumes = self.list_volumes().await;
+        let volumes = self.local_infos().await;
         NodeStatus {
             installation_id: self.store.installation_id().to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),

@@ -423,7 +423,13 @@ async fn delete_is_refused_while_initiators_are_logged_in() {
     .await;
     match f.node.delete_volume("busy", false).await {
         Err(NodeError::InUse { name, sessions }) => {
-            assert_eq!((name.as_str(), sessions), ("busy", 1))
+            assert_eq!((name.as_str(), sessions.len()), ("busy", 1));
+            assert_eq!(sessions[0].initiator, "iqn.2026-11.test:init");
+            assert!(sessions[0].address.starts_with("127.0.0.1:"));
+            assert_eq!(
+                sessions[0].node, None,
+                "a node outside a cluster has no name"
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -603,7 +609,12 @@ async fn single_node_cluster_volume_lifecycle() {
     .await;
     match f.node.delete_volume("shared", false).await {
         Err(NodeError::InUse { name, sessions }) => {
-            assert_eq!((name.as_str(), sessions), ("shared", 1))
+            assert_eq!((name.as_str(), sessions.len()), ("shared", 1));
+            // Counted through the cluster: the session names its node.
+            assert_eq!(
+                sessions[0].node.as_deref(),
+                Some(c.cluster().me().name.as_str())
+            );
         }
         other => panic!("{other:?}"),
     }

@@ -42,8 +42,12 @@ pub(crate) async fn run(
     };
     let (mut r, mut w) = stream.into_split();
     let mut rx = receive_buffer();
+    let mut limits = cfg.limits;
+    if let Some(tag) = targets.portal_group_tag() {
+        limits.portal_group_tag = tag;
+    }
     let login = tokio::time::timeout(cfg.login_timeout, async {
-        let mut state = LoginState::new(cfg.limits);
+        let mut state = LoginState::new(limits);
         let mut stat_sn = 0u32;
         let tsih = next_tsih();
         let max = (cfg.limits.max_recv_data_segment_length as usize).max(8192);
@@ -98,7 +102,8 @@ pub(crate) async fn run(
     };
     match neg.session_type {
         SessionType::Discovery => {
-            discovery(r, rx, w, peer, local, &targets, &cfg, neg, stat_sn).await
+            let here = portal_address(local, limits.portal_group_tag);
+            discovery(r, rx, w, peer, &here, &targets, &cfg, neg, stat_sn).await
         }
         SessionType::Normal => {
             let name = neg.target_name.clone().unwrap_or_default();
@@ -141,14 +146,37 @@ pub(crate) fn portal_address(local: SocketAddr, tag: u16) -> String {
     }
 }
 
+/// The answer to `SendTargets=<which>` (RFC 7143 §13.3, Appendix C): each
+/// target `initiator` may see, with this portal's address (`here`) first,
+/// then every other portal that exports the target.
+fn send_targets(targets: &Targets, initiator: &str, which: &str, here: &str) -> Vec<u8> {
+    let list: Vec<(String, Vec<String>)> = targets
+        .visible_to(initiator)
+        .into_iter()
+        .filter(|n| which == "All" || n == which)
+        .map(|n| {
+            let mut addrs = vec![here.to_string()];
+            addrs.extend(
+                targets
+                    .elsewhere(&n)
+                    .into_iter()
+                    .map(|p| format!("{},{}", p.address, p.tag)),
+            );
+            (n, addrs)
+        })
+        .collect();
+    iscsi::text::send_targets(&list)
+}
+
 /// A discovery session: SendTargets, NOP and Logout only (RFC 7143 §4.3).
+/// `here` is this portal's TargetAddress as the initiator reached it.
 #[allow(clippy::too_many_arguments)]
 async fn discovery(
     mut r: tokio::net::tcp::OwnedReadHalf,
     mut rx: BytesMut,
     mut w: tokio::net::tcp::OwnedWriteHalf,
     peer: SocketAddr,
-    local: SocketAddr,
+    here: &str,
     targets: &Targets,
     cfg: &TargetConfig,
     neg: Negotiated,
@@ -192,16 +220,7 @@ async fn discovery(
                             .find(|(k, _)| k == "SendTargets")
                             .map(|(_, v)| v.clone());
                         match wanted {
-                            Some(which) => {
-                                let addr = portal_address(local, cfg.limits.portal_group_tag);
-                                let list: Vec<(String, Vec<String>)> = targets
-                                    .visible_to(&neg.initiator_name)
-                                    .into_iter()
-                                    .filter(|n| which == "All" || *n == which)
-                                    .map(|n| (n, vec![addr.clone()]))
-                                    .collect();
-                                iscsi::text::send_targets(&list)
-                            }
+                            Some(which) => send_targets(targets, &neg.initiator_name, &which, here),
                             None => {
                                 let pairs: Vec<(String, String)> = kv
                                     .into_iter()

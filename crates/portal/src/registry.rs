@@ -1,8 +1,9 @@
 //! The targets this portal exports, and the sessions logged in to each.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use iscsi::{Access, AuthPolicy, LoginPolicy};
 use scsi::LogicalUnit;
@@ -29,22 +30,80 @@ impl TargetAccess {
     }
 }
 
+/// A normal session logged in to a target, as an administrator sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// The initiator's name (its IQN).
+    pub initiator: String,
+    /// The address the initiator connects from.
+    pub address: SocketAddr,
+}
+
+/// Another node's portal that exports a target too: what SendTargets
+/// answers for it (RFC 7143 §13.3, `TargetAddress=<address>,<tag>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Portal {
+    /// `host:port` (an IPv6 address in brackets).
+    pub address: String,
+    /// Its target portal group tag.
+    pub tag: u16,
+}
+
+/// Where else the targets of this portal are exported: the portals of the
+/// other nodes of a cluster, which discovery lists beside this one.
+pub trait PortalDirectory: Send + Sync {
+    /// The portals other than this one through which `target` is exported.
+    fn elsewhere(&self, target: &str) -> Vec<Portal>;
+}
+
+/// Tells apart the sessions of a target.
+static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+
 /// One exported target: its logical units and its live sessions.
 pub(crate) struct Target {
     /// LUN 0.
     pub lun0: Arc<LogicalUnit>,
-    /// Logged-in normal sessions.
-    pub sessions: AtomicUsize,
+    /// Logged-in normal sessions, by a number of their own.
+    sessions: Mutex<BTreeMap<u64, SessionInfo>>,
     /// Flips to true when the target is removed: its sessions close.
     pub removed: watch::Sender<bool>,
     /// Access list and authentication.
     pub access: RwLock<TargetAccess>,
 }
 
+impl Target {
+    /// Counts a session in until the returned guard is dropped.
+    pub(crate) fn logged_in(self: &Arc<Self>, session: SessionInfo) -> LoggedIn {
+        let id = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
+        self.sessions.lock().unwrap().insert(id, session);
+        LoggedIn {
+            target: self.clone(),
+            id,
+        }
+    }
+}
+
+/// A session counted in its target; counted out when dropped.
+pub(crate) struct LoggedIn {
+    target: Arc<Target>,
+    id: u64,
+}
+
+impl Drop for LoggedIn {
+    fn drop(&mut self) {
+        self.target.sessions.lock().unwrap().remove(&self.id);
+    }
+}
+
 /// The set of targets, by IQN. Shared by the portal and the service layer.
 #[derive(Default)]
 pub struct Targets {
     map: RwLock<BTreeMap<String, Arc<Target>>>,
+    /// The portal group tag this portal answers with, once the node set
+    /// one; until then the portal's configured one.
+    tag: RwLock<Option<u16>>,
+    /// Where else the targets are exported (a cluster member's other nodes).
+    directory: RwLock<Option<Arc<dyn PortalDirectory>>>,
 }
 
 impl Targets {
@@ -63,7 +122,7 @@ impl Targets {
     pub fn insert_with_access(&self, iqn: String, lun0: Arc<LogicalUnit>, access: TargetAccess) {
         let t = Arc::new(Target {
             lun0,
-            sessions: AtomicUsize::new(0),
+            sessions: Mutex::default(),
             removed: watch::channel(false).0,
             access: RwLock::new(access),
         });
@@ -113,8 +172,42 @@ impl Targets {
             .read()
             .unwrap()
             .get(iqn)
-            .map(|t| t.sessions.load(Ordering::SeqCst))
+            .map(|t| t.sessions.lock().unwrap().len())
             .unwrap_or(0)
+    }
+
+    /// The normal sessions logged in to `iqn`, in the order they logged in.
+    pub fn sessions(&self, iqn: &str) -> Vec<SessionInfo> {
+        self.map
+            .read()
+            .unwrap()
+            .get(iqn)
+            .map(|t| t.sessions.lock().unwrap().values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Sets the target portal group tag the portal announces at login and
+    /// in discovery from now on (logins under way keep the one they began
+    /// with).
+    pub fn set_portal_group_tag(&self, tag: u16) {
+        *self.tag.write().unwrap() = Some(tag);
+    }
+
+    /// The tag set by [`Targets::set_portal_group_tag`], if any.
+    pub fn portal_group_tag(&self) -> Option<u16> {
+        *self.tag.read().unwrap()
+    }
+
+    /// Makes discovery list, beside this portal, the portals `directory`
+    /// names for each target.
+    pub fn set_directory(&self, directory: Arc<dyn PortalDirectory>) {
+        *self.directory.write().unwrap() = Some(directory);
+    }
+
+    /// The other portals that export `iqn`, as the directory knows them.
+    pub(crate) fn elsewhere(&self, iqn: &str) -> Vec<Portal> {
+        let directory = self.directory.read().unwrap().clone();
+        directory.map(|d| d.elsewhere(iqn)).unwrap_or_default()
     }
 
     pub(crate) fn get(&self, iqn: &str) -> Option<Arc<Target>> {

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
 use crate::io::{reader_task, writer_task, Incoming, Outgoing, SeqState};
-use crate::registry::Target;
+use crate::registry::{SessionInfo, Target};
 use crate::reply::Reply;
 use crate::TargetConfig;
 
@@ -119,14 +119,6 @@ struct Session<'a> {
     buffered: usize,
 }
 
-struct SessionCount(Arc<Target>);
-
-impl Drop for SessionCount {
-    fn drop(&mut self) {
-        self.0.sessions.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 /// Runs a normal session on one connection until logout, error or shutdown.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn run(
@@ -141,8 +133,10 @@ pub(crate) async fn run(
     stat_sn: u32,
     mut stop: watch::Receiver<bool>,
 ) {
-    target.sessions.fetch_add(1, Ordering::SeqCst);
-    let _count = SessionCount(target.clone());
+    let _count = target.logged_in(SessionInfo {
+        initiator: neg.initiator_name.clone(),
+        address: peer,
+    });
     let mut removed = target.removed.subscribe();
     let isid: String = neg.isid.iter().map(|b| format!("{b:02x}")).collect();
     let nexus: Arc<str> = format!("{},i,0x{isid}", neg.initiator_name).into();

@@ -12,7 +12,7 @@ use iscsi::{
     RejectReason, ScsiResponse, TaskFunction, TaskMgmtRequest, TaskMgmtResponse, TaskResponse,
     TextRequest, BHS_LEN, RESERVED_TAG,
 };
-use portal::{TargetConfig, Targets};
+use portal::{Portal, PortalDirectory, TargetConfig, Targets};
 use scsi::{LogicalUnit, LunIdentity};
 use testkit::{rw10, Initiator};
 use tokio::io::AsyncWriteExt;
@@ -79,6 +79,78 @@ async fn discovery_lists_the_target() {
     let kv = text::parse(&r.data).unwrap();
     assert_eq!(kv[0], ("TargetName".to_string(), IQN.to_string()));
     assert_eq!(kv[1], ("TargetAddress".to_string(), format!("{addr},1")));
+}
+
+/// Other nodes' portals, as a cluster member's directory names them.
+struct TwoOthers;
+
+impl PortalDirectory for TwoOthers {
+    fn elsewhere(&self, target: &str) -> Vec<Portal> {
+        if target != IQN {
+            return Vec::new();
+        }
+        vec![
+            Portal {
+                address: "192.0.2.2:3260".into(),
+                tag: 2,
+            },
+            Portal {
+                address: "[2001:db8::3]:3260".into(),
+                tag: 3,
+            },
+        ]
+    }
+}
+
+/// The key-value pairs a discovery session of `initiator` gets for `SendTargets=<which>`.
+async fn send_targets(addr: SocketAddr, which: &str) -> Vec<(String, String)> {
+    let mut i = Initiator::connect(addr).await;
+    i.login(&[
+        ("InitiatorName", "iqn.2026-11.test:d"),
+        ("SessionType", "Discovery"),
+    ])
+    .await;
+    let mut p = TextRequest::new();
+    p.set_immediate(true);
+    p.set_itt(9);
+    p.set_target_transfer_tag(RESERVED_TAG);
+    p.pdu_mut().data = Bytes::from(text::encode(&[("SendTargets", which)]));
+    i.send(p.into()).await;
+    let r = i.recv().await.unwrap();
+    assert_eq!(r.opcode(), Some(Opcode::TextResponse));
+    text::parse(&r.data).unwrap()
+}
+
+#[tokio::test]
+async fn discovery_lists_the_portals_of_other_nodes_with_their_tags() {
+    let (addr, targets, _stop) = start().await;
+    targets.set_portal_group_tag(7);
+    targets.set_directory(Arc::new(TwoOthers));
+    let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+    let expected = vec![
+        pair("TargetName", IQN),
+        pair("TargetAddress", &format!("{addr},7")),
+        pair("TargetAddress", "192.0.2.2:3260,2"),
+        pair("TargetAddress", "[2001:db8::3]:3260,3"),
+    ];
+    assert_eq!(send_targets(addr, "All").await, expected);
+    assert_eq!(send_targets(addr, IQN).await, expected);
+    assert!(send_targets(addr, "iqn.2026-11.io.tandem:other")
+        .await
+        .is_empty());
+    // A normal login announces the same tag.
+    let mut i = Initiator::connect(addr).await;
+    let kv = i
+        .login(&[
+            ("InitiatorName", "iqn.2026-11.test:init"),
+            ("SessionType", "Normal"),
+            ("TargetName", IQN),
+        ])
+        .await;
+    assert!(
+        kv.contains(&pair("TargetPortalGroupTag", "7")),
+        "login answered {kv:?}"
+    );
 }
 
 #[tokio::test]
@@ -368,6 +440,11 @@ async fn removing_the_target_ends_its_sessions_and_idle_peers_are_pinged() {
     let (addr, targets, _stop) = start().await;
     let mut i = normal(addr, &[]).await;
     assert_eq!(targets.session_count(IQN), 1);
+    let listed = targets.sessions(IQN);
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].initiator, "iqn.2026-11.test:init");
+    assert_eq!(listed[0].address.ip(), addr.ip());
+    assert!(targets.sessions("iqn.2026-11.io.tandem:nope").is_empty());
     // Idle: the target pings with a NOP-In carrying a target transfer tag.
     let ping = i.recv().await.expect("NOP-In ping");
     assert_eq!(ping.opcode(), Some(Opcode::NopIn));
@@ -389,6 +466,7 @@ async fn removing_the_target_ends_its_sessions_and_idle_peers_are_pinged() {
     );
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(targets.session_count(IQN), 0);
+    assert!(targets.sessions(IQN).is_empty());
 }
 
 #[tokio::test]

@@ -218,10 +218,13 @@ enum VolumeCommand {
         #[arg(long)]
         node: String,
     },
-    /// Delete a volume and its data.
+    /// Delete a volume and its data. Refused while initiators are logged in
+    /// through any node, and while a node of the cluster cannot be asked
+    /// whether they are.
     Delete {
         name: String,
-        /// Log out initiators that are still connected.
+        /// Log out initiators that are still connected, and delete even if
+        /// a node that cannot be asked may have some (say, it is down).
         #[arg(long)]
         force: bool,
     },
@@ -529,13 +532,20 @@ async fn volume_command(c: &api::ApiClient, cmd: VolumeCommand) -> anyhow::Resul
                     "NAME", "SIZE", "ALLOCATED", "BLOCK", "SESSIONS"
                 );
                 for v in vols {
+                    // A count that leaves out nodes that did not answer is
+                    // a lower bound.
+                    let sessions = if v.sessions_unknown.is_empty() {
+                        v.sessions.to_string()
+                    } else {
+                        format!("{}+?", v.sessions)
+                    };
                     println!(
                         "{:<24} {:>12} {:>12} {:>6} {:>8}  {}",
                         v.name,
                         format_size(v.size_bytes),
                         format_size(v.allocated_bytes),
                         v.block_size,
-                        v.sessions,
+                        sessions,
                         v.iqn
                     );
                 }
@@ -559,6 +569,15 @@ async fn volume_command(c: &api::ApiClient, cmd: VolumeCommand) -> anyhow::Resul
                 println!("naa         {}", v.naa);
                 println!("serial      {}", v.serial);
                 println!("sessions    {}", v.sessions);
+                for s in &v.logged_in {
+                    match &s.node {
+                        Some(n) => println!("  {}  from {}  through {n}", s.initiator, s.address),
+                        None => println!("  {}  from {}", s.initiator, s.address),
+                    }
+                }
+                for u in &v.sessions_unknown {
+                    println!("  not known on {} ({})", u.node, u.reason);
+                }
                 if v.allowed_initiators.is_empty() {
                     println!("initiators  any");
                 } else {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use cluster::{Cluster, ClusterStatus, NodeInfo, Role};
 use replica::{ClusterKey, ReplicaServer};
 
+use super::sessions::NodeView;
 use super::{cluster_err, ClusterConfig, Clustered, ControlPlaneLink};
 use crate::{Node, NodeError};
 
@@ -132,6 +133,18 @@ impl Node {
                 "this node is already a cluster member".into(),
             ));
         }
+        // Other members ask this node for its sessions; discovery names the
+        // other data nodes' portals, and this portal announces the tag of
+        // this node's target port group (its id), as ALUA reports it.
+        let view = Arc::new(NodeView::new(
+            &clustered,
+            &self.targets,
+            &self.config.iqn_prefix,
+        ));
+        clustered.cluster.serve_sessions(view.clone());
+        self.targets
+            .set_portal_group_tag(clustered.cluster.id() as u16);
+        self.targets.set_directory(view);
         // The first reconcile happens before this returns, so a node that
         // opens its portal afterwards never presents a copy without a role.
         let mut watch = clustered.cluster.subscribe();

@@ -12,6 +12,7 @@ mod access;
 mod control;
 mod membership;
 mod present;
+mod sessions;
 mod status;
 mod unit;
 mod volumes;
@@ -24,6 +25,7 @@ use std::time::Duration;
 use cluster::Cluster;
 use replica::{ClusterKey, ReplicaServer};
 
+pub use sessions::Unasked;
 pub use status::{AckWindow, PeerState, PeerStatus};
 
 use crate::{Node, NodeError};
