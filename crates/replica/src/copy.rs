@@ -50,6 +50,23 @@ pub struct LocalCopy {
     /// The volume's persistent reservations as last handed to this copy
     /// while this process ran (see [`LocalCopy::reservations`]).
     reservations: std::sync::Mutex<Option<bytes::Bytes>>,
+    /// The latest COMPARE AND WRITEs applied to this copy, as (LBA, digest
+    /// of both halves): see [`LocalCopy::applied_compare_and_write`].
+    compare_and_writes: std::sync::Mutex<std::collections::VecDeque<(u64, u64)>>,
+}
+
+/// How many applied COMPARE AND WRITEs a copy remembers: far more than the
+/// commands in flight when a primary fails.
+const COMPARE_AND_WRITES_KEPT: usize = 4096;
+
+/// Digest of a COMPARE AND WRITE's halves, to recognise it when it comes again.
+fn compare_and_write_digest(compare: &[u8], write: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // Keys fixed at zero: the same bytes give the same digest on every run.
+    let mut h = std::hash::DefaultHasher::new();
+    compare.hash(&mut h);
+    write.hash(&mut h);
+    h.finish()
 }
 
 /// The extension of the file beside a copy that holds the volume's
@@ -131,6 +148,7 @@ impl LocalCopy {
             known_copies: RwLock::default(),
             session: tokio::sync::RwLock::new(0),
             reservations: std::sync::Mutex::new(None),
+            compare_and_writes: Default::default(),
         }))
     }
 
@@ -310,6 +328,38 @@ impl LocalCopy {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// Notes that a COMPARE AND WRITE of `compare` and `write` at `lba` was
+    /// applied to this copy (by its primary, or as a replica of one).
+    pub fn note_compare_and_write(&self, lba: u64, compare: &[u8], write: &[u8]) {
+        let mut kept = self.compare_and_writes.lock().unwrap();
+        if kept.len() == COMPARE_AND_WRITES_KEPT {
+            kept.pop_front();
+        }
+        kept.push_back((lba, compare_and_write_digest(compare, write)));
+    }
+
+    /// Whether a COMPARE AND WRITE of these very halves at `lba` was
+    /// applied to this copy lately (while this process ran).
+    ///
+    /// When a primary fails with a COMPARE AND WRITE in flight, the
+    /// initiator hears "access state transition" and sends it again; if it
+    /// had been applied, the blocks now hold its own write half and the
+    /// compare fails, though nothing else changed them: an ATS lock
+    /// holder (VMFS) would take that for a lost lock. The new primary
+    /// recognises the command by its halves and by the blocks holding
+    /// exactly its write half, and applies it again instead. The halves
+    /// name the writer in practice (an ATS record carries the host's id and
+    /// a generation), so another initiator's command is not taken for it.
+    pub fn applied_compare_and_write(&self, lba: u64, compare: &[u8], write: &[u8]) -> bool {
+        let d = compare_and_write_digest(compare, write);
+        self.compare_and_writes
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .any(|&(l, x)| l == lba && x == d)
     }
 
     /// Removes the copy's replication files (the volume is being deleted).

@@ -289,19 +289,30 @@ impl Primary {
         lba: u64,
         blocks: u64,
         op: Op,
-        compare: Option<Bytes>,
+        compare: Option<(&[u8], &[u8])>,
         local: impl std::future::Future<Output = Result<(), VolumeError>>,
     ) -> Result<(), VolumeError> {
         self.check_serving()?;
         let bs = self.copy.volume().block_size() as u64;
         let (off, len) = (lba * bs, blocks * bs);
         let _range = self.ranges.lock(lba, blocks).await;
-        if let Some(compare) = compare {
+        if let Some((compare, write)) = compare {
             // COMPARE AND WRITE: the range lock makes compare and write one
             // step against every other write of the volume.
             let current = self.copy.volume().read(lba, blocks as u32).await?;
-            if let Some(offset) = volume::first_difference(&current, &compare) {
-                return Err(VolumeError::Miscompare { offset });
+            if let Some(offset) = volume::first_difference(&current, compare) {
+                // The same command again, applied before a failover lost
+                // its answer: written again, so every copy has it.
+                let again =
+                    current == write && self.copy.applied_compare_and_write(lba, compare, write);
+                if !again {
+                    return Err(VolumeError::Miscompare { offset });
+                }
+                tracing::info!(
+                    volume = self.copy.name(),
+                    lba,
+                    "a COMPARE AND WRITE applied before is sent again: applied again"
+                );
             }
         }
         let _active = self.copy.enter(off, len).await?;
@@ -360,6 +371,11 @@ impl Primary {
         }
         local_result?;
         self.check_serving()?;
+        if let Some((compare, write)) = compare {
+            // Under the range lock still: a copy of the command sent again
+            // meanwhile finds it noted.
+            self.copy.note_compare_and_write(lba, compare, write);
+        }
         self.acks.record();
         Ok(())
     }
@@ -531,12 +547,18 @@ impl Primary {
             self.copy.volume().block_size(),
         )?;
         let local = self.copy.volume().write(lba, write.clone(), fua);
-        let op = Op::Write {
+        // The replicas get both halves: they apply the write and remember
+        // the command, for the primary after a failover to recognise it.
+        let mut both = Vec::with_capacity(compare.len() + write.len());
+        both.extend_from_slice(&compare);
+        both.extend_from_slice(&write);
+        let op = Op::CompareAndWrite {
             lba,
             fua,
-            data: write,
+            data: Bytes::from(both),
         };
-        self.replicate(lba, blocks, op, Some(compare), local).await
+        self.replicate(lba, blocks, op, Some((&compare, &write)), local)
+            .await
     }
 
     /// Whether the range at `lba` is mapped, from the local copy.

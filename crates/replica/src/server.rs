@@ -278,6 +278,7 @@ async fn replicated(copy: &LocalCopy, epoch: u64, op: Op) -> Result<Bytes, Failu
     // is durable, the primary resyncs them when it returns.
     let touched = match &op {
         Op::Write { lba, data, .. } => Some((*lba, data.len() as u64)),
+        Op::CompareAndWrite { lba, data, .. } => Some((*lba, (data.len() / 2) as u64)),
         Op::Unmap { lba, blocks } | Op::WriteSame { lba, blocks, .. } => {
             Some((*lba, blocks.saturating_mul(bs)))
         }
@@ -306,7 +307,17 @@ async fn replicated(copy: &LocalCopy, epoch: u64, op: Op) -> Result<Bytes, Failu
         Op::Ping => Ok(Bytes::new()),
         Op::Settle => done(copy.sweep().await),
         Op::Reservations { state } => done(copy.save_reservations(state).await),
-        Op::Read { .. } | Op::CompareAndWrite { .. } | Op::Command(_) | Op::NexusEnded { .. } => {
+        Op::CompareAndWrite { lba, fua, data } => {
+            // The primary compared under its range lock: the write half is
+            // applied as it is, and the command remembered.
+            let half = data.len() / 2;
+            let written = v.write(lba, data.slice(half..), fua).await;
+            if written.is_ok() {
+                copy.note_compare_and_write(lba, &data[..half], &data[half..]);
+            }
+            done(written)
+        }
+        Op::Read { .. } | Op::Command(_) | Op::NexusEnded { .. } => {
             Err(failure_of(&VolumeError::Io(std::io::Error::other(
                 "operation not allowed on a replication connection",
             ))))

@@ -123,7 +123,10 @@ pub enum Op {
         fua: bool,
         pattern: Bytes,
     },
-    /// COMPARE AND WRITE of `data` = compare half then write half (forwarding only).
+    /// COMPARE AND WRITE of `data` = compare half then write half. From the
+    /// primary, the compare has been made: the replica writes the write
+    /// half and remembers the command (see
+    /// [`crate::LocalCopy::applied_compare_and_write`]).
     CompareAndWrite { lba: u64, fua: bool, data: Bytes },
     /// Makes every completed write durable.
     Flush,

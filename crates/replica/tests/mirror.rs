@@ -861,3 +861,47 @@ async fn a_resync_yields_to_client_writes_and_status_shows_it() {
     assert!(st.resync_data_bytes >= 128 << 20, "{st:?}");
     assert_eq!(a.contents().await, b.contents().await, "copies converged");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compare_and_write_sent_again_after_a_failover_is_applied_not_miscompared() {
+    let k = key();
+    let a = TestNode::new(&k, 64).await;
+    let b = TestNode::new(&k, 64).await;
+    let control = Arc::new(TestControl::default());
+    let zeros = Bytes::from(vec![0u8; BS as usize]);
+    let (mine, theirs) = (pattern(1, 3), pattern(1, 7));
+    let p = primary(&a, 1, &[(&b, 2, true)], control.clone()).await;
+    p.compare_and_write(5, zeros.clone(), mine.clone(), true)
+        .await
+        .unwrap();
+    // The primary fails before the initiator heard the answer; the replica's
+    // node takes over and the initiator sends the same command again.
+    p.stop();
+    drop(p);
+    let q = primary(&b, 2, &[(&a, 2, true)], control.clone()).await;
+    q.compare_and_write(5, zeros.clone(), mine.clone(), true)
+        .await
+        .expect("the same command again is applied");
+    // Another initiator's command, comparing against the same old data,
+    // still miscompares.
+    assert!(matches!(
+        q.compare_and_write(5, zeros.clone(), theirs.clone(), true)
+            .await,
+        Err(VolumeError::Miscompare { .. })
+    ));
+    // Once the blocks changed again, the old command is no longer taken
+    // for a repeat.
+    q.write(5, theirs.clone(), true).await.unwrap();
+    assert!(matches!(
+        q.compare_and_write(5, zeros.clone(), mine.clone(), true)
+            .await,
+        Err(VolumeError::Miscompare { .. })
+    ));
+    // Nor at another address.
+    q.write(6, mine.clone(), true).await.unwrap();
+    assert!(matches!(
+        q.compare_and_write(6, zeros, mine, true).await,
+        Err(VolumeError::Miscompare { .. })
+    ));
+    assert_eq!(a.contents().await, b.contents().await);
+}
