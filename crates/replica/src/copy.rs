@@ -50,20 +50,32 @@ pub struct LocalCopy {
     /// The volume's persistent reservations as last handed to this copy
     /// while this process ran (see [`LocalCopy::reservations`]).
     reservations: std::sync::Mutex<Option<bytes::Bytes>>,
-    /// The latest COMPARE AND WRITEs applied to this copy, as (LBA, digest
-    /// of both halves): see [`LocalCopy::applied_compare_and_write`].
-    compare_and_writes: std::sync::Mutex<std::collections::VecDeque<(u64, u64)>>,
+    /// The latest COMPARE AND WRITEs applied to this copy: see
+    /// [`LocalCopy::applied_compare_and_write`].
+    compare_and_writes: std::sync::Mutex<std::collections::VecDeque<Applied>>,
+}
+
+/// A COMPARE AND WRITE applied to a copy.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Applied {
+    lba: u64,
+    /// Digest of its initiator and both halves.
+    digest: u64,
+    /// Epoch of the primary that applied it.
+    epoch: u64,
 }
 
 /// How many applied COMPARE AND WRITEs a copy remembers: far more than the
 /// commands in flight when a primary fails.
 const COMPARE_AND_WRITES_KEPT: usize = 4096;
 
-/// Digest of a COMPARE AND WRITE's halves, to recognise it when it comes again.
-fn compare_and_write_digest(compare: &[u8], write: &[u8]) -> u64 {
+/// Digest of a COMPARE AND WRITE's initiator and halves, to recognise it
+/// when it comes again.
+fn compare_and_write_digest(initiator: &str, compare: &[u8], write: &[u8]) -> u64 {
     use std::hash::{Hash, Hasher};
-    // Keys fixed at zero: the same bytes give the same digest on every run.
+    // Keys fixed at zero: the same bytes give the same digest on every node.
     let mut h = std::hash::DefaultHasher::new();
+    initiator.hash(&mut h);
     compare.hash(&mut h);
     write.hash(&mut h);
     h.finish()
@@ -330,36 +342,68 @@ impl LocalCopy {
         }
     }
 
-    /// Notes that a COMPARE AND WRITE of `compare` and `write` at `lba` was
-    /// applied to this copy (by its primary, or as a replica of one).
-    pub fn note_compare_and_write(&self, lba: u64, compare: &[u8], write: &[u8]) {
+    /// Notes that `initiator`'s COMPARE AND WRITE of `compare` and `write`
+    /// at `lba` was applied to this copy by the primary of `epoch` (this
+    /// node's or another's). Commands of an unknown initiator are not noted.
+    pub fn note_compare_and_write(
+        &self,
+        lba: u64,
+        initiator: &str,
+        compare: &[u8],
+        write: &[u8],
+        epoch: u64,
+    ) {
+        if initiator.is_empty() {
+            return;
+        }
         let mut kept = self.compare_and_writes.lock().unwrap();
         if kept.len() == COMPARE_AND_WRITES_KEPT {
             kept.pop_front();
         }
-        kept.push_back((lba, compare_and_write_digest(compare, write)));
+        kept.push_back(Applied {
+            lba,
+            digest: compare_and_write_digest(initiator, compare, write),
+            epoch,
+        });
     }
 
-    /// Whether a COMPARE AND WRITE of these very halves at `lba` was
-    /// applied to this copy lately (while this process ran).
+    /// Whether `initiator`'s COMPARE AND WRITE of these very halves at `lba`
+    /// was applied to this copy lately (while this process ran) by a
+    /// primary older than `epoch`; a match is forgotten, so it is
+    /// recognised once.
     ///
     /// When a primary fails with a COMPARE AND WRITE in flight, the
     /// initiator hears "access state transition" and sends it again; if it
     /// had been applied, the blocks now hold its own write half and the
     /// compare fails, though nothing else changed them: an ATS lock
-    /// holder (VMFS) would take that for a lost lock. The new primary
-    /// recognises the command by its halves and by the blocks holding
-    /// exactly its write half, and applies it again instead. The halves
-    /// name the writer in practice (an ATS record carries the host's id and
-    /// a generation), so another initiator's command is not taken for it.
-    pub fn applied_compare_and_write(&self, lba: u64, compare: &[u8], write: &[u8]) -> bool {
-        let d = compare_and_write_digest(compare, write);
-        self.compare_and_writes
-            .lock()
-            .unwrap()
+    /// holder (VMFS) takes that for a lost lock. The new primary recognises
+    /// the command (same initiator, same halves, applied before this
+    /// primary's time, the blocks holding exactly its write half) and
+    /// applies it again instead. Under one primary nothing is recognised:
+    /// there, an equal command is a new one, and must miscompare.
+    pub fn applied_compare_and_write(
+        &self,
+        lba: u64,
+        initiator: &str,
+        compare: &[u8],
+        write: &[u8],
+        epoch: u64,
+    ) -> bool {
+        if initiator.is_empty() {
+            return false;
+        }
+        let d = compare_and_write_digest(initiator, compare, write);
+        let mut kept = self.compare_and_writes.lock().unwrap();
+        match kept
             .iter()
-            .rev()
-            .any(|&(l, x)| l == lba && x == d)
+            .rposition(|a| a.lba == lba && a.digest == d && a.epoch < epoch)
+        {
+            Some(i) => {
+                kept.remove(i);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Removes the copy's replication files (the volume is being deleted).

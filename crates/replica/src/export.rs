@@ -392,11 +392,26 @@ impl Volume for ClusterVolume {
         write: Bytes,
         fua: bool,
     ) -> volume::Result<()> {
+        self.compare_and_write_for("", lba, compare, write, fua)
+            .await
+    }
+
+    async fn compare_and_write_for(
+        &self,
+        initiator: &str,
+        lba: u64,
+        compare: Bytes,
+        write: Bytes,
+        fua: bool,
+    ) -> volume::Result<()> {
         let blocks =
             volume::compare_and_write_blocks(compare.len(), write.len(), self.block_size())?;
         self.range(lba, blocks)?;
         match self.route() {
-            Route::Primary(p) => p.compare_and_write(lba, compare, write, fua).await,
+            Route::Primary(p) => {
+                p.compare_and_write(initiator, lba, compare, write, fua)
+                    .await
+            }
             Route::Forward(f) => {
                 // The primary receives both halves in one buffer.
                 let mut data = Vec::with_capacity(compare.len() * 2);
@@ -405,6 +420,7 @@ impl Volume for ClusterVolume {
                 let op = Op::CompareAndWrite {
                     lba,
                     fua,
+                    initiator: initiator.to_string(),
                     data: Bytes::from(data),
                 };
                 self.forward(&f, op).await.map(drop)

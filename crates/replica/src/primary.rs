@@ -63,6 +63,13 @@ pub const RESYNC_REGION: u64 = 64 << 10;
 /// How often the activity log is swept and replicas told to settle.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The halves of a COMPARE AND WRITE and who sent it.
+struct Swap<'a> {
+    initiator: &'a str,
+    compare: &'a [u8],
+    write: &'a [u8],
+}
+
 /// A replica of the volume as the control plane places it.
 #[derive(Debug, Clone)]
 pub struct PeerSpec {
@@ -289,22 +296,29 @@ impl Primary {
         lba: u64,
         blocks: u64,
         op: Op,
-        compare: Option<(&[u8], &[u8])>,
+        compare: Option<Swap<'_>>,
         local: impl std::future::Future<Output = Result<(), VolumeError>>,
     ) -> Result<(), VolumeError> {
         self.check_serving()?;
         let bs = self.copy.volume().block_size() as u64;
         let (off, len) = (lba * bs, blocks * bs);
         let _range = self.ranges.lock(lba, blocks).await;
-        if let Some((compare, write)) = compare {
+        if let Some(s) = &compare {
             // COMPARE AND WRITE: the range lock makes compare and write one
             // step against every other write of the volume.
             let current = self.copy.volume().read(lba, blocks as u32).await?;
-            if let Some(offset) = volume::first_difference(&current, compare) {
-                // The same command again, applied before a failover lost
-                // its answer: written again, so every copy has it.
-                let again =
-                    current == write && self.copy.applied_compare_and_write(lba, compare, write);
+            if let Some(offset) = volume::first_difference(&current, s.compare) {
+                // The same command again, applied under an earlier primary
+                // that failed before answering: written again, so every
+                // copy has it.
+                let again = current == s.write
+                    && self.copy.applied_compare_and_write(
+                        lba,
+                        s.initiator,
+                        s.compare,
+                        s.write,
+                        self.cfg.epoch,
+                    );
                 if !again {
                     return Err(VolumeError::Miscompare { offset });
                 }
@@ -371,10 +385,9 @@ impl Primary {
         }
         local_result?;
         self.check_serving()?;
-        if let Some((compare, write)) = compare {
-            // Under the range lock still: a copy of the command sent again
-            // meanwhile finds it noted.
-            self.copy.note_compare_and_write(lba, compare, write);
+        if let Some(s) = compare {
+            self.copy
+                .note_compare_and_write(lba, s.initiator, s.compare, s.write, self.cfg.epoch);
         }
         self.acks.record();
         Ok(())
@@ -533,9 +546,12 @@ impl Primary {
     }
 
     /// Compares `compare` with the local copy and, when equal, writes
-    /// `write` everywhere, atomically against every other write.
+    /// `write` everywhere, atomically against every other write; for
+    /// `initiator` (empty when not known), see
+    /// [`LocalCopy::applied_compare_and_write`].
     pub async fn compare_and_write(
         &self,
+        initiator: &str,
         lba: u64,
         compare: Bytes,
         write: Bytes,
@@ -555,10 +571,15 @@ impl Primary {
         let op = Op::CompareAndWrite {
             lba,
             fua,
+            initiator: initiator.to_string(),
             data: Bytes::from(both),
         };
-        self.replicate(lba, blocks, op, Some((&compare, &write)), local)
-            .await
+        let swap = Swap {
+            initiator,
+            compare: &compare,
+            write: &write,
+        };
+        self.replicate(lba, blocks, op, Some(swap), local).await
     }
 
     /// Whether the range at `lba` is mapped, from the local copy.

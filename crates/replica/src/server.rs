@@ -307,13 +307,18 @@ async fn replicated(copy: &LocalCopy, epoch: u64, op: Op) -> Result<Bytes, Failu
         Op::Ping => Ok(Bytes::new()),
         Op::Settle => done(copy.sweep().await),
         Op::Reservations { state } => done(copy.save_reservations(state).await),
-        Op::CompareAndWrite { lba, fua, data } => {
+        Op::CompareAndWrite {
+            lba,
+            fua,
+            initiator,
+            data,
+        } => {
             // The primary compared under its range lock: the write half is
             // applied as it is, and the command remembered.
             let half = data.len() / 2;
             let written = v.write(lba, data.slice(half..), fua).await;
             if written.is_ok() {
-                copy.note_compare_and_write(lba, &data[..half], &data[half..]);
+                copy.note_compare_and_write(lba, &initiator, &data[..half], &data[half..], epoch);
             }
             done(written)
         }
@@ -391,10 +396,15 @@ async fn forwarded(volume: &ClusterVolume, p: &Primary, op: Op) -> Result<Bytes,
             fua,
             pattern,
         } => done(p.write_same(lba, blocks, pattern, unmap, fua).await),
-        Op::CompareAndWrite { lba, fua, data } => {
+        Op::CompareAndWrite {
+            lba,
+            fua,
+            initiator,
+            data,
+        } => {
             let half = data.len() / 2;
             done(
-                p.compare_and_write(lba, data.slice(..half), data.slice(half..), fua)
+                p.compare_and_write(&initiator, lba, data.slice(..half), data.slice(half..), fua)
                     .await,
             )
         }

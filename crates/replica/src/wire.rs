@@ -123,11 +123,16 @@ pub enum Op {
         fua: bool,
         pattern: Bytes,
     },
-    /// COMPARE AND WRITE of `data` = compare half then write half. From the
-    /// primary, the compare has been made: the replica writes the write
-    /// half and remembers the command (see
-    /// [`crate::LocalCopy::applied_compare_and_write`]).
-    CompareAndWrite { lba: u64, fua: bool, data: Bytes },
+    /// COMPARE AND WRITE of `data` = compare half then write half, sent by
+    /// `initiator` (empty when not known). From the primary, the compare
+    /// has been made: the replica writes the write half and remembers the
+    /// command (see [`crate::LocalCopy::applied_compare_and_write`]).
+    CompareAndWrite {
+        lba: u64,
+        fua: bool,
+        initiator: String,
+        data: Bytes,
+    },
     /// Makes every completed write durable.
     Flush,
     /// Grows the volume to `blocks` blocks.
@@ -616,10 +621,16 @@ impl Request {
                 b.put_u8(*unmap as u8 | (*fua as u8) << 1);
                 Some(pattern.clone())
             }
-            Op::CompareAndWrite { lba, fua, data } => {
+            Op::CompareAndWrite {
+                lba,
+                fua,
+                initiator,
+                data,
+            } => {
                 b.put_u8(OP_CAW);
                 b.put_u64(*lba);
                 b.put_u8(*fua as u8);
+                put_str(&mut b, initiator);
                 Some(data.clone())
             }
             Op::Flush => {
@@ -706,6 +717,7 @@ impl Request {
             OP_CAW => Op::CompareAndWrite {
                 lba: get_u64(&mut b)?,
                 fua: get_u8(&mut b)? != 0,
+                initiator: get_str(&mut b)?,
                 data: get_blob(&mut b)?,
             },
             OP_FLUSH => Op::Flush,
@@ -846,8 +858,18 @@ mod tests {
                     fua,
                     pattern
                 }),
-            (any::<u64>(), any::<bool>(), data.clone())
-                .prop_map(|(lba, fua, data)| { Op::CompareAndWrite { lba, fua, data } }),
+            (
+                any::<u64>(),
+                any::<bool>(),
+                "[a-z0-9.:,-]{0,40}",
+                data.clone()
+            )
+                .prop_map(|(lba, fua, initiator, data)| Op::CompareAndWrite {
+                    lba,
+                    fua,
+                    initiator,
+                    data
+                }),
             Just(Op::Flush),
             any::<u64>().prop_map(|blocks| Op::Resize { blocks }),
             Just(Op::Ping),

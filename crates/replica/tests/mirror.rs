@@ -864,44 +864,54 @@ async fn a_resync_yields_to_client_writes_and_status_shows_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compare_and_write_sent_again_after_a_failover_is_applied_not_miscompared() {
+    const HOST1: &str = "iqn.2026-11.test:host1,i,0x000000000001";
+    const HOST2: &str = "iqn.2026-11.test:host2,i,0x000000000001";
     let k = key();
     let a = TestNode::new(&k, 64).await;
     let b = TestNode::new(&k, 64).await;
     let control = Arc::new(TestControl::default());
     let zeros = Bytes::from(vec![0u8; BS as usize]);
     let (mine, theirs) = (pattern(1, 3), pattern(1, 7));
+    let miscompares = |r: volume::Result<()>| matches!(r, Err(VolumeError::Miscompare { .. }));
     let p = primary(&a, 1, &[(&b, 2, true)], control.clone()).await;
-    p.compare_and_write(5, zeros.clone(), mine.clone(), true)
+    p.compare_and_write(HOST1, 5, zeros.clone(), mine.clone(), true)
         .await
         .unwrap();
-    // The primary fails before the initiator heard the answer; the replica's
-    // node takes over and the initiator sends the same command again.
+    // Under the same primary an equal command is a new one: it miscompares.
+    assert!(miscompares(
+        p.compare_and_write(HOST1, 5, zeros.clone(), mine.clone(), true)
+            .await
+    ));
+    p.compare_and_write(HOST1, 9, zeros.clone(), mine.clone(), true)
+        .await
+        .unwrap();
+    // The primary fails before the initiators heard the answers; the
+    // replica's node takes over.
     p.stop();
     drop(p);
     let q = primary(&b, 2, &[(&a, 2, true)], control.clone()).await;
-    q.compare_and_write(5, zeros.clone(), mine.clone(), true)
+    // Another initiator sending the very same bytes is not taken for host 1.
+    assert!(miscompares(
+        q.compare_and_write(HOST2, 9, zeros.clone(), mine.clone(), true)
+            .await
+    ));
+    // Host 1 sends its command again: applied again, once.
+    q.compare_and_write(HOST1, 5, zeros.clone(), mine.clone(), true)
         .await
         .expect("the same command again is applied");
-    // Another initiator's command, comparing against the same old data,
-    // still miscompares.
-    assert!(matches!(
-        q.compare_and_write(5, zeros.clone(), theirs.clone(), true)
-            .await,
-        Err(VolumeError::Miscompare { .. })
+    assert!(miscompares(
+        q.compare_and_write(HOST1, 5, zeros.clone(), mine.clone(), true)
+            .await
     ));
-    // Once the blocks changed again, the old command is no longer taken
-    // for a repeat.
-    q.write(5, theirs.clone(), true).await.unwrap();
-    assert!(matches!(
-        q.compare_and_write(5, zeros.clone(), mine.clone(), true)
-            .await,
-        Err(VolumeError::Miscompare { .. })
+    // Another command comparing against the same old data still miscompares.
+    assert!(miscompares(
+        q.compare_and_write(HOST1, 9, zeros.clone(), theirs.clone(), true)
+            .await
     ));
-    // Nor at another address.
-    q.write(6, mine.clone(), true).await.unwrap();
-    assert!(matches!(
-        q.compare_and_write(6, zeros, mine, true).await,
-        Err(VolumeError::Miscompare { .. })
+    // Once the blocks changed, the old command is no longer a repeat.
+    q.write(9, theirs.clone(), true).await.unwrap();
+    assert!(miscompares(
+        q.compare_and_write(HOST1, 9, zeros, mine, true).await
     ));
     assert_eq!(a.contents().await, b.contents().await);
 }

@@ -297,8 +297,15 @@ pub async fn write_same(v: &dyn Volume, cdb: &[u8], data: &Bytes, l: &Limits) ->
     Ok(Vec::new())
 }
 
-/// COMPARE AND WRITE (SBC-3 5.2): data-out holds the verify blocks then the write blocks.
-pub async fn compare_and_write(v: &dyn Volume, cdb: &[u8], data: &Bytes, l: &Limits) -> Outcome {
+/// COMPARE AND WRITE (SBC-3 5.2) for `initiator`: data-out holds the verify
+/// blocks then the write blocks.
+pub async fn compare_and_write(
+    v: &dyn Volume,
+    initiator: &str,
+    cdb: &[u8],
+    data: &Bytes,
+    l: &Limits,
+) -> Outcome {
     let lba = be64(cdb, 2);
     let blocks = cdb[13] as u64;
     let fua = cdb[1] & 0x08 != 0;
@@ -320,7 +327,7 @@ pub async fn compare_and_write(v: &dyn Volume, cdb: &[u8], data: &Bytes, l: &Lim
     let n = (blocks * v.block_size() as u64) as usize;
     let all = needs(data, 2 * n as u64)?;
     match v
-        .compare_and_write(lba, all.slice(..n), all.slice(n..), fua)
+        .compare_and_write_for(initiator, lba, all.slice(..n), all.slice(n..), fua)
         .await
     {
         Ok(()) => Ok(Vec::new()),

@@ -575,7 +575,10 @@ impl LogicalUnit {
             op::WRITE_SAME_10 | op::WRITE_SAME_16 => {
                 (block::write_same(v, cdb, data, &limits).await, None)
             }
-            op::COMPARE_AND_WRITE => (block::compare_and_write(v, cdb, data, &limits).await, None),
+            op::COMPARE_AND_WRITE => (
+                block::compare_and_write(v, req.initiator, cdb, data, &limits).await,
+                None,
+            ),
             _ => (Err(Sense::INVALID_OPCODE), None),
         }
     }

@@ -95,6 +95,8 @@ struct Tally {
 struct Client {
     portals: [SocketAddr; 2],
     home: usize,
+    /// The session's ISID qualifier, kept when it logs in again.
+    isid: u16,
     i: Option<Initiator>,
 }
 
@@ -107,8 +109,9 @@ impl Client {
                 let target = format!("{}:{VOLUME}", node_prefix());
                 // A node that is down refuses at once; one that is away
                 // gets a few seconds.
+                let limit = Duration::from_secs(3);
                 if let Some(i) =
-                    Initiator::try_normal(portal, &target, Duration::from_secs(3)).await
+                    Initiator::try_normal_as(portal, &target, Some(self.isid), limit).await
                 {
                     self.i = Some(i);
                     break;
@@ -230,12 +233,13 @@ async fn an_ats_counter_hammered_through_both_nodes_stays_exact_across_a_failove
     let mut workers = Vec::new();
     for home in 0..2 {
         for k in 0..PER_NODE {
+            let id = (home * PER_NODE + k + 1) as u32;
             let c = Client {
                 portals,
                 home,
+                isid: 0x7000 + id as u16,
                 i: None,
             };
-            let id = (home * PER_NODE + k + 1) as u32;
             workers.push(tokio::spawn(hammer(id, c, stop.clone())));
         }
     }
@@ -265,6 +269,7 @@ async fn an_ats_counter_hammered_through_both_nodes_stays_exact_across_a_failove
     let mut c = Client {
         portals,
         home: 1 - p,
+        isid: 0x7fff,
         i: None,
     };
     let end = c.read().await;

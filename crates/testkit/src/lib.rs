@@ -118,12 +118,20 @@ impl Initiator {
 
     /// Sends a one-step login and returns the target's response.
     pub async fn try_login(&mut self, keys: &[(&str, &str)]) -> Option<Pdu> {
+        // A distinct ISID per connection: each is its own I_T nexus.
+        static NEXT_ISID: AtomicU16 = AtomicU16::new(1);
+        let isid = NEXT_ISID.fetch_add(1, Ordering::Relaxed);
+        self.try_login_as(keys, isid).await
+    }
+
+    /// [`Initiator::try_login`] with the ISID qualifier `isid`: a session
+    /// that logs in again after its connection died keeps its ISID, and so
+    /// its I_T nexus, as initiators do.
+    pub async fn try_login_as(&mut self, keys: &[(&str, &str)], isid: u16) -> Option<Pdu> {
         let mut p = Pdu::new(Opcode::LoginRequest);
         p.set_immediate(true);
         p.set_flags(0x80 | 0x04 | 0x03); // operational → full feature
-                                         // A distinct ISID per connection: each is its own I_T nexus.
-        static NEXT_ISID: AtomicU16 = AtomicU16::new(1);
-        let isid = NEXT_ISID.fetch_add(1, Ordering::Relaxed).to_be_bytes();
+        let isid = isid.to_be_bytes();
         p.bhs[8..14].copy_from_slice(&[0x80, 0, 0, 0, isid[0], isid[1]]);
         p.set_itt(self.itt);
         p.set_u32(24, self.cmd_sn);
@@ -151,6 +159,17 @@ impl Initiator {
     /// whose targets come and go: `None` (no panic) when the connection is
     /// refused or drops, the login is refused, or `limit` passes.
     pub async fn try_normal(addr: SocketAddr, target: &str, limit: Duration) -> Option<Initiator> {
+        Initiator::try_normal_as(addr, target, None, limit).await
+    }
+
+    /// [`Initiator::try_normal`], as the session with ISID qualifier `isid`
+    /// when given (see [`Initiator::try_login_as`]).
+    pub async fn try_normal_as(
+        addr: SocketAddr,
+        target: &str,
+        isid: Option<u16>,
+        limit: Duration,
+    ) -> Option<Initiator> {
         let attempt = async {
             let mut i = Initiator::try_connect(addr).await.ok()?;
             let keys = [
@@ -158,7 +177,10 @@ impl Initiator {
                 ("TargetName", target),
                 ("SessionType", "Normal"),
             ];
-            let r = i.try_login(&keys).await?;
+            let r = match isid {
+                Some(isid) => i.try_login_as(&keys, isid).await?,
+                None => i.try_login(&keys).await?,
+            };
             if (r.byte(36), r.byte(37)) != (0, 0) {
                 return None;
             }

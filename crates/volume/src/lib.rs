@@ -153,6 +153,22 @@ pub trait Volume: Send + Sync + 'static {
         fua: bool,
     ) -> Result<()>;
 
+    /// [`Volume::compare_and_write`] for the initiator port `initiator`
+    /// (its I_T nexus name). A volume that can move between nodes uses it
+    /// to recognise the command when the initiator sends it again after its
+    /// status was lost with a failed node; others ignore it.
+    async fn compare_and_write_for(
+        &self,
+        initiator: &str,
+        lba: u64,
+        compare: Bytes,
+        write: Bytes,
+        fua: bool,
+    ) -> Result<()> {
+        let _ = initiator;
+        self.compare_and_write(lba, compare, write, fua).await
+    }
+
     /// Reports whether the range starting at `lba` is mapped, and for how many
     /// blocks that state continues (at least 1, at most to the end of the volume).
     async fn block_status(&self, lba: u64) -> Result<(BlockState, u64)> {
@@ -275,6 +291,18 @@ impl<V: Volume + ?Sized> Volume for std::sync::Arc<V> {
         fua: bool,
     ) -> Result<()> {
         (**self).compare_and_write(lba, compare, write, fua).await
+    }
+    async fn compare_and_write_for(
+        &self,
+        initiator: &str,
+        lba: u64,
+        compare: Bytes,
+        write: Bytes,
+        fua: bool,
+    ) -> Result<()> {
+        (**self)
+            .compare_and_write_for(initiator, lba, compare, write, fua)
+            .await
     }
     async fn block_status(&self, lba: u64) -> Result<(BlockState, u64)> {
         (**self).block_status(lba).await
