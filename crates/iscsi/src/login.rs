@@ -20,6 +20,13 @@ pub enum Access {
     Denied,
     /// Log in, authenticating as the policy says.
     Allowed(AuthPolicy),
+    /// Log in at another portal for now (`host:port`, an IPv6 address in
+    /// brackets): the login is answered "target moved temporarily" with
+    /// that portal as TargetAddress (RFC 7143 §11.13.5, §13.8).
+    Moved(String),
+    /// The target cannot take a login now but will again: the login is
+    /// answered "service unavailable", which initiators retry.
+    Unavailable,
 }
 
 /// Decides who may log in to what. `target` is `None` for discovery sessions.
@@ -119,6 +126,10 @@ pub struct Negotiated {
 /// Why a login failed: RFC 7143 §11.13.5 status class and detail.
 #[derive(Debug, Clone, Copy, Error, PartialEq, Eq)]
 pub enum LoginError {
+    /// Not a failure of the initiator's: the response names the portal to
+    /// log in at instead (its TargetAddress key).
+    #[error("target moved temporarily")]
+    TargetMoved,
     #[error("initiator error")]
     Initiator,
     #[error("authentication failure")]
@@ -137,12 +148,15 @@ pub enum LoginError {
     InvalidDuringLogin,
     #[error("target error")]
     TargetError,
+    #[error("service unavailable")]
+    ServiceUnavailable,
 }
 
 impl LoginError {
     /// (status class, status detail).
     pub fn status(self) -> (u8, u8) {
         match self {
+            LoginError::TargetMoved => (1, 0x01),
             LoginError::Initiator => (2, 0x00),
             LoginError::AuthFailed => (2, 0x01),
             LoginError::NotAuthorized => (2, 0x02),
@@ -152,6 +166,7 @@ impl LoginError {
             LoginError::NoSession => (2, 0x0A),
             LoginError::InvalidDuringLogin => (2, 0x0B),
             LoginError::TargetError => (3, 0x00),
+            LoginError::ServiceUnavailable => (3, 0x01),
         }
     }
 }
@@ -273,14 +288,15 @@ impl LoginState {
         let csg = login.csg();
         let nsg = login.nsg();
         let cmd_sn = login.cmd_sn();
-        let fail = |this: &Self, e: LoginError| {
-            let mut r = this.response(req, stat_sn, cmd_sn, false, csg, nsg, 0, Vec::new());
+        let answer = |this: &Self, e: LoginError, data: Vec<u8>| {
+            let mut r = this.response(req, stat_sn, cmd_sn, false, csg, nsg, 0, data);
             let (class, detail) = e.status();
             let mut v = LoginResponse::view(&mut r);
             v.set_status_class(class);
             v.set_status_detail(detail);
             LoginStep::Fail(r, e)
         };
+        let fail = |this: &Self, e: LoginError| answer(this, e, Vec::new());
         if req.opcode() != Some(Opcode::LoginRequest) {
             return fail(self, LoginError::InvalidDuringLogin);
         }
@@ -351,6 +367,13 @@ impl LoginState {
                 Access::NotFound => return fail(self, LoginError::TargetNotFound),
                 Access::Denied => return fail(self, LoginError::NotAuthorized),
                 Access::Allowed(auth) => self.auth = auth,
+                // RFC 7143 §13.8: a redirection's TargetAddress carries no
+                // portal group tag; the initiator learns it at the portal.
+                Access::Moved(address) => {
+                    let data = text::encode(&[("TargetAddress", address.as_str())]);
+                    return answer(self, LoginError::TargetMoved, data);
+                }
+                Access::Unavailable => return fail(self, LoginError::ServiceUnavailable),
             }
         }
         let mut chap_keys: Vec<(String, String)> = Vec::new();
@@ -838,6 +861,69 @@ mod tests {
         let k = keys(&resp);
         assert!(k.contains(&("HeaderDigest".into(), "Reject".into())));
         assert!(k.contains(&("MaxRecvDataSegmentLength".into(), "Reject".into())));
+    }
+
+    /// Sends normal sessions of one target elsewhere, or nowhere for now.
+    struct Redirecting(Access);
+
+    impl LoginPolicy for Redirecting {
+        fn access(&self, _initiator: &str, target: Option<&str>) -> Access {
+            match target {
+                None => Access::Allowed(AuthPolicy::default()),
+                Some("iqn.2026-11.io.tandem:vol") => self.0.clone(),
+                Some(_) => Access::NotFound,
+            }
+        }
+    }
+
+    /// RFC 7143 §11.13.5: a redirection is status 0x0101 with the new
+    /// portal as TargetAddress (no tag, §13.8) and nothing else; a target
+    /// that cannot say where is "service unavailable" (0x0301). Neither
+    /// hands out a session; discovery is never redirected.
+    #[test]
+    fn redirection_and_unavailable_target() {
+        let first = [
+            ("InitiatorName", "iqn.x"),
+            ("TargetName", "iqn.2026-11.io.tandem:vol"),
+            ("SessionType", "Normal"),
+            ("AuthMethod", "None"),
+        ];
+        for address in ["10.0.0.2:3260", "[fd00::2]:3260"] {
+            let policy = Redirecting(Access::Moved(address.into()));
+            let mut s = LoginState::new(TargetLimits::default());
+            let LoginStep::Fail(r, LoginError::TargetMoved) =
+                s.step(&login_pdu(0x80 | 0x01, 1, &first), &policy, 4, 0)
+            else {
+                panic!("not redirected")
+            };
+            assert_eq!((r.byte(36), r.byte(37)), (1, 0x01));
+            assert_eq!(keys(&r), vec![("TargetAddress".into(), address.into())]);
+            assert_eq!(r.opcode(), Some(Opcode::LoginResponse));
+            assert_eq!(r.flags() & 0x80, 0, "no transit");
+            assert_eq!(r.u16_at(14), 0, "no session handle");
+            assert_eq!(r.itt(), 1);
+        }
+        let policy = Redirecting(Access::Unavailable);
+        let mut s = LoginState::new(TargetLimits::default());
+        let LoginStep::Fail(r, LoginError::ServiceUnavailable) =
+            s.step(&login_pdu(0x80 | 0x01, 1, &first), &policy, 4, 0)
+        else {
+            panic!("not refused")
+        };
+        assert_eq!((r.byte(36), r.byte(37)), (3, 0x01));
+        assert!(r.data.is_empty());
+        // Discovery goes on as usual at the same portal.
+        let policy = Redirecting(Access::Moved("10.0.0.2:3260".into()));
+        let mut s = LoginState::new(TargetLimits::default());
+        let r = login_pdu(
+            0x80 | 0x04 | 0x03,
+            1,
+            &[("InitiatorName", "iqn.x"), ("SessionType", "Discovery")],
+        );
+        assert!(matches!(
+            s.step(&r, &policy, 4, 0),
+            LoginStep::Complete(_, _)
+        ));
     }
 
     struct Chapped {

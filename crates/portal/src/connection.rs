@@ -28,6 +28,14 @@ fn next_tsih() -> u16 {
     }
 }
 
+/// How a login ended without a session.
+enum Ended {
+    /// It failed; why, naming the initiator and target.
+    Refused(String),
+    /// It was sent to another portal; who, to what, where.
+    Redirected(String),
+}
+
 /// Serves one connection until it closes.
 pub(crate) async fn run(
     stream: TcpStream,
@@ -54,8 +62,10 @@ pub(crate) async fn run(
         loop {
             let pdu = match next_pdu(&mut r, &mut rx, Digests::default(), max).await {
                 Ok(Ok(p)) => p,
-                Ok(Err(_)) => return Err("data digest error during login".to_string()),
-                Err(why) => return Err(why),
+                Ok(Err(_)) => {
+                    return Err(Ended::Refused("data digest error during login".to_string()))
+                }
+                Err(why) => return Err(Ended::Refused(why)),
             };
             let step = state.step(&pdu, &*targets, tsih, stat_sn);
             stat_sn = stat_sn.wrapping_add(1);
@@ -66,10 +76,22 @@ pub(crate) async fn run(
             };
             w.write_all(&resp.encode(Digests::default()))
                 .await
-                .map_err(|e| format!("cannot send login response: {e}"))?;
+                .map_err(|e| Ended::Refused(format!("cannot send login response: {e}")))?;
             match done {
                 None => continue,
                 Some(Ok(neg)) => return Ok((neg, stat_sn)),
+                Some(Err(iscsi::LoginError::TargetMoved)) => {
+                    let (initiator, target) = state.names();
+                    let to = iscsi::text::parse(&resp.data)
+                        .ok()
+                        .and_then(|kv| kv.into_iter().find(|(k, _)| k == "TargetAddress"))
+                        .map(|(_, v)| v)
+                        .unwrap_or_default();
+                    return Err(Ended::Redirected(format!(
+                        "initiator {initiator:?} to target {:?} sent to {to}",
+                        target.unwrap_or_default()
+                    )));
+                }
                 Some(Err(e)) => {
                     let (initiator, target) = state.names();
                     let initiator = if initiator.is_empty() {
@@ -80,9 +102,9 @@ pub(crate) async fn run(
                     let target = target
                         .map(str::to_string)
                         .unwrap_or_else(|| target_of(&pdu));
-                    return Err(format!(
+                    return Err(Ended::Refused(format!(
                         "login refused ({e}) for initiator {initiator:?} to target {target:?}"
-                    ));
+                    )));
                 }
             }
         }
@@ -90,9 +112,13 @@ pub(crate) async fn run(
     .await;
     let (neg, stat_sn) = match login {
         Ok(Ok(x)) => x,
-        Ok(Err(why)) => {
+        Ok(Err(Ended::Refused(why))) => {
             // Failed logins name the initiator's address and name (in `why`).
             tracing::warn!(%peer, "iSCSI login failed: {why}");
+            return;
+        }
+        Ok(Err(Ended::Redirected(what))) => {
+            tracing::info!(%peer, "iSCSI login redirected: {what}");
             return;
         }
         Err(_) => {

@@ -9,7 +9,7 @@ mod registry;
 mod reply;
 mod session;
 
-pub use registry::{Portal, PortalDirectory, SessionInfo, TargetAccess, Targets};
+pub use registry::{Portal, PortalDirectory, Serving, SessionInfo, TargetAccess, Targets};
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use iscsi::{Access, AuthPolicy, LoginPolicy};
@@ -49,11 +49,28 @@ pub struct Portal {
     pub tag: u16,
 }
 
+/// Which portal serves a target's normal sessions best, for a portal that
+/// redirects logins there ([`Targets::set_redirect_logins`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Serving {
+    /// This portal (and every target exported by this portal only).
+    Here,
+    /// Another portal, `host:port` (an IPv6 address in brackets).
+    At(String),
+    /// No portal is known to serve it now (one is being chosen); initiators
+    /// are told to try again later rather than sent where it may be gone.
+    Unknown,
+}
+
 /// Where else the targets of this portal are exported: the portals of the
 /// other nodes of a cluster, which discovery lists beside this one.
 pub trait PortalDirectory: Send + Sync {
     /// The portals other than this one through which `target` is exported.
     fn elsewhere(&self, target: &str) -> Vec<Portal>;
+
+    /// The portal that serves normal sessions of `target` best. Never
+    /// another portal of this node: a redirection there would come back.
+    fn serving(&self, target: &str) -> Serving;
 }
 
 /// Tells apart the sessions of a target.
@@ -104,6 +121,9 @@ pub struct Targets {
     tag: RwLock<Option<u16>>,
     /// Where else the targets are exported (a cluster member's other nodes).
     directory: RwLock<Option<Arc<dyn PortalDirectory>>>,
+    /// Whether normal-session logins go to the portal the directory says
+    /// serves the target.
+    redirect: AtomicBool,
 }
 
 impl Targets {
@@ -204,6 +224,30 @@ impl Targets {
         *self.directory.write().unwrap() = Some(directory);
     }
 
+    /// Makes the portal answer a normal-session login for a target that
+    /// the directory says another portal serves with a redirection there
+    /// (RFC 7143 "target moved temporarily"), and one for a target no
+    /// portal is known to serve with "service unavailable". Discovery
+    /// sessions and targets served here are not affected; without a
+    /// directory nothing is redirected.
+    pub fn set_redirect_logins(&self, on: bool) {
+        self.redirect.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether logins are redirected ([`Targets::set_redirect_logins`]).
+    pub fn redirects_logins(&self) -> bool {
+        self.redirect.load(Ordering::Relaxed)
+    }
+
+    /// Where a normal session of `iqn` logs in when logins are redirected.
+    fn serving(&self, iqn: &str) -> Serving {
+        if !self.redirect.load(Ordering::Relaxed) {
+            return Serving::Here;
+        }
+        let directory = self.directory.read().unwrap().clone();
+        directory.map_or(Serving::Here, |d| d.serving(iqn))
+    }
+
     /// The other portals that export `iqn`, as the directory knows them.
     pub(crate) fn elsewhere(&self, iqn: &str) -> Vec<Portal> {
         let directory = self.directory.read().unwrap().clone();
@@ -236,10 +280,15 @@ impl LoginPolicy for Targets {
             return Access::NotFound;
         };
         let access = t.access.read().unwrap();
-        if access.admits(initiator) {
-            Access::Allowed(access.auth.clone())
-        } else {
-            Access::Denied
+        if !access.admits(initiator) {
+            return Access::Denied;
+        }
+        // Only an initiator admitted here learns where the target is
+        // served; it authenticates there (the rules are the same).
+        match self.serving(name) {
+            Serving::Here => Access::Allowed(access.auth.clone()),
+            Serving::At(address) => Access::Moved(address),
+            Serving::Unknown => Access::Unavailable,
         }
     }
 }

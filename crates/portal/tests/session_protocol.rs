@@ -12,7 +12,7 @@ use iscsi::{
     RejectReason, ScsiResponse, TaskFunction, TaskMgmtRequest, TaskMgmtResponse, TaskResponse,
     TextRequest, BHS_LEN, RESERVED_TAG,
 };
-use portal::{Portal, PortalDirectory, TargetConfig, Targets};
+use portal::{Portal, PortalDirectory, Serving, TargetAccess, TargetConfig, Targets};
 use scsi::{LogicalUnit, LunIdentity};
 use testkit::{rw10, Initiator};
 use tokio::io::AsyncWriteExt;
@@ -100,6 +100,10 @@ impl PortalDirectory for TwoOthers {
             },
         ]
     }
+
+    fn serving(&self, _target: &str) -> Serving {
+        Serving::Here
+    }
 }
 
 /// The key-value pairs a discovery session of `initiator` gets for `SendTargets=<which>`.
@@ -151,6 +155,96 @@ async fn discovery_lists_the_portals_of_other_nodes_with_their_tags() {
         kv.contains(&pair("TargetPortalGroupTag", "7")),
         "login answered {kv:?}"
     );
+}
+
+/// A directory that says this file's target is served where the test sets.
+struct ServedAt(std::sync::Mutex<Serving>);
+
+impl PortalDirectory for ServedAt {
+    fn elsewhere(&self, _target: &str) -> Vec<Portal> {
+        Vec::new()
+    }
+
+    fn serving(&self, target: &str) -> Serving {
+        if target == IQN {
+            self.0.lock().unwrap().clone()
+        } else {
+            Serving::Here
+        }
+    }
+}
+
+/// One normal login of `initiator` to this file's target: the response's
+/// status class and detail, its keys, and whether the connection stayed open.
+async fn login_status(
+    addr: SocketAddr,
+    initiator: &str,
+) -> ((u8, u8), Vec<(String, String)>, bool) {
+    let mut i = Initiator::connect(addr).await;
+    let r = i
+        .try_login(&[
+            ("InitiatorName", initiator),
+            ("SessionType", "Normal"),
+            ("TargetName", IQN),
+        ])
+        .await
+        .expect("login response");
+    let kv = text::parse(&r.data).unwrap();
+    let status = (r.byte(36), r.byte(37));
+    let open = tokio::time::timeout(Duration::from_millis(200), i.recv())
+        .await
+        .is_err();
+    (status, kv, open)
+}
+
+#[tokio::test]
+async fn normal_logins_are_redirected_to_the_portal_that_serves_the_target() {
+    let (addr, targets, _stop) = start().await;
+    let directory = Arc::new(ServedAt(std::sync::Mutex::new(Serving::At(
+        "[2001:db8::3]:3260".into(),
+    ))));
+    targets.set_directory(directory.clone());
+    let init = "iqn.2026-11.test:init";
+    // Off (the default): the directory is not asked.
+    let (status, _, open) = login_status(addr, init).await;
+    assert_eq!(status, (0, 0));
+    assert!(open);
+
+    targets.set_redirect_logins(true);
+    let (status, kv, open) = login_status(addr, init).await;
+    assert_eq!(status, (1, 1), "target moved temporarily");
+    assert_eq!(
+        kv,
+        vec![(
+            "TargetAddress".to_string(),
+            "[2001:db8::3]:3260".to_string()
+        )]
+    );
+    assert!(!open, "the connection closes after a redirection");
+    // Discovery is not redirected.
+    let kv = send_targets(addr, "All").await;
+    assert_eq!(kv[0], ("TargetName".to_string(), IQN.to_string()));
+    // An initiator the target does not admit learns nothing about it.
+    targets.set_access(
+        IQN,
+        TargetAccess {
+            allowed_initiators: vec![init.to_string()],
+            ..TargetAccess::default()
+        },
+    );
+    let (status, kv, _) = login_status(addr, "iqn.2026-11.test:other").await;
+    assert_eq!(status, (2, 2), "not authorized");
+    assert!(kv.is_empty());
+    // No portal known: try again later.
+    *directory.0.lock().unwrap() = Serving::Unknown;
+    let (status, kv, open) = login_status(addr, init).await;
+    assert_eq!(status, (3, 1), "service unavailable");
+    assert!(kv.is_empty() && !open);
+    // Served here: a session as usual.
+    *directory.0.lock().unwrap() = Serving::Here;
+    let (status, _, open) = login_status(addr, init).await;
+    assert_eq!(status, (0, 0));
+    assert!(open);
 }
 
 #[tokio::test]

@@ -18,6 +18,9 @@ pub struct ServeConfig {
     pub api_listen: SocketAddr,
     /// Prefix of every exported IQN.
     pub iqn_prefix: String,
+    /// Whether a normal-session login for a cluster volume is redirected to
+    /// the portal of the volume's primary (off: every node serves it).
+    pub redirect_to_primary: bool,
 }
 
 /// Where `tandem serve` keeps its data unless told otherwise.
@@ -30,6 +33,7 @@ impl Default for ServeConfig {
             iscsi_listen: "127.0.0.1:3260".parse().expect("valid default"),
             api_listen: api::DEFAULT_API_ADDR.parse().expect("valid default"),
             iqn_prefix: node::DEFAULT_IQN_PREFIX.to_string(),
+            redirect_to_primary: false,
         }
     }
 }
@@ -42,6 +46,7 @@ pub struct FileConfig {
     pub iscsi_listen: Option<SocketAddr>,
     pub api_listen: Option<SocketAddr>,
     pub iqn_prefix: Option<String>,
+    pub redirect_to_primary: Option<bool>,
 }
 
 impl FileConfig {
@@ -53,13 +58,15 @@ impl FileConfig {
     }
 }
 
-/// Flags given on the command line; `None` means "not given".
+/// Flags given on the command line; `None` (or `false` for a switch)
+/// means "not given".
 #[derive(Debug, Default)]
 pub struct FlagConfig {
     pub data_dir: Option<PathBuf>,
     pub iscsi_listen: Option<SocketAddr>,
     pub api_listen: Option<SocketAddr>,
     pub iqn_prefix: Option<String>,
+    pub redirect_to_primary: bool,
 }
 
 impl ServeConfig {
@@ -74,6 +81,8 @@ impl ServeConfig {
                 .unwrap_or(d.iscsi_listen),
             api_listen: flags.api_listen.or(file.api_listen).unwrap_or(d.api_listen),
             iqn_prefix: flags.iqn_prefix.or(file.iqn_prefix).unwrap_or(d.iqn_prefix),
+            redirect_to_primary: flags.redirect_to_primary
+                || file.redirect_to_primary.unwrap_or(d.redirect_to_primary),
         };
         if let Err(why) = node::validate_iqn_prefix(&c.iqn_prefix) {
             bail!(why);
@@ -107,6 +116,16 @@ mod tests {
         assert_eq!(c.iscsi_listen.to_string(), "0.0.0.0:3260");
         assert_eq!(c.api_listen.to_string(), "127.0.0.1:9100");
         assert_eq!(c.iqn_prefix, node::DEFAULT_IQN_PREFIX);
+        assert!(!c.redirect_to_primary, "off unless asked for");
+        let file: FileConfig = toml::from_str("redirect_to_primary = true").unwrap();
+        let c = ServeConfig::merge(file, FlagConfig::default()).unwrap();
+        assert!(c.redirect_to_primary);
+        let flags = FlagConfig {
+            redirect_to_primary: true,
+            ..Default::default()
+        };
+        let c = ServeConfig::merge(FileConfig::default(), flags).unwrap();
+        assert!(c.redirect_to_primary);
     }
 
     #[test]

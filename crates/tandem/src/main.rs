@@ -57,6 +57,13 @@ enum Command {
         /// Prefix of exported IQNs [default: iqn.2026-11.io.tandem].
         #[arg(long)]
         iqn_prefix: Option<String>,
+        /// On a cluster member, redirect each login to a cluster volume
+        /// (RFC 7143 "target moved temporarily") to the portal of its
+        /// primary, for initiators without multipath that reach the
+        /// cluster through one address. Leave off for multipath
+        /// initiators, which should log in to every node.
+        #[arg(long)]
+        redirect_to_primary: bool,
         #[command(flatten)]
         cluster: ClusterArgs,
     },
@@ -319,6 +326,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             iscsi_listen,
             api_listen,
             iqn_prefix,
+            redirect_to_primary,
             cluster,
         } => {
             let file = match config {
@@ -330,6 +338,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 iscsi_listen,
                 api_listen,
                 iqn_prefix,
+                redirect_to_primary,
             };
             let cfg = ServeConfig::merge(file, flags)?;
             let cluster = node::ClusterConfig {

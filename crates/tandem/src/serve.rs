@@ -19,6 +19,9 @@ pub async fn run(cfg: ServeConfig, cluster: node::ClusterConfig) -> anyhow::Resu
             .with_context(|| format!("cannot open data directory {}", cfg.data_dir.display()))?,
     );
     let targets = Arc::new(portal::Targets::new());
+    // Takes effect once the node is a cluster member: only its directory
+    // knows where a volume's primary is.
+    targets.set_redirect_logins(cfg.redirect_to_primary);
     let node = Arc::new(
         node::Node::start(
             store.clone(),
@@ -42,6 +45,7 @@ pub async fn run(cfg: ServeConfig, cluster: node::ClusterConfig) -> anyhow::Resu
         api = %api_listener.local_addr()?,
         installation = %store.installation_id(),
         threads = tokio::runtime::Handle::current().metrics().num_workers(),
+        redirect_to_primary = cfg.redirect_to_primary,
         "tandem serving"
     );
 

@@ -142,6 +142,11 @@ impl Node {
             &self.config.iqn_prefix,
         ));
         clustered.cluster.serve_sessions(view.clone());
+        // A portal that redirects logins to a volume's primary sends none
+        // to a primary the leader has not heard from lately.
+        if self.targets.redirects_logins() {
+            view.heard.follow(&clustered);
+        }
         self.targets
             .set_portal_group_tag(clustered.cluster.id() as u16);
         self.targets.set_directory(view);

@@ -10,6 +10,7 @@
 
 mod access;
 mod control;
+mod heard;
 mod membership;
 mod present;
 mod sessions;

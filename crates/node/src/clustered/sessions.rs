@@ -1,6 +1,7 @@
 //! The sessions and portals of every data node: who is logged in to a
 //! cluster volume anywhere (counted before a delete, listed by `volume
-//! show`), and which other nodes' portals discovery names for it.
+//! show`), which other nodes' portals discovery names for it, and which
+//! portal a login is redirected to when the portal redirects logins.
 //!
 //! Sessions are asked of each data node when needed, over the member
 //! endpoint (`cluster::sessions` says why they are not recorded in the
@@ -14,8 +15,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 
 use cluster::{MemberSession, SessionSource};
-use portal::{Portal, PortalDirectory, Targets};
+use portal::{Portal, PortalDirectory, Serving, Targets};
 
+use super::heard::Heard;
 use super::Clustered;
 use crate::identity::iqn_for;
 use crate::service::SessionInfo;
@@ -28,6 +30,9 @@ pub(crate) struct NodeView {
     targets: Weak<Targets>,
     /// The IQN prefix of this node's targets.
     prefix: String,
+    /// Whom the leader heard from lately (followed while this node
+    /// redirects logins).
+    pub(crate) heard: Arc<Heard>,
 }
 
 impl NodeView {
@@ -36,6 +41,7 @@ impl NodeView {
             cluster: Arc::downgrade(cluster),
             targets: Arc::downgrade(targets),
             prefix: prefix.to_string(),
+            heard: Arc::default(),
         }
     }
 
@@ -95,6 +101,43 @@ impl PortalDirectory for NodeView {
                 tag: n.id as u16,
             })
             .collect()
+    }
+
+    /// The primary's portal for a cluster volume: its writes are ordered
+    /// there and its SCSI state lives there, so a session there needs no
+    /// forwarding. This node serves its own volumes, local ones and those
+    /// it is primary of. No portal is known, rather than one that may be
+    /// gone, while this node's lease has run out (it may follow an old
+    /// state: it is cut off, or a leader is being elected), while the
+    /// leader has not heard from the primary lately (it may have died and
+    /// not been replaced yet) and for a primary without an iSCSI address.
+    fn serving(&self, target: &str) -> Serving {
+        let Some(c) = self.cluster.upgrade() else {
+            return Serving::Here;
+        };
+        let state = c.cluster.state();
+        let Some(v) = self
+            .volume_of(target)
+            .and_then(|name| state.volumes.get(name))
+        else {
+            return Serving::Here;
+        };
+        if !c.cluster.lease_valid() {
+            return Serving::Unknown;
+        }
+        let me = c.cluster.me();
+        if v.primary == c.cluster.id() {
+            return Serving::Here;
+        }
+        match state.nodes.get(&v.primary) {
+            Some(n) if !n.holds_data() || n.iscsi_addr.is_empty() => Serving::Unknown,
+            // Never to this node's own portal, even under another id: the
+            // initiator would come back here.
+            Some(n) if n.iscsi_addr == me.iscsi_addr => Serving::Here,
+            Some(n) if !self.heard.lately(n.id) => Serving::Unknown,
+            Some(n) => Serving::At(target_address(&n.iscsi_addr)),
+            None => Serving::Unknown,
+        }
     }
 }
 

@@ -46,6 +46,8 @@ pub struct Server {
     pub host: String,
     /// Network namespace it runs in (None: this one).
     pub netns: Option<String>,
+    /// Flags given to `tandem serve` besides the addresses and names.
+    extra: Vec<String>,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -56,9 +58,19 @@ impl Server {
         Server::start_on(data_dir, "127.0.0.1", None)
     }
 
+    /// [`Server::start`] with `extra` flags to `tandem serve` (kept across restarts).
+    #[allow(dead_code)]
+    pub fn start_with(data_dir: &Path, extra: &[&str]) -> Server {
+        Server::spawned(data_dir, "127.0.0.1", None, extra)
+    }
+
     /// Starts a server on `host` (its address), inside network namespace
     /// `netns` when given, on the standard ports.
     pub fn start_on(data_dir: &Path, host: &str, netns: Option<&str>) -> Server {
+        Server::spawned(data_dir, host, netns, &[])
+    }
+
+    fn spawned(data_dir: &Path, host: &str, netns: Option<&str>, extra: &[&str]) -> Server {
         let mut s = Server {
             data_dir: data_dir.to_path_buf(),
             iscsi_port: if netns.is_some() { 3260 } else { free_port() },
@@ -67,6 +79,7 @@ impl Server {
             repl_port: if netns.is_some() { 7401 } else { free_port() },
             host: host.to_string(),
             netns: netns.map(str::to_string),
+            extra: extra.iter().map(|f| f.to_string()).collect(),
             child: None,
             log: data_dir.with_extension("log"),
         };
@@ -119,6 +132,7 @@ impl Server {
                 "--node-name",
                 &format!("node-{h}-{}", self.iscsi_port),
             ])
+            .args(&self.extra)
             .env("TANDEM_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
