@@ -127,6 +127,8 @@ impl Node {
             taken_up: std::sync::Mutex::new(HashMap::new()),
             sealing: std::sync::Mutex::default(),
             wake: tokio::sync::Notify::new(),
+            floating: Default::default(),
+            iscsi_port: cfg.iscsi_port,
         });
         if self.cluster.set(clustered.clone()).is_err() {
             return Err(NodeError::Invalid(
@@ -150,6 +152,7 @@ impl Node {
         let mut watch = clustered.cluster.subscribe();
         let first = watch.borrow_and_update().clone();
         self.reconcile(&first).await;
+        self.follow_floating(&clustered);
         let node = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
