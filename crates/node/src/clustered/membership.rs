@@ -93,6 +93,9 @@ impl Node {
     /// in-sync copies; refused while it holds the only in-sync copy of a volume.
     pub async fn cluster_leave(&self) -> Result<(), NodeError> {
         let c = self.member()?;
+        // Gone from the interface before the holder's record goes with the
+        // node's: the leader may give it away as soon as it is.
+        self.release_floating().await;
         c.cluster.leave().await.map_err(cluster_err)?;
         // The cluster no longer sends this node its log: drop the copies
         // here (the cluster state already did) rather than keep serving them.
