@@ -49,6 +49,7 @@ pub(crate) async fn run(me: Weak<Inner>) {
         // margin) a silent primary can be replaced.
         let grace = LEASE + ELECTION_MARGIN;
         if since.elapsed() < grace {
+            crate::floating::assign(&s, &s.store.state(), true).await;
             continue;
         }
         let state = s.store.state();
@@ -102,6 +103,6 @@ pub(crate) async fn run(me: Weak<Inner>) {
                 }
             }
         }
-        crate::floating::assign(&s, &state).await;
+        crate::floating::assign(&s, &state, false).await;
     }
 }

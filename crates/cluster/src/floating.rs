@@ -4,13 +4,14 @@
 //! A holder adds the address to its interface only while its lease runs
 //! and the state it has applied names it (and drops it a margin before the
 //! lease ends). The leader replaces a holder it has not heard from for
-//! [`DEAD_AFTER`](crate::DEAD_AFTER), and only after its own election grace, exactly as it
-//! replaces a silent primary ([`crate::failover`], reasoning in
+//! [`DEAD_AFTER`](crate::DEAD_AFTER), and only after its own election
+//! grace, exactly as it replaces a silent primary ([`crate::failover`], reasoning in
 //! [`crate::lease`]): the old holder's lease, and so its address, is gone
 //! at least `DEAD_AFTER - LEASE` before the new holder learns of its
 //! role. A holder that stops hands the address back itself
 //! ([`Cluster::release_floating`](crate::Cluster::release_floating)) after
-//! removing it, so the leader gives it to another node at its next round.
+//! removing it, so the leader gives it to another node at its next round
+//! (a leader elected meanwhile too, without its grace: nobody holds it).
 //!
 //! The leader picks the live data node that is primary of the most volumes
 //! (the lowest id among equals): an initiator on the floating address then
@@ -24,10 +25,17 @@ use crate::lease::DEAD_AFTER;
 use crate::member::{Inner, LeaderWrite};
 use crate::{ClusterState, Command, NodeId};
 
-/// On the leader, past its election grace: gives the floating address to
-/// a live data node if nobody holds it or its holder fell silent.
-pub(crate) async fn assign(s: &Inner, state: &ClusterState) {
+/// On the leader: gives the floating address to a live data node if
+/// nobody holds it or its holder fell silent. Within its election grace
+/// (`in_grace`) only an address that was handed back: its holder removed
+/// it before it said so, and nobody held it since, so there is no lease
+/// granted by an earlier leader to wait out.
+pub(crate) async fn assign(s: &Inner, state: &ClusterState, in_grace: bool) {
     if state.floating.is_none() {
+        return;
+    }
+    let handed_back = state.floating_holder.is_none() && state.floating_released_by.is_some();
+    if in_grace && !handed_back {
         return;
     }
     let holder = state.floating_holder;
@@ -76,15 +84,20 @@ pub(crate) async fn assign(s: &Inner, state: &ClusterState) {
 }
 
 /// The live data node that is primary of the most volumes, the lowest id
-/// among equals.
+/// among equals; the node that just handed the address back (it is
+/// stopping, and still counts as alive for a while) only if no other is
+/// alive.
 fn choose(state: &ClusterState, alive: impl Fn(NodeId) -> bool) -> Option<NodeId> {
     state
         .nodes
         .values()
         .filter(|n| n.holds_data() && alive(n.id))
-        .map(|n| (std::cmp::Reverse(state.primaries_on(n.id)), n.id))
+        .map(|n| {
+            let released = state.floating_released_by == Some(n.id);
+            (released, std::cmp::Reverse(state.primaries_on(n.id)), n.id)
+        })
         .min()
-        .map(|(_, id)| id)
+        .map(|(_, _, id)| id)
 }
 
 #[cfg(test)]
@@ -129,5 +142,28 @@ mod tests {
         assert_eq!(choose(&s, |_| true), Some(2));
         assert_eq!(choose(&s, |n| n != 2), Some(1));
         assert_eq!(choose(&s, |n| n == 3), None);
+        // The node that handed it back goes last, but is not left out.
+        s.apply(&Command::SetFloating {
+            floating: Some(crate::FloatingAddress {
+                address: "10.0.0.50/24".into(),
+                interface: "eth0".into(),
+            }),
+        });
+        s.apply(&Command::HoldFloating {
+            node: Some(2),
+            expected: None,
+        });
+        s.apply(&Command::HoldFloating {
+            node: None,
+            expected: Some(2),
+        });
+        assert_eq!(s.floating_released_by, Some(2));
+        assert_eq!(choose(&s, |_| true), Some(1));
+        assert_eq!(choose(&s, |n| n == 2), Some(2));
+        s.apply(&Command::HoldFloating {
+            node: Some(1),
+            expected: None,
+        });
+        assert_eq!(s.floating_released_by, None);
     }
 }

@@ -130,7 +130,7 @@ pub enum Refusal {
     )]
     BadFloatingAddress { address: String },
     /// An interface name Linux would not take.
-    #[error("interface name {interface:?} is not 1 to 15 printable characters without '/' or ':'")]
+    #[error("interface name {interface:?} is not 1 to 15 printable characters without '/' or ':', not starting with '-'")]
     BadInterface { interface: String },
     /// A holder named for a floating address the cluster does not have.
     #[error("the cluster has no floating address")]
@@ -280,6 +280,10 @@ pub struct ClusterState {
     /// runs); `None` while nobody does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub floating_holder: Option<NodeId>,
+    /// The data node that last handed the floating address back (it was
+    /// stopping), until another takes it: the leader picks it last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub floating_released_by: Option<NodeId>,
 }
 
 /// A change to the state, proposed through Raft.
@@ -663,6 +667,7 @@ impl ClusterState {
                 self.floating = floating.clone();
                 if floating.is_none() {
                     self.floating_holder = None;
+                    self.floating_released_by = None;
                 }
             }
             Command::HoldFloating { node, expected } => {
@@ -679,6 +684,10 @@ impl ClusterState {
                         return Err(Refusal::NotDataNode { node: *n });
                     }
                 }
+                self.floating_released_by = match node {
+                    None => *expected,
+                    Some(_) => None,
+                };
                 self.floating_holder = *node;
             }
         }

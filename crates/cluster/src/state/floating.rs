@@ -42,6 +42,7 @@ impl FloatingAddress {
                 .interface
                 .bytes()
                 .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':')
+            && !self.interface.starts_with('-')
             && self.interface != "."
             && self.interface != "..";
         if !name_ok {
@@ -96,7 +97,15 @@ mod tests {
                 "{a}"
             );
         }
-        for i in ["", "a-name-over-15-chars", "eth 0", "eth0:1", "../x", ".."] {
+        for i in [
+            "",
+            "a-name-over-15-chars",
+            "eth 0",
+            "eth0:1",
+            "../x",
+            "..",
+            "-x",
+        ] {
             assert!(
                 matches!(
                     f("10.0.0.50/24", i).check(),
