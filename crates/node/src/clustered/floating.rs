@@ -14,9 +14,13 @@
 //!   once instead of when their ARP entries age out; without `arping`
 //!   that is logged and skipped. An IPv6 address is announced by the kernel
 //!   only where `ndisc_notify` is set.
-//! - The portal takes connections on it: this node listens on the floating
-//!   address and its iSCSI port while it holds it (where `--iscsi-listen`
-//!   is a wildcard address, that listener already takes them).
+//! - The portal takes connections on it: from the first time this node
+//!   holds it, a portal listens on the floating address and this node's
+//!   iSCSI port (where `--iscsi-listen` is a wildcard address, that
+//!   listener takes them instead). The listener stays while the address
+//!   comes and goes (a socket stays bound to an address the interface no
+//!   longer has; it just gets no connections), so taking the address again
+//!   never waits for an earlier listener to let go of the port.
 //! - Dropping: `ip addr del`, when the state names another holder or none,
 //!   and [`DROP_MARGIN`] before the lease ends, so the address is gone
 //!   before the lease is; the leader gives it to another node no earlier
@@ -56,16 +60,16 @@ const RELEASE_TIMEOUT: Duration = Duration::from_secs(1);
 #[derive(Default)]
 pub(crate) struct FloatingHolder {
     held: tokio::sync::Mutex<Option<Held>>,
+    /// The portal listening on the floating address, and what stops it.
+    portal: std::sync::Mutex<Option<(SocketAddr, watch::Sender<bool>)>>,
     /// Set when the node stops: it takes the address no more.
     stopped: AtomicBool,
 }
 
-/// The address as added to the interface, and the portal listening on it.
+/// The address as added to the interface.
 struct Held {
     address: FloatingAddress,
     renewed: Instant,
-    /// Stops the portal listening on the address (if it has its own).
-    portal: Option<watch::Sender<bool>>,
 }
 
 /// Runs `ip` with `args`; the error says what `ip` said.
@@ -195,7 +199,7 @@ impl Node {
         let mut held = f.held.lock().await;
         if held.as_ref().map(|h| &h.address) != want.as_ref() {
             if let Some(old) = held.take() {
-                drop_held(old).await;
+                remove(&old.address).await;
             }
         }
         let Some(want) = want else { return true };
@@ -212,11 +216,10 @@ impl Node {
                     *failed = None;
                     tracing::info!(address = %want.address, interface = %want.interface, lease_ms = lease_left.as_millis() as u64, "floating address added: this node holds it");
                     announce(&want);
-                    let portal = n.listen_floating(&want, c.iscsi_port).await;
+                    n.listen_floating(&c, &want).await;
                     *held = Some(Held {
                         address: want,
                         renewed: Instant::now(),
-                        portal,
                     });
                 }
                 Err(e) => {
@@ -231,16 +234,21 @@ impl Node {
         true
     }
 
-    /// Has the portal take connections on the floating address, unless a
-    /// wildcard listener takes them already.
-    async fn listen_floating(&self, a: &FloatingAddress, port: u16) -> Option<watch::Sender<bool>> {
-        let ip = a.ip()?;
-        let at = SocketAddr::new(ip, port);
+    /// Has a portal take connections on the floating address (once per
+    /// address), unless a wildcard listener takes them already.
+    async fn listen_floating(&self, c: &Clustered, a: &FloatingAddress) {
+        let Some(ip) = a.ip() else { return };
+        let at = SocketAddr::new(ip, c.iscsi_port);
+        if let Some((old, _)) = &*c.floating.portal.lock().unwrap() {
+            if *old == at {
+                return;
+            }
+        }
         let listener = match tokio::net::TcpListener::bind(at).await {
             Ok(l) => l,
             Err(e) => {
                 tracing::debug!(%at, "no listener of its own on the floating address ({e}); the portal's takes it");
-                return None;
+                return;
             }
         };
         let (tx, mut rx) = watch::channel(false);
@@ -253,7 +261,10 @@ impl Node {
             },
         ));
         tracing::info!(%at, "iSCSI portal listening on the floating address");
-        Some(tx)
+        // One for another address (the cluster's was changed) stops.
+        if let Some((_, old)) = c.floating.portal.lock().unwrap().replace((at, tx)) {
+            let _ = old.send(true);
+        }
     }
 
     /// Removes the floating address at once if this node holds it and
@@ -265,7 +276,10 @@ impl Node {
         c.floating.stopped.store(true, Ordering::SeqCst);
         let held = c.floating.held.lock().await.take();
         if let Some(h) = held {
-            drop_held(h).await;
+            remove(&h.address).await;
+        }
+        if let Some((_, portal)) = c.floating.portal.lock().unwrap().take() {
+            let _ = portal.send(true);
         }
         match tokio::time::timeout(RELEASE_TIMEOUT, c.cluster.release_floating()).await {
             Ok(Ok(())) => {}
@@ -273,12 +287,4 @@ impl Node {
             Err(_) => tracing::warn!("floating address not handed back in time; the leader moves it once this node is silent"),
         }
     }
-}
-
-/// Stops the portal on the address and removes it.
-async fn drop_held(h: Held) {
-    if let Some(p) = h.portal {
-        let _ = p.send(true);
-    }
-    remove(&h.address).await;
 }
