@@ -139,7 +139,7 @@ fn wait_held_by(lan: &Lan, ip: &str, host: usize, secs: u64) -> Duration {
 async fn the_floating_address_follows_a_live_data_node() {
     let Some(lan) = Lan::or_skip(3) else { return };
     let dir = tempfile::tempdir().unwrap();
-    let (mut nodes, _witness, _) = two_nodes_and_witness(&lan, dir.path(), 2, "4M");
+    let (mut nodes, witness, _) = two_nodes_and_witness(&lan, dir.path(), 2, "4M");
     let ids = [node_id(&nodes[0]), node_id(&nodes[1])];
     let net = lan.addr(0).rsplit_once('.').unwrap().0.to_string();
     let floating = format!("{net}.50");
@@ -248,6 +248,13 @@ async fn the_floating_address_follows_a_live_data_node() {
     wait_until("the restarted node in sync", 60, || {
         all_in_sync(&nodes[o], "vm")
     });
+    // And heard by the leader: otherwise the node that hands the address
+    // back is the only live one the leader could give it to.
+    wait_until("the restarted node heard by the leader", 10, || {
+        status(&nodes[o])["status"]["last_seen_ms"][ids[p].to_string()]
+            .as_u64()
+            .is_some_and(|ms| ms < 500)
+    });
     assert_eq!(
         holders(&lan, &floating),
         [o],
@@ -267,6 +274,23 @@ async fn the_floating_address_follows_a_live_data_node() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     let taken = wait_held_by(&lan, &floating, p, 15) + released;
+    // Handed back, it moves at the leader's next round; a leader that
+    // stopped must be replaced first, and the new one waits out its grace.
+    if leader != Some(ids[o]) {
+        let floating_lines = |log: String| {
+            log.lines()
+                .filter(|l| l.contains("floating") || l.contains("leader"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert!(
+            taken < Duration::from_secs(1),
+            "a floating address handed back took {taken:?} to move; stopped node:\n{}\nother node:\n{}\nwitness:\n{}",
+            floating_lines(nodes[o].log_text()),
+            floating_lines(nodes[p].log_text()),
+            floating_lines(witness.log_text()),
+        );
+    }
     // Exits cleanly once its commands are drained.
     nodes[o].stop();
     let written = first_acknowledged(portal, &mut h, &mut seq, Duration::from_secs(30))
