@@ -27,16 +27,9 @@ use testkit::Initiator;
 
 const EXTENTS: u64 = 16;
 
-/// Whether the address `ip` is on eth0 in namespace `ns`.
-fn has_address(ns: &str, ip: &str) -> bool {
-    run_ok("ip", &["-n", ns, "-o", "addr", "show", "dev", "eth0"])
-        .split_whitespace()
-        .any(|w| w.split('/').next() == Some(ip))
-}
-
 /// The hosts (of the three) whose eth0 has `ip`.
 fn holders(lan: &Lan, ip: &str) -> Vec<usize> {
-    (0..3).filter(|&i| has_address(&lan.ns(i), ip)).collect()
+    (0..3).filter(|&i| lan.has_address(i, ip)).collect()
 }
 
 /// The MAC address of eth0 in namespace `ns`.
@@ -141,8 +134,7 @@ async fn the_floating_address_follows_a_live_data_node() {
     let dir = tempfile::tempdir().unwrap();
     let (mut nodes, witness, _) = two_nodes_and_witness(&lan, dir.path(), 2, "4M");
     let ids = [node_id(&nodes[0]), node_id(&nodes[1])];
-    let net = lan.addr(0).rsplit_once('.').unwrap().0.to_string();
-    let floating = format!("{net}.50");
+    let floating = lan.spare_addr(50);
     let portal: SocketAddr = format!("{floating}:3260").parse().unwrap();
 
     // A bad address is refused, and nobody holds anything.
@@ -264,7 +256,7 @@ async fn the_floating_address_follows_a_live_data_node() {
     let stopped = Instant::now();
     run_ok("kill", &["-TERM", &nodes[o].pid().to_string()]);
     let released = loop {
-        if !has_address(&lan.ns(o), &floating) {
+        if !lan.has_address(o, &floating) {
             break stopped.elapsed();
         }
         assert!(
