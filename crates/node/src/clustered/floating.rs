@@ -8,12 +8,14 @@
 //!   timer to whole seconds), as long as the lease a stalled process
 //!   would lose: a process killed while holding it, with no chance to
 //!   remove it, leaves it behind only that long. `preferred_lft 0` keeps
-//!   it from being picked as the source of this node's own connections. Once added, an
-//!   IPv4 address is announced with `arping -U` (three gratuitous ARPs a
-//!   second apart), so initiators and switches move to this node's MAC at
-//!   once instead of when their ARP entries age out; without `arping`
-//!   that is logged and skipped. An IPv6 address is announced by the kernel
-//!   only where `ndisc_notify` is set.
+//!   it from being picked as the source of this node's own connections.
+//!   Once added, an IPv4 address is announced with `arping -U` (three
+//!   gratuitous ARPs a second apart), so initiators and switches move to
+//!   this node's MAC at once instead of when their ARP entries age out;
+//!   without `arping` that is logged and skipped. An IPv6 address is
+//!   announced by the kernel only where `ndisc_notify` is set; it skips
+//!   duplicate address detection (`nodad`), which would hold it back while
+//!   the old holder's lifetime runs out.
 //! - The portal takes connections on it: from the first time this node
 //!   holds it, a portal listens on the floating address and this node's
 //!   iSCSI port (where `--iscsi-listen` is a wildcard address, that
@@ -88,9 +90,12 @@ async fn ip(args: &[&str]) -> Result<(), String> {
 }
 
 /// Adds the address, or renews its lifetime where it is there already.
+/// An IPv6 address skips duplicate address detection, which would keep it
+/// unusable for a second and fail it while the previous holder's lifetime
+/// runs out.
 async fn add(a: &FloatingAddress) -> Result<(), String> {
     let lft = LIFETIME_SECS.to_string();
-    ip(&[
+    let mut args = vec![
         "addr",
         "replace",
         &a.address,
@@ -100,8 +105,11 @@ async fn add(a: &FloatingAddress) -> Result<(), String> {
         &lft,
         "preferred_lft",
         "0",
-    ])
-    .await
+    ];
+    if matches!(a.ip(), Some(std::net::IpAddr::V6(_))) {
+        args.push("nodad");
+    }
+    ip(&args).await
 }
 
 /// Removes the address; one that is gone already is no error.
