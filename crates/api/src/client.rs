@@ -126,6 +126,20 @@ impl ApiClient {
             .map(|_| ())
     }
 
+    /// `PUT /v1/cluster/floating`.
+    pub async fn set_floating(
+        &self,
+        floating: Option<node::FloatingAddress>,
+    ) -> Result<(), ClientError> {
+        self.call::<_, ()>(
+            Method::PUT,
+            "/v1/cluster/floating",
+            Some(&crate::SetFloating { floating }),
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// `GET /v1/status`.
     pub async fn status(&self) -> Result<NodeStatus, ClientError> {
         let v = self.call::<(), _>(Method::GET, "/v1/status", None).await?;

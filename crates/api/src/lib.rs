@@ -63,6 +63,13 @@ pub struct JoinCluster {
     pub token: String,
 }
 
+/// Body of `PUT /v1/cluster/floating`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetFloating {
+    /// The floating service address, or `None` to remove it.
+    pub floating: Option<node::FloatingAddress>,
+}
+
 /// Answer of `POST /v1/cluster/init`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClusterToken {

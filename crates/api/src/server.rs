@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use crate::{
     AddReplica, ClusterToken, ClusterView, CreateVolume, ErrorBody, JoinCluster, ReplicaPlaced,
-    ResizeVolume,
+    ResizeVolume, SetFloating,
 };
 
 /// Builds the API router over the node's service layer. Every request must
@@ -39,6 +39,7 @@ pub fn router(node: Arc<Node>, token: String, cluster: ClusterConfig) -> Router 
             ),
         )
         .route("/v1/cluster/leave", post(cluster_leave))
+        .route("/v1/cluster/floating", put(set_floating))
         .route("/v1/status", get(status))
         .route("/v1/volumes", get(list).post(create))
         .route(
@@ -150,6 +151,14 @@ async fn remove_replica(
     Path((name, member)): Path<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
     node.remove_replica(&name, &member).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn set_floating(
+    State(node): State<Arc<Node>>,
+    Json(req): Json<SetFloating>,
+) -> Result<impl IntoResponse, ApiError> {
+    node.set_floating(req.floating).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

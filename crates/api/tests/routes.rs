@@ -166,6 +166,11 @@ fn every_route() -> Vec<(Method, &'static str, Option<Value>)> {
             Some(json!({"seed": "127.0.0.1:1", "token": "x"})),
         ),
         (Method::POST, "/v1/cluster/leave", Some(json!(null))),
+        (
+            Method::PUT,
+            "/v1/cluster/floating",
+            Some(json!({"floating": null})),
+        ),
     ]
 }
 
@@ -565,6 +570,11 @@ async fn cluster_routes_on_a_node_that_is_no_member() {
             Some(json!({"node": "node-2"})),
         ),
         (Method::DELETE, "/v1/volumes/v/replicas/node-1", None),
+        (
+            Method::PUT,
+            "/v1/cluster/floating",
+            Some(json!({"floating": {"address": "192.0.2.50/24", "interface": "eth0"}})),
+        ),
     ];
     for (method, path, body) in calls {
         let a = api.call(method.clone(), path, body).await;
@@ -681,6 +691,39 @@ async fn cluster_routes_on_a_one_node_cluster() {
         view.body["status"]["state"]["volumes"]["shared"]["access"],
         Value::Null
     );
+
+    // A floating address that `ip` would not take is refused, and none is
+    // recorded. (A valid one is not set here: this process would add it to
+    // the machine's own interface; tests/e2e_floating_address.rs sets one
+    // inside network namespaces.)
+    for bad in [
+        json!({"address": "192.0.2.50", "interface": "eth0"}),
+        json!({"address": "192.0.2.50/24", "interface": "eth0:1"}),
+    ] {
+        let a = api
+            .call(
+                Method::PUT,
+                "/v1/cluster/floating",
+                Some(json!({ "floating": bad })),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CONFLICT, "{}", a.body);
+        assert!(
+            a.error().contains("floating address") || a.error().contains("interface"),
+            "{}",
+            a.error()
+        );
+    }
+    let none = api
+        .call(
+            Method::PUT,
+            "/v1/cluster/floating",
+            Some(json!({ "floating": null })),
+        )
+        .await;
+    assert_eq!(none.status, StatusCode::NO_CONTENT, "{}", none.body);
+    let view = api.call(Method::GET, "/v1/cluster", None).await;
+    assert_eq!(view.body["status"]["state"]["floating"], Value::Null);
 
     // No other node for a copy, and the primary's copy cannot go: 409.
     let add = api

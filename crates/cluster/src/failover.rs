@@ -1,6 +1,7 @@
 //! Failover policy, run by the leader: a volume whose primary stopped
 //! sending heartbeats for [`DEAD_AFTER`] gets a live in-sync copy promoted
-//! at the next epoch (the timing argument is in [`crate::lease`]).
+//! at the next epoch (the timing argument is in [`crate::lease`]); a silent
+//! holder of the floating address is replaced the same way ([`crate::floating`]).
 
 use std::sync::Weak;
 use std::time::{Duration, Instant};
@@ -48,6 +49,7 @@ pub(crate) async fn run(me: Weak<Inner>) {
         // margin) a silent primary can be replaced.
         let grace = LEASE + ELECTION_MARGIN;
         if since.elapsed() < grace {
+            crate::floating::assign(&s, &s.store.state(), true).await;
             continue;
         }
         let state = s.store.state();
@@ -101,5 +103,6 @@ pub(crate) async fn run(me: Weak<Inner>) {
                 }
             }
         }
+        crate::floating::assign(&s, &state, false).await;
     }
 }

@@ -65,6 +65,7 @@ pub mod data_key;
 mod error;
 mod failover;
 mod files;
+mod floating;
 mod http;
 mod lease;
 mod member;
@@ -83,8 +84,8 @@ pub use member::{default_dir, Cluster};
 pub use net::Key;
 pub use sessions::{MemberSession, SessionSource};
 pub use state::{
-    access_digest, ClusterState, Command, NodeId, NodeInfo, Outcome, Refusal, ReplicaState, Role,
-    VolumeRecord,
+    access_digest, ClusterState, Command, FloatingAddress, NodeId, NodeInfo, Outcome, Refusal,
+    ReplicaState, Role, VolumeRecord,
 };
 pub use status::ClusterStatus;
 pub use token::join_token;

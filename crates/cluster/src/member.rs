@@ -382,6 +382,21 @@ impl Cluster {
         self.inner.propose(cmd).await
     }
 
+    /// Hands the floating address back (this node no longer holds it and
+    /// has removed it from its interface), so the leader gives it to
+    /// another data node at once rather than after `DEAD_AFTER`. Does
+    /// nothing where this node is not the recorded holder.
+    pub async fn release_floating(&self) -> Result<(), ClusterError> {
+        if self.state().floating_holder != Some(self.id()) {
+            return Ok(());
+        }
+        self.propose(Command::HoldFloating {
+            node: None,
+            expected: Some(self.id()),
+        })
+        .await
+    }
+
     /// This node's view of the cluster (liveness from the leader).
     pub async fn status(&self) -> ClusterStatus {
         let mut s = self.inner.local_status();

@@ -9,6 +9,10 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use uuid::Uuid;
 
+mod floating;
+
+pub use floating::FloatingAddress;
+
 /// Node identifier (the Raft node id).
 pub type NodeId = u64;
 
@@ -120,6 +124,23 @@ pub enum Refusal {
     /// Every data node holds a copy already.
     #[error("every data node already holds a copy of volume {volume}; join another node first")]
     NoNodeLeft { volume: String },
+    /// A floating address that is not an IP address with a prefix length.
+    #[error(
+        "floating address {address:?} is not an address with a prefix length, as 10.0.0.50/24"
+    )]
+    BadFloatingAddress { address: String },
+    /// An interface name Linux would not take.
+    #[error("interface name {interface:?} is not 1 to 15 printable characters without '/' or ':', not starting with '-'")]
+    BadInterface { interface: String },
+    /// A holder named for a floating address the cluster does not have.
+    #[error("the cluster has no floating address")]
+    NoFloatingAddress,
+    /// A change of holder made on an outdated view of who holds it.
+    #[error("the floating address moved meanwhile (now held by {holder:?})")]
+    FloatingMoved { holder: Option<NodeId> },
+    /// A witness or a non-member named holder of the floating address.
+    #[error("node {node} is not a data node and cannot hold the floating address")]
+    NotDataNode { node: NodeId },
 }
 
 /// Checks a volume name: it becomes part of an IQN and a directory name, so
@@ -252,6 +273,17 @@ pub struct ClusterState {
     /// key itself never enters the state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_key: Option<String>,
+    /// The floating service address, if the cluster has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub floating: Option<FloatingAddress>,
+    /// The data node that holds the floating address (while its lease
+    /// runs); `None` while nobody does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub floating_holder: Option<NodeId>,
+    /// The data node that last handed the floating address back (it was
+    /// stopping), until another takes it: the leader picks it last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub floating_released_by: Option<NodeId>,
 }
 
 /// A change to the state, proposed through Raft.
@@ -318,6 +350,17 @@ pub enum Command {
         volume: String,
         replaces: String,
         access: String,
+    },
+    /// Sets or removes the floating service address; its holder, if any,
+    /// keeps the role (and moves to the new address).
+    SetFloating { floating: Option<FloatingAddress> },
+    /// Makes `node` the holder of the floating address (`None`: nobody),
+    /// unless the holder is no longer `expected`: the leader replaces only
+    /// the holder it saw silent, and a holder hands it back only while it
+    /// has it.
+    HoldFloating {
+        node: Option<NodeId>,
+        expected: Option<NodeId>,
     },
 }
 
@@ -396,6 +439,9 @@ impl ClusterState {
                         return Err(Refusal::HoldsCopies { node: info.id });
                     }
                 }
+                if self.floating_holder == Some(info.id) && !info.holds_data() {
+                    self.floating_holder = None;
+                }
                 self.nodes.insert(info.id, info.clone());
             }
             Command::RemoveNode { node } => {
@@ -423,6 +469,9 @@ impl ClusterState {
                     }
                 }
                 self.nodes.remove(node);
+                if self.floating_holder == Some(*node) {
+                    self.floating_holder = None;
+                }
             }
             Command::CreateVolume {
                 id,
@@ -611,6 +660,36 @@ impl ClusterState {
                 Some(have) if have != id => return Err(Refusal::DataKeySet),
                 _ => self.data_key = Some(id.clone()),
             },
+            Command::SetFloating { floating } => {
+                if let Some(f) = floating {
+                    f.check()?;
+                }
+                self.floating = floating.clone();
+                if floating.is_none() {
+                    self.floating_holder = None;
+                    self.floating_released_by = None;
+                }
+            }
+            Command::HoldFloating { node, expected } => {
+                if self.floating.is_none() && node.is_some() {
+                    return Err(Refusal::NoFloatingAddress);
+                }
+                if self.floating_holder != *expected {
+                    return Err(Refusal::FloatingMoved {
+                        holder: self.floating_holder,
+                    });
+                }
+                if let Some(n) = node {
+                    if !self.nodes.get(n).is_some_and(NodeInfo::holds_data) {
+                        return Err(Refusal::NotDataNode { node: *n });
+                    }
+                }
+                self.floating_released_by = match node {
+                    None => *expected,
+                    Some(_) => None,
+                };
+                self.floating_holder = *node;
+            }
         }
         Ok(())
     }
@@ -668,6 +747,11 @@ impl ClusterState {
             .ok_or_else(|| Refusal::NoNodeLeft {
                 volume: volume.to_string(),
             })
+    }
+
+    /// How many volumes `node` is the primary of.
+    pub fn primaries_on(&self, node: NodeId) -> usize {
+        self.volumes.values().filter(|v| v.primary == node).count()
     }
 
     /// The member called `name`, or with id `name`.

@@ -11,7 +11,7 @@ mod registry;
 mod service;
 
 pub use access::{AccessConfig, ChapSecret};
-pub use cluster::ClusterStatus;
+pub use cluster::{ClusterStatus, FloatingAddress};
 pub use clustered::{AckWindow, ClusterConfig, Clustered, PeerState, PeerStatus, Unasked};
 pub use error::NodeError;
 pub use identity::{iqn_for, lun_identity, validate_iqn_prefix, DEFAULT_IQN_PREFIX};

@@ -121,6 +121,20 @@ struct ClusterArgs {
 }
 
 #[derive(Subcommand)]
+enum ClusterSetting {
+    /// A service address one healthy data node holds at a time, for
+    /// initiators without multipath: moved to another data node when its
+    /// holder fails (the holder needs CAP_NET_ADMIN to add it).
+    FloatingAddress {
+        /// Address and prefix length (`10.0.0.50/24`), or `none` to remove it.
+        address: String,
+        /// Interface the holder adds it to, the same name on every data node.
+        #[arg(long)]
+        interface: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum ClusterCommand {
     /// Make the running node the first member of a new cluster; prints the
     /// join token (it holds the cluster secret: pass it privately).
@@ -136,6 +150,9 @@ enum ClusterCommand {
     /// Remove the running node from its cluster (its copies are dropped; refused
     /// while it holds the only in-sync copy of a volume).
     Leave,
+    /// Change a setting of the whole cluster.
+    #[command(subcommand)]
+    Set(ClusterSetting),
     /// Members, leader, volumes, primaries and replica states.
     Status {
         /// Print JSON instead of text.
@@ -417,6 +434,24 @@ async fn cluster_command(c: &api::ApiClient, cmd: ClusterCommand) -> anyhow::Res
             c.cluster_leave().await?;
             println!("left the cluster");
         }
+        ClusterCommand::Set(ClusterSetting::FloatingAddress { address, interface }) => {
+            if address == "none" {
+                c.set_floating(None).await?;
+                println!("the cluster has no floating address now");
+                return Ok(());
+            }
+            let Some(interface) = interface else {
+                anyhow::bail!("give the interface the address goes on: --interface <name>");
+            };
+            c.set_floating(Some(node::FloatingAddress {
+                address: address.clone(),
+                interface: interface.clone(),
+            }))
+            .await?;
+            println!(
+                "floating address {address} on {interface}: a data node takes it within seconds"
+            );
+        }
         ClusterCommand::Status { json } => {
             let v = c.cluster().await?;
             if json {
@@ -436,6 +471,13 @@ async fn cluster_command(c: &api::ApiClient, cmd: ClusterCommand) -> anyhow::Res
                 s.leader.map(|l| l.to_string()).unwrap_or("none".into()),
                 s.term
             );
+            if let Some(f) = &s.state.floating {
+                let holder = match s.state.floating_holder {
+                    Some(h) => format!("held by node {h}"),
+                    None => "held by nobody".into(),
+                };
+                println!("floating  {} on {}, {holder}", f.address, f.interface);
+            }
             println!();
             println!(
                 "{:<4} {:<16} {:<8} {:<22} {:<10}",

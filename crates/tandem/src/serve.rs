@@ -86,6 +86,9 @@ pub async fn run(cfg: ServeConfig, cluster: node::ClusterConfig) -> anyhow::Resu
     });
 
     wait_for_signal().await?;
+    // Before the drain, which may take a while: another node can take the
+    // floating address over at once.
+    node.release_floating().await;
     tracing::info!("shutting down: draining in-flight commands");
     let _ = stop_tx.send(true);
     match tokio::time::timeout(Duration::from_secs(30), target_task).await {

@@ -442,6 +442,81 @@ fn a_report_overtaken_by_a_later_one_is_refused() {
     assert_eq!(s.apply(&report(ReplicaState::OutOfSync, 0)), Outcome::Done);
 }
 
+fn floating() -> FloatingAddress {
+    FloatingAddress {
+        address: "10.0.0.50/24".into(),
+        interface: "eth0".into(),
+    }
+}
+
+#[test]
+fn the_floating_address_moves_only_from_the_holder_expected() {
+    let mut s = cluster(2, true);
+    let hold = |node, expected| Command::HoldFloating { node, expected };
+    assert_eq!(
+        s.apply(&hold(Some(1), None)),
+        Outcome::Refused(Refusal::NoFloatingAddress)
+    );
+    assert_eq!(
+        s.apply(&Command::SetFloating {
+            floating: Some(floating())
+        }),
+        Outcome::Done
+    );
+    assert_eq!(s.apply(&hold(Some(1), None)), Outcome::Done);
+    // A leader that saw nobody holding it, or another holder, is late.
+    assert_eq!(
+        s.apply(&hold(Some(2), None)),
+        Outcome::Refused(Refusal::FloatingMoved { holder: Some(1) })
+    );
+    assert_eq!(s.apply(&hold(Some(2), Some(1))), Outcome::Done);
+    assert_eq!(s.floating_holder, Some(2));
+    // Never a witness.
+    assert_eq!(
+        s.apply(&hold(Some(9), Some(2))),
+        Outcome::Refused(Refusal::NotDataNode { node: 9 })
+    );
+    // The holder hands it back.
+    assert_eq!(s.apply(&hold(None, Some(2))), Outcome::Done);
+    assert_eq!(s.floating_holder, None);
+    // A holder that leaves, or becomes a witness, holds it no longer.
+    s.apply(&hold(Some(2), None));
+    s.apply(&Command::RemoveNode { node: 2 });
+    assert_eq!(s.floating_holder, None);
+    s.apply(&hold(Some(1), None));
+    s.apply(&Command::AddNode {
+        info: node(1, Role::Witness),
+    });
+    assert_eq!(s.floating_holder, None);
+    // Removing the address ends the holding; a bad one changes nothing.
+    s.apply(&Command::AddNode {
+        info: node(1, Role::Data),
+    });
+    s.apply(&hold(Some(1), None));
+    let bad = FloatingAddress {
+        address: "10.0.0.50".into(),
+        interface: "eth0".into(),
+    };
+    assert!(matches!(
+        s.apply(&Command::SetFloating {
+            floating: Some(bad)
+        }),
+        Outcome::Refused(Refusal::BadFloatingAddress { .. })
+    ));
+    assert_eq!(s.floating, Some(floating()));
+    s.apply(&Command::SetFloating { floating: None });
+    assert_eq!((s.floating.clone(), s.floating_holder), (None, None));
+}
+
+#[test]
+fn a_state_without_a_floating_address_reads_and_writes_as_before() {
+    let s = cluster(2, false);
+    let text = serde_json::to_string(&s).unwrap();
+    assert!(!text.contains("floating"), "{text}");
+    let read: ClusterState = serde_json::from_str(&text).unwrap();
+    assert_eq!(read, s);
+}
+
 fn any_command() -> impl Strategy<Value = Command> {
     let vol = prop_oneof![Just("a".to_string()), Just("b".to_string())];
     let state = prop_oneof![
@@ -485,6 +560,19 @@ fn any_command() -> impl Strategy<Value = Command> {
             }
         }),
         prop_oneof![Just("k1"), Just("k2")].prop_map(|id| Command::SetDataKey { id: id.into() }),
+        proptest::option::of(prop_oneof![Just("10.0.0.50/24"), Just("10.0.0.50")]).prop_map(
+            |address| Command::SetFloating {
+                floating: address.map(|address| FloatingAddress {
+                    address: address.into(),
+                    interface: "eth0".into(),
+                })
+            }
+        ),
+        (
+            proptest::option::of(node_id.clone()),
+            proptest::option::of(node_id.clone())
+        )
+            .prop_map(|(node, expected)| Command::HoldFloating { node, expected }),
         node_id
             .clone()
             .prop_map(|node| Command::RemoveNode { node }),
@@ -519,6 +607,11 @@ proptest! {
             let before = s.clone();
             if let Outcome::Refused(_) = s.apply(&c) {
                 prop_assert_eq!(&s, &before, "a refused command changed the state");
+            }
+            if let Some(h) = s.floating_holder {
+                prop_assert!(s.floating.is_some(), "a holder without a floating address");
+                prop_assert!(s.nodes.get(&h).is_some_and(|i| i.holds_data()),
+                    "the floating address held by a witness or a stranger: {}", h);
             }
             if before.data_key.is_some() {
                 prop_assert_eq!(&s.data_key, &before.data_key, "the data key changed");

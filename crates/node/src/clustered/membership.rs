@@ -93,6 +93,9 @@ impl Node {
     /// in-sync copies; refused while it holds the only in-sync copy of a volume.
     pub async fn cluster_leave(&self) -> Result<(), NodeError> {
         let c = self.member()?;
+        // Gone from the interface before the holder's record goes with the
+        // node's: the leader may give it away as soon as it is.
+        self.release_floating().await;
         c.cluster.leave().await.map_err(cluster_err)?;
         // The cluster no longer sends this node its log: drop the copies
         // here (the cluster state already did) rather than keep serving them.
@@ -127,6 +130,8 @@ impl Node {
             taken_up: std::sync::Mutex::new(HashMap::new()),
             sealing: std::sync::Mutex::default(),
             wake: tokio::sync::Notify::new(),
+            floating: Default::default(),
+            iscsi_port: cfg.iscsi_port,
         });
         if self.cluster.set(clustered.clone()).is_err() {
             return Err(NodeError::Invalid(
@@ -155,6 +160,7 @@ impl Node {
         let mut watch = clustered.cluster.subscribe();
         let first = watch.borrow_and_update().clone();
         self.reconcile(&first).await;
+        self.follow_floating(&clustered);
         let node = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {

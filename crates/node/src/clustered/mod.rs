@@ -10,6 +10,7 @@
 
 mod access;
 mod control;
+mod floating;
 mod heard;
 mod membership;
 mod present;
@@ -83,6 +84,11 @@ pub struct Clustered {
     wake: tokio::sync::Notify,
     /// Volumes whose access rules this node is sealing right now.
     sealing: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The floating service address, where this node holds it.
+    floating: floating::FloatingHolder,
+    /// This node's iSCSI port, which the portal also takes on the floating
+    /// address.
+    iscsi_port: u16,
 }
 
 fn cluster_err(e: cluster::ClusterError) -> NodeError {

@@ -121,6 +121,25 @@ impl Lan {
         format!("{}.{}", self.net, 11 + i)
     }
 
+    /// An address of the hosts' network that no host has (`last` above
+    /// 10 + the number of hosts, below 255).
+    #[allow(dead_code)]
+    pub fn spare_addr(&self, last: u8) -> String {
+        format!("{}.{last}", self.net)
+    }
+
+    /// Whether host `i`'s interface has address `ip` (as `ip addr` lists it).
+    #[allow(dead_code)]
+    pub fn has_address(&self, i: usize, ip: &str) -> bool {
+        let out = Command::new("ip")
+            .args(["-n", &self.ns(i), "-o", "addr", "show", "dev", "eth0"])
+            .output()
+            .expect("run ip");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .any(|w| w.split('/').next() == Some(ip))
+    }
+
     /// Cuts host `i` off from everyone (its link goes down).
     pub fn cut(&self, i: usize) {
         ip(&["link", "set", &self.veth(i), "down"]).expect("link down");
