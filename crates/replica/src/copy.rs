@@ -323,6 +323,13 @@ impl LocalCopy {
         Ok(())
     }
 
+    /// Takes `state` as the volume's persistent reservations in force from
+    /// now on, without writing it: a new primary that starts from what
+    /// APTPL kept on disk hands that on to its peers, not the whole file.
+    pub fn hold_reservations(&self, state: bytes::Bytes) {
+        *self.reservations.lock().unwrap() = Some(state);
+    }
+
     /// The volume's persistent reservations as this copy has them, if it
     /// holds any (an empty state is none).
     pub fn reservations(&self) -> std::io::Result<Option<SavedReservations>> {

@@ -592,12 +592,19 @@ impl Primary {
     /// that fails it is recorded out of sync first, and without the
     /// control plane to record that, or without the right to acknowledge,
     /// it fails. A peer out of sync gets them before it is in sync again.
+    ///
+    /// The peers first: a change that fails there is not in this copy
+    /// either, so it can come into force nowhere (this copy is what the
+    /// next link gets and what this node starts from as primary again).
     pub async fn save_reservations(&self, state: Bytes) -> volume::Result<()> {
         self.check_serving()?;
         let _order = self.reservations.lock().await;
-        self.copy.save_reservations(state.clone()).await?;
-        self.to_peers(Op::Reservations { state }).await?;
-        self.check_serving()
+        self.to_peers(Op::Reservations {
+            state: state.clone(),
+        })
+        .await?;
+        self.check_serving()?;
+        self.copy.save_reservations(state).await
     }
 
     /// Grows the volume here, then on the peers.

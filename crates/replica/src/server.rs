@@ -363,8 +363,27 @@ fn replicated_now(
 /// Runs one request another node forwarded to this node's primary role,
 /// once it fits the volume as the primary has it. A whole SCSI command
 /// runs in the logical unit this node presents the volume through.
+///
+/// Once a logical unit is attached, reads and writes come only as SCSI
+/// commands: a plain one would pass by the unit's reservations (another
+/// node's EXTENDED COPY into this volume, or a command that node admitted
+/// while it was still the primary) and is refused as a transition.
 async fn forwarded(volume: &ClusterVolume, p: &Primary, op: Op) -> Result<Bytes, Failure> {
     p.check_request(&op).map_err(|e| failure_of(&e))?;
+    let data = matches!(
+        op,
+        Op::Read { .. }
+            | Op::Write { .. }
+            | Op::Unmap { .. }
+            | Op::WriteSame { .. }
+            | Op::CompareAndWrite { .. }
+    );
+    if data && volume.unit().is_some() {
+        return Err(failure_of(&VolumeError::Unavailable(Unavailable::Remote(
+            "the primary takes reads and writes only as SCSI commands to its logical unit"
+                .to_string(),
+        ))));
+    }
     match op {
         Op::Command(command) => match volume.unit() {
             Some(unit) => Ok(unit.run(command).await.encode()),

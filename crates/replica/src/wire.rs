@@ -18,9 +18,11 @@ pub const MAX_FRAME: usize = volume::MAX_IO_BYTES + 4096;
 /// Protocol version in every hello; a mismatch is refused.
 ///
 /// Version 2 carries a typed [`Refusal`] in the answer to a hello; version
-/// 3 forwards whole SCSI commands ([`Op::Command`]) and replicates the
-/// persistent reservations ([`Op::Reservations`]).
-pub const VERSION: u16 = 3;
+/// 4 forwards whole SCSI commands ([`Op::Command`]), replicates the
+/// persistent reservations ([`Op::Reservations`]) and sends replicas a
+/// COMPARE AND WRITE whole, with its initiator. Nodes of different
+/// versions refuse each other's connections.
+pub const VERSION: u16 = 4;
 
 /// A frame that does not follow the protocol.
 #[derive(Debug, Error, PartialEq, Eq)]

@@ -28,7 +28,7 @@ pub use sense::{key as sense_key, Sense};
 
 use crate::block::Outcome;
 use crate::cdb::{be16, be32};
-use crate::reservations::{PersistentState, Reservations, StateStore, CONFLICT};
+use crate::reservations::{ModeSettings, PersistentState, Reservations, StateStore, CONFLICT};
 use crate::unit_attention::UnitAttentions;
 
 /// SAM-5 status codes.
@@ -277,7 +277,46 @@ impl LogicalUnit {
     /// (this node now runs the unit's commands) and ends any SPC-2
     /// reservation, as a change of the node in charge resets it.
     pub fn load_reservations(&self, state: PersistentState) {
+        let mut m = self.mode.lock().unwrap();
+        *m = match state.mode {
+            Some(s) => mode::Settings {
+                write_cache: s.write_cache,
+                d_sense: s.d_sense,
+                swp: s.swp,
+            },
+            None => mode::Settings {
+                write_cache: self.volume.write_cache(),
+                d_sense: false,
+                swp: false,
+            },
+        };
+        drop(m);
         self.reservations.replace(state);
+    }
+
+    /// Puts new mode settings in force; those of a unit other nodes present
+    /// are kept with its state first, so the next node in charge has them
+    /// (a cleared WCE must stay cleared: initiators then send no
+    /// SYNCHRONIZE CACHE).
+    async fn set_mode(&self, next: mode::Settings, initiator: &str) -> Result<(), Sense> {
+        let apply = || {
+            let mut m = self.mode.lock().unwrap();
+            if *m != next {
+                *m = next;
+                self.attentions
+                    .raise_others(initiator, mode::PARAMETERS_CHANGED);
+            }
+        };
+        if self.owner.is_none() || *self.mode.lock().unwrap() == next {
+            apply();
+            return Ok(());
+        }
+        let kept = ModeSettings {
+            write_cache: next.write_cache,
+            d_sense: next.d_sense,
+            swp: next.swp,
+        };
+        self.reservations.save_mode(kept, apply).await
     }
 
     /// The volume behind this unit.
@@ -540,15 +579,13 @@ impl LogicalUnit {
             ),
             op::MODE_SELECT_6 | op::MODE_SELECT_10 => {
                 let ten = cdb[0] == op::MODE_SELECT_10;
-                let outcome = mode::mode_select(cdb, ten, data, &self.mode_state()).map(|next| {
-                    let mut m = self.mode.lock().unwrap();
-                    if *m != next {
-                        *m = next;
-                        self.attentions
-                            .raise_others(req.initiator, mode::PARAMETERS_CHANGED);
-                    }
-                    Vec::new()
-                });
+                let outcome = match mode::mode_select(cdb, ten, data, &self.mode_state()) {
+                    Ok(next) => self
+                        .set_mode(next, req.initiator)
+                        .await
+                        .map(|()| Vec::new()),
+                    Err(e) => Err(e),
+                };
                 (outcome, None)
             }
             op::ORWRITE_16 => (block::orwrite(v, cdb, data, &limits).await, None),

@@ -100,6 +100,22 @@ pub struct PersistentState {
     pub reservation: Option<Reservation>,
     /// Activate Persist Through Power Loss, as last set by a registration.
     pub aptpl: bool,
+    /// The mode settings MODE SELECT last made, for a unit that several
+    /// nodes present: the node that runs its commands next starts from
+    /// them (`None`: never changed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<ModeSettings>,
+}
+
+/// The mode parameters an initiator can change, as kept with the state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModeSettings {
+    /// Caching page WCE.
+    pub write_cache: bool,
+    /// Control page D_SENSE.
+    pub d_sense: bool,
+    /// Control page SWP.
+    pub swp: bool,
 }
 
 impl PersistentState {
@@ -417,6 +433,20 @@ impl Reservations {
             attentions.raise(&n, ua);
         }
         outcome
+    }
+
+    /// Keeps `mode` with the state (saved like a reservation change), then
+    /// runs `apply` to put it in force, in the order of every other change.
+    pub async fn save_mode(&self, mode: ModeSettings, apply: impl FnOnce()) -> Result<(), Sense> {
+        let _serial = self.out_lock.lock().await;
+        let mut next = self.state.lock().unwrap().clone();
+        if next.mode != Some(mode) {
+            next.mode = Some(mode);
+            self.save(&next).await?;
+            *self.state.lock().unwrap() = next;
+        }
+        apply();
+        Ok(())
     }
 
     /// Puts `state` in force in place of the current one, and ends the

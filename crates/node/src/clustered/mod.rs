@@ -59,6 +59,14 @@ const REPL_TIMEOUT: Duration = Duration::from_secs(2);
 /// before the writes waiting for that record fail.
 const RECORD_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Time a node that forwards gives the primary to answer a command: more
+/// than the primary may take for a write (a peer's answer, then the record
+/// of its loss), so a command is not answered "transition" here while the
+/// primary still applies it, and sent again to the same primary (a COMPARE
+/// AND WRITE would then miscompare against itself). A change of primary
+/// ends the wait at once.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Time a new primary role waits, before it serves, for its lease and
 /// state and for the connections to its peers (see `present::ready_to_serve`).
 const ROLE_SETTLE: Duration = Duration::from_millis(500);

@@ -11,7 +11,7 @@ use scsi::{AccessState, PortGroup};
 
 use super::access::{access_of, reseal_soon};
 use super::unit::{reservations_of, FromOthers, OnEveryCopy, ToPrimary};
-use super::{Clustered, COPY_BASE, RECORD_TIMEOUT, REPL_TIMEOUT, ROLE_SETTLE};
+use super::{Clustered, COPY_BASE, FORWARD_TIMEOUT, RECORD_TIMEOUT, REPL_TIMEOUT, ROLE_SETTLE};
 use crate::identity::{iqn_for, lun_identity};
 use crate::registry::{Presented, Registry};
 use crate::{Node, NodeError};
@@ -362,7 +362,7 @@ impl Node {
                 me,
                 addr,
                 c.key.clone(),
-                REPL_TIMEOUT,
+                FORWARD_TIMEOUT,
             );
             volume.set_route(Route::Forward(Arc::new(f)));
             return Ok(());
@@ -389,14 +389,17 @@ impl Node {
         };
         // Stop the old role before the new primary takes the copy.
         volume.set_route(Route::Waiting);
+        // The volume's SCSI state is this node's from now on: it starts
+        // from the reservations the copies were given (after a start, only
+        // what APTPL kept), and hands those on to the peers it connects to.
+        let reservations = reservations_of(copy);
+        copy.hold_reservations(reservations.encode().into());
         let control: Arc<dyn replica::Control> = c.control.clone();
         let p = Primary::start(copy.clone(), cfg, peers, control).await?;
         if let Err(why) = ready_to_serve(c, &p, &v.name, v.epoch).await {
             tracing::info!(volume = %v.name, epoch = v.epoch, "serving as primary before {why}");
         }
-        // The volume's SCSI state is this node's from now on: it starts
-        // from the reservations the copies were given.
-        lun.load_reservations(reservations_of(copy));
+        lun.load_reservations(reservations);
         volume.set_route(Route::Primary(p));
         // Used: the next primary role of this volume takes up its own epoch.
         c.taken_up.lock().unwrap().remove(&v.name);

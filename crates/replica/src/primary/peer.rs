@@ -347,26 +347,26 @@ impl Primary {
         // enters the write path, in order with the changes made meanwhile
         // (they wait for the same lock, and reach it through the link).
         let _order = self.reservations.lock().await;
-        let state = match self.copy.reservations() {
-            Ok(saved) => saved.map(|s| s.state).unwrap_or_default(),
-            Err(e) => {
-                tracing::warn!(
-                    volume = self.copy.name(),
-                    "reading the persistent reservations: {e}"
-                );
-                return false;
-            }
-        };
-        if let Err(e) = l.call(self.cfg.epoch, Op::Reservations { state }).await {
-            tracing::info!(
-                volume = self.copy.name(),
-                node = p.node,
-                "handing over the persistent reservations: {e}"
-            );
+        if let Err(e) = self.hand_over_reservations(l).await {
+            tracing::info!(volume = self.copy.name(), node = p.node, "{e}");
             return false;
         }
         *p.link.write().unwrap() = Some(l.clone());
         true
+    }
+
+    /// Sends the peer at the end of `link` the persistent reservations this
+    /// copy holds. The caller holds `reservations`, so no change is made
+    /// meanwhile.
+    pub(super) async fn hand_over_reservations(&self, link: &Link) -> Result<(), String> {
+        let state = match self.copy.reservations() {
+            Ok(saved) => saved.map(|s| s.state).unwrap_or_default(),
+            Err(e) => return Err(format!("reading the persistent reservations: {e}")),
+        };
+        link.call(self.cfg.epoch, Op::Reservations { state })
+            .await
+            .map(drop)
+            .map_err(|e| format!("handing over the persistent reservations: {e}"))
     }
 }
 

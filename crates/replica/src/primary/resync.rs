@@ -192,6 +192,13 @@ impl Primary {
             if p.dirty.count() > 0 || !link.is_alive() {
                 return Ok(());
             }
+            // A change of the reservations made while the peer was out of
+            // sync did not reach it: it gets them as they are, and none
+            // can change until it counts as in sync and takes the changes.
+            let _order = self.reservations.lock().await;
+            self.hand_over_reservations(link)
+                .await
+                .map_err(ResyncError::Reservations)?;
             if p.state
                 .compare_exchange(PeerState::Syncing, PeerState::InSync)
                 .is_err()
@@ -499,6 +506,9 @@ pub(super) enum ResyncError {
     /// The peer did not make the copied blocks durable.
     #[error("flushing the replica: {0}")]
     Flush(LinkError),
+    /// The peer did not take the volume's persistent reservations.
+    #[error("{0}")]
+    Reservations(String),
     /// The peer is in sync but the control plane did not record it.
     #[error("recording the replica in sync failed: {0}")]
     Record(ControlError),
