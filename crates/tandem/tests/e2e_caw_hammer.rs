@@ -19,8 +19,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::cluster::{on_loopback, primary_index, wait_converged, BLOCK};
+use common::cluster::{primary_index, wait_converged, BLOCK};
 use common::node_prefix;
+use common::scsi::mirrored;
 use testkit::{rw16, Initiator};
 
 const VOLUME: &str = "ats";
@@ -216,18 +217,7 @@ async fn hammer(id: u32, mut c: Client, stop: Arc<AtomicBool>) -> Tally {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ats_counter_hammered_through_both_nodes_stays_exact_across_a_failover() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b, _witness, _token) = on_loopback(dir.path());
-    a.cli_ok(&[
-        "volume",
-        "create",
-        VOLUME,
-        "--size",
-        "64M",
-        "--replicas",
-        "2",
-    ]);
-    wait_converged(&[&a, &b], VOLUME, 60).unwrap();
-    let mut nodes = [a, b];
+    let (mut nodes, _witness, _p) = mirrored(dir.path(), VOLUME, "64M");
     let portals = [nodes[0].portal(), nodes[1].portal()];
     let stop = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();

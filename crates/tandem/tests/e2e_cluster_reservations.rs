@@ -15,9 +15,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::{on_loopback, primary_index, wait_converged, BLOCK};
-use common::{node_prefix, Server};
-use testkit::{rw16, Initiator, Outcome};
+use common::cluster::{wait_converged, BLOCK};
+use common::scsi::{
+    login_as, mirrored, prout, prout_cdb, read_keys, read_reservation, register, settled,
+};
+use common::Server;
+use testkit::{rw16, Initiator};
 
 const VOLUME: &str = "shared";
 const HOST1: &str = "iqn.2026-11.test:host1";
@@ -29,104 +32,14 @@ const CONFLICT: u8 = 0x18;
 /// Write Exclusive – Registrants Only.
 const WERO: u8 = 0x05;
 
-/// Logs `initiator` in to the volume through `s`, unit attentions cleared.
-async fn login(s: &Server, initiator: &str) -> Initiator {
-    let target = format!("{}:{VOLUME}", node_prefix());
-    let mut i = Initiator::connect(s.portal()).await;
-    i.login(&[
-        ("InitiatorName", initiator),
-        ("TargetName", &target),
-        ("SessionType", "Normal"),
-    ])
-    .await;
-    for _ in 0..8 {
-        if i.simple(&[0u8; 6]).await.0 == GOOD {
-            break;
-        }
-    }
-    i
-}
-
-/// Runs a command as initiators do: a unit attention or an access state
-/// transition (a failover under way) is retried, for up to 30 s.
-async fn run(i: &mut Initiator, cdb: &[u8], data: &[u8], read_len: u32) -> Outcome {
-    let t = Instant::now();
-    loop {
-        let o = i.run(cdb, data, read_len).await.expect("an answer");
-        let retry = o.status == 0x02
-            && (o.sense_key == 0x06 || (o.sense_key == 0x02 && o.asc == (0x04, 0x0A)));
-        if !retry || t.elapsed() > Duration::from_secs(30) {
-            return o;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// PERSISTENT RESERVE OUT with the basic 24-byte parameter list.
-async fn prout(
-    i: &mut Initiator,
-    action: u8,
-    kind: u8,
-    key: u64,
-    sa_key: u64,
-    aptpl: bool,
-) -> Outcome {
-    let (cdb, p) = prout_cdb(action, kind, key, sa_key, aptpl);
-    run(i, &cdb, &p, 0).await
-}
-
-fn prout_cdb(action: u8, kind: u8, key: u64, sa_key: u64, aptpl: bool) -> ([u8; 10], [u8; 24]) {
-    let mut cdb = [0u8; 10];
-    cdb[0] = 0x5F;
-    cdb[1] = action;
-    cdb[2] = kind;
-    cdb[5..9].copy_from_slice(&24u32.to_be_bytes());
-    let mut p = [0u8; 24];
-    p[..8].copy_from_slice(&key.to_be_bytes());
-    p[8..16].copy_from_slice(&sa_key.to_be_bytes());
-    p[20] = u8::from(aptpl);
-    (cdb, p)
-}
-
-async fn register(i: &mut Initiator, key: u64) {
-    let o = prout(i, 0x00, 0, 0, key, false).await;
-    assert_eq!(o.status, GOOD, "REGISTER: {o:?}");
-}
-
-/// READ KEYS, sorted.
-async fn keys(i: &mut Initiator) -> Vec<u64> {
-    let o = run(i, &[0x5E, 0x00, 0, 0, 0, 0, 0, 0x04, 0x00, 0], &[], 1024).await;
-    assert_eq!(o.status, GOOD, "READ KEYS: {o:?}");
-    let len = u32::from_be_bytes(o.data[4..8].try_into().unwrap()) as usize;
-    let mut k: Vec<u64> = o.data[8..8 + len]
-        .chunks(8)
-        .map(|c| u64::from_be_bytes(c.try_into().unwrap()))
-        .collect();
-    k.sort_unstable();
-    k
-}
-
-/// READ RESERVATION: the holder's key and the type, if reserved.
-async fn reservation(i: &mut Initiator) -> Option<(u64, u8)> {
-    let o = run(i, &[0x5E, 0x01, 0, 0, 0, 0, 0, 0, 64, 0], &[], 64).await;
-    assert_eq!(o.status, GOOD, "READ RESERVATION: {o:?}");
-    let len = u32::from_be_bytes(o.data[4..8].try_into().unwrap());
-    (len >= 16).then(|| {
-        (
-            u64::from_be_bytes(o.data[8..16].try_into().unwrap()),
-            o.data[21] & 0x0F,
-        )
-    })
-}
-
 async fn write(i: &mut Initiator) -> u8 {
-    run(i, &rw16(0x8A, 0, 1, true), &[0x5A; BLOCK], 0)
+    settled(i, &rw16(0x8A, 0, 1, true), &[0x5A; BLOCK], 0)
         .await
         .status
 }
 
 async fn read(i: &mut Initiator) -> u8 {
-    run(i, &rw16(0x88, 0, 1, false), &[], BLOCK as u32)
+    settled(i, &rw16(0x88, 0, 1, false), &[], BLOCK as u32)
         .await
         .status
 }
@@ -144,19 +57,7 @@ async fn hears_preempted(i: &mut Initiator, who: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reservations_fence_across_nodes_and_survive_failover_and_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b, _witness, _token) = on_loopback(dir.path());
-    a.cli_ok(&[
-        "volume",
-        "create",
-        VOLUME,
-        "--size",
-        "64M",
-        "--replicas",
-        "2",
-    ]);
-    wait_converged(&[&a, &b], VOLUME, 60).unwrap();
-    let mut nodes = [a, b];
-    let p = primary_index(&[&nodes[0], &nodes[1]], VOLUME).expect("a primary");
+    let (mut nodes, _witness, p) = mirrored(dir.path(), VOLUME, "64M");
     let f = 1 - p;
     let report = |nodes: &[Server; 2]| {
         format!(
@@ -166,24 +67,24 @@ async fn reservations_fence_across_nodes_and_survive_failover_and_restart() {
         )
     };
 
-    let mut host1 = login(&nodes[f], HOST1).await;
-    let mut host2_p = login(&nodes[p], HOST2).await;
-    let mut host2_f = login(&nodes[f], HOST2).await;
-    let mut by_f = login(&nodes[f], HOST3).await;
-    let mut by_p = login(&nodes[p], HOST3).await;
+    let mut host1 = login_as(&nodes[f], VOLUME, HOST1).await;
+    let mut host2_p = login_as(&nodes[p], VOLUME, HOST2).await;
+    let mut host2_f = login_as(&nodes[f], VOLUME, HOST2).await;
+    let mut by_f = login_as(&nodes[f], VOLUME, HOST3).await;
+    let mut by_p = login_as(&nodes[p], VOLUME, HOST3).await;
 
     // Registrations through either node are one list.
     register(&mut host1, 0x11).await;
     register(&mut host2_p, 0x22).await;
     register(&mut host2_f, 0x22).await;
-    assert_eq!(keys(&mut by_f).await, vec![0x11, 0x22, 0x22]);
-    assert_eq!(keys(&mut by_p).await, vec![0x11, 0x22, 0x22]);
+    assert_eq!(read_keys(&mut by_f).await, vec![0x11, 0x22, 0x22]);
+    assert_eq!(read_keys(&mut by_p).await, vec![0x11, 0x22, 0x22]);
 
     // Host 1 reserves through the forwarding node; the primary reports it
     // and both nodes fence the unregistered bystander's writes.
     let o = prout(&mut host1, 0x01, WERO, 0x11, 0, false).await;
     assert_eq!(o.status, GOOD, "RESERVE through the forwarding node: {o:?}");
-    assert_eq!(reservation(&mut by_p).await, Some((0x11, WERO)));
+    assert_eq!(read_reservation(&mut by_p).await, Some((0x11, WERO)));
     assert_eq!(write(&mut by_f).await, CONFLICT, "{}", report(&nodes));
     assert_eq!(write(&mut by_p).await, CONFLICT, "{}", report(&nodes));
     assert_eq!(read(&mut by_f).await, GOOD);
@@ -197,7 +98,7 @@ async fn reservations_fence_across_nodes_and_survive_failover_and_restart() {
     hears_preempted(&mut host2_f, "host 2 through the other node").await;
     assert_eq!(write(&mut host2_p).await, CONFLICT);
     assert_eq!(write(&mut host2_f).await, CONFLICT);
-    assert_eq!(keys(&mut by_p).await, vec![0x11]);
+    assert_eq!(read_keys(&mut by_p).await, vec![0x11]);
 
     // Host 2 comes back and preempts host 1 (PREEMPT AND ABORT), as the
     // surviving node of a Windows cluster does.
@@ -208,7 +109,7 @@ async fn reservations_fence_across_nodes_and_survive_failover_and_restart() {
     hears_preempted(&mut host1, "host 1").await;
     assert_eq!(write(&mut host1).await, CONFLICT);
     assert_eq!(write(&mut host2_p).await, GOOD);
-    assert_eq!(reservation(&mut by_f).await, Some((0x22, WERO)));
+    assert_eq!(read_reservation(&mut by_f).await, Some((0x22, WERO)));
 
     // The primary dies: the reservation holds on the survivor.
     nodes[p].kill();
@@ -221,8 +122,8 @@ async fn reservations_fence_across_nodes_and_survive_failover_and_restart() {
     );
     assert_eq!(write(&mut host1).await, CONFLICT);
     assert_eq!(write(&mut by_f).await, CONFLICT);
-    assert_eq!(reservation(&mut by_f).await, Some((0x22, WERO)));
-    assert_eq!(keys(&mut by_f).await, vec![0x22, 0x22]);
+    assert_eq!(read_reservation(&mut by_f).await, Some((0x22, WERO)));
+    assert_eq!(read_keys(&mut by_f).await, vec![0x22, 0x22]);
 
     // The old primary returns (empty-handed: it was killed) and takes over
     // when the survivor dies in turn. The state it starts from came from
@@ -231,15 +132,15 @@ async fn reservations_fence_across_nodes_and_survive_failover_and_restart() {
     wait_converged(&[&nodes[0], &nodes[1]], VOLUME, 60).unwrap();
     drop((host1, by_f));
     nodes[f].kill();
-    let mut host2_p = login(&nodes[p], HOST2).await;
-    let mut by_p = login(&nodes[p], HOST3).await;
+    let mut host2_p = login_as(&nodes[p], VOLUME, HOST2).await;
+    let mut by_p = login_as(&nodes[p], VOLUME, HOST3).await;
     assert_eq!(
-        reservation(&mut by_p).await,
+        read_reservation(&mut by_p).await,
         Some((0x22, WERO)),
         "after the second failover\n{}",
         nodes[p].log_text()
     );
-    assert_eq!(keys(&mut by_p).await, vec![0x22, 0x22]);
+    assert_eq!(read_keys(&mut by_p).await, vec![0x22, 0x22]);
     assert_eq!(write(&mut by_p).await, CONFLICT);
     // A new path of host 2 is a new nexus: fenced until it registers.
     assert_eq!(write(&mut host2_p).await, CONFLICT);
@@ -263,14 +164,14 @@ async fn reservations_fence_across_nodes_and_survive_failover_and_restart() {
     }
     wait_converged(&[&nodes[0], &nodes[1]], VOLUME, 60).unwrap();
     for n in &nodes {
-        let mut by = login(n, HOST3).await;
+        let mut by = login_as(n, VOLUME, HOST3).await;
         assert_eq!(
-            keys(&mut by).await,
+            read_keys(&mut by).await,
             vec![0x22, 0x22, 0x22],
             "{}",
             report(&nodes)
         );
-        assert_eq!(reservation(&mut by).await, Some((0x22, WERO)));
+        assert_eq!(read_reservation(&mut by).await, Some((0x22, WERO)));
         assert_eq!(write(&mut by).await, CONFLICT);
     }
 }
@@ -282,36 +183,24 @@ async fn reservations_fence_across_nodes_and_survive_failover_and_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_and_unrecordable_reservation_changes_fail_the_same_everywhere() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b, mut witness, _token) = on_loopback(dir.path());
-    a.cli_ok(&[
-        "volume",
-        "create",
-        VOLUME,
-        "--size",
-        "64M",
-        "--replicas",
-        "2",
-    ]);
-    wait_converged(&[&a, &b], VOLUME, 60).unwrap();
-    let mut nodes = [a, b];
-    let p = primary_index(&[&nodes[0], &nodes[1]], VOLUME).expect("a primary");
+    let (mut nodes, mut witness, p) = mirrored(dir.path(), VOLUME, "64M");
     let f = 1 - p;
-    let mut through_p = login(&nodes[p], HOST1).await;
-    let mut through_f = login(&nodes[f], HOST2).await;
+    let mut through_p = login_as(&nodes[p], VOLUME, HOST1).await;
+    let mut through_f = login_as(&nodes[f], VOLUME, HOST2).await;
 
     // PARAMETER LIST LENGTH ERROR (1A/00), the same from both nodes.
     let mut cdb = [0x5F, 0x00, 0, 0, 0, 0, 0, 0, 23, 0];
     for i in [&mut through_p, &mut through_f] {
-        let o = run(i, &cdb, &[0u8; 23], 0).await;
+        let o = settled(i, &cdb, &[0u8; 23], 0).await;
         assert_eq!((o.status, o.sense_key, o.asc), (0x02, 0x05, (0x1A, 0x00)));
     }
     // A parameter list shorter than the CDB announces.
     cdb[8] = 24;
     for i in [&mut through_p, &mut through_f] {
-        let o = run(i, &cdb, &[0u8; 16], 0).await;
+        let o = settled(i, &cdb, &[0u8; 16], 0).await;
         assert_eq!(o.status, 0x02, "{o:?}");
     }
-    assert_eq!(keys(&mut through_f).await, Vec::<u64>::new());
+    assert_eq!(read_keys(&mut through_f).await, Vec::<u64>::new());
 
     // The primary alone: no quorum, so no change.
     register(&mut through_p, 0x77).await;
@@ -342,12 +231,12 @@ async fn bad_and_unrecordable_reservation_changes_fail_the_same_everywhere() {
     nodes[f].restart();
     wait_converged(&[&nodes[0], &nodes[1]], VOLUME, 60).unwrap();
     for n in &nodes {
-        let mut i = login(n, HOST3).await;
+        let mut i = login_as(n, VOLUME, HOST3).await;
         assert_eq!(
-            reservation(&mut i).await,
+            read_reservation(&mut i).await,
             None,
             "the refused reservation is in force"
         );
-        assert_eq!(keys(&mut i).await, vec![0x77]);
+        assert_eq!(read_keys(&mut i).await, vec![0x77]);
     }
 }

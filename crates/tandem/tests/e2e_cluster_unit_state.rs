@@ -6,10 +6,12 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::cluster::{on_loopback, primary_index, wait_converged, BLOCK};
-use common::{node_prefix, Server};
+use common::scsi::{
+    login_as, mirrored, prout, prout_cdb, read_keys, read_reservation, register, settled,
+};
 use testkit::{rw16, Initiator, Outcome};
 
 const VOLUME: &str = "shared";
@@ -17,39 +19,8 @@ const HOST1: &str = "iqn.2026-11.test:host1";
 const HOST3: &str = "iqn.2026-11.test:bystander";
 const GOOD: u8 = 0x00;
 
-async fn login(s: &Server, initiator: &str) -> Initiator {
-    let target = format!("{}:{VOLUME}", node_prefix());
-    let mut i = Initiator::connect(s.portal()).await;
-    i.login(&[
-        ("InitiatorName", initiator),
-        ("TargetName", &target),
-        ("SessionType", "Normal"),
-    ])
-    .await;
-    for _ in 0..8 {
-        if i.simple(&[0u8; 6]).await.0 == GOOD {
-            break;
-        }
-    }
-    i
-}
-
-/// Retries unit attentions and access state transitions for up to 30 s.
-async fn run(i: &mut Initiator, cdb: &[u8], data: &[u8], read_len: u32) -> Outcome {
-    let t = Instant::now();
-    loop {
-        let o = i.run(cdb, data, read_len).await.expect("an answer");
-        let retry = o.status == 0x02
-            && (o.sense_key == 0x06 || (o.sense_key == 0x02 && o.asc == (0x04, 0x0A)));
-        if !retry || t.elapsed() > Duration::from_secs(30) {
-            return o;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn write(i: &mut Initiator) -> Outcome {
-    run(i, &rw16(0x8A, 0, 1, false), &[0x5A; BLOCK], 0).await
+    settled(i, &rw16(0x8A, 0, 1, false), &[0x5A; BLOCK], 0).await
 }
 
 /// Mode settings are the volume's: software write protect set with MODE
@@ -59,24 +30,12 @@ async fn write(i: &mut Initiator) -> Outcome {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mode_settings_survive_a_failover() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b, _witness, _token) = on_loopback(dir.path());
-    a.cli_ok(&[
-        "volume",
-        "create",
-        VOLUME,
-        "--size",
-        "64M",
-        "--replicas",
-        "2",
-    ]);
-    wait_converged(&[&a, &b], VOLUME, 60).unwrap();
-    let mut nodes = [a, b];
-    let p = primary_index(&[&nodes[0], &nodes[1]], VOLUME).expect("a primary");
+    let (mut nodes, _witness, p) = mirrored(dir.path(), VOLUME, "64M");
     let f = 1 - p;
-    let mut host = login(&nodes[f], HOST1).await;
+    let mut host = login_as(&nodes[f], VOLUME, HOST1).await;
 
     // Control mode page, SWP on.
-    let sense = run(&mut host, &[0x1A, 0x08, 0x0A, 0, 255, 0], &[], 255).await;
+    let sense = settled(&mut host, &[0x1A, 0x08, 0x0A, 0, 255, 0], &[], 255).await;
     assert_eq!(sense.status, GOOD, "{sense:?}");
     let end = sense.data[0] as usize + 1;
     let mut page = sense.data[4..end].to_vec();
@@ -84,7 +43,7 @@ async fn mode_settings_survive_a_failover() {
     let mut params = vec![0u8; 4];
     params.extend_from_slice(&page);
     let select = [0x15, 0x10, 0, 0, params.len() as u8, 0];
-    let o = run(&mut host, &select, &params, 0).await;
+    let o = settled(&mut host, &select, &params, 0).await;
     assert_eq!(
         o.status, GOOD,
         "MODE SELECT: {o:?} after MODE SENSE {sense:?}"
@@ -111,32 +70,12 @@ async fn mode_settings_survive_a_failover() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_without_aptpl_stays_gone_after_a_restart_and_a_failover() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b, _witness, _token) = on_loopback(dir.path());
-    a.cli_ok(&[
-        "volume",
-        "create",
-        VOLUME,
-        "--size",
-        "64M",
-        "--replicas",
-        "2",
-    ]);
-    wait_converged(&[&a, &b], VOLUME, 60).unwrap();
-    let mut nodes = [a, b];
-    let mut host = login(&nodes[0], HOST1).await;
+    let (mut nodes, _witness, _p) = mirrored(dir.path(), VOLUME, "64M");
+    let mut host = login_as(&nodes[0], VOLUME, HOST1).await;
     // REGISTER 0x11 and RESERVE Write Exclusive - Registrants Only, no APTPL.
-    for (action, kind, key, sa) in [(0x00u8, 0u8, 0u64, 0x11u64), (0x01, 0x05, 0x11, 0)] {
-        let mut cdb = [0u8; 10];
-        cdb[0] = 0x5F;
-        cdb[1] = action;
-        cdb[2] = kind;
-        cdb[5..9].copy_from_slice(&24u32.to_be_bytes());
-        let mut p = [0u8; 24];
-        p[..8].copy_from_slice(&key.to_be_bytes());
-        p[8..16].copy_from_slice(&sa.to_be_bytes());
-        let o = run(&mut host, &cdb, &p, 0).await;
-        assert_eq!(o.status, GOOD, "{o:?}");
-    }
+    register(&mut host, 0x11).await;
+    let o = prout(&mut host, 0x01, 0x05, 0x11, 0, false).await;
+    assert_eq!(o.status, GOOD, "{o:?}");
     drop(host);
     for n in nodes.iter_mut() {
         n.stop();
@@ -145,24 +84,20 @@ async fn state_without_aptpl_stays_gone_after_a_restart_and_a_failover() {
         n.restart();
     }
     wait_converged(&[&nodes[0], &nodes[1]], VOLUME, 60).unwrap();
-    let read_keys = [0x5E, 0x00, 0, 0, 0, 0, 0, 0x04, 0x00, 0];
     let p = primary_index(&[&nodes[0], &nodes[1]], VOLUME).expect("a primary");
     let f = 1 - p;
-    let mut by = login(&nodes[f], HOST3).await;
-    let o = run(&mut by, &read_keys, &[], 1024).await;
+    let mut by = login_as(&nodes[f], VOLUME, HOST3).await;
     assert_eq!(
-        &o.data[4..8],
-        &[0, 0, 0, 0],
-        "no keys after the restart: {o:?}"
+        read_keys(&mut by).await,
+        Vec::<u64>::new(),
+        "keys after the restart"
     );
     // Give the hand-over to the peer time (it happens when the link forms).
     tokio::time::sleep(Duration::from_secs(2)).await;
     nodes[p].kill();
-    let o = run(&mut by, &read_keys, &[], 1024).await;
-    assert_eq!(o.status, GOOD, "{o:?}");
     assert_eq!(
-        &o.data[4..8],
-        &[0, 0, 0, 0],
+        read_keys(&mut by).await,
+        Vec::<u64>::new(),
         "registrations without APTPL came back after a full restart and a failover\n{}",
         nodes[f].log_text()
     );
@@ -174,38 +109,14 @@ async fn state_without_aptpl_stays_gone_after_a_restart_and_a_failover() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reservation_refused_without_a_quorum_is_in_force_nowhere_after_a_failover() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b, mut witness, _token) = on_loopback(dir.path());
-    a.cli_ok(&[
-        "volume",
-        "create",
-        VOLUME,
-        "--size",
-        "64M",
-        "--replicas",
-        "2",
-    ]);
-    wait_converged(&[&a, &b], VOLUME, 60).unwrap();
-    let mut nodes = [a, b];
-    let p = primary_index(&[&nodes[0], &nodes[1]], VOLUME).expect("a primary");
+    let (mut nodes, mut witness, p) = mirrored(dir.path(), VOLUME, "64M");
     let f = 1 - p;
-    let mut host = login(&nodes[p], HOST1).await;
-    let prout = |action: u8, kind: u8, key: u64, sa: u64| {
-        let mut cdb = [0u8; 10];
-        cdb[0] = 0x5F;
-        cdb[1] = action;
-        cdb[2] = kind;
-        cdb[5..9].copy_from_slice(&24u32.to_be_bytes());
-        let mut p = [0u8; 24];
-        p[..8].copy_from_slice(&key.to_be_bytes());
-        p[8..16].copy_from_slice(&sa.to_be_bytes());
-        (cdb, p)
-    };
-    let (cdb, params) = prout(0x00, 0, 0, 0x77);
-    assert_eq!(run(&mut host, &cdb, &params, 0).await.status, GOOD);
+    let mut host = login_as(&nodes[p], VOLUME, HOST1).await;
+    register(&mut host, 0x77).await;
     // The primary alone, its lease still running: RESERVE is refused.
     witness.kill();
     nodes[f].kill();
-    let (cdb, params) = prout(0x01, 0x05, 0x77, 0);
+    let (cdb, params) = prout_cdb(0x01, 0x05, 0x77, 0, false);
     let o = host.run(&cdb, &params, 0).await.expect("an answer");
     assert_eq!((o.status, o.sense_key), (0x02, 0x02), "refused: {o:?}");
     drop(host);
@@ -213,46 +124,22 @@ async fn a_reservation_refused_without_a_quorum_is_in_force_nowhere_after_a_fail
     nodes[f].restart();
     wait_converged(&[&nodes[0], &nodes[1]], VOLUME, 60).unwrap();
     let q = primary_index(&[&nodes[0], &nodes[1]], VOLUME).expect("a primary");
-    let read_reservation = [0x5E, 0x01, 0, 0, 0, 0, 0, 0, 64, 0];
-    let mut by = login(&nodes[q], HOST3).await;
-    let o = run(&mut by, &read_reservation, &[], 64).await;
-    println!(
-        "primary after the quorum returned: node index {q} (was {p}); READ RESERVATION length {:?}",
-        &o.data[4..8]
-    );
+    let mut by = login_as(&nodes[q], VOLUME, HOST3).await;
+    assert_eq!(read_reservation(&mut by).await, None, "on the primary");
     drop(by);
     tokio::time::sleep(Duration::from_secs(2)).await;
     nodes[q].kill();
-    let mut by = login(&nodes[1 - q], HOST3).await;
-    let o = run(&mut by, &read_reservation, &[], 64).await;
-    assert_eq!(o.status, GOOD, "{o:?}");
+    let mut by = login_as(&nodes[1 - q], VOLUME, HOST3).await;
     assert_eq!(
-        &o.data[4..8],
-        &[0, 0, 0, 0],
+        read_reservation(&mut by).await,
+        None,
         "the RESERVE refused with NOT READY is in force after a failover"
     );
 }
 
-async fn login_to(s: &Server, initiator: &str, volume: &str) -> Initiator {
-    let target = format!("{}:{volume}", node_prefix());
-    let mut i = Initiator::connect(s.portal()).await;
-    i.login(&[
-        ("InitiatorName", initiator),
-        ("TargetName", &target),
-        ("SessionType", "Normal"),
-    ])
-    .await;
-    for _ in 0..8 {
-        if i.simple(&[0u8; 6]).await.0 == GOOD {
-            break;
-        }
-    }
-    i
-}
-
 /// The NAA designation descriptor (code set .. value) of VPD page 0x83.
 async fn naa(i: &mut Initiator) -> Vec<u8> {
-    let o = run(i, &[0x12, 1, 0x83, 0, 255, 0], &[], 255).await;
+    let o = settled(i, &[0x12, 1, 0x83, 0, 255, 0], &[], 255).await;
     assert_eq!(o.status, GOOD, "{o:?}");
     let end = 4 + u16::from_be_bytes([o.data[2], o.data[3]]) as usize;
     let mut at = 4;
@@ -307,26 +194,18 @@ async fn extended_copy_does_not_write_past_a_reservation_another_primary_holds()
     );
 
     // Host 2 reserves the victim EXCLUSIVE ACCESS through its primary.
-    let mut host2 = login_to(&nodes[y], "iqn.2026-11.test:host2", VICTIM).await;
-    for (action, kind, key, sa) in [(0x00u8, 0u8, 0u64, 0x22u64), (0x01, 0x03, 0x22, 0)] {
-        let mut cdb = [0u8; 10];
-        cdb[0] = 0x5F;
-        cdb[1] = action;
-        cdb[2] = kind;
-        cdb[5..9].copy_from_slice(&24u32.to_be_bytes());
-        let mut p = [0u8; 24];
-        p[..8].copy_from_slice(&key.to_be_bytes());
-        p[8..16].copy_from_slice(&sa.to_be_bytes());
-        assert_eq!(run(&mut host2, &cdb, &p, 0).await.status, GOOD);
-    }
+    let mut host2 = login_as(&nodes[y], VICTIM, "iqn.2026-11.test:host2").await;
+    register(&mut host2, 0x22).await;
+    let o = prout(&mut host2, 0x01, 0x03, 0x22, 0, false).await;
+    assert_eq!(o.status, GOOD, "{o:?}");
     // Host 1 is fenced from the victim, through either node.
-    let mut to_victim = login_to(&nodes[x], HOST1, VICTIM).await;
-    let o = run(&mut to_victim, &rw16(0x8A, 0, 1, false), &[0x66; BLOCK], 0).await;
+    let mut to_victim = login_as(&nodes[x], VICTIM, HOST1).await;
+    let o = settled(&mut to_victim, &rw16(0x8A, 0, 1, false), &[0x66; BLOCK], 0).await;
     assert_eq!(o.status, 0x18, "fenced: {o:?}");
     let victim_id = naa(&mut to_victim).await;
-    let mut to_source = login_to(&nodes[x], HOST1, SOURCE).await;
+    let mut to_source = login_as(&nodes[x], SOURCE, HOST1).await;
     let source_id = naa(&mut to_source).await;
-    let o = run(
+    let o = settled(
         &mut to_source,
         &rw16(0x8A, 0, 8, false),
         &[0x66; 8 * BLOCK],
@@ -356,8 +235,8 @@ async fn extended_copy_does_not_write_past_a_reservation_another_primary_holds()
     let mut cdb = [0u8; 16];
     cdb[0] = 0x83;
     cdb[10..14].copy_from_slice(&(list.len() as u32).to_be_bytes());
-    let o = run(&mut to_source, &cdb, &list, 0).await;
-    let read = run(&mut host2, &rw16(0x88, 0, 1, false), &[], BLOCK as u32).await;
+    let o = settled(&mut to_source, &cdb, &list, 0).await;
+    let read = settled(&mut host2, &rw16(0x88, 0, 1, false), &[], BLOCK as u32).await;
     assert!(
         o.status != GOOD && read.data[..BLOCK] != [0x66; BLOCK],
         "a fenced initiator overwrote the reserved volume with EXTENDED COPY: status {:#x} ({o:?}), victim block 0 starts {:#x}",

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod log;
 pub mod nemesis;
 pub mod netns;
+pub mod scsi;
 pub mod workload;
 
 use std::path::{Path, PathBuf};
