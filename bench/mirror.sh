@@ -40,39 +40,18 @@ size_bytes=$(numfmt --from=iec "$SIZE")
 iqn=iqn.2026-11.io.tandem:bench
 
 # --- the setups ----------------------------------------------------------------
-# serve NAME [cluster]: starts a node; sets port_NAME, api_NAME, pid_NAME.
-serve() {
-  local name=$1 port api extra=()
-  port=$(free_port); api=$(free_port)
-  if [ "${2:-}" = cluster ]; then
-    extra=(--cluster-listen "127.0.0.1:$(free_port)" --repl-listen "127.0.0.1:$(free_port)"
-           --advertise 127.0.0.1 --node-name "$name")
-  fi
-  TANDEM_LOG=warn "$tandem" serve --data-dir "$work/$name" --iscsi-listen "127.0.0.1:$port" \
-    --api-listen "127.0.0.1:$api" "${extra[@]}" >"$work/$name.log" 2>&1 &
-  pids+=($!)
-  printf -v "pid_$name" '%s' "$!"
-  printf -v "port_$name" '%s' "$port"
-  printf -v "api_$name" '%s' "$api"
-  wait_port "$api"
-}
-cli() { # NAME args...
-  local api="api_$1" name=$1; shift
-  TANDEM_API="127.0.0.1:${!api}" TANDEM_DATA_DIR="$work/$name" "$tandem" "$@"
-}
-
-serve single
+# The standalone node: sets port_single, api_single, pid_single.
+port_single=$(free_port); api_single=$(free_port)
+TANDEM_LOG=warn "$tandem" serve --data-dir "$work/single" --iscsi-listen "127.0.0.1:$port_single" \
+  --api-listen "127.0.0.1:$api_single" >"$work/single.log" 2>&1 &
+pids+=($!)
+pid_single=$!
+wait_port "$api_single"
 cli single volume create bench --size "$SIZE" >/dev/null
 
-serve a cluster
-serve b cluster
-token=$(cli a cluster init | grep -o 'tandem-join:[^ ]*' | head -1)
-cluster_a=$(tr '\0' ' ' </proc/"$pid_a"/cmdline | grep -o -- '--cluster-listen [^ ]*' | awk '{print $2}')
-cli b cluster join "$cluster_a" --token "$token" >/dev/null
-wport=$(free_port)
-TANDEM_LOG=warn "$tandem" witness --data-dir "$work/w" --listen "127.0.0.1:$wport" \
-  --advertise 127.0.0.1 --join "$cluster_a" --token "$token" >"$work/w.log" 2>&1 &
-pids+=($!)
+cluster_node a
+cluster_node b
+form_cluster a b
 cli a volume create bench --size "$SIZE" --replicas 2 >/dev/null
 
 # status_json NAME -> the cluster status as JSON

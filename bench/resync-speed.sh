@@ -59,16 +59,17 @@ LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # --- the cluster ------------------------------------------------------------------
 # start NAME: starts data node NAME with the arguments saved in args_NAME (the
-# first time: new ports); sets pid_NAME, port_NAME, api_NAME.
+# first time: new ports); sets pid_NAME, port_NAME, api_NAME, cluster_NAME.
 start() {
   local name=$1 v="args_$1"
   if [ -z "${!v:-}" ]; then
-    local port api
-    port=$(free_port); api=$(free_port)
+    local port api clu
+    port=$(free_port); api=$(free_port); clu="127.0.0.1:$(free_port)"
     printf -v "port_$name" '%s' "$port"
     printf -v "api_$name" '%s' "$api"
+    printf -v "cluster_$name" '%s' "$clu"
     printf -v "args_$name" '%s' "--data-dir $work/$name --iscsi-listen 127.0.0.1:$port --api-listen 127.0.0.1:$api \
---cluster-listen 127.0.0.1:$(free_port) --repl-listen 127.0.0.1:$(free_port) --advertise 127.0.0.1 --node-name $name"
+--cluster-listen $clu --repl-listen 127.0.0.1:$(free_port) --advertise 127.0.0.1 --node-name $name"
   fi
   # shellcheck disable=SC2086
   TANDEM_LOG=info "$tandem" serve ${!v} >>"$work/$name.log" 2>&1 &
@@ -88,20 +89,10 @@ stop() {
   for q in "${pids[@]}"; do [ "$q" = "${!p}" ] || left+=("$q"); done
   pids=("${left[@]}")
 }
-cli() { # NAME args...
-  local api="api_$1" name=$1; shift
-  TANDEM_API="127.0.0.1:${!api}" TANDEM_DATA_DIR="$work/$name" "$tandem" "$@"
-}
 
 start a
 start b
-token=$(cli a cluster init | grep -o 'tandem-join:[^ ]*' | head -1)
-cluster_a=$(echo "$args_a" | grep -o -- '--cluster-listen [^ ]*' | awk '{print $2}')
-cli b cluster join "$cluster_a" --token "$token" >/dev/null
-wport=$(free_port)
-TANDEM_LOG=warn "$tandem" witness --data-dir "$work/w" --listen "127.0.0.1:$wport" \
-  --advertise 127.0.0.1 --join "$cluster_a" --token "$token" >"$work/w.log" 2>&1 &
-pids+=($!)
+form_cluster a b
 
 # in_sync NAME VOLUME -> prints the name of the volume's primary once node
 # NAME sees every copy of it recorded in sync; fails after 10 minutes.

@@ -121,36 +121,15 @@ fi
 
 # --- Tandem, two nodes --------------------------------------------------------
 if [ "$with_cluster" = 1 ]; then
-  # node NAME: starts a cluster node; sets port_NAME, api_NAME, clu_NAME.
-  node() {
-    local name=$1 p a c
-    p=$(free_port); a=$(free_port); c=$(free_port)
-    TANDEM_LOG=warn "$bin" serve --data-dir "$work/$name" --iscsi-listen "127.0.0.1:$p" \
-      --api-listen "127.0.0.1:$a" --cluster-listen "127.0.0.1:$c" \
-      --repl-listen "127.0.0.1:$(free_port)" --advertise 127.0.0.1 --node-name "$name" \
-      >"$out/tandem-$name.log" 2>&1 &
-    pids+=($!)
-    printf -v "port_$name" '%s' "$p"
-    printf -v "api_$name" '%s' "$a"
-    printf -v "clu_$name" '%s' "$c"
-    wait_port "$a"
-  }
-  ncli() { # NAME args...
-    local api="api_$1" name=$1; shift
-    TANDEM_API="127.0.0.1:${!api}" TANDEM_DATA_DIR="$work/$name" "$bin" "$@"
-  }
-  node a
-  node b
-  token=$(ncli a cluster init | grep -o 'tandem-join:[^ ]*' | head -1)
-  ncli b cluster join "127.0.0.1:$clu_a" --token "$token" >/dev/null
-  wport=$(free_port)
-  TANDEM_LOG=warn "$bin" witness --data-dir "$work/w" --listen "127.0.0.1:$wport" \
-    --advertise 127.0.0.1 --join "127.0.0.1:$clu_a" --token "$token" >"$out/tandem-w.log" 2>&1 &
-  pids+=($!)
-  ncli a volume create conformance --size "$LUN_SIZE" --replicas 2 >/dev/null
+  # Nodes' logs: $work/a.log, $work/b.log, $work/w.log.
+  tandem=$bin
+  cluster_node a
+  cluster_node b
+  form_cluster a b
+  cli a volume create conformance --size "$LUN_SIZE" --replicas 2 >/dev/null
   # Both copies in sync before the suite starts.
   for _ in $(seq 1 600); do
-    ncli a cluster status --json 2>/dev/null | python3 -c '
+    cli a cluster status --json 2>/dev/null | python3 -c '
 import json, sys
 v = json.load(sys.stdin)["status"]["state"]["volumes"].get("conformance")
 sys.exit(0 if v and len(v["replicas"]) == 2 and all(r["state"] == "in-sync" for r in v["replicas"].values()) else 1)
@@ -174,6 +153,7 @@ sed 's/^/  /' "$out/tandem.failures"
 if [ -f "$out/cluster.failures" ]; then
   echo "Tandem failures across two nodes:"
   sed 's/^/  /' "$out/cluster.failures"
+  [ "$out" = "$work" ] || cp "$work"/a.log "$work"/b.log "$work"/w.log "$out"/ 2>/dev/null || true
 fi
 echo "logs: $out"
 
