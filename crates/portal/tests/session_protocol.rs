@@ -62,21 +62,7 @@ async fn normal(addr: SocketAddr, extra: &[(&str, &str)]) -> Initiator {
 #[tokio::test]
 async fn discovery_lists_the_target() {
     let (addr, _t, _stop) = start().await;
-    let mut i = Initiator::connect(addr).await;
-    i.login(&[
-        ("InitiatorName", "iqn.2026-11.test:d"),
-        ("SessionType", "Discovery"),
-    ])
-    .await;
-    let mut p = TextRequest::new();
-    p.set_immediate(true);
-    p.set_itt(9);
-    p.set_target_transfer_tag(RESERVED_TAG);
-    p.pdu_mut().data = Bytes::from(text::encode(&[("SendTargets", "All")]));
-    i.send(p.into()).await;
-    let r = i.recv().await.unwrap();
-    assert_eq!(r.opcode(), Some(Opcode::TextResponse));
-    let kv = text::parse(&r.data).unwrap();
+    let kv = send_targets(addr, "All").await;
     assert_eq!(kv[0], ("TargetName".to_string(), IQN.to_string()));
     assert_eq!(kv[1], ("TargetAddress".to_string(), format!("{addr},1")));
 }
