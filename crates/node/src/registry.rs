@@ -48,6 +48,9 @@ pub(crate) struct Presented {
     pub(crate) access: Option<String>,
     /// (primary, epoch, holders) the current route was set up for.
     pub(crate) current: Option<(NodeId, u64, Vec<NodeId>)>,
+    /// (primary, epoch) of the last route set up here, kept while a new
+    /// one waits: a change of it is a reset for the initiators.
+    pub(crate) led_by: Option<(NodeId, u64)>,
     /// The ALUA port groups the logical unit reports.
     pub(crate) groups: Vec<PortGroup>,
 }

@@ -754,6 +754,15 @@ impl LogicalUnit {
         }
     }
 
+    /// Another node, or another role of the same node, runs this unit's
+    /// commands from now on (a failover or a switchover): what the old one
+    /// held only in memory, an SPC-2 reservation, is gone as after a reset,
+    /// and every nexus logged in here hears POWER ON, RESET, OR BUS DEVICE
+    /// RESET OCCURRED. Persistent reservations and mode settings go on.
+    pub fn owner_changed(&self) {
+        self.attentions.raise_all(unit_attention::POWER_ON);
+    }
+
     /// The volume was resized: every nexus gets CAPACITY DATA HAS CHANGED.
     pub fn capacity_changed(&self) {
         self.attentions.raise_all(unit_attention::CAPACITY_CHANGED);

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::cluster::{on_loopback, primary_index, wait_converged, BLOCK};
 use common::scsi::{
@@ -135,6 +135,41 @@ async fn a_reservation_refused_without_a_quorum_is_in_force_nowhere_after_a_fail
         None,
         "the RESERVE refused with NOT READY is in force after a failover"
     );
+}
+
+/// An SPC-2 reservation (RESERVE (6)) is not kept across a change of
+/// primary: its holder hears POWER ON, RESET, OR BUS DEVICE RESET OCCURRED,
+/// as after a reset, before another initiator can take it through the new
+/// primary and write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_holder_of_a_legacy_reservation_hears_that_a_failover_ended_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut nodes, _witness, p) = mirrored(dir.path(), VOLUME, "64M");
+    let f = 1 - p;
+    let mut holder = login_as(&nodes[f], VOLUME, HOST1).await;
+    let mut other = login_as(&nodes[f], VOLUME, HOST3).await;
+    let reserve6 = [0x16, 0, 0, 0, 0, 0];
+    assert_eq!(settled(&mut holder, &reserve6, &[], 0).await.status, GOOD);
+    assert_eq!(settled(&mut other, &reserve6, &[], 0).await.status, 0x18);
+    nodes[p].kill();
+    // What the holder hears before its next command succeeds.
+    let mut heard = Vec::new();
+    let t = Instant::now();
+    loop {
+        let o = holder.run(&[0u8; 6], &[], 0).await.expect("an answer");
+        if o.status != 0x02 || t.elapsed() > Duration::from_secs(30) {
+            break;
+        }
+        heard.push((o.sense_key, o.asc));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        heard.contains(&(0x06, (0x29, 0x00))),
+        "the holder never heard that its reservation ended: {heard:?}\n{}",
+        nodes[f].log_text()
+    );
+    // The reservation is gone: the other initiator takes it.
+    assert_eq!(settled(&mut other, &reserve6, &[], 0).await.status, GOOD);
 }
 
 /// The NAA designation descriptor (code set .. value) of VPD page 0x83.

@@ -187,6 +187,7 @@ impl Node {
             unit_dir,
             access: v.access.clone(),
             current: None,
+            led_by: None,
             groups: Vec::new(),
         });
         exported.insert(e);
@@ -274,6 +275,13 @@ impl Node {
                     source,
                 })?;
             slot.current = Some(desired);
+            let led_by = Some((v.primary, v.epoch));
+            if slot.led_by.is_some() && slot.led_by != led_by {
+                // Another primary, or another role of it: what the old one
+                // held in memory only (an SPC-2 reservation) is gone.
+                lun.owner_changed();
+            }
+            slot.led_by = led_by;
             tracing::info!(volume = %v.name, primary = v.primary, epoch = v.epoch, me, copy = copy_here, "volume role set");
         }
         // Every data node presents the volume: the primary's port group is
