@@ -1,6 +1,16 @@
 # The setup the benchmarks share; sourced by them, with `root` (the
 # checkout) and `bench` (the benchmark's name, for messages) set.
 
+# bench_options "$@": `--quick` as the first argument sets quick=1 (one
+# round, short runs); REPEAT (rounds) and DURATION (seconds per run) default
+# to 1 and 2 with it, 3 and 5 without.
+bench_options() {
+  quick=0
+  [ "${1:-}" = "--quick" ] && quick=1
+  REPEAT=${REPEAT:-$([ $quick = 1 ] && echo 1 || echo 3)}
+  DURATION=${DURATION:-$([ $quick = 1 ] && echo 2 || echo 5)}
+}
+
 # need TOOL...: stops (exit 2) when one of the tools is missing.
 need() {
   local t

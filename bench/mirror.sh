@@ -22,15 +22,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-quick=0
-[ "${1:-}" = "--quick" ] && quick=1
-REPEAT=${REPEAT:-$([ $quick = 1 ] && echo 1 || echo 3)}
-DURATION=${DURATION:-$([ $quick = 1 ] && echo 2 || echo 5)}
-SIZE=${SIZE:-1G}
-
 bench="mirror bench"
 # shellcheck source=common.sh
 . "$root/bench/common.sh"
+bench_options "$@"
+SIZE=${SIZE:-1G}
+
 need qemu-img python3 numfmt
 need_qemu_iscsi
 tandem_binary

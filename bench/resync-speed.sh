@@ -33,16 +33,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-quick=0
-[ "${1:-}" = "--quick" ] && quick=1
-REPEAT=${REPEAT:-$([ $quick = 1 ] && echo 1 || echo 3)}
-DURATION=${DURATION:-$([ $quick = 1 ] && echo 2 || echo 5)}
-DIRTY=${DIRTY:-$([ $quick = 1 ] && echo 256M || echo 1G)}
-FULL=${FULL:-$([ $quick = 1 ] && echo 2G || echo 10G)}
-
 bench="resync bench"
 # shellcheck source=common.sh
 . "$root/bench/common.sh"
+bench_options "$@"
+DIRTY=${DIRTY:-$([ $quick = 1 ] && echo 256M || echo 1G)}
+FULL=${FULL:-$([ $quick = 1 ] && echo 2G || echo 10G)}
+
 need qemu-img python3 numfmt
 # The interpreter itself, not a version manager's shim: the bench calls it
 # often, and a shim costs CPU the nodes would otherwise have.

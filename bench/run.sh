@@ -20,10 +20,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-quick=0
-[ "${1:-}" = "--quick" ] && quick=1
-REPEAT=${REPEAT:-$([ $quick = 1 ] && echo 1 || echo 3)}
-DURATION=${DURATION:-$([ $quick = 1 ] && echo 2 || echo 5)}
+bench="bench"
+# shellcheck source=common.sh
+. "$root/bench/common.sh"
+bench_options "$@"
 SIZE=${SIZE:-1G}
 
 for t in iscsi-perf qemu-img tgtd tgtadm fio; do
