@@ -150,6 +150,12 @@ impl ClusterVolume {
         self.route.read().unwrap().clone()
     }
 
+    /// What `f` makes of the current route, read in place: for questions
+    /// asked of every command, which need no handle on the role.
+    pub fn with_route<T>(&self, f: impl FnOnce(&Route) -> T) -> T {
+        f(&self.route.read().unwrap())
+    }
+
     /// The primary role, when this node holds it: forwarded I/O from other
     /// nodes goes there.
     pub fn primary(&self) -> Option<Arc<Primary>> {
@@ -299,7 +305,7 @@ impl Volume for ClusterVolume {
     fn completes_now(&self, write: bool) -> bool {
         // The primary reads its own copy; every write waits for the peers,
         // and forwarded I/O for the primary.
-        !write && matches!(&*self.route.read().unwrap(), Route::Primary(_))
+        !write && self.with_route(|r| matches!(r, Route::Primary(_)))
     }
 
     async fn read(&self, lba: u64, blocks: u32) -> volume::Result<Vec<u8>> {

@@ -27,11 +27,12 @@ pub(super) struct ToPrimary(pub(super) Arc<ClusterVolume>);
 #[async_trait]
 impl scsi::Owner for ToPrimary {
     fn place(&self) -> Place {
-        match self.0.route() {
+        // Asked for every command: read in place, no handle taken.
+        self.0.with_route(|r| match r {
             Route::Primary(_) => Place::Here,
             Route::Forward(_) => Place::Elsewhere,
             Route::Waiting => Place::Unknown,
-        }
+        })
     }
 
     async fn run(&self, req: &Request<'_>) -> Result<Response, Sense> {
