@@ -48,7 +48,7 @@ impl ApiClient {
         }
     }
 
-    async fn call<B: Serialize, T: DeserializeOwned>(
+    pub(crate) async fn call<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
@@ -91,7 +91,7 @@ impl ApiClient {
             })
     }
 
-    fn expect<T>(&self, v: Option<T>) -> Result<T, ClientError> {
+    pub(crate) fn expect<T>(&self, v: Option<T>) -> Result<T, ClientError> {
         v.ok_or_else(|| ClientError::Refused {
             status: 204,
             message: format!("the tandem server at {} sent no body", self.addr),

@@ -29,10 +29,12 @@
 
 mod client;
 mod server;
+mod snapshots;
 
 pub use client::{ApiClient, ClientError};
 pub use node::{AckWindow, PeerState, PeerStatus};
 pub use server::router;
+pub use snapshots::{CloneVolume, CreateSnapshots, Rollback};
 
 use serde::{Deserialize, Serialize};
 

@@ -52,6 +52,7 @@ pub fn router(node: Arc<Node>, token: String, cluster: ClusterConfig) -> Router 
             "/v1/volumes/:name/replicas/:node",
             axum::routing::delete(remove_replica),
         )
+        .merge(crate::snapshots::routes())
         .layer(middleware::from_fn(move |req: Request, next: Next| {
             let token = token.clone();
             async move { authorize(&token, req, next).await }
@@ -81,7 +82,7 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-struct ApiError(NodeError);
+pub(crate) struct ApiError(NodeError);
 
 impl From<NodeError> for ApiError {
     fn from(e: NodeError) -> Self {
@@ -94,9 +95,10 @@ impl IntoResponse for ApiError {
         let code = match &self.0 {
             NodeError::NotFound(_) => StatusCode::NOT_FOUND,
             NodeError::Invalid(_) => StatusCode::BAD_REQUEST,
-            NodeError::InUse { .. } | NodeError::SessionsUnknown { .. } | NodeError::Refused(_) => {
-                StatusCode::CONFLICT
-            }
+            NodeError::InUse { .. }
+            | NodeError::Busy { .. }
+            | NodeError::SessionsUnknown { .. }
+            | NodeError::Refused(_) => StatusCode::CONFLICT,
             NodeError::Store(e) if e.is_conflict() => StatusCode::CONFLICT,
             NodeError::Store(e) if e.is_invalid_input() => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,

@@ -30,6 +30,18 @@ pub enum NodeError {
         name: String,
         sessions: Vec<SessionInfo>,
     },
+    /// Initiators are logged in to the volume, and the operation would
+    /// change its content under them.
+    #[error(
+        "volume {name} is in use by {} iSCSI session(s): {}; log them out first or {what} with force (which logs them out)",
+        .sessions.len(),
+        list(.sessions)
+    )]
+    Busy {
+        name: String,
+        sessions: Vec<SessionInfo>,
+        what: &'static str,
+    },
     /// Some data nodes could not be asked whether initiators are logged in
     /// to the volume through them.
     #[error(

@@ -9,6 +9,7 @@ mod error;
 mod identity;
 mod registry;
 mod service;
+mod snapshots;
 
 pub use access::{AccessConfig, ChapSecret};
 pub use cluster::{ClusterStatus, FloatingAddress};
@@ -16,3 +17,4 @@ pub use clustered::{AckWindow, ClusterConfig, Clustered, PeerState, PeerStatus, 
 pub use error::NodeError;
 pub use identity::{iqn_for, lun_identity, validate_iqn_prefix, DEFAULT_IQN_PREFIX};
 pub use service::{Node, NodeConfig, NodeStatus, SessionInfo, VolumeInfo};
+pub use snapshots::{SnapshotDeleted, SnapshotView};

@@ -192,7 +192,7 @@ impl Node {
         Ok(node)
     }
 
-    fn export(&self, meta: &store::VolumeMeta) -> Result<Exported, NodeError> {
+    pub(crate) fn export(&self, meta: &store::VolumeMeta) -> Result<Exported, NodeError> {
         let volume = self.store.open_volume(&meta.name)?;
         let iqn = iqn_for(&self.config.iqn_prefix, &meta.name);
         let identity = lun_identity(self.store.installation_id(), meta.id, &iqn);
@@ -271,7 +271,7 @@ impl Node {
     }
 
     /// The sessions logged in to `e` through this node.
-    fn local_sessions(&self, e: &Exported) -> Vec<SessionInfo> {
+    pub(crate) fn local_sessions(&self, e: &Exported) -> Vec<SessionInfo> {
         let me = self.clustered().map(|c| c.cluster().me().name.clone());
         self.targets
             .sessions(&e.iqn)
@@ -286,7 +286,7 @@ impl Node {
 
     /// Describes `e` with the sessions of this node; a cluster volume's
     /// are then replaced by those of every node ([`Node::count_sessions`]).
-    fn info(&self, name: &str, e: &Exported) -> VolumeInfo {
+    pub(crate) fn info(&self, name: &str, e: &Exported) -> VolumeInfo {
         let logged_in = self.local_sessions(e);
         let identity = e.lun.identity();
         VolumeInfo {

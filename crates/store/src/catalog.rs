@@ -10,12 +10,17 @@ use uuid::Uuid;
 
 use crate::dirty_map::DirtyMap;
 use crate::durable::{sync_dir, write_atomic, write_atomic_mode};
+use crate::snapshots::{DirShelf, OriginRef, SnapshotInfo};
 use crate::{LocalVolume, StoreError, VolumeFiles, REGION_BYTES};
 
 /// The checksum sidecar of a volume's data file.
 const SUMS: &str = "data.crc32c";
 /// The dirty-region bitmap of a volume's data file.
 const DIRTY: &str = "data.dirty";
+/// A clone's map of the grains it holds itself.
+const HELD: &str = "data.held";
+/// Where a volume's snapshots live.
+const SNAPSHOTS: &str = "snapshots";
 
 /// What the store records about one volume.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -30,6 +35,9 @@ pub struct VolumeMeta {
     pub block_size: u32,
     /// Creation time, seconds since the Unix epoch.
     pub created: u64,
+    /// A clone's source: the volume and the snapshot it started as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<OriginRef>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -71,6 +79,16 @@ pub fn validate_geometry(size_bytes: u64, block_size: u32) -> Result<(), StoreEr
         )));
     }
     Ok(())
+}
+
+/// Checks a snapshot name: the rules of volume names.
+pub fn validate_snapshot_name(name: &str) -> Result<(), StoreError> {
+    validate_name(name).map_err(|e| match e {
+        StoreError::InvalidName { name, why } => {
+            StoreError::Snapshot(format!("snapshot name {name:?} is invalid: {why}"))
+        }
+        e => e,
+    })
 }
 
 /// Checks a volume name: `[a-z0-9][a-z0-9.-]{0,62}` (it becomes part of an IQN).
@@ -252,7 +270,14 @@ impl Store {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
+            origin: None,
         };
+        self.make_volume(&mut cat, meta)
+    }
+
+    /// Writes a new volume's files, `meta.json` last.
+    fn make_volume(&self, cat: &mut Catalog, meta: VolumeMeta) -> Result<VolumeMeta, StoreError> {
+        let (size_bytes, block_size, name) = (meta.size_bytes, meta.block_size, meta.name.clone());
         let vdir = self.volumes_dir().join(meta.id.to_string());
         fs::DirBuilder::new()
             .mode(0o700)
@@ -273,11 +298,22 @@ impl Store {
         let d = File::create(&dirty).map_err(StoreError::io("cannot create", &dirty))?;
         DirtyMap::create(&d, size_bytes, REGION_BYTES.trailing_zeros())
             .map_err(StoreError::io("cannot write", &dirty))?;
+        if meta.origin.is_some() {
+            let held = vdir.join(HELD);
+            let h = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&held)
+                .map_err(StoreError::io("cannot create", &held))?;
+            crate::snapshots::grain_map(h, size_bytes)
+                .map_err(StoreError::io("cannot write", &held))?;
+        }
         // meta.json last: a volume exists once its metadata is durable.
         let json = serde_json::to_vec_pretty(&meta).expect("metadata serializes");
         write_atomic(&vdir.join("meta.json"), &json)?;
         sync_dir(&self.volumes_dir())?;
-        cat.metas.insert(name.to_string(), meta.clone());
+        cat.metas.insert(name, meta.clone());
         Ok(meta)
     }
 
@@ -290,6 +326,10 @@ impl Store {
     /// Opens a volume for I/O; every caller gets the same handle.
     pub fn open_volume(&self, name: &str) -> Result<Arc<LocalVolume>, StoreError> {
         let mut cat = self.catalog.lock().unwrap();
+        self.open_locked(&mut cat, name)
+    }
+
+    fn open_locked(&self, cat: &mut Catalog, name: &str) -> Result<Arc<LocalVolume>, StoreError> {
         if let Some(v) = cat.open.get(name) {
             return Ok(v.clone());
         }
@@ -340,14 +380,44 @@ impl Store {
             sums,
             dirty,
         };
-        let v = LocalVolume::new(files, meta, vdir.join("meta.json"))
-            .map_err(StoreError::io("cannot open checksums of", &vdir))?;
+        let origin = match meta.origin {
+            None => None,
+            Some(o) => {
+                let source = cat
+                    .metas
+                    .values()
+                    .find(|m| m.id == o.volume)
+                    .map(|m| m.name.clone())
+                    .ok_or_else(|| {
+                        StoreError::Snapshot(format!("the source volume of clone {name} is gone"))
+                    })?;
+                let source = self.open_locked(cat, &source)?;
+                let held_path = vdir.join(HELD);
+                let held = open_rw(&held_path, false)?;
+                Some(
+                    source
+                        .origin_for(o.snapshot, held, meta.size_bytes)
+                        .map_err(StoreError::io("cannot open the grain map", &held_path))?,
+                )
+            }
+        };
+        let shelf = Box::new(DirShelf::new(vdir.join(SNAPSHOTS)));
+        let id = meta.id;
+        let v = LocalVolume::with_snapshots(files, meta, vdir.join("meta.json"), shelf, origin)
+            .map_err(StoreError::io("cannot open", &vdir))?;
+        for s in v.snapshots().into_iter().filter(|s| s.hidden) {
+            if Self::clones_of(cat, id, Some(s.id)).is_empty() {
+                tracing::info!(volume = name, snapshot = %s.name, "freeing a hidden snapshot no clone reads from (left by an interrupted delete)");
+                v.delete_snapshot_now(s.id)?;
+            }
+        }
         let v = Arc::new(v);
         cat.open.insert(name.to_string(), v.clone());
         Ok(v)
     }
 
-    /// Deletes a volume and its data; open handles fail further I/O with `Closed`.
+    /// Deletes a volume and its data; open handles fail further I/O with
+    /// `Closed`. Refused while clones read from it.
     pub fn delete(&self, name: &str) -> Result<(), StoreError> {
         let mut cat = self.catalog.lock().unwrap();
         let meta = cat
@@ -355,6 +425,13 @@ impl Store {
             .get(name)
             .cloned()
             .ok_or_else(|| StoreError::NotFound(name.to_string()))?;
+        let clones = Self::clones_of(&cat, meta.id, None);
+        if !clones.is_empty() {
+            return Err(StoreError::HasClones {
+                volume: name.to_string(),
+                clones: clones.join(", "),
+            });
+        }
         if let Some(v) = cat.open.remove(name) {
             v.close();
         }
@@ -365,9 +442,206 @@ impl Store {
         // removing its files is interrupted (the next open finishes it).
         sync_dir(&self.volumes_dir())?;
         cat.metas.remove(name);
+        let source = meta.origin.and_then(|o| {
+            cat.metas
+                .values()
+                .find(|m| m.id == o.volume)
+                .map(|m| m.name.clone())
+        });
         drop(cat);
         fs::remove_dir_all(&tomb).map_err(StoreError::io("cannot remove", &tomb))?;
+        if let Some(source) = source {
+            // A hidden snapshot kept for this clone alone goes with it.
+            if let Err(e) = self.drop_unused_hidden(&source) {
+                tracing::warn!(volume = %source, error = %e, "cannot free a hidden snapshot; the next start frees it");
+            }
+        }
         Ok(())
+    }
+
+    /// Names of the clones of volume `id` (of one of its snapshots only, with `snapshot`).
+    fn clones_of(cat: &Catalog, id: Uuid, snapshot: Option<Uuid>) -> Vec<String> {
+        cat.metas
+            .values()
+            .filter(|m| {
+                m.origin
+                    .is_some_and(|o| o.volume == id && snapshot.is_none_or(|s| s == o.snapshot))
+            })
+            .map(|m| m.name.clone())
+            .collect()
+    }
+
+    /// The clones reading from a snapshot.
+    pub fn clones_of_snapshot(&self, volume: &str, snapshot: Uuid) -> Vec<String> {
+        let cat = self.catalog.lock().unwrap();
+        match cat.metas.get(volume) {
+            Some(m) => Self::clones_of(&cat, m.id, Some(snapshot)),
+            None => Vec::new(),
+        }
+    }
+
+    /// Deletes the hidden snapshots of a volume that no clone reads from
+    /// any more.
+    fn drop_unused_hidden(&self, volume: &str) -> Result<(), StoreError> {
+        let v = self.open_volume(volume)?;
+        for s in v.snapshots().into_iter().filter(|s| s.hidden) {
+            if self.clones_of_snapshot(volume, s.id).is_empty() {
+                tracing::info!(volume, snapshot = %s.name, "freeing a hidden snapshot its last clone read from");
+                v.delete_snapshot_now(s.id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes a snapshot called `name` of each volume, at one point of their
+    /// write orders (a consistency group when there are several, or when
+    /// `group` names one).
+    pub async fn take_snapshots(
+        &self,
+        volumes: &[String],
+        name: &str,
+        group: Option<&str>,
+    ) -> Result<Vec<SnapshotInfo>, StoreError> {
+        let mut names: Vec<&String> = volumes.iter().collect();
+        names.sort();
+        names.dedup();
+        if names.is_empty() {
+            return Err(StoreError::Snapshot("name at least one volume".into()));
+        }
+        let mut vols = Vec::with_capacity(names.len());
+        for n in &names {
+            vols.push(self.open_volume(n)?);
+        }
+        match (vols.len(), group) {
+            (1, None) => Ok(vec![vols[0].take_snapshot(name, false).await?]),
+            (_, group) => LocalVolume::take_group(&vols, name, group.unwrap_or(name)).await,
+        }
+    }
+
+    /// A volume's snapshot by name (hidden ones are not found).
+    pub fn find_snapshot(&self, volume: &str, name: &str) -> Result<SnapshotInfo, StoreError> {
+        let v = self.open_volume(volume)?;
+        v.snapshot(name)
+            .filter(|s| !s.hidden)
+            .ok_or_else(|| StoreError::SnapshotNotFound {
+                volume: volume.to_string(),
+                name: name.to_string(),
+            })
+    }
+
+    /// Deletes a snapshot; one that clones read from is hidden instead and
+    /// freed with its last clone. Returns those clones.
+    pub async fn delete_snapshot(
+        &self,
+        volume: &str,
+        name: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let s = self.find_snapshot(volume, name)?;
+        let v = self.open_volume(volume)?;
+        let clones = self.clones_of_snapshot(volume, s.id);
+        if clones.is_empty() {
+            v.delete_snapshot(s.id).await?;
+        } else {
+            v.hide_snapshot(s.id).await?;
+        }
+        tracing::info!(
+            volume,
+            snapshot = name,
+            kept_for = clones.len(),
+            "snapshot deleted"
+        );
+        Ok(clones)
+    }
+
+    /// Makes a volume's content a snapshot's again.
+    pub async fn rollback(&self, volume: &str, snapshot: &str) -> Result<(), StoreError> {
+        let s = self.find_snapshot(volume, snapshot)?;
+        self.open_volume(volume)?.rollback(s.id).await
+    }
+
+    /// A new volume `new` that starts as snapshot `snapshot` of `source`
+    /// and shares every grain it does not write with it; without a
+    /// snapshot, one is taken (hidden, kept as long as the clone lives).
+    pub async fn clone_volume(
+        &self,
+        source: &str,
+        snapshot: Option<&str>,
+        new: &str,
+    ) -> Result<VolumeMeta, StoreError> {
+        validate_name(new)?;
+        if self.get(new).is_some() {
+            return Err(StoreError::Exists(new.to_string()));
+        }
+        let v = self.open_volume(source)?;
+        let (s, taken) = match snapshot {
+            Some(name) => (self.find_snapshot(source, name)?, false),
+            None => (
+                v.take_snapshot(&format!("for-clone-{new}"), true).await?,
+                true,
+            ),
+        };
+        let made = (|| {
+            let mut cat = self.catalog.lock().unwrap();
+            if cat.metas.contains_key(new) {
+                return Err(StoreError::Exists(new.to_string()));
+            }
+            let meta = VolumeMeta {
+                id: Uuid::new_v4(),
+                name: new.to_string(),
+                size_bytes: s.size_bytes,
+                block_size: v.meta().block_size,
+                created: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0),
+                origin: Some(OriginRef {
+                    volume: v.meta().id,
+                    snapshot: s.id,
+                }),
+            };
+            self.make_volume(&mut cat, meta)
+        })();
+        if made.is_err() && taken {
+            if let Err(e) = v.delete_snapshot_now(s.id) {
+                tracing::warn!(volume = source, error = %e, "cannot remove the snapshot taken for a failed clone");
+            }
+        }
+        let meta = made?;
+        tracing::info!(source, snapshot = %s.name, clone = new, "volume cloned");
+        Ok(meta)
+    }
+
+    /// What each of a volume's snapshots keeps and would free.
+    pub async fn snapshot_space(
+        &self,
+        volume: &str,
+    ) -> Result<Vec<(SnapshotInfo, crate::SnapshotSpace)>, StoreError> {
+        let v = self.open_volume(volume)?;
+        let space = v.snapshot_space().await?;
+        Ok(v.snapshots()
+            .into_iter()
+            .filter_map(|s| {
+                let sp = space.iter().find(|(id, _)| *id == s.id)?.1;
+                Some((s, sp))
+            })
+            .collect())
+    }
+
+    /// Bytes all of a volume's snapshot files take on the filesystem.
+    pub fn snapshot_allocated_bytes(&self, name: &str) -> Result<u64, StoreError> {
+        let meta = self
+            .get(name)
+            .ok_or_else(|| StoreError::NotFound(name.to_string()))?;
+        let dir = self.volumes_dir().join(meta.id.to_string()).join(SNAPSHOTS);
+        let mut total = 0;
+        if let Ok(entries) = fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                if let Ok(md) = e.metadata() {
+                    total += md.blocks() * 512;
+                }
+            }
+        }
+        Ok(total)
     }
 
     /// The management API token: created at first start (random, 256 bits) in

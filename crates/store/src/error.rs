@@ -28,6 +28,18 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// A snapshot of that name exists on the volume.
+    #[error("volume {volume} already has a snapshot called {name}")]
+    SnapshotExists { volume: String, name: String },
+    /// No snapshot of that name exists on the volume.
+    #[error("volume {volume} has no snapshot called {name}")]
+    SnapshotNotFound { volume: String, name: String },
+    /// Clones still read from the volume.
+    #[error("volume {volume} has clones ({clones}); delete them first")]
+    HasClones { volume: String, clones: String },
+    /// A snapshot, clone or rollback could not be done.
+    #[error("{0}")]
+    Snapshot(String),
     /// A metadata file is damaged.
     #[error("metadata file {} is damaged", path.display())]
     BadMeta {
@@ -40,7 +52,12 @@ pub enum StoreError {
 impl StoreError {
     /// Whether the error means the request clashes with existing state.
     pub fn is_conflict(&self) -> bool {
-        matches!(self, StoreError::Exists(_))
+        matches!(
+            self,
+            StoreError::Exists(_)
+                | StoreError::SnapshotExists { .. }
+                | StoreError::HasClones { .. }
+        )
     }
 
     /// Whether the error means the request itself is malformed.
@@ -53,7 +70,10 @@ impl StoreError {
 
     /// Whether the error means the volume does not exist.
     pub fn is_not_found(&self) -> bool {
-        matches!(self, StoreError::NotFound(_))
+        matches!(
+            self,
+            StoreError::NotFound(_) | StoreError::SnapshotNotFound { .. }
+        )
     }
 
     pub(crate) fn io(

@@ -20,8 +20,12 @@ mod durable;
 mod error;
 mod local;
 mod pool;
+mod snapshots;
 
 pub use backing::{Backing, SimDisk};
 pub use catalog::{read_if_exists, validate_geometry, validate_name, Store, VolumeMeta};
 pub use error::StoreError;
 pub use local::{LocalVolume, VolumeFiles, REGION_BYTES};
+pub use snapshots::{
+    DirShelf, OriginRef, Shelf, SimShelf, SnapshotInfo, SnapshotSpace, GRAIN, GRAIN_SHIFT,
+};

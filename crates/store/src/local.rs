@@ -18,6 +18,8 @@ use crate::catalog::VolumeMeta;
 use crate::checksum::{self, Sums, ENTRY};
 use crate::dirty_map::{DirtyMap, Opened, AHEAD};
 use crate::pool::IoPool;
+use crate::snapshots::{Images, Origin, Shelf, SnapshotInfo, SnapshotSpace};
+use crate::StoreError;
 
 /// Size of a dirty region: the unit the dirty-region bitmap tracks and an
 /// unclean stop rechecks. 1 MiB keeps the bitmap small (16 KiB per 128 GiB)
@@ -96,17 +98,17 @@ enum Cached {
 type Guards<'a> = SmallVec<[MutexGuard<'a, ()>; 4]>;
 
 /// Data and checksums, with the locks that keep them in step.
-struct Files<B> {
-    data: B,
-    sums: B,
-    bs: u64,
+pub(crate) struct Files<B> {
+    pub(crate) data: B,
+    pub(crate) sums: B,
+    pub(crate) bs: u64,
     region_shift: u32,
     stripes: Vec<Mutex<()>>,
 }
 
 impl<B: Backing> Files<B> {
     /// First and last dirty region of blocks `[lba, lba + blocks)`.
-    fn regions(&self, lba: u64, blocks: u64) -> (u64, u64) {
+    pub(crate) fn regions(&self, lba: u64, blocks: u64) -> (u64, u64) {
         (
             (lba * self.bs) >> self.region_shift,
             ((lba + blocks) * self.bs - 1) >> self.region_shift,
@@ -120,7 +122,7 @@ impl<B: Backing> Files<B> {
     }
 
     /// Takes the stripe locks of every region the blocks lie in, in order.
-    fn lock(&self, lba: u64, blocks: u64) -> Guards<'_> {
+    pub(crate) fn lock(&self, lba: u64, blocks: u64) -> Guards<'_> {
         self.stripes_of(lba, blocks)
             .map(|i| self.stripes[i].lock().unwrap())
             .collect()
@@ -156,7 +158,7 @@ impl<B: Backing> Files<B> {
     /// page cache sizes its folios after the write, and small 4 KiB writes
     /// into a region once filled by large writes then cost less (see
     /// `WRITE_CHUNK`).
-    fn write_data(&self, data: &[u8], offset: u64) -> io::Result<()> {
+    pub(crate) fn write_data(&self, data: &[u8], offset: u64) -> io::Result<()> {
         let mut at = 0;
         for chunk in data.chunks(WRITE_CHUNK) {
             self.data.write_at(chunk, offset + at)?;
@@ -199,7 +201,7 @@ impl<B: Backing> Files<B> {
     }
 
     /// Reads blocks and their checksums.
-    fn read(&self, lba: u64, blocks: u64) -> io::Result<(Vec<u8>, Sums)> {
+    pub(crate) fn read(&self, lba: u64, blocks: u64) -> io::Result<(Vec<u8>, Sums)> {
         let mut data = volume::buffer::take((blocks * self.bs) as usize);
         let mut sums = Sums::from_elem(0, (blocks * ENTRY) as usize);
         self.data.read_at(&mut data, lba * self.bs)?;
@@ -230,7 +232,7 @@ impl<B: Backing> Files<B> {
     }
 
     /// Makes data and checksums durable.
-    fn sync(&self) -> io::Result<()> {
+    pub(crate) fn sync(&self) -> io::Result<()> {
         // Durability point for volume data and its checksums: fdatasync of both files.
         self.data.sync()?;
         self.sums.sync()
@@ -252,7 +254,9 @@ pub struct LocalVolume<B: Backing = std::fs::File> {
     files: Arc<Files<B>>,
     map: Arc<DirtyMap<B>>,
     block_size: u32,
-    num_blocks: AtomicU64,
+    num_blocks: Arc<AtomicU64>,
+    /// Snapshots, and the origin of a clone.
+    images: Arc<Images<B>>,
     gate: RwLock<()>,
     closed: AtomicBool,
     meta: Mutex<VolumeMeta>,
@@ -312,12 +316,23 @@ where
 }
 
 impl LocalVolume<std::fs::File> {
-    pub(crate) fn new(
+    /// A volume of the data directory: its files, its snapshot files on
+    /// `shelf` and, for a clone, its origin.
+    pub(crate) fn with_snapshots(
         files: VolumeFiles<std::fs::File>,
         meta: VolumeMeta,
         meta_path: PathBuf,
+        shelf: Box<dyn Shelf<std::fs::File>>,
+        origin: Option<Origin<std::fs::File>>,
     ) -> io::Result<Self> {
-        LocalVolume::open(files, meta, Some(meta_path), REGION_BYTES)
+        LocalVolume::open(
+            files,
+            meta,
+            Some(meta_path),
+            REGION_BYTES,
+            Some(shelf),
+            origin,
+        )
     }
 }
 
@@ -338,8 +353,62 @@ impl<B: Backing> LocalVolume<B> {
             size_bytes: num_blocks * block_size as u64,
             block_size,
             created: 0,
+            origin: None,
         };
-        LocalVolume::open(files, meta, None, region_bytes).map_err(VolumeError::from_io)
+        LocalVolume::open(files, meta, None, region_bytes, None, None).map_err(VolumeError::from_io)
+    }
+
+    /// A volume over any backing whose snapshots live on `shelf`; with
+    /// `origin` (a source volume, one of its snapshots and the backing of
+    /// the clone's grain map, empty for a new clone) it is a clone.
+    pub fn with_shelf(
+        files: VolumeFiles<B>,
+        block_size: u32,
+        num_blocks: u64,
+        region_bytes: u64,
+        shelf: Box<dyn Shelf<B>>,
+        origin: Option<(&LocalVolume<B>, uuid::Uuid, B)>,
+    ) -> Result<Self> {
+        let meta = VolumeMeta {
+            id: uuid::Uuid::nil(),
+            name: "simulated".into(),
+            size_bytes: num_blocks * block_size as u64,
+            block_size,
+            created: 0,
+            origin: None,
+        };
+        let origin = match origin {
+            None => None,
+            Some((source, snapshot, held)) => Some(
+                source
+                    .origin_for(snapshot, held, meta.size_bytes)
+                    .map_err(VolumeError::from_io)?,
+            ),
+        };
+        LocalVolume::open(files, meta, None, region_bytes, Some(shelf), origin)
+            .map_err(VolumeError::from_io)
+    }
+
+    /// What a clone of snapshot `snapshot` reads through: its grain map
+    /// `held` opened (made first when it is empty) for a clone of `size` bytes.
+    pub(crate) fn origin_for(
+        &self,
+        snapshot: uuid::Uuid,
+        held: B,
+        size: u64,
+    ) -> io::Result<Origin<B>> {
+        if !self.images.list().iter().any(|s| s.id == snapshot) {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("snapshot {snapshot} of the clone's source is gone"),
+            ));
+        }
+        let held = crate::snapshots::grain_map(held, size)?;
+        Ok(Origin {
+            source: self.images.clone(),
+            snapshot,
+            held,
+        })
     }
 
     /// Opens a volume's files: rechecks the dirty regions of an unclean stop,
@@ -349,6 +418,8 @@ impl<B: Backing> LocalVolume<B> {
         meta: VolumeMeta,
         meta_path: Option<PathBuf>,
         region_bytes: u64,
+        shelf: Option<Box<dyn Shelf<B>>>,
+        origin: Option<Origin<B>>,
     ) -> io::Result<Self> {
         assert!(region_bytes.is_power_of_two() && region_bytes >= meta.block_size as u64);
         let VolumeFiles { data, sums, dirty } = files;
@@ -406,11 +477,20 @@ impl<B: Backing> LocalVolume<B> {
             files.sums.sync()?;
         }
         map.start()?;
+        let files = Arc::new(files);
+        let map = Arc::new(map);
+        let blocks = Arc::new(AtomicU64::new(num_blocks));
+        let images = Images::open(files.clone(), map.clone(), blocks.clone(), shelf, origin)?;
+        if let Some(id) = images.pending_rollback() {
+            tracing::warn!(volume = %meta.name, snapshot = %id, "finishing a rollback a crash interrupted");
+            images.rollback(id)?;
+        }
         Ok(LocalVolume {
-            files: Arc::new(files),
-            map: Arc::new(map),
+            files,
+            map,
             block_size: meta.block_size,
-            num_blocks: AtomicU64::new(num_blocks),
+            num_blocks: blocks,
+            images: Arc::new(images),
             gate: RwLock::new(()),
             closed: AtomicBool::new(false),
             meta: Mutex::new(meta),
@@ -513,6 +593,30 @@ impl<B: Backing> LocalVolume<B> {
         on_blocking_pool(&self.map, f).await
     }
 
+    /// Runs a call on the snapshots (it may copy grains and wait for syncs)
+    /// on tokio's blocking pool.
+    async fn on_images<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Images<B>) -> std::io::Result<T> + Send + 'static,
+    {
+        on_blocking_pool(&self.images, f).await
+    }
+
+    /// Before a write into blocks `[lba, lba + blocks)`: copies the grains a
+    /// snapshot (or, for a clone, the clone itself) still needs, durably.
+    /// Nothing but one atomic load on a volume with no snapshots.
+    async fn prepare(&self, lba: u64, blocks: u64) -> Result<()> {
+        if !self.images.needs_copy(lba, blocks) {
+            return Ok(());
+        }
+        let copied = self.on_images(move |i| i.prepare_write(lba, blocks)).await;
+        if let Err(VolumeError::NoSpace) = copied {
+            self.low_space.store(true, Ordering::Relaxed);
+        }
+        copied
+    }
+
     /// Remembers that a failed write or unmap may have left the data and
     /// checksums of these blocks apart.
     fn suspect(&self, lba: u64, blocks: u64) {
@@ -558,6 +662,7 @@ impl<B: Backing> LocalVolume<B> {
         let len = data.len() as u64;
         let blocks = len / self.block_size as u64;
         self.enter(lba, blocks).await?;
+        self.prepare(lba, blocks).await?;
         let check = self.since_space_check.fetch_add(len, Ordering::Relaxed) + len
             >= self.space_check_every.load(Ordering::Relaxed);
         if check {
@@ -619,6 +724,13 @@ impl<B: Backing> LocalVolume<B> {
 
     async fn read_unlocked(&self, lba: u64, blocks: u64) -> Result<Vec<u8>> {
         let bs = self.block_size as usize;
+        if self.images.reads_through(lba, blocks) {
+            let (buf, sums) = self.on_images(move |i| i.head_blocks(lba, blocks)).await?;
+            return match checksum::first_bad(&buf, &sums, bs) {
+                None => Ok(buf),
+                Some(i) => Err(self.corrupt(lba + i as u64)),
+            };
+        }
         match self.read_cached(lba, blocks)? {
             Cached::Hit(buf) => return Ok(buf),
             Cached::Bad => return self.read_settled(lba, blocks).await,
@@ -708,6 +820,161 @@ impl<B: Backing> LocalVolume<B> {
     }
 }
 
+/// Snapshots, rollback and what clones read (docs/snapshots.md).
+impl<B: Backing> LocalVolume<B> {
+    /// The volume's snapshots, oldest first (hidden ones too).
+    pub fn snapshots(&self) -> Vec<SnapshotInfo> {
+        self.images.list()
+    }
+
+    /// The snapshot called `name`.
+    pub fn snapshot(&self, name: &str) -> Option<SnapshotInfo> {
+        self.snapshots().into_iter().find(|s| s.name == name)
+    }
+
+    /// Takes a snapshot called `name`: every write acknowledged before it
+    /// is in it, none acknowledged after.
+    pub async fn take_snapshot(
+        &self,
+        name: &str,
+        hidden: bool,
+    ) -> std::result::Result<SnapshotInfo, StoreError> {
+        let _exclusive = self.gate.write().await;
+        self.snapshot_now(name, None, hidden).await
+    }
+
+    /// Takes a snapshot of each volume at one point of their write orders:
+    /// writes to all of them wait while it is taken. The volumes come in the
+    /// order their gates are taken (callers sort them by name).
+    pub async fn take_group(
+        volumes: &[Arc<LocalVolume<B>>],
+        name: &str,
+        group: &str,
+    ) -> std::result::Result<Vec<SnapshotInfo>, StoreError> {
+        for v in volumes {
+            v.check_new_snapshot(name)?;
+        }
+        let mut gates = Vec::with_capacity(volumes.len());
+        for v in volumes {
+            gates.push(v.gate.write().await);
+        }
+        let mut taken = Vec::with_capacity(volumes.len());
+        for v in volumes {
+            taken.push(v.snapshot_now(name, Some(group.to_string()), false).await?);
+        }
+        Ok(taken)
+    }
+
+    fn check_new_snapshot(&self, name: &str) -> std::result::Result<(), StoreError> {
+        crate::catalog::validate_snapshot_name(name)?;
+        self.check_open()
+            .map_err(|e| StoreError::Snapshot(e.to_string()))?;
+        if self.snapshot(name).is_some() {
+            return Err(StoreError::SnapshotExists {
+                volume: self.meta().name,
+                name: name.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Takes the snapshot; the caller holds the write gate.
+    async fn snapshot_now(
+        &self,
+        name: &str,
+        group: Option<String>,
+        hidden: bool,
+    ) -> std::result::Result<SnapshotInfo, StoreError> {
+        self.check_new_snapshot(name)?;
+        let info = SnapshotInfo {
+            id: uuid::Uuid::new_v4(),
+            name: name.to_string(),
+            created: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            size_bytes: self.num_blocks() * self.block_size as u64,
+            hidden,
+            group,
+        };
+        let made = info.clone();
+        self.on_images(move |i| i.create(made))
+            .await
+            .map_err(|e| self.snapshot_error(e))?;
+        tracing::info!(volume = %self.meta().name, snapshot = %info.name, "snapshot taken");
+        Ok(info)
+    }
+
+    fn snapshot_error(&self, e: VolumeError) -> StoreError {
+        match e {
+            VolumeError::NoSpace => StoreError::Snapshot(
+                "no space left on the data filesystem for the snapshot's files".into(),
+            ),
+            VolumeError::Io(e) => StoreError::Snapshot(e.to_string()),
+            e => StoreError::Snapshot(e.to_string()),
+        }
+    }
+
+    /// Deletes a snapshot for good: the grains an older snapshot reads
+    /// through it pass to that one, the rest are freed.
+    pub async fn delete_snapshot(&self, id: uuid::Uuid) -> std::result::Result<(), StoreError> {
+        self.on_images(move |i| i.delete(id))
+            .await
+            .map_err(|e| self.snapshot_error(e))
+    }
+
+    /// As [`LocalVolume::delete_snapshot`], on the calling thread.
+    pub(crate) fn delete_snapshot_now(
+        &self,
+        id: uuid::Uuid,
+    ) -> std::result::Result<(), StoreError> {
+        self.images
+            .delete(id)
+            .map_err(|e| self.snapshot_error(VolumeError::from_io(e)))
+    }
+
+    /// Hides a snapshot that clones still read from: it goes when they do.
+    pub async fn hide_snapshot(&self, id: uuid::Uuid) -> std::result::Result<(), StoreError> {
+        self.on_images(move |i| i.hide(id))
+            .await
+            .map_err(|e| self.snapshot_error(e))
+    }
+
+    /// Makes the volume's content the snapshot's again (blocks past its
+    /// size are unmapped). Writes wait meanwhile; a crash in the middle is
+    /// finished at the next open.
+    pub async fn rollback(&self, id: uuid::Uuid) -> std::result::Result<(), StoreError> {
+        let _exclusive = self.gate.write().await;
+        self.check_open()
+            .map_err(|e| StoreError::Snapshot(e.to_string()))?;
+        self.on_images(move |i| i.rollback(id))
+            .await
+            .map_err(|e| self.snapshot_error(e))?;
+        tracing::info!(volume = %self.meta().name, snapshot = %id, "rolled back");
+        Ok(())
+    }
+
+    /// Blocks `[lba, lba + blocks)` of a snapshot's image, checked against
+    /// their checksums.
+    pub async fn read_snapshot(&self, id: uuid::Uuid, lba: u64, blocks: u32) -> Result<Vec<u8>> {
+        let n = blocks as u64;
+        let (buf, sums) = self.on_images(move |i| i.view(id, lba, n)).await?;
+        match checksum::first_bad(&buf, &sums, self.block_size as usize) {
+            None => Ok(buf),
+            Some(i) => Err(self.corrupt(lba + i as u64)),
+        }
+    }
+
+    /// What each snapshot keeps and what deleting it would free.
+    pub async fn snapshot_space(
+        &self,
+    ) -> std::result::Result<Vec<(uuid::Uuid, SnapshotSpace)>, StoreError> {
+        self.on_images(|i| i.space())
+            .await
+            .map_err(|e| self.snapshot_error(e))
+    }
+}
+
 #[async_trait]
 impl<B: Backing> Volume for LocalVolume<B> {
     fn block_size(&self) -> u32 {
@@ -746,6 +1013,9 @@ impl<B: Backing> Volume for LocalVolume<B> {
         if let Err(e) = self.check_read(lba, blocks) {
             return Some(Err(e));
         }
+        if self.images.reads_through(lba, blocks as u64) {
+            return None;
+        }
         match self.read_cached(lba, blocks as u64) {
             Ok(Cached::Hit(buf)) => Some(Ok(buf)),
             Ok(Cached::Miss | Cached::Bad) => None,
@@ -764,6 +1034,7 @@ impl<B: Backing> Volume for LocalVolume<B> {
         let (first, last) = self.files.regions(lba, blocks);
         let len = data.len() as u64;
         if !self.map.enter(first, last)
+            || self.images.needs_copy(lba, blocks)
             || self.since_space_check.load(Ordering::Relaxed) + len
                 >= self.space_check_every.load(Ordering::Relaxed)
         {
@@ -800,6 +1071,7 @@ impl<B: Backing> Volume for LocalVolume<B> {
         check_range(self.num_blocks(), lba, blocks)?;
         let _shared = self.gate.read().await;
         self.enter(lba, blocks).await?;
+        self.prepare(lba, blocks).await?;
         // Space comes back: look at it again with the next write.
         self.since_space_check
             .store(SPACE_CHECK_BYTES, Ordering::Relaxed);
@@ -832,6 +1104,11 @@ impl<B: Backing> Volume for LocalVolume<B> {
         self.check_open()?;
         let n = self.num_blocks();
         check_range(n, lba, 1)?;
+        if self.images.reads_origin_at(lba) {
+            // Read from the origin: reported mapped, which is never wrong.
+            let rest = self.images.rest_of_grain(lba).min(n - lba);
+            return Ok((BlockState::Mapped, rest));
+        }
         let bs = self.block_size as u64;
         let end = n * bs;
         let off = lba * bs;
@@ -897,6 +1174,7 @@ impl<B: Backing> Volume for LocalVolume<B> {
         })
         .await?;
         self.on_map(move |map| map.grow(size)).await?;
+        self.on_images(move |i| i.grow(size)).await?;
         let mut meta = self.meta.lock().unwrap().clone();
         meta.size_bytes = size;
         if let Some(path) = self.meta_path.clone() {

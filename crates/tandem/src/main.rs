@@ -4,6 +4,7 @@
 mod config;
 mod serve;
 mod size;
+mod snapshot_cli;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -95,6 +96,9 @@ enum Command {
     /// Manage volumes of a running node.
     #[command(subcommand)]
     Volume(VolumeCommand),
+    /// Take, list and delete snapshots of volumes (docs/snapshots.md).
+    #[command(subcommand)]
+    Snapshot(snapshot_cli::SnapshotCommand),
     /// Show the node's identity and totals.
     Status {
         /// Print JSON instead of text.
@@ -252,6 +256,8 @@ enum VolumeCommand {
         #[arg(long)]
         force: bool,
     },
+    #[command(flatten)]
+    Snapshots(snapshot_cli::VolumeSnapshotCommand),
 }
 
 /// The runtime threads of a server on a machine with `cpus` CPUs: half of
@@ -401,6 +407,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Volume(cmd) => volume_command(&client()?, cmd).await,
+        Command::Snapshot(cmd) => snapshot_cli::snapshot_command(&client()?, cmd).await,
     }
 }
 
@@ -754,6 +761,9 @@ async fn volume_command(c: &api::ApiClient, cmd: VolumeCommand) -> anyhow::Resul
         VolumeCommand::Delete { name, force } => {
             c.delete_volume(&name, force).await?;
             println!("deleted volume {name}");
+        }
+        VolumeCommand::Snapshots(cmd) => {
+            snapshot_cli::volume_snapshot_command(c, cmd).await?;
         }
     }
     Ok(())

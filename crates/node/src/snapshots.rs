@@ -1,0 +1,285 @@
+//! Snapshots, clones and rollback of the volumes of this node
+//! (docs/snapshots.md): names and sessions checked here, the work done by
+//! the store.
+
+use serde::{Deserialize, Serialize};
+use store::{SnapshotInfo, SnapshotSpace};
+
+use crate::{Node, NodeError, VolumeInfo};
+
+/// What an administrator sees of one snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SnapshotView {
+    /// The volume it is a snapshot of.
+    pub volume: String,
+    /// Its name, unique on the volume.
+    pub name: String,
+    /// Stable id.
+    pub id: String,
+    /// Creation time, seconds since the Unix epoch.
+    pub created: u64,
+    /// The volume's size when it was taken.
+    pub size_bytes: u64,
+    /// Bytes of data the snapshot keeps in its own files.
+    pub kept_bytes: u64,
+    /// Of those, what deleting it frees.
+    pub exclusive_bytes: u64,
+    /// Deleted, kept only while clones read from it.
+    pub hidden: bool,
+    /// The consistency group it was taken in.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Clones made from it.
+    #[serde(default)]
+    pub clones: Vec<String>,
+}
+
+/// What deleting a snapshot did.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SnapshotDeleted {
+    /// Clones still read from the snapshot: it is hidden, and freed when
+    /// the last of them is deleted. Empty: its space is free now.
+    pub kept_for_clones: Vec<String>,
+}
+
+/// A default snapshot name: `snap-YYYYMMDD-HHMMSS` (UTC).
+fn default_name(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "snap-{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+impl Node {
+    /// Refuses a volume the cluster holds: its snapshots would have to be
+    /// taken on every copy at one point of its write order.
+    fn refuse_cluster_volume(&self, name: &str) -> Result<(), NodeError> {
+        let clustered = self
+            .clustered()
+            .is_some_and(|c| c.cluster().state().volumes.contains_key(name))
+            || self.is_cluster_copy(name);
+        if clustered {
+            return Err(NodeError::Invalid(format!(
+                "volume {name} is a cluster volume: snapshots and clones of replicated volumes are not supported yet (docs/snapshots.md)"
+            )));
+        }
+        if self.store.get(name).is_none() {
+            return Err(NodeError::NotFound(name.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Takes a snapshot of each volume named, all at one point of their
+    /// write orders (a consistency group when there are several). Without
+    /// a name, one is made from the time.
+    pub async fn create_snapshots(
+        &self,
+        volumes: &[String],
+        name: Option<&str>,
+        group: Option<&str>,
+    ) -> Result<Vec<SnapshotView>, NodeError> {
+        if volumes.is_empty() {
+            return Err(NodeError::Invalid("name at least one volume".into()));
+        }
+        for v in volumes {
+            self.refuse_cluster_volume(v)?;
+        }
+        let name = match name {
+            Some(n) => n.to_string(),
+            None => default_name(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0),
+            ),
+        };
+        if volumes.len() > 1 && group.is_none() {
+            tracing::info!(
+                volumes = volumes.len(),
+                "several volumes: taken as a consistency group named after the snapshot"
+            );
+        }
+        // Serialized with volume deletes and other catalog changes.
+        let _catalog = self.exported.lock().await;
+        let taken = self.store.take_snapshots(volumes, &name, group).await?;
+        let mut out = Vec::new();
+        for (volume, info) in sorted(volumes).iter().zip(taken) {
+            out.push(self.view(volume, info, SnapshotSpace::default()));
+        }
+        Ok(out)
+    }
+
+    fn view(&self, volume: &str, s: SnapshotInfo, space: SnapshotSpace) -> SnapshotView {
+        SnapshotView {
+            volume: volume.to_string(),
+            clones: self.store.clones_of_snapshot(volume, s.id),
+            name: s.name,
+            id: s.id.to_string(),
+            created: s.created,
+            size_bytes: s.size_bytes,
+            kept_bytes: space.kept_bytes,
+            exclusive_bytes: space.exclusive_bytes,
+            hidden: s.hidden,
+            group: s.group,
+        }
+    }
+
+    /// The snapshots of one volume, or of every volume, with their space,
+    /// oldest first per volume.
+    pub async fn list_snapshots(
+        &self,
+        volume: Option<&str>,
+    ) -> Result<Vec<SnapshotView>, NodeError> {
+        let names: Vec<String> = match volume {
+            Some(v) => {
+                self.refuse_cluster_volume(v)?;
+                vec![v.to_string()]
+            }
+            None => self
+                .store
+                .list()
+                .into_iter()
+                .map(|m| m.name)
+                .filter(|n| self.refuse_cluster_volume(n).is_ok())
+                .collect(),
+        };
+        let mut out = Vec::new();
+        for v in names {
+            for (s, space) in self.store.snapshot_space(&v).await? {
+                out.push(self.view(&v, s, space));
+            }
+        }
+        Ok(out)
+    }
+
+    /// One snapshot.
+    pub async fn snapshot(&self, volume: &str, name: &str) -> Result<SnapshotView, NodeError> {
+        self.refuse_cluster_volume(volume)?;
+        let s = self.store.find_snapshot(volume, name)?;
+        self.list_snapshots(Some(volume))
+            .await?
+            .into_iter()
+            .find(|v| v.id == s.id.to_string())
+            .ok_or_else(|| {
+                NodeError::Store(store::StoreError::SnapshotNotFound {
+                    volume: volume.to_string(),
+                    name: name.to_string(),
+                })
+            })
+    }
+
+    /// Deletes a snapshot. One that clones read from is hidden and freed
+    /// with its last clone; the answer names those clones.
+    pub async fn delete_snapshot(
+        &self,
+        volume: &str,
+        name: &str,
+    ) -> Result<SnapshotDeleted, NodeError> {
+        self.refuse_cluster_volume(volume)?;
+        let _catalog = self.exported.lock().await;
+        let kept_for_clones = self.store.delete_snapshot(volume, name).await?;
+        Ok(SnapshotDeleted { kept_for_clones })
+    }
+
+    /// Makes a writable volume `new` from a snapshot of `source` (or, with
+    /// no snapshot named, from `source` as it is now), exported at once
+    /// with an identity of its own.
+    pub async fn clone_volume(
+        &self,
+        source: &str,
+        snapshot: Option<&str>,
+        new: &str,
+    ) -> Result<VolumeInfo, NodeError> {
+        self.refuse_cluster_volume(source)?;
+        if self
+            .clustered()
+            .is_some_and(|c| c.cluster().state().volumes.contains_key(new))
+        {
+            return Err(NodeError::Store(store::StoreError::Exists(new.to_string())));
+        }
+        let mut exported = self.exported.lock().await;
+        let meta = self.store.clone_volume(source, snapshot, new).await?;
+        let e = match self.export(&meta) {
+            Ok(e) => e,
+            Err(err) => {
+                let _ = self.store.delete(new);
+                return Err(err);
+            }
+        };
+        let info = self.info(new, &e);
+        exported.insert(e);
+        Ok(info)
+    }
+
+    /// Makes a volume's content a snapshot's again. Refused while
+    /// initiators are logged in unless `force`, which logs them out first
+    /// (they may log in again once it is done).
+    pub async fn rollback_volume(
+        &self,
+        volume: &str,
+        snapshot: &str,
+        force: bool,
+    ) -> Result<(), NodeError> {
+        self.refuse_cluster_volume(volume)?;
+        let exported = self.exported.lock().await;
+        let e = exported
+            .get(volume)
+            .ok_or_else(|| NodeError::NotFound(volume.to_string()))?;
+        self.store.find_snapshot(volume, snapshot)?;
+        let sessions = self.local_sessions(e);
+        if !sessions.is_empty() && !force {
+            return Err(NodeError::Busy {
+                name: volume.to_string(),
+                sessions,
+                what: "roll back",
+            });
+        }
+        if !sessions.is_empty() {
+            tracing::warn!(
+                volume,
+                sessions = sessions.len(),
+                "logging initiators out for a forced rollback"
+            );
+        }
+        // Out of sight meanwhile: sessions end, new logins find no target.
+        self.targets.remove(&e.iqn);
+        let rolled = self.store.rollback(volume, snapshot).await;
+        self.targets
+            .insert_with_access(e.iqn.clone(), e.lun.clone(), e.access.target_access());
+        rolled?;
+        Ok(())
+    }
+}
+
+fn sorted(v: &[String]) -> Vec<String> {
+    let mut v = v.to_vec();
+    v.sort();
+    v.dedup();
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_name;
+
+    #[test]
+    fn default_names_read_as_utc_dates() {
+        assert_eq!(default_name(0), "snap-19700101-000000");
+        assert_eq!(default_name(951_782_400), "snap-20000229-000000");
+        assert_eq!(default_name(1_796_000_059), "snap-20261130-005419");
+    }
+}
