@@ -549,6 +549,31 @@ async fn single_node_cluster_volume_lifecycle() {
     assert_eq!(record.replicas.keys().copied().collect::<Vec<_>>(), [me]);
     assert_eq!(record.primary, me);
 
+    // Snapshots of a cluster volume are refused, saying why; a local
+    // volume of the member takes them.
+    for refused in [
+        f.node
+            .create_snapshots(&["shared".to_string()], Some("s"), None)
+            .await
+            .map(|_| ()),
+        f.node
+            .clone_volume("shared", None, "copy")
+            .await
+            .map(|_| ()),
+        f.node.list_snapshots(Some("shared")).await.map(|_| ()),
+    ] {
+        match refused {
+            Err(NodeError::Invalid(why)) => assert!(why.contains("cluster volume"), "{why}"),
+            other => panic!("a cluster volume's snapshot was not refused: {other:?}"),
+        }
+    }
+    let local = f
+        .node
+        .create_snapshots(&["local".to_string()], Some("s"), None)
+        .await
+        .unwrap();
+    assert_eq!(local[0].name, "s");
+
     // Exported over a copy in the store, under the cluster volume's id.
     let meta = f.store.get("shared").expect("a local copy");
     assert_eq!(meta.id, record.id);

@@ -220,3 +220,48 @@ async fn block_status_tells_written_blocks_inside_one_filesystem_block() {
     v.unmap(9, 1).await.unwrap();
     assert_eq!(status(8).await, (volume::BlockState::Deallocated, 4));
 }
+
+/// A volume made before snapshots existed has no snapshot files and the
+/// same metadata as then: it opens unchanged and takes snapshots.
+#[tokio::test]
+async fn a_volume_from_before_snapshots_opens_unchanged_and_takes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let vdir = {
+        let store = Store::open(dir.path()).unwrap();
+        store.create("old", 1 << 20, 512).unwrap();
+        let v = store.open_volume("old").unwrap();
+        v.write(0, bytes::Bytes::from(vec![3u8; 4096]), true)
+            .await
+            .unwrap();
+        store.volume_dir("old").unwrap()
+    };
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(vdir.join("meta.json")).unwrap()).unwrap();
+    let mut keys: Vec<&str> = meta
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    keys.sort();
+    assert_eq!(keys, ["block_size", "created", "id", "name", "size_bytes"]);
+    let mut files: Vec<String> = std::fs::read_dir(&vdir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files, ["data", "data.crc32c", "data.dirty", "meta.json"]);
+
+    let store = Store::open(dir.path()).unwrap();
+    let v = store.open_volume("old").unwrap();
+    assert_eq!(&v.read(0, 8).await.unwrap()[..], &[3u8; 4096][..]);
+    let s = v.take_snapshot("first", false).await.unwrap();
+    v.write(0, bytes::Bytes::from(vec![4u8; 4096]), true)
+        .await
+        .unwrap();
+    assert_eq!(
+        &v.read_snapshot(s.id, 0, 8).await.unwrap()[..],
+        &[3u8; 4096][..]
+    );
+    assert!(vdir.join("snapshots").join("table").exists());
+}
