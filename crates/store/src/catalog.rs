@@ -575,10 +575,10 @@ impl Store {
         let v = self.open_volume(source)?;
         let (s, taken) = match snapshot {
             Some(name) => (self.find_snapshot(source, name)?, false),
-            None => (
-                v.take_snapshot(&format!("for-clone-{new}"), true).await?,
-                true,
-            ),
+            None => {
+                let name = format!("for-clone-{}", Uuid::new_v4().simple());
+                (v.take_snapshot(&name, true).await?, true)
+            }
         };
         let made = (|| {
             let mut cat = self.catalog.lock().unwrap();

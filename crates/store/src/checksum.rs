@@ -32,7 +32,7 @@ pub(crate) fn verifies(stored: u32, block: &[u8]) -> bool {
     of(block) == stored
 }
 
-fn is_zero(b: &[u8]) -> bool {
+pub(crate) fn is_zero(b: &[u8]) -> bool {
     let (words, rest) = b.split_at(b.len() & !7);
     words
         .chunks_exact(8)

@@ -481,10 +481,7 @@ impl<B: Backing> LocalVolume<B> {
         let map = Arc::new(map);
         let blocks = Arc::new(AtomicU64::new(num_blocks));
         let images = Images::open(files.clone(), map.clone(), blocks.clone(), shelf, origin)?;
-        if let Some(id) = images.pending_rollback() {
-            tracing::warn!(volume = %meta.name, snapshot = %id, "finishing a rollback a crash interrupted");
-            images.rollback(id)?;
-        }
+        images.finish_rollback()?;
         Ok(LocalVolume {
             files,
             map,
@@ -606,11 +603,16 @@ impl<B: Backing> LocalVolume<B> {
     /// Before a write into blocks `[lba, lba + blocks)`: copies the grains a
     /// snapshot (or, for a clone, the clone itself) still needs, durably.
     /// Nothing but one atomic load on a volume with no snapshots.
-    async fn prepare(&self, lba: u64, blocks: u64) -> Result<()> {
+    async fn prepare(&self, lba: u64, blocks: u64, unmap: bool) -> Result<()> {
         if !self.images.needs_copy(lba, blocks) {
             return Ok(());
         }
-        let copied = self.on_images(move |i| i.prepare_write(lba, blocks)).await;
+        // A copy takes checksums as they are: those a failed write left
+        // apart are made whole first, or the copy would keep them so.
+        self.heal_suspects().await?;
+        let copied = self
+            .on_images(move |i| i.prepare_write(lba, blocks, unmap))
+            .await;
         if let Err(VolumeError::NoSpace) = copied {
             self.low_space.store(true, Ordering::Relaxed);
         }
@@ -662,7 +664,7 @@ impl<B: Backing> LocalVolume<B> {
         let len = data.len() as u64;
         let blocks = len / self.block_size as u64;
         self.enter(lba, blocks).await?;
-        self.prepare(lba, blocks).await?;
+        self.prepare(lba, blocks, false).await?;
         let check = self.since_space_check.fetch_add(len, Ordering::Relaxed) + len
             >= self.space_check_every.load(Ordering::Relaxed);
         if check {
@@ -728,7 +730,10 @@ impl<B: Backing> LocalVolume<B> {
             let (buf, sums) = self.on_images(move |i| i.head_blocks(lba, blocks)).await?;
             return match checksum::first_bad(&buf, &sums, bs) {
                 None => Ok(buf),
-                Some(i) => Err(self.corrupt(lba + i as u64)),
+                Some(_) => {
+                    volume::buffer::give(buf);
+                    self.read_settled(lba, blocks).await
+                }
             };
         }
         match self.read_cached(lba, blocks)? {
@@ -757,7 +762,7 @@ impl<B: Backing> LocalVolume<B> {
     /// What still fails is a medium error, except in regions a failed write
     /// left suspect, whose checksums are recomputed instead.
     async fn read_settled(&self, lba: u64, blocks: u64) -> Result<Vec<u8>> {
-        let (buf, bad) = self.blocking(move |f| f.read_settled(lba, blocks)).await?;
+        let (buf, bad) = self.settled(lba, blocks).await?;
         let Some(bad) = bad else {
             return Ok(buf);
         };
@@ -772,13 +777,25 @@ impl<B: Backing> LocalVolume<B> {
         let in_suspect = suspects.contains(&self.files.regions(bad, 1).0);
         if in_suspect {
             self.heal(suspects).await?;
-            let (buf, bad) = self.blocking(move |f| f.read_settled(lba, blocks)).await?;
+            let (buf, bad) = self.settled(lba, blocks).await?;
             return match bad {
                 None => Ok(buf),
                 Some(bad) => Err(self.corrupt(bad)),
             };
         }
         Err(self.corrupt(bad))
+    }
+
+    /// Blocks read with no write to them half done (a clone's from its
+    /// origin where it reads from there), and the first that fails its
+    /// checksum.
+    async fn settled(&self, lba: u64, blocks: u64) -> Result<(Vec<u8>, Option<u64>)> {
+        if self.images.reads_through(lba, blocks) {
+            self.on_images(move |i| i.head_blocks_settled(lba, blocks))
+                .await
+        } else {
+            self.blocking(move |f| f.read_settled(lba, blocks)).await
+        }
     }
 
     /// Reports a block whose data does not match its checksum.
@@ -792,6 +809,12 @@ impl<B: Backing> LocalVolume<B> {
             lba,
             reason: "the data does not match its checksum".into(),
         }
+    }
+
+    /// Heals every suspect region (see [`LocalVolume::heal`]).
+    async fn heal_suspects(&self) -> Result<()> {
+        let suspects: Vec<u64> = self.suspect.lock().unwrap().iter().copied().collect();
+        self.heal(suspects).await
     }
 
     /// Recomputes the checksums of suspect regions from their data and stops
@@ -829,7 +852,9 @@ impl<B: Backing> LocalVolume<B> {
 
     /// The snapshot called `name`.
     pub fn snapshot(&self, name: &str) -> Option<SnapshotInfo> {
-        self.snapshots().into_iter().find(|s| s.name == name)
+        let all = self.snapshots();
+        let named = |hidden: bool| all.iter().find(|s| s.name == name && s.hidden == hidden);
+        named(false).or_else(|| named(true)).cloned()
     }
 
     /// Takes a snapshot called `name`: every write acknowledged before it
@@ -858,18 +883,29 @@ impl<B: Backing> LocalVolume<B> {
         for v in volumes {
             gates.push(v.gate.write().await);
         }
-        let mut taken = Vec::with_capacity(volumes.len());
+        let mut taken: Vec<(&Arc<LocalVolume<B>>, SnapshotInfo)> = Vec::new();
         for v in volumes {
-            taken.push(v.snapshot_now(name, Some(group.to_string()), false).await?);
+            match v.snapshot_now(name, Some(group.to_string()), false).await {
+                Ok(s) => taken.push((v, s)),
+                Err(e) => {
+                    // All of the group or none of it.
+                    for (v, s) in taken {
+                        if let Err(undo) = v.delete_snapshot_now(s.id) {
+                            tracing::warn!(volume = %v.meta().name, snapshot = %s.name, error = %undo, "cannot remove part of a group snapshot that failed");
+                        }
+                    }
+                    return Err(e);
+                }
+            }
         }
-        Ok(taken)
+        Ok(taken.into_iter().map(|(_, s)| s).collect())
     }
 
     fn check_new_snapshot(&self, name: &str) -> std::result::Result<(), StoreError> {
         crate::catalog::validate_snapshot_name(name)?;
         self.check_open()
             .map_err(|e| StoreError::Snapshot(e.to_string()))?;
-        if self.snapshot(name).is_some() {
+        if self.snapshot(name).is_some_and(|s| !s.hidden) {
             return Err(StoreError::SnapshotExists {
                 volume: self.meta().name,
                 name: name.to_string(),
@@ -886,6 +922,11 @@ impl<B: Backing> LocalVolume<B> {
         hidden: bool,
     ) -> std::result::Result<SnapshotInfo, StoreError> {
         self.check_new_snapshot(name)?;
+        // A snapshot keeps checksums as they are: those a failed write left
+        // apart are made whole first.
+        self.heal_suspects()
+            .await
+            .map_err(|e| self.snapshot_error(e))?;
         let info = SnapshotInfo {
             id: uuid::Uuid::new_v4(),
             name: name.to_string(),
@@ -1071,7 +1112,7 @@ impl<B: Backing> Volume for LocalVolume<B> {
         check_range(self.num_blocks(), lba, blocks)?;
         let _shared = self.gate.read().await;
         self.enter(lba, blocks).await?;
-        self.prepare(lba, blocks).await?;
+        self.prepare(lba, blocks, true).await?;
         // Space comes back: look at it again with the next write.
         self.since_space_check
             .store(SPACE_CHECK_BYTES, Ordering::Relaxed);
@@ -1147,7 +1188,11 @@ impl<B: Backing> Volume for LocalVolume<B> {
             })
             .await?;
         // Holes are found at filesystem-block granularity; round outward to whole blocks.
-        let until_block = until.div_ceil(bs).clamp(lba + 1, n);
+        let mut until_block = until.div_ceil(bs).clamp(lba + 1, n);
+        // A clone's run ends where it reads from its origin again.
+        if let Some(stop) = self.images.first_from_origin(lba, until_block) {
+            until_block = until_block.min(stop).max(lba + 1);
+        }
         Ok((state, until_block - lba))
     }
 

@@ -7,7 +7,7 @@
 //! toward the head, that keeps it. A clone is a head whose grains read from
 //! an origin snapshot until it writes them (copy-up).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
@@ -235,6 +235,8 @@ impl<B: Backing> Table<B> {
 
     fn read(file: B) -> io::Result<Table<B>> {
         let mut best: Option<(u64, u64, TableBody)> = None;
+        // The highest sequence number a slot header carries, valid or not.
+        let mut seen = 0;
         for slot in 0..2 {
             let mut h = [0u8; TABLE_HEADER];
             if file.read_at(&mut h, slot * SLOT).is_err() || &h[..8] != TABLE_MAGIC {
@@ -242,6 +244,7 @@ impl<B: Backing> Table<B> {
             }
             let version = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
             let seq = u64::from_le_bytes(h[12..20].try_into().expect("8 bytes"));
+            seen = seen.max(seq);
             let len = u32::from_le_bytes(h[20..24].try_into().expect("4 bytes")) as u64;
             let crc = u32::from_le_bytes(h[24..28].try_into().expect("4 bytes"));
             if version != TABLE_VERSION || len > SLOT - TABLE_HEADER as u64 {
@@ -262,12 +265,18 @@ impl<B: Backing> Table<B> {
                 best = Some((seq, slot, body));
             }
         }
-        let (seq, slot, body) = best.ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                "the snapshot table is damaged: neither of its copies is readable",
-            )
-        })?;
+        let (seq, slot, body) = match best {
+            Some(b) => b,
+            // Never written whole: the first snapshot failed, or a cut took
+            // it before its sync. No snapshot was ever recorded.
+            None if seen <= 1 => (0, 1, TableBody::default()),
+            None => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the snapshot table is damaged: neither of its copies is readable",
+                ))
+            }
+        };
         Ok(Table {
             file,
             seq,
@@ -393,6 +402,9 @@ pub(crate) struct Images<B: Backing> {
     pub(crate) origin: Option<Origin<B>>,
     /// Held while grains are copied, images added or removed.
     copy: Mutex<()>,
+    /// Grains writers wait to have copied: whoever holds `copy` next
+    /// copies all of them, with one round of syncs.
+    wanted: Mutex<BTreeSet<u64>>,
 }
 
 fn other(msg: String) -> io::Error {
@@ -462,6 +474,7 @@ impl<B: Backing> Images<B> {
             chain: RwLock::new(Arc::new(chain)),
             origin,
             copy: Mutex::new(()),
+            wanted: Mutex::new(BTreeSet::new()),
         };
         images.scrub()?;
         Ok(images)
@@ -646,12 +659,23 @@ impl<B: Backing> Images<B> {
     /// newest snapshot does not keep into it, and, for a clone, each grain
     /// it does not hold up from its origin: durably, so that the write can
     /// change the head.
-    pub(crate) fn prepare_write(&self, lba: u64, n: u64) -> io::Result<()> {
+    ///
+    /// Writers that wait meanwhile leave their grains in `wanted`: the next
+    /// one to copy copies them all, so concurrent first writes share syncs.
+    ///
+    /// An unmap (`unmap`) of a whole grain a clone does not hold copies
+    /// nothing up: the grain is held from then on, as a hole.
+    pub(crate) fn prepare_write(&self, lba: u64, n: u64, unmap: bool) -> io::Result<()> {
+        self.wanted.lock().unwrap().extend(self.grains(lba, n));
         let _copying = self.copy.lock().unwrap();
+        let mut grains = std::mem::take(&mut *self.wanted.lock().unwrap());
+        // Our own grains too: a holder that took them may have failed.
+        grains.extend(self.grains(lba, n));
         let chain = self.chain();
         if let Some(newest) = chain.last() {
-            let todo: Vec<u64> = self
-                .grains(lba, n)
+            let todo: Vec<u64> = grains
+                .iter()
+                .copied()
                 .filter(|&g| g < newest.grains() && !newest.keeps(g))
                 .collect();
             let size = newest.size_bytes / self.bs();
@@ -666,14 +690,21 @@ impl<B: Backing> Images<B> {
         }
         if let Some(o) = &self.origin {
             let blocks = self.blocks.load(Ordering::Acquire);
-            let todo: Vec<u64> = self
-                .grains(lba, n)
-                .filter(|&g| !o.held.is_marked(g))
-                .collect();
+            let last = blocks.saturating_sub(1) / self.grain_blocks();
+            let per = self.grain_blocks();
+            let whole = |g: u64| unmap && g * per >= lba && ((g + 1) * per).min(blocks) <= lba + n;
+            let (bare, todo): (Vec<u64>, Vec<u64>) = grains
+                .iter()
+                .copied()
+                .filter(|&g| g <= last && !o.held.is_marked(g))
+                .partition(|&g| whole(g));
             let files = &self.files;
             self.copy_into(&files.data, &files.sums, &o.held, &todo, blocks, |a, n| {
                 o.source.view(o.snapshot, a, n)
             })?;
+            for run in runs(&bare) {
+                o.held.mark(*run.start(), *run.end())?;
+            }
         }
         Ok(())
     }
@@ -734,7 +765,7 @@ impl<B: Backing> Images<B> {
     fn put(&self, data: &B, sums: &B, lba: u64, d: &[u8], s: &[u8]) -> io::Result<bool> {
         let bs = self.bs() as usize;
         let mut wrote = false;
-        for (first, end, written) in block_runs(s) {
+        for (first, end, written) in block_runs(d, s, bs) {
             if written {
                 data.write_at(&d[first * bs..end * bs], (lba + first as u64) * bs as u64)?;
                 sums.write_at(
@@ -808,6 +839,12 @@ impl<B: Backing> Images<B> {
     /// Deletes a snapshot: the grains the next older snapshot reads through
     /// it pass to that one, the rest are freed.
     pub(crate) fn delete(&self, id: Uuid) -> io::Result<()> {
+        if self.pending_rollback() == Some(id) {
+            return Err(io::Error::new(
+                io::ErrorKind::ResourceBusy,
+                "a rollback to this snapshot has not finished",
+            ));
+        }
         let _copying = self.copy.lock().unwrap();
         let chain = self.chain();
         let i = chain
@@ -860,8 +897,34 @@ impl<B: Backing> Images<B> {
     /// through the write path, and blocks past the snapshot's size are
     /// unmapped. Recorded in the table first, so an interrupted rollback is
     /// finished at the next open.
+    /// A rollback that fails is forgotten (it is not finished at the next
+    /// open, over writes made since): the volume holds part of the
+    /// snapshot's content, and the error says to run it again.
     pub(crate) fn rollback(&self, id: Uuid) -> io::Result<()> {
         self.edit(|body| body.rollback = Some(id))?;
+        if let Err(e) = self.roll_back(id) {
+            if let Err(forget) = self.edit(|body| body.rollback = None) {
+                tracing::error!(error = %forget, "cannot forget a failed rollback; the next open finishes it");
+            }
+            return Err(io::Error::new(
+                e.kind(),
+                format!("the rollback stopped half done ({e}); run it again"),
+            ));
+        }
+        self.edit(|body| body.rollback = None)
+    }
+
+    /// Finishes a rollback a crash interrupted, before the volume serves;
+    /// one whose snapshot is gone is forgotten, logged.
+    pub(crate) fn finish_rollback(&self) -> io::Result<()> {
+        let Some(id) = self.pending_rollback() else {
+            return Ok(());
+        };
+        if !self.chain().iter().any(|img| img.id == id) {
+            tracing::error!(snapshot = %id, "an interrupted rollback names a snapshot that is gone; the volume holds part of its content");
+            return self.edit(|body| body.rollback = None);
+        }
+        tracing::warn!(snapshot = %id, "finishing a rollback a crash interrupted");
         self.roll_back(id)?;
         self.edit(|body| body.rollback = None)
     }
@@ -880,19 +943,33 @@ impl<B: Backing> Images<B> {
             .collect();
         grains.sort_unstable();
         grains.dedup();
+        let bs = self.bs();
         for g in grains {
             let (a, b) = self.grain_range(g, size);
             let (d, s) = self.view(id, a, b - a)?;
+            if let Some(i) = crate::checksum::first_bad(&d, &s, bs as usize) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "block {} of the snapshot does not match its checksum (damaged on disk)",
+                        a + i as u64
+                    ),
+                ));
+            }
             self.write_head(a, &d, &s)?;
         }
         let blocks = self.blocks.load(Ordering::Acquire);
         if blocks > size {
-            let unwritten = Sums::from_elem(0, ((blocks - size) * ENTRY) as usize);
-            let zeros = vec![0u8; 0];
+            let zeros = vec![0u8; GRAIN as usize];
+            let unwritten = Sums::from_elem(0, (GRAIN / bs * ENTRY) as usize);
             // Past the snapshot's end the volume had no blocks then: unmap, grain by grain.
             for (a, b) in self.pieces(size, blocks - size) {
-                let s = &unwritten[..((b - a) * ENTRY) as usize];
-                self.write_head(a, &zeros, s)?;
+                let n = (b - a) as usize;
+                self.write_head(
+                    a,
+                    &zeros[..n * bs as usize],
+                    &unwritten[..n * ENTRY as usize],
+                )?;
             }
         }
         // Durability point: the rolled-back head is on disk before the table forgets the rollback.
@@ -904,14 +981,14 @@ impl<B: Backing> Images<B> {
     /// blocks punched.
     fn write_head(&self, lba: u64, d: &[u8], s: &[u8]) -> io::Result<()> {
         let n = s.len() as u64 / ENTRY;
-        self.prepare_write(lba, n)?;
+        self.prepare_write(lba, n, false)?;
         let (first, last) = self.files.regions(lba, n);
         if !self.map.enter(first, last) {
             self.map.mark(first, last)?;
         }
         let bs = self.bs() as usize;
         let _locks = self.files.lock(lba, n);
-        for (a, b, written) in block_runs(s) {
+        for (a, b, written) in block_runs(d, s, bs) {
             let at = lba + a as u64;
             let count = (b - a) as u64;
             if written {
@@ -1017,6 +1094,29 @@ impl<B: Backing> Images<B> {
         }
     }
 
+    /// For a clone, the first block in `[lba, end)` whose grain it reads
+    /// from its origin; `None` when there is none (or it is not a clone).
+    pub(crate) fn first_from_origin(&self, lba: u64, end: u64) -> Option<u64> {
+        let o = self.origin.as_ref()?;
+        let per = self.grain_blocks();
+        (lba / per..end.div_ceil(per))
+            .find(|&g| !o.held.is_marked(g))
+            .map(|g| (g * per).max(lba))
+    }
+
+    /// As [`Images::head_blocks`], with no write to those blocks half done;
+    /// with the first block that does not match its checksum.
+    pub(crate) fn head_blocks_settled(
+        &self,
+        lba: u64,
+        n: u64,
+    ) -> io::Result<(Vec<u8>, Option<u64>)> {
+        let _locks = self.files.lock(lba, n);
+        let (d, s) = self.head_blocks(lba, n)?;
+        let bad = crate::checksum::first_bad(&d, &s, self.bs() as usize).map(|i| lba + i as u64);
+        Ok((d, bad))
+    }
+
     /// Whether the grain of block `lba` of a clone reads from its origin.
     pub(crate) fn reads_origin_at(&self, lba: u64) -> bool {
         self.reads_through(lba, 1)
@@ -1029,12 +1129,15 @@ impl<B: Backing> Images<B> {
     }
 }
 
-/// Runs of equal "written" state in a run of checksum entries:
-/// `(first, end, written)` in blocks.
-fn block_runs(sums: &[u8]) -> Vec<(usize, usize, bool)> {
+/// Runs of equal "written" state in blocks of `bs` bytes and their checksum
+/// entries: `(first, end, written)` in blocks. A block is unwritten when its
+/// entry is 0 and it holds only zeros (a written block whose crc32c happens
+/// to be 0 has the entry 0 too, and must not be taken for a hole).
+fn block_runs(data: &[u8], sums: &[u8], bs: usize) -> Vec<(usize, usize, bool)> {
     let written: Vec<bool> = sums
         .chunks_exact(ENTRY as usize)
-        .map(|e| e != [0; 4])
+        .zip(data.chunks_exact(bs))
+        .map(|(e, block)| e != [0; 4] || !crate::checksum::is_zero(block))
         .collect();
     let mut out = Vec::new();
     let mut start = 0;
@@ -1071,10 +1174,15 @@ mod tests {
 
     #[test]
     fn block_runs_split_written_from_unwritten() {
-        let s = [[0u8; 4], [1, 0, 0, 0], [2, 0, 0, 0], [0; 4]].concat();
+        let s = [[0u8; 4], [1, 0, 0, 0], [2, 0, 0, 0], [0; 4], [0; 4]].concat();
+        let mut d = vec![0u8; 5 * 8];
+        d[8] = 1;
+        d[16] = 2;
+        // A written block whose checksum is 0 is still written.
+        d[36] = 9;
         assert_eq!(
-            block_runs(&s),
-            vec![(0, 1, false), (1, 3, true), (3, 4, false)]
+            block_runs(&d, &s, 8),
+            vec![(0, 1, false), (1, 3, true), (3, 4, false), (4, 5, true)]
         );
     }
 
