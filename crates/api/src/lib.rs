@@ -13,7 +13,10 @@
 //! - `PUT    /v1/volumes/{name}/access`       replace access rules
 //!   `{allowed_initiators: [..], chap: {user, secret}?, mutual_chap: {user, secret}?}`
 //! - `POST   /v1/volumes/{name}/replicas`     add a copy `{node?}` → `{node}`
-//! - `DELETE /v1/volumes/{name}/replicas/{node}` drop the copy on a member
+//! - `DELETE /v1/volumes/{name}/replicas/{node}?force=true` drop the copy on
+//!   a member; refused when it would leave a single copy, unless forced
+//! - `POST   /v1/volumes/{name}/move-primary` planned switchover `{to}` to
+//!   the in-sync copy on a running member → what it did ([`PrimaryMoved`])
 //! - `GET    /v1/cluster`                     cluster status, replication
 //!   progress, and when this node acknowledged writes as a primary
 //! - `POST   /v1/cluster/init`                make this node a new cluster → `{token}`
@@ -32,7 +35,7 @@ mod server;
 mod snapshots;
 
 pub use client::{ApiClient, ClientError};
-pub use node::{AckWindow, PeerState, PeerStatus};
+pub use node::{AckWindow, PeerState, PeerStatus, PrimaryMoved};
 pub use server::router;
 pub use snapshots::{CloneVolume, CreateSnapshots, Rollback};
 
@@ -86,6 +89,13 @@ pub struct AddReplica {
     /// a copy that holds the fewest copies.
     #[serde(default)]
     pub node: Option<String>,
+}
+
+/// Body of `POST /v1/volumes/{name}/move-primary`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MovePrimary {
+    /// Member (name or id) whose in-sync copy becomes the primary.
+    pub to: String,
 }
 
 /// Answer of `POST /v1/volumes/{name}/replicas`.

@@ -703,7 +703,10 @@ async fn cluster_refusals() {
     not_member(f.node.cluster_status().await.map(drop), "status");
     not_member(f.node.cluster_leave().await, "leave");
     not_member(f.node.add_replica("v", None).await.map(drop), "add_replica");
-    not_member(f.node.remove_replica("v", "node-1").await, "remove_replica");
+    not_member(
+        f.node.remove_replica("v", "node-1", false).await,
+        "remove_replica",
+    );
 
     let cfg = cluster_config();
     f.node.cluster_init(&cfg).await.unwrap();
@@ -743,11 +746,11 @@ async fn cluster_refusals() {
         Err(NodeError::Refused(_)) => {}
         other => panic!("no node left for a copy: {other:?}"),
     }
-    match f.node.remove_replica("one", &me.to_string()).await {
+    match f.node.remove_replica("one", &me.to_string(), false).await {
         Err(NodeError::Refused(_)) => {}
         other => panic!("removing the primary's copy: {other:?}"),
     }
-    match f.node.remove_replica("one", "nobody").await {
+    match f.node.remove_replica("one", "nobody", false).await {
         Err(NodeError::Invalid(m)) => assert!(m.contains("nobody"), "{m}"),
         other => panic!("unknown member: {other:?}"),
     }
@@ -755,7 +758,7 @@ async fn cluster_refusals() {
         Err(NodeError::NotFound(n)) => assert_eq!(n, "missing"),
         other => panic!("unknown volume: {other:?}"),
     }
-    match f.node.remove_replica("missing", "node-1").await {
+    match f.node.remove_replica("missing", "node-1", false).await {
         Err(NodeError::NotFound(n)) => assert_eq!(n, "missing"),
         other => panic!("unknown volume: {other:?}"),
     }

@@ -239,12 +239,27 @@ enum VolumeCommand {
         #[arg(long)]
         node: Option<String>,
     },
-    /// Drop the copy of a cluster volume on a member (not the primary's).
+    /// Drop the copy of a cluster volume on a member (not the primary's:
+    /// move the primary first).
     RemoveReplica {
         name: String,
         /// Member (name or id) whose copy goes.
         #[arg(long)]
         node: String,
+        /// Drop it even if only one copy is left: the volume loses its
+        /// redundancy, and a failure of that copy's node stops it.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Planned switchover: make the in-sync copy on another running node
+    /// the primary. The old primary stops taking new commands and finishes
+    /// those in flight first; initiators see at most a short ALUA
+    /// transition (which they retry), never an I/O error.
+    MovePrimary {
+        name: String,
+        /// Member (name or id) whose copy becomes the primary.
+        #[arg(long)]
+        to: String,
     },
     /// Delete a volume and its data. Refused while initiators are logged in
     /// through any node, and while a node of the cluster cannot be asked
@@ -754,9 +769,23 @@ async fn volume_command(c: &api::ApiClient, cmd: VolumeCommand) -> anyhow::Resul
             let placed = c.add_replica(&name, node.as_deref()).await?;
             println!("volume {name}: new copy on node {placed}; it is filled by a full sync (see `tandem volume status {name}`)");
         }
-        VolumeCommand::RemoveReplica { name, node } => {
-            c.remove_replica(&name, &node).await?;
+        VolumeCommand::RemoveReplica { name, node, force } => {
+            c.remove_replica(&name, &node, force).await?;
             println!("volume {name}: the copy on {node} is dropped");
+        }
+        VolumeCommand::MovePrimary { name, to } => {
+            let m = c.move_primary(&name, &to).await?;
+            println!(
+                "volume {name}: primary moved from node {} to node {} (epoch {}); I/O paused {:.1} ms, of which {:.1} ms for commands in flight",
+                m.from,
+                m.to,
+                m.epoch,
+                m.paused_us as f64 / 1000.0,
+                m.drain_us as f64 / 1000.0
+            );
+            if !m.kept_in_sync {
+                println!("volume {name}: a member runs an older version, so the change was made as a failover: the old primary's copy resyncs what it may miss");
+            }
         }
         VolumeCommand::Delete { name, force } => {
             c.delete_volume(&name, force).await?;

@@ -11,6 +11,7 @@
 mod access;
 mod control;
 mod floating;
+mod handover;
 mod heard;
 mod membership;
 mod present;
@@ -27,6 +28,7 @@ use std::time::Duration;
 use cluster::Cluster;
 use replica::{ClusterKey, ReplicaServer};
 
+pub use handover::PrimaryMoved;
 pub use sessions::Unasked;
 pub use status::{AckWindow, PeerState, PeerStatus};
 
