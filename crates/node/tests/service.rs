@@ -707,6 +707,10 @@ async fn cluster_refusals() {
         f.node.remove_replica("v", "node-1", false).await,
         "remove_replica",
     );
+    not_member(
+        f.node.move_primary("v", "node-1").await.map(drop),
+        "move_primary",
+    );
 
     let cfg = cluster_config();
     f.node.cluster_init(&cfg).await.unwrap();
@@ -761,6 +765,21 @@ async fn cluster_refusals() {
     match f.node.remove_replica("missing", "node-1", false).await {
         Err(NodeError::NotFound(n)) => assert_eq!(n, "missing"),
         other => panic!("unknown volume: {other:?}"),
+    }
+    // A planned switchover needs another in-sync copy to go to.
+    match f.node.move_primary("one", &me.to_string()).await {
+        Err(NodeError::Refused(m)) => {
+            assert!(m.contains("is the primary already"), "{m}")
+        }
+        other => panic!("moving to the primary itself: {other:?}"),
+    }
+    match f.node.move_primary("one", "nobody").await {
+        Err(NodeError::Invalid(m)) => assert!(m.contains("nobody"), "{m}"),
+        other => panic!("moving to an unknown member: {other:?}"),
+    }
+    match f.node.move_primary("missing", &me.to_string()).await {
+        Err(NodeError::NotFound(n)) => assert_eq!(n, "missing"),
+        other => panic!("moving an unknown volume: {other:?}"),
     }
     let state = f.node.clustered().unwrap().cluster().state();
     assert_eq!(

@@ -189,8 +189,21 @@ async fn primary_moves_back_and_forth_under_writes_without_a_failed_command() {
         let to = if from == ida { idb } else { ida };
         // Asked through either node: the primary drains, wherever asked.
         let via = if k % 2 == 0 { &a } else { &b };
-        let at = (start.elapsed().as_micros()) as u64;
-        let out = move_primary(via, to).unwrap_or_else(|e| panic!("move {k} refused: {e}"));
+        // The new primary reconciles the regions the old one wrote last
+        // (its activity log) before it counts every copy caught up; a move
+        // asked meanwhile is refused as "catching up", and asked again.
+        let mut tries = 0;
+        let (at, out) = loop {
+            let at = (start.elapsed().as_micros()) as u64;
+            match move_primary(via, to) {
+                Ok(out) => break (at, out),
+                Err(e) if e.contains("to catch up on") && tries < 40 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => panic!("move {k} refused: {e}"),
+            }
+        };
         let done = (start.elapsed().as_micros()) as u64;
         let (now, later) = primary_of(via);
         assert_eq!(now, to, "move {k}: {out}");
@@ -201,6 +214,9 @@ async fn primary_moves_back_and_forth_under_writes_without_a_failed_command() {
                 all_in_sync(s, VOLUME),
                 "move {k}: the old primary's copy stays in sync: {v}"
             );
+        }
+        if tries > 0 {
+            eprintln!("move {k}: asked {tries} times more while the copies caught up");
         }
         moves.push((from, to, at, done, reported_pause(&out)));
         tokio::time::sleep(Duration::from_millis(700)).await;
