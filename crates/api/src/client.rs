@@ -5,7 +5,8 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::{
-    AddReplica, CreateVolume, ErrorBody, MovePrimary, PrimaryMoved, ReplicaPlaced, ResizeVolume,
+    AddReplica, CreateVolume, ErrorBody, Maintenance, MaintenanceRequest, MovePrimary,
+    PrimaryMoved, ReplicaPlaced, ResizeVolume,
 };
 
 /// Why a management call failed.
@@ -192,6 +193,21 @@ impl ApiClient {
         )
         .await?;
         Ok(())
+    }
+
+    /// `POST /v1/cluster/maintenance/enter` (`enter`) or `.../exit`.
+    pub async fn maintenance(
+        &self,
+        enter: bool,
+        req: &MaintenanceRequest,
+    ) -> Result<Maintenance, ClientError> {
+        let path = if enter {
+            "/v1/cluster/maintenance/enter"
+        } else {
+            "/v1/cluster/maintenance/exit"
+        };
+        let v = self.call(Method::POST, path, Some(req)).await?;
+        self.expect(v)
     }
 
     /// `POST /v1/volumes/{name}/move-primary`: a planned switchover to the

@@ -10,8 +10,8 @@ use node::{AccessConfig, ClusterConfig, Node, NodeError};
 use serde::Deserialize;
 
 use crate::{
-    AddReplica, ClusterToken, ClusterView, CreateVolume, ErrorBody, JoinCluster, MovePrimary,
-    ReplicaPlaced, ResizeVolume, SetFloating,
+    AddReplica, ClusterToken, ClusterView, CreateVolume, ErrorBody, JoinCluster,
+    MaintenanceRequest, MovePrimary, ReplicaPlaced, ResizeVolume, SetFloating,
 };
 
 /// Builds the API router over the node's service layer. Every request must
@@ -39,6 +39,8 @@ pub fn router(node: Arc<Node>, token: String, cluster: ClusterConfig) -> Router 
             ),
         )
         .route("/v1/cluster/leave", post(cluster_leave))
+        .route("/v1/cluster/maintenance/enter", post(maintenance_enter))
+        .route("/v1/cluster/maintenance/exit", post(maintenance_exit))
         .route("/v1/cluster/floating", put(set_floating))
         .route("/v1/status", get(status))
         .route("/v1/volumes", get(list).post(create))
@@ -156,6 +158,26 @@ async fn remove_replica(
 ) -> Result<impl IntoResponse, ApiError> {
     node.remove_replica(&name, &member, q.force).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn maintenance_enter(
+    State(node): State<Arc<Node>>,
+    Json(req): Json<MaintenanceRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(
+        node.maintenance_enter(req.node.as_deref(), req.force)
+            .await?,
+    ))
+}
+
+async fn maintenance_exit(
+    State(node): State<Arc<Node>>,
+    Json(req): Json<MaintenanceRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(
+        node.maintenance_exit(req.node.as_deref(), req.rebalance)
+            .await?,
+    ))
 }
 
 async fn move_primary(

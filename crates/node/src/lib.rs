@@ -14,7 +14,7 @@ mod snapshots;
 pub use access::{AccessConfig, ChapSecret};
 pub use cluster::{ClusterStatus, FloatingAddress};
 pub use clustered::{
-    AckWindow, ClusterConfig, Clustered, PeerState, PeerStatus, PrimaryMoved, Unasked,
+    AckWindow, ClusterConfig, Clustered, Maintenance, PeerState, PeerStatus, PrimaryMoved, Unasked,
 };
 pub use error::NodeError;
 pub use identity::{iqn_for, lun_identity, validate_iqn_prefix, DEFAULT_IQN_PREFIX};

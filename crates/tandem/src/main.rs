@@ -2,6 +2,7 @@
 //! a running node through its management API.
 
 mod config;
+mod node_cli;
 mod serve;
 mod size;
 mod snapshot_cli;
@@ -96,6 +97,9 @@ enum Command {
     /// Manage volumes of a running node.
     #[command(subcommand)]
     Volume(VolumeCommand),
+    /// Planned work on a data node (maintenance).
+    #[command(subcommand)]
+    Node(node_cli::NodeCommand),
     /// Take, list and delete snapshots of volumes (docs/snapshots.md).
     #[command(subcommand)]
     Snapshot(snapshot_cli::SnapshotCommand),
@@ -422,6 +426,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Volume(cmd) => volume_command(&client()?, cmd).await,
+        Command::Node(cmd) => node_cli::node_command(&client()?, cmd).await,
         Command::Snapshot(cmd) => snapshot_cli::snapshot_command(&client()?, cmd).await,
     }
 }

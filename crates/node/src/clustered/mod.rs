@@ -13,6 +13,7 @@ mod control;
 mod floating;
 mod handover;
 mod heard;
+mod maintenance;
 mod membership;
 mod present;
 mod sessions;
@@ -29,6 +30,7 @@ use cluster::Cluster;
 use replica::{ClusterKey, ReplicaServer};
 
 pub use handover::PrimaryMoved;
+pub use maintenance::Maintenance;
 pub use sessions::Unasked;
 pub use status::{AckWindow, PeerState, PeerStatus};
 
