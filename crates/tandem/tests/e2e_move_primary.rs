@@ -14,6 +14,13 @@
 //! a node without a copy, to a node that is not running; removing a copy
 //! that would leave a single one without `--force`, and the primary's
 //! copy (which points at `move-primary`).
+//!
+//! And maintenance built on it: a node entering maintenance hands every
+//! volume it leads to the other node under writes, is stopped and started
+//! again while the writes go on, the other node cannot enter maintenance
+//! meanwhile (its volumes have nowhere to go, and the cluster no quorum
+//! without it), and leaving with `--rebalance` gives the node half of the
+//! primaries back.
 
 mod common;
 
@@ -51,6 +58,7 @@ struct Seen {
 /// `stop`; every write carries a new sequence number from `seq`.
 fn writer(
     portal: std::net::SocketAddr,
+    volume: &'static str,
     first: u64,
     seq: u64,
     start: Instant,
@@ -64,7 +72,7 @@ fn writer(
             dropped: 0,
             took: Vec::new(),
         };
-        let mut s = session(portal, VOLUME).await.expect("first session");
+        let mut s = session(portal, volume).await.expect("first session");
         let mut seq = seq;
         while !stop.load(Ordering::Acquire) {
             seq += 1;
@@ -81,7 +89,7 @@ fn writer(
                 None => {
                     seen.dropped += 1;
                     s = loop {
-                        if let Some(s) = session(portal, VOLUME).await {
+                        if let Some(s) = session(portal, volume).await {
                             break s;
                         }
                     };
@@ -112,7 +120,11 @@ fn reported_pause(out: &str) -> f64 {
 }
 
 fn primary_of(s: &Server) -> (u64, u64) {
-    let v = volume_record(s, VOLUME);
+    primary_of_volume(s, VOLUME)
+}
+
+fn primary_of_volume(s: &Server, volume: &str) -> (u64, u64) {
+    let v = volume_record(s, volume);
     (v["primary"].as_u64().unwrap(), v["epoch"].as_u64().unwrap())
 }
 
@@ -179,8 +191,8 @@ async fn primary_moves_back_and_forth_under_writes_without_a_failed_command() {
     let start = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let writers = [
-        writer(a.portal(), 0, 0, start, stop.clone()),
-        writer(b.portal(), EXTENTS, 1 << 40, start, stop.clone()),
+        writer(a.portal(), VOLUME, 0, 0, start, stop.clone()),
+        writer(b.portal(), VOLUME, EXTENTS, 1 << 40, start, stop.clone()),
     ];
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut moves = Vec::new();
@@ -302,6 +314,88 @@ async fn primary_moves_back_and_forth_under_writes_without_a_failed_command() {
                 &errors[..errors.len().min(10)]
             );
         }
+    }
+    drop(witness);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_in_maintenance_leads_nothing_and_is_stopped_without_a_failed_command() {
+    const VOLUMES: [&str; 2] = ["vm1", "vm2"];
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, b, witness, _) = common::cluster::on_loopback(dir.path());
+    for v in VOLUMES {
+        a.cli_ok(&["volume", "create", v, "--size", "4M", "--replicas", "2"]);
+    }
+    wait_until("both volumes exported and in sync", 30, || {
+        let list = b.cli_ok(&["volume", "list"]);
+        VOLUMES
+            .iter()
+            .all(|v| list.contains(v) && all_in_sync(&a, v))
+    });
+    let (ida, idb) = (node_id(&a), node_id(&b));
+    // Lead both volumes from a, whatever the placement chose.
+    for v in VOLUMES {
+        if primary_of_volume(&a, v).0 != ida {
+            a.cli_ok(&["volume", "move-primary", v, "--to", &ida.to_string()]);
+        }
+    }
+    // Initiators write through b, which stays up.
+    let start = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = [
+        writer(b.portal(), VOLUMES[0], 0, 0, start, stop.clone()),
+        writer(b.portal(), VOLUMES[1], 0, 1 << 40, start, stop.clone()),
+    ];
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let out = b.cli_ok(&["node", "maintenance", "enter", &ida.to_string()]);
+    assert!(out.contains("leads no volume now"), "{out}");
+    for v in VOLUMES {
+        assert_eq!(primary_of_volume(&b, v).0, idb, "{v}: {out}");
+        assert!(
+            all_in_sync(&b, v),
+            "{v}: the handed-over copy stays in sync"
+        );
+    }
+    // Stopped for its planned work while the writes go on; meanwhile the
+    // other node cannot enter maintenance.
+    a.stop();
+    tokio::time::sleep(cluster::DEAD_AFTER + Duration::from_millis(500)).await;
+    let refused = b.cli(&["node", "maintenance", "enter"]);
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "b entered maintenance alone");
+    assert!(
+        why.contains("no in-sync copy on another running data node") && why.contains("no quorum"),
+        "{why}"
+    );
+    a.restart();
+    wait_until("a's copies caught up", 60, || {
+        VOLUMES.iter().all(|v| all_in_sync(&b, v))
+    });
+    let out = b.cli_ok(&[
+        "node",
+        "maintenance",
+        "exit",
+        &ida.to_string(),
+        "--rebalance",
+    ]);
+    let led = |n: u64| {
+        VOLUMES
+            .iter()
+            .filter(|v| primary_of_volume(&b, v).0 == n)
+            .count()
+    };
+    assert_eq!((led(ida), led(idb)), (1, 1), "{out}");
+    assert!(out.contains("is in-sync"), "{out}");
+
+    stop.store(true, Ordering::Release);
+    for (w, v) in writers.into_iter().zip(VOLUMES) {
+        let seen = w.await.expect("writer");
+        assert_eq!(seen.failed, 0, "{v}: a command failed at the initiator");
+        assert_eq!(seen.dropped, 0, "{v}: a connection failed");
+        assert!(seen.acknowledged > 20, "{v}: {} writes", seen.acknowledged);
+        verify(a.portal(), v, EXTENTS, &seen.history).await;
+        verify(b.portal(), v, EXTENTS, &seen.history).await;
     }
     drop(witness);
 }
