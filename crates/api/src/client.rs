@@ -4,7 +4,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::{AddReplica, CreateVolume, ErrorBody, ReplicaPlaced, ResizeVolume};
+use crate::{
+    AddReplica, CreateVolume, ErrorBody, Maintenance, MaintenanceRequest, MovePrimary,
+    PrimaryMoved, ReplicaPlaced, ResizeVolume,
+};
 
 /// Why a management call failed.
 #[derive(Debug, Error)]
@@ -176,15 +179,49 @@ impl ApiClient {
         Ok(placed.node)
     }
 
-    /// `DELETE /v1/volumes/{name}/replicas/{node}`.
-    pub async fn remove_replica(&self, name: &str, node: &str) -> Result<(), ClientError> {
+    /// `DELETE /v1/volumes/{name}/replicas/{node}?force=...`.
+    pub async fn remove_replica(
+        &self,
+        name: &str,
+        node: &str,
+        force: bool,
+    ) -> Result<(), ClientError> {
         self.call::<(), serde_json::Value>(
             Method::DELETE,
-            &format!("/v1/volumes/{name}/replicas/{node}"),
+            &format!("/v1/volumes/{name}/replicas/{node}?force={force}"),
             None,
         )
         .await?;
         Ok(())
+    }
+
+    /// `POST /v1/cluster/maintenance/enter` (`enter`) or `.../exit`.
+    pub async fn maintenance(
+        &self,
+        enter: bool,
+        req: &MaintenanceRequest,
+    ) -> Result<Maintenance, ClientError> {
+        let path = if enter {
+            "/v1/cluster/maintenance/enter"
+        } else {
+            "/v1/cluster/maintenance/exit"
+        };
+        let v = self.call(Method::POST, path, Some(req)).await?;
+        self.expect(v)
+    }
+
+    /// `POST /v1/volumes/{name}/move-primary`: a planned switchover to the
+    /// in-sync copy on member `to`.
+    pub async fn move_primary(&self, name: &str, to: &str) -> Result<PrimaryMoved, ClientError> {
+        let req = MovePrimary { to: to.to_string() };
+        let v = self
+            .call(
+                Method::POST,
+                &format!("/v1/volumes/{name}/move-primary"),
+                Some(&req),
+            )
+            .await?;
+        self.expect(v)
     }
 
     /// `POST /v1/volumes`.

@@ -13,7 +13,14 @@
 //! - `PUT    /v1/volumes/{name}/access`       replace access rules
 //!   `{allowed_initiators: [..], chap: {user, secret}?, mutual_chap: {user, secret}?}`
 //! - `POST   /v1/volumes/{name}/replicas`     add a copy `{node?}` → `{node}`
-//! - `DELETE /v1/volumes/{name}/replicas/{node}` drop the copy on a member
+//! - `DELETE /v1/volumes/{name}/replicas/{node}?force=true` drop the copy on
+//!   a member; refused when it would leave a single copy, unless forced
+//! - `POST   /v1/volumes/{name}/move-primary` planned switchover `{to}` to
+//!   the in-sync copy on a running member → what it did ([`PrimaryMoved`])
+//! - `POST   /v1/cluster/maintenance/enter` move every volume a node leads
+//!   elsewhere `{node?, force?}` → what moved ([`Maintenance`])
+//! - `POST   /v1/cluster/maintenance/exit`  its copies' states, and with
+//!   `rebalance` primaries moved back to it `{node?, rebalance?}`
 //! - `GET    /v1/cluster`                     cluster status, replication
 //!   progress, and when this node acknowledged writes as a primary
 //! - `POST   /v1/cluster/init`                make this node a new cluster → `{token}`
@@ -32,7 +39,7 @@ mod server;
 mod snapshots;
 
 pub use client::{ApiClient, ClientError};
-pub use node::{AckWindow, PeerState, PeerStatus};
+pub use node::{AckWindow, Maintenance, PeerState, PeerStatus, PrimaryMoved};
 pub use server::router;
 pub use snapshots::{CloneVolume, CreateSnapshots, Rollback};
 
@@ -86,6 +93,27 @@ pub struct AddReplica {
     /// a copy that holds the fewest copies.
     #[serde(default)]
     pub node: Option<String>,
+}
+
+/// Body of `POST /v1/volumes/{name}/move-primary`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MovePrimary {
+    /// Member (name or id) whose in-sync copy becomes the primary.
+    pub to: String,
+}
+
+/// Body of `POST /v1/cluster/maintenance/{enter,exit}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MaintenanceRequest {
+    /// Member (name or id); none: the node asked.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// Enter even where volumes cannot move (they stay).
+    #[serde(default)]
+    pub force: bool,
+    /// On exit, move primaries back to the node.
+    #[serde(default)]
+    pub rebalance: bool,
 }
 
 /// Answer of `POST /v1/volumes/{name}/replicas`.

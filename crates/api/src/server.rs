@@ -10,8 +10,8 @@ use node::{AccessConfig, ClusterConfig, Node, NodeError};
 use serde::Deserialize;
 
 use crate::{
-    AddReplica, ClusterToken, ClusterView, CreateVolume, ErrorBody, JoinCluster, ReplicaPlaced,
-    ResizeVolume, SetFloating,
+    AddReplica, ClusterToken, ClusterView, CreateVolume, ErrorBody, JoinCluster,
+    MaintenanceRequest, MovePrimary, ReplicaPlaced, ResizeVolume, SetFloating,
 };
 
 /// Builds the API router over the node's service layer. Every request must
@@ -39,6 +39,8 @@ pub fn router(node: Arc<Node>, token: String, cluster: ClusterConfig) -> Router 
             ),
         )
         .route("/v1/cluster/leave", post(cluster_leave))
+        .route("/v1/cluster/maintenance/enter", post(maintenance_enter))
+        .route("/v1/cluster/maintenance/exit", post(maintenance_exit))
         .route("/v1/cluster/floating", put(set_floating))
         .route("/v1/status", get(status))
         .route("/v1/volumes", get(list).post(create))
@@ -52,6 +54,7 @@ pub fn router(node: Arc<Node>, token: String, cluster: ClusterConfig) -> Router 
             "/v1/volumes/:name/replicas/:node",
             axum::routing::delete(remove_replica),
         )
+        .route("/v1/volumes/:name/move-primary", post(move_primary))
         .merge(crate::snapshots::routes())
         .layer(middleware::from_fn(move |req: Request, next: Next| {
             let token = token.clone();
@@ -151,9 +154,38 @@ async fn add_replica(
 async fn remove_replica(
     State(node): State<Arc<Node>>,
     Path((name, member)): Path<(String, String)>,
+    Query(q): Query<DeleteQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
-    node.remove_replica(&name, &member).await?;
+    node.remove_replica(&name, &member, q.force).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn maintenance_enter(
+    State(node): State<Arc<Node>>,
+    Json(req): Json<MaintenanceRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(
+        node.maintenance_enter(req.node.as_deref(), req.force)
+            .await?,
+    ))
+}
+
+async fn maintenance_exit(
+    State(node): State<Arc<Node>>,
+    Json(req): Json<MaintenanceRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(
+        node.maintenance_exit(req.node.as_deref(), req.rebalance)
+            .await?,
+    ))
+}
+
+async fn move_primary(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+    Json(req): Json<MovePrimary>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(node.move_primary(&name, &req.to).await?))
 }
 
 async fn set_floating(

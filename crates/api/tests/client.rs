@@ -134,7 +134,7 @@ async fn every_method_round_trips() {
         ),
         (
             "remove_replica",
-            client.remove_replica("vm1", "node-1").await,
+            client.remove_replica("vm1", "node-1", false).await,
         ),
     ] {
         let (code, message) = refused(r);
@@ -177,7 +177,11 @@ async fn every_method_round_trips() {
     }
     let (code, _) = refused(client.add_replica("shared", None).await);
     assert_eq!(code, 409, "a copy with no node to hold it");
-    let (code, _) = refused(client.remove_replica("shared", &me.to_string()).await);
+    let (code, _) = refused(
+        client
+            .remove_replica("shared", &me.to_string(), false)
+            .await,
+    );
     assert_eq!(code, 409, "the primary's copy removed");
     client.delete_volume("shared", false).await.unwrap();
     assert!(client

@@ -958,9 +958,23 @@ async fn join_add_and_remove_a_replica_and_leave_on_two_nodes() {
         }])
     );
 
-    // Dropped again: 204, and b lets its copy go.
-    let removed = a
+    // Dropping it would leave one copy: refused (409) unless forced.
+    let refused = a
         .call(Method::DELETE, "/v1/volumes/vm/replicas/node-b", None)
+        .await;
+    assert_eq!(refused.status, StatusCode::CONFLICT, "{}", refused.body);
+    let why = refused.body["error"].as_str().unwrap();
+    assert!(
+        why.contains("leaves a single copy") && why.contains("redundancy"),
+        "{why}"
+    );
+    // Forced: 204, and b lets its copy go.
+    let removed = a
+        .call(
+            Method::DELETE,
+            "/v1/volumes/vm/replicas/node-b?force=true",
+            None,
+        )
         .await;
     assert_eq!(
         (removed.status, &removed.body),

@@ -1,5 +1,5 @@
 //! The member endpoint: the HTTP handlers other members call (Raft calls,
-//! join, leave, proposals, heartbeats, status, sessions), each admitted by the
+//! join, leave, proposals, heartbeats, status, sessions, hand-over), each admitted by the
 //! cluster secret ([`crate::net::Gate`]) and answered signed.
 
 use std::collections::BTreeSet;
@@ -39,6 +39,7 @@ pub(crate) fn router(inner: Weak<Inner>) -> Router {
         .route("/cluster/status", post(h_status))
         .route("/cluster/data-key", post(h_data_key))
         .route("/cluster/sessions", post(h_sessions))
+        .route("/cluster/hand-over", post(h_hand_over))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(inner)
 }
@@ -369,4 +370,14 @@ async fn h_sessions(State(w): State<Weak<Inner>>, h: HeaderMap, body: Bytes) -> 
         Err(r) => return r,
     };
     s.gate.answer(&nonce, &s.local_sessions())
+}
+
+async fn h_hand_over(State(w): State<Weak<Inner>>, h: HeaderMap, body: Bytes) -> Response {
+    let (s, nonce, req) =
+        match admit::<crate::handover::HandOverRequest>(&w, &h, "/cluster/hand-over", &body) {
+            Ok(x) => x,
+            Err(r) => return r,
+        };
+    let r = s.local_hand_over(&req.volume, req.to).await;
+    s.gate.answer(&nonce, &r)
 }

@@ -26,6 +26,7 @@
 //! | `raft_net`     | openraft's network: Raft calls as member requests                   |
 //! | `http`         | the member endpoint: Raft calls, join, leave, proposals, heartbeats |
 //! | [`sessions`]   | each data node's iSCSI sessions, asked for across the cluster       |
+//! | [`handover`]   | a planned switchover, asked of the volume's primary                 |
 //! | [`net`]        | authenticated HTTP between members (the cluster secret)             |
 //! | `lease`        | heartbeats and leases: when a member may act as primary             |
 //! | `failover`     | the leader's policy: promote an in-sync copy of a silent primary    |
@@ -66,6 +67,7 @@ mod error;
 mod failover;
 mod files;
 mod floating;
+pub mod handover;
 mod http;
 mod lease;
 mod member;
@@ -79,6 +81,7 @@ mod token;
 
 pub use data_key::{DataKey, SealError};
 pub use error::ClusterError;
+pub use handover::{HandOverRequest, HandedOver, Handover};
 pub use lease::{DEAD_AFTER, ELECTION_MARGIN, HEARTBEAT, LEASE};
 pub use member::{default_dir, Cluster};
 pub use net::Key;
@@ -89,6 +92,14 @@ pub use state::{
 };
 pub use status::ClusterStatus;
 pub use token::join_token;
+
+/// The newest Raft log entries this build reads and writes, as members
+/// report it in their status ([`ClusterStatus::log_version`]): 0 for the
+/// first release (which does not report it), 1 with
+/// [`Command::MovePrimary`]. An entry a member cannot read stops it
+/// following the log, so an entry of a newer version is proposed only
+/// once every member reports that version ([`Cluster::log_versions`]).
+pub const LOG_VERSION: u32 = 1;
 
 use std::io::Cursor;
 

@@ -58,6 +58,9 @@ pub(crate) struct Inner {
     /// Where this member's iSCSI sessions are reported from, once its node
     /// serves them.
     pub(crate) sessions: Mutex<Option<Arc<dyn crate::sessions::SessionSource>>>,
+    /// What hands over the volumes this member leads, once its node
+    /// serves them.
+    pub(crate) handover: Mutex<Option<Arc<dyn crate::handover::Handover>>>,
 }
 
 /// A running member of the cluster.
@@ -288,6 +291,7 @@ impl Cluster {
             dir: dir.to_path_buf(),
             data_key: Mutex::new(data_key),
             sessions: Mutex::new(None),
+            handover: Mutex::new(None),
         });
         let listener = tokio::net::TcpListener::bind(listen)
             .await
@@ -413,6 +417,33 @@ impl Cluster {
             }
         }
         s
+    }
+
+    /// The log version every member reports ([`crate::LOG_VERSION`]),
+    /// asked of each now; a member that does not answer is named with
+    /// why.
+    pub async fn log_versions(&self) -> BTreeMap<NodeId, Result<u32, ClusterError>> {
+        let mut out = BTreeMap::new();
+        for &node in self.state().nodes.keys() {
+            let version = if node == self.id() {
+                Ok(crate::LOG_VERSION)
+            } else {
+                match self.inner.addr_of(node) {
+                    Some(addr) => self
+                        .inner
+                        .caller
+                        .post::<_, Answer<ClusterStatus>>(&addr, "/cluster/status", &())
+                        .await
+                        .and_then(|r| r.map_err(ClusterError::Remote))
+                        .map(|s| s.log_version),
+                    None => Err(ClusterError::Remote(format!(
+                        "node {node} has no known address"
+                    ))),
+                }
+            };
+            out.insert(node, version);
+        }
+        out
     }
 
     /// Leaves the cluster: drops this node's volume copies (primaries move

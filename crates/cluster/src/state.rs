@@ -110,8 +110,11 @@ pub enum Refusal {
     #[error("volume {volume} already has {MAX_REPLICAS} copies")]
     TooManyCopies { volume: String },
     /// Dropping the primary's copy.
-    #[error("volume {volume}: the copy on node {node} is the primary; promote another in-sync copy first")]
+    #[error("volume {volume}: the copy on node {node} is the primary's; move the primary to another in-sync copy first (tandem volume move-primary {volume} --to NODE)")]
     PrimaryNotRemovable { volume: String, node: NodeId },
+    /// A planned switchover to the node that is the primary already.
+    #[error("volume {volume}: node {node} is the primary already")]
+    AlreadyPrimary { volume: String, node: NodeId },
     /// Fewer data nodes than copies asked.
     #[error("{wanted} replicas need {wanted} data nodes; the cluster has {have}")]
     TooFewDataNodes { wanted: usize, have: usize },
@@ -180,6 +183,29 @@ fn check_geometry(name: &str, size_bytes: u64, block_size: u32) -> Result<(), Re
         });
     }
     Ok(())
+}
+
+/// Checks that the copy on `node` may lead `v` after `expected_epoch`:
+/// the epoch is the current one and the copy is in sync.
+fn check_successor(v: &VolumeRecord, node: NodeId, expected_epoch: u64) -> Result<(), Refusal> {
+    if expected_epoch != v.epoch {
+        return Err(Refusal::StaleEpoch {
+            volume: v.name.clone(),
+            epoch: expected_epoch,
+            current: v.epoch,
+        });
+    }
+    match v.replicas.get(&node) {
+        Some(ReplicaState::InSync) => Ok(()),
+        Some(_) => Err(Refusal::NotInSync {
+            volume: v.name.clone(),
+            node,
+        }),
+        None => Err(Refusal::NoCopy {
+            volume: v.name.clone(),
+            node,
+        }),
+    }
 }
 
 /// What a member does.
@@ -329,10 +355,26 @@ pub enum Command {
         node: NodeId,
         expected_epoch: u64,
     },
+    /// A planned switchover: the primary at `expected_epoch`, drained (no
+    /// command in flight, every copy that takes writes holding all it
+    /// acknowledged), hands the volume to the in-sync copy on `node`, at
+    /// `expected_epoch + 1`. Unlike [`Command::Promote`], the old primary's
+    /// copy stays in sync: it misses nothing.
+    ///
+    /// Added after the first release: a member of an earlier version cannot
+    /// read this entry (its log refuses the append and it stops following
+    /// the log there), so a node proposes it only once every member has
+    /// said it knows it ([`crate::LOG_VERSION`]), and [`Command::Promote`]
+    /// otherwise.
+    MovePrimary {
+        volume: String,
+        node: NodeId,
+        expected_epoch: u64,
+    },
     /// Places a new copy of a volume on a data node; it starts out of sync
     /// and the primary brings it up to date.
     AddReplica { volume: String, node: NodeId },
-    /// Drops a copy of a volume (not the primary's: promote another first).
+    /// Drops a copy of a volume (not the primary's: move the primary first).
     RemoveReplica { volume: String, node: NodeId },
     /// Replaces who may log in to a volume (on every node).
     SetAccess {
@@ -569,32 +611,27 @@ impl ClusterState {
                 expected_epoch,
             } => {
                 let v = self.volume_mut(volume)?;
-                if *expected_epoch != v.epoch {
-                    return Err(Refusal::StaleEpoch {
-                        volume: volume.clone(),
-                        epoch: *expected_epoch,
-                        current: v.epoch,
-                    });
-                }
-                match v.replicas.get(node) {
-                    Some(ReplicaState::InSync) => {}
-                    Some(_) => {
-                        return Err(Refusal::NotInSync {
-                            volume: volume.clone(),
-                            node: *node,
-                        })
-                    }
-                    None => {
-                        return Err(Refusal::NoCopy {
-                            volume: volume.clone(),
-                            node: *node,
-                        })
-                    }
-                }
+                check_successor(v, *node, *expected_epoch)?;
                 if v.primary != *node {
                     if let Some(old) = v.replicas.get_mut(&v.primary) {
                         *old = ReplicaState::OutOfSync;
                     }
+                }
+                v.primary = *node;
+                v.epoch += 1;
+            }
+            Command::MovePrimary {
+                volume,
+                node,
+                expected_epoch,
+            } => {
+                let v = self.volume_mut(volume)?;
+                check_successor(v, *node, *expected_epoch)?;
+                if v.primary == *node {
+                    return Err(Refusal::AlreadyPrimary {
+                        volume: volume.clone(),
+                        node: *node,
+                    });
                 }
                 v.primary = *node;
                 v.epoch += 1;

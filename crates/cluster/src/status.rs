@@ -32,6 +32,10 @@ pub struct ClusterStatus {
     pub last_seen_ms: BTreeMap<NodeId, u64>,
     /// The replicated state.
     pub state: ClusterState,
+    /// The newest log entries this member reads ([`crate::LOG_VERSION`];
+    /// 0 from a member that does not report it).
+    #[serde(default)]
+    pub log_version: u32,
 }
 
 impl ClusterStatus {
@@ -65,6 +69,7 @@ impl Inner {
                 BTreeMap::new()
             },
             state: (*self.store.state()).clone(),
+            log_version: crate::LOG_VERSION,
         }
     }
 }

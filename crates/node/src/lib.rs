@@ -13,7 +13,9 @@ mod snapshots;
 
 pub use access::{AccessConfig, ChapSecret};
 pub use cluster::{ClusterStatus, FloatingAddress};
-pub use clustered::{AckWindow, ClusterConfig, Clustered, PeerState, PeerStatus, Unasked};
+pub use clustered::{
+    AckWindow, ClusterConfig, Clustered, Maintenance, PeerState, PeerStatus, PrimaryMoved, Unasked,
+};
 pub use error::NodeError;
 pub use identity::{iqn_for, lun_identity, validate_iqn_prefix, DEFAULT_IQN_PREFIX};
 pub use service::{Node, NodeConfig, NodeStatus, SessionInfo, VolumeInfo};

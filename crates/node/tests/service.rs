@@ -728,7 +728,14 @@ async fn cluster_refusals() {
     not_member(f.node.cluster_status().await.map(drop), "status");
     not_member(f.node.cluster_leave().await, "leave");
     not_member(f.node.add_replica("v", None).await.map(drop), "add_replica");
-    not_member(f.node.remove_replica("v", "node-1").await, "remove_replica");
+    not_member(
+        f.node.remove_replica("v", "node-1", false).await,
+        "remove_replica",
+    );
+    not_member(
+        f.node.move_primary("v", "node-1").await.map(drop),
+        "move_primary",
+    );
 
     let cfg = cluster_config();
     f.node.cluster_init(&cfg).await.unwrap();
@@ -768,11 +775,11 @@ async fn cluster_refusals() {
         Err(NodeError::Refused(_)) => {}
         other => panic!("no node left for a copy: {other:?}"),
     }
-    match f.node.remove_replica("one", &me.to_string()).await {
+    match f.node.remove_replica("one", &me.to_string(), false).await {
         Err(NodeError::Refused(_)) => {}
         other => panic!("removing the primary's copy: {other:?}"),
     }
-    match f.node.remove_replica("one", "nobody").await {
+    match f.node.remove_replica("one", "nobody", false).await {
         Err(NodeError::Invalid(m)) => assert!(m.contains("nobody"), "{m}"),
         other => panic!("unknown member: {other:?}"),
     }
@@ -780,9 +787,24 @@ async fn cluster_refusals() {
         Err(NodeError::NotFound(n)) => assert_eq!(n, "missing"),
         other => panic!("unknown volume: {other:?}"),
     }
-    match f.node.remove_replica("missing", "node-1").await {
+    match f.node.remove_replica("missing", "node-1", false).await {
         Err(NodeError::NotFound(n)) => assert_eq!(n, "missing"),
         other => panic!("unknown volume: {other:?}"),
+    }
+    // A planned switchover needs another in-sync copy to go to.
+    match f.node.move_primary("one", &me.to_string()).await {
+        Err(NodeError::Refused(m)) => {
+            assert!(m.contains("is the primary already"), "{m}")
+        }
+        other => panic!("moving to the primary itself: {other:?}"),
+    }
+    match f.node.move_primary("one", "nobody").await {
+        Err(NodeError::Invalid(m)) => assert!(m.contains("nobody"), "{m}"),
+        other => panic!("moving to an unknown member: {other:?}"),
+    }
+    match f.node.move_primary("missing", &me.to_string()).await {
+        Err(NodeError::NotFound(n)) => assert_eq!(n, "missing"),
+        other => panic!("moving an unknown volume: {other:?}"),
     }
     let state = f.node.clustered().unwrap().cluster().state();
     assert_eq!(

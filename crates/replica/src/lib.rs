@@ -36,7 +36,7 @@ pub use copy::{LocalCopy, SavedReservations};
 pub use export::{ClusterVolume, Route, Unit};
 pub use forward::Forwarder;
 pub use primary::{
-    AckWindow, Control, ControlError, NotAPeerState, PeerSpec, PeerState, PeerStatus, Primary,
-    PrimaryConfig,
+    AckWindow, Control, ControlError, Drained, HandOverError, NotAPeerState, PeerSpec, PeerState,
+    PeerStatus, Primary, PrimaryConfig,
 };
 pub use server::ReplicaServer;

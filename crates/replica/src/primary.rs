@@ -25,17 +25,19 @@
 //! This file holds the write path (fan-out to the peers, losing a peer,
 //! acknowledging); the other parts of the role live beside it in
 //! `primary/`: `peer.rs` (peer states, links and their supervision),
-//! `resync.rs` (copying a peer's dirty regions back), `sweeper.rs` (the
+//! `resync.rs` (copying a peer's dirty regions back), `handover.rs`
+//! (draining the role for a planned switchover), `sweeper.rs` (the
 //! activity-log sweep), `audit.rs` (when writes were acknowledged) and
 //! `control.rs` (what the role asks of the control plane).
 
 mod audit;
 mod control;
+mod handover;
 mod peer;
 mod resync;
 mod sweeper;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -52,6 +54,7 @@ use crate::wire::{Failure, Op};
 
 pub use audit::AckWindow;
 pub use control::{Control, ControlError};
+pub use handover::{Drained, HandOverError};
 pub use peer::{NotAPeerState, PeerState, PeerStatus};
 
 use audit::AckCounter;
@@ -108,6 +111,12 @@ pub struct Primary {
     /// Held while the persistent reservations go to the copies, so every
     /// copy gets the changes in the order they were made.
     reservations: tokio::sync::Mutex<()>,
+    /// Raised while the volume is handed over: no new command is taken.
+    fenced: AtomicBool,
+    /// Commands that change the volume running now (see `handover`).
+    active: AtomicUsize,
+    /// Woken when the last of them ends.
+    idle: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Primary {
@@ -194,6 +203,9 @@ impl Primary {
             acks: AckCounter::default(),
             tasks: std::sync::Mutex::new(Vec::new()),
             reservations: tokio::sync::Mutex::new(()),
+            fenced: AtomicBool::new(false),
+            active: AtomicUsize::new(0),
+            idle: tokio::sync::Notify::new(),
         });
         let mut tasks = Vec::new();
         for p in &me.peers {
@@ -299,6 +311,7 @@ impl Primary {
         compare: Option<Swap<'_>>,
         local: impl std::future::Future<Output = Result<(), VolumeError>>,
     ) -> Result<(), VolumeError> {
+        let _admitted = self.admit()?;
         self.check_serving()?;
         let bs = self.copy.volume().block_size() as u64;
         let (off, len) = (lba * bs, blocks * bs);
@@ -486,6 +499,7 @@ impl Drop for Primary {
 impl Primary {
     /// Reads from the local copy.
     pub async fn read(&self, lba: u64, blocks: u32) -> volume::Result<Vec<u8>> {
+        self.check_fence()?;
         self.check_serving()?;
         self.copy.volume().read(lba, blocks).await
     }
@@ -493,6 +507,7 @@ impl Primary {
     /// As [`Primary::read`], when the local copy has the blocks at
     /// hand; a write always waits for the peers.
     pub fn read_now(&self, lba: u64, blocks: u32) -> Option<volume::Result<Vec<u8>>> {
+        self.check_fence().ok()?;
         self.check_serving().ok()?;
         self.copy.volume().read_now(lba, blocks)
     }
@@ -507,6 +522,7 @@ impl Primary {
 
     /// Makes every completed write durable here and on every peer written to.
     pub async fn flush(&self) -> volume::Result<()> {
+        let _admitted = self.admit()?;
         self.check_serving()?;
         let local = self.copy.volume().flush();
         let (l, r) = tokio::join!(local, self.to_peers(Op::Flush));
@@ -597,6 +613,7 @@ impl Primary {
     /// either, so it can come into force nowhere (this copy is what the
     /// next link gets and what this node starts from as primary again).
     pub async fn save_reservations(&self, state: Bytes) -> volume::Result<()> {
+        let _admitted = self.admit()?;
         self.check_serving()?;
         let _order = self.reservations.lock().await;
         self.to_peers(Op::Reservations {
@@ -609,6 +626,7 @@ impl Primary {
 
     /// Grows the volume here, then on the peers.
     pub async fn resize(&self, blocks: u64) -> volume::Result<()> {
+        let _admitted = self.admit()?;
         self.check_serving()?;
         let _all = self.ranges.lock(0, u64::MAX).await;
         self.copy.grow(blocks).await?;

@@ -915,3 +915,92 @@ async fn a_compare_and_write_sent_again_after_a_failover_is_applied_not_miscompa
     ));
     assert_eq!(a.contents().await, b.contents().await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_primary_finishes_what_is_in_flight_and_takes_nothing_new() {
+    let k = key();
+    let a = TestNode::new(&k, 1024).await;
+    let mut b = TestNode::new(&k, 1024).await;
+    let control = Arc::new(TestControl::default());
+    let p = primary(&a, 1, &[(&b, 2, true)], control.clone()).await;
+    // Writes to blocks of their own, started one after the other while
+    // the primary is drained.
+    let mut writes = Vec::new();
+    for i in 0..200u64 {
+        let p = p.clone();
+        writes.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_micros(i * 500)).await;
+            p.write(i, pattern(1, i as u8 + 1), i % 2 == 0).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    let drained = p.drain(2, Duration::from_secs(5)).await.unwrap();
+    // Nothing is in flight: both copies hold the same, and keep it.
+    let (at_drain, on_b) = (a.contents().await, b.contents().await);
+    assert!(at_drain == on_b, "the copies differ once drained");
+    let (mut done, mut refused) = (0, 0);
+    for (i, w) in writes.into_iter().enumerate() {
+        let block = &at_drain[i * BS as usize..(i + 1) * BS as usize];
+        match w.await.unwrap() {
+            Ok(()) => {
+                done += 1;
+                assert!(
+                    block == &pattern(1, i as u8 + 1)[..],
+                    "acknowledged write {i} missing"
+                );
+            }
+            Err(VolumeError::Unavailable(_)) => {
+                refused += 1;
+                assert!(block.iter().all(|&x| x == 0), "refused write {i} landed");
+            }
+            Err(e) => panic!("write {i}: {e}"),
+        }
+    }
+    assert!(done > 0 && refused > 0, "{done} done, {refused} refused");
+    assert!(
+        a.contents().await == at_drain,
+        "a write landed after the drain"
+    );
+    assert!(p.read(0, 1).await.is_err(), "no reads while handing over");
+    assert!(p.flush().await.is_err(), "no flush while handing over");
+    // Given up: the role serves again.
+    drop(drained);
+    p.write(300, pattern(1, 3), true).await.unwrap();
+    // Handed over: it never does again.
+    p.drain(2, Duration::from_secs(5)).await.unwrap().keep();
+    assert!(p.write(301, pattern(1, 4), true).await.is_err());
+    drop(p);
+
+    // Refused before anything is fenced: no copy there, or one not
+    // connected (or out of sync).
+    let p = primary(&a, 2, &[(&b, 2, true)], control.clone()).await;
+    let why = p.drain(7, Duration::from_secs(5)).await.err().unwrap();
+    assert!(
+        matches!(why, replica::HandOverError::NoCopy { node: 7, .. }),
+        "{why}"
+    );
+    p.write(302, pattern(1, 5), true).await.unwrap();
+    b.kill();
+    wait_for(
+        || p.peer_status().iter().all(|s| !s.connected),
+        "the link to node 2 breaks",
+    )
+    .await;
+    let why = p.drain(2, Duration::from_secs(5)).await.err().unwrap();
+    assert!(
+        matches!(
+            why,
+            replica::HandOverError::NotConnected { node: 2, .. }
+                | replica::HandOverError::NotInSync { node: 2, .. }
+        ),
+        "{why}"
+    );
+    p.write(303, pattern(1, 6), true).await.unwrap();
+    // Once the copy missed a write it is out of sync, and says so.
+    let why = p.drain(2, Duration::from_secs(5)).await.err().unwrap();
+    assert!(
+        matches!(why, replica::HandOverError::NotInSync { node: 2, .. }),
+        "{why}"
+    );
+    assert!(why.to_string().contains("out-of-sync"), "{why}");
+}

@@ -2,6 +2,7 @@
 //! a running node through its management API.
 
 mod config;
+mod node_cli;
 mod serve;
 mod size;
 mod snapshot_cli;
@@ -96,6 +97,9 @@ enum Command {
     /// Manage volumes of a running node.
     #[command(subcommand)]
     Volume(VolumeCommand),
+    /// Planned work on a data node (maintenance).
+    #[command(subcommand)]
+    Node(node_cli::NodeCommand),
     /// Take, list and delete snapshots of volumes (docs/snapshots.md).
     #[command(subcommand)]
     Snapshot(snapshot_cli::SnapshotCommand),
@@ -239,12 +243,27 @@ enum VolumeCommand {
         #[arg(long)]
         node: Option<String>,
     },
-    /// Drop the copy of a cluster volume on a member (not the primary's).
+    /// Drop the copy of a cluster volume on a member (not the primary's:
+    /// move the primary first).
     RemoveReplica {
         name: String,
         /// Member (name or id) whose copy goes.
         #[arg(long)]
         node: String,
+        /// Drop it even if only one copy is left: the volume loses its
+        /// redundancy, and a failure of that copy's node stops it.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Planned switchover: make the in-sync copy on another running node
+    /// the primary. The old primary stops taking new commands and finishes
+    /// those in flight first; initiators see at most a short ALUA
+    /// transition (which they retry), never an I/O error.
+    MovePrimary {
+        name: String,
+        /// Member (name or id) whose copy becomes the primary.
+        #[arg(long)]
+        to: String,
     },
     /// Delete a volume and its data. Refused while initiators are logged in
     /// through any node, and while a node of the cluster cannot be asked
@@ -407,6 +426,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Volume(cmd) => volume_command(&client()?, cmd).await,
+        Command::Node(cmd) => node_cli::node_command(&client()?, cmd).await,
         Command::Snapshot(cmd) => snapshot_cli::snapshot_command(&client()?, cmd).await,
     }
 }
@@ -754,9 +774,23 @@ async fn volume_command(c: &api::ApiClient, cmd: VolumeCommand) -> anyhow::Resul
             let placed = c.add_replica(&name, node.as_deref()).await?;
             println!("volume {name}: new copy on node {placed}; it is filled by a full sync (see `tandem volume status {name}`)");
         }
-        VolumeCommand::RemoveReplica { name, node } => {
-            c.remove_replica(&name, &node).await?;
+        VolumeCommand::RemoveReplica { name, node, force } => {
+            c.remove_replica(&name, &node, force).await?;
             println!("volume {name}: the copy on {node} is dropped");
+        }
+        VolumeCommand::MovePrimary { name, to } => {
+            let m = c.move_primary(&name, &to).await?;
+            println!(
+                "volume {name}: primary moved from node {} to node {} (epoch {}); I/O paused {:.1} ms, of which {:.1} ms for commands in flight",
+                m.from,
+                m.to,
+                m.epoch,
+                m.paused_us as f64 / 1000.0,
+                m.drain_us as f64 / 1000.0
+            );
+            if !m.kept_in_sync {
+                println!("volume {name}: a member runs an older version, so the change was made as a failover: the old primary's copy resyncs what it may miss");
+            }
         }
         VolumeCommand::Delete { name, force } => {
             c.delete_volume(&name, force).await?;

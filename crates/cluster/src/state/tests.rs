@@ -546,6 +546,13 @@ fn any_command() -> impl Strategy<Value = Command> {
                 expected_epoch,
             }
         }),
+        (vol.clone(), node_id.clone(), 0u64..6).prop_map(|(volume, node, expected_epoch)| {
+            Command::MovePrimary {
+                volume,
+                node,
+                expected_epoch,
+            }
+        }),
         (vol.clone(), node_id.clone())
             .prop_map(|(volume, node)| Command::AddReplica { volume, node }),
         (vol.clone(), node_id.clone())
@@ -605,8 +612,19 @@ proptest! {
                 c => c.clone(),
             };
             let before = s.clone();
-            if let Outcome::Refused(_) = s.apply(&c) {
+            let outcome = s.apply(&c);
+            if let Outcome::Refused(_) = outcome {
                 prop_assert_eq!(&s, &before, "a refused command changed the state");
+            }
+            if let (Command::MovePrimary { volume, node, expected_epoch }, Outcome::Done) = (&c, &outcome) {
+                // A planned switchover goes to another in-sync copy, at the
+                // next epoch, and leaves every copy's state as it was.
+                let (b, v) = (&before.volumes[volume], &s.volumes[volume]);
+                prop_assert_eq!(b.epoch, *expected_epoch);
+                prop_assert!(b.primary != *node, "moved to the primary itself");
+                prop_assert_eq!(b.replicas.get(node), Some(&ReplicaState::InSync));
+                prop_assert_eq!((v.primary, v.epoch), (*node, b.epoch + 1));
+                prop_assert_eq!(&v.replicas, &b.replicas, "a move changed a copy's state");
             }
             if let Some(h) = s.floating_holder {
                 prop_assert!(s.floating.is_some(), "a holder without a floating address");
@@ -632,4 +650,152 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn a_planned_switchover_keeps_the_old_primary_in_sync() {
+    let mut s = cluster(3, true);
+    s.apply(&create("v", 3));
+    let (a, epoch) = (s.volumes["v"].primary, s.volumes["v"].epoch);
+    let mut others = s.volumes["v"].replicas.keys().copied().filter(|&n| n != a);
+    let (b, c) = (others.next().unwrap(), others.next().unwrap());
+    let to = |node, expected_epoch| Command::MovePrimary {
+        volume: "v".into(),
+        node,
+        expected_epoch,
+    };
+    assert_eq!(s.apply(&to(b, epoch)), Outcome::Done);
+    let v = &s.volumes["v"];
+    assert_eq!((v.primary, v.epoch), (b, epoch + 1));
+    assert!(
+        v.replicas.values().all(|st| *st == ReplicaState::InSync),
+        "the drained old primary misses nothing: {:?}",
+        v.replicas
+    );
+    // And back, as often as one likes: no copy falls out of sync.
+    assert_eq!(s.apply(&to(a, epoch + 1)), Outcome::Done);
+    assert_eq!(s.volumes["v"].primary, a);
+    assert_eq!(s.volumes["v"].epoch, epoch + 2);
+    // A failover, by contrast, leaves the old primary out of sync.
+    s.apply(&Command::Promote {
+        volume: "v".into(),
+        node: c,
+        expected_epoch: epoch + 2,
+    });
+    assert_eq!(s.volumes["v"].replicas[&a], ReplicaState::OutOfSync);
+    assert_eq!(s.volumes["v"].primary, c);
+}
+
+#[test]
+fn a_planned_switchover_is_refused_with_the_reason() {
+    let mut s = cluster(3, true);
+    s.apply(&create("v", 2));
+    let v = s.volumes["v"].clone();
+    let a = v.primary;
+    let b = *v.replicas.keys().find(|&&n| n != a).unwrap();
+    let stranger = (1..=3).find(|n| !v.replicas.contains_key(n)).unwrap();
+    let to = |node, expected_epoch| Command::MovePrimary {
+        volume: "v".into(),
+        node,
+        expected_epoch,
+    };
+    let refused = |s: &mut ClusterState, c: Command| -> Refusal {
+        let before = s.clone();
+        match s.apply(&c) {
+            Outcome::Refused(why) => {
+                assert_eq!(*s, before, "a refused move changed the state");
+                why
+            }
+            Outcome::Done => panic!("{c:?} was applied"),
+        }
+    };
+    assert_eq!(
+        refused(&mut s, to(a, v.epoch)),
+        Refusal::AlreadyPrimary {
+            volume: "v".into(),
+            node: a
+        }
+    );
+    assert_eq!(
+        refused(&mut s, to(stranger, v.epoch)),
+        Refusal::NoCopy {
+            volume: "v".into(),
+            node: stranger
+        }
+    );
+    assert_eq!(
+        refused(&mut s, to(b, v.epoch + 1)),
+        Refusal::StaleEpoch {
+            volume: "v".into(),
+            epoch: v.epoch + 1,
+            current: v.epoch
+        }
+    );
+    s.apply(&Command::SetReplicaState {
+        volume: "v".into(),
+        node: b,
+        state: ReplicaState::Syncing,
+        epoch: v.epoch,
+        seq: 1,
+    });
+    let why = refused(&mut s, to(b, v.epoch));
+    assert_eq!(
+        why,
+        Refusal::NotInSync {
+            volume: "v".into(),
+            node: b
+        }
+    );
+    assert_eq!(
+        why.to_string(),
+        format!("volume v: the copy on node {b} is not in sync and cannot become primary")
+    );
+    let gone = Refusal::NoVolume { name: "w".into() };
+    assert_eq!(
+        refused(
+            &mut s,
+            Command::MovePrimary {
+                volume: "w".into(),
+                node: b,
+                expected_epoch: 1
+            }
+        ),
+        gone
+    );
+}
+
+#[test]
+fn removing_the_primary_s_copy_points_at_move_primary() {
+    let mut s = cluster(2, true);
+    s.apply(&create("v", 2));
+    let a = s.volumes["v"].primary;
+    let Outcome::Refused(why) = s.apply(&Command::RemoveReplica {
+        volume: "v".into(),
+        node: a,
+    }) else {
+        panic!("the primary's copy was removed");
+    };
+    assert!(
+        why.to_string()
+            .contains("tandem volume move-primary v --to NODE"),
+        "{why}"
+    );
+}
+
+#[test]
+fn a_move_is_written_to_the_log_under_its_own_name() {
+    // What an older member receives: an entry whose "command" it does not
+    // know, which its log refuses to read (hence the version check before
+    // a node proposes it), never one it would take for another command.
+    let c = Command::MovePrimary {
+        volume: "v".into(),
+        node: 2,
+        expected_epoch: 7,
+    };
+    let text = serde_json::to_string(&c).unwrap();
+    assert_eq!(
+        text,
+        r#"{"command":"move-primary","volume":"v","node":2,"expected_epoch":7}"#
+    );
+    assert_eq!(serde_json::from_str::<Command>(&text).unwrap(), c);
 }

@@ -147,6 +147,7 @@ impl Node {
             &self.config.iqn_prefix,
         ));
         clustered.cluster.serve_sessions(view.clone());
+        clustered.serve_handover(self);
         // A portal that redirects logins to a volume's primary sends none
         // to a primary the leader has not heard from lately.
         if self.targets.redirects_logins() {

@@ -11,7 +11,9 @@
 mod access;
 mod control;
 mod floating;
+mod handover;
 mod heard;
+mod maintenance;
 mod membership;
 mod present;
 mod sessions;
@@ -27,6 +29,8 @@ use std::time::Duration;
 use cluster::Cluster;
 use replica::{ClusterKey, ReplicaServer};
 
+pub use handover::PrimaryMoved;
+pub use maintenance::Maintenance;
 pub use sessions::Unasked;
 pub use status::{AckWindow, PeerState, PeerStatus};
 

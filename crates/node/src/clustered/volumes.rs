@@ -16,7 +16,7 @@ use crate::{Node, NodeError};
 const CREATED_EPOCH: u64 = 1;
 
 /// The id of the member called `name` (or with id `name`).
-fn member_id(state: &ClusterState, name: &str) -> Result<NodeId, NodeError> {
+pub(super) fn member_id(state: &ClusterState, name: &str) -> Result<NodeId, NodeError> {
     state
         .find_node(name)
         .map(|n| n.id)
@@ -95,7 +95,10 @@ impl Node {
         // at an epoch of its own: a caller that writes as soon as this
         // returns (or as soon as the status shows the record) must find it
         // served.
-        if let Err(why) = self.wait_served(c, name, SERVED_TIMEOUT).await {
+        if let Err(why) = self
+            .wait_served(c, name, CREATED_EPOCH, SERVED_TIMEOUT)
+            .await
+        {
             tracing::warn!(volume = name, "created, but not served yet: {why}");
         }
         Ok(())
@@ -103,18 +106,20 @@ impl Node {
 
     /// Waits up to `timeout` until cluster volume `name` is served: its
     /// primary has taken up the role (the applied record holds its
-    /// promotion, past the epoch a volume is created at) and serves it, as
-    /// this node's role (primary here) or a forwarded ping (primary
-    /// elsewhere) shows. `Err` says what was still missing.
-    async fn wait_served(
+    /// promotion, past epoch `after`: the one a volume is created at, or
+    /// a change of primary gives) and serves it, as this node's role
+    /// (primary here) or a forwarded ping (primary elsewhere) shows. `Err`
+    /// says what was still missing.
+    pub(super) async fn wait_served(
         &self,
         c: &Arc<Clustered>,
         name: &str,
+        after: u64,
         timeout: Duration,
     ) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let missing = match self.served(c, name).await {
+            let missing = match self.served(c, name, after).await {
                 Ok(()) => return Ok(()),
                 Err(why) => why,
             };
@@ -126,13 +131,13 @@ impl Node {
     }
 
     /// Whether cluster volume `name` is served now; `Err` says why not.
-    async fn served(&self, c: &Arc<Clustered>, name: &str) -> Result<(), String> {
+    async fn served(&self, c: &Arc<Clustered>, name: &str, after: u64) -> Result<(), String> {
         let state = c.cluster.state();
         let v = state
             .volumes
             .get(name)
             .ok_or("the volume is no longer in the cluster state")?;
-        if v.epoch <= CREATED_EPOCH {
+        if v.epoch <= after {
             return Err(format!(
                 "node {} has not taken up the primary role",
                 v.primary
@@ -182,14 +187,36 @@ impl Node {
     }
 
     /// Drops the copy of cluster volume `name` on `node` (name or id); not
-    /// the primary's (the cluster refuses that).
-    pub async fn remove_replica(&self, name: &str, node: &str) -> Result<(), NodeError> {
+    /// the primary's (the cluster refuses that: move the primary first).
+    /// A removal that leaves a single copy loses the volume's redundancy
+    /// and is refused unless `force`.
+    pub async fn remove_replica(
+        &self,
+        name: &str,
+        node: &str,
+        force: bool,
+    ) -> Result<(), NodeError> {
         let c = self.member()?;
         let state = c.cluster.state();
-        if !state.volumes.contains_key(name) {
-            return Err(NodeError::NotFound(name.to_string()));
-        }
+        let v = state
+            .volumes
+            .get(name)
+            .ok_or_else(|| NodeError::NotFound(name.to_string()))?;
         let target = member_id(&state, node)?;
+        let left: Vec<NodeId> = v
+            .replicas
+            .keys()
+            .copied()
+            .filter(|&n| n != target)
+            .collect();
+        if !force && v.primary != target && v.replicas.contains_key(&target) && left.len() == 1 {
+            return Err(NodeError::Refused(format!(
+                "volume {name}: removing the copy on node {target} leaves a single copy (on node {}): \
+                 the volume loses its redundancy, and a failure of that node makes it unavailable; \
+                 remove it with force to do so anyway",
+                left[0]
+            )));
+        }
         c.cluster
             .propose(Command::RemoveReplica {
                 volume: name.to_string(),

@@ -1,0 +1,96 @@
+//! A planned switchover asked of a volume's primary over the member
+//! endpoint: whoever runs `volume move-primary` (any data node) asks the
+//! node that is the primary, because only that node can stop taking new
+//! commands and wait for those in flight before the change of primary is
+//! committed. The node that serves a volume registers what answers
+//! ([`Handover`]), as it does for its sessions.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::http::Answer;
+use crate::{Cluster, ClusterError, NodeId};
+
+/// Body of `/cluster/hand-over`: the volume and the node to hand it to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HandOverRequest {
+    /// The volume's name.
+    pub volume: String,
+    /// The node whose in-sync copy becomes the primary.
+    pub to: NodeId,
+}
+
+/// What the old primary did, as it reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandedOver {
+    /// The epoch the new primary was given.
+    pub epoch: u64,
+    /// Whether the old primary's copy stayed in sync (a planned switchover
+    /// every member knows); `false` where the change was made as a
+    /// failover, because some member cannot read a planned one.
+    pub kept_in_sync: bool,
+    /// Microseconds from the moment the old primary stopped taking new
+    /// commands until those in flight had finished.
+    pub drain_us: u64,
+    /// Microseconds from then until the change was committed.
+    pub commit_us: u64,
+}
+
+/// What a member answers when asked to hand a volume over: the node that
+/// serves the volumes on it.
+#[async_trait]
+pub trait Handover: Send + Sync {
+    /// Hands `volume`, which this node leads, to the in-sync copy on `to`;
+    /// `Err` says why not, as users read it.
+    async fn hand_over(&self, volume: &str, to: NodeId) -> Result<HandedOver, String>;
+}
+
+impl Cluster {
+    /// Makes this member answer requests to hand over a volume with `h`.
+    pub fn serve_handover(&self, h: Arc<dyn Handover>) {
+        *self.inner.handover.lock().unwrap() = Some(h);
+    }
+
+    /// Asks member `node`, the primary of `volume`, to hand it to `to`
+    /// (this node's own handler, when `node` is this node).
+    pub async fn hand_over_on(
+        &self,
+        node: NodeId,
+        volume: &str,
+        to: NodeId,
+    ) -> Result<HandedOver, ClusterError> {
+        if node == self.id() {
+            return self
+                .inner
+                .local_hand_over(volume, to)
+                .await
+                .map_err(ClusterError::Refused);
+        }
+        let addr = self
+            .inner
+            .addr_of(node)
+            .ok_or_else(|| ClusterError::Remote(format!("node {node} is not a member")))?;
+        let req = HandOverRequest {
+            volume: volume.to_string(),
+            to,
+        };
+        self.inner
+            .forward
+            .post::<_, Answer<HandedOver>>(&addr, "/cluster/hand-over", &req)
+            .await?
+            .map_err(ClusterError::Refused)
+    }
+}
+
+impl crate::member::Inner {
+    /// Hands `volume` over through this member's handler.
+    pub(crate) async fn local_hand_over(&self, volume: &str, to: NodeId) -> Answer<HandedOver> {
+        let h = self.handover.lock().unwrap().clone();
+        match h {
+            Some(h) => h.hand_over(volume, to).await,
+            None => Err(format!("node {} serves no volumes", self.me.id)),
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! A planned switchover (`volume move-primary`): the volume's primary
+//! stops taking new commands, lets those in flight finish, and the control
+//! plane makes the in-sync copy on another running node the primary at a
+//! new epoch, the old primary's copy staying in sync. Initiators see at
+//! most "access state transition" (NOT READY), which they retry, and reach
+//! the new primary when they do.
+//!
+//! It is a failover without the wait for a silent primary's lease: the old
+//! primary fences itself instead (its role takes no command once drained),
+//! and the new one takes up its role as after a failover.
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use cluster::{Command, HandedOver, NodeId, ReplicaState, LOG_VERSION};
+use serde::{Deserialize, Serialize};
+
+use super::{cluster_err, Clustered, SERVED_TIMEOUT};
+use crate::{Node, NodeError};
+
+/// Time the commands in flight get to finish once the primary stops
+/// taking new ones: more than a write may take (a peer's answer, then the
+/// record of its loss).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The log version that has [`Command::MovePrimary`].
+const MOVE_PRIMARY_VERSION: u32 = 1;
+const _: () = assert!(LOG_VERSION >= MOVE_PRIMARY_VERSION);
+
+/// What a planned switchover did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrimaryMoved {
+    /// The volume.
+    pub volume: String,
+    /// The old primary.
+    pub from: NodeId,
+    /// The new primary.
+    pub to: NodeId,
+    /// The epoch the new primary serves at.
+    pub epoch: u64,
+    /// Whether the old primary's copy stayed in sync (see
+    /// [`HandedOver::kept_in_sync`]).
+    pub kept_in_sync: bool,
+    /// Microseconds the commands in flight took to finish.
+    pub drain_us: u64,
+    /// Microseconds from the moment the old primary stopped taking
+    /// commands until the new one served, as this node saw it (the old
+    /// primary's drain and commit, then the wait here for the new
+    /// primary): about the longest a command waited.
+    pub paused_us: u64,
+}
+
+/// Answers the cluster's requests to hand over a volume this node leads.
+pub(super) struct Switchover {
+    pub(super) node: Weak<Node>,
+}
+
+#[async_trait]
+impl cluster::Handover for Switchover {
+    async fn hand_over(&self, volume: &str, to: NodeId) -> Result<HandedOver, String> {
+        let node = self.node.upgrade().ok_or("the node is stopping")?;
+        node.hand_over(volume, to).await.map_err(|e| e.to_string())
+    }
+}
+
+impl Node {
+    /// Makes the in-sync copy of cluster volume `name` on `to` (a member's
+    /// name or id) its primary: a planned switchover, run by the current
+    /// primary wherever this is asked. Refused, with the reason, when that
+    /// copy is not in sync, its node is not running, or it is the primary
+    /// already. Returns once the new primary serves the volume.
+    pub async fn move_primary(&self, name: &str, to: &str) -> Result<PrimaryMoved, NodeError> {
+        let c = self.member()?;
+        let state = c.cluster.state();
+        let v = state
+            .volumes
+            .get(name)
+            .ok_or_else(|| NodeError::NotFound(name.to_string()))?;
+        let target = super::volumes::member_id(&state, to)?;
+        let refused = |why: String| NodeError::Refused(format!("volume {name}: {why}"));
+        if v.primary == target {
+            return Err(refused(format!("node {target} is the primary already")));
+        }
+        match v.replicas.get(&target) {
+            Some(ReplicaState::InSync) => {}
+            Some(st) => {
+                return Err(refused(format!(
+                    "the copy on node {target} is {}, not in sync; wait until it is",
+                    match st {
+                        ReplicaState::OutOfSync => "out of sync",
+                        _ => "syncing",
+                    }
+                )))
+            }
+            None => return Err(refused(format!("node {target} holds no copy of it"))),
+        }
+        let status = c.cluster.status().await;
+        if status.leader.is_none() {
+            return Err(refused("the cluster has no leader now".to_string()));
+        }
+        if !status.reachable(target) {
+            return Err(refused(format!(
+                "node {target} is not running (the leader has not heard from it lately)"
+            )));
+        }
+        let from = v.primary;
+        let handed = c
+            .cluster
+            .hand_over_on(from, name, target)
+            .await
+            .map_err(cluster_err)?;
+        let committed = Instant::now();
+        // The new primary takes up its role at an epoch of its own.
+        if let Err(why) = self
+            .wait_served(&c, name, handed.epoch, SERVED_TIMEOUT)
+            .await
+        {
+            return Err(refused(format!(
+                "node {target} was made the primary at epoch {}, but does not serve yet: {why}",
+                handed.epoch
+            )));
+        }
+        let state = c.cluster.state();
+        let epoch = state.volumes.get(name).map_or(handed.epoch, |v| v.epoch);
+        let moved = PrimaryMoved {
+            volume: name.to_string(),
+            from,
+            to: target,
+            epoch,
+            kept_in_sync: handed.kept_in_sync,
+            drain_us: handed.drain_us,
+            paused_us: handed.drain_us + handed.commit_us + committed.elapsed().as_micros() as u64,
+        };
+        tracing::info!(
+            volume = name,
+            from,
+            to = target,
+            epoch,
+            drain_us = moved.drain_us,
+            paused_us = moved.paused_us,
+            "primary moved"
+        );
+        Ok(moved)
+    }
+
+    /// Hands cluster volume `name`, which this node leads, to the in-sync
+    /// copy on `to`: drains this node's primary role, then commits the
+    /// change. When the change cannot be committed, the role is taken up
+    /// anew (at a new epoch, so a change committed late is refused).
+    pub(crate) async fn hand_over(&self, name: &str, to: NodeId) -> Result<HandedOver, NodeError> {
+        let c = self.member()?;
+        let state = c.cluster.state();
+        let v = state
+            .volumes
+            .get(name)
+            .ok_or_else(|| NodeError::NotFound(name.to_string()))?
+            .clone();
+        let me = c.cluster.id();
+        let refused = |why: String| NodeError::Refused(format!("volume {name}: {why}"));
+        if v.primary != me {
+            return Err(refused(format!(
+                "node {me} is not its primary (node {} is)",
+                v.primary
+            )));
+        }
+        let role = {
+            let vols = self.exported.lock().await;
+            vols.by_id(v.id)
+                .and_then(|e| e.cluster.as_ref())
+                .and_then(|p| p.volume.primary())
+        };
+        let Some(role) = role.filter(|p| p.epoch() == v.epoch) else {
+            return Err(refused(format!(
+                "node {me} is still taking up its primary role; try again"
+            )));
+        };
+        // A member that cannot read the planned switchover would stop
+        // following the log at it: then the change is made as a failover
+        // (the old primary's copy resyncs what it may miss).
+        let planned = c
+            .cluster
+            .log_versions()
+            .await
+            .values()
+            .all(|r| r.as_ref().is_ok_and(|&l| l >= MOVE_PRIMARY_VERSION));
+        let drained = role
+            .drain(to, DRAIN_TIMEOUT)
+            .await
+            .map_err(|e| NodeError::Refused(e.to_string()))?;
+        let drain_us = drained.waited.as_micros() as u64;
+        let cmd = if planned {
+            Command::MovePrimary {
+                volume: name.to_string(),
+                node: to,
+                expected_epoch: v.epoch,
+            }
+        } else {
+            Command::Promote {
+                volume: name.to_string(),
+                node: to,
+                expected_epoch: v.epoch,
+            }
+        };
+        let committing = Instant::now();
+        let outcome = tokio::time::timeout(super::RECORD_TIMEOUT, c.cluster.propose(cmd)).await;
+        // Never taken back: whether a change that failed here commits
+        // later is not known, and this role must not acknowledge anything
+        // meanwhile that the new primary might not have.
+        drained.keep();
+        let commit_us = committing.elapsed().as_micros() as u64;
+        let failed = match outcome {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(cluster_err(e)),
+            Err(_) => Some(NodeError::Cluster(
+                "the control plane did not commit the change in time".to_string(),
+            )),
+        };
+        let moved = c
+            .cluster
+            .state()
+            .volumes
+            .get(name)
+            .is_some_and(|r| r.id == v.id && r.primary == to && r.epoch == v.epoch + 1);
+        if !moved {
+            // The drained role serves no more: take the role up anew, at
+            // the next epoch (which a late commit of the change then
+            // cannot pass).
+            {
+                let mut vols = self.exported.lock().await;
+                if let Some(p) = vols.by_id_mut(v.id).and_then(|e| e.cluster.as_mut()) {
+                    p.current = None;
+                }
+            }
+            c.wake.notify_one();
+            let why = failed
+                .unwrap_or_else(|| NodeError::Cluster("the change was not applied".to_string()));
+            tracing::warn!(
+                volume = name,
+                to,
+                "hand-over failed, taking the role up again: {why}"
+            );
+            return Err(why);
+        }
+        tracing::info!(
+            volume = name,
+            to,
+            epoch = v.epoch + 1,
+            planned,
+            drain_us,
+            commit_us,
+            "volume handed over"
+        );
+        Ok(HandedOver {
+            epoch: v.epoch + 1,
+            kept_in_sync: planned,
+            drain_us,
+            commit_us,
+        })
+    }
+}
+
+impl Clustered {
+    /// Makes this member answer the cluster's requests to hand over the
+    /// volumes `node` leads.
+    pub(super) fn serve_handover(&self, node: &Arc<Node>) {
+        self.cluster.serve_handover(Arc::new(Switchover {
+            node: Arc::downgrade(node),
+        }));
+    }
+}
