@@ -9,6 +9,7 @@ mod error;
 mod identity;
 mod registry;
 mod service;
+mod space;
 
 pub use access::{AccessConfig, ChapSecret};
 pub use cluster::{ClusterStatus, FloatingAddress};
