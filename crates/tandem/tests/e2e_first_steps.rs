@@ -231,15 +231,25 @@ fn the_client_options_work_after_the_command() {
 #[test]
 fn serve_refuses_a_mistyped_data_dir_and_a_busy_port_before_writing() {
     let dir = tempfile::tempdir().unwrap();
+    // A server that starts where it should not is stopped after 10 s (and
+    // the test fails on its exit status).
     let serve = |data: &Path, iscsi: &str| {
-        Command::new(tandem_bin())
+        let mut child = Command::new(tandem_bin())
             .args(["serve", "--data-dir", data.to_str().unwrap()])
             .args(["--iscsi-listen", iscsi])
             .arg("--api-listen")
             .arg(format!("127.0.0.1:{}", free_port()))
             .stdin(Stdio::null())
-            .output()
-            .unwrap()
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        child.wait_with_output().unwrap()
     };
     let typo = dir.path().join("no-such-dir").join("data");
     let out = serve(&typo, &format!("127.0.0.1:{}", free_port()));
@@ -415,4 +425,53 @@ fn qemu_logs_in_under_the_initiator_name_its_image_options_give() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("64 MiB"));
     // Under qemu's own default name: refused.
     assert!(!info(&opts).status.success());
+}
+
+#[test]
+fn serve_says_an_existing_data_dir_is_not_writable() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    // Root writes anywhere: the server runs as nobody then, in a directory
+    // root owns; anyone else gets a directory without write permission.
+    let mut cmd = if running_as_root() {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            tandem_bin(),
+        ]);
+        c
+    } else {
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o555)).unwrap();
+        Command::new(tandem_bin())
+    };
+    let out = cmd
+        .args(["serve", "--data-dir", data.to_str().unwrap()])
+        .arg("--iscsi-listen")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg("--api-listen")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("is not writable by this user"), "{err}");
+    assert_eq!(std::fs::read_dir(&data).unwrap().count(), 0);
+}
+
+/// Whether the test runs as root (whom file permissions do not stop).
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
 }
