@@ -264,6 +264,57 @@ mod tests {
         assert!(err.to_string().contains("127.0.0.1:7401"), "{err}");
     }
 
+    /// The shipped `deploy/tandem.toml`.
+    const SHIPPED: &str = include_str!("../../../deploy/tandem.toml");
+
+    #[test]
+    fn the_shipped_config_file_parses_and_names_every_setting() {
+        let file: FileConfig = toml::from_str(SHIPPED).unwrap();
+        let c = ServeConfig::merge(file, FlagConfig::default()).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/tandem"));
+        // Each commented key, taken in: every setting is there, and the
+        // defaults it shows are the defaults.
+        let all: String = SHIPPED
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(kv)
+                    if kv.split_once(" = ").is_some_and(|(k, _)| {
+                        k.chars().all(|ch| ch.is_ascii_lowercase() || ch == '_')
+                    }) =>
+                {
+                    format!("{kv}\n")
+                }
+                _ => format!("{l}\n"),
+            })
+            .collect();
+        let file: FileConfig = toml::from_str(&all).unwrap();
+        // No `..`: a setting added to FileConfig must be added here, and so
+        // to the shipped file.
+        let FileConfig {
+            data_dir,
+            iscsi_listen,
+            api_listen,
+            iqn_prefix,
+            redirect_to_primary,
+            cluster_listen,
+            repl_listen,
+            advertise,
+            node_name,
+            threads,
+        } = file;
+        let d = ServeConfig::default();
+        assert_eq!(data_dir, Some(PathBuf::from("/var/lib/tandem")));
+        assert_eq!(iscsi_listen, Some(d.iscsi_listen));
+        assert_eq!(api_listen, Some(d.api_listen));
+        assert_eq!(iqn_prefix, Some(d.iqn_prefix));
+        assert_eq!(redirect_to_primary, Some(d.redirect_to_primary));
+        assert_eq!(cluster_listen, Some(d.cluster_listen));
+        assert_eq!(repl_listen, Some(d.repl_listen));
+        assert_eq!(advertise, Some(d.advertise));
+        assert!(node_name.is_some());
+        assert!(threads.is_some());
+    }
+
     #[test]
     fn bad_files_are_refused() {
         assert!(toml::from_str::<FileConfig>("datadir = \"x\"").is_err());
