@@ -29,6 +29,20 @@ pub struct ServeConfig {
     pub advertise: String,
     /// Name in the cluster (`None`: the host name).
     pub node_name: Option<String>,
+    /// How the log is written.
+    pub log_format: LogFormat,
+}
+
+/// How a server writes its log (to stderr).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Lines for people (coloured only on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `fields`
+    /// (with `message`), for a log collector.
+    Json,
 }
 
 /// Where `tandem serve` keeps its data unless told otherwise.
@@ -46,6 +60,7 @@ impl Default for ServeConfig {
             repl_listen: "127.0.0.1:7401".parse().expect("valid default"),
             advertise: "127.0.0.1".into(),
             node_name: None,
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -104,6 +119,7 @@ pub struct FileConfig {
     pub node_name: Option<String>,
     /// Runtime threads (`--threads`), read before the runtime starts.
     pub threads: Option<u16>,
+    pub log_format: Option<LogFormat>,
 }
 
 impl FileConfig {
@@ -123,6 +139,7 @@ pub struct FlagConfig {
     pub iscsi_listen: Option<SocketAddr>,
     pub api_listen: Option<SocketAddr>,
     pub iqn_prefix: Option<String>,
+    pub log_format: Option<LogFormat>,
     pub redirect_to_primary: bool,
     pub cluster_listen: Option<SocketAddr>,
     pub repl_listen: Option<SocketAddr>,
@@ -154,6 +171,7 @@ impl ServeConfig {
                 .unwrap_or(d.repl_listen),
             advertise: flags.advertise.or(file.advertise).unwrap_or(d.advertise),
             node_name: flags.node_name.or(file.node_name),
+            log_format: flags.log_format.or(file.log_format).unwrap_or(d.log_format),
         };
         if let Err(why) = node::validate_iqn_prefix(&c.iqn_prefix) {
             bail!(why);
@@ -301,6 +319,7 @@ mod tests {
             advertise,
             node_name,
             threads,
+            log_format,
         } = file;
         let d = ServeConfig::default();
         assert_eq!(data_dir, Some(PathBuf::from("/var/lib/tandem")));
@@ -311,6 +330,7 @@ mod tests {
         assert_eq!(cluster_listen, Some(d.cluster_listen));
         assert_eq!(repl_listen, Some(d.repl_listen));
         assert_eq!(advertise, Some(d.advertise));
+        assert_eq!(log_format, Some(d.log_format));
         assert!(node_name.is_some());
         assert!(threads.is_some());
     }

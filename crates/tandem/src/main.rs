@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use crate::config::{parse_listen, FileConfig, FlagConfig, ServeConfig};
+use crate::config::{parse_listen, FileConfig, FlagConfig, LogFormat, ServeConfig};
 use crate::size::{format_size, parse_size};
 
 /// The CLI could not write its output (a closed pipe, a full disk).
@@ -84,6 +84,10 @@ enum Command {
         /// Prefix of exported IQNs [default: iqn.2026-11.io.tandem].
         #[arg(long)]
         iqn_prefix: Option<String>,
+        /// Log as text for people, or as one JSON object per line
+        /// [default: text].
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormat>,
         /// On a cluster member, redirect each login to a cluster volume
         /// (RFC 7143 "target moved temporarily") to the portal of its
         /// primary, for initiators without multipath that reach the
@@ -119,6 +123,9 @@ enum Command {
         /// Join token from `tandem cluster init` (first start only).
         #[arg(long, env = "TANDEM_JOIN_TOKEN")]
         token: Option<String>,
+        /// Log as text for people, or as one JSON object per line.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
     },
     /// Manage volumes of a running node.
     #[command(subcommand)]
@@ -135,6 +142,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a shell completion script, e.g.
+    /// `tandem completions bash > /etc/bash_completion.d/tandem`.
+    Completions {
+        /// Shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g.
+    /// `tandem man > /usr/local/share/man/man1/tandem.1`.
+    Man,
 }
 
 /// Where a node's cluster endpoints listen and how others reach it.
@@ -453,6 +469,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             iscsi_listen,
             api_listen,
             iqn_prefix,
+            log_format,
             redirect_to_primary,
             cluster,
         } => {
@@ -465,6 +482,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 iscsi_listen,
                 api_listen,
                 iqn_prefix,
+                log_format,
                 redirect_to_primary,
                 cluster_listen: cluster.cluster_listen,
                 repl_listen: cluster.repl_listen,
@@ -488,6 +506,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             name,
             join,
             token,
+            log_format,
         } => {
             let me = cluster::NodeInfo {
                 id: 0,
@@ -497,7 +516,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 iscsi_addr: String::new(),
                 repl_addr: String::new(),
             };
-            serve::witness(&data_dir, listen, me, join, token).await
+            serve::witness(&data_dir, listen, me, join, token, log_format).await
         }
         Command::Cluster(cmd) => cluster_command(&client()?, cmd).await,
         Command::Status { json } => {
@@ -507,6 +526,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 print_status(&view)?;
             }
+            Ok(())
+        }
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cli_command(), "tandem", &mut script);
+            std::io::stdout().write_all(&script).map_err(OutputError)?;
+            Ok(())
+        }
+        Command::Man => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(cli_command()).render(&mut page)?;
+            std::io::stdout().write_all(&page).map_err(OutputError)?;
             Ok(())
         }
         Command::Version { json } => {

@@ -11,11 +11,11 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
-use crate::config::ServeConfig;
+use crate::config::{LogFormat, ServeConfig};
 
 /// Runs a node until SIGINT or SIGTERM.
 pub async fn run(cfg: ServeConfig, cluster: node::ClusterConfig) -> anyhow::Result<()> {
-    init_logging();
+    init_logging(cfg.log_format);
     // The listeners first: a busy port is reported before anything is
     // written, and a new installation is not made for a node that cannot serve.
     let iscsi = TcpListener::bind(cfg.iscsi_listen)
@@ -121,8 +121,9 @@ pub async fn witness(
     me: cluster::NodeInfo,
     join: Option<String>,
     token: Option<String>,
+    log_format: LogFormat,
 ) -> anyhow::Result<()> {
-    init_logging();
+    init_logging(log_format);
     let c = if cluster::Cluster::exists(dir) {
         cluster::Cluster::open(dir, listen).await?
     } else {
@@ -195,15 +196,17 @@ fn check_data_dir(dir: &Path) -> anyhow::Result<()> {
 /// are for its developers).
 const DEFAULT_LOG: &str = "info,openraft=error";
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TANDEM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG));
-    // Colour only for a person at a terminal, not in a file or the journal.
-    let _ = tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        // Colour only for a person at a terminal, not in a file or the journal.
+        LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).try_init(),
+        LogFormat::Json => fmt.json().with_ansi(false).try_init(),
+    };
 }
 
 #[cfg(test)]

@@ -475,3 +475,119 @@ fn running_as_root() -> bool {
         })
         .unwrap_or(false)
 }
+
+#[test]
+fn completions_and_the_manual_page_come_from_the_command_line_itself() {
+    let run = |args: &[&str]| {
+        let out = Command::new(tandem_bin()).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("tandem.bash");
+    std::fs::write(&script, run(&["completions", "bash"])).unwrap();
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!("source {} && complete -p tandem", script.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("_tandem"));
+    for shell in ["zsh", "fish"] {
+        assert!(
+            run(&["completions", shell]).contains("add-replica"),
+            "{shell}"
+        );
+    }
+
+    let page = run(&["man"]);
+    assert!(page.contains(".TH tandem 1"), "{page}");
+    for sub in ["serve", "volume", "cluster", "witness"] {
+        assert!(page.contains(sub), "{sub} missing:\n{page}");
+    }
+    let groff = Command::new("sh")
+        .args(["-c", "command -v groff"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if groff {
+        let path = dir.path().join("tandem.1");
+        std::fs::write(&path, &page).unwrap();
+        let out = Command::new("groff")
+            .args(["-man", "-Tutf8", "-ww", "-z"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "{}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
+fn serve_logs_one_json_object_per_line_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let api = free_port();
+    let log = dir.path().join("serve.log");
+    let child = Command::new(tandem_bin())
+        .args(["serve", "--log-format", "json", "--data-dir"])
+        .arg(&data)
+        .arg("--iscsi-listen")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg("--api-listen")
+        .arg(format!("127.0.0.1:{api}"))
+        .env_remove("TANDEM_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut server = ConfiguredServer { child, log };
+    let ready = || {
+        Command::new(tandem_bin())
+            .arg("status")
+            .env("TANDEM_API", format!("127.0.0.1:{api}"))
+            .env("TANDEM_DATA_DIR", &data)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ready() {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            std::fs::read_to_string(&server.log).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(server.child.wait().unwrap().success());
+    let text = std::fs::read_to_string(&server.log).unwrap();
+    let mut messages = Vec::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            v["level"].is_string() && v["timestamp"].is_string(),
+            "{line}"
+        );
+        messages.push(
+            v["fields"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+    }
+    assert!(messages.iter().any(|m| m == "tandem serving"), "{text}");
+    assert!(
+        messages.iter().any(|m| m.starts_with("all volumes synced")),
+        "{text}"
+    );
+}
