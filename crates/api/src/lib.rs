@@ -1,7 +1,8 @@
 //! Tandem's management API (HTTP + JSON, version 1) and its client.
 //!
 //! Routes:
-//! - `GET    /v1/status`                      node summary
+//! - `GET    /v1/status`                      node summary: volumes, space of the
+//!   data filesystem, listen addresses, cluster members and their liveness
 //! - `GET    /v1/volumes`                     list volumes
 //! - `POST   /v1/volumes`                     create `{name, size_bytes, block_size?}`
 //! - `GET    /v1/volumes/{name}`              describe one volume (a cluster
@@ -16,7 +17,7 @@
 //! - `DELETE /v1/volumes/{name}/replicas/{node}` drop the copy on a member
 //! - `GET    /v1/cluster`                     cluster status, replication
 //!   progress, and when this node acknowledged writes as a primary
-//! - `POST   /v1/cluster/init`                make this node a new cluster → `{token}`
+//! - `POST   /v1/cluster/init`                make this node a new cluster → `{token, endpoint}`
 //! - `POST   /v1/cluster/join`                join `{seed, token}`
 //! - `POST   /v1/cluster/leave`               leave the cluster
 //!

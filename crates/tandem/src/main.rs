@@ -385,7 +385,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("tandem: cannot start the runtime: {e}");
+            let _ = writeln!(std::io::stderr(), "tandem: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
