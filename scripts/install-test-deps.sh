@@ -67,6 +67,13 @@ case "$qemu_ver" in
   *bpo*) add_backports ;;
 esac
 
+# The tgtd processes that run before the install: never stopped here.
+tgtd_before=$(echo $(pgrep -x tgtd || true))
+installs_tgt=0
+for p in "${need[@]}"; do
+  if [ "$p" = tgt ]; then installs_tgt=1; fi
+done
+
 $SUDO apt-get update -qq
 if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
@@ -77,6 +84,15 @@ case "$qemu_ver" in
   *bpo*) add_backports && $SUDO apt-get update -qq ;;
 esac
 $SUDO apt-get install -y -qq --no-install-recommends "qemu-block-extra=${qemu_ver}"
-# tgt's package may start a daemon on 3260; the tests start their own instances.
-if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl stop tgt 2>/dev/null || true; fi
-pkill -x tgtd 2>/dev/null || true
+# Installing tgt may start its daemon on 3260 (the tests start their own
+# instances). Stop only a daemon this install started: a tgtd that ran before
+# may be serving someone on this host.
+if [ "$installs_tgt" -eq 1 ]; then
+  if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl stop tgt 2>/dev/null || true; fi
+  for pid in $(pgrep -x tgtd || true); do
+    case " $tgtd_before " in
+      *" $pid "*) ;;
+      *) $SUDO kill "$pid" 2>/dev/null || true ;;
+    esac
+  done
+fi

@@ -1,4 +1,4 @@
-use node::{NodeStatus, VolumeInfo};
+use node::VolumeInfo;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -144,7 +144,7 @@ impl ApiClient {
     }
 
     /// `GET /v1/status`.
-    pub async fn status(&self) -> Result<NodeStatus, ClientError> {
+    pub async fn status(&self) -> Result<crate::StatusView, ClientError> {
         let v = self.call::<(), _>(Method::GET, "/v1/status", None).await?;
         self.expect(v)
     }

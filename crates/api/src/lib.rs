@@ -1,7 +1,8 @@
 //! Tandem's management API (HTTP + JSON, version 1) and its client.
 //!
 //! Routes:
-//! - `GET    /v1/status`                      node summary
+//! - `GET    /v1/status`                      node summary: volumes, space of the
+//!   data filesystem, listen addresses, cluster members and their liveness
 //! - `GET    /v1/volumes`                     list volumes
 //! - `POST   /v1/volumes`                     create `{name, size_bytes, block_size?}`
 //! - `GET    /v1/volumes/{name}`              describe one volume (a cluster
@@ -23,7 +24,7 @@
 //!   `rebalance` primaries moved back to it `{node?, rebalance?}`
 //! - `GET    /v1/cluster`                     cluster status, replication
 //!   progress, and when this node acknowledged writes as a primary
-//! - `POST   /v1/cluster/init`                make this node a new cluster → `{token}`
+//! - `POST   /v1/cluster/init`                make this node a new cluster → `{token, endpoint}`
 //! - `POST   /v1/cluster/join`                join `{seed, token}`
 //! - `POST   /v1/cluster/leave`               leave the cluster
 //!
@@ -40,7 +41,7 @@ mod snapshots;
 
 pub use client::{ApiClient, ClientError};
 pub use node::{AckWindow, Maintenance, PeerState, PeerStatus, PrimaryMoved};
-pub use server::router;
+pub use server::{router, serving_router};
 pub use snapshots::{CloneVolume, CreateSnapshots, Rollback};
 
 use serde::{Deserialize, Serialize};
@@ -84,6 +85,103 @@ pub struct SetFloating {
 pub struct ClusterToken {
     /// Join token for other nodes (holds the cluster secret: keep it private).
     pub token: String,
+    /// This node's cluster endpoint (`host:port`), the seed other nodes
+    /// join through (empty from a server that did not say).
+    #[serde(default)]
+    pub endpoint: String,
+}
+
+/// Where a serving node listens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listeners {
+    /// iSCSI portal.
+    pub iscsi: String,
+    /// Management API.
+    pub api: String,
+    /// Control-plane endpoint (used once the node is a cluster member).
+    pub cluster: String,
+    /// Replication endpoint (used once the node is a cluster member).
+    pub replication: String,
+}
+
+/// Whether a cluster member is alive, as the leader sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Liveness {
+    /// The leader heard from it lately (or it is the leader).
+    Up,
+    /// The leader has not heard from it for longer than a failover waits.
+    Down,
+    /// No leader could be asked.
+    Unknown,
+}
+
+impl Liveness {
+    /// How the leader in `status` sees member `node`.
+    pub fn of(status: &node::ClusterStatus, node: u64) -> Liveness {
+        if status.leader == Some(node) {
+            Liveness::Up
+        } else if status.last_seen_ms.is_empty() {
+            Liveness::Unknown
+        } else if status.reachable(node) {
+            Liveness::Up
+        } else {
+            Liveness::Down
+        }
+    }
+}
+
+impl std::fmt::Display for Liveness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Liveness::Up => "up",
+            Liveness::Down => "DOWN",
+            Liveness::Unknown => "unknown",
+        })
+    }
+}
+
+/// A cluster member as `GET /v1/status` lists it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberSummary {
+    /// Member id.
+    pub id: u64,
+    /// Member name.
+    pub name: String,
+    /// Whether it holds data (`false`: a witness).
+    pub data: bool,
+    /// Its control-plane endpoint.
+    pub endpoint: String,
+    /// Whether it is alive.
+    pub liveness: Liveness,
+}
+
+/// The cluster a node belongs to, as `GET /v1/status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterSummary {
+    /// Cluster instance id.
+    pub cluster_id: Option<String>,
+    /// This node's member id.
+    pub me: u64,
+    /// Name of the leader, if one is known.
+    pub leader: Option<String>,
+    /// Every member.
+    pub members: Vec<MemberSummary>,
+}
+
+/// Answer of `GET /v1/status`: the node's summary, where it listens and the
+/// cluster it belongs to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusView {
+    /// Identity, volumes and space.
+    #[serde(flatten)]
+    pub node: node::NodeStatus,
+    /// Where the node listens (`None` from a server that did not say).
+    #[serde(default)]
+    pub listen: Option<Listeners>,
+    /// Its cluster (`None`: it is not a member).
+    #[serde(default)]
+    pub cluster: Option<ClusterSummary>,
 }
 
 /// Body of `POST /v1/volumes/{name}/replicas`.

@@ -10,23 +10,45 @@ use node::{AccessConfig, ClusterConfig, Node, NodeError};
 use serde::Deserialize;
 
 use crate::{
-    AddReplica, ClusterToken, ClusterView, CreateVolume, ErrorBody, JoinCluster,
-    MaintenanceRequest, MovePrimary, ReplicaPlaced, ResizeVolume, SetFloating,
+    AddReplica, ClusterSummary, ClusterToken, ClusterView, CreateVolume, ErrorBody, JoinCluster,
+    Listeners, Liveness, MaintenanceRequest, MemberSummary, MovePrimary, ReplicaPlaced,
+    ResizeVolume, SetFloating, StatusView,
 };
 
 /// Builds the API router over the node's service layer. Every request must
 /// carry `Authorization: Bearer <token>`.
 pub fn router(node: Arc<Node>, token: String, cluster: ClusterConfig) -> Router {
+    build(node, token, cluster, None)
+}
+
+/// [`router`] for a node serving on `listen`, which `GET /v1/status` reports.
+pub fn serving_router(
+    node: Arc<Node>,
+    token: String,
+    cluster: ClusterConfig,
+    listen: Listeners,
+) -> Router {
+    build(node, token, cluster, Some(listen))
+}
+
+fn build(
+    node: Arc<Node>,
+    token: String,
+    cluster: ClusterConfig,
+    listen: Option<Listeners>,
+) -> Router {
     let token = Arc::new(token);
     let cluster = Arc::new(cluster);
     let join_cfg = cluster.clone();
+    let listen = Arc::new(listen);
     Router::new()
         .route("/v1/cluster", get(cluster_view))
         .route(
             "/v1/cluster/init",
             post(move |State(node): State<Arc<Node>>| async move {
                 let token = node.cluster_init(&cluster).await?;
-                Ok::<_, ApiError>(Json(ClusterToken { token }))
+                let endpoint = cluster.endpoint();
+                Ok::<_, ApiError>(Json(ClusterToken { token, endpoint }))
             }),
         )
         .route(
@@ -42,7 +64,10 @@ pub fn router(node: Arc<Node>, token: String, cluster: ClusterConfig) -> Router 
         .route("/v1/cluster/maintenance/enter", post(maintenance_enter))
         .route("/v1/cluster/maintenance/exit", post(maintenance_exit))
         .route("/v1/cluster/floating", put(set_floating))
-        .route("/v1/status", get(status))
+        .route(
+            "/v1/status",
+            get(move |State(node): State<Arc<Node>>| status(node, listen.clone())),
+        )
         .route("/v1/volumes", get(list).post(create))
         .route(
             "/v1/volumes/:name",
@@ -201,8 +226,37 @@ async fn cluster_leave(State(node): State<Arc<Node>>) -> Result<impl IntoRespons
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn status(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    Json(node.status().await)
+async fn status(node: Arc<Node>, listen: Arc<Option<Listeners>>) -> impl IntoResponse {
+    let cluster = match node.clustered() {
+        Some(_) => node.cluster_status().await.ok().map(|s| ClusterSummary {
+            cluster_id: s.state.cluster_id.map(|u| u.to_string()),
+            me: s.me,
+            leader: s.leader.map(|l| {
+                s.state
+                    .nodes
+                    .get(&l)
+                    .map_or(l.to_string(), |n| n.name.clone())
+            }),
+            members: s
+                .state
+                .nodes
+                .values()
+                .map(|n| MemberSummary {
+                    id: n.id,
+                    name: n.name.clone(),
+                    data: n.holds_data(),
+                    endpoint: n.cluster_addr.clone(),
+                    liveness: Liveness::of(&s, n.id),
+                })
+                .collect(),
+        }),
+        None => None,
+    };
+    Json(StatusView {
+        node: node.status().await,
+        listen: (*listen).clone(),
+        cluster,
+    })
 }
 
 async fn list(State(node): State<Arc<Node>>) -> impl IntoResponse {

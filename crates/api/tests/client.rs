@@ -57,8 +57,13 @@ async fn every_method_round_trips() {
     let client = ApiClient::new(&addr, &format!("{token}\n"));
 
     let status = client.status().await.unwrap();
-    assert_eq!(status.volumes, 0);
-    assert_eq!(status.data_dir, dir.path().display().to_string());
+    assert_eq!(status.node.volumes, 0);
+    assert_eq!(status.node.data_dir, dir.path().display().to_string());
+    // The data filesystem's space, and no cluster: this node is not a member.
+    let free = status.node.filesystem_free_bytes.expect("free space known");
+    let total = status.node.filesystem_total_bytes.expect("size known");
+    assert!(0 < free && free <= total, "{free} of {total}");
+    assert!(status.cluster.is_none());
     assert!(client.list_volumes().await.unwrap().is_empty());
 
     let created = client

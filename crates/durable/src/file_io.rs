@@ -113,6 +113,12 @@ pub(crate) fn space(f: &File) -> io::Result<(u64, u64)> {
     Ok((st.f_bavail * frsize, st.f_blocks * frsize))
 }
 
+/// Bytes free for unprivileged writers and the total size of the filesystem
+/// that holds `path` (a file or a directory).
+pub fn filesystem_space(path: &std::path::Path) -> io::Result<(u64, u64)> {
+    space(&File::open(path)?)
+}
+
 /// Tries to read all of `buf` at `offset` without blocking (`preadv2` with
 /// `RWF_NOWAIT`): `Ok(true)` when the data came from the page cache,
 /// `Ok(false)` when it would have to wait for the disk (or the kernel or

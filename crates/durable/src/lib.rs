@@ -23,7 +23,7 @@ mod sim_disk;
 
 pub use backing::Backing;
 pub use blocking::blocking;
-pub use file_io::read_at_random;
+pub use file_io::{filesystem_space, read_at_random};
 pub use region_map::{Opened, Quiet, RegionMap};
 pub use replace::{replace_with, sync_dir, write_atomic, write_atomic_mode, FileError};
 pub use sim_disk::{every_power_cut, SimDisk};

@@ -10,6 +10,7 @@ mod identity;
 mod registry;
 mod service;
 mod snapshots;
+mod space;
 
 pub use access::{AccessConfig, ChapSecret};
 pub use cluster::{ClusterStatus, FloatingAddress};

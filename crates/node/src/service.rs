@@ -103,6 +103,23 @@ pub struct NodeStatus {
     pub provisioned_bytes: u64,
     /// Total space the volumes take on the backing store, in bytes.
     pub allocated_bytes: u64,
+    /// Bytes free on the data directory's filesystem (`None`: it could not
+    /// be asked).
+    #[serde(default)]
+    pub filesystem_free_bytes: Option<u64>,
+    /// Size of the data directory's filesystem, in bytes.
+    #[serde(default)]
+    pub filesystem_total_bytes: Option<u64>,
+}
+
+impl NodeStatus {
+    /// How many bytes the thin volumes may still write beyond what the data
+    /// filesystem has free (0: every volume can be filled).
+    pub fn overcommitted_bytes(&self) -> u64 {
+        let unwritten = self.provisioned_bytes.saturating_sub(self.allocated_bytes);
+        self.filesystem_free_bytes
+            .map_or(0, |free| unwritten.saturating_sub(free))
+    }
 }
 
 /// The service layer: every volume operation of the API and CLI goes through here.
@@ -369,6 +386,7 @@ impl Node {
         block_size: u32,
         replicas: Option<usize>,
     ) -> Result<VolumeInfo, NodeError> {
+        self.check_file_limit(name, size_bytes)?;
         if let Some(c) = self.clustered() {
             // A local volume of that name (made before the node joined the
             // cluster) would keep the cluster's volume from being presented
@@ -513,7 +531,8 @@ impl Node {
         let bs = e.served.block_size() as u64;
         if size_bytes == 0 || !size_bytes.is_multiple_of(bs) {
             return Err(NodeError::Invalid(format!(
-                "size {size_bytes} bytes is not a positive multiple of the {bs}-byte block size of volume {name}"
+                "size {} is not a positive multiple of the {bs}-byte block size of volume {name}",
+                crate::space::human(size_bytes)
             )));
         }
         // The same limits as a new volume's (a file cannot be larger).
@@ -521,9 +540,12 @@ impl Node {
         let current = e.served.num_blocks() * bs;
         if size_bytes < current {
             return Err(NodeError::Invalid(format!(
-                "volume {name} is {current} bytes; shrinking to {size_bytes} bytes is not supported"
+                "volume {name} is {}; shrinking it to {} is not supported",
+                crate::space::human(current),
+                crate::space::human(size_bytes)
             )));
         }
+        self.check_file_limit(name, size_bytes)?;
         if let Some(c) = clustered {
             drop(exported);
             self.resize_clustered(&c, name, size_bytes).await?;
@@ -619,9 +641,29 @@ impl Node {
         Ok(())
     }
 
+    /// Refuses a size for volume `name` larger than the data filesystem
+    /// takes in one file, before any file is made or grown.
+    fn check_file_limit(&self, name: &str, size_bytes: u64) -> Result<(), NodeError> {
+        match crate::space::file_limit_below(self.store.data_dir(), size_bytes) {
+            None => Ok(()),
+            Some(limit) => Err(NodeError::Invalid(format!(
+                "volume {name}: {} is more than the data filesystem of this node takes in \
+                 one file (at most {}); choose a smaller size, or a data directory on a \
+                 filesystem that takes larger files (XFS, Btrfs)",
+                crate::space::human(size_bytes),
+                crate::space::human(limit)
+            ))),
+        }
+    }
+
     /// Summarizes the node (without asking other nodes for sessions).
     pub async fn status(&self) -> NodeStatus {
         let volumes = self.local_infos().await;
+        let space = durable::filesystem_space(self.store.data_dir())
+            .map_err(
+                |e| tracing::debug!(error = %e, "cannot ask the data filesystem for its space"),
+            )
+            .ok();
         NodeStatus {
             installation_id: self.store.installation_id().to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -629,6 +671,8 @@ impl Node {
             volumes: volumes.len(),
             provisioned_bytes: volumes.iter().map(|v| v.size_bytes).sum(),
             allocated_bytes: volumes.iter().map(|v| v.allocated_bytes).sum(),
+            filesystem_free_bytes: space.map(|(free, _)| free),
+            filesystem_total_bytes: space.map(|(_, total)| total),
         }
     }
 }

@@ -7,14 +7,39 @@ mod serve;
 mod size;
 mod snapshot_cli;
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use crate::config::{FileConfig, FlagConfig, ServeConfig};
+use crate::config::{parse_listen, FileConfig, FlagConfig, LogFormat, ServeConfig};
 use crate::size::{format_size, parse_size};
+
+/// The CLI could not write its output (a closed pipe, a full disk).
+#[derive(Debug)]
+struct OutputError(std::io::Error);
+
+impl std::fmt::Display for OutputError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot write the output: {}", self.0)
+    }
+}
+
+impl std::error::Error for OutputError {}
+
+/// Prints a line of the CLI's output like std's `println!` (which it
+/// shadows in this file), but a closed pipe or a full disk is returned from
+/// the calling function as an [`OutputError`] instead of a panic.
+macro_rules! println {
+    () => {
+        writeln!(std::io::stdout()).map_err(crate::OutputError)?
+    };
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout(), $($arg)*).map_err(crate::OutputError)?
+    };
+}
 
 #[derive(Parser)]
 #[command(
@@ -44,21 +69,27 @@ struct Cli {
 enum Command {
     /// Run a node: serve every volume of the data directory over iSCSI.
     Serve {
-        /// TOML file with data_dir, iscsi_listen, api_listen, iqn_prefix.
+        /// TOML file with any of the settings below, by the flag's name with
+        /// `_` for `-` (data_dir, iscsi_listen, cluster_listen, node_name,
+        /// threads...); a flag given overrides the file.
         #[arg(long)]
         config: Option<PathBuf>,
         /// Data directory [default: ./tandem-data].
         #[arg(long, env = "TANDEM_DATA_DIR")]
         data_dir: Option<PathBuf>,
         /// iSCSI portal address [default: 127.0.0.1:3260].
-        #[arg(long)]
+        #[arg(long, value_parser = parse_listen)]
         iscsi_listen: Option<SocketAddr>,
         /// Management API address [default: 127.0.0.1:7260].
-        #[arg(long)]
+        #[arg(long, value_parser = parse_listen)]
         api_listen: Option<SocketAddr>,
         /// Prefix of exported IQNs [default: iqn.2026-11.io.tandem].
         #[arg(long)]
         iqn_prefix: Option<String>,
+        /// Log as text for people, or as one JSON object per line
+        /// [default: text].
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormat>,
         /// On a cluster member, redirect each login to a cluster volume
         /// (RFC 7143 "target moved temporarily") to the portal of its
         /// primary, for initiators without multipath that reach the
@@ -75,11 +106,12 @@ enum Command {
     /// Run a witness: a cluster member that votes but holds no data (the
     /// third voter of a two-node cluster). Joins on first start, rejoins after.
     Witness {
-        /// Directory for the witness's state [default: ./tandem-witness].
+        /// Directory for the witness's state.
         #[arg(long, default_value = "./tandem-witness")]
         data_dir: PathBuf,
-        /// Cluster endpoint of the witness.
-        #[arg(long, default_value = "0.0.0.0:7400")]
+        /// Cluster endpoint of the witness (loopback unless told: give the
+        /// address the members reach, e.g. 0.0.0.0:7400).
+        #[arg(long, default_value = "127.0.0.1:7400", value_parser = parse_listen)]
         listen: SocketAddr,
         /// Host or address the members reach the witness at.
         #[arg(long, default_value = "127.0.0.1")]
@@ -93,6 +125,9 @@ enum Command {
         /// Join token from `tandem cluster init` (first start only).
         #[arg(long, env = "TANDEM_JOIN_TOKEN")]
         token: Option<String>,
+        /// Log as text for people, or as one JSON object per line.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
     },
     /// Manage volumes of a running node.
     #[command(subcommand)]
@@ -103,26 +138,41 @@ enum Command {
     /// Take, list and delete snapshots of volumes (docs/snapshots.md).
     #[command(subcommand)]
     Snapshot(snapshot_cli::SnapshotCommand),
-    /// Show the node's identity and totals.
+    /// Show the node's identity, space, listen addresses and cluster.
     Status {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
+    /// Show the version of this `tandem` program.
+    Version {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script, e.g.
+    /// `tandem completions bash > /etc/bash_completion.d/tandem`.
+    Completions {
+        /// Shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g.
+    /// `tandem man > /usr/local/share/man/man1/tandem.1`.
+    Man,
 }
 
 /// Where a node's cluster endpoints listen and how others reach it.
 #[derive(clap::Args, Clone)]
 struct ClusterArgs {
-    /// Control-plane endpoint (cluster members only).
-    #[arg(long, default_value = "127.0.0.1:7400")]
-    cluster_listen: SocketAddr,
-    /// Replication endpoint (cluster members only).
-    #[arg(long, default_value = "127.0.0.1:7401")]
-    repl_listen: SocketAddr,
-    /// Host or address other nodes reach this one at.
-    #[arg(long, default_value = "127.0.0.1")]
-    advertise: String,
+    /// Control-plane endpoint, cluster members only [default: 127.0.0.1:7400].
+    #[arg(long, value_parser = parse_listen)]
+    cluster_listen: Option<SocketAddr>,
+    /// Replication endpoint, cluster members only [default: 127.0.0.1:7401].
+    #[arg(long, value_parser = parse_listen)]
+    repl_listen: Option<SocketAddr>,
+    /// Host or address other nodes reach this one at [default: 127.0.0.1].
+    #[arg(long)]
+    advertise: Option<String>,
     /// Name of this node in the cluster [default: host name].
     #[arg(long)]
     node_name: Option<String>,
@@ -146,7 +196,11 @@ enum ClusterSetting {
 enum ClusterCommand {
     /// Make the running node the first member of a new cluster; prints the
     /// join token (it holds the cluster secret: pass it privately).
-    Init,
+    Init {
+        /// Print JSON (`token`, `endpoint`) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Join the running node to a cluster through any member.
     Join {
         /// Cluster endpoint of a member (host:port).
@@ -175,7 +229,7 @@ enum VolumeCommand {
     Create {
         name: String,
         /// Size, e.g. 10G, 512M, 1T (binary units).
-        #[arg(long, value_parser = parse_size)]
+        #[arg(long, value_parser = parse_size, allow_hyphen_values = true)]
         size: u64,
         /// Logical block size: 512 or 4096.
         #[arg(long, default_value_t = 512)]
@@ -183,6 +237,9 @@ enum VolumeCommand {
         /// Copies on distinct nodes (cluster members; default 2, or 1 with one data node).
         #[arg(long, value_parser = clap::value_parser!(u8).range(1..=3))]
         replicas: Option<u8>,
+        /// Print the new volume as JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// List volumes.
     List {
@@ -201,8 +258,11 @@ enum VolumeCommand {
     Resize {
         name: String,
         /// New size, e.g. 20G (grow only).
-        #[arg(long, value_parser = parse_size)]
+        #[arg(long, value_parser = parse_size, allow_hyphen_values = true)]
         size: u64,
+        /// Print the volume as JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Set who may log in to a volume and how they authenticate. Replaces
     /// the volume's rules: with no options, every initiator may log in
@@ -225,6 +285,9 @@ enum VolumeCommand {
         /// File holding the mutual CHAP secret (must differ from the CHAP secret).
         #[arg(long, requires = "mutual_user")]
         mutual_secret_file: Option<PathBuf>,
+        /// Print the volume as JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Show where a cluster volume's copies are and whether they are in
     /// sync (with resync progress).
@@ -274,6 +337,9 @@ enum VolumeCommand {
         /// a node that cannot be asked may have some (say, it is down).
         #[arg(long)]
         force: bool,
+        /// Print JSON (`deleted`: the name) instead of text.
+        #[arg(long)]
+        json: bool,
     },
     #[command(flatten)]
     Snapshots(snapshot_cli::VolumeSnapshotCommand),
@@ -291,12 +357,52 @@ fn default_threads(cpus: usize) -> usize {
     (cpus / 2).max(1)
 }
 
+/// The command line: [`Cli`], with each global option listed only where it
+/// does something: the client's `--api` and `--token-file` not on the
+/// servers, the servers' `--threads` not on the client's commands. (A
+/// subcommand that has an option of a global's name keeps its own, here a
+/// hidden copy; its value still reaches [`Cli`].)
+fn cli_command() -> clap::Command {
+    const SERVERS: [&str; 2] = ["serve", "witness"];
+    let cmd = Cli::command();
+    let hidden = |id: &str| {
+        cmd.get_arguments()
+            .find(|a| a.get_id() == id)
+            .map(|a| a.clone().hide(true))
+    };
+    let (client_only, server_only): (Vec<clap::Arg>, Vec<clap::Arg>) = (
+        ["api", "token_file"]
+            .into_iter()
+            .filter_map(hidden)
+            .collect(),
+        ["threads"].into_iter().filter_map(hidden).collect(),
+    );
+    let names: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_string())
+        .collect();
+    let mut cmd = cmd.clone();
+    for name in names {
+        let hide = if SERVERS.contains(&name.as_str()) {
+            client_only.clone()
+        } else {
+            server_only.clone()
+        };
+        cmd = cmd.mut_subcommand(name, |sub| sub.args(hide));
+    }
+    cmd
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::from_arg_matches(&cli_command().get_matches()).unwrap_or_else(|e| e.exit());
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let threads = cli
-        .threads
-        .map_or_else(|| default_threads(cpus), usize::from);
+    let threads = match server_threads(&cli) {
+        Ok(t) => t.map_or_else(|| default_threads(cpus), usize::from),
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "tandem: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .enable_all()
@@ -304,16 +410,36 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("tandem: cannot start the runtime: {e}");
+            let _ = writeln!(std::io::stderr(), "tandem: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("tandem: {e:#}");
+            // A reader that closed the pipe (`| head`) has what it wanted:
+            // stop quietly, as Unix tools do.
+            if let Some(OutputError(io)) = e.downcast_ref::<OutputError>() {
+                if io.kind() == std::io::ErrorKind::BrokenPipe {
+                    return ExitCode::SUCCESS;
+                }
+            }
+            let _ = writeln!(std::io::stderr(), "tandem: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Runtime threads asked for by `--threads`, else by `serve`'s config file.
+fn server_threads(cli: &Cli) -> anyhow::Result<Option<u16>> {
+    if cli.threads.is_some() {
+        return Ok(cli.threads);
+    }
+    match &cli.command {
+        Command::Serve {
+            config: Some(path), ..
+        } => Ok(FileConfig::load(path)?.threads),
+        _ => Ok(None),
     }
 }
 
@@ -368,6 +494,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             iscsi_listen,
             api_listen,
             iqn_prefix,
+            log_format,
             redirect_to_primary,
             cluster,
         } => {
@@ -380,14 +507,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 iscsi_listen,
                 api_listen,
                 iqn_prefix,
+                log_format,
                 redirect_to_primary,
-            };
-            let cfg = ServeConfig::merge(file, flags)?;
-            let cluster = node::ClusterConfig {
-                name: cluster.node_name.unwrap_or_else(host_name),
                 cluster_listen: cluster.cluster_listen,
                 repl_listen: cluster.repl_listen,
                 advertise: cluster.advertise,
+                node_name: cluster.node_name,
+            };
+            let cfg = ServeConfig::merge(file, flags)?;
+            let cluster = node::ClusterConfig {
+                name: cfg.node_name.clone().unwrap_or_else(host_name),
+                cluster_listen: cfg.cluster_listen,
+                repl_listen: cfg.repl_listen,
+                advertise: cfg.advertise.clone(),
                 iscsi_port: cfg.iscsi_listen.port(),
             };
             serve::run(cfg, cluster).await
@@ -399,6 +531,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             name,
             join,
             token,
+            log_format,
         } => {
             let me = cluster::NodeInfo {
                 id: 0,
@@ -408,20 +541,36 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 iscsi_addr: String::new(),
                 repl_addr: String::new(),
             };
-            serve::witness(&data_dir, listen, me, join, token).await
+            serve::witness(&data_dir, listen, me, join, token, log_format).await
         }
         Command::Cluster(cmd) => cluster_command(&client()?, cmd).await,
         Command::Status { json } => {
-            let s = client()?.status().await?;
+            let view = client()?.status().await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&s)?);
+                println!("{}", serde_json::to_string_pretty(&view)?);
             } else {
-                println!("installation  {}", s.installation_id);
-                println!("version       {}", s.version);
-                println!("data dir      {}", s.data_dir);
-                println!("volumes       {}", s.volumes);
-                println!("provisioned   {}", format_size(s.provisioned_bytes));
-                println!("allocated     {}", format_size(s.allocated_bytes));
+                print_status(&view)?;
+            }
+            Ok(())
+        }
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cli_command(), "tandem", &mut script);
+            std::io::stdout().write_all(&script).map_err(OutputError)?;
+            Ok(())
+        }
+        Command::Man => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(cli_command()).render(&mut page)?;
+            std::io::stdout().write_all(&page).map_err(OutputError)?;
+            Ok(())
+        }
+        Command::Version { json } => {
+            let version = env!("CARGO_PKG_VERSION");
+            if json {
+                println!("{}", serde_json::json!({ "version": version }));
+            } else {
+                println!("tandem {version}");
             }
             Ok(())
         }
@@ -429,6 +578,87 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Node(cmd) => node_cli::node_command(&client()?, cmd).await,
         Command::Snapshot(cmd) => snapshot_cli::snapshot_command(&client()?, cmd).await,
     }
+}
+
+/// `tandem status` as text.
+fn print_status(view: &api::StatusView) -> anyhow::Result<()> {
+    let s = &view.node;
+    println!("installation  {}", s.installation_id);
+    println!("version       {}", s.version);
+    println!("data dir      {}", s.data_dir);
+    if let (Some(free), Some(total)) = (s.filesystem_free_bytes, s.filesystem_total_bytes) {
+        println!(
+            "filesystem    {} free of {}",
+            format_size(free),
+            format_size(total)
+        );
+    }
+    println!("volumes       {}", s.volumes);
+    println!("provisioned   {}", format_size(s.provisioned_bytes));
+    println!("allocated     {}", format_size(s.allocated_bytes));
+    if s.overcommitted_bytes() > 0 {
+        println!(
+            "overcommit    the thin volumes can still write {} more than the filesystem has free",
+            format_size(s.overcommitted_bytes())
+        );
+    }
+    if let Some(l) = &view.listen {
+        println!("iscsi         {}", l.iscsi);
+        println!("api           {}", l.api);
+    }
+    match &view.cluster {
+        None => println!("cluster       none (a single node; `tandem cluster init` starts one)"),
+        Some(c) => {
+            println!(
+                "cluster       {}   leader {}",
+                c.cluster_id.as_deref().unwrap_or("-"),
+                c.leader.as_deref().unwrap_or("none")
+            );
+            if let Some(l) = &view.listen {
+                println!(
+                    "cluster at    {}   replication at {}",
+                    l.cluster, l.replication
+                );
+            }
+            for m in &c.members {
+                println!(
+                    "  {}{}  {}  {}  {}",
+                    m.name,
+                    if m.id == c.me { " (this node)" } else { "" },
+                    if m.data { "data" } else { "witness" },
+                    m.endpoint,
+                    m.liveness
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Warns on stderr when the node's thin volumes can now write more than its
+/// data filesystem has free.
+async fn warn_overcommit(c: &api::ApiClient) {
+    let Ok(view) = c.status().await else { return };
+    let s = &view.node;
+    if let (true, Some(free)) = (s.overcommitted_bytes() > 0, s.filesystem_free_bytes) {
+        let _ = writeln!(
+            std::io::stderr(),
+            "tandem: note: this node's volumes are {} in all, with {} written, on a filesystem \
+             with {} free: writes will fail once it is full",
+            format_size(s.provisioned_bytes),
+            format_size(s.allocated_bytes),
+            format_size(free)
+        );
+    }
+}
+
+/// The name of cluster member `id` in `state`, else `node ID`.
+fn member_name(state: &cluster::ClusterState, id: u64) -> String {
+    state
+        .nodes
+        .get(&id)
+        .map(|n| n.name.clone())
+        .unwrap_or_else(|| format!("node {id}"))
 }
 
 fn host_name() -> String {
@@ -441,13 +671,19 @@ fn host_name() -> String {
 
 async fn cluster_command(c: &api::ApiClient, cmd: ClusterCommand) -> anyhow::Result<()> {
     match cmd {
-        ClusterCommand::Init => {
+        ClusterCommand::Init { json } => {
             let t = c.cluster_init().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&t)?);
+                return Ok(());
+            }
+            let endpoint = if t.endpoint.is_empty() {
+                "<this node's cluster endpoint>"
+            } else {
+                &t.endpoint
+            };
             println!("cluster created; other nodes join with:");
-            println!(
-                "  tandem cluster join <this node's cluster endpoint> --token {}",
-                t.token
-            );
+            println!("  tandem cluster join {endpoint} --token {}", t.token);
         }
         ClusterCommand::Join { seed, token } => {
             c.cluster_join(&api::JoinCluster {
@@ -486,6 +722,7 @@ async fn cluster_command(c: &api::ApiClient, cmd: ClusterCommand) -> anyhow::Res
                 return Ok(());
             }
             let s = &v.status;
+            let name = |id: u64| member_name(&s.state, id);
             let id = s
                 .state
                 .cluster_id
@@ -494,64 +731,75 @@ async fn cluster_command(c: &api::ApiClient, cmd: ClusterCommand) -> anyhow::Res
             println!("cluster   {id}");
             println!(
                 "this node {}   leader {}   term {}",
-                s.me,
-                s.leader.map(|l| l.to_string()).unwrap_or("none".into()),
+                name(s.me),
+                s.leader.map(name).unwrap_or("none".into()),
                 s.term
             );
             if let Some(f) = &s.state.floating {
                 let holder = match s.state.floating_holder {
-                    Some(h) => format!("held by node {h}"),
+                    Some(h) => format!("held by {}", name(h)),
                     None => "held by nobody".into(),
                 };
                 println!("floating  {} on {}, {holder}", f.address, f.interface);
             }
             println!();
+            let w = column_width("NAME", s.state.nodes.values().map(|n| n.name.as_str()));
             println!(
-                "{:<4} {:<16} {:<8} {:<22} {:<10}",
-                "ID", "NAME", "ROLE", "ENDPOINT", "LAST SEEN"
+                "{:<4} {:<w$} {:<8} {:<22} STATE",
+                "ID", "NAME", "ROLE", "ENDPOINT"
             );
             for n in s.state.nodes.values() {
-                let seen = s
-                    .last_seen_ms
-                    .get(&n.id)
-                    .map(|ms| format!("{ms} ms"))
-                    .unwrap_or_else(|| "-".into());
+                let state = match api::Liveness::of(s, n.id) {
+                    api::Liveness::Up if s.leader == Some(n.id) => "up (leader)".to_string(),
+                    api::Liveness::Up => match s.last_seen_ms.get(&n.id) {
+                        Some(ms) => format!("up (seen {ms} ms ago)"),
+                        None => "up".into(),
+                    },
+                    api::Liveness::Down => match s.last_seen_ms.get(&n.id) {
+                        Some(ms) => format!("DOWN (seen {} s ago)", ms / 1000),
+                        None => "DOWN".into(),
+                    },
+                    api::Liveness::Unknown => "unknown (no leader to ask)".into(),
+                };
                 let role = if n.holds_data() { "data" } else { "witness" };
                 println!(
-                    "{:<4} {:<16} {:<8} {:<22} {:<10}",
-                    n.id, n.name, role, n.cluster_addr, seen
+                    "{:<4} {:<w$} {:<8} {:<22} {}",
+                    n.id, n.name, role, n.cluster_addr, state
                 );
             }
             println!();
+            let w = column_width("VOLUME", s.state.volumes.keys().map(String::as_str));
+            let pw = column_width("PRIMARY", s.state.nodes.values().map(|n| n.name.as_str()));
             println!(
-                "{:<16} {:<8} {:<6} {:<6} REPLICAS",
-                "VOLUME", "SIZE", "PRIM", "EPOCH"
+                "{:<w$} {:<10} {:<pw$} {:<6} REPLICAS",
+                "VOLUME", "SIZE", "PRIMARY", "EPOCH"
             );
             for vol in s.state.volumes.values() {
                 let reps: Vec<String> = vol
                     .replicas
                     .iter()
-                    .map(|(n, st)| match st {
-                        cluster::ReplicaState::InSync => format!("{n}:in-sync"),
-                        cluster::ReplicaState::OutOfSync => format!("{n}:out-of-sync"),
-                        cluster::ReplicaState::Syncing => {
-                            match resync_progress(&v, &vol.name, *n) {
-                                Some(p) => {
-                                    format!(
+                    .map(|(id, st)| {
+                        let n = name(*id);
+                        match st {
+                            cluster::ReplicaState::InSync => format!("{n}:in-sync"),
+                            cluster::ReplicaState::OutOfSync => format!("{n}:out-of-sync"),
+                            cluster::ReplicaState::Syncing => {
+                                match resync_progress(&v, &vol.name, *id) {
+                                    Some(p) => format!(
                                         "{n}:syncing {}%",
                                         percent(p.resync_done, p.resync_total)
-                                    )
+                                    ),
+                                    None => format!("{n}:syncing"),
                                 }
-                                None => format!("{n}:syncing"),
                             }
                         }
                     })
                     .collect();
                 println!(
-                    "{:<16} {:<8} {:<6} {:<6} {}",
+                    "{:<w$} {:<10} {:<pw$} {:<6} {}",
                     vol.name,
                     format_size(vol.size_bytes),
-                    vol.primary,
+                    name(vol.primary),
                     vol.epoch,
                     reps.join(" ")
                 );
@@ -560,8 +808,8 @@ async fn cluster_command(c: &api::ApiClient, cmd: ClusterCommand) -> anyhow::Res
                 for p in peers {
                     if !p.in_sync() {
                         println!(
-                            "resync {vol} -> node {}: {} ({} of {} copied, {} dirty{})",
-                            p.node,
+                            "resync {vol} -> {}: {} ({} of {} copied, {} dirty{})",
+                            name(p.node),
                             p.state,
                             format_size(p.resync_done),
                             format_size(p.resync_total),
@@ -583,6 +831,7 @@ async fn volume_command(c: &api::ApiClient, cmd: VolumeCommand) -> anyhow::Resul
             size,
             block_size,
             replicas,
+            json,
         } => {
             let v = c
                 .create_volume(&api::CreateVolume {
@@ -592,21 +841,27 @@ async fn volume_command(c: &api::ApiClient, cmd: VolumeCommand) -> anyhow::Resul
                     replicas: replicas.map(usize::from),
                 })
                 .await?;
-            println!(
-                "created volume {} ({}), exported as {} LUN {}",
-                v.name,
-                format_size(v.size_bytes),
-                v.iqn,
-                v.lun
-            );
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!(
+                    "created volume {} ({}), exported as {} LUN {}",
+                    v.name,
+                    format_size(v.size_bytes),
+                    v.iqn,
+                    v.lun
+                );
+            }
+            warn_overcommit(c).await;
         }
         VolumeCommand::List { json } => {
             let vols = c.list_volumes().await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&vols)?);
             } else {
+                let w = column_width("NAME", vols.iter().map(|v| v.name.as_str()));
                 println!(
-                    "{:<24} {:>12} {:>12} {:>6} {:>8}  IQN",
+                    "{:<w$} {:>12} {:>12} {:>6} {:>8}  IQN",
                     "NAME", "SIZE", "ALLOCATED", "BLOCK", "SESSIONS"
                 );
                 for v in vols {
@@ -618,7 +873,7 @@ async fn volume_command(c: &api::ApiClient, cmd: VolumeCommand) -> anyhow::Resul
                         format!("{}+?", v.sessions)
                     };
                     println!(
-                        "{:<24} {:>12} {:>12} {:>6} {:>8}  {}",
+                        "{:<w$} {:>12} {:>12} {:>6} {:>8}  {}",
                         v.name,
                         format_size(v.size_bytes),
                         format_size(v.allocated_bytes),
@@ -668,9 +923,14 @@ async fn volume_command(c: &api::ApiClient, cmd: VolumeCommand) -> anyhow::Resul
                 }
             }
         }
-        VolumeCommand::Resize { name, size } => {
+        VolumeCommand::Resize { name, size, json } => {
             let v = c.resize_volume(&name, size).await?;
-            println!("volume {} is now {}", v.name, format_size(v.size_bytes));
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("volume {} is now {}", v.name, format_size(v.size_bytes));
+            }
+            warn_overcommit(c).await;
         }
         VolumeCommand::Access {
             name,
@@ -679,6 +939,7 @@ async fn volume_command(c: &api::ApiClient, cmd: VolumeCommand) -> anyhow::Resul
             chap_secret_file,
             mutual_user,
             mutual_secret_file,
+            json,
         } => {
             let secret = |user: Option<String>, file: Option<PathBuf>| -> anyhow::Result<_> {
                 Ok(match (user, file) {
@@ -695,6 +956,10 @@ async fn volume_command(c: &api::ApiClient, cmd: VolumeCommand) -> anyhow::Resul
                 mutual_chap: secret(mutual_user, mutual_secret_file)?,
             };
             let v = c.set_access(&name, &access).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
             let who = if v.allowed_initiators.is_empty() {
                 "every initiator".to_string()
             } else {
@@ -772,7 +1037,11 @@ async fn volume_command(c: &api::ApiClient, cmd: VolumeCommand) -> anyhow::Resul
         }
         VolumeCommand::AddReplica { name, node } => {
             let placed = c.add_replica(&name, node.as_deref()).await?;
-            println!("volume {name}: new copy on node {placed}; it is filled by a full sync (see `tandem volume status {name}`)");
+            let holder = match c.cluster().await {
+                Ok(view) => member_name(&view.status.state, placed),
+                Err(_) => format!("node {placed}"),
+            };
+            println!("volume {name}: new copy on {holder}; it is filled by a full sync (see `tandem volume status {name}`)");
         }
         VolumeCommand::RemoveReplica { name, node, force } => {
             c.remove_replica(&name, &node, force).await?;
@@ -792,9 +1061,13 @@ async fn volume_command(c: &api::ApiClient, cmd: VolumeCommand) -> anyhow::Resul
                 println!("volume {name}: a member runs an older version, so the change was made as a failover: the old primary's copy resyncs what it may miss");
             }
         }
-        VolumeCommand::Delete { name, force } => {
+        VolumeCommand::Delete { name, force, json } => {
             c.delete_volume(&name, force).await?;
-            println!("deleted volume {name}");
+            if json {
+                println!("{}", serde_json::json!({ "deleted": name }));
+            } else {
+                println!("deleted volume {name}");
+            }
         }
         VolumeCommand::Snapshots(cmd) => {
             snapshot_cli::volume_snapshot_command(c, cmd).await?;
@@ -833,6 +1106,13 @@ fn resync_pace(p: &api::PeerStatus) -> String {
         }
     }
     s
+}
+
+/// Width of a text column headed `head` that holds `cells`: the widest.
+fn column_width<'a>(head: &str, cells: impl Iterator<Item = &'a str>) -> usize {
+    cells
+        .map(|c| c.chars().count())
+        .fold(head.len(), usize::max)
 }
 
 /// `done` of `total` in percent (100 when there is nothing to do).

@@ -1,19 +1,36 @@
 //! `tandem serve`: opens the store, exports its volumes over iSCSI, serves the
 //! management API, and shuts down cleanly on SIGINT/SIGTERM.
 
+use std::io::IsTerminal as _;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
-use crate::config::ServeConfig;
+use crate::config::{LogFormat, ServeConfig};
 
 /// Runs a node until SIGINT or SIGTERM.
 pub async fn run(cfg: ServeConfig, cluster: node::ClusterConfig) -> anyhow::Result<()> {
-    init_logging();
+    init_logging(cfg.log_format);
+    // The listeners first: a busy port is reported before anything is
+    // written, and a new installation is not made for a node that cannot serve.
+    let iscsi = TcpListener::bind(cfg.iscsi_listen)
+        .await
+        .with_context(|| format!("cannot listen for iSCSI on {}", cfg.iscsi_listen))?;
+    let api_listener = TcpListener::bind(cfg.api_listen)
+        .await
+        .with_context(|| format!("cannot listen for the management API on {}", cfg.api_listen))?;
+    let listen = api::Listeners {
+        iscsi: iscsi.local_addr()?.to_string(),
+        api: api_listener.local_addr()?.to_string(),
+        cluster: cluster.cluster_listen.to_string(),
+        replication: cluster.repl_listen.to_string(),
+    };
+    check_data_dir(&cfg.data_dir)?;
     let store = Arc::new(
         store::Store::open(&cfg.data_dir)
             .with_context(|| format!("cannot open data directory {}", cfg.data_dir.display()))?,
@@ -33,12 +50,6 @@ pub async fn run(cfg: ServeConfig, cluster: node::ClusterConfig) -> anyhow::Resu
         .await?,
     );
 
-    let iscsi = TcpListener::bind(cfg.iscsi_listen)
-        .await
-        .with_context(|| format!("cannot listen for iSCSI on {}", cfg.iscsi_listen))?;
-    let api_listener = TcpListener::bind(cfg.api_listen)
-        .await
-        .with_context(|| format!("cannot listen for the management API on {}", cfg.api_listen))?;
     tracing::info!(
         data_dir = %cfg.data_dir.display(),
         iscsi = %iscsi.local_addr()?,
@@ -77,7 +88,7 @@ pub async fn run(cfg: ServeConfig, cluster: node::ClusterConfig) -> anyhow::Resu
         portal::TargetConfig::default(),
         stopped(stop_rx.clone()),
     ));
-    let api_router = api::router(node.clone(), token, cluster);
+    let api_router = api::serving_router(node.clone(), token, cluster, listen);
     let api_stop = stopped(stop_rx.clone());
     let api_task = tokio::spawn(async move {
         axum::serve(api_listener, api_router)
@@ -110,8 +121,9 @@ pub async fn witness(
     me: cluster::NodeInfo,
     join: Option<String>,
     token: Option<String>,
+    log_format: LogFormat,
 ) -> anyhow::Result<()> {
-    init_logging();
+    init_logging(log_format);
     let c = if cluster::Cluster::exists(dir) {
         cluster::Cluster::open(dir, listen).await?
     } else {
@@ -139,11 +151,115 @@ async fn wait_for_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_logging() {
+/// Checks the data directory before the store opens (and perhaps makes)
+/// it: an existing one must be a writable directory; a new one is made only
+/// in an existing parent, so that a mistyped path is refused rather than
+/// becoming a new, empty installation.
+fn check_data_dir(dir: &Path) -> anyhow::Result<()> {
+    match std::fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => bail!("data directory {} is not a directory", dir.display()),
+        Ok(_) => {
+            let probe = dir.join(".tandem-write-check");
+            match std::fs::File::create(&probe) {
+                Ok(_) => {
+                    let _ = std::fs::remove_file(&probe);
+                    Ok(())
+                }
+                Err(e) => bail!(
+                    "data directory {} is not writable by this user ({e})",
+                    dir.display()
+                ),
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let parent = match dir.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            if !parent.is_dir() {
+                bail!(
+                    "data directory {} does not exist, nor does {}: a new installation is made \
+                     only inside an existing directory (check the path, or create {} first)",
+                    dir.display(),
+                    parent.display(),
+                    parent.display()
+                );
+            }
+            Ok(())
+        }
+        Err(e) => bail!("cannot look at data directory {} ({e})", dir.display()),
+    }
+}
+
+/// What a server logs unless `TANDEM_LOG` says otherwise: its own events;
+/// of the Raft engine's only errors (its routine state dumps and warnings
+/// are for its developers).
+const DEFAULT_LOG: &str = "info,openraft=error";
+
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TANDEM_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG));
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        // Colour only for a person at a terminal, not in a file or the journal.
+        LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).try_init(),
+        LogFormat::Json => fmt.json().with_ansi(false).try_init(),
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_default_log_leaves_out_the_raft_engine_chatter() {
+        let out = Captured::default();
+        let writer = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(DEFAULT_LOG))
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(target: "openraft::core::raft_core", "RaftState {{ vote: .. }}");
+            tracing::warn!(target: "openraft::engine", "membership_log_id changed ... ignore");
+            tracing::error!(target: "openraft::storage", "storage failed");
+            tracing::info!(target: "node", "tandem serving");
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert!(text.contains("tandem serving"), "{text}");
+        assert!(text.contains("storage failed"), "{text}");
+        assert!(!text.contains("RaftState"), "{text}");
+        assert!(!text.contains("membership_log_id"), "{text}");
+    }
+
+    #[test]
+    fn a_data_dir_in_a_missing_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let typo = dir.path().join("no-such-dir").join("data");
+        let err = check_data_dir(&typo).unwrap_err().to_string();
+        assert!(err.contains("no-such-dir"), "{err}");
+        assert!(!dir.path().join("no-such-dir").exists());
+        check_data_dir(&dir.path().join("data")).unwrap();
+        check_data_dir(dir.path()).unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(check_data_dir(&file).is_err());
+    }
 }

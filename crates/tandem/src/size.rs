@@ -4,6 +4,11 @@
 /// Parses a size such as `10G` or `1.5T` into bytes.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
+    if t.starts_with('-') {
+        return Err(format!(
+            "size {s:?} is negative: give a size such as 10G or 512M"
+        ));
+    }
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
@@ -92,6 +97,12 @@ mod tests {
         for bad in ["", "G", "10X", "0", "1.2.3G", "99999999999P", "-1G", "."] {
             assert!(parse_size(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn a_negative_size_says_so() {
+        let err = parse_size("-1").unwrap_err();
+        assert!(err.contains("negative"), "{err}");
     }
 
     #[test]

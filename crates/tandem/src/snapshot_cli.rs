@@ -40,7 +40,13 @@ pub(crate) enum SnapshotCommand {
     },
     /// Delete a snapshot. One that clones were made from is kept, hidden,
     /// until the last of them is deleted.
-    Delete { volume: String, snapshot: String },
+    Delete {
+        volume: String,
+        snapshot: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// The volume commands about snapshots, flattened into `tandem volume`.
@@ -58,6 +64,9 @@ pub(crate) enum VolumeSnapshotCommand {
         /// long as the clone lives].
         #[arg(long)]
         snapshot: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Give a volume back the content of one of its snapshots. Refused
     /// while initiators are logged in, unless --force.
@@ -68,6 +77,9 @@ pub(crate) enum VolumeSnapshotCommand {
         /// Log out initiators that are logged in first.
         #[arg(long)]
         force: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -200,9 +212,15 @@ pub(crate) async fn snapshot_command(
                 }
             }
         }
-        SnapshotCommand::Delete { volume, snapshot } => {
+        SnapshotCommand::Delete {
+            volume,
+            snapshot,
+            json,
+        } => {
             let d = c.delete_snapshot(&volume, &snapshot).await?;
-            if d.kept_for_clones.is_empty() {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&d)?);
+            } else if d.kept_for_clones.is_empty() {
                 println!("snapshot {snapshot} of volume {volume} deleted");
             } else {
                 println!(
@@ -224,10 +242,15 @@ pub(crate) async fn volume_snapshot_command(
             source,
             new,
             snapshot,
+            json,
         } => {
             let v = c
                 .clone_volume(&source, &api::CloneVolume { new, snapshot })
                 .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
             println!(
                 "created volume {} ({}) as a clone of {source}, exported as {} LUN {}",
                 v.name,
@@ -240,6 +263,7 @@ pub(crate) async fn volume_snapshot_command(
             name,
             snapshot,
             force,
+            json,
         } => {
             c.rollback(
                 &name,
@@ -249,7 +273,14 @@ pub(crate) async fn volume_snapshot_command(
                 },
             )
             .await?;
-            println!("volume {name} rolled back to snapshot {snapshot}");
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "rolled_back": name, "snapshot": snapshot })
+                );
+            } else {
+                println!("volume {name} rolled back to snapshot {snapshot}");
+            }
         }
     }
     Ok(())

@@ -172,8 +172,8 @@ async fn the_floating_address_follows_a_live_data_node() {
     });
     assert!(
         nodes[o].cli_ok(&["cluster", "status"]).contains(&format!(
-            "floating  {floating}/24 on eth0, held by node {}",
-            ids[p]
+            "floating  {floating}/24 on eth0, held by node-{}-{}",
+            nodes[p].host, nodes[p].iscsi_port
         )),
         "cluster status names the floating address and its holder"
     );

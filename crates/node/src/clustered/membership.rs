@@ -18,7 +18,7 @@ impl Node {
             id: 0,
             name: cfg.name.clone(),
             role: Some(Role::Data),
-            cluster_addr: format!("{}:{}", cfg.advertise, cfg.cluster_listen.port()),
+            cluster_addr: cfg.endpoint(),
             iscsi_addr: format!("{}:{}", cfg.advertise, cfg.iscsi_port),
             repl_addr: format!("{}:{}", cfg.advertise, cfg.repl_listen.port()),
         }

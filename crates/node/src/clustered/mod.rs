@@ -52,6 +52,14 @@ pub struct ClusterConfig {
     pub iscsi_port: u16,
 }
 
+impl ClusterConfig {
+    /// The control-plane endpoint other nodes reach this one at
+    /// (`advertise:port`), the one `tandem cluster join` takes.
+    pub fn endpoint(&self) -> String {
+        format!("{}:{}", self.advertise, self.cluster_listen.port())
+    }
+}
+
 /// Where in a volume's directory the files of its cluster copy start
 /// (`replica.copy.json`, `replica.activity`, ...).
 pub(crate) const COPY_BASE: &str = "replica";
