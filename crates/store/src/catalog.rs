@@ -471,6 +471,23 @@ impl Store {
             .collect()
     }
 
+    /// For a clone, `volume@snapshot` it was made from (the snapshot may be
+    /// hidden since).
+    pub fn clone_origin(&self, name: &str) -> Option<String> {
+        let o = self.get(name)?.origin?;
+        let source = {
+            let cat = self.catalog.lock().unwrap();
+            cat.metas.values().find(|m| m.id == o.volume)?.name.clone()
+        };
+        let snapshot = self
+            .open_volume(&source)
+            .ok()?
+            .snapshots()
+            .into_iter()
+            .find(|s| s.id == o.snapshot)?;
+        Some(format!("{source}@{}", snapshot.name))
+    }
+
     /// The clones reading from a snapshot.
     pub fn clones_of_snapshot(&self, volume: &str, snapshot: Uuid) -> Vec<String> {
         let cat = self.catalog.lock().unwrap();

@@ -897,6 +897,16 @@ async fn volume_command(c: &api::ApiClient, cmd: VolumeCommand) -> anyhow::Resul
                     v.size_bytes
                 );
                 println!("allocated   {}", format_size(v.allocated_bytes));
+                if v.snapshots > 0 || v.snapshot_bytes > 0 {
+                    println!(
+                        "snapshots   {} ({} on disk)",
+                        v.snapshots,
+                        format_size(v.snapshot_bytes)
+                    );
+                }
+                if let Some(o) = &v.clone_of {
+                    println!("clone of    {o}");
+                }
                 println!("block size  {}", v.block_size);
                 println!("target      {} LUN {}", v.iqn, v.lun);
                 println!("naa         {}", v.naa);
