@@ -20,4 +20,4 @@ pub use clustered::{
 pub use error::NodeError;
 pub use identity::{iqn_for, lun_identity, validate_iqn_prefix, DEFAULT_IQN_PREFIX};
 pub use service::{Node, NodeConfig, NodeStatus, SessionInfo, VolumeInfo};
-pub use snapshots::{SnapshotDeleted, SnapshotView};
+pub use snapshots::{utc_time, SnapshotDeleted, SnapshotView};

@@ -40,6 +40,20 @@ pub struct VolumeMeta {
     pub origin: Option<OriginRef>,
 }
 
+impl VolumeMeta {
+    /// The metadata of a volume kept in memory only (over simulated disks).
+    pub(crate) fn simulated(block_size: u32, num_blocks: u64) -> VolumeMeta {
+        VolumeMeta {
+            id: Uuid::nil(),
+            name: "simulated".into(),
+            size_bytes: num_blocks * block_size as u64,
+            block_size,
+            created: 0,
+            origin: None,
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct Installation {
     id: Uuid,
