@@ -142,6 +142,12 @@ async fn a_node_in_maintenance_is_stopped_and_resyncs_only_what_it_missed() {
     let out = b.cli_ok(&["node", "maintenance", "enter", &ida.to_string()]);
     assert!(out.contains("is in maintenance"), "{out}");
     assert!(out.contains("leads no volume now"), "{out}");
+    let paused = out
+        .split("I/O paused ")
+        .nth(1)
+        .and_then(|r| r.split(" ms").next())
+        .unwrap_or_else(|| panic!("no switchover in {out:?}"));
+    eprintln!("entering maintenance: the volume's switchover paused I/O {paused} ms");
     let v = volume_record(&b, VOLUME);
     assert_eq!(v["primary"], idb, "{out}");
     assert_eq!(
