@@ -745,8 +745,8 @@ async fn cluster_command(c: &api::ApiClient, cmd: ClusterCommand) -> anyhow::Res
             println!();
             let w = column_width("NAME", s.state.nodes.values().map(|n| n.name.as_str()));
             println!(
-                "{:<4} {:<w$} {:<8} {:<22} STATE",
-                "ID", "NAME", "ROLE", "ENDPOINT"
+                "{:<4} {:<w$} {:<8} {:<22} {:<14} STATE",
+                "ID", "NAME", "ROLE", "ENDPOINT", "VERSION"
             );
             for n in s.state.nodes.values() {
                 let state = match api::Liveness::of(s, n.id) {
@@ -762,9 +762,20 @@ async fn cluster_command(c: &api::ApiClient, cmd: ClusterCommand) -> anyhow::Res
                     api::Liveness::Unknown => "unknown (no leader to ask)".into(),
                 };
                 let role = if n.holds_data() { "data" } else { "witness" };
+                // The release, and the newest log entries it reads.
+                let version = match v.versions.get(&n.id) {
+                    Some(m) if m.version.is_empty() => format!("? (log {})", m.log_version),
+                    Some(m) => format!("{} (log {})", m.version, m.log_version),
+                    None => "?".into(),
+                };
+                let state = if s.state.in_maintenance(n.id) {
+                    format!("{state}, in maintenance")
+                } else {
+                    state
+                };
                 println!(
-                    "{:<4} {:<w$} {:<8} {:<22} {}",
-                    n.id, n.name, role, n.cluster_addr, state
+                    "{:<4} {:<w$} {:<8} {:<22} {:<14} {}",
+                    n.id, n.name, role, n.cluster_addr, version, state
                 );
             }
             println!();

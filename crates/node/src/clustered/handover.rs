@@ -90,6 +90,11 @@ impl Node {
         if v.primary == target {
             return Err(refused(format!("node {target} is the primary already")));
         }
+        if state.in_maintenance(target) {
+            return Err(refused(format!(
+                "node {target} is in maintenance (tandem node maintenance exit {target} first)"
+            )));
+        }
         match v.replicas.get(&target) {
             Some(ReplicaState::InSync) => {}
             Some(st) => {
