@@ -128,6 +128,15 @@ impl std::fmt::Debug for Primary {
     }
 }
 
+/// The epoch of the primary role that last kept this copy's peer maps
+/// (0: none, or a copy from before this was recorded).
+fn read_maps_epoch(path: &std::path::Path) -> u64 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 fn unavailable(why: Unavailable) -> VolumeError {
     VolumeError::Unavailable(why)
 }
@@ -141,6 +150,17 @@ impl Primary {
         peers: Vec<PeerSpec>,
         control: Arc<dyn Control>,
     ) -> Result<Arc<Primary>, VolumeError> {
+        // The peer maps kept here describe what the copies missed up to the
+        // end of this node's last primary role. If this copy has since
+        // taken writes of another primary, what a copy out of sync missed
+        // under that one is in no map here. With two copies that other
+        // primary was the peer itself, which misses nothing of its own
+        // epoch; with three or more it may have been a third node, so an
+        // out-of-sync copy is copied whole.
+        let accepted_before = copy.epoch();
+        let maps_epoch = read_maps_epoch(&copy.file("peers-epoch"));
+        let others = peers.iter().filter(|p| p.node != cfg.node).count();
+        let maps_stale = accepted_before > maps_epoch && others >= 2;
         let current = copy.accept_epoch(cfg.epoch).await?;
         if current > cfg.epoch {
             return Err(unavailable(Unavailable::Deposed {
@@ -154,7 +174,17 @@ impl Primary {
         for spec in peers.into_iter().filter(|p| p.node != cfg.node) {
             let path = copy.file(&format!("peer-{}.dirty", spec.node));
             let dirty = match DirtyMap::load(&path, bytes).map_err(VolumeError::Io)? {
-                Some(m) if m.region_bytes() == RESYNC_REGION => m,
+                Some(m) if m.region_bytes() == RESYNC_REGION => {
+                    if maps_stale && !spec.in_sync {
+                        tracing::warn!(
+                            volume = copy.name(),
+                            node = spec.node,
+                            "another primary led the volume since this node's map of what that copy misses: copying everything"
+                        );
+                        m.mark_all();
+                    }
+                    m
+                }
                 _ => {
                     let m =
                         DirtyMap::create(&path, RESYNC_REGION, bytes).map_err(VolumeError::Io)?;
@@ -194,6 +224,13 @@ impl Primary {
             let m = p.dirty.clone();
             off_thread(move || m.persist()).await?;
         }
+        // The maps are this role's from now on (durable before it writes).
+        let epoch_file = copy.file("peers-epoch");
+        let epoch = cfg.epoch;
+        off_thread(move || {
+            durable::write_atomic(&epoch_file, epoch.to_string().as_bytes()).map_err(Into::into)
+        })
+        .await?;
         let me = Arc::new(Primary {
             copy,
             cfg,
