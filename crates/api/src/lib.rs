@@ -36,10 +36,12 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod metrics;
 mod server;
 mod snapshots;
 
 pub use client::{ApiClient, ClientError};
+pub use metrics::{encode as encode_metrics, metrics_router, CONTENT_TYPE as METRICS_CONTENT_TYPE};
 pub use node::{AckWindow, Maintenance, PeerState, PeerStatus, PrimaryMoved};
 pub use server::{router, serving_router};
 pub use snapshots::{CloneVolume, CreateSnapshots, Rollback};

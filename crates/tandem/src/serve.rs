@@ -24,6 +24,14 @@ pub async fn run(cfg: ServeConfig, cluster: node::ClusterConfig) -> anyhow::Resu
     let api_listener = TcpListener::bind(cfg.api_listen)
         .await
         .with_context(|| format!("cannot listen for the management API on {}", cfg.api_listen))?;
+    let metrics_listener = match cfg.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {addr}"))?,
+        ),
+        None => None,
+    };
     let listen = api::Listeners {
         iscsi: iscsi.local_addr()?.to_string(),
         api: api_listener.local_addr()?.to_string(),
@@ -96,6 +104,18 @@ pub async fn run(cfg: ServeConfig, cluster: node::ClusterConfig) -> anyhow::Resu
             .await
     });
 
+    let metrics_task = match metrics_listener {
+        Some(l) => {
+            tracing::info!(metrics = %l.local_addr()?, "metrics served without the API token");
+            let router = api::metrics_router(node.clone());
+            let stop = stopped(stop_rx.clone());
+            Some(tokio::spawn(async move {
+                axum::serve(l, router).with_graceful_shutdown(stop).await
+            }))
+        }
+        None => None,
+    };
+
     wait_for_signal().await?;
     // Before the drain, which may take a while: another node can take the
     // floating address over at once.
@@ -109,6 +129,9 @@ pub async fn run(cfg: ServeConfig, cluster: node::ClusterConfig) -> anyhow::Resu
         Err(_) => tracing::warn!("in-flight iSCSI commands did not finish within 30 s"),
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), api_task).await;
+    if let Some(t) = metrics_task {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
     node.flush_all().await?;
     tracing::info!("all volumes synced; bye");
     Ok(())
