@@ -250,16 +250,6 @@ impl Targets {
         RefusedLogin::ALL.map(|r| (r, self.refused[r as usize].load(Ordering::Relaxed)))
     }
 
-    /// The logical unit of every target with its number of sessions, by IQN.
-    pub fn units(&self) -> Vec<(String, Arc<LogicalUnit>, usize)> {
-        self.map
-            .read()
-            .unwrap()
-            .iter()
-            .map(|(n, t)| (n.clone(), t.lun0.clone(), t.sessions.lock().unwrap().len()))
-            .collect()
-    }
-
     /// The targets `initiator` may see in discovery, sorted.
     pub fn visible_to(&self, initiator: &str) -> Vec<String> {
         self.map
