@@ -25,6 +25,7 @@ REPEAT=${REPEAT:-$([ "${1:-}" = "--quick" ] && echo 1 || echo 5)}
 bench_options "$@"
 
 need qemu-img curl
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 need_qemu_iscsi
 tandem_binary
 bench_work tandem-metrics
@@ -34,6 +35,8 @@ TANDEM_LOG=warn "$tandem" serve --data-dir "$work/tandem" --iscsi-listen "127.0.
   --api-listen "127.0.0.1:$aport" --metrics-listen "127.0.0.1:$mport" >"$work/tandem.log" 2>&1 &
 pids+=($!)
 wait_port "$aport"
+# The listeners are bound before the data directory is made: wait for the token.
+for _ in $(seq 1 100); do [ -s "$work/tandem/api.token" ] && break; sleep 0.1; done
 tcli() { TANDEM_API="127.0.0.1:$aport" TANDEM_DATA_DIR="$work/tandem" "$tandem" "$@"; }
 url="iscsi://127.0.0.1:$tport/iqn.2026-11.io.tandem:m/0"
 
@@ -85,13 +88,18 @@ sample=$(curl -sf "http://127.0.0.1:$mport/metrics")
 written=$(echo "$sample" | awk '$1 == "tandem_volume_writes_total{volume=\"m\"}" {print $2}')
 
 off=$(echo "${iops[off]}" | median); on=$(echo "${iops[on]}" | median)
+# Each round's two runs are next to each other in time: their ratio leaves
+# out most of a shared machine's drift between rounds.
+read -r -a offs <<<"${iops[off]}"; read -r -a ons <<<"${iops[on]}"
+paired=""
+for k in "${!offs[@]}"; do paired+="$(ratio "${ons[$k]}" "${offs[$k]}") "; done
 out=${OUT:-"$root/bench/results/$(date +%F)-$(hostname -s)-metrics.md"}
 {
   echo "# Metrics cost, $(date +%F)"
   echo
   echo "\`bash bench/metrics.sh$([ "$quick" = 1 ] && echo " --quick")\` (REPEAT=$REPEAT, DURATION=${DURATION}s); one node, a 1 GiB volume filled whole in 64 KiB writes first."
   echo
-  echo "Machine: $(nproc) CPUs, $(free -g | awk '/Mem:/{print $2}') GiB RAM, kernel $(uname -r), load average before the run $(cut -d' ' -f1-3 /proc/loadavg). Tandem: $("$tandem" --version 2>/dev/null || echo "?") ($tandem$( [ -z "$TANDEM_BIN_GIVEN" ] && echo ", built from $(git rev-parse --short HEAD 2>/dev/null)"))."
+  echo "Machine: $(nproc) CPUs, $(free -g | awk '/Mem:/{print $2}') GiB RAM, kernel $(uname -r), load average $load_before before the run and $(cut -d' ' -f1-3 /proc/loadavg) after. Tandem: $("$tandem" --version 2>/dev/null || echo "?") ($tandem$( [ -z "$TANDEM_BIN_GIVEN" ] && echo ", built from $(git rev-parse --short HEAD 2>/dev/null)"))."
   echo
   echo "## 4 KiB scattered writes, qd32 (qemu-img bench, $(( DURATION * 30000 )) writes per run)"
   echo
@@ -99,6 +107,8 @@ out=${OUT:-"$root/bench/results/$(date +%F)-$(hostname -s)-metrics.md"}
   echo "|---|---:|---|---:|"
   echo "| not scraped | $off | ${iops[off]% } | 1.000 |"
   echo "| /metrics fetched every second | $on | ${iops[on]% } | $(ratio "$on" "$off") |"
+  echo
+  echo "Scraped / not scraped, round by round: ${paired% } (median $(echo "$paired" | median))."
   echo
   echo "$scrapes scrapes answered during the scraped runs; the node counted ${written:-?} writes to the volume (tandem_volume_writes_total, the fill included)."
 } >"$out"
