@@ -27,6 +27,9 @@
 //! - `POST   /v1/cluster/init`                make this node a new cluster → `{token, endpoint}`
 //! - `POST   /v1/cluster/join`                join `{seed, token}`
 //! - `POST   /v1/cluster/leave`               leave the cluster
+//! - `GET    /metrics`                        the node's metrics, OpenMetrics
+//!   when asked for, else the Prometheus text format 0.0.4 (also served alone,
+//!   without the token, by [`metrics_router`] on `serve --metrics-listen`)
 //!
 //! Every request carries `Authorization: Bearer <token>`, the token the server
 //! keeps in `<data dir>/api.token` (mode 0600). Errors are `{"error": "..."}`
