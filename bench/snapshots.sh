@@ -77,8 +77,10 @@ for round in $(seq 1 "$REPEAT"); do
       have=$(( have + 1 ))
       tcli snapshot create "$v" --name "s$have" >/dev/null
     done
-    iops["$c|first"]+="$(writes "$(url "$v")") "
-    iops["$c|again"]+="$(writes "$(url "$v")") "
+    first=$(writes "$(url "$v")"); again=$(writes "$(url "$v")")
+    echo "$bench: $c snapshots: $first IOPS, then $again" >&2
+    iops["$c|first"]+="$first "
+    iops["$c|again"]+="$again "
   done
   tcli volume delete "$v" >/dev/null
 done
@@ -90,7 +92,7 @@ for size in 1G 100G; do
   v="t-$(echo "$size" | tr 'A-Z' 'a-z')"
   tcli volume create "$v" --size "$size" >/dev/null
   fill "$(url "$v")" "$GIB"
-  qemu_secs "$(url "$v")" 100000000 32 4096 "$STEP" -w >/dev/null &
+  qemu-img bench -f raw -t none -c 100000000 -d 32 -s 4096 -S "$STEP" -w "$(url "$v")" >/dev/null 2>&1 &
   writer=$!
   sleep 1
   for i in $(seq 1 30); do
@@ -101,7 +103,7 @@ for size in 1G 100G; do
   done
   kill "$writer" 2>/dev/null || true
   wait "$writer" 2>/dev/null || true
-  tcli volume delete "$v" >/dev/null
+  tcli volume delete --force "$v" >/dev/null
 done
 
 # 3. Reads on a volume with 1,000 snapshots against one with none.

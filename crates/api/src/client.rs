@@ -6,7 +6,7 @@ use thiserror::Error;
 
 use crate::{
     AddReplica, CreateVolume, ErrorBody, Maintenance, MaintenanceRequest, MovePrimary,
-    PrimaryMoved, ReplicaPlaced, ResizeVolume,
+    PrimaryMoved, ReplicaPlaced, ResizeVolume, UpgradeCheck, UpgradeCheckRequest,
 };
 
 /// Why a management call failed.
@@ -207,6 +207,16 @@ impl ApiClient {
             "/v1/cluster/maintenance/exit"
         };
         let v = self.call(Method::POST, path, Some(req)).await?;
+        self.expect(v)
+    }
+
+    /// `POST /v1/cluster/upgrade-check`: whether member `node` (the node
+    /// asked when `None`) can be stopped now.
+    pub async fn upgrade_check(&self, node: Option<String>) -> Result<UpgradeCheck, ClientError> {
+        let req = UpgradeCheckRequest { node };
+        let v = self
+            .call(Method::POST, "/v1/cluster/upgrade-check", Some(&req))
+            .await?;
         self.expect(v)
     }
 

@@ -19,11 +19,16 @@
 //! - `POST   /v1/volumes/{name}/move-primary` planned switchover `{to}` to
 //!   the in-sync copy on a running member → what it did ([`PrimaryMoved`])
 //! - `POST   /v1/cluster/maintenance/enter` move every volume a node leads
-//!   elsewhere `{node?, force?}` → what moved ([`Maintenance`])
-//! - `POST   /v1/cluster/maintenance/exit`  its copies' states, and with
-//!   `rebalance` primaries moved back to it `{node?, rebalance?}`
+//!   elsewhere and record it in maintenance `{node?, force?}` → what moved
+//!   ([`Maintenance`])
+//! - `POST   /v1/cluster/maintenance/exit`  out of maintenance (its copies
+//!   resync), and with `rebalance` primaries moved back to it
+//!   `{node?, rebalance?}`
+//! - `POST   /v1/cluster/upgrade-check`     whether a member `{node?}` can
+//!   be stopped now without loss of availability, and why ([`UpgradeCheck`])
 //! - `GET    /v1/cluster`                     cluster status, replication
-//!   progress, and when this node acknowledged writes as a primary
+//!   progress, when this node acknowledged writes as a primary, and every
+//!   member's release and log version
 //! - `POST   /v1/cluster/init`                make this node a new cluster → `{token, endpoint}`
 //! - `POST   /v1/cluster/join`                join `{seed, token}`
 //! - `POST   /v1/cluster/leave`               leave the cluster
@@ -45,7 +50,9 @@ mod snapshots;
 
 pub use client::{ApiClient, ClientError};
 pub use metrics::{encode as encode_metrics, metrics_router, CONTENT_TYPE as METRICS_CONTENT_TYPE};
-pub use node::{AckWindow, Maintenance, PeerState, PeerStatus, PrimaryMoved};
+pub use node::{
+    AckWindow, Maintenance, MemberVersion, PeerState, PeerStatus, PrimaryMoved, UpgradeCheck,
+};
 pub use server::{router, serving_router};
 pub use snapshots::{CloneVolume, CreateSnapshots, Rollback};
 
@@ -205,6 +212,14 @@ pub struct MovePrimary {
     pub to: String,
 }
 
+/// Body of `POST /v1/cluster/upgrade-check`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct UpgradeCheckRequest {
+    /// Member (name or id); none: the node asked.
+    #[serde(default)]
+    pub node: Option<String>,
+}
+
 /// Body of `POST /v1/cluster/maintenance/{enter,exit}`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct MaintenanceRequest {
@@ -238,6 +253,12 @@ pub struct ClusterView {
     /// volume may overlap).
     #[serde(default)]
     pub acknowledged: std::collections::BTreeMap<String, Vec<AckWindow>>,
+    /// Every member's release and log version, as each answered.
+    #[serde(default)]
+    pub versions: std::collections::BTreeMap<u64, MemberVersion>,
+    /// Members that did not say their version, with why.
+    #[serde(default)]
+    pub versions_unknown: std::collections::BTreeMap<u64, String>,
 }
 
 fn default_block_size() -> u32 {

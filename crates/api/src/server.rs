@@ -12,7 +12,7 @@ use serde::Deserialize;
 use crate::{
     AddReplica, ClusterSummary, ClusterToken, ClusterView, CreateVolume, ErrorBody, JoinCluster,
     Listeners, Liveness, MaintenanceRequest, MemberSummary, MovePrimary, ReplicaPlaced,
-    ResizeVolume, SetFloating, StatusView,
+    ResizeVolume, SetFloating, StatusView, UpgradeCheckRequest,
 };
 
 /// Builds the API router over the node's service layer. Every request must
@@ -63,6 +63,7 @@ fn build(
         .route("/v1/cluster/leave", post(cluster_leave))
         .route("/v1/cluster/maintenance/enter", post(maintenance_enter))
         .route("/v1/cluster/maintenance/exit", post(maintenance_exit))
+        .route("/v1/cluster/upgrade-check", post(upgrade_check))
         .route("/v1/cluster/floating", put(set_floating))
         .route(
             "/v1/status",
@@ -161,10 +162,13 @@ async fn cluster_view(State(node): State<Arc<Node>>) -> Result<impl IntoResponse
         Some(_) => (node.peer_status().await, node.acknowledged().await),
         None => Default::default(),
     };
+    let (versions, versions_unknown) = node.member_versions().await?;
     Ok(Json(ClusterView {
         status,
         replication,
         acknowledged,
+        versions,
+        versions_unknown,
     }))
 }
 
@@ -204,6 +208,13 @@ async fn maintenance_exit(
         node.maintenance_exit(req.node.as_deref(), req.rebalance)
             .await?,
     ))
+}
+
+async fn upgrade_check(
+    State(node): State<Arc<Node>>,
+    Json(req): Json<UpgradeCheckRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(node.upgrade_check(req.node.as_deref()).await?))
 }
 
 async fn move_primary(

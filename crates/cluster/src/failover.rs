@@ -68,7 +68,12 @@ pub(crate) async fn run(me: Weak<Inner>) {
                 let candidate = v
                     .replicas
                     .iter()
-                    .find(|(&n, st)| n != v.primary && **st == ReplicaState::InSync && alive(n))
+                    .find(|(&n, st)| {
+                        n != v.primary
+                            && **st == ReplicaState::InSync
+                            && alive(n)
+                            && !state.in_maintenance(n)
+                    })
                     .map(|(&n, _)| n);
                 if candidate.is_some() {
                     s.replacing.lock().unwrap().insert(v.primary);

@@ -90,16 +90,17 @@ pub use state::{
     access_digest, ClusterState, Command, FloatingAddress, NodeId, NodeInfo, Outcome, Refusal,
     ReplicaState, Role, VolumeRecord,
 };
-pub use status::{ClusterStatus, MemberEvents};
+pub use status::{ClusterStatus, MemberEvents, MemberVersion};
 pub use token::join_token;
 
 /// The newest Raft log entries this build reads and writes, as members
 /// report it in their status ([`ClusterStatus::log_version`]): 0 for the
 /// first release (which does not report it), 1 with
-/// [`Command::MovePrimary`]. An entry a member cannot read stops it
-/// following the log, so an entry of a newer version is proposed only
-/// once every member reports that version ([`Cluster::log_versions`]).
-pub const LOG_VERSION: u32 = 1;
+/// [`Command::MovePrimary`], 2 with [`Command::SetMaintenance`]. An entry
+/// a member cannot read stops it following the log, so an entry of a
+/// newer version is proposed only once every member reports that version
+/// ([`Cluster::log_versions`]).
+pub const LOG_VERSION: u32 = 2;
 
 use std::io::Cursor;
 

@@ -23,8 +23,8 @@ use crate::raft_net::Net;
 use crate::raft_store::RaftStore;
 use crate::token::{join_token, parse_token};
 use crate::{
-    net, ClusterError, ClusterState, ClusterStatus, Command, Key, NodeId, NodeInfo, Outcome,
-    Refusal, TypeConfig,
+    net, ClusterError, ClusterState, ClusterStatus, Command, Key, MemberVersion, NodeId, NodeInfo,
+    Outcome, Refusal, TypeConfig,
 };
 
 /// Largest snapshot piece sent in one install-snapshot call.
@@ -438,24 +438,55 @@ impl Cluster {
     /// asked of each now; a member that does not answer is named with
     /// why.
     pub async fn log_versions(&self) -> BTreeMap<NodeId, Result<u32, ClusterError>> {
+        self.member_versions()
+            .await
+            .into_iter()
+            .map(|(n, v)| (n, v.map(|v| v.log_version)))
+            .collect()
+    }
+
+    /// The release and log version of every member, asked of all at once
+    /// (each within the member caller's timeout); a member that does not
+    /// answer is named with why.
+    pub async fn member_versions(&self) -> BTreeMap<NodeId, Result<MemberVersion, ClusterError>> {
+        let mut asked = Vec::new();
         let mut out = BTreeMap::new();
         for &node in self.state().nodes.keys() {
-            let version = if node == self.id() {
-                Ok(crate::LOG_VERSION)
-            } else {
-                match self.inner.addr_of(node) {
-                    Some(addr) => self
-                        .inner
+            if node == self.id() {
+                out.insert(
+                    node,
+                    Ok(MemberVersion {
+                        version: env!("CARGO_PKG_VERSION").to_string(),
+                        log_version: crate::LOG_VERSION,
+                    }),
+                );
+                continue;
+            }
+            let inner = self.inner.clone();
+            asked.push((
+                node,
+                tokio::spawn(async move {
+                    let Some(addr) = inner.addr_of(node) else {
+                        return Err(ClusterError::Remote(format!(
+                            "node {node} has no known address"
+                        )));
+                    };
+                    inner
                         .caller
                         .post::<_, Answer<ClusterStatus>>(&addr, "/cluster/status", &())
                         .await
                         .and_then(|r| r.map_err(ClusterError::Remote))
-                        .map(|s| s.log_version),
-                    None => Err(ClusterError::Remote(format!(
-                        "node {node} has no known address"
-                    ))),
-                }
-            };
+                        .map(|s| MemberVersion {
+                            version: s.version,
+                            log_version: s.log_version,
+                        })
+                }),
+            ));
+        }
+        for (node, task) in asked {
+            let version = task
+                .await
+                .unwrap_or_else(|e| Err(ClusterError::Remote(format!("asking node {node}: {e}"))));
             out.insert(node, version);
         }
         out

@@ -3,13 +3,14 @@
 //! order and gets the same state. Invalid commands are answered with an
 //! error and change nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use uuid::Uuid;
 
 mod floating;
+mod maintenance;
 
 pub use floating::FloatingAddress;
 
@@ -144,6 +145,13 @@ pub enum Refusal {
     /// A witness or a non-member named holder of the floating address.
     #[error("node {node} is not a data node and cannot hold the floating address")]
     NotDataNode { node: NodeId },
+    /// A node in maintenance named to lead a volume, or reported to hold
+    /// writes it is kept away from.
+    #[error("volume {volume}: node {node} is in maintenance (tandem node maintenance exit {node} first)")]
+    InMaintenance { volume: String, node: NodeId },
+    /// Every node a new volume would be placed on is in maintenance.
+    #[error("volume {name}: every data node it would be placed on is in maintenance")]
+    AllInMaintenance { name: String },
 }
 
 /// Checks a volume name: it becomes part of an IQN and a directory name, so
@@ -310,6 +318,10 @@ pub struct ClusterState {
     /// stopping), until another takes it: the leader picks it last.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub floating_released_by: Option<NodeId>,
+    /// Members in maintenance ([`Command::SetMaintenance`]): never made
+    /// primary of a volume, their copies kept out of the write path.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub maintenance: BTreeSet<NodeId>,
 }
 
 /// A change to the state, proposed through Raft.
@@ -404,6 +416,18 @@ pub enum Command {
         node: Option<NodeId>,
         expected: Option<NodeId>,
     },
+    /// Puts a member in maintenance (`on`) or takes it out. In
+    /// maintenance, a node is never made primary of a volume (by a
+    /// failover, a planned switchover or the placement of a new volume),
+    /// and every copy it holds of a volume it does not lead counts as out
+    /// of sync from this entry on: the primaries keep it out of the write
+    /// path and track what it misses, which it copies back once it is out
+    /// of maintenance. A volume it still leads (put in maintenance by
+    /// force) keeps it as primary.
+    ///
+    /// Log version 2: proposed only once every member reads it (see
+    /// [`Command::MovePrimary`]).
+    SetMaintenance { node: NodeId, on: bool },
 }
 
 /// The SHA-256 of recorded access rules, in hex: how
@@ -500,7 +524,8 @@ impl ClusterState {
                     if v.replicas.remove(node).is_none() || v.primary != *node {
                         continue;
                     }
-                    // Checked above: another in-sync copy exists.
+                    // Checked above: another in-sync copy exists (none on a
+                    // node in maintenance, whose copies are out of sync).
                     if let Some((&next, _)) = v
                         .replicas
                         .iter()
@@ -511,6 +536,7 @@ impl ClusterState {
                     }
                 }
                 self.nodes.remove(node);
+                self.maintenance.remove(node);
                 if self.floating_holder == Some(*node) {
                     self.floating_holder = None;
                 }
@@ -534,7 +560,16 @@ impl ClusterState {
                 }
                 check_geometry(name, *size_bytes, *block_size)?;
                 let placed = self.place(*replicas)?;
+                // Nodes in maintenance come last in the placement: the
+                // first is out of maintenance unless all are.
                 let primary = placed[0];
+                if self.maintenance.contains(&primary) {
+                    return Err(Refusal::AllInMaintenance { name: name.clone() });
+                }
+                let state_of = |n: NodeId| match self.maintenance.contains(&n) {
+                    true => ReplicaState::OutOfSync,
+                    false => ReplicaState::InSync,
+                };
                 self.volumes.insert(
                     name.clone(),
                     VolumeRecord {
@@ -542,7 +577,7 @@ impl ClusterState {
                         name: name.clone(),
                         size_bytes: *size_bytes,
                         block_size: *block_size,
-                        replicas: placed.iter().map(|&n| (n, ReplicaState::InSync)).collect(),
+                        replicas: placed.iter().map(|&n| (n, state_of(n))).collect(),
                         primary,
                         epoch: 1,
                         reports: BTreeMap::new(),
@@ -574,6 +609,7 @@ impl ClusterState {
                 epoch,
                 seq,
             } => {
+                let in_maintenance = self.maintenance.contains(node);
                 let v = self.volume_mut(volume)?;
                 if *epoch != v.epoch {
                     return Err(Refusal::StaleEpoch {
@@ -587,10 +623,21 @@ impl ClusterState {
                         volume: volume.clone(),
                     });
                 }
-                let r = v.replicas.get_mut(node).ok_or_else(|| Refusal::NoCopy {
-                    volume: volume.clone(),
-                    node: *node,
-                })?;
+                if !v.replicas.contains_key(node) {
+                    return Err(Refusal::NoCopy {
+                        volume: volume.clone(),
+                        node: *node,
+                    });
+                }
+                // A node in maintenance is out of the write path: no report
+                // of a primary that raced the entry makes its copy in sync.
+                if in_maintenance && *state != ReplicaState::OutOfSync {
+                    return Err(Refusal::InMaintenance {
+                        volume: volume.clone(),
+                        node: *node,
+                    });
+                }
+                let r = v.replicas.get_mut(node).expect("checked above");
                 if *seq > 0 {
                     let last = v.reports.get(node).copied().unwrap_or(0);
                     if *seq <= last {
@@ -610,8 +657,17 @@ impl ClusterState {
                 node,
                 expected_epoch,
             } => {
+                let in_maintenance = self.maintenance.contains(node);
                 let v = self.volume_mut(volume)?;
                 check_successor(v, *node, *expected_epoch)?;
+                // The primary itself may take its role up anew (after a
+                // restart) while in maintenance; no other node may lead.
+                if in_maintenance && v.primary != *node {
+                    return Err(Refusal::InMaintenance {
+                        volume: volume.clone(),
+                        node: *node,
+                    });
+                }
                 if v.primary != *node {
                     if let Some(old) = v.replicas.get_mut(&v.primary) {
                         *old = ReplicaState::OutOfSync;
@@ -625,6 +681,8 @@ impl ClusterState {
                 node,
                 expected_epoch,
             } => {
+                let in_maintenance = self.maintenance.contains(node);
+                let old_in_maintenance = self.maintenance.clone();
                 let v = self.volume_mut(volume)?;
                 check_successor(v, *node, *expected_epoch)?;
                 if v.primary == *node {
@@ -632,6 +690,19 @@ impl ClusterState {
                         volume: volume.clone(),
                         node: *node,
                     });
+                }
+                if in_maintenance {
+                    return Err(Refusal::InMaintenance {
+                        volume: volume.clone(),
+                        node: *node,
+                    });
+                }
+                // A primary in maintenance (left there by force) that hands
+                // the volume over is out of the write path from now on.
+                if old_in_maintenance.contains(&v.primary) {
+                    if let Some(old) = v.replicas.get_mut(&v.primary) {
+                        *old = ReplicaState::OutOfSync;
+                    }
                 }
                 v.primary = *node;
                 v.epoch += 1;
@@ -727,6 +798,7 @@ impl ClusterState {
                 };
                 self.floating_holder = *node;
             }
+            Command::SetMaintenance { node, on } => self.set_maintenance(*node, *on)?,
         }
         Ok(())
     }
@@ -741,9 +813,10 @@ impl ClusterState {
         })
     }
 
-    /// Data nodes as (copies held, id), fewest copies first.
-    fn data_nodes_by_load(&self) -> Vec<(usize, NodeId)> {
-        let mut load: Vec<(usize, NodeId)> = self
+    /// Data nodes as (in maintenance, copies held, id): those out of
+    /// maintenance first, then those with the fewest copies.
+    fn data_nodes_by_load(&self) -> Vec<(bool, usize, NodeId)> {
+        let mut load: Vec<(bool, usize, NodeId)> = self
             .nodes
             .values()
             .filter(|i| i.holds_data())
@@ -753,7 +826,7 @@ impl ClusterState {
                     .values()
                     .filter(|v| v.replicas.contains_key(&i.id))
                     .count();
-                (copies, i.id)
+                (self.maintenance.contains(&i.id), copies, i.id)
             })
             .collect();
         load.sort();
@@ -769,7 +842,7 @@ impl ClusterState {
                 have: load.len(),
             });
         }
-        Ok(load.into_iter().take(n).map(|(_, id)| id).collect())
+        Ok(load.into_iter().take(n).map(|(_, _, id)| id).collect())
     }
 
     /// The data node without a copy of `volume` that holds the fewest copies.
@@ -779,7 +852,7 @@ impl ClusterState {
         })?;
         self.data_nodes_by_load()
             .into_iter()
-            .map(|(_, id)| id)
+            .map(|(_, _, id)| id)
             .find(|id| !v.replicas.contains_key(id))
             .ok_or_else(|| Refusal::NoNodeLeft {
                 volume: volume.to_string(),

@@ -37,6 +37,20 @@ pub struct ClusterStatus {
     /// 0 from a member that does not report it).
     #[serde(default)]
     pub log_version: u32,
+    /// This member's release (`CARGO_PKG_VERSION`); empty from a member
+    /// that does not report it.
+    #[serde(default)]
+    pub version: String,
+}
+
+/// What a member says it runs, as [`crate::Cluster::member_versions`]
+/// asks it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberVersion {
+    /// Its release; empty from a member too old to report it.
+    pub version: String,
+    /// The newest log entries it reads ([`crate::LOG_VERSION`]).
+    pub log_version: u32,
 }
 
 impl ClusterStatus {
@@ -71,6 +85,7 @@ impl Inner {
             },
             state: (*self.store.state()).clone(),
             log_version: crate::LOG_VERSION,
+            version: env!("CARGO_PKG_VERSION").to_string(),
         }
     }
 }

@@ -14,9 +14,10 @@ mod snapshots;
 mod space;
 
 pub use access::{AccessConfig, ChapSecret};
-pub use cluster::{ClusterStatus, FloatingAddress};
+pub use cluster::{ClusterStatus, FloatingAddress, MemberVersion};
 pub use clustered::{
     AckWindow, ClusterConfig, Clustered, Maintenance, PeerState, PeerStatus, PrimaryMoved, Unasked,
+    UpgradeCheck,
 };
 pub use error::NodeError;
 pub use identity::{iqn_for, lun_identity, validate_iqn_prefix, DEFAULT_IQN_PREFIX};
@@ -25,4 +26,4 @@ pub use metrics::{
     VolumeMetrics,
 };
 pub use service::{Node, NodeConfig, NodeStatus, SessionInfo, VolumeInfo};
-pub use snapshots::{SnapshotDeleted, SnapshotView};
+pub use snapshots::{utc_time, SnapshotDeleted, SnapshotView};

@@ -63,6 +63,15 @@ pub struct VolumeInfo {
     /// CHAP user the target answers mutual CHAP with.
     #[serde(default)]
     pub mutual_chap_user: Option<String>,
+    /// Snapshots of the volume in sight (those kept only for clones aside).
+    #[serde(default)]
+    pub snapshots: usize,
+    /// Space all of its snapshots take on the backing store, in bytes.
+    #[serde(default)]
+    pub snapshot_bytes: u64,
+    /// For a clone: `volume@snapshot` it was made from.
+    #[serde(default)]
+    pub clone_of: Option<String>,
 }
 
 /// An iSCSI session logged in to a volume.
@@ -325,6 +334,15 @@ impl Node {
             allowed_initiators: e.access.allowed_initiators.clone(),
             chap_user: e.access.chap.as_ref().map(|c| c.user.clone()),
             mutual_chap_user: e.access.mutual_chap.as_ref().map(|c| c.user.clone()),
+            snapshots: e
+                .local
+                .as_ref()
+                .map_or(0, |l| l.snapshots().iter().filter(|s| !s.hidden).count()),
+            snapshot_bytes: match e.local {
+                Some(_) => self.store.snapshot_allocated_bytes(name).unwrap_or(0),
+                None => 0,
+            },
+            clone_of: self.store.clone_origin(name),
         }
     }
 
@@ -453,6 +471,9 @@ impl Node {
             allowed_initiators: Vec::new(),
             chap_user: None,
             mutual_chap_user: None,
+            snapshots: 0,
+            snapshot_bytes: 0,
+            clone_of: None,
         }
     }
 

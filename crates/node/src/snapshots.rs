@@ -42,11 +42,11 @@ pub struct SnapshotDeleted {
     pub kept_for_clones: Vec<String>,
 }
 
-/// A default snapshot name: `snap-YYYYMMDD-HHMMSS` (UTC).
-fn default_name(secs: u64) -> String {
+/// Seconds since the Unix epoch as a UTC date and time: year, month, day,
+/// hour, minute, second (proleptic Gregorian calendar).
+pub fn utc_time(secs: u64) -> [u64; 6] {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (proleptic Gregorian).
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
@@ -56,12 +56,20 @@ fn default_name(secs: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "snap-{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+    [
+        y as u64,
+        m as u64,
+        d as u64,
         rem / 3600,
         rem % 3600 / 60,
-        rem % 60
-    )
+        rem % 60,
+    ]
+}
+
+/// A default snapshot name: `snap-YYYYMMDD-HHMMSS` (UTC).
+fn default_name(secs: u64) -> String {
+    let [y, m, d, h, mi, s] = utc_time(secs);
+    format!("snap-{y:04}{m:02}{d:02}-{h:02}{mi:02}{s:02}")
 }
 
 impl Node {

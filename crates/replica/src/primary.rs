@@ -185,6 +185,8 @@ impl Primary {
                 linked: AtomicBool::new(false),
                 unrecorded: AtomicBool::new(false),
                 resync: Default::default(),
+                away: AtomicBool::new(false),
+                wake: tokio::sync::Notify::new(),
             }));
         }
         copy.set_peer_maps(list.iter().map(|p| p.dirty.clone()).collect());
@@ -413,7 +415,7 @@ impl Primary {
     ///
     /// Callers may hold a range of the write ordering: nothing that holds
     /// `state_change` waits for ranges, so this cannot deadlock.
-    async fn lose(&self, p: &Peer, e: &LinkError) -> Result<(), VolumeError> {
+    async fn lose(&self, p: &Peer, e: &(dyn std::fmt::Display + Sync)) -> Result<(), VolumeError> {
         let _one = p.state_change.lock().await;
         match p.state() {
             PeerState::InSync | PeerState::Losing => {
@@ -425,11 +427,19 @@ impl Primary {
                 p.state.store(PeerState::Losing);
                 // A primary that may not acknowledge anyway does not try.
                 self.check_serving()?;
-                tracing::warn!(
-                    volume = self.copy.name(),
-                    node = p.node,
-                    "replica failed a write, recording it out of sync: {e}"
-                );
+                if p.away.load(Ordering::Acquire) {
+                    tracing::info!(
+                        volume = self.copy.name(),
+                        node = p.node,
+                        "replica kept away, recording it out of sync: {e}"
+                    );
+                } else {
+                    tracing::warn!(
+                        volume = self.copy.name(),
+                        node = p.node,
+                        "replica failed a write, recording it out of sync: {e}"
+                    );
+                }
                 if let Err(why) = self
                     .control
                     .replica_lost(self.copy.name(), p.node, self.cfg.epoch)

@@ -359,6 +359,66 @@ async fn dead_replica_is_recorded_before_the_ack_and_resynced_incrementally() {
     assert_eq!(a.contents().await, b.contents().await);
 }
 
+/// A replica held away on purpose (its node in maintenance) is recorded out
+/// of sync and disconnected while the node still runs; writes go on
+/// without it and mark its dirty map; let back, it gets only those regions
+/// and is in sync again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_held_away_misses_writes_on_purpose_and_gets_only_them_back() {
+    let k = key();
+    let blocks = 64 * 1024 * 1024 / BS as u64; // 64 MiB
+    let a = TestNode::new(&k, blocks).await;
+    let b = TestNode::new(&k, blocks).await;
+    let control = Arc::new(TestControl::default());
+    let p = primary(&a, 1, &[(&b, 2, true)], control.clone()).await;
+    p.write(0, pattern(16, 1), true).await.unwrap();
+    assert_eq!(a.contents().await, b.contents().await);
+    // Let the replica settle its activity log, so only new writes count.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+
+    assert!(!p.hold_away(9, true), "not a peer");
+    assert!(p.hold_away(2, true));
+    assert!(!p.hold_away(2, true), "held away already");
+    wait_for(
+        || control.lost.lock().unwrap().contains(&2),
+        "the replica held away recorded out of sync",
+    )
+    .await;
+    wait_for(|| !p.peer_status()[0].connected, "its link closed").await;
+    for i in 0..8u64 {
+        p.write(4096 + i * 16, pattern(2, i as u8 + 2), true)
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let st = &p.peer_status()[0];
+    assert_eq!(st.state, PeerState::OutOfSync, "{st:?}");
+    assert!(!st.connected, "not connected again while held away: {st:?}");
+    assert!(st.dirty_bytes > 0, "{st:?}");
+    assert_ne!(a.contents().await, b.contents().await);
+    assert!(control.in_sync.lock().unwrap().is_empty());
+
+    assert!(p.hold_away(2, false));
+    wait_for(
+        || control.in_sync.lock().unwrap().contains(&2),
+        "replica back in sync",
+    )
+    .await;
+    let st = &p.peer_status()[0];
+    assert_eq!(st.state, PeerState::InSync, "{st:?}");
+    assert!(
+        st.resync_total > 0 && st.resync_total <= 4 * 1024 * 1024,
+        "only the regions written meanwhile (and the activity log's) were looked at: {st:?}"
+    );
+    assert_eq!(a.contents().await, b.contents().await, "copies converged");
+    p.write(5, pattern(1, 3), true).await.unwrap();
+    assert_eq!(
+        a.contents().await,
+        b.contents().await,
+        "in the write path again"
+    );
+}
+
 /// A replica whose link broke and came back before any write noticed may
 /// have restarted and lost writes it had not flushed: it is recorded out of
 /// sync before it takes writes again, so a later SYNCHRONIZE CACHE never

@@ -40,6 +40,20 @@ pub struct VolumeMeta {
     pub origin: Option<OriginRef>,
 }
 
+impl VolumeMeta {
+    /// The metadata of a volume kept in memory only (over simulated disks).
+    pub(crate) fn simulated(block_size: u32, num_blocks: u64) -> VolumeMeta {
+        VolumeMeta {
+            id: Uuid::nil(),
+            name: "simulated".into(),
+            size_bytes: num_blocks * block_size as u64,
+            block_size,
+            created: 0,
+            origin: None,
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct Installation {
     id: Uuid,
@@ -469,6 +483,23 @@ impl Store {
             })
             .map(|m| m.name.clone())
             .collect()
+    }
+
+    /// For a clone, `volume@snapshot` it was made from (the snapshot may be
+    /// hidden since).
+    pub fn clone_origin(&self, name: &str) -> Option<String> {
+        let o = self.get(name)?.origin?;
+        let source = {
+            let cat = self.catalog.lock().unwrap();
+            cat.metas.values().find(|m| m.id == o.volume)?.name.clone()
+        };
+        let snapshot = self
+            .open_volume(&source)
+            .ok()?
+            .snapshots()
+            .into_iter()
+            .find(|s| s.id == o.snapshot)?;
+        Some(format!("{source}@{}", snapshot.name))
     }
 
     /// The clones reading from a snapshot.

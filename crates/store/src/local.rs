@@ -347,14 +347,7 @@ impl<B: Backing> LocalVolume<B> {
         num_blocks: u64,
         region_bytes: u64,
     ) -> Result<Self> {
-        let meta = VolumeMeta {
-            id: uuid::Uuid::nil(),
-            name: "simulated".into(),
-            size_bytes: num_blocks * block_size as u64,
-            block_size,
-            created: 0,
-            origin: None,
-        };
+        let meta = VolumeMeta::simulated(block_size, num_blocks);
         LocalVolume::open(files, meta, None, region_bytes, None, None).map_err(VolumeError::from_io)
     }
 
@@ -369,14 +362,7 @@ impl<B: Backing> LocalVolume<B> {
         shelf: Box<dyn Shelf<B>>,
         origin: Option<(&LocalVolume<B>, uuid::Uuid, B)>,
     ) -> Result<Self> {
-        let meta = VolumeMeta {
-            id: uuid::Uuid::nil(),
-            name: "simulated".into(),
-            size_bytes: num_blocks * block_size as u64,
-            block_size,
-            created: 0,
-            origin: None,
-        };
+        let meta = VolumeMeta::simulated(block_size, num_blocks);
         let origin = match origin {
             None => None,
             Some((source, snapshot, held)) => Some(

@@ -752,8 +752,8 @@ async fn cluster_command(c: &api::ApiClient, cmd: ClusterCommand) -> anyhow::Res
             println!();
             let w = column_width("NAME", s.state.nodes.values().map(|n| n.name.as_str()));
             println!(
-                "{:<4} {:<w$} {:<8} {:<22} STATE",
-                "ID", "NAME", "ROLE", "ENDPOINT"
+                "{:<4} {:<w$} {:<8} {:<22} {:<14} STATE",
+                "ID", "NAME", "ROLE", "ENDPOINT", "VERSION"
             );
             for n in s.state.nodes.values() {
                 let state = match api::Liveness::of(s, n.id) {
@@ -769,9 +769,20 @@ async fn cluster_command(c: &api::ApiClient, cmd: ClusterCommand) -> anyhow::Res
                     api::Liveness::Unknown => "unknown (no leader to ask)".into(),
                 };
                 let role = if n.holds_data() { "data" } else { "witness" };
+                // The release, and the newest log entries it reads.
+                let version = match v.versions.get(&n.id) {
+                    Some(m) if m.version.is_empty() => format!("? (log {})", m.log_version),
+                    Some(m) => format!("{} (log {})", m.version, m.log_version),
+                    None => "?".into(),
+                };
+                let state = if s.state.in_maintenance(n.id) {
+                    format!("{state}, in maintenance")
+                } else {
+                    state
+                };
                 println!(
-                    "{:<4} {:<w$} {:<8} {:<22} {}",
-                    n.id, n.name, role, n.cluster_addr, state
+                    "{:<4} {:<w$} {:<8} {:<22} {:<14} {}",
+                    n.id, n.name, role, n.cluster_addr, version, state
                 );
             }
             println!();
@@ -904,6 +915,16 @@ async fn volume_command(c: &api::ApiClient, cmd: VolumeCommand) -> anyhow::Resul
                     v.size_bytes
                 );
                 println!("allocated   {}", format_size(v.allocated_bytes));
+                if v.snapshots > 0 || v.snapshot_bytes > 0 {
+                    println!(
+                        "snapshots   {} ({} on disk)",
+                        v.snapshots,
+                        format_size(v.snapshot_bytes)
+                    );
+                }
+                if let Some(o) = &v.clone_of {
+                    println!("clone of    {o}");
+                }
                 println!("block size  {}", v.block_size);
                 println!("target      {} LUN {}", v.iqn, v.lun);
                 println!("naa         {}", v.naa);

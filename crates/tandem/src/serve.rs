@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
@@ -16,25 +15,23 @@ use crate::config::{LogFormat, ServeConfig};
 /// Runs a node until SIGINT or SIGTERM.
 pub async fn run(cfg: ServeConfig, cluster: node::ClusterConfig) -> anyhow::Result<()> {
     init_logging(cfg.log_format);
-    // The listeners first: a busy port is reported before anything is
-    // written, and a new installation is not made for a node that cannot serve.
-    let iscsi = TcpListener::bind(cfg.iscsi_listen)
-        .await
+    // The addresses first: a busy port is reported before anything is
+    // written, and a new installation is not made for a node that cannot
+    // serve. They listen only once the node is ready (the API once its
+    // token exists, iSCSI once every volume is presented in its role).
+    let iscsi = bound(cfg.iscsi_listen)
         .with_context(|| format!("cannot listen for iSCSI on {}", cfg.iscsi_listen))?;
-    let api_listener = TcpListener::bind(cfg.api_listen)
-        .await
+    let api_socket = bound(cfg.api_listen)
         .with_context(|| format!("cannot listen for the management API on {}", cfg.api_listen))?;
-    let metrics_listener = match cfg.metrics_listen {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen for metrics on {addr}"))?,
-        ),
+    let metrics_socket = match cfg.metrics_listen {
+        Some(addr) => {
+            Some(bound(addr).with_context(|| format!("cannot listen for metrics on {addr}"))?)
+        }
         None => None,
     };
     let listen = api::Listeners {
         iscsi: iscsi.local_addr()?.to_string(),
-        api: api_listener.local_addr()?.to_string(),
+        api: api_socket.local_addr()?.to_string(),
         cluster: cluster.cluster_listen.to_string(),
         replication: cluster.repl_listen.to_string(),
     };
@@ -61,7 +58,7 @@ pub async fn run(cfg: ServeConfig, cluster: node::ClusterConfig) -> anyhow::Resu
     tracing::info!(
         data_dir = %cfg.data_dir.display(),
         iscsi = %iscsi.local_addr()?,
-        api = %api_listener.local_addr()?,
+        api = %api_socket.local_addr()?,
         installation = %store.installation_id(),
         threads = tokio::runtime::Handle::current().metrics().num_workers(),
         redirect_to_primary = cfg.redirect_to_primary,
@@ -90,6 +87,8 @@ pub async fn run(cfg: ServeConfig, cluster: node::ClusterConfig) -> anyhow::Resu
     // Initiators are let in only now: every copy of a cluster volume is
     // presented in the role the cluster state gives it (or as waiting for
     // one), never as a plain local volume in the moments before.
+    let api_listener = api_socket.listen(1024)?;
+    let iscsi = iscsi.listen(1024)?;
     let target_task = tokio::spawn(portal::serve(
         iscsi,
         targets.clone(),
@@ -104,8 +103,9 @@ pub async fn run(cfg: ServeConfig, cluster: node::ClusterConfig) -> anyhow::Resu
             .await
     });
 
-    let metrics_task = match metrics_listener {
-        Some(l) => {
+    let metrics_task = match metrics_socket {
+        Some(socket) => {
+            let l = socket.listen(1024)?;
             tracing::info!(metrics = %l.local_addr()?, "metrics served without the API token");
             let router = api::metrics_router(node.clone());
             let stop = stopped(stop_rx.clone());
@@ -135,6 +135,18 @@ pub async fn run(cfg: ServeConfig, cluster: node::ClusterConfig) -> anyhow::Resu
     node.flush_all().await?;
     tracing::info!("all volumes synced; bye");
     Ok(())
+}
+
+/// A socket bound to `addr` (address reuse on, as a listener's), not yet
+/// listening: connections are refused until [`tokio::net::TcpSocket::listen`].
+fn bound(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+    let socket = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    Ok(socket)
 }
 
 /// Runs a witness until SIGTERM/SIGINT: joins on first start, rejoins after.

@@ -591,3 +591,42 @@ fn serve_logs_one_json_object_per_line_when_asked() {
         "{text}"
     );
 }
+
+/// The management API takes connections only once its token file exists:
+/// a script that waits for the port and then runs the CLI never finds the
+/// token missing. Polled every millisecond from the start of a new node.
+#[test]
+fn the_api_listens_only_once_its_token_is_there() {
+    for round in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let (iscsi, api) = (free_port(), free_port());
+        let mut child = Command::new(tandem_bin())
+            .args(["serve", "--data-dir"])
+            .arg(&data)
+            .args(["--iscsi-listen", &format!("127.0.0.1:{iscsi}")])
+            .args(["--api-listen", &format!("127.0.0.1:{api}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        let answered = loop {
+            if std::net::TcpStream::connect(("127.0.0.1", api)).is_ok() {
+                break true;
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        let token = data.join("api.token").exists();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(answered, "round {round}: the API never listened");
+        assert!(
+            token,
+            "round {round}: the API listened before its token existed"
+        );
+    }
+}

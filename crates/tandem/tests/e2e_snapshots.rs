@@ -92,6 +92,11 @@ fn a_clone_reads_the_snapshot_and_the_volume_reads_what_came_after() {
     let b = json(&server, &["volume", "show", "base", "--json"]);
     let o = json(&server, &["volume", "show", "old", "--json"]);
     assert_ne!(b["naa"], o["naa"]);
+    assert_eq!(o["clone_of"], "base@before");
+    assert_eq!(b["snapshots"], 1);
+    assert!(b["snapshot_bytes"].as_u64().unwrap() >= 16 << 20, "{b}");
+    let text = server.cli_ok(&["volume", "show", "old"]);
+    assert!(text.contains("clone of    base@before"), "{text}");
     assert_ne!(b["serial"], o["serial"]);
     assert_ne!(b["id"], o["id"]);
 

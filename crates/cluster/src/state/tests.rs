@@ -583,6 +583,8 @@ fn any_command() -> impl Strategy<Value = Command> {
         node_id
             .clone()
             .prop_map(|node| Command::RemoveNode { node }),
+        (node_id.clone(), any::<bool>())
+            .prop_map(|(node, on)| Command::SetMaintenance { node, on }),
         (node_id, any::<bool>()).prop_map(|(id, data)| Command::AddNode {
             info: node(id, if data { Role::Data } else { Role::Witness })
         }),
@@ -624,7 +626,24 @@ proptest! {
                 prop_assert!(b.primary != *node, "moved to the primary itself");
                 prop_assert_eq!(b.replicas.get(node), Some(&ReplicaState::InSync));
                 prop_assert_eq!((v.primary, v.epoch), (*node, b.epoch + 1));
-                prop_assert_eq!(&v.replicas, &b.replicas, "a move changed a copy's state");
+                if !before.in_maintenance(b.primary) {
+                    prop_assert_eq!(&v.replicas, &b.replicas, "a move changed a copy's state");
+                }
+            }
+            for &m in &s.maintenance {
+                prop_assert!(s.nodes.contains_key(&m), "a stranger in maintenance: {}", m);
+                for v in s.volumes.values() {
+                    // A node in maintenance is never made primary...
+                    let led = before.volumes.get(&v.name).filter(|b| b.id == v.id).map(|b| b.primary);
+                    prop_assert!(v.primary != m || led == Some(m),
+                        "node {} in maintenance was made primary of {}", m, v.name);
+                    // ...and a copy it holds of a volume it does not lead
+                    // takes no writes, so never counts as in sync.
+                    if v.primary != m {
+                        prop_assert!(v.replicas.get(&m).is_none_or(|st| *st == ReplicaState::OutOfSync),
+                            "node {} in maintenance holds a copy of {} in state {:?}", m, v.name, v.replicas.get(&m));
+                    }
+                }
             }
             if let Some(h) = s.floating_holder {
                 prop_assert!(s.floating.is_some(), "a holder without a floating address");
@@ -798,4 +817,177 @@ fn a_move_is_written_to_the_log_under_its_own_name() {
         r#"{"command":"move-primary","volume":"v","node":2,"expected_epoch":7}"#
     );
     assert_eq!(serde_json::from_str::<Command>(&text).unwrap(), c);
+}
+
+/// The state of `s` after `c`, which must be refused; returns why.
+fn refused(s: &mut ClusterState, c: Command) -> Refusal {
+    let before = s.clone();
+    match s.apply(&c) {
+        Outcome::Refused(why) => {
+            assert_eq!(*s, before, "a refused command changed the state");
+            why
+        }
+        Outcome::Done => panic!("{c:?} was applied"),
+    }
+}
+
+#[test]
+fn a_node_in_maintenance_is_out_of_the_write_path_and_never_leads() {
+    let mut s = cluster(3, true);
+    s.apply(&create("v", 3));
+    let v = s.volumes["v"].clone();
+    let a = v.primary;
+    let mut others = v.replicas.keys().copied().filter(|&n| n != a);
+    let (b, c) = (others.next().unwrap(), others.next().unwrap());
+    let on = |node| Command::SetMaintenance { node, on: true };
+    assert_eq!(s.apply(&on(b)), Outcome::Done);
+    assert!(s.in_maintenance(b));
+    // Its copy is out of sync on purpose: the primary tracks what it misses.
+    assert_eq!(s.volumes["v"].replicas[&b], ReplicaState::OutOfSync);
+    assert_eq!(s.volumes["v"].replicas[&c], ReplicaState::InSync);
+    assert_eq!((s.volumes["v"].primary, s.volumes["v"].epoch), (a, v.epoch));
+    // No primary's report makes it in sync while it is away...
+    let report = |state, seq| Command::SetReplicaState {
+        volume: "v".into(),
+        node: b,
+        state,
+        epoch: v.epoch,
+        seq,
+    };
+    let why = refused(&mut s, report(ReplicaState::InSync, 1));
+    assert_eq!(
+        why,
+        Refusal::InMaintenance {
+            volume: "v".into(),
+            node: b
+        }
+    );
+    assert_eq!(
+        why.to_string(),
+        format!("volume v: node {b} is in maintenance (tandem node maintenance exit {b} first)")
+    );
+    refused(&mut s, report(ReplicaState::Syncing, 1));
+    assert_eq!(s.apply(&report(ReplicaState::OutOfSync, 1)), Outcome::Done);
+    // ...and it is never made primary: not by a move, not by a failover
+    // (were its copy in sync), not by the placement of a new volume.
+    s.volumes
+        .get_mut("v")
+        .unwrap()
+        .replicas
+        .insert(b, ReplicaState::InSync);
+    let move_to = Command::MovePrimary {
+        volume: "v".into(),
+        node: b,
+        expected_epoch: v.epoch,
+    };
+    assert!(matches!(
+        refused(&mut s, move_to),
+        Refusal::InMaintenance { .. }
+    ));
+    let promote = Command::Promote {
+        volume: "v".into(),
+        node: b,
+        expected_epoch: v.epoch,
+    };
+    assert!(matches!(
+        refused(&mut s, promote),
+        Refusal::InMaintenance { .. }
+    ));
+    s.volumes
+        .get_mut("v")
+        .unwrap()
+        .replicas
+        .insert(b, ReplicaState::OutOfSync);
+    for k in 0..4 {
+        let name = format!("w{k}");
+        assert_eq!(s.apply(&create(&name, 1)), Outcome::Done);
+        assert_ne!(
+            s.volumes[&name].primary, b,
+            "{name} placed on the node in maintenance"
+        );
+    }
+    // A copy placed on it (every data node needed) starts out of sync.
+    assert_eq!(s.apply(&create("x", 3)), Outcome::Done);
+    assert_ne!(s.volumes["x"].primary, b);
+    assert_eq!(s.volumes["x"].replicas[&b], ReplicaState::OutOfSync);
+    // Out of maintenance: the primary reports the copy syncing, then in sync.
+    let off = |node| Command::SetMaintenance { node, on: false };
+    assert_eq!(s.apply(&off(b)), Outcome::Done);
+    assert!(s.maintenance.is_empty());
+    assert_eq!(s.apply(&report(ReplicaState::Syncing, 2)), Outcome::Done);
+    assert_eq!(s.apply(&report(ReplicaState::InSync, 3)), Outcome::Done);
+    assert_eq!(s.volumes["v"].replicas[&b], ReplicaState::InSync);
+    let move_to = Command::MovePrimary {
+        volume: "v".into(),
+        node: b,
+        expected_epoch: v.epoch,
+    };
+    assert_eq!(s.apply(&move_to), Outcome::Done);
+    assert_eq!(s.volumes["v"].primary, b);
+}
+
+#[test]
+fn maintenance_is_refused_to_strangers_and_kept_by_a_forced_primary() {
+    let mut s = cluster(2, true);
+    s.apply(&create("v", 2));
+    let v = s.volumes["v"].clone();
+    let a = v.primary;
+    let b = *v.replicas.keys().find(|&&n| n != a).unwrap();
+    assert_eq!(
+        refused(&mut s, Command::SetMaintenance { node: 7, on: true }),
+        Refusal::NotMember { node: 7 }
+    );
+    // The witness may be maintained: it holds nothing.
+    assert_eq!(
+        s.apply(&Command::SetMaintenance { node: 9, on: true }),
+        Outcome::Done
+    );
+    assert_eq!(s.volumes["v"], v);
+    // A primary put in maintenance by force keeps its volume and its copy,
+    // and takes its role up anew after a restart...
+    assert_eq!(
+        s.apply(&Command::SetMaintenance { node: a, on: true }),
+        Outcome::Done
+    );
+    assert_eq!(s.volumes["v"].replicas[&a], ReplicaState::InSync);
+    let retake = Command::Promote {
+        volume: "v".into(),
+        node: a,
+        expected_epoch: v.epoch,
+    };
+    assert_eq!(s.apply(&retake), Outcome::Done);
+    // ...and once it hands the volume over, its copy leaves the write path.
+    let move_to = Command::MovePrimary {
+        volume: "v".into(),
+        node: b,
+        expected_epoch: v.epoch + 1,
+    };
+    assert_eq!(s.apply(&move_to), Outcome::Done);
+    assert_eq!(s.volumes["v"].replicas[&a], ReplicaState::OutOfSync);
+    // Every data node in maintenance: no new volume can be placed.
+    assert_eq!(
+        s.apply(&Command::SetMaintenance { node: b, on: true }),
+        Outcome::Done
+    );
+    assert_eq!(
+        refused(&mut s, create("w", 1)),
+        Refusal::AllInMaintenance { name: "w".into() }
+    );
+    // A member that leaves leaves maintenance too.
+    assert_eq!(s.apply(&Command::RemoveNode { node: 9 }), Outcome::Done);
+    assert!(!s.in_maintenance(9));
+}
+
+#[test]
+fn maintenance_is_written_to_the_log_under_its_own_name_and_old_states_read() {
+    let c = Command::SetMaintenance { node: 2, on: true };
+    let text = serde_json::to_string(&c).unwrap();
+    assert_eq!(text, r#"{"command":"set-maintenance","node":2,"on":true}"#);
+    assert_eq!(serde_json::from_str::<Command>(&text).unwrap(), c);
+    // A state without maintenance writes no field an older member would
+    // not know, and one written before reads with nobody in maintenance.
+    let s = cluster(2, true);
+    let text = serde_json::to_string(&s).unwrap();
+    assert!(!text.contains("maintenance"), "{text}");
+    assert_eq!(serde_json::from_str::<ClusterState>(&text).unwrap(), s);
 }

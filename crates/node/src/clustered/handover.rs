@@ -60,7 +60,15 @@ pub(super) struct Switchover {
 impl cluster::Handover for Switchover {
     async fn hand_over(&self, volume: &str, to: NodeId) -> Result<HandedOver, String> {
         let node = self.node.upgrade().ok_or("the node is stopping")?;
-        node.hand_over(volume, to).await.map_err(|e| e.to_string())
+        // In a task of its own: a request dropped midway (its client gone,
+        // a timeout) must not cut the hand-over short between the drain
+        // and what follows the commit (taking the role up again when the
+        // change did not happen).
+        let volume = volume.to_string();
+        tokio::spawn(async move { node.hand_over(&volume, to).await })
+            .await
+            .map_err(|e| format!("the hand-over failed: {e}"))?
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -81,6 +89,11 @@ impl Node {
         let refused = |why: String| NodeError::Refused(format!("volume {name}: {why}"));
         if v.primary == target {
             return Err(refused(format!("node {target} is the primary already")));
+        }
+        if state.in_maintenance(target) {
+            return Err(refused(format!(
+                "node {target} is in maintenance (tandem node maintenance exit {target} first)"
+            )));
         }
         match v.replicas.get(&target) {
             Some(ReplicaState::InSync) => {}
@@ -122,6 +135,16 @@ impl Node {
             )));
         }
         let state = c.cluster.state();
+        let now = state.volumes.get(name).map(|v| v.primary);
+        if now != Some(target) {
+            // A failover followed at once (the new primary died): say so
+            // rather than report a move that no longer holds.
+            return Err(refused(format!(
+                "node {target} was made the primary at epoch {}, but {} leads it now",
+                handed.epoch,
+                now.map_or("no node".to_string(), |n| format!("node {n}"))
+            )));
+        }
         let epoch = state.volumes.get(name).map_or(handed.epoch, |v| v.epoch);
         let moved = PrimaryMoved {
             volume: name.to_string(),
@@ -211,6 +234,7 @@ impl Node {
         let commit_us = committing.elapsed().as_micros() as u64;
         let failed = match outcome {
             Ok(Ok(())) => None,
+            // Committed late, or applied here late: the state says.
             Ok(Err(e)) => Some(cluster_err(e)),
             Err(_) => Some(NodeError::Cluster(
                 "the control plane did not commit the change in time".to_string(),
@@ -221,7 +245,8 @@ impl Node {
             .state()
             .volumes
             .get(name)
-            .is_some_and(|r| r.id == v.id && r.primary == to && r.epoch == v.epoch + 1);
+            // The new primary may have taken its own epoch already.
+            .is_some_and(|r| r.id == v.id && r.primary == to && r.epoch > v.epoch);
         if !moved {
             // The drained role serves no more: take the role up anew, at
             // the next epoch (which a late commit of the change then

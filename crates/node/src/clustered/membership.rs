@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cluster::{Cluster, ClusterStatus, NodeInfo, Role};
+use std::collections::BTreeMap;
+
+use cluster::{Cluster, ClusterStatus, MemberVersion, NodeInfo, Role};
 use replica::{ClusterKey, ReplicaServer};
 
 use super::sessions::NodeView;
@@ -87,6 +89,25 @@ impl Node {
             v.access = None;
         }
         Ok(status)
+    }
+
+    /// The release and log version of every member, asked of each now,
+    /// and why each member that did not answer did not.
+    pub async fn member_versions(
+        &self,
+    ) -> Result<(BTreeMap<u64, MemberVersion>, BTreeMap<u64, String>), NodeError> {
+        let (mut known, mut unknown) = (BTreeMap::new(), BTreeMap::new());
+        for (n, v) in self.member()?.cluster.member_versions().await {
+            match v {
+                Ok(v) => {
+                    known.insert(n, v);
+                }
+                Err(e) => {
+                    unknown.insert(n, e.to_string());
+                }
+            }
+        }
+        Ok((known, unknown))
     }
 
     /// Leaves the cluster: its copies are dropped and its primaries handed to

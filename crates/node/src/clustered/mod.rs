@@ -30,7 +30,7 @@ use cluster::Cluster;
 use replica::{ClusterKey, ReplicaServer};
 
 pub use handover::PrimaryMoved;
-pub use maintenance::Maintenance;
+pub use maintenance::{Maintenance, UpgradeCheck};
 pub use sessions::Unasked;
 pub use status::{AckWindow, PeerState, PeerStatus};
 

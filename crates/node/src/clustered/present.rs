@@ -284,8 +284,19 @@ impl Node {
             slot.led_by = led_by;
             tracing::info!(volume = %v.name, primary = v.primary, epoch = v.epoch, me, copy = copy_here, "volume role set");
         }
+        if v.primary == me {
+            // Copies on nodes in maintenance stay out of the write path
+            // (their writes go to the dirty maps) until the node leaves it.
+            if let Some(p) = slot.volume.primary() {
+                for &n in v.replicas.keys().filter(|&&n| n != me) {
+                    p.hold_away(n, state.in_maintenance(n));
+                }
+            }
+        }
         // Every data node presents the volume: the primary's port group is
-        // active/optimized, every other node's active/non-optimized.
+        // active/optimized, every other node's active/non-optimized, and a
+        // node in maintenance's standby, so multipath moves away from it
+        // before it stops.
         let groups: Vec<PortGroup> = state
             .nodes
             .values()
@@ -294,6 +305,8 @@ impl Node {
                 id: n.id as u16,
                 state: if n.id == v.primary {
                     AccessState::ActiveOptimized
+                } else if state.in_maintenance(n.id) {
+                    AccessState::Standby
                 } else {
                     AccessState::ActiveNonOptimized
                 },

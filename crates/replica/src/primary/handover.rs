@@ -48,6 +48,9 @@ pub enum HandOverError {
         active: usize,
         waited: Duration,
     },
+    /// Another hand-over of this role is under way (or done).
+    #[error("volume {volume}: a hand-over of it is under way already")]
+    InProgress { volume: String },
     /// This role may not serve (any more).
     #[error("volume {volume}: {source}")]
     NotServing {
@@ -132,7 +135,11 @@ impl Primary {
         // costs the initiators nothing.
         self.check_successors(target)?;
         let start = Instant::now();
-        self.fenced.store(true, Ordering::SeqCst);
+        // One hand-over at a time: only the one that raised the fence may
+        // lower it, or an abandoned one would unfence another under way.
+        if self.fenced.swap(true, Ordering::SeqCst) {
+            return Err(HandOverError::InProgress { volume: volume() });
+        }
         let mut drained = Drained {
             primary: self,
             waited: Duration::ZERO,

@@ -170,6 +170,10 @@ pub(super) struct Peer {
     /// What the running (or the last) resync did (reported by status, not
     /// recorded).
     pub(super) resync: Progress,
+    /// Kept out of the write path on purpose ([`Primary::hold_away`]).
+    pub(super) away: AtomicBool,
+    /// Wakes the peer's supervisor (it was held away or let back).
+    pub(super) wake: tokio::sync::Notify,
 }
 
 impl Peer {
@@ -188,6 +192,30 @@ impl Peer {
 }
 
 impl Primary {
+    /// Keeps the copy on `node` out of the write path (`away`), as while
+    /// its node is in maintenance, or lets it back. Held away, the peer is
+    /// recorded out of sync (writes wait for that record as for any lost
+    /// peer), its link is closed and not made again, and writes mark its
+    /// dirty map; let back, it is connected and sent its dirty regions.
+    /// Returns whether anything changed (false also for a node that is not
+    /// a peer).
+    pub fn hold_away(&self, node: u64, away: bool) -> bool {
+        let Some(p) = self.peers.iter().find(|p| p.node == node) else {
+            return false;
+        };
+        if p.away.swap(away, Ordering::AcqRel) == away {
+            return false;
+        }
+        tracing::info!(
+            volume = self.copy.name(),
+            node,
+            away,
+            "replica held away from the write path: {away}"
+        );
+        p.wake.notify_one();
+        true
+    }
+
     /// State of every peer.
     pub fn peer_status(&self) -> Vec<PeerStatus> {
         self.peers
@@ -220,6 +248,24 @@ pub(super) async fn supervise(me: Weak<Primary>, p: Arc<Peer>) {
         let Some(v) = me.upgrade() else { return };
         if v.stopped.load(Ordering::Acquire) {
             return;
+        }
+        if p.away.load(Ordering::Acquire) {
+            // Held away (its node is in maintenance): out of the write path,
+            // recorded out of sync; writes mark its dirty map meanwhile.
+            if p.state() != PeerState::OutOfSync {
+                if let Err(e) = v.lose(&p, &"its node is in maintenance").await {
+                    tracing::info!(volume = v.copy.name(), node = p.node, "{e}");
+                }
+            }
+            if p.state() == PeerState::OutOfSync {
+                if let Some(l) = p.link.write().unwrap().take() {
+                    l.close();
+                }
+            }
+            drop(v);
+            let _ = tokio::time::timeout(backoff, p.wake.notified()).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+            continue;
         }
         let link = match p.link() {
             Some(l) => Some(l),
@@ -289,7 +335,7 @@ pub(super) async fn supervise(me: Weak<Primary>, p: Arc<Peer>) {
             }
         }
         drop(v);
-        tokio::time::sleep(backoff).await;
+        let _ = tokio::time::timeout(backoff, p.wake.notified()).await;
         backoff = (backoff * 2).min(Duration::from_secs(1));
     }
 }

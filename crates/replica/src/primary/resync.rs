@@ -254,6 +254,7 @@ impl Primary {
         let mut cursor = 0;
         while let Some(first) = p.dirty.next_set(cursor) {
             if self.stopped.load(Ordering::Acquire)
+                || p.away.load(Ordering::Acquire)
                 || matches!(p.state(), PeerState::OutOfSync | PeerState::Losing)
             {
                 return Err(ResyncError::Stopped);
