@@ -2,7 +2,8 @@
 # Installs what Tandem's end-to-end tests need on a Debian machine, only when
 # it is missing: libiscsi's command-line clients, qemu-img with its iSCSI
 # block driver, tgtd (the peer target we compare against), iproute2 and fio
-# (the raw-file reference of bench/run.sh).
+# (the raw-file reference of bench/run.sh) and prometheus (promtool checks
+# the metrics and the alert rules; a server scrapes a test cluster).
 #
 # qemu-img reads iscsi:// URLs only through Debian's qemu-block-extra, and that
 # package must be the very same version as the installed qemu-utils. When
@@ -17,7 +18,7 @@ export DEBIAN_FRONTEND=noninteractive
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
 need=()
-for p in libiscsi-bin qemu-utils tgt iproute2 nftables fio; do
+for p in libiscsi-bin qemu-utils tgt iproute2 nftables fio prometheus; do
   have_pkg "$p" || need+=("$p")
 done
 
@@ -67,11 +68,15 @@ case "$qemu_ver" in
   *bpo*) add_backports ;;
 esac
 
-# The tgtd processes that run before the install: never stopped here.
+# The tgtd and prometheus processes that run before the install: never
+# stopped here.
 tgtd_before=$(echo $(pgrep -x tgtd || true))
+prometheus_before=$(echo $(pgrep -x prometheus || true))
 installs_tgt=0
+installs_prometheus=0
 for p in "${need[@]}"; do
   if [ "$p" = tgt ]; then installs_tgt=1; fi
+  if [ "$p" = prometheus ]; then installs_prometheus=1; fi
 done
 
 $SUDO apt-get update -qq
@@ -91,6 +96,17 @@ if [ "$installs_tgt" -eq 1 ]; then
   if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl stop tgt 2>/dev/null || true; fi
   for pid in $(pgrep -x tgtd || true); do
     case " $tgtd_before " in
+      *" $pid "*) ;;
+      *) $SUDO kill "$pid" 2>/dev/null || true ;;
+    esac
+  done
+fi
+# Installing prometheus may start its server on 9090 (the tests start their
+# own on free ports): stop only one this install started.
+if [ "$installs_prometheus" -eq 1 ]; then
+  if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl stop prometheus 2>/dev/null || true; fi
+  for pid in $(pgrep -x prometheus || true); do
+    case " $prometheus_before " in
       *" $pid "*) ;;
       *) $SUDO kill "$pid" 2>/dev/null || true ;;
     esac

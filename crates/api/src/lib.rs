@@ -32,6 +32,9 @@
 //! - `POST   /v1/cluster/init`                make this node a new cluster → `{token, endpoint}`
 //! - `POST   /v1/cluster/join`                join `{seed, token}`
 //! - `POST   /v1/cluster/leave`               leave the cluster
+//! - `GET    /metrics`                        the node's metrics, OpenMetrics
+//!   when asked for, else the Prometheus text format 0.0.4 (also served alone,
+//!   without the token, by [`metrics_router`] on `serve --metrics-listen`)
 //!
 //! Every request carries `Authorization: Bearer <token>`, the token the server
 //! keeps in `<data dir>/api.token` (mode 0600). Errors are `{"error": "..."}`
@@ -41,10 +44,12 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod metrics;
 mod server;
 mod snapshots;
 
 pub use client::{ApiClient, ClientError};
+pub use metrics::{encode as encode_metrics, metrics_router, CONTENT_TYPE as METRICS_CONTENT_TYPE};
 pub use node::{
     AckWindow, Maintenance, MemberVersion, PeerState, PeerStatus, PrimaryMoved, UpgradeCheck,
 };

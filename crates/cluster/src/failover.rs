@@ -100,7 +100,12 @@ pub(crate) async fn run(me: Weak<Inner>) {
                         Err(LeaderWrite::Raft(e)) => {
                             tracing::warn!(volume = %v.name, "promotion refused: {e}")
                         }
-                        Ok(()) | Err(LeaderWrite::NotLeader) => {}
+                        Ok(()) => {
+                            s.events
+                                .failovers
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        Err(LeaderWrite::NotLeader) => {}
                     }
                 }
                 None => {

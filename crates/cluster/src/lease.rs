@@ -76,9 +76,18 @@ pub(crate) async fn confirm_leadership(s: &Inner) -> Option<u64> {
 /// the leader has a quorum, extends it to `LEASE` after the send time, once
 /// this node has applied everything the leader had committed by then.
 pub(crate) async fn heartbeats(me: Weak<Inner>) {
+    // The end of the last lease counted as run out.
+    let mut counted: Option<Instant> = None;
     loop {
         tokio::time::sleep(HEARTBEAT).await;
         let Some(s) = me.upgrade() else { return };
+        let until = *s.lease_until.lock().unwrap();
+        if let Some(t) = until.filter(|t| *t <= Instant::now() && counted != Some(*t)) {
+            counted = Some(t);
+            s.events
+                .lease_expirations
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let sent = Instant::now();
         let committed = match s.leader() {
             Some(l) if l == s.me.id => {

@@ -90,7 +90,7 @@ pub use state::{
     access_digest, ClusterState, Command, FloatingAddress, NodeId, NodeInfo, Outcome, Refusal,
     ReplicaState, Role, VolumeRecord,
 };
-pub use status::{ClusterStatus, MemberVersion};
+pub use status::{ClusterStatus, MemberEvents, MemberVersion};
 pub use token::join_token;
 
 /// The newest Raft log entries this build reads and writes, as members

@@ -51,6 +51,8 @@ pub(crate) struct Inner {
     /// The term in which this node leads and when it noticed.
     pub(crate) leader_since: Mutex<Option<(u64, Instant)>>,
     pub(crate) lease_until: Mutex<Option<Instant>>,
+    /// What metrics count of this member's failover work.
+    pub(crate) events: crate::status::Events,
     /// The member's directory.
     pub(crate) dir: PathBuf,
     /// On a data node, its data key (once made or received).
@@ -288,6 +290,7 @@ impl Cluster {
             replacing: Mutex::default(),
             leader_since: Mutex::new(None),
             lease_until: Mutex::new(None),
+            events: crate::status::Events::default(),
             dir: dir.to_path_buf(),
             data_key: Mutex::new(data_key),
             sessions: Mutex::new(None),
@@ -357,6 +360,12 @@ impl Cluster {
         self.inner.store.state()
     }
 
+    /// Failovers this member made as leader, and leases of its own that ran
+    /// out, since it started.
+    pub fn events(&self) -> crate::MemberEvents {
+        self.inner.events.snapshot()
+    }
+
     /// Whether this node may act as a primary now (its lease runs).
     pub fn lease_valid(&self) -> bool {
         self.lease_valid_until().is_some_and(|t| Instant::now() < t)
@@ -399,6 +408,12 @@ impl Cluster {
             expected: Some(self.id()),
         })
         .await
+    }
+
+    /// This member's own view of the cluster, without asking the leader
+    /// (which knows the members' liveness).
+    pub fn local_status(&self) -> ClusterStatus {
+        self.inner.local_status()
     }
 
     /// This node's view of the cluster (liveness from the leader).

@@ -1,6 +1,7 @@
 //! What a member reports about the cluster: [`ClusterStatus`].
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use openraft::ServerState;
 use serde::{Deserialize, Serialize};
@@ -87,4 +88,33 @@ impl Inner {
             version: env!("CARGO_PKG_VERSION").to_string(),
         }
     }
+}
+
+/// What a member counts of its failover work, for metrics.
+#[derive(Debug, Default)]
+pub(crate) struct Events {
+    /// Volumes this member promoted a copy of as leader, their primary
+    /// having gone silent.
+    pub(crate) failovers: AtomicU64,
+    /// Times this member's lease ran out without being renewed.
+    pub(crate) lease_expirations: AtomicU64,
+}
+
+impl Events {
+    pub(crate) fn snapshot(&self) -> MemberEvents {
+        MemberEvents {
+            failovers: self.failovers.load(Relaxed),
+            lease_expirations: self.lease_expirations.load(Relaxed),
+        }
+    }
+}
+
+/// Failovers a member made and leases of its own that ran out, since it
+/// started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MemberEvents {
+    /// Volumes promoted to another copy by this member as leader.
+    pub failovers: u64,
+    /// Times this member's lease ran out without being renewed.
+    pub lease_expirations: u64,
 }

@@ -7,6 +7,7 @@ mod access;
 mod clustered;
 mod error;
 mod identity;
+mod metrics;
 mod registry;
 mod service;
 mod snapshots;
@@ -20,5 +21,9 @@ pub use clustered::{
 };
 pub use error::NodeError;
 pub use identity::{iqn_for, lun_identity, validate_iqn_prefix, DEFAULT_IQN_PREFIX};
+pub use metrics::{
+    ClusterMetrics, ClusterVolumeMetrics, MemberMetrics, Metrics, ReplicaMetrics, ResyncMetrics,
+    VolumeMetrics,
+};
 pub use service::{Node, NodeConfig, NodeStatus, SessionInfo, VolumeInfo};
 pub use snapshots::{utc_time, SnapshotDeleted, SnapshotView};

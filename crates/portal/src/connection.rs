@@ -93,6 +93,9 @@ pub(crate) async fn run(
                     )));
                 }
                 Some(Err(e)) => {
+                    if let Some(why) = crate::RefusedLogin::of(e) {
+                        targets.count_refused(why);
+                    }
                     let (initiator, target) = state.names();
                     let initiator = if initiator.is_empty() {
                         initiator_of(&pdu)
@@ -122,6 +125,7 @@ pub(crate) async fn run(
             return;
         }
         Err(_) => {
+            targets.count_refused(crate::RefusedLogin::Timeout);
             tracing::warn!(%peer, "iSCSI login timed out");
             return;
         }

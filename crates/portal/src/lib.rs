@@ -9,7 +9,9 @@ mod registry;
 mod reply;
 mod session;
 
-pub use registry::{Portal, PortalDirectory, Serving, SessionInfo, TargetAccess, Targets};
+pub use registry::{
+    Portal, PortalDirectory, RefusedLogin, Serving, SessionInfo, TargetAccess, Targets,
+};
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -90,6 +92,7 @@ pub async fn serve(
                     }
                 };
                 if conns.len() >= config.max_connections {
+                    targets.count_refused(RefusedLogin::TooManyConnections);
                     tracing::warn!(%peer, limit = config.max_connections, "refusing iSCSI connection: too many connections");
                     continue;
                 }
@@ -102,6 +105,7 @@ pub async fn serve(
                 };
                 let slot = SourceSlot { map: per_source.clone(), source };
                 if from_source > config.max_connections_per_source {
+                    targets.count_refused(RefusedLogin::TooManyConnections);
                     tracing::warn!(%peer, limit = config.max_connections_per_source, "refusing iSCSI connection: too many connections from this address");
                     continue;
                 }

@@ -73,6 +73,69 @@ pub trait PortalDirectory: Send + Sync {
     fn serving(&self, target: &str) -> Serving;
 }
 
+/// Why the portal refused a login, as metrics count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusedLogin {
+    /// CHAP failed (RFC 7143 status 0201).
+    Authentication,
+    /// The initiator is not on the target's access list (0202).
+    NotAuthorized,
+    /// No such target (0203).
+    TargetNotFound,
+    /// The initiator broke the login protocol (other 02xx statuses).
+    Protocol,
+    /// The target could not take the login now (03xx statuses).
+    Unavailable,
+    /// The login did not finish in time.
+    Timeout,
+    /// Refused at accept: too many connections in all or from one address.
+    TooManyConnections,
+}
+
+impl RefusedLogin {
+    /// Every reason, in the order metrics list them.
+    pub const ALL: [RefusedLogin; 7] = [
+        RefusedLogin::Authentication,
+        RefusedLogin::NotAuthorized,
+        RefusedLogin::TargetNotFound,
+        RefusedLogin::Protocol,
+        RefusedLogin::Unavailable,
+        RefusedLogin::Timeout,
+        RefusedLogin::TooManyConnections,
+    ];
+
+    /// The reason's name in metrics (`reason` label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusedLogin::Authentication => "authentication",
+            RefusedLogin::NotAuthorized => "not_authorized",
+            RefusedLogin::TargetNotFound => "target_not_found",
+            RefusedLogin::Protocol => "protocol",
+            RefusedLogin::Unavailable => "unavailable",
+            RefusedLogin::Timeout => "timeout",
+            RefusedLogin::TooManyConnections => "too_many_connections",
+        }
+    }
+
+    /// Why a login that failed with `e` was refused; `None` for a
+    /// redirection, which is no refusal.
+    pub fn of(e: iscsi::LoginError) -> Option<RefusedLogin> {
+        use iscsi::LoginError as E;
+        Some(match e {
+            E::TargetMoved => return None,
+            E::AuthFailed => RefusedLogin::Authentication,
+            E::NotAuthorized => RefusedLogin::NotAuthorized,
+            E::TargetNotFound => RefusedLogin::TargetNotFound,
+            E::Initiator
+            | E::UnsupportedVersion
+            | E::MissingParameter
+            | E::NoSession
+            | E::InvalidDuringLogin => RefusedLogin::Protocol,
+            E::TargetError | E::ServiceUnavailable => RefusedLogin::Unavailable,
+        })
+    }
+}
+
 /// Tells apart the sessions of a target.
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
@@ -124,6 +187,8 @@ pub struct Targets {
     /// Whether normal-session logins go to the portal the directory says
     /// serves the target.
     redirect: AtomicBool,
+    /// Logins refused, by [`RefusedLogin`] in the order of its `ALL`.
+    refused: [AtomicU64; RefusedLogin::ALL.len()],
 }
 
 impl Targets {
@@ -173,6 +238,16 @@ impl Targets {
             }
             None => false,
         }
+    }
+
+    /// Counts one login refused for `why`.
+    pub fn count_refused(&self, why: RefusedLogin) {
+        self.refused[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Logins refused since the portal started, by reason.
+    pub fn refused_logins(&self) -> [(RefusedLogin, u64); RefusedLogin::ALL.len()] {
+        RefusedLogin::ALL.map(|r| (r, self.refused[r as usize].load(Ordering::Relaxed)))
     }
 
     /// The targets `initiator` may see in discovery, sorted.

@@ -13,6 +13,7 @@ mod opcodes;
 mod owner;
 pub mod reservations;
 mod sense;
+pub mod stats;
 mod unit_attention;
 pub mod xcopy;
 
@@ -126,6 +127,8 @@ pub struct LogicalUnit {
     space_warned: std::sync::atomic::AtomicBool,
     /// For a unit several nodes present: the node that runs its commands.
     owner: Option<Arc<dyn Owner>>,
+    /// What initiators' commands here came to.
+    stats: stats::UnitStats,
 }
 
 /// A command past [`LogicalUnit::admit`], with what its answer depends on.
@@ -223,8 +226,15 @@ impl LogicalUnit {
             fence: tokio::sync::RwLock::new(()),
             space_warned: std::sync::atomic::AtomicBool::new(false),
             owner: None,
+            stats: stats::UnitStats::default(),
             volume,
         }
+    }
+
+    /// What the commands initiators sent to this unit came to (those
+    /// another node's port passed on are counted there).
+    pub fn stats(&self) -> &stats::UnitStats {
+        &self.stats
     }
 
     fn mode_state(&self) -> mode::ModeState {
@@ -336,7 +346,13 @@ impl LogicalUnit {
 
     /// Executes one command. Never panics on any input.
     pub async fn execute(&self, req: Request<'_>) -> Response {
-        self.run(req, false).await
+        let counting = self
+            .stats
+            .begin(req.cdb.first().copied().unwrap_or(u8::MAX));
+        let data_out = req.data_out.len();
+        let resp = self.run(req, false).await;
+        self.stats.end(counting, data_out, &resp);
+        resp
     }
 
     /// Executes a command another node's port passed on (see [`Owner`]):
@@ -395,6 +411,14 @@ impl LogicalUnit {
     /// [`LogicalUnit::execute`]. A busy session's commands mostly finish
     /// here, without a task of their own and its wake-ups.
     pub fn execute_now(&self, req: &Request<'_>) -> Option<Response> {
+        let counting = self.stats.begin(*req.cdb.first()?);
+        let resp = self.run_now(req)?;
+        self.stats.end(counting, req.data_out.len(), &resp);
+        Some(resp)
+    }
+
+    /// [`LogicalUnit::execute_now`] without the counting.
+    fn run_now(&self, req: &Request<'_>) -> Option<Response> {
         let opcode = *req.cdb.first()?;
         let write = match opcode {
             op::READ_6 | op::READ_10 | op::READ_12 | op::READ_16 => false,

@@ -16,6 +16,9 @@ pub struct ServeConfig {
     pub iscsi_listen: SocketAddr,
     /// Management API address.
     pub api_listen: SocketAddr,
+    /// Address serving `GET /metrics` alone, without the API token (`None`:
+    /// metrics only on the API listener, with the token).
+    pub metrics_listen: Option<SocketAddr>,
     /// Prefix of every exported IQN.
     pub iqn_prefix: String,
     /// Whether a normal-session login for a cluster volume is redirected to
@@ -54,6 +57,7 @@ impl Default for ServeConfig {
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             iscsi_listen: "127.0.0.1:3260".parse().expect("valid default"),
             api_listen: api::DEFAULT_API_ADDR.parse().expect("valid default"),
+            metrics_listen: None,
             iqn_prefix: node::DEFAULT_IQN_PREFIX.to_string(),
             redirect_to_primary: false,
             cluster_listen: "127.0.0.1:7400".parse().expect("valid default"),
@@ -109,6 +113,8 @@ pub struct FileConfig {
     pub iscsi_listen: Option<SocketAddr>,
     #[serde(default, deserialize_with = "listen_setting")]
     pub api_listen: Option<SocketAddr>,
+    #[serde(default, deserialize_with = "listen_setting")]
+    pub metrics_listen: Option<SocketAddr>,
     pub iqn_prefix: Option<String>,
     pub redirect_to_primary: Option<bool>,
     #[serde(default, deserialize_with = "listen_setting")]
@@ -138,6 +144,7 @@ pub struct FlagConfig {
     pub data_dir: Option<PathBuf>,
     pub iscsi_listen: Option<SocketAddr>,
     pub api_listen: Option<SocketAddr>,
+    pub metrics_listen: Option<SocketAddr>,
     pub iqn_prefix: Option<String>,
     pub log_format: Option<LogFormat>,
     pub redirect_to_primary: bool,
@@ -158,6 +165,7 @@ impl ServeConfig {
                 .or(file.iscsi_listen)
                 .unwrap_or(d.iscsi_listen),
             api_listen: flags.api_listen.or(file.api_listen).unwrap_or(d.api_listen),
+            metrics_listen: flags.metrics_listen.or(file.metrics_listen),
             iqn_prefix: flags.iqn_prefix.or(file.iqn_prefix).unwrap_or(d.iqn_prefix),
             redirect_to_primary: flags.redirect_to_primary
                 || file.redirect_to_primary.unwrap_or(d.redirect_to_primary),
@@ -179,12 +187,15 @@ impl ServeConfig {
         if file.threads.is_some_and(|t| !(1..=1024).contains(&t)) {
             bail!("threads must be 1 to 1024");
         }
-        let listeners = [
+        let mut listeners = vec![
             ("the iSCSI portal", c.iscsi_listen),
             ("the management API", c.api_listen),
             ("the control-plane endpoint", c.cluster_listen),
             ("the replication endpoint", c.repl_listen),
         ];
+        if let Some(addr) = c.metrics_listen {
+            listeners.push(("the metrics endpoint", addr));
+        }
         for (i, (a, addr_a)) in listeners.iter().enumerate() {
             for (b, addr_b) in &listeners[i + 1..] {
                 if addr_a == addr_b {
@@ -312,6 +323,7 @@ mod tests {
             data_dir,
             iscsi_listen,
             api_listen,
+            metrics_listen,
             iqn_prefix,
             redirect_to_primary,
             cluster_listen,
@@ -325,6 +337,9 @@ mod tests {
         assert_eq!(data_dir, Some(PathBuf::from("/var/lib/tandem")));
         assert_eq!(iscsi_listen, Some(d.iscsi_listen));
         assert_eq!(api_listen, Some(d.api_listen));
+        // Off by default: the file shows an address to give it.
+        assert_eq!(d.metrics_listen, None);
+        assert!(metrics_listen.is_some_and(|a| a.ip().is_loopback()));
         assert_eq!(iqn_prefix, Some(d.iqn_prefix));
         assert_eq!(redirect_to_primary, Some(d.redirect_to_primary));
         assert_eq!(cluster_listen, Some(d.cluster_listen));

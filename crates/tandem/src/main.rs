@@ -83,6 +83,11 @@ enum Command {
         /// Management API address [default: 127.0.0.1:7260].
         #[arg(long, value_parser = parse_listen)]
         api_listen: Option<SocketAddr>,
+        /// Also serve GET /metrics alone on this address, without the API
+        /// token, for a Prometheus scraper [default: off; metrics are on the
+        /// API listener, with the token].
+        #[arg(long, value_parser = parse_listen)]
+        metrics_listen: Option<SocketAddr>,
         /// Prefix of exported IQNs [default: iqn.2026-11.io.tandem].
         #[arg(long)]
         iqn_prefix: Option<String>,
@@ -493,6 +498,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             iscsi_listen,
             api_listen,
+            metrics_listen,
             iqn_prefix,
             log_format,
             redirect_to_primary,
@@ -506,6 +512,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 data_dir,
                 iscsi_listen,
                 api_listen,
+                metrics_listen,
                 iqn_prefix,
                 log_format,
                 redirect_to_primary,

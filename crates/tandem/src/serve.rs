@@ -23,6 +23,12 @@ pub async fn run(cfg: ServeConfig, cluster: node::ClusterConfig) -> anyhow::Resu
         .with_context(|| format!("cannot listen for iSCSI on {}", cfg.iscsi_listen))?;
     let api_socket = bound(cfg.api_listen)
         .with_context(|| format!("cannot listen for the management API on {}", cfg.api_listen))?;
+    let metrics_socket = match cfg.metrics_listen {
+        Some(addr) => {
+            Some(bound(addr).with_context(|| format!("cannot listen for metrics on {addr}"))?)
+        }
+        None => None,
+    };
     let listen = api::Listeners {
         iscsi: iscsi.local_addr()?.to_string(),
         api: api_socket.local_addr()?.to_string(),
@@ -97,6 +103,19 @@ pub async fn run(cfg: ServeConfig, cluster: node::ClusterConfig) -> anyhow::Resu
             .await
     });
 
+    let metrics_task = match metrics_socket {
+        Some(socket) => {
+            let l = socket.listen(1024)?;
+            tracing::info!(metrics = %l.local_addr()?, "metrics served without the API token");
+            let router = api::metrics_router(node.clone());
+            let stop = stopped(stop_rx.clone());
+            Some(tokio::spawn(async move {
+                axum::serve(l, router).with_graceful_shutdown(stop).await
+            }))
+        }
+        None => None,
+    };
+
     wait_for_signal().await?;
     // Before the drain, which may take a while: another node can take the
     // floating address over at once.
@@ -110,6 +129,9 @@ pub async fn run(cfg: ServeConfig, cluster: node::ClusterConfig) -> anyhow::Resu
         Err(_) => tracing::warn!("in-flight iSCSI commands did not finish within 30 s"),
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), api_task).await;
+    if let Some(t) = metrics_task {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
     node.flush_all().await?;
     tracing::info!("all volumes synced; bye");
     Ok(())
