@@ -850,8 +850,17 @@ impl<B: Backing> LocalVolume<B> {
         name: &str,
         hidden: bool,
     ) -> std::result::Result<SnapshotInfo, StoreError> {
+        self.presync().await?;
         let _exclusive = self.gate.write().await;
         self.snapshot_now(name, None, hidden).await
+    }
+
+    /// Syncs the volume before its writes are stopped for a snapshot, so
+    /// that the sync made while they wait has little left to write.
+    async fn presync(&self) -> std::result::Result<(), StoreError> {
+        self.slow(|f| f.sync())
+            .await
+            .map_err(|e| self.snapshot_error(e))
     }
 
     /// Takes a snapshot of each volume at one point of their write orders:
@@ -864,6 +873,9 @@ impl<B: Backing> LocalVolume<B> {
     ) -> std::result::Result<Vec<SnapshotInfo>, StoreError> {
         for v in volumes {
             v.check_new_snapshot(name)?;
+        }
+        for v in volumes {
+            v.presync().await?;
         }
         let mut gates = Vec::with_capacity(volumes.len());
         for v in volumes {

@@ -115,7 +115,7 @@ async fn third_node_joins_takes_a_copy_online_and_survives_the_primary() {
         String::from_utf8_lossy(&refused.stderr)
     );
     let out = nodes[2].cli_ok(&["volume", "add-replica", "vm", "--node", &c_name]);
-    assert!(out.contains(&format!("node {c_id}")), "{out}");
+    assert!(out.contains(&format!("new copy on {c_name}")), "{out}");
     wait_until("the new copy in sync", 60, || {
         volume_record(&nodes[0], "vm")["replicas"][c_id.to_string()]["state"] == "in-sync"
     });
