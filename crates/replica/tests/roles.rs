@@ -1,7 +1,7 @@
-//! One hand-over of a primary role at a time: a second drain of a role
-//! that is drained (or was handed over) is refused, and only the drain that
-//! raised the fence lowers it, so one hand-over given up never unfences
-//! another under way, nor a role already handed over.
+//! A primary role handed over and taken up again: one hand-over of a role
+//! at a time (a second drain is refused, and only the drain that raised the
+//! fence lowers it), and a primary that leads again after another one does
+//! not trust its old map of what a copy out of sync misses.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,9 +42,9 @@ impl Control for AllowAll {
 struct TestNode {
     _dir: tempfile::TempDir,
     copy: Arc<LocalCopy>,
-    _server: Arc<ReplicaServer>,
+    server: Arc<ReplicaServer>,
     addr: SocketAddr,
-    _task: JoinHandle<()>,
+    task: JoinHandle<()>,
 }
 
 impl TestNode {
@@ -57,14 +57,28 @@ impl TestNode {
         server.add(export);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let _task = tokio::spawn(server.clone().serve(listener));
+        let task = tokio::spawn(server.clone().serve(listener));
         TestNode {
             _dir: dir,
             copy,
-            _server: server,
+            server,
             addr,
-            _task,
+            task,
         }
+    }
+}
+
+impl TestNode {
+    /// The replica server goes away (its connections with it).
+    fn kill(&mut self) {
+        self.task.abort();
+        self.server.drop_connections();
+    }
+
+    /// And comes back on the same address.
+    async fn restart(&mut self) {
+        let listener = TcpListener::bind(self.addr).await.unwrap();
+        self.task = tokio::spawn(self.server.clone().serve(listener));
     }
 }
 
@@ -72,9 +86,14 @@ fn key() -> ClusterKey {
     ClusterKey::new(b"test cluster secret".to_vec())
 }
 
-async fn primary(
+/// The primary role on `on` (node `me`) at `epoch`; the peers in `away`
+/// are out of sync (and need not be connected).
+async fn role(
     on: &TestNode,
+    me: u64,
+    epoch: u64,
     peers: &[(&TestNode, u64)],
+    away: &[u64],
     control: Arc<AllowAll>,
 ) -> Arc<Primary> {
     let specs = peers
@@ -82,12 +101,12 @@ async fn primary(
         .map(|(n, id)| PeerSpec {
             node: *id,
             addr: n.addr.to_string(),
-            in_sync: true,
+            in_sync: !away.contains(id),
         })
         .collect();
     let cfg = PrimaryConfig {
-        node: 1,
-        epoch: 1,
+        node: me,
+        epoch,
         key: key(),
         timeout: Duration::from_secs(2),
     };
@@ -95,7 +114,11 @@ async fn primary(
         .await
         .unwrap();
     let t = Instant::now();
-    while !p.peer_status().iter().all(|s| s.connected) {
+    while !p
+        .peer_status()
+        .iter()
+        .all(|s| s.connected || away.contains(&s.node))
+    {
         assert!(t.elapsed() < Duration::from_secs(20), "peers connect");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -117,7 +140,7 @@ async fn a_second_hand_over_waits_for_the_first() {
     let b = TestNode::new(&k, 64).await;
     let c = TestNode::new(&k, 64).await;
     let control = Arc::new(AllowAll::default());
-    let p = primary(&a, &[(&b, 2), (&c, 3)], control.clone()).await;
+    let p = role(&a, 1, 1, &[(&b, 2), (&c, 3)], &[], control.clone()).await;
     p.write(0, pattern(1), true).await.unwrap();
 
     let first = p.drain(2, Duration::from_secs(5)).await.unwrap();
@@ -147,7 +170,7 @@ async fn a_role_handed_over_never_serves_again() {
     let a = TestNode::new(&k, 64).await;
     let b = TestNode::new(&k, 64).await;
     let control = Arc::new(AllowAll::default());
-    let p = primary(&a, &[(&b, 2)], control).await;
+    let p = role(&a, 1, 1, &[(&b, 2)], &[], control).await;
     p.drain(2, Duration::from_secs(5)).await.unwrap().keep();
     assert!(p.write(0, pattern(1), true).await.is_err());
     assert!(p.drain(2, Duration::from_secs(5)).await.is_err());
@@ -155,4 +178,59 @@ async fn a_role_handed_over_never_serves_again() {
         p.write(1, pattern(2), true).await.is_err(),
         "a role whose hand-over was kept acknowledges writes again"
     );
+}
+
+/// Three copies: B leads (epoch 1), then A (epoch 2) while C is away and
+/// misses a write, then B again (epoch 3) with C out of sync. B's map of
+/// what C misses, kept from epoch 1, knows nothing of epoch 2: the resync
+/// that makes C in sync must copy that write all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_again_does_not_trust_its_old_map_of_what_a_copy_misses() {
+    let k = key();
+    let a = TestNode::new(&k, 64).await;
+    let b = TestNode::new(&k, 64).await;
+    let mut c = TestNode::new(&k, 64).await;
+    let control = Arc::new(AllowAll::default());
+    let on_b = role(&b, 2, 1, &[(&a, 1), (&c, 3)], &[], control.clone()).await;
+    on_b.write(0, pattern(1), true).await.unwrap();
+    // Its sweeps make its maps durable, with the copies they describe.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    on_b.stop();
+
+    let on_a = role(&a, 1, 2, &[(&b, 2), (&c, 3)], &[], control.clone()).await;
+    c.kill();
+    on_a.write(5, pattern(7), true).await.unwrap();
+    assert!(
+        control.lost.lock().unwrap().contains(&3),
+        "C was recorded lost"
+    );
+    // A's sweeps settle B's activity log: B no longer counts the region as
+    // one it wrote without knowing who else has it.
+    let t = Instant::now();
+    while !b.copy.suspect_ranges().is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "B's activity log settles"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    on_a.stop();
+
+    c.restart().await;
+    let on_b = role(&b, 2, 3, &[(&a, 1), (&c, 3)], &[3], control.clone()).await;
+    let t = Instant::now();
+    while !on_b
+        .peer_status()
+        .iter()
+        .any(|s| s.node == 3 && s.state == replica::PeerState::InSync)
+    {
+        assert!(t.elapsed() < Duration::from_secs(30), "C resyncs");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let got = c.copy.volume().read(5, 1).await.unwrap();
+    assert!(
+        got == pattern(7)[..],
+        "C was resynced without the write it missed under A"
+    );
+    on_b.stop();
 }
