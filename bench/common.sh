@@ -50,3 +50,7 @@ bench_cleanup() {
   stop_servers 2>/dev/null
   if [ -n "${KEEP:-}" ]; then echo "$bench: kept $work" >&2; else rm -rf "$work"; fi
 }
+
+# median < numbers separated by spaces or lines (nan and empty ones left
+# out): the middle one, or the mean of the two middle ones; "-" for none.
+median() { tr ' ' '\n' | grep -v '^$' | grep -v nan | sort -g | awk '{a[NR]=$1} END{if(NR==0){print "-"}else{print (NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2}}'; }

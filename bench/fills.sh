@@ -100,7 +100,6 @@ for round in $(seq 1 "$REPEAT"); do
   done
 done
 
-median() { tr ' ' '\n' | grep -v '^$' | grep -v nan | sort -g | awk '{a[NR]=$1} END{if(NR==0){print "-"}else{print (NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2}}'; }
 med() { echo "${results[$1|$2|$3]:-}" | median; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b+0 == 0) print "-"; else printf "%.2f×", a/b }'; }
 out=${OUT:-"$root/bench/results/$(date +%F)-$(hostname -s)-fills.md"}

@@ -49,7 +49,6 @@ writes() { # -> IOPS
   local n=$(( DURATION * 30000 ))
   awk -v n="$n" -v t="$(qemu_secs "$n" 32 4096 "$STEP" -w)" 'BEGIN{ if (t > 0) printf "%.0f", n/t; else print "nan" }'
 }
-median() { tr ' ' '\n' | grep -v '^$' | grep -v nan | sort -g | awk '{a[NR]=$1} END{if(NR==0){print "-"}else{print (NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2}}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b+0 == 0) print "-"; else printf "%.3f", a/b }'; }
 
 tcli volume create m --size 1G >/dev/null

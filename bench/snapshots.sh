@@ -56,7 +56,6 @@ writes() { # url -> IOPS
   awk -v n="$n" -v t="$(qemu_secs "$1" "$n" 32 4096 "$STEP" -w)" 'BEGIN{ if (t > 0) printf "%.0f", n/t; else print "nan" }'
 }
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
-median() { tr ' ' '\n' | grep -v '^$' | grep -v nan | sort -g | awk '{a[NR]=$1} END{if(NR==0){print "-"}else{print (NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2}}'; }
 pct() { # p < numbers
   tr ' ' '\n' | grep -v '^$' | sort -g | awk -v p="$1" '{a[NR]=$1} END{i=int((NR-1)*p/100+0.5)+1; if(i>NR)i=NR; print a[i]}'
 }
