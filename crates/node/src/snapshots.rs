@@ -124,11 +124,10 @@ impl Node {
         // Serialized with volume deletes and other catalog changes.
         let _catalog = self.exported.lock().await;
         let taken = self.store.take_snapshots(volumes, &name, group).await?;
-        let mut out = Vec::new();
-        for (volume, info) in sorted(volumes).iter().zip(taken) {
-            out.push(self.view(volume, info, SnapshotSpace::default()));
-        }
-        Ok(out)
+        Ok(taken
+            .into_iter()
+            .map(|(volume, info)| self.view(&volume, info, SnapshotSpace::default()))
+            .collect())
     }
 
     fn view(&self, volume: &str, s: SnapshotInfo, space: SnapshotSpace) -> SnapshotView {
@@ -271,13 +270,6 @@ impl Node {
         rolled?;
         Ok(())
     }
-}
-
-fn sorted(v: &[String]) -> Vec<String> {
-    let mut v = v.to_vec();
-    v.sort();
-    v.dedup();
-    v
 }
 
 #[cfg(test)]

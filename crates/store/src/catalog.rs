@@ -526,13 +526,14 @@ impl Store {
 
     /// Takes a snapshot called `name` of each volume, at one point of their
     /// write orders (a consistency group when there are several, or when
-    /// `group` names one).
+    /// `group` names one). Returns each volume's name with its snapshot, by
+    /// name.
     pub async fn take_snapshots(
         &self,
         volumes: &[String],
         name: &str,
         group: Option<&str>,
-    ) -> Result<Vec<SnapshotInfo>, StoreError> {
+    ) -> Result<Vec<(String, SnapshotInfo)>, StoreError> {
         let mut names: Vec<&String> = volumes.iter().collect();
         names.sort();
         names.dedup();
@@ -543,10 +544,11 @@ impl Store {
         for n in &names {
             vols.push(self.open_volume(n)?);
         }
-        match (vols.len(), group) {
-            (1, None) => Ok(vec![vols[0].take_snapshot(name, false).await?]),
-            (_, group) => LocalVolume::take_group(&vols, name, group.unwrap_or(name)).await,
-        }
+        let taken = match (vols.len(), group) {
+            (1, None) => vec![vols[0].take_snapshot(name, false).await?],
+            (_, group) => LocalVolume::take_group(&vols, name, group.unwrap_or(name)).await?,
+        };
+        Ok(names.into_iter().cloned().zip(taken).collect())
     }
 
     /// A volume's snapshot by name (hidden ones are not found).

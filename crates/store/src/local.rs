@@ -949,7 +949,6 @@ impl<B: Backing> LocalVolume<B> {
             VolumeError::NoSpace => StoreError::Snapshot(
                 "no space left on the data filesystem for the snapshot's files".into(),
             ),
-            VolumeError::Io(e) => StoreError::Snapshot(e.to_string()),
             e => StoreError::Snapshot(e.to_string()),
         }
     }
