@@ -81,14 +81,14 @@ mod token;
 
 pub use data_key::{DataKey, SealError};
 pub use error::ClusterError;
-pub use handover::{HandOverRequest, HandedOver, Handover};
+pub use handover::{HandOverRequest, HandedOver, Handover, SnapshotDeleteRequest, SnapshotRequest};
 pub use lease::{DEAD_AFTER, ELECTION_MARGIN, HEARTBEAT, LEASE};
 pub use member::{default_dir, Cluster};
 pub use net::Key;
 pub use sessions::{MemberSession, SessionSource};
 pub use state::{
     access_digest, ClusterState, Command, FloatingAddress, NodeId, NodeInfo, Outcome, Refusal,
-    ReplicaState, Role, VolumeRecord,
+    ReplicaState, Role, SnapshotRecord, TakenSnapshot, VolumeRecord,
 };
 pub use status::{ClusterStatus, MemberEvents, MemberVersion};
 pub use token::join_token;
@@ -96,11 +96,12 @@ pub use token::join_token;
 /// The newest Raft log entries this build reads and writes, as members
 /// report it in their status ([`ClusterStatus::log_version`]): 0 for the
 /// first release (which does not report it), 1 with
-/// [`Command::MovePrimary`], 2 with [`Command::SetMaintenance`]. An entry
+/// [`Command::MovePrimary`], 2 with [`Command::SetMaintenance`], 3 with
+/// [`Command::RecordSnapshots`] and [`Command::ForgetSnapshot`]. An entry
 /// a member cannot read stops it following the log, so an entry of a
 /// newer version is proposed only once every member reports that version
 /// ([`Cluster::log_versions`]).
-pub const LOG_VERSION: u32 = 2;
+pub const LOG_VERSION: u32 = 3;
 
 use std::io::Cursor;
 

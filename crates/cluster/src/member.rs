@@ -63,6 +63,8 @@ pub(crate) struct Inner {
     /// What hands over the volumes this member leads, once its node
     /// serves them.
     pub(crate) handover: Mutex<Option<Arc<dyn crate::handover::Handover>>>,
+    /// The version each member reported last, for when it cannot be asked.
+    pub(crate) versions_seen: Mutex<BTreeMap<NodeId, MemberVersion>>,
 }
 
 /// A running member of the cluster.
@@ -295,6 +297,7 @@ impl Cluster {
             data_key: Mutex::new(data_key),
             sessions: Mutex::new(None),
             handover: Mutex::new(None),
+            versions_seen: Mutex::default(),
         });
         let listener = tokio::net::TcpListener::bind(listen)
             .await
@@ -487,9 +490,33 @@ impl Cluster {
             let version = task
                 .await
                 .unwrap_or_else(|e| Err(ClusterError::Remote(format!("asking node {node}: {e}"))));
+            if let Ok(v) = &version {
+                self.inner
+                    .versions_seen
+                    .lock()
+                    .unwrap()
+                    .insert(node, v.clone());
+            }
             out.insert(node, version);
         }
         out
+    }
+
+    /// The log version of every member as [`Cluster::log_versions`] asks
+    /// it, or, for a member that does not answer now (down, cut off), the
+    /// one it reported to this node last; `Err` for a member never heard
+    /// from since this node started.
+    pub async fn log_versions_last_known(&self) -> BTreeMap<NodeId, Result<u32, ClusterError>> {
+        let mut now = self.log_versions().await;
+        let seen = self.inner.versions_seen.lock().unwrap().clone();
+        for (node, v) in now.iter_mut() {
+            if v.is_err() {
+                if let Some(s) = seen.get(node) {
+                    *v = Ok(s.log_version);
+                }
+            }
+        }
+        now
     }
 
     /// Leaves the cluster: drops this node's volume copies (primaries move

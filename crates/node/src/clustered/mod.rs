@@ -17,6 +17,7 @@ mod maintenance;
 mod membership;
 mod present;
 mod sessions;
+mod snapshots;
 mod status;
 mod unit;
 mod volumes;
