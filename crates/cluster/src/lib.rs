@@ -87,8 +87,8 @@ pub use member::{default_dir, Cluster};
 pub use net::Key;
 pub use sessions::{MemberSession, SessionSource};
 pub use state::{
-    access_digest, ClusterState, Command, FloatingAddress, NodeId, NodeInfo, Outcome, Refusal,
-    ReplicaState, Role, SnapshotRecord, TakenSnapshot, VolumeRecord,
+    access_digest, CloneOrigin, ClusterState, Command, FloatingAddress, NodeId, NodeInfo, Outcome,
+    Refusal, ReplicaState, Role, SnapshotRecord, TakenSnapshot, VolumeRecord,
 };
 pub use status::{ClusterStatus, MemberEvents, MemberVersion};
 pub use token::join_token;
@@ -97,7 +97,8 @@ pub use token::join_token;
 /// report it in their status ([`ClusterStatus::log_version`]): 0 for the
 /// first release (which does not report it), 1 with
 /// [`Command::MovePrimary`], 2 with [`Command::SetMaintenance`], 3 with
-/// [`Command::RecordSnapshots`] and [`Command::ForgetSnapshot`]. An entry
+/// [`Command::RecordSnapshots`], [`Command::ForgetSnapshot`] and
+/// [`Command::CloneVolume`]. An entry
 /// a member cannot read stops it following the log, so an entry of a
 /// newer version is proposed only once every member reports that version
 /// ([`Cluster::log_versions`]).

@@ -452,7 +452,7 @@ impl Node {
         Ok(info)
     }
 
-    fn remote_info(&self, c: &crate::Clustered, name: &str) -> VolumeInfo {
+    pub(crate) fn remote_info(&self, c: &crate::Clustered, name: &str) -> VolumeInfo {
         let state = c.cluster().state();
         let v = state.volumes.get(name);
         VolumeInfo {

@@ -240,6 +240,18 @@ impl Node {
         snapshot: Option<&str>,
         new: &str,
     ) -> Result<VolumeInfo, NodeError> {
+        if let Some(v) = self.cluster_volume(source) {
+            self.clone_cluster_volume(&v, snapshot, new).await?;
+            return match self.volume(new).await {
+                Ok(info) => Ok(info),
+                // Placed on other nodes only: described from the cluster state.
+                Err(NodeError::NotFound(_)) => match self.clustered() {
+                    Some(c) => Ok(self.remote_info(&c, new)),
+                    None => Err(NodeError::NotFound(new.to_string())),
+                },
+                Err(e) => Err(e),
+            };
+        }
         self.refuse_cluster_volume(source, "cloning")?;
         if self
             .clustered()
