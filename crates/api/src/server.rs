@@ -82,6 +82,7 @@ fn build(
         )
         .route("/v1/volumes/:name/move-primary", post(move_primary))
         .merge(crate::snapshots::routes())
+        .merge(crate::events::routes())
         .route("/metrics", get(crate::metrics::scrape))
         .layer(middleware::from_fn(move |req: Request, next: Next| {
             let token = token.clone();

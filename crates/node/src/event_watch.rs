@@ -90,6 +90,8 @@ struct Seen {
     up: BTreeMap<NodeId, bool>,
     /// Members in maintenance (`None`: not known yet).
     maintenance: Option<BTreeSet<NodeId>>,
+    /// The leader and term last seen, and since when.
+    leader: Option<(NodeId, u64, Instant)>,
 }
 
 impl Node {
@@ -187,7 +189,20 @@ impl Node {
                 .get(&n)
                 .map_or_else(|| n.to_string(), |i| i.name.clone())
         };
-        if let Some(leader) = leader_view {
+        // A new leader has heard nobody yet: until every member had the
+        // time to be heard by it, its view would count them down.
+        if let Some(leader) = status.leader {
+            if seen
+                .leader
+                .is_none_or(|(l, t, _)| l != leader || t != status.term)
+            {
+                seen.leader = Some((leader, status.term, Instant::now()));
+            }
+        }
+        let settled = seen
+            .leader
+            .is_some_and(|(_, _, since)| since.elapsed() > cluster::DEAD_AFTER);
+        if let Some(leader) = leader_view.filter(|_| settled) {
             for &n in status.state.nodes.keys() {
                 let up = n == me || n == leader || status.reachable(n);
                 let was = seen.up.insert(n, up);

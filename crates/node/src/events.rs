@@ -230,6 +230,55 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The time `since` names, in milliseconds since the epoch: a span back
+/// from `now_ms` (`90s`, `10m`, `2h`, `7d`) or a UTC date and time
+/// (`2026-11-30`, `2026-11-30T14:05:00Z`).
+pub fn parse_since(since: &str, now_ms: u64) -> Result<u64, String> {
+    let s = since.trim();
+    let bad = || {
+        format!(
+            "since {since:?}: give a span back from now (90s, 10m, 2h, 7d) or a UTC time (2026-11-30 or 2026-11-30T14:05:00Z)"
+        )
+    };
+    if let Some(unit) = s.chars().last().filter(|c| "smhd".contains(*c)) {
+        if let Ok(n) = s[..s.len() - 1].parse::<u64>() {
+            let secs = match unit {
+                's' => 1,
+                'm' => 60,
+                'h' => 3600,
+                _ => 86_400,
+            };
+            return Ok(now_ms.saturating_sub(n.saturating_mul(secs * 1000)));
+        }
+    }
+    let (date, time) = s.split_once('T').unwrap_or((s, "00:00:00Z"));
+    let time = time.strip_suffix('Z').ok_or_else(bad)?;
+    let num = |p: Option<&str>| p.and_then(|x| x.parse::<u64>().ok()).ok_or_else(bad);
+    let mut d = date.split('-');
+    let (y, m, day) = (num(d.next())?, num(d.next())?, num(d.next())?);
+    let mut t = time.split(':');
+    let (hh, mm, ss) = (num(t.next())?, num(t.next())?, num(t.next())?);
+    if d.next().is_some()
+        || t.next().is_some()
+        || !(1970..=9999).contains(&y)
+        || !(1..=12).contains(&m)
+        || !(1..=31).contains(&day)
+        || hh > 23
+        || mm > 59
+        || ss > 60
+    {
+        return Err(bad());
+    }
+    // Days since 1970-01-01 of a proleptic Gregorian date.
+    let (y, m) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Ok(((days * 86_400) + hh * 3600 + mm * 60 + ss) * 1000)
+}
+
 struct Ring {
     events: VecDeque<Event>,
     next_seq: u64,
@@ -627,6 +676,36 @@ mod tests {
         assert!(ends[0].number("us").unwrap() >= 20_000);
         assert_eq!(ends[0].text("how"), Some("incremental"));
         assert_eq!(ends[1].text("how"), Some("full"));
+    }
+
+    #[test]
+    fn since_reads_spans_back_and_utc_times() {
+        let now = 1_000_000_000_000;
+        assert_eq!(parse_since("90s", now), Ok(now - 90_000));
+        assert_eq!(parse_since("10m", now), Ok(now - 600_000));
+        assert_eq!(parse_since("2h", now), Ok(now - 7_200_000));
+        assert_eq!(parse_since("7d", now), Ok(now - 604_800_000));
+        assert_eq!(parse_since("1970-01-01", now), Ok(0));
+        assert_eq!(
+            parse_since("2000-03-01T00:00:00Z", now),
+            Ok(951_868_800_000)
+        );
+        assert_eq!(
+            parse_since("2026-11-30T14:05:09Z", now),
+            Ok(1_796_047_509_000)
+        );
+        // The inverse of the civil time the snapshots name themselves by.
+        assert_eq!(crate::utc_time(1_796_047_509), [2026, 11, 30, 14, 5, 9]);
+        for bad in [
+            "",
+            "10x",
+            "yesterday",
+            "2026-13-01",
+            "2026-11-30T25:00:00Z",
+            "2026-11-30T14:05:00",
+        ] {
+            assert!(parse_since(bad, now).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub use clustered::{
     UpgradeCheck,
 };
 pub use error::NodeError;
-pub use events::{now_ms, Event, EventKind, EventLog, EventQuery, EVENT_CAP};
+pub use events::{now_ms, parse_since, Event, EventKind, EventLog, EventQuery, EVENT_CAP};
 pub use identity::{iqn_for, lun_identity, validate_iqn_prefix, DEFAULT_IQN_PREFIX};
 pub use metrics::{
     ClusterMetrics, ClusterVolumeMetrics, MemberMetrics, Metrics, ReplicaMetrics, ResyncMetrics,

@@ -79,6 +79,8 @@ pub struct Agility {
     pub failover: Timing,
     /// A resync of a returning copy, start to in sync.
     pub resync: Timing,
+    /// Bytes those resyncs set out to copy, all together.
+    pub resync_bytes: u64,
 }
 
 /// One failover's pause.
@@ -237,6 +239,7 @@ pub fn agility(events: &[Event]) -> Agility {
         resize: timing(&times(EventKind::VolumeResize, "us")),
         failover: timing(&times(EventKind::Failover, "pause_us")),
         resync: timing(&times(EventKind::ResyncEnd, "us")),
+        resync_bytes: times(EventKind::ResyncEnd, "bytes").iter().sum(),
     }
 }
 
@@ -409,7 +412,12 @@ mod tests {
             Event::new(EventKind::Failover).with("pause_us", 1800u64),
             // A failover whose pause is unknown is not counted as 0.
             Event::new(EventKind::Failover),
-            Event::new(EventKind::ResyncEnd).with("us", 250u64),
+            Event::new(EventKind::ResyncEnd)
+                .with("us", 250u64)
+                .with("bytes", 4096u64),
+            Event::new(EventKind::ResyncEnd)
+                .with("us", 150u64)
+                .with("bytes", 1024u64),
         ];
         let a = agility(&events);
         assert_eq!(a.create.count, 3);
@@ -418,6 +426,8 @@ mod tests {
         assert_eq!(a.failover.count, 1);
         assert_eq!(a.failover.p50_us, Some(1800));
         assert_eq!(a.resync.p99_us, Some(250));
+        assert_eq!(a.resync.p50_us, Some(150));
+        assert_eq!(a.resync_bytes, 5120);
         assert_eq!(a.resize, Timing::default());
     }
 }
