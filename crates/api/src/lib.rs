@@ -28,7 +28,7 @@
 //!   be stopped now without loss of availability, and why ([`UpgradeCheck`])
 //! - `GET    /v1/cluster`                     cluster status, replication
 //!   progress, when this node acknowledged writes as a primary, and every
-//!   member's release and log version
+//!   member's release and log version (not asked with `?versions=false`)
 //! - `POST   /v1/cluster/init`                make this node a new cluster → `{token, endpoint}`
 //! - `POST   /v1/cluster/join`                join `{seed, token}`
 //! - `POST   /v1/cluster/leave`               leave the cluster

@@ -369,8 +369,10 @@ mod tests {
         assert_eq!(histogram_percentile(&h, 98.0), Some(50_000));
         assert_eq!(histogram_percentile(&h, 99.0), Some(1_000_000));
         // Past the last bound: the last bound.
-        let mut slow = HistogramSnapshot::default();
-        slow.count = 3;
+        let slow = HistogramSnapshot {
+            count: 3,
+            ..Default::default()
+        };
         assert_eq!(
             histogram_percentile(&slow, 99.0),
             Some(LATENCY_BOUNDS_NS[LATENCY_BOUNDS_NS.len() - 1])

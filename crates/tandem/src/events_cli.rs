@@ -342,7 +342,7 @@ pub(crate) async fn watch_volume(c: &ApiClient, name: &str) -> anyhow::Result<()
     let terminal = std::io::stdout().is_terminal();
     let mut last = String::new();
     loop {
-        let view = c.cluster().await?;
+        let view = c.cluster_without_versions().await?;
         let vol = crate::cluster_volume(c, &view, name).await?;
         if terminal {
             let mut screen = String::from("\x1b[H\x1b[2J");

@@ -8,7 +8,8 @@
 //! restart. `tandem report --json` counts them: an I/O pause above 0, the
 //! bytes the resync copied, create and resize times above 0. Each event is
 //! also a log line `event=<kind>`; `tandem events --follow` prints an event
-//! as it happens.
+//! as it happens; `tandem volume status --watch` into a pipe prints one line
+//! per change (the failover, the copy back in sync).
 
 mod common;
 
@@ -32,6 +33,17 @@ fn events(s: &Server, args: &[&str]) -> Vec<Value> {
     all.extend_from_slice(args);
     let out = s.cli_ok(&all);
     serde_json::from_str::<Vec<Value>>(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// The lines `out` prints, as they come.
+fn lines_of(out: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
 }
 
 fn report(s: &Server) -> Value {
@@ -111,6 +123,17 @@ async fn a_failover_and_a_resync_are_recorded_in_order_and_counted_in_the_report
     // Let the survivor's watch see every member up before the kill.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = events(other, &[]).last().map_or(0, seq);
+    // `volume status --watch`, its stdout no terminal: one line per change.
+    let mut watch = Command::new(tandem_bin())
+        .args(["volume", "status", "vm", "--watch"])
+        .env("TANDEM_API", format!("{}:{}", other.host, other.api_port))
+        .env("TANDEM_DATA_DIR", &other.data_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let watched = lines_of(watch.stdout.take().unwrap());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     primary.kill();
     write_until_acknowledged(
         other.portal(),
@@ -132,6 +155,17 @@ async fn a_failover_and_a_resync_are_recorded_in_order_and_counted_in_the_report
             assert_eq!(write(&mut s, &mut h, i * 3, n).await, Some(true));
         }
     }
+    // The old primary stays away until the watch has shown it out of sync.
+    let mut watched_lines = Vec::new();
+    let away = format!("{old_name}=out-of-sync");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline
+        && !watched_lines.iter().any(|l: &String| l.contains(&away))
+    {
+        if let Ok(l) = watched.recv_timeout(Duration::from_millis(200)) {
+            watched_lines.push(l);
+        }
+    }
     primary.restart();
     wait_until("the returning copy in sync", 120, || {
         all_in_sync(other, "vm")
@@ -146,6 +180,43 @@ async fn a_failover_and_a_resync_are_recorded_in_order_and_counted_in_the_report
             .iter()
             .any(|e| e["node"] == old_name.as_str() && seq(e) > before)
     });
+
+    // The watch reads every second: it shows the copy back in sync soon.
+    let back = |l: &str| {
+        l.contains(&format!(" primary={new_name} ")) && l.contains(&format!("{old_name}=in-sync"))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while std::time::Instant::now() < deadline {
+        let Ok(l) = watched.recv_timeout(Duration::from_millis(200)) else {
+            continue;
+        };
+        watched_lines.push(l);
+        if back(watched_lines.last().unwrap()) {
+            break;
+        }
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let watched = watched_lines;
+    let primary_in = |l: &String, n: &str| l.contains(&format!(" primary={n} "));
+    assert!(
+        watched.first().is_some_and(|l| primary_in(l, &old_name)),
+        "{watched:#?}"
+    );
+    assert!(
+        watched
+            .iter()
+            .any(|l| primary_in(l, &new_name) && l.contains(&format!("{old_name}=out-of-sync"))),
+        "the failover not watched: {watched:#?}"
+    );
+    assert!(
+        watched.last().is_some_and(|l| back(l)),
+        "the copy back in sync not watched: {watched:#?}"
+    );
+    assert!(
+        watched.windows(2).all(|w| w[0][25..] != w[1][25..]),
+        "a line without a change: {watched:#?}"
+    );
 
     let seen = events(other, &[]);
     let failover = find(&seen, "failover", Some("vm"), before)
@@ -272,13 +343,7 @@ async fn follow_prints_an_event_as_it_happens_and_a_refused_login_is_one() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = follow.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = lines_of(follow.stdout.take().unwrap());
     std::thread::sleep(Duration::from_millis(500));
     s.cli_ok(&["volume", "create", "f", "--size", "8M"]);
     let line = rx
