@@ -71,7 +71,12 @@ pub(crate) fn format_us(us: u64) -> String {
 /// One event as a line of text: time, number, kind, what it concerns, its
 /// fields (times and sizes for people).
 pub(crate) fn event_line(e: &Event) -> String {
-    let mut line = format!("{}  #{:<5} {:<18}", utc_ms(e.time_ms), e.seq, e.kind);
+    let mut line = format!(
+        "{}  #{:<5} {:<18}",
+        utc_ms(e.time_ms),
+        e.seq,
+        e.kind.as_str()
+    );
     if let Some(v) = &e.volume {
         line += &format!(" volume={v}");
     }
@@ -258,10 +263,16 @@ pub(crate) fn report_text(r: &Report) -> String {
             })
         };
         s += &format!(
-            "  volume {}: degraded {}{}; {} commands, errors returned: {} medium, {} reservation conflicts, {} miscompares; p99 latency read {}, write {}\n",
+            "  volume {}: {}; {} commands, errors returned: {} medium, {} reservation conflicts, {} miscompares; p99 latency read {}, write {}\n",
             v.name,
-            format_us(v.degraded_ms * 1000),
-            if v.degraded_now { " (now)" } else { "" },
+            match (v.degraded_ms, v.degraded_now) {
+                (0, false) => "never degraded".to_string(),
+                (ms, now) => format!(
+                    "degraded {}{}",
+                    format_us(ms * 1000),
+                    if now { " (and now)" } else { "" }
+                ),
+            },
             v.commands,
             v.medium_errors,
             v.reservation_conflicts,
@@ -411,7 +422,7 @@ mod tests {
         };
         let line = event_line(&e);
         assert!(line.starts_with("2026-11-30T14:05:09.250Z  #12"), "{line}");
-        assert!(line.contains("resync-end"), "{line}");
+        assert!(line.contains("resync-end         volume=vm"), "{line}");
         assert!(line.contains("volume=vm node=b"), "{line}");
         assert!(
             line.contains("bytes=4MiB") || line.contains("bytes=4.0MiB"),
