@@ -268,7 +268,9 @@ impl Node {
             .with("from", name(old))
             .with("to", name(v.primary))
             .with("epoch", v.epoch);
-        if let Some(pause) = self.alive.since(old) {
+        // A node deposed itself (cut off, then back) cannot tell from
+        // here how long the others went without a primary.
+        if let Some(pause) = self.alive.since(old).filter(|_| old != c.cluster().id()) {
             e = e.with("pause_us", pause.as_micros() as u64);
         }
         self.events.record(e);

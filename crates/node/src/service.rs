@@ -571,8 +571,13 @@ impl Node {
         name: &str,
         size_bytes: u64,
     ) -> Result<VolumeInfo, NodeError> {
+        let before = self
+            .exported
+            .lock()
+            .await
+            .get(name)
+            .map(|e| e.served.num_blocks() * e.served.block_size() as u64);
         let began = std::time::Instant::now();
-        let before = self.volume(name).await.map(|v| v.size_bytes).ok();
         let info = self.grow_volume(name, size_bytes).await?;
         if before != Some(info.size_bytes) {
             self.events.record(
