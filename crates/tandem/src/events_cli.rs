@@ -363,8 +363,14 @@ pub(crate) async fn watch_volume(c: &ApiClient, name: &str) -> anyhow::Result<()
                     continue;
                 }
                 if let Some(p) = crate::resync_progress(&view, name, n) {
+                    let holder = view
+                        .status
+                        .state
+                        .nodes
+                        .get(&n)
+                        .map_or(n.to_string(), |i| i.name.clone());
                     screen += &format!(
-                        "\nresync of node {n}  {}\n",
+                        "\nresync of {holder}  {}\n",
                         progress_bar(p.resync_done, p.resync_total, p.resync_rate)
                     );
                 }
