@@ -134,6 +134,7 @@ impl Node {
         // Serialized with volume deletes and other catalog changes.
         let _catalog = self.exported.lock().await;
         let taken = self.store.take_snapshots(volumes, &name, group).await?;
+        crate::event_watch::snapshots_taken(&self.events, &taken);
         Ok(taken
             .into_iter()
             .map(|(volume, info)| self.view(&volume, info, SnapshotSpace::default()))
@@ -228,6 +229,7 @@ impl Node {
         self.refuse_cluster_volume(volume, "this")?;
         let _catalog = self.exported.lock().await;
         let kept_for_clones = self.store.delete_snapshot(volume, name).await?;
+        crate::event_watch::snapshot_deleted(&self.events, volume, name);
         Ok(SnapshotDeleted { kept_for_clones })
     }
 

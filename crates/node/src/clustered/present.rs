@@ -322,6 +322,9 @@ impl Node {
                 })?;
             slot.current = Some(desired);
             let led_by = Some((v.primary, v.epoch));
+            if let Some((old, _)) = slot.led_by.filter(|&(p, _)| p != v.primary) {
+                self.primary_changed(c, v, old);
+            }
             if slot.led_by.is_some() && slot.led_by != led_by {
                 // Another primary, or another role of it: what the old one
                 // held in memory only (an SPC-2 reservation) is gone.
