@@ -178,6 +178,15 @@ impl Node {
             .take_snapshots_on(primary, req.clone())
             .await
             .map_err(cluster_err)?;
+        for (v, s) in req.volumes.iter().zip(&taken) {
+            let mut e = crate::events::Event::new(crate::events::EventKind::SnapshotCreate)
+                .volume(v)
+                .with("snapshot", s.name.as_str());
+            if let Some(g) = &s.group {
+                e = e.with("group", g.as_str());
+            }
+            self.events.record(e);
+        }
         Ok(req
             .volumes
             .iter()
@@ -316,6 +325,7 @@ impl Node {
             )
             .await
             .map_err(cluster_err)?;
+        crate::event_watch::snapshot_deleted(&self.events, &v.name, name);
         Ok(SnapshotDeleted {
             kept_for_clones: Vec::new(),
         })
