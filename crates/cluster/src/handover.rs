@@ -50,9 +50,10 @@ pub struct SnapshotRequest {
     pub group: Option<String>,
 }
 
-/// Body of `/cluster/snapshot-delete`.
+/// Body of `/cluster/snapshot-delete` and `/cluster/rollback`: one
+/// snapshot of a volume.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SnapshotDeleteRequest {
+pub struct SnapshotRef {
     /// The volume.
     pub volume: String,
     /// The snapshot's id.
@@ -73,7 +74,11 @@ pub trait Handover: Send + Sync {
 
     /// Forgets a snapshot of a volume this node leads and deletes it from
     /// the copies.
-    async fn delete_snapshot(&self, req: SnapshotDeleteRequest) -> Result<(), String>;
+    async fn delete_snapshot(&self, req: SnapshotRef) -> Result<(), String>;
+
+    /// Rolls a volume this node leads back to one of its snapshots, on
+    /// every copy.
+    async fn rollback(&self, req: SnapshotRef) -> Result<(), String>;
 }
 
 impl Cluster {
@@ -143,7 +148,7 @@ impl Cluster {
     pub async fn delete_snapshot_on(
         &self,
         node: NodeId,
-        req: SnapshotDeleteRequest,
+        req: SnapshotRef,
     ) -> Result<(), ClusterError> {
         if node == self.id() {
             return self
@@ -164,7 +169,34 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Asks member `node`, the primary of the volume, to roll it back.
+    pub async fn rollback_on(&self, node: NodeId, req: SnapshotRef) -> Result<(), ClusterError> {
+        if node == self.id() {
+            return self
+                .inner
+                .local_rollback(req)
+                .await
+                .map_err(ClusterError::Refused);
+        }
+        let addr = self
+            .inner
+            .addr_of(node)
+            .ok_or_else(|| ClusterError::Remote(format!("node {node} is not a member")))?;
+        self.inner
+            .forward
+            .post::<_, Answer<()>>(&addr, "/cluster/rollback", &req)
+            .await?
+            .map_err(ClusterError::Refused)
+    }
+}
+
 impl crate::member::Inner {
+    /// Rolls a volume back through this member's handler.
+    pub(crate) async fn local_rollback(&self, req: SnapshotRef) -> Answer<()> {
+        self.volume_handler()?.rollback(req).await
+    }
+
     fn volume_handler(&self) -> Result<Arc<dyn Handover>, String> {
         self.handover
             .lock()
@@ -182,7 +214,7 @@ impl crate::member::Inner {
     }
 
     /// Deletes a snapshot through this member's handler.
-    pub(crate) async fn local_delete_snapshot(&self, req: SnapshotDeleteRequest) -> Answer<()> {
+    pub(crate) async fn local_delete_snapshot(&self, req: SnapshotRef) -> Answer<()> {
         self.volume_handler()?.delete_snapshot(req).await
     }
 

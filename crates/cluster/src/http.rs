@@ -42,6 +42,8 @@ pub(crate) fn router(inner: Weak<Inner>) -> Router {
         .route("/cluster/hand-over", post(h_hand_over))
         .route("/cluster/snapshot", post(h_volume_snapshot))
         .route("/cluster/snapshot-delete", post(h_snapshot_delete))
+        .route("/cluster/rollback", post(h_rollback))
+        .route("/cluster/log-out", post(h_log_out))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(inner)
 }
@@ -395,15 +397,29 @@ async fn h_volume_snapshot(State(w): State<Weak<Inner>>, h: HeaderMap, body: Byt
 }
 
 async fn h_snapshot_delete(State(w): State<Weak<Inner>>, h: HeaderMap, body: Bytes) -> Response {
-    let (s, nonce, req) = match admit::<crate::handover::SnapshotDeleteRequest>(
-        &w,
-        &h,
-        "/cluster/snapshot-delete",
-        &body,
-    ) {
+    let (s, nonce, req) =
+        match admit::<crate::handover::SnapshotRef>(&w, &h, "/cluster/snapshot-delete", &body) {
+            Ok(x) => x,
+            Err(r) => return r,
+        };
+    let r = s.local_delete_snapshot(req).await;
+    s.gate.answer(&nonce, &r)
+}
+
+async fn h_rollback(State(w): State<Weak<Inner>>, h: HeaderMap, body: Bytes) -> Response {
+    let (s, nonce, req) =
+        match admit::<crate::handover::SnapshotRef>(&w, &h, "/cluster/rollback", &body) {
+            Ok(x) => x,
+            Err(r) => return r,
+        };
+    let r = s.local_rollback(req).await;
+    s.gate.answer(&nonce, &r)
+}
+
+async fn h_log_out(State(w): State<Weak<Inner>>, h: HeaderMap, body: Bytes) -> Response {
+    let (s, nonce, volume) = match admit::<uuid::Uuid>(&w, &h, "/cluster/log-out", &body) {
         Ok(x) => x,
         Err(r) => return r,
     };
-    let r = s.local_delete_snapshot(req).await;
-    s.gate.answer(&nonce, &r)
+    s.gate.answer(&nonce, &s.local_log_out(volume))
 }

@@ -81,7 +81,7 @@ mod token;
 
 pub use data_key::{DataKey, SealError};
 pub use error::ClusterError;
-pub use handover::{HandOverRequest, HandedOver, Handover, SnapshotDeleteRequest, SnapshotRequest};
+pub use handover::{HandOverRequest, HandedOver, Handover, SnapshotRef, SnapshotRequest};
 pub use lease::{DEAD_AFTER, ELECTION_MARGIN, HEARTBEAT, LEASE};
 pub use member::{default_dir, Cluster};
 pub use net::Key;

@@ -37,6 +37,13 @@ pub trait SessionSource: Send + Sync {
     /// Every session logged in to a cluster volume through this node;
     /// `None` when the node serves no iSCSI (any more).
     fn sessions(&self) -> Option<Vec<MemberSession>>;
+
+    /// Ends every session logged in to cluster volume `volume` through
+    /// this node (its initiators may log in again at once); how many.
+    fn log_out(&self, volume: uuid::Uuid) -> usize {
+        let _ = volume;
+        0
+    }
 }
 
 impl Cluster {
@@ -63,7 +70,41 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Has member `node` end the sessions logged in to `volume` through it
+    /// (this node's source, when `node` is this node); how many it ended.
+    pub async fn log_out_on(
+        &self,
+        node: NodeId,
+        volume: uuid::Uuid,
+    ) -> Result<usize, ClusterError> {
+        if node == self.id() {
+            return self
+                .inner
+                .local_log_out(volume)
+                .map_err(ClusterError::Remote);
+        }
+        let addr = self
+            .inner
+            .addr_of(node)
+            .ok_or_else(|| ClusterError::Remote(format!("node {node} is not a member")))?;
+        self.inner
+            .caller
+            .post::<_, Answer<usize>>(&addr, "/cluster/log-out", &volume)
+            .await?
+            .map_err(ClusterError::Remote)
+    }
+}
+
 impl crate::member::Inner {
+    /// Ends this member's sessions of `volume`, through its source.
+    pub(crate) fn local_log_out(&self, volume: uuid::Uuid) -> Answer<usize> {
+        let source = self.sessions.lock().unwrap().clone();
+        source
+            .map(|s| s.log_out(volume))
+            .ok_or_else(|| format!("node {} serves no iSCSI sessions", self.me.id))
+    }
+
     /// This member's sessions, from its source; `Err` when it has none.
     pub(crate) fn local_sessions(&self) -> Answer<Vec<MemberSession>> {
         let source = self.sessions.lock().unwrap().clone();

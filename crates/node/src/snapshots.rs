@@ -284,6 +284,9 @@ impl Node {
         snapshot: &str,
         force: bool,
     ) -> Result<(), NodeError> {
+        if let Some(v) = self.cluster_volume(volume) {
+            return self.rollback_cluster_volume(&v, snapshot, force).await;
+        }
         self.refuse_cluster_volume(volume, "rollback")?;
         let exported = self.exported.lock().await;
         let e = exported

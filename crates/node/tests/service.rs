@@ -549,23 +549,45 @@ async fn single_node_cluster_volume_lifecycle() {
     assert_eq!(record.replicas.keys().copied().collect::<Vec<_>>(), [me]);
     assert_eq!(record.primary, me);
 
-    // Snapshots of a cluster volume are refused, saying why; a local
-    // volume of the member takes them.
-    for refused in [
-        f.node
-            .create_snapshots(&["shared".to_string()], Some("s"), None)
-            .await
-            .map(|_| ()),
-        f.node
-            .clone_volume("shared", None, "copy")
-            .await
-            .map(|_| ()),
-        f.node.list_snapshots(Some("shared")).await.map(|_| ()),
-    ] {
-        match refused {
-            Err(NodeError::Invalid(why)) => assert!(why.contains("cluster volume"), "{why}"),
-            other => panic!("a cluster volume's snapshot was not refused: {other:?}"),
-        }
+    // A cluster volume's snapshots are the cluster's: recorded in its
+    // state; a clone of one is a cluster volume too. A group cannot mix
+    // cluster volumes and the member's own.
+    let taken = f
+        .node
+        .create_snapshots(&["shared".to_string()], Some("s"), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (taken[0].volume.as_str(), taken[0].name.as_str()),
+        ("shared", "s")
+    );
+    assert_eq!(c.cluster().state().volumes["shared"].snapshots.len(), 1);
+    let listed = f.node.list_snapshots(Some("shared")).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, taken[0].id);
+    f.node
+        .clone_volume("shared", Some("s"), "copy")
+        .await
+        .unwrap();
+    assert_eq!(
+        c.cluster().state().volumes["copy"].origin.map(|o| o.volume),
+        Some(record.id)
+    );
+    // Its source cannot go while it lives; it can.
+    assert!(f.node.delete_volume("shared", false).await.is_err());
+    f.node.delete_volume("copy", false).await.unwrap();
+    assert!(!c.cluster().state().volumes.contains_key("copy"));
+    match f
+        .node
+        .create_snapshots(
+            &["shared".to_string(), "local".to_string()],
+            Some("g"),
+            None,
+        )
+        .await
+    {
+        Err(NodeError::Invalid(why)) => assert!(why.contains("cluster volumes"), "{why}"),
+        other => panic!("a group of a cluster volume and a local one: {other:?}"),
     }
     let local = f
         .node

@@ -234,6 +234,18 @@ impl Targets {
         }
     }
 
+    /// Ends every session logged in to `iqn`; the target stays, for
+    /// initiators to log in again. Returns how many there were.
+    pub fn log_out(&self, iqn: &str) -> usize {
+        let Some(old) = self.get(iqn) else {
+            return 0;
+        };
+        let n = old.sessions.lock().unwrap().len();
+        let access = old.access.read().unwrap().clone();
+        self.insert_with_access(iqn.to_string(), old.lun0.clone(), access);
+        n
+    }
+
     /// Replaces the access rules of `iqn`; sessions already logged in stay.
     /// Returns whether the target exists.
     pub fn set_access(&self, iqn: &str, access: TargetAccess) -> bool {

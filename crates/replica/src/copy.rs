@@ -76,6 +76,9 @@ pub trait CopySnapshots: Send + Sync {
 
     /// Blocks `[lba, lba + blocks)` of a snapshot's image.
     async fn read(&self, id: uuid::Uuid, lba: u64, blocks: u32) -> Result<Vec<u8>, VolumeError>;
+
+    /// Makes the copy's content the snapshot's again.
+    async fn rollback(&self, id: uuid::Uuid) -> Result<(), VolumeError>;
 }
 
 /// A COMPARE AND WRITE applied to a copy.

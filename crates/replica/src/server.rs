@@ -351,6 +351,18 @@ async fn snapshots(copy: &LocalCopy, op: SnapshotOp) -> Result<Bytes, Failure> {
             done(taken)
         }
         SnapshotOp::Delete { id } => done(s.delete(id).await),
+        SnapshotOp::Rollback { id } => {
+            // Every region changes: logged first, as a write's, so a stop
+            // in the middle is resynced whole.
+            let v = copy.volume();
+            let bytes = v.num_blocks() * v.block_size() as u64;
+            let _active = copy.enter(0, bytes).await.map_err(|e| failure_of(&e))?;
+            let rolled = s.rollback(id).await;
+            if rolled.is_ok() {
+                tracing::info!(volume = copy.name(), snapshot = %id, "rolled back as the primary asked");
+            }
+            done(rolled)
+        }
     }
 }
 

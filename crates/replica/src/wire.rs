@@ -192,6 +192,9 @@ pub enum SnapshotOp {
     Take(SnapshotMark),
     /// Delete the snapshot with this id (done when there is none).
     Delete { id: uuid::Uuid },
+    /// Make the copy's content the snapshot's again (no write in flight:
+    /// the primary holds them back).
+    Rollback { id: uuid::Uuid },
 }
 
 /// A SCSI command passed on to the primary.

@@ -16,6 +16,9 @@
 //!   in sync on both nodes at once (each copy made from that node's copy
 //!   of the snapshot) that reads as the snapshot; its source cannot be
 //!   deleted while it lives.
+//! - A rollback is refused while an initiator is logged in through the
+//!   other node; forced, it logs initiators out and both copies hold the
+//!   snapshot's data.
 
 mod common;
 
@@ -33,6 +36,8 @@ use testkit::history::{decode, History};
 
 const VOLUME: &str = "vm";
 const CLONE: &str = "vm-first";
+/// The volume's own data among the images read back.
+const HEAD: &str = "(head)";
 /// Extents per initiator; each writes its own.
 const EXTENTS: u64 = 32;
 
@@ -156,6 +161,10 @@ async fn images(s: &Server) -> BTreeMap<String, Vec<u8>> {
     out.insert(
         CLONE.to_string(),
         clone.read(0, blocks).await.expect("reading the clone"),
+    );
+    out.insert(
+        HEAD.to_string(),
+        v.read(0, blocks).await.expect("reading the volume"),
     );
     for snap in v.snapshots() {
         let img = v
@@ -297,6 +306,21 @@ async fn snapshots_survive_a_killed_primary_and_read_the_same_on_both_copies() {
         "the source of a clone was deleted"
     );
 
+    // A rollback is refused while an initiator is logged in through
+    // either node; forced, it logs initiators out and every copy holds the
+    // snapshot's data.
+    let logged_in = session(b.portal(), VOLUME).await.expect("a session");
+    let refused = a.cli(&["volume", "rollback", VOLUME, "second"]);
+    assert!(
+        !refused.status.success(),
+        "a rollback with an initiator logged in through the other node"
+    );
+    a.cli_ok(&["volume", "rollback", VOLUME, "second", "--force"]);
+    drop(logged_in);
+    wait_until("both copies in sync after the rollback", 30, || {
+        all_in_sync(&a, VOLUME)
+    });
+
     a.stop();
     b.stop();
     let (ia, ib) = (images(&a).await, images(&b).await);
@@ -307,7 +331,7 @@ async fn snapshots_survive_a_killed_primary_and_read_the_same_on_both_copies() {
     );
     assert_eq!(
         ia.len(),
-        names.len() + 1,
+        names.len() + 2,
         "snapshots on the copies: {:?}",
         ia.keys()
     );
@@ -319,5 +343,9 @@ async fn snapshots_survive_a_killed_primary_and_read_the_same_on_both_copies() {
     assert!(
         ia[CLONE] == ia["first"] && ib[CLONE] == ib["first"],
         "the clone does not read as its snapshot"
+    );
+    assert!(
+        ia[HEAD] == ia["second"] && ib[HEAD] == ib["second"],
+        "a copy does not hold the snapshot rolled back to"
     );
 }

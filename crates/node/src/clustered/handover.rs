@@ -84,7 +84,15 @@ impl cluster::Handover for Switchover {
             .map_err(|e| e.to_string())
     }
 
-    async fn delete_snapshot(&self, req: cluster::SnapshotDeleteRequest) -> Result<(), String> {
+    async fn rollback(&self, req: cluster::SnapshotRef) -> Result<(), String> {
+        let node = self.node.upgrade().ok_or("the node is stopping")?;
+        tokio::spawn(async move { node.rollback_as_primary(req).await })
+            .await
+            .map_err(|e| format!("the rollback failed: {e}"))?
+            .map_err(|e| e.to_string())
+    }
+
+    async fn delete_snapshot(&self, req: cluster::SnapshotRef) -> Result<(), String> {
         let node = self.node.upgrade().ok_or("the node is stopping")?;
         tokio::spawn(async move { node.forget_cluster_snapshot(req).await })
             .await

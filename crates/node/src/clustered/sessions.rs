@@ -74,6 +74,21 @@ impl SessionSource for NodeView {
             .collect();
         Some(sessions)
     }
+
+    fn log_out(&self, volume: uuid::Uuid) -> usize {
+        let (Some(c), Some(targets)) = (self.cluster.upgrade(), self.targets.upgrade()) else {
+            return 0;
+        };
+        let state = c.cluster.state();
+        let Some(v) = state.volumes.values().find(|v| v.id == volume) else {
+            return 0;
+        };
+        let n = targets.log_out(&iqn_for(&self.prefix, &v.name));
+        if n > 0 {
+            tracing::warn!(volume = %v.name, sessions = n, "initiators logged out for a forced rollback");
+        }
+        n
+    }
 }
 
 impl PortalDirectory for NodeView {

@@ -8,8 +8,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use cluster::{
-    Command, SnapshotDeleteRequest, SnapshotRecord, SnapshotRequest, TakenSnapshot, VolumeRecord,
-    LOG_VERSION,
+    Command, SnapshotRecord, SnapshotRef, SnapshotRequest, TakenSnapshot, VolumeRecord, LOG_VERSION,
 };
 use replica::wire::SnapshotMark;
 use replica::{CopySnapshots, Primary};
@@ -82,6 +81,10 @@ impl CopySnapshots for StoreSnapshots {
 
     async fn read(&self, id: uuid::Uuid, lba: u64, blocks: u32) -> Result<Vec<u8>, VolumeError> {
         self.volume.read_snapshot(id, lba, blocks).await
+    }
+
+    async fn rollback(&self, id: uuid::Uuid) -> Result<(), VolumeError> {
+        self.volume.rollback(id).await.map_err(store_error)
     }
 }
 
@@ -318,7 +321,7 @@ impl Node {
         c.cluster
             .delete_snapshot_on(
                 v.primary,
-                SnapshotDeleteRequest {
+                SnapshotRef {
                     volume: v.name.clone(),
                     id: s.id,
                 },
@@ -334,10 +337,7 @@ impl Node {
     /// On the primary: forgets the snapshot in the cluster state, then
     /// deletes it from the copies (those away drop it when they connect,
     /// and a role that starts drops what the state does not list).
-    pub(crate) async fn forget_cluster_snapshot(
-        &self,
-        req: SnapshotDeleteRequest,
-    ) -> Result<(), NodeError> {
+    pub(crate) async fn forget_cluster_snapshot(&self, req: SnapshotRef) -> Result<(), NodeError> {
         let c = self.member()?;
         let state = c.cluster.state();
         let v = state
@@ -473,4 +473,91 @@ impl Node {
         tracing::info!(source = %source.name, clone = new, "cluster volume cloned");
         Ok(())
     }
+
+    /// Rolls cluster volume `v` back to its snapshot `snapshot`, through
+    /// its primary, on every copy. Refused while initiators are logged in
+    /// to it through any node (or a node cannot be asked), unless `force`,
+    /// which has every node log them out first.
+    pub(crate) async fn rollback_cluster_volume(
+        &self,
+        v: &VolumeRecord,
+        snapshot: &str,
+        force: bool,
+    ) -> Result<(), NodeError> {
+        let c = self.member()?;
+        let s = v
+            .snapshots
+            .iter()
+            .find(|s| s.name == snapshot)
+            .ok_or_else(|| {
+                NodeError::Store(StoreError::SnapshotNotFound {
+                    volume: v.name.clone(),
+                    name: snapshot.to_string(),
+                })
+            })?;
+        let census = self.census(&c).await;
+        let sessions = census.of(v.id);
+        if !force {
+            if !sessions.is_empty() {
+                return Err(NodeError::Busy {
+                    name: v.name.clone(),
+                    sessions,
+                    what: "roll back",
+                });
+            }
+            if let Some(u) = census.unasked.first() {
+                return Err(NodeError::Refused(format!(
+                    "volume {}: node {} could not be asked whether initiators are logged in ({}); --force rolls back all the same",
+                    v.name, u.node, u.reason
+                )));
+            }
+        } else {
+            let state = c.cluster.state();
+            for n in state.nodes.values().filter(|n| n.holds_data()) {
+                match c.cluster.log_out_on(n.id, v.id).await {
+                    Ok(0) => {}
+                    Ok(k) => {
+                        tracing::warn!(volume = %v.name, node = %n.name, sessions = k, "logged out for a forced rollback")
+                    }
+                    Err(e) => {
+                        tracing::warn!(volume = %v.name, node = %n.name, "cannot log initiators out there: {e}")
+                    }
+                }
+            }
+        }
+        c.cluster
+            .rollback_on(
+                v.primary,
+                SnapshotRef {
+                    volume: v.name.clone(),
+                    id: s.id,
+                },
+            )
+            .await
+            .map_err(cluster_err)?;
+        tracing::info!(volume = %v.name, snapshot, "cluster volume rolled back");
+        Ok(())
+    }
+
+    /// On the primary: rolls the volume back on every copy.
+    pub(crate) async fn rollback_as_primary(&self, req: SnapshotRef) -> Result<(), NodeError> {
+        let c = self.member()?;
+        let state = c.cluster.state();
+        let v = state
+            .volumes
+            .get(&req.volume)
+            .ok_or_else(|| NodeError::NotFound(req.volume.clone()))?;
+        let role = self.primary_role(v).await.ok_or_else(|| {
+            NodeError::Refused(format!(
+                "volume {}: this node does not serve it as its primary now; try again",
+                req.volume
+            ))
+        })?;
+        role.rollback(req.id, ROLLBACK_DRAIN)
+            .await
+            .map_err(|e| NodeError::Cluster(format!("volume {}: rollback: {e}", req.volume)))
+    }
 }
+
+/// Time the commands in flight get to finish before a rollback.
+const ROLLBACK_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);

@@ -48,8 +48,9 @@ pub enum HandOverError {
         active: usize,
         waited: Duration,
     },
-    /// Another hand-over of this role is under way (or done).
-    #[error("volume {volume}: a hand-over of it is under way already")]
+    /// Another hand-over (or a rollback) of this role is under way, or
+    /// the role was handed over.
+    #[error("volume {volume}: a hand-over or rollback of it is under way already")]
     InProgress { volume: String },
     /// This role may not serve (any more).
     #[error("volume {volume}: {source}")]
@@ -86,6 +87,16 @@ impl Drop for Drained<'_> {
                 "hand-over abandoned: taking commands again"
             );
         }
+    }
+}
+
+/// New commands held off while the volume changes as a whole; taken
+/// again when dropped.
+pub(super) struct Fenced<'a>(&'a Primary);
+
+impl Drop for Fenced<'_> {
+    fn drop(&mut self) {
+        self.0.fenced.store(false, Ordering::SeqCst);
     }
 }
 
@@ -145,21 +156,7 @@ impl Primary {
             waited: Duration::ZERO,
             kept: false,
         };
-        loop {
-            let idle = self.idle.notified();
-            let active = self.active.load(Ordering::SeqCst);
-            if active == 0 {
-                break;
-            }
-            if start.elapsed() >= limit {
-                return Err(HandOverError::Busy {
-                    volume: volume(),
-                    active,
-                    waited: start.elapsed(),
-                });
-            }
-            let _ = tokio::time::timeout(Duration::from_millis(10), idle).await;
-        }
+        self.wait_idle(start, limit).await?;
         self.check_serving()
             .map_err(|source| HandOverError::NotServing {
                 volume: volume(),
@@ -168,6 +165,44 @@ impl Primary {
         self.check_successors(target)?;
         drained.waited = start.elapsed();
         Ok(drained)
+    }
+
+    /// Waits until no command that changes the volume runs (the fence is
+    /// up, so none starts), until `limit` after `start`.
+    async fn wait_idle(&self, start: Instant, limit: Duration) -> Result<(), HandOverError> {
+        loop {
+            let idle = self.idle.notified();
+            let active = self.active.load(Ordering::SeqCst);
+            if active == 0 {
+                return Ok(());
+            }
+            if start.elapsed() >= limit {
+                return Err(HandOverError::Busy {
+                    volume: self.copy.name().to_string(),
+                    active,
+                    waited: start.elapsed(),
+                });
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(10), idle).await;
+        }
+    }
+
+    /// Holds new commands off (they fail as an access state transition,
+    /// which initiators retry) and waits up to `limit` for those in flight,
+    /// for a change of the whole volume (a rollback). Commands are taken
+    /// again once the guard is dropped.
+    pub(super) async fn fence_commands(
+        &self,
+        limit: Duration,
+    ) -> Result<Fenced<'_>, HandOverError> {
+        if self.fenced.swap(true, Ordering::SeqCst) {
+            return Err(HandOverError::InProgress {
+                volume: self.copy.name().to_string(),
+            });
+        }
+        let fenced = Fenced(self);
+        self.wait_idle(Instant::now(), limit).await?;
+        Ok(fenced)
     }
 
     /// Whether the copies that stay in sync after a hand-over to `target`

@@ -205,6 +205,87 @@ impl Primary {
         Ok(())
     }
 
+    /// Makes the volume's content snapshot `id`'s again on this copy and
+    /// every in-sync peer. New commands fail meanwhile as an access state
+    /// transition (initiators retry them once it is done) and those in
+    /// flight finish first (up to `limit`). A peer that fails it, or is
+    /// catching up or out of sync, is recorded out of sync and copied whole
+    /// when it returns: what it misses is no longer known.
+    pub async fn rollback(
+        &self,
+        id: uuid::Uuid,
+        limit: std::time::Duration,
+    ) -> Result<(), VolumeError> {
+        self.check_serving()?;
+        let Some(store) = self.copy.snapshots() else {
+            return Err(VolumeError::Io(std::io::Error::other(
+                "this copy keeps no snapshots",
+            )));
+        };
+        let Some(mark) = store.list().into_iter().find(|m| m.id == id) else {
+            return Err(VolumeError::Io(std::io::Error::other(format!(
+                "this copy holds no snapshot {id}"
+            ))));
+        };
+        let _order = self.snapshot_order.lock().await;
+        let _fence = self
+            .fence_commands(limit)
+            .await
+            .map_err(|e| VolumeError::Io(std::io::Error::other(e.to_string())))?;
+        // Peers catching up stop first, so that no chunk of theirs lands
+        // (and clears its regions) after the copy changed under it.
+        for p in &self.peers {
+            if p.state() == PeerState::Syncing {
+                self.lose(p, &"the volume is rolled back").await?;
+            }
+        }
+        let _all = self.ranges.lock(0, u64::MAX).await;
+        let bytes = self.volume_bytes();
+        // Every region changes: logged first, as a write's, so that this
+        // copy is resynced whole if it stops in the middle.
+        let _active = self.copy.enter(0, bytes).await?;
+        store.rollback(id).await?;
+        let op = Op::Snapshots(SnapshotOp::Rollback { id });
+        let mut missed: Vec<(&Peer, String)> = Vec::new();
+        for p in &self.peers {
+            match p.state() {
+                PeerState::InSync if p.dirty.count() == 0 => match p.link() {
+                    Some(l) => match l.call(self.cfg.epoch, op.clone()).await {
+                        Ok(_) => {}
+                        Err(LinkError::Failed {
+                            failure: Failure::StaleEpoch { current },
+                            ..
+                        }) => {
+                            self.deposed.store(true, Ordering::Release);
+                            return Err(VolumeError::Unavailable(Unavailable::Deposed {
+                                epoch: Some(current),
+                            }));
+                        }
+                        Err(e) => missed.push((p, e.to_string())),
+                    },
+                    None => missed.push((p, "it is not connected".into())),
+                },
+                PeerState::OutOfSync => {}
+                _ => missed.push((p, "it is not in sync".into())),
+            }
+        }
+        for (p, why) in missed {
+            self.lose(p, &format!("it missed the rollback: {why}"))
+                .await?;
+        }
+        for p in &self.peers {
+            if p.state() != PeerState::InSync {
+                p.dirty.mark_all();
+            }
+        }
+        tracing::info!(
+            volume = self.copy.name(),
+            snapshot = %mark.name,
+            "volume rolled back on every copy in sync"
+        );
+        Ok(())
+    }
+
     /// At the start of the role: drops the snapshots of this copy that the
     /// control plane does not record (taken by an earlier role that ended
     /// before it recorded them: never acknowledged), and the kept maps of
