@@ -53,7 +53,56 @@ pub struct MemberVersion {
     pub log_version: u32,
 }
 
+/// A copy on a data node the leader has not heard from lately, which the
+/// leader replaces once the node has been silent for the re-placement
+/// delay ([`crate::ClusterState::replace_delay_secs`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingReplacement {
+    /// The volume.
+    pub volume: String,
+    /// The silent node holding the copy.
+    pub node: NodeId,
+    /// Milliseconds until the leader places a new copy (0: due now;
+    /// `None`: the leader has not heard from the node in its time, so it
+    /// counts from its own election).
+    pub in_ms: Option<u64>,
+}
+
 impl ClusterStatus {
+    /// Copies on silent data nodes (not in maintenance, not already being
+    /// replaced) that the leader will replace, and when; empty while
+    /// re-placement is off or no leader's view is known.
+    pub fn pending_replacements(&self) -> Vec<PendingReplacement> {
+        let Some(delay_ms) = self.state.replace_delay_secs().map(|s| s * 1000) else {
+            return Vec::new();
+        };
+        if self.last_seen_ms.is_empty() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for v in self.state.volumes.values() {
+            for &n in v.replicas.keys() {
+                if n == v.primary
+                    || self.reachable(n)
+                    || self.leader == Some(n)
+                    || self.state.in_maintenance(n)
+                    || v.being_replaced(n)
+                {
+                    continue;
+                }
+                out.push(PendingReplacement {
+                    volume: v.name.clone(),
+                    node: n,
+                    in_ms: self
+                        .last_seen_ms
+                        .get(&n)
+                        .map(|&ms| delay_ms.saturating_sub(ms)),
+                });
+            }
+        }
+        out
+    }
+
     /// Whether the leader heard from `node` within [`DEAD_AFTER`] (false
     /// when no leader's view is known).
     pub fn reachable(&self, node: NodeId) -> bool {

@@ -126,7 +126,7 @@ async fn a_node_in_maintenance_is_stopped_and_resyncs_only_what_it_missed() {
         assert!(line.contains(&release), "{line}");
     }
     let versions = &status(&b)["versions"];
-    assert_eq!(versions[ida.to_string()]["log_version"], 2, "{versions}");
+    assert_eq!(versions[ida.to_string()]["log_version"], 3, "{versions}");
 
     // Before: a leads the volume, b holds an in-sync copy.
     let out = upgrade_check(&b, ida).expect("a can be stopped (by a failover)");
