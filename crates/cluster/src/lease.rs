@@ -129,7 +129,7 @@ pub(crate) async fn heartbeats(me: Weak<Inner>) {
         let Some(index) = committed else {
             unanswered += 1;
             // Every second without an answer: was this node removed?
-            if unanswered % 5 == 0 {
+            if unanswered.is_multiple_of(5) {
                 crate::removed::ask(&s).await;
             }
             continue;

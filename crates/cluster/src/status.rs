@@ -41,6 +41,10 @@ pub struct ClusterStatus {
     /// that does not report it.
     #[serde(default)]
     pub version: String,
+    /// Whether this member learnt that it was removed from the cluster
+    /// as dead (it serves no cluster volume).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub removed: bool,
 }
 
 /// What a member says it runs, as [`crate::Cluster::member_versions`]
@@ -135,6 +139,7 @@ impl Inner {
             state: (*self.store.state()).clone(),
             log_version: crate::LOG_VERSION,
             version: env!("CARGO_PKG_VERSION").to_string(),
+            removed: self.removed.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 }

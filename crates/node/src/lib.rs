@@ -16,8 +16,8 @@ mod space;
 pub use access::{AccessConfig, ChapSecret};
 pub use cluster::{ClusterStatus, FloatingAddress, MemberVersion};
 pub use clustered::{
-    AckWindow, ClusterConfig, Clustered, Maintenance, PeerState, PeerStatus, PrimaryMoved, Unasked,
-    UpgradeCheck,
+    AckWindow, ClusterConfig, Clustered, Maintenance, PeerState, PeerStatus, PrimaryMoved, Removed,
+    Unasked, UpgradeCheck,
 };
 pub use error::NodeError;
 pub use identity::{iqn_for, lun_identity, validate_iqn_prefix, DEFAULT_IQN_PREFIX};

@@ -122,7 +122,7 @@ async fn a_node_in_maintenance_is_stopped_and_resyncs_only_what_it_missed() {
     // Every member's release and log version.
     for id in [ida, idb, idw] {
         let line = member_line(&b, id);
-        let release = format!("{} (log 2)", env!("CARGO_PKG_VERSION"));
+        let release = format!("{} (log 3)", env!("CARGO_PKG_VERSION"));
         assert!(line.contains(&release), "{line}");
     }
     let versions = &status(&b)["versions"];

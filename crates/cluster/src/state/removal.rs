@@ -23,8 +23,8 @@ pub struct Shortfall {
     pub volume: String,
     /// Copies it asks for.
     pub wanted: usize,
-    /// Copies it has.
-    pub have: usize,
+    /// Copies in sync, not counting one being replaced.
+    pub in_sync: usize,
     /// New copies being filled, each with the node whose copy it replaces
     /// (`None`: a copy that was missing).
     pub filling: BTreeMap<NodeId, Option<NodeId>>,
@@ -33,9 +33,11 @@ pub struct Shortfall {
 impl VolumeRecord {
     /// The number of copies the volume asks for: the number it had when a
     /// member holding one was removed as dead, until it has them again;
-    /// otherwise the number it has.
+    /// otherwise the number it has (a new copy that replaces another
+    /// counting once with it).
     pub fn copies_wanted(&self) -> usize {
-        self.wanted.max(self.replicas.len())
+        self.wanted
+            .max(self.replicas.len().saturating_sub(self.replacing.len()))
     }
 
     /// Copies the volume asks for and does not have.
@@ -89,7 +91,11 @@ impl ClusterState {
             .map(|v| Shortfall {
                 volume: v.name.clone(),
                 wanted: v.copies_wanted(),
-                have: v.replicas.len(),
+                in_sync: v
+                    .replicas
+                    .iter()
+                    .filter(|(n, st)| **st == ReplicaState::InSync && !v.being_replaced(**n))
+                    .count(),
                 filling: v
                     .replicas
                     .iter()

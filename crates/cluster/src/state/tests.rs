@@ -1029,7 +1029,7 @@ fn a_dead_member_is_removed_with_its_copies_and_the_volumes_ask_for_them_again()
     assert!(s
         .shortfalls()
         .iter()
-        .any(|f| f.volume == "v" && f.have == 1));
+        .any(|f| f.volume == "v" && f.in_sync == 1 && f.wanted == 2));
     // No volume keeps a copy on it, and a volume it held no copy of is
     // not short.
     assert!(s.volumes.values().all(|v| !v.replicas.contains_key(&dead)));
@@ -1182,8 +1182,9 @@ fn a_replaced_copy_is_dropped_once_its_replacement_is_in_sync() {
         Refusal::BeingReplaced { .. }
     ));
     assert_eq!(s.volumes["v"].replicas.len(), 3);
-    assert_eq!(s.volumes["v"].copies_wanted(), 3);
+    assert_eq!(s.volumes["v"].copies_wanted(), 2);
     let f = &s.shortfalls()[0];
+    assert_eq!((f.in_sync, f.wanted), (1, 2));
     assert_eq!(f.filling.get(&with), Some(&Some(down)));
     let report = |state, seq| Command::SetReplicaState {
         volume: "v".into(),
