@@ -314,3 +314,117 @@ async fn a_dead_copy_is_removed_and_replaced_on_the_third_node_under_writes() {
     }
     c.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_silent_past_the_delay_is_replaced_and_a_dead_witness_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Server::start(&dir.path().join("a"));
+    let b = Server::start(&dir.path().join("b"));
+    let mut c = Server::start(&dir.path().join("c"));
+    let token = form(&a, &[&b, &c]);
+    let mut witness = common::cluster::Witness::start(
+        &dir.path().join("w"),
+        "127.0.0.1",
+        None,
+        &a.cluster_addr(),
+        &token,
+    );
+    wait_members(&a, 4);
+    let (ida, idb, idc) = (node_id(&a), node_id(&b), node_id(&c));
+    let idw = members_and_voters(&a)
+        .0
+        .into_iter()
+        .find(|n| ![ida, idb, idc].contains(n))
+        .expect("the witness's id");
+
+    // The witness dies and is removed: the volumes are left as they are,
+    // and the data nodes vote alone.
+    witness.kill();
+    wait_until("the witness seen down", 30, || {
+        [&a, &b].iter().any(|s| {
+            status(s)["status"]["last_seen_ms"][idw.to_string()]
+                .as_u64()
+                .is_some_and(|ms| ms > 2000)
+        })
+    });
+    let out = a.cli_ok(&["cluster", "remove", &idw.to_string(), "--dead"]);
+    assert!(out.contains("removed from the cluster"), "{out}");
+    assert!(!out.contains("degraded"), "{out}");
+    assert_eq!(members_and_voters(&b).1, vec![ida, idb, idc]);
+
+    // b leads the volume, c holds the other copy (a holds solo).
+    a.cli_ok(&[
+        "volume",
+        "create",
+        "solo",
+        "--size",
+        "16M",
+        "--replicas",
+        "1",
+    ]);
+    a.cli_ok(&[
+        "volume",
+        "create",
+        VOLUME,
+        "--size",
+        &SIZE.to_string(),
+        "--replicas",
+        "2",
+    ]);
+    wait_until("the volume exported everywhere, in sync", 30, || {
+        [&a, &b, &c]
+            .iter()
+            .all(|s| s.cli_ok(&["volume", "list"]).contains(VOLUME))
+            && all_in_sync(&a, VOLUME)
+    });
+    assert_eq!(volume_record(&a, VOLUME)["primary"], idb);
+    b.cli_ok(&["cluster", "set", "replace-delay", "5s"]);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = writer(b.portal(), stop.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.kill();
+    let killed = Instant::now();
+    // Pending, then replaced by a copy on a, which a full sync fills; the
+    // copy on c is dropped once a's is in sync. c stays a member.
+    wait_until("a replacement placed on a", 30, || {
+        volume_record(&b, VOLUME)["replicas"][ida.to_string()].is_object()
+    });
+    let placed = killed.elapsed();
+    // Counted from c's last heartbeat, up to 200 ms before the kill.
+    assert!(
+        placed >= Duration::from_millis(4800),
+        "replaced {placed:?} after the kill, before the 5 s delay"
+    );
+    let v = volume_record(&b, VOLUME);
+    assert_eq!(v["replacing"][ida.to_string()], idc, "{v}");
+    wait_until("c's copy replaced", 120, || {
+        let v = volume_record(&b, VOLUME);
+        v["replicas"][idc.to_string()].is_null() && all_in_sync(&b, VOLUME)
+    });
+    eprintln!(
+        "copy on the killed node replaced: placed {placed:?} after the kill (delay 5 s), done \
+         {:?} after it",
+        killed.elapsed()
+    );
+    assert!(members_and_voters(&a).0.contains(&idc));
+    let out = b.cli_ok(&["volume", "status", VOLUME]);
+    assert!(out.contains("copies    2 of 2"), "{out}");
+    assert!(!out.contains("replaced"), "{out}");
+
+    stop.store(true, Ordering::Release);
+    let seen = w.await.expect("writer");
+    assert_eq!(seen.failed, 0, "a command failed at the initiator");
+    assert_eq!(seen.dropped, 0, "a connection failed");
+    eprintln!("{} writes acknowledged, none failed", seen.acknowledged);
+    verify(a.portal(), VOLUME, EXTENTS, &seen.history).await;
+    verify(b.portal(), VOLUME, EXTENTS, &seen.history).await;
+
+    // c returns as a member without a copy of the volume: it forwards.
+    c.restart();
+    wait_until("c back", 30, || {
+        common::cluster::try_status(&c).is_some() && c.cli_ok(&["volume", "list"]).contains(VOLUME)
+    });
+    verify(c.portal(), VOLUME, EXTENTS, &seen.history).await;
+    assert!(volume_record(&a, VOLUME)["replicas"][idc.to_string()].is_null());
+}
