@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::http::Answer;
-use crate::{Cluster, ClusterError, NodeId};
+use crate::{Cluster, ClusterError, NodeId, SnapshotRecord};
 
 /// Body of `/cluster/hand-over`: the volume and the node to hand it to.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -38,13 +38,42 @@ pub struct HandedOver {
     pub commit_us: u64,
 }
 
-/// What a member answers when asked to hand a volume over: the node that
-/// serves the volumes on it.
+/// Body of `/cluster/snapshot`: snapshots to take of volumes the member
+/// asked leads, at one point of their write orders.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotRequest {
+    /// The volumes (one, or a consistency group).
+    pub volumes: Vec<String>,
+    /// The snapshot's name on each.
+    pub name: String,
+    /// The consistency group's name.
+    pub group: Option<String>,
+}
+
+/// Body of `/cluster/snapshot-delete`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotDeleteRequest {
+    /// The volume.
+    pub volume: String,
+    /// The snapshot's id.
+    pub id: uuid::Uuid,
+}
+
+/// What a member answers when asked to do what only a volume's primary
+/// can (hand it over, take or delete its snapshots): the node that serves
+/// the volumes on it.
 #[async_trait]
 pub trait Handover: Send + Sync {
     /// Hands `volume`, which this node leads, to the in-sync copy on `to`;
     /// `Err` says why not, as users read it.
     async fn hand_over(&self, volume: &str, to: NodeId) -> Result<HandedOver, String>;
+
+    /// Takes and records snapshots of volumes this node leads.
+    async fn take_snapshots(&self, req: SnapshotRequest) -> Result<Vec<SnapshotRecord>, String>;
+
+    /// Forgets a snapshot of a volume this node leads and deletes it from
+    /// the copies.
+    async fn delete_snapshot(&self, req: SnapshotDeleteRequest) -> Result<(), String>;
 }
 
 impl Cluster {
@@ -84,7 +113,79 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Asks member `node`, the primary of the volumes, to take snapshot
+    /// `req` of them (this node's own handler, when `node` is this node).
+    pub async fn take_snapshots_on(
+        &self,
+        node: NodeId,
+        req: SnapshotRequest,
+    ) -> Result<Vec<SnapshotRecord>, ClusterError> {
+        if node == self.id() {
+            return self
+                .inner
+                .local_take_snapshots(req)
+                .await
+                .map_err(ClusterError::Refused);
+        }
+        let addr = self
+            .inner
+            .addr_of(node)
+            .ok_or_else(|| ClusterError::Remote(format!("node {node} is not a member")))?;
+        self.inner
+            .forward
+            .post::<_, Answer<Vec<SnapshotRecord>>>(&addr, "/cluster/snapshot", &req)
+            .await?
+            .map_err(ClusterError::Refused)
+    }
+
+    /// Asks member `node`, the primary of the volume, to delete a snapshot.
+    pub async fn delete_snapshot_on(
+        &self,
+        node: NodeId,
+        req: SnapshotDeleteRequest,
+    ) -> Result<(), ClusterError> {
+        if node == self.id() {
+            return self
+                .inner
+                .local_delete_snapshot(req)
+                .await
+                .map_err(ClusterError::Refused);
+        }
+        let addr = self
+            .inner
+            .addr_of(node)
+            .ok_or_else(|| ClusterError::Remote(format!("node {node} is not a member")))?;
+        self.inner
+            .forward
+            .post::<_, Answer<()>>(&addr, "/cluster/snapshot-delete", &req)
+            .await?
+            .map_err(ClusterError::Refused)
+    }
+}
+
 impl crate::member::Inner {
+    fn volume_handler(&self) -> Result<Arc<dyn Handover>, String> {
+        self.handover
+            .lock()
+            .unwrap()
+            .clone()
+            .ok_or_else(|| format!("node {} serves no volumes", self.me.id))
+    }
+
+    /// Takes snapshots through this member's handler.
+    pub(crate) async fn local_take_snapshots(
+        &self,
+        req: SnapshotRequest,
+    ) -> Answer<Vec<SnapshotRecord>> {
+        self.volume_handler()?.take_snapshots(req).await
+    }
+
+    /// Deletes a snapshot through this member's handler.
+    pub(crate) async fn local_delete_snapshot(&self, req: SnapshotDeleteRequest) -> Answer<()> {
+        self.volume_handler()?.delete_snapshot(req).await
+    }
+
     /// Hands `volume` over through this member's handler.
     pub(crate) async fn local_hand_over(&self, volume: &str, to: NodeId) -> Answer<HandedOver> {
         let h = self.handover.lock().unwrap().clone();

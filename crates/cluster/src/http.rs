@@ -41,6 +41,8 @@ pub(crate) fn router(inner: Weak<Inner>) -> Router {
         .route("/cluster/data-key", post(h_data_key))
         .route("/cluster/sessions", post(h_sessions))
         .route("/cluster/hand-over", post(h_hand_over))
+        .route("/cluster/snapshot", post(h_volume_snapshot))
+        .route("/cluster/snapshot-delete", post(h_snapshot_delete))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(inner)
 }
@@ -435,5 +437,29 @@ async fn h_hand_over(State(w): State<Weak<Inner>>, h: HeaderMap, body: Bytes) ->
             Err(r) => return r,
         };
     let r = s.local_hand_over(&req.volume, req.to).await;
+    s.gate.answer(&nonce, &r)
+}
+
+async fn h_volume_snapshot(State(w): State<Weak<Inner>>, h: HeaderMap, body: Bytes) -> Response {
+    let (s, nonce, req) =
+        match admit::<crate::handover::SnapshotRequest>(&w, &h, "/cluster/snapshot", &body) {
+            Ok(x) => x,
+            Err(r) => return r,
+        };
+    let r = s.local_take_snapshots(req).await;
+    s.gate.answer(&nonce, &r)
+}
+
+async fn h_snapshot_delete(State(w): State<Weak<Inner>>, h: HeaderMap, body: Bytes) -> Response {
+    let (s, nonce, req) = match admit::<crate::handover::SnapshotDeleteRequest>(
+        &w,
+        &h,
+        "/cluster/snapshot-delete",
+        &body,
+    ) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let r = s.local_delete_snapshot(req).await;
     s.gate.answer(&nonce, &r)
 }

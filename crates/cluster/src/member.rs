@@ -66,6 +66,8 @@ pub(crate) struct Inner {
     /// Set once another member's state shows this one removed as dead:
     /// it is no member any more, whatever its own log says.
     pub(crate) removed: std::sync::atomic::AtomicBool,
+    /// The version each member reported last, for when it cannot be asked.
+    pub(crate) versions_seen: Mutex<BTreeMap<NodeId, MemberVersion>>,
 }
 
 /// A running member of the cluster.
@@ -300,6 +302,7 @@ impl Cluster {
             sessions: Mutex::new(None),
             handover: Mutex::new(None),
             removed: std::sync::atomic::AtomicBool::new(false),
+            versions_seen: Mutex::default(),
         });
         let listener = tokio::net::TcpListener::bind(listen)
             .await
@@ -493,9 +496,33 @@ impl Cluster {
             let version = task
                 .await
                 .unwrap_or_else(|e| Err(ClusterError::Remote(format!("asking node {node}: {e}"))));
+            if let Ok(v) = &version {
+                self.inner
+                    .versions_seen
+                    .lock()
+                    .unwrap()
+                    .insert(node, v.clone());
+            }
             out.insert(node, version);
         }
         out
+    }
+
+    /// The log version of every member as [`Cluster::log_versions`] asks
+    /// it, or, for a member that does not answer now (down, cut off), the
+    /// one it reported to this node last; `Err` for a member never heard
+    /// from since this node started.
+    pub async fn log_versions_last_known(&self) -> BTreeMap<NodeId, Result<u32, ClusterError>> {
+        let mut now = self.log_versions().await;
+        let seen = self.inner.versions_seen.lock().unwrap().clone();
+        for (node, v) in now.iter_mut() {
+            if v.is_err() {
+                if let Some(s) = seen.get(node) {
+                    *v = Ok(s.log_version);
+                }
+            }
+        }
+        now
     }
 
     /// Leaves the cluster: drops this node's volume copies (primaries move

@@ -40,7 +40,7 @@ const ROUND: Duration = Duration::from_secs(1);
 const RETRY: Duration = Duration::from_secs(30);
 
 /// The log version that has [`Command::ReplaceCopy`].
-const REPLACE_VERSION: u32 = 3;
+const REPLACE_VERSION: u32 = 4;
 const _: () = assert!(crate::LOG_VERSION >= REPLACE_VERSION);
 
 /// On the leader: adds the copies volumes miss and replaces copies on

@@ -163,6 +163,12 @@ pub enum Refusal {
     /// A copy already being replaced.
     #[error("volume {volume}: the copy on node {node} is being replaced already")]
     BeingReplaced { volume: String, node: NodeId },
+    /// A snapshot name the volume has already.
+    #[error("volume {volume} has a snapshot named {name} already")]
+    SnapshotExists { volume: String, name: String },
+    /// No snapshot of that id.
+    #[error("volume {volume} has no snapshot {id}")]
+    NoSnapshot { volume: String, id: Uuid },
 }
 
 /// Checks a volume name: it becomes part of an IQN and a directory name, so
@@ -313,10 +319,40 @@ pub struct VolumeRecord {
     /// dropped once the new copy is in sync ([`Command::ReplaceCopy`]).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub replacing: BTreeMap<NodeId, NodeId>,
+    /// Its snapshots, oldest first: each held by every in-sync copy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshots: Vec<SnapshotRecord>,
 }
 
 fn is_zero(n: &usize) -> bool {
     *n == 0
+}
+
+/// A snapshot of a cluster volume as the state records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRecord {
+    /// Stable id, the same on every copy.
+    pub id: Uuid,
+    /// Unique among the volume's snapshots.
+    pub name: String,
+    /// Creation time, seconds since the Unix epoch.
+    pub created: u64,
+    /// The volume's size when it was taken.
+    pub size_bytes: u64,
+    /// The consistency group it was taken in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+}
+
+/// One volume's part of [`Command::RecordSnapshots`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TakenSnapshot {
+    /// The volume.
+    pub volume: String,
+    /// The epoch of the primary that took it.
+    pub epoch: u64,
+    /// The snapshot.
+    pub snapshot: SnapshotRecord,
 }
 
 /// The whole replicated state.
@@ -469,7 +505,7 @@ pub enum Command {
     /// a volume has no in-sync copy on another node. Its id is recorded
     /// as removed: it never takes part again.
     ///
-    /// Log version 3, as the two commands below: proposed only once every
+    /// Log version 4, as the two commands below: proposed only once every
     /// other member reads it (see [`Command::MovePrimary`]).
     RemoveDeadNode { node: NodeId },
     /// Places a new copy of `volume` on `with`, out of sync, to replace the
@@ -484,6 +520,20 @@ pub enum Command {
     /// Sets how long a copy on a member that stopped answering waits
     /// before the leader replaces it, in seconds (0: never).
     SetReplaceDelay { secs: u64 },
+    /// Snapshots the primaries of their volumes took, every in-sync copy
+    /// holding them: recorded all together (a consistency group) or none,
+    /// refused where a volume's epoch is no longer the one its primary
+    /// took it at (that primary ended; the next one drops it) or the name
+    /// is taken.
+    ///
+    /// Log version 3: proposed only once every member reads it (see
+    /// [`Command::MovePrimary`]).
+    RecordSnapshots { taken: Vec<TakenSnapshot> },
+    /// Forgets a snapshot of a volume (its primary deletes it from the
+    /// copies; a copy away drops it when it connects).
+    ///
+    /// Log version 3.
+    ForgetSnapshot { volume: String, id: Uuid },
 }
 
 /// The SHA-256 of recorded access rules, in hex: how
@@ -645,6 +695,7 @@ impl ClusterState {
                         access: None,
                         wanted: 0,
                         replacing: BTreeMap::new(),
+                        snapshots: Vec::new(),
                     },
                 );
             }
@@ -875,6 +926,50 @@ impl ClusterState {
                 self.replace_copy(volume, *node, *with)?
             }
             Command::SetReplaceDelay { secs } => self.replace_delay = Some(*secs),
+            Command::RecordSnapshots { taken } => self.record_snapshots(taken)?,
+            Command::ForgetSnapshot { volume, id } => {
+                let v = self.volume_mut(volume)?;
+                let before = v.snapshots.len();
+                v.snapshots.retain(|s| s.id != *id);
+                if v.snapshots.len() == before {
+                    return Err(Refusal::NoSnapshot {
+                        volume: volume.clone(),
+                        id: *id,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Command::RecordSnapshots`]: all of them or none.
+    fn record_snapshots(&mut self, taken: &[TakenSnapshot]) -> Result<(), Refusal> {
+        for (i, t) in taken.iter().enumerate() {
+            let v = self
+                .volumes
+                .get(&t.volume)
+                .ok_or_else(|| Refusal::NoVolume {
+                    name: t.volume.clone(),
+                })?;
+            if t.epoch != v.epoch {
+                return Err(Refusal::StaleEpoch {
+                    volume: t.volume.clone(),
+                    epoch: t.epoch,
+                    current: v.epoch,
+                });
+            }
+            let twice = taken[..i].iter().any(|o| o.volume == t.volume);
+            if twice || v.snapshots.iter().any(|s| s.name == t.snapshot.name) {
+                return Err(Refusal::SnapshotExists {
+                    volume: t.volume.clone(),
+                    name: t.snapshot.name.clone(),
+                });
+            }
+        }
+        for t in taken {
+            self.volume_mut(&t.volume)?
+                .snapshots
+                .push(t.snapshot.clone());
         }
         Ok(())
     }

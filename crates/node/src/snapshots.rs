@@ -73,16 +73,12 @@ fn default_name(secs: u64) -> String {
 }
 
 impl Node {
-    /// Refuses a volume the cluster holds: its snapshots would have to be
-    /// taken on every copy at one point of its write order.
-    fn refuse_cluster_volume(&self, name: &str) -> Result<(), NodeError> {
-        let clustered = self
-            .clustered()
-            .is_some_and(|c| c.cluster().state().volumes.contains_key(name))
-            || self.is_cluster_copy(name);
-        if clustered {
+    /// Refuses a volume the cluster holds, for what only this node's own
+    /// volumes have (`what`: clones and rollback).
+    fn refuse_cluster_volume(&self, name: &str, what: &str) -> Result<(), NodeError> {
+        if self.cluster_volume(name).is_some() || self.is_cluster_copy(name) {
             return Err(NodeError::Invalid(format!(
-                "volume {name} is a cluster volume: snapshots and clones of replicated volumes are not supported yet (docs/snapshots.md)"
+                "volume {name} is a cluster volume: {what} of cluster volumes is not supported yet (docs/snapshots.md)"
             )));
         }
         if self.store.get(name).is_none() {
@@ -103,8 +99,19 @@ impl Node {
         if volumes.is_empty() {
             return Err(NodeError::Invalid("name at least one volume".into()));
         }
-        for v in volumes {
-            self.refuse_cluster_volume(v)?;
+        let clustered = volumes
+            .iter()
+            .filter(|v| self.cluster_volume(v).is_some())
+            .count();
+        if clustered == 0 {
+            for v in volumes {
+                self.refuse_cluster_volume(v, "this")?;
+            }
+        } else if clustered < volumes.len() {
+            return Err(NodeError::Invalid(
+                "a consistency group is of cluster volumes or of this node's own volumes, not both"
+                    .into(),
+            ));
         }
         let name = match name {
             Some(n) => n.to_string(),
@@ -120,6 +127,9 @@ impl Node {
                 volumes = volumes.len(),
                 "several volumes: taken as a consistency group named after the snapshot"
             );
+        }
+        if clustered > 0 {
+            return self.create_cluster_snapshots(volumes, &name, group).await;
         }
         // Serialized with volume deletes and other catalog changes.
         let _catalog = self.exported.lock().await;
@@ -151,20 +161,30 @@ impl Node {
         &self,
         volume: Option<&str>,
     ) -> Result<Vec<SnapshotView>, NodeError> {
-        let names: Vec<String> = match volume {
-            Some(v) => {
-                self.refuse_cluster_volume(v)?;
-                vec![v.to_string()]
-            }
-            None => self
-                .store
-                .list()
-                .into_iter()
-                .map(|m| m.name)
-                .filter(|n| self.refuse_cluster_volume(n).is_ok())
-                .collect(),
+        let (names, cluster): (Vec<String>, Vec<cluster::VolumeRecord>) = match volume {
+            Some(v) => match self.cluster_volume(v) {
+                Some(r) => (Vec::new(), vec![r]),
+                None => {
+                    self.refuse_cluster_volume(v, "this")?;
+                    (vec![v.to_string()], Vec::new())
+                }
+            },
+            None => (
+                self.store
+                    .list()
+                    .into_iter()
+                    .map(|m| m.name)
+                    .filter(|n| self.refuse_cluster_volume(n, "this").is_ok())
+                    .collect(),
+                self.clustered()
+                    .map(|c| c.cluster().state().volumes.values().cloned().collect())
+                    .unwrap_or_default(),
+            ),
         };
         let mut out = Vec::new();
+        for v in &cluster {
+            out.extend(self.cluster_snapshots(v).await);
+        }
         for v in names {
             for (s, space) in self.store.snapshot_space(&v).await? {
                 out.push(self.view(&v, s, space));
@@ -175,12 +195,18 @@ impl Node {
 
     /// One snapshot.
     pub async fn snapshot(&self, volume: &str, name: &str) -> Result<SnapshotView, NodeError> {
-        self.refuse_cluster_volume(volume)?;
-        let s = self.store.find_snapshot(volume, name)?;
+        let id = match self.cluster_volume(volume) {
+            Some(v) => v
+                .snapshots
+                .iter()
+                .find(|s| s.name == name)
+                .map(|s| s.id.to_string()),
+            None => Some(self.store.find_snapshot(volume, name)?.id.to_string()),
+        };
         self.list_snapshots(Some(volume))
             .await?
             .into_iter()
-            .find(|v| v.id == s.id.to_string())
+            .find(|v| Some(&v.id) == id.as_ref())
             .ok_or_else(|| {
                 NodeError::Store(store::StoreError::SnapshotNotFound {
                     volume: volume.to_string(),
@@ -196,7 +222,10 @@ impl Node {
         volume: &str,
         name: &str,
     ) -> Result<SnapshotDeleted, NodeError> {
-        self.refuse_cluster_volume(volume)?;
+        if let Some(v) = self.cluster_volume(volume) {
+            return self.delete_cluster_snapshot(&v, name).await;
+        }
+        self.refuse_cluster_volume(volume, "this")?;
         let _catalog = self.exported.lock().await;
         let kept_for_clones = self.store.delete_snapshot(volume, name).await?;
         Ok(SnapshotDeleted { kept_for_clones })
@@ -211,7 +240,7 @@ impl Node {
         snapshot: Option<&str>,
         new: &str,
     ) -> Result<VolumeInfo, NodeError> {
-        self.refuse_cluster_volume(source)?;
+        self.refuse_cluster_volume(source, "cloning")?;
         if self
             .clustered()
             .is_some_and(|c| c.cluster().state().volumes.contains_key(new))
@@ -241,7 +270,7 @@ impl Node {
         snapshot: &str,
         force: bool,
     ) -> Result<(), NodeError> {
-        self.refuse_cluster_volume(volume)?;
+        self.refuse_cluster_volume(volume, "rollback")?;
         let exported = self.exported.lock().await;
         let e = exported
             .get(volume)

@@ -20,6 +20,7 @@ use volume::{Volume, VolumeError};
 
 pub use crate::dirty::ActivityGuard;
 use crate::dirty::{ActivityLog, DirtyMap};
+use crate::wire::SnapshotMark;
 
 /// Bytes per activity-log region.
 pub const ACTIVITY_REGION: u64 = 4 << 20;
@@ -53,6 +54,28 @@ pub struct LocalCopy {
     /// The latest COMPARE AND WRITEs applied to this copy: see
     /// [`LocalCopy::applied_compare_and_write`].
     compare_and_writes: std::sync::Mutex<std::collections::VecDeque<Applied>>,
+    /// What keeps the copy's snapshots, where the volume has them.
+    snapshots: std::sync::OnceLock<Arc<dyn CopySnapshots>>,
+}
+
+/// The snapshots of one copy, as the store under it keeps them. A cluster
+/// volume's copies take each snapshot at the same point of the volume's
+/// write order, under the identity its primary chose
+/// ([`crate::wire::SnapshotMark`]).
+#[async_trait::async_trait]
+pub trait CopySnapshots: Send + Sync {
+    /// The copy's snapshots, oldest first.
+    fn list(&self) -> Vec<SnapshotMark>;
+
+    /// Takes a snapshot of the copy as it is now (every write completed
+    /// before is in it); one with the same id held already is done.
+    async fn take(&self, mark: &SnapshotMark) -> Result<(), VolumeError>;
+
+    /// Deletes a snapshot; one the copy does not hold is done.
+    async fn delete(&self, id: uuid::Uuid) -> Result<(), VolumeError>;
+
+    /// Blocks `[lba, lba + blocks)` of a snapshot's image.
+    async fn read(&self, id: uuid::Uuid, lba: u64, blocks: u32) -> Result<Vec<u8>, VolumeError>;
 }
 
 /// A COMPARE AND WRITE applied to a copy.
@@ -161,7 +184,19 @@ impl LocalCopy {
             session: tokio::sync::RwLock::new(0),
             reservations: std::sync::Mutex::new(None),
             compare_and_writes: Default::default(),
+            snapshots: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Gives the copy what keeps its snapshots (once; later calls are
+    /// ignored).
+    pub fn set_snapshots(&self, s: Arc<dyn CopySnapshots>) {
+        let _ = self.snapshots.set(s);
+    }
+
+    /// What keeps the copy's snapshots, if the volume has them.
+    pub fn snapshots(&self) -> Option<&Arc<dyn CopySnapshots>> {
+        self.snapshots.get()
     }
 
     /// Volume name.

@@ -32,7 +32,7 @@ mod server;
 pub mod wire;
 
 pub use auth::ClusterKey;
-pub use copy::{LocalCopy, SavedReservations};
+pub use copy::{CopySnapshots, LocalCopy, SavedReservations};
 pub use export::{ClusterVolume, Route, Unit};
 pub use forward::Forwarder;
 pub use primary::{

@@ -35,6 +35,7 @@ mod control;
 mod handover;
 mod peer;
 mod resync;
+mod snapshots;
 mod sweeper;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -117,6 +118,15 @@ pub struct Primary {
     active: AtomicUsize,
     /// Woken when the last of them ends.
     idle: tokio::sync::Notify,
+    /// Held while a snapshot is taken, and while a peer that caught up
+    /// on the snapshots it missed enters the write path: no snapshot is
+    /// taken in between without it.
+    snapshot_order: tokio::sync::Mutex<()>,
+    /// Every change of the volume's blocks holds it shared while it runs;
+    /// a snapshot holds it alone, so no change is in flight while it is
+    /// taken. Fair: once a snapshot waits, new changes wait behind it
+    /// (the range lock would let a steady stream of them starve it).
+    writes: tokio::sync::RwLock<()>,
 }
 
 impl std::fmt::Debug for Primary {
@@ -182,6 +192,8 @@ impl Primary {
                             "another primary led the volume since this node's map of what that copy misses: copying everything"
                         );
                         m.mark_all();
+                        // So are the maps kept of the snapshots it missed.
+                        snapshots::forget_kept_maps(&copy, spec.node);
                     }
                     m
                 }
@@ -245,7 +257,15 @@ impl Primary {
             fenced: AtomicBool::new(false),
             active: AtomicUsize::new(0),
             idle: tokio::sync::Notify::new(),
+            snapshot_order: tokio::sync::Mutex::new(()),
+            writes: tokio::sync::RwLock::new(()),
         });
+        if let Err(e) = me.drop_unrecorded_snapshots().await {
+            tracing::warn!(
+                volume = me.copy.name(),
+                "cannot drop the snapshots never recorded: {e}"
+            );
+        }
         let mut tasks = Vec::new();
         for p in &me.peers {
             tasks.push(tokio::spawn(peer::supervise(
@@ -280,6 +300,12 @@ impl Primary {
     /// The epoch this primary writes with.
     pub fn epoch(&self) -> u64 {
         self.cfg.epoch
+    }
+
+    /// The volume's size in bytes, as this copy has it.
+    pub fn volume_bytes(&self) -> u64 {
+        let v = self.copy.volume();
+        v.num_blocks() * v.block_size() as u64
     }
 
     /// Checks a request that reached the primary from another node against
@@ -317,7 +343,8 @@ impl Primary {
             | Op::Settle
             | Op::Command(_)
             | Op::NexusEnded { .. }
-            | Op::Reservations { .. } => Ok(()),
+            | Op::Reservations { .. }
+            | Op::Snapshots(_) => Ok(()),
         }
     }
 
@@ -354,6 +381,7 @@ impl Primary {
         self.check_serving()?;
         let bs = self.copy.volume().block_size() as u64;
         let (off, len) = (lba * bs, blocks * bs);
+        let _writes = self.writes.read().await;
         let _range = self.ranges.lock(lba, blocks).await;
         if let Some(s) = &compare {
             // COMPARE AND WRITE: the range lock makes compare and write one

@@ -19,7 +19,8 @@ use crate::frames::{FrameReader, Outbox};
 use crate::link::read_frame;
 use crate::primary::Primary;
 use crate::wire::{
-    failure_of, Failure, Hello, Mode, Op, Refusal, Refused, Request, Response, Welcome, WireError,
+    failure_of, Failure, Hello, Mode, Op, Refusal, Refused, Request, Response, SnapshotOp, Welcome,
+    WireError,
 };
 
 /// Most requests one connection may have in flight; more wait unread.
@@ -307,6 +308,7 @@ async fn replicated(copy: &LocalCopy, epoch: u64, op: Op) -> Result<Bytes, Failu
         Op::Ping => Ok(Bytes::new()),
         Op::Settle => done(copy.sweep().await),
         Op::Reservations { state } => done(copy.save_reservations(state).await),
+        Op::Snapshots(op) => snapshots(copy, op).await,
         Op::CompareAndWrite {
             lba,
             fua,
@@ -327,6 +329,28 @@ async fn replicated(copy: &LocalCopy, epoch: u64, op: Op) -> Result<Bytes, Failu
                 "operation not allowed on a replication connection",
             ))))
         }
+    }
+}
+
+/// A primary's change to (or look at) this copy's snapshots.
+async fn snapshots(copy: &LocalCopy, op: SnapshotOp) -> Result<Bytes, Failure> {
+    let Some(s) = copy.snapshots() else {
+        return Err(failure_of(&VolumeError::Io(std::io::Error::other(
+            "this copy keeps no snapshots",
+        ))));
+    };
+    match op {
+        SnapshotOp::List => Ok(Bytes::from(
+            serde_json::to_vec(&s.list()).expect("snapshot marks serialize"),
+        )),
+        SnapshotOp::Take(mark) => {
+            let taken = s.take(&mark).await;
+            if taken.is_ok() {
+                tracing::info!(volume = copy.name(), snapshot = %mark.name, "snapshot taken as the primary asked");
+            }
+            done(taken)
+        }
+        SnapshotOp::Delete { id } => done(s.delete(id).await),
     }
 }
 
@@ -398,9 +422,9 @@ async fn forwarded(volume: &ClusterVolume, p: &Primary, op: Op) -> Result<Bytes,
             }
             Ok(Bytes::new())
         }
-        Op::Reservations { .. } => Err(failure_of(&VolumeError::Io(std::io::Error::other(
-            "reservations come from the primary, not to it",
-        )))),
+        Op::Reservations { .. } | Op::Snapshots(_) => Err(failure_of(&VolumeError::Io(
+            std::io::Error::other("reservations and snapshots come from the primary, not to it"),
+        ))),
         Op::Read { lba, blocks } => p
             .read(lba, blocks)
             .await

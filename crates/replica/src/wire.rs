@@ -154,6 +154,44 @@ pub enum Op {
     /// From the primary: the volume's persistent reservations as they are
     /// now, for the replica to keep durably beside its copy.
     Reservations { state: Bytes },
+    /// From the primary: a change to (or a look at) the copy's snapshots.
+    /// Sent only once every member reads it (the control plane's log
+    /// version 3 gates the snapshots of cluster volumes); an older replica
+    /// answers it as a frame it does not know.
+    Snapshots(SnapshotOp),
+}
+
+/// A snapshot of a cluster volume as every copy takes it: the primary
+/// chooses its identity, and each copy keeps it under that identity.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SnapshotMark {
+    /// Stable id, the same on every copy.
+    pub id: uuid::Uuid,
+    /// Its name, unique on the volume.
+    pub name: String,
+    /// Creation time, seconds since the Unix epoch.
+    pub created: u64,
+    /// The consistency group it was taken in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// The volume's size when it was taken, as the copy that lists it
+    /// has it (0 in a request to take one: the copy's size then).
+    #[serde(default)]
+    pub size_bytes: u64,
+}
+
+/// What [`Op::Snapshots`] asks of a replica.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SnapshotOp {
+    /// The copy's snapshots, oldest first, answered as a JSON list of
+    /// [`SnapshotMark`].
+    List,
+    /// Take this snapshot now: every write the primary sent before it is
+    /// in it, none sent after. Taking one the copy holds already is done.
+    Take(SnapshotMark),
+    /// Delete the snapshot with this id (done when there is none).
+    Delete { id: uuid::Uuid },
 }
 
 /// A SCSI command passed on to the primary.
@@ -263,6 +301,7 @@ const OP_SETTLE: u8 = 9;
 const OP_COMMAND: u8 = 10;
 const OP_NEXUS_ENDED: u8 = 11;
 const OP_RESERVATIONS: u8 = 12;
+const OP_SNAPSHOTS: u8 = 13;
 
 const REFUSED_NO_COPY: u8 = 1;
 const REFUSED_STALE_EPOCH: u8 = 2;
@@ -675,6 +714,12 @@ impl Request {
                 b.put_u8(OP_RESERVATIONS);
                 Some(state.clone())
             }
+            Op::Snapshots(op) => {
+                b.put_u8(OP_SNAPSHOTS);
+                Some(Bytes::from(
+                    serde_json::to_vec(op).expect("a snapshot operation serializes"),
+                ))
+            }
         };
         let body_len = b.len() + data.as_ref().map_or(0, |d| 4 + d.len());
         let mut head = BytesMut::with_capacity(4 + b.len() + 4);
@@ -750,6 +795,14 @@ impl Request {
             OP_RESERVATIONS => Op::Reservations {
                 state: get_blob(&mut b)?,
             },
+            OP_SNAPSHOTS => {
+                Op::Snapshots(serde_json::from_slice(&get_blob(&mut b)?).map_err(|_| {
+                    WireError::Unknown {
+                        what: "snapshot operation",
+                        value: 0,
+                    }
+                })?)
+            }
             o => {
                 return Err(WireError::Unknown {
                     what: "operation",
@@ -890,6 +943,26 @@ mod tests {
                 })),
             proptest::option::of("[a-z0-9.:,-]{0,80}").prop_map(|nexus| Op::NexusEnded { nexus }),
             data.prop_map(|state| Op::Reservations { state }),
+            Just(Op::Snapshots(SnapshotOp::List)),
+            (
+                any::<u128>(),
+                "[a-z0-9-]{0,40}",
+                any::<u64>(),
+                proptest::option::of("[a-z]{1,8}"),
+                any::<u64>()
+            )
+                .prop_map(|(id, name, created, group, size_bytes)| Op::Snapshots(
+                    SnapshotOp::Take(SnapshotMark {
+                        id: uuid::Uuid::from_u128(id),
+                        name,
+                        created,
+                        group,
+                        size_bytes,
+                    })
+                )),
+            any::<u128>().prop_map(|id| Op::Snapshots(SnapshotOp::Delete {
+                id: uuid::Uuid::from_u128(id)
+            })),
         ]
     }
 

@@ -23,7 +23,9 @@ mod pool;
 mod snapshots;
 
 pub use backing::{Backing, SimDisk};
-pub use catalog::{read_if_exists, validate_geometry, validate_name, Store, VolumeMeta};
+pub use catalog::{
+    read_if_exists, validate_geometry, validate_name, validate_snapshot_name, Store, VolumeMeta,
+};
 pub use error::StoreError;
 pub use local::{LocalVolume, VolumeFiles, REGION_BYTES};
 pub use snapshots::{

@@ -855,6 +855,23 @@ impl<B: Backing> LocalVolume<B> {
         self.snapshot_now(name, None, hidden).await
     }
 
+    /// Takes the snapshot `info` describes (its id, name, time and group
+    /// as given: a cluster volume's copies each take the snapshot its
+    /// primary chose, under one identity). Every write completed before
+    /// it is in it, none completed after. Taking one that exists already
+    /// (the same id) is done.
+    pub async fn take_snapshot_as(
+        &self,
+        info: SnapshotInfo,
+    ) -> std::result::Result<SnapshotInfo, StoreError> {
+        if let Some(s) = self.snapshots().into_iter().find(|s| s.id == info.id) {
+            return Ok(s);
+        }
+        self.presync().await?;
+        let _exclusive = self.gate.write().await;
+        self.snapshot_with(info).await
+    }
+
     /// Syncs the volume before its writes are stopped for a snapshot, so
     /// that the sync made while they wait has little left to write.
     async fn presync(&self) -> std::result::Result<(), StoreError> {
@@ -919,12 +936,6 @@ impl<B: Backing> LocalVolume<B> {
         group: Option<String>,
         hidden: bool,
     ) -> std::result::Result<SnapshotInfo, StoreError> {
-        self.check_new_snapshot(name)?;
-        // A snapshot keeps checksums as they are: those a failed write left
-        // apart are made whole first.
-        self.heal_suspects()
-            .await
-            .map_err(|e| self.snapshot_error(e))?;
         let info = SnapshotInfo {
             id: uuid::Uuid::new_v4(),
             name: name.to_string(),
@@ -936,6 +947,22 @@ impl<B: Backing> LocalVolume<B> {
             hidden,
             group,
         };
+        self.snapshot_with(info).await
+    }
+
+    /// Takes the snapshot `info` describes (its size is the volume's now);
+    /// the caller holds the write gate.
+    async fn snapshot_with(
+        &self,
+        mut info: SnapshotInfo,
+    ) -> std::result::Result<SnapshotInfo, StoreError> {
+        self.check_new_snapshot(&info.name)?;
+        // A snapshot keeps checksums as they are: those a failed write left
+        // apart are made whole first.
+        self.heal_suspects()
+            .await
+            .map_err(|e| self.snapshot_error(e))?;
+        info.size_bytes = self.num_blocks() * self.block_size as u64;
         let made = info.clone();
         self.on_images(move |i| i.create(made))
             .await

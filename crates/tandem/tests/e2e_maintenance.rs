@@ -122,11 +122,11 @@ async fn a_node_in_maintenance_is_stopped_and_resyncs_only_what_it_missed() {
     // Every member's release and log version.
     for id in [ida, idb, idw] {
         let line = member_line(&b, id);
-        let release = format!("{} (log 3)", env!("CARGO_PKG_VERSION"));
+        let release = format!("{} (log 4)", env!("CARGO_PKG_VERSION"));
         assert!(line.contains(&release), "{line}");
     }
     let versions = &status(&b)["versions"];
-    assert_eq!(versions[ida.to_string()]["log_version"], 3, "{versions}");
+    assert_eq!(versions[ida.to_string()]["log_version"], 4, "{versions}");
 
     // Before: a leads the volume, b holds an in-sync copy.
     let out = upgrade_check(&b, ida).expect("a can be stopped (by a failover)");

@@ -191,7 +191,7 @@ async fn a_dead_copy_is_removed_and_replaced_on_the_third_node_under_writes() {
     // Without c, removing b too would leave a alone: no quorum.
     let why = refused(&a, &[&idb.to_string(), "--dead", "--force"]);
     assert!(why.contains("no quorum"), "{why}");
-    // A setting in a log entry of version 3 is not recorded while a
+    // A setting in a log entry of version 4 is not recorded while a
     // member cannot say it reads it.
     let out = a.cli(&["cluster", "set", "replace-delay", "2h"]);
     let why = String::from_utf8_lossy(&out.stderr);
@@ -199,7 +199,7 @@ async fn a_dead_copy_is_removed_and_replaced_on_the_third_node_under_writes() {
         !out.status.success() && why.contains(&format!("node {idc} does not answer")),
         "{why}"
     );
-    assert!(why.contains("needs log version 3"), "{why}");
+    assert!(why.contains("needs log version 4"), "{why}");
 
     // Removed: the volume runs degraded on b, asking for two copies.
     let t = Instant::now();

@@ -1250,3 +1250,85 @@ fn removal_is_written_to_the_log_under_its_own_names_and_old_states_read() {
     }
     assert_eq!(serde_json::from_str::<ClusterState>(&text).unwrap(), s);
 }
+
+fn snapshot(name: &str, id: u128) -> SnapshotRecord {
+    SnapshotRecord {
+        id: Uuid::from_u128(id),
+        name: name.to_string(),
+        created: 1,
+        size_bytes: 1 << 20,
+        group: None,
+    }
+}
+
+#[test]
+fn snapshots_are_recorded_all_together_at_the_primary_s_epoch_or_not_at_all() {
+    let mut s = cluster(2, true);
+    assert_eq!(s.apply(&create("a", 2)), Outcome::Done);
+    assert_eq!(s.apply(&create("b", 2)), Outcome::Done);
+    let epoch = s.volumes["a"].epoch;
+    let taken = |volume: &str, name: &str, id, epoch| TakenSnapshot {
+        volume: volume.to_string(),
+        epoch,
+        snapshot: snapshot(name, id),
+    };
+    let group = Command::RecordSnapshots {
+        taken: vec![taken("a", "g", 1, epoch), taken("b", "g", 2, epoch)],
+    };
+    assert_eq!(s.apply(&group), Outcome::Done);
+    assert_eq!(s.volumes["a"].snapshots, vec![snapshot("g", 1)]);
+    assert_eq!(s.volumes["b"].snapshots, vec![snapshot("g", 2)]);
+    // A name taken on one volume of a group: none of it is recorded.
+    let again = Command::RecordSnapshots {
+        taken: vec![taken("a", "h", 3, epoch), taken("b", "g", 4, epoch)],
+    };
+    assert!(matches!(
+        refused(&mut s, again),
+        Refusal::SnapshotExists { .. }
+    ));
+    assert_eq!(s.volumes["a"].snapshots.len(), 1);
+    // Taken by a primary whose epoch has passed: the next one drops it.
+    let primary = s.volumes["a"].primary;
+    assert_eq!(
+        s.apply(&Command::Promote {
+            volume: "a".into(),
+            node: primary,
+            expected_epoch: epoch
+        }),
+        Outcome::Done
+    );
+    let late = Command::RecordSnapshots {
+        taken: vec![taken("a", "late", 5, epoch)],
+    };
+    assert!(matches!(refused(&mut s, late), Refusal::StaleEpoch { .. }));
+    // Forgotten once; a second time names what is missing.
+    let forget = Command::ForgetSnapshot {
+        volume: "a".into(),
+        id: Uuid::from_u128(1),
+    };
+    assert_eq!(s.apply(&forget), Outcome::Done);
+    assert!(s.volumes["a"].snapshots.is_empty());
+    assert!(matches!(
+        refused(&mut s, forget),
+        Refusal::NoSnapshot { .. }
+    ));
+}
+
+#[test]
+fn a_volume_without_snapshots_reads_and_writes_as_before() {
+    let mut s = cluster(2, true);
+    assert_eq!(s.apply(&create("a", 2)), Outcome::Done);
+    let text = serde_json::to_string(&s).unwrap();
+    assert!(!text.contains("snapshots"), "{text}");
+    assert_eq!(serde_json::from_str::<ClusterState>(&text).unwrap(), s);
+    let c = Command::ForgetSnapshot {
+        volume: "a".into(),
+        id: Uuid::from_u128(7),
+    };
+    let text = serde_json::to_string(&c).unwrap();
+    assert!(
+        text.starts_with(r#"{"command":"forget-snapshot""#),
+        "{text}"
+    );
+    assert_eq!(serde_json::from_str::<Command>(&text).unwrap(), c);
+}

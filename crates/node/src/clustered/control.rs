@@ -56,6 +56,13 @@ impl replica::Control for ControlPlaneLink {
         self.set(volume, node, PeerState::InSync, epoch).await
     }
 
+    fn recorded_snapshots(&self, volume: &str) -> Option<Vec<uuid::Uuid>> {
+        let c = self.cluster.upgrade()?;
+        let state = c.cluster.state();
+        let v = state.volumes.get(volume)?;
+        Some(v.snapshots.iter().map(|s| s.id).collect())
+    }
+
     async fn replica_syncing(&self, volume: &str, node: u64, epoch: u64) {
         let _ = self.set(volume, node, PeerState::Syncing, epoch).await;
     }

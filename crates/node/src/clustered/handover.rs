@@ -70,6 +70,27 @@ impl cluster::Handover for Switchover {
             .map_err(|e| format!("the hand-over failed: {e}"))?
             .map_err(|e| e.to_string())
     }
+
+    async fn take_snapshots(
+        &self,
+        req: cluster::SnapshotRequest,
+    ) -> Result<Vec<cluster::SnapshotRecord>, String> {
+        let node = self.node.upgrade().ok_or("the node is stopping")?;
+        // In a task of its own: a request dropped midway must not cut the
+        // snapshot short between its copies and its record.
+        tokio::spawn(async move { node.take_cluster_snapshots(req).await })
+            .await
+            .map_err(|e| format!("the snapshot failed: {e}"))?
+            .map_err(|e| e.to_string())
+    }
+
+    async fn delete_snapshot(&self, req: cluster::SnapshotDeleteRequest) -> Result<(), String> {
+        let node = self.node.upgrade().ok_or("the node is stopping")?;
+        tokio::spawn(async move { node.forget_cluster_snapshot(req).await })
+            .await
+            .map_err(|e| format!("deleting the snapshot failed: {e}"))?
+            .map_err(|e| e.to_string())
+    }
 }
 
 impl Node {

@@ -18,6 +18,7 @@ mod membership;
 mod present;
 mod removal;
 mod sessions;
+mod snapshots;
 mod status;
 mod unit;
 mod volumes;

@@ -113,6 +113,7 @@ impl Node {
         let base = self.local_unit_dir(&v.name)?.join(COPY_BASE);
         let copy = LocalCopy::open(&v.name, local.clone(), &base)
             .map_err(|e| NodeError::Cluster(format!("volume {}: opening the copy: {e}", v.name)))?;
+        copy.set_snapshots(Arc::new(super::snapshots::StoreSnapshots(local.clone())));
         Ok((copy, local))
     }
 

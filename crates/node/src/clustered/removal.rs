@@ -22,7 +22,7 @@ use crate::{Node, NodeError};
 
 /// The log version that has [`cluster::Command::RemoveDeadNode`] and the
 /// re-placement entries.
-const REMOVAL_VERSION: u32 = 3;
+const REMOVAL_VERSION: u32 = 4;
 const _: () = assert!(cluster::LOG_VERSION >= REMOVAL_VERSION);
 
 /// Longest a re-placement delay may be set to (a year).

@@ -32,6 +32,16 @@ pub trait Control: Send + Sync + 'static {
     /// status displays). Its progress is not recorded: the primary reports
     /// it in [`Primary::peer_status`](super::Primary::peer_status).
     async fn replica_syncing(&self, volume: &str, node: u64, epoch: u64);
+
+    /// The snapshots of `volume` the control plane records, by id, oldest
+    /// first; `None` while the cluster keeps no snapshots of its volumes
+    /// (some member would not read the replication protocol's snapshot
+    /// operations). A primary role starting drops the snapshots of its
+    /// copy the record does not list: they were never acknowledged.
+    fn recorded_snapshots(&self, volume: &str) -> Option<Vec<uuid::Uuid>> {
+        let _ = volume;
+        None
+    }
 }
 
 /// Why the control plane did not record a change of a peer's state.

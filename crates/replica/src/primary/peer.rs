@@ -388,6 +388,12 @@ impl Primary {
                 return false;
             }
         }
+        // A snapshot it holds that this copy does not goes; one it misses
+        // takes it out of sync, to be caught up before it takes writes.
+        if let Err(e) = self.reconcile_snapshots(p, l).await {
+            tracing::info!(volume = self.copy.name(), node = p.node, "{e}");
+            return false;
+        }
         // Every copy that takes writes holds the volume's persistent
         // reservations as they are now: a new link gets them before it
         // enters the write path, in order with the changes made meanwhile

@@ -114,7 +114,7 @@ impl Flight<'_> {
 
 /// Waits for the answer to every call (each within the link's timeout, which
 /// closes the link when it runs out); the first failure, if any.
-async fn answered(calls: Vec<Call<'_>>) -> Result<(), LinkError> {
+pub(super) async fn answered(calls: Vec<Call<'_>>) -> Result<(), LinkError> {
     let mut result = Ok(());
     for c in calls {
         let r = c.wait().await;
@@ -133,12 +133,16 @@ impl Primary {
         if was == PeerState::Losing {
             return Err(ResyncError::NotRecorded);
         }
-        if was == PeerState::OutOfSync
-            && p.state
+        if was == PeerState::OutOfSync {
+            // Out of the write path still: the snapshots it misses first,
+            // and it takes writes again before another can be taken.
+            let _order = self.catch_up_snapshots(p, link).await?;
+            if p.state
                 .compare_exchange(PeerState::OutOfSync, PeerState::Syncing)
                 .is_err()
-        {
-            return Err(ResyncError::StateChanged);
+            {
+                return Err(ResyncError::StateChanged);
+            }
         }
         let total = p.dirty.count() * RESYNC_REGION;
         p.resync.start(total);
@@ -510,6 +514,9 @@ pub(super) enum ResyncError {
     /// The peer did not take the volume's persistent reservations.
     #[error("{0}")]
     Reservations(String),
+    /// A snapshot the peer misses could not be brought to it.
+    #[error("catching up a snapshot: {0}")]
+    Snapshot(String),
     /// The peer is in sync but the control plane did not record it.
     #[error("recording the replica in sync failed: {0}")]
     Record(ControlError),

@@ -1,0 +1,483 @@
+//! Snapshots of a replicated volume (docs/snapshots.md, "Cluster
+//! volumes"): the primary orders a snapshot like a write and every copy
+//! that holds all acknowledged writes takes it at the same point.
+//!
+//! - Taking one: new writes wait while the ones in flight finish; this copy takes it, then every
+//!   in-sync peer. A peer that fails it, or that is catching up, is
+//!   recorded out of sync before the snapshot counts as taken.
+//! - A peer out of sync misses the snapshot. What it misses of it is what
+//!   its dirty map held at that moment: the map is kept beside the copy
+//!   under the snapshot's id (`peer-N.snap-ID.dirty`). When the peer
+//!   returns, before it takes writes again, each snapshot it misses is
+//!   caught up in order: those regions (and the ones it may hold
+//!   unacknowledged writes in) are copied from the snapshot's image into
+//!   its copy, and it takes the snapshot. Without a kept map (a new copy,
+//!   another primary meanwhile), the whole image is copied. Then the
+//!   ordinary resync brings its copy up to this one.
+//! - A peer holding a snapshot this copy does not (one that a primary that
+//!   failed took before it was recorded) drops it when it connects.
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use volume::{Unavailable, VolumeError};
+
+use super::resync::ResyncError;
+use super::{Peer, PeerState, Primary, RESYNC_REGION};
+use crate::copy::off_thread;
+use crate::dirty::DirtyMap;
+use crate::link::{Call, Link, LinkError};
+use crate::wire::{Failure, Op, SnapshotMark, SnapshotOp};
+
+/// Most bytes one request of a snapshot's catch-up carries.
+const CATCH_UP_IO: u64 = 1 << 20;
+
+/// Requests of a catch-up in flight at once.
+const CATCH_UP_WINDOW: usize = 8;
+
+impl Primary {
+    /// Takes a snapshot of every volume in `parts` at one point of their
+    /// write orders: writes to all of them wait while it is taken on each
+    /// copy that holds every acknowledged write. Callers order the parts
+    /// (by volume name) so that groups never wait for each other.
+    ///
+    /// On success every in-sync copy holds each snapshot, and each copy
+    /// that does not is recorded out of sync with what it misses kept.
+    /// On failure the snapshots taken are deleted again (a copy that
+    /// cannot be reached drops it when it connects next).
+    pub async fn take_snapshots(parts: &[(&Primary, SnapshotMark)]) -> Result<(), VolumeError> {
+        let mut admitted = Vec::with_capacity(parts.len());
+        for (p, _) in parts {
+            admitted.push(p.admit()?);
+            p.check_serving()?;
+            if p.copy.snapshots().is_none() {
+                return Err(VolumeError::Io(std::io::Error::other(format!(
+                    "volume {}: its copy keeps no snapshots",
+                    p.copy.name()
+                ))));
+            }
+        }
+        let mut order = Vec::with_capacity(parts.len());
+        for (p, _) in parts {
+            order.push(p.snapshot_order.lock().await);
+        }
+        let mut fences = Vec::with_capacity(parts.len());
+        for (p, _) in parts {
+            fences.push(p.writes.write().await);
+        }
+        for (i, (p, mark)) in parts.iter().enumerate() {
+            if let Err(e) = p.snapshot_fenced(mark).await {
+                for (q, m) in &parts[..=i] {
+                    q.drop_snapshot_everywhere(m).await;
+                }
+                return Err(e);
+            }
+        }
+        drop(fences);
+        for (p, _) in parts {
+            p.check_serving()?;
+        }
+        Ok(())
+    }
+
+    /// Takes `mark` here and on every in-sync peer, the caller holding
+    /// the volume's writes back (none in flight).
+    async fn snapshot_fenced(&self, mark: &SnapshotMark) -> Result<(), VolumeError> {
+        let store = self.copy.snapshots().expect("checked by the caller");
+        store.take(mark).await?;
+        let take = Op::Snapshots(SnapshotOp::Take(mark.clone()));
+        let mut calls = Vec::new();
+        let mut missed: Vec<(&Peer, String)> = Vec::new();
+        for p in &self.peers {
+            match p.state() {
+                // Regions of it may hold writes no copy acknowledged, which
+                // differ between the copies: its snapshot would too.
+                PeerState::InSync if p.dirty.count() > 0 => missed.push((
+                    p,
+                    "it still reconciles regions written before its last stop".into(),
+                )),
+                PeerState::InSync => match p.link() {
+                    Some(l) => calls.push((p, l)),
+                    None => missed.push((p, "it is not connected".into())),
+                },
+                PeerState::Syncing => missed.push((p, "it is catching up".into())),
+                PeerState::Losing => missed.push((p, "it failed a write".into())),
+                PeerState::OutOfSync => {}
+            }
+        }
+        for (p, l) in calls {
+            match l.call(self.cfg.epoch, take.clone()).await {
+                Ok(_) => {}
+                Err(LinkError::Failed {
+                    failure: Failure::StaleEpoch { current },
+                    ..
+                }) => {
+                    self.deposed.store(true, Ordering::Release);
+                    return Err(VolumeError::Unavailable(Unavailable::Deposed {
+                        epoch: Some(current),
+                    }));
+                }
+                Err(e) => missed.push((p, e.to_string())),
+            }
+        }
+        for (p, why) in missed {
+            tracing::info!(
+                volume = self.copy.name(),
+                node = p.node,
+                snapshot = %mark.name,
+                "the copy misses the snapshot: {why}"
+            );
+            self.lose(p, &format!("it misses snapshot {}: {why}", mark.name))
+                .await?;
+        }
+        for p in &self.peers {
+            if p.state() != PeerState::InSync {
+                self.keep_snapshot_map(p, mark).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps what `p` misses of snapshot `mark` (its dirty map now, no
+    /// write in flight). Without it the catch-up copies the whole image,
+    /// so a failure here costs time, never data.
+    async fn keep_snapshot_map(&self, p: &Peer, mark: &SnapshotMark) {
+        let path = self.snapshot_map_path(p.node, mark.id);
+        let ranges = p.dirty.ranges();
+        let tag = p.dirty.tag();
+        let v = self.copy.volume();
+        let bytes = v.num_blocks() * v.block_size() as u64;
+        let kept = off_thread(move || {
+            let m = DirtyMap::create(&path, RESYNC_REGION, bytes)?;
+            m.mark_ranges(&ranges);
+            m.set_tag(tag);
+            m.persist()
+        })
+        .await;
+        if let Err(e) = kept {
+            tracing::warn!(
+                volume = self.copy.name(),
+                node = p.node,
+                snapshot = %mark.name,
+                "cannot keep what the copy misses of the snapshot (it will be copied whole): {e}"
+            );
+            let _ = std::fs::remove_file(self.snapshot_map_path(p.node, mark.id));
+        }
+    }
+
+    fn snapshot_map_path(&self, node: u64, id: uuid::Uuid) -> std::path::PathBuf {
+        self.copy
+            .file(&format!("peer-{node}.snap-{}.dirty", id.simple()))
+    }
+
+    /// Deletes a snapshot here and on every peer that takes writes; a
+    /// peer that cannot be reached drops it when it connects next.
+    async fn drop_snapshot_everywhere(&self, mark: &SnapshotMark) {
+        let delete = Op::Snapshots(SnapshotOp::Delete { id: mark.id });
+        for p in &self.peers {
+            if let Some(l) = p.link() {
+                if let Err(e) = l.call(self.cfg.epoch, delete.clone()).await {
+                    tracing::info!(volume = self.copy.name(), node = p.node, snapshot = %mark.name, "the copy keeps the snapshot until it connects again: {e}");
+                }
+            }
+            let _ = std::fs::remove_file(self.snapshot_map_path(p.node, mark.id));
+        }
+        if let Some(s) = self.copy.snapshots() {
+            if let Err(e) = s.delete(mark.id).await {
+                tracing::warn!(volume = self.copy.name(), snapshot = %mark.name, "cannot delete the snapshot here: {e}");
+            }
+        }
+    }
+
+    /// Deletes snapshot `id` of the volume: here and on every copy that
+    /// takes writes (the others drop it when they connect next).
+    pub async fn delete_snapshot(&self, id: uuid::Uuid) -> Result<(), VolumeError> {
+        let _admitted = self.admit()?;
+        self.check_serving()?;
+        let _order = self.snapshot_order.lock().await;
+        let Some(store) = self.copy.snapshots() else {
+            return Ok(());
+        };
+        let Some(mark) = store.list().into_iter().find(|m| m.id == id) else {
+            return Ok(());
+        };
+        self.drop_snapshot_everywhere(&mark).await;
+        Ok(())
+    }
+
+    /// At the start of the role: drops the snapshots of this copy that the
+    /// control plane does not record (taken by an earlier role that ended
+    /// before it recorded them: never acknowledged), and the kept maps of
+    /// snapshots gone.
+    pub(super) async fn drop_unrecorded_snapshots(&self) -> Result<(), VolumeError> {
+        let (Some(store), Some(recorded)) = (
+            self.copy.snapshots(),
+            self.control.recorded_snapshots(self.copy.name()),
+        ) else {
+            return Ok(());
+        };
+        let mine = store.list();
+        for m in mine.iter().filter(|m| !recorded.contains(&m.id)) {
+            tracing::warn!(
+                volume = self.copy.name(),
+                snapshot = %m.name,
+                "dropping a snapshot that was never recorded (its primary ended first)"
+            );
+            store.delete(m.id).await?;
+        }
+        Ok(())
+    }
+
+    /// A peer just connected: it drops the snapshots this copy does not
+    /// hold. Returns whether it holds every snapshot this copy does; an
+    /// in-sync peer that does not is recorded out of sync (the caller
+    /// keeps it out of the write path when that fails).
+    pub(super) async fn reconcile_snapshots(&self, p: &Peer, link: &Link) -> Result<(), String> {
+        let Some(store) = self.copy.snapshots() else {
+            return Ok(());
+        };
+        let _order = self.snapshot_order.lock().await;
+        let mine = store.list();
+        if !self.snapshots_in_use(&mine) {
+            return Ok(());
+        }
+        let theirs = self.peer_snapshots(link).await?;
+        for t in theirs.iter().filter(|t| !mine.iter().any(|m| m.id == t.id)) {
+            tracing::info!(
+                volume = self.copy.name(),
+                node = p.node,
+                snapshot = %t.name,
+                "the copy drops a snapshot the primary does not hold"
+            );
+            link.call(
+                self.cfg.epoch,
+                Op::Snapshots(SnapshotOp::Delete { id: t.id }),
+            )
+            .await
+            .map_err(|e| format!("dropping snapshot {} there: {e}", t.name))?;
+        }
+        let missing = mine.iter().any(|m| !theirs.iter().any(|t| t.id == m.id));
+        if missing && p.state() == PeerState::InSync {
+            self.lose(p, &"it misses a snapshot")
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Whether the peers are asked about snapshots: only where the volume
+    /// has some, here or recorded (then every member reads the protocol's
+    /// snapshot operations; a member of an earlier version would close the
+    /// link at one). A copy left with one that was never recorded while
+    /// the volume has none drops it if it leads the volume one day.
+    fn snapshots_in_use(&self, mine: &[SnapshotMark]) -> bool {
+        !mine.is_empty()
+            || self
+                .control
+                .recorded_snapshots(self.copy.name())
+                .is_some_and(|r| !r.is_empty())
+    }
+
+    /// The snapshots the copy at the end of `link` holds.
+    async fn peer_snapshots(&self, link: &Link) -> Result<Vec<SnapshotMark>, String> {
+        let answer = link
+            .call(self.cfg.epoch, Op::Snapshots(SnapshotOp::List))
+            .await
+            .map_err(|e| format!("listing its snapshots: {e}"))?;
+        serde_json::from_slice(&answer).map_err(|e| format!("its list of snapshots: {e}"))
+    }
+
+    /// Before a peer out of sync takes writes again: brings it every
+    /// snapshot it misses, oldest first. Returns holding the snapshot
+    /// order, for the caller to put the peer in the write path before
+    /// another snapshot can be taken without it.
+    pub(super) async fn catch_up_snapshots(
+        &self,
+        p: &Peer,
+        link: &Link,
+    ) -> Result<Option<tokio::sync::MutexGuard<'_, ()>>, ResyncError> {
+        let Some(store) = self.copy.snapshots() else {
+            return Ok(None);
+        };
+        loop {
+            let order = self.snapshot_order.lock().await;
+            let mine = store.list();
+            if !self.snapshots_in_use(&mine) {
+                return Ok(Some(order));
+            }
+            let theirs = self
+                .peer_snapshots(link)
+                .await
+                .map_err(ResyncError::Snapshot)?;
+            // Snapshots are taken oldest first: the first one the peer
+            // misses, and every later one it holds goes first.
+            let Some(first) = mine
+                .iter()
+                .position(|m| !theirs.iter().any(|t| t.id == m.id))
+            else {
+                return Ok(Some(order));
+            };
+            for later in &mine[first + 1..] {
+                if theirs.iter().any(|t| t.id == later.id) {
+                    link.call(
+                        self.cfg.epoch,
+                        Op::Snapshots(SnapshotOp::Delete { id: later.id }),
+                    )
+                    .await
+                    .map_err(|e| ResyncError::Snapshot(e.to_string()))?;
+                }
+            }
+            let mark = mine[first].clone();
+            drop(order);
+            self.catch_up_one(p, link, &mark).await?;
+        }
+    }
+
+    /// Makes the peer's copy the image of snapshot `mark` and has it take
+    /// the snapshot.
+    async fn catch_up_one(
+        &self,
+        p: &Peer,
+        link: &Link,
+        mark: &SnapshotMark,
+    ) -> Result<(), ResyncError> {
+        let store = self.copy.snapshots().expect("checked by the caller");
+        let v = self.copy.volume();
+        let bs = v.block_size() as u64;
+        let image_blocks = match mark.size_bytes {
+            0 => v.num_blocks(),
+            b => (b / bs).min(v.num_blocks()),
+        };
+        let path = self.snapshot_map_path(p.node, mark.id);
+        let bytes = v.num_blocks() * bs;
+        let kept = off_thread(move || DirtyMap::load(&path, bytes)).await;
+        // The regions to copy: what the peer missed when the snapshot was
+        // taken and where it may hold writes nobody acknowledged; all of
+        // them without a kept map of this copy of the peer's.
+        let all_regions = bytes.div_ceil(RESYNC_REGION);
+        let regions = match kept {
+            Ok(Some(m)) if m.tag() == link.welcome().copy_id && m.tag() != [0; 16] => {
+                m.mark_ranges(&link.welcome().suspect);
+                Some(m)
+            }
+            _ => None,
+        };
+        let next = |from: u64| match &regions {
+            Some(m) => m.next_set(from),
+            None => (from < all_regions).then_some(from),
+        };
+        let is_set = |r: u64| match &regions {
+            Some(m) => m.is_set(r),
+            None => r < all_regions,
+        };
+        let total = regions.as_ref().map_or(all_regions, |m| m.count()) * RESYNC_REGION;
+        tracing::info!(
+            volume = self.copy.name(),
+            node = p.node,
+            snapshot = %mark.name,
+            bytes = total,
+            whole = regions.is_none(),
+            "catching up a snapshot the copy misses"
+        );
+        let began = std::time::Instant::now();
+        let mut calls: Vec<Call<'_>> = Vec::new();
+        let mut cursor = 0;
+        while let Some(first) = next(cursor) {
+            if self.stopped.load(Ordering::Acquire) || p.away.load(Ordering::Acquire) {
+                let _ = super::resync::answered(calls).await;
+                return Err(ResyncError::Stopped);
+            }
+            let mut n = 1;
+            while n * RESYNC_REGION < CATCH_UP_IO && is_set(first + n) {
+                n += 1;
+            }
+            cursor = first + n;
+            let lba = first * RESYNC_REGION / bs;
+            let end = ((first + n) * RESYNC_REGION / bs).min(image_blocks);
+            if lba >= end {
+                continue;
+            }
+            let data = match store.read(mark.id, lba, (end - lba) as u32).await {
+                Ok(d) => d,
+                Err(e) => {
+                    let _ = super::resync::answered(calls).await;
+                    return Err(ResyncError::Snapshot(format!(
+                        "reading blocks {lba}..{end} of snapshot {}: {e}",
+                        mark.name
+                    )));
+                }
+            };
+            let op = if data.iter().all(|&b| b == 0) {
+                Op::Unmap {
+                    lba,
+                    blocks: end - lba,
+                }
+            } else {
+                Op::Write {
+                    lba,
+                    fua: false,
+                    data: Bytes::from(data),
+                }
+            };
+            if calls.len() >= CATCH_UP_WINDOW {
+                let done = std::mem::take(&mut calls);
+                super::resync::answered(done)
+                    .await
+                    .map_err(|e| ResyncError::Snapshot(e.to_string()))?;
+            }
+            match link.send(self.cfg.epoch, op) {
+                Ok(c) => calls.push(c),
+                Err(e) => {
+                    let _ = super::resync::answered(calls).await;
+                    return Err(ResyncError::Snapshot(e.to_string()));
+                }
+            }
+        }
+        super::resync::answered(calls)
+            .await
+            .map_err(|e| ResyncError::Snapshot(e.to_string()))?;
+        // The peer's copy is the snapshot's image now: it takes the
+        // snapshot (which makes those blocks durable first).
+        link.call(
+            self.cfg.epoch,
+            Op::Snapshots(SnapshotOp::Take(mark.clone())),
+        )
+        .await
+        .map_err(|e| ResyncError::Snapshot(format!("taking snapshot {}: {e}", mark.name)))?;
+        let _ = std::fs::remove_file(self.snapshot_map_path(p.node, mark.id));
+        tracing::info!(
+            volume = self.copy.name(),
+            node = p.node,
+            snapshot = %mark.name,
+            bytes = total,
+            ms = began.elapsed().as_millis() as u64,
+            "snapshot caught up"
+        );
+        Ok(())
+    }
+}
+
+/// Removes the maps kept of the snapshots the copy on `node` missed: they
+/// no longer tell what it misses (its catch-up copies the images whole).
+pub(super) fn forget_kept_maps(copy: &crate::copy::LocalCopy, node: u64) {
+    let probe = copy.file(&format!("peer-{node}.snap-x.dirty"));
+    let (Some(dir), Some(prefix)) = (
+        probe.parent(),
+        probe
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix("x.dirty")),
+    ) else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(prefix) && name.ends_with(".dirty") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}

@@ -1,0 +1,489 @@
+//! Snapshots of a replicated volume: taken by the primary at one point of
+//! the write order on every in-sync copy, caught up by a copy that was
+//! away (from what it missed, or whole), and dropped where no primary
+//! recorded them.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use replica::wire::SnapshotMark;
+use replica::{
+    ClusterKey, ClusterVolume, Control, ControlError, CopySnapshots, LocalCopy, PeerSpec,
+    PeerState, Primary, PrimaryConfig, ReplicaServer,
+};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+use volume::{MemVolume, Volume, VolumeError};
+
+const BS: u32 = 4096;
+/// 4 MiB: 64 resync regions.
+const BLOCKS: u64 = 1024;
+
+/// The control plane: records every lost copy, and the snapshots the test
+/// says were recorded.
+#[derive(Default)]
+struct Recording {
+    lost: Mutex<Vec<u64>>,
+    snapshots: Mutex<Vec<Uuid>>,
+}
+
+#[async_trait]
+impl Control for Recording {
+    fn may_acknowledge(&self, _v: &str, _e: u64) -> bool {
+        true
+    }
+    async fn replica_lost(&self, _v: &str, node: u64, _e: u64) -> Result<(), ControlError> {
+        self.lost.lock().unwrap().push(node);
+        Ok(())
+    }
+    async fn replica_in_sync(&self, _v: &str, _node: u64, _e: u64) -> Result<(), ControlError> {
+        Ok(())
+    }
+    async fn replica_syncing(&self, _v: &str, _node: u64, _e: u64) {}
+    fn recorded_snapshots(&self, _v: &str) -> Option<Vec<Uuid>> {
+        Some(self.snapshots.lock().unwrap().clone())
+    }
+}
+
+/// Snapshots of a memory volume: whole images, and every block a copy
+/// was sent while catching one up counted.
+struct MemSnapshots {
+    volume: Arc<MemVolume>,
+    images: Mutex<Vec<(SnapshotMark, Vec<u8>)>>,
+}
+
+#[async_trait]
+impl CopySnapshots for MemSnapshots {
+    fn list(&self) -> Vec<SnapshotMark> {
+        self.images
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(m, img)| SnapshotMark {
+                size_bytes: img.len() as u64,
+                ..m.clone()
+            })
+            .collect()
+    }
+    async fn take(&self, mark: &SnapshotMark) -> Result<(), VolumeError> {
+        if self
+            .images
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(m, _)| m.id == mark.id)
+        {
+            return Ok(());
+        }
+        let image = self.volume.read(0, self.volume.num_blocks() as u32).await?;
+        self.images.lock().unwrap().push((mark.clone(), image));
+        Ok(())
+    }
+    async fn delete(&self, id: Uuid) -> Result<(), VolumeError> {
+        self.images.lock().unwrap().retain(|(m, _)| m.id != id);
+        Ok(())
+    }
+    async fn read(&self, id: Uuid, lba: u64, blocks: u32) -> Result<Vec<u8>, VolumeError> {
+        let images = self.images.lock().unwrap();
+        let (_, img) = images
+            .iter()
+            .find(|(m, _)| m.id == id)
+            .ok_or_else(|| VolumeError::Io(std::io::Error::other("no such snapshot")))?;
+        let (from, to) = (
+            (lba * BS as u64) as usize,
+            ((lba + blocks as u64) * BS as u64) as usize,
+        );
+        Ok(img[from..to].to_vec())
+    }
+}
+
+/// A memory volume that counts the bytes written to it.
+struct Counted {
+    inner: Arc<MemVolume>,
+    written: AtomicU64,
+}
+
+#[async_trait]
+impl Volume for Counted {
+    fn block_size(&self) -> u32 {
+        self.inner.block_size()
+    }
+    fn num_blocks(&self) -> u64 {
+        self.inner.num_blocks()
+    }
+    async fn read(&self, lba: u64, blocks: u32) -> volume::Result<Vec<u8>> {
+        self.inner.read(lba, blocks).await
+    }
+    async fn write(&self, lba: u64, data: Bytes, fua: bool) -> volume::Result<()> {
+        self.written.fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.inner.write(lba, data, fua).await
+    }
+    async fn flush(&self) -> volume::Result<()> {
+        self.inner.flush().await
+    }
+    async fn unmap(&self, lba: u64, blocks: u64) -> volume::Result<()> {
+        self.inner.unmap(lba, blocks).await
+    }
+    fn provisioning(&self) -> volume::Provisioning {
+        self.inner.provisioning()
+    }
+    fn write_cache(&self) -> bool {
+        self.inner.write_cache()
+    }
+    async fn block_status(&self, lba: u64) -> volume::Result<(volume::BlockState, u64)> {
+        self.inner.block_status(lba).await
+    }
+    async fn compare_and_write(
+        &self,
+        lba: u64,
+        compare: Bytes,
+        write: Bytes,
+        fua: bool,
+    ) -> volume::Result<()> {
+        self.inner.compare_and_write(lba, compare, write, fua).await
+    }
+    async fn resize(&self, blocks: u64) -> volume::Result<()> {
+        self.inner.resize(blocks).await
+    }
+}
+
+struct TestNode {
+    _dir: tempfile::TempDir,
+    copy: Arc<LocalCopy>,
+    volume: Arc<Counted>,
+    snaps: Arc<MemSnapshots>,
+    server: Arc<ReplicaServer>,
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl TestNode {
+    async fn new(key: &ClusterKey) -> TestNode {
+        let dir = tempfile::tempdir().unwrap();
+        let mem = Arc::new(MemVolume::new(BS, BLOCKS));
+        let volume = Arc::new(Counted {
+            inner: mem.clone(),
+            written: AtomicU64::new(0),
+        });
+        let copy = LocalCopy::open("vol", volume.clone(), &dir.path().join("vol")).unwrap();
+        let snaps = Arc::new(MemSnapshots {
+            volume: mem,
+            images: Mutex::default(),
+        });
+        copy.set_snapshots(snaps.clone());
+        let server = ReplicaServer::new(key.clone());
+        server.add(ClusterVolume::over_copy(copy.clone()));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(server.clone().serve(listener));
+        TestNode {
+            _dir: dir,
+            copy,
+            volume,
+            snaps,
+            server,
+            addr,
+            task,
+        }
+    }
+
+    fn kill(&mut self) {
+        self.task.abort();
+        self.server.drop_connections();
+    }
+
+    async fn restart(&mut self) {
+        let listener = TcpListener::bind(self.addr).await.unwrap();
+        self.task = tokio::spawn(self.server.clone().serve(listener));
+    }
+
+    fn image(&self, id: Uuid) -> Option<Vec<u8>> {
+        self.snaps
+            .images
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(m, _)| m.id == id)
+            .map(|(_, i)| i.clone())
+    }
+
+    fn ids(&self) -> Vec<Uuid> {
+        self.snaps.list().into_iter().map(|m| m.id).collect()
+    }
+
+    async fn head(&self) -> Vec<u8> {
+        self.volume.read(0, BLOCKS as u32).await.unwrap()
+    }
+}
+
+fn key() -> ClusterKey {
+    ClusterKey::new(b"test cluster secret".to_vec())
+}
+
+async fn role(
+    on: &TestNode,
+    me: u64,
+    epoch: u64,
+    peers: &[(&TestNode, u64)],
+    away: &[u64],
+    control: Arc<Recording>,
+) -> Arc<Primary> {
+    let specs = peers
+        .iter()
+        .map(|(n, id)| PeerSpec {
+            node: *id,
+            addr: n.addr.to_string(),
+            in_sync: !away.contains(id),
+        })
+        .collect();
+    let cfg = PrimaryConfig {
+        node: me,
+        epoch,
+        key: key(),
+        timeout: Duration::from_secs(2),
+    };
+    let p = Primary::start(on.copy.clone(), cfg, specs, control)
+        .await
+        .unwrap();
+    let t = Instant::now();
+    while !p
+        .peer_status()
+        .iter()
+        .all(|s| s.connected || away.contains(&s.node))
+    {
+        assert!(t.elapsed() < Duration::from_secs(20), "peers connect");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    p
+}
+
+async fn in_sync(p: &Primary, node: u64) {
+    let t = Instant::now();
+    while !p
+        .peer_status()
+        .iter()
+        .any(|s| s.node == node && s.in_sync() && s.dirty_bytes == 0)
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "node {node} gets in sync: {:?}",
+            p.peer_status()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn mark(name: &str) -> SnapshotMark {
+    SnapshotMark {
+        id: Uuid::new_v4(),
+        name: name.to_string(),
+        created: 0,
+        group: None,
+        size_bytes: 0,
+    }
+}
+
+/// Block `lba` filled with one 8-byte number.
+fn block(v: u64) -> Bytes {
+    Bytes::from(v.to_be_bytes().repeat(BS as usize / 8))
+}
+
+fn value_at(image: &[u8], lba: u64) -> u64 {
+    let at = (lba * BS as u64) as usize;
+    u64::from_be_bytes(image[at..at + 8].try_into().unwrap())
+}
+
+async fn take(p: &Primary, control: &Recording, m: &SnapshotMark) {
+    Primary::take_snapshots(&[(p, m.clone())]).await.unwrap();
+    control.snapshots.lock().unwrap().push(m.id);
+}
+
+/// Writers keep writing rising numbers while snapshots are taken: each
+/// snapshot is the same on both copies, holds every write acknowledged
+/// before it was asked for and none asked for after it was taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_is_one_point_of_the_writes_on_every_copy() {
+    let k = key();
+    let a = TestNode::new(&k).await;
+    let b = TestNode::new(&k).await;
+    let control = Arc::new(Recording::default());
+    let p = role(&a, 1, 1, &[(&b, 2)], &[], control.clone()).await;
+    // Per block, the highest number acknowledged and the highest started.
+    let acked: Arc<Vec<AtomicU64>> = Arc::new((0..16).map(|_| AtomicU64::new(0)).collect());
+    let started: Arc<Vec<AtomicU64>> = Arc::new((0..16).map(|_| AtomicU64::new(0)).collect());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..16u64 {
+        let (p, acked, started, stop) = (p.clone(), acked.clone(), started.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let mut v = 0;
+            while !stop.load(Ordering::Relaxed) {
+                v += 1;
+                started[w as usize].store(v, Ordering::SeqCst);
+                p.write(w * 64, block(v), v % 3 == 0).await.unwrap();
+                acked[w as usize].store(v, Ordering::SeqCst);
+            }
+        }));
+    }
+    for round in 0..5 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let before: Vec<u64> = acked.iter().map(|a| a.load(Ordering::SeqCst)).collect();
+        let m = mark(&format!("s{round}"));
+        take(&p, &control, &m).await;
+        let after: Vec<u64> = started.iter().map(|s| s.load(Ordering::SeqCst)).collect();
+        let (on_a, on_b) = (a.image(m.id).unwrap(), b.image(m.id).unwrap());
+        assert!(on_a == on_b, "snapshot {round} differs between the copies");
+        for w in 0..16u64 {
+            let v = value_at(&on_a, w * 64);
+            assert!(
+                v >= before[w as usize] && v <= after[w as usize],
+                "snapshot {round}, block {}: {v} outside [{}, {}]",
+                w * 64,
+                before[w as usize],
+                after[w as usize]
+            );
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert!(control.lost.lock().unwrap().is_empty());
+    p.stop();
+}
+
+/// A copy away while two snapshots are taken gets both when it returns,
+/// identical to the primary's, copying only what it missed of each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_away_catches_up_on_the_snapshots_it_missed() {
+    let k = key();
+    let a = TestNode::new(&k).await;
+    let mut b = TestNode::new(&k).await;
+    let control = Arc::new(Recording::default());
+    let p = role(&a, 1, 1, &[(&b, 2)], &[], control.clone()).await;
+    for lba in (0..BLOCKS).step_by(16) {
+        p.write(lba, block(lba + 1), false).await.unwrap();
+    }
+    let s0 = mark("s0");
+    take(&p, &control, &s0).await;
+    // The primary's sweeps settle B's activity log: B no longer counts
+    // those regions as written without knowing whether they are durable.
+    let t = Instant::now();
+    while !b.copy.suspect_ranges().is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "B's activity log settles"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    b.kill();
+    p.write(3, block(1000), true).await.unwrap();
+    assert!(control.lost.lock().unwrap().contains(&2));
+    let s1 = mark("s1");
+    take(&p, &control, &s1).await;
+    p.write(704, block(2000), true).await.unwrap();
+    let s2 = mark("s2");
+    take(&p, &control, &s2).await;
+    p.write(3, block(3000), true).await.unwrap();
+    assert_eq!(b.ids(), vec![s0.id]);
+
+    let written_before = b.volume.written.load(Ordering::Relaxed);
+    b.restart().await;
+    in_sync(&p, 2).await;
+    assert_eq!(b.ids(), vec![s0.id, s1.id, s2.id]);
+    for s in [&s0, &s1, &s2] {
+        assert!(
+            a.image(s.id) == b.image(s.id),
+            "snapshot {} differs after the catch-up",
+            s.name
+        );
+    }
+    assert_eq!(value_at(&b.image(s1.id).unwrap(), 3), 1000);
+    assert_eq!(value_at(&b.image(s1.id).unwrap(), 704), 705);
+    assert_eq!(value_at(&b.image(s2.id).unwrap(), 704), 2000);
+    assert!(a.head().await == b.head().await, "the copies differ");
+    // Two regions missed, each copied for two snapshots and the head: far
+    // less than the volume.
+    let sent = b.volume.written.load(Ordering::Relaxed) - written_before;
+    assert!(
+        sent <= 6 * 64 * 1024,
+        "the catch-up wrote {sent} bytes: more than the regions missed"
+    );
+    p.stop();
+}
+
+/// A new primary (three copies; the one that took the snapshots without
+/// the third is gone) has no map of what the third copy missed: it copies
+/// the images whole, and the snapshot is the same on every copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_primary_catches_a_copy_up_whole() {
+    let k = key();
+    let a = TestNode::new(&k).await;
+    let b = TestNode::new(&k).await;
+    let mut c = TestNode::new(&k).await;
+    let control = Arc::new(Recording::default());
+    let on_a = role(&a, 1, 1, &[(&b, 2), (&c, 3)], &[], control.clone()).await;
+    on_a.write(10, block(1), true).await.unwrap();
+    c.kill();
+    on_a.write(20, block(2), true).await.unwrap();
+    let s = mark("s");
+    take(&on_a, &control, &s).await;
+    on_a.write(20, block(3), true).await.unwrap();
+    on_a.stop();
+
+    c.restart().await;
+    let on_b = role(&b, 2, 2, &[(&a, 1), (&c, 3)], &[3], control.clone()).await;
+    in_sync(&on_b, 3).await;
+    assert!(c.image(s.id).is_some(), "C never got the snapshot");
+    assert!(a.image(s.id) == c.image(s.id) && b.image(s.id) == c.image(s.id));
+    assert_eq!(value_at(&c.image(s.id).unwrap(), 20), 2);
+    assert!(b.head().await == c.head().await);
+    on_b.stop();
+}
+
+/// A snapshot no primary recorded (its primary ended before it could) is
+/// dropped: by the next primary on its own copy as it starts, and by every
+/// copy that holds it when it connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_never_recorded_is_dropped_everywhere() {
+    let k = key();
+    let a = TestNode::new(&k).await;
+    let b = TestNode::new(&k).await;
+    let control = Arc::new(Recording::default());
+    let kept = mark("kept");
+    let on_a = role(&a, 1, 1, &[(&b, 2)], &[], control.clone()).await;
+    take(&on_a, &control, &kept).await;
+    // Taken on both copies, never recorded.
+    let lost = mark("lost");
+    Primary::take_snapshots(&[(&on_a, lost.clone())])
+        .await
+        .unwrap();
+    assert_eq!(b.ids(), vec![kept.id, lost.id]);
+    on_a.stop();
+
+    let on_a = role(&a, 1, 2, &[(&b, 2)], &[], control.clone()).await;
+    assert_eq!(
+        a.ids(),
+        vec![kept.id],
+        "the primary kept an unrecorded snapshot"
+    );
+    let t = Instant::now();
+    while b.ids() != vec![kept.id] {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the copy keeps an unrecorded snapshot: {:?}",
+            b.ids()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(on_a
+        .peer_status()
+        .iter()
+        .all(|s| s.state == PeerState::InSync));
+    on_a.stop();
+}
