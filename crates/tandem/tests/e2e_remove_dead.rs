@@ -324,6 +324,8 @@ async fn a_dead_copy_is_removed_and_replaced_on_the_third_node_under_writes() {
     c.stop();
 }
 
+/// A dead witness removed; a copy on a node silent past the re-placement
+/// delay replaced; that node, back, removed by force while it runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_silent_past_the_delay_is_replaced_and_a_dead_witness_is_removed() {
     let dir = tempfile::tempdir().unwrap();
@@ -436,4 +438,20 @@ async fn a_copy_silent_past_the_delay_is_replaced_and_a_dead_witness_is_removed(
     });
     verify(c.portal(), VOLUME, EXTENTS, &seen.history).await;
     assert!(volume_record(&a, VOLUME)["replicas"][idc.to_string()].is_null());
+
+    // Removed by force while it runs: the answer says so, and c learns
+    // it was removed and withdraws the volume it forwarded.
+    let why = refused(&a, &[&idc.to_string(), "--dead"]);
+    assert!(why.contains("still heard from"), "{why}");
+    let out = a.cli_ok(&["cluster", "remove", &idc.to_string(), "--dead", "--force"]);
+    assert!(out.contains("forced: node"), "{out}");
+    assert!(out.contains("stops serving cluster volumes"), "{out}");
+    assert_eq!(members_and_voters(&b).1, vec![ida, idb]);
+    wait_until("c learns it was removed", 30, || {
+        common::cluster::try_status(&c).is_some_and(|s| s["status"]["removed"] == true)
+    });
+    wait_until("c withdraws the volume", 10, || {
+        !c.cli_ok(&["volume", "list"]).contains(VOLUME)
+    });
+    verify(b.portal(), VOLUME, EXTENTS, &seen.history).await;
 }
