@@ -867,7 +867,7 @@ async fn cluster_command(c: &api::ApiClient, cmd: ClusterCommand) -> anyhow::Res
                     reps.join(" ")
                 );
             }
-            for line in removal_cli::replacement_lines(s, None) {
+            for line in removal_cli::replacement_lines(&v, None) {
                 println!("{line}");
             }
             for (vol, peers) in &v.replication {
@@ -1089,7 +1089,7 @@ async fn volume_command(c: &api::ApiClient, cmd: VolumeCommand) -> anyhow::Resul
                 vol.replicas.len().min(vol.copies_wanted()),
                 vol.copies_wanted()
             );
-            for line in removal_cli::replacement_lines(&view.status, Some(&name)) {
+            for line in removal_cli::replacement_lines(&view, Some(&name)) {
                 println!("{line}");
             }
             println!();
@@ -1167,7 +1167,7 @@ async fn volume_command(c: &api::ApiClient, cmd: VolumeCommand) -> anyhow::Resul
 /// its pace), as the volume's primary reports it; `None` unless the node
 /// asked is that primary (the cluster state records only that a resync
 /// runs, not how far it is).
-fn resync_progress<'a>(
+pub(crate) fn resync_progress<'a>(
     view: &'a api::ClusterView,
     volume: &str,
     node: u64,
@@ -1203,7 +1203,7 @@ fn column_width<'a>(head: &str, cells: impl Iterator<Item = &'a str>) -> usize {
 }
 
 /// `done` of `total` in percent (100 when there is nothing to do).
-fn percent(done: u64, total: u64) -> u64 {
+pub(crate) fn percent(done: u64, total: u64) -> u64 {
     (done * 100).checked_div(total).unwrap_or(100)
 }
 

@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use crate::member_name;
+use crate::size::format_size;
+use crate::{member_name, percent, resync_progress};
 
 /// Parses a re-placement delay: `off` or `0` (never), or a number with a
 /// unit `s`, `m`, `h` or `d` (`90s`, `10m`, `1h`, `2d`); a bare number is
@@ -102,13 +103,12 @@ pub(crate) async fn set_delay(c: &api::ApiClient, delay: Duration) -> anyhow::Re
     Ok(())
 }
 
-/// Lines on re-placement: the policy, volumes short of copies (with the
-/// new copies being filled), and copies on silent nodes with when they
-/// are replaced. Only volume `only`'s when given.
-pub(crate) fn replacement_lines(
-    status: &cluster::ClusterStatus,
-    only: Option<&str>,
-) -> Vec<String> {
+/// Lines on re-placement: volumes short of copies (with the new copies
+/// being filled, and how far where the node asked leads the volume), and
+/// copies on silent nodes with when they are replaced. Only volume
+/// `only`'s when given.
+pub(crate) fn replacement_lines(view: &api::ClusterView, only: Option<&str>) -> Vec<String> {
+    let status = &view.status;
     let state = &status.state;
     let name = |id: u64| member_name(state, id);
     let mut out = Vec::new();
@@ -121,9 +121,20 @@ pub(crate) fn replacement_lines(
         let filling: Vec<String> = f
             .filling
             .iter()
-            .map(|(new, old)| match old {
-                Some(old) => format!("new copy on {} replaces {}", name(*new), name(*old)),
-                None => format!("new copy on {}", name(*new)),
+            .map(|(new, old)| {
+                let copy = match old {
+                    Some(old) => format!("new copy on {} replaces {}", name(*new), name(*old)),
+                    None => format!("new copy on {}", name(*new)),
+                };
+                match resync_progress(view, &f.volume, *new) {
+                    Some(p) => format!(
+                        "{copy} (full sync {}%, {} of {})",
+                        percent(p.resync_done, p.resync_total),
+                        format_size(p.resync_done),
+                        format_size(p.resync_total)
+                    ),
+                    None => format!("{copy} (full sync)"),
+                }
             })
             .collect();
         if filling.is_empty() {
@@ -132,7 +143,7 @@ pub(crate) fn replacement_lines(
                 None => line.push_str(", re-placement off (tandem volume add-replica)"),
             }
         } else {
-            line.push_str(&format!(", {} (full sync)", filling.join(", ")));
+            line.push_str(&format!(", {}", filling.join(", ")));
         }
         out.push(line);
     }
