@@ -498,6 +498,20 @@ pub enum Command {
     /// Log version 2: proposed only once every member reads it (see
     /// [`Command::MovePrimary`]).
     SetMaintenance { node: NodeId, on: bool },
+    /// Snapshots the primaries of their volumes took, every in-sync copy
+    /// holding them: recorded all together (a consistency group) or none,
+    /// refused where a volume's epoch is no longer the one its primary
+    /// took it at (that primary ended; the next one drops it) or the name
+    /// is taken.
+    ///
+    /// Log version 3: proposed only once every member reads it (see
+    /// [`Command::MovePrimary`]).
+    RecordSnapshots { taken: Vec<TakenSnapshot> },
+    /// Forgets a snapshot of a volume (its primary deletes it from the
+    /// copies; a copy away drops it when it connects).
+    ///
+    /// Log version 3.
+    ForgetSnapshot { volume: String, id: Uuid },
     /// Removes a member that cannot leave by itself (its disk died, it is
     /// gone): its copies are dropped from every volume, which keeps asking
     /// for as many copies as it had ([`VolumeRecord::wanted`]); a volume it
@@ -520,20 +534,6 @@ pub enum Command {
     /// Sets how long a copy on a member that stopped answering waits
     /// before the leader replaces it, in seconds (0: never).
     SetReplaceDelay { secs: u64 },
-    /// Snapshots the primaries of their volumes took, every in-sync copy
-    /// holding them: recorded all together (a consistency group) or none,
-    /// refused where a volume's epoch is no longer the one its primary
-    /// took it at (that primary ended; the next one drops it) or the name
-    /// is taken.
-    ///
-    /// Log version 3: proposed only once every member reads it (see
-    /// [`Command::MovePrimary`]).
-    RecordSnapshots { taken: Vec<TakenSnapshot> },
-    /// Forgets a snapshot of a volume (its primary deletes it from the
-    /// copies; a copy away drops it when it connects).
-    ///
-    /// Log version 3.
-    ForgetSnapshot { volume: String, id: Uuid },
 }
 
 /// The SHA-256 of recorded access rules, in hex: how
