@@ -107,6 +107,15 @@ impl ApiClient {
         self.expect(v)
     }
 
+    /// `GET /v1/cluster?versions=false`: without asking every member its
+    /// version (`versions` left empty), for views redrawn often.
+    pub async fn cluster_without_versions(&self) -> Result<crate::ClusterView, ClientError> {
+        let v = self
+            .call::<(), _>(Method::GET, "/v1/cluster?versions=false", None)
+            .await?;
+        self.expect(v)
+    }
+
     /// `POST /v1/cluster/init`.
     pub async fn cluster_init(&self) -> Result<crate::ClusterToken, ClientError> {
         let v = self

@@ -28,7 +28,7 @@
 //!   be stopped now without loss of availability, and why ([`UpgradeCheck`])
 //! - `GET    /v1/cluster`                     cluster status, replication
 //!   progress, when this node acknowledged writes as a primary, and every
-//!   member's release and log version
+//!   member's release and log version (not asked with `?versions=false`)
 //! - `POST   /v1/cluster/init`                make this node a new cluster → `{token, endpoint}`
 //! - `POST   /v1/cluster/join`                join `{seed, token}`
 //! - `POST   /v1/cluster/leave`               leave the cluster
@@ -36,6 +36,12 @@
 //!   leave by itself `{node, dead, force?}` → what it did ([`Removed`])
 //! - `PUT    /v1/cluster/replace-delay`       how long a copy on a silent
 //!   member waits before the leader replaces it `{secs}` (0: never)
+//! - `GET    /v1/events?since=&after=&kind=&limit=&wait=` the node's event
+//!   history, oldest first ([`node::Event`]); `wait` (seconds) holds the
+//!   answer until a matching event comes, for `tandem events --follow`
+//! - `GET    /v1/report`                      efficiency, agility and quality
+//!   of service from the catalog, the event history and the metrics
+//!   ([`node::Report`])
 //! - `GET    /metrics`                        the node's metrics, OpenMetrics
 //!   when asked for, else the Prometheus text format 0.0.4 (also served alone,
 //!   without the token, by [`metrics_router`] on `serve --metrics-listen`)
@@ -48,11 +54,13 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod events;
 mod metrics;
 mod server;
 mod snapshots;
 
 pub use client::{ApiClient, ClientError};
+pub use events::{EventsQuery, MAX_WAIT as EVENTS_MAX_WAIT};
 pub use metrics::{encode as encode_metrics, metrics_router, CONTENT_TYPE as METRICS_CONTENT_TYPE};
 pub use node::{
     AckWindow, Maintenance, MemberVersion, PeerState, PeerStatus, PrimaryMoved, Removed,

@@ -84,6 +84,7 @@ fn build(
         )
         .route("/v1/volumes/:name/move-primary", post(move_primary))
         .merge(crate::snapshots::routes())
+        .merge(crate::events::routes())
         .route("/metrics", get(crate::metrics::scrape))
         .layer(middleware::from_fn(move |req: Request, next: Next| {
             let token = token.clone();
@@ -158,13 +159,32 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-async fn cluster_view(State(node): State<Arc<Node>>) -> Result<impl IntoResponse, ApiError> {
+/// Query of `GET /v1/cluster`.
+#[derive(Deserialize)]
+struct ClusterQuery {
+    /// Ask every member its version (a member down costs a timeout).
+    #[serde(default = "asked")]
+    versions: bool,
+}
+
+fn asked() -> bool {
+    true
+}
+
+async fn cluster_view(
+    State(node): State<Arc<Node>>,
+    Query(q): Query<ClusterQuery>,
+) -> Result<impl IntoResponse, ApiError> {
     let status = node.cluster_status().await?;
     let (replication, acknowledged) = match node.clustered() {
         Some(_) => (node.peer_status().await, node.acknowledged().await),
         None => Default::default(),
     };
-    let (versions, versions_unknown) = node.member_versions().await?;
+    let (versions, versions_unknown) = if q.versions {
+        node.member_versions().await?
+    } else {
+        Default::default()
+    };
     Ok(Json(ClusterView {
         status,
         replication,

@@ -159,6 +159,8 @@ fn every_route() -> Vec<(Method, &'static str, Option<Value>)> {
         (Method::POST, "/v1/volumes/v/replicas", Some(json!({}))),
         (Method::DELETE, "/v1/volumes/v/replicas/node-1", None),
         (Method::GET, "/v1/cluster", None),
+        (Method::GET, "/v1/events", None),
+        (Method::GET, "/v1/report", None),
         (Method::POST, "/v1/cluster/init", Some(json!(null))),
         (
             Method::POST,
@@ -237,6 +239,72 @@ async fn status_describes_the_node() {
     assert_eq!(s["volumes"], 2);
     assert_eq!(s["provisioned_bytes"], 4 * MIB);
     assert!(s["allocated_bytes"].is_u64(), "{s}");
+}
+
+#[tokio::test]
+async fn the_event_history_and_the_report_follow_what_was_done() {
+    let api = api().await;
+    api.create("a", MIB).await;
+    let grown = api
+        .call(
+            Method::PATCH,
+            "/v1/volumes/a",
+            Some(json!({"size_bytes": 2 * MIB})),
+        )
+        .await;
+    assert_eq!(grown.status, StatusCode::OK);
+    let gone = api.call(Method::DELETE, "/v1/volumes/a", None).await;
+    assert_eq!(gone.status, StatusCode::NO_CONTENT);
+    let all = api.call(Method::GET, "/v1/events", None).await;
+    assert_eq!(all.status, StatusCode::OK);
+    let kinds: Vec<&str> = all
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["volume-create", "volume-resize", "volume-delete"]);
+    let resized = api
+        .call(Method::GET, "/v1/events?kind=volume-resize&since=1h", None)
+        .await;
+    let resized = resized.body.as_array().unwrap();
+    assert_eq!(resized.len(), 1);
+    assert_eq!(resized[0]["fields"]["from_bytes"], MIB);
+    assert_eq!(resized[0]["fields"]["bytes"], 2 * MIB);
+    let newest = api.call(Method::GET, "/v1/events?limit=1", None).await;
+    assert_eq!(newest.body[0]["kind"], "volume-delete");
+    let after = newest.body[0]["seq"].as_u64().unwrap();
+    // Nothing after the newest: a wait answers, empty, once it is over.
+    let started = std::time::Instant::now();
+    let none = api
+        .call(
+            Method::GET,
+            &format!("/v1/events?after={after}&wait=1"),
+            None,
+        )
+        .await;
+    assert_eq!(none.body, json!([]));
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900));
+    for bad in ["/v1/events?kind=nonsense", "/v1/events?since=soon"] {
+        let r = api.call(Method::GET, bad, None).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {}", r.body);
+    }
+    let report = api.call(Method::GET, "/v1/report", None).await;
+    assert_eq!(report.status, StatusCode::OK);
+    let r = &report.body;
+    assert_eq!(r["events"], 3);
+    assert_eq!(r["agility"]["create"]["count"], 1);
+    assert!(
+        r["agility"]["create"]["p50_us"].as_u64().unwrap() > 0,
+        "{r}"
+    );
+    assert_eq!(r["agility"]["resize"]["count"], 1);
+    assert!(
+        r["agility"]["failover"]["p50_us"].is_null(),
+        "no failover: no figure"
+    );
+    assert_eq!(r["efficiency"]["volumes"], 0, "the volume is gone");
 }
 
 #[tokio::test]

@@ -91,8 +91,8 @@ pub use member::{default_dir, Cluster};
 pub use net::Key;
 pub use sessions::{MemberSession, SessionSource};
 pub use state::{
-    access_digest, ClusterState, Command, FloatingAddress, NodeId, NodeInfo, Outcome, Refusal,
-    ReplicaState, Role, Shortfall, SnapshotRecord, TakenSnapshot, VolumeRecord,
+    access_digest, CloneOrigin, ClusterState, Command, FloatingAddress, NodeId, NodeInfo, Outcome,
+    Refusal, ReplicaState, Role, Shortfall, SnapshotRecord, TakenSnapshot, VolumeRecord,
     DEFAULT_REPLACE_DELAY_SECS,
 };
 pub use status::{ClusterStatus, MemberEvents, MemberVersion, PendingReplacement};
@@ -102,9 +102,9 @@ pub use token::join_token;
 /// report it in their status ([`ClusterStatus::log_version`]): 0 for the
 /// first release (which does not report it), 1 with
 /// [`Command::MovePrimary`], 2 with [`Command::SetMaintenance`], 3 with
-/// [`Command::RecordSnapshots`] and [`Command::ForgetSnapshot`], 4 with
-/// [`Command::RemoveDeadNode`], [`Command::ReplaceCopy`] and
-/// [`Command::SetReplaceDelay`]. An entry
+/// [`Command::RecordSnapshots`], [`Command::ForgetSnapshot`] and
+/// [`Command::CloneVolume`], 4 with [`Command::RemoveDeadNode`],
+/// [`Command::ReplaceCopy`] and [`Command::SetReplaceDelay`]. An entry
 /// a member cannot read stops it following the log, so an entry of a
 /// newer version is proposed only once every member reports that version
 /// ([`Cluster::log_versions`]).

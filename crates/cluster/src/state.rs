@@ -169,6 +169,9 @@ pub enum Refusal {
     /// No snapshot of that id.
     #[error("volume {volume} has no snapshot {id}")]
     NoSnapshot { volume: String, id: Uuid },
+    /// A volume clones were made from (they read its snapshot's data).
+    #[error("volume {name} has clones ({clones}); delete them first")]
+    HasClones { name: String, clones: String },
 }
 
 /// Checks a volume name: it becomes part of an IQN and a directory name, so
@@ -322,6 +325,20 @@ pub struct VolumeRecord {
     /// Its snapshots, oldest first: each held by every in-sync copy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub snapshots: Vec<SnapshotRecord>,
+    /// For a clone: the volume and snapshot it was made from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<CloneOrigin>,
+}
+
+/// Where a clone of a cluster volume comes from: each of its copies is
+/// made on its node from that node's copy of the snapshot, sharing its
+/// unchanged data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloneOrigin {
+    /// The source volume's id.
+    pub volume: Uuid,
+    /// The snapshot's id.
+    pub snapshot: Uuid,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -512,6 +529,19 @@ pub enum Command {
     ///
     /// Log version 3.
     ForgetSnapshot { volume: String, id: Uuid },
+    /// Creates volume `name` as a clone of recorded snapshot `snapshot` of
+    /// `source`: a copy on each node that holds one of the source, in sync
+    /// where the source's copy is (it holds the snapshot), out of sync
+    /// (to be copied whole by the primary) elsewhere; the source's primary
+    /// leads it.
+    ///
+    /// Log version 3.
+    CloneVolume {
+        id: Uuid,
+        name: String,
+        source: String,
+        snapshot: Uuid,
+    },
     /// Removes a member that cannot leave by itself (its disk died, it is
     /// gone): its copies are dropped from every volume, which keeps asking
     /// for as many copies as it had ([`VolumeRecord::wanted`]); a volume it
@@ -696,14 +726,36 @@ impl ClusterState {
                         wanted: 0,
                         replacing: BTreeMap::new(),
                         snapshots: Vec::new(),
+                        origin: None,
                     },
                 );
             }
             Command::DeleteVolume { name } => {
-                self.volumes
-                    .remove(name)
-                    .ok_or_else(|| Refusal::NoVolume { name: name.clone() })?;
+                let id = self
+                    .volumes
+                    .get(name)
+                    .ok_or_else(|| Refusal::NoVolume { name: name.clone() })?
+                    .id;
+                let clones: Vec<&str> = self
+                    .volumes
+                    .values()
+                    .filter(|v| v.origin.is_some_and(|o| o.volume == id))
+                    .map(|v| v.name.as_str())
+                    .collect();
+                if !clones.is_empty() {
+                    return Err(Refusal::HasClones {
+                        name: name.clone(),
+                        clones: clones.join(", "),
+                    });
+                }
+                self.volumes.remove(name);
             }
+            Command::CloneVolume {
+                id,
+                name,
+                source,
+                snapshot,
+            } => self.clone_volume(*id, name, source, *snapshot)?,
             Command::ResizeVolume { name, size_bytes } => {
                 let v = self.volume_mut(name)?;
                 if *size_bytes < v.size_bytes {
@@ -939,6 +991,65 @@ impl ClusterState {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// [`Command::CloneVolume`].
+    fn clone_volume(
+        &mut self,
+        id: Uuid,
+        name: &str,
+        source: &str,
+        snapshot: Uuid,
+    ) -> Result<(), Refusal> {
+        if self.volumes.contains_key(name) {
+            return Err(Refusal::VolumeExists {
+                name: name.to_string(),
+            });
+        }
+        check_name(name)?;
+        let src = self.volumes.get(source).ok_or_else(|| Refusal::NoVolume {
+            name: source.to_string(),
+        })?;
+        let s = src
+            .snapshots
+            .iter()
+            .find(|s| s.id == snapshot)
+            .ok_or_else(|| Refusal::NoSnapshot {
+                volume: source.to_string(),
+                id: snapshot,
+            })?;
+        let replicas = src
+            .replicas
+            .iter()
+            .map(|(&n, st)| {
+                let held = *st == ReplicaState::InSync && !self.maintenance.contains(&n);
+                let state = match held || n == src.primary {
+                    true => ReplicaState::InSync,
+                    false => ReplicaState::OutOfSync,
+                };
+                (n, state)
+            })
+            .collect();
+        let clone = VolumeRecord {
+            id,
+            name: name.to_string(),
+            size_bytes: s.size_bytes,
+            block_size: src.block_size,
+            replicas,
+            primary: src.primary,
+            epoch: 1,
+            reports: BTreeMap::new(),
+            access: src.access.clone(),
+            wanted: 0,
+            replacing: BTreeMap::new(),
+            snapshots: Vec::new(),
+            origin: Some(CloneOrigin {
+                volume: src.id,
+                snapshot,
+            }),
+        };
+        self.volumes.insert(name.to_string(), clone);
         Ok(())
     }
 

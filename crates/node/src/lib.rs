@@ -6,9 +6,12 @@
 mod access;
 mod clustered;
 mod error;
+mod event_watch;
+mod events;
 mod identity;
 mod metrics;
 mod registry;
+mod report;
 mod service;
 mod snapshots;
 mod space;
@@ -20,10 +23,12 @@ pub use clustered::{
     Unasked, UpgradeCheck,
 };
 pub use error::NodeError;
+pub use events::{now_ms, parse_since, Event, EventKind, EventLog, EventQuery, EVENT_CAP};
 pub use identity::{iqn_for, lun_identity, validate_iqn_prefix, DEFAULT_IQN_PREFIX};
 pub use metrics::{
     ClusterMetrics, ClusterVolumeMetrics, MemberMetrics, Metrics, ReplicaMetrics, ResyncMetrics,
     VolumeMetrics,
 };
+pub use report::{Agility, Efficiency, FailoverPause, Report, Service, Timing, VolumeService};
 pub use service::{Node, NodeConfig, NodeStatus, SessionInfo, VolumeInfo};
 pub use snapshots::{utc_time, SnapshotDeleted, SnapshotView};

@@ -141,6 +141,11 @@ pub struct Node {
     pub(crate) exported: Mutex<Registry>,
     /// The cluster side, once this node is a member.
     pub(crate) cluster: std::sync::OnceLock<Arc<crate::Clustered>>,
+    /// What happened here: failovers, resyncs, volume changes, ...
+    pub(crate) events: Arc<crate::EventLog>,
+    /// When each cluster member last showed a sign of life, as this node
+    /// learnt it (the I/O pause of a failover counts from there).
+    pub(crate) alive: crate::event_watch::Alive,
 }
 
 /// File in an export's unit directory that holds its persistent reservations.
@@ -193,12 +198,16 @@ impl Node {
         targets: Arc<Targets>,
         config: NodeConfig,
     ) -> Result<Node, NodeError> {
+        let events = Arc::new(crate::EventLog::open(store.data_dir()));
+        targets.observe_refusals(crate::event_watch::refusals_to(&events));
         let node = Node {
             store,
             targets,
             config,
             exported: Mutex::new(Registry::default()),
             cluster: std::sync::OnceLock::new(),
+            events,
+            alive: Default::default(),
         };
         {
             let member = cluster::Cluster::exists(&cluster::default_dir(node.store.data_dir()));
@@ -404,6 +413,26 @@ impl Node {
         block_size: u32,
         replicas: Option<usize>,
     ) -> Result<VolumeInfo, NodeError> {
+        let began = std::time::Instant::now();
+        let info = self
+            .make_volume(name, size_bytes, block_size, replicas)
+            .await?;
+        self.events.record(
+            crate::Event::new(crate::EventKind::VolumeCreate)
+                .volume(name)
+                .with("bytes", size_bytes)
+                .with("us", began.elapsed().as_micros() as u64),
+        );
+        Ok(info)
+    }
+
+    async fn make_volume(
+        &self,
+        name: &str,
+        size_bytes: u64,
+        block_size: u32,
+        replicas: Option<usize>,
+    ) -> Result<VolumeInfo, NodeError> {
         self.check_file_limit(name, size_bytes)?;
         if let Some(c) = self.clustered() {
             // A local volume of that name (made before the node joined the
@@ -452,7 +481,7 @@ impl Node {
         Ok(info)
     }
 
-    fn remote_info(&self, c: &crate::Clustered, name: &str) -> VolumeInfo {
+    pub(crate) fn remote_info(&self, c: &crate::Clustered, name: &str) -> VolumeInfo {
         let state = c.cluster().state();
         let v = state.volumes.get(name);
         VolumeInfo {
@@ -542,6 +571,27 @@ impl Node {
         name: &str,
         size_bytes: u64,
     ) -> Result<VolumeInfo, NodeError> {
+        let before = self
+            .exported
+            .lock()
+            .await
+            .get(name)
+            .map(|e| e.served.num_blocks() * e.served.block_size() as u64);
+        let began = std::time::Instant::now();
+        let info = self.grow_volume(name, size_bytes).await?;
+        if before != Some(info.size_bytes) {
+            self.events.record(
+                crate::Event::new(crate::EventKind::VolumeResize)
+                    .volume(name)
+                    .with("from_bytes", before.unwrap_or(0))
+                    .with("bytes", info.size_bytes)
+                    .with("us", began.elapsed().as_micros() as u64),
+            );
+        }
+        Ok(info)
+    }
+
+    async fn grow_volume(&self, name: &str, size_bytes: u64) -> Result<VolumeInfo, NodeError> {
         let clustered = self
             .clustered()
             .filter(|c| c.cluster().state().volumes.contains_key(name));
@@ -606,6 +656,17 @@ impl Node {
     /// Forced, every node drops its sessions as it applies the delete; a
     /// node that was down does so when it comes back.
     pub async fn delete_volume(&self, name: &str, force: bool) -> Result<(), NodeError> {
+        let began = std::time::Instant::now();
+        self.remove_volume(name, force).await?;
+        self.events.record(
+            crate::Event::new(crate::EventKind::VolumeDelete)
+                .volume(name)
+                .with("us", began.elapsed().as_micros() as u64),
+        );
+        Ok(())
+    }
+
+    async fn remove_volume(&self, name: &str, force: bool) -> Result<(), NodeError> {
         if let Some(c) = self.clustered() {
             let record = c.cluster().state().volumes.get(name).map(|v| v.id);
             if let Some(id) = record {

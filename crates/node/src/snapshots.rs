@@ -134,6 +134,7 @@ impl Node {
         // Serialized with volume deletes and other catalog changes.
         let _catalog = self.exported.lock().await;
         let taken = self.store.take_snapshots(volumes, &name, group).await?;
+        crate::event_watch::snapshots_taken(&self.events, &taken);
         Ok(taken
             .into_iter()
             .map(|(volume, info)| self.view(&volume, info, SnapshotSpace::default()))
@@ -228,6 +229,7 @@ impl Node {
         self.refuse_cluster_volume(volume, "this")?;
         let _catalog = self.exported.lock().await;
         let kept_for_clones = self.store.delete_snapshot(volume, name).await?;
+        crate::event_watch::snapshot_deleted(&self.events, volume, name);
         Ok(SnapshotDeleted { kept_for_clones })
     }
 
@@ -240,6 +242,18 @@ impl Node {
         snapshot: Option<&str>,
         new: &str,
     ) -> Result<VolumeInfo, NodeError> {
+        if let Some(v) = self.cluster_volume(source) {
+            self.clone_cluster_volume(&v, snapshot, new).await?;
+            return match self.volume(new).await {
+                Ok(info) => Ok(info),
+                // Placed on other nodes only: described from the cluster state.
+                Err(NodeError::NotFound(_)) => match self.clustered() {
+                    Some(c) => Ok(self.remote_info(&c, new)),
+                    None => Err(NodeError::NotFound(new.to_string())),
+                },
+                Err(e) => Err(e),
+            };
+        }
         self.refuse_cluster_volume(source, "cloning")?;
         if self
             .clustered()

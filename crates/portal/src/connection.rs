@@ -93,9 +93,6 @@ pub(crate) async fn run(
                     )));
                 }
                 Some(Err(e)) => {
-                    if let Some(why) = crate::RefusedLogin::of(e) {
-                        targets.count_refused(why);
-                    }
                     let (initiator, target) = state.names();
                     let initiator = if initiator.is_empty() {
                         initiator_of(&pdu)
@@ -105,6 +102,14 @@ pub(crate) async fn run(
                     let target = target
                         .map(str::to_string)
                         .unwrap_or_else(|| target_of(&pdu));
+                    if let Some(why) = crate::RefusedLogin::of(e) {
+                        let who = if initiator.is_empty() {
+                            peer.to_string()
+                        } else {
+                            initiator.clone()
+                        };
+                        targets.count_refused(why, &who, &target);
+                    }
                     return Err(Ended::Refused(format!(
                         "login refused ({e}) for initiator {initiator:?} to target {target:?}"
                     )));
@@ -125,7 +130,7 @@ pub(crate) async fn run(
             return;
         }
         Err(_) => {
-            targets.count_refused(crate::RefusedLogin::Timeout);
+            targets.count_refused(crate::RefusedLogin::Timeout, &peer.to_string(), "");
             tracing::warn!(%peer, "iSCSI login timed out");
             return;
         }

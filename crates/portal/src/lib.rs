@@ -10,7 +10,8 @@ mod reply;
 mod session;
 
 pub use registry::{
-    Portal, PortalDirectory, RefusedLogin, Serving, SessionInfo, TargetAccess, Targets,
+    Portal, PortalDirectory, RefusalObserver, RefusedLogin, Serving, SessionInfo, TargetAccess,
+    Targets,
 };
 
 use std::collections::HashMap;
@@ -92,7 +93,7 @@ pub async fn serve(
                     }
                 };
                 if conns.len() >= config.max_connections {
-                    targets.count_refused(RefusedLogin::TooManyConnections);
+                    targets.count_refused(RefusedLogin::TooManyConnections, &peer.to_string(), "");
                     tracing::warn!(%peer, limit = config.max_connections, "refusing iSCSI connection: too many connections");
                     continue;
                 }
@@ -105,7 +106,7 @@ pub async fn serve(
                 };
                 let slot = SourceSlot { map: per_source.clone(), source };
                 if from_source > config.max_connections_per_source {
-                    targets.count_refused(RefusedLogin::TooManyConnections);
+                    targets.count_refused(RefusedLogin::TooManyConnections, &peer.to_string(), "");
                     tracing::warn!(%peer, limit = config.max_connections_per_source, "refusing iSCSI connection: too many connections from this address");
                     continue;
                 }

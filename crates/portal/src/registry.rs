@@ -189,7 +189,13 @@ pub struct Targets {
     redirect: AtomicBool,
     /// Logins refused, by [`RefusedLogin`] in the order of its `ALL`.
     refused: [AtomicU64; RefusedLogin::ALL.len()],
+    /// Told of every refused login (the node's event history).
+    refusals: RwLock<Option<RefusalObserver>>,
 }
+
+/// Told of a refused login: why, the initiator's name (its address when it
+/// gave none), the target it asked for (empty: none).
+pub type RefusalObserver = Arc<dyn Fn(RefusedLogin, &str, &str) + Send + Sync>;
 
 impl Targets {
     /// An empty set.
@@ -240,9 +246,20 @@ impl Targets {
         }
     }
 
-    /// Counts one login refused for `why`.
-    pub fn count_refused(&self, why: RefusedLogin) {
+    /// Counts one login refused for `why`, of `initiator` (its name, or
+    /// its address when it gave none) to `target` (empty: none named), and
+    /// tells the observer.
+    pub fn count_refused(&self, why: RefusedLogin, initiator: &str, target: &str) {
         self.refused[why as usize].fetch_add(1, Ordering::Relaxed);
+        let observer = self.refusals.read().unwrap().clone();
+        if let Some(tell) = observer {
+            tell(why, initiator, target);
+        }
+    }
+
+    /// Tells `observer` of every login refused from now on.
+    pub fn observe_refusals(&self, observer: RefusalObserver) {
+        *self.refusals.write().unwrap() = Some(observer);
     }
 
     /// Logins refused since the portal started, by reason.

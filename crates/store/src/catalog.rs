@@ -644,6 +644,49 @@ impl Store {
         Ok(meta)
     }
 
+    /// A clone `new`, of id `id`, of snapshot `snapshot` (by id, hidden or
+    /// not) of `source`: each copy of a cluster volume's clone is made so
+    /// on its node, from that node's copy of the snapshot.
+    pub fn clone_snapshot_as(
+        &self,
+        source: &str,
+        snapshot: Uuid,
+        new: &str,
+        id: Uuid,
+    ) -> Result<VolumeMeta, StoreError> {
+        validate_name(new)?;
+        let v = self.open_volume(source)?;
+        let s = v
+            .snapshots()
+            .into_iter()
+            .find(|s| s.id == snapshot)
+            .ok_or_else(|| StoreError::SnapshotNotFound {
+                volume: source.to_string(),
+                name: snapshot.to_string(),
+            })?;
+        let mut cat = self.catalog.lock().unwrap();
+        if cat.metas.contains_key(new) {
+            return Err(StoreError::Exists(new.to_string()));
+        }
+        let meta = VolumeMeta {
+            id,
+            name: new.to_string(),
+            size_bytes: s.size_bytes,
+            block_size: v.meta().block_size,
+            created: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            origin: Some(OriginRef {
+                volume: v.meta().id,
+                snapshot: s.id,
+            }),
+        };
+        let meta = self.make_volume(&mut cat, meta)?;
+        tracing::info!(source, snapshot = %s.name, clone = new, "volume cloned");
+        Ok(meta)
+    }
+
     /// What each of a volume's snapshots keeps and would free.
     pub async fn snapshot_space(
         &self,

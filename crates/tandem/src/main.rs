@@ -2,6 +2,7 @@
 //! a running node through its management API.
 
 mod config;
+mod events_cli;
 mod node_cli;
 mod removal_cli;
 mod serve;
@@ -146,6 +147,16 @@ enum Command {
     Snapshot(snapshot_cli::SnapshotCommand),
     /// Show the node's identity, space, listen addresses and cluster.
     Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the node's event history: failovers, resyncs, volume changes,
+    /// refused logins, ... (docs/events.md).
+    Events(events_cli::EventsArgs),
+    /// Show what the storage saved and how well it served: efficiency,
+    /// agility and quality of service, from the node's own figures.
+    Report {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -328,8 +339,13 @@ enum VolumeCommand {
     Status {
         name: String,
         /// Print JSON instead of text.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "watch")]
         json: bool,
+        /// Redraw every second, with a progress bar, rate and ETA during a
+        /// resync, until Ctrl-C; when stdout is not a terminal, print one
+        /// line per change instead.
+        #[arg(long)]
+        watch: bool,
     },
     /// Add a copy of a cluster volume on another data node; it is filled by
     /// a full sync while I/O goes on.
@@ -610,6 +626,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Events(args) => events_cli::events(&client()?, args).await,
+        Command::Report { json } => events_cli::report(&client()?, json).await,
         Command::Volume(cmd) => volume_command(&client()?, cmd).await,
         Command::Node(cmd) => node_cli::node_command(&client()?, cmd).await,
         Command::Snapshot(cmd) => snapshot_cli::snapshot_command(&client()?, cmd).await,
@@ -1048,16 +1066,12 @@ async fn volume_command(c: &api::ApiClient, cmd: VolumeCommand) -> anyhow::Resul
             };
             println!("volume {}: {who} may log in {how}", v.name);
         }
-        VolumeCommand::Status { name, json } => {
+        VolumeCommand::Status { name, json, watch } => {
+            if watch {
+                return events_cli::watch_volume(c, &name).await;
+            }
             let view = c.cluster().await?;
-            let state = &view.status.state;
-            let Some(vol) = state.volumes.get(&name) else {
-                let local = c.volume(&name).await.is_ok();
-                if local {
-                    anyhow::bail!("volume {name} is local to this node: it has no replicas");
-                }
-                anyhow::bail!("no volume named {name}");
-            };
+            let vol = cluster_volume(c, &view, &name).await?;
             if json {
                 let out = serde_json::json!({
                     "volume": vol,
@@ -1069,58 +1083,9 @@ async fn volume_command(c: &api::ApiClient, cmd: VolumeCommand) -> anyhow::Resul
                 println!("{}", serde_json::to_string_pretty(&out)?);
                 return Ok(());
             }
-            let node_name = |id: &u64| {
-                state
-                    .nodes
-                    .get(id)
-                    .map(|n| n.name.clone())
-                    .unwrap_or_else(|| format!("node {id}"))
-            };
-            println!("volume    {}", vol.name);
-            println!("size      {}", format_size(vol.size_bytes));
-            println!(
-                "primary   {} (node {})",
-                node_name(&vol.primary),
-                vol.primary
-            );
-            println!("epoch     {}", vol.epoch);
-            println!(
-                "copies    {} of {}",
-                vol.replicas.len().min(vol.copies_wanted()),
-                vol.copies_wanted()
-            );
-            for line in removal_cli::replacement_lines(&view, Some(&name)) {
-                println!("{line}");
-            }
-            println!();
-            println!("{:<4} {:<16} {:<12} PROGRESS", "ID", "NODE", "STATE");
-            for (n, st) in &vol.replicas {
-                let (state_text, progress) = match st {
-                    cluster::ReplicaState::InSync => ("in-sync", String::new()),
-                    cluster::ReplicaState::OutOfSync => ("out-of-sync", String::new()),
-                    cluster::ReplicaState::Syncing => (
-                        "syncing",
-                        resync_progress(&view, &name, *n)
-                            .map(|p| {
-                                format!(
-                                    "{}% ({} of {}{})",
-                                    percent(p.resync_done, p.resync_total),
-                                    format_size(p.resync_done),
-                                    format_size(p.resync_total),
-                                    resync_pace(p)
-                                )
-                            })
-                            .unwrap_or_default(),
-                    ),
-                };
-                println!(
-                    "{:<4} {:<16} {:<12} {}",
-                    n,
-                    node_name(n),
-                    state_text,
-                    progress
-                );
-            }
+            std::io::stdout()
+                .write_all(volume_status_text(&view, vol).as_bytes())
+                .map_err(OutputError)?;
         }
         VolumeCommand::AddReplica { name, node } => {
             let placed = c.add_replica(&name, node.as_deref()).await?;
@@ -1161,6 +1126,84 @@ async fn volume_command(c: &api::ApiClient, cmd: VolumeCommand) -> anyhow::Resul
         }
     }
     Ok(())
+}
+
+/// The cluster's record of volume `name`, or why there is none.
+pub(crate) async fn cluster_volume<'a>(
+    c: &api::ApiClient,
+    view: &'a api::ClusterView,
+    name: &str,
+) -> anyhow::Result<&'a cluster::VolumeRecord> {
+    if let Some(vol) = view.status.state.volumes.get(name) {
+        return Ok(vol);
+    }
+    if c.volume(name).await.is_ok() {
+        anyhow::bail!("volume {name} is local to this node: it has no replicas");
+    }
+    anyhow::bail!("no volume named {name}");
+}
+
+/// `tandem volume status NAME` as text.
+pub(crate) fn volume_status_text(view: &api::ClusterView, vol: &cluster::VolumeRecord) -> String {
+    use std::fmt::Write;
+    let state = &view.status.state;
+    let node_name = |id: &u64| {
+        state
+            .nodes
+            .get(id)
+            .map(|n| n.name.clone())
+            .unwrap_or_else(|| format!("node {id}"))
+    };
+    let mut out = String::new();
+    let _ = writeln!(out, "volume    {}", vol.name);
+    let _ = writeln!(out, "size      {}", format_size(vol.size_bytes));
+    let _ = writeln!(
+        out,
+        "primary   {} (node {})",
+        node_name(&vol.primary),
+        vol.primary
+    );
+    let _ = writeln!(out, "epoch     {}", vol.epoch);
+    let _ = writeln!(
+        out,
+        "copies    {} of {}",
+        vol.replicas.len().min(vol.copies_wanted()),
+        vol.copies_wanted()
+    );
+    for line in removal_cli::replacement_lines(view, Some(&vol.name)) {
+        let _ = writeln!(out, "{line}");
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "{:<4} {:<16} {:<12} PROGRESS", "ID", "NODE", "STATE");
+    for (n, st) in &vol.replicas {
+        let (state_text, progress) = match st {
+            cluster::ReplicaState::InSync => ("in-sync", String::new()),
+            cluster::ReplicaState::OutOfSync => ("out-of-sync", String::new()),
+            cluster::ReplicaState::Syncing => (
+                "syncing",
+                resync_progress(view, &vol.name, *n)
+                    .map(|p| {
+                        format!(
+                            "{}% ({} of {}{})",
+                            percent(p.resync_done, p.resync_total),
+                            format_size(p.resync_done),
+                            format_size(p.resync_total),
+                            resync_pace(p)
+                        )
+                    })
+                    .unwrap_or_default(),
+            ),
+        };
+        let _ = writeln!(
+            out,
+            "{:<4} {:<16} {:<12} {}",
+            n,
+            node_name(n),
+            state_text,
+            progress
+        );
+    }
+    out
 }
 
 /// The resync of `volume`'s copy on `node` (bytes copied, bytes to copy,

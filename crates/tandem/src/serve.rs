@@ -54,6 +54,8 @@ pub async fn run(cfg: ServeConfig, cluster: node::ClusterConfig) -> anyhow::Resu
         )
         .await?,
     );
+    // Counters and the cluster's view, read for the event history.
+    node.watch_events();
 
     tracing::info!(
         data_dir = %cfg.data_dir.display(),

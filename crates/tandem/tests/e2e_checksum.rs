@@ -2,7 +2,8 @@
 //! byte of one block flipped in the volume's data file, the server started
 //! again. Reading that block gets CHECK CONDITION, MEDIUM ERROR, UNRECOVERED
 //! READ ERROR (never the damaged bytes); its neighbours read fine; writing
-//! the block again heals it, and the damage is logged with volume and LBA.
+//! the block again heals it, and the damage is logged with volume and LBA
+//! and counted in the node's event history.
 
 mod common;
 
@@ -101,6 +102,17 @@ async fn a_damaged_block_is_a_medium_error_and_a_rewrite_heals_it() {
                 && l.contains("lba=10")),
         "the damage is logged with volume and LBA:\n{log}"
     );
+    // The node's event history has the two MEDIUM ERROR answers.
+    common::cluster::wait_until("the checksum errors in the event history", 10, || {
+        let out = server.cli_ok(&["events", "--json", "--kind", "checksum-error"]);
+        let events: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+        events
+            .iter()
+            .filter(|e| e["volume"] == "rot")
+            .filter_map(|e| e["fields"]["errors"].as_u64())
+            .sum::<u64>()
+            == 2
+    });
     assert!(
         !log.contains("not shut down cleanly"),
         "a SIGTERM stop is a clean one: nothing to recheck at the restart:\n{log}"

@@ -12,6 +12,10 @@
 //!   from each node's store once the nodes are stopped), both nodes list
 //!   the same snapshots, every acknowledged write is read back through
 //!   both portals, and a deleted snapshot is gone from both copies.
+//! - A clone of a snapshot, asked of the other node, is a cluster volume
+//!   in sync on both nodes at once (each copy made from that node's copy
+//!   of the snapshot) that reads as the snapshot; its source cannot be
+//!   deleted while it lives.
 
 mod common;
 
@@ -28,6 +32,7 @@ use common::Server;
 use testkit::history::{decode, History};
 
 const VOLUME: &str = "vm";
+const CLONE: &str = "vm-first";
 /// Extents per initiator; each writes its own.
 const EXTENTS: u64 = 32;
 
@@ -139,12 +144,19 @@ fn listed(s: &Server) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Every snapshot image of the volume on a stopped node, by name.
+/// Every snapshot image of the volume on a stopped node, by name, and the
+/// clone's data (under its own name).
 async fn images(s: &Server) -> BTreeMap<String, Vec<u8>> {
+    use volume::Volume;
     let store = store::Store::open(&s.data_dir).expect("the node's store opens");
     let v = store.open_volume(VOLUME).expect("the copy opens");
     let blocks = (2 * EXTENTS * EXTENT) as u32;
     let mut out = BTreeMap::new();
+    let clone = store.open_volume(CLONE).expect("the clone's copy opens");
+    out.insert(
+        CLONE.to_string(),
+        clone.read(0, blocks).await.expect("reading the clone"),
+    );
     for snap in v.snapshots() {
         let img = v
             .read_snapshot(snap.id, 0, blocks)
@@ -272,6 +284,19 @@ async fn snapshots_survive_a_killed_primary_and_read_the_same_on_both_copies() {
     let refused = a.cli(&["snapshot", "create", VOLUME, "--name", "first"]);
     assert!(!refused.status.success(), "a second snapshot named first");
 
+    // A clone of a snapshot, asked of either node: a cluster volume with a
+    // copy on each node, made there from that node's copy of the snapshot,
+    // in sync at once. Its source cannot be deleted while it lives.
+    b.cli_ok(&["volume", "clone", VOLUME, CLONE, "--snapshot", "first"]);
+    wait_until("the clone on both nodes, in sync", 60, || {
+        a.cli_ok(&["volume", "list"]).contains(CLONE) && all_in_sync(&b, CLONE)
+    });
+    let refused = a.cli(&["volume", "delete", VOLUME]);
+    assert!(
+        !refused.status.success(),
+        "the source of a clone was deleted"
+    );
+
     a.stop();
     b.stop();
     let (ia, ib) = (images(&a).await, images(&b).await);
@@ -282,7 +307,7 @@ async fn snapshots_survive_a_killed_primary_and_read_the_same_on_both_copies() {
     );
     assert_eq!(
         ia.len(),
-        names.len(),
+        names.len() + 1,
         "snapshots on the copies: {:?}",
         ia.keys()
     );
@@ -291,4 +316,8 @@ async fn snapshots_survive_a_killed_primary_and_read_the_same_on_both_copies() {
         assert!(x == y, "snapshot {} differs between the copies", t.name);
         check_bounds(x, t);
     }
+    assert!(
+        ia[CLONE] == ia["first"] && ib[CLONE] == ib["first"],
+        "the clone does not read as its snapshot"
+    );
 }

@@ -1332,3 +1332,71 @@ fn a_volume_without_snapshots_reads_and_writes_as_before() {
     );
     assert_eq!(serde_json::from_str::<Command>(&text).unwrap(), c);
 }
+
+#[test]
+fn a_clone_takes_the_source_s_copies_in_sync_where_they_hold_the_snapshot() {
+    let mut s = cluster(3, false);
+    assert_eq!(s.apply(&create("src", 3)), Outcome::Done);
+    let v = s.volumes["src"].clone();
+    let away = *v.replicas.keys().find(|&&n| n != v.primary).unwrap();
+    assert_eq!(
+        s.apply(&Command::SetReplicaState {
+            volume: "src".into(),
+            node: away,
+            state: ReplicaState::OutOfSync,
+            epoch: v.epoch,
+            seq: 1,
+        }),
+        Outcome::Done
+    );
+    let snap = Command::RecordSnapshots {
+        taken: vec![TakenSnapshot {
+            volume: "src".into(),
+            epoch: v.epoch,
+            snapshot: snapshot("s", 9),
+        }],
+    };
+    assert_eq!(s.apply(&snap), Outcome::Done);
+    let clone = |name: &str, snapshot| Command::CloneVolume {
+        id: Uuid::from_u128(77),
+        name: name.to_string(),
+        source: "src".into(),
+        snapshot: Uuid::from_u128(snapshot),
+    };
+    assert!(matches!(
+        refused(&mut s, clone("c", 8)),
+        Refusal::NoSnapshot { .. }
+    ));
+    assert_eq!(s.apply(&clone("c", 9)), Outcome::Done);
+    let c = &s.volumes["c"];
+    assert_eq!(c.primary, v.primary);
+    assert_eq!(c.size_bytes, 1 << 20);
+    assert_eq!(
+        c.origin,
+        Some(CloneOrigin {
+            volume: v.id,
+            snapshot: Uuid::from_u128(9)
+        })
+    );
+    for (n, st) in &c.replicas {
+        let want = match *n == away {
+            true => ReplicaState::OutOfSync,
+            false => ReplicaState::InSync,
+        };
+        assert_eq!(*st, want, "node {n}");
+    }
+    assert!(matches!(
+        refused(&mut s, clone("c", 9)),
+        Refusal::VolumeExists { .. }
+    ));
+    // The source goes only after its clones.
+    let delete = |name: &str| Command::DeleteVolume {
+        name: name.to_string(),
+    };
+    assert!(matches!(
+        refused(&mut s, delete("src")),
+        Refusal::HasClones { .. }
+    ));
+    assert_eq!(s.apply(&delete("c")), Outcome::Done);
+    assert_eq!(s.apply(&delete("src")), Outcome::Done);
+}

@@ -2,13 +2,14 @@
 //! cluster through this node's membership.
 
 use std::collections::HashMap;
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
 use cluster::{Command, ReplicaState};
 use replica::{ControlError, PeerState};
 
 use super::{Clustered, RECORD_TIMEOUT};
+use crate::{Event, EventKind, EventLog};
 
 /// What a primary asks of the control plane, through this node's membership.
 pub(super) struct ControlPlaneLink {
@@ -16,6 +17,8 @@ pub(super) struct ControlPlaneLink {
     /// Number of the last report made per (volume, replica node): reports
     /// are numbered so that one given up on cannot land after a later one.
     pub(super) reports: std::sync::Mutex<HashMap<(String, u64), u64>>,
+    /// The node's event history: copies out of sync, resyncs.
+    pub(super) events: Arc<EventLog>,
 }
 
 #[async_trait]
@@ -39,12 +42,22 @@ impl replica::Control for ControlPlaneLink {
         // Writes wait for this record: without a quorum it gives up rather
         // than hold them until one returns.
         let record = self.set(volume, node, PeerState::OutOfSync, epoch);
-        match tokio::time::timeout(RECORD_TIMEOUT, record).await {
+        let recorded = match tokio::time::timeout(RECORD_TIMEOUT, record).await {
             Ok(r) => r,
             Err(_) => Err(ControlError::NoQuorum {
                 waited: RECORD_TIMEOUT,
             }),
+        };
+        if recorded.is_ok() {
+            // Queued only: the writes waiting for this record do not wait for it.
+            self.events.record(
+                Event::new(EventKind::CopyOutOfSync)
+                    .volume(volume)
+                    .node(&self.node_name(node))
+                    .with("epoch", epoch),
+            );
         }
+        recorded
     }
 
     async fn replica_in_sync(
@@ -53,7 +66,17 @@ impl replica::Control for ControlPlaneLink {
         node: u64,
         epoch: u64,
     ) -> Result<(), ControlError> {
-        self.set(volume, node, PeerState::InSync, epoch).await
+        self.set(volume, node, PeerState::InSync, epoch).await?;
+        let size = self.cluster.upgrade().map_or(0, |c| {
+            c.cluster
+                .state()
+                .volumes
+                .get(volume)
+                .map_or(0, |v| v.size_bytes)
+        });
+        self.events
+            .resync_ended(volume, &self.node_name(node), size);
+        Ok(())
     }
 
     fn recorded_snapshots(&self, volume: &str) -> Option<Vec<uuid::Uuid>> {
@@ -64,6 +87,16 @@ impl replica::Control for ControlPlaneLink {
     }
 
     async fn replica_syncing(&self, volume: &str, node: u64, epoch: u64) {
+        // The primary set out the bytes to copy before it reports the start.
+        let bytes = self.cluster.upgrade().map_or(0, |c| {
+            c.server
+                .get(volume)
+                .and_then(|v| v.primary())
+                .and_then(|p| p.peer_status().into_iter().find(|s| s.node == node))
+                .map_or(0, |s| s.resync_total)
+        });
+        self.events
+            .resync_started(volume, &self.node_name(node), bytes);
         let _ = self.set(volume, node, PeerState::Syncing, epoch).await;
     }
 }
@@ -79,6 +112,14 @@ fn recorded(state: PeerState) -> ReplicaState {
 }
 
 impl ControlPlaneLink {
+    /// The name of member `node` (its id while the state does not name it).
+    fn node_name(&self, node: u64) -> String {
+        self.cluster
+            .upgrade()
+            .and_then(|c| c.cluster.state().nodes.get(&node).map(|i| i.name.clone()))
+            .unwrap_or_else(|| node.to_string())
+    }
+
     async fn set(
         &self,
         volume: &str,

@@ -185,6 +185,26 @@ impl Node {
             paused_us = moved.paused_us,
             "primary moved"
         );
+        self.events.record(
+            crate::Event::new(crate::EventKind::PrimaryMoved)
+                .volume(name)
+                .node(
+                    &c.cluster
+                        .state()
+                        .nodes
+                        .get(&target)
+                        .map_or_else(|| target.to_string(), |i| i.name.clone()),
+                )
+                .with(
+                    "from",
+                    state
+                        .nodes
+                        .get(&from)
+                        .map_or_else(|| from.to_string(), |i| i.name.clone()),
+                )
+                .with("epoch", epoch)
+                .with("pause_us", moved.paused_us),
+        );
         Ok(moved)
     }
 

@@ -147,6 +147,7 @@ impl Node {
             control: Arc::new(ControlPlaneLink {
                 cluster: weak.clone(),
                 reports: std::sync::Mutex::new(HashMap::new()),
+                events: self.events.clone(),
             }),
             taken_up: std::sync::Mutex::new(HashMap::new()),
             sealing: std::sync::Mutex::default(),

@@ -102,19 +102,64 @@ impl Node {
     /// volume of that name is its copy (checked by the caller).
     fn open_copy(
         &self,
+        c: &Clustered,
         v: &cluster::VolumeRecord,
     ) -> Result<(Arc<LocalCopy>, Arc<store::LocalVolume>), NodeError> {
         if self.store.get(&v.name).is_none() {
-            tracing::info!(volume = %v.name, "creating the local copy");
-            self.store
-                .create_with_id(&v.name, v.size_bytes, v.block_size, v.id)?;
+            match v.origin {
+                Some(o) => self.make_clone_copy(c, v, o)?,
+                None => {
+                    tracing::info!(volume = %v.name, "creating the local copy");
+                    self.store
+                        .create_with_id(&v.name, v.size_bytes, v.block_size, v.id)?;
+                }
+            }
         }
         let local = self.store.open_volume(&v.name)?;
         let base = self.local_unit_dir(&v.name)?.join(COPY_BASE);
         let copy = LocalCopy::open(&v.name, local.clone(), &base)
             .map_err(|e| NodeError::Cluster(format!("volume {}: opening the copy: {e}", v.name)))?;
-        copy.set_snapshots(Arc::new(super::snapshots::StoreSnapshots(local.clone())));
+        copy.set_snapshots(Arc::new(super::snapshots::StoreSnapshots {
+            store: self.store.clone(),
+            volume: local.clone(),
+        }));
         Ok((copy, local))
+    }
+
+    /// Makes this node's copy of clone `v` from its own copy of the
+    /// snapshot it comes from. Where this node does not hold that snapshot
+    /// (its copy of the source was out of sync), the clone's copy here must
+    /// be out of sync too, and starts empty for the primary to copy whole;
+    /// a copy the state holds in sync is never made empty.
+    fn make_clone_copy(
+        &self,
+        c: &Clustered,
+        v: &cluster::VolumeRecord,
+        o: cluster::CloneOrigin,
+    ) -> Result<(), NodeError> {
+        let source = self.store.list().into_iter().find(|m| m.id == o.volume);
+        let held = source.as_ref().is_some_and(|m| {
+            self.store
+                .open_volume(&m.name)
+                .is_ok_and(|s| s.snapshots().iter().any(|s| s.id == o.snapshot))
+        });
+        if let (Some(m), true) = (&source, held) {
+            tracing::info!(volume = %v.name, source = %m.name, "making the local copy as a clone of this node's copy of the snapshot");
+            self.store
+                .clone_snapshot_as(&m.name, o.snapshot, &v.name, v.id)?;
+            return Ok(());
+        }
+        let me = c.cluster.id();
+        if v.replicas.get(&me) == Some(&cluster::ReplicaState::InSync) {
+            return Err(NodeError::Cluster(format!(
+                "volume {}: a clone whose copy here is recorded in sync, but this node does not hold the snapshot it comes from",
+                v.name
+            )));
+        }
+        tracing::info!(volume = %v.name, "this node does not hold the snapshot the clone comes from: an empty copy, copied whole by the primary");
+        self.store
+            .create_with_id(&v.name, v.size_bytes, v.block_size, v.id)?;
+        Ok(())
     }
 
     /// Exports `v` here: over this node's copy when the state places one
@@ -149,7 +194,7 @@ impl Node {
         let access = access_of(c, v)?;
         let here = self.store.get(&v.name);
         let (role, local, unit_dir) = if v.replicas.contains_key(&me) {
-            let (copy, local) = self.open_copy(v)?;
+            let (copy, local) = self.open_copy(c, v)?;
             let role = ClusterVolume::over_copy(copy);
             c.server.add(role.clone());
             (role, Some(local), self.local_unit_dir(&v.name)?)
@@ -300,6 +345,9 @@ impl Node {
                 })?;
             slot.current = Some(desired);
             let led_by = Some((v.primary, v.epoch));
+            if let Some((old, _)) = slot.led_by.filter(|&(p, _)| p != v.primary) {
+                self.primary_changed(c, v, old);
+            }
             if slot.led_by.is_some() && slot.led_by != led_by {
                 // Another primary, or another role of it: what the old one
                 // held in memory only (an SPC-2 reservation) is gone.

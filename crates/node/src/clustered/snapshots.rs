@@ -16,7 +16,7 @@ use replica::{CopySnapshots, Primary};
 use store::{SnapshotInfo, StoreError};
 use volume::VolumeError;
 
-use super::{cluster_err, RECORD_TIMEOUT};
+use super::{cluster_err, Clustered, RECORD_TIMEOUT, SERVED_TIMEOUT};
 use crate::snapshots::{SnapshotDeleted, SnapshotView};
 use crate::{Node, NodeError};
 
@@ -25,7 +25,10 @@ const SNAPSHOT_VERSION: u32 = 3;
 const _: () = assert!(LOG_VERSION >= SNAPSHOT_VERSION);
 
 /// A copy's snapshots as the local store keeps them.
-pub(super) struct StoreSnapshots(pub(super) Arc<store::LocalVolume>);
+pub(super) struct StoreSnapshots {
+    pub(super) store: Arc<store::Store>,
+    pub(super) volume: Arc<store::LocalVolume>,
+}
 
 fn store_error(e: StoreError) -> VolumeError {
     VolumeError::Io(std::io::Error::other(e.to_string()))
@@ -34,7 +37,7 @@ fn store_error(e: StoreError) -> VolumeError {
 #[async_trait]
 impl CopySnapshots for StoreSnapshots {
     fn list(&self) -> Vec<SnapshotMark> {
-        self.0
+        self.volume
             .snapshots()
             .into_iter()
             .filter(|s| !s.hidden)
@@ -57,7 +60,7 @@ impl CopySnapshots for StoreSnapshots {
             hidden: false,
             group: mark.group.clone(),
         };
-        self.0
+        self.volume
             .take_snapshot_as(info)
             .await
             .map(drop)
@@ -65,15 +68,43 @@ impl CopySnapshots for StoreSnapshots {
     }
 
     async fn delete(&self, id: uuid::Uuid) -> Result<(), VolumeError> {
-        if !self.0.snapshots().iter().any(|s| s.id == id) {
+        if !self.volume.snapshots().iter().any(|s| s.id == id) {
             return Ok(());
         }
-        self.0.delete_snapshot(id).await.map_err(store_error)
+        // A clone's copy here reads from it: hidden, freed with the clone.
+        let name = self.volume.meta().name;
+        if self.store.clones_of_snapshot(&name, id).is_empty() {
+            self.volume.delete_snapshot(id).await.map_err(store_error)
+        } else {
+            self.volume.hide_snapshot(id).await.map_err(store_error)
+        }
     }
 
     async fn read(&self, id: uuid::Uuid, lba: u64, blocks: u32) -> Result<Vec<u8>, VolumeError> {
-        self.0.read_snapshot(id, lba, blocks).await
+        self.volume.read_snapshot(id, lba, blocks).await
     }
+}
+
+/// Refuses while a member runs a version that cannot read the log's
+/// snapshot entries. A member down now counts with the version it
+/// reported last: a snapshot is most wanted while a copy is away.
+async fn every_member_records_snapshots(c: &Clustered) -> Result<(), NodeError> {
+    for (member, version) in c.cluster.log_versions_last_known().await {
+        match version {
+            Ok(v) if v >= SNAPSHOT_VERSION => {}
+            Ok(v) => {
+                return Err(NodeError::Refused(format!(
+                    "node {member} runs a version that does not record snapshots (log version {v}, {SNAPSHOT_VERSION} needed): upgrade it first"
+                )))
+            }
+            Err(e) => {
+                return Err(NodeError::Refused(format!(
+                    "node {member} cannot be asked which version it runs ({e}); snapshots and clones of cluster volumes need every member to record them"
+                )))
+            }
+        }
+    }
+    Ok(())
 }
 
 fn now_secs() -> u64 {
@@ -134,23 +165,7 @@ impl Node {
         let Some((primary, _)) = primary else {
             return Err(NodeError::Invalid("name at least one volume".into()));
         };
-        // A member down now counts with the version it reported last: a
-        // snapshot is most wanted while a copy is away.
-        for (member, version) in c.cluster.log_versions_last_known().await {
-            match version {
-                Ok(v) if v >= SNAPSHOT_VERSION => {}
-                Ok(v) => {
-                    return Err(NodeError::Refused(format!(
-                        "node {member} runs a version that does not record snapshots (log version {v}, {SNAPSHOT_VERSION} needed): upgrade it first"
-                    )))
-                }
-                Err(e) => {
-                    return Err(NodeError::Refused(format!(
-                        "node {member} cannot be asked which version it runs ({e}); snapshots of cluster volumes need every member to record them"
-                    )))
-                }
-            }
-        }
+        every_member_records_snapshots(&c).await?;
         let req = SnapshotRequest {
             volumes: names,
             name: name.to_string(),
@@ -163,6 +178,15 @@ impl Node {
             .take_snapshots_on(primary, req.clone())
             .await
             .map_err(cluster_err)?;
+        for (v, s) in req.volumes.iter().zip(&taken) {
+            let mut e = crate::events::Event::new(crate::events::EventKind::SnapshotCreate)
+                .volume(v)
+                .with("snapshot", s.name.as_str());
+            if let Some(g) = &s.group {
+                e = e.with("group", g.as_str());
+            }
+            self.events.record(e);
+        }
         Ok(req
             .volumes
             .iter()
@@ -301,6 +325,7 @@ impl Node {
             )
             .await
             .map_err(cluster_err)?;
+        crate::event_watch::snapshot_deleted(&self.events, &v.name, name);
         Ok(SnapshotDeleted {
             kept_for_clones: Vec::new(),
         })
@@ -383,5 +408,69 @@ impl Node {
             group: s.group.clone(),
             clones: Vec::new(),
         }
+    }
+
+    /// Makes cluster volume `new` a clone of a snapshot of cluster volume
+    /// `source` (one taken now, named `clone-NEW`, without `snapshot`):
+    /// each node holding a copy of the source makes the clone's copy from
+    /// its own copy of the snapshot.
+    pub(crate) async fn clone_cluster_volume(
+        &self,
+        source: &VolumeRecord,
+        snapshot: Option<&str>,
+        new: &str,
+    ) -> Result<(), NodeError> {
+        let c = self.member()?;
+        store::validate_name(new)?;
+        if c.cluster.state().volumes.contains_key(new) || self.store.get(new).is_some() {
+            return Err(NodeError::Store(StoreError::Exists(new.to_string())));
+        }
+        every_member_records_snapshots(&c).await?;
+        let snapshot_id = match snapshot {
+            Some(name) => {
+                source
+                    .snapshots
+                    .iter()
+                    .find(|s| s.name == name)
+                    .ok_or_else(|| {
+                        NodeError::Store(StoreError::SnapshotNotFound {
+                            volume: source.name.clone(),
+                            name: name.to_string(),
+                        })
+                    })?
+                    .id
+            }
+            None => {
+                let name = format!("clone-{new}");
+                let taken = self
+                    .create_cluster_snapshots(std::slice::from_ref(&source.name), &name, None)
+                    .await?;
+                let id = taken.first().map(|t| t.id.clone()).unwrap_or_default();
+                id.parse()
+                    .map_err(|_| NodeError::Cluster(format!("snapshot {name}: no id")))?
+            }
+        };
+        let id = uuid::Uuid::new_v4();
+        let proposed = c
+            .cluster
+            .propose(Command::CloneVolume {
+                id,
+                name: new.to_string(),
+                source: source.name.clone(),
+                snapshot: snapshot_id,
+            })
+            .await;
+        if let Err(e) = proposed {
+            if c.cluster.state().volumes.get(new).map(|v| v.id) != Some(id) {
+                return Err(cluster_err(e));
+            }
+        }
+        let state = c.cluster.state();
+        self.reconcile(&state).await;
+        if let Err(why) = self.wait_served(&c, new, 1, SERVED_TIMEOUT).await {
+            tracing::warn!(volume = new, "cloned, but not served yet: {why}");
+        }
+        tracing::info!(source = %source.name, clone = new, "cluster volume cloned");
+        Ok(())
     }
 }
