@@ -6,7 +6,7 @@ use thiserror::Error;
 
 use crate::{
     AddReplica, CreateVolume, ErrorBody, Maintenance, MaintenanceRequest, MovePrimary,
-    PrimaryMoved, ReplicaPlaced, ResizeVolume, UpgradeCheck, UpgradeCheckRequest,
+    PrimaryMoved, Removed, ReplicaPlaced, ResizeVolume, UpgradeCheck, UpgradeCheckRequest,
 };
 
 /// Why a management call failed.
@@ -136,6 +136,28 @@ impl ApiClient {
         self.call::<_, ()>(Method::POST, "/v1/cluster/leave", Some(&()))
             .await
             .map(|_| ())
+    }
+
+    /// `POST /v1/cluster/remove`: removes member `node`, which cannot
+    /// leave by itself (`dead`); `force` even though it is still heard
+    /// from.
+    pub async fn cluster_remove(&self, req: &crate::RemoveMember) -> Result<Removed, ClientError> {
+        let v = self
+            .call(Method::POST, "/v1/cluster/remove", Some(req))
+            .await?;
+        self.expect(v)
+    }
+
+    /// `PUT /v1/cluster/replace-delay`: seconds a copy on a silent member
+    /// waits before the leader replaces it (0: never).
+    pub async fn set_replace_delay(&self, secs: u64) -> Result<(), ClientError> {
+        self.call::<_, ()>(
+            Method::PUT,
+            "/v1/cluster/replace-delay",
+            Some(&crate::SetReplaceDelay { secs }),
+        )
+        .await
+        .map(|_| ())
     }
 
     /// `PUT /v1/cluster/floating`.

@@ -32,6 +32,10 @@
 //! - `POST   /v1/cluster/init`                make this node a new cluster → `{token, endpoint}`
 //! - `POST   /v1/cluster/join`                join `{seed, token}`
 //! - `POST   /v1/cluster/leave`               leave the cluster
+//! - `POST   /v1/cluster/remove`              remove a member that cannot
+//!   leave by itself `{node, dead, force?}` → what it did ([`Removed`])
+//! - `PUT    /v1/cluster/replace-delay`       how long a copy on a silent
+//!   member waits before the leader replaces it `{secs}` (0: never)
 //! - `GET    /v1/events?since=&after=&kind=&limit=&wait=` the node's event
 //!   history, oldest first ([`node::Event`]); `wait` (seconds) holds the
 //!   answer until a matching event comes, for `tandem events --follow`
@@ -59,7 +63,8 @@ pub use client::{ApiClient, ClientError};
 pub use events::{EventsQuery, MAX_WAIT as EVENTS_MAX_WAIT};
 pub use metrics::{encode as encode_metrics, metrics_router, CONTENT_TYPE as METRICS_CONTENT_TYPE};
 pub use node::{
-    AckWindow, Maintenance, MemberVersion, PeerState, PeerStatus, PrimaryMoved, UpgradeCheck,
+    AckWindow, Maintenance, MemberVersion, PeerState, PeerStatus, PrimaryMoved, Removed,
+    UpgradeCheck,
 };
 pub use server::{router, serving_router};
 pub use snapshots::{CloneVolume, CreateSnapshots, Rollback};
@@ -91,6 +96,28 @@ pub struct JoinCluster {
     pub seed: String,
     /// Join token printed by `tandem cluster init`.
     pub token: String,
+}
+
+/// Body of `POST /v1/cluster/remove`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RemoveMember {
+    /// Member (name or id).
+    pub node: String,
+    /// Whether the member is gone (the only removal there is: a running
+    /// member leaves by itself).
+    #[serde(default)]
+    pub dead: bool,
+    /// Remove it even though it is still heard from.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// Body of `PUT /v1/cluster/replace-delay`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetReplaceDelay {
+    /// Seconds a copy on a silent member waits before the leader replaces
+    /// it; 0 turns re-placement off.
+    pub secs: u64,
 }
 
 /// Body of `PUT /v1/cluster/floating`.

@@ -11,8 +11,8 @@ use serde::Deserialize;
 
 use crate::{
     AddReplica, ClusterSummary, ClusterToken, ClusterView, CreateVolume, ErrorBody, JoinCluster,
-    Listeners, Liveness, MaintenanceRequest, MemberSummary, MovePrimary, ReplicaPlaced,
-    ResizeVolume, SetFloating, StatusView, UpgradeCheckRequest,
+    Listeners, Liveness, MaintenanceRequest, MemberSummary, MovePrimary, RemoveMember,
+    ReplicaPlaced, ResizeVolume, SetFloating, SetReplaceDelay, StatusView, UpgradeCheckRequest,
 };
 
 /// Builds the API router over the node's service layer. Every request must
@@ -61,6 +61,8 @@ fn build(
             ),
         )
         .route("/v1/cluster/leave", post(cluster_leave))
+        .route("/v1/cluster/remove", post(cluster_remove))
+        .route("/v1/cluster/replace-delay", put(set_replace_delay))
         .route("/v1/cluster/maintenance/enter", post(maintenance_enter))
         .route("/v1/cluster/maintenance/exit", post(maintenance_exit))
         .route("/v1/cluster/upgrade-check", post(upgrade_check))
@@ -250,6 +252,30 @@ async fn set_floating(
     Json(req): Json<SetFloating>,
 ) -> Result<impl IntoResponse, ApiError> {
     node.set_floating(req.floating).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn cluster_remove(
+    State(node): State<Arc<Node>>,
+    Json(req): Json<RemoveMember>,
+) -> Result<impl IntoResponse, ApiError> {
+    if !req.dead {
+        return Err(NodeError::Invalid(format!(
+            "node {}: only a member that cannot leave by itself is removed (dead); a running \
+             member leaves with tandem cluster leave on it",
+            req.node
+        ))
+        .into());
+    }
+    Ok(Json(node.cluster_remove_dead(&req.node, req.force).await?))
+}
+
+async fn set_replace_delay(
+    State(node): State<Arc<Node>>,
+    Json(req): Json<SetReplaceDelay>,
+) -> Result<impl IntoResponse, ApiError> {
+    node.set_replace_delay(Some(std::time::Duration::from_secs(req.secs)))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -34,6 +34,7 @@ pub(crate) fn router(inner: Weak<Inner>) -> Router {
         .route("/raft/snapshot", post(h_snapshot))
         .route("/cluster/join", post(h_join))
         .route("/cluster/leave", post(h_leave))
+        .route("/cluster/remove-dead", post(h_remove_dead))
         .route("/cluster/propose", post(h_propose))
         .route("/cluster/heartbeat", post(h_heartbeat))
         .route("/cluster/status", post(h_status))
@@ -94,6 +95,11 @@ pub(crate) enum MemberRefusal {
     /// Taking the vote away failed.
     #[error("removing node {node} from the voters: {reason}")]
     RemoveVoter { node: NodeId, reason: String },
+    /// The leader asked to remove itself as dead.
+    #[error(
+        "node {node} leads the cluster and answers: it is not dead (tandem cluster leave on it)"
+    )]
+    RemoveSelf { node: NodeId },
     /// A primary the leader is replacing gets no lease meanwhile.
     #[error("node {node} is being replaced as a primary")]
     BeingReplaced { node: NodeId },
@@ -138,6 +144,19 @@ async fn h_vote(State(w): State<Weak<Inner>>, h: HeaderMap, body: Bytes) -> Resp
         Ok(x) => x,
         Err(r) => return r,
     };
+    // A member removed as dead that came back still counts itself a
+    // voter (its log never got its removal): its elections would only
+    // disturb the cluster, so it gets no answer, never a higher term.
+    if let Some(candidate) = req.vote.leader_id().voted_for() {
+        if s.store.state().was_removed(candidate) {
+            use axum::response::IntoResponse;
+            return (
+                axum::http::StatusCode::FORBIDDEN,
+                Refusal::Removed { node: candidate }.to_string(),
+            )
+                .into_response();
+        }
+    }
     let r = s.raft.vote(req).await;
     s.gate.answer(&nonce, &r)
 }
@@ -275,21 +294,54 @@ async fn h_leave(State(w): State<Weak<Inner>>, h: HeaderMap, body: Bytes) -> Res
                 .await
                 .map_err(|e| MemberRefusal::from_write(&s, e))?;
         }
-        let members = s.raft.metrics().borrow().membership_config.clone();
-        if members.membership().get_node(&req.node).is_some() {
-            s.raft
-                .change_membership(
-                    ChangeMembers::RemoveVoters(BTreeSet::from([req.node])),
-                    false,
-                )
-                .await
-                .map_err(|e| MemberRefusal::RemoveVoter {
-                    node: req.node,
-                    reason: e.to_string(),
-                })?;
-        }
-        s.seen.lock().unwrap().remove(&req.node);
+        remove_voter(&s, req.node).await?;
         tracing::info!(node = req.node, "node left");
+        Ok(())
+    }
+    .await;
+    s.gate.answer(&nonce, &wire(r))
+}
+
+/// Takes `node`'s vote away, where it still has one, and forgets when it
+/// was heard.
+async fn remove_voter(s: &Inner, node: NodeId) -> Result<(), MemberRefusal> {
+    let members = s.raft.metrics().borrow().membership_config.clone();
+    if members.membership().get_node(&node).is_some() {
+        s.raft
+            .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([node])), false)
+            .await
+            .map_err(|e| MemberRefusal::RemoveVoter {
+                node,
+                reason: e.to_string(),
+            })?;
+    }
+    s.seen.lock().unwrap().remove(&node);
+    Ok(())
+}
+
+/// Removes a member that cannot leave by itself: the state first (it
+/// refuses while a volume has no in-sync copy elsewhere, drops the copies
+/// and fails over the volumes it led), then its vote. Both steps are
+/// skipped when done, so a removal cut short can be retried.
+async fn h_remove_dead(State(w): State<Weak<Inner>>, h: HeaderMap, body: Bytes) -> Response {
+    let (s, nonce, req) = match admit::<NodeRequest>(&w, &h, "/cluster/remove-dead", &body) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let r: Result<(), MemberRefusal> = async {
+        if s.leader() != Some(s.me.id) {
+            return Err(not_leader(&s));
+        }
+        if req.node == s.me.id {
+            return Err(MemberRefusal::RemoveSelf { node: req.node });
+        }
+        if s.store.state().nodes.contains_key(&req.node) {
+            s.write(Command::RemoveDeadNode { node: req.node })
+                .await
+                .map_err(|e| MemberRefusal::from_write(&s, e))?;
+        }
+        remove_voter(&s, req.node).await?;
+        tracing::warn!(node = req.node, "node removed as dead");
         Ok(())
     }
     .await;
@@ -320,7 +372,11 @@ async fn h_heartbeat(State(w): State<Weak<Inner>>, h: HeaderMap, body: Bytes) ->
         Err(r) => return r,
     };
     // Answered only by a leader a quorum still follows, and only for
-    // members: a node that left holds no lease.
+    // members: a node that left holds no lease, nor one removed as dead.
+    if s.store.state().was_removed(req.node) {
+        let r: Result<(), _> = Err(MemberRefusal::State(Refusal::Removed { node: req.node }));
+        return s.gate.answer(&nonce, &wire(r));
+    }
     if !s.store.state().nodes.contains_key(&req.node) {
         let r: Result<(), _> = Err(MemberRefusal::State(Refusal::NotMember { node: req.node }));
         return s.gate.answer(&nonce, &wire(r));

@@ -78,6 +78,8 @@ pub(crate) async fn confirm_leadership(s: &Inner) -> Option<u64> {
 pub(crate) async fn heartbeats(me: Weak<Inner>) {
     // The end of the last lease counted as run out.
     let mut counted: Option<Instant> = None;
+    // Heartbeats unanswered in a row.
+    let mut unanswered = 0u32;
     loop {
         tokio::time::sleep(HEARTBEAT).await;
         let Some(s) = me.upgrade() else { return };
@@ -124,7 +126,15 @@ pub(crate) async fn heartbeats(me: Weak<Inner>) {
             },
             None => None,
         };
-        let Some(index) = committed else { continue };
+        let Some(index) = committed else {
+            unanswered += 1;
+            // Every second without an answer: was this node removed?
+            if unanswered.is_multiple_of(5) {
+                crate::removed::ask(&s).await;
+            }
+            continue;
+        };
+        unanswered = 0;
         // A lease on a state older than the leader's would let this node
         // act on a role it no longer has. Waiting longer than the lease
         // would run is pointless: the next heartbeat tries again.

@@ -30,6 +30,8 @@
 //! | [`net`]        | authenticated HTTP between members (the cluster secret)             |
 //! | `lease`        | heartbeats and leases: when a member may act as primary             |
 //! | `failover`     | the leader's policy: promote an in-sync copy of a silent primary    |
+//! | `replace`      | the leader's policy: new copies for volumes short of copies         |
+//! | `removed`      | how a member removed as dead learns it when it comes back           |
 //! | [`data_key`]   | the data nodes' key, under which secrets in the state are sealed    |
 //! | `status`       | what a member reports: [`ClusterStatus`]                            |
 //! | `token`        | the join token                                                      |
@@ -74,6 +76,8 @@ mod member;
 pub mod net;
 mod raft_net;
 pub mod raft_store;
+mod removed;
+mod replace;
 pub mod sessions;
 pub mod state;
 mod status;
@@ -88,9 +92,10 @@ pub use net::Key;
 pub use sessions::{MemberSession, SessionSource};
 pub use state::{
     access_digest, CloneOrigin, ClusterState, Command, FloatingAddress, NodeId, NodeInfo, Outcome,
-    Refusal, ReplicaState, Role, SnapshotRecord, TakenSnapshot, VolumeRecord,
+    Refusal, ReplicaState, Role, Shortfall, SnapshotRecord, TakenSnapshot, VolumeRecord,
+    DEFAULT_REPLACE_DELAY_SECS,
 };
-pub use status::{ClusterStatus, MemberEvents, MemberVersion};
+pub use status::{ClusterStatus, MemberEvents, MemberVersion, PendingReplacement};
 pub use token::join_token;
 
 /// The newest Raft log entries this build reads and writes, as members
@@ -98,11 +103,12 @@ pub use token::join_token;
 /// first release (which does not report it), 1 with
 /// [`Command::MovePrimary`], 2 with [`Command::SetMaintenance`], 3 with
 /// [`Command::RecordSnapshots`], [`Command::ForgetSnapshot`] and
-/// [`Command::CloneVolume`]. An entry
+/// [`Command::CloneVolume`], 4 with [`Command::RemoveDeadNode`],
+/// [`Command::ReplaceCopy`] and [`Command::SetReplaceDelay`]. An entry
 /// a member cannot read stops it following the log, so an entry of a
 /// newer version is proposed only once every member reports that version
 /// ([`Cluster::log_versions`]).
-pub const LOG_VERSION: u32 = 3;
+pub const LOG_VERSION: u32 = 4;
 
 use std::io::Cursor;
 

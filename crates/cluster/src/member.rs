@@ -63,6 +63,9 @@ pub(crate) struct Inner {
     /// What hands over the volumes this member leads, once its node
     /// serves them.
     pub(crate) handover: Mutex<Option<Arc<dyn crate::handover::Handover>>>,
+    /// Set once another member's state shows this one removed as dead:
+    /// it is no member any more, whatever its own log says.
+    pub(crate) removed: std::sync::atomic::AtomicBool,
     /// The version each member reported last, for when it cannot be asked.
     pub(crate) versions_seen: Mutex<BTreeMap<NodeId, MemberVersion>>,
 }
@@ -175,6 +178,7 @@ impl Cluster {
                 .copied()
                 .unwrap_or(0)
                 .max(status.voters.iter().max().copied().unwrap_or(0))
+                .max(status.state.removed.iter().max().copied().unwrap_or(0))
                 + 1;
         }
         std::fs::create_dir_all(dir).map_err(|e| local(dir, e))?;
@@ -297,6 +301,7 @@ impl Cluster {
             data_key: Mutex::new(data_key),
             sessions: Mutex::new(None),
             handover: Mutex::new(None),
+            removed: std::sync::atomic::AtomicBool::new(false),
             versions_seen: Mutex::default(),
         });
         let listener = tokio::net::TcpListener::bind(listen)
@@ -319,6 +324,7 @@ impl Cluster {
         let mut tasks = vec![
             tokio::spawn(crate::lease::heartbeats(Arc::downgrade(&inner))),
             tokio::spawn(crate::failover::run(Arc::downgrade(&inner))),
+            tokio::spawn(crate::replace::run(Arc::downgrade(&inner))),
         ];
         if inner.me.holds_data() {
             tasks.push(tokio::spawn(data_key::keep(Arc::downgrade(&inner))));
@@ -526,6 +532,26 @@ impl Cluster {
         self.inner
             .to_leader::<_, ()>("/cluster/leave", &NodeRequest { node: self.id() })
             .await
+    }
+
+    /// Removes member `node`, which cannot leave by itself (it is gone),
+    /// through the leader: its copies are dropped (the volumes it led fail
+    /// over to an in-sync copy), then its vote. Refused while a volume has
+    /// no in-sync copy on another node ([`Command::RemoveDeadNode`]). The
+    /// caller checks that the node is silent and that the other members
+    /// read the entry.
+    pub async fn remove_dead(&self, node: NodeId) -> Result<(), ClusterError> {
+        self.inner
+            .to_leader::<_, ()>("/cluster/remove-dead", &NodeRequest { node })
+            .await
+    }
+
+    /// Whether this member learnt from another that it was removed from
+    /// the cluster as dead: it must serve no cluster volume.
+    pub fn removed(&self) -> bool {
+        self.inner
+            .removed
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Builds a snapshot of the applied state and drops the log entries it

@@ -11,8 +11,10 @@ use uuid::Uuid;
 
 mod floating;
 mod maintenance;
+mod removal;
 
 pub use floating::FloatingAddress;
+pub use removal::{Shortfall, DEFAULT_REPLACE_DELAY_SECS};
 
 /// Node identifier (the Raft node id).
 pub type NodeId = u64;
@@ -152,6 +154,15 @@ pub enum Refusal {
     /// Every node a new volume would be placed on is in maintenance.
     #[error("volume {name}: every data node it would be placed on is in maintenance")]
     AllInMaintenance { name: String },
+    /// Removing the node would leave volumes without any in-sync copy.
+    #[error("node {node} holds the only in-sync copy of volume(s) {}: their data exists only there", .volumes.join(", "))]
+    OnlyCopies { node: NodeId, volumes: Vec<String> },
+    /// A node removed as dead asked to take part again under its id.
+    #[error("node {node} was removed from the cluster as dead and cannot take part again; wipe its data directory and join it as a new node")]
+    Removed { node: NodeId },
+    /// A copy already being replaced.
+    #[error("volume {volume}: the copy on node {node} is being replaced already")]
+    BeingReplaced { volume: String, node: NodeId },
     /// A snapshot name the volume has already.
     #[error("volume {volume} has a snapshot named {name} already")]
     SnapshotExists { volume: String, name: String },
@@ -301,6 +312,16 @@ pub struct VolumeRecord {
     /// change); `None`: every initiator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access: Option<String>,
+    /// Copies the volume asks for since a member holding one was removed
+    /// as dead, while it has fewer (0: as many as it has); see
+    /// [`VolumeRecord::copies_wanted`].
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub wanted: usize,
+    /// New copies being filled to replace a copy on a node that stopped
+    /// answering: new copy's node → the node whose copy it replaces,
+    /// dropped once the new copy is in sync ([`Command::ReplaceCopy`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub replacing: BTreeMap<NodeId, NodeId>,
     /// Its snapshots, oldest first: each held by every in-sync copy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub snapshots: Vec<SnapshotRecord>,
@@ -318,6 +339,10 @@ pub struct CloneOrigin {
     pub volume: Uuid,
     /// The snapshot's id.
     pub snapshot: Uuid,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// A snapshot of a cluster volume as the state records it.
@@ -375,6 +400,15 @@ pub struct ClusterState {
     /// primary of a volume, their copies kept out of the write path.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub maintenance: BTreeSet<NodeId>,
+    /// Members removed as dead ([`Command::RemoveDeadNode`]): their ids
+    /// are never members again.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub removed: BTreeSet<NodeId>,
+    /// How long, in seconds, a copy on a member that stopped answering
+    /// waits before the leader places another ([`Command::SetReplaceDelay`];
+    /// `None`: [`DEFAULT_REPLACE_DELAY_SECS`], 0: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replace_delay: Option<u64>,
 }
 
 /// A change to the state, proposed through Raft.
@@ -508,6 +542,28 @@ pub enum Command {
         source: String,
         snapshot: Uuid,
     },
+    /// Removes a member that cannot leave by itself (its disk died, it is
+    /// gone): its copies are dropped from every volume, which keeps asking
+    /// for as many copies as it had ([`VolumeRecord::wanted`]); a volume it
+    /// led goes to another in-sync copy at the next epoch. Refused while
+    /// a volume has no in-sync copy on another node. Its id is recorded
+    /// as removed: it never takes part again.
+    ///
+    /// Log version 4, as the two commands below: proposed only once every
+    /// other member reads it (see [`Command::MovePrimary`]).
+    RemoveDeadNode { node: NodeId },
+    /// Places a new copy of `volume` on `with`, out of sync, to replace the
+    /// copy on `node` (a node that stopped answering): once the new copy
+    /// is in sync, the copy on `node` is dropped. Refused onto a node in
+    /// maintenance or one with a copy.
+    ReplaceCopy {
+        volume: String,
+        node: NodeId,
+        with: NodeId,
+    },
+    /// Sets how long a copy on a member that stopped answering waits
+    /// before the leader replaces it, in seconds (0: never).
+    SetReplaceDelay { secs: u64 },
 }
 
 /// The SHA-256 of recorded access rules, in hex: how
@@ -556,6 +612,9 @@ impl ClusterState {
                 if info.id == 0 {
                     return Err(Refusal::NodeIdZero);
                 }
+                if self.removed.contains(&info.id) {
+                    return Err(Refusal::Removed { node: info.id });
+                }
                 if info.name.is_empty()
                     || info.name.len() > 253
                     || info.name.chars().any(char::is_control)
@@ -601,6 +660,8 @@ impl ClusterState {
                     });
                 }
                 for v in self.volumes.values_mut() {
+                    v.replacing
+                        .retain(|&new, &mut old| new != *node && old != *node);
                     if v.replicas.remove(node).is_none() || v.primary != *node {
                         continue;
                     }
@@ -662,6 +723,8 @@ impl ClusterState {
                         epoch: 1,
                         reports: BTreeMap::new(),
                         access: None,
+                        wanted: 0,
+                        replacing: BTreeMap::new(),
                         snapshots: Vec::new(),
                         origin: None,
                     },
@@ -754,6 +817,7 @@ impl ClusterState {
                     v.reports.insert(*node, *seq);
                 }
                 *r = *state;
+                self.settle_replacement(volume, *node);
             }
             Command::Promote {
                 volume,
@@ -834,6 +898,9 @@ impl ClusterState {
                     });
                 }
                 v.replicas.insert(*node, ReplicaState::OutOfSync);
+                if v.replicas.len() >= v.wanted {
+                    v.wanted = 0;
+                }
             }
             Command::RemoveReplica { volume, node } => {
                 let v = self.volume_mut(volume)?;
@@ -850,6 +917,10 @@ impl ClusterState {
                     });
                 }
                 v.replicas.remove(node);
+                v.replacing
+                    .retain(|&new, &mut old| new != *node && old != *node);
+                // Asked for: the volume keeps the copies it has now.
+                v.wanted = 0;
             }
             Command::SetAccess { volume, access } => {
                 self.volume_mut(volume)?.access = access.clone();
@@ -902,6 +973,11 @@ impl ClusterState {
                 self.floating_holder = *node;
             }
             Command::SetMaintenance { node, on } => self.set_maintenance(*node, *on)?,
+            Command::RemoveDeadNode { node } => self.remove_dead(*node)?,
+            Command::ReplaceCopy { volume, node, with } => {
+                self.replace_copy(volume, *node, *with)?
+            }
+            Command::SetReplaceDelay { secs } => self.replace_delay = Some(*secs),
             Command::RecordSnapshots { taken } => self.record_snapshots(taken)?,
             Command::ForgetSnapshot { volume, id } => {
                 let v = self.volume_mut(volume)?;
@@ -965,6 +1041,8 @@ impl ClusterState {
             epoch: 1,
             reports: BTreeMap::new(),
             access: src.access.clone(),
+            wanted: 0,
+            replacing: BTreeMap::new(),
             snapshots: Vec::new(),
             origin: Some(CloneOrigin {
                 volume: src.id,

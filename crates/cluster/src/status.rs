@@ -41,6 +41,10 @@ pub struct ClusterStatus {
     /// that does not report it.
     #[serde(default)]
     pub version: String,
+    /// Whether this member learnt that it was removed from the cluster
+    /// as dead (it serves no cluster volume).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub removed: bool,
 }
 
 /// What a member says it runs, as [`crate::Cluster::member_versions`]
@@ -53,7 +57,56 @@ pub struct MemberVersion {
     pub log_version: u32,
 }
 
+/// A copy on a data node the leader has not heard from lately, which the
+/// leader replaces once the node has been silent for the re-placement
+/// delay ([`crate::ClusterState::replace_delay_secs`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingReplacement {
+    /// The volume.
+    pub volume: String,
+    /// The silent node holding the copy.
+    pub node: NodeId,
+    /// Milliseconds until the leader places a new copy (0: due now;
+    /// `None`: the leader has not heard from the node in its time, so it
+    /// counts from its own election).
+    pub in_ms: Option<u64>,
+}
+
 impl ClusterStatus {
+    /// Copies on silent data nodes (not in maintenance, not already being
+    /// replaced) that the leader will replace, and when; empty while
+    /// re-placement is off or no leader's view is known.
+    pub fn pending_replacements(&self) -> Vec<PendingReplacement> {
+        let Some(delay_ms) = self.state.replace_delay_secs().map(|s| s * 1000) else {
+            return Vec::new();
+        };
+        if self.last_seen_ms.is_empty() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for v in self.state.volumes.values() {
+            for &n in v.replicas.keys() {
+                if n == v.primary
+                    || self.reachable(n)
+                    || self.leader == Some(n)
+                    || self.state.in_maintenance(n)
+                    || v.being_replaced(n)
+                {
+                    continue;
+                }
+                out.push(PendingReplacement {
+                    volume: v.name.clone(),
+                    node: n,
+                    in_ms: self
+                        .last_seen_ms
+                        .get(&n)
+                        .map(|&ms| delay_ms.saturating_sub(ms)),
+                });
+            }
+        }
+        out
+    }
+
     /// Whether the leader heard from `node` within [`DEAD_AFTER`] (false
     /// when no leader's view is known).
     pub fn reachable(&self, node: NodeId) -> bool {
@@ -86,6 +139,7 @@ impl Inner {
             state: (*self.store.state()).clone(),
             log_version: crate::LOG_VERSION,
             version: env!("CARGO_PKG_VERSION").to_string(),
+            removed: self.removed.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 }

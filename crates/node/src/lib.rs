@@ -19,8 +19,8 @@ mod space;
 pub use access::{AccessConfig, ChapSecret};
 pub use cluster::{ClusterStatus, FloatingAddress, MemberVersion};
 pub use clustered::{
-    AckWindow, ClusterConfig, Clustered, Maintenance, PeerState, PeerStatus, PrimaryMoved, Unasked,
-    UpgradeCheck,
+    AckWindow, ClusterConfig, Clustered, Maintenance, PeerState, PeerStatus, PrimaryMoved, Removed,
+    Unasked, UpgradeCheck,
 };
 pub use error::NodeError;
 pub use events::{now_ms, parse_since, Event, EventKind, EventLog, EventQuery, EVENT_CAP};

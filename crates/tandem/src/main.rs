@@ -4,6 +4,7 @@
 mod config;
 mod events_cli;
 mod node_cli;
+mod removal_cli;
 mod serve;
 mod size;
 mod snapshot_cli;
@@ -206,6 +207,15 @@ enum ClusterSetting {
         #[arg(long)]
         interface: Option<String>,
     },
+    /// How long a copy on a data node that stopped answering waits before
+    /// the leader places a new copy on another data node (default 60m;
+    /// copies of a member removed as dead are replaced at once).
+    ReplaceDelay {
+        /// A delay such as 10m, 1h, 90s or 2d (a bare number is minutes);
+        /// 0 or off turns re-placement off.
+        #[arg(value_parser = removal_cli::parse_delay)]
+        delay: std::time::Duration,
+    },
 }
 
 #[derive(Subcommand)]
@@ -228,6 +238,25 @@ enum ClusterCommand {
     /// Remove the running node from its cluster (its copies are dropped; refused
     /// while it holds the only in-sync copy of a volume).
     Leave,
+    /// Remove a member that cannot leave by itself (its disk died, it is
+    /// gone): its copies are dropped, the volumes it led fail over, and
+    /// the leader places new copies. Refused without quorum, while it is
+    /// still heard from (unless --force), or where a volume has no in-sync
+    /// copy elsewhere.
+    Remove {
+        /// Member name or id.
+        node: String,
+        /// The member is dead (required: a running member leaves by itself).
+        #[arg(long)]
+        dead: bool,
+        /// Remove it even though it is still heard from: the volumes it
+        /// leads move first, and it serves no cluster volume from then on.
+        #[arg(long)]
+        force: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Change a setting of the whole cluster.
     #[command(subcommand)]
     Set(ClusterSetting),
@@ -722,6 +751,15 @@ async fn cluster_command(c: &api::ApiClient, cmd: ClusterCommand) -> anyhow::Res
             c.cluster_leave().await?;
             println!("left the cluster");
         }
+        ClusterCommand::Remove {
+            node,
+            dead,
+            force,
+            json,
+        } => removal_cli::remove(c, node, dead, force, json).await?,
+        ClusterCommand::Set(ClusterSetting::ReplaceDelay { delay }) => {
+            removal_cli::set_delay(c, delay).await?
+        }
         ClusterCommand::Set(ClusterSetting::FloatingAddress { address, interface }) => {
             if address == "none" {
                 c.set_floating(None).await?;
@@ -767,6 +805,13 @@ async fn cluster_command(c: &api::ApiClient, cmd: ClusterCommand) -> anyhow::Res
                 };
                 println!("floating  {} on {}, {holder}", f.address, f.interface);
             }
+            if s.removed {
+                println!(
+                    "REMOVED   this node was removed from the cluster as dead: it serves no \
+                     cluster volume (wipe its data directory to join it again)"
+                );
+            }
+            println!("{}", removal_cli::policy_line(&s.state));
             println!();
             let w = column_width("NAME", s.state.nodes.values().map(|n| n.name.as_str()));
             println!(
@@ -839,6 +884,9 @@ async fn cluster_command(c: &api::ApiClient, cmd: ClusterCommand) -> anyhow::Res
                     vol.epoch,
                     reps.join(" ")
                 );
+            }
+            for line in removal_cli::replacement_lines(&v, None) {
+                println!("{line}");
             }
             for (vol, peers) in &v.replication {
                 for p in peers {
@@ -1028,6 +1076,9 @@ async fn volume_command(c: &api::ApiClient, cmd: VolumeCommand) -> anyhow::Resul
                 let out = serde_json::json!({
                     "volume": vol,
                     "replication": view.replication.get(&name),
+                    "copies_wanted": vol.copies_wanted(),
+                    "pending_replacements": view.status.pending_replacements().into_iter()
+                        .filter(|p| p.volume == name).collect::<Vec<_>>(),
                 });
                 println!("{}", serde_json::to_string_pretty(&out)?);
                 return Ok(());
@@ -1113,6 +1164,15 @@ pub(crate) fn volume_status_text(view: &api::ClusterView, vol: &cluster::VolumeR
         vol.primary
     );
     let _ = writeln!(out, "epoch     {}", vol.epoch);
+    let _ = writeln!(
+        out,
+        "copies    {} of {}",
+        vol.replicas.len().min(vol.copies_wanted()),
+        vol.copies_wanted()
+    );
+    for line in removal_cli::replacement_lines(view, Some(&vol.name)) {
+        let _ = writeln!(out, "{line}");
+    }
     let _ = writeln!(out);
     let _ = writeln!(out, "{:<4} {:<16} {:<12} PROGRESS", "ID", "NODE", "STATE");
     for (n, st) in &vol.replicas {

@@ -528,6 +528,7 @@ fn any_command() -> impl Strategy<Value = Command> {
     prop_oneof![
         (vol.clone(), 1usize..4).prop_map(|(n, r)| create(&n, r)),
         vol.clone().prop_map(|name| Command::DeleteVolume { name }),
+        (0u64..3).prop_map(|secs| Command::SetReplaceDelay { secs }),
         (vol.clone(), node_id.clone(), state, 0u64..6, 0u64..4).prop_map(
             |(volume, node, state, epoch, seq)| {
                 Command::SetReplicaState {
@@ -559,7 +560,7 @@ fn any_command() -> impl Strategy<Value = Command> {
             .prop_map(|(volume, node)| Command::RemoveReplica { volume, node }),
         (vol.clone(), proptest::option::of(Just("{}".to_string())))
             .prop_map(|(volume, access)| Command::SetAccess { volume, access }),
-        (vol, prop_oneof![Just("{}"), Just("[]")]).prop_map(|(volume, replaces)| {
+        (vol.clone(), prop_oneof![Just("{}"), Just("[]")]).prop_map(|(volume, replaces)| {
             Command::ResealAccess {
                 volume,
                 replaces: access_digest(replaces),
@@ -585,6 +586,11 @@ fn any_command() -> impl Strategy<Value = Command> {
             .prop_map(|node| Command::RemoveNode { node }),
         (node_id.clone(), any::<bool>())
             .prop_map(|(node, on)| Command::SetMaintenance { node, on }),
+        node_id
+            .clone()
+            .prop_map(|node| Command::RemoveDeadNode { node }),
+        (vol, node_id.clone(), node_id.clone())
+            .prop_map(|(volume, node, with)| Command::ReplaceCopy { volume, node, with }),
         (node_id, any::<bool>()).prop_map(|(id, data)| Command::AddNode {
             info: node(id, if data { Role::Data } else { Role::Witness })
         }),
@@ -653,7 +659,16 @@ proptest! {
             if before.data_key.is_some() {
                 prop_assert_eq!(&s.data_key, &before.data_key, "the data key changed");
             }
+            for &r in &s.removed {
+                prop_assert!(!s.nodes.contains_key(&r), "removed node {} is a member", r);
+            }
             for v in s.volumes.values() {
+                // A replacement names a new copy and a copy it replaces.
+                for (new, old) in &v.replacing {
+                    prop_assert!(v.replicas.contains_key(new) && v.replicas.contains_key(old),
+                        "replacement {} -> {} of {} without both copies: {:?}", old, new, v.name, v.replicas);
+                }
+                prop_assert!(v.wanted <= MAX_REPLICAS);
                 prop_assert_eq!(v.replicas.get(&v.primary), Some(&ReplicaState::InSync));
                 prop_assert!((1..=MAX_REPLICAS).contains(&v.replicas.len()));
                 prop_assert!(v.replicas.keys().all(|n| s.nodes.get(n).is_some_and(|i| i.holds_data())),
@@ -989,6 +1004,250 @@ fn maintenance_is_written_to_the_log_under_its_own_name_and_old_states_read() {
     let s = cluster(2, true);
     let text = serde_json::to_string(&s).unwrap();
     assert!(!text.contains("maintenance"), "{text}");
+    assert_eq!(serde_json::from_str::<ClusterState>(&text).unwrap(), s);
+}
+
+#[test]
+fn a_dead_member_is_removed_with_its_copies_and_the_volumes_ask_for_them_again() {
+    let mut s = cluster(3, true);
+    s.apply(&create("v", 2));
+    s.apply(&create("w", 2));
+    let v = s.volumes["v"].clone();
+    let dead = v.primary;
+    let other = *v.replicas.keys().find(|&&n| n != dead).unwrap();
+    assert_eq!(
+        s.apply(&Command::RemoveDeadNode { node: dead }),
+        Outcome::Done
+    );
+    assert!(!s.nodes.contains_key(&dead) && s.was_removed(dead));
+    let v = &s.volumes["v"];
+    // The volume it led failed over to the other in-sync copy, at the
+    // next epoch, and runs on one copy asking for two.
+    assert_eq!((v.primary, v.epoch), (other, 2));
+    assert_eq!(v.replicas.keys().copied().collect::<Vec<_>>(), vec![other]);
+    assert_eq!((v.copies_wanted(), v.copies_missing()), (2, 1));
+    assert!(s
+        .shortfalls()
+        .iter()
+        .any(|f| f.volume == "v" && f.in_sync == 1 && f.wanted == 2));
+    // No volume keeps a copy on it, and a volume it held no copy of is
+    // not short.
+    assert!(s.volumes.values().all(|v| !v.replicas.contains_key(&dead)));
+    for w in s.volumes.values() {
+        assert_eq!(w.copies_missing() > 0, w.wanted > 0);
+    }
+    // It never takes part again under its id.
+    assert_eq!(
+        refused(
+            &mut s,
+            Command::AddNode {
+                info: node(dead, Role::Data)
+            }
+        ),
+        Refusal::Removed { node: dead }
+    );
+    // The leader places the missing copy on the third node; the volume
+    // asks for no more once it has it.
+    let third = s.replacement_for(&s.volumes["v"], |_| true).unwrap();
+    assert!(third != dead && third != other);
+    assert_eq!(
+        s.apply(&Command::AddReplica {
+            volume: "v".into(),
+            node: third
+        }),
+        Outcome::Done
+    );
+    assert_eq!(s.volumes["v"].wanted, 0);
+    assert_eq!(s.volumes["v"].replicas[&third], ReplicaState::OutOfSync);
+}
+
+#[test]
+fn removal_is_refused_where_a_volume_has_no_in_sync_copy_elsewhere() {
+    let mut s = cluster(3, false);
+    s.apply(&create("a", 2));
+    s.apply(&create("b", 1));
+    s.apply(&create("c", 2));
+    let a = s.volumes["a"].clone();
+    let p = a.primary;
+    let other = *a.replicas.keys().find(|&&n| n != p).unwrap();
+    s.apply(&Command::SetReplicaState {
+        volume: "a".into(),
+        node: other,
+        state: ReplicaState::OutOfSync,
+        epoch: a.epoch,
+        seq: 0,
+    });
+    let mut lost: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .filter(|n| {
+            let v = &s.volumes[**n];
+            v.replicas.contains_key(&p)
+                && !v
+                    .replicas
+                    .iter()
+                    .any(|(&m, st)| m != p && *st == ReplicaState::InSync)
+        })
+        .map(|n| n.to_string())
+        .collect();
+    lost.sort();
+    assert!(lost.contains(&"a".to_string()), "{lost:?}");
+    let before = s.clone();
+    assert_eq!(
+        refused(&mut s, Command::RemoveDeadNode { node: p }),
+        Refusal::OnlyCopies {
+            node: p,
+            volumes: lost
+        }
+    );
+    assert_eq!(s, before);
+    assert_eq!(
+        refused(&mut s, Command::RemoveDeadNode { node: 7 }),
+        Refusal::NotMember { node: 7 }
+    );
+    let text = Refusal::OnlyCopies {
+        node: 2,
+        volumes: vec!["a".into(), "b".into()],
+    }
+    .to_string();
+    assert!(text.contains("volume(s) a, b"), "{text}");
+}
+
+#[test]
+fn a_dead_witness_leaves_the_volumes_as_they_are() {
+    let mut s = cluster(2, true);
+    s.apply(&create("v", 2));
+    let before = s.volumes.clone();
+    assert_eq!(s.apply(&Command::RemoveDeadNode { node: 9 }), Outcome::Done);
+    assert_eq!(s.volumes, before);
+    assert!(s.shortfalls().is_empty());
+    assert!(!s.nodes.contains_key(&9) && s.was_removed(9));
+}
+
+#[test]
+fn a_replaced_copy_is_dropped_once_its_replacement_is_in_sync() {
+    let mut s = cluster(3, true);
+    s.apply(&create("v", 2));
+    let v = s.volumes["v"].clone();
+    let p = v.primary;
+    let down = *v.replicas.keys().find(|&&n| n != p).unwrap();
+    let with = s.replacement_for(&v, |_| true).unwrap();
+    let replace = Command::ReplaceCopy {
+        volume: "v".into(),
+        node: down,
+        with,
+    };
+    // Never onto a node in maintenance, nor one that has a copy, nor for
+    // the primary's copy.
+    s.apply(&Command::SetMaintenance {
+        node: with,
+        on: true,
+    });
+    assert_eq!(s.replacement_for(&s.volumes["v"], |_| true), None);
+    assert_eq!(
+        refused(&mut s, replace.clone()),
+        Refusal::InMaintenance {
+            volume: "v".into(),
+            node: with
+        }
+    );
+    s.apply(&Command::SetMaintenance {
+        node: with,
+        on: false,
+    });
+    assert!(matches!(
+        refused(
+            &mut s,
+            Command::ReplaceCopy {
+                volume: "v".into(),
+                node: down,
+                with: p
+            }
+        ),
+        Refusal::CopyExists { .. }
+    ));
+    assert!(matches!(
+        refused(
+            &mut s,
+            Command::ReplaceCopy {
+                volume: "v".into(),
+                node: p,
+                with
+            }
+        ),
+        Refusal::PrimaryNotRemovable { .. }
+    ));
+    assert_eq!(s.apply(&replace), Outcome::Done);
+    assert!(matches!(
+        refused(&mut s, replace.clone()),
+        Refusal::BeingReplaced { .. }
+    ));
+    assert_eq!(s.volumes["v"].replicas.len(), 3);
+    assert_eq!(s.volumes["v"].copies_wanted(), 2);
+    let f = &s.shortfalls()[0];
+    assert_eq!((f.in_sync, f.wanted), (1, 2));
+    assert_eq!(f.filling.get(&with), Some(&Some(down)));
+    let report = |state, seq| Command::SetReplicaState {
+        volume: "v".into(),
+        node: with,
+        state,
+        epoch: 1,
+        seq,
+    };
+    // Syncing: both copies stay.
+    assert_eq!(s.apply(&report(ReplicaState::Syncing, 1)), Outcome::Done);
+    assert!(s.volumes["v"].replicas.contains_key(&down));
+    // In sync: the replaced copy goes.
+    assert_eq!(s.apply(&report(ReplicaState::InSync, 2)), Outcome::Done);
+    let v = &s.volumes["v"];
+    assert_eq!(
+        v.replicas.keys().copied().collect::<BTreeSet<_>>(),
+        BTreeSet::from([p, with])
+    );
+    assert!(v.replacing.is_empty() && s.shortfalls().is_empty());
+}
+
+#[test]
+fn the_replace_delay_defaults_to_an_hour_and_zero_turns_it_off() {
+    let mut s = cluster(2, false);
+    assert_eq!(s.replace_delay_secs(), Some(DEFAULT_REPLACE_DELAY_SECS));
+    assert_eq!(DEFAULT_REPLACE_DELAY_SECS, 3600);
+    s.apply(&Command::SetReplaceDelay { secs: 600 });
+    assert_eq!(s.replace_delay_secs(), Some(600));
+    s.apply(&Command::SetReplaceDelay { secs: 0 });
+    assert_eq!(s.replace_delay_secs(), None);
+}
+
+#[test]
+fn removal_is_written_to_the_log_under_its_own_names_and_old_states_read() {
+    for (c, text) in [
+        (
+            Command::RemoveDeadNode { node: 2 },
+            r#"{"command":"remove-dead-node","node":2}"#,
+        ),
+        (
+            Command::ReplaceCopy {
+                volume: "v".into(),
+                node: 2,
+                with: 3,
+            },
+            r#"{"command":"replace-copy","volume":"v","node":2,"with":3}"#,
+        ),
+        (
+            Command::SetReplaceDelay { secs: 60 },
+            r#"{"command":"set-replace-delay","secs":60}"#,
+        ),
+    ] {
+        assert_eq!(serde_json::to_string(&c).unwrap(), text);
+        assert_eq!(serde_json::from_str::<Command>(text).unwrap(), c);
+    }
+    // A state with nothing removed or replaced writes no field an older
+    // member would not know.
+    let mut s = cluster(2, true);
+    s.apply(&create("v", 2));
+    let text = serde_json::to_string(&s).unwrap();
+    for field in ["removed", "replace", "wanted"] {
+        assert!(!text.contains(field), "{text}");
+    }
     assert_eq!(serde_json::from_str::<ClusterState>(&text).unwrap(), s);
 }
 

@@ -68,12 +68,12 @@ pub struct UpgradeCheck {
 }
 
 /// Whether the leader counts `node` as running (the leader itself is).
-fn running(status: &ClusterStatus, node: NodeId) -> bool {
+pub(super) fn running(status: &ClusterStatus, node: NodeId) -> bool {
     status.leader == Some(node) || status.reachable(node)
 }
 
 /// Why the voters other than `node` have no quorum, if they have none.
-fn quorum_without(status: &ClusterStatus, node: NodeId) -> Option<String> {
+pub(super) fn quorum_without(status: &ClusterStatus, node: NodeId) -> Option<String> {
     let alive = status
         .voters
         .iter()
@@ -90,7 +90,7 @@ fn quorum_without(status: &ClusterStatus, node: NodeId) -> Option<String> {
 
 /// The in-sync copy of `v` on a running data node other than `node`, not
 /// in maintenance, that leads the fewest volumes.
-fn successor(
+pub(super) fn successor(
     state: &ClusterState,
     status: &ClusterStatus,
     v: &cluster::VolumeRecord,

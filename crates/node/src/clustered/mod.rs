@@ -16,6 +16,7 @@ mod heard;
 mod maintenance;
 mod membership;
 mod present;
+mod removal;
 mod sessions;
 mod snapshots;
 mod status;
@@ -32,6 +33,7 @@ use replica::{ClusterKey, ReplicaServer};
 
 pub use handover::PrimaryMoved;
 pub use maintenance::{Maintenance, UpgradeCheck};
+pub use removal::Removed;
 pub use sessions::Unasked;
 pub use status::{AckWindow, PeerState, PeerStatus};
 

@@ -25,8 +25,17 @@ impl Node {
             return;
         };
         let me = c.cluster.id();
-        let presents = state.nodes.get(&me).is_some_and(|n| n.holds_data());
         let mut vols = self.exported.lock().await;
+        if c.cluster.removed() {
+            // Removed as dead while it was away: whatever its own state
+            // says, this node serves no cluster volume (its data stays).
+            let held: Vec<String> = vols.presented().map(|(e, _)| e.name.clone()).collect();
+            for name in held {
+                self.withdraw(&c, &mut vols, &name);
+            }
+            return;
+        }
+        let presents = state.nodes.get(&me).is_some_and(|n| n.holds_data());
         if presents {
             for v in state.volumes.values() {
                 if let Err(e) = self.hold(&c, &mut vols, cluster_id, v, state).await {
@@ -42,6 +51,20 @@ impl Node {
         for name in gone {
             self.release(&c, &mut vols, &name);
         }
+    }
+
+    /// Stops presenting `name` and serving its copy to a primary, and
+    /// keeps the local copy's files.
+    fn withdraw(&self, c: &Clustered, vols: &mut Registry, name: &str) {
+        let Some(e) = vols.remove(name) else {
+            return;
+        };
+        self.targets.remove(&e.iqn);
+        if let Some(p) = e.cluster {
+            p.volume.set_route(Route::Waiting);
+            c.server.remove(name);
+        }
+        tracing::warn!(volume = %name, "withdrawn: this node was removed from the cluster");
     }
 
     /// Stops presenting `name` and removes the local copy, if any.
