@@ -15,7 +15,8 @@
 //! - A clone of a snapshot, asked of the other node, is a cluster volume
 //!   in sync on both nodes at once (each copy made from that node's copy
 //!   of the snapshot) that reads as the snapshot; its source cannot be
-//!   deleted while it lives.
+//!   deleted while it lives, while the snapshot it comes from can (each
+//!   copy keeps its data for the clone).
 //! - A rollback is refused while an initiator is logged in through the
 //!   other node; forced, it logs initiators out and both copies hold the
 //!   snapshot's data.
@@ -320,6 +321,10 @@ async fn snapshots_survive_a_killed_primary_and_read_the_same_on_both_copies() {
     wait_until("both copies in sync after the rollback", 30, || {
         all_in_sync(&a, VOLUME)
     });
+    // The snapshot a clone comes from can be deleted while the clone
+    // lives: no node lists it, each copy keeps it for the clone.
+    b.cli_ok(&["snapshot", "delete", VOLUME, "first"]);
+    assert!(!listed(&a).contains_key("first") && !listed(&b).contains_key("first"));
 
     a.stop();
     b.stop();
