@@ -102,10 +102,19 @@ impl CopySnapshots for MemSnapshots {
     }
 }
 
-/// A memory volume that counts the bytes written to it.
+/// A memory volume that counts the bytes written to it, and whose writes
+/// wait while the test holds them back.
 struct Counted {
     inner: Arc<MemVolume>,
     written: AtomicU64,
+    open: tokio::sync::watch::Sender<bool>,
+}
+
+impl Counted {
+    /// Holds writes back (`false`) or lets them through.
+    fn let_writes(&self, through: bool) {
+        self.open.send_replace(through);
+    }
 }
 
 #[async_trait]
@@ -120,6 +129,7 @@ impl Volume for Counted {
         self.inner.read(lba, blocks).await
     }
     async fn write(&self, lba: u64, data: Bytes, fua: bool) -> volume::Result<()> {
+        let _ = self.open.subscribe().wait_for(|open| *open).await;
         self.written.fetch_add(data.len() as u64, Ordering::Relaxed);
         self.inner.write(lba, data, fua).await
     }
@@ -169,6 +179,7 @@ impl TestNode {
         let volume = Arc::new(Counted {
             inner: mem.clone(),
             written: AtomicU64::new(0),
+            open: tokio::sync::watch::channel(true).0,
         });
         let copy = LocalCopy::open("vol", volume.clone(), &dir.path().join("vol")).unwrap();
         let snaps = Arc::new(MemSnapshots {
@@ -486,4 +497,59 @@ async fn a_snapshot_never_recorded_is_dropped_everywhere() {
         .iter()
         .all(|s| s.state == PeerState::InSync));
     on_a.stop();
+}
+
+/// A copy resyncing when a snapshot is taken misses it, and the resync
+/// goes on copying chunks to it (writes after the snapshot among them)
+/// until it looks at the copy's state again. The catch-up then writes the
+/// snapshot's image over those regions: the resync after it copies them
+/// again, so no acknowledged write is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_caught_up_gets_the_writes_its_resync_sent_after_the_snapshot() {
+    let k = key();
+    let a = TestNode::new(&k).await;
+    let mut b = TestNode::new(&k).await;
+    let control = Arc::new(Recording::default());
+    let p = role(&a, 1, 1, &[(&b, 2)], &[], control.clone()).await;
+    b.kill();
+    // Every other region: one chunk each, one more than a resync sends
+    // at once.
+    let regions: Vec<u64> = (0..18).step_by(2).collect();
+    for r in &regions {
+        p.write(r * 16, block(r + 1), true).await.unwrap();
+    }
+    assert!(control.lost.lock().unwrap().contains(&2));
+    // B takes the resync's first chunks and holds them: the resync waits
+    // for their answers with its next chunk decided.
+    b.volume.let_writes(false);
+    b.restart().await;
+    let t = Instant::now();
+    while !p
+        .peer_status()
+        .iter()
+        .any(|s| s.node == 2 && s.connected && s.resync_data_bytes > 0)
+    {
+        assert!(t.elapsed() < Duration::from_secs(10), "B's resync starts");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let s = mark("s");
+    take(&p, &control, &s).await;
+    // After the snapshot, into the region the resync sends last.
+    for r in &regions[8..] {
+        p.write(r * 16, block(1000 + r), true).await.unwrap();
+    }
+    b.volume.let_writes(true);
+    in_sync(&p, 2).await;
+    assert!(a.image(s.id) == b.image(s.id), "the snapshot differs");
+    let (on_a, on_b) = (a.head().await, b.head().await);
+    for r in &regions {
+        assert_eq!(
+            value_at(&on_b, r * 16),
+            value_at(&on_a, r * 16),
+            "block {} differs between the copies",
+            r * 16
+        );
+    }
+    p.stop();
 }

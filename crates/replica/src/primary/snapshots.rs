@@ -370,6 +370,20 @@ impl Primary {
             Some(m) => m.is_set(r),
             None => r < all_regions,
         };
+        // Each region written holds the snapshot's image on the peer from
+        // then on, not this copy's head (a chunk of an earlier resync may
+        // have brought it writes made after the snapshot, and cleared the
+        // region): the resync after the catch-up copies them all again.
+        // Durable before the peer takes the snapshot, which ends its
+        // catch-up: a later role knows them from this map alone.
+        match &regions {
+            Some(m) => p.dirty.mark_ranges(&m.ranges()),
+            None => p.dirty.mark_all(),
+        }
+        let dirty = p.dirty.clone();
+        off_thread(move || dirty.persist())
+            .await
+            .map_err(|e| ResyncError::Snapshot(format!("keeping what the copy misses: {e}")))?;
         let total = regions.as_ref().map_or(all_regions, |m| m.count()) * RESYNC_REGION;
         tracing::info!(
             volume = self.copy.name(),
