@@ -55,6 +55,16 @@ impl Control for Recording {
 struct MemSnapshots {
     volume: Arc<MemVolume>,
     images: Mutex<Vec<(SnapshotMark, Vec<u8>)>>,
+    /// Whether a snapshot taken ends at once (as the store's sync of the
+    /// copy, which the test can make last).
+    done: tokio::sync::watch::Sender<bool>,
+}
+
+impl MemSnapshots {
+    /// Makes the snapshots taken from now on end only once let (`true`).
+    fn let_takes_end(&self, end: bool) {
+        self.done.send_replace(end);
+    }
 }
 
 #[async_trait]
@@ -81,6 +91,7 @@ impl CopySnapshots for MemSnapshots {
             return Ok(());
         }
         let image = self.volume.read(0, self.volume.num_blocks() as u32).await?;
+        let _ = self.done.subscribe().wait_for(|end| *end).await;
         self.images.lock().unwrap().push((mark.clone(), image));
         Ok(())
     }
@@ -185,6 +196,7 @@ impl TestNode {
         let snaps = Arc::new(MemSnapshots {
             volume: mem,
             images: Mutex::default(),
+            done: tokio::sync::watch::channel(true).0,
         });
         copy.set_snapshots(snaps.clone());
         let server = ReplicaServer::new(key.clone());
@@ -551,5 +563,50 @@ async fn a_copy_caught_up_gets_the_writes_its_resync_sent_after_the_snapshot() {
             r * 16
         );
     }
+    p.stop();
+}
+
+/// A resize asked while a snapshot is being taken waits for it like a
+/// write: every copy's snapshot has the volume's size at that point.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resize_waits_for_the_snapshot_being_taken() {
+    let k = key();
+    let a = TestNode::new(&k).await;
+    let b = TestNode::new(&k).await;
+    let control = Arc::new(Recording::default());
+    let p = role(&a, 1, 1, &[(&b, 2)], &[], control.clone()).await;
+    p.write(0, block(1), true).await.unwrap();
+    // The snapshot is taken on A, which holds it there a while.
+    a.snaps.let_takes_end(false);
+    let s = mark("s");
+    let taking = {
+        let (p, s) = (p.clone(), s.clone());
+        tokio::spawn(async move { Primary::take_snapshots(&[(&p, s)]).await })
+    };
+    let t = Instant::now();
+    while a.snaps.done.receiver_count() == 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "A takes the snapshot"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let resizing = {
+        let p = p.clone();
+        tokio::spawn(async move { p.resize(2 * BLOCKS).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.snaps.let_takes_end(true);
+    taking.await.unwrap().unwrap();
+    resizing.await.unwrap().unwrap();
+    control.snapshots.lock().unwrap().push(s.id);
+    let (on_a, on_b) = (a.image(s.id).unwrap(), b.image(s.id).unwrap());
+    assert_eq!(
+        (on_a.len() as u64, on_b.len() as u64),
+        (BLOCKS * BS as u64, BLOCKS * BS as u64),
+        "the copies' snapshots have the volume's size when it was taken"
+    );
+    assert_eq!(b.volume.inner.num_blocks(), 2 * BLOCKS);
+    assert!(control.lost.lock().unwrap().is_empty());
     p.stop();
 }
