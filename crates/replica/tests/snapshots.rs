@@ -30,12 +30,14 @@ const BLOCKS: u64 = 1024;
 struct Recording {
     lost: Mutex<Vec<u64>>,
     snapshots: Mutex<Vec<Uuid>>,
+    /// The lease is lost: the primary may not acknowledge.
+    lease_lost: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait]
 impl Control for Recording {
     fn may_acknowledge(&self, _v: &str, _e: u64) -> bool {
-        true
+        !self.lease_lost.load(Ordering::SeqCst)
     }
     async fn replica_lost(&self, _v: &str, node: u64, _e: u64) -> Result<(), ControlError> {
         self.lost.lock().unwrap().push(node);
@@ -608,5 +610,43 @@ async fn a_resize_waits_for_the_snapshot_being_taken() {
     );
     assert_eq!(b.volume.inner.num_blocks(), 2 * BLOCKS);
     assert!(control.lost.lock().unwrap().is_empty());
+    p.stop();
+}
+
+/// A snapshot that fails because the primary lost its right to
+/// acknowledge while it was taken is deleted again from every copy: no
+/// record will ever list it, and the role may go on a long time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_failed_at_the_end_is_deleted_again() {
+    let k = key();
+    let a = TestNode::new(&k).await;
+    let b = TestNode::new(&k).await;
+    let control = Arc::new(Recording::default());
+    let p = role(&a, 1, 1, &[(&b, 2)], &[], control.clone()).await;
+    p.write(0, block(1), true).await.unwrap();
+    a.snaps.let_takes_end(false);
+    let s = mark("s");
+    let taking = {
+        let (p, s) = (p.clone(), s.clone());
+        tokio::spawn(async move { Primary::take_snapshots(&[(&p, s)]).await })
+    };
+    let t = Instant::now();
+    while a.snaps.done.receiver_count() == 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "A takes the snapshot"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    control.lease_lost.store(true, Ordering::SeqCst);
+    a.snaps.let_takes_end(true);
+    assert!(
+        taking.await.unwrap().is_err(),
+        "a snapshot taken while the lease ran out"
+    );
+    control.lease_lost.store(false, Ordering::SeqCst);
+    assert!(!a.ids().contains(&s.id), "A keeps the failed snapshot");
+    assert!(!b.ids().contains(&s.id), "B keeps the failed snapshot");
+    p.write(0, block(2), true).await.unwrap();
     p.stop();
 }

@@ -74,8 +74,13 @@ impl Primary {
             }
         }
         drop(fences);
-        for (p, _) in parts {
-            p.check_serving()?;
+        // A primary that may no longer acknowledge (deposed, its lease
+        // run out) never has the snapshots recorded: they go again.
+        if let Some(e) = parts.iter().find_map(|(p, _)| p.check_serving().err()) {
+            for (p, m) in parts {
+                p.drop_snapshot_everywhere(m).await;
+            }
+            return Err(e);
         }
         Ok(())
     }
