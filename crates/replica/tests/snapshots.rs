@@ -650,3 +650,43 @@ async fn a_snapshot_failed_at_the_end_is_deleted_again() {
     p.write(0, block(2), true).await.unwrap();
     p.stop();
 }
+
+/// A snapshot deleted while a copy that missed it is being caught up on
+/// it is deleted from that copy too: the copy does not take it after the
+/// delete went out to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_deleted_during_its_catch_up_is_gone_from_the_copy() {
+    let k = key();
+    let a = TestNode::new(&k).await;
+    let mut b = TestNode::new(&k).await;
+    let control = Arc::new(Recording::default());
+    let p = role(&a, 1, 1, &[(&b, 2)], &[], control.clone()).await;
+    b.kill();
+    p.write(0, block(1), true).await.unwrap();
+    let s = mark("s");
+    take(&p, &control, &s).await;
+    // B is caught up on the snapshot and takes it: slowly.
+    b.snaps.let_takes_end(false);
+    b.restart().await;
+    let t = Instant::now();
+    while b.snaps.done.receiver_count() == 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "B takes the snapshot"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    control.snapshots.lock().unwrap().retain(|id| *id != s.id);
+    let deleting = {
+        let p = p.clone();
+        tokio::spawn(async move { p.delete_snapshot(s.id).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.snaps.let_takes_end(true);
+    deleting.await.unwrap().unwrap();
+    in_sync(&p, 2).await;
+    assert!(a.ids().is_empty());
+    assert!(b.ids().is_empty(), "B keeps a deleted snapshot");
+    assert!(a.head().await == b.head().await);
+    p.stop();
+}

@@ -456,7 +456,12 @@ impl Primary {
             .await
             .map_err(|e| ResyncError::Snapshot(e.to_string()))?;
         // The peer's copy is the snapshot's image now: it takes the
-        // snapshot (which makes those blocks durable first).
+        // snapshot (which makes those blocks durable first), in order with
+        // the deletes: one deleted meanwhile went to the copies already.
+        let _order = self.snapshot_order.lock().await;
+        if !store.list().iter().any(|m| m.id == mark.id) {
+            return Ok(());
+        }
         link.call(
             self.cfg.epoch,
             Op::Snapshots(SnapshotOp::Take(mark.clone())),
