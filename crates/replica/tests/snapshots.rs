@@ -690,3 +690,38 @@ async fn a_snapshot_deleted_during_its_catch_up_is_gone_from_the_copy() {
     assert!(a.head().await == b.head().await);
     p.stop();
 }
+
+/// The maps kept of what a copy missed of a snapshot go with the
+/// snapshot when a primary role starting drops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_snapshot_leaves_no_kept_map() {
+    let k = key();
+    let a = TestNode::new(&k).await;
+    let mut b = TestNode::new(&k).await;
+    let control = Arc::new(Recording::default());
+    let kept_maps = || {
+        std::fs::read_dir(a._dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".snap-") && n.ends_with(".dirty"))
+            .collect::<Vec<_>>()
+    };
+    let p = role(&a, 1, 1, &[(&b, 2)], &[], control.clone()).await;
+    b.kill();
+    p.write(0, block(1), true).await.unwrap();
+    // Taken without B, never recorded.
+    let s = mark("s");
+    Primary::take_snapshots(&[(&p, s.clone())]).await.unwrap();
+    assert_eq!(kept_maps().len(), 1, "what B misses of it is kept");
+    p.stop();
+
+    let p = role(&a, 1, 2, &[(&b, 2)], &[2], control.clone()).await;
+    assert!(a.ids().is_empty());
+    assert_eq!(kept_maps(), Vec::<String>::new());
+    b.restart().await;
+    in_sync(&p, 2).await;
+    assert!(b.ids().is_empty());
+    assert!(a.head().await == b.head().await);
+    p.stop();
+}

@@ -230,6 +230,7 @@ impl Primary {
             );
             store.delete(m.id).await?;
         }
+        forget_maps_of_snapshots_gone(&self.copy, &store.list());
         Ok(())
     }
 
@@ -484,13 +485,32 @@ impl Primary {
 /// Removes the maps kept of the snapshots the copy on `node` missed: they
 /// no longer tell what it misses (its catch-up copies the images whole).
 pub(super) fn forget_kept_maps(copy: &crate::copy::LocalCopy, node: u64) {
-    let probe = copy.file(&format!("peer-{node}.snap-x.dirty"));
-    let (Some(dir), Some(prefix)) = (
+    let prefix = format!("peer-{node}.snap-");
+    remove_kept_maps(copy, |name| name.starts_with(&prefix));
+}
+
+/// Removes the maps kept of snapshots this copy no longer holds.
+fn forget_maps_of_snapshots_gone(copy: &crate::copy::LocalCopy, held: &[SnapshotMark]) {
+    remove_kept_maps(copy, |name| {
+        let id = name
+            .split_once(".snap-")
+            .and_then(|(_, id)| id.strip_suffix(".dirty"));
+        !held
+            .iter()
+            .any(|m| Some(m.id.simple().to_string().as_str()) == id)
+    });
+}
+
+/// Removes the kept maps (`peer-N.snap-ID.dirty` beside the copy) whose
+/// name, from `peer-` on, `gone` picks.
+fn remove_kept_maps(copy: &crate::copy::LocalCopy, gone: impl Fn(&str) -> bool) {
+    let probe = copy.file("peer-x.snap-x.dirty");
+    let (Some(dir), Some(base)) = (
         probe.parent(),
         probe
             .file_name()
             .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix("x.dirty")),
+            .and_then(|n| n.strip_suffix("peer-x.snap-x.dirty")),
     ) else {
         return;
     };
@@ -499,8 +519,14 @@ pub(super) fn forget_kept_maps(copy: &crate::copy::LocalCopy, node: u64) {
     };
     for e in entries.flatten() {
         let name = e.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with(prefix) && name.ends_with(".dirty") {
+        let Some(kept) = name.to_str().and_then(|n| n.strip_prefix(base)) else {
+            continue;
+        };
+        if kept.starts_with("peer-")
+            && kept.contains(".snap-")
+            && kept.ends_with(".dirty")
+            && gone(kept)
+        {
             let _ = std::fs::remove_file(e.path());
         }
     }
