@@ -725,3 +725,33 @@ async fn a_dropped_snapshot_leaves_no_kept_map() {
     assert!(a.head().await == b.head().await);
     p.stop();
 }
+
+/// A volume grown while a copy is away (each node grows its copy as the
+/// control plane records the new size): the writes into the new blocks
+/// are in what the copy misses, and it gets them after the snapshot's
+/// catch-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_away_gets_the_writes_into_blocks_grown_since() {
+    let k = key();
+    let a = TestNode::new(&k).await;
+    let mut b = TestNode::new(&k).await;
+    let control = Arc::new(Recording::default());
+    let p = role(&a, 1, 1, &[(&b, 2)], &[], control.clone()).await;
+    b.kill();
+    p.write(0, block(1), true).await.unwrap();
+    let s = mark("s");
+    take(&p, &control, &s).await;
+    a.copy.grow(2 * BLOCKS).await.unwrap();
+    p.write(BLOCKS + 5, block(2), true).await.unwrap();
+    b.copy.grow(2 * BLOCKS).await.unwrap();
+    b.restart().await;
+    in_sync(&p, 2).await;
+    assert!(b.image(s.id).is_some(), "B never got the snapshot");
+    let (on_a, on_b) = (
+        a.volume.read(0, 2 * BLOCKS as u32).await.unwrap(),
+        b.volume.read(0, 2 * BLOCKS as u32).await.unwrap(),
+    );
+    assert_eq!(value_at(&on_b, BLOCKS + 5), 2, "B misses the write");
+    assert!(on_a == on_b, "the copies differ");
+    p.stop();
+}
