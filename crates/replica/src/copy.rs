@@ -341,12 +341,17 @@ impl LocalCopy {
         self.known_copies.read().unwrap().get(&node).copied()
     }
 
-    /// Grows the local volume to `blocks` blocks, the activity log first:
-    /// a write that reaches the new blocks the moment the volume has them is
-    /// counted and marked like any other.
+    /// Grows the local volume to `blocks` blocks, the activity log and the
+    /// maps a primary keeps of what its peers miss first: a write that
+    /// reaches the new blocks the moment the volume has them is counted
+    /// and marked like any other (a map too small drops the marks past
+    /// its end, and a peer out of sync would never get those writes).
     pub async fn grow(&self, blocks: u64) -> Result<(), VolumeError> {
-        self.activity
-            .grow(blocks.saturating_mul(self.volume.block_size() as u64));
+        let bytes = blocks.saturating_mul(self.volume.block_size() as u64);
+        self.activity.grow(bytes);
+        for m in self.peer_maps.read().unwrap().iter() {
+            m.grow(bytes);
+        }
         self.volume.resize(blocks).await
     }
 

@@ -122,9 +122,9 @@ pub struct Primary {
     /// on the snapshots it missed enters the write path: no snapshot is
     /// taken in between without it.
     snapshot_order: tokio::sync::Mutex<()>,
-    /// Every change of the volume's blocks holds it shared while it runs;
-    /// a snapshot holds it alone, so no change is in flight while it is
-    /// taken. Fair: once a snapshot waits, new changes wait behind it
+    /// Every change of the volume's blocks or size holds it shared while
+    /// it runs; a snapshot holds it alone, so no change is in flight while
+    /// it is taken. Fair: once a snapshot waits, new changes wait behind it
     /// (the range lock would let a steady stream of them starve it).
     writes: tokio::sync::RwLock<()>,
 }
@@ -699,10 +699,13 @@ impl Primary {
         self.copy.save_reservations(state).await
     }
 
-    /// Grows the volume here, then on the peers.
+    /// Grows the volume here, then on the peers: a change of the volume
+    /// like a write, so a snapshot waits for it or it for the snapshot
+    /// (each copy's snapshot has the size of the others').
     pub async fn resize(&self, blocks: u64) -> volume::Result<()> {
         let _admitted = self.admit()?;
         self.check_serving()?;
+        let _writes = self.writes.read().await;
         let _all = self.ranges.lock(0, u64::MAX).await;
         self.copy.grow(blocks).await?;
         let bytes = blocks * self.copy.volume().block_size() as u64;

@@ -30,12 +30,14 @@ const BLOCKS: u64 = 1024;
 struct Recording {
     lost: Mutex<Vec<u64>>,
     snapshots: Mutex<Vec<Uuid>>,
+    /// The lease is lost: the primary may not acknowledge.
+    lease_lost: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait]
 impl Control for Recording {
     fn may_acknowledge(&self, _v: &str, _e: u64) -> bool {
-        true
+        !self.lease_lost.load(Ordering::SeqCst)
     }
     async fn replica_lost(&self, _v: &str, node: u64, _e: u64) -> Result<(), ControlError> {
         self.lost.lock().unwrap().push(node);
@@ -55,6 +57,16 @@ impl Control for Recording {
 struct MemSnapshots {
     volume: Arc<MemVolume>,
     images: Mutex<Vec<(SnapshotMark, Vec<u8>)>>,
+    /// Whether a snapshot taken ends at once (as the store's sync of the
+    /// copy, which the test can make last).
+    done: tokio::sync::watch::Sender<bool>,
+}
+
+impl MemSnapshots {
+    /// Makes the snapshots taken from now on end only once let (`true`).
+    fn let_takes_end(&self, end: bool) {
+        self.done.send_replace(end);
+    }
 }
 
 #[async_trait]
@@ -81,6 +93,7 @@ impl CopySnapshots for MemSnapshots {
             return Ok(());
         }
         let image = self.volume.read(0, self.volume.num_blocks() as u32).await?;
+        let _ = self.done.subscribe().wait_for(|end| *end).await;
         self.images.lock().unwrap().push((mark.clone(), image));
         Ok(())
     }
@@ -113,10 +126,19 @@ impl CopySnapshots for MemSnapshots {
     }
 }
 
-/// A memory volume that counts the bytes written to it.
+/// A memory volume that counts the bytes written to it, and whose writes
+/// wait while the test holds them back.
 struct Counted {
     inner: Arc<MemVolume>,
     written: AtomicU64,
+    open: tokio::sync::watch::Sender<bool>,
+}
+
+impl Counted {
+    /// Holds writes back (`false`) or lets them through.
+    fn let_writes(&self, through: bool) {
+        self.open.send_replace(through);
+    }
 }
 
 #[async_trait]
@@ -131,6 +153,7 @@ impl Volume for Counted {
         self.inner.read(lba, blocks).await
     }
     async fn write(&self, lba: u64, data: Bytes, fua: bool) -> volume::Result<()> {
+        let _ = self.open.subscribe().wait_for(|open| *open).await;
         self.written.fetch_add(data.len() as u64, Ordering::Relaxed);
         self.inner.write(lba, data, fua).await
     }
@@ -180,11 +203,13 @@ impl TestNode {
         let volume = Arc::new(Counted {
             inner: mem.clone(),
             written: AtomicU64::new(0),
+            open: tokio::sync::watch::channel(true).0,
         });
         let copy = LocalCopy::open("vol", volume.clone(), &dir.path().join("vol")).unwrap();
         let snaps = Arc::new(MemSnapshots {
             volume: mem,
             images: Mutex::default(),
+            done: tokio::sync::watch::channel(true).0,
         });
         copy.set_snapshots(snaps.clone());
         let server = ReplicaServer::new(key.clone());
@@ -613,4 +638,247 @@ async fn a_group_snapshot_holds_a_prefix_of_the_writes_to_its_volumes() {
     assert!(writer.await.unwrap() > 8);
     p1.stop();
     p2.stop();
+}
+
+/// A copy resyncing when a snapshot is taken misses it, and the resync
+/// goes on copying chunks to it (writes after the snapshot among them)
+/// until it looks at the copy's state again. The catch-up then writes the
+/// snapshot's image over those regions: the resync after it copies them
+/// again, so no acknowledged write is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_caught_up_gets_the_writes_its_resync_sent_after_the_snapshot() {
+    let k = key();
+    let a = TestNode::new(&k).await;
+    let mut b = TestNode::new(&k).await;
+    let control = Arc::new(Recording::default());
+    let p = role(&a, 1, 1, &[(&b, 2)], &[], control.clone()).await;
+    b.kill();
+    // Every other region: one chunk each, one more than a resync sends
+    // at once.
+    let regions: Vec<u64> = (0..18).step_by(2).collect();
+    for r in &regions {
+        p.write(r * 16, block(r + 1), true).await.unwrap();
+    }
+    assert!(control.lost.lock().unwrap().contains(&2));
+    // B takes the resync's first chunks and holds them: the resync waits
+    // for their answers with its next chunk decided.
+    b.volume.let_writes(false);
+    b.restart().await;
+    let t = Instant::now();
+    while !p
+        .peer_status()
+        .iter()
+        .any(|s| s.node == 2 && s.connected && s.resync_data_bytes > 0)
+    {
+        assert!(t.elapsed() < Duration::from_secs(10), "B's resync starts");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let s = mark("s");
+    take(&p, &control, &s).await;
+    // After the snapshot, into the region the resync sends last.
+    for r in &regions[8..] {
+        p.write(r * 16, block(1000 + r), true).await.unwrap();
+    }
+    b.volume.let_writes(true);
+    in_sync(&p, 2).await;
+    assert!(a.image(s.id) == b.image(s.id), "the snapshot differs");
+    let (on_a, on_b) = (a.head().await, b.head().await);
+    for r in &regions {
+        assert_eq!(
+            value_at(&on_b, r * 16),
+            value_at(&on_a, r * 16),
+            "block {} differs between the copies",
+            r * 16
+        );
+    }
+    p.stop();
+}
+
+/// A resize asked while a snapshot is being taken waits for it like a
+/// write: every copy's snapshot has the volume's size at that point.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resize_waits_for_the_snapshot_being_taken() {
+    let k = key();
+    let a = TestNode::new(&k).await;
+    let b = TestNode::new(&k).await;
+    let control = Arc::new(Recording::default());
+    let p = role(&a, 1, 1, &[(&b, 2)], &[], control.clone()).await;
+    p.write(0, block(1), true).await.unwrap();
+    // The snapshot is taken on A, which holds it there a while.
+    a.snaps.let_takes_end(false);
+    let s = mark("s");
+    let taking = {
+        let (p, s) = (p.clone(), s.clone());
+        tokio::spawn(async move { Primary::take_snapshots(&[(&p, s)]).await })
+    };
+    let t = Instant::now();
+    while a.snaps.done.receiver_count() == 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "A takes the snapshot"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let resizing = {
+        let p = p.clone();
+        tokio::spawn(async move { p.resize(2 * BLOCKS).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.snaps.let_takes_end(true);
+    taking.await.unwrap().unwrap();
+    resizing.await.unwrap().unwrap();
+    control.snapshots.lock().unwrap().push(s.id);
+    let (on_a, on_b) = (a.image(s.id).unwrap(), b.image(s.id).unwrap());
+    assert_eq!(
+        (on_a.len() as u64, on_b.len() as u64),
+        (BLOCKS * BS as u64, BLOCKS * BS as u64),
+        "the copies' snapshots have the volume's size when it was taken"
+    );
+    assert_eq!(b.volume.inner.num_blocks(), 2 * BLOCKS);
+    assert!(control.lost.lock().unwrap().is_empty());
+    p.stop();
+}
+
+/// A snapshot that fails because the primary lost its right to
+/// acknowledge while it was taken is deleted again from every copy: no
+/// record will ever list it, and the role may go on a long time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_failed_at_the_end_is_deleted_again() {
+    let k = key();
+    let a = TestNode::new(&k).await;
+    let b = TestNode::new(&k).await;
+    let control = Arc::new(Recording::default());
+    let p = role(&a, 1, 1, &[(&b, 2)], &[], control.clone()).await;
+    p.write(0, block(1), true).await.unwrap();
+    a.snaps.let_takes_end(false);
+    let s = mark("s");
+    let taking = {
+        let (p, s) = (p.clone(), s.clone());
+        tokio::spawn(async move { Primary::take_snapshots(&[(&p, s)]).await })
+    };
+    let t = Instant::now();
+    while a.snaps.done.receiver_count() == 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "A takes the snapshot"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    control.lease_lost.store(true, Ordering::SeqCst);
+    a.snaps.let_takes_end(true);
+    assert!(
+        taking.await.unwrap().is_err(),
+        "a snapshot taken while the lease ran out"
+    );
+    control.lease_lost.store(false, Ordering::SeqCst);
+    assert!(!a.ids().contains(&s.id), "A keeps the failed snapshot");
+    assert!(!b.ids().contains(&s.id), "B keeps the failed snapshot");
+    p.write(0, block(2), true).await.unwrap();
+    p.stop();
+}
+
+/// A snapshot deleted while a copy that missed it is being caught up on
+/// it is deleted from that copy too: the copy does not take it after the
+/// delete went out to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_deleted_during_its_catch_up_is_gone_from_the_copy() {
+    let k = key();
+    let a = TestNode::new(&k).await;
+    let mut b = TestNode::new(&k).await;
+    let control = Arc::new(Recording::default());
+    let p = role(&a, 1, 1, &[(&b, 2)], &[], control.clone()).await;
+    b.kill();
+    p.write(0, block(1), true).await.unwrap();
+    let s = mark("s");
+    take(&p, &control, &s).await;
+    // B is caught up on the snapshot and takes it: slowly.
+    b.snaps.let_takes_end(false);
+    b.restart().await;
+    let t = Instant::now();
+    while b.snaps.done.receiver_count() == 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "B takes the snapshot"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    control.snapshots.lock().unwrap().retain(|id| *id != s.id);
+    let deleting = {
+        let p = p.clone();
+        tokio::spawn(async move { p.delete_snapshot(s.id).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.snaps.let_takes_end(true);
+    deleting.await.unwrap().unwrap();
+    in_sync(&p, 2).await;
+    assert!(a.ids().is_empty());
+    assert!(b.ids().is_empty(), "B keeps a deleted snapshot");
+    assert!(a.head().await == b.head().await);
+    p.stop();
+}
+
+/// The maps kept of what a copy missed of a snapshot go with the
+/// snapshot when a primary role starting drops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_snapshot_leaves_no_kept_map() {
+    let k = key();
+    let a = TestNode::new(&k).await;
+    let mut b = TestNode::new(&k).await;
+    let control = Arc::new(Recording::default());
+    let kept_maps = || {
+        std::fs::read_dir(a._dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".snap-") && n.ends_with(".dirty"))
+            .collect::<Vec<_>>()
+    };
+    let p = role(&a, 1, 1, &[(&b, 2)], &[], control.clone()).await;
+    b.kill();
+    p.write(0, block(1), true).await.unwrap();
+    // Taken without B, never recorded.
+    let s = mark("s");
+    Primary::take_snapshots(&[(&p, s.clone())]).await.unwrap();
+    assert_eq!(kept_maps().len(), 1, "what B misses of it is kept");
+    p.stop();
+
+    let p = role(&a, 1, 2, &[(&b, 2)], &[2], control.clone()).await;
+    assert!(a.ids().is_empty());
+    assert_eq!(kept_maps(), Vec::<String>::new());
+    b.restart().await;
+    in_sync(&p, 2).await;
+    assert!(b.ids().is_empty());
+    assert!(a.head().await == b.head().await);
+    p.stop();
+}
+
+/// A volume grown while a copy is away (each node grows its copy as the
+/// control plane records the new size): the writes into the new blocks
+/// are in what the copy misses, and it gets them after the snapshot's
+/// catch-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_away_gets_the_writes_into_blocks_grown_since() {
+    let k = key();
+    let a = TestNode::new(&k).await;
+    let mut b = TestNode::new(&k).await;
+    let control = Arc::new(Recording::default());
+    let p = role(&a, 1, 1, &[(&b, 2)], &[], control.clone()).await;
+    b.kill();
+    p.write(0, block(1), true).await.unwrap();
+    let s = mark("s");
+    take(&p, &control, &s).await;
+    a.copy.grow(2 * BLOCKS).await.unwrap();
+    p.write(BLOCKS + 5, block(2), true).await.unwrap();
+    b.copy.grow(2 * BLOCKS).await.unwrap();
+    b.restart().await;
+    in_sync(&p, 2).await;
+    assert!(b.image(s.id).is_some(), "B never got the snapshot");
+    let (on_a, on_b) = (
+        a.volume.read(0, 2 * BLOCKS as u32).await.unwrap(),
+        b.volume.read(0, 2 * BLOCKS as u32).await.unwrap(),
+    );
+    assert_eq!(value_at(&on_b, BLOCKS + 5), 2, "B misses the write");
+    assert!(on_a == on_b, "the copies differ");
+    p.stop();
 }

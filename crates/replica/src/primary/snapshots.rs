@@ -74,8 +74,13 @@ impl Primary {
             }
         }
         drop(fences);
-        for (p, _) in parts {
-            p.check_serving()?;
+        // A primary that may no longer acknowledge (deposed, its lease
+        // run out) never has the snapshots recorded: they go again.
+        if let Some(e) = parts.iter().find_map(|(p, _)| p.check_serving().err()) {
+            for (p, m) in parts {
+                p.drop_snapshot_everywhere(m).await;
+            }
+            return Err(e);
         }
         Ok(())
     }
@@ -306,6 +311,7 @@ impl Primary {
             );
             store.delete(m.id).await?;
         }
+        forget_maps_of_snapshots_gone(&self.copy, &store.list());
         Ok(())
     }
 
@@ -451,6 +457,20 @@ impl Primary {
             Some(m) => m.is_set(r),
             None => r < all_regions,
         };
+        // Each region written holds the snapshot's image on the peer from
+        // then on, not this copy's head (a chunk of an earlier resync may
+        // have brought it writes made after the snapshot, and cleared the
+        // region): the resync after the catch-up copies them all again.
+        // Durable before the peer takes the snapshot, which ends its
+        // catch-up: a later role knows them from this map alone.
+        match &regions {
+            Some(m) => p.dirty.mark_ranges(&m.ranges()),
+            None => p.dirty.mark_all(),
+        }
+        let dirty = p.dirty.clone();
+        off_thread(move || dirty.persist())
+            .await
+            .map_err(|e| ResyncError::Snapshot(format!("keeping what the copy misses: {e}")))?;
         let total = regions.as_ref().map_or(all_regions, |m| m.count()) * RESYNC_REGION;
         tracing::info!(
             volume = self.copy.name(),
@@ -518,7 +538,12 @@ impl Primary {
             .await
             .map_err(|e| ResyncError::Snapshot(e.to_string()))?;
         // The peer's copy is the snapshot's image now: it takes the
-        // snapshot (which makes those blocks durable first).
+        // snapshot (which makes those blocks durable first), in order with
+        // the deletes: one deleted meanwhile went to the copies already.
+        let _order = self.snapshot_order.lock().await;
+        if !store.list().iter().any(|m| m.id == mark.id) {
+            return Ok(());
+        }
         link.call(
             self.cfg.epoch,
             Op::Snapshots(SnapshotOp::Take(mark.clone())),
@@ -541,13 +566,32 @@ impl Primary {
 /// Removes the maps kept of the snapshots the copy on `node` missed: they
 /// no longer tell what it misses (its catch-up copies the images whole).
 pub(super) fn forget_kept_maps(copy: &crate::copy::LocalCopy, node: u64) {
-    let probe = copy.file(&format!("peer-{node}.snap-x.dirty"));
-    let (Some(dir), Some(prefix)) = (
+    let prefix = format!("peer-{node}.snap-");
+    remove_kept_maps(copy, |name| name.starts_with(&prefix));
+}
+
+/// Removes the maps kept of snapshots this copy no longer holds.
+fn forget_maps_of_snapshots_gone(copy: &crate::copy::LocalCopy, held: &[SnapshotMark]) {
+    remove_kept_maps(copy, |name| {
+        let id = name
+            .split_once(".snap-")
+            .and_then(|(_, id)| id.strip_suffix(".dirty"));
+        !held
+            .iter()
+            .any(|m| Some(m.id.simple().to_string().as_str()) == id)
+    });
+}
+
+/// Removes the kept maps (`peer-N.snap-ID.dirty` beside the copy) whose
+/// name, from `peer-` on, `gone` picks.
+fn remove_kept_maps(copy: &crate::copy::LocalCopy, gone: impl Fn(&str) -> bool) {
+    let probe = copy.file("peer-x.snap-x.dirty");
+    let (Some(dir), Some(base)) = (
         probe.parent(),
         probe
             .file_name()
             .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix("x.dirty")),
+            .and_then(|n| n.strip_suffix("peer-x.snap-x.dirty")),
     ) else {
         return;
     };
@@ -556,8 +600,14 @@ pub(super) fn forget_kept_maps(copy: &crate::copy::LocalCopy, node: u64) {
     };
     for e in entries.flatten() {
         let name = e.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with(prefix) && name.ends_with(".dirty") {
+        let Some(kept) = name.to_str().and_then(|n| n.strip_prefix(base)) else {
+            continue;
+        };
+        if kept.starts_with("peer-")
+            && kept.contains(".snap-")
+            && kept.ends_with(".dirty")
+            && gone(kept)
+        {
             let _ = std::fs::remove_file(e.path());
         }
     }
