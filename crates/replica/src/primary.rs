@@ -302,6 +302,16 @@ impl Primary {
         self.cfg.epoch
     }
 
+    /// Snapshot `id` as this copy holds it (its size is the volume's
+    /// when it was taken here).
+    pub fn snapshot(&self, id: uuid::Uuid) -> Option<crate::wire::SnapshotMark> {
+        self.copy
+            .snapshots()?
+            .list()
+            .into_iter()
+            .find(|m| m.id == id)
+    }
+
     /// The volume's size in bytes, as this copy has it.
     pub fn volume_bytes(&self) -> u64 {
         let v = self.copy.volume();

@@ -248,7 +248,8 @@ impl Node {
                 id: m.id,
                 name: m.name.clone(),
                 created: m.created,
-                size_bytes: p.volume_bytes(),
+                // As the primary's copy took it (a resize may follow at once).
+                size_bytes: p.snapshot(m.id).map_or(p.volume_bytes(), |s| s.size_bytes),
                 group: m.group.clone(),
             })
             .collect();
