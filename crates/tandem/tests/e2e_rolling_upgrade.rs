@@ -9,19 +9,22 @@
 //! Two data nodes and a witness (and, in the second test, three data
 //! nodes) start on the old binary; a volume with a copy on every data node
 //! takes FUA writes from one initiator through each node, each moving to
-//! another path as multipath does while its own is standby or away. One member at a time goes to the binary under test:
-//! `node maintenance enter` (asked of another data node, with that node's
-//! CLI), stop, start of the new binary on the same data directory,
-//! `maintenance exit`, every copy back in sync. Then one data node goes
-//! back to the old binary while the others are new, and up again.
+//! another path as multipath does while its own is standby or away. One
+//! member at a time goes to the binary under test: `node maintenance
+//! enter` (asked of another data node, with that node's CLI), stop, start
+//! of the new binary on the same data directory, `maintenance exit`, every
+//! copy back in sync. Then one data node goes back to the old binary while
+//! the others are new, and up again.
 //!
 //! At every step `cluster status` of every data node shows each member's
 //! log version as its binary's; a snapshot of the cluster volume (log
 //! version 3) is refused with the reason while an old member remains and
-//! taken once all are new. At the end no command failed at the
-//! initiators, and every acknowledged write reads back through every node
-//! and from every data file. Each step's longest wait between two
-//! acknowledged writes of an initiator is printed as that node's I/O pause.
+//! taken once all are new (only then: a volume with snapshots cannot be
+//! mirrored to an old member, so the downgrade comes first). At the end no
+//! command failed at the initiators, and every acknowledged write reads
+//! back through every node and from every data file. Each step's longest
+//! wait between two acknowledged writes of an initiator is printed as that
+//! node's I/O pause, beside the pause `maintenance enter` reports.
 
 mod common;
 
@@ -54,6 +57,9 @@ struct Old {
 
 /// Builds (or finds built) `tandem` of the commit to upgrade from.
 fn old_build() -> Old {
+    // The tests of this file run in one process: one builds, the other waits.
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
     let commit = std::env::var("TANDEM_UPGRADE_FROM").unwrap_or_else(|_| DEFAULT_FROM.into());
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     // <target>/debug/tandem: the build under test's target directory.
