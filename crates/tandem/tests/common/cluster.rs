@@ -25,6 +25,8 @@ pub struct Witness {
     /// The arguments it was started with, to start it again.
     args: Vec<String>,
     netns: Option<String>,
+    /// The `tandem` binary it runs.
+    bin: PathBuf,
     log: PathBuf,
 }
 
@@ -32,6 +34,18 @@ impl Witness {
     /// Starts a witness on `host` (in namespace `netns` when given) that
     /// joins through `seed` with `token`.
     pub fn start(dir: &Path, host: &str, netns: Option<&str>, seed: &str, token: &str) -> Witness {
+        Witness::start_binary(dir, host, netns, seed, token, Path::new(tandem_bin()))
+    }
+
+    /// [`Witness::start`] running `bin` (another build of `tandem`).
+    pub fn start_binary(
+        dir: &Path,
+        host: &str,
+        netns: Option<&str>,
+        seed: &str,
+        token: &str,
+        bin: &Path,
+    ) -> Witness {
         let port = if netns.is_some() { 7400 } else { free_port() };
         let args = [
             "witness",
@@ -51,6 +65,7 @@ impl Witness {
             addr: format!("{host}:{port}"),
             args: args.iter().map(|a| a.to_string()).collect(),
             netns: netns.map(str::to_string),
+            bin: bin.to_path_buf(),
             log: dir.with_extension("log"),
         };
         w.spawn();
@@ -61,10 +76,10 @@ impl Witness {
         let mut cmd = match &self.netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, tandem_bin()]);
+                c.args(["netns", "exec", ns]).arg(&self.bin);
                 c
             }
-            None => Command::new(tandem_bin()),
+            None => Command::new(&self.bin),
         };
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -124,6 +139,11 @@ impl Witness {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+    }
+
+    /// Runs `bin` from the next [`Witness::restart`] on.
+    pub fn set_binary(&mut self, bin: &Path) {
+        self.bin = bin.to_path_buf();
     }
 
     /// Starts the witness again from its data directory.

@@ -49,6 +49,9 @@ pub struct Server {
     pub netns: Option<String>,
     /// Flags given to `tandem serve` besides the addresses and names.
     extra: Vec<String>,
+    /// The `tandem` binary it runs and whose CLI asks it (the one under
+    /// test unless [`Server::start_binary`] or [`Server::set_binary`]).
+    bin: PathBuf,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -65,6 +68,29 @@ impl Server {
         Server::spawned(data_dir, "127.0.0.1", None, extra)
     }
 
+    /// [`Server::start`] running `bin` (another build of `tandem`) instead
+    /// of the binary under test; its CLI calls use `bin` too.
+    #[allow(dead_code)]
+    pub fn start_binary(data_dir: &Path, bin: &Path) -> Server {
+        let mut s = Server::unstarted(data_dir, "127.0.0.1", None, &[]);
+        s.bin = bin.to_path_buf();
+        s.spawn();
+        s
+    }
+
+    /// Runs `bin` from the next [`Server::restart`] on, and asks it with
+    /// `bin`'s CLI.
+    #[allow(dead_code)]
+    pub fn set_binary(&mut self, bin: &Path) {
+        self.bin = bin.to_path_buf();
+    }
+
+    /// The `tandem` binary this server runs.
+    #[allow(dead_code)]
+    pub fn binary(&self) -> &Path {
+        &self.bin
+    }
+
     /// Starts a server on `host` (its address), inside network namespace
     /// `netns` when given, on the standard ports.
     pub fn start_on(data_dir: &Path, host: &str, netns: Option<&str>) -> Server {
@@ -72,7 +98,13 @@ impl Server {
     }
 
     fn spawned(data_dir: &Path, host: &str, netns: Option<&str>, extra: &[&str]) -> Server {
-        let mut s = Server {
+        let mut s = Server::unstarted(data_dir, host, netns, extra);
+        s.spawn();
+        s
+    }
+
+    fn unstarted(data_dir: &Path, host: &str, netns: Option<&str>, extra: &[&str]) -> Server {
+        Server {
             data_dir: data_dir.to_path_buf(),
             iscsi_port: if netns.is_some() { 3260 } else { free_port() },
             api_port: if netns.is_some() { 8080 } else { free_port() },
@@ -81,11 +113,10 @@ impl Server {
             host: host.to_string(),
             netns: netns.map(str::to_string),
             extra: extra.iter().map(|f| f.to_string()).collect(),
+            bin: PathBuf::from(tandem_bin()),
             child: None,
             log: data_dir.with_extension("log"),
-        };
-        s.spawn();
-        s
+        }
     }
 
     /// The server's control-plane endpoint, `HOST:PORT`.
@@ -109,10 +140,10 @@ impl Server {
         let mut cmd = match &self.netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, tandem_bin()]);
+                c.args(["netns", "exec", ns]).arg(&self.bin);
                 c
             }
-            None => Command::new(tandem_bin()),
+            None => Command::new(&self.bin),
         };
         let h = &self.host;
         let child = cmd
@@ -180,7 +211,7 @@ impl Server {
 
     /// Runs `tandem <args>` against this server's API.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(tandem_bin())
+        Command::new(&self.bin)
             .args(args)
             .env("TANDEM_API", format!("{}:{}", self.host, self.api_port))
             .env("TANDEM_DATA_DIR", &self.data_dir)
@@ -193,7 +224,7 @@ impl Server {
     /// Runs `tandem <args>` against this server's API; `None` when it fails
     /// or takes longer than `limit` (a stopped server does not answer).
     pub fn cli_within(&self, args: &[&str], limit: Duration) -> Option<String> {
-        let child = Command::new(tandem_bin())
+        let child = Command::new(&self.bin)
             .args(args)
             .env("TANDEM_API", format!("{}:{}", self.host, self.api_port))
             .env("TANDEM_DATA_DIR", &self.data_dir)
