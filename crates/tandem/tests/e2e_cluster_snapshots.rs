@@ -263,6 +263,9 @@ async fn snapshots_survive_a_killed_primary_and_read_the_same_on_both_copies() {
         log.contains("whole=false"),
         "the catch-up copied the whole image instead of what the copy missed:\n{log}"
     );
+    for line in log.lines().filter(|l| l.contains("snapshot caught up")) {
+        eprintln!("catch-up: {line}");
+    }
     taken.push(snapshot(dead, "after-return", &marks));
     tokio::time::sleep(Duration::from_millis(300)).await;
 

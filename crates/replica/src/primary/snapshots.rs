@@ -370,7 +370,11 @@ impl Primary {
         let answer = link
             .call(self.cfg.epoch, Op::Snapshots(SnapshotOp::List))
             .await
-            .map_err(|e| format!("listing its snapshots: {e}"))?;
+            .map_err(|e| {
+                format!(
+                    "listing its snapshots: {e} (a node of a version without snapshots of cluster volumes closes the link here: a volume with snapshots needs every copy on a version that keeps them)"
+                )
+            })?;
         serde_json::from_slice(&answer).map_err(|e| format!("its list of snapshots: {e}"))
     }
 
