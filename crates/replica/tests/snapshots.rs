@@ -32,6 +32,8 @@ struct Recording {
     snapshots: Mutex<Vec<Uuid>>,
     /// The lease is lost: the primary may not acknowledge.
     lease_lost: std::sync::atomic::AtomicBool,
+    /// No quorum: a lost copy cannot be recorded.
+    no_quorum: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait]
@@ -40,6 +42,9 @@ impl Control for Recording {
         !self.lease_lost.load(Ordering::SeqCst)
     }
     async fn replica_lost(&self, _v: &str, node: u64, _e: u64) -> Result<(), ControlError> {
+        if self.no_quorum.load(Ordering::SeqCst) {
+            return Err(ControlError::Unavailable("no quorum".into()));
+        }
         self.lost.lock().unwrap().push(node);
         Ok(())
     }
@@ -588,6 +593,53 @@ async fn a_rollback_reaches_every_copy_and_a_copy_away_is_copied_whole() {
     assert!(
         c.head().await == ha,
         "the copy away at the rollback differs"
+    );
+    p.stop();
+}
+
+/// A rollback that a copy misses while the control plane cannot record
+/// that copy out of sync fails, and the copy stays in sync for the
+/// control plane: it is still sent every region when it returns (the
+/// rollback changed them all on the primary's copy), not recorded in sync
+/// with the writes the rollback undid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_missing_a_rollback_that_cannot_be_recorded_is_still_copied_whole() {
+    let k = key();
+    let a = TestNode::new(&k).await;
+    let mut b = TestNode::new(&k).await;
+    let control = Arc::new(Recording::default());
+    let p = role(&a, 1, 1, &[(&b, 2)], &[], control.clone()).await;
+    for lba in (0..BLOCKS).step_by(64) {
+        p.write(lba, block(lba + 1), false).await.unwrap();
+    }
+    let s = mark("s");
+    take(&p, &control, &s).await;
+    for lba in (0..BLOCKS).step_by(64) {
+        p.write(lba, block(9000 + lba), true).await.unwrap();
+    }
+    let t = Instant::now();
+    while !b.copy.suspect_ranges().is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "B's activity log settles"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    control.no_quorum.store(true, Ordering::SeqCst);
+    b.kill();
+    assert!(
+        p.rollback(s.id, Duration::from_secs(5)).await.is_err(),
+        "a rollback whose missed copy is not recorded succeeds"
+    );
+    assert_eq!(value_at(&a.head().await, 64), 65, "A is rolled back");
+    control.no_quorum.store(false, Ordering::SeqCst);
+    b.restart().await;
+    in_sync(&p, 2).await;
+    p.write(3, block(3), true).await.unwrap();
+    in_sync(&p, 2).await;
+    assert!(
+        a.head().await == b.head().await,
+        "the copies differ while B counts as in sync"
     );
     p.stop();
 }

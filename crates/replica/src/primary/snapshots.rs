@@ -274,7 +274,11 @@ impl Primary {
                 _ => missed.push((p, "it is not in sync".into())),
             }
         }
+        // Marked whole before the record: a record that fails leaves the
+        // copy in sync for the control plane, and it is then reconciled
+        // whole when it returns rather than counted in sync as it is.
         for (p, why) in missed {
+            p.dirty.mark_all();
             self.lose(p, &format!("it missed the rollback: {why}"))
                 .await?;
         }
