@@ -249,7 +249,17 @@ impl Primary {
         // Every region changes: logged first, as a write's, so that this
         // copy is resynced whole if it stops in the middle.
         let _active = self.copy.enter(0, bytes).await?;
-        store.rollback(id).await?;
+        if let Err(e) = store.rollback(id).await {
+            // This copy may hold part of the snapshot's content now, which
+            // no peer does: every peer is sent every region (an in-sync one
+            // reconciles them and stays in sync), for the copies to agree
+            // with the one reads come from.
+            for p in &self.peers {
+                p.dirty.mark_all();
+                p.wake.notify_one();
+            }
+            return Err(e);
+        }
         let op = Op::Snapshots(SnapshotOp::Rollback { id });
         let mut missed: Vec<(&Peer, String)> = Vec::new();
         for p in &self.peers {
