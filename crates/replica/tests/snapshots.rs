@@ -690,6 +690,57 @@ async fn a_rollback_failed_on_the_primary_leaves_no_copy_in_sync_with_other_data
     p.stop();
 }
 
+/// A rollback asked while a snapshot is being taken waits for it, and a
+/// snapshot asked after the rollback is not let in to wait for the
+/// rollback's turn: it would count as a command in flight, which the
+/// rollback waits for until it gives up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_asked_during_a_rollback_does_not_hold_it_up() {
+    let k = key();
+    let a = TestNode::new(&k).await;
+    let b = TestNode::new(&k).await;
+    let control = Arc::new(Recording::default());
+    let p = role(&a, 1, 1, &[(&b, 2)], &[], control.clone()).await;
+    p.write(0, block(1), true).await.unwrap();
+    let s = mark("s");
+    take(&p, &control, &s).await;
+    p.write(0, block(2), true).await.unwrap();
+    a.snaps.let_takes_end(false);
+    let first = {
+        let (p, m) = (p.clone(), mark("first"));
+        tokio::spawn(async move { Primary::take_snapshots(&[(&p, m)]).await })
+    };
+    let t = Instant::now();
+    while a.snaps.done.receiver_count() == 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "A takes the first snapshot"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let rollback = {
+        let p = p.clone();
+        tokio::spawn(async move { p.rollback(s.id, Duration::from_secs(2)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = {
+        let (p, m) = (p.clone(), mark("second"));
+        tokio::spawn(async move { Primary::take_snapshots(&[(&p, m)]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    a.snaps.let_takes_end(true);
+    first.await.unwrap().unwrap();
+    rollback
+        .await
+        .unwrap()
+        .expect("the rollback goes through once the first snapshot is taken");
+    let _ = second.await.unwrap();
+    assert_eq!(value_at(&a.head().await, 0), 1, "A is rolled back");
+    p.write(0, block(3), true).await.unwrap();
+    assert_eq!(value_at(&b.head().await, 0), 3);
+    p.stop();
+}
+
 /// A consistency group of two volumes led by one primary: a writer
 /// alternates between them, and every snapshot of the group holds a
 /// prefix of its writes (write n on one volume never without write n - 1

@@ -232,11 +232,15 @@ impl Primary {
                 "this copy holds no snapshot {id}"
             ))));
         };
-        let _order = self.snapshot_order.lock().await;
+        // Fenced before the snapshot order is taken: a snapshot (or a
+        // delete) counts as a command in flight while it waits for that
+        // order, so one let in after the rollback took it would hold the
+        // rollback up until it gave up.
         let _fence = self
             .fence_commands(limit)
             .await
             .map_err(|e| VolumeError::Io(std::io::Error::other(e.to_string())))?;
+        let _order = self.snapshot_order.lock().await;
         // Peers catching up stop first, so that no chunk of theirs lands
         // (and clears its regions) after the copy changed under it.
         for p in &self.peers {
