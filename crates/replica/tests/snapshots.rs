@@ -67,6 +67,9 @@ struct MemSnapshots {
     done: tokio::sync::watch::Sender<bool>,
     /// A rollback stops half done (as the store's on a damaged block).
     break_rollback: std::sync::atomic::AtomicBool,
+    /// How long a rollback takes, in milliseconds (the store rewrites
+    /// every grain written since the snapshot).
+    rollback_ms: AtomicU64,
 }
 
 impl MemSnapshots {
@@ -117,6 +120,8 @@ impl CopySnapshots for MemSnapshots {
             .find(|(m, _)| m.id == id)
             .map(|(_, i)| i.clone())
             .ok_or_else(|| VolumeError::Io(std::io::Error::other("no such snapshot")))?;
+        let takes = self.rollback_ms.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(takes)).await;
         if self.break_rollback.load(Ordering::SeqCst) {
             let half = Bytes::from(image).slice(..(BLOCKS / 2 * BS as u64) as usize);
             self.volume.write(0, half, true).await?;
@@ -225,6 +230,7 @@ impl TestNode {
             images: Mutex::default(),
             done: tokio::sync::watch::channel(true).0,
             break_rollback: Default::default(),
+            rollback_ms: AtomicU64::new(0),
         });
         copy.set_snapshots(snaps.clone());
         let server = ReplicaServer::new(key.clone());
@@ -738,6 +744,40 @@ async fn a_snapshot_asked_during_a_rollback_does_not_hold_it_up() {
     assert_eq!(value_at(&a.head().await, 0), 1, "A is rolled back");
     p.write(0, block(3), true).await.unwrap();
     assert_eq!(value_at(&b.head().await, 0), 3);
+    p.stop();
+}
+
+/// A rollback that takes each copy longer than the link's timeout (2 s
+/// here) to make: the copy in sync that makes it as the primary did
+/// stays in sync, not recorded out of sync and copied whole for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_slower_than_the_link_timeout_keeps_the_copies_in_sync() {
+    let k = key();
+    let a = TestNode::new(&k).await;
+    let b = TestNode::new(&k).await;
+    let control = Arc::new(Recording::default());
+    let p = role(&a, 1, 1, &[(&b, 2)], &[], control.clone()).await;
+    p.write(0, block(1), true).await.unwrap();
+    let s = mark("s");
+    take(&p, &control, &s).await;
+    p.write(0, block(2), true).await.unwrap();
+    a.snaps.rollback_ms.store(2_000, Ordering::SeqCst);
+    b.snaps.rollback_ms.store(2_500, Ordering::SeqCst);
+    p.rollback(s.id, Duration::from_secs(5)).await.unwrap();
+    assert!(
+        control.lost.lock().unwrap().is_empty(),
+        "a copy that made the rollback is recorded out of sync"
+    );
+    p.write(3, block(3), true).await.unwrap();
+    assert!(
+        p.peer_status()
+            .iter()
+            .all(|s| s.in_sync() && s.dirty_bytes == 0),
+        "B is not in sync: {:?}",
+        p.peer_status()
+    );
+    assert_eq!(value_at(&b.head().await, 0), 1, "B is rolled back");
+    assert!(a.head().await == b.head().await, "the copies differ");
     p.stop();
 }
 

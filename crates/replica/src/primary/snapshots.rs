@@ -253,6 +253,7 @@ impl Primary {
         // Every region changes: logged first, as a write's, so that this
         // copy is resynced whole if it stops in the middle.
         let _active = self.copy.enter(0, bytes).await?;
+        let began = std::time::Instant::now();
         if let Err(e) = store.rollback(id).await {
             // This copy may hold part of the snapshot's content now, which
             // no peer does: every peer is sent every region (an in-sync one
@@ -264,12 +265,16 @@ impl Primary {
             }
             return Err(e);
         }
+        // A copy in sync rewrites what this one did: it gets about as long
+        // as this copy took (twice, and the link's timeout), not only the
+        // link's timeout, after which it would be lost and copied whole.
+        let allowed = self.cfg.timeout + 2 * began.elapsed();
         let op = Op::Snapshots(SnapshotOp::Rollback { id });
         let mut missed: Vec<(&Peer, String)> = Vec::new();
         for p in &self.peers {
             match p.state() {
                 PeerState::InSync if p.dirty.count() == 0 => match p.link() {
-                    Some(l) => match l.call(self.cfg.epoch, op.clone()).await {
+                    Some(l) => match l.call_at_most(self.cfg.epoch, op.clone(), allowed).await {
                         Ok(_) => {}
                         Err(LinkError::Failed {
                             failure: Failure::StaleEpoch { current },
