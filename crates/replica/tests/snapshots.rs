@@ -781,6 +781,54 @@ async fn a_rollback_slower_than_the_link_timeout_keeps_the_copies_in_sync() {
     p.stop();
 }
 
+/// A snapshot that takes each copy longer than the link's timeout (2 s
+/// here), the store's sync of the copy being slow: the copy in sync that
+/// takes it as the primary's did stays in sync and holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_slower_than_the_link_timeout_keeps_the_copies_in_sync() {
+    let k = key();
+    let a = TestNode::new(&k).await;
+    let b = TestNode::new(&k).await;
+    let control = Arc::new(Recording::default());
+    let p = role(&a, 1, 1, &[(&b, 2)], &[], control.clone()).await;
+    p.write(0, block(1), true).await.unwrap();
+    a.snaps.let_takes_end(false);
+    b.snaps.let_takes_end(false);
+    let s = mark("s");
+    let taking = {
+        let (p, s) = (p.clone(), s.clone());
+        tokio::spawn(async move { Primary::take_snapshots(&[(&p, s)]).await })
+    };
+    for (n, node) in [(&a, "A"), (&b, "B")] {
+        let t = Instant::now();
+        while n.snaps.done.receiver_count() == 0 {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "{node} takes the snapshot"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        n.snaps.let_takes_end(true);
+    }
+    taking.await.unwrap().unwrap();
+    control.snapshots.lock().unwrap().push(s.id);
+    assert!(
+        control.lost.lock().unwrap().is_empty(),
+        "a copy that took the snapshot is recorded out of sync"
+    );
+    assert!(b.ids().contains(&s.id), "B misses the snapshot");
+    p.write(0, block(2), true).await.unwrap();
+    assert!(
+        p.peer_status()
+            .iter()
+            .all(|s| s.in_sync() && s.dirty_bytes == 0),
+        "B is not in sync: {:?}",
+        p.peer_status()
+    );
+    p.stop();
+}
+
 /// A consistency group of two volumes led by one primary: a writer
 /// alternates between them, and every snapshot of the group holds a
 /// prefix of its writes (write n on one volume never without write n - 1

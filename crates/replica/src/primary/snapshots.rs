@@ -89,7 +89,11 @@ impl Primary {
     /// the volume's writes back (none in flight).
     async fn snapshot_fenced(&self, mark: &SnapshotMark) -> Result<(), VolumeError> {
         let store = self.copy.snapshots().expect("checked by the caller");
+        let began = std::time::Instant::now();
         store.take(mark).await?;
+        // A copy in sync takes it as this one did (the store's sync of the
+        // copy): about as long, twice, and the link's timeout.
+        let allowed = self.cfg.timeout + 2 * began.elapsed();
         let take = Op::Snapshots(SnapshotOp::Take(mark.clone()));
         let mut calls = Vec::new();
         let mut missed: Vec<(&Peer, String)> = Vec::new();
@@ -111,7 +115,7 @@ impl Primary {
             }
         }
         for (p, l) in calls {
-            match l.call(self.cfg.epoch, take.clone()).await {
+            match l.call_at_most(self.cfg.epoch, take.clone(), allowed).await {
                 Ok(_) => {}
                 Err(LinkError::Failed {
                     failure: Failure::StaleEpoch { current },
