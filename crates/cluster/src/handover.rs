@@ -61,11 +61,11 @@ pub struct SnapshotRef {
     pub id: uuid::Uuid,
 }
 
-/// Longest a member waits for the primary it asked to roll a volume back:
-/// the primary rewrites its copy, then each copy in sync, which takes as
-/// long as the writes made since the snapshot are large (not the seconds
-/// a quick call gets, after which the rollback was reported failed while
-/// it went on).
+/// Longest a member waits for the primary it asked to roll a volume back
+/// (it rewrites its copy, then each copy in sync, which takes as long as
+/// the writes made since the snapshot are large) or to take snapshots (the
+/// store's sync of each copy): not the seconds a quick call gets, after
+/// which it was reported failed while it went on.
 pub const REWRITE_WAIT: Duration = Duration::from_secs(3600);
 
 /// What a member answers when asked to do what only a volume's primary
@@ -146,7 +146,7 @@ impl Cluster {
             .addr_of(node)
             .ok_or_else(|| ClusterError::Remote(format!("node {node} is not a member")))?;
         self.inner
-            .forward
+            .rewrites
             .post::<_, Answer<Vec<SnapshotRecord>>>(&addr, "/cluster/snapshot", &req)
             .await?
             .map_err(ClusterError::Refused)

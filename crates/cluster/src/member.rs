@@ -40,8 +40,9 @@ pub(crate) struct Inner {
     /// Slower calls handed to the leader (joins wait for the new member to
     /// catch up).
     pub(crate) forward: net::Caller,
-    /// Calls answered once the volume's copies are rewritten (a rollback
-    /// asked of its primary): as long as that takes, up to
+    /// Calls answered once the volume's copies are rewritten or synced (a
+    /// rollback or snapshots asked of its primary): as long as that takes,
+    /// up to
     /// [`crate::handover::REWRITE_WAIT`].
     pub(crate) rewrites: net::Caller,
     /// Held by the leader while it adds a member.
