@@ -6,6 +6,7 @@
 //! ([`Handover`]), as it does for its sessions.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -59,6 +60,13 @@ pub struct SnapshotRef {
     /// The snapshot's id.
     pub id: uuid::Uuid,
 }
+
+/// Longest a member waits for the primary it asked to roll a volume back
+/// (it rewrites its copy, then each copy in sync, which takes as long as
+/// the writes made since the snapshot are large) or to take snapshots (the
+/// store's sync of each copy): not the seconds a quick call gets, after
+/// which it was reported failed while it went on.
+pub const REWRITE_WAIT: Duration = Duration::from_secs(3600);
 
 /// What a member answers when asked to do what only a volume's primary
 /// can (hand it over, take or delete its snapshots): the node that serves
@@ -138,7 +146,7 @@ impl Cluster {
             .addr_of(node)
             .ok_or_else(|| ClusterError::Remote(format!("node {node} is not a member")))?;
         self.inner
-            .forward
+            .rewrites
             .post::<_, Answer<Vec<SnapshotRecord>>>(&addr, "/cluster/snapshot", &req)
             .await?
             .map_err(ClusterError::Refused)
@@ -184,7 +192,7 @@ impl Cluster {
             .addr_of(node)
             .ok_or_else(|| ClusterError::Remote(format!("node {node} is not a member")))?;
         self.inner
-            .forward
+            .rewrites
             .post::<_, Answer<()>>(&addr, "/cluster/rollback", &req)
             .await?
             .map_err(ClusterError::Refused)

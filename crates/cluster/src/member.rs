@@ -40,6 +40,11 @@ pub(crate) struct Inner {
     /// Slower calls handed to the leader (joins wait for the new member to
     /// catch up).
     pub(crate) forward: net::Caller,
+    /// Calls answered once the volume's copies are rewritten or synced (a
+    /// rollback or snapshots asked of its primary): as long as that takes,
+    /// up to
+    /// [`crate::handover::REWRITE_WAIT`].
+    pub(crate) rewrites: net::Caller,
     /// Held by the leader while it adds a member.
     pub(crate) joining: tokio::sync::Mutex<()>,
     /// Leader's view: when each member's last heartbeat arrived.
@@ -291,6 +296,11 @@ impl Cluster {
             gate: net::Gate::new(key.clone()),
             caller,
             forward: net::Caller::new(key.clone(), Duration::from_secs(10)),
+            rewrites: net::Caller::patient(
+                key.clone(),
+                Duration::from_secs(10),
+                crate::handover::REWRITE_WAIT,
+            ),
             joining: tokio::sync::Mutex::new(()),
             seen: Mutex::default(),
             replacing: Mutex::default(),

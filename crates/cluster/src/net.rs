@@ -195,6 +195,20 @@ impl Caller {
         }
     }
 
+    /// A caller for `key` that connects within `connect` and waits up to
+    /// `answer` for each answer: for requests that take as long as the work
+    /// they ask for.
+    pub fn patient(key: Key, connect: Duration, answer: Duration) -> Caller {
+        Caller {
+            key,
+            http: reqwest::Client::builder()
+                .timeout(answer)
+                .connect_timeout(connect)
+                .build()
+                .expect("HTTP client builds"),
+        }
+    }
+
     /// POSTs `body` as JSON to `http://addr/path` and decodes the signed answer.
     pub async fn post<B: Serialize, T: DeserializeOwned>(
         &self,

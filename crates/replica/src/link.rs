@@ -193,6 +193,17 @@ impl Link {
         self.send(epoch, op)?.wait().await
     }
 
+    /// As [`Link::call`], for a request that may take the peer longer than
+    /// the link's timeout (at most `limit`).
+    pub async fn call_at_most(
+        &self,
+        epoch: u64,
+        op: Op,
+        limit: std::time::Duration,
+    ) -> Result<Bytes, LinkError> {
+        self.send(epoch, op)?.wait_at_most(limit).await
+    }
+
     /// Closes the connection; requests in flight fail.
     pub fn close(&self) {
         self.alive.store(false, Ordering::Release);
@@ -214,8 +225,15 @@ impl Call<'_> {
     /// Waits for the answer, at most the link's timeout. A timeout closes the
     /// link: a peer that does not answer in time is treated as gone.
     pub async fn wait(self) -> Result<Bytes, LinkError> {
+        let limit = self.link.timeout;
+        self.wait_at_most(limit).await
+    }
+
+    /// As [`Call::wait`], for a request that may take the peer longer than
+    /// the link's timeout (at most `limit`).
+    pub async fn wait_at_most(self, limit: std::time::Duration) -> Result<Bytes, LinkError> {
         let addr = || self.link.addr.clone();
-        match tokio::time::timeout(self.link.timeout, self.rx).await {
+        match tokio::time::timeout(limit, self.rx).await {
             Ok(Ok(Ok(data))) => Ok(data),
             Ok(Ok(Err(failure))) => Err(LinkError::Failed {
                 addr: addr(),
@@ -224,7 +242,7 @@ impl Call<'_> {
             Ok(Err(_)) => Err(LinkError::Down(addr())),
             Err(_) => {
                 self.link.pending.lock().unwrap().remove(&self.id);
-                tracing::warn!(peer = %self.link.addr, "no answer within {:?}, dropping the connection", self.link.timeout);
+                tracing::warn!(peer = %self.link.addr, "no answer within {limit:?}, dropping the connection");
                 self.link.close();
                 Err(LinkError::Timeout(addr()))
             }

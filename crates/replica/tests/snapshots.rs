@@ -32,6 +32,8 @@ struct Recording {
     snapshots: Mutex<Vec<Uuid>>,
     /// The lease is lost: the primary may not acknowledge.
     lease_lost: std::sync::atomic::AtomicBool,
+    /// No quorum: a lost copy cannot be recorded.
+    no_quorum: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait]
@@ -40,6 +42,9 @@ impl Control for Recording {
         !self.lease_lost.load(Ordering::SeqCst)
     }
     async fn replica_lost(&self, _v: &str, node: u64, _e: u64) -> Result<(), ControlError> {
+        if self.no_quorum.load(Ordering::SeqCst) {
+            return Err(ControlError::Unavailable("no quorum".into()));
+        }
         self.lost.lock().unwrap().push(node);
         Ok(())
     }
@@ -60,6 +65,11 @@ struct MemSnapshots {
     /// Whether a snapshot taken ends at once (as the store's sync of the
     /// copy, which the test can make last).
     done: tokio::sync::watch::Sender<bool>,
+    /// A rollback stops half done (as the store's on a damaged block).
+    break_rollback: std::sync::atomic::AtomicBool,
+    /// How long a rollback takes, in milliseconds (the store rewrites
+    /// every grain written since the snapshot).
+    rollback_ms: AtomicU64,
 }
 
 impl MemSnapshots {
@@ -110,6 +120,15 @@ impl CopySnapshots for MemSnapshots {
             .find(|(m, _)| m.id == id)
             .map(|(_, i)| i.clone())
             .ok_or_else(|| VolumeError::Io(std::io::Error::other("no such snapshot")))?;
+        let takes = self.rollback_ms.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(takes)).await;
+        if self.break_rollback.load(Ordering::SeqCst) {
+            let half = Bytes::from(image).slice(..(BLOCKS / 2 * BS as u64) as usize);
+            self.volume.write(0, half, true).await?;
+            return Err(VolumeError::Io(std::io::Error::other(
+                "the rollback stopped half done",
+            )));
+        }
         self.volume.write(0, Bytes::from(image), true).await
     }
     async fn read(&self, id: Uuid, lba: u64, blocks: u32) -> Result<Vec<u8>, VolumeError> {
@@ -210,6 +229,8 @@ impl TestNode {
             volume: mem,
             images: Mutex::default(),
             done: tokio::sync::watch::channel(true).0,
+            break_rollback: Default::default(),
+            rollback_ms: AtomicU64::new(0),
         });
         copy.set_snapshots(snaps.clone());
         let server = ReplicaServer::new(key.clone());
@@ -588,6 +609,222 @@ async fn a_rollback_reaches_every_copy_and_a_copy_away_is_copied_whole() {
     assert!(
         c.head().await == ha,
         "the copy away at the rollback differs"
+    );
+    p.stop();
+}
+
+/// A rollback that a copy misses while the control plane cannot record
+/// that copy out of sync fails, and the copy stays in sync for the
+/// control plane: it is still sent every region when it returns (the
+/// rollback changed them all on the primary's copy), not recorded in sync
+/// with the writes the rollback undid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_missing_a_rollback_that_cannot_be_recorded_is_still_copied_whole() {
+    let k = key();
+    let a = TestNode::new(&k).await;
+    let mut b = TestNode::new(&k).await;
+    let control = Arc::new(Recording::default());
+    let p = role(&a, 1, 1, &[(&b, 2)], &[], control.clone()).await;
+    for lba in (0..BLOCKS).step_by(64) {
+        p.write(lba, block(lba + 1), false).await.unwrap();
+    }
+    let s = mark("s");
+    take(&p, &control, &s).await;
+    for lba in (0..BLOCKS).step_by(64) {
+        p.write(lba, block(9000 + lba), true).await.unwrap();
+    }
+    let t = Instant::now();
+    while !b.copy.suspect_ranges().is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "B's activity log settles"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    control.no_quorum.store(true, Ordering::SeqCst);
+    b.kill();
+    assert!(
+        p.rollback(s.id, Duration::from_secs(5)).await.is_err(),
+        "a rollback whose missed copy is not recorded succeeds"
+    );
+    assert_eq!(value_at(&a.head().await, 64), 65, "A is rolled back");
+    control.no_quorum.store(false, Ordering::SeqCst);
+    b.restart().await;
+    in_sync(&p, 2).await;
+    p.write(3, block(3), true).await.unwrap();
+    in_sync(&p, 2).await;
+    assert!(
+        a.head().await == b.head().await,
+        "the copies differ while B counts as in sync"
+    );
+    p.stop();
+}
+
+/// A rollback that stops half done on the primary's copy fails, and the
+/// copies in sync (which it did not reach) are sent every region: the
+/// primary's copy changed under them, and they do not count in sync
+/// holding other data than the copy reads come from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_failed_on_the_primary_leaves_no_copy_in_sync_with_other_data() {
+    let k = key();
+    let a = TestNode::new(&k).await;
+    let b = TestNode::new(&k).await;
+    let control = Arc::new(Recording::default());
+    let p = role(&a, 1, 1, &[(&b, 2)], &[], control.clone()).await;
+    for lba in (0..BLOCKS).step_by(64) {
+        p.write(lba, block(lba + 1), false).await.unwrap();
+    }
+    let s = mark("s");
+    take(&p, &control, &s).await;
+    for lba in (0..BLOCKS).step_by(64) {
+        p.write(lba, block(9000 + lba), true).await.unwrap();
+    }
+    a.snaps.break_rollback.store(true, Ordering::SeqCst);
+    assert!(
+        p.rollback(s.id, Duration::from_secs(5)).await.is_err(),
+        "a rollback stopped half done succeeds"
+    );
+    let ha = a.head().await;
+    assert_eq!(value_at(&ha, 64), 65, "A's first half is rolled back");
+    assert_eq!(value_at(&ha, 960), 9960, "A's second half is not");
+    p.write(3, block(3), true).await.unwrap();
+    in_sync(&p, 2).await;
+    assert!(
+        a.head().await == b.head().await,
+        "the copies differ while B counts as in sync"
+    );
+    p.stop();
+}
+
+/// A rollback asked while a snapshot is being taken waits for it, and a
+/// snapshot asked after the rollback is not let in to wait for the
+/// rollback's turn: it would count as a command in flight, which the
+/// rollback waits for until it gives up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_asked_during_a_rollback_does_not_hold_it_up() {
+    let k = key();
+    let a = TestNode::new(&k).await;
+    let b = TestNode::new(&k).await;
+    let control = Arc::new(Recording::default());
+    let p = role(&a, 1, 1, &[(&b, 2)], &[], control.clone()).await;
+    p.write(0, block(1), true).await.unwrap();
+    let s = mark("s");
+    take(&p, &control, &s).await;
+    p.write(0, block(2), true).await.unwrap();
+    a.snaps.let_takes_end(false);
+    let first = {
+        let (p, m) = (p.clone(), mark("first"));
+        tokio::spawn(async move { Primary::take_snapshots(&[(&p, m)]).await })
+    };
+    let t = Instant::now();
+    while a.snaps.done.receiver_count() == 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "A takes the first snapshot"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let rollback = {
+        let p = p.clone();
+        tokio::spawn(async move { p.rollback(s.id, Duration::from_secs(2)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = {
+        let (p, m) = (p.clone(), mark("second"));
+        tokio::spawn(async move { Primary::take_snapshots(&[(&p, m)]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    a.snaps.let_takes_end(true);
+    first.await.unwrap().unwrap();
+    rollback
+        .await
+        .unwrap()
+        .expect("the rollback goes through once the first snapshot is taken");
+    let _ = second.await.unwrap();
+    assert_eq!(value_at(&a.head().await, 0), 1, "A is rolled back");
+    p.write(0, block(3), true).await.unwrap();
+    assert_eq!(value_at(&b.head().await, 0), 3);
+    p.stop();
+}
+
+/// A rollback that takes each copy longer than the link's timeout (2 s
+/// here) to make: the copy in sync that makes it as the primary did
+/// stays in sync, not recorded out of sync and copied whole for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_slower_than_the_link_timeout_keeps_the_copies_in_sync() {
+    let k = key();
+    let a = TestNode::new(&k).await;
+    let b = TestNode::new(&k).await;
+    let control = Arc::new(Recording::default());
+    let p = role(&a, 1, 1, &[(&b, 2)], &[], control.clone()).await;
+    p.write(0, block(1), true).await.unwrap();
+    let s = mark("s");
+    take(&p, &control, &s).await;
+    p.write(0, block(2), true).await.unwrap();
+    a.snaps.rollback_ms.store(2_000, Ordering::SeqCst);
+    b.snaps.rollback_ms.store(2_500, Ordering::SeqCst);
+    p.rollback(s.id, Duration::from_secs(5)).await.unwrap();
+    assert!(
+        control.lost.lock().unwrap().is_empty(),
+        "a copy that made the rollback is recorded out of sync"
+    );
+    p.write(3, block(3), true).await.unwrap();
+    assert!(
+        p.peer_status()
+            .iter()
+            .all(|s| s.in_sync() && s.dirty_bytes == 0),
+        "B is not in sync: {:?}",
+        p.peer_status()
+    );
+    assert_eq!(value_at(&b.head().await, 0), 1, "B is rolled back");
+    assert!(a.head().await == b.head().await, "the copies differ");
+    p.stop();
+}
+
+/// A snapshot that takes each copy longer than the link's timeout (2 s
+/// here), the store's sync of the copy being slow: the copy in sync that
+/// takes it as the primary's did stays in sync and holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_slower_than_the_link_timeout_keeps_the_copies_in_sync() {
+    let k = key();
+    let a = TestNode::new(&k).await;
+    let b = TestNode::new(&k).await;
+    let control = Arc::new(Recording::default());
+    let p = role(&a, 1, 1, &[(&b, 2)], &[], control.clone()).await;
+    p.write(0, block(1), true).await.unwrap();
+    a.snaps.let_takes_end(false);
+    b.snaps.let_takes_end(false);
+    let s = mark("s");
+    let taking = {
+        let (p, s) = (p.clone(), s.clone());
+        tokio::spawn(async move { Primary::take_snapshots(&[(&p, s)]).await })
+    };
+    for (n, node) in [(&a, "A"), (&b, "B")] {
+        let t = Instant::now();
+        while n.snaps.done.receiver_count() == 0 {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "{node} takes the snapshot"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        n.snaps.let_takes_end(true);
+    }
+    taking.await.unwrap().unwrap();
+    control.snapshots.lock().unwrap().push(s.id);
+    assert!(
+        control.lost.lock().unwrap().is_empty(),
+        "a copy that took the snapshot is recorded out of sync"
+    );
+    assert!(b.ids().contains(&s.id), "B misses the snapshot");
+    p.write(0, block(2), true).await.unwrap();
+    assert!(
+        p.peer_status()
+            .iter()
+            .all(|s| s.in_sync() && s.dirty_bytes == 0),
+        "B is not in sync: {:?}",
+        p.peer_status()
     );
     p.stop();
 }

@@ -89,7 +89,11 @@ impl Primary {
     /// the volume's writes back (none in flight).
     async fn snapshot_fenced(&self, mark: &SnapshotMark) -> Result<(), VolumeError> {
         let store = self.copy.snapshots().expect("checked by the caller");
+        let began = std::time::Instant::now();
         store.take(mark).await?;
+        // A copy in sync takes it as this one did (the store's sync of the
+        // copy): about as long, twice, and the link's timeout.
+        let allowed = self.cfg.timeout + 2 * began.elapsed();
         let take = Op::Snapshots(SnapshotOp::Take(mark.clone()));
         let mut calls = Vec::new();
         let mut missed: Vec<(&Peer, String)> = Vec::new();
@@ -111,7 +115,7 @@ impl Primary {
             }
         }
         for (p, l) in calls {
-            match l.call(self.cfg.epoch, take.clone()).await {
+            match l.call_at_most(self.cfg.epoch, take.clone(), allowed).await {
                 Ok(_) => {}
                 Err(LinkError::Failed {
                     failure: Failure::StaleEpoch { current },
@@ -232,11 +236,15 @@ impl Primary {
                 "this copy holds no snapshot {id}"
             ))));
         };
-        let _order = self.snapshot_order.lock().await;
+        // Fenced before the snapshot order is taken: a snapshot (or a
+        // delete) counts as a command in flight while it waits for that
+        // order, so one let in after the rollback took it would hold the
+        // rollback up until it gave up.
         let _fence = self
             .fence_commands(limit)
             .await
             .map_err(|e| VolumeError::Io(std::io::Error::other(e.to_string())))?;
+        let _order = self.snapshot_order.lock().await;
         // Peers catching up stop first, so that no chunk of theirs lands
         // (and clears its regions) after the copy changed under it.
         for p in &self.peers {
@@ -249,13 +257,28 @@ impl Primary {
         // Every region changes: logged first, as a write's, so that this
         // copy is resynced whole if it stops in the middle.
         let _active = self.copy.enter(0, bytes).await?;
-        store.rollback(id).await?;
+        let began = std::time::Instant::now();
+        if let Err(e) = store.rollback(id).await {
+            // This copy may hold part of the snapshot's content now, which
+            // no peer does: every peer is sent every region (an in-sync one
+            // reconciles them and stays in sync), for the copies to agree
+            // with the one reads come from.
+            for p in &self.peers {
+                p.dirty.mark_all();
+                p.wake.notify_one();
+            }
+            return Err(e);
+        }
+        // A copy in sync rewrites what this one did: it gets about as long
+        // as this copy took (twice, and the link's timeout), not only the
+        // link's timeout, after which it would be lost and copied whole.
+        let allowed = self.cfg.timeout + 2 * began.elapsed();
         let op = Op::Snapshots(SnapshotOp::Rollback { id });
         let mut missed: Vec<(&Peer, String)> = Vec::new();
         for p in &self.peers {
             match p.state() {
                 PeerState::InSync if p.dirty.count() == 0 => match p.link() {
-                    Some(l) => match l.call(self.cfg.epoch, op.clone()).await {
+                    Some(l) => match l.call_at_most(self.cfg.epoch, op.clone(), allowed).await {
                         Ok(_) => {}
                         Err(LinkError::Failed {
                             failure: Failure::StaleEpoch { current },
@@ -274,7 +297,11 @@ impl Primary {
                 _ => missed.push((p, "it is not in sync".into())),
             }
         }
+        // Marked whole before the record: a record that fails leaves the
+        // copy in sync for the control plane, and it is then reconciled
+        // whole when it returns rather than counted in sync as it is.
         for (p, why) in missed {
+            p.dirty.mark_all();
             self.lose(p, &format!("it missed the rollback: {why}"))
                 .await?;
         }
