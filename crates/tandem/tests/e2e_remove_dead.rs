@@ -407,8 +407,13 @@ async fn a_copy_silent_past_the_delay_is_replaced_and_a_dead_witness_is_removed(
         placed >= Duration::from_millis(4800),
         "replaced {placed:?} after the kill, before the 5 s delay"
     );
+    // The new copy replaces c's (unless its full sync is over already and
+    // c's copy gone, which a volume holding little data allows at once).
     let v = volume_record(&b, VOLUME);
-    assert_eq!(v["replacing"][ida.to_string()], idc, "{v}");
+    assert!(
+        v["replacing"][ida.to_string()] == idc || v["replicas"][idc.to_string()].is_null(),
+        "{v}"
+    );
     wait_until("c's copy replaced", 120, || {
         let v = volume_record(&b, VOLUME);
         v["replicas"][idc.to_string()].is_null() && all_in_sync(&b, VOLUME)
