@@ -103,30 +103,16 @@ impl Cluster {
         volume: &str,
         to: NodeId,
     ) -> Result<HandedOver, ClusterError> {
-        if node == self.id() {
-            return self
-                .inner
-                .local_hand_over(volume, to)
-                .await
-                .map_err(ClusterError::Refused);
-        }
-        let addr = self
-            .inner
-            .addr_of(node)
-            .ok_or_else(|| ClusterError::Remote(format!("node {node} is not a member")))?;
         let req = HandOverRequest {
             volume: volume.to_string(),
             to,
         };
-        self.inner
-            .forward
-            .post::<_, Answer<HandedOver>>(&addr, "/cluster/hand-over", &req)
-            .await?
-            .map_err(ClusterError::Refused)
+        self.ask_primary(node, "/cluster/hand-over", req, false, async |i, r| {
+            i.volume_handler()?.hand_over(&r.volume, r.to).await
+        })
+        .await
     }
-}
 
-impl Cluster {
     /// Asks member `node`, the primary of the volumes, to take snapshot
     /// `req` of them (this node's own handler, when `node` is this node).
     pub async fn take_snapshots_on(
@@ -134,22 +120,10 @@ impl Cluster {
         node: NodeId,
         req: SnapshotRequest,
     ) -> Result<Vec<SnapshotRecord>, ClusterError> {
-        if node == self.id() {
-            return self
-                .inner
-                .local_take_snapshots(req)
-                .await
-                .map_err(ClusterError::Refused);
-        }
-        let addr = self
-            .inner
-            .addr_of(node)
-            .ok_or_else(|| ClusterError::Remote(format!("node {node} is not a member")))?;
-        self.inner
-            .rewrites
-            .post::<_, Answer<Vec<SnapshotRecord>>>(&addr, "/cluster/snapshot", &req)
-            .await?
-            .map_err(ClusterError::Refused)
+        self.ask_primary(node, "/cluster/snapshot", req, true, async |i, r| {
+            i.local_take_snapshots(r).await
+        })
+        .await
     }
 
     /// Asks member `node`, the primary of the volume, to delete a snapshot.
@@ -158,42 +132,49 @@ impl Cluster {
         node: NodeId,
         req: SnapshotRef,
     ) -> Result<(), ClusterError> {
-        if node == self.id() {
-            return self
-                .inner
-                .local_delete_snapshot(req)
-                .await
-                .map_err(ClusterError::Refused);
-        }
-        let addr = self
-            .inner
-            .addr_of(node)
-            .ok_or_else(|| ClusterError::Remote(format!("node {node} is not a member")))?;
-        self.inner
-            .forward
-            .post::<_, Answer<()>>(&addr, "/cluster/snapshot-delete", &req)
-            .await?
-            .map_err(ClusterError::Refused)
+        self.ask_primary(
+            node,
+            "/cluster/snapshot-delete",
+            req,
+            false,
+            async |i, r| i.local_delete_snapshot(r).await,
+        )
+        .await
     }
-}
 
-impl Cluster {
     /// Asks member `node`, the primary of the volume, to roll it back.
     pub async fn rollback_on(&self, node: NodeId, req: SnapshotRef) -> Result<(), ClusterError> {
+        self.ask_primary(node, "/cluster/rollback", req, true, async |i, r| {
+            i.local_rollback(r).await
+        })
+        .await
+    }
+
+    /// Asks member `node`, a volume's primary, at `path` with `req`: this
+    /// node's own handler (`local`) when `node` is this node. `rewrites`:
+    /// the request may rewrite a whole volume, and is waited for as long as
+    /// that takes.
+    async fn ask_primary<R: Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        node: NodeId,
+        path: &str,
+        req: R,
+        rewrites: bool,
+        local: impl AsyncFnOnce(&crate::member::Inner, R) -> Answer<T>,
+    ) -> Result<T, ClusterError> {
         if node == self.id() {
-            return self
-                .inner
-                .local_rollback(req)
-                .await
-                .map_err(ClusterError::Refused);
+            return local(&self.inner, req).await.map_err(ClusterError::Refused);
         }
         let addr = self
             .inner
             .addr_of(node)
             .ok_or_else(|| ClusterError::Remote(format!("node {node} is not a member")))?;
-        self.inner
-            .rewrites
-            .post::<_, Answer<()>>(&addr, "/cluster/rollback", &req)
+        let caller = match rewrites {
+            true => &self.inner.rewrites,
+            false => &self.inner.forward,
+        };
+        caller
+            .post::<_, Answer<T>>(&addr, path, &req)
             .await?
             .map_err(ClusterError::Refused)
     }
@@ -228,10 +209,6 @@ impl crate::member::Inner {
 
     /// Hands `volume` over through this member's handler.
     pub(crate) async fn local_hand_over(&self, volume: &str, to: NodeId) -> Answer<HandedOver> {
-        let h = self.handover.lock().unwrap().clone();
-        match h {
-            Some(h) => h.hand_over(volume, to).await,
-            None => Err(format!("node {} serves no volumes", self.me.id)),
-        }
+        self.volume_handler()?.hand_over(volume, to).await
     }
 }

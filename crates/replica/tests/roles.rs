@@ -3,15 +3,18 @@
 //! fence lowers it), and a primary that leads again after another one does
 //! not trust its old map of what a copy out of sync misses.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::key;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 use replica::{
-    ClusterKey, ClusterVolume, Control, ControlError, LocalCopy, PeerSpec, Primary, PrimaryConfig,
-    ReplicaServer,
+    ClusterKey, ClusterVolume, Control, ControlError, LocalCopy, Primary, ReplicaServer,
 };
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -82,10 +85,6 @@ impl TestNode {
     }
 }
 
-fn key() -> ClusterKey {
-    ClusterKey::new(b"test cluster secret".to_vec())
-}
-
 /// The primary role on `on` (node `me`) at `epoch`; the peers in `away`
 /// are out of sync (and need not be connected).
 async fn role(
@@ -96,33 +95,8 @@ async fn role(
     away: &[u64],
     control: Arc<AllowAll>,
 ) -> Arc<Primary> {
-    let specs = peers
-        .iter()
-        .map(|(n, id)| PeerSpec {
-            node: *id,
-            addr: n.addr.to_string(),
-            in_sync: !away.contains(id),
-        })
-        .collect();
-    let cfg = PrimaryConfig {
-        node: me,
-        epoch,
-        key: key(),
-        timeout: Duration::from_secs(2),
-    };
-    let p = Primary::start(on.copy.clone(), cfg, specs, control)
-        .await
-        .unwrap();
-    let t = Instant::now();
-    while !p
-        .peer_status()
-        .iter()
-        .all(|s| s.connected || away.contains(&s.node))
-    {
-        assert!(t.elapsed() < Duration::from_secs(20), "peers connect");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    p
+    let peers: Vec<(SocketAddr, u64)> = peers.iter().map(|(n, id)| (n.addr, *id)).collect();
+    common::role(on.copy.clone(), me, epoch, &peers, away, control).await
 }
 
 fn pattern(seed: u8) -> Bytes {

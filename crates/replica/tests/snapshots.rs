@@ -3,17 +3,21 @@
 //! away (from what it missed, or whole), and dropped where no primary
 //! recorded them.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::key;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 use replica::wire::SnapshotMark;
 use replica::{
-    ClusterKey, ClusterVolume, Control, ControlError, CopySnapshots, LocalCopy, PeerSpec,
-    PeerState, Primary, PrimaryConfig, ReplicaServer,
+    ClusterKey, ClusterVolume, Control, ControlError, CopySnapshots, LocalCopy, PeerState, Primary,
+    ReplicaServer,
 };
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -278,10 +282,6 @@ impl TestNode {
     }
 }
 
-fn key() -> ClusterKey {
-    ClusterKey::new(b"test cluster secret".to_vec())
-}
-
 async fn role(
     on: &TestNode,
     me: u64,
@@ -290,33 +290,8 @@ async fn role(
     away: &[u64],
     control: Arc<Recording>,
 ) -> Arc<Primary> {
-    let specs = peers
-        .iter()
-        .map(|(n, id)| PeerSpec {
-            node: *id,
-            addr: n.addr.to_string(),
-            in_sync: !away.contains(id),
-        })
-        .collect();
-    let cfg = PrimaryConfig {
-        node: me,
-        epoch,
-        key: key(),
-        timeout: Duration::from_secs(2),
-    };
-    let p = Primary::start(on.copy.clone(), cfg, specs, control)
-        .await
-        .unwrap();
-    let t = Instant::now();
-    while !p
-        .peer_status()
-        .iter()
-        .all(|s| s.connected || away.contains(&s.node))
-    {
-        assert!(t.elapsed() < Duration::from_secs(20), "peers connect");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    p
+    let peers: Vec<(SocketAddr, u64)> = peers.iter().map(|(n, id)| (n.addr, *id)).collect();
+    common::role(on.copy.clone(), me, epoch, &peers, away, control).await
 }
 
 async fn in_sync(p: &Primary, node: u64) {

@@ -613,34 +613,43 @@ impl Store {
                 (v.take_snapshot(&name, true).await?, true)
             }
         };
-        let made = (|| {
-            let mut cat = self.catalog.lock().unwrap();
-            if cat.metas.contains_key(new) {
-                return Err(StoreError::Exists(new.to_string()));
-            }
-            let meta = VolumeMeta {
-                id: Uuid::new_v4(),
-                name: new.to_string(),
-                size_bytes: s.size_bytes,
-                block_size: v.meta().block_size,
-                created: SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0),
-                origin: Some(OriginRef {
-                    volume: v.meta().id,
-                    snapshot: s.id,
-                }),
-            };
-            self.make_volume(&mut cat, meta)
-        })();
+        let made = self.make_clone(&v, &s, new, Uuid::new_v4());
         if made.is_err() && taken {
             if let Err(e) = v.delete_snapshot_now(s.id) {
                 tracing::warn!(volume = source, error = %e, "cannot remove the snapshot taken for a failed clone");
             }
         }
-        let meta = made?;
-        tracing::info!(source, snapshot = %s.name, clone = new, "volume cloned");
+        made
+    }
+
+    /// Writes clone `new` (id `id`) of snapshot `s` of volume `v`.
+    fn make_clone(
+        &self,
+        v: &LocalVolume,
+        s: &SnapshotInfo,
+        new: &str,
+        id: Uuid,
+    ) -> Result<VolumeMeta, StoreError> {
+        let mut cat = self.catalog.lock().unwrap();
+        if cat.metas.contains_key(new) {
+            return Err(StoreError::Exists(new.to_string()));
+        }
+        let meta = VolumeMeta {
+            id,
+            name: new.to_string(),
+            size_bytes: s.size_bytes,
+            block_size: v.meta().block_size,
+            created: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            origin: Some(OriginRef {
+                volume: v.meta().id,
+                snapshot: s.id,
+            }),
+        };
+        let meta = self.make_volume(&mut cat, meta)?;
+        tracing::info!(source = %v.meta().name, snapshot = %s.name, clone = new, "volume cloned");
         Ok(meta)
     }
 
@@ -664,27 +673,7 @@ impl Store {
                 volume: source.to_string(),
                 name: snapshot.to_string(),
             })?;
-        let mut cat = self.catalog.lock().unwrap();
-        if cat.metas.contains_key(new) {
-            return Err(StoreError::Exists(new.to_string()));
-        }
-        let meta = VolumeMeta {
-            id,
-            name: new.to_string(),
-            size_bytes: s.size_bytes,
-            block_size: v.meta().block_size,
-            created: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-            origin: Some(OriginRef {
-                volume: v.meta().id,
-                snapshot: s.id,
-            }),
-        };
-        let meta = self.make_volume(&mut cat, meta)?;
-        tracing::info!(source, snapshot = %s.name, clone = new, "volume cloned");
-        Ok(meta)
+        self.make_clone(&v, &s, new, id)
     }
 
     /// What each of a volume's snapshots keeps and would free.
