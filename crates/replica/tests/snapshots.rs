@@ -294,6 +294,38 @@ async fn role(
     common::role(on.copy.clone(), me, epoch, &peers, away, control).await
 }
 
+/// Two copies, A leading at epoch 1 with B in sync.
+async fn two_copies() -> (TestNode, TestNode, Arc<Recording>, Arc<Primary>) {
+    let k = key();
+    let a = TestNode::new(&k).await;
+    let b = TestNode::new(&k).await;
+    let control = Arc::new(Recording::default());
+    let p = role(&a, 1, 1, &[(&b, 2)], &[], control.clone()).await;
+    (a, b, control, p)
+}
+
+/// Starts taking snapshot `s` and returns once `on` (whose takes are
+/// held) is taking it.
+async fn take_held(
+    p: &Arc<Primary>,
+    on: &TestNode,
+    s: &SnapshotMark,
+) -> JoinHandle<Result<(), VolumeError>> {
+    let taking = {
+        let (p, s) = (p.clone(), s.clone());
+        tokio::spawn(async move { Primary::take_snapshots(&[(&p, s)]).await })
+    };
+    let t = Instant::now();
+    while on.snaps.done.receiver_count() == 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the copy takes the snapshot"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    taking
+}
+
 async fn in_sync(p: &Primary, node: u64) {
     let t = Instant::now();
     while !p
@@ -340,11 +372,7 @@ async fn take(p: &Primary, control: &Recording, m: &SnapshotMark) {
 /// before it was asked for and none asked for after it was taken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_is_one_point_of_the_writes_on_every_copy() {
-    let k = key();
-    let a = TestNode::new(&k).await;
-    let b = TestNode::new(&k).await;
-    let control = Arc::new(Recording::default());
-    let p = role(&a, 1, 1, &[(&b, 2)], &[], control.clone()).await;
+    let (a, b, control, p) = two_copies().await;
     // Per block, the highest number acknowledged and the highest started.
     let acked: Arc<Vec<AtomicU64>> = Arc::new((0..16).map(|_| AtomicU64::new(0)).collect());
     let started: Arc<Vec<AtomicU64>> = Arc::new((0..16).map(|_| AtomicU64::new(0)).collect());
@@ -393,11 +421,7 @@ async fn a_snapshot_is_one_point_of_the_writes_on_every_copy() {
 /// identical to the primary's, copying only what it missed of each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_away_catches_up_on_the_snapshots_it_missed() {
-    let k = key();
-    let a = TestNode::new(&k).await;
-    let mut b = TestNode::new(&k).await;
-    let control = Arc::new(Recording::default());
-    let p = role(&a, 1, 1, &[(&b, 2)], &[], control.clone()).await;
+    let (a, mut b, control, p) = two_copies().await;
     for lba in (0..BLOCKS).step_by(16) {
         p.write(lba, block(lba + 1), false).await.unwrap();
     }
@@ -595,11 +619,7 @@ async fn a_rollback_reaches_every_copy_and_a_copy_away_is_copied_whole() {
 /// with the writes the rollback undid.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_missing_a_rollback_that_cannot_be_recorded_is_still_copied_whole() {
-    let k = key();
-    let a = TestNode::new(&k).await;
-    let mut b = TestNode::new(&k).await;
-    let control = Arc::new(Recording::default());
-    let p = role(&a, 1, 1, &[(&b, 2)], &[], control.clone()).await;
+    let (a, mut b, control, p) = two_copies().await;
     for lba in (0..BLOCKS).step_by(64) {
         p.write(lba, block(lba + 1), false).await.unwrap();
     }
@@ -641,11 +661,7 @@ async fn a_copy_missing_a_rollback_that_cannot_be_recorded_is_still_copied_whole
 /// holding other data than the copy reads come from.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollback_failed_on_the_primary_leaves_no_copy_in_sync_with_other_data() {
-    let k = key();
-    let a = TestNode::new(&k).await;
-    let b = TestNode::new(&k).await;
-    let control = Arc::new(Recording::default());
-    let p = role(&a, 1, 1, &[(&b, 2)], &[], control.clone()).await;
+    let (a, b, control, p) = two_copies().await;
     for lba in (0..BLOCKS).step_by(64) {
         p.write(lba, block(lba + 1), false).await.unwrap();
     }
@@ -677,11 +693,7 @@ async fn a_rollback_failed_on_the_primary_leaves_no_copy_in_sync_with_other_data
 /// rollback waits for until it gives up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_asked_during_a_rollback_does_not_hold_it_up() {
-    let k = key();
-    let a = TestNode::new(&k).await;
-    let b = TestNode::new(&k).await;
-    let control = Arc::new(Recording::default());
-    let p = role(&a, 1, 1, &[(&b, 2)], &[], control.clone()).await;
+    let (a, b, control, p) = two_copies().await;
     p.write(0, block(1), true).await.unwrap();
     let s = mark("s");
     take(&p, &control, &s).await;
@@ -727,11 +739,7 @@ async fn a_snapshot_asked_during_a_rollback_does_not_hold_it_up() {
 /// stays in sync, not recorded out of sync and copied whole for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollback_slower_than_the_link_timeout_keeps_the_copies_in_sync() {
-    let k = key();
-    let a = TestNode::new(&k).await;
-    let b = TestNode::new(&k).await;
-    let control = Arc::new(Recording::default());
-    let p = role(&a, 1, 1, &[(&b, 2)], &[], control.clone()).await;
+    let (a, b, control, p) = two_copies().await;
     p.write(0, block(1), true).await.unwrap();
     let s = mark("s");
     take(&p, &control, &s).await;
@@ -761,11 +769,7 @@ async fn a_rollback_slower_than_the_link_timeout_keeps_the_copies_in_sync() {
 /// takes it as the primary's did stays in sync and holds it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_slower_than_the_link_timeout_keeps_the_copies_in_sync() {
-    let k = key();
-    let a = TestNode::new(&k).await;
-    let b = TestNode::new(&k).await;
-    let control = Arc::new(Recording::default());
-    let p = role(&a, 1, 1, &[(&b, 2)], &[], control.clone()).await;
+    let (a, b, control, p) = two_copies().await;
     p.write(0, block(1), true).await.unwrap();
     a.snaps.let_takes_end(false);
     b.snaps.let_takes_end(false);
@@ -859,11 +863,7 @@ async fn a_group_snapshot_holds_a_prefix_of_the_writes_to_its_volumes() {
 /// again, so no acknowledged write is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_caught_up_gets_the_writes_its_resync_sent_after_the_snapshot() {
-    let k = key();
-    let a = TestNode::new(&k).await;
-    let mut b = TestNode::new(&k).await;
-    let control = Arc::new(Recording::default());
-    let p = role(&a, 1, 1, &[(&b, 2)], &[], control.clone()).await;
+    let (a, mut b, control, p) = two_copies().await;
     b.kill();
     // Every other region: one chunk each, one more than a resync sends
     // at once.
@@ -911,27 +911,12 @@ async fn a_copy_caught_up_gets_the_writes_its_resync_sent_after_the_snapshot() {
 /// write: every copy's snapshot has the volume's size at that point.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resize_waits_for_the_snapshot_being_taken() {
-    let k = key();
-    let a = TestNode::new(&k).await;
-    let b = TestNode::new(&k).await;
-    let control = Arc::new(Recording::default());
-    let p = role(&a, 1, 1, &[(&b, 2)], &[], control.clone()).await;
+    let (a, b, control, p) = two_copies().await;
     p.write(0, block(1), true).await.unwrap();
     // The snapshot is taken on A, which holds it there a while.
     a.snaps.let_takes_end(false);
     let s = mark("s");
-    let taking = {
-        let (p, s) = (p.clone(), s.clone());
-        tokio::spawn(async move { Primary::take_snapshots(&[(&p, s)]).await })
-    };
-    let t = Instant::now();
-    while a.snaps.done.receiver_count() == 0 {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "A takes the snapshot"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let taking = take_held(&p, &a, &s).await;
     let resizing = {
         let p = p.clone();
         tokio::spawn(async move { p.resize(2 * BLOCKS).await })
@@ -957,26 +942,11 @@ async fn a_resize_waits_for_the_snapshot_being_taken() {
 /// record will ever list it, and the role may go on a long time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_failed_at_the_end_is_deleted_again() {
-    let k = key();
-    let a = TestNode::new(&k).await;
-    let b = TestNode::new(&k).await;
-    let control = Arc::new(Recording::default());
-    let p = role(&a, 1, 1, &[(&b, 2)], &[], control.clone()).await;
+    let (a, b, control, p) = two_copies().await;
     p.write(0, block(1), true).await.unwrap();
     a.snaps.let_takes_end(false);
     let s = mark("s");
-    let taking = {
-        let (p, s) = (p.clone(), s.clone());
-        tokio::spawn(async move { Primary::take_snapshots(&[(&p, s)]).await })
-    };
-    let t = Instant::now();
-    while a.snaps.done.receiver_count() == 0 {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "A takes the snapshot"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let taking = take_held(&p, &a, &s).await;
     control.lease_lost.store(true, Ordering::SeqCst);
     a.snaps.let_takes_end(true);
     assert!(
@@ -995,11 +965,7 @@ async fn a_snapshot_failed_at_the_end_is_deleted_again() {
 /// delete went out to it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_deleted_during_its_catch_up_is_gone_from_the_copy() {
-    let k = key();
-    let a = TestNode::new(&k).await;
-    let mut b = TestNode::new(&k).await;
-    let control = Arc::new(Recording::default());
-    let p = role(&a, 1, 1, &[(&b, 2)], &[], control.clone()).await;
+    let (a, mut b, control, p) = two_copies().await;
     b.kill();
     p.write(0, block(1), true).await.unwrap();
     let s = mark("s");
@@ -1071,11 +1037,7 @@ async fn a_dropped_snapshot_leaves_no_kept_map() {
 /// catch-up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_away_gets_the_writes_into_blocks_grown_since() {
-    let k = key();
-    let a = TestNode::new(&k).await;
-    let mut b = TestNode::new(&k).await;
-    let control = Arc::new(Recording::default());
-    let p = role(&a, 1, 1, &[(&b, 2)], &[], control.clone()).await;
+    let (a, mut b, control, p) = two_copies().await;
     b.kill();
     p.write(0, block(1), true).await.unwrap();
     let s = mark("s");
