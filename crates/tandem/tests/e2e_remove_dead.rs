@@ -19,53 +19,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::cluster::{
-    all_in_sync, form, node_id, session, status, verify, volume_file_named, volume_record,
-    wait_members, wait_until, write, BLOCK, EXTENT,
+    all_in_sync, counting_writer, form, node_id, status, verify, volume_file_named, volume_record,
+    wait_members, wait_until, Seen, BLOCK, EXTENT,
 };
 use common::{node_prefix, Server};
-use testkit::history::History;
 
 const VOLUME: &str = "vm";
 const SIZE: u64 = 256 << 20;
 const EXTENTS: u64 = 64;
 
-/// What a writer saw.
-struct Seen {
-    history: History,
-    acknowledged: u64,
-    failed: u64,
-    dropped: u64,
-}
-
 /// Writes extents of `VOLUME` through `portal` until `stop`, counting
 /// what failed.
 fn writer(portal: std::net::SocketAddr, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Seen> {
-    tokio::spawn(async move {
-        let mut seen = Seen {
-            history: History::default(),
-            acknowledged: 0,
-            failed: 0,
-            dropped: 0,
-        };
-        let mut s = session(portal, VOLUME).await.expect("first session");
-        let mut seq = 0;
-        while !stop.load(Ordering::Acquire) {
-            seq += 1;
-            match write(&mut s, &mut seen.history, seq % EXTENTS, seq).await {
-                Some(true) => seen.acknowledged += 1,
-                Some(false) => seen.failed += 1,
-                None => {
-                    seen.dropped += 1;
-                    s = loop {
-                        if let Some(s) = session(portal, VOLUME).await {
-                            break s;
-                        }
-                    };
-                }
-            }
-        }
-        seen
-    })
+    counting_writer(portal, VOLUME, EXTENTS, stop)
 }
 
 /// `tandem cluster remove ARGS` through `via`, which must be refused:

@@ -631,3 +631,50 @@ impl Writer {
         self.task.await.expect("writer task")
     }
 }
+
+/// What a [`counting_writer`] saw.
+#[allow(dead_code)]
+pub struct Seen {
+    pub history: History,
+    pub acknowledged: u64,
+    pub failed: u64,
+    pub dropped: u64,
+}
+
+/// Writes the first `extents` extents of `volume` through `portal` in
+/// turn until `stop`, logging in again whenever the connection fails, and
+/// counts what failed.
+#[allow(dead_code)]
+pub fn counting_writer(
+    portal: SocketAddr,
+    volume: &'static str,
+    extents: u64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Seen> {
+    tokio::spawn(async move {
+        let mut seen = Seen {
+            history: History::default(),
+            acknowledged: 0,
+            failed: 0,
+            dropped: 0,
+        };
+        let mut s = session(portal, volume).await.expect("first session");
+        let mut seq = 0;
+        while !stop.load(std::sync::atomic::Ordering::Acquire) {
+            seq += 1;
+            match write(&mut s, &mut seen.history, seq % extents, seq).await {
+                Some(true) => seen.acknowledged += 1,
+                Some(false) => seen.failed += 1,
+                None => {
+                    seen.dropped += 1;
+                    s = loop {
+                        if let Some(s) = session(portal, volume).await {
+                            break s;
+                        }
+                    };
+                }
+            }
+        }
+        seen
+    })
+}
