@@ -110,6 +110,16 @@ async fn every_member_records_snapshots(c: &Clustered) -> Result<(), NodeError> 
     Ok(())
 }
 
+/// The snapshot of cluster volume `v` the cluster records as `name`.
+fn recorded_snapshot<'a>(v: &'a VolumeRecord, name: &str) -> Result<&'a SnapshotRecord, NodeError> {
+    v.snapshots.iter().find(|s| s.name == name).ok_or_else(|| {
+        NodeError::Store(StoreError::SnapshotNotFound {
+            volume: v.name.clone(),
+            name: name.to_string(),
+        })
+    })
+}
+
 fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -313,12 +323,7 @@ impl Node {
         name: &str,
     ) -> Result<SnapshotDeleted, NodeError> {
         let c = self.member()?;
-        let s = v.snapshots.iter().find(|s| s.name == name).ok_or_else(|| {
-            NodeError::Store(StoreError::SnapshotNotFound {
-                volume: v.name.clone(),
-                name: name.to_string(),
-            })
-        })?;
+        let s = recorded_snapshot(v, name)?;
         c.cluster
             .delete_snapshot_on(
                 v.primary,
@@ -428,19 +433,7 @@ impl Node {
         }
         every_member_records_snapshots(&c).await?;
         let snapshot_id = match snapshot {
-            Some(name) => {
-                source
-                    .snapshots
-                    .iter()
-                    .find(|s| s.name == name)
-                    .ok_or_else(|| {
-                        NodeError::Store(StoreError::SnapshotNotFound {
-                            volume: source.name.clone(),
-                            name: name.to_string(),
-                        })
-                    })?
-                    .id
-            }
+            Some(name) => recorded_snapshot(source, name)?.id,
             None => {
                 let name = format!("clone-{new}");
                 let taken = self
@@ -486,16 +479,7 @@ impl Node {
         force: bool,
     ) -> Result<(), NodeError> {
         let c = self.member()?;
-        let s = v
-            .snapshots
-            .iter()
-            .find(|s| s.name == snapshot)
-            .ok_or_else(|| {
-                NodeError::Store(StoreError::SnapshotNotFound {
-                    volume: v.name.clone(),
-                    name: snapshot.to_string(),
-                })
-            })?;
+        let s = recorded_snapshot(v, snapshot)?;
         let census = self.census(&c).await;
         let sessions = census.of(v.id);
         if !force {

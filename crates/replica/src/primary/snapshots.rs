@@ -95,40 +95,7 @@ impl Primary {
         // copy): about as long, twice, and the link's timeout.
         let allowed = self.cfg.timeout + 2 * began.elapsed();
         let take = Op::Snapshots(SnapshotOp::Take(mark.clone()));
-        let mut calls = Vec::new();
-        let mut missed: Vec<(&Peer, String)> = Vec::new();
-        for p in &self.peers {
-            match p.state() {
-                // Regions of it may hold writes no copy acknowledged, which
-                // differ between the copies: its snapshot would too.
-                PeerState::InSync if p.dirty.count() > 0 => missed.push((
-                    p,
-                    "it still reconciles regions written before its last stop".into(),
-                )),
-                PeerState::InSync => match p.link() {
-                    Some(l) => calls.push((p, l)),
-                    None => missed.push((p, "it is not connected".into())),
-                },
-                PeerState::Syncing => missed.push((p, "it is catching up".into())),
-                PeerState::Losing => missed.push((p, "it failed a write".into())),
-                PeerState::OutOfSync => {}
-            }
-        }
-        for (p, l) in calls {
-            match l.call_at_most(self.cfg.epoch, take.clone(), allowed).await {
-                Ok(_) => {}
-                Err(LinkError::Failed {
-                    failure: Failure::StaleEpoch { current },
-                    ..
-                }) => {
-                    self.deposed.store(true, Ordering::Release);
-                    return Err(VolumeError::Unavailable(Unavailable::Deposed {
-                        epoch: Some(current),
-                    }));
-                }
-                Err(e) => missed.push((p, e.to_string())),
-            }
-        }
+        let missed = self.to_copies_in_sync(&take, allowed).await?;
         for (p, why) in missed {
             tracing::info!(
                 volume = self.copy.name(),
@@ -145,6 +112,62 @@ impl Primary {
             }
         }
         Ok(())
+    }
+
+    /// Sends `op` (a change of the whole copy: a snapshot or a rollback)
+    /// to every peer in sync with nothing left to reconcile, each within
+    /// `allowed`, the caller holding the volume's writes back. Returns the
+    /// peers that did not take it, with why: those, and every other peer
+    /// not out of sync already (its copy differs from this one, and would
+    /// after the change too). A peer that has seen a newer epoch deposes
+    /// this role.
+    async fn to_copies_in_sync(
+        &self,
+        op: &Op,
+        allowed: std::time::Duration,
+    ) -> Result<Vec<(&Peer, String)>, VolumeError> {
+        let mut missed: Vec<(&Peer, String)> = Vec::new();
+        for p in &self.peers {
+            let link = match p.state() {
+                // Regions of it may hold writes no copy acknowledged, which
+                // differ between the copies.
+                PeerState::InSync if p.dirty.count() > 0 => {
+                    missed.push((
+                        p,
+                        "it still reconciles regions written before its last stop".into(),
+                    ));
+                    continue;
+                }
+                PeerState::InSync => p.link(),
+                PeerState::Syncing => {
+                    missed.push((p, "it is catching up".into()));
+                    continue;
+                }
+                PeerState::Losing => {
+                    missed.push((p, "it failed a write".into()));
+                    continue;
+                }
+                PeerState::OutOfSync => continue,
+            };
+            let Some(l) = link else {
+                missed.push((p, "it is not connected".into()));
+                continue;
+            };
+            match l.call_at_most(self.cfg.epoch, op.clone(), allowed).await {
+                Ok(_) => {}
+                Err(LinkError::Failed {
+                    failure: Failure::StaleEpoch { current },
+                    ..
+                }) => {
+                    self.deposed.store(true, Ordering::Release);
+                    return Err(VolumeError::Unavailable(Unavailable::Deposed {
+                        epoch: Some(current),
+                    }));
+                }
+                Err(e) => missed.push((p, e.to_string())),
+            }
+        }
+        Ok(missed)
     }
 
     /// Keeps what `p` misses of snapshot `mark` (its dirty map now, no
@@ -274,29 +297,7 @@ impl Primary {
         // link's timeout, after which it would be lost and copied whole.
         let allowed = self.cfg.timeout + 2 * began.elapsed();
         let op = Op::Snapshots(SnapshotOp::Rollback { id });
-        let mut missed: Vec<(&Peer, String)> = Vec::new();
-        for p in &self.peers {
-            match p.state() {
-                PeerState::InSync if p.dirty.count() == 0 => match p.link() {
-                    Some(l) => match l.call_at_most(self.cfg.epoch, op.clone(), allowed).await {
-                        Ok(_) => {}
-                        Err(LinkError::Failed {
-                            failure: Failure::StaleEpoch { current },
-                            ..
-                        }) => {
-                            self.deposed.store(true, Ordering::Release);
-                            return Err(VolumeError::Unavailable(Unavailable::Deposed {
-                                epoch: Some(current),
-                            }));
-                        }
-                        Err(e) => missed.push((p, e.to_string())),
-                    },
-                    None => missed.push((p, "it is not connected".into())),
-                },
-                PeerState::OutOfSync => {}
-                _ => missed.push((p, "it is not in sync".into())),
-            }
-        }
+        let missed = self.to_copies_in_sync(&op, allowed).await?;
         // Marked whole before the record: a record that fails leaves the
         // copy in sync for the control plane, and it is then reconciled
         // whole when it returns rather than counted in sync as it is.
