@@ -110,6 +110,8 @@ type Labels<'a> = Vec<(&'static str, &'a str)>;
 enum Value<'a> {
     Counter(u64),
     Gauge(i64),
+    /// A gauge of a measured quantity (seconds).
+    Measure(f64),
     Histogram(&'a HistogramSnapshot),
 }
 
@@ -126,7 +128,7 @@ fn family<'a>(
     };
     let kind = match first {
         Value::Counter(_) => MetricType::Counter,
-        Value::Gauge(_) => MetricType::Gauge,
+        Value::Gauge(_) | Value::Measure(_) => MetricType::Gauge,
         Value::Histogram(_) => MetricType::Histogram,
     };
     let mut m = enc.encode_descriptor(name, help, None, kind)?;
@@ -144,6 +146,7 @@ fn write_value(m: &mut MetricEncoder, value: &Value) -> fmt::Result {
     match value {
         Value::Counter(v) => m.encode_counter::<NoLabelSet, u64, u64>(v, None),
         Value::Gauge(v) => m.encode_gauge(v),
+        Value::Measure(v) => m.encode_gauge(v),
         Value::Histogram(h) => {
             // The encoder adds the buckets up itself.
             let mut buckets: Vec<(f64, u64)> = Vec::with_capacity(LATENCY_BOUNDS_NS.len() + 1);
@@ -415,9 +418,28 @@ impl Collector for Scrape {
         )?;
         family(
             e,
+            "tandem_replica_round_trip_seconds",
+            "Time from an I/O request (write, unmap, flush, ping) sent to the copy to its answer, the copy's write included.",
+            c.resync
+                .iter()
+                .map(|r| (copy(r), Value::Histogram(&r.round_trips))),
+        )?;
+        family(
+            e,
             "tandem_cluster_failovers",
             "Volumes this member promoted to another copy as leader, their primary gone silent.",
             [(vec![], Value::Counter(c.failovers))],
+        )?;
+        family(
+            e,
+            "tandem_cluster_last_failover_pause_seconds",
+            "I/O pause of the volume's last failover to this node: from the old primary's last sign of life to this node serving.",
+            c.last_failover_pause_us.iter().map(|(v, us)| {
+                (
+                    vec![("volume", v.as_str())],
+                    Value::Measure(*us as f64 / 1e6),
+                )
+            }),
         )?;
         family(
             e,
@@ -464,6 +486,16 @@ mod tests {
                     }],
                 }],
                 failovers: 1,
+                resync: vec![node::ResyncMetrics {
+                    volume: "vm".into(),
+                    node: "b".into(),
+                    connected: true,
+                    out_of_sync_bytes: 0,
+                    resync_remaining_bytes: 0,
+                    resync_rate: 0,
+                    round_trips: h.snapshot(),
+                }],
+                last_failover_pause_us: vec![("vm".into(), 1_250_000)],
                 ..Default::default()
             }),
         }
@@ -491,6 +523,9 @@ mod tests {
             "tandem_cluster_replica_state{volume=\"vm\",node=\"b\",state=\"syncing\"} 1",
             "tandem_cluster_replica_state{volume=\"vm\",node=\"b\",state=\"in-sync\"} 0",
             "tandem_cluster_failovers_total 1",
+            "tandem_cluster_last_failover_pause_seconds{volume=\"vm\"} 1.25",
+            "tandem_replica_round_trip_seconds_bucket{le=\"0.0005\",volume=\"vm\",node=\"b\"} 1",
+            "tandem_replica_round_trip_seconds_count{volume=\"vm\",node=\"b\"} 2",
             "# EOF",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");

@@ -111,6 +111,7 @@ impl Node {
             loop {
                 let Some(n) = node.upgrade() else { return };
                 n.watch_volumes(&mut seen).await;
+                n.sample_latency().await;
                 if let Some(c) = n.clustered() {
                     n.watch_cluster(&c, &mut seen).await;
                 }

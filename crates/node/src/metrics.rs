@@ -3,10 +3,12 @@
 //! the cluster member); here they are only gathered. The API writes them
 //! in the Prometheus format.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use scsi::stats::HistogramSnapshot;
 
+use crate::events::EventKind;
 use crate::{Node, PeerState};
 
 /// How long a scrape waits for the cluster leader's view of the members.
@@ -95,6 +97,8 @@ pub struct ResyncMetrics {
     pub resync_remaining_bytes: u64,
     /// Bytes a second the running resync copies, lately.
     pub resync_rate: u64,
+    /// Round trips of the I/O requests sent to the copy.
+    pub round_trips: HistogramSnapshot,
 }
 
 /// A cluster volume as the replicated state records it.
@@ -131,6 +135,9 @@ pub struct ClusterMetrics {
     pub failovers: u64,
     /// Times this member's lease ran out.
     pub lease_expirations: u64,
+    /// Per volume, the I/O pause of the last failover this node took the
+    /// volume over in, in microseconds (from the event history).
+    pub last_failover_pause_us: Vec<(String, u64)>,
 }
 
 impl Node {
@@ -247,9 +254,18 @@ impl Node {
                     out_of_sync_bytes: p.dirty_bytes,
                     resync_remaining_bytes: p.resync_total.saturating_sub(p.resync_done),
                     resync_rate: p.resync_rate,
+                    round_trips: p.round_trips,
                 })
             })
             .collect();
+        let mut last_failover_pause_us = BTreeMap::new();
+        for e in self.events.all() {
+            if let (EventKind::Failover, Some(v), Some(pause)) =
+                (e.kind, &e.volume, e.number("pause_us"))
+            {
+                last_failover_pause_us.insert(v.clone(), pause);
+            }
+        }
         let events = cluster.events();
         ClusterMetrics {
             members,
@@ -261,6 +277,7 @@ impl Node {
             resync,
             failovers: events.failovers,
             lease_expirations: events.lease_expirations,
+            last_failover_pause_us: last_failover_pause_us.into_iter().collect(),
         }
     }
 }

@@ -120,6 +120,125 @@ pub struct VolumeService {
     pub read_p99_us: Option<u64>,
     /// 99th percentile of write latency, in microseconds.
     pub write_p99_us: Option<u64>,
+    /// The same over the last hour.
+    #[serde(default)]
+    pub last_hour: LatencyWindow,
+    /// The same over the last day.
+    #[serde(default)]
+    pub last_day: LatencyWindow,
+}
+
+/// Latency percentiles of one volume over a recent window.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LatencyWindow {
+    /// Seconds the window covers: its length, or less while the node has
+    /// not run that long (it counts since the node started).
+    pub seconds: u64,
+    /// Reads and writes answered in the window.
+    pub commands: u64,
+    /// 99th percentile of read latency in the window, in microseconds (an
+    /// upper bound: the histogram's bucket); `None` without reads.
+    pub read_p99_us: Option<u64>,
+    /// 99th percentile of write latency in the window.
+    pub write_p99_us: Option<u64>,
+}
+
+/// How often the latency histograms are sampled for the report's windows.
+pub const LATENCY_SAMPLE_EVERY_MS: u64 = 60_000;
+/// Samples older than an hour are kept one per this much, up to a day.
+const LATENCY_SAMPLE_COARSE_MS: u64 = 15 * 60_000;
+const HOUR_MS: u64 = 3_600_000;
+const DAY_MS: u64 = 24 * HOUR_MS;
+
+/// One reading of every volume's latency histograms.
+#[derive(Debug, Clone)]
+struct LatencySample {
+    time_ms: u64,
+    /// Per volume: reads and their latency, writes and theirs.
+    volumes: BTreeMap<String, (HistogramSnapshot, HistogramSnapshot)>,
+}
+
+/// Readings of the volumes' latency histograms over the last day, so the
+/// report can give percentiles of the last hour and day: one a minute for
+/// the last hour, one a quarter of an hour before that (at most about 160
+/// readings, a few hundred bytes per volume each). Kept in memory: the
+/// histograms themselves start again with the node.
+#[derive(Debug, Default)]
+pub struct LatencyHistory {
+    samples: std::sync::Mutex<std::collections::VecDeque<LatencySample>>,
+}
+
+impl LatencyHistory {
+    /// Whether a reading is due at `now_ms`.
+    pub fn due(&self, now_ms: u64) -> bool {
+        let samples = self.samples.lock().unwrap();
+        samples
+            .back()
+            .is_none_or(|s| now_ms.saturating_sub(s.time_ms) >= LATENCY_SAMPLE_EVERY_MS)
+    }
+
+    /// Keeps a reading taken at `now_ms` and thins out the old ones.
+    pub fn record(
+        &self,
+        now_ms: u64,
+        volumes: BTreeMap<String, (HistogramSnapshot, HistogramSnapshot)>,
+    ) {
+        let mut samples = self.samples.lock().unwrap();
+        samples.push_back(LatencySample {
+            time_ms: now_ms,
+            volumes,
+        });
+        // Older than a day and a bit: the day's window starts after them.
+        while samples.len() > 1 && now_ms.saturating_sub(samples[1].time_ms) >= DAY_MS {
+            samples.pop_front();
+        }
+        // Older than an hour: one per coarse step.
+        let mut kept: std::collections::VecDeque<LatencySample> =
+            std::collections::VecDeque::with_capacity(samples.len());
+        for s in samples.drain(..) {
+            let old = now_ms.saturating_sub(s.time_ms) > HOUR_MS;
+            match kept.back() {
+                Some(prev) if old && s.time_ms - prev.time_ms < LATENCY_SAMPLE_COARSE_MS => {}
+                _ => kept.push_back(s),
+            }
+        }
+        *samples = kept;
+    }
+
+    /// Percentiles of `volume` over the `window_ms` up to `now_ms`, `now`
+    /// being its histograms at that moment: measured from the oldest
+    /// reading at most the window old (the node's start when none is).
+    pub fn window(
+        &self,
+        volume: &str,
+        now_ms: u64,
+        window_ms: u64,
+        now: (&HistogramSnapshot, &HistogramSnapshot),
+    ) -> LatencyWindow {
+        let samples = self.samples.lock().unwrap();
+        let base = samples
+            .iter()
+            .find(|s| now_ms.saturating_sub(s.time_ms) <= window_ms)
+            .and_then(|s| Some((s.time_ms, s.volumes.get(volume)?)));
+        let (reads, writes, since_ms) = match base {
+            Some((t, (r, w))) => (now.0.since(r), now.1.since(w), t),
+            // No reading of the volume in the window: it is newer than
+            // them all, or the node just started.
+            None => (
+                now.0.clone(),
+                now.1.clone(),
+                samples
+                    .front()
+                    .map_or(now_ms, |s| s.time_ms.max(now_ms.saturating_sub(window_ms))),
+            ),
+        };
+        LatencyWindow {
+            seconds: now_ms.saturating_sub(since_ms) / 1000,
+            commands: reads.count + writes.count,
+            read_p99_us: histogram_percentile(&reads, 99.0).map(|ns| ns / 1000),
+            write_p99_us: histogram_percentile(&writes, 99.0).map(|ns| ns / 1000),
+        }
+    }
 }
 
 /// How well the volumes were served.
@@ -244,6 +363,30 @@ pub fn agility(events: &[Event]) -> Agility {
 }
 
 impl Node {
+    /// Reads every volume's latency histograms into the history the
+    /// report's windows come from, when a reading is due.
+    pub(crate) async fn sample_latency(&self) {
+        let now = now_ms();
+        if !self.latency.due(now) {
+            return;
+        }
+        let volumes = {
+            let exported = self.exported.lock().await;
+            exported
+                .by_name()
+                .into_iter()
+                .map(|e| {
+                    let s = e.lun.stats();
+                    (
+                        e.name.clone(),
+                        (s.read_latency.snapshot(), s.write_latency.snapshot()),
+                    )
+                })
+                .collect()
+        };
+        self.latency.record(now, volumes);
+    }
+
     /// The report of this node now.
     pub async fn report(&self) -> Report {
         let events = self.events.all();
@@ -315,6 +458,9 @@ impl Node {
             s.commands = m.reads + m.writes;
             s.read_p99_us = histogram_percentile(&m.read_latency, 99.0).map(|ns| ns / 1000);
             s.write_p99_us = histogram_percentile(&m.write_latency, 99.0).map(|ns| ns / 1000);
+            let now_h = (&m.read_latency, &m.write_latency);
+            s.last_hour = self.latency.window(&m.name, now, HOUR_MS, now_h);
+            s.last_day = self.latency.window(&m.name, now, DAY_MS, now_h);
         }
         service.volumes = named.into_values().collect();
         Report {
@@ -402,6 +548,62 @@ mod tests {
         assert_eq!(d["a"], (4_000 + 500, false));
         assert_eq!(d["b"], (4_000, true));
         assert!(!d.contains_key("c"));
+    }
+
+    #[test]
+    fn latency_windows_count_what_came_after_the_oldest_reading_in_them() {
+        let h = scsi::stats::LatencyHistogram::default();
+        let w = scsi::stats::LatencyHistogram::default();
+        let history = LatencyHistory::default();
+        let reading = |h: &scsi::stats::LatencyHistogram, w: &scsi::stats::LatencyHistogram| {
+            BTreeMap::from([("vm".to_string(), (h.snapshot(), w.snapshot()))])
+        };
+        // Slow reads a day and a half ago, then a reading a minute for two
+        // days: the old readings are thinned to one a quarter hour.
+        for _ in 0..100 {
+            h.observe(2_000_000_000);
+        }
+        let start = 10 * DAY_MS;
+        let mut t = start;
+        while t <= start + 2 * DAY_MS {
+            if t == start + DAY_MS / 2 {
+                for _ in 0..100 {
+                    h.observe(2_000_000_000);
+                }
+            }
+            if t == start + 2 * DAY_MS - HOUR_MS / 2 {
+                for _ in 0..1000 {
+                    h.observe(40_000);
+                    w.observe(300_000);
+                }
+            }
+            assert!(history.due(t));
+            history.record(t, reading(&h, &w));
+            assert!(!history.due(t + LATENCY_SAMPLE_EVERY_MS - 1));
+            t += LATENCY_SAMPLE_EVERY_MS;
+        }
+        let now = t - LATENCY_SAMPLE_EVERY_MS;
+        let kept = history.samples.lock().unwrap().len();
+        assert!((140..=160).contains(&kept), "{kept} readings kept");
+        let (r, wr) = (h.snapshot(), w.snapshot());
+        let hour = history.window("vm", now, HOUR_MS, (&r, &wr));
+        assert_eq!(hour.seconds, 3600);
+        assert_eq!(hour.commands, 2000, "only the last half hour's");
+        assert_eq!(hour.read_p99_us, Some(50));
+        assert_eq!(hour.write_p99_us, Some(500));
+        let day = history.window("vm", now, DAY_MS, (&r, &wr));
+        assert!(
+            day.seconds <= 86_400 && day.seconds > 86_400 - 15 * 60,
+            "{day:?}"
+        );
+        assert_eq!(day.commands, 2000, "the slow reads are older than a day");
+        assert_eq!(day.read_p99_us, Some(50));
+        // A volume no reading knows: everything its histograms hold.
+        let fresh = history.window("new", now, HOUR_MS, (&r, &wr));
+        assert_eq!(fresh.commands, r.count + wr.count);
+        // No reading at all yet: since the node started.
+        let empty = LatencyHistory::default();
+        assert_eq!(empty.window("vm", now, HOUR_MS, (&r, &wr)).seconds, 0);
     }
 
     #[test]

@@ -146,6 +146,8 @@ pub struct Node {
     /// When each cluster member last showed a sign of life, as this node
     /// learnt it (the I/O pause of a failover counts from there).
     pub(crate) alive: crate::event_watch::Alive,
+    /// Readings of the latency histograms for the report's windows.
+    pub(crate) latency: crate::report::LatencyHistory,
 }
 
 /// File in an export's unit directory that holds its persistent reservations.
@@ -208,6 +210,7 @@ impl Node {
             cluster: std::sync::OnceLock::new(),
             events,
             alive: Default::default(),
+            latency: Default::default(),
         };
         {
             let member = cluster::Cluster::exists(&cluster::default_dir(node.store.data_dir()));

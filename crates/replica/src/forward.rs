@@ -82,7 +82,7 @@ impl Forwarder {
             copy_id: copy.map_or([0; 16], |c| c.copy_id()),
             volume: self.volume.clone(),
         };
-        let l = Link::connect(&self.addr, &self.key, &hello, self.timeout)
+        let l = Link::connect(&self.addr, &self.key, &hello, self.timeout, None)
             .await
             .map(Arc::new)
             .map_err(|e| {

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use thiserror::Error;
@@ -12,6 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use volume::latency::LatencyHistogram;
 
 use crate::auth::{self, AuthError, ClusterKey};
 use crate::frames::{FrameReader, Outbox};
@@ -53,7 +54,14 @@ pub enum LinkError {
     Failed { addr: String, failure: Failure },
 }
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Bytes, Failure>>>>>;
+/// Requests waiting for their answer: who waits, and when a timed request
+/// was sent.
+type Pending = Arc<Mutex<HashMap<u64, Waiting>>>;
+
+struct Waiting {
+    tx: oneshot::Sender<Result<Bytes, Failure>>,
+    sent: Option<Instant>,
+}
 
 /// An authenticated connection to one peer for one volume.
 pub struct Link {
@@ -75,12 +83,16 @@ pub struct Call<'a> {
 }
 
 impl Link {
-    /// Connects to `addr`, authenticates both ways, and says `hello`.
+    /// Connects to `addr`, authenticates both ways, and says `hello`. With
+    /// `round_trips`, the time from sending each request of the I/O path
+    /// (writes, unmaps, flushes, pings; not the slow control requests such
+    /// as snapshots) to reading its answer is counted there.
     pub async fn connect(
         addr: &str,
         key: &ClusterKey,
         hello: &Hello,
         timeout: Duration,
+        round_trips: Option<Arc<LatencyHistogram>>,
     ) -> Result<Link, LinkError> {
         let a = addr.to_string();
         let setup = async {
@@ -132,8 +144,12 @@ impl Link {
                 let Ok(resp) = Response::decode(body) else {
                     break;
                 };
-                if let Some(tx) = p.lock().unwrap().remove(&resp.id) {
-                    let _ = tx.send(resp.result);
+                let waiting = p.lock().unwrap().remove(&resp.id);
+                if let Some(w) = waiting {
+                    if let (Some(sent), Some(h)) = (w.sent, &round_trips) {
+                        h.observe(sent.elapsed().as_nanos() as u64);
+                    }
+                    let _ = w.tx.send(resp.result);
                 }
             }
             al.store(false, Ordering::Release);
@@ -171,6 +187,16 @@ impl Link {
     pub fn send(&self, epoch: u64, op: Op) -> Result<Call<'_>, LinkError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
+        let timed = matches!(
+            op,
+            Op::Write { .. }
+                | Op::WriteSame { .. }
+                | Op::Unmap { .. }
+                | Op::CompareAndWrite { .. }
+                | Op::Flush
+                | Op::Ping
+        );
+        let sent = timed.then(Instant::now);
         {
             let mut p = self.pending.lock().unwrap();
             // Checked under the lock the reader drains with: a request
@@ -178,7 +204,7 @@ impl Link {
             if !self.is_alive() {
                 return Err(LinkError::Down(self.addr.clone()));
             }
-            p.insert(id, tx);
+            p.insert(id, Waiting { tx, sent });
         }
         let (head, data) = Request { id, epoch, op }.encode();
         if self.out.send([head].into_iter().chain(data)).is_err() {

@@ -229,6 +229,7 @@ impl Primary {
                 resync: Default::default(),
                 away: AtomicBool::new(false),
                 wake: tokio::sync::Notify::new(),
+                round_trips: Arc::default(),
             }));
         }
         copy.set_peer_maps(list.iter().map(|p| p.dirty.clone()).collect());

@@ -7,80 +7,11 @@
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
+pub use volume::latency::{HistogramSnapshot, LatencyHistogram, LATENCY_BOUNDS_NS};
+
 use crate::op;
 use crate::sense::key;
 use crate::{Response, Status};
-
-/// Upper bounds of the latency histogram's buckets, in nanoseconds (50 µs
-/// to 10 s); slower commands fall in the last, unbounded one.
-pub const LATENCY_BOUNDS_NS: [u64; 17] = [
-    50_000,
-    100_000,
-    250_000,
-    500_000,
-    1_000_000,
-    2_500_000,
-    5_000_000,
-    10_000_000,
-    25_000_000,
-    50_000_000,
-    100_000_000,
-    250_000_000,
-    500_000_000,
-    1_000_000_000,
-    2_500_000_000,
-    5_000_000_000,
-    10_000_000_000,
-];
-
-/// A latency histogram kept in atomics: one count per bucket (not
-/// cumulative), the count and the sum.
-#[derive(Debug, Default)]
-pub struct LatencyHistogram {
-    buckets: [AtomicU64; LATENCY_BOUNDS_NS.len() + 1],
-    count: AtomicU64,
-    sum_ns: AtomicU64,
-}
-
-/// A histogram as read at one moment.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct HistogramSnapshot {
-    /// Observations at most each bound of [`LATENCY_BOUNDS_NS`], cumulative
-    /// (as Prometheus' `le` buckets are); `count` holds the `+Inf` one.
-    pub cumulative: [u64; LATENCY_BOUNDS_NS.len()],
-    /// Every observation.
-    pub count: u64,
-    /// Their sum, in nanoseconds.
-    pub sum_ns: u64,
-}
-
-impl LatencyHistogram {
-    /// Counts one command that took `ns` nanoseconds.
-    pub fn observe(&self, ns: u64) {
-        let i = LATENCY_BOUNDS_NS
-            .iter()
-            .position(|&b| ns <= b)
-            .unwrap_or(LATENCY_BOUNDS_NS.len());
-        self.buckets[i].fetch_add(1, Relaxed);
-        self.sum_ns.fetch_add(ns, Relaxed);
-        self.count.fetch_add(1, Relaxed);
-    }
-
-    /// The histogram now. Read without a lock: a command counted while it
-    /// is read may show in one field and not yet in another.
-    pub fn snapshot(&self) -> HistogramSnapshot {
-        let mut s = HistogramSnapshot::default();
-        let mut running = 0;
-        for (i, c) in s.cumulative.iter_mut().enumerate() {
-            running += self.buckets[i].load(Relaxed);
-            *c = running;
-        }
-        // Never fewer in +Inf than in the last bound.
-        s.count = self.count.load(Relaxed).max(running);
-        s.sum_ns = self.sum_ns.load(Relaxed);
-        s
-    }
-}
 
 /// The counts of one logical unit since it was made.
 #[derive(Debug, Default)]

@@ -280,6 +280,18 @@ pub(crate) fn report_text(r: &Report) -> String {
             p99(v.read_p99_us),
             p99(v.write_p99_us)
         );
+        for (name, w) in [("last hour", &v.last_hour), ("last day", &v.last_day)] {
+            if w.commands == 0 {
+                continue;
+            }
+            s += &format!(
+                "    {name} ({} covered): {} commands, p99 latency read {}, write {}\n",
+                format_us(w.seconds * 1_000_000),
+                w.commands,
+                p99(w.read_p99_us),
+                p99(w.write_p99_us)
+            );
+        }
     }
     s
 }

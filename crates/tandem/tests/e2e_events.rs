@@ -269,6 +269,30 @@ async fn a_failover_and_a_resync_are_recorded_in_order_and_counted_in_the_report
         "no log line for the failover"
     );
 
+    // The metrics show the same pause, in seconds.
+    let token = std::fs::read_to_string(other.data_dir.join("api.token")).unwrap();
+    let metrics = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{}/metrics", other.api_port))
+        .bearer_auth(token.trim())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let gauge: f64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("tandem_cluster_last_failover_pause_seconds{volume=\"vm\"} ")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no failover pause in the metrics:\n{metrics}"));
+    assert!(
+        (gauge - pause as f64 / 1e6).abs() < 1e-6,
+        "{gauge} s against {pause} µs"
+    );
+
     let r = report(other);
     println!(
         "failover pause {:.2} s; resync {} bytes in {:.3} s ({how})",
@@ -290,6 +314,17 @@ async fn a_failover_and_a_resync_are_recorded_in_order_and_counted_in_the_report
     assert!(vm["degraded_ms"].as_u64().unwrap() > 0, "{vm}");
     assert_eq!(vm["degraded_now"], false);
     assert!(vm["write_p99_us"].as_u64().unwrap() > 0, "{vm}");
+    // The node ran for less than an hour: the last hour's window is every
+    // write since it started.
+    assert!(vm["last_hour"]["commands"].as_u64().unwrap() > 0, "{vm}");
+    assert!(
+        vm["last_hour"]["write_p99_us"].as_u64().unwrap() > 0,
+        "{vm}"
+    );
+    assert_eq!(
+        vm["last_hour"]["commands"], vm["last_day"]["commands"],
+        "{vm}"
+    );
     assert!(r["efficiency"]["thin_saved_bytes"].as_u64().unwrap() > 0);
     let text = other.cli_ok(&["report"]);
     assert!(

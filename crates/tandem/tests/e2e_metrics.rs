@@ -307,6 +307,13 @@ async fn prometheus_scrapes_both_nodes_of_a_cluster() {
         .value("sum(tandem_volume_writes_total{volume=\"vm\",job=\"tandem-1\"})")
         .await;
     assert_eq!(b_job, Some(5.0), "B's writes not counted on B");
+    // The primary timed the round trips of those writes to the other copy.
+    prom.wait_for(
+        "sum(tandem_replica_round_trip_seconds_count{volume=\"vm\"})",
+        30,
+        |v| v >= 5.0,
+    )
+    .await;
     prom.wait_for(
         "count(tandem_cluster_volume_primary{volume=\"vm\"})",
         30,

@@ -9,6 +9,7 @@
 
 pub mod buffer;
 mod error;
+pub mod latency;
 mod mem;
 mod null;
 #[cfg(any(test, feature = "testsuite"))]

@@ -43,6 +43,10 @@ pub struct PeerStatus {
     /// Whether the running resync yields to client writes now.
     #[serde(default)]
     pub resync_yielding: bool,
+    /// Round trips of the I/O requests sent to the copy (the metrics show
+    /// them; not in JSON).
+    #[serde(skip)]
+    pub round_trips: scsi::stats::HistogramSnapshot,
 }
 
 impl PeerStatus {
@@ -116,6 +120,7 @@ fn peer_status(p: replica::PeerStatus) -> PeerStatus {
         resync_rate: p.resync_rate,
         resync_limit: p.resync_limit,
         resync_yielding: p.resync_yielding,
+        round_trips: p.round_trips,
     }
 }
 

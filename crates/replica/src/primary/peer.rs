@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+use volume::latency::{HistogramSnapshot, LatencyHistogram};
 
 use super::resync::Progress;
 use super::{Primary, RESYNC_REGION};
@@ -144,6 +145,11 @@ pub struct PeerStatus {
     /// chunks in flight, held to `resync_limit`).
     #[serde(default)]
     pub resync_yielding: bool,
+    /// Round trips of the I/O requests (writes, unmaps, flushes, pings)
+    /// sent to the peer while this node is its primary. Not in JSON: the
+    /// metrics show it.
+    #[serde(skip)]
+    pub round_trips: HistogramSnapshot,
 }
 
 impl PeerStatus {
@@ -174,6 +180,9 @@ pub(super) struct Peer {
     pub(super) away: AtomicBool,
     /// Wakes the peer's supervisor (it was held away or let back).
     pub(super) wake: tokio::sync::Notify,
+    /// Round trips of the I/O requests sent to the peer, over every link
+    /// this primary role made to it.
+    pub(super) round_trips: Arc<LatencyHistogram>,
 }
 
 impl Peer {
@@ -236,6 +245,7 @@ impl Primary {
                 resync_rate: p.resync.rate.load(Ordering::Relaxed),
                 resync_limit: Some(p.resync.limit.load(Ordering::Relaxed)).filter(|&l| l > 0),
                 resync_yielding: p.resync.yielding.load(Ordering::Relaxed),
+                round_trips: p.round_trips.snapshot(),
             })
             .collect()
     }
@@ -277,7 +287,15 @@ pub(super) async fn supervise(me: Weak<Primary>, p: Arc<Peer>) {
                     copy_id: v.copy.copy_id(),
                     volume: v.copy.name().to_string(),
                 };
-                match Link::connect(&p.addr, &v.cfg.key, &hello, v.cfg.timeout).await {
+                match Link::connect(
+                    &p.addr,
+                    &v.cfg.key,
+                    &hello,
+                    v.cfg.timeout,
+                    Some(p.round_trips.clone()),
+                )
+                .await
+                {
                     Ok(l) => {
                         let l = Arc::new(l);
                         if v.welcomed(&p, &l).await {
@@ -475,6 +493,7 @@ mod tests {
             resync_rate: 6,
             resync_limit: Some(7),
             resync_yielding: true,
+            round_trips: Default::default(),
         };
         let json = r#"{"node":2,"state":"out-of-sync","connected":true,"dirty_bytes":65536,"resync_done":1,"resync_total":3,"resync_data_bytes":4,"resync_unmapped_bytes":5,"resync_rate":6,"resync_limit":7,"resync_yielding":true}"#;
         assert_eq!(serde_json::to_string(&st).unwrap(), json);
