@@ -53,6 +53,10 @@ pub(crate) fn router(inner: Weak<Inner>) -> Router {
 #[derive(Serialize, Deserialize)]
 pub(crate) struct JoinRequest {
     pub(crate) info: NodeInfo,
+    /// The newest log entries the joining build reads (absent, 0, from a
+    /// build older than the field).
+    #[serde(default)]
+    pub(crate) log_version: u32,
 }
 
 /// Body of `/cluster/leave` and `/cluster/heartbeat`: the member concerned.
@@ -80,6 +84,13 @@ pub(crate) enum MemberRefusal {
     /// Only the leader does this.
     #[error("{NOT_LEADER} (leader: {leader:?})")]
     NotLeader { leader: Option<NodeId> },
+    /// The joining build cannot read entries the log already holds.
+    #[error("node {node} reads log entries up to version {reads}, and the cluster's log holds entries of version {required}: upgrade it first")]
+    TooOld {
+        node: NodeId,
+        reads: u32,
+        required: u32,
+    },
     /// The id is a member's already.
     #[error("node id {node} is already a member")]
     IdTaken { node: NodeId },
@@ -220,6 +231,13 @@ async fn h_join(State(w): State<Weak<Inner>>, h: HeaderMap, body: Bytes) -> Resp
         let _one = s.joining.lock().await;
         let info = req.info;
         let state = s.store.state();
+        if req.log_version < state.required_log_version {
+            return Err(MemberRefusal::TooOld {
+                node: info.id,
+                reads: req.log_version,
+                required: state.required_log_version,
+            });
+        }
         let members = s.raft.metrics().borrow().membership_config.clone();
         let voter = members.membership().voter_ids().any(|v| v == info.id);
         if let Some(known) = state.nodes.get(&info.id) {

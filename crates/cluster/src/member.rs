@@ -174,6 +174,11 @@ impl Cluster {
                     .map_or("(none yet)".to_string(), |c| c.to_string())
             )));
         }
+        if let Some(why) = too_old(status.state.required_log_version) {
+            return Err(ClusterError::Refused(format!(
+                "{why}: cannot join through {seed}"
+            )));
+        }
         if me.id == 0 {
             me.id = status
                 .state
@@ -196,7 +201,14 @@ impl Cluster {
             }
         };
         let r = caller
-            .post::<_, Answer<()>>(seed, "/cluster/join", &JoinRequest { info: me })
+            .post::<_, Answer<()>>(
+                seed,
+                "/cluster/join",
+                &JoinRequest {
+                    info: me,
+                    log_version: crate::LOG_VERSION,
+                },
+            )
             .await
             .and_then(|r| r.map_err(ClusterError::Refused));
         if let Err(e) = r {
@@ -209,7 +221,10 @@ impl Cluster {
         Ok(c)
     }
 
-    /// Restarts a member from its saved state.
+    /// Restarts a member from its saved state. Refused when the cluster's
+    /// log holds entries newer than this build reads
+    /// ([`crate::ClusterState::required_log_version`]): a downgrade past a
+    /// feature the cluster has used.
     pub async fn open(dir: &Path, listen: SocketAddr) -> Result<Cluster, ClusterError> {
         let p = dir.join("node.json");
         let me: NodeInfo = serde_json::from_slice(&std::fs::read(&p).map_err(|e| local(&p, e))?)
@@ -255,6 +270,13 @@ impl Cluster {
                 Err(e) => return Err(local(&dir.join("raft.redb"), e)),
             }
         };
+        let required = store.state().required_log_version;
+        if let Some(why) = too_old(required) {
+            return Err(ClusterError::Refused(format!(
+                "{why}: this node's cluster state in {} was written by a newer build",
+                dir.display()
+            )));
+        }
         // The data key stays with data nodes: a member that is a witness
         // now has no use for one it held.
         let data_key = if me.holds_data() {
@@ -722,4 +744,17 @@ pub(crate) enum LeaderWrite {
 /// Path of the cluster directory inside a node's data directory.
 pub fn default_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("cluster")
+}
+
+/// Why this build cannot follow a log whose entries go up to version
+/// `required`; `None` when it can.
+pub(crate) fn too_old(required: u32) -> Option<String> {
+    (required > crate::LOG_VERSION).then(|| {
+        format!(
+            "the cluster's log holds entries of version {required} and this build of Tandem \
+             ({}) reads up to version {}; run the version the other members run, or newer",
+            env!("CARGO_PKG_VERSION"),
+            crate::LOG_VERSION
+        )
+    })
 }

@@ -332,7 +332,7 @@ impl RaftStorage<TypeConfig> for RaftStore {
                 out.push(match &e.payload {
                     EntryPayload::Blank => Outcome::Done,
                     EntryPayload::Normal(cmd) => {
-                        let r = a.state.apply(cmd);
+                        let r = a.state.apply_entry(cmd);
                         if let Outcome::Refused(why) = &r {
                             tracing::debug!(?cmd, "command refused: {why}");
                         }

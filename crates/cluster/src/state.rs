@@ -341,8 +341,8 @@ pub struct CloneOrigin {
     pub snapshot: Uuid,
 }
 
-fn is_zero(n: &usize) -> bool {
-    *n == 0
+fn is_zero<T: Default + PartialEq>(n: &T) -> bool {
+    *n == T::default()
 }
 
 /// A snapshot of a cluster volume as the state records it.
@@ -409,6 +409,13 @@ pub struct ClusterState {
     /// `None`: [`DEFAULT_REPLACE_DELAY_SECS`], 0: never).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replace_delay: Option<u64>,
+    /// The newest log version of any entry applied ([`Command::log_version`]):
+    /// a build that reads older entries only cannot follow this log, so it
+    /// may not start as a member of this cluster or join it (a downgrade
+    /// past this version is refused). 0 until an entry of version 1 or
+    /// newer is applied.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub required_log_version: u32,
 }
 
 /// A change to the state, proposed through Raft.
@@ -582,8 +589,48 @@ pub enum Outcome {
     Refused(Refusal),
 }
 
+impl Command {
+    /// The log version that brought this kind of entry ([`crate::LOG_VERSION`]
+    /// lists them): a member reads it only from that version on.
+    pub fn log_version(&self) -> u32 {
+        match self {
+            Command::Init { .. }
+            | Command::AddNode { .. }
+            | Command::RemoveNode { .. }
+            | Command::CreateVolume { .. }
+            | Command::DeleteVolume { .. }
+            | Command::ResizeVolume { .. }
+            | Command::SetReplicaState { .. }
+            | Command::Promote { .. }
+            | Command::AddReplica { .. }
+            | Command::RemoveReplica { .. }
+            | Command::SetAccess { .. }
+            | Command::SetDataKey { .. }
+            | Command::ResealAccess { .. }
+            | Command::SetFloating { .. }
+            | Command::HoldFloating { .. } => 0,
+            Command::MovePrimary { .. } => 1,
+            Command::SetMaintenance { .. } => 2,
+            Command::RecordSnapshots { .. }
+            | Command::ForgetSnapshot { .. }
+            | Command::CloneVolume { .. } => 3,
+            Command::RemoveDeadNode { .. }
+            | Command::ReplaceCopy { .. }
+            | Command::SetReplaceDelay { .. } => 4,
+        }
+    }
+}
+
 impl ClusterState {
-    /// Applies one committed command.
+    /// Applies one committed log entry: [`ClusterState::apply`], and,
+    /// refused or not (the entry is in the log either way), its version
+    /// counts towards [`ClusterState::required_log_version`].
+    pub fn apply_entry(&mut self, cmd: &Command) -> Outcome {
+        self.required_log_version = self.required_log_version.max(cmd.log_version());
+        self.apply(cmd)
+    }
+
+    /// Applies one command; a refused one changes nothing.
     pub fn apply(&mut self, cmd: &Command) -> Outcome {
         match self.try_apply(cmd) {
             Ok(()) => Outcome::Done,

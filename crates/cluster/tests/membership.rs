@@ -255,3 +255,84 @@ async fn the_leader_leaves_and_a_taken_name_cannot_join() {
         "placed on b and c"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_that_cannot_read_the_log_may_neither_join_nor_start() {
+    use cluster::net::Caller;
+    use cluster::raft_store::{Applied, RaftStore};
+    use openraft::storage::{RaftSnapshotBuilder, RaftStorage};
+
+    let d = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let (c, _) = Cluster::init(d.path(), info("solo", Role::Data, addr), addr)
+        .await
+        .unwrap();
+    c.propose(create("keep", 1)).await.unwrap();
+    assert_eq!(
+        c.state().required_log_version,
+        0,
+        "entries of version 0 only"
+    );
+    c.propose(Command::SetReplaceDelay { secs: 120 })
+        .await
+        .unwrap();
+    assert_eq!(c.state().required_log_version, 4);
+    c.propose(create("more", 1)).await.unwrap();
+    assert_eq!(c.state().required_log_version, 4, "never lowered");
+
+    // The leader refuses a joining build that reads less, or does not say
+    // (a build older than the question).
+    let caller = Caller::new(c.secret(), Duration::from_secs(5));
+    let joiner = cluster::NodeInfo {
+        id: 9,
+        ..info("old", Role::Data, free_addr())
+    };
+    for body in [
+        serde_json::json!({ "info": joiner, "log_version": 3 }),
+        serde_json::json!({ "info": joiner }),
+    ] {
+        let r: Result<(), String> = caller
+            .post(&addr.to_string(), "/cluster/join", &body)
+            .await
+            .unwrap();
+        let why = r.expect_err("an old build joined");
+        assert!(
+            why.contains("the cluster's log holds entries of version 4"),
+            "{why}"
+        );
+    }
+    assert!(!c.state().nodes.contains_key(&9));
+
+    // A state a newer build wrote: this build refuses to start on it rather
+    // than stop following the log at the first entry it cannot read.
+    c.shutdown().await;
+    drop(c);
+    {
+        let mut store = RaftStore::open(d.path()).unwrap();
+        let snap = store
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let mut applied: Applied = serde_json::from_slice(snap.snapshot.get_ref()).unwrap();
+        applied.state.required_log_version = cluster::LOG_VERSION + 1;
+        let newer = std::io::Cursor::new(serde_json::to_vec(&applied).unwrap());
+        store
+            .install_snapshot(&snap.meta, Box::new(newer))
+            .await
+            .unwrap();
+    }
+    let why = Cluster::open(d.path(), addr)
+        .await
+        .err()
+        .expect("started on a log it cannot read")
+        .to_string();
+    assert!(
+        why.contains(&format!(
+            "entries of version {} and this build of Tandem",
+            cluster::LOG_VERSION + 1
+        )),
+        "{why}"
+    );
+}

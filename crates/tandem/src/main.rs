@@ -812,6 +812,13 @@ async fn cluster_command(c: &api::ApiClient, cmd: ClusterCommand) -> anyhow::Res
                 );
             }
             println!("{}", removal_cli::policy_line(&s.state));
+            if s.state.required_log_version > 0 {
+                println!(
+                    "log       entries of version {} in use: a build that reads less cannot run as a \
+                     member (no downgrade below it)",
+                    s.state.required_log_version
+                );
+            }
             println!();
             let w = column_width("NAME", s.state.nodes.values().map(|n| n.name.as_str()));
             println!(

@@ -1400,3 +1400,31 @@ fn a_clone_takes_the_source_s_copies_in_sync_where_they_hold_the_snapshot() {
     assert_eq!(s.apply(&delete("c")), Outcome::Done);
     assert_eq!(s.apply(&delete("src")), Outcome::Done);
 }
+
+#[test]
+fn the_required_log_version_is_the_newest_entry_applied_refused_or_not() {
+    let mut s = cluster(2, true);
+    assert_eq!(s.required_log_version, 0);
+    assert_eq!(s.apply_entry(&create("v", 2)), Outcome::Done);
+    assert_eq!(s.required_log_version, 0);
+    // Refused (no such volume), yet the entry is in the log all the same.
+    let forget = Command::ForgetSnapshot {
+        volume: "none".into(),
+        id: Uuid::nil(),
+    };
+    assert!(matches!(s.apply_entry(&forget), Outcome::Refused(_)));
+    assert_eq!(s.required_log_version, 3);
+    assert_eq!(
+        s.apply_entry(&Command::SetMaintenance { node: 1, on: true }),
+        Outcome::Done
+    );
+    assert_eq!(s.required_log_version, 3, "never lowered");
+    // Written only once raised, read back as written.
+    let json = serde_json::to_string(&s).unwrap();
+    assert!(json.contains("\"required_log_version\":3"), "{json}");
+    let back: ClusterState = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.required_log_version, 3);
+    assert!(!serde_json::to_string(&cluster(1, false))
+        .unwrap()
+        .contains("required_log_version"));
+}
