@@ -61,7 +61,10 @@ mod snapshots;
 
 pub use client::{ApiClient, ClientError};
 pub use events::{EventsQuery, MAX_WAIT as EVENTS_MAX_WAIT};
-pub use metrics::{encode as encode_metrics, metrics_router, CONTENT_TYPE as METRICS_CONTENT_TYPE};
+pub use metrics::{
+    encode as encode_metrics, metrics_router, witness_metrics_router,
+    CONTENT_TYPE as METRICS_CONTENT_TYPE,
+};
 pub use node::{
     AckWindow, Maintenance, MemberVersion, PeerState, PeerStatus, PrimaryMoved, Removed,
     UpgradeCheck,

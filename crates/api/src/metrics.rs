@@ -7,6 +7,7 @@
 //! below).
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -37,12 +38,30 @@ pub fn metrics_router(node: Arc<Node>) -> Router {
 
 /// Answers a scrape in the format the client asks for.
 pub(crate) async fn scrape(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
+    answer(&headers, node.metrics().await)
+}
+
+/// A router that serves a witness's `GET /metrics` without a token: the
+/// cluster as the witness sees it and the filesystem of its directory
+/// `dir`.
+pub fn witness_metrics_router(cluster: Arc<cluster::Cluster>, dir: PathBuf) -> Router {
+    let dir = Arc::new(dir);
+    Router::new().route(
+        "/metrics",
+        get(move |headers: HeaderMap| {
+            let (cluster, dir) = (cluster.clone(), dir.clone());
+            async move { answer(&headers, node::witness_metrics(&cluster, &dir).await) }
+        }),
+    )
+}
+
+/// `metrics` in the format the request's `Accept` header asks for.
+fn answer(headers: &HeaderMap, metrics: Metrics) -> Response {
     let openmetrics = headers
         .get_all(header::ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.contains("application/openmetrics-text"));
-    let metrics = node.metrics().await;
     match encode(metrics) {
         Ok(text) if openmetrics => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
         Ok(text) => ([(header::CONTENT_TYPE, TEXT_0_0_4)], prometheus_text(&text)).into_response(),

@@ -26,9 +26,11 @@ pub use error::NodeError;
 pub use events::{now_ms, parse_since, Event, EventKind, EventLog, EventQuery, EVENT_CAP};
 pub use identity::{iqn_for, lun_identity, validate_iqn_prefix, DEFAULT_IQN_PREFIX};
 pub use metrics::{
-    ClusterMetrics, ClusterVolumeMetrics, MemberMetrics, Metrics, ReplicaMetrics, ResyncMetrics,
-    VolumeMetrics,
+    witness_metrics, ClusterMetrics, ClusterVolumeMetrics, MemberMetrics, Metrics, ReplicaMetrics,
+    ResyncMetrics, VolumeMetrics,
 };
-pub use report::{Agility, Efficiency, FailoverPause, Report, Service, Timing, VolumeService};
+pub use report::{
+    Agility, Efficiency, FailoverPause, LatencyWindow, Report, Service, Timing, VolumeService,
+};
 pub use service::{Node, NodeConfig, NodeStatus, SessionInfo, VolumeInfo};
 pub use snapshots::{utc_time, SnapshotDeleted, SnapshotView};

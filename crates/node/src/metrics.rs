@@ -195,52 +195,8 @@ impl Node {
 
     async fn cluster_metrics(&self, c: &crate::Clustered) -> ClusterMetrics {
         let cluster = c.cluster();
-        let status = match tokio::time::timeout(LEADER_VIEW, cluster.status()).await {
-            Ok(s) => s,
-            // The leader did not answer: this member's own view, which
-            // knows nobody's liveness unless it leads.
-            Err(_) => cluster.local_status(),
-        };
-        let name = |id: u64| {
-            status
-                .state
-                .nodes
-                .get(&id)
-                .map(|n| n.name.clone())
-                .unwrap_or_else(|| id.to_string())
-        };
-        let members = status
-            .state
-            .nodes
-            .values()
-            .map(|n| MemberMetrics {
-                name: n.name.clone(),
-                role: if n.holds_data() { "data" } else { "witness" },
-                up: status.reachable(n.id),
-            })
-            .collect();
-        let volumes = status
-            .state
-            .volumes
-            .values()
-            .map(|v| ClusterVolumeMetrics {
-                name: v.name.clone(),
-                primary: name(v.primary),
-                epoch: v.epoch,
-                replicas: v
-                    .replicas
-                    .iter()
-                    .map(|(n, st)| ReplicaMetrics {
-                        node: name(*n),
-                        state: match st {
-                            cluster::ReplicaState::InSync => PeerState::InSync.as_str(),
-                            cluster::ReplicaState::Syncing => PeerState::Syncing.as_str(),
-                            cluster::ReplicaState::OutOfSync => PeerState::OutOfSync.as_str(),
-                        },
-                    })
-                    .collect(),
-            })
-            .collect();
+        let (mut m, status) = member_metrics(cluster).await;
+        let name = |id: u64| name_in(&status, id);
         let resync = self
             .peer_status()
             .await
@@ -266,18 +222,87 @@ impl Node {
                 last_failover_pause_us.insert(v.clone(), pause);
             }
         }
-        let events = cluster.events();
-        ClusterMetrics {
-            members,
-            term: status.term,
-            leader: status.leader,
-            is_leader: status.leader == Some(status.me),
-            commit_index: status.applied,
-            volumes,
-            resync,
-            failovers: events.failovers,
-            lease_expirations: events.lease_expirations,
-            last_failover_pause_us: last_failover_pause_us.into_iter().collect(),
-        }
+        m.resync = resync;
+        m.last_failover_pause_us = last_failover_pause_us.into_iter().collect();
+        m
+    }
+}
+
+/// The name of member `id` (its id when the state does not know it).
+fn name_in(status: &cluster::ClusterStatus, id: u64) -> String {
+    status
+        .state
+        .nodes
+        .get(&id)
+        .map_or_else(|| id.to_string(), |n| n.name.clone())
+}
+
+/// The cluster as the member `cluster` sees it: members, Raft, volumes,
+/// its failovers and leases; with the status it was read from. What only
+/// a data node knows (its copies' resyncs, its event history) is left
+/// empty.
+async fn member_metrics(cluster: &cluster::Cluster) -> (ClusterMetrics, cluster::ClusterStatus) {
+    let status = match tokio::time::timeout(LEADER_VIEW, cluster.status()).await {
+        Ok(s) => s,
+        // The leader did not answer: this member's own view, which
+        // knows nobody's liveness unless it leads.
+        Err(_) => cluster.local_status(),
+    };
+    let name = |id: u64| name_in(&status, id);
+    let members = status
+        .state
+        .nodes
+        .values()
+        .map(|n| MemberMetrics {
+            name: n.name.clone(),
+            role: if n.holds_data() { "data" } else { "witness" },
+            up: status.reachable(n.id),
+        })
+        .collect();
+    let volumes = status
+        .state
+        .volumes
+        .values()
+        .map(|v| ClusterVolumeMetrics {
+            name: v.name.clone(),
+            primary: name(v.primary),
+            epoch: v.epoch,
+            replicas: v
+                .replicas
+                .iter()
+                .map(|(n, st)| ReplicaMetrics {
+                    node: name(*n),
+                    state: match st {
+                        cluster::ReplicaState::InSync => PeerState::InSync.as_str(),
+                        cluster::ReplicaState::Syncing => PeerState::Syncing.as_str(),
+                        cluster::ReplicaState::OutOfSync => PeerState::OutOfSync.as_str(),
+                    },
+                })
+                .collect(),
+        })
+        .collect();
+    let events = cluster.events();
+    let m = ClusterMetrics {
+        members,
+        term: status.term,
+        leader: status.leader,
+        is_leader: status.leader == Some(status.me),
+        commit_index: status.applied,
+        volumes,
+        failovers: events.failovers,
+        lease_expirations: events.lease_expirations,
+        ..Default::default()
+    };
+    (m, status)
+}
+
+/// What a witness shows: the cluster as it sees it and the filesystem of
+/// its state directory `dir`.
+pub async fn witness_metrics(cluster: &cluster::Cluster, dir: &std::path::Path) -> Metrics {
+    Metrics {
+        volumes: Vec::new(),
+        filesystem: durable::filesystem_space(dir).ok(),
+        refused_logins: Vec::new(),
+        cluster: Some(member_metrics(cluster).await.0),
     }
 }

@@ -135,6 +135,11 @@ enum Command {
         /// Log as text for people, or as one JSON object per line.
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
+        /// Serve GET /metrics on this address, without a token, for a
+        /// Prometheus scraper: the cluster as the witness sees it
+        /// [default: off].
+        #[arg(long, value_parser = parse_listen)]
+        metrics_listen: Option<SocketAddr>,
     },
     /// Manage volumes of a running node.
     #[command(subcommand)]
@@ -584,6 +589,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             join,
             token,
             log_format,
+            metrics_listen,
         } => {
             let me = cluster::NodeInfo {
                 id: 0,
@@ -593,7 +599,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 iscsi_addr: String::new(),
                 repl_addr: String::new(),
             };
-            serve::witness(&data_dir, listen, me, join, token, log_format).await
+            serve::witness(
+                &data_dir,
+                listen,
+                me,
+                join,
+                token,
+                log_format,
+                metrics_listen,
+            )
+            .await
         }
         Command::Cluster(cmd) => cluster_command(&client()?, cmd).await,
         Command::Status { json } => {

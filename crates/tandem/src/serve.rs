@@ -159,8 +159,16 @@ pub async fn witness(
     join: Option<String>,
     token: Option<String>,
     log_format: LogFormat,
+    metrics_listen: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<()> {
     init_logging(log_format);
+    // Bound before anything is written: a busy port is reported first.
+    let metrics_socket = match metrics_listen {
+        Some(addr) => {
+            Some(bound(addr).with_context(|| format!("cannot listen for metrics on {addr}"))?)
+        }
+        None => None,
+    };
     let c = if cluster::Cluster::exists(dir) {
         cluster::Cluster::open(dir, listen).await?
     } else {
@@ -172,8 +180,21 @@ pub async fn witness(
         };
         cluster::Cluster::join(dir, me, listen, &seed, &token).await?
     };
+    let c = Arc::new(c);
     tracing::info!(node = c.id(), %listen, "witness serving");
+    let metrics_task = match metrics_socket {
+        Some(socket) => {
+            let l = socket.listen(64)?;
+            tracing::info!(metrics = %l.local_addr()?, "metrics served without a token");
+            let router = api::witness_metrics_router(c.clone(), dir.to_path_buf());
+            Some(tokio::spawn(async move { axum::serve(l, router).await }))
+        }
+        None => None,
+    };
     wait_for_signal().await?;
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
     c.shutdown().await;
     Ok(())
 }

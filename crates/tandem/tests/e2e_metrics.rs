@@ -148,6 +148,11 @@ async fn a_node_counts_what_initiators_do_and_promtool_accepts_its_metrics() {
     );
     assert!(v("tandem_filesystem_size_bytes") >= v("tandem_filesystem_free_bytes"));
 
+    promtool_accepts(&text);
+}
+
+/// `promtool check metrics` passes on `text` (when promtool is there).
+fn promtool_accepts(text: &str) {
     if !have("promtool") {
         return;
     }
@@ -263,7 +268,7 @@ async fn prometheus_scrapes_both_nodes_of_a_cluster() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (a, b, _witness, _) = on_loopback(dir.path());
+    let (a, b, witness, _) = on_loopback(dir.path());
     a.cli_ok(&["volume", "create", "vm", "--size", "4M", "--replicas", "2"]);
     wait_until("both nodes export the volume", 20, || {
         b.cli_ok(&["volume", "list"]).contains("vm")
@@ -281,13 +286,42 @@ async fn prometheus_scrapes_both_nodes_of_a_cluster() {
                 format!("127.0.0.1:{}", b.api_port),
                 b.data_dir.join("api.token"),
             ),
+            // The witness asks no token; the one sent is ignored.
+            (
+                witness
+                    .metrics
+                    .clone()
+                    .expect("witness metrics on loopback"),
+                a.data_dir.join("api.token"),
+            ),
         ],
     );
-    // Both targets are up, as Prometheus sees them.
-    prom.wait_for("sum(up)", 60, |v| v == 2.0).await;
+    // Every target is up, as Prometheus sees it, the witness too.
+    prom.wait_for("sum(up)", 60, |v| v == 3.0).await;
+    prom.wait_for("count(tandem_raft_term)", 30, |v| v == 3.0)
+        .await;
+    prom.wait_for("tandem_cluster_members_up{job=\"tandem-2\"}", 30, |v| {
+        v == 3.0
+    })
+    .await;
+    let (code, text) = get(
+        &format!("http://{}/metrics", witness.metrics.as_ref().unwrap()),
+        None,
+    )
+    .await;
+    assert_eq!(code, 200, "{text}");
+    assert!(
+        sample(&text, "tandem_filesystem_free_bytes").is_some(),
+        "{text}"
+    );
+    assert!(
+        !text.contains("tandem_volume_"),
+        "a witness has no volumes:\n{text}"
+    );
+    promtool_accepts(&text);
     prom.wait_for("max(tandem_cluster_members_up)", 30, |v| v == 3.0)
         .await;
-    prom.wait_for("count(tandem_cluster_members)", 30, |v| v == 2.0)
+    prom.wait_for("count(tandem_cluster_members)", 30, |v| v == 3.0)
         .await;
 
     // Writes through node B's portal count on B.
@@ -314,10 +348,11 @@ async fn prometheus_scrapes_both_nodes_of_a_cluster() {
         |v| v >= 5.0,
     )
     .await;
+    // Every member reports the replicated state, the witness too.
     prom.wait_for(
         "count(tandem_cluster_volume_primary{volume=\"vm\"})",
         30,
-        |v| v == 2.0,
+        |v| v == 3.0,
     )
     .await;
 }

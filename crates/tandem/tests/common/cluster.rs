@@ -28,13 +28,28 @@ pub struct Witness {
     /// The `tandem` binary it runs.
     bin: PathBuf,
     log: PathBuf,
+    /// Where it serves its metrics (on loopback, with this build).
+    pub metrics: Option<String>,
 }
 
 impl Witness {
     /// Starts a witness on `host` (in namespace `netns` when given) that
     /// joins through `seed` with `token`.
     pub fn start(dir: &Path, host: &str, netns: Option<&str>, seed: &str, token: &str) -> Witness {
-        Witness::start_binary(dir, host, netns, seed, token, Path::new(tandem_bin()))
+        // Metrics on loopback only: a namespace's witness is reached by
+        // address inside it.
+        let metrics = netns
+            .is_none()
+            .then(|| format!("127.0.0.1:{}", free_port()));
+        Witness::start_with(
+            dir,
+            host,
+            netns,
+            seed,
+            token,
+            Path::new(tandem_bin()),
+            metrics,
+        )
     }
 
     /// [`Witness::start`] running `bin` (another build of `tandem`).
@@ -46,13 +61,26 @@ impl Witness {
         token: &str,
         bin: &Path,
     ) -> Witness {
+        Witness::start_with(dir, host, netns, seed, token, bin, None)
+    }
+
+    fn start_with(
+        dir: &Path,
+        host: &str,
+        netns: Option<&str>,
+        seed: &str,
+        token: &str,
+        bin: &Path,
+        metrics: Option<String>,
+    ) -> Witness {
         let port = if netns.is_some() { 7400 } else { free_port() };
-        let args = [
+        let listen = format!("{host}:{port}");
+        let mut args = vec![
             "witness",
             "--data-dir",
             dir.to_str().unwrap(),
             "--listen",
-            &format!("{host}:{port}"),
+            &listen,
             "--advertise",
             host,
             "--join",
@@ -60,6 +88,9 @@ impl Witness {
             "--token",
             token,
         ];
+        if let Some(m) = &metrics {
+            args.extend(["--metrics-listen", m]);
+        }
         let mut w = Witness {
             child: None,
             addr: format!("{host}:{port}"),
@@ -67,6 +98,7 @@ impl Witness {
             netns: netns.map(str::to_string),
             bin: bin.to_path_buf(),
             log: dir.with_extension("log"),
+            metrics,
         };
         w.spawn();
         w
