@@ -134,14 +134,21 @@ async fn two_data_nodes_and_a_witness_grow_to_three_and_one_leaves() {
     assert_eq!(a.state().nodes.len(), 3);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_single_member_survives_a_restart() {
-    let d = tempfile::tempdir().unwrap();
+/// A cluster of one data node in `dir` holding the volume "keep"; returns
+/// it and its cluster endpoint.
+async fn solo(dir: &std::path::Path) -> (Cluster, std::net::SocketAddr) {
     let addr = free_addr();
-    let (c, _) = Cluster::init(d.path(), info("solo", Role::Data, addr), addr)
+    let (c, _) = Cluster::init(dir, info("solo", Role::Data, addr), addr)
         .await
         .unwrap();
     c.propose(create("keep", 1)).await.unwrap();
+    (c, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_member_survives_a_restart() {
+    let d = tempfile::tempdir().unwrap();
+    let (c, addr) = solo(d.path()).await;
     c.shutdown().await;
     drop(c);
     let c = Cluster::open(d.path(), addr).await.unwrap();
@@ -263,11 +270,7 @@ async fn a_build_that_cannot_read_the_log_may_neither_join_nor_start() {
     use openraft::storage::{RaftSnapshotBuilder, RaftStorage};
 
     let d = tempfile::tempdir().unwrap();
-    let addr = free_addr();
-    let (c, _) = Cluster::init(d.path(), info("solo", Role::Data, addr), addr)
-        .await
-        .unwrap();
-    c.propose(create("keep", 1)).await.unwrap();
+    let (c, addr) = solo(d.path()).await;
     assert_eq!(
         c.state().required_log_version,
         0,

@@ -122,17 +122,14 @@ impl Node {
     }
 
     async fn watch_volumes(&self, seen: &mut Seen) {
-        let now: BTreeMap<String, (u64, bool)> = {
-            let exported = self.exported.lock().await;
-            exported
-                .by_name()
-                .into_iter()
-                .map(|e| {
-                    let errors = e.lun.stats().medium_errors.load(Relaxed);
-                    (e.name.clone(), (errors, e.served.low_on_space()))
-                })
-                .collect()
-        };
+        let now: BTreeMap<String, (u64, bool)> = self
+            .each_exported(|e| {
+                let errors = e.lun.stats().medium_errors.load(Relaxed);
+                (e.name.clone(), (errors, e.served.low_on_space()))
+            })
+            .await
+            .into_iter()
+            .collect();
         for (name, &(errors, low)) in &now {
             let Some(&(was_errors, was_low)) = seen.volumes.get(name) else {
                 continue;

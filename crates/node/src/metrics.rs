@@ -143,37 +143,32 @@ pub struct ClusterMetrics {
 impl Node {
     /// The node's figures now, for a scrape.
     pub async fn metrics(&self) -> Metrics {
-        let volumes = {
-            let exported = self.exported.lock().await;
-            exported
-                .by_name()
-                .into_iter()
-                .map(|e| {
-                    let s = e.lun.stats();
-                    use std::sync::atomic::Ordering::Relaxed;
-                    VolumeMetrics {
-                        name: e.name.clone(),
-                        reads: s.reads.load(Relaxed),
-                        writes: s.writes.load(Relaxed),
-                        read_bytes: s.read_bytes.load(Relaxed),
-                        written_bytes: s.written_bytes.load(Relaxed),
-                        read_latency: s.read_latency.snapshot(),
-                        write_latency: s.write_latency.snapshot(),
-                        in_flight: s.in_flight.load(Relaxed).max(0),
-                        sessions: self.targets.session_count(&e.iqn),
-                        logical_bytes: e.served.num_blocks() * e.served.block_size() as u64,
-                        allocated_bytes: match e.local {
-                            Some(_) => self.store.allocated_bytes(&e.name).unwrap_or(0),
-                            None => 0,
-                        },
-                        caw_miscompares: s.caw_miscompares.load(Relaxed),
-                        reservation_conflicts: s.reservation_conflicts.load(Relaxed),
-                        medium_errors: s.medium_errors.load(Relaxed),
-                        low_on_space: e.served.low_on_space(),
-                    }
-                })
-                .collect()
-        };
+        let volumes = self
+            .each_exported(|e| {
+                let s = e.lun.stats();
+                use std::sync::atomic::Ordering::Relaxed;
+                VolumeMetrics {
+                    name: e.name.clone(),
+                    reads: s.reads.load(Relaxed),
+                    writes: s.writes.load(Relaxed),
+                    read_bytes: s.read_bytes.load(Relaxed),
+                    written_bytes: s.written_bytes.load(Relaxed),
+                    read_latency: s.read_latency.snapshot(),
+                    write_latency: s.write_latency.snapshot(),
+                    in_flight: s.in_flight.load(Relaxed).max(0),
+                    sessions: self.targets.session_count(&e.iqn),
+                    logical_bytes: e.served.num_blocks() * e.served.block_size() as u64,
+                    allocated_bytes: match e.local {
+                        Some(_) => self.store.allocated_bytes(&e.name).unwrap_or(0),
+                        None => 0,
+                    },
+                    caw_miscompares: s.caw_miscompares.load(Relaxed),
+                    reservation_conflicts: s.reservation_conflicts.load(Relaxed),
+                    medium_errors: s.medium_errors.load(Relaxed),
+                    low_on_space: e.served.low_on_space(),
+                }
+            })
+            .await;
         let filesystem = durable::filesystem_space(self.store.data_dir()).ok();
         let refused_logins = self
             .targets

@@ -370,20 +370,17 @@ impl Node {
         if !self.latency.due(now) {
             return;
         }
-        let volumes = {
-            let exported = self.exported.lock().await;
-            exported
-                .by_name()
-                .into_iter()
-                .map(|e| {
-                    let s = e.lun.stats();
-                    (
-                        e.name.clone(),
-                        (s.read_latency.snapshot(), s.write_latency.snapshot()),
-                    )
-                })
-                .collect()
-        };
+        let volumes = self
+            .each_exported(|e| {
+                let s = e.lun.stats();
+                (
+                    e.name.clone(),
+                    (s.read_latency.snapshot(), s.write_latency.snapshot()),
+                )
+            })
+            .await
+            .into_iter()
+            .collect();
         self.latency.record(now, volumes);
     }
 

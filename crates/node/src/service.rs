@@ -518,12 +518,14 @@ impl Node {
 
     /// Every volume, sorted by name, with this node's sessions only.
     async fn local_infos(&self) -> Vec<VolumeInfo> {
+        self.each_exported(|e| self.info(&e.name, e)).await
+    }
+
+    /// `f` of every exported volume, sorted by name, under the registry's
+    /// lock.
+    pub(crate) async fn each_exported<T>(&self, f: impl FnMut(&Exported) -> T) -> Vec<T> {
         let exported = self.exported.lock().await;
-        exported
-            .by_name()
-            .into_iter()
-            .map(|e| self.info(&e.name, e))
-            .collect()
+        exported.by_name().into_iter().map(f).collect()
     }
 
     /// Describes one volume.

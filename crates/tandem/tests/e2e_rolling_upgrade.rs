@@ -488,6 +488,7 @@ async fn rolling(data_nodes: usize, steps: &[(usize, bool, &str)]) {
             &nodes[0].cluster_addr(),
             &token,
             &old.bin,
+            None,
         )
     });
     common::cluster::wait_members(&nodes[0], 3);

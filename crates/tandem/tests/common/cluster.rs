@@ -41,7 +41,7 @@ impl Witness {
         let metrics = netns
             .is_none()
             .then(|| format!("127.0.0.1:{}", free_port()));
-        Witness::start_with(
+        Witness::start_binary(
             dir,
             host,
             netns,
@@ -52,19 +52,9 @@ impl Witness {
         )
     }
 
-    /// [`Witness::start`] running `bin` (another build of `tandem`).
+    /// [`Witness::start`] running `bin` (another build of `tandem`), with
+    /// its metrics on `metrics` when given (a build that has the flag).
     pub fn start_binary(
-        dir: &Path,
-        host: &str,
-        netns: Option<&str>,
-        seed: &str,
-        token: &str,
-        bin: &Path,
-    ) -> Witness {
-        Witness::start_with(dir, host, netns, seed, token, bin, None)
-    }
-
-    fn start_with(
         dir: &Path,
         host: &str,
         netns: Option<&str>,
