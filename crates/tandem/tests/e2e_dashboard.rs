@@ -4,10 +4,12 @@
 //! right one logs in; the overview shows every member up and the I/O
 //! figures become non-zero while an initiator writes through the node; a
 //! volume created in the browser (after its confirmation) is in `tandem
-//! volume list`, and creating it again shows the API's error; the volumes
-//! page lists the initiator's session; the events and report pages show
-//! the history; a node killed with SIGKILL is shown DOWN, and the health
-//! degraded, within seconds.
+//! volume list`, and creating it again shows the API's error; the volume
+//! is grown, its access set, a copy added to another and that one deleted,
+//! each in the browser after its confirmation; the volumes page lists the
+//! initiator's session; the events page shows the history and filters it
+//! by kind, the report page the report; a node killed with SIGKILL is
+//! shown DOWN, and the health degraded, within seconds.
 //!
 //! Without chromium or chromedriver the test is skipped with the reason,
 //! unless `CI` is set, where it fails. With
@@ -165,13 +167,35 @@ async fn fill(c: &Client, css: &str, value: &str) {
         .unwrap_or_else(|e| panic!("{css}: {e}"));
 }
 
+/// Clicks the element `css` picks, found and clicked in one step in the
+/// page (the tables are redrawn as they refresh).
 async fn click(c: &Client, css: &str) {
-    c.find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .click()
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"));
+    let script = format!(
+        "const e = document.querySelector({}); if (!e) return false; e.click(); return true;",
+        json!(css)
+    );
+    assert_eq!(
+        eval(c, &script).await,
+        json!(true),
+        "nothing to click at {css}"
+    );
+}
+
+/// Answers the open dialog: `value` in its input when given, then OK.
+async fn answer(c: &Client, text: &str, value: Option<&str>) {
+    wait_for(c, &format!("the dialog {text:?}"), 5, || async {
+        shown(c, "#dialog-ok").await && self::text(c, "#dialog-text").await.starts_with(text)
+    })
+    .await;
+    if let Some(v) = value {
+        fill(c, "#dialog-input", v).await;
+    }
+    click(c, "#dialog-ok").await;
+}
+
+/// `tandem volume show <name> --json` on `s`.
+fn show(s: &Server, name: &str) -> Value {
+    serde_json::from_str(&s.cli_ok(&["volume", "show", name, "--json"])).expect("volume JSON")
 }
 
 /// Saves a PNG of the page as `name` when screenshots are asked for.
@@ -266,15 +290,11 @@ async fn the_dashboard_logs_in_shows_live_figures_creates_a_volume_and_a_dead_no
     fill(&c, "#create-replicas", "2").await;
     click(&c, "#create-submit").await;
     wait_for(&c, "the confirmation", 5, || shown(&c, "#dialog-ok")).await;
-    assert_eq!(
-        text(&c, "#dialog-text").await,
-        "Create volume web of 64 MiB, 2 copies?"
-    );
     assert!(
         !a.cli_ok(&["volume", "list"]).contains("web"),
         "nothing is made before the confirmation"
     );
-    click(&c, "#dialog-ok").await;
+    answer(&c, "Create volume web of 64 MiB, 2 copies?", None).await;
     wait_for(&c, "the new volume's row", 15, || async {
         text(&c, "tr[data-volume='web'] td:nth-child(4)")
             .await
@@ -291,8 +311,7 @@ async fn the_dashboard_logs_in_shows_live_figures_creates_a_volume_and_a_dead_no
     fill(&c, "#create-name", "web").await;
     fill(&c, "#create-size", "64M").await;
     click(&c, "#create-submit").await;
-    wait_for(&c, "the confirmation", 5, || shown(&c, "#dialog-ok")).await;
-    click(&c, "#dialog-ok").await;
+    answer(&c, "Create volume web", None).await;
     let refused = a.cli(&["volume", "create", "web", "--size", "64M"]);
     assert!(!refused.status.success());
     let cli_error = String::from_utf8_lossy(&refused.stderr).to_string();
@@ -301,6 +320,70 @@ async fn the_dashboard_logs_in_shows_live_figures_creates_a_volume_and_a_dead_no
         !banner.is_empty() && cli_error.contains(banner.trim())
     })
     .await;
+
+    // Grown and its access set, each asked then confirmed.
+    click(&c, "tr[data-volume='web'] button[data-action='resize']").await;
+    answer(&c, "Grow volume web (now 64 MiB) to:", Some("96M")).await;
+    answer(&c, "Grow volume web from 64 MiB to 96 MiB?", None).await;
+    wait_for(&c, "the new size", 10, || async {
+        text(&c, "tr[data-volume='web'] td:nth-child(2)").await == "96 MiB"
+    })
+    .await;
+    assert_eq!(show(&a, "web")["size_bytes"], 96 << 20);
+    click(&c, "tr[data-volume='web'] button[data-action='access']").await;
+    answer(
+        &c,
+        "Initiators allowed to log in to web",
+        Some("iqn.2026-11.test:init"),
+    )
+    .await;
+    answer(&c, "Let iqn.2026-11.test:init log in to web?", None).await;
+    wait_for(&c, "the access rule", 10, || async {
+        text(&c, "tr[data-volume='web'] td:nth-child(7)").await == "iqn.2026-11.test:init"
+    })
+    .await;
+    assert_eq!(
+        show(&a, "web")["allowed_initiators"],
+        json!(["iqn.2026-11.test:init"])
+    );
+
+    // A copy added to a volume that had one, and the volume deleted.
+    a.cli_ok(&[
+        "volume",
+        "create",
+        "scratch",
+        "--size",
+        "32M",
+        "--replicas",
+        "1",
+    ]);
+    wait_for(&c, "the volume made by the CLI", 10, || {
+        shown(
+            &c,
+            "tr[data-volume='scratch'] button[data-action='replica']",
+        )
+    })
+    .await;
+    click(
+        &c,
+        "tr[data-volume='scratch'] button[data-action='replica']",
+    )
+    .await;
+    answer(&c, "Node to hold a new copy of scratch", None).await;
+    answer(&c, "Add a copy of scratch (32 MiB) on node-", None).await;
+    wait_until("a second copy of scratch", 15, || {
+        volume_record(&a, "scratch")["replicas"]
+            .as_object()
+            .is_some_and(|r| r.len() == 2)
+    });
+    click(&c, "tr[data-volume='scratch'] button[data-action='delete']").await;
+    answer(&c, "Delete volume scratch and all its data (32 MiB)?", None).await;
+    wait_for(&c, "the deleted volume gone", 10, || async {
+        !shown(&c, "tr[data-volume='scratch']").await
+    })
+    .await;
+    assert!(!a.cli_ok(&["volume", "list"]).contains("scratch"));
+    assert_eq!(text(&c, "#error").await, "", "no action failed");
 
     // Writes through the node the browser shows: its volume's primary.
     if volume_record(&a, "web")["primary"].as_u64() != Some(node_id(&a)) {
@@ -316,7 +399,10 @@ async fn the_dashboard_logs_in_shows_live_figures_creates_a_volume_and_a_dead_no
         !text(&c, "#throughput-now").await.starts_with("0 B")
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // A few seconds more of the chart for the picture.
+    if std::env::var_os("TANDEM_DASHBOARD_SCREENSHOTS").is_some() {
+        tokio::time::sleep(Duration::from_secs(8)).await;
+    }
     screenshot(&c, "overview").await;
 
     // The session, with the initiator's name, on the volumes page.
@@ -340,6 +426,22 @@ async fn the_dashboard_logs_in_shows_live_figures_creates_a_volume_and_a_dead_no
     })
     .await;
     screenshot(&c, "events").await;
+    eval(
+        &c,
+        "const s = document.getElementById('events-kind'); s.value = 'volume-resize'; \
+         s.dispatchEvent(new Event('change')); return true;",
+    )
+    .await;
+    wait_for(&c, "the events of one kind", 10, || async {
+        eval(
+            &c,
+            "return [...document.querySelectorAll('#events-table tbody tr')]\
+             .map(r => r.dataset.kind).join(',');",
+        )
+        .await
+            == json!("volume-resize")
+    })
+    .await;
     c.goto(&format!("{base}/#report")).await.unwrap();
     wait_for(&c, "the report", 10, || async {
         text(&c, "#report-agility").await.contains("median")

@@ -227,7 +227,7 @@ function drawCharts() {
   $("iops-now").textContent = `${count(sum(now.iops))} IOPS`;
   $("throughput-now").textContent = `${bytes(sum(now.bps))}/s`;
   const lat = Math.max(now.lat[0], now.lat[1]);
-  $("latency-now").textContent = `${lat.toFixed(lat < 10 ? 2 : 1)} ms`;
+  $("latency-now").textContent = lat > 0 ? `${lat.toFixed(lat < 10 ? 2 : 1)} ms` : "0 ms";
   chart($("chart-iops"), rates.map((r) => r.iops), count);
   chart($("chart-throughput"), rates.map((r) => r.bps), (v) => bytes(v) + "/s");
   chart($("chart-latency"), rates.map((r) => r.lat), (v) => v.toFixed(1) + " ms");
