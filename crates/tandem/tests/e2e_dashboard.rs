@@ -9,7 +9,8 @@
 //! each in the browser after its confirmation; the volumes page lists the
 //! initiator's session; the events page shows the history and filters it
 //! by kind, the report page the report; a node killed with SIGKILL is
-//! shown DOWN, and the health degraded, within seconds.
+//! shown DOWN, and the health degraded, within seconds; a token the node
+//! refuses later leads back to the login page.
 //!
 //! Without chromium or chromedriver the test is skipped with the reason,
 //! unless `CI` is set, where it fails. With
@@ -404,6 +405,19 @@ async fn the_dashboard_logs_in_shows_live_figures_creates_a_volume_and_a_dead_no
     assert!(!a.cli_ok(&["volume", "list"]).contains("scratch"));
     assert_eq!(text(&c, "#error").await, "", "no action failed");
 
+    // A copy's resync as the page shows it from its primary's progress.
+    let shown_resync = eval(
+        &c,
+        "return resync({state: 'syncing', node: 2, resync_total: 100 * 2 ** 20, \
+         resync_done: 25 * 2 ** 20, resync_rate: 10 * 2 ** 20}).textContent;",
+    )
+    .await;
+    assert_eq!(
+        shown_resync,
+        json!(" 25% of 100 MiB, 10 MiB/s, ETA 7.5 s"),
+        "resync progress"
+    );
+
     // Writes through the node the browser shows: its volume's primary.
     if volume_record(&a, "web")["primary"].as_u64() != Some(node_id(&a)) {
         a.cli_ok(&["volume", "move-primary", "web", "--to", &name_of(&a)]);
@@ -485,6 +499,21 @@ async fn the_dashboard_logs_in_shows_live_figures_creates_a_volume_and_a_dead_no
     })
     .await;
     screenshot(&c, "overview-node-down").await;
+
+    // A token the node no longer takes leads back to the login page, with
+    // the API's words.
+    eval(
+        &c,
+        "sessionStorage.setItem('tandem-api-token', 'stale'); return true;",
+    )
+    .await;
+    wait_for(&c, "the login page again", 10, || async {
+        shown(&c, "#login-token").await
+            && text(&c, "#login-error")
+                .await
+                .contains("missing or wrong API token")
+    })
+    .await;
 
     c.close().await.expect("close the browser");
     drop(driver);

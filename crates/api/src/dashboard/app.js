@@ -340,9 +340,17 @@ async function volumes() {
   $("volumes-table").tBodies[0].replaceChildren(...rows);
 }
 
-/// A copy's resync progress and when it should end, as its primary says.
+/// A copy's resync progress and when it should end, or what it misses, as
+/// its primary says (only the primary knows: elsewhere, nothing).
 function resync(p) {
-  if (!p || !p.resync_total || p.state !== "syncing") return null;
+  if (!p) return null;
+  if (p.state !== "syncing" || !p.resync_total) {
+    const what = [
+      p.state === "out-of-sync" && p.dirty_bytes ? `misses ${bytes(p.dirty_bytes)}` : null,
+      p.connected ? null : "not connected",
+    ].filter(Boolean).join(", ");
+    return what ? el("div", { class: "small muted" }, what) : null;
+  }
   const done = Math.min(p.resync_done, p.resync_total);
   const pct = (100 * done) / p.resync_total;
   const eta = p.resync_rate > 0 ? duration(((p.resync_total - done) / p.resync_rate) * 1e6) : "unknown";
