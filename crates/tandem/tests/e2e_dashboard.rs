@@ -480,6 +480,11 @@ async fn the_dashboard_logs_in_shows_live_figures_creates_a_volume_and_a_dead_no
         text(&c, "#report-agility").await.contains("median")
     })
     .await;
+    let served = text(&c, "#report-service tr[data-volume='web'] td:nth-child(3)").await;
+    assert!(
+        figure(&served) >= acknowledged as f64,
+        "the report counts the writes: {served:?}, {acknowledged} acknowledged"
+    );
     screenshot(&c, "report").await;
 
     // A node killed outright is shown down within seconds.

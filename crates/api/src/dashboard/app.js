@@ -509,13 +509,16 @@ async function report() {
     ])),
     el("div", { class: "card", id: "report-service" }, el("h2", {}, "Quality of service"),
       el("table", {},
-        el("thead", {}, el("tr", {}, ["Volume", "Degraded", "Commands", "Read p99", "Write p99", "Medium errors", "Reservation conflicts", "CAW miscompares"].map((h) => el("th", {}, h)))),
-        el("tbody", {}, s.volumes.map((v) => el("tr", {},
+        el("thead", {}, el("tr", {}, ["Volume", "Degraded", "Commands", "p99 read / write",
+          "Last hour", "Last day", "Medium errors", "Reservation conflicts", "CAW miscompares"]
+          .map((h) => el("th", {}, h)))),
+        el("tbody", {}, s.volumes.map((v) => el("tr", { "data-volume": v.name },
           el("td", {}, v.name),
           el("td", { class: v.degraded_now ? "degraded" : "" }, v.degraded_ms || v.degraded_now ? duration(v.degraded_ms * 1000) + (v.degraded_now ? " (now)" : "") : "never"),
           el("td", {}, count(v.commands)),
-          el("td", {}, duration(v.read_p99_us)),
-          el("td", {}, duration(v.write_p99_us)),
+          el("td", {}, `${duration(v.read_p99_us)} / ${duration(v.write_p99_us)}`),
+          el("td", {}, latencyWindow(v.last_hour)),
+          el("td", {}, latencyWindow(v.last_day)),
           el("td", {}, v.medium_errors),
           el("td", {}, v.reservation_conflicts),
           el("td", {}, v.caw_miscompares))))),
@@ -524,6 +527,12 @@ async function report() {
         ? el("ul", {}, s.failovers.map((f) => el("li", {}, `${when(f.time_ms)} ${f.volume}: ${f.from} → ${f.to}, I/O paused ${duration(f.pause_us)}`)))
         : el("p", { class: "muted" }, "None in the history.")),
   );
+}
+
+/// p99 read / write latency over a recent window of the report.
+function latencyWindow(w) {
+  if (!w || !w.commands) return el("span", { class: "muted" }, "no I/O");
+  return `${duration(w.read_p99_us)} / ${duration(w.write_p99_us)} (${count(w.commands)} commands)`;
 }
 
 // ---- Refresh -------------------------------------------------------------
