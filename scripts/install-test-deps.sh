@@ -3,7 +3,9 @@
 # it is missing: libiscsi's command-line clients, qemu-img with its iSCSI
 # block driver, tgtd (the peer target we compare against), iproute2 and fio
 # (the raw-file reference of bench/run.sh) and prometheus (promtool checks
-# the metrics and the alert rules; a server scrapes a test cluster).
+# the metrics and the alert rules; a server scrapes a test cluster), and
+# chromium with chromium-driver (the dashboard test drives the browser over
+# WebDriver).
 #
 # qemu-img reads iscsi:// URLs only through Debian's qemu-block-extra, and that
 # package must be the very same version as the installed qemu-utils. When
@@ -18,7 +20,7 @@ export DEBIAN_FRONTEND=noninteractive
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
 need=()
-for p in libiscsi-bin qemu-utils tgt iproute2 nftables fio prometheus; do
+for p in libiscsi-bin qemu-utils tgt iproute2 nftables fio prometheus chromium chromium-driver; do
   have_pkg "$p" || need+=("$p")
 done
 

@@ -42,25 +42,32 @@
 //! - `GET    /v1/report`                      efficiency, agility and quality
 //!   of service from the catalog, the event history and the metrics
 //!   ([`node::Report`])
+//! - `GET    /v1/health`                      the node's health in one word and
+//!   why ([`Health`]): members down, copies out of sync, space
 //! - `GET    /metrics`                        the node's metrics, OpenMetrics
 //!   when asked for, else the Prometheus text format 0.0.4 (also served alone,
 //!   without the token, by [`metrics_router`] on `serve --metrics-listen`)
 //!
-//! Every request carries `Authorization: Bearer <token>`, the token the server
-//! keeps in `<data dir>/api.token` (mode 0600). Errors are `{"error": "..."}`
-//! with 400 (bad request), 401 (no or wrong token), 404 (no such volume),
-//! 409 (exists / in use / sessions not known on some node / refused by the
+//! The web dashboard's page and assets (`GET /`, `/dashboard/...`) are
+//! served without the token (they hold no data); every other request
+//! carries `Authorization: Bearer <token>`, the token the server keeps in
+//! `<data dir>/api.token` (mode 0600). Errors are `{"error": "..."}` with
+//! 400 (bad request), 401 (no or wrong token), 404 (no such volume), 409
+//! (exists / in use / sessions not known on some node / refused by the
 //! cluster) or 500.
 #![forbid(unsafe_code)]
 
 mod client;
+mod dashboard;
 mod events;
+mod health;
 mod metrics;
 mod server;
 mod snapshots;
 
 pub use client::{ApiClient, ClientError};
 pub use events::{EventsQuery, MAX_WAIT as EVENTS_MAX_WAIT};
+pub use health::{Health, HealthState};
 pub use metrics::{
     encode as encode_metrics, metrics_router, witness_metrics_router,
     CONTENT_TYPE as METRICS_CONTENT_TYPE,

@@ -85,11 +85,13 @@ fn build(
         .route("/v1/volumes/:name/move-primary", post(move_primary))
         .merge(crate::snapshots::routes())
         .merge(crate::events::routes())
+        .merge(crate::health::routes())
         .route("/metrics", get(crate::metrics::scrape))
         .layer(middleware::from_fn(move |req: Request, next: Next| {
             let token = token.clone();
             async move { authorize(&token, req, next).await }
         }))
+        .merge(crate::dashboard::routes())
         .with_state(node)
 }
 

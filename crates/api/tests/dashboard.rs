@@ -1,0 +1,121 @@
+//! The dashboard's routes, called in process through the router: the page
+//! and its assets without the token and under a policy that lets the page
+//! load and call nothing but this origin; the health it shows, with the
+//! token only.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use axum::Router;
+use node::{ClusterConfig, Node, NodeConfig};
+use portal::Targets;
+use store::Store;
+use testkit::free_port;
+use tower::ServiceExt;
+
+async fn router() -> (tempfile::TempDir, String, Router) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let token = store.api_token().unwrap();
+    let node = Node::start(
+        store,
+        Arc::new(Targets::new()),
+        NodeConfig {
+            iqn_prefix: "iqn.2026-11.io.tandem".into(),
+        },
+    )
+    .await
+    .unwrap();
+    let cluster = ClusterConfig {
+        name: "node-1".into(),
+        cluster_listen: ([127, 0, 0, 1], free_port()).into(),
+        repl_listen: ([127, 0, 0, 1], free_port()).into(),
+        advertise: "127.0.0.1".into(),
+        iscsi_port: free_port(),
+    };
+    let router = api::router(Arc::new(node), token.clone(), cluster);
+    (dir, token, router)
+}
+
+async fn get(
+    router: &Router,
+    path: &str,
+    token: Option<&str>,
+) -> (StatusCode, axum::http::HeaderMap, String) {
+    let mut req = Request::builder().uri(path);
+    if let Some(t) = token {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let resp = router
+        .clone()
+        .oneshot(req.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (status, headers, String::from_utf8(body.to_vec()).unwrap())
+}
+
+#[tokio::test]
+async fn the_page_and_its_assets_are_served_without_the_token_from_this_origin_only() {
+    let (_dir, _token, router) = router().await;
+    for (path, kind, holds) in [
+        ("/", "text/html", "/dashboard/app.js"),
+        ("/dashboard/", "text/html", "login-token"),
+        ("/dashboard/app.js", "text/javascript", "Authorization"),
+        ("/dashboard/style.css", "text/css", "canvas"),
+    ] {
+        let (status, headers, body) = get(&router, path, None).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        let ct = headers[header::CONTENT_TYPE].to_str().unwrap();
+        assert!(ct.starts_with(kind), "{path}: {ct}");
+        assert!(body.contains(holds), "{path} lacks {holds}");
+        let policy = headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+        assert!(policy.contains("default-src 'none'"), "{policy}");
+        assert!(policy.contains("script-src 'self'"), "{policy}");
+        assert!(policy.contains("connect-src 'self'"), "{policy}");
+    }
+    // Nothing the page loads comes from elsewhere.
+    let (_, _, page) = get(&router, "/", None).await;
+    assert!(!page.contains("http://") && !page.contains("https://"));
+    assert!(!page.contains("<script>"), "no inline script");
+}
+
+#[tokio::test]
+async fn data_calls_still_need_the_token() {
+    let (_dir, token, router) = router().await;
+    let (status, _, body) = get(&router, "/v1/health", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(body.contains("missing or wrong API token"), "{body}");
+    let (status, _, body) = get(&router, "/v1/status", Some("wrong")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let (status, _, body) = get(&router, "/metrics", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+
+    let (status, _, body) = get(&router, "/v1/health", Some(&token)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let health: api::Health = serde_json::from_str(&body).unwrap();
+    // A lone node with no volume: healthy, unless the machine's own
+    // filesystem is nearly full, which it then says.
+    match health.state {
+        api::HealthState::Healthy => {
+            assert_eq!(health.reasons.len(), 1, "{body}");
+            assert!(
+                health.reasons[0].starts_with("a single node, not a cluster member"),
+                "{body}"
+            );
+        }
+        api::HealthState::Degraded => {
+            assert_eq!(health.reasons.len(), 1, "{body}");
+            assert!(
+                health.reasons[0].starts_with("the data filesystem is"),
+                "{body}"
+            );
+        }
+        api::HealthState::Critical => panic!("a lone node is never critical: {body}"),
+    }
+}
