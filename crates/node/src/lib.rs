@@ -30,7 +30,8 @@ pub use metrics::{
     ResyncMetrics, VolumeMetrics,
 };
 pub use report::{
-    Agility, Efficiency, FailoverPause, LatencyWindow, Report, Service, Timing, VolumeService,
+    Agility, CopyLag, Efficiency, FailoverPause, LatencyWindow, Report, Service, Timing,
+    VolumeService,
 };
 pub use service::{Node, NodeConfig, NodeStatus, SessionInfo, VolumeInfo};
 pub use snapshots::{utc_time, SnapshotDeleted, SnapshotView};

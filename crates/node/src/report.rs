@@ -126,6 +126,26 @@ pub struct VolumeService {
     /// The same over the last day.
     #[serde(default)]
     pub last_day: LatencyWindow,
+    /// Where this node is the volume's primary: how far each other copy
+    /// is behind (mirroring is synchronous, so an in-sync copy is behind by
+    /// the round trip each write waits for).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replication: Vec<CopyLag>,
+}
+
+/// How far one copy of a volume is behind its primary (this node).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyLag {
+    /// The node that holds it.
+    pub node: String,
+    /// Whether the link to it is up.
+    pub connected: bool,
+    /// Bytes it is known to miss (0 for a copy in sync).
+    pub behind_bytes: u64,
+    /// 99th percentile of the round trip of the writes sent to it since
+    /// this node became primary, in microseconds (the histogram's bucket
+    /// bound); `None` before the first.
+    pub round_trip_p99_us: Option<u64>,
 }
 
 /// Latency percentiles of one volume over a recent window.
@@ -458,6 +478,20 @@ impl Node {
             let now_h = (&m.read_latency, &m.write_latency);
             s.last_hour = self.latency.window(&m.name, now, HOUR_MS, now_h);
             s.last_day = self.latency.window(&m.name, now, DAY_MS, now_h);
+        }
+        for r in metrics.cluster.iter().flat_map(|c| &c.resync) {
+            let s = named
+                .entry(r.volume.clone())
+                .or_insert_with(|| VolumeService {
+                    name: r.volume.clone(),
+                    ..Default::default()
+                });
+            s.replication.push(CopyLag {
+                node: r.node.clone(),
+                connected: r.connected,
+                behind_bytes: r.out_of_sync_bytes,
+                round_trip_p99_us: histogram_percentile(&r.round_trips, 99.0).map(|ns| ns / 1000),
+            });
         }
         service.volumes = named.into_values().collect();
         Report {

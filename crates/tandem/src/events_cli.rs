@@ -280,6 +280,18 @@ pub(crate) fn report_text(r: &Report) -> String {
             p99(v.read_p99_us),
             p99(v.write_p99_us)
         );
+        for c in &v.replication {
+            s += &format!(
+                "    copy on {}: {}{}, p99 round trip {}\n",
+                c.node,
+                match c.behind_bytes {
+                    0 => "in step".to_string(),
+                    b => format!("{} behind", format_size(b)),
+                },
+                if c.connected { "" } else { " (not connected)" },
+                p99(c.round_trip_p99_us)
+            );
+        }
         for (name, w) in [("last hour", &v.last_hour), ("last day", &v.last_day)] {
             if w.commands == 0 {
                 continue;

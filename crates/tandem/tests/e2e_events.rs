@@ -325,6 +325,13 @@ async fn a_failover_and_a_resync_are_recorded_in_order_and_counted_in_the_report
         vm["last_hour"]["commands"], vm["last_day"]["commands"],
         "{vm}"
     );
+    // The survivor leads: the returned copy is in step, and the writes
+    // (the resync's too) sent to it were timed.
+    let copy = &vm["replication"][0];
+    assert_eq!(copy["node"], old_name.as_str(), "{vm}");
+    assert_eq!(copy["behind_bytes"], 0, "{vm}");
+    assert_eq!(copy["connected"], true, "{vm}");
+    assert!(copy["round_trip_p99_us"].as_u64().unwrap() > 0, "{vm}");
     assert!(r["efficiency"]["thin_saved_bytes"].as_u64().unwrap() > 0);
     let text = other.cli_ok(&["report"]);
     assert!(
