@@ -49,6 +49,8 @@ fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
             (header::CONTENT_SECURITY_POLICY, POLICY),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
             (header::REFERRER_POLICY, "no-referrer"),
+            // frame-ancestors for browsers that do not read it.
+            (header::X_FRAME_OPTIONS, "DENY"),
         ],
         body,
     )

@@ -58,18 +58,29 @@ pub(crate) fn assess(f: &Facts) -> Health {
     let mut critical = Vec::new();
     let mut degraded = Vec::new();
     if f.clustered {
-        let up = f.members.iter().filter(|m| m.2 == Liveness::Up).count();
+        let count = |l: Liveness| f.members.iter().filter(|m| m.2 == l).count();
+        let (up, down, unknown) = (
+            count(Liveness::Up),
+            count(Liveness::Down),
+            count(Liveness::Unknown),
+        );
         let total = f.members.len();
+        // A member whose liveness is unknown (the leader's view could not
+        // be read) is not counted as down: quorum is judged on the members
+        // known to be down.
+        let alive = total - down;
         if !f.leader {
             critical.push(
                 "no leader: the control plane has no quorum, no failover or volume change \
                  can happen"
                     .to_string(),
             );
-        } else if up * 2 <= total {
-            critical.push(format!(
-                "{up} of {total} members up: the cluster has lost its quorum"
-            ));
+        } else if alive * 2 <= total {
+            critical.push(if unknown == 0 {
+                format!("{up} of {total} members up: the cluster has lost its quorum")
+            } else {
+                format!("{down} of {total} members down: the cluster has lost its quorum")
+            });
         }
         for (name, data, liveness) in &f.members {
             if *liveness == Liveness::Down {
@@ -77,9 +88,23 @@ pub(crate) fn assess(f: &Facts) -> Health {
                 degraded.push(format!("{what} {name} is down"));
             }
         }
-        if f.leader && up * 2 > total && (up - 1) * 2 <= total && up < total {
+        if f.leader && alive * 2 > total && (alive - 1) * 2 <= total && down > 0 {
+            degraded.push(if unknown == 0 {
+                format!("{up} of {total} members up: one more down and the cluster stops")
+            } else {
+                format!("{down} of {total} members down: one more down and the cluster stops")
+            });
+        }
+        if f.leader && unknown > 0 {
+            let names: Vec<&str> = f
+                .members
+                .iter()
+                .filter(|m| m.2 == Liveness::Unknown)
+                .map(|m| m.0.as_str())
+                .collect();
             degraded.push(format!(
-                "{up} of {total} members up: one more down and the cluster stops"
+                "liveness of {} unknown: the leader's view of the members could not be read",
+                names.join(", ")
             ));
         }
     }
@@ -202,6 +227,7 @@ mod tests {
 
     const UP: Liveness = Liveness::Up;
     const DOWN: Liveness = Liveness::Down;
+    const UNKNOWN: Liveness = Liveness::Unknown;
 
     #[test]
     fn every_member_up_and_every_copy_in_sync_is_healthy_and_says_so() {
@@ -265,6 +291,80 @@ mod tests {
             h.reasons[0],
             "1 of 3 members up: the cluster has lost its quorum"
         );
+    }
+
+    #[test]
+    fn members_of_unknown_liveness_are_not_counted_as_down() {
+        // A follower that could not read the leader's view: only the
+        // leader is known up. The quorum is not known lost.
+        let h = assess(&cluster(&[
+            ("a", true, UP),
+            ("b", true, UNKNOWN),
+            ("w", false, UNKNOWN),
+        ]));
+        assert_eq!(h.state, HealthState::Degraded, "{h:?}");
+        assert_eq!(
+            h.reasons,
+            ["liveness of b, w unknown: the leader's view of the members could not be read"]
+        );
+        // One known down and one unknown of three: one more down stops it.
+        let h = assess(&cluster(&[
+            ("a", true, UP),
+            ("b", true, DOWN),
+            ("w", false, UNKNOWN),
+        ]));
+        assert_eq!(h.state, HealthState::Degraded, "{h:?}");
+        assert_eq!(
+            h.reasons[..2],
+            [
+                "node b is down",
+                "1 of 3 members down: one more down and the cluster stops"
+            ]
+        );
+        // Three data nodes, two known down, one unknown: quorum lost.
+        let h = assess(&cluster(&[
+            ("a", true, UP),
+            ("b", true, DOWN),
+            ("c", true, DOWN),
+            ("d", true, UNKNOWN),
+        ]));
+        assert_eq!(h.state, HealthState::Critical, "{h:?}");
+        assert_eq!(
+            h.reasons[0],
+            "2 of 4 members down: the cluster has lost its quorum"
+        );
+    }
+
+    #[test]
+    fn quorum_arithmetic_for_three_data_nodes_and_a_single_member() {
+        let three = [("a", true, UP), ("b", true, UP), ("c", true, UP)];
+        assert_eq!(assess(&cluster(&three)).state, HealthState::Healthy);
+        let mut one_down = three;
+        one_down[2].2 = DOWN;
+        let h = assess(&cluster(&one_down));
+        assert_eq!(h.state, HealthState::Degraded);
+        assert_eq!(
+            h.reasons[1],
+            "2 of 3 members up: one more down and the cluster stops"
+        );
+        let mut two_down = one_down;
+        two_down[1].2 = DOWN;
+        assert_eq!(assess(&cluster(&two_down)).state, HealthState::Critical);
+        // Five members, one down: two more may go.
+        let five = [
+            ("a", true, UP),
+            ("b", true, UP),
+            ("c", true, UP),
+            ("d", true, UP),
+            ("e", true, DOWN),
+        ];
+        let h = assess(&cluster(&five));
+        assert_eq!(h.state, HealthState::Degraded);
+        assert_eq!(h.reasons, ["node e is down"]);
+        let mut single = cluster(&[("a", true, UP)]);
+        single.copies.truncate(1);
+        let h = assess(&single);
+        assert_eq!(h.state, HealthState::Healthy, "{h:?}");
     }
 
     #[test]

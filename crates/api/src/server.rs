@@ -107,9 +107,20 @@ async fn authorize(token: &str, req: Request, next: Next) -> Response {
         let error = "missing or wrong API token: the CLI reads it from <data dir>/api.token \
                      (set TANDEM_DATA_DIR, --token-file or TANDEM_API_TOKEN)"
             .to_string();
-        return (StatusCode::UNAUTHORIZED, Json(ErrorBody { error })).into_response();
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::CACHE_CONTROL, "no-store")],
+            Json(ErrorBody { error }),
+        )
+            .into_response();
     }
-    next.run(req).await
+    let mut resp = next.run(req).await;
+    // What a token let through is kept by no cache, the browser's included.
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    resp
 }
 
 /// Constant-time comparison.

@@ -119,3 +119,109 @@ async fn data_calls_still_need_the_token() {
         api::HealthState::Critical => panic!("a lone node is never critical: {body}"),
     }
 }
+
+async fn call(
+    router: &Router,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (StatusCode, axum::http::HeaderMap) {
+    let mut req = Request::builder().method(method).uri(path);
+    if let Some(t) = token {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let req = if method == "GET" {
+        req.body(Body::empty())
+    } else {
+        req.header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from("{}"))
+    };
+    let resp = router.clone().oneshot(req.unwrap()).await.unwrap();
+    (resp.status(), resp.headers().clone())
+}
+
+#[tokio::test]
+async fn every_data_route_the_page_calls_or_changes_needs_the_token() {
+    let (_dir, _token, router) = router().await;
+    for (method, path) in [
+        ("GET", "/v1/status"),
+        ("GET", "/v1/health"),
+        ("GET", "/v1/volumes"),
+        ("GET", "/v1/cluster?versions=false"),
+        ("GET", "/v1/events?limit=200"),
+        ("GET", "/v1/report"),
+        ("GET", "/v1/snapshots"),
+        ("GET", "/metrics"),
+        ("POST", "/v1/volumes"),
+        ("PATCH", "/v1/volumes/vm"),
+        ("DELETE", "/v1/volumes/vm"),
+        ("PUT", "/v1/volumes/vm/access"),
+        ("POST", "/v1/volumes/vm/replicas"),
+        ("POST", "/v1/cluster/init"),
+    ] {
+        let (status, _) = call(&router, method, path, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}");
+        let (status, _) = call(&router, method, path, Some("wrong")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}");
+    }
+    // Paths near the assets are no way around the token nor into files.
+    for path in [
+        "/dashboard/../v1/status",
+        "/dashboard/%2e%2e/v1/status",
+        "/dashboard/app.js/../../v1/status",
+        "/dashboard/../../etc/passwd",
+        "/dashboard/index.html",
+        "/dashboard/dashboard.rs",
+    ] {
+        let (status, _, body) = get(&router, path, None).await;
+        assert!(
+            status == StatusCode::NOT_FOUND || status == StatusCode::UNAUTHORIZED,
+            "{path}: {status} {body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn answers_to_the_token_are_not_cached_and_the_page_is_not_framed() {
+    let (_dir, token, router) = router().await;
+    for path in ["/v1/status", "/v1/health", "/v1/volumes", "/metrics"] {
+        let (status, headers) = call(&router, "GET", path, Some(&token)).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert_eq!(headers[header::CACHE_CONTROL], "no-store", "{path}");
+    }
+    let (_, headers) = call(&router, "GET", "/v1/status", None).await;
+    assert_eq!(headers[header::CACHE_CONTROL], "no-store");
+    let (_, headers, _) = get(&router, "/", None).await;
+    assert_eq!(headers[header::X_FRAME_OPTIONS], "DENY");
+    let policy = headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+    assert!(policy.contains("frame-ancestors 'none'"), "{policy}");
+}
+
+#[tokio::test]
+async fn the_page_puts_no_text_into_html_nor_style_attributes_the_policy_refuses() {
+    let (_dir, _token, router) = router().await;
+    let (_, _, script) = get(&router, "/dashboard/app.js", None).await;
+    // Volume, initiator and node names and the API's errors reach the page
+    // as text only.
+    for sink in [
+        "innerHTML",
+        "outerHTML",
+        "insertAdjacentHTML",
+        "document.write",
+        "eval(",
+        "new Function",
+    ] {
+        assert!(!script.contains(sink), "app.js uses {sink}");
+    }
+    // style-src 'self' refuses style attributes (the script sets styles
+    // through the CSSOM, which e2e_dashboard checks in a browser).
+    let (_, _, page) = get(&router, "/", None).await;
+    assert!(
+        !page.contains(" style="),
+        "index.html has a style attribute"
+    );
+    assert!(
+        !page.contains("<style"),
+        "index.html has an inline style sheet"
+    );
+}

@@ -440,6 +440,47 @@ async fn the_dashboard_logs_in_shows_live_figures_creates_a_volume_and_a_dead_no
         json!(" 25% of 100 MiB, 10 MiB/s, ETA 7.5 s"),
         "resync progress"
     );
+    // The bar is drawn too: the content policy refuses style attributes,
+    // and the page reports what it refuses.
+    let drawn = c
+        .execute_async(
+            "const done = arguments[arguments.length - 1]; \
+             const refused = []; \
+             document.addEventListener('securitypolicyviolation', \
+               (e) => refused.push(e.violatedDirective)); \
+             const r = resync({state: 'syncing', node: 2, resync_total: 100, \
+               resync_done: 25, resync_rate: 10}); \
+             document.body.append(r); \
+             setTimeout(() => { \
+               const width = r.querySelector('.progress > span').getBoundingClientRect().width; \
+               const whole = r.querySelector('.progress').getBoundingClientRect().width; \
+               r.remove(); done({share: width / whole, refused}); }, 300);",
+            vec![],
+        )
+        .await
+        .expect("draw a resync bar");
+    assert_eq!(drawn["refused"], json!([]), "{drawn}");
+    let share = drawn["share"].as_f64().unwrap_or(0.0);
+    assert!(
+        (share - 0.25).abs() < 0.05,
+        "the bar is a quarter full: {drawn}"
+    );
+    // Rates from the counters, series by series: a deleted volume's or a
+    // new one's counters are no burst of I/O, a restarted node's count
+    // from 0.
+    let rates = eval(
+        &c,
+        "const m = (vols) => parseMetrics(vols.map(([n, r]) => \
+           `tandem_volume_reads_total{volume=\"${n}\"} ${r}`).join('\\n')); \
+         const a = sample(m([['a', 1000], ['b', 5000000]]), 10); \
+         const b = sample(m([['a', 1100]]), 11); \
+         const c = sample(m([['a', 1150], ['new', 900000]]), 12); \
+         const d = sample(m([['a', 40], ['new', 3]]), 14); \
+         return [rate(a, b).iops[0], rate(b, c).iops[0], rate(c, d).iops[0], \
+           rate(d, d).iops[0]];",
+    )
+    .await;
+    assert_eq!(rates, json!([100, 50, 21.5, 0]), "read rates");
 
     // Writes through the node the browser shows: its volume's primary.
     if volume_record(&a, "web")["primary"].as_u64() != Some(node_id(&a)) {
@@ -512,6 +553,25 @@ async fn the_dashboard_logs_in_shows_live_figures_creates_a_volume_and_a_dead_no
 
     // A node killed outright is shown down within seconds.
     c.goto(&format!("{base}/#overview")).await.unwrap();
+    // A node that takes the call and never answers: the page gives up on
+    // it, says so, and refreshes again once the node answers.
+    eval(
+        &c,
+        "window.realFetch = window.fetch; \
+         window.fetch = (path, options) => new Promise((_, fail) => \
+           options.signal.addEventListener('abort', () => fail(options.signal.reason))); \
+         return true;",
+    )
+    .await;
+    wait_for(&c, "the call given up", 25, || async {
+        text(&c, "#error").await.contains("did not answer GET /v1/")
+    })
+    .await;
+    eval(&c, "window.fetch = window.realFetch; return true;").await;
+    wait_for(&c, "the page refreshed again", 10, || async {
+        text(&c, "#error").await.is_empty()
+    })
+    .await;
     b.kill();
     let down = format!("tr[data-member='{b_name}'] .liveness");
     let took = wait_for(&c, "the killed node shown DOWN", 15, || async {

@@ -14,6 +14,9 @@ const EVENT_KINDS = [
 ];
 // Rates of the I/O counters kept for the charts: a minute, one a second.
 const HISTORY = 60;
+// How long a call may take before the page gives up on it (a node that
+// does not answer must not stop the page's refreshes).
+const TIMEOUT_MS = 10000;
 
 const $ = (id) => document.getElementById(id);
 
@@ -22,6 +25,8 @@ function el(tag, attrs, ...children) {
   const e = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) {
     if (k === "class") e.className = v;
+    // Through the CSSOM: the content policy refuses style attributes.
+    else if (k === "style") e.style.cssText = v;
     else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
     else e.setAttribute(k, v);
   }
@@ -89,11 +94,20 @@ async function api(method, path, body, tokenOverride) {
     res = await fetch(path, {
       method, headers, body: body === undefined ? undefined : JSON.stringify(body),
       cache: "no-store",
+      signal: AbortSignal.timeout(TIMEOUT_MS),
     });
   } catch (e) {
+    if (e.name === "TimeoutError") {
+      throw new ApiError(0, `the node did not answer ${method} ${path} within ${TIMEOUT_MS / 1000} s`);
+    }
     throw new ApiError(0, `the node does not answer (${e.message})`);
   }
-  const text = await res.text();
+  let text;
+  try {
+    text = await res.text();
+  } catch (e) {
+    throw new ApiError(0, `the node's answer to ${method} ${path} was cut off (${e.message})`);
+  }
   if (!res.ok) {
     let message = text || res.statusText;
     try { message = JSON.parse(text).error || message; } catch (_) { /* not JSON */ }
@@ -105,8 +119,13 @@ async function api(method, path, body, tokenOverride) {
   return text;
 }
 
-function showError(e) {
+// Whether the error shown is a refresh's (gone with the next refresh that
+// works) rather than an action's (shown until the next action).
+let refreshFailed = false;
+
+function showError(e, fromRefresh) {
   const box = $("error");
+  refreshFailed = !!e && !!fromRefresh;
   if (!e) { box.hidden = true; box.textContent = ""; return; }
   box.textContent = e.message || String(e);
   box.hidden = false;
@@ -157,7 +176,7 @@ function route() {
 
 // ---- Overview ------------------------------------------------------------
 
-const samples = []; // {t, reads, writes, rbytes, wbytes, rsum, rcount, wsum, wcount}
+const samples = []; // {t, series: {name: {labels: value}}}
 const rates = [];   // {iops: [r, w], bps: [r, w], lat: [r, w]}
 
 /// The metric families of a Prometheus text exposition, summed over labels
@@ -175,30 +194,47 @@ function parseMetrics(text) {
   return out;
 }
 
-function total(metrics, name) {
-  return metrics.filter((s) => s.name === name).reduce((a, s) => a + s.value, 0);
+// The counters the charts are drawn from, by the key a sample has them.
+const COUNTERS = {
+  reads: "tandem_volume_reads_total",
+  writes: "tandem_volume_writes_total",
+  rbytes: "tandem_volume_read_bytes_total",
+  wbytes: "tandem_volume_written_bytes_total",
+  rsum: "tandem_volume_read_latency_seconds_sum",
+  rcount: "tandem_volume_read_latency_seconds_count",
+  wsum: "tandem_volume_write_latency_seconds_sum",
+  wcount: "tandem_volume_write_latency_seconds_count",
+};
+
+/// Each counter's value per series (one a volume), at `t` seconds.
+function sample(metrics, t) {
+  const series = {};
+  for (const [k, name] of Object.entries(COUNTERS)) {
+    series[k] = {};
+    for (const m of metrics) {
+      if (m.name === name) series[k][JSON.stringify(m.labels)] = m.value;
+    }
+  }
+  return { t: t === undefined ? performance.now() / 1000 : t, series };
 }
 
-function sample(metrics) {
-  return {
-    t: performance.now() / 1000,
-    reads: total(metrics, "tandem_volume_reads_total"),
-    writes: total(metrics, "tandem_volume_writes_total"),
-    rbytes: total(metrics, "tandem_volume_read_bytes_total"),
-    wbytes: total(metrics, "tandem_volume_written_bytes_total"),
-    rsum: total(metrics, "tandem_volume_read_latency_seconds_sum"),
-    rcount: total(metrics, "tandem_volume_read_latency_seconds_count"),
-    wsum: total(metrics, "tandem_volume_write_latency_seconds_sum"),
-    wcount: total(metrics, "tandem_volume_write_latency_seconds_count"),
-  };
-}
-
-/// Per second between two samples; a counter that went back (the node
-/// restarted) counts from 0.
+/// Per second between two samples, series by series: a counter that went
+/// back (the node restarted) counts from 0; a series that went away (a
+/// volume deleted or its primary moved) or is new (created, moved here)
+/// counts nothing, rather than its whole life at once.
 function rate(a, b) {
   const dt = b.t - a.t;
-  const d = (k) => Math.max(0, b[k] >= a[k] ? b[k] - a[k] : b[k]);
+  const d = (k) => {
+    let sum = 0;
+    for (const [labels, v] of Object.entries(b.series[k])) {
+      const before = a.series[k][labels];
+      if (before === undefined) continue;
+      sum += v >= before ? v - before : v;
+    }
+    return sum;
+  };
   const mean = (sum, n) => (d(n) > 0 ? (d(sum) / d(n)) * 1000 : 0);
+  if (!(dt > 0)) return { iops: [0, 0], bps: [0, 0], lat: [0, 0] };
   return {
     iops: [d("reads") / dt, d("writes") / dt],
     bps: [d("rbytes") / dt, d("wbytes") / dt],
@@ -206,10 +242,13 @@ function rate(a, b) {
   };
 }
 
+let polling = false;
+
 async function pollMetrics() {
-  if (!token()) return;
+  if (!token() || polling) return;
+  polling = true;
   let text;
-  try { text = await api("GET", "/metrics"); } catch (_) { return; }
+  try { text = await api("GET", "/metrics"); } catch (_) { return; } finally { polling = false; }
   const s = sample(parseMetrics(text));
   const last = samples[samples.length - 1];
   samples.push(s);
@@ -302,22 +341,25 @@ async function overview() {
 async function volumes() {
   const [list, cluster, status] = await Promise.all([
     api("GET", "/v1/volumes"),
-    api("GET", "/v1/cluster?versions=false").catch(() => null),
+    api("GET", "/v1/cluster?versions=false").catch((e) => ({ failed: e })),
     api("GET", "/v1/status"),
   ]);
-  const state = cluster && cluster.status ? cluster.status.state : null;
+  // A lone node has no cluster view; a member whose view cannot be read
+  // says so rather than show its volumes as local ones.
+  const unread = status.cluster && cluster.failed ? cluster.failed.message : null;
+  const state = cluster.status ? cluster.status.state : null;
   const nameOf = (id) => (state && state.nodes[id] ? state.nodes[id].name : String(id));
   const members = status.cluster ? status.cluster.members.filter((m) => m.data).map((m) => m.name) : [];
   const rows = list.map((v) => {
     const rec = state ? state.volumes[v.name] : null;
-    const progress = (cluster && cluster.replication[v.name]) || [];
+    const progress = (cluster.replication && cluster.replication[v.name]) || [];
     const copies = rec
       ? Object.entries(rec.replicas).map(([id, r]) => {
         const p = progress.find((x) => String(x.node) === id);
         return el("div", { class: "copy", "data-node": nameOf(id) },
           nameOf(id), " ", el("span", { class: r.state }, r.state), resync(p));
       })
-      : [el("div", { class: "muted" }, "local volume")];
+      : [el("div", { class: unread ? "degraded" : "muted" }, unread ? `unknown: ${unread}` : "local volume")];
     const sessions = v.logged_in.length
       ? v.logged_in.map((s) => el("div", {}, `${s.initiator} from ${s.address}${s.node ? " through " + s.node : ""}`))
       : [el("span", { class: "muted" }, v.sessions ? `${v.sessions}` : "none")];
@@ -327,7 +369,7 @@ async function volumes() {
       el("td", {}, bytes(v.size_bytes)),
       el("td", {}, bytes(v.allocated_bytes)),
       el("td", {}, copies),
-      el("td", {}, rec ? nameOf(rec.primary) : "this node"),
+      el("td", {}, rec ? nameOf(rec.primary) : unread ? "unknown" : "this node"),
       el("td", {}, sessions),
       el("td", {}, access, v.chap_user ? el("div", { class: "muted small" }, "CHAP user " + v.chap_user) : null),
       el("td", {},
@@ -399,7 +441,10 @@ async function createVolume(ev) {
   await act(async () => {
     const size = parseSize($("create-size").value);
     const body = { name, size_bytes: size };
-    if (replicasText) body.replicas = parseInt(replicasText, 10);
+    if (replicasText) {
+      if (!/^\d+$/.test(replicasText)) throw new Error(`copies ${JSON.stringify(replicasText)}: give a whole number, e.g. 2`);
+      body.replicas = parseInt(replicasText, 10);
+    }
     const copies = body.replicas ? `, ${body.replicas} ${body.replicas === 1 ? "copy" : "copies"}` : "";
     if (!(await confirmDialog(`Create volume ${name} of ${bytes(size)}${copies}?`))) return;
     await api("POST", "/v1/volumes", body);
@@ -545,8 +590,9 @@ async function refresh(page) {
   busy = true;
   try {
     await LOADERS[page]();
+    if (refreshFailed) showError(null);
   } catch (e) {
-    if (e.status !== 401) showError(e);
+    if (e.status !== 401 && (refreshFailed || $("error").hidden)) showError(e, true);
   } finally {
     busy = false;
   }
