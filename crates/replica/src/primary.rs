@@ -56,7 +56,7 @@ use crate::wire::{Failure, Op};
 pub use audit::AckWindow;
 pub use control::{Control, ControlError};
 pub use handover::{Drained, HandOverError};
-pub use peer::{NotAPeerState, PeerState, PeerStatus};
+pub use peer::{NotAPeerState, PeerState, PeerStatus, DISK_RETRY_FIRST, DISK_RETRY_MAX};
 
 use audit::AckCounter;
 use peer::{AtomicPeerState, Peer};
@@ -230,6 +230,7 @@ impl Primary {
                 away: AtomicBool::new(false),
                 wake: tokio::sync::Notify::new(),
                 round_trips: Arc::default(),
+                disk: Default::default(),
             }));
         }
         copy.set_peer_maps(list.iter().map(|p| p.dirty.clone()).collect());
@@ -455,6 +456,9 @@ impl Primary {
         }
         for (p, e) in failures {
             p.dirty.mark(off, len);
+            if let Some(why) = peer::disk_failure(&e) {
+                self.disk_failed(p, &why);
+            }
             if let LinkError::Failed {
                 failure: Failure::StaleEpoch { current },
                 ..
@@ -567,6 +571,9 @@ impl Primary {
             }
         }
         for (p, e) in failures {
+            if let Some(why) = peer::disk_failure(&e) {
+                self.disk_failed(p, &why);
+            }
             self.lose(p, &e).await?;
         }
         Ok(())
