@@ -280,3 +280,135 @@ async fn a_slow_copy_stalls_writes_no_longer_than_the_link_timeout() {
     assert!(ca == cb, "the copies are the same");
     p.stop();
 }
+
+/// A control plane that, besides recording, passes on the primary's asks
+/// to hand the volume over after its disk failed: (epoch, to).
+struct HandingOver {
+    recorded: Recorded,
+    asked: tokio::sync::mpsc::UnboundedSender<(u64, u64)>,
+}
+
+#[async_trait]
+impl Control for HandingOver {
+    fn may_acknowledge(&self, v: &str, e: u64) -> bool {
+        self.recorded.may_acknowledge(v, e)
+    }
+    async fn replica_lost(&self, v: &str, node: u64, e: u64) -> Result<(), ControlError> {
+        self.recorded.replica_lost(v, node, e).await
+    }
+    async fn replica_in_sync(&self, v: &str, node: u64, e: u64) -> Result<(), ControlError> {
+        self.recorded.replica_in_sync(v, node, e).await
+    }
+    async fn replica_syncing(&self, v: &str, node: u64, e: u64) {
+        self.recorded.replica_syncing(v, node, e).await
+    }
+    fn replica_detached(&self, v: &str, node: u64, why: &str) {
+        self.recorded.replica_detached(v, node, why)
+    }
+    fn primary_disk_failed(&self, _v: &str, epoch: u64, to: u64, _why: &str) -> bool {
+        self.asked.send((epoch, to)).is_ok()
+    }
+}
+
+/// The primary's own disk fails (`fault`) under FUA writes while the copy
+/// on node 2 is in sync: no write is answered with the disk's error; the
+/// primary asks for the volume to go to node 2 and stops taking commands
+/// (they are answered as a transition); once node 2 is promoted at a new
+/// epoch (as the control plane does, with node 1's copy out of sync) the
+/// writes retried there succeed, node 2 holds every acknowledged write,
+/// and once node 1's disk works again it is brought back in sync holding
+/// them too.
+async fn primary_disk_fails(fault: DiskFault) {
+    let a = DiskNode::new().await;
+    let b = DiskNode::new().await;
+    let (tx, mut asked) = tokio::sync::mpsc::unbounded_channel();
+    let control = Arc::new(HandingOver {
+        recorded: Recorded::default(),
+        asked: tx,
+    });
+    let old = common::role(a.copy.clone(), 1, 1, &[(b.addr, 2)], &[], control.clone()).await;
+    let mut expect = vec![None; BLOCKS as usize];
+    write_all(&old, 0, 50, &mut expect).await;
+
+    a.disk.fail(fault);
+    // The next write fails here and is answered as a transition, not as
+    // the disk's error; every command after it too.
+    let (lba, data) = (3, block(3, 50));
+    match old.write(lba, data.clone(), true).await {
+        Err(volume::VolumeError::Unavailable(_)) => {}
+        other => panic!("the write the primary's disk failed was answered {other:?}"),
+    }
+    let Ok(Some((epoch, to))) = tokio::time::timeout(Duration::from_secs(5), asked.recv()).await
+    else {
+        panic!("the primary asked for no hand-over");
+    };
+    assert_eq!((epoch, to), (1, 2));
+    assert!(matches!(
+        old.read(0, 1).await,
+        Err(volume::VolumeError::Unavailable(_))
+    ));
+    // What the control plane does: the drained role is done, node 2 is
+    // promoted at the next epoch with node 1's copy out of sync.
+    old.drain_failed(2, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .keep();
+    old.stop();
+    let new = common::role(b.copy.clone(), 2, 2, &[(a.addr, 1)], &[1], control.clone()).await;
+    // The initiator retries the write on the new primary.
+    new.write(lba, data.clone(), true).await.unwrap();
+    expect[lba as usize] = Some(data);
+    write_all(&new, 51, 50, &mut expect).await;
+    holds(&b.contents().await, &expect, "the new primary");
+    assert!(!peer(&new, 1).in_sync(), "node 1's copy is out of sync");
+
+    a.disk.heal();
+    wait_for(
+        || peer(&new, 1).in_sync(),
+        DISK_RETRY_MAX + Duration::from_secs(15),
+        "node 1's copy is back in sync once its disk works",
+    )
+    .await;
+    write_all(&new, 101, 20, &mut expect).await;
+    new.flush().await.unwrap();
+    let (ca, cb) = (a.contents().await, b.contents().await);
+    holds(&cb, &expect, "the new primary");
+    holds(&ca, &expect, "the old primary's copy");
+    assert!(ca == cb, "the copies are the same");
+    new.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_primary_whose_disk_fails_with_eio_hands_the_volume_over() {
+    primary_disk_fails(DiskFault::Eio).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_primary_whose_filesystem_turns_read_only_hands_the_volume_over() {
+    primary_disk_fails(DiskFault::ReadOnly).await;
+}
+
+/// Without a copy in sync elsewhere, the primary's disk error is the
+/// command's, as before: the volume stays where it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_primary_whose_disk_fails_without_a_copy_in_sync_answers_the_error() {
+    let a = DiskNode::new().await;
+    let (tx, mut asked) = tokio::sync::mpsc::unbounded_channel();
+    let control = Arc::new(HandingOver {
+        recorded: Recorded::default(),
+        asked: tx,
+    });
+    let p = common::role(a.copy.clone(), 1, 1, &[], &[], control.clone()).await;
+    a.disk.fail(DiskFault::Eio);
+    match p.write(0, block(0, 1), true).await {
+        Err(volume::VolumeError::Io(_)) => {}
+        other => panic!("answered {other:?}"),
+    }
+    assert!(
+        asked.try_recv().is_err(),
+        "no hand-over without a copy in sync"
+    );
+    a.disk.heal();
+    p.write(0, block(0, 2), true).await.unwrap();
+    p.stop();
+}
