@@ -43,15 +43,22 @@ pub(super) fn disk_retry_after(tries: u32) -> Duration {
 }
 
 /// Why a copy is detached, where a request failed because the copy's disk
-/// did ("disk failed: " and what its storage said) or because it answered
-/// too late (a slow disk, a busy node or a cut link): not for a link that
-/// broke or a node that is down, which are tried again at once.
+/// did ("disk failed: " and what its storage said, also when its copy
+/// could not record the primary's epoch at the hello) or because it
+/// answered too late (a slow disk, a busy node or a cut link): not for a
+/// link that broke or a node that is down, which are tried again at once.
 pub(super) fn disk_failure(e: &LinkError) -> Option<String> {
     match e {
         LinkError::Failed { failure, .. } => failure
             .disk_failure()
             .map(|why| format!("disk failed: {why}")),
         LinkError::Timeout(_) => Some(format!("too slow: {e}")),
+        // Its copy could not record the primary's epoch.
+        LinkError::Refused {
+            refusal: Refusal::Failed,
+            message,
+            ..
+        } => Some(format!("disk failed: {message}")),
         _ => None,
     }
 }
@@ -425,6 +432,13 @@ pub(super) async fn supervise(me: Weak<Primary>, p: Arc<Peer>) {
                             node = p.node,
                             "replica unreachable: {e}"
                         );
+                        // Its copy's disk failed as it took up this epoch
+                        // (a node that does not answer is tried again at once).
+                        if matches!(e, LinkError::Refused { .. }) {
+                            if let Some(why) = disk_failure(&e) {
+                                v.disk_failed(&p, &why);
+                            }
+                        }
                         if let LinkError::Refused {
                             refusal: Refusal::StaleEpoch { .. },
                             ..
