@@ -120,7 +120,7 @@ fn holds(contents: &[u8], expect: &[Option<Bytes>], who: &str) {
         if let Some(want) = want {
             let at = lba * BS as usize;
             assert!(
-                &contents[at..at + BS as usize] == &want[..],
+                contents[at..at + BS as usize] == want[..],
                 "{who}: block {lba} lost an acknowledged write"
             );
         }
@@ -157,7 +157,20 @@ async fn copy_disk_fails(fault: DiskFault, says: &str) {
     assert!(peer(&p, 2).in_sync());
 
     b.disk.fail(fault);
-    write_all(&p, 50, 50, &mut expect).await;
+    // Many writes in flight fail on the copy together: one failure of it.
+    let mut together = tokio::task::JoinSet::new();
+    for i in 50..82 {
+        let (p, lba) = (p.clone(), (i * 7) % BLOCKS);
+        together.spawn(async move {
+            let data = block(lba, i);
+            p.write(lba, data.clone(), true).await.map(|()| (lba, data))
+        });
+    }
+    while let Some(done) = together.join_next().await {
+        let (lba, data) = done.unwrap().expect("a write acknowledged");
+        expect[lba as usize] = Some(data);
+    }
+    write_all(&p, 82, 50, &mut expect).await;
     assert_eq!(
         *control.lost.lock().unwrap(),
         vec![2],
@@ -195,7 +208,7 @@ async fn copy_disk_fails(fault: DiskFault, says: &str) {
         1,
         "still one report"
     );
-    write_all(&p, 100, 50, &mut expect).await;
+    write_all(&p, 132, 50, &mut expect).await;
 
     b.disk.heal();
     wait_for(
@@ -206,7 +219,7 @@ async fn copy_disk_fails(fault: DiskFault, says: &str) {
     .await;
     assert_eq!(peer(&p, 2).detached, None);
     assert_eq!(*control.in_sync.lock().unwrap(), vec![2]);
-    write_all(&p, 150, 50, &mut expect).await;
+    write_all(&p, 182, 50, &mut expect).await;
     p.flush().await.unwrap();
     let (ca, cb) = (a.contents().await, b.contents().await);
     holds(&ca, &expect, "primary");

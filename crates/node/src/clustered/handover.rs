@@ -246,7 +246,25 @@ impl Node {
         epoch: u64,
         to: NodeId,
     ) -> Result<HandedOver, NodeError> {
-        self.hand_over_as(name, to, Why::DiskFailed { epoch }).await
+        let result = self.hand_over_as(name, to, Why::DiskFailed { epoch }).await;
+        if result.is_err() {
+            // The role fenced itself when its disk failed and serves no
+            // more: it is taken up anew, as after a hand-over that did not
+            // commit (unless the volume moved on meanwhile).
+            if let Ok(c) = self.member() {
+                let id = c.cluster.state().volumes.get(name).map(|v| v.id);
+                if let Some(id) = id {
+                    let mut vols = self.exported.lock().await;
+                    if let Some(p) = vols.by_id_mut(id).and_then(|e| e.cluster.as_mut()) {
+                        if p.current.as_ref().is_some_and(|(_, e, _)| *e == epoch) {
+                            p.current = None;
+                        }
+                    }
+                }
+                c.wake.notify_one();
+            }
+        }
+        result
     }
 
     async fn hand_over_as(

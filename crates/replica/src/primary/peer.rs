@@ -320,13 +320,18 @@ impl Primary {
     /// the tries after it are logged quietly.
     pub(super) fn disk_failed(&self, p: &Peer, why: &str) {
         let mut d = p.disk.lock().unwrap();
+        let now = Instant::now();
+        if d.as_ref().is_some_and(|d| now < d.retry_at) {
+            // More requests of the same try (writes in flight together).
+            return;
+        }
         let tries = d.as_ref().map_or(0, |d| d.tries) + 1;
         let wait = disk_retry_after(tries);
         let first = d.is_none();
         *d = Some(DiskFailure {
             why: why.to_string(),
             tries,
-            retry_at: Instant::now() + wait,
+            retry_at: now + wait,
         });
         drop(d);
         if first {
