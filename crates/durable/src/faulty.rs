@@ -7,8 +7,9 @@
 //! Writes, syncs, hole punches and length changes fail as the fault says;
 //! reads keep working (a disk that failed its writes still reads what it
 //! holds, as a filesystem remounted read-only does). Latency is added to
-//! every write and sync, on the thread that does the I/O (the blocking
-//! pool, for a volume).
+//! every write and sync, on the thread that does the I/O; a slow disk
+//! answers no read without waiting, so a volume does that I/O on the
+//! blocking pool, never on the thread of the caller.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -139,6 +140,12 @@ impl<B: Backing> Backing for FaultyBacking<B> {
         self.inner.read_at(buf, offset)
     }
     fn read_nowait(&self, buf: &mut [u8], offset: u64) -> io::Result<bool> {
+        // A slow disk has nothing at hand without waiting: its users go to
+        // the blocking pool for every access (a volume writes in place of
+        // the caller only what it expects not to wait for).
+        if self.faults.latency_us.load(Ordering::SeqCst) > 0 {
+            return Ok(false);
+        }
         self.inner.read_nowait(buf, offset)
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
@@ -209,6 +216,8 @@ mod tests {
         let faults = DiskFaults::new();
         let b = FaultyBacking::new(SimDisk::new(4096), faults.clone());
         faults.slow(Duration::from_millis(50));
+        let mut buf = [0; 4];
+        assert!(!b.read_nowait(&mut buf, 0).unwrap(), "nothing at hand");
         let t = std::time::Instant::now();
         b.write_at(b"late", 0).unwrap();
         b.sync().unwrap();

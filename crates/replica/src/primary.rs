@@ -488,7 +488,15 @@ impl Primary {
             for p in &self.peers {
                 p.dirty.mark(off, len);
             }
-            return Err(self.local_failed(e));
+            let e = self.local_failed(e);
+            if self.abdicating.load(Ordering::SeqCst) {
+                // The copies took what this one failed: its activity log
+                // keeps these regions marked for as long as this process
+                // runs (no sweep clears them), to report them as suspect
+                // to the new primary, which resyncs them here.
+                std::mem::forget(_active);
+            }
+            return Err(e);
         }
         self.check_serving()?;
         if let Some(s) = compare {
