@@ -16,6 +16,7 @@
 
 mod backing;
 mod blocking;
+mod faulty;
 mod file_io;
 mod region_map;
 mod replace;
@@ -23,6 +24,7 @@ mod sim_disk;
 
 pub use backing::Backing;
 pub use blocking::blocking;
+pub use faulty::{DiskFault, DiskFaults, FaultyBacking};
 pub use file_io::{filesystem_space, read_at_random};
 pub use region_map::{Opened, Quiet, RegionMap};
 pub use replace::{replace_with, sync_dir, write_atomic, write_atomic_mode, FileError};

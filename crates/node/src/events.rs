@@ -47,6 +47,9 @@ pub enum EventKind {
     ResyncEnd,
     /// A copy was recorded as missing writes.
     CopyOutOfSync,
+    /// A copy was detached because its disk failed or answered too late;
+    /// its primary tries it again with a growing wait.
+    CopyDetached,
     /// A volume was created.
     VolumeCreate,
     /// A volume was grown.
@@ -77,12 +80,13 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind, in the order documentation lists them.
-    pub const ALL: [EventKind; 18] = [
+    pub const ALL: [EventKind; 19] = [
         EventKind::Failover,
         EventKind::PrimaryMoved,
         EventKind::ResyncStart,
         EventKind::ResyncEnd,
         EventKind::CopyOutOfSync,
+        EventKind::CopyDetached,
         EventKind::VolumeCreate,
         EventKind::VolumeResize,
         EventKind::VolumeDelete,
@@ -106,6 +110,7 @@ impl EventKind {
             EventKind::ResyncStart => "resync-start",
             EventKind::ResyncEnd => "resync-end",
             EventKind::CopyOutOfSync => "copy-out-of-sync",
+            EventKind::CopyDetached => "copy-detached",
             EventKind::VolumeCreate => "volume-create",
             EventKind::VolumeResize => "volume-resize",
             EventKind::VolumeDelete => "volume-delete",

@@ -37,6 +37,6 @@ pub use export::{ClusterVolume, Route, Unit};
 pub use forward::Forwarder;
 pub use primary::{
     AckWindow, Control, ControlError, Drained, HandOverError, NotAPeerState, PeerSpec, PeerState,
-    PeerStatus, Primary, PrimaryConfig,
+    PeerStatus, Primary, PrimaryConfig, DISK_RETRY_FIRST, DISK_RETRY_MAX,
 };
 pub use server::ReplicaServer;

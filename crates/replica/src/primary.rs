@@ -56,7 +56,7 @@ use crate::wire::{Failure, Op};
 pub use audit::AckWindow;
 pub use control::{Control, ControlError};
 pub use handover::{Drained, HandOverError};
-pub use peer::{NotAPeerState, PeerState, PeerStatus};
+pub use peer::{NotAPeerState, PeerState, PeerStatus, DISK_RETRY_FIRST, DISK_RETRY_MAX};
 
 use audit::AckCounter;
 use peer::{AtomicPeerState, Peer};
@@ -114,6 +114,9 @@ pub struct Primary {
     reservations: tokio::sync::Mutex<()>,
     /// Raised while the volume is handed over: no new command is taken.
     fenced: AtomicBool,
+    /// Set once this copy's disk failed and the volume is being handed
+    /// to an in-sync copy on another node (see [`Primary::local_failed`]).
+    abdicating: AtomicBool,
     /// Commands that change the volume running now (see `handover`).
     active: AtomicUsize,
     /// Woken when the last of them ends.
@@ -230,6 +233,7 @@ impl Primary {
                 away: AtomicBool::new(false),
                 wake: tokio::sync::Notify::new(),
                 round_trips: Arc::default(),
+                disk: Default::default(),
             }));
         }
         copy.set_peer_maps(list.iter().map(|p| p.dirty.clone()).collect());
@@ -256,6 +260,7 @@ impl Primary {
             tasks: std::sync::Mutex::new(Vec::new()),
             reservations: tokio::sync::Mutex::new(()),
             fenced: AtomicBool::new(false),
+            abdicating: AtomicBool::new(false),
             active: AtomicUsize::new(0),
             idle: tokio::sync::Notify::new(),
             snapshot_order: tokio::sync::Mutex::new(()),
@@ -420,7 +425,13 @@ impl Primary {
                 );
             }
         }
-        let _active = self.copy.enter(off, len).await?;
+        // Marked here before any copy writes: where this disk fails that
+        // mark, no copy has the write yet.
+        let _active = self
+            .copy
+            .enter(off, len)
+            .await
+            .map_err(|e| self.local_failed(e))?;
         let mut calls = Vec::with_capacity(self.peers.len());
         let mut failures = Vec::new();
         for p in &self.peers {
@@ -455,6 +466,9 @@ impl Primary {
         }
         for (p, e) in failures {
             p.dirty.mark(off, len);
+            if let Some(why) = peer::disk_failure(&e) {
+                self.disk_failed(p, &why);
+            }
             if let LinkError::Failed {
                 failure: Failure::StaleEpoch { current },
                 ..
@@ -467,14 +481,23 @@ impl Primary {
             }
             self.lose(p, &e).await?;
         }
-        if local_result.is_err() {
+        if let Err(e) = local_result {
             // Peers may hold the new data while this copy does not: let
-            // resync bring them back to this copy's contents.
+            // resync bring them back to this copy's contents (or, where
+            // this copy's disk failed, the volume goes to one of them).
             for p in &self.peers {
                 p.dirty.mark(off, len);
             }
+            let e = self.local_failed(e);
+            if self.abdicating.load(Ordering::SeqCst) {
+                // The copies took what this one failed: its activity log
+                // keeps these regions marked for as long as this process
+                // runs (no sweep clears them), to report them as suspect
+                // to the new primary, which resyncs them here.
+                std::mem::forget(_active);
+            }
+            return Err(e);
         }
-        local_result?;
         self.check_serving()?;
         if let Some(s) = compare {
             self.copy
@@ -567,6 +590,9 @@ impl Primary {
             }
         }
         for (p, e) in failures {
+            if let Some(why) = peer::disk_failure(&e) {
+                self.disk_failed(p, &why);
+            }
             self.lose(p, &e).await?;
         }
         Ok(())
@@ -612,8 +638,8 @@ impl Primary {
         self.check_serving()?;
         let local = self.copy.volume().flush();
         let (l, r) = tokio::join!(local, self.to_peers(Op::Flush));
-        l?;
         r?;
+        l.map_err(|e| self.local_failed(e))?;
         self.check_serving()
     }
 

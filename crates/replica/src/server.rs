@@ -218,10 +218,15 @@ impl ReplicaServer {
             Mode::Replicate => {
                 copy.note_copy(hello.node, hello.copy_id);
                 let current = copy.accept_epoch(hello.epoch).await.map_err(|e| {
+                    // What the storage said, for the primary to report.
+                    let why = match &e {
+                        VolumeError::Io(io) => format!("I/O error: {io}"),
+                        e => e.to_string(),
+                    };
                     refused(
                         Refusal::Failed,
                         format!(
-                            "volume {}: taking up epoch {} failed: {e}",
+                            "volume {}: taking up epoch {} failed: {why}",
                             hello.volume, hello.epoch
                         ),
                     )

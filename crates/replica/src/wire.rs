@@ -283,6 +283,21 @@ pub enum Failure {
     Volume { code: u8, arg: u64, message: String },
 }
 
+impl Failure {
+    /// What the serving node's storage said, where the failure is its disk
+    /// failing (EIO, a read-only or a full filesystem) rather than the
+    /// request or the node's role: the copy cannot take writes until its
+    /// disk works again.
+    pub fn disk_failure(&self) -> Option<&str> {
+        match self {
+            Failure::Volume { code, message, .. } if matches!(*code, E_IO | E_NO_SPACE) => {
+                Some(message)
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Answer to one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
@@ -331,7 +346,15 @@ pub fn failure_of(e: &VolumeError) -> Failure {
         VolumeError::Medium { lba, .. } => (E_MEDIUM, *lba),
         VolumeError::Shrink { requested, .. } => (E_SHRINK, *requested),
         VolumeError::Closed => (E_CLOSED, 0),
-        VolumeError::Io(_) => (E_IO, 0),
+        VolumeError::Io(io) => {
+            // What the operating system said ("Read-only file system"), for
+            // the primary to report why the copy failed.
+            return Failure::Volume {
+                code: E_IO,
+                arg: 0,
+                message: format!("I/O error: {io}"),
+            };
+        }
         VolumeError::Unavailable(why) => {
             // The reason alone: the receiving side says "unavailable" itself.
             return Failure::Volume {

@@ -2,4 +2,4 @@
 //! durability toolkit's [`Backing`], the volume's sparse files in service
 //! and [`SimDisk`]s in power-cut tests.
 
-pub use durable::{Backing, SimDisk};
+pub use durable::{Backing, DiskFault, DiskFaults, FaultyBacking, SimDisk};

@@ -22,7 +22,7 @@ mod local;
 mod pool;
 mod snapshots;
 
-pub use backing::{Backing, SimDisk};
+pub use backing::{Backing, DiskFault, DiskFaults, FaultyBacking, SimDisk};
 pub use catalog::{
     read_if_exists, validate_geometry, validate_name, validate_snapshot_name, Store, VolumeMeta,
 };

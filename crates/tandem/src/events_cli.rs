@@ -26,7 +26,7 @@ pub(crate) struct EventsArgs {
     #[arg(long)]
     since: Option<String>,
     /// Only events of this kind (failover, primary-moved, resync-start,
-    /// resync-end, copy-out-of-sync, volume-create, volume-resize,
+    /// resync-end, copy-out-of-sync, copy-detached, volume-create, volume-resize,
     /// volume-delete, snapshot-create, snapshot-delete, login-refused,
     /// checksum-error, space-low, space-ok, node-down, node-up,
     /// maintenance-enter, maintenance-exit); repeat or separate by commas.

@@ -885,7 +885,12 @@ async fn cluster_command(c: &api::ApiClient, cmd: ClusterCommand) -> anyhow::Res
                         let n = name(*id);
                         match st {
                             cluster::ReplicaState::InSync => format!("{n}:in-sync"),
-                            cluster::ReplicaState::OutOfSync => format!("{n}:out-of-sync"),
+                            cluster::ReplicaState::OutOfSync => {
+                                match detached(&v, &vol.name, *id) {
+                                    Some(why) => format!("{n}:out-of-sync ({why})"),
+                                    None => format!("{n}:out-of-sync"),
+                                }
+                            }
                             cluster::ReplicaState::Syncing => {
                                 match resync_progress(&v, &vol.name, *id) {
                                     Some(p) => format!(
@@ -1200,7 +1205,12 @@ pub(crate) fn volume_status_text(view: &api::ClusterView, vol: &cluster::VolumeR
     for (n, st) in &vol.replicas {
         let (state_text, progress) = match st {
             cluster::ReplicaState::InSync => ("in-sync", String::new()),
-            cluster::ReplicaState::OutOfSync => ("out-of-sync", String::new()),
+            cluster::ReplicaState::OutOfSync => (
+                "out-of-sync",
+                detached(view, &vol.name, *n)
+                    .map(str::to_string)
+                    .unwrap_or_default(),
+            ),
             cluster::ReplicaState::Syncing => (
                 "syncing",
                 resync_progress(view, &vol.name, *n)
@@ -1241,6 +1251,13 @@ pub(crate) fn resync_progress<'a>(
         .get(volume)?
         .iter()
         .find(|p| p.node == node)
+}
+
+/// Why `volume`'s copy on `node` is detached ("disk failed: ...", "too
+/// slow: ..."), as the volume's primary reports it; `None` unless the node
+/// asked is that primary and the copy is detached.
+pub(crate) fn detached<'a>(view: &'a api::ClusterView, volume: &str, node: u64) -> Option<&'a str> {
+    resync_progress(view, volume, node)?.detached.as_deref()
 }
 
 /// How fast a running resync copies and whether it yields to client

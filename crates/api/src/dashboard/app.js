@@ -7,7 +7,7 @@ const TOKEN_KEY = "tandem-api-token";
 const PAGES = ["overview", "volumes", "events", "report"];
 // The event kinds `GET /v1/events?kind=` takes (docs/events.md).
 const EVENT_KINDS = [
-  "failover", "primary-moved", "copy-out-of-sync", "resync-start", "resync-end",
+  "failover", "primary-moved", "copy-out-of-sync", "copy-detached", "resync-start", "resync-end",
   "volume-create", "volume-resize", "volume-delete", "snapshot-create", "snapshot-delete",
   "login-refused", "checksum-error", "space-low", "space-ok", "node-down", "node-up",
   "maintenance-enter", "maintenance-exit",

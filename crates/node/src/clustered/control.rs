@@ -14,6 +14,8 @@ use crate::{Event, EventKind, EventLog};
 /// What a primary asks of the control plane, through this node's membership.
 pub(super) struct ControlPlaneLink {
     pub(super) cluster: Weak<Clustered>,
+    /// The node, which hands a volume over when its copy here fails.
+    pub(super) node: Weak<crate::Node>,
     /// Number of the last report made per (volume, replica node): reports
     /// are numbered so that one given up on cannot land after a later one.
     pub(super) reports: std::sync::Mutex<HashMap<(String, u64), u64>>,
@@ -77,6 +79,48 @@ impl replica::Control for ControlPlaneLink {
         self.events
             .resync_ended(volume, &self.node_name(node), size);
         Ok(())
+    }
+
+    fn replica_detached(&self, volume: &str, node: u64, why: &str) {
+        // Queued only: the write that found the copy failing does not wait.
+        self.events.record(
+            Event::new(EventKind::CopyDetached)
+                .volume(volume)
+                .node(&self.node_name(node))
+                .with("reason", why),
+        );
+    }
+
+    fn primary_disk_failed(&self, volume: &str, epoch: u64, to: u64, why: &str) -> bool {
+        let (Some(node), Some(c)) = (self.node.upgrade(), self.cluster.upgrade()) else {
+            return false;
+        };
+        self.events.record(
+            Event::new(EventKind::CopyDetached)
+                .volume(volume)
+                .node(&self.node_name(c.cluster.id()))
+                .with("reason", format!("disk failed: {why}"))
+                .with("to", self.node_name(to)),
+        );
+        let volume = volume.to_string();
+        // On its own: the command that found the disk failing is answered
+        // at once (as a transition), and the drain waits for it to end.
+        tokio::spawn(async move {
+            match node.hand_over_failed(&volume, epoch, to).await {
+                Ok(h) => tracing::info!(
+                    volume,
+                    to,
+                    epoch = h.epoch,
+                    "the volume went to the copy on node {to}: this node's disk failed"
+                ),
+                Err(e) => tracing::warn!(
+                    volume,
+                    to,
+                    "handing the volume over after this node's disk failed did not happen: {e}"
+                ),
+            }
+        });
+        true
     }
 
     fn recorded_snapshots(&self, volume: &str) -> Option<Vec<uuid::Uuid>> {

@@ -51,6 +51,15 @@ pub struct PrimaryMoved {
     pub paused_us: u64,
 }
 
+/// Why a primary hands its volume over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Why {
+    /// A planned switchover: every copy stays in sync.
+    Planned,
+    /// The primary's copy failed a write or a flush as primary at `epoch`.
+    DiskFailed { epoch: u64 },
+}
+
 /// Answers the cluster's requests to hand over a volume this node leads.
 pub(super) struct Switchover {
     pub(super) node: Weak<Node>,
@@ -221,6 +230,49 @@ impl Node {
     /// change. When the change cannot be committed, the role is taken up
     /// anew (at a new epoch, so a change committed late is refused).
     pub(crate) async fn hand_over(&self, name: &str, to: NodeId) -> Result<HandedOver, NodeError> {
+        self.hand_over_as(name, to, Why::Planned).await
+    }
+
+    /// Hands cluster volume `name`, which this node leads at `epoch` and
+    /// whose copy here failed a write or a flush, to the in-sync copy on
+    /// `to`: the role drained (it stopped taking commands when its disk
+    /// failed), the control plane promotes that copy with this one recorded
+    /// out of sync, as after a failover. When that cannot be committed the
+    /// role is taken up anew (and its next failure tries again, or goes to
+    /// the initiator where no copy is in sync).
+    pub(crate) async fn hand_over_failed(
+        &self,
+        name: &str,
+        epoch: u64,
+        to: NodeId,
+    ) -> Result<HandedOver, NodeError> {
+        let result = self.hand_over_as(name, to, Why::DiskFailed { epoch }).await;
+        if result.is_err() {
+            // The role fenced itself when its disk failed and serves no
+            // more: it is taken up anew, as after a hand-over that did not
+            // commit (unless the volume moved on meanwhile).
+            if let Ok(c) = self.member() {
+                let id = c.cluster.state().volumes.get(name).map(|v| v.id);
+                if let Some(id) = id {
+                    let mut vols = self.exported.lock().await;
+                    if let Some(p) = vols.by_id_mut(id).and_then(|e| e.cluster.as_mut()) {
+                        if p.current.as_ref().is_some_and(|(_, e, _)| *e == epoch) {
+                            p.current = None;
+                        }
+                    }
+                }
+                c.wake.notify_one();
+            }
+        }
+        result
+    }
+
+    async fn hand_over_as(
+        &self,
+        name: &str,
+        to: NodeId,
+        why: Why,
+    ) -> Result<HandedOver, NodeError> {
         let c = self.member()?;
         let state = c.cluster.state();
         let v = state
@@ -247,19 +299,29 @@ impl Node {
                 "node {me} is still taking up its primary role; try again"
             )));
         };
+        if let Why::DiskFailed { epoch } = why {
+            if epoch != v.epoch {
+                return Err(refused(format!(
+                    "the role whose disk failed (epoch {epoch}) is no longer this node's"
+                )));
+            }
+        }
         // A member that cannot read the planned switchover would stop
         // following the log at it: then the change is made as a failover
         // (the old primary's copy resyncs what it may miss).
-        let planned = c
-            .cluster
-            .log_versions()
-            .await
-            .values()
-            .all(|r| r.as_ref().is_ok_and(|&l| l >= MOVE_PRIMARY_VERSION));
-        let drained = role
-            .drain(to, DRAIN_TIMEOUT)
-            .await
-            .map_err(|e| NodeError::Refused(e.to_string()))?;
+        // This copy's disk failed: it may miss what the others hold, so
+        // it is recorded out of sync, as after a failover.
+        let planned = why == Why::Planned
+            && c.cluster
+                .log_versions()
+                .await
+                .values()
+                .all(|r| r.as_ref().is_ok_and(|&l| l >= MOVE_PRIMARY_VERSION));
+        let drained = match why {
+            Why::Planned => role.drain(to, DRAIN_TIMEOUT).await,
+            Why::DiskFailed { .. } => role.drain_failed(to, DRAIN_TIMEOUT).await,
+        }
+        .map_err(|e| NodeError::Refused(e.to_string()))?;
         let drain_us = drained.waited.as_micros() as u64;
         let cmd = if planned {
             Command::MovePrimary {
@@ -321,6 +383,7 @@ impl Node {
             to,
             epoch = v.epoch + 1,
             planned,
+            disk_failed = why != Why::Planned,
             drain_us,
             commit_us,
             "volume handed over"

@@ -146,6 +146,7 @@ impl Node {
             key,
             control: Arc::new(ControlPlaneLink {
                 cluster: weak.clone(),
+                node: Arc::downgrade(self),
                 reports: std::sync::Mutex::new(HashMap::new()),
                 events: self.events.clone(),
             }),

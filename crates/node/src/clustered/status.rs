@@ -47,6 +47,11 @@ pub struct PeerStatus {
     /// them; not in JSON).
     #[serde(skip)]
     pub round_trips: scsi::stats::HistogramSnapshot,
+    /// Why the copy is detached and tried again only after a wait: "disk
+    /// failed: ..." (what its storage said) or "too slow: ..."; `None`
+    /// while it works.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detached: Option<String>,
 }
 
 impl PeerStatus {
@@ -121,6 +126,7 @@ fn peer_status(p: replica::PeerStatus) -> PeerStatus {
         resync_limit: p.resync_limit,
         resync_yielding: p.resync_yielding,
         round_trips: p.round_trips,
+        detached: p.detached,
     }
 }
 

@@ -33,6 +33,27 @@ pub trait Control: Send + Sync + 'static {
     /// it in [`Primary::peer_status`](super::Primary::peer_status).
     async fn replica_syncing(&self, volume: &str, node: u64, epoch: u64);
 
+    /// Reports that `node`'s copy of `volume` was detached because its disk
+    /// failed or it answered too late (`why`: "disk failed: ..." with what
+    /// its storage said, or "too slow: ..."), once per episode: the copy is
+    /// recorded out of sync through [`Control::replica_lost`] as well, and
+    /// tried again by the primary with a growing wait. Must not wait.
+    fn replica_detached(&self, volume: &str, node: u64, why: &str) {
+        let _ = (volume, node, why);
+    }
+
+    /// This node's copy of `volume`, which it leads at `epoch`, failed a
+    /// write or a flush (`why`) while the copy on `to` is in sync: the
+    /// control plane is to hand the volume to that copy, with this one
+    /// recorded out of sync, after the role drained
+    /// ([`Primary::drain_failed`](super::Primary::drain_failed)). Returns
+    /// whether it set out to; if not, the failure goes to the initiator.
+    /// Must not wait (the hand-over runs on its own).
+    fn primary_disk_failed(&self, volume: &str, epoch: u64, to: u64, why: &str) -> bool {
+        let _ = (volume, epoch, to, why);
+        false
+    }
+
     /// The snapshots of `volume` the control plane records, by id, oldest
     /// first; `None` while the cluster keeps no snapshots of its volumes
     /// (some member would not read the replication protocol's snapshot

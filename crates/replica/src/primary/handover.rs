@@ -5,6 +5,14 @@
 //! acknowledged. Only then may the control plane make another copy the
 //! primary without marking this one out of sync.
 //!
+//! The same drain serves a primary whose own disk fails a write or a flush
+//! while a copy on another node is in sync ([`Primary::local_failed`]):
+//! rather than answer the initiator with an error, the role stops taking
+//! commands (the failed one is answered as a transition too, and retried on
+//! the new primary, which holds it), and the control plane promotes that
+//! copy at a new epoch with this one recorded out of sync, as after a
+//! failover ([`Primary::drain_failed`]).
+//!
 //! Every command that changes the volume (a write of any kind, a flush,
 //! a reservation change, a resize) is counted while it runs; the fence is
 //! raised first and the count read after, and a command counts itself
@@ -163,6 +171,110 @@ impl Primary {
                 source,
             })?;
         self.check_successors(target)?;
+        drained.waited = start.elapsed();
+        Ok(drained)
+    }
+
+    /// This copy failed a write or a flush with `e`. Where that is its disk
+    /// failing (an I/O error, a full filesystem) and a copy on another node
+    /// is in sync, connected and recorded so, the role stops taking
+    /// commands and asks the control plane to hand the volume to that
+    /// copy; the command is answered as a transition (the initiator
+    /// retries it on the new primary, which holds it: the copies in sync
+    /// took it). Otherwise, or where the control plane does not take the
+    /// volume over, the failure is the command's, as before.
+    pub(super) fn local_failed(&self, e: VolumeError) -> VolumeError {
+        if !matches!(e, VolumeError::Io(_) | VolumeError::NoSpace) {
+            return e;
+        }
+        if self.abdicating.load(Ordering::SeqCst) {
+            return VolumeError::Unavailable(Unavailable::RoleEnded);
+        }
+        let Some(to) = self.successor() else {
+            tracing::warn!(
+                volume = self.copy.name(),
+                "this node's copy failed and no other copy is in sync: the command fails: {e}"
+            );
+            return e;
+        };
+        let why = match &e {
+            VolumeError::Io(io) => format!("I/O error: {io}"),
+            other => other.to_string(),
+        };
+        if self.abdicating.swap(true, Ordering::SeqCst) {
+            return VolumeError::Unavailable(Unavailable::RoleEnded);
+        }
+        // No new command from now on; those in flight end as they may.
+        self.fenced.store(true, Ordering::SeqCst);
+        if !self
+            .control
+            .primary_disk_failed(self.copy.name(), self.cfg.epoch, to, &why)
+        {
+            self.abdicating.store(false, Ordering::SeqCst);
+            self.fenced.store(false, Ordering::SeqCst);
+            return e;
+        }
+        tracing::warn!(
+            volume = self.copy.name(),
+            epoch = self.cfg.epoch,
+            to,
+            "this node's disk failed: handing the volume over to the copy on node {to}: {why}"
+        );
+        VolumeError::Unavailable(Unavailable::RoleEnded)
+    }
+
+    /// A copy that can take the volume over from this one: in sync,
+    /// recorded so, and connected.
+    fn successor(&self) -> Option<u64> {
+        self.peers
+            .iter()
+            .find(|p| {
+                p.state() == PeerState::InSync
+                    && !p.unrecorded.load(Ordering::Acquire)
+                    && p.link().is_some()
+            })
+            .map(|p| p.node)
+    }
+
+    /// After [`Primary::local_failed`] started a hand-over to `target`:
+    /// waits up to `limit` for the commands in flight (no new one is
+    /// taken) and checks that `target` can still take the volume over.
+    /// The control plane then promotes it with this copy recorded out of
+    /// sync ([`Primary::drain`]'s checks of the other copies do not apply:
+    /// the new primary treats them as after a failover, and the regions
+    /// this copy failed are in its activity log, which it reports as
+    /// suspect when it returns).
+    pub async fn drain_failed(
+        &self,
+        target: u64,
+        limit: Duration,
+    ) -> Result<Drained<'_>, HandOverError> {
+        let volume = || self.copy.name().to_string();
+        if !self.abdicating.load(Ordering::SeqCst) {
+            return Err(HandOverError::InProgress { volume: volume() });
+        }
+        self.fenced.store(true, Ordering::SeqCst);
+        let start = Instant::now();
+        let mut drained = Drained {
+            primary: self,
+            waited: Duration::ZERO,
+            kept: false,
+        };
+        self.wait_idle(start, limit).await?;
+        let Some(p) = self.peers.iter().find(|p| p.node == target) else {
+            return Err(HandOverError::NoCopy {
+                volume: volume(),
+                node: target,
+            });
+        };
+        let state = p.state();
+        if state != PeerState::InSync || p.unrecorded.load(Ordering::Acquire) {
+            return Err(HandOverError::NotInSync {
+                volume: volume(),
+                node: target,
+                state,
+            });
+        }
         drained.waited = start.elapsed();
         Ok(drained)
     }

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, RwLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -15,6 +15,53 @@ use super::{Primary, RESYNC_REGION};
 use crate::dirty::DirtyMap;
 use crate::link::{Link, LinkError};
 use crate::wire::{Hello, Mode, Op, Refusal};
+
+/// How long a copy whose disk failed is left alone before the first try
+/// to bring it back; each try that finds the disk failing again doubles the
+/// wait, up to [`DISK_RETRY_MAX`].
+pub const DISK_RETRY_FIRST: Duration = Duration::from_secs(1);
+
+/// Longest wait between two tries to bring back a copy whose disk fails.
+pub const DISK_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// A copy's disk failed: why, and when to try it again.
+#[derive(Debug, Clone)]
+pub(super) struct DiskFailure {
+    /// What the copy's storage said.
+    pub(super) why: String,
+    /// Tries that found the disk failing, the first failure included.
+    pub(super) tries: u32,
+    /// No resync (nor link) is tried before then.
+    pub(super) retry_at: Instant,
+}
+
+/// The wait after the `tries`-th failure of a copy's disk.
+pub(super) fn disk_retry_after(tries: u32) -> Duration {
+    DISK_RETRY_FIRST
+        .saturating_mul(1 << tries.saturating_sub(1).min(16))
+        .min(DISK_RETRY_MAX)
+}
+
+/// Why a copy is detached, where a request failed because the copy's disk
+/// did ("disk failed: " and what its storage said, also when its copy
+/// could not record the primary's epoch at the hello) or because it
+/// answered too late (a slow disk, a busy node or a cut link): not for a
+/// link that broke or a node that is down, which are tried again at once.
+pub(super) fn disk_failure(e: &LinkError) -> Option<String> {
+    match e {
+        LinkError::Failed { failure, .. } => failure
+            .disk_failure()
+            .map(|why| format!("disk failed: {why}")),
+        LinkError::Timeout(_) => Some(format!("too slow: {e}")),
+        // Its copy could not record the primary's epoch.
+        LinkError::Refused {
+            refusal: Refusal::Failed,
+            message,
+            ..
+        } => Some(format!("disk failed: {message}")),
+        _ => None,
+    }
+}
 
 /// A peer's state as its primary sees it (see [`crate::primary`]).
 /// Status displays and JSON name the states `in-sync`, `syncing`,
@@ -150,6 +197,12 @@ pub struct PeerStatus {
     /// metrics show it.
     #[serde(skip)]
     pub round_trips: HistogramSnapshot,
+    /// Why the copy is detached and tried again only after a wait: its
+    /// disk failed ("disk failed: I/O error: Read-only file system (os
+    /// error 30)") or answered too late ("too slow: ..."); `None` while it
+    /// works (and from a node that does not report it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detached: Option<String>,
 }
 
 impl PeerStatus {
@@ -183,6 +236,9 @@ pub(super) struct Peer {
     /// Round trips of the I/O requests sent to the peer, over every link
     /// this primary role made to it.
     pub(super) round_trips: Arc<LatencyHistogram>,
+    /// Set while the copy's disk fails: it is detached (out of sync) and
+    /// tried again with a growing wait, not at once.
+    pub(super) disk: std::sync::Mutex<Option<DiskFailure>>,
 }
 
 impl Peer {
@@ -197,6 +253,11 @@ impl Peer {
             .as_ref()
             .filter(|l| l.is_alive())
             .cloned()
+    }
+
+    /// When the copy's disk failed, the time to try it again.
+    fn disk_retry_at(&self) -> Option<Instant> {
+        self.disk.lock().unwrap().as_ref().map(|d| d.retry_at)
     }
 }
 
@@ -246,8 +307,59 @@ impl Primary {
                 resync_limit: Some(p.resync.limit.load(Ordering::Relaxed)).filter(|&l| l > 0),
                 resync_yielding: p.resync.yielding.load(Ordering::Relaxed),
                 round_trips: p.round_trips.snapshot(),
+                detached: p.disk.lock().unwrap().as_ref().map(|d| d.why.clone()),
             })
             .collect()
+    }
+
+    /// A request to `p` failed because its disk did or it answered too
+    /// late (`why`, see [`disk_failure`]): the copy is detached, the caller records it out of
+    /// sync as for any failure, and it is not tried again before a wait
+    /// that grows with each try that finds the disk failing. The first
+    /// failure is logged and reported to the control plane (an event);
+    /// the tries after it are logged quietly.
+    pub(super) fn disk_failed(&self, p: &Peer, why: &str) {
+        let mut d = p.disk.lock().unwrap();
+        let now = Instant::now();
+        if d.as_ref().is_some_and(|d| now < d.retry_at) {
+            // More requests of the same try (writes in flight together).
+            return;
+        }
+        let tries = d.as_ref().map_or(0, |d| d.tries) + 1;
+        let wait = disk_retry_after(tries);
+        let first = d.is_none();
+        *d = Some(DiskFailure {
+            why: why.to_string(),
+            tries,
+            retry_at: now + wait,
+        });
+        drop(d);
+        if first {
+            tracing::warn!(
+                volume = self.copy.name(),
+                node = p.node,
+                "replica detached (out of sync, tried again in {wait:?}): {why}"
+            );
+            self.control.replica_detached(self.copy.name(), p.node, why);
+        } else {
+            tracing::info!(
+                volume = self.copy.name(),
+                node = p.node,
+                tries,
+                "replica still fails, tried again in {wait:?}: {why}"
+            );
+        }
+    }
+
+    /// `p` is in sync again: whatever failed of its disk works now.
+    pub(super) fn disk_works(&self, p: &Peer) {
+        if p.disk.lock().unwrap().take().is_some() {
+            tracing::info!(
+                volume = self.copy.name(),
+                node = p.node,
+                "replica works again: the copy is back in sync"
+            );
+        }
     }
 }
 
@@ -276,6 +388,19 @@ pub(super) async fn supervise(me: Weak<Primary>, p: Arc<Peer>) {
             let _ = tokio::time::timeout(backoff, p.wake.notified()).await;
             backoff = (backoff * 2).min(Duration::from_secs(1));
             continue;
+        }
+        if let Some(at) = p.disk_retry_at() {
+            // Its disk failed: left detached (out of sync, not linked)
+            // until the time to try it again, not tried again at once.
+            let now = Instant::now();
+            if at > now && p.state() == PeerState::OutOfSync {
+                if let Some(l) = p.link.write().unwrap().take() {
+                    l.close();
+                }
+                drop(v);
+                let _ = tokio::time::timeout(at - now, p.wake.notified()).await;
+                continue;
+            }
         }
         let link = match p.link() {
             Some(l) => Some(l),
@@ -312,6 +437,13 @@ pub(super) async fn supervise(me: Weak<Primary>, p: Arc<Peer>) {
                             node = p.node,
                             "replica unreachable: {e}"
                         );
+                        // Its copy's disk failed as it took up this epoch
+                        // (a node that does not answer is tried again at once).
+                        if matches!(e, LinkError::Refused { .. }) {
+                            if let Some(why) = disk_failure(&e) {
+                                v.disk_failed(&p, &why);
+                            }
+                        }
                         if let LinkError::Refused {
                             refusal: Refusal::StaleEpoch { .. },
                             ..
@@ -346,6 +478,11 @@ pub(super) async fn supervise(me: Weak<Primary>, p: Arc<Peer>) {
             if p.state() != PeerState::InSync || p.dirty.count() > 0 {
                 if let Err(e) = v.resync(&p, &l).await {
                     tracing::info!(volume = v.copy.name(), node = p.node, "resync paused: {e}");
+                    if let Some(why) = e.disk_failure() {
+                        // Detached: out of the write path until it is tried again.
+                        v.disk_failed(&p, &why);
+                        let _ = v.lose(&p, &e).await;
+                    }
                     if !l.is_alive() {
                         let _ = v.lose(&p, &LinkError::Down(p.addr.clone())).await;
                     }
@@ -494,6 +631,7 @@ mod tests {
             resync_limit: Some(7),
             resync_yielding: true,
             round_trips: Default::default(),
+            detached: None,
         };
         let json = r#"{"node":2,"state":"out-of-sync","connected":true,"dirty_bytes":65536,"resync_done":1,"resync_total":3,"resync_data_bytes":4,"resync_unmapped_bytes":5,"resync_rate":6,"resync_limit":7,"resync_yielding":true}"#;
         assert_eq!(serde_json::to_string(&st).unwrap(), json);

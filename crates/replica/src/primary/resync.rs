@@ -220,6 +220,7 @@ impl Primary {
         p.dirty.set_tag(link.welcome().copy_id);
         p.unrecorded.store(true, Ordering::Release);
         self.record_in_sync(p).await?;
+        self.disk_works(p);
         summary("replica in sync");
         Ok(())
     }
@@ -520,6 +521,21 @@ pub(super) enum ResyncError {
     /// The peer is in sync but the control plane did not record it.
     #[error("recording the replica in sync failed: {0}")]
     Record(ControlError),
+}
+
+impl ResyncError {
+    /// What the peer's storage said, where the resync stopped because the
+    /// peer's disk failed.
+    pub(super) fn disk_failure(&self) -> Option<String> {
+        match self {
+            ResyncError::Copy {
+                cause: CopyError::Link(e),
+                ..
+            }
+            | ResyncError::Flush(e) => super::peer::disk_failure(e),
+            _ => None,
+        }
+    }
 }
 
 /// Why a range could not be copied to a peer.

@@ -14,6 +14,13 @@ pub(super) async fn sweeper(me: Weak<Primary>) {
         if v.stopped.load(Ordering::Acquire) {
             return;
         }
+        if v.abdicating.load(Ordering::SeqCst) {
+            // This copy's disk failed and the volume goes to another copy:
+            // as after a crash, nothing is swept any more, here or on the
+            // copies, so this copy's activity log and theirs keep every
+            // region it may miss (the new primary resyncs them to it).
+            return;
+        }
         if let Err(e) = v.copy.sweep().await {
             tracing::warn!(volume = v.copy.name(), "activity log sweep failed: {e}");
             continue;

@@ -497,38 +497,45 @@ pub async fn write_until_acknowledged(
 }
 
 /// Reads the first `extents` extents of `volume` through `portal` and checks
-/// every block against the history.
+/// every block against the history, 1 MiB a read (a larger volume takes
+/// several).
 pub async fn verify(portal: SocketAddr, volume: &str, extents: u64, h: &History) {
     let mut i = session(portal, volume)
         .await
         .expect("session for verification");
-    let blocks = (extents * EXTENT) as u32;
-    let mut o = None;
-    for _ in 0..100 {
-        let r = i
-            .run(&rw16(0x88, 0, blocks, false), &[], blocks * BLOCK as u32)
-            .await
-            .expect("read");
-        match (r.status, r.sense_key, r.asc) {
-            (0, _, _) => {
-                o = Some(r);
-                break;
+    let blocks = extents * EXTENT;
+    let per_read = (1 << 20) / BLOCK as u64;
+    for start in (0..blocks).step_by(per_read as usize) {
+        let n = per_read.min(blocks - start) as u32;
+        let mut o = None;
+        for _ in 0..100 {
+            let r = i
+                .run(&rw16(0x88, start, n, false), &[], n * BLOCK as u32)
+                .await
+                .expect("read");
+            match (r.status, r.sense_key, r.asc) {
+                (0, _, _) => {
+                    o = Some(r);
+                    break;
+                }
+                // Retried like an initiator does while the node takes up its role.
+                (_, 6, _) | (_, 2, (0x04, 0x0A)) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                _ => panic!(
+                    "read failed: sense key {:#x} asc {:02x?}",
+                    r.sense_key, r.asc
+                ),
             }
-            // Retried like an initiator does while the node takes up its role.
-            (_, 6, _) | (_, 2, (0x04, 0x0A)) => tokio::time::sleep(Duration::from_millis(50)).await,
-            _ => panic!(
-                "read failed: sense key {:#x} asc {:02x?}",
-                r.sense_key, r.asc
-            ),
         }
-    }
-    let o = o.expect("reads kept failing with access state transition");
-    if let Err(errors) = h.check_range(0, &o.data, BLOCK) {
-        panic!(
-            "{} blocks wrong: {:#?}",
-            errors.len(),
-            &errors[..errors.len().min(10)]
-        );
+        let o = o.expect("reads kept failing with access state transition");
+        if let Err(errors) = h.check_range(start, &o.data, BLOCK) {
+            panic!(
+                "{} blocks wrong: {:#?}",
+                errors.len(),
+                &errors[..errors.len().min(10)]
+            );
+        }
     }
 }
 

@@ -54,6 +54,10 @@ pub struct Server {
     bin: PathBuf,
     child: Option<Child>,
     log: PathBuf,
+    /// A directory of `data_dir` (and its size) on a tmpfs of the server's
+    /// own, mounted in a mount namespace made for it: a filesystem the
+    /// test can fill up under that server alone.
+    tmpfs: Option<(PathBuf, String)>,
 }
 
 impl Server {
@@ -116,7 +120,68 @@ impl Server {
             bin: PathBuf::from(tandem_bin()),
             child: None,
             log: data_dir.with_extension("log"),
+            tmpfs: None,
         }
+    }
+
+    /// [`Server::start`] with `data_dir/sub` on a tmpfs of `size` that only
+    /// this server sees (a mount namespace of its own, made with `unshare`;
+    /// the test must run as root), which [`Server::fill_tmpfs`] fills up
+    /// and [`Server::empty_tmpfs`] gives back. `None` where no such mount
+    /// can be made here.
+    #[allow(dead_code)]
+    pub fn start_on_tmpfs(data_dir: &Path, sub: &str, size: &str) -> Option<Server> {
+        let probe = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c"])
+            .arg("mount -t tmpfs -o size=1M tmpfs /mnt")
+            .status()
+            .is_ok_and(|s| s.success());
+        if !probe {
+            return None;
+        }
+        let mut s = Server::unstarted(data_dir, "127.0.0.1", None, &[]);
+        s.tmpfs = Some((data_dir.join(sub), size.to_string()));
+        s.spawn();
+        Some(s)
+    }
+
+    /// Fills the server's tmpfs (see [`Server::start_on_tmpfs`]) with a
+    /// file until no byte is free: writes that need new space fail there
+    /// with ENOSPC.
+    #[allow(dead_code)]
+    pub fn fill_tmpfs(&self) {
+        let (at, _) = self.tmpfs.as_ref().expect("a server on a tmpfs");
+        let filler = at.join("filler");
+        let script = format!(
+            "dd if=/dev/zero of={f} bs=1M 2>/dev/null; dd if=/dev/zero of={f} bs=4k oflag=append conv=notrunc 2>/dev/null; df {d}",
+            f = filler.display(),
+            d = at.display()
+        );
+        let out = Command::new("nsenter")
+            .args([
+                "-t",
+                &self.pid().to_string(),
+                "-m",
+                "--",
+                "sh",
+                "-c",
+                &script,
+            ])
+            .output()
+            .expect("run nsenter");
+        eprintln!("filled: {}", String::from_utf8_lossy(&out.stdout));
+    }
+
+    /// Removes what [`Server::fill_tmpfs`] wrote.
+    #[allow(dead_code)]
+    pub fn empty_tmpfs(&self) {
+        let (at, _) = self.tmpfs.as_ref().expect("a server on a tmpfs");
+        let ok = Command::new("nsenter")
+            .args(["-t", &self.pid().to_string(), "-m", "--", "rm", "-f"])
+            .arg(at.join("filler"))
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "emptying the tmpfs");
     }
 
     /// The server's control-plane endpoint, `HOST:PORT`.
@@ -137,13 +202,24 @@ impl Server {
             .append(true)
             .open(&self.log)
             .expect("open server log");
-        let mut cmd = match &self.netns {
-            Some(ns) => {
+        let mut cmd = match (&self.netns, &self.tmpfs) {
+            (Some(ns), _) => {
                 let mut c = Command::new("ip");
                 c.args(["netns", "exec", ns]).arg(&self.bin);
                 c
             }
-            None => Command::new(&self.bin),
+            (None, Some((at, size))) => {
+                // `unshare` and `sh` exec the server: its pid is theirs.
+                let mut c = Command::new("unshare");
+                c.args(["-m", "--propagation", "private", "sh", "-c"])
+                    .arg(r#"mkdir -p "$1" && mount -t tmpfs -o size="$2" tmpfs "$1" && shift 2 && exec "$@""#)
+                    .arg("sh")
+                    .arg(at)
+                    .arg(size)
+                    .arg(&self.bin);
+                c
+            }
+            (None, None) => Command::new(&self.bin),
         };
         let h = &self.host;
         let child = cmd

@@ -1,0 +1,230 @@
+//! A backing whose disk fails or slows down when a test says so: the test
+//! hook for what a node does when its storage returns EIO, turns read-only,
+//! fills up or answers late. Nothing in service builds one; a test wraps
+//! the backings of one node's volume in it and keeps the [`DiskFaults`]
+//! handle to break and heal that disk while the volume runs.
+//!
+//! Writes, syncs, hole punches and length changes fail as the fault says;
+//! reads keep working (a disk that failed its writes still reads what it
+//! holds, as a filesystem remounted read-only does). Latency is added to
+//! every write and sync, on the thread that does the I/O; a slow disk
+//! answers no read without waiting, so a volume does that I/O on the
+//! blocking pool, never on the thread of the caller.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::Backing;
+
+/// How a [`FaultyBacking`]'s writes fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum DiskFault {
+    /// Writes and syncs succeed.
+    None = 0,
+    /// Writes and syncs fail with EIO, as a dying disk's.
+    Eio = 1,
+    /// Writes and syncs fail with EROFS, as after the filesystem was
+    /// remounted read-only on an error.
+    ReadOnly = 2,
+    /// Writes and syncs fail with ENOSPC, as on a full filesystem.
+    Full = 3,
+}
+
+impl DiskFault {
+    fn from_u8(v: u8) -> DiskFault {
+        match v {
+            1 => DiskFault::Eio,
+            2 => DiskFault::ReadOnly,
+            3 => DiskFault::Full,
+            _ => DiskFault::None,
+        }
+    }
+
+    /// The error the operating system gives for this fault.
+    fn error(self) -> Option<io::Error> {
+        // Linux's numbers: EIO 5, ENOSPC 28, EROFS 30.
+        let errno = match self {
+            DiskFault::None => return None,
+            DiskFault::Eio => 5,
+            DiskFault::Full => 28,
+            DiskFault::ReadOnly => 30,
+        };
+        Some(io::Error::from_raw_os_error(errno))
+    }
+}
+
+/// The switch a test keeps to break, slow down and heal the disk behind
+/// every [`FaultyBacking`] made with it.
+#[derive(Debug, Default)]
+pub struct DiskFaults {
+    fault: AtomicU8,
+    latency_us: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl DiskFaults {
+    /// A disk that works, shared by the backings made with it.
+    pub fn new() -> Arc<DiskFaults> {
+        Arc::default()
+    }
+
+    /// From now on writes and syncs fail as `fault` says (`DiskFault::None`
+    /// heals the disk).
+    pub fn fail(&self, fault: DiskFault) {
+        self.fault.store(fault as u8, Ordering::SeqCst);
+    }
+
+    /// From now on every write and sync takes `latency` longer.
+    pub fn slow(&self, latency: Duration) {
+        self.latency_us
+            .store(latency.as_micros() as u64, Ordering::SeqCst);
+    }
+
+    /// The disk works again at full speed.
+    pub fn heal(&self) {
+        self.fail(DiskFault::None);
+        self.slow(Duration::ZERO);
+    }
+
+    /// The fault in force.
+    pub fn fault(&self) -> DiskFault {
+        DiskFault::from_u8(self.fault.load(Ordering::SeqCst))
+    }
+
+    /// Operations failed so far.
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::SeqCst)
+    }
+
+    /// Called before each write or sync: waits out the latency, then fails
+    /// it if the disk is broken.
+    fn check(&self) -> io::Result<()> {
+        let us = self.latency_us.load(Ordering::SeqCst);
+        if us > 0 {
+            std::thread::sleep(Duration::from_micros(us));
+        }
+        match self.fault().error() {
+            Some(e) => {
+                self.failed.fetch_add(1, Ordering::SeqCst);
+                Err(e)
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+/// A [`Backing`] over another whose writes fail or slow down as its
+/// [`DiskFaults`] say (see the module's comment).
+pub struct FaultyBacking<B> {
+    inner: B,
+    faults: Arc<DiskFaults>,
+}
+
+impl<B: Backing> FaultyBacking<B> {
+    /// `inner`, broken and healed through `faults`.
+    pub fn new(inner: B, faults: Arc<DiskFaults>) -> FaultyBacking<B> {
+        FaultyBacking { inner, faults }
+    }
+
+    /// The backing under the faults.
+    pub fn inner(&self) -> &B {
+        &self.inner
+    }
+}
+
+impl<B: Backing> Backing for FaultyBacking<B> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.inner.read_at(buf, offset)
+    }
+    fn read_nowait(&self, buf: &mut [u8], offset: u64) -> io::Result<bool> {
+        // A slow disk has nothing at hand without waiting: its users go to
+        // the blocking pool for every access (a volume writes in place of
+        // the caller only what it expects not to wait for).
+        if self.faults.latency_us.load(Ordering::SeqCst) > 0 {
+            return Ok(false);
+        }
+        self.inner.read_nowait(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.faults.check()?;
+        self.inner.write_at(buf, offset)
+    }
+    fn sync(&self) -> io::Result<()> {
+        self.faults.check()?;
+        self.inner.sync()
+    }
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.faults.check()?;
+        self.inner.punch_hole(offset, len)
+    }
+    fn seek(&self, offset: u64, data: bool) -> io::Result<Option<u64>> {
+        self.inner.seek(offset, data)
+    }
+    fn set_len_durably(&self, len: u64) -> io::Result<()> {
+        self.faults.check()?;
+        self.inner.set_len_durably(len)
+    }
+    fn size(&self) -> io::Result<u64> {
+        self.inner.size()
+    }
+    fn space(&self) -> io::Result<(u64, u64)> {
+        self.inner.space()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SimDisk;
+
+    #[test]
+    fn writes_fail_as_the_fault_says_and_reads_go_on() {
+        let faults = DiskFaults::new();
+        let b = FaultyBacking::new(SimDisk::new(4096), faults.clone());
+        b.write_at(b"good", 0).unwrap();
+        b.sync().unwrap();
+        for (fault, errno) in [
+            (DiskFault::Eio, 5),
+            (DiskFault::ReadOnly, 30),
+            (DiskFault::Full, 28),
+        ] {
+            faults.fail(fault);
+            assert_eq!(faults.fault(), fault);
+            let e = b.write_at(b"lost", 0).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(errno), "{fault:?}");
+            assert_eq!(b.sync().unwrap_err().raw_os_error(), Some(errno));
+            assert!(b.punch_hole(0, 4).is_err());
+            assert!(b.set_len_durably(8).is_err());
+            let mut buf = [0; 4];
+            b.read_at(&mut buf, 0).unwrap();
+            assert_eq!(&buf, b"good", "a failed write changes nothing");
+        }
+        assert_eq!(faults.failed(), 12);
+        faults.heal();
+        b.write_at(b"back", 0).unwrap();
+        b.sync().unwrap();
+        let mut buf = [0; 4];
+        b.read_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf, b"back");
+    }
+
+    #[test]
+    fn a_slow_disk_answers_late() {
+        let faults = DiskFaults::new();
+        let b = FaultyBacking::new(SimDisk::new(4096), faults.clone());
+        faults.slow(Duration::from_millis(50));
+        let mut buf = [0; 4];
+        assert!(!b.read_nowait(&mut buf, 0).unwrap(), "nothing at hand");
+        let t = std::time::Instant::now();
+        b.write_at(b"late", 0).unwrap();
+        b.sync().unwrap();
+        assert!(t.elapsed() >= Duration::from_millis(100));
+        faults.heal();
+        let t = std::time::Instant::now();
+        b.write_at(b"soon", 0).unwrap();
+        assert!(t.elapsed() < Duration::from_millis(50));
+    }
+}

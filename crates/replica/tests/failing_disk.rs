@@ -1,0 +1,441 @@
+//! Scenario tests of a copy whose disk fails or slows down while the
+//! volume runs: each node's copy is a store volume over backings whose
+//! disk a test breaks (EIO, read-only) or slows down
+//! ([`store::FaultyBacking`]), with a primary mirroring to it on loopback.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use replica::{
+    ClusterVolume, Control, ControlError, LocalCopy, PeerState, Primary, ReplicaServer,
+    DISK_RETRY_MAX,
+};
+use store::{DiskFault, DiskFaults, FaultyBacking, LocalVolume, SimDisk, VolumeFiles};
+use tokio::net::TcpListener;
+use volume::Volume;
+
+const BS: u32 = 4096;
+const BLOCKS: u64 = 1024;
+
+/// What the primary asked of the control plane, and when.
+#[derive(Default)]
+struct Recorded {
+    lost: Mutex<Vec<u64>>,
+    in_sync: Mutex<Vec<u64>>,
+    syncing: Mutex<Vec<(u64, Instant)>>,
+    detached: Mutex<Vec<(u64, String)>>,
+}
+
+#[async_trait]
+impl Control for Recorded {
+    fn may_acknowledge(&self, _v: &str, _e: u64) -> bool {
+        true
+    }
+    async fn replica_lost(&self, _v: &str, node: u64, _e: u64) -> Result<(), ControlError> {
+        self.lost.lock().unwrap().push(node);
+        Ok(())
+    }
+    async fn replica_in_sync(&self, _v: &str, node: u64, _e: u64) -> Result<(), ControlError> {
+        self.in_sync.lock().unwrap().push(node);
+        Ok(())
+    }
+    async fn replica_syncing(&self, _v: &str, node: u64, _e: u64) {
+        self.syncing.lock().unwrap().push((node, Instant::now()));
+    }
+    fn replica_detached(&self, _v: &str, node: u64, why: &str) {
+        self.detached.lock().unwrap().push((node, why.to_string()));
+    }
+}
+
+/// One node: its copy over a disk the test can break, and its
+/// replication server.
+struct DiskNode {
+    _dir: tempfile::TempDir,
+    copy: Arc<LocalCopy>,
+    disk: Arc<DiskFaults>,
+    addr: SocketAddr,
+}
+
+impl DiskNode {
+    async fn new() -> DiskNode {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = DiskFaults::new();
+        let faulty = |len| FaultyBacking::new(SimDisk::new(len), disk.clone());
+        let files = VolumeFiles {
+            data: faulty(BLOCKS * BS as u64),
+            sums: faulty(0),
+            dirty: faulty(0),
+        };
+        let vol: Arc<dyn Volume> =
+            Arc::new(LocalVolume::with_backing(files, BS, BLOCKS, 1 << 20).unwrap());
+        let copy = LocalCopy::open("vol", vol, &dir.path().join("vol")).unwrap();
+        let server = ReplicaServer::new(common::key());
+        server.add(ClusterVolume::over_copy(copy.clone()));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(server.serve(listener));
+        DiskNode {
+            _dir: dir,
+            copy,
+            disk,
+            addr,
+        }
+    }
+
+    async fn contents(&self) -> Vec<u8> {
+        self.copy.volume().read(0, BLOCKS as u32).await.unwrap()
+    }
+}
+
+/// Block `lba` as the `n`-th write fills it.
+fn block(lba: u64, n: u64) -> Bytes {
+    Bytes::from(vec![(lba as u8) ^ (n as u8) | 1; BS as usize])
+}
+
+/// Writes with FUA, one block each, `n` from `from`, every one of which
+/// must be acknowledged; returns the longest a write took.
+async fn write_all(p: &Primary, from: u64, n: u64, expect: &mut [Option<Bytes>]) -> Duration {
+    let mut longest = Duration::ZERO;
+    for i in from..from + n {
+        let lba = (i * 7) % BLOCKS;
+        let data = block(lba, i);
+        let t = Instant::now();
+        p.write(lba, data.clone(), true)
+            .await
+            .unwrap_or_else(|e| panic!("write {i} at {lba} failed: {e}"));
+        longest = longest.max(t.elapsed());
+        expect[lba as usize] = Some(data);
+    }
+    longest
+}
+
+/// Every acknowledged write is in `contents`.
+fn holds(contents: &[u8], expect: &[Option<Bytes>], who: &str) {
+    for (lba, want) in expect.iter().enumerate() {
+        if let Some(want) = want {
+            let at = lba * BS as usize;
+            assert!(
+                contents[at..at + BS as usize] == want[..],
+                "{who}: block {lba} lost an acknowledged write"
+            );
+        }
+    }
+}
+
+async fn wait_for(mut f: impl FnMut() -> bool, within: Duration, what: &str) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < within, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn peer(p: &Primary, node: u64) -> replica::PeerStatus {
+    p.peer_status()
+        .into_iter()
+        .find(|s| s.node == node)
+        .unwrap()
+}
+
+/// The copy on node 2 fails its disk with `fault` (`says`: what its
+/// storage reports) under FUA writes: every write is still acknowledged,
+/// the copy is recorded out of sync with the reason in its status and one
+/// report, it is tried again with a growing wait (not in a loop), and it
+/// comes back in sync by itself once its disk works, holding every write.
+async fn copy_disk_fails(fault: DiskFault, says: &str) {
+    let a = DiskNode::new().await;
+    let b = DiskNode::new().await;
+    let control = Arc::new(Recorded::default());
+    let p = common::role(a.copy.clone(), 1, 1, &[(b.addr, 2)], &[], control.clone()).await;
+    let mut expect = vec![None; BLOCKS as usize];
+    write_all(&p, 0, 50, &mut expect).await;
+    assert!(peer(&p, 2).in_sync());
+
+    b.disk.fail(fault);
+    // Many writes in flight fail on the copy together: one failure of it.
+    let mut together = tokio::task::JoinSet::new();
+    for i in 50..82 {
+        let (p, lba) = (p.clone(), (i * 7) % BLOCKS);
+        together.spawn(async move {
+            let data = block(lba, i);
+            p.write(lba, data.clone(), true).await.map(|()| (lba, data))
+        });
+    }
+    while let Some(done) = together.join_next().await {
+        let (lba, data) = done.unwrap().expect("a write acknowledged");
+        expect[lba as usize] = Some(data);
+    }
+    write_all(&p, 82, 50, &mut expect).await;
+    assert_eq!(
+        *control.lost.lock().unwrap(),
+        vec![2],
+        "recorded out of sync"
+    );
+    let st = peer(&p, 2);
+    assert_eq!(st.state, PeerState::OutOfSync);
+    let why = st.detached.expect("the status says why the copy is out");
+    assert!(
+        why.starts_with("disk failed: ") && why.contains(says),
+        "{why}"
+    );
+    let reports = control.detached.lock().unwrap().clone();
+    assert_eq!(reports.len(), 1, "one report: {reports:?}");
+    assert_eq!(reports[0].0, 2);
+
+    // Tried again after 1 s, then 2 s more, then 4 s more: in 6 s at
+    // most three resyncs start (one a second or faster before).
+    let since = Instant::now();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let tries = control
+        .syncing
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(n, t)| *n == 2 && *t >= since)
+        .count();
+    assert!(
+        (1..=3).contains(&tries),
+        "{tries} resyncs of a failing copy in 6 s"
+    );
+    assert_eq!(peer(&p, 2).state, PeerState::OutOfSync);
+    assert_eq!(
+        control.detached.lock().unwrap().len(),
+        1,
+        "still one report"
+    );
+    write_all(&p, 132, 50, &mut expect).await;
+
+    b.disk.heal();
+    wait_for(
+        || peer(&p, 2).in_sync(),
+        DISK_RETRY_MAX + Duration::from_secs(10),
+        "the copy is back in sync once its disk works",
+    )
+    .await;
+    assert_eq!(peer(&p, 2).detached, None);
+    assert_eq!(*control.in_sync.lock().unwrap(), vec![2]);
+    write_all(&p, 182, 50, &mut expect).await;
+    p.flush().await.unwrap();
+    let (ca, cb) = (a.contents().await, b.contents().await);
+    holds(&ca, &expect, "primary");
+    holds(&cb, &expect, "copy");
+    assert!(ca == cb, "the copies are the same");
+    p.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_copy_whose_disk_fails_with_eio_is_detached_and_comes_back() {
+    copy_disk_fails(DiskFault::Eio, "os error 5").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_copy_whose_filesystem_turns_read_only_is_detached_and_comes_back() {
+    copy_disk_fails(DiskFault::ReadOnly, "Read-only file system").await;
+}
+
+/// The copy on node 2 answers every write 3 s late, past the link's 2 s
+/// timeout: no write waits longer than the timeout and the record (the
+/// stated bound, plus a margin for a loaded machine), the copy is
+/// recorded out of sync as too slow, it is not tried again at once (writes
+/// do not stall once per resync), and it is back in sync once its disk is
+/// fast again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_copy_stalls_writes_no_longer_than_the_link_timeout() {
+    let a = DiskNode::new().await;
+    let b = DiskNode::new().await;
+    let control = Arc::new(Recorded::default());
+    let p = common::role(a.copy.clone(), 1, 1, &[(b.addr, 2)], &[], control.clone()).await;
+    let mut expect = vec![None; BLOCKS as usize];
+    let fast = write_all(&p, 0, 20, &mut expect).await;
+    assert!(fast < Duration::from_secs(1), "{fast:?}");
+
+    b.disk.slow(Duration::from_secs(3));
+    // The link's timeout and a margin for a loaded machine: a write that
+    // waited for the copy would take its 3 s write and 3 s sync.
+    let bound = Duration::from_secs(2) + Duration::from_secs(1);
+    let started = Instant::now();
+    let mut longest = Duration::ZERO;
+    let mut i = 20;
+    while started.elapsed() < Duration::from_secs(8) {
+        longest = longest.max(write_all(&p, i, 1, &mut expect).await);
+        i += 1;
+    }
+    assert!(longest <= bound, "a write stalled {longest:?}");
+    assert_eq!(*control.lost.lock().unwrap(), vec![2]);
+    let st = peer(&p, 2);
+    assert_eq!(st.state, PeerState::OutOfSync);
+    let why = st.detached.expect("the status says why the copy is out");
+    assert!(why.starts_with("too slow: "), "{why}");
+    // Writes stalled once, not once per resync of the slow copy: for 6 s
+    // more they run at the primary's pace.
+    let (mut slow_writes, since) = (0, Instant::now());
+    while since.elapsed() < Duration::from_secs(6) {
+        if write_all(&p, i, 1, &mut expect).await > Duration::from_secs(1) {
+            slow_writes += 1;
+        }
+        i += 1;
+    }
+    assert!(slow_writes <= 1, "{slow_writes} more writes stalled");
+
+    b.disk.heal();
+    wait_for(
+        || peer(&p, 2).in_sync(),
+        DISK_RETRY_MAX + Duration::from_secs(15),
+        "the copy is back in sync once its disk is fast",
+    )
+    .await;
+    p.flush().await.unwrap();
+    let (ca, cb) = (a.contents().await, b.contents().await);
+    holds(&ca, &expect, "primary");
+    holds(&cb, &expect, "copy");
+    assert!(ca == cb, "the copies are the same");
+    p.stop();
+}
+
+/// A control plane that, besides recording, passes on the primary's asks
+/// to hand the volume over after its disk failed: (epoch, to).
+struct HandingOver {
+    recorded: Recorded,
+    asked: tokio::sync::mpsc::UnboundedSender<(u64, u64)>,
+}
+
+#[async_trait]
+impl Control for HandingOver {
+    fn may_acknowledge(&self, v: &str, e: u64) -> bool {
+        self.recorded.may_acknowledge(v, e)
+    }
+    async fn replica_lost(&self, v: &str, node: u64, e: u64) -> Result<(), ControlError> {
+        self.recorded.replica_lost(v, node, e).await
+    }
+    async fn replica_in_sync(&self, v: &str, node: u64, e: u64) -> Result<(), ControlError> {
+        self.recorded.replica_in_sync(v, node, e).await
+    }
+    async fn replica_syncing(&self, v: &str, node: u64, e: u64) {
+        self.recorded.replica_syncing(v, node, e).await
+    }
+    fn replica_detached(&self, v: &str, node: u64, why: &str) {
+        self.recorded.replica_detached(v, node, why)
+    }
+    fn primary_disk_failed(&self, _v: &str, epoch: u64, to: u64, _why: &str) -> bool {
+        self.asked.send((epoch, to)).is_ok()
+    }
+}
+
+/// The primary's own disk fails (`fault`) under FUA writes while the copy
+/// on node 2 is in sync: no write is answered with the disk's error; the
+/// primary asks for the volume to go to node 2 and stops taking commands
+/// (they are answered as a transition); once node 2 is promoted at a new
+/// epoch (as the control plane does, with node 1's copy out of sync) the
+/// writes retried there succeed, node 2 holds every acknowledged write,
+/// and once node 1's disk works again it is brought back in sync holding
+/// them too.
+async fn primary_disk_fails(fault: DiskFault) {
+    let a = DiskNode::new().await;
+    let b = DiskNode::new().await;
+    let (tx, mut asked) = tokio::sync::mpsc::unbounded_channel();
+    let control = Arc::new(HandingOver {
+        recorded: Recorded::default(),
+        asked: tx,
+    });
+    let old = common::role(a.copy.clone(), 1, 1, &[(b.addr, 2)], &[], control.clone()).await;
+    let mut expect = vec![None; BLOCKS as usize];
+    write_all(&old, 0, 50, &mut expect).await;
+
+    a.disk.fail(fault);
+    // The next write fails here and is answered as a transition, not as
+    // the disk's error; every command after it too.
+    let (lba, data) = (3, block(3, 50));
+    match old.write(lba, data.clone(), true).await {
+        Err(volume::VolumeError::Unavailable(_)) => {}
+        other => panic!("the write the primary's disk failed was answered {other:?}"),
+    }
+    let Ok(Some((epoch, to))) = tokio::time::timeout(Duration::from_secs(5), asked.recv()).await
+    else {
+        panic!("the primary asked for no hand-over");
+    };
+    assert_eq!((epoch, to), (1, 2));
+    assert!(matches!(
+        old.read(0, 1).await,
+        Err(volume::VolumeError::Unavailable(_))
+    ));
+    // The control plane takes its time (three sweeps of the activity logs,
+    // one a second): nothing the old primary failed may be forgotten.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // What the control plane does: the drained role is done, node 2 is
+    // promoted at the next epoch with node 1's copy out of sync.
+    old.drain_failed(2, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .keep();
+    old.stop();
+    let new = common::role(b.copy.clone(), 2, 2, &[(a.addr, 1)], &[1], control.clone()).await;
+    // The initiator retries the write on the new primary.
+    new.write(lba, data.clone(), true).await.unwrap();
+    expect[lba as usize] = Some(data);
+    write_all(&new, 51, 50, &mut expect).await;
+    holds(&b.contents().await, &expect, "the new primary");
+    assert!(!peer(&new, 1).in_sync(), "node 1's copy is out of sync");
+
+    a.disk.heal();
+    wait_for(
+        || peer(&new, 1).in_sync(),
+        DISK_RETRY_MAX + Duration::from_secs(15),
+        "node 1's copy is back in sync once its disk works",
+    )
+    .await;
+    write_all(&new, 101, 20, &mut expect).await;
+    new.flush().await.unwrap();
+    // A write node 1 failed meanwhile would have it recorded out of sync
+    // again (and resynced): compared once it is in sync.
+    wait_for(
+        || peer(&new, 1).in_sync(),
+        DISK_RETRY_MAX + Duration::from_secs(15),
+        "node 1's copy stays in sync",
+    )
+    .await;
+    let (ca, cb) = (a.contents().await, b.contents().await);
+    holds(&cb, &expect, "the new primary");
+    holds(&ca, &expect, "the old primary's copy");
+    assert!(ca == cb, "the copies are the same");
+    new.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_primary_whose_disk_fails_with_eio_hands_the_volume_over() {
+    primary_disk_fails(DiskFault::Eio).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_primary_whose_filesystem_turns_read_only_hands_the_volume_over() {
+    primary_disk_fails(DiskFault::ReadOnly).await;
+}
+
+/// Without a copy in sync elsewhere, the primary's disk error is the
+/// command's, as before: the volume stays where it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_primary_whose_disk_fails_without_a_copy_in_sync_answers_the_error() {
+    let a = DiskNode::new().await;
+    let (tx, mut asked) = tokio::sync::mpsc::unbounded_channel();
+    let control = Arc::new(HandingOver {
+        recorded: Recorded::default(),
+        asked: tx,
+    });
+    let p = common::role(a.copy.clone(), 1, 1, &[], &[], control.clone()).await;
+    a.disk.fail(DiskFault::Eio);
+    match p.write(0, block(0, 1), true).await {
+        Err(volume::VolumeError::Io(_)) => {}
+        other => panic!("answered {other:?}"),
+    }
+    assert!(
+        asked.try_recv().is_err(),
+        "no hand-over without a copy in sync"
+    );
+    a.disk.heal();
+    p.write(0, block(0, 2), true).await.unwrap();
+    p.stop();
+}
