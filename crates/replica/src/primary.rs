@@ -427,11 +427,10 @@ impl Primary {
         }
         // Marked here before any copy writes: where this disk fails that
         // mark, no copy has the write yet.
-        let _active = self
-            .copy
-            .enter(off, len)
-            .await
-            .map_err(|e| self.local_failed(e))?;
+        let _active = self.copy.enter(off, len).await.map_err(|e| {
+            self.copy.disk_failed(&e);
+            self.local_failed(e)
+        })?;
         let mut calls = Vec::with_capacity(self.peers.len());
         let mut failures = Vec::new();
         for p in &self.peers {
@@ -488,6 +487,7 @@ impl Primary {
             for p in &self.peers {
                 p.dirty.mark(off, len);
             }
+            self.copy.disk_failed(&e);
             return Err(self.local_failed(e));
         }
         self.check_serving()?;
@@ -628,7 +628,7 @@ impl Primary {
     pub async fn flush(&self) -> volume::Result<()> {
         let _admitted = self.admit()?;
         self.check_serving()?;
-        let local = self.copy.volume().flush();
+        let local = self.copy.flush();
         let (l, r) = tokio::join!(local, self.to_peers(Op::Flush));
         r?;
         l.map_err(|e| self.local_failed(e))?;
