@@ -170,6 +170,19 @@ impl Primary {
         // primary was the peer itself, which misses nothing of its own
         // epoch; with three or more it may have been a third node, so an
         // out-of-sync copy is copied whole.
+        // This copy's disk failed a write or a sync since a primary was
+        // last told of the regions it may have lost writes in (a hand-over
+        // after that failure that was not committed): the copies in sync
+        // hold those writes, and a role here would serve without them and
+        // copy its regions over theirs. One of them is to take the volume.
+        if copy.disk_failed_since_hello() {
+            if let Some(p) = peers.iter().find(|p| p.node != cfg.node && p.in_sync) {
+                return Err(VolumeError::Io(std::io::Error::other(format!(
+                    "this node's copy failed a write or a sync and may miss writes the copy on node {} holds: that copy is to take the volume",
+                    p.node
+                ))));
+            }
+        }
         let accepted_before = copy.epoch();
         let maps_epoch = read_maps_epoch(&copy.file("peers-epoch"));
         let others = peers.iter().filter(|p| p.node != cfg.node).count();

@@ -562,3 +562,79 @@ async fn a_primary_whose_flush_fails_keeps_the_regions_it_may_have_lost() {
 async fn a_primary_whose_sweep_fails_to_sync_hands_the_volume_over() {
     a_primary_that_fails_a_sync_loses_nothing(FailedSync::Sweep).await;
 }
+
+/// The primary's disk fails a flush as Linux does (the writes acknowledged
+/// since its last sync are gone from it) and the hand-over it asks for is
+/// not committed (no leader, say): the role is not taken up again on that
+/// copy while the copy on node 2 is in sync (it would serve without those
+/// writes, and copy the regions it lost them in over node 2's), and node 2,
+/// promoted instead, holds them all and brings node 1's copy back with
+/// them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_primary_that_lost_writes_does_not_take_its_role_up_again() {
+    let a = DiskNode::new().await;
+    let b = DiskNode::new().await;
+    a.disk.lose_unsynced(true);
+    let (tx, mut asked) = tokio::sync::mpsc::unbounded_channel();
+    let control = Arc::new(HandingOver {
+        recorded: Recorded::default(),
+        asked: tx,
+    });
+    let old = common::role(a.copy.clone(), 1, 1, &[(b.addr, 2)], &[], control.clone()).await;
+    let mut expect = vec![None; BLOCKS as usize];
+    write_unsynced(&old, 0, 50, &mut expect).await;
+    a.disk.fail(DiskFault::Eio);
+    assert!(old.flush().await.is_err());
+    a.disk.heal();
+    let asked = tokio::time::timeout(Duration::from_secs(5), asked.recv()).await;
+    assert_eq!(asked.ok().flatten(), Some((1, 2)));
+    // The hand-over is not committed: the node would take the role up
+    // anew at the next epoch, node 2 still recorded in sync.
+    old.stop();
+    let spec = |node, addr: SocketAddr, in_sync| replica::PeerSpec {
+        node,
+        addr: addr.to_string(),
+        in_sync,
+    };
+    let cfg = |epoch| replica::PrimaryConfig {
+        node: 1,
+        epoch,
+        key: common::key(),
+        timeout: Duration::from_secs(2),
+    };
+    let again = Primary::start(
+        a.copy.clone(),
+        cfg(2),
+        vec![spec(2, b.addr, true)],
+        control.clone(),
+    )
+    .await;
+    match again {
+        Err(volume::VolumeError::Io(e)) => assert!(e.to_string().contains("node 2"), "{e}"),
+        Err(e) => panic!("refused as {e:?}"),
+        Ok(p) => {
+            // What it would do: serve, and resync its regions to node 2.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            holds(&readable(&a).await, &expect, "the role taken up again");
+            holds(&readable(&b).await, &expect, "the copy in sync");
+            p.stop();
+            panic!("the role was taken up again on the copy that failed");
+        }
+    }
+    // Node 2 is promoted instead, node 1's copy recorded out of sync.
+    let new = common::role(b.copy.clone(), 2, 2, &[(a.addr, 1)], &[1], control.clone()).await;
+    holds(&readable(&b).await, &expect, "the new primary");
+    wait_for(
+        || peer(&new, 1).in_sync(),
+        DISK_RETRY_MAX + Duration::from_secs(15),
+        "node 1's copy is back in sync",
+    )
+    .await;
+    new.flush().await.unwrap();
+    holds(&readable(&a).await, &expect, "the old primary's copy");
+    new.stop();
+    // Once a primary was told of its regions, the copy may lead again.
+    let back = common::role(a.copy.clone(), 1, 3, &[(b.addr, 2)], &[], control.clone()).await;
+    holds(&readable(&a).await, &expect, "node 1 leading again");
+    back.stop();
+}
