@@ -457,7 +457,10 @@ impl Primary {
                 _ => calls.push((p, p.link())),
             }
         }
-        // Sent before the local write starts, so both proceed together.
+        // Sent before the local write starts, so both proceed together;
+        // each peer gets the link's timeout from here, not from when the
+        // answers of the peers before it came (or did not).
+        let sent_at = std::time::Instant::now();
         let mut sent = Vec::with_capacity(calls.len());
         for (p, link) in &calls {
             let call = link
@@ -469,7 +472,7 @@ impl Primary {
         let local_result = local.await;
         for (p, call) in sent {
             let r = match call {
-                Ok(c) => c.wait().await.map(|_| ()),
+                Ok(c) => c.wait_from(sent_at).await.map(|_| ()),
                 Err(e) => Err(e),
             };
             if let Err(e) = r {
@@ -574,9 +577,12 @@ impl Primary {
         }
     }
 
-    /// Sends an operation to every peer that takes writes; peers that fail are lost.
+    /// Sends an operation to every peer that takes writes, all at once
+    /// (a slow peer costs one link timeout in all, not one per peer);
+    /// peers that fail are lost.
     async fn to_peers(&self, op: Op) -> Result<(), VolumeError> {
         let mut failures = Vec::new();
+        let mut links = Vec::new();
         for p in &self.peers {
             match p.state() {
                 PeerState::OutOfSync => continue,
@@ -586,9 +592,20 @@ impl Primary {
                 }
                 _ => {}
             }
-            let r = match p.link() {
-                Some(l) => l.call(self.cfg.epoch, op.clone()).await.map(|_| ()),
-                None => Err(LinkError::Down(p.addr.clone())),
+            match p.link() {
+                Some(l) => links.push((p, l)),
+                None => failures.push((p, LinkError::Down(p.addr.clone()))),
+            }
+        }
+        let sent_at = std::time::Instant::now();
+        let sent: Vec<_> = links
+            .iter()
+            .map(|(p, l)| (*p, l.send(self.cfg.epoch, op.clone())))
+            .collect();
+        for (p, call) in sent {
+            let r = match call {
+                Ok(c) => c.wait_from(sent_at).await.map(|_| ()),
+                Err(e) => Err(e),
             };
             if let Err(e) = r {
                 failures.push((p, e));

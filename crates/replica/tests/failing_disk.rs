@@ -638,3 +638,46 @@ async fn a_primary_that_lost_writes_does_not_take_its_role_up_again() {
     holds(&readable(&a).await, &expect, "node 1 leading again");
     back.stop();
 }
+
+/// Two of a volume's three copies answer every request 3 s late, past the
+/// link's 2 s timeout: a flush, and then a write, stall no longer than one
+/// timeout and the records (the stated bound, plus a margin for
+/// loopback), not one timeout per slow copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_slow_copies_stall_the_volume_no_longer_than_one() {
+    let a = DiskNode::new().await;
+    let b = DiskNode::new().await;
+    let c = DiskNode::new().await;
+    let control = Arc::new(Recorded::default());
+    let peers = [(b.addr, 2), (c.addr, 3)];
+    let p = common::role(a.copy.clone(), 1, 1, &peers, &[], control.clone()).await;
+    let mut expect = vec![None; BLOCKS as usize];
+    write_all(&p, 0, 20, &mut expect).await;
+    let bound = Duration::from_secs(2) + Duration::from_millis(500);
+
+    b.disk.slow(Duration::from_secs(3));
+    c.disk.slow(Duration::from_secs(3));
+    let t = Instant::now();
+    p.flush().await.unwrap();
+    let flush = t.elapsed();
+    assert!(flush <= bound, "a flush stalled {flush:?}");
+    let mut lost = control.lost.lock().unwrap().clone();
+    lost.sort();
+    assert_eq!(lost, vec![2, 3]);
+
+    b.disk.heal();
+    c.disk.heal();
+    wait_for(
+        || peer(&p, 2).in_sync() && peer(&p, 3).in_sync(),
+        DISK_RETRY_MAX + Duration::from_secs(15),
+        "both copies are back in sync once their disks are fast",
+    )
+    .await;
+    b.disk.slow(Duration::from_secs(3));
+    c.disk.slow(Duration::from_secs(3));
+    let write = write_all(&p, 20, 1, &mut expect).await;
+    assert!(write <= bound, "a write stalled {write:?}");
+    b.disk.heal();
+    c.disk.heal();
+    p.stop();
+}
