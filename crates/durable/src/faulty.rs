@@ -10,10 +10,17 @@
 //! every write and sync, on the thread that does the I/O; a slow disk
 //! answers no read without waiting, so a volume does that I/O on the
 //! blocking pool, never on the thread of the caller.
+//!
+//! By default a failed write or sync changes nothing. A disk switched with
+//! [`DiskFaults::lose_unsynced`] fails as Linux's page cache does: a sync
+//! that fails drops every write made since the last sync that succeeded
+//! (the pages are marked clean and the error is reported once, so the next
+//! sync succeeds without them: "fsyncgate"), and a write that fails may
+//! leave its first part written.
 
 use std::io;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::Backing;
@@ -63,6 +70,7 @@ pub struct DiskFaults {
     fault: AtomicU8,
     latency_us: AtomicU64,
     failed: AtomicU64,
+    lose_unsynced: AtomicBool,
 }
 
 impl DiskFaults {
@@ -81,6 +89,17 @@ impl DiskFaults {
     pub fn slow(&self, latency: Duration) {
         self.latency_us
             .store(latency.as_micros() as u64, Ordering::SeqCst);
+    }
+
+    /// From now on (`on`) a failed sync drops the writes made since the
+    /// last sync that succeeded, and a failed write leaves its first half
+    /// written, as on Linux (see the module's comment).
+    pub fn lose_unsynced(&self, on: bool) {
+        self.lose_unsynced.store(on, Ordering::SeqCst);
+    }
+
+    fn loses_unsynced(&self) -> bool {
+        self.lose_unsynced.load(Ordering::SeqCst)
     }
 
     /// The disk works again at full speed.
@@ -121,12 +140,43 @@ impl DiskFaults {
 pub struct FaultyBacking<B> {
     inner: B,
     faults: Arc<DiskFaults>,
+    /// What the writes since the last sync that succeeded replaced, in
+    /// order: (offset, old bytes), kept while unsynced writes can be lost.
+    unsynced: Mutex<Vec<(u64, Vec<u8>)>>,
 }
 
 impl<B: Backing> FaultyBacking<B> {
     /// `inner`, broken and healed through `faults`.
     pub fn new(inner: B, faults: Arc<DiskFaults>) -> FaultyBacking<B> {
-        FaultyBacking { inner, faults }
+        FaultyBacking {
+            inner,
+            faults,
+            unsynced: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Remembers what `len` bytes at `offset` hold before a write changes
+    /// them, so a failed sync can drop that write.
+    fn keep_old(&self, offset: u64, len: usize) {
+        if !self.faults.loses_unsynced() {
+            return;
+        }
+        let mut old = vec![0; len];
+        // Past the end (a file that grows) the old bytes are zeros.
+        let _ = self.inner.read_at(&mut old, offset);
+        self.unsynced.lock().unwrap().push((offset, old));
+    }
+
+    /// A sync failed: the writes since the last one that succeeded are
+    /// gone (newest first, so the oldest bytes are what is left).
+    fn drop_unsynced(&self) {
+        let lost = std::mem::take(&mut *self.unsynced.lock().unwrap());
+        if !self.faults.loses_unsynced() {
+            return;
+        }
+        for (offset, old) in lost.iter().rev() {
+            let _ = self.inner.write_at(old, *offset);
+        }
     }
 
     /// The backing under the faults.
@@ -149,15 +199,32 @@ impl<B: Backing> Backing for FaultyBacking<B> {
         self.inner.read_nowait(buf, offset)
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.faults.check()?;
+        if let Err(e) = self.faults.check() {
+            if self.faults.loses_unsynced() {
+                // Torn: the first half (whole 512-byte sectors) got written.
+                let part = buf.len() / 2 / 512 * 512;
+                if part > 0 {
+                    self.keep_old(offset, part);
+                    let _ = self.inner.write_at(&buf[..part], offset);
+                }
+            }
+            return Err(e);
+        }
+        self.keep_old(offset, buf.len());
         self.inner.write_at(buf, offset)
     }
     fn sync(&self) -> io::Result<()> {
-        self.faults.check()?;
-        self.inner.sync()
+        if let Err(e) = self.faults.check() {
+            self.drop_unsynced();
+            return Err(e);
+        }
+        self.inner.sync()?;
+        self.unsynced.lock().unwrap().clear();
+        Ok(())
     }
     fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
         self.faults.check()?;
+        self.keep_old(offset, len as usize);
         self.inner.punch_hole(offset, len)
     }
     fn seek(&self, offset: u64, data: bool) -> io::Result<Option<u64>> {
@@ -209,6 +276,32 @@ mod tests {
         let mut buf = [0; 4];
         b.read_at(&mut buf, 0).unwrap();
         assert_eq!(&buf, b"back");
+    }
+
+    #[test]
+    fn a_failed_sync_drops_the_unsynced_writes_as_linux_does() {
+        let faults = DiskFaults::new();
+        faults.lose_unsynced(true);
+        let b = FaultyBacking::new(SimDisk::new(4096), faults.clone());
+        b.write_at(b"old!", 0).unwrap();
+        b.sync().unwrap();
+        b.write_at(b"new!", 0).unwrap();
+        b.write_at(b"more", 8).unwrap();
+        faults.fail(DiskFault::Eio);
+        assert!(b.sync().is_err());
+        // Reported once: the next sync succeeds, without the writes.
+        faults.heal();
+        b.sync().unwrap();
+        let mut buf = [0; 12];
+        b.read_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf, b"old!\0\0\0\0\0\0\0\0");
+        // A failed write leaves its first half.
+        faults.fail(DiskFault::Eio);
+        assert!(b.write_at(&[7; 2048], 1024).is_err());
+        let mut buf = [0; 2048];
+        b.read_at(&mut buf, 1024).unwrap();
+        assert_eq!(&buf[..1024], &[7; 1024][..]);
+        assert_eq!(&buf[1024..], &[0; 1024][..]);
     }
 
     #[test]

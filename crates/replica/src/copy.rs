@@ -313,9 +313,48 @@ impl LocalCopy {
             off_thread(move || m.persist()).await?;
         }
         // The regions' data is durable on this copy before they leave the log.
-        self.volume.flush().await?;
+        if let Err(e) = self.volume.flush().await {
+            self.disk_failed(&e);
+            return Err(e);
+        }
         let log = self.activity.clone();
         off_thread(move || log.clear(&quiet)).await
+    }
+
+    /// Flushes the volume: every completed write is durable once it
+    /// returns (see [`LocalCopy::disk_failed`] for a failure).
+    pub async fn flush(&self) -> Result<(), VolumeError> {
+        let flushed = self.volume.flush().await;
+        if let Err(e) = &flushed {
+            self.disk_failed(e);
+        }
+        flushed
+    }
+
+    /// The copy's disk failed a write or a sync (`e`, where it is an I/O
+    /// error or a full filesystem). A failed sync may have dropped any
+    /// write not yet known durable (Linux marks those pages clean and
+    /// reports the error once: the next sync succeeds without them), so the
+    /// regions of the activity log stay marked until a primary is told of
+    /// them at its next hello ([`LocalCopy::suspect_ranges`] in the
+    /// welcome) and copies them back; before, a sweep whose sync succeeded
+    /// would clear them and leave those writes missing here unnoticed.
+    pub fn disk_failed(&self, e: &VolumeError) {
+        if matches!(e, VolumeError::Io(_) | VolumeError::NoSpace) {
+            self.activity.pin();
+        }
+    }
+
+    /// Whether the disk failed since the regions of the activity log were
+    /// last handed to a primary ([`LocalCopy::disk_failed`]).
+    pub fn disk_failed_since_hello(&self) -> bool {
+        self.activity.pinned()
+    }
+
+    /// A primary was told of the regions of the activity log (a hello's
+    /// welcome): it copies them back, and sweeps may clear them again.
+    pub fn suspects_handed_over(&self) {
+        self.activity.unpin();
     }
 
     /// Registers (replacing any before) the dirty maps a primary keeps for

@@ -297,6 +297,9 @@ pub struct ActivityLog<B: Backing = File> {
     map: RegionMap<B>,
     /// Writes in flight per region: a region with one is never cleared.
     in_flight: RwLock<Vec<AtomicU32>>,
+    /// Regions kept marked whatever a sweep finds (see
+    /// [`ActivityLog::pin`]).
+    pinned: std::sync::Mutex<std::collections::BTreeSet<u64>>,
 }
 
 impl ActivityLog {
@@ -317,6 +320,7 @@ impl<B: Backing> ActivityLog<B> {
         ActivityLog {
             map,
             in_flight: RwLock::new(counts),
+            pinned: Default::default(),
         }
     }
 
@@ -383,15 +387,42 @@ impl<B: Backing> ActivityLog<B> {
     }
 
     /// Clears the `quiet` regions, durably (blocking), but for those a write
-    /// entered since or still has in flight. The caller has made durable
-    /// whatever the log's marks protect for those regions.
+    /// entered since or still has in flight, and those pinned. The caller
+    /// has made durable whatever the log's marks protect for those regions.
     pub fn clear(&self, quiet: &Quiet) -> io::Result<()> {
         let counts = self.in_flight.read().unwrap();
+        let pinned = self.pinned.lock().unwrap().clone();
         self.map.clear(quiet, |r| {
-            counts
-                .get(r as usize)
-                .is_some_and(|c| c.load(Ordering::Acquire) > 0)
+            pinned.contains(&r)
+                || counts
+                    .get(r as usize)
+                    .is_some_and(|c| c.load(Ordering::Acquire) > 0)
         })
+    }
+
+    /// Keeps every region marked now marked until [`ActivityLog::unpin`],
+    /// whatever later sweeps find: the disk failed a write or a sync, and
+    /// what was written there but not yet known durable may be gone even
+    /// once a later sync succeeds (Linux drops the pages a failed
+    /// writeback leaves and reports that once).
+    pub fn pin(&self) {
+        let mut pinned = self.pinned.lock().unwrap();
+        let mut r = 0;
+        while let Some(m) = self.map.next_marked(r) {
+            pinned.insert(m);
+            r = m + 1;
+        }
+    }
+
+    /// Whether regions are pinned.
+    pub fn pinned(&self) -> bool {
+        !self.pinned.lock().unwrap().is_empty()
+    }
+
+    /// Lets sweeps clear the pinned regions again: they were handed to
+    /// whoever copies them back.
+    pub fn unpin(&self) {
+        self.pinned.lock().unwrap().clear();
     }
 
     /// Extends the log after the volume grew to `volume_bytes`.

@@ -255,6 +255,15 @@ impl Call<'_> {
         self.wait_at_most(limit).await
     }
 
+    /// As [`Call::wait`], the link's timeout counted from `sent` (when the
+    /// request and others sent with it went out): requests to several peers
+    /// waited for one after the other then take one timeout in all, not
+    /// one each.
+    pub async fn wait_from(self, sent: Instant) -> Result<Bytes, LinkError> {
+        let limit = self.link.timeout.saturating_sub(sent.elapsed());
+        self.wait_at_most(limit).await
+    }
+
     /// As [`Call::wait`], for a request that may take the peer longer than
     /// the link's timeout (at most `limit`).
     pub async fn wait_at_most(self, limit: std::time::Duration) -> Result<Bytes, LinkError> {

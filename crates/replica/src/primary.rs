@@ -170,6 +170,19 @@ impl Primary {
         // primary was the peer itself, which misses nothing of its own
         // epoch; with three or more it may have been a third node, so an
         // out-of-sync copy is copied whole.
+        // This copy's disk failed a write or a sync since a primary was
+        // last told of the regions it may have lost writes in (a hand-over
+        // after that failure that was not committed): the copies in sync
+        // hold those writes, and a role here would serve without them and
+        // copy its regions over theirs. One of them is to take the volume.
+        if copy.disk_failed_since_hello() {
+            if let Some(p) = peers.iter().find(|p| p.node != cfg.node && p.in_sync) {
+                return Err(VolumeError::Io(std::io::Error::other(format!(
+                    "this node's copy failed a write or a sync and may miss writes the copy on node {} holds: that copy is to take the volume",
+                    p.node
+                ))));
+            }
+        }
         let accepted_before = copy.epoch();
         let maps_epoch = read_maps_epoch(&copy.file("peers-epoch"));
         let others = peers.iter().filter(|p| p.node != cfg.node).count();
@@ -427,11 +440,10 @@ impl Primary {
         }
         // Marked here before any copy writes: where this disk fails that
         // mark, no copy has the write yet.
-        let _active = self
-            .copy
-            .enter(off, len)
-            .await
-            .map_err(|e| self.local_failed(e))?;
+        let _active = self.copy.enter(off, len).await.map_err(|e| {
+            self.copy.disk_failed(&e);
+            self.local_failed(e)
+        })?;
         let mut calls = Vec::with_capacity(self.peers.len());
         let mut failures = Vec::new();
         for p in &self.peers {
@@ -445,7 +457,10 @@ impl Primary {
                 _ => calls.push((p, p.link())),
             }
         }
-        // Sent before the local write starts, so both proceed together.
+        // Sent before the local write starts, so both proceed together;
+        // each peer gets the link's timeout from here, not from when the
+        // answers of the peers before it came (or did not).
+        let sent_at = std::time::Instant::now();
         let mut sent = Vec::with_capacity(calls.len());
         for (p, link) in &calls {
             let call = link
@@ -457,7 +472,7 @@ impl Primary {
         let local_result = local.await;
         for (p, call) in sent {
             let r = match call {
-                Ok(c) => c.wait().await.map(|_| ()),
+                Ok(c) => c.wait_from(sent_at).await.map(|_| ()),
                 Err(e) => Err(e),
             };
             if let Err(e) = r {
@@ -488,6 +503,7 @@ impl Primary {
             for p in &self.peers {
                 p.dirty.mark(off, len);
             }
+            self.copy.disk_failed(&e);
             let e = self.local_failed(e);
             if self.abdicating.load(Ordering::SeqCst) {
                 // The copies took what this one failed: its activity log
@@ -569,9 +585,12 @@ impl Primary {
         }
     }
 
-    /// Sends an operation to every peer that takes writes; peers that fail are lost.
+    /// Sends an operation to every peer that takes writes, all at once
+    /// (a slow peer costs one link timeout in all, not one per peer);
+    /// peers that fail are lost.
     async fn to_peers(&self, op: Op) -> Result<(), VolumeError> {
         let mut failures = Vec::new();
+        let mut links = Vec::new();
         for p in &self.peers {
             match p.state() {
                 PeerState::OutOfSync => continue,
@@ -581,9 +600,20 @@ impl Primary {
                 }
                 _ => {}
             }
-            let r = match p.link() {
-                Some(l) => l.call(self.cfg.epoch, op.clone()).await.map(|_| ()),
-                None => Err(LinkError::Down(p.addr.clone())),
+            match p.link() {
+                Some(l) => links.push((p, l)),
+                None => failures.push((p, LinkError::Down(p.addr.clone()))),
+            }
+        }
+        let sent_at = std::time::Instant::now();
+        let sent: Vec<_> = links
+            .iter()
+            .map(|(p, l)| (*p, l.send(self.cfg.epoch, op.clone())))
+            .collect();
+        for (p, call) in sent {
+            let r = match call {
+                Ok(c) => c.wait_from(sent_at).await.map(|_| ()),
+                Err(e) => Err(e),
             };
             if let Err(e) = r {
                 failures.push((p, e));
@@ -636,7 +666,7 @@ impl Primary {
     pub async fn flush(&self) -> volume::Result<()> {
         let _admitted = self.admit()?;
         self.check_serving()?;
-        let local = self.copy.volume().flush();
+        let local = self.copy.flush();
         let (l, r) = tokio::join!(local, self.to_peers(Op::Flush));
         r?;
         l.map_err(|e| self.local_failed(e))?;

@@ -254,6 +254,11 @@ impl ReplicaServer {
             Mode::Replicate => copy.open_session().await,
             Mode::Forward => 0,
         };
+        if hello.mode == Mode::Replicate {
+            // The welcome tells the primary every region of the activity
+            // log, those a failed disk may have lost writes in among them.
+            copy.suspects_handed_over();
+        }
         let v = copy.volume();
         Ok((
             Welcome {
@@ -298,6 +303,13 @@ async fn replicated(copy: &LocalCopy, epoch: u64, op: Op) -> Result<Bytes, Failu
         ),
         None => None,
     };
+    // A write or a flush this disk failed: see `LocalCopy::disk_failed`.
+    let done = |r: Result<(), VolumeError>| {
+        if let Err(e) = &r {
+            copy.disk_failed(e);
+        }
+        done(r)
+    };
     match op {
         Op::Write { lba, fua, data } => done(v.write(lba, data, fua).await),
         Op::Unmap { lba, blocks } => done(v.unmap(lba, blocks).await),
@@ -308,7 +320,7 @@ async fn replicated(copy: &LocalCopy, epoch: u64, op: Op) -> Result<Bytes, Failu
             fua,
             pattern,
         } => done(v.write_same(lba, blocks, pattern, unmap, fua).await),
-        Op::Flush => done(v.flush().await),
+        Op::Flush => done(copy.flush().await),
         Op::Resize { blocks } => done(copy.grow(blocks).await),
         Op::Ping => Ok(Bytes::new()),
         Op::Settle => done(copy.sweep().await),
@@ -398,6 +410,9 @@ fn replicated_now(
     let v = copy.volume();
     let _active = copy.enter_now(lba.saturating_mul(v.block_size() as u64), data.len() as u64)?;
     let written = v.write_now(*lba, data)?;
+    if let Err(e) = &written {
+        copy.disk_failed(e);
+    }
     Some(done(written))
 }
 

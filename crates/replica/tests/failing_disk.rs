@@ -439,3 +439,259 @@ async fn a_primary_whose_disk_fails_without_a_copy_in_sync_answers_the_error() {
     p.write(0, block(0, 2), true).await.unwrap();
     p.stop();
 }
+
+/// Writes without FUA, one block each, `n` from `from`, every one of which
+/// must be acknowledged: each copy holds them in its page cache until the
+/// next sync.
+async fn write_unsynced(p: &Primary, from: u64, n: u64, expect: &mut [Option<Bytes>]) {
+    for i in from..from + n {
+        let lba = (i * 7) % BLOCKS;
+        let data = block(lba, i);
+        p.write(lba, data.clone(), false)
+            .await
+            .unwrap_or_else(|e| panic!("write {i} at {lba} failed: {e}"));
+        expect[lba as usize] = Some(data);
+    }
+}
+
+/// The blocks of a copy, one by one: a block that cannot be read (its
+/// checksum no longer matches the data left on the disk) reads as zeros.
+async fn readable(n: &DiskNode) -> Vec<u8> {
+    let mut out = Vec::with_capacity((BLOCKS * BS as u64) as usize);
+    for lba in 0..BLOCKS {
+        match n.copy.volume().read(lba, 1).await {
+            Ok(b) => out.extend_from_slice(&b),
+            Err(_) => out.extend(std::iter::repeat_n(0, BS as usize)),
+        }
+    }
+    out
+}
+
+/// The copy on node 2 fails the sync of an activity-log sweep while no
+/// command runs, as Linux fails a writeback: the writes it acknowledged
+/// since its last sync are gone from its disk, and its next sync succeeds.
+/// It is detached as for a failed flush (not left in sync), and once its
+/// disk works it is resynced with the regions it wrote, holding every
+/// acknowledged write again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_copy_whose_sweep_fails_to_sync_is_resynced_not_left_in_sync() {
+    let a = DiskNode::new().await;
+    let b = DiskNode::new().await;
+    b.disk.lose_unsynced(true);
+    let control = Arc::new(Recorded::default());
+    let p = common::role(a.copy.clone(), 1, 1, &[(b.addr, 2)], &[], control.clone()).await;
+    let mut expect = vec![None; BLOCKS as usize];
+    write_unsynced(&p, 0, 50, &mut expect).await;
+
+    // Two sweeps at least: the second finds the written region quiet and
+    // syncs the copy, which fails and drops the writes.
+    b.disk.fail(DiskFault::Eio);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    b.disk.heal();
+    // The sweeps after it sync the copy without trouble.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_for(
+        || peer(&p, 2).in_sync(),
+        DISK_RETRY_MAX + Duration::from_secs(10),
+        "the copy is in sync once its disk works",
+    )
+    .await;
+    p.flush().await.unwrap();
+    holds(&readable(&a).await, &expect, "primary");
+    holds(&readable(&b).await, &expect, "copy");
+    p.stop();
+}
+
+/// What makes the primary's disk fail a sync in
+/// [`a_primary_that_fails_a_sync_loses_nothing`].
+#[derive(Debug, Clone, Copy)]
+enum FailedSync {
+    /// An initiator's SYNCHRONIZE CACHE.
+    Flush,
+    /// The activity log's sweep, with no command running.
+    Sweep,
+}
+
+/// The primary's disk fails a sync as Linux does (the writes acknowledged
+/// since its last sync are gone from its disk, and the next sync succeeds)
+/// while the copy on node 2 is in sync: the primary hands the volume over,
+/// and its copy, back in sync under the new primary, holds every
+/// acknowledged write (the regions it lost them in stay in its activity
+/// log however long the hand-over takes, though its syncs work again).
+async fn a_primary_that_fails_a_sync_loses_nothing(how: FailedSync) {
+    let a = DiskNode::new().await;
+    let b = DiskNode::new().await;
+    a.disk.lose_unsynced(true);
+    let (tx, mut asked) = tokio::sync::mpsc::unbounded_channel();
+    let control = Arc::new(HandingOver {
+        recorded: Recorded::default(),
+        asked: tx,
+    });
+    let old = common::role(a.copy.clone(), 1, 1, &[(b.addr, 2)], &[], control.clone()).await;
+    let mut expect = vec![None; BLOCKS as usize];
+    write_unsynced(&old, 0, 50, &mut expect).await;
+
+    a.disk.fail(DiskFault::Eio);
+    match how {
+        FailedSync::Flush => match old.flush().await {
+            Err(volume::VolumeError::Unavailable(_)) => {}
+            other => panic!("the flush the primary's disk failed was answered {other:?}"),
+        },
+        FailedSync::Sweep => tokio::time::sleep(Duration::from_millis(2500)).await,
+    }
+    a.disk.heal();
+    let Ok(Some((epoch, to))) = tokio::time::timeout(Duration::from_secs(5), asked.recv()).await
+    else {
+        panic!("the primary asked for no hand-over");
+    };
+    assert_eq!((epoch, to), (1, 2));
+    // The hand-over takes a while; the old role sweeps meanwhile.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    old.drain_failed(2, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .keep();
+    old.stop();
+    let new = common::role(b.copy.clone(), 2, 2, &[(a.addr, 1)], &[1], control.clone()).await;
+    holds(&readable(&b).await, &expect, "the new primary");
+    wait_for(
+        || peer(&new, 1).in_sync(),
+        DISK_RETRY_MAX + Duration::from_secs(15),
+        "node 1's copy is back in sync",
+    )
+    .await;
+    write_all(&new, 50, 20, &mut expect).await;
+    new.flush().await.unwrap();
+    holds(&readable(&b).await, &expect, "the new primary");
+    holds(&readable(&a).await, &expect, "the old primary's copy");
+    new.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_primary_whose_flush_fails_keeps_the_regions_it_may_have_lost() {
+    a_primary_that_fails_a_sync_loses_nothing(FailedSync::Flush).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_primary_whose_sweep_fails_to_sync_hands_the_volume_over() {
+    a_primary_that_fails_a_sync_loses_nothing(FailedSync::Sweep).await;
+}
+
+/// The primary's disk fails a flush as Linux does (the writes acknowledged
+/// since its last sync are gone from it) and the hand-over it asks for is
+/// not committed (no leader, say): the role is not taken up again on that
+/// copy while the copy on node 2 is in sync (it would serve without those
+/// writes, and copy the regions it lost them in over node 2's), and node 2,
+/// promoted instead, holds them all and brings node 1's copy back with
+/// them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_primary_that_lost_writes_does_not_take_its_role_up_again() {
+    let a = DiskNode::new().await;
+    let b = DiskNode::new().await;
+    a.disk.lose_unsynced(true);
+    let (tx, mut asked) = tokio::sync::mpsc::unbounded_channel();
+    let control = Arc::new(HandingOver {
+        recorded: Recorded::default(),
+        asked: tx,
+    });
+    let old = common::role(a.copy.clone(), 1, 1, &[(b.addr, 2)], &[], control.clone()).await;
+    let mut expect = vec![None; BLOCKS as usize];
+    write_unsynced(&old, 0, 50, &mut expect).await;
+    a.disk.fail(DiskFault::Eio);
+    assert!(old.flush().await.is_err());
+    a.disk.heal();
+    let asked = tokio::time::timeout(Duration::from_secs(5), asked.recv()).await;
+    assert_eq!(asked.ok().flatten(), Some((1, 2)));
+    // The hand-over is not committed: the node would take the role up
+    // anew at the next epoch, node 2 still recorded in sync.
+    old.stop();
+    let spec = |node, addr: SocketAddr, in_sync| replica::PeerSpec {
+        node,
+        addr: addr.to_string(),
+        in_sync,
+    };
+    let cfg = |epoch| replica::PrimaryConfig {
+        node: 1,
+        epoch,
+        key: common::key(),
+        timeout: Duration::from_secs(2),
+    };
+    let again = Primary::start(
+        a.copy.clone(),
+        cfg(2),
+        vec![spec(2, b.addr, true)],
+        control.clone(),
+    )
+    .await;
+    match again {
+        Err(volume::VolumeError::Io(e)) => assert!(e.to_string().contains("node 2"), "{e}"),
+        Err(e) => panic!("refused as {e:?}"),
+        Ok(p) => {
+            // What it would do: serve, and resync its regions to node 2.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            holds(&readable(&a).await, &expect, "the role taken up again");
+            holds(&readable(&b).await, &expect, "the copy in sync");
+            p.stop();
+            panic!("the role was taken up again on the copy that failed");
+        }
+    }
+    // Node 2 is promoted instead, node 1's copy recorded out of sync.
+    let new = common::role(b.copy.clone(), 2, 2, &[(a.addr, 1)], &[1], control.clone()).await;
+    holds(&readable(&b).await, &expect, "the new primary");
+    wait_for(
+        || peer(&new, 1).in_sync(),
+        DISK_RETRY_MAX + Duration::from_secs(15),
+        "node 1's copy is back in sync",
+    )
+    .await;
+    new.flush().await.unwrap();
+    holds(&readable(&a).await, &expect, "the old primary's copy");
+    new.stop();
+    // Once a primary was told of its regions, the copy may lead again.
+    let back = common::role(a.copy.clone(), 1, 3, &[(b.addr, 2)], &[], control.clone()).await;
+    holds(&readable(&a).await, &expect, "node 1 leading again");
+    back.stop();
+}
+
+/// Two of a volume's three copies answer every request 3 s late, past the
+/// link's 2 s timeout: a flush, and then a write, stall no longer than one
+/// timeout and the records (the stated bound, plus a margin for
+/// loopback), not one timeout per slow copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_slow_copies_stall_the_volume_no_longer_than_one() {
+    let a = DiskNode::new().await;
+    let b = DiskNode::new().await;
+    let c = DiskNode::new().await;
+    let control = Arc::new(Recorded::default());
+    let peers = [(b.addr, 2), (c.addr, 3)];
+    let p = common::role(a.copy.clone(), 1, 1, &peers, &[], control.clone()).await;
+    let mut expect = vec![None; BLOCKS as usize];
+    write_all(&p, 0, 20, &mut expect).await;
+    let bound = Duration::from_secs(2) + Duration::from_millis(500);
+
+    b.disk.slow(Duration::from_secs(3));
+    c.disk.slow(Duration::from_secs(3));
+    let t = Instant::now();
+    p.flush().await.unwrap();
+    let flush = t.elapsed();
+    assert!(flush <= bound, "a flush stalled {flush:?}");
+    let mut lost = control.lost.lock().unwrap().clone();
+    lost.sort();
+    assert_eq!(lost, vec![2, 3]);
+
+    b.disk.heal();
+    c.disk.heal();
+    wait_for(
+        || peer(&p, 2).in_sync() && peer(&p, 3).in_sync(),
+        DISK_RETRY_MAX + Duration::from_secs(15),
+        "both copies are back in sync once their disks are fast",
+    )
+    .await;
+    b.disk.slow(Duration::from_secs(3));
+    c.disk.slow(Duration::from_secs(3));
+    let write = write_all(&p, 20, 1, &mut expect).await;
+    assert!(write <= bound, "a write stalled {write:?}");
+    b.disk.heal();
+    c.disk.heal();
+    p.stop();
+}

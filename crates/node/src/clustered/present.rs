@@ -334,7 +334,24 @@ impl Node {
                 // committed before it. Until then the volume waits.
                 slot.volume.set_route(Route::Waiting);
                 slot.current = None;
-                self.take_up(c, v);
+                // This copy's disk failed a write or a sync since a primary
+                // was last told of the regions it may have lost writes in
+                // (a hand-over after that failure did not commit): a copy
+                // in sync elsewhere takes the volume instead, as the
+                // hand-over would have (`Primary::start` refuses here).
+                let to = slot
+                    .volume
+                    .copy()
+                    .filter(|copy| copy.disk_failed_since_hello())
+                    .and_then(|_| {
+                        v.replicas
+                            .iter()
+                            .find(|(&n, st)| {
+                                n != me && **st == ReplicaState::InSync && !state.in_maintenance(n)
+                            })
+                            .map(|(&n, _)| n)
+                    });
+                self.take_up(c, v, to.unwrap_or(me));
                 return Ok(());
             }
             self.take_role(c, &lun, &slot.volume, v, state)
@@ -397,7 +414,9 @@ impl Node {
     /// Promotes this node to the next epoch of `v`, in the background (the
     /// control plane may have no quorum, and other volumes must not wait):
     /// the applied promotion wakes the reconcile that builds the role.
-    fn take_up(&self, c: &Arc<Clustered>, v: &cluster::VolumeRecord) {
+    /// Where `to` is another node (its copy in sync), promotes that node
+    /// instead, with this node's copy recorded out of sync.
+    fn take_up(&self, c: &Arc<Clustered>, v: &cluster::VolumeRecord, to: NodeId) {
         {
             let mut taken = c.taken_up.lock().unwrap();
             if taken.get(&v.name) == Some(&None) {
@@ -407,9 +426,10 @@ impl Node {
         }
         let (c, name, epoch) = (c.clone(), v.name.clone(), v.epoch);
         tokio::spawn(async move {
+            let me = c.cluster.id();
             let promote = c.cluster.propose(Command::Promote {
                 volume: name.clone(),
-                node: c.cluster.id(),
+                node: to,
                 expected_epoch: epoch,
             });
             let outcome = match tokio::time::timeout(RECORD_TIMEOUT, promote).await {
@@ -418,6 +438,11 @@ impl Node {
             };
             let mut taken = c.taken_up.lock().unwrap();
             match outcome {
+                Ok(()) if to != me => {
+                    tracing::warn!(volume = %name, epoch = epoch + 1, to, "this node's disk failed: the copy on node {to} takes the volume");
+                    taken.remove(&name);
+                    c.wake.notify_one();
+                }
                 Ok(()) => {
                     tracing::info!(volume = %name, epoch = epoch + 1, "taking up the primary role");
                     taken.insert(name, Some(epoch + 1));

@@ -23,12 +23,26 @@ pub(super) async fn sweeper(me: Weak<Primary>) {
         }
         if let Err(e) = v.copy.sweep().await {
             tracing::warn!(volume = v.copy.name(), "activity log sweep failed: {e}");
+            // This disk failed a sync: writes acknowledged since the last
+            // one that succeeded may be gone from it, though a later sync
+            // succeeds. Where a copy elsewhere holds them, it takes the
+            // volume over, as after a failed flush.
+            let _ = v.local_failed(e);
             continue;
         }
         for p in &v.peers {
             if p.state() != PeerState::OutOfSync {
                 if let Some(l) = p.link() {
-                    let _ = l.call(v.cfg.epoch, Op::Settle).await;
+                    if let Err(e) = l.call(v.cfg.epoch, Op::Settle).await {
+                        // The copy failed to sync what it took: what it
+                        // acknowledged since its last sync may be gone, so
+                        // it is out of sync (it names the regions when it
+                        // comes back), as for a failed flush.
+                        if let Some(why) = super::peer::disk_failure(&e) {
+                            v.disk_failed(p, &why);
+                            let _ = v.lose(p, &e).await;
+                        }
+                    }
                 }
             }
         }
