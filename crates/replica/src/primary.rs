@@ -193,6 +193,13 @@ impl Primary {
                 epoch: Some(current),
             }));
         }
+        // A write an earlier primary sent this copy may still be running
+        // here: it passed the epoch check before the epoch above was taken
+        // up, and waits for the disk. Landing after this role's writes, it
+        // would overwrite what this role acknowledged. No replication
+        // connection may change the copy from now on (a new one opens its
+        // own session), and those still running finish first.
+        copy.open_session().await;
         let v = copy.volume();
         let bytes = v.num_blocks() * v.block_size() as u64;
         let suspect = copy.suspect_ranges();
