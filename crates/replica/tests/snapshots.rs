@@ -149,12 +149,14 @@ impl CopySnapshots for MemSnapshots {
     }
 }
 
-/// A memory volume that counts the bytes written to it, and whose writes
-/// wait while the test holds them back.
+/// A memory volume that counts the bytes written to it, whose writes
+/// wait while the test holds them back, and fail (EIO) while its disk is
+/// broken.
 struct Counted {
     inner: Arc<MemVolume>,
     written: AtomicU64,
     open: tokio::sync::watch::Sender<bool>,
+    broken: std::sync::atomic::AtomicBool,
 }
 
 impl Counted {
@@ -177,6 +179,9 @@ impl Volume for Counted {
     }
     async fn write(&self, lba: u64, data: Bytes, fua: bool) -> volume::Result<()> {
         let _ = self.open.subscribe().wait_for(|open| *open).await;
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(VolumeError::Io(std::io::Error::from_raw_os_error(5)));
+        }
         self.written.fetch_add(data.len() as u64, Ordering::Relaxed);
         self.inner.write(lba, data, fua).await
     }
@@ -227,6 +232,7 @@ impl TestNode {
             inner: mem.clone(),
             written: AtomicU64::new(0),
             open: tokio::sync::watch::channel(true).0,
+            broken: Default::default(),
         });
         let copy = LocalCopy::open("vol", volume.clone(), &dir.path().join("vol")).unwrap();
         let snaps = Arc::new(MemSnapshots {
@@ -470,6 +476,45 @@ async fn a_copy_away_catches_up_on_the_snapshots_it_missed() {
         sent <= 6 * 64 * 1024,
         "the catch-up wrote {sent} bytes: more than the regions missed"
     );
+    p.stop();
+}
+
+/// A copy whose disk fails while it catches up on a snapshot it missed
+/// is detached as for a failed write (its status says why, and it is
+/// tried again after a growing wait, not once a second), and catches up
+/// once its disk works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_whose_disk_fails_during_a_catch_up_is_detached() {
+    let (a, mut b, control, p) = two_copies().await;
+    for lba in (0..BLOCKS).step_by(16) {
+        p.write(lba, block(lba + 1), false).await.unwrap();
+    }
+    b.kill();
+    p.write(3, block(1000), true).await.unwrap();
+    let s1 = mark("s1");
+    take(&p, &control, &s1).await;
+    b.volume.broken.store(true, Ordering::SeqCst);
+    b.restart().await;
+    let t = Instant::now();
+    while p
+        .peer_status()
+        .iter()
+        .any(|s| s.node == 2 && s.detached.is_none())
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the copy whose disk fails during the catch-up is detached: {:?}",
+            p.peer_status()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let why = p.peer_status()[0].detached.clone().unwrap();
+    assert!(why.starts_with("disk failed"), "{why}");
+    b.volume.broken.store(false, Ordering::SeqCst);
+    in_sync(&p, 2).await;
+    assert_eq!(b.ids(), vec![s1.id]);
+    assert!(a.image(s1.id) == b.image(s1.id), "the snapshot differs");
+    assert!(a.head().await == b.head().await, "the copies differ");
     p.stop();
 }
 

@@ -518,6 +518,9 @@ pub(super) enum ResyncError {
     /// A snapshot the peer misses could not be brought to it.
     #[error("catching up a snapshot: {0}")]
     Snapshot(String),
+    /// The peer failed a request of a snapshot's catch-up (`what`).
+    #[error("catching up a snapshot: {what}: {cause}")]
+    SnapshotLink { what: String, cause: LinkError },
     /// The peer is in sync but the control plane did not record it.
     #[error("recording the replica in sync failed: {0}")]
     Record(ControlError),
@@ -532,7 +535,8 @@ impl ResyncError {
                 cause: CopyError::Link(e),
                 ..
             }
-            | ResyncError::Flush(e) => super::peer::disk_failure(e),
+            | ResyncError::Flush(e)
+            | ResyncError::SnapshotLink { cause: e, .. } => super::peer::disk_failure(e),
             _ => None,
         }
     }

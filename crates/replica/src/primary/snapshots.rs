@@ -443,7 +443,10 @@ impl Primary {
                         Op::Snapshots(SnapshotOp::Delete { id: later.id }),
                     )
                     .await
-                    .map_err(|e| ResyncError::Snapshot(e.to_string()))?;
+                    .map_err(|cause| ResyncError::SnapshotLink {
+                        what: format!("dropping snapshot {} there", later.name),
+                        cause,
+                    })?;
                 }
             }
             let mark = mine[first].clone();
@@ -556,19 +559,19 @@ impl Primary {
                 let done = std::mem::take(&mut calls);
                 super::resync::answered(done)
                     .await
-                    .map_err(|e| ResyncError::Snapshot(e.to_string()))?;
+                    .map_err(|cause| copying(&mark.name, cause))?;
             }
             match link.send(self.cfg.epoch, op) {
                 Ok(c) => calls.push(c),
                 Err(e) => {
                     let _ = super::resync::answered(calls).await;
-                    return Err(ResyncError::Snapshot(e.to_string()));
+                    return Err(copying(&mark.name, e));
                 }
             }
         }
         super::resync::answered(calls)
             .await
-            .map_err(|e| ResyncError::Snapshot(e.to_string()))?;
+            .map_err(|cause| copying(&mark.name, cause))?;
         // The peer's copy is the snapshot's image now: it takes the
         // snapshot (which makes those blocks durable first), in order with
         // the deletes: one deleted meanwhile went to the copies already.
@@ -581,7 +584,10 @@ impl Primary {
             Op::Snapshots(SnapshotOp::Take(mark.clone())),
         )
         .await
-        .map_err(|e| ResyncError::Snapshot(format!("taking snapshot {}: {e}", mark.name)))?;
+        .map_err(|cause| ResyncError::SnapshotLink {
+            what: format!("taking snapshot {}", mark.name),
+            cause,
+        })?;
         let _ = std::fs::remove_file(self.snapshot_map_path(p.node, mark.id));
         tracing::info!(
             volume = self.copy.name(),
@@ -592,6 +598,15 @@ impl Primary {
             "snapshot caught up"
         );
         Ok(())
+    }
+}
+
+/// The peer failed a request that copies snapshot `name`'s image to it:
+/// where its disk failed, it is detached as for a failed write.
+fn copying(name: &str, cause: crate::link::LinkError) -> ResyncError {
+    ResyncError::SnapshotLink {
+        what: format!("copying the image of snapshot {name}"),
+        cause,
     }
 }
 
