@@ -63,16 +63,20 @@ struct DiskNode {
 
 impl DiskNode {
     async fn new() -> DiskNode {
+        DiskNode::with_blocks(BLOCKS).await
+    }
+
+    async fn with_blocks(blocks: u64) -> DiskNode {
         let dir = tempfile::tempdir().unwrap();
         let disk = DiskFaults::new();
         let faulty = |len| FaultyBacking::new(SimDisk::new(len), disk.clone());
         let files = VolumeFiles {
-            data: faulty(BLOCKS * BS as u64),
+            data: faulty(blocks * BS as u64),
             sums: faulty(0),
             dirty: faulty(0),
         };
         let vol: Arc<dyn Volume> =
-            Arc::new(LocalVolume::with_backing(files, BS, BLOCKS, 1 << 20).unwrap());
+            Arc::new(LocalVolume::with_backing(files, BS, blocks, 1 << 20).unwrap());
         let copy = LocalCopy::open("vol", vol, &dir.path().join("vol")).unwrap();
         let server = ReplicaServer::new(common::key());
         server.add(ClusterVolume::over_copy(copy.clone()));
@@ -731,4 +735,70 @@ async fn a_write_of_the_old_primary_running_on_the_new_one_lands_before_its_writ
         "the new primary's acknowledged write was overwritten by the old primary's"
     );
     new.stop();
+}
+
+/// The regions a copy whose disk failed a sync reports as suspect when it
+/// comes back are durable in the primary's map of what it misses before
+/// the copy may forget them (the primary's sweeps let its activity log
+/// settle from then on): a primary that stops before its resync has
+/// copied them back takes its role up again knowing them. Before, they
+/// were kept in memory only until a sweep that found something to clear
+/// in the primary's own log, and the copy, settled meanwhile, no longer
+/// reported them: it was resynced without the writes its disk dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_regions_a_copy_reports_as_suspect_outlive_a_stop_of_the_primary() {
+    let a = DiskNode::new().await;
+    let b = DiskNode::new().await;
+    b.disk.lose_unsynced(true);
+    let control = Arc::new(Recorded::default());
+    let old = common::role(a.copy.clone(), 1, 1, &[(b.addr, 2)], &[], control.clone()).await;
+    let mut expect = vec![None; BLOCKS as usize];
+    write_unsynced(&old, 0, 50, &mut expect).await;
+    // Node 2's sync fails and drops those writes there; it is kept away
+    // while the primary's activity log settles.
+    b.disk.fail(DiskFault::Eio);
+    old.flush().await.unwrap();
+    assert!(!peer(&old, 2).in_sync(), "node 2 failed the flush");
+    old.hold_away(2, true);
+    wait_for(
+        || a.copy.suspect_ranges().is_empty(),
+        Duration::from_secs(10),
+        "the primary's activity log settles",
+    )
+    .await;
+    assert!(b.copy.disk_failed_since_hello());
+    // Node 2 comes back and names the regions its disk may have lost
+    // writes in; the primary stops right then.
+    b.disk.heal();
+    old.hold_away(2, false);
+    wait_for(
+        || !b.copy.disk_failed_since_hello(),
+        Duration::from_secs(10),
+        "node 2 hands its regions over",
+    )
+    .await;
+    old.stop();
+    drop(old);
+    // Taken up again (node 2 out of reach for now): the regions are in
+    // its map of node 2.
+    let cfg = replica::PrimaryConfig {
+        node: 1,
+        epoch: 2,
+        key: common::key(),
+        timeout: Duration::from_secs(2),
+    };
+    let unreachable = replica::PeerSpec {
+        node: 2,
+        addr: "127.0.0.1:1".to_string(),
+        in_sync: false,
+    };
+    let again = Primary::start(a.copy.clone(), cfg, vec![unreachable], control.clone())
+        .await
+        .unwrap();
+    assert!(
+        peer(&again, 2).dirty_bytes >= 4 << 20,
+        "the regions node 2 named are forgotten: {:?}",
+        peer(&again, 2)
+    );
+    again.stop();
 }

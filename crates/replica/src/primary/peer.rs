@@ -529,6 +529,21 @@ impl Primary {
             p.dirty.set_tag(w.copy_id);
         }
         p.dirty.mark_ranges(&w.suspect);
+        if !w.suspect.is_empty() {
+            // Durable before the link is used: from the first Settle it
+            // gets, the copy may forget them (its welcome handed them
+            // over), and this node's activity log does not hold them; a
+            // sweep here persists the maps only when it clears something.
+            let dirty = p.dirty.clone();
+            if let Err(e) = crate::copy::off_thread(move || dirty.persist()).await {
+                tracing::warn!(
+                    volume = self.copy.name(),
+                    node = p.node,
+                    "cannot keep the regions the copy names as suspect: {e}"
+                );
+                return false;
+            }
+        }
         if reconnect && p.state() == PeerState::InSync {
             // The link broke while this primary acknowledged writes: the
             // replica may have restarted and lost writes it had not flushed
