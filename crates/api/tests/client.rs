@@ -2,43 +2,26 @@
 //! port: one round trip per method, and how refusals and an unreachable
 //! server come back.
 
+mod common;
+
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use api::{ApiClient, ClientError, CreateVolume};
-use node::{AccessConfig, ChapSecret, ClusterConfig, Node, NodeConfig};
-use portal::Targets;
-use store::Store;
+use node::{AccessConfig, ChapSecret};
 use testkit::free_port;
 
 const MIB: u64 = 1 << 20;
 
 /// Serves the API of a fresh node on a loopback port; the address and token.
-async fn serve(dir: &std::path::Path) -> (String, String) {
-    let store = Arc::new(Store::open(dir).unwrap());
-    let token = store.api_token().unwrap();
-    let node = Node::start(
-        store,
-        Arc::new(Targets::new()),
-        NodeConfig {
-            iqn_prefix: "iqn.2026-11.io.tandem".into(),
-        },
-    )
-    .await
-    .unwrap();
-    let cluster = ClusterConfig {
-        name: "node-1".into(),
-        cluster_listen: ([127, 0, 0, 1], free_port()).into(),
-        repl_listen: ([127, 0, 0, 1], free_port()).into(),
-        advertise: "127.0.0.1".into(),
-        iscsi_port: free_port(),
-    };
-    let router = api::router(Arc::new(node), token.clone(), cluster);
+async fn serve() -> (common::Api, String, String) {
+    let api = common::api().await;
+    let router = api.router.clone();
     let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     tokio::spawn(async move { axum::serve(listener, router).await });
-    (addr.to_string(), token)
+    let token = api.token.clone();
+    (api, addr.to_string(), token)
 }
 
 /// The status and message of a refusal; panics on anything else.
@@ -51,14 +34,16 @@ fn refused<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, String) {
 
 #[tokio::test]
 async fn every_method_round_trips() {
-    let dir = tempfile::tempdir().unwrap();
-    let (addr, token) = serve(dir.path()).await;
+    let (node, addr, token) = serve().await;
     // The token file ends with a newline when written by hand: trimmed.
     let client = ApiClient::new(&addr, &format!("{token}\n"));
 
     let status = client.status().await.unwrap();
     assert_eq!(status.node.volumes, 0);
-    assert_eq!(status.node.data_dir, dir.path().display().to_string());
+    assert_eq!(
+        status.node.data_dir,
+        node.store.data_dir().display().to_string()
+    );
     // The data filesystem's space, and no cluster: this node is not a member.
     let free = status.node.filesystem_free_bytes.expect("free space known");
     let total = status.node.filesystem_total_bytes.expect("size known");
@@ -201,8 +186,7 @@ async fn every_method_round_trips() {
 
 #[tokio::test]
 async fn a_wrong_token_and_a_missing_server_are_told_apart() {
-    let dir = tempfile::tempdir().unwrap();
-    let (addr, token) = serve(dir.path()).await;
+    let (_node, addr, token) = serve().await;
     let wrong = ApiClient::new(&addr, &format!("{token}-not"));
     let (code, message) = refused(wrong.status().await);
     assert_eq!(code, 401);

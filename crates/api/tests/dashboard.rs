@@ -3,39 +3,17 @@
 //! load and call nothing but this origin; the health it shows, with the
 //! token only.
 
-use std::sync::Arc;
+mod common;
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use axum::Router;
-use node::{ClusterConfig, Node, NodeConfig};
-use portal::Targets;
-use store::Store;
-use testkit::free_port;
 use tower::ServiceExt;
 
-async fn router() -> (tempfile::TempDir, String, Router) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path()).unwrap());
-    let token = store.api_token().unwrap();
-    let node = Node::start(
-        store,
-        Arc::new(Targets::new()),
-        NodeConfig {
-            iqn_prefix: "iqn.2026-11.io.tandem".into(),
-        },
-    )
-    .await
-    .unwrap();
-    let cluster = ClusterConfig {
-        name: "node-1".into(),
-        cluster_listen: ([127, 0, 0, 1], free_port()).into(),
-        repl_listen: ([127, 0, 0, 1], free_port()).into(),
-        advertise: "127.0.0.1".into(),
-        iscsi_port: free_port(),
-    };
-    let router = api::router(Arc::new(node), token.clone(), cluster);
-    (dir, token, router)
+async fn router() -> (common::Api, String, Router) {
+    let api = common::api().await;
+    let (token, router) = (api.token.clone(), api.router.clone());
+    (api, token, router)
 }
 
 async fn get(

@@ -4,74 +4,19 @@
 //! on a node that is no member, and what a one-node cluster cannot do), and
 //! the membership and replica routes between two nodes.
 
+mod common;
+
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
-use axum::Router;
-use node::{ClusterConfig, Node, NodeConfig};
-use portal::Targets;
+use common::{api, named, Api, PREFIX};
 use serde_json::{json, Value};
-use store::Store;
 use testkit::{free_port, rw10, Initiator};
 use tower::ServiceExt;
 
-const PREFIX: &str = "iqn.2026-11.io.tandem";
 const MIB: u64 = 1 << 20;
-
-/// A node over its own data directory and the API router in front of it.
-struct Api {
-    _dir: tempfile::TempDir,
-    token: String,
-    targets: Arc<Targets>,
-    store: Arc<Store>,
-    cluster: ClusterConfig,
-    router: Router,
-}
-
-fn cluster_config(name: &str) -> ClusterConfig {
-    ClusterConfig {
-        name: name.into(),
-        cluster_listen: ([127, 0, 0, 1], free_port()).into(),
-        repl_listen: ([127, 0, 0, 1], free_port()).into(),
-        advertise: "127.0.0.1".into(),
-        iscsi_port: free_port(),
-    }
-}
-
-async fn api() -> Api {
-    named("node-1").await
-}
-
-/// A node called `name` (its name as a cluster member).
-async fn named(name: &str) -> Api {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path()).unwrap());
-    // The token `tandem serve` gives the router.
-    let token = store.api_token().unwrap();
-    let targets = Arc::new(Targets::new());
-    let node = Node::start(
-        store.clone(),
-        targets.clone(),
-        NodeConfig {
-            iqn_prefix: PREFIX.into(),
-        },
-    )
-    .await
-    .unwrap();
-    let cluster = cluster_config(name);
-    let router = api::router(Arc::new(node), token.clone(), cluster.clone());
-    Api {
-        _dir: dir,
-        token,
-        targets,
-        store,
-        cluster,
-        router,
-    }
-}
 
 /// An answer: status and body (JSON, or `Value::Null` when empty, or the
 /// text as a JSON string when it is no JSON).

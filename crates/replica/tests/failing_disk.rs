@@ -308,6 +308,78 @@ struct HandingOver {
     asked: tokio::sync::mpsc::UnboundedSender<(u64, u64)>,
 }
 
+impl HandingOver {
+    /// A control plane that records, and the asks for a hand-over it got.
+    fn new() -> (
+        Arc<HandingOver>,
+        tokio::sync::mpsc::UnboundedReceiver<(u64, u64)>,
+    ) {
+        let (tx, asked) = tokio::sync::mpsc::unbounded_channel();
+        let control = Arc::new(HandingOver {
+            recorded: Recorded::default(),
+            asked: tx,
+        });
+        (control, asked)
+    }
+}
+
+/// The hand-over the primary asked for, within 5 s: (epoch, to).
+async fn hand_over_asked(
+    asked: &mut tokio::sync::mpsc::UnboundedReceiver<(u64, u64)>,
+) -> (u64, u64) {
+    match tokio::time::timeout(Duration::from_secs(5), asked.recv()).await {
+        Ok(Some(ask)) => ask,
+        _ => panic!("the primary asked for no hand-over"),
+    }
+}
+
+/// What the control plane does once node 1's primary asked for a hand-over,
+/// after taking its time (three sweeps of the activity logs, one a second,
+/// in which nothing the old primary failed may be forgotten): the drained
+/// role is done, and node 2 is promoted at the next epoch with node 1's copy
+/// out of sync.
+async fn hand_over_to_node_2(
+    old: Arc<Primary>,
+    a: &DiskNode,
+    b: &DiskNode,
+    control: &Arc<HandingOver>,
+) -> Arc<Primary> {
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    old.drain_failed(2, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .keep();
+    old.stop();
+    common::role(b.copy.clone(), 2, 2, &[(a.addr, 1)], &[1], control.clone()).await
+}
+
+/// Waits until `new` has node 1's copy in sync, at most the longest wait
+/// before a failed disk is tried again and its resync.
+async fn node_1_in_sync(new: &Primary, what: &str) {
+    wait_for(
+        || peer(new, 1).in_sync(),
+        DISK_RETRY_MAX + Duration::from_secs(15),
+        what,
+    )
+    .await;
+}
+
+/// Node 1 the primary at epoch 1 of a copy on node 2, both over disks a
+/// test breaks, with a control plane that passes on asks for a hand-over.
+async fn primary_and_copy() -> (
+    DiskNode,
+    DiskNode,
+    Arc<HandingOver>,
+    tokio::sync::mpsc::UnboundedReceiver<(u64, u64)>,
+    Arc<Primary>,
+) {
+    let a = DiskNode::new().await;
+    let b = DiskNode::new().await;
+    let (control, asked) = HandingOver::new();
+    let old = common::role(a.copy.clone(), 1, 1, &[(b.addr, 2)], &[], control.clone()).await;
+    (a, b, control, asked, old)
+}
+
 #[async_trait]
 impl Control for HandingOver {
     fn may_acknowledge(&self, v: &str, e: u64) -> bool {
@@ -339,14 +411,7 @@ impl Control for HandingOver {
 /// and once node 1's disk works again it is brought back in sync holding
 /// them too.
 async fn primary_disk_fails(fault: DiskFault) {
-    let a = DiskNode::new().await;
-    let b = DiskNode::new().await;
-    let (tx, mut asked) = tokio::sync::mpsc::unbounded_channel();
-    let control = Arc::new(HandingOver {
-        recorded: Recorded::default(),
-        asked: tx,
-    });
-    let old = common::role(a.copy.clone(), 1, 1, &[(b.addr, 2)], &[], control.clone()).await;
+    let (a, b, control, mut asked, old) = primary_and_copy().await;
     let mut expect = vec![None; BLOCKS as usize];
     write_all(&old, 0, 50, &mut expect).await;
 
@@ -358,26 +423,12 @@ async fn primary_disk_fails(fault: DiskFault) {
         Err(volume::VolumeError::Unavailable(_)) => {}
         other => panic!("the write the primary's disk failed was answered {other:?}"),
     }
-    let Ok(Some((epoch, to))) = tokio::time::timeout(Duration::from_secs(5), asked.recv()).await
-    else {
-        panic!("the primary asked for no hand-over");
-    };
-    assert_eq!((epoch, to), (1, 2));
+    assert_eq!(hand_over_asked(&mut asked).await, (1, 2));
     assert!(matches!(
         old.read(0, 1).await,
         Err(volume::VolumeError::Unavailable(_))
     ));
-    // The control plane takes its time (three sweeps of the activity logs,
-    // one a second): nothing the old primary failed may be forgotten.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    // What the control plane does: the drained role is done, node 2 is
-    // promoted at the next epoch with node 1's copy out of sync.
-    old.drain_failed(2, Duration::from_secs(5))
-        .await
-        .unwrap()
-        .keep();
-    old.stop();
-    let new = common::role(b.copy.clone(), 2, 2, &[(a.addr, 1)], &[1], control.clone()).await;
+    let new = hand_over_to_node_2(old, &a, &b, &control).await;
     // The initiator retries the write on the new primary.
     new.write(lba, data.clone(), true).await.unwrap();
     expect[lba as usize] = Some(data);
@@ -386,22 +437,12 @@ async fn primary_disk_fails(fault: DiskFault) {
     assert!(!peer(&new, 1).in_sync(), "node 1's copy is out of sync");
 
     a.disk.heal();
-    wait_for(
-        || peer(&new, 1).in_sync(),
-        DISK_RETRY_MAX + Duration::from_secs(15),
-        "node 1's copy is back in sync once its disk works",
-    )
-    .await;
+    node_1_in_sync(&new, "node 1's copy is back in sync once its disk works").await;
     write_all(&new, 101, 20, &mut expect).await;
     new.flush().await.unwrap();
     // A write node 1 failed meanwhile would have it recorded out of sync
     // again (and resynced): compared once it is in sync.
-    wait_for(
-        || peer(&new, 1).in_sync(),
-        DISK_RETRY_MAX + Duration::from_secs(15),
-        "node 1's copy stays in sync",
-    )
-    .await;
+    node_1_in_sync(&new, "node 1's copy stays in sync").await;
     let (ca, cb) = (a.contents().await, b.contents().await);
     holds(&cb, &expect, "the new primary");
     holds(&ca, &expect, "the old primary's copy");
@@ -424,11 +465,7 @@ async fn a_primary_whose_filesystem_turns_read_only_hands_the_volume_over() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_primary_whose_disk_fails_without_a_copy_in_sync_answers_the_error() {
     let a = DiskNode::new().await;
-    let (tx, mut asked) = tokio::sync::mpsc::unbounded_channel();
-    let control = Arc::new(HandingOver {
-        recorded: Recorded::default(),
-        asked: tx,
-    });
+    let (control, mut asked) = HandingOver::new();
     let p = common::role(a.copy.clone(), 1, 1, &[], &[], control.clone()).await;
     a.disk.fail(DiskFault::Eio);
     match p.write(0, block(0, 1), true).await {
@@ -523,15 +560,8 @@ enum FailedSync {
 /// acknowledged write (the regions it lost them in stay in its activity
 /// log however long the hand-over takes, though its syncs work again).
 async fn a_primary_that_fails_a_sync_loses_nothing(how: FailedSync) {
-    let a = DiskNode::new().await;
-    let b = DiskNode::new().await;
+    let (a, b, control, mut asked, old) = primary_and_copy().await;
     a.disk.lose_unsynced(true);
-    let (tx, mut asked) = tokio::sync::mpsc::unbounded_channel();
-    let control = Arc::new(HandingOver {
-        recorded: Recorded::default(),
-        asked: tx,
-    });
-    let old = common::role(a.copy.clone(), 1, 1, &[(b.addr, 2)], &[], control.clone()).await;
     let mut expect = vec![None; BLOCKS as usize];
     write_unsynced(&old, 0, 50, &mut expect).await;
 
@@ -544,26 +574,10 @@ async fn a_primary_that_fails_a_sync_loses_nothing(how: FailedSync) {
         FailedSync::Sweep => tokio::time::sleep(Duration::from_millis(2500)).await,
     }
     a.disk.heal();
-    let Ok(Some((epoch, to))) = tokio::time::timeout(Duration::from_secs(5), asked.recv()).await
-    else {
-        panic!("the primary asked for no hand-over");
-    };
-    assert_eq!((epoch, to), (1, 2));
-    // The hand-over takes a while; the old role sweeps meanwhile.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    old.drain_failed(2, Duration::from_secs(5))
-        .await
-        .unwrap()
-        .keep();
-    old.stop();
-    let new = common::role(b.copy.clone(), 2, 2, &[(a.addr, 1)], &[1], control.clone()).await;
+    assert_eq!(hand_over_asked(&mut asked).await, (1, 2));
+    let new = hand_over_to_node_2(old, &a, &b, &control).await;
     holds(&readable(&b).await, &expect, "the new primary");
-    wait_for(
-        || peer(&new, 1).in_sync(),
-        DISK_RETRY_MAX + Duration::from_secs(15),
-        "node 1's copy is back in sync",
-    )
-    .await;
+    node_1_in_sync(&new, "node 1's copy is back in sync").await;
     write_all(&new, 50, 20, &mut expect).await;
     new.flush().await.unwrap();
     holds(&readable(&b).await, &expect, "the new primary");
@@ -590,22 +604,14 @@ async fn a_primary_whose_sweep_fails_to_sync_hands_the_volume_over() {
 /// them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_primary_that_lost_writes_does_not_take_its_role_up_again() {
-    let a = DiskNode::new().await;
-    let b = DiskNode::new().await;
+    let (a, b, control, mut asked, old) = primary_and_copy().await;
     a.disk.lose_unsynced(true);
-    let (tx, mut asked) = tokio::sync::mpsc::unbounded_channel();
-    let control = Arc::new(HandingOver {
-        recorded: Recorded::default(),
-        asked: tx,
-    });
-    let old = common::role(a.copy.clone(), 1, 1, &[(b.addr, 2)], &[], control.clone()).await;
     let mut expect = vec![None; BLOCKS as usize];
     write_unsynced(&old, 0, 50, &mut expect).await;
     a.disk.fail(DiskFault::Eio);
     assert!(old.flush().await.is_err());
     a.disk.heal();
-    let asked = tokio::time::timeout(Duration::from_secs(5), asked.recv()).await;
-    assert_eq!(asked.ok().flatten(), Some((1, 2)));
+    assert_eq!(hand_over_asked(&mut asked).await, (1, 2));
     // The hand-over is not committed: the node would take the role up
     // anew at the next epoch, node 2 still recorded in sync.
     old.stop();
@@ -642,12 +648,7 @@ async fn a_primary_that_lost_writes_does_not_take_its_role_up_again() {
     // Node 2 is promoted instead, node 1's copy recorded out of sync.
     let new = common::role(b.copy.clone(), 2, 2, &[(a.addr, 1)], &[1], control.clone()).await;
     holds(&readable(&b).await, &expect, "the new primary");
-    wait_for(
-        || peer(&new, 1).in_sync(),
-        DISK_RETRY_MAX + Duration::from_secs(15),
-        "node 1's copy is back in sync",
-    )
-    .await;
+    node_1_in_sync(&new, "node 1's copy is back in sync").await;
     new.flush().await.unwrap();
     holds(&readable(&a).await, &expect, "the old primary's copy");
     new.stop();

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::cluster::{node_id, on_loopback, status, volume_record, wait_until, Writer};
+use common::cluster::{node_id, node_name, on_loopback, volume_record, wait_until, Writer};
 use common::{free_port, Server};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
@@ -242,15 +242,6 @@ fn figure(s: &str) -> f64 {
     n.parse().unwrap_or(0.0)
 }
 
-fn name_of(s: &Server) -> String {
-    let st = status(s);
-    let me = st["status"]["me"].as_u64().unwrap();
-    st["status"]["state"]["nodes"][me.to_string()]["name"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_logs_in_shows_live_figures_creates_a_volume_and_a_dead_node() {
     let (chromium, chromedriver) = match browser() {
@@ -266,7 +257,7 @@ async fn the_dashboard_logs_in_shows_live_figures_creates_a_volume_and_a_dead_no
     };
     let dir = tempfile::tempdir().unwrap();
     let (a, mut b, _witness, _) = on_loopback(dir.path());
-    let b_name = name_of(&b);
+    let b_name = node_name(&b);
     let driver = Driver::start(&chromedriver, &dir.path().join("chromedriver.log"));
     let c = session(&driver, &chromium).await;
     let base = format!("http://127.0.0.1:{}", a.api_port);
@@ -484,7 +475,7 @@ async fn the_dashboard_logs_in_shows_live_figures_creates_a_volume_and_a_dead_no
 
     // Writes through the node the browser shows: its volume's primary.
     if volume_record(&a, "web")["primary"].as_u64() != Some(node_id(&a)) {
-        a.cli_ok(&["volume", "move-primary", "web", "--to", &name_of(&a)]);
+        a.cli_ok(&["volume", "move-primary", "web", "--to", &node_name(&a)]);
     }
     let writer = Writer::start(a.portal(), "web", History::default(), 0, 256);
     c.goto(&format!("{base}/#overview")).await.unwrap();

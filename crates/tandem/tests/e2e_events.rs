@@ -18,7 +18,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::cluster::{
-    all_in_sync, node_id, on_loopback, session, volume_record, wait_until, write,
+    all_in_sync, node_id, node_name, on_loopback, session, volume_record, wait_until, write,
     write_until_acknowledged,
 };
 use common::{tandem_bin, Server};
@@ -68,15 +68,6 @@ fn seq(e: &Value) -> u64 {
     e["seq"].as_u64().unwrap()
 }
 
-fn name_of(s: &Server) -> String {
-    let st = common::cluster::status(s);
-    let me = st["status"]["me"].as_u64().unwrap();
-    st["status"]["state"]["nodes"][me.to_string()]["name"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failover_and_a_resync_are_recorded_in_order_and_counted_in_the_report() {
     let dir = tempfile::tempdir().unwrap();
@@ -110,7 +101,7 @@ async fn a_failover_and_a_resync_are_recorded_in_order_and_counted_in_the_report
     } else {
         (&mut b, &mut a)
     };
-    let (old_name, new_name) = (name_of(primary), name_of(other));
+    let (old_name, new_name) = (node_name(primary), node_name(other));
     let mut h = History::default();
     let mut n = 0;
     {

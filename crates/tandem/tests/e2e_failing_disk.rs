@@ -20,8 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::cluster::{
-    all_in_sync, counting_writer, form, node_id, verify, volume_record, wait_members, wait_until,
-    Witness,
+    all_in_sync, counting_writer, node_id, verify, volume_record, wait_until, with_witness,
 };
 use common::Server;
 
@@ -38,15 +37,7 @@ async fn a_primary_whose_disk_fills_up_hands_over_without_a_failed_command() {
         return;
     };
     let b = Server::start(&dir.path().join("b"));
-    let token = form(&a, &[&b]);
-    let _witness = Witness::start(
-        &dir.path().join("w"),
-        "127.0.0.1",
-        None,
-        &a.cluster_addr(),
-        &token,
-    );
-    wait_members(&a, 3);
+    let (_witness, _) = with_witness(dir.path(), &a, &[&b]);
     let (ida, idb) = (node_id(&a), node_id(&b));
     a.cli_ok(&[
         "volume",

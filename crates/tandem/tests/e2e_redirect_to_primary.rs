@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::cluster::{
-    all_in_sync, form, primary_index, wait_converged, wait_members, wait_until, Witness,
+    all_in_sync, node_name, primary_index, wait_converged, wait_until, with_witness,
 };
 use common::{node_prefix, require_tool, run_ok, Server};
 use testkit::Initiator;
@@ -40,11 +40,6 @@ async fn login_status(portal: SocketAddr, volume: &str) -> Option<((u8, u8), Opt
         .find(|(k, _)| k == "TargetAddress")
         .map(|(_, v)| v);
     Some(((r.byte(36), r.byte(37)), address))
-}
-
-/// The name the test harness gives `s` in the cluster.
-fn name_of(s: &Server) -> String {
-    format!("node-{}-{}", s.host, s.iscsi_port)
 }
 
 /// The nodes `volume show` through `s` lists sessions of `volume` on.
@@ -91,15 +86,7 @@ async fn logins_through_either_node_land_on_the_primary_and_follow_a_failover() 
     let dir = tempfile::tempdir().unwrap();
     let a = Server::start_with(&dir.path().join("a"), &["--redirect-to-primary"]);
     let b = Server::start_with(&dir.path().join("b"), &["--redirect-to-primary"]);
-    let token = form(&a, &[&b]);
-    let _witness = Witness::start(
-        &dir.path().join("w"),
-        "127.0.0.1",
-        None,
-        &a.cluster_addr(),
-        &token,
-    );
-    wait_members(&a, 3);
+    let (_witness, _) = with_witness(dir.path(), &a, &[&b]);
     a.cli_ok(&["volume", "create", "vm", "--size", "4M", "--replicas", "2"]);
     wait_until("both nodes export the volume in sync", 30, || {
         b.cli_ok(&["volume", "list"]).contains("vm") && all_in_sync(&a, "vm")
@@ -138,7 +125,7 @@ async fn redirected_to_the_primary(nodes: &[Server; 2], primary: usize, qemu_cmd
         wait_until("the qemu-io session is listed", 20, || {
             !session_nodes(&nodes[o], "vm").is_empty()
         });
-        assert_eq!(session_nodes(&nodes[o], "vm"), vec![name_of(&nodes[p])]);
+        assert_eq!(session_nodes(&nodes[o], "vm"), vec![node_name(&nodes[p])]);
     });
     let out = run_ok("iscsi-inq", &[&url]);
     assert!(out.contains("DIRECT_ACCESS"), "{out}");
@@ -185,6 +172,6 @@ async fn the_survivor_takes_the_logins(nodes: &mut [Server; 2], primary: usize, 
         wait_until("the qemu-io session is listed", 20, || {
             !session_nodes(&nodes[o], "vm").is_empty()
         });
-        assert_eq!(session_nodes(&nodes[o], "vm"), vec![name_of(&nodes[o])]);
+        assert_eq!(session_nodes(&nodes[o], "vm"), vec![node_name(&nodes[o])]);
     });
 }

@@ -298,15 +298,7 @@ async fn a_copy_silent_past_the_delay_is_replaced_and_a_dead_witness_is_removed(
     let a = Server::start(&dir.path().join("a"));
     let b = Server::start(&dir.path().join("b"));
     let mut c = Server::start(&dir.path().join("c"));
-    let token = form(&a, &[&b, &c]);
-    let mut witness = common::cluster::Witness::start(
-        &dir.path().join("w"),
-        "127.0.0.1",
-        None,
-        &a.cluster_addr(),
-        &token,
-    );
-    wait_members(&a, 4);
+    let (mut witness, _) = common::cluster::with_witness(dir.path(), &a, &[&b, &c]);
     let (ida, idb, idc) = (node_id(&a), node_id(&b), node_id(&c));
     let idw = members_and_voters(&a)
         .0

@@ -28,8 +28,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::cluster::{
-    ack_windows, assert_one_writer, form, node_id, primary_index, try_status, volume_file,
-    wait_converged, wait_members, wait_settled, wait_until, Witness, BLOCK, EXTENT,
+    ack_windows, assert_one_writer, node_id, primary_index, try_status, volume_file,
+    wait_converged, wait_settled, wait_until, with_witness, Witness, BLOCK, EXTENT,
 };
 use common::log::{logged, now_us, wait_logged};
 use common::workload::{check_volume, Ack, Load, LoadConfig, Mix, Pick};
@@ -244,9 +244,7 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 fn start(dir: &std::path::Path) -> Cluster {
     let a = Server::start(&dir.join("a"));
     let b = Server::start(&dir.join("b"));
-    let token = form(&a, &[&b]);
-    let witness = Witness::start(&dir.join("w"), "127.0.0.1", None, &a.cluster_addr(), &token);
-    wait_members(&a, 3);
+    let (witness, _) = with_witness(dir, &a, &[&b]);
     a.cli_ok(&[
         "volume",
         "create",

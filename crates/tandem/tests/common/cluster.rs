@@ -353,10 +353,28 @@ pub fn form(first: &Server, others: &[&Server]) -> String {
 pub fn on_loopback(dir: &Path) -> (Server, Server, Witness, String) {
     let a = Server::start(&dir.join("a"));
     let b = Server::start(&dir.join("b"));
-    let token = form(&a, &[&b]);
-    let witness = Witness::start(&dir.join("w"), "127.0.0.1", None, &a.cluster_addr(), &token);
-    wait_members(&a, 3);
+    let (witness, token) = with_witness(dir, &a, &[&b]);
     (a, b, witness, token)
+}
+
+/// Forms a cluster of `a` and `others` with a witness on loopback (its
+/// state in `dir/w`) and waits until `a` sees every member: the witness
+/// and the join token.
+pub fn with_witness(dir: &Path, a: &Server, others: &[&Server]) -> (Witness, String) {
+    let token = form(a, others);
+    let witness = Witness::start(&dir.join("w"), "127.0.0.1", None, &a.cluster_addr(), &token);
+    wait_members(a, others.len() + 2);
+    (witness, token)
+}
+
+/// The name `s` has in the cluster, as its own status says.
+pub fn node_name(s: &Server) -> String {
+    let st = status(s);
+    let me = st["status"]["me"].as_u64().unwrap();
+    st["status"]["state"]["nodes"][me.to_string()]["name"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 /// Waits until `s` sees `n` members.
