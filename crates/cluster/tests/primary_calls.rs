@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cluster::{HandedOver, Handover, NodeId, Role, SnapshotRecord, SnapshotRef, SnapshotRequest};
+use cluster::{
+    Cluster, HandedOver, Handover, NodeId, Role, SnapshotRecord, SnapshotRef, SnapshotRequest,
+};
 use common::{eventually, init, join};
 
 /// A primary whose rollbacks and snapshots take `rollback` to make.
@@ -35,8 +37,10 @@ impl Handover for Slow {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rollback_longer_than_a_quick_call_is_answered_as_done() {
+/// Members a and b, b serving as a primary whose rollbacks and snapshots
+/// take 12 s, longer than a quick call between members may; their
+/// directories (kept while they run) and the two members.
+async fn two_members_with_a_slow_primary() -> ([tempfile::TempDir; 2], Cluster, Cluster) {
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (a, token) = init(da.path(), "a", Role::Data).await;
     let b = join(db.path(), "b", Role::Data, &a, &token).await;
@@ -44,6 +48,12 @@ async fn a_rollback_longer_than_a_quick_call_is_answered_as_done() {
     b.serve_handover(Arc::new(Slow {
         rollback: Duration::from_secs(12),
     }));
+    ([da, db], a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_longer_than_a_quick_call_is_answered_as_done() {
+    let (_dirs, a, b) = two_members_with_a_slow_primary().await;
     let req = SnapshotRef {
         volume: "vol".into(),
         id: uuid::Uuid::new_v4(),
@@ -54,13 +64,7 @@ async fn a_rollback_longer_than_a_quick_call_is_answered_as_done() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_longer_than_a_quick_call_is_answered_as_taken() {
-    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (a, token) = init(da.path(), "a", Role::Data).await;
-    let b = join(db.path(), "b", Role::Data, &a, &token).await;
-    eventually("a sees two members", 10, || a.state().nodes.len() == 2).await;
-    b.serve_handover(Arc::new(Slow {
-        rollback: Duration::from_secs(12),
-    }));
+    let (_dirs, a, b) = two_members_with_a_slow_primary().await;
     let req = SnapshotRequest {
         volumes: vec!["vol".into()],
         name: "s".into(),

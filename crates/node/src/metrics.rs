@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use scsi::stats::HistogramSnapshot;
 
-use crate::events::EventKind;
+use crate::events::{EventKind, EventQuery};
 use crate::{Node, PeerState};
 
 /// How long a scrape waits for the cluster leader's view of the members.
@@ -209,12 +209,16 @@ impl Node {
                 })
             })
             .collect();
+        // Only the failovers are copied out of the history, oldest first:
+        // the last of each volume stays.
+        let failovers = self.events.query(&EventQuery {
+            kinds: vec![EventKind::Failover],
+            ..Default::default()
+        });
         let mut last_failover_pause_us = BTreeMap::new();
-        for e in self.events.all() {
-            if let (EventKind::Failover, Some(v), Some(pause)) =
-                (e.kind, &e.volume, e.number("pause_us"))
-            {
-                last_failover_pause_us.insert(v.clone(), pause);
+        for e in failovers {
+            if let (Some(pause), Some(v)) = (e.number("pause_us"), e.volume) {
+                last_failover_pause_us.insert(v, pause);
             }
         }
         m.resync = resync;

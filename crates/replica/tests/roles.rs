@@ -180,14 +180,7 @@ async fn a_primary_again_does_not_trust_its_old_map_of_what_a_copy_misses() {
     );
     // A's sweeps settle B's activity log: B no longer counts the region as
     // one it wrote without knowing who else has it.
-    let t = Instant::now();
-    while !b.copy.suspect_ranges().is_empty() {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "B's activity log settles"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::settled(&b.copy, "B").await;
     on_a.stop();
 
     c.restart().await;

@@ -373,6 +373,40 @@ async fn take(p: &Primary, control: &Recording, m: &SnapshotMark) {
     control.snapshots.lock().unwrap().push(m.id);
 }
 
+/// Every 64th block written (block `lba + 1`), snapshot "s" taken and
+/// recorded, then those blocks written again (`9000 + lba`, FUA): what a
+/// rollback to "s" undoes.
+async fn snapshot_then_overwrite(p: &Primary, control: &Recording) -> SnapshotMark {
+    for lba in (0..BLOCKS).step_by(64) {
+        p.write(lba, block(lba + 1), false).await.unwrap();
+    }
+    let s = mark("s");
+    take(p, control, &s).await;
+    for lba in (0..BLOCKS).step_by(64) {
+        p.write(lba, block(9000 + lba), true).await.unwrap();
+    }
+    s
+}
+
+/// Block 0 written 1, snapshot "s" taken and recorded, block 0 written 2.
+async fn snapshot_between_writes(p: &Primary, control: &Recording) -> SnapshotMark {
+    p.write(0, block(1), true).await.unwrap();
+    let s = mark("s");
+    take(p, control, &s).await;
+    p.write(0, block(2), true).await.unwrap();
+    s
+}
+
+/// After a write, node 2 (B) gets in sync, and then holds what A holds.
+async fn b_counts_in_sync_with_a_s_data(p: &Primary, a: &TestNode, b: &TestNode) {
+    p.write(3, block(3), true).await.unwrap();
+    in_sync(p, 2).await;
+    assert!(
+        a.head().await == b.head().await,
+        "the copies differ while B counts as in sync"
+    );
+}
+
 /// Writers keep writing rising numbers while snapshots are taken: each
 /// snapshot is the same on both copies, holds every write acknowledged
 /// before it was asked for and none asked for after it was taken.
@@ -435,14 +469,7 @@ async fn a_copy_away_catches_up_on_the_snapshots_it_missed() {
     take(&p, &control, &s0).await;
     // The primary's sweeps settle B's activity log: B no longer counts
     // those regions as written without knowing whether they are durable.
-    let t = Instant::now();
-    while !b.copy.suspect_ranges().is_empty() {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "B's activity log settles"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::settled(&b.copy, "B").await;
     b.kill();
     p.write(3, block(1000), true).await.unwrap();
     assert!(control.lost.lock().unwrap().contains(&2));
@@ -610,14 +637,7 @@ async fn a_rollback_reaches_every_copy_and_a_copy_away_is_copied_whole() {
     for lba in (0..BLOCKS).step_by(32) {
         p.write(lba, block(9000 + lba), true).await.unwrap();
     }
-    let t = Instant::now();
-    while !c.copy.suspect_ranges().is_empty() {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "C's activity log settles"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::settled(&c.copy, "C").await;
     c.kill();
     p.write(900, block(900), true).await.unwrap();
     let writer = {
@@ -665,22 +685,8 @@ async fn a_rollback_reaches_every_copy_and_a_copy_away_is_copied_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_missing_a_rollback_that_cannot_be_recorded_is_still_copied_whole() {
     let (a, mut b, control, p) = two_copies().await;
-    for lba in (0..BLOCKS).step_by(64) {
-        p.write(lba, block(lba + 1), false).await.unwrap();
-    }
-    let s = mark("s");
-    take(&p, &control, &s).await;
-    for lba in (0..BLOCKS).step_by(64) {
-        p.write(lba, block(9000 + lba), true).await.unwrap();
-    }
-    let t = Instant::now();
-    while !b.copy.suspect_ranges().is_empty() {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "B's activity log settles"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let s = snapshot_then_overwrite(&p, &control).await;
+    common::settled(&b.copy, "B").await;
     control.no_quorum.store(true, Ordering::SeqCst);
     b.kill();
     assert!(
@@ -691,12 +697,7 @@ async fn a_copy_missing_a_rollback_that_cannot_be_recorded_is_still_copied_whole
     control.no_quorum.store(false, Ordering::SeqCst);
     b.restart().await;
     in_sync(&p, 2).await;
-    p.write(3, block(3), true).await.unwrap();
-    in_sync(&p, 2).await;
-    assert!(
-        a.head().await == b.head().await,
-        "the copies differ while B counts as in sync"
-    );
+    b_counts_in_sync_with_a_s_data(&p, &a, &b).await;
     p.stop();
 }
 
@@ -707,14 +708,7 @@ async fn a_copy_missing_a_rollback_that_cannot_be_recorded_is_still_copied_whole
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollback_failed_on_the_primary_leaves_no_copy_in_sync_with_other_data() {
     let (a, b, control, p) = two_copies().await;
-    for lba in (0..BLOCKS).step_by(64) {
-        p.write(lba, block(lba + 1), false).await.unwrap();
-    }
-    let s = mark("s");
-    take(&p, &control, &s).await;
-    for lba in (0..BLOCKS).step_by(64) {
-        p.write(lba, block(9000 + lba), true).await.unwrap();
-    }
+    let s = snapshot_then_overwrite(&p, &control).await;
     a.snaps.break_rollback.store(true, Ordering::SeqCst);
     assert!(
         p.rollback(s.id, Duration::from_secs(5)).await.is_err(),
@@ -723,12 +717,7 @@ async fn a_rollback_failed_on_the_primary_leaves_no_copy_in_sync_with_other_data
     let ha = a.head().await;
     assert_eq!(value_at(&ha, 64), 65, "A's first half is rolled back");
     assert_eq!(value_at(&ha, 960), 9960, "A's second half is not");
-    p.write(3, block(3), true).await.unwrap();
-    in_sync(&p, 2).await;
-    assert!(
-        a.head().await == b.head().await,
-        "the copies differ while B counts as in sync"
-    );
+    b_counts_in_sync_with_a_s_data(&p, &a, &b).await;
     p.stop();
 }
 
@@ -739,10 +728,7 @@ async fn a_rollback_failed_on_the_primary_leaves_no_copy_in_sync_with_other_data
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_asked_during_a_rollback_does_not_hold_it_up() {
     let (a, b, control, p) = two_copies().await;
-    p.write(0, block(1), true).await.unwrap();
-    let s = mark("s");
-    take(&p, &control, &s).await;
-    p.write(0, block(2), true).await.unwrap();
+    let s = snapshot_between_writes(&p, &control).await;
     a.snaps.let_takes_end(false);
     let first = {
         let (p, m) = (p.clone(), mark("first"));
@@ -785,10 +771,7 @@ async fn a_snapshot_asked_during_a_rollback_does_not_hold_it_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollback_slower_than_the_link_timeout_keeps_the_copies_in_sync() {
     let (a, b, control, p) = two_copies().await;
-    p.write(0, block(1), true).await.unwrap();
-    let s = mark("s");
-    take(&p, &control, &s).await;
-    p.write(0, block(2), true).await.unwrap();
+    let s = snapshot_between_writes(&p, &control).await;
     a.snaps.rollback_ms.store(2_000, Ordering::SeqCst);
     b.snaps.rollback_ms.store(2_500, Ordering::SeqCst);
     p.rollback(s.id, Duration::from_secs(5)).await.unwrap();

@@ -29,8 +29,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::cluster::{
-    ack_windows, all_in_sync, assert_one_writer, node_id, session, verify, volume_file,
-    volume_record, wait_until, write, BLOCK, EXTENT,
+    ack_windows, all_in_sync, assert_one_writer, node_id, session, session_again, verify,
+    volume_file, volume_record, wait_until, write, BLOCK, EXTENT,
 };
 use common::Server;
 use testkit::history::History;
@@ -88,11 +88,7 @@ fn writer(
                 Some(false) => seen.failed += 1,
                 None => {
                     seen.dropped += 1;
-                    s = loop {
-                        if let Some(s) = session(portal, volume).await {
-                            break s;
-                        }
-                    };
+                    s = session_again(portal, volume).await;
                 }
             }
         }

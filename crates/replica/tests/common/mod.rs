@@ -1,5 +1,6 @@
-//! What the tests of primary roles share: the cluster key, and a primary
-//! role started over a copy with its peers connected.
+//! What the tests of primary roles share: the cluster key, a primary role
+//! started over a copy with its peers connected, and the wait for a copy's
+//! activity log to settle.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -48,4 +49,19 @@ pub async fn role(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     p
+}
+
+/// Waits (at most 20 s) until the primary's sweeps have settled the
+/// activity log of `copy`, the copy on node `who`: it no longer counts any
+/// region as written without knowing whether it is durable.
+#[allow(dead_code)] // not every test binary waits for it
+pub async fn settled(copy: &LocalCopy, who: &str) {
+    let t = Instant::now();
+    while !copy.suspect_ranges().is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "{who}'s activity log settles"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -422,6 +422,16 @@ pub async fn session(portal: SocketAddr, volume: &str) -> Option<Initiator> {
         .ok()
 }
 
+/// A new session through `portal`, tried until one logs in (as an
+/// initiator does after its connection dropped).
+pub async fn session_again(portal: SocketAddr, volume: &str) -> Initiator {
+    loop {
+        if let Some(s) = session(portal, volume).await {
+            return s;
+        }
+    }
+}
+
 /// The ALUA port groups `portal` reports for `volume` (REPORT TARGET PORT
 /// GROUPS): (group id, asymmetric access state) each, in the target's order.
 #[allow(dead_code)]
@@ -714,11 +724,7 @@ pub fn counting_writer(
                 Some(false) => seen.failed += 1,
                 None => {
                     seen.dropped += 1;
-                    s = loop {
-                        if let Some(s) = session(portal, volume).await {
-                            break s;
-                        }
-                    };
+                    s = session_again(portal, volume).await;
                 }
             }
         }
