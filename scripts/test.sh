@@ -6,9 +6,17 @@
 # passes for each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A clean clone gains nothing from incremental compilation, which doubles
+# what the workspace's own crates leave on disk.
+if [ "${CI:-}" = true ]; then export CARGO_INCREMENTAL=0; fi
+target="${CARGO_TARGET_DIR:-$PWD/target}"
+mkdir -p "$target"
+echo "disk before the build: $(df -h --output=avail "$target" | tail -1 | tr -d ' ') free"
 bash scripts/install-test-deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
-cargo test --workspace
+cargo test --workspace --no-run
 cargo build -p tandem
-TANDEM_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/tandem" bash tests/conformance.sh --cluster --check-floor
+echo "disk after the build: $(df -h --output=avail "$target" | tail -1 | tr -d ' ') free, target $(du -sh "$target" | cut -f1)"
+cargo test --workspace
+TANDEM_BIN="$target/debug/tandem" bash tests/conformance.sh --cluster --check-floor

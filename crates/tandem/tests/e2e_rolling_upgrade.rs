@@ -96,6 +96,9 @@ fn old_build() -> Old {
             .args(["build", "-p", "tandem"])
             .current_dir(&src)
             .env("CARGO_TARGET_DIR", dir.join("target"))
+            // Only the binary is needed: no debug info, no incremental state.
+            .env("CARGO_PROFILE_DEV_DEBUG", "false")
+            .env("CARGO_INCREMENTAL", "0")
             .status()
             .expect("run cargo");
         assert!(out.success(), "building tandem at {commit} failed");
