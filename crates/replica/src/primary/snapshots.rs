@@ -19,7 +19,6 @@
 
 use std::sync::atomic::Ordering;
 
-use bytes::Bytes;
 use volume::{Unavailable, VolumeError};
 
 use super::resync::ResyncError;
@@ -552,7 +551,7 @@ impl Primary {
                 Op::Write {
                     lba,
                     fua: false,
-                    data: Bytes::from(data),
+                    data: volume::buffer::into_bytes(data),
                 }
             };
             if calls.len() >= CATCH_UP_WINDOW {
