@@ -15,9 +15,13 @@ const TEST_PORTS: Range<u16> = 20_000..32_000;
 /// can take.
 pub fn free_port() -> u16 {
     let span = TEST_PORTS.end - TEST_PORTS.start;
-    // Each test process starts somewhere else in the range.
+    // Each test process starts somewhere else in the range, and processes
+    // started one after the other (whose ids follow each other) far apart:
+    // the id times about span / 1.618, so the next few ids land thousands
+    // of ports away rather than next door, where the ports one process has
+    // checked and not yet bound would be handed out again by the other.
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let offset = (std::process::id() % u32::from(span)) as u16;
+    let offset = (u64::from(std::process::id()) * 7417 % u64::from(span)) as u16;
     for _ in 0..span {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let port = TEST_PORTS.start + (offset + n % span) % span;
