@@ -1,4 +1,5 @@
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
@@ -38,6 +39,7 @@ fn build(
     listen: Option<Listeners>,
 ) -> Router {
     let token = Arc::new(token);
+    let refused = Arc::new(Mutex::new(RefusedLog::default()));
     let cluster = Arc::new(cluster);
     let join_cfg = cluster.clone();
     let listen = Arc::new(listen);
@@ -88,14 +90,42 @@ fn build(
         .merge(crate::health::routes())
         .route("/metrics", get(crate::metrics::scrape))
         .layer(middleware::from_fn(move |req: Request, next: Next| {
-            let token = token.clone();
-            async move { authorize(&token, req, next).await }
+            let (token, refused) = (token.clone(), refused.clone());
+            async move { authorize(&token, &refused, req, next).await }
         }))
         .merge(crate::dashboard::routes())
         .with_state(node)
 }
 
-async fn authorize(token: &str, req: Request, next: Next) -> Response {
+/// Requests refused for want of the token are logged at most once in this
+/// long, the line saying how many more were refused since the last one: a
+/// client without the token cannot grow the log.
+const REFUSED_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// When a refused request was last logged, and those refused since.
+#[derive(Default)]
+struct RefusedLog {
+    last: Option<Instant>,
+    since: u64,
+}
+
+impl RefusedLog {
+    /// Takes a refused request at `now`: `Some(n)` when it is to be logged,
+    /// `n` refused since the last line.
+    fn note(&mut self, now: Instant) -> Option<u64> {
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < REFUSED_LOG_EVERY)
+        {
+            self.since += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.since))
+    }
+}
+
+async fn authorize(token: &str, refused: &Mutex<RefusedLog>, req: Request, next: Next) -> Response {
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -103,7 +133,14 @@ async fn authorize(token: &str, req: Request, next: Next) -> Response {
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     if !same(given.as_bytes(), token.as_bytes()) {
-        tracing::warn!(path = %req.uri().path(), "management request without a valid API token refused");
+        let noted = refused.lock().unwrap().note(Instant::now());
+        if let Some(before) = noted {
+            tracing::warn!(
+                path = %req.uri().path(),
+                refused_since_last_line = before,
+                "management request without a valid API token refused"
+            );
+        }
         let error = "missing or wrong API token: the CLI reads it from <data dir>/api.token \
                      (set TANDEM_DATA_DIR, --token-file or TANDEM_API_TOKEN)"
             .to_string();
@@ -380,4 +417,21 @@ async fn set_access(
     Json(req): Json<AccessConfig>,
 ) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(node.set_access(&name, req).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_requests_are_logged_once_in_a_while_with_a_count() {
+        let t0 = Instant::now();
+        let mut log = RefusedLog::default();
+        assert_eq!(log.note(t0), Some(0));
+        for ms in (100..10_000).step_by(100) {
+            assert_eq!(log.note(t0 + Duration::from_millis(ms)), None, "{ms} ms");
+        }
+        assert_eq!(log.note(t0 + REFUSED_LOG_EVERY), Some(99));
+        assert_eq!(log.note(t0 + 3 * REFUSED_LOG_EVERY), Some(0));
+    }
 }

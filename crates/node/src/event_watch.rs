@@ -41,20 +41,121 @@ impl Alive {
     }
 }
 
-/// The observer the portal tells of refused logins: one event each.
+/// One initiator's refused logins, for one reason and target, make at most
+/// one event in this long; the next event of the same kind says how many
+/// went without one (`repeats`). An initiator with a wrong CHAP secret that
+/// retries every few seconds would otherwise fill the history in a day and
+/// push the failovers the report reads out of it.
+const REFUSALS_EVERY: Duration = Duration::from_secs(60);
+
+/// Most refused-login events in a minute, whatever initiators they come
+/// from: a client that makes up a new name for every attempt is held to
+/// this, and the next event says how many others went unrecorded.
+const REFUSAL_EVENTS_PER_MINUTE: u32 = 30;
+
+/// Initiators remembered before those not heard from in
+/// [`REFUSALS_EVERY`] are forgotten.
+const REFUSALS_KEPT: usize = 1024;
+
+/// Which refused logins become events. The metric
+/// `tandem_iscsi_refused_logins_total` counts every one, whatever this
+/// lets through.
+#[derive(Default)]
+struct Refusals {
+    /// Per (reason, initiator, target): when its last event was recorded,
+    /// and its refusals since then that made none.
+    last: HashMap<(&'static str, String, String), (Instant, u64)>,
+    /// Start of the minute the overall limit counts in, and events in it.
+    minute: Option<(Instant, u32)>,
+    /// Refusals the overall limit kept from being recorded since the last
+    /// event.
+    over: u64,
+}
+
+/// What a refused login that makes an event adds to it.
+#[derive(Debug, PartialEq, Eq)]
+struct Recorded {
+    /// Refusals of the same initiator, reason and target since its last
+    /// event that made none.
+    repeats: u64,
+    /// Refusals of others the overall limit kept out since the last event.
+    others: u64,
+}
+
+impl Refusals {
+    /// Takes a refused login at `now`: what its event says, or `None` when
+    /// it makes no event.
+    fn note(
+        &mut self,
+        why: &'static str,
+        initiator: &str,
+        target: &str,
+        now: Instant,
+    ) -> Option<Recorded> {
+        let key = (why, initiator.to_string(), target.to_string());
+        if let Some((at, n)) = self.last.get_mut(&key) {
+            if now.duration_since(*at) < REFUSALS_EVERY {
+                *n += 1;
+                return None;
+            }
+        }
+        let minute = match self.minute {
+            Some((start, n)) if now.duration_since(start) < Duration::from_secs(60) => (start, n),
+            _ => (now, 0),
+        };
+        if minute.1 >= REFUSAL_EVENTS_PER_MINUTE {
+            self.minute = Some(minute);
+            match self.last.get_mut(&key) {
+                Some((_, n)) => *n += 1,
+                None => self.over += 1,
+            }
+            return None;
+        }
+        self.minute = Some((minute.0, minute.1 + 1));
+        let repeats = self.last.insert(key, (now, 0)).map_or(0, |(_, n)| n);
+        if self.last.len() > REFUSALS_KEPT {
+            self.last
+                .retain(|_, (at, _)| now.duration_since(*at) < REFUSALS_EVERY);
+        }
+        Some(Recorded {
+            repeats,
+            others: std::mem::take(&mut self.over),
+        })
+    }
+}
+
+/// The observer the portal tells of refused logins: an event for the first
+/// of each initiator, reason and target, then at most one a minute for it
+/// (see [`REFUSALS_EVERY`], [`REFUSAL_EVENTS_PER_MINUTE`]).
 pub(crate) fn refusals_to(events: &Arc<EventLog>) -> portal::RefusalObserver {
     let events = Arc::downgrade(events);
+    let refusals = Mutex::new(Refusals::default());
     Arc::new(
         move |why: portal::RefusedLogin, initiator: &str, target: &str| {
-            if let Some(events) = events.upgrade() {
-                let mut e = Event::new(EventKind::LoginRefused)
-                    .with("reason", why.as_str())
-                    .with("initiator", initiator);
-                if !target.is_empty() {
-                    e = e.with("target", target);
-                }
-                events.record(e);
+            let Some(events) = events.upgrade() else {
+                return;
+            };
+            let noted =
+                refusals
+                    .lock()
+                    .unwrap()
+                    .note(why.as_str(), initiator, target, Instant::now());
+            let Some(r) = noted else {
+                return;
+            };
+            let mut e = Event::new(EventKind::LoginRefused)
+                .with("reason", why.as_str())
+                .with("initiator", initiator);
+            if !target.is_empty() {
+                e = e.with("target", target);
             }
+            if r.repeats > 0 {
+                e = e.with("repeats", r.repeats);
+            }
+            if r.others > 0 {
+                e = e.with("others_unrecorded", r.others);
+            }
+            events.record(e);
         },
     )
 }
@@ -272,5 +373,98 @@ impl Node {
             e = e.with("pause_us", pause.as_micros() as u64);
         }
         self.events.record(e);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recorded(repeats: u64, others: u64) -> Option<Recorded> {
+        Some(Recorded { repeats, others })
+    }
+
+    #[test]
+    fn an_initiator_refused_again_and_again_makes_an_event_a_minute() {
+        let t0 = Instant::now();
+        let mut r = Refusals::default();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert_eq!(
+            r.note("authentication", "iqn.esx", "t", at(0)),
+            recorded(0, 0)
+        );
+        for s in 1..60 {
+            assert_eq!(
+                r.note("authentication", "iqn.esx", "t", at(s)),
+                None,
+                "{s} s"
+            );
+        }
+        // Another reason or another target is another kind of refusal.
+        assert_eq!(
+            r.note("not_authorized", "iqn.esx", "t", at(5)),
+            recorded(0, 0)
+        );
+        assert_eq!(
+            r.note("authentication", "iqn.esx", "u", at(5)),
+            recorded(0, 0)
+        );
+        // A minute after its last event, the next one says how many went
+        // without one.
+        assert_eq!(
+            r.note("authentication", "iqn.esx", "t", at(60)),
+            recorded(59, 0)
+        );
+        assert_eq!(r.note("authentication", "iqn.esx", "t", at(61)), None);
+        assert_eq!(
+            r.note("authentication", "iqn.esx", "t", at(200)),
+            recorded(1, 0)
+        );
+    }
+
+    #[test]
+    fn many_initiators_are_held_to_a_number_of_events_a_minute() {
+        let t0 = Instant::now();
+        let mut r = Refusals::default();
+        let n = REFUSAL_EVENTS_PER_MINUTE as usize;
+        for i in 0..n {
+            let who = format!("iqn.spray-{i}");
+            assert_eq!(r.note("target_not_found", &who, "", t0), recorded(0, 0));
+        }
+        // Past the limit: counted, not recorded, whoever it is.
+        for i in n..n + 10 {
+            let who = format!("iqn.spray-{i}");
+            assert_eq!(r.note("target_not_found", &who, "", t0), None);
+        }
+        // One already recorded counts as a repeat of its own.
+        assert_eq!(r.note("target_not_found", "iqn.spray-0", "", t0), None);
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!(
+            r.note("target_not_found", "iqn.new", "", later),
+            recorded(0, 10)
+        );
+        assert_eq!(
+            r.note("target_not_found", "iqn.spray-0", "", later),
+            recorded(1, 0)
+        );
+    }
+
+    #[test]
+    fn initiators_not_heard_from_are_forgotten_past_a_bound() {
+        let t0 = Instant::now();
+        let mut r = Refusals::default();
+        // One a minute from a new name each time: never held back, and
+        // the memory of names stays bounded.
+        for i in 0..REFUSALS_KEPT + 100 {
+            let now = t0 + Duration::from_secs(61 * i as u64);
+            let who = format!("iqn.once-{i}");
+            assert_eq!(r.note("authentication", &who, "t", now), recorded(0, 0));
+        }
+        assert!(r.last.len() <= REFUSALS_KEPT, "{} kept", r.last.len());
+        assert!(r.last.contains_key(&(
+            "authentication",
+            format!("iqn.once-{}", REFUSALS_KEPT + 99),
+            "t".into()
+        )));
     }
 }

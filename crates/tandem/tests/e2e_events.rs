@@ -359,7 +359,7 @@ async fn a_failover_and_a_resync_are_recorded_in_order_and_counted_in_the_report
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn follow_prints_an_event_as_it_happens_and_a_refused_login_is_one() {
+async fn follow_prints_an_event_as_it_happens_and_a_refused_login_is_one_a_minute() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(&dir.path().join("n"));
     let mut follow = Command::new(tandem_bin())
@@ -403,6 +403,17 @@ async fn follow_prints_an_event_as_it_happens_and_a_refused_login_is_one() {
     assert!(!e["fields"]["initiator"].as_str().unwrap().is_empty());
     let _ = follow.kill();
     let _ = follow.wait();
+    // The same initiator refused again within the minute, as a host with a
+    // wrong target or secret retries: counted, not recorded again.
+    for _ in 0..3 {
+        assert!(
+            testkit::Initiator::try_normal(s.portal(), &missing, Duration::from_secs(3))
+                .await
+                .is_none()
+        );
+    }
+    let refused = events(&s, &["--kind", "login-refused"]);
+    assert_eq!(refused.len(), 1, "{refused:#?}");
     // A kind that does not exist is refused with the list of those that do.
     let out = s.cli(&["events", "--kind", "failovers"]);
     assert!(!out.status.success());
