@@ -41,17 +41,21 @@ impl Alive {
     }
 }
 
-/// One initiator's refused logins, for one reason and target, make at most
-/// one event in this long; the next event of the same kind says how many
-/// went without one (`repeats`). An initiator with a wrong CHAP secret that
-/// retries every few seconds would otherwise fill the history in a day and
-/// push the failovers the report reads out of it.
-const REFUSALS_EVERY: Duration = Duration::from_secs(60);
+/// One initiator's refused logins, for one reason and target, make an
+/// event the first time and then at most one in this long; that next event
+/// says how many went without one (`repeats`). An initiator with a wrong
+/// CHAP secret retrying every 5 s would otherwise add 17,000 events a day
+/// and push the failovers the report reads out of the history in hours.
+const REFUSALS_EVERY: Duration = Duration::from_secs(3600);
 
-/// Most refused-login events in a minute, whatever initiators they come
-/// from: a client that makes up a new name for every attempt is held to
-/// this, and the next event says how many others went unrecorded.
-const REFUSAL_EVENTS_PER_MINUTE: u32 = 30;
+/// The window of the overall limit.
+const REFUSALS_WINDOW: Duration = Duration::from_secs(3600);
+
+/// Most refused-login events in a [`REFUSALS_WINDOW`], whatever initiators
+/// they come from: a client that makes up a new name for every attempt is
+/// held to this (1,440 a day, so the 10,000 events kept hold a week of
+/// everything else), and the next event says how many went unrecorded.
+const REFUSAL_EVENTS_PER_WINDOW: u32 = 60;
 
 /// Initiators remembered before those not heard from in
 /// [`REFUSALS_EVERY`] are forgotten.
@@ -65,10 +69,11 @@ struct Refusals {
     /// Per (reason, initiator, target): when its last event was recorded,
     /// and its refusals since then that made none.
     last: HashMap<(&'static str, String, String), (Instant, u64)>,
-    /// Start of the minute the overall limit counts in, and events in it.
-    minute: Option<(Instant, u32)>,
-    /// Refusals the overall limit kept from being recorded since the last
-    /// event.
+    /// Start of the window the overall limit counts in, and events in it.
+    window: Option<(Instant, u32)>,
+    /// Refusals that made no event and are in no entry of `last` (the
+    /// overall limit kept them out, or their entry was forgotten), since
+    /// the last event.
     over: u64,
 }
 
@@ -78,8 +83,18 @@ struct Recorded {
     /// Refusals of the same initiator, reason and target since its last
     /// event that made none.
     repeats: u64,
-    /// Refusals of others the overall limit kept out since the last event.
-    others: u64,
+    /// Refusals of any initiator, this one's first ones included, that the
+    /// overall limit kept out since the last event.
+    unrecorded: u64,
+}
+
+/// An initiator that gave no name is known by its address, without the
+/// port: every new connection comes from another one.
+fn initiator_key(initiator: &str) -> String {
+    match initiator.parse::<std::net::SocketAddr>() {
+        Ok(a) => a.ip().to_string(),
+        Err(_) => initiator.to_string(),
+    }
 }
 
 impl Refusals {
@@ -93,40 +108,49 @@ impl Refusals {
         now: Instant,
     ) -> Option<Recorded> {
         let key = (why, initiator.to_string(), target.to_string());
-        if let Some((at, n)) = self.last.get_mut(&key) {
+        let known = self.last.get_mut(&key);
+        if let Some((at, n)) = known {
             if now.duration_since(*at) < REFUSALS_EVERY {
                 *n += 1;
                 return None;
             }
         }
-        let minute = match self.minute {
-            Some((start, n)) if now.duration_since(start) < Duration::from_secs(60) => (start, n),
+        let window = match self.window {
+            Some((start, n)) if now.duration_since(start) < REFUSALS_WINDOW => (start, n),
             _ => (now, 0),
         };
-        if minute.1 >= REFUSAL_EVENTS_PER_MINUTE {
-            self.minute = Some(minute);
+        if window.1 >= REFUSAL_EVENTS_PER_WINDOW {
+            self.window = Some(window);
             match self.last.get_mut(&key) {
                 Some((_, n)) => *n += 1,
                 None => self.over += 1,
             }
             return None;
         }
-        self.minute = Some((minute.0, minute.1 + 1));
+        self.window = Some((window.0, window.1 + 1));
         let repeats = self.last.insert(key, (now, 0)).map_or(0, |(_, n)| n);
         if self.last.len() > REFUSALS_KEPT {
-            self.last
-                .retain(|_, (at, _)| now.duration_since(*at) < REFUSALS_EVERY);
+            let mut forgotten = 0;
+            self.last.retain(|_, (at, n)| {
+                let keep = now.duration_since(*at) < REFUSALS_EVERY;
+                if !keep {
+                    forgotten += *n;
+                }
+                keep
+            });
+            self.over += forgotten;
         }
         Some(Recorded {
             repeats,
-            others: std::mem::take(&mut self.over),
+            unrecorded: std::mem::take(&mut self.over),
         })
     }
 }
 
 /// The observer the portal tells of refused logins: an event for the first
-/// of each initiator, reason and target, then at most one a minute for it
-/// (see [`REFUSALS_EVERY`], [`REFUSAL_EVENTS_PER_MINUTE`]).
+/// of each initiator, reason and target, then at most one an hour for it,
+/// and at most [`REFUSAL_EVENTS_PER_WINDOW`] an hour in all. The counts of
+/// those that made none ride on the next event that is made.
 pub(crate) fn refusals_to(events: &Arc<EventLog>) -> portal::RefusalObserver {
     let events = Arc::downgrade(events);
     let refusals = Mutex::new(Refusals::default());
@@ -135,25 +159,26 @@ pub(crate) fn refusals_to(events: &Arc<EventLog>) -> portal::RefusalObserver {
             let Some(events) = events.upgrade() else {
                 return;
             };
+            let initiator = initiator_key(initiator);
             let noted =
                 refusals
                     .lock()
                     .unwrap()
-                    .note(why.as_str(), initiator, target, Instant::now());
+                    .note(why.as_str(), &initiator, target, Instant::now());
             let Some(r) = noted else {
                 return;
             };
             let mut e = Event::new(EventKind::LoginRefused)
                 .with("reason", why.as_str())
-                .with("initiator", initiator);
+                .with("initiator", initiator.as_str());
             if !target.is_empty() {
                 e = e.with("target", target);
             }
             if r.repeats > 0 {
                 e = e.with("repeats", r.repeats);
             }
-            if r.others > 0 {
-                e = e.with("others_unrecorded", r.others);
+            if r.unrecorded > 0 {
+                e = e.with("unrecorded", r.unrecorded);
             }
             events.record(e);
         },
@@ -380,91 +405,133 @@ impl Node {
 mod tests {
     use super::*;
 
-    fn recorded(repeats: u64, others: u64) -> Option<Recorded> {
-        Some(Recorded { repeats, others })
+    fn recorded(repeats: u64, unrecorded: u64) -> Option<Recorded> {
+        Some(Recorded {
+            repeats,
+            unrecorded,
+        })
+    }
+
+    fn secs(t0: Instant, s: u64) -> Instant {
+        t0 + Duration::from_secs(s)
     }
 
     #[test]
-    fn an_initiator_refused_again_and_again_makes_an_event_a_minute() {
+    fn an_initiator_refused_again_and_again_makes_an_event_an_hour() {
         let t0 = Instant::now();
         let mut r = Refusals::default();
-        let at = |s: u64| t0 + Duration::from_secs(s);
-        assert_eq!(
-            r.note("authentication", "iqn.esx", "t", at(0)),
-            recorded(0, 0)
-        );
-        for s in 1..60 {
+        assert_eq!(r.note("authentication", "iqn.esx", "t", t0), recorded(0, 0));
+        for s in (5..3600).step_by(5) {
             assert_eq!(
-                r.note("authentication", "iqn.esx", "t", at(s)),
+                r.note("authentication", "iqn.esx", "t", secs(t0, s)),
                 None,
                 "{s} s"
             );
         }
         // Another reason or another target is another kind of refusal.
         assert_eq!(
-            r.note("not_authorized", "iqn.esx", "t", at(5)),
+            r.note("not_authorized", "iqn.esx", "t", secs(t0, 5)),
             recorded(0, 0)
         );
         assert_eq!(
-            r.note("authentication", "iqn.esx", "u", at(5)),
+            r.note("authentication", "iqn.esx", "u", secs(t0, 5)),
             recorded(0, 0)
         );
-        // A minute after its last event, the next one says how many went
+        // An hour after its last event, the next one says how many went
         // without one.
         assert_eq!(
-            r.note("authentication", "iqn.esx", "t", at(60)),
-            recorded(59, 0)
+            r.note("authentication", "iqn.esx", "t", secs(t0, 3600)),
+            recorded(719, 0)
         );
-        assert_eq!(r.note("authentication", "iqn.esx", "t", at(61)), None);
         assert_eq!(
-            r.note("authentication", "iqn.esx", "t", at(200)),
+            r.note("authentication", "iqn.esx", "t", secs(t0, 3601)),
+            None
+        );
+        assert_eq!(
+            r.note("authentication", "iqn.esx", "t", secs(t0, 9000)),
             recorded(1, 0)
         );
     }
 
     #[test]
-    fn many_initiators_are_held_to_a_number_of_events_a_minute() {
+    fn many_initiators_are_held_to_a_number_of_events_an_hour() {
         let t0 = Instant::now();
         let mut r = Refusals::default();
-        let n = REFUSAL_EVENTS_PER_MINUTE as usize;
-        for i in 0..n {
-            let who = format!("iqn.spray-{i}");
-            assert_eq!(r.note("target_not_found", &who, "", t0), recorded(0, 0));
-        }
-        // Past the limit: counted, not recorded, whoever it is.
-        for i in n..n + 10 {
-            let who = format!("iqn.spray-{i}");
-            assert_eq!(r.note("target_not_found", &who, "", t0), None);
-        }
-        // One already recorded counts as a repeat of its own.
-        assert_eq!(r.note("target_not_found", "iqn.spray-0", "", t0), None);
-        let later = t0 + Duration::from_secs(60);
+        let n = REFUSAL_EVENTS_PER_WINDOW as usize;
+        // iqn.spray-0 gets its event an hour before the others fill the
+        // window.
         assert_eq!(
-            r.note("target_not_found", "iqn.new", "", later),
+            r.note("target_not_found", "iqn.spray-0", "", t0),
+            recorded(0, 0)
+        );
+        let t1 = secs(t0, 3600);
+        for i in 1..=n {
+            let who = format!("iqn.spray-{i}");
+            assert_eq!(r.note("target_not_found", &who, "", t1), recorded(0, 0));
+        }
+        // Past the limit: counted, not recorded, whoever it is, one whose
+        // own hour is over included (it keeps its count).
+        for i in n + 1..n + 11 {
+            let who = format!("iqn.spray-{i}");
+            assert_eq!(r.note("target_not_found", &who, "", t1), None);
+        }
+        assert_eq!(r.note("target_not_found", "iqn.spray-0", "", t1), None);
+        assert_eq!(r.note("target_not_found", "iqn.spray-1", "", t1), None);
+        let t2 = secs(t0, 7200);
+        assert_eq!(
+            r.note("target_not_found", "iqn.new", "", t2),
             recorded(0, 10)
         );
         assert_eq!(
-            r.note("target_not_found", "iqn.spray-0", "", later),
+            r.note("target_not_found", "iqn.spray-0", "", t2),
+            recorded(1, 0)
+        );
+        assert_eq!(
+            r.note("target_not_found", "iqn.spray-1", "", t2),
             recorded(1, 0)
         );
     }
 
     #[test]
-    fn initiators_not_heard_from_are_forgotten_past_a_bound() {
+    fn initiators_not_heard_from_are_forgotten_past_a_bound_their_counts_kept() {
         let t0 = Instant::now();
         let mut r = Refusals::default();
-        // One a minute from a new name each time: never held back, and
+        // Refused twice, once recorded.
+        assert_eq!(
+            r.note("authentication", "iqn.quiet", "t", t0),
+            recorded(0, 0)
+        );
+        assert_eq!(
+            r.note("authentication", "iqn.quiet", "t", secs(t0, 1)),
+            None
+        );
+        // Then new names, each in an hour of its own: never held back, and
         // the memory of names stays bounded.
-        for i in 0..REFUSALS_KEPT + 100 {
-            let now = t0 + Duration::from_secs(61 * i as u64);
+        let mut folded = 0;
+        for i in 1..=REFUSALS_KEPT + 100 {
             let who = format!("iqn.once-{i}");
-            assert_eq!(r.note("authentication", &who, "t", now), recorded(0, 0));
+            let got = r.note("authentication", &who, "t", secs(t0, 3601 * i as u64));
+            folded += got.expect("recorded").unrecorded;
         }
         assert!(r.last.len() <= REFUSALS_KEPT, "{} kept", r.last.len());
-        assert!(r.last.contains_key(&(
-            "authentication",
-            format!("iqn.once-{}", REFUSALS_KEPT + 99),
-            "t".into()
-        )));
+        // iqn.quiet's unrecorded refusal was forgotten with its name but
+        // rode on a later event.
+        assert_eq!(folded, 1);
+    }
+
+    #[test]
+    fn an_initiator_without_a_name_is_known_by_its_address_not_its_port() {
+        assert_eq!(initiator_key("192.0.2.7:51234"), "192.0.2.7");
+        assert_eq!(initiator_key("[2001:db8::1]:3260"), "2001:db8::1");
+        assert_eq!(
+            initiator_key("iqn.1998-01.com.vmware:esx1"),
+            "iqn.1998-01.com.vmware:esx1"
+        );
+        let t0 = Instant::now();
+        let mut r = Refusals::default();
+        let a = initiator_key("192.0.2.7:51234");
+        let b = initiator_key("192.0.2.7:51240");
+        assert_eq!(r.note("timeout", &a, "", t0), recorded(0, 0));
+        assert_eq!(r.note("timeout", &b, "", secs(t0, 5)), None);
     }
 }
