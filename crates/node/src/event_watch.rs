@@ -108,8 +108,7 @@ impl Refusals {
         now: Instant,
     ) -> Option<Recorded> {
         let key = (why, initiator.to_string(), target.to_string());
-        let known = self.last.get_mut(&key);
-        if let Some((at, n)) = known {
+        if let Some((at, n)) = self.last.get_mut(&key) {
             if now.duration_since(*at) < REFUSALS_EVERY {
                 *n += 1;
                 return None;
