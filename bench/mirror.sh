@@ -3,8 +3,10 @@
 # machine: a standalone `tandem serve`, and a cluster of two data nodes and a
 # witness on loopback with a volume mirrored on both, written through its
 # primary and through the other node (forwarded). Same volume size, same
-# fill, same clients. Prints a markdown table with ratios to the standalone
-# node and writes it to bench/results/<date>-<host>-mirror.md.
+# fill, same clients. A second cluster, alike but with busy polling on
+# (`--busy-poll-us`, BUSY_POLL_US µs, default 300), is written through its
+# primary too ("polled"). Prints a markdown table with ratios to the
+# standalone node and writes it to bench/results/<date>-<host>-mirror.md.
 #
 #   bash bench/mirror.sh            # REPEAT=3 rounds, targets rotated, medians
 #   bash bench/mirror.sh --quick    # one round, short runs (smoke test)
@@ -27,6 +29,7 @@ bench="mirror bench"
 . "$root/bench/common.sh"
 bench_options "$@"
 SIZE=${SIZE:-1G}
+BUSY_POLL_US=${BUSY_POLL_US:-300}
 
 need qemu-img python3 numfmt
 need_qemu_iscsi
@@ -50,15 +53,20 @@ cluster_node a
 cluster_node b
 form_cluster a b
 cli a volume create bench --size "$SIZE" --replicas 2 >/dev/null
+# The cluster with busy polling: nodes c and d, witness wp.
+cluster_node c --busy-poll-us "$BUSY_POLL_US"
+cluster_node d --busy-poll-us "$BUSY_POLL_US"
+form_cluster c d wp
+cli c volume create bench --size "$SIZE" --replicas 2 >/dev/null
 
 # status_json NAME -> the cluster status as JSON
 status_json() { cli "$1" cluster status --json; }
-# Waits until the volume has a primary and both copies are in sync; prints
-# the primary's node name (a or b).
+# settled NODE: waits until the volume of NODE's cluster has a primary and
+# both copies are in sync; prints the primary's node name.
 settled() {
   for _ in $(seq 1 600); do
     local who
-    who=$(status_json a 2>/dev/null | python3 -c '
+    who=$(status_json "$1" 2>/dev/null | python3 -c '
 import json, sys
 s = json.load(sys.stdin)["status"]
 v = s["state"]["volumes"].get("bench")
@@ -72,12 +80,13 @@ if v and len(v["replicas"]) == 2 and all(r["state"] == "in-sync" for r in v["rep
   echo "mirror bench: the volume did not settle; logs in $work" >&2
   return 1
 }
-primary=$(settled)
+primary=$(settled a)
 other=$([ "$primary" = a ] && echo b || echo a)
 url_of() { local p="port_$1"; echo "iscsi://127.0.0.1:${!p}/$iqn/0"; }
 url_single=$(url_of single)
 url_primary=$(url_of "$primary")
 url_forwarded=$(url_of "$other")
+url_polled=$(url_of "$(settled c)")
 
 # --- measurements ----------------------------------------------------------------
 STEP=1052672 # 1 MiB + 4 KiB: successive requests land scattered over the LUN
@@ -86,13 +95,19 @@ qemu_secs() { # url count depth size step
     | sed -n 's/Run completed in \([0-9.]*\) seconds./\1/p'
 }
 # CPU ticks every Tandem process of the setup has used so far.
-setup_pids() { if [ "$1" = single ]; then echo "$pid_single"; else echo "$pid_a $pid_b"; fi; }
+setup_pids() {
+  case $1 in
+    single) echo "$pid_single" ;;
+    polled) echo "$pid_c $pid_d" ;;
+    *) echo "$pid_a $pid_b" ;;
+  esac
+}
 ticks() { local t=0; for p in $(setup_pids "$1"); do t=$(( t + $(awk '{print $14 + $15}' /proc/"$p"/stat) )); done; echo $t; }
 hz=$(getconf CLK_TCK)
 
 # Fill each volume once with 64 KiB writes, as a used volume would be.
 mib=$(( size_bytes / 1048576 ))
-for u in "$url_single" "$url_primary"; do
+for u in "$url_single" "$url_primary" "$url_polled"; do
   qemu_secs "$u" $(( size_bytes / 65536 )) 8 65536 65536 >/dev/null
 done
 
@@ -103,9 +118,9 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END{if(NR==0){
 measure() { # who url
   local who=$1 url=$2 n t0 t1 secs
   n=$(( DURATION * 10000 ))
-  t0=$(ticks "$([ "$who" = single ] && echo single || echo cluster)")
+  t0=$(ticks "$who")
   secs=$(qemu_secs "$url" "$n" 32 4096 "$STEP")
-  t1=$(ticks "$([ "$who" = single ] && echo single || echo cluster)")
+  t1=$(ticks "$who")
   record "$who" iops "$(awk -v n="$n" -v t="$secs" 'BEGIN{printf "%.0f", n/t}')"
   record "$who" cpu "$(awk -v d=$(( t1 - t0 )) -v hz="$hz" -v n="$n" 'BEGIN{printf "%.1f", d/hz*1e6/n}')"
   secs=$(qemu_secs "$url" "$mib" 8 1M 1M)
@@ -115,15 +130,17 @@ measure() { # who url
   record "$who" p99 "$p99"
 }
 
-whos=(single primary forwarded)
+whos=(single primary forwarded polled)
 for round in $(seq 1 "$REPEAT"); do
   echo "mirror bench: round $round of $REPEAT" >&2
   # Rotate the order so no setup always runs first.
-  for i in 0 1 2; do
-    who=${whos[$(( (i + round) % 3 ))]}
+  for i in 0 1 2 3; do
+    who=${whos[$(( (i + round) % 4 ))]}
     url_var="url_$who"
     measure "$who" "${!url_var}"
   done
+  record rtt sleep "$(python3 "$root/bench/rtt.py" 20000 sleep)"
+  record rtt poll "$(python3 "$root/bench/rtt.py" 20000 poll)"
 done
 
 med() { echo "${results[$1|$2]:-}" | median; }
@@ -136,16 +153,18 @@ out=${OUT:-"$root/bench/results/$(date +%F)-$(hostname -s)-mirror.md"}
   echo
   echo "Machine: $(nproc) CPUs, $(free -g | awk '/Mem:/{print $2}') GiB RAM, kernel $(uname -r). Tandem: $("$tandem" --version 2>/dev/null || echo "?") ($tandem$( [ -z "$TANDEM_BIN_GIVEN" ] && echo ", built from $(git rev-parse --short HEAD 2>/dev/null)"))."
   echo
-  echo "| measure | standalone | primary | forwarded | primary / standalone | forwarded / primary |"
-  echo "|---|---:|---:|---:|---:|---:|"
+  echo "| measure | standalone | primary | forwarded | primary, polled | primary / standalone | forwarded / primary | polled / standalone |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|"
   for row in "iops|4 KiB scattered write, qd32 (IOPS)" "cpu|CPU per 4 KiB write, all nodes (µs)" \
              "seq|1 MiB sequential write, qd8 (MB/s)" "lat|4 KiB write latency, qd1, mean (µs)" \
              "p99|4 KiB write latency, qd1, p99 (µs)"; do
     key=${row%%|*}; label=${row#*|}
-    s=$(med single "$key"); p=$(med primary "$key"); f=$(med forwarded "$key")
-    echo "| $label | $s | $p | $f | $(ratio "$p" "$s") | $(ratio "$f" "$p") |"
+    s=$(med single "$key"); p=$(med primary "$key"); f=$(med forwarded "$key"); q=$(med polled "$key")
+    echo "| $label | $s | $p | $f | $q | $(ratio "$p" "$s") | $(ratio "$f" "$p") | $(ratio "$q" "$s") |"
   done
   echo
-  echo "Ratios are plain quotients (for latency and CPU, lower is better)."
+  echo "Ratios are plain quotients (for latency and CPU, lower is better). \"primary, polled\": the second cluster, started with \`--busy-poll-us $BUSY_POLL_US\`."
+  echo
+  echo "A loopback TCP round trip between two processes (\`bench/rtt.py\`, a 4 KiB request and a 48-byte answer, medians of the rounds' means): $(med rtt sleep) µs when both sleep between messages, $(med rtt poll) µs when both poll. A mirrored write at queue depth 1 waits for one such round trip beyond a standalone write, and for the copy's own write."
 } | tee "$out"
 echo "mirror bench: written to $out" >&2

@@ -39,15 +39,17 @@ stop_servers() {
 # These use `tandem` (the binary) and `work` (where node NAME keeps its data
 # in $work/NAME and its log in $work/NAME.log).
 
-# cluster_node NAME: starts data node NAME on new ports, ready to form or join
-# a cluster; sets pid_NAME, port_NAME (iSCSI), api_NAME and cluster_NAME (its
-# control-plane address).
+# cluster_node NAME [FLAG...]: starts data node NAME on new ports, ready to
+# form or join a cluster, with any further flags of `tandem serve`; sets
+# pid_NAME, port_NAME (iSCSI), api_NAME and cluster_NAME (its control-plane
+# address).
 cluster_node() {
   local name=$1 port api clu
+  shift
   port=$(free_port); api=$(free_port); clu="127.0.0.1:$(free_port)"
   TANDEM_LOG=${TANDEM_LOG:-warn} "$tandem" serve --data-dir "$work/$name" \
     --iscsi-listen "127.0.0.1:$port" --api-listen "127.0.0.1:$api" --cluster-listen "$clu" \
-    --repl-listen "127.0.0.1:$(free_port)" --advertise 127.0.0.1 --node-name "$name" \
+    --repl-listen "127.0.0.1:$(free_port)" --advertise 127.0.0.1 --node-name "$name" "$@" \
     >>"$work/$name.log" 2>&1 &
   pids+=($!)
   printf -v "pid_$name" '%s' "$!"
@@ -63,14 +65,14 @@ cli() {
   TANDEM_API="127.0.0.1:${!api}" TANDEM_DATA_DIR="$work/$name" "$tandem" "$@"
 }
 
-# form_cluster A B: node A makes a cluster, node B joins it, and a witness
-# joins too (data in $work/w, log in $work/w.log).
+# form_cluster A B [W]: node A makes a cluster, node B joins it, and a
+# witness joins too (data in $work/W, log in $work/W.log; W defaults to w).
 form_cluster() {
-  local seed="cluster_$1" token wport
+  local seed="cluster_$1" token wport w=${3:-w}
   token=$(cli "$1" cluster init | grep -o 'tandem-join:[^ ]*' | head -1)
   cli "$2" cluster join "${!seed}" --token "$token" >/dev/null
   wport=$(free_port)
-  TANDEM_LOG=${TANDEM_LOG:-warn} "$tandem" witness --data-dir "$work/w" --listen "127.0.0.1:$wport" \
-    --advertise 127.0.0.1 --join "${!seed}" --token "$token" >"$work/w.log" 2>&1 &
+  TANDEM_LOG=${TANDEM_LOG:-warn} "$tandem" witness --data-dir "$work/$w" --listen "127.0.0.1:$wport" \
+    --advertise 127.0.0.1 --join "${!seed}" --token "$token" >"$work/$w.log" 2>&1 &
   pids+=($!)
 }

@@ -466,6 +466,25 @@ impl Collector for Scrape {
             "Times this member's lease ran out without being renewed.",
             [(vec![], Value::Counter(c.lease_expirations))],
         )?;
+        if let Some(p) = c.busy_polls {
+            family(
+                e,
+                "tandem_replication_busy_polls",
+                "Busy polls of replication connections (--busy-poll-us): caught what they waited for, or expired and slept.",
+                [
+                    ("request", p.requests.caught, "caught"),
+                    ("request", p.requests.expired, "expired"),
+                    ("answer", p.answers.caught, "caught"),
+                    ("answer", p.answers.expired, "expired"),
+                ]
+                .map(|(what, n, outcome)| {
+                    (
+                        vec![("waiting_for", what), ("outcome", outcome)],
+                        Value::Counter(n),
+                    )
+                }),
+            )?;
+        }
         Ok(())
     }
 }
@@ -515,6 +534,16 @@ mod tests {
                     round_trips: h.snapshot(),
                 }],
                 last_failover_pause_us: vec![("vm".into(), 1_250_000)],
+                busy_polls: Some(node::BusyPolls {
+                    requests: node::PollCount {
+                        caught: 7,
+                        expired: 2,
+                    },
+                    answers: node::PollCount {
+                        caught: 5,
+                        expired: 0,
+                    },
+                }),
                 ..Default::default()
             }),
         }
@@ -545,6 +574,9 @@ mod tests {
             "tandem_cluster_last_failover_pause_seconds{volume=\"vm\"} 1.25",
             "tandem_replica_round_trip_seconds_bucket{le=\"0.0005\",volume=\"vm\",node=\"b\"} 1",
             "tandem_replica_round_trip_seconds_count{volume=\"vm\",node=\"b\"} 2",
+            "tandem_replication_busy_polls_total{waiting_for=\"request\",outcome=\"caught\"} 7",
+            "tandem_replication_busy_polls_total{waiting_for=\"request\",outcome=\"expired\"} 2",
+            "tandem_replication_busy_polls_total{waiting_for=\"answer\",outcome=\"caught\"} 5",
             "# EOF",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");

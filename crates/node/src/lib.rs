@@ -29,6 +29,7 @@ pub use metrics::{
     witness_metrics, ClusterMetrics, ClusterVolumeMetrics, MemberMetrics, Metrics, ReplicaMetrics,
     ResyncMetrics, VolumeMetrics,
 };
+pub use replica::{BusyPolls, PollCount};
 pub use report::{
     Agility, CopyLag, Efficiency, FailoverPause, LatencyWindow, Report, Service, Timing,
     VolumeService,

@@ -138,6 +138,9 @@ pub struct ClusterMetrics {
     /// Per volume, the I/O pause of the last failover this node took the
     /// volume over in, in microseconds (from the event history).
     pub last_failover_pause_us: Vec<(String, u64)>,
+    /// The busy polls of this node's replication connections (`None` on a
+    /// witness, which has none).
+    pub busy_polls: Option<replica::BusyPolls>,
 }
 
 impl Node {
@@ -191,6 +194,7 @@ impl Node {
     async fn cluster_metrics(&self, c: &crate::Clustered) -> ClusterMetrics {
         let cluster = c.cluster();
         let (mut m, status) = member_metrics(cluster).await;
+        m.busy_polls = Some(replica::busy_polls());
         let name = |id: u64| name_in(&status, id);
         let resync = self
             .peer_status()

@@ -10,13 +10,14 @@ use bytes::{Bytes, BytesMut};
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 use volume::latency::LatencyHistogram;
 
 use crate::auth::{self, AuthError, ClusterKey};
-use crate::frames::{FrameReader, Outbox};
+use crate::frames::{self, FrameReader, Next, Outbox};
 use crate::wire::{self, Failure, Hello, Op, Refusal, Refused, Request, Response, Welcome};
+use crate::PollFor;
 
 /// Why a request over a link did not get an answer.
 #[derive(Debug, Error)]
@@ -67,6 +68,8 @@ struct Waiting {
 pub struct Link {
     addr: String,
     out: Arc<Outbox>,
+    /// Wakes the reader to poll for an answer (busy polling only).
+    kick: Option<Arc<Notify>>,
     pending: Pending,
     next_id: AtomicU64,
     alive: Arc<AtomicBool>,
@@ -80,6 +83,7 @@ pub struct Call<'a> {
     link: &'a Link,
     id: u64,
     rx: oneshot::Receiver<Result<Bytes, Failure>>,
+    lone: bool,
 }
 
 impl Link {
@@ -132,15 +136,31 @@ impl Link {
         let (stream, welcome) = tokio::time::timeout(timeout, setup)
             .await
             .map_err(|_| LinkError::Timeout(a.clone()))??;
+        let budget = crate::busy_poll();
+        let pollable = (!budget.is_zero())
+            .then(|| frames::pollable(&stream))
+            .flatten();
         let (rd, wr) = stream.into_split();
         let pending: Pending = Arc::default();
         let alive = Arc::new(AtomicBool::new(true));
         let (out, flusher) = Outbox::new(wr);
+        // With busy polling, a request sent wakes the reader, which then
+        // polls for the answer while it is the only one awaited.
+        let kick = pollable.is_some().then(|| Arc::new(Notify::new()));
 
-        let (p, al) = (pending.clone(), alive.clone());
+        let (p, al, k) = (pending.clone(), alive.clone(), kick.clone());
         let reader = tokio::spawn(async move {
-            let mut rd = FrameReader::new(rd);
-            while let Some(body) = rd.next().await {
+            let lone = p.clone();
+            let mut rd =
+                FrameReader::new(rd).busy_polling(budget, pollable, PollFor::Answer, move || {
+                    lone.lock().unwrap().len() == 1
+                });
+            loop {
+                let body = match rd.next_or(k.as_deref()).await {
+                    Next::Frame(body) => body,
+                    Next::Kicked => continue,
+                    Next::End => break,
+                };
                 let Ok(resp) = Response::decode(body) else {
                     break;
                 };
@@ -164,6 +184,7 @@ impl Link {
         Ok(Link {
             addr: a,
             out,
+            kick,
             pending,
             next_id: AtomicU64::new(1),
             alive,
@@ -197,7 +218,7 @@ impl Link {
                 | Op::Ping
         );
         let sent = timed.then(Instant::now);
-        {
+        let lone = {
             let mut p = self.pending.lock().unwrap();
             // Checked under the lock the reader drains with: a request
             // registered after the drain sees the link dead.
@@ -205,13 +226,27 @@ impl Link {
                 return Err(LinkError::Down(self.addr.clone()));
             }
             p.insert(id, Waiting { tx, sent });
-        }
+            p.len() == 1
+        };
         let (head, data) = Request { id, epoch, op }.encode();
-        if self.out.send([head].into_iter().chain(data)).is_err() {
+        // A request alone on the link leaves at once: nothing would join it.
+        if self
+            .out
+            .send_as([head].into_iter().chain(data), lone)
+            .is_err()
+        {
             self.pending.lock().unwrap().remove(&id);
             return Err(LinkError::Down(self.addr.clone()));
         }
-        Ok(Call { link: self, id, rx })
+        if let (Some(kick), true) = (&self.kick, lone) {
+            kick.notify_one();
+        }
+        Ok(Call {
+            link: self,
+            id,
+            rx,
+            lone,
+        })
     }
 
     /// Sends a request and waits for its answer.
@@ -248,6 +283,12 @@ impl Drop for Link {
 }
 
 impl Call<'_> {
+    /// Whether no other request was awaited on the link when this one was
+    /// sent.
+    pub fn lone(&self) -> bool {
+        self.lone
+    }
+
     /// Waits for the answer, at most the link's timeout. A timeout closes the
     /// link: a peer that does not answer in time is treated as gone.
     pub async fn wait(self) -> Result<Bytes, LinkError> {

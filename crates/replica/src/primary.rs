@@ -476,6 +476,11 @@ impl Primary {
                 .and_then(|l| l.send(self.cfg.epoch, op.clone()));
             sent.push((*p, call));
         }
+        // A request alone on its link leaves before the local write starts
+        // (its flusher runs now), so the copies write while this one does.
+        if sent.iter().any(|(_, c)| c.as_ref().is_ok_and(|c| c.lone())) {
+            tokio::task::yield_now().await;
+        }
         let local_result = local.await;
         for (p, call) in sent {
             let r = match call {

@@ -248,6 +248,32 @@ async fn a_forwarding_node_passes_the_volume_suite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_busy_polling_the_suite_passes_both_ways_and_polls_catch_what_they_wait_for() {
+    // Process-wide: other tests of this binary running now poll too, which
+    // changes when their frames are read, never what is read.
+    struct Off;
+    impl Drop for Off {
+        fn drop(&mut self) {
+            replica::set_busy_poll(Duration::ZERO);
+        }
+    }
+    replica::set_busy_poll(Duration::from_millis(5));
+    let off = Off;
+    let before = replica::busy_polls();
+    suite_through(false).await;
+    suite_through(true).await;
+    let after = replica::busy_polls();
+    drop(off);
+    // The suite's commands come one at a time: the copy polls for the next
+    // request and the primary (or the forwarding node) for its answer.
+    assert!(
+        after.requests.caught - before.requests.caught >= 100
+            && after.answers.caught - before.answers.caught >= 100,
+        "{before:?} -> {after:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_volume_without_a_primary_refuses_every_request_as_a_transition() {
     let k = key();
     let a = TestNode::new(&k, 64).await;

@@ -32,6 +32,9 @@ pub struct ServeConfig {
     pub advertise: String,
     /// Name in the cluster (`None`: the host name).
     pub node_name: Option<String>,
+    /// How long replication connections poll before they sleep, in µs
+    /// (0: never; see [`replica::set_busy_poll`]).
+    pub busy_poll_us: u32,
     /// How the log is written.
     pub log_format: LogFormat,
 }
@@ -64,6 +67,7 @@ impl Default for ServeConfig {
             repl_listen: "127.0.0.1:7401".parse().expect("valid default"),
             advertise: "127.0.0.1".into(),
             node_name: None,
+            busy_poll_us: 0,
             log_format: LogFormat::Text,
         }
     }
@@ -125,6 +129,7 @@ pub struct FileConfig {
     pub node_name: Option<String>,
     /// Runtime threads (`--threads`), read before the runtime starts.
     pub threads: Option<u16>,
+    pub busy_poll_us: Option<u32>,
     pub log_format: Option<LogFormat>,
 }
 
@@ -152,7 +157,11 @@ pub struct FlagConfig {
     pub repl_listen: Option<SocketAddr>,
     pub advertise: Option<String>,
     pub node_name: Option<String>,
+    pub busy_poll_us: Option<u32>,
 }
+
+/// The most `busy_poll_us` may be: 10 ms.
+pub const MAX_BUSY_POLL_US: u32 = 10_000;
 
 impl ServeConfig {
     /// Merges defaults ← file ← flags and checks the result.
@@ -179,6 +188,10 @@ impl ServeConfig {
                 .unwrap_or(d.repl_listen),
             advertise: flags.advertise.or(file.advertise).unwrap_or(d.advertise),
             node_name: flags.node_name.or(file.node_name),
+            busy_poll_us: flags
+                .busy_poll_us
+                .or(file.busy_poll_us)
+                .unwrap_or(d.busy_poll_us),
             log_format: flags.log_format.or(file.log_format).unwrap_or(d.log_format),
         };
         if let Err(why) = node::validate_iqn_prefix(&c.iqn_prefix) {
@@ -186,6 +199,9 @@ impl ServeConfig {
         }
         if file.threads.is_some_and(|t| !(1..=1024).contains(&t)) {
             bail!("threads must be 1 to 1024");
+        }
+        if c.busy_poll_us > MAX_BUSY_POLL_US {
+            bail!("busy_poll_us must be 0 to {MAX_BUSY_POLL_US} (µs)");
         }
         let mut listeners = vec![
             ("the iSCSI portal", c.iscsi_listen),
@@ -287,6 +303,24 @@ mod tests {
     }
 
     #[test]
+    fn busy_polling_is_off_unless_asked_for_and_at_most_10_ms() {
+        let c = ServeConfig::merge(FileConfig::default(), FlagConfig::default()).unwrap();
+        assert_eq!(c.busy_poll_us, 0);
+        let file: FileConfig = toml::from_str("busy_poll_us = 300").unwrap();
+        let c = ServeConfig::merge(file, FlagConfig::default()).unwrap();
+        assert_eq!(c.busy_poll_us, 300);
+        let file: FileConfig = toml::from_str("busy_poll_us = 300").unwrap();
+        let flags = FlagConfig {
+            busy_poll_us: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(ServeConfig::merge(file, flags).unwrap().busy_poll_us, 0);
+        let file: FileConfig = toml::from_str("busy_poll_us = 10001").unwrap();
+        let err = ServeConfig::merge(file, FlagConfig::default()).unwrap_err();
+        assert!(err.to_string().contains("busy_poll_us"), "{err}");
+    }
+
+    #[test]
     fn two_listeners_on_one_address_are_refused() {
         let file: FileConfig = toml::from_str("cluster_listen = \"127.0.0.1:7401\"").unwrap();
         let err = ServeConfig::merge(file, FlagConfig::default()).unwrap_err();
@@ -331,6 +365,7 @@ mod tests {
             advertise,
             node_name,
             threads,
+            busy_poll_us,
             log_format,
         } = file;
         let d = ServeConfig::default();
@@ -348,6 +383,7 @@ mod tests {
         assert_eq!(log_format, Some(d.log_format));
         assert!(node_name.is_some());
         assert!(threads.is_some());
+        assert_eq!(busy_poll_us, Some(d.busy_poll_us));
     }
 
     #[test]

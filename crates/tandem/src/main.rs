@@ -198,6 +198,13 @@ struct ClusterArgs {
     /// Name of this node in the cluster [default: host name].
     #[arg(long)]
     node_name: Option<String>,
+    /// Microseconds a replication connection polls before it sleeps: a
+    /// copy for the next write, a primary for its copy's answer. Cuts the
+    /// latency of writes one at a time by the CPU wake-ups it saves, for a
+    /// busy runtime thread per such connection while they come
+    /// [default: 0, never].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=config::MAX_BUSY_POLL_US as i64))]
+    busy_poll_us: Option<u32>,
 }
 
 #[derive(Subcommand)]
@@ -570,8 +577,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 repl_listen: cluster.repl_listen,
                 advertise: cluster.advertise,
                 node_name: cluster.node_name,
+                busy_poll_us: cluster.busy_poll_us,
             };
             let cfg = ServeConfig::merge(file, flags)?;
+            replica::set_busy_poll(std::time::Duration::from_micros(cfg.busy_poll_us.into()));
             let cluster = node::ClusterConfig {
                 name: cfg.node_name.clone().unwrap_or_else(host_name),
                 cluster_listen: cfg.cluster_listen,

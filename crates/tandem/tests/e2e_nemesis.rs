@@ -21,6 +21,10 @@
 //! failure, with every schedule); `TANDEM_NEMESIS_SCHEDULES=<n>` sets how
 //! many schedules run (default 8). `scripts/soak.sh` runs it for hours.
 //!
+//! The seed also picks which data nodes busy-poll their replication
+//! connections (`--busy-poll-us`): neither, one or both, which changes when
+//! frames are read and answered, never what.
+//!
 //! `TANDEM_NEMESIS_BENCH_LOAD=1` adds the mirrored-write benchmark's load
 //! (`bench/mirror.sh`: `qemu-img bench`, 4 KiB writes at queue depth 32)
 //! on a second mirrored volume, through each data node, for the whole run
@@ -41,7 +45,7 @@ use common::cluster::{
 };
 use common::log::now_us;
 use common::nemesis::{Action, Fault, Schedule};
-use common::netns::{two_nodes_and_witness, Lan};
+use common::netns::{two_nodes_and_witness_with, Lan};
 use common::workload::{read_volume, Ack, Load, LoadConfig, Mix, Pick};
 use common::Server;
 use rand::rngs::StdRng;
@@ -404,6 +408,9 @@ fn sums_differ(x: &[u8], y: &[u8]) -> Option<String> {
     })
 }
 
+/// The flags of a data node that busy-polls.
+const POLL: &[&str] = &["--busy-poll-us", "200"];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_faults_lose_no_acknowledged_write() {
     let seed = env_u64("TANDEM_NEMESIS_SEED").unwrap_or_else(|| now_us() % 1_000_000_007);
@@ -418,7 +425,13 @@ async fn random_faults_lose_no_acknowledged_write() {
         .enumerate()
         .map(|(k, s)| format!("  schedule {}: {s}\n", k + 1))
         .collect();
-    eprintln!("nemesis: seed {seed} (replay with TANDEM_NEMESIS_SEED={seed}), {count} schedules:\n{listing}");
+    let polling: [&[&str]; 2] =
+        [seed & 1, seed & 2].map(|bit| if bit != 0 { POLL } else { &[] as &[&str] });
+    eprintln!(
+        "nemesis: seed {seed} (replay with TANDEM_NEMESIS_SEED={seed}), {count} schedules, busy polling on node a: {}, node b: {}:\n{listing}",
+        !polling[0].is_empty(),
+        !polling[1].is_empty()
+    );
     let mut replay = Replay {
         seed,
         plan: listing,
@@ -426,7 +439,8 @@ async fn random_faults_lose_no_acknowledged_write() {
     };
     let Some(lan) = Lan::or_skip(3) else { return };
     let dir = tempfile::tempdir().unwrap();
-    let (nodes, witness, _) = two_nodes_and_witness(&lan, dir.path(), WITNESS_HOST, SIZE);
+    let (nodes, witness, _) =
+        two_nodes_and_witness_with(&lan, dir.path(), WITNESS_HOST, SIZE, polling);
     replay.dir = Some(dir);
     let mut m = Members {
         nodes,

@@ -101,6 +101,17 @@ impl Server {
         Server::spawned(data_dir, host, netns, &[])
     }
 
+    /// As [`Server::start_on`], with further flags of `tandem serve`.
+    #[allow(dead_code)]
+    pub fn start_on_with(
+        data_dir: &Path,
+        host: &str,
+        netns: Option<&str>,
+        extra: &[&str],
+    ) -> Server {
+        Server::spawned(data_dir, host, netns, extra)
+    }
+
     fn spawned(data_dir: &Path, host: &str, netns: Option<&str>, extra: &[&str]) -> Server {
         let mut s = Server::unstarted(data_dir, host, netns, extra);
         s.spawn();

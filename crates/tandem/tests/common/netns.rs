@@ -213,10 +213,22 @@ pub fn two_nodes_and_witness(
     witness_host: usize,
     size: &str,
 ) -> (Vec<super::Server>, super::cluster::Witness, String) {
+    two_nodes_and_witness_with(lan, dir, witness_host, size, [&[], &[]])
+}
+
+/// As [`two_nodes_and_witness`], with further flags of `tandem serve` for
+/// node a and node b.
+pub fn two_nodes_and_witness_with(
+    lan: &Lan,
+    dir: &std::path::Path,
+    witness_host: usize,
+    size: &str,
+    extra: [&[&str]; 2],
+) -> (Vec<super::Server>, super::cluster::Witness, String) {
     use super::cluster::{form, wait_members, wait_until, Witness};
     let nodes = vec![
-        super::Server::start_on(&dir.join("a"), &lan.addr(0), Some(&lan.ns(0))),
-        super::Server::start_on(&dir.join("b"), &lan.addr(1), Some(&lan.ns(1))),
+        super::Server::start_on_with(&dir.join("a"), &lan.addr(0), Some(&lan.ns(0)), extra[0]),
+        super::Server::start_on_with(&dir.join("b"), &lan.addr(1), Some(&lan.ns(1)), extra[1]),
     ];
     let token = form(&nodes[0], &[&nodes[1]]);
     let witness = Witness::start(
