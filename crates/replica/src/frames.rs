@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Notify;
 
 use crate::wire;
@@ -75,7 +75,7 @@ struct Polling {
 
 /// A second descriptor of `socket`, for polling it without the runtime;
 /// `None` where the system has none to give.
-pub(crate) fn pollable(socket: &tokio::net::TcpStream) -> Option<std::net::TcpStream> {
+fn pollable(socket: &tokio::net::TcpStream) -> Option<std::net::TcpStream> {
     use std::os::fd::AsFd;
     let fd = socket.as_fd().try_clone_to_owned().ok()?;
     Some(std::net::TcpStream::from(fd))
@@ -95,6 +95,22 @@ pub(crate) enum Next {
 /// Above this share of frames found waiting (in 1/1024ths, a quarter),
 /// frames are taken to come many at a time and are not polled for.
 const POLL_WAITING_MAX: u32 = 256;
+
+impl FrameReader<OwnedReadHalf> {
+    /// [`FrameReader::busy_polling`] for as long as this process polls
+    /// ([`crate::busy_poll`]): not at all by default.
+    pub(crate) fn busy_polling_as_set(
+        self,
+        what: crate::PollFor,
+        wanted: impl Fn() -> bool + Send + Sync + 'static,
+    ) -> FrameReader<OwnedReadHalf> {
+        let budget = crate::busy_poll();
+        let socket = (!budget.is_zero())
+            .then(|| pollable(self.r.as_ref()))
+            .flatten();
+        self.busy_polling(budget, socket, what, wanted)
+    }
+}
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub(crate) fn new(r: R) -> FrameReader<R> {
@@ -126,6 +142,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             wanted: Box::new(wanted),
         });
         self
+    }
+
+    /// Whether this reader polls.
+    pub(crate) fn is_polling(&self) -> bool {
+        self.poll.is_some()
     }
 
     /// Whether a whole frame (or the prefix of one too large to cut from

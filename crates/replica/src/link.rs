@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use volume::latency::LatencyHistogram;
 
 use crate::auth::{self, AuthError, ClusterKey};
-use crate::frames::{self, FrameReader, Next, Outbox};
+use crate::frames::{FrameReader, Next, Outbox};
 use crate::wire::{self, Failure, Hello, Op, Refusal, Refused, Request, Response, Welcome};
 use crate::PollFor;
 
@@ -136,25 +136,19 @@ impl Link {
         let (stream, welcome) = tokio::time::timeout(timeout, setup)
             .await
             .map_err(|_| LinkError::Timeout(a.clone()))??;
-        let budget = crate::busy_poll();
-        let pollable = (!budget.is_zero())
-            .then(|| frames::pollable(&stream))
-            .flatten();
         let (rd, wr) = stream.into_split();
         let pending: Pending = Arc::default();
         let alive = Arc::new(AtomicBool::new(true));
         let (out, flusher) = Outbox::new(wr);
+        let lone = pending.clone();
+        let mut rd = FrameReader::new(rd)
+            .busy_polling_as_set(PollFor::Answer, move || lone.lock().unwrap().len() == 1);
         // With busy polling, a request sent wakes the reader, which then
         // polls for the answer while it is the only one awaited.
-        let kick = pollable.is_some().then(|| Arc::new(Notify::new()));
+        let kick = rd.is_polling().then(|| Arc::new(Notify::new()));
 
         let (p, al, k) = (pending.clone(), alive.clone(), kick.clone());
         let reader = tokio::spawn(async move {
-            let lone = p.clone();
-            let mut rd =
-                FrameReader::new(rd).busy_polling(budget, pollable, PollFor::Answer, move || {
-                    lone.lock().unwrap().len() == 1
-                });
             loop {
                 let body = match rd.next_or(k.as_deref()).await {
                     Next::Frame(body) => body,

@@ -147,13 +147,8 @@ impl ReplicaServer {
             return;
         };
         tracing::debug!(%peer, volume = %hello.volume, node = hello.node, mode = ?hello.mode, "replication connection");
-        let budget = crate::busy_poll();
-        let pollable = (!budget.is_zero())
-            .then(|| crate::frames::pollable(&s))
-            .flatten();
         let (rd, wr) = s.into_split();
-        let mut rd =
-            FrameReader::new(rd).busy_polling(budget, pollable, crate::PollFor::Request, || true);
+        let mut rd = FrameReader::new(rd).busy_polling_as_set(crate::PollFor::Request, || true);
         let (out, flusher) = Outbox::new(wr);
         // Dropped with this task (the connection was dropped): the socket
         // closes at once, though requests still running hold the outbox.
