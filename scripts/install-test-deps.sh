@@ -5,7 +5,10 @@
 # (the raw-file reference of bench/run.sh) and prometheus (promtool checks
 # the metrics and the alert rules; a server scrapes a test cluster), and
 # chromium with chromium-driver (the dashboard test drives the browser over
-# WebDriver).
+# WebDriver), and arping from iputils-arping (a node announces a floating
+# address it takes with gratuitous ARPs; without it the initiator in the
+# floating-address tests keeps sending to the old holder's MAC until its ARP
+# entry ages out, about 30 s).
 #
 # qemu-img reads iscsi:// URLs only through Debian's qemu-block-extra, and that
 # package must be the very same version as the installed qemu-utils. When
@@ -20,7 +23,7 @@ export DEBIAN_FRONTEND=noninteractive
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
 need=()
-for p in libiscsi-bin qemu-utils tgt iproute2 nftables fio prometheus chromium chromium-driver; do
+for p in libiscsi-bin qemu-utils tgt iproute2 nftables fio prometheus chromium chromium-driver iputils-arping; do
   have_pkg "$p" || need+=("$p")
 done
 

@@ -5,54 +5,81 @@
 //! 1 MiB sequential reads.
 //!
 //! Buffers come in power-of-two classes from 4 KiB to 2 MiB; larger ones are
-//! allocated and freed as usual. Each class keeps at most [`KEEP_BYTES`]
-//! (and at least [`KEEP_MIN`] buffers), so an idle pool holds at most a few
-//! MiB per class.
+//! allocated and freed as usual. Classes from 128 KiB up hold 1/256 more
+//! than their power of two ([`HEADROOM_FROM`]), so a message of that much
+//! data and a small header (a replication frame of a 1 MiB write) fits the
+//! class of its data, not half of the next one, and giving it back rewrites
+//! only that headroom. Each class keeps at most [`KEEP_BYTES`]
+//! (and at least [`KEEP_MIN`] buffers), so an idle pool holds at most
+//! about 8 MiB per class.
 
 use std::sync::Mutex;
 
 /// Smallest class: one page.
 const MIN_SHIFT: u32 = 12;
-/// Largest class: 2 MiB, which holds a replication frame of a 1 MiB write or
-/// read (its data and a header), as well as the largest read served inline.
+/// Largest class: 2 MiB, which holds a replication frame of a 2 MiB write
+/// (the 1 MiB class holds one of a 1 MiB write, with its headroom), as well
+/// as the largest read served inline.
 const MAX_SHIFT: u32 = 21;
 const CLASSES: usize = (MAX_SHIFT - MIN_SHIFT + 1) as usize;
-/// Bytes a class keeps for reuse.
-pub const KEEP_BYTES: usize = 4 << 20;
+/// Bytes a class keeps for reuse: 8 MiB keeps the buffers of a resync's
+/// window (8 requests of 1 MiB) on each node.
+pub const KEEP_BYTES: usize = 8 << 20;
 /// Buffers a class keeps for reuse, however large they are.
 pub const KEEP_MIN: usize = 4;
 
 static POOL: [Mutex<Vec<Vec<u8>>>; CLASSES] = [const { Mutex::new(Vec::new()) }; CLASSES];
 
+/// Smallest class whose buffers hold 1/256 more than their power of two.
+const HEADROOM_FROM: u32 = 17;
+
 /// The class a buffer of `len` bytes comes from, if any.
 fn class_for(len: usize) -> Option<usize> {
-    if len > 1 << MAX_SHIFT {
-        return None;
-    }
     let shift = len
         .max(1)
         .next_power_of_two()
         .trailing_zeros()
         .max(MIN_SHIFT);
-    Some((shift - MIN_SHIFT) as usize)
+    let class = (shift - MIN_SHIFT) as usize;
+    // The class below may hold it, with its headroom.
+    if class > 0 && class <= CLASSES && class_len(class - 1) >= len {
+        return Some(class - 1);
+    }
+    (shift <= MAX_SHIFT).then_some(class)
 }
 
 /// The largest class an allocation of `cap` bytes holds, unless that would
-/// waste half of it or more.
+/// waste half of it or more (a little more where `cap` falls short of a
+/// class's headroom).
 fn class_holding(cap: usize) -> Option<usize> {
     if cap < 1 << MIN_SHIFT {
         return None;
     }
     let shift = usize::BITS - 1 - cap.leading_zeros();
-    (shift <= MAX_SHIFT).then_some((shift - MIN_SHIFT) as usize)
+    if shift > MAX_SHIFT {
+        return None;
+    }
+    let class = (shift - MIN_SHIFT) as usize;
+    if class_len(class) <= cap {
+        Some(class)
+    } else {
+        // Short of its class's headroom: the class below.
+        class.checked_sub(1)
+    }
 }
 
 fn class_len(class: usize) -> usize {
-    1 << (class as u32 + MIN_SHIFT)
+    let shift = class as u32 + MIN_SHIFT;
+    let base = 1 << shift;
+    if shift >= HEADROOM_FROM {
+        base + (base >> 8)
+    } else {
+        base
+    }
 }
 
 fn keep(class: usize) -> usize {
-    (KEEP_BYTES / class_len(class)).max(KEEP_MIN)
+    (KEEP_BYTES >> (class as u32 + MIN_SHIFT)).max(KEEP_MIN)
 }
 
 /// A buffer of exactly `len` bytes whose contents are unspecified: they are
@@ -180,8 +207,50 @@ mod tests {
         assert_eq!(class_for(4096), Some(0));
         assert_eq!(class_for(4097), Some(1));
         assert_eq!(class_for(1 << 20), Some(8));
-        assert_eq!(class_for((1 << 20) + 1), Some(9));
-        assert_eq!(class_for((2 << 20) + 1), None);
+        assert_eq!(class_for((2 << 20) + 1), Some(9));
+        assert_eq!(class_for((2 << 20) + (8 << 10) + 1), None);
+    }
+
+    #[test]
+    fn every_length_gets_the_smallest_class_that_holds_it() {
+        let mut lens: Vec<usize> = (0..=MAX_SHIFT + 2)
+            .flat_map(|s| {
+                let p = 1usize << s;
+                [p - 1, p, p + 1, p + 40, p + (p >> 8), p + (p >> 8) + 1]
+            })
+            .collect();
+        lens.extend((0..5000).map(|i| i * 613));
+        for len in lens {
+            match class_for(len) {
+                Some(c) => {
+                    assert!(class_len(c) >= len, "{len} fits class {c}");
+                    assert!(c == 0 || class_len(c - 1) < len, "{len}: not a smaller one");
+                }
+                None => assert!(len > class_len(CLASSES - 1), "{len} has no class"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_large_class_holds_its_power_of_two_and_a_header() {
+        // Below 128 KiB a class is its power of two.
+        assert_eq!(class_len(class_for(64 << 10).unwrap()), 64 << 10);
+        assert_eq!(class_for((64 << 10) + 1), class_for(128 << 10));
+        // From 128 KiB up, 1/256 more: a 1 MiB write and its frame header
+        // share the 1 MiB class, whose buffers are 1 MiB and 4 KiB.
+        assert_eq!(class_len(class_for(128 << 10).unwrap()), (128 << 10) + 512);
+        assert_eq!(class_for((1 << 20) + 40), class_for(1 << 20));
+        assert_eq!(
+            class_len(class_for(1 << 20).unwrap()),
+            (1 << 20) + (4 << 10)
+        );
+        assert_eq!(class_for((1 << 20) + (4 << 10) + 1), class_for(2 << 20));
+        // A buffer given back at the length it was taken with is kept in
+        // the class it came from.
+        for len in [4096, 100 << 10, 128 << 10, (1 << 20) + 40, 2 << 20] {
+            let class = class_for(len).unwrap();
+            assert_eq!(class_holding(class_len(class)), Some(class), "{len}");
+        }
     }
 
     #[test]
@@ -227,7 +296,9 @@ mod tests {
         assert_eq!(class_holding(5 << 20), None);
         // 12 KiB holds the 8 KiB class, wasting less than half of it.
         assert_eq!(class_holding(12 * 1024), Some(1));
-        assert_eq!(class_holding(1 << 20), Some(8));
+        // A plain 1 MiB allocation lacks the 1 MiB class's headroom.
+        assert_eq!(class_holding(1 << 20), Some(7));
+        assert_eq!(class_holding(class_len(8)), Some(8));
         // A small vector is not worth keeping.
         assert_eq!(class_holding(100), None);
         give(vec![0u8; 100]);
@@ -235,13 +306,13 @@ mod tests {
 
     #[test]
     fn a_class_keeps_a_bounded_number_of_buffers() {
-        // 512 KiB: at most KEEP_BYTES / 512 KiB = 8 are kept.
+        // 512 KiB: at most KEEP_BYTES / 512 KiB = 16 are kept.
         let class = class_for(512 * 1024).unwrap();
-        let bufs: Vec<Vec<u8>> = (0..20).map(|_| take(512 * 1024)).collect();
+        let bufs: Vec<Vec<u8>> = (0..30).map(|_| take(512 * 1024)).collect();
         for b in bufs {
             give(b);
         }
         assert_eq!(POOL[class].lock().unwrap().len(), keep(class));
-        assert_eq!(keep(class), 8);
+        assert_eq!(keep(class), 16);
     }
 }

@@ -15,7 +15,6 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use thiserror::Error;
 use volume::{BlockState, VolumeError};
 
@@ -29,6 +28,13 @@ use throttle::{RateMeter, Throttle, POLICY};
 /// takes the unwritten dirty regions after it along, so a thin volume costs
 /// a request per 64 MiB it does not hold rather than one per chunk.
 const UNMAP_SPAN: u64 = 64 << 20;
+
+/// Most bytes of data one write request of a resync carries. A chunk's
+/// written runs go out in requests of at most this size: each is read into
+/// a buffer of the pool (as its frame is on the peer) and goes back to it
+/// once sent, where a request of a whole 4 MiB chunk took a fresh
+/// allocation on both nodes (zeroed, and page-faulted in) every time.
+const DATA_REQUEST: u64 = 1 << 20;
 
 /// Longest a resync held back by its rate limit sleeps before it looks
 /// again whether the client is still writing.
@@ -95,6 +101,8 @@ struct Flight<'a> {
     /// The range of the unwritten regions it took along, if any.
     _along: Option<RangeGuard<'a>>,
     calls: Vec<Call<'a>>,
+    /// Bytes it sent as data.
+    data: u64,
     /// First dirty region of the chunk.
     first: u64,
     /// Dirty regions in the chunk.
@@ -276,7 +284,8 @@ impl Primary {
                 p.resync
                     .yielding
                     .store(throttle.yielding(now), Ordering::Relaxed);
-                if flights.len() >= throttle.window(now) {
+                let data = flights.iter().map(|f| f.data).sum();
+                if throttle.full(now, flights.len(), data) {
                     let f = flights.pop_front().expect("a full window holds a chunk");
                     self.land(p, f, &mut meter).await?;
                     continue;
@@ -333,6 +342,7 @@ impl Primary {
                 _range: range,
                 _along: along,
                 calls,
+                data: chunk.data,
                 first,
                 regions: n,
                 lba,
@@ -455,13 +465,21 @@ impl Primary {
         }
         let mut calls = Vec::with_capacity(runs.len());
         let mut sent = Sent::default();
-        for (written, at, n) in runs {
+        // Written runs go out in requests of at most DATA_REQUEST bytes.
+        let most = (DATA_REQUEST / bs).max(1);
+        let requests = runs.into_iter().flat_map(|(written, at, n)| {
+            let step = if written { most } else { n };
+            (at..at + n)
+                .step_by(step as usize)
+                .map(move |from| (written, from, step.min(at + n - from)))
+        });
+        for (written, at, n) in requests {
             let op = if written {
                 match v.read(at, n as u32).await {
                     Ok(data) => Op::Write {
                         lba: at,
                         fua: false,
-                        data: Bytes::from(data),
+                        data: volume::buffer::into_bytes(data),
                     },
                     Err(e) => {
                         // The range is held until what was sent is answered.
