@@ -71,6 +71,13 @@ pub struct DiskFaults {
     latency_us: AtomicU64,
     failed: AtomicU64,
     lose_unsynced: AtomicBool,
+    /// Bytes written since [`DiskFaults::fail_a_sync_while`].
+    written: AtomicU64,
+    /// Whether a sync is to fail while `written` is in
+    /// `fail_sync_from..fail_sync_to`.
+    sync_fault_armed: AtomicBool,
+    fail_sync_from: AtomicU64,
+    fail_sync_to: AtomicU64,
 }
 
 impl DiskFaults {
@@ -96,6 +103,35 @@ impl DiskFaults {
     /// written, as on Linux (see the module's comment).
     pub fn lose_unsynced(&self, on: bool) {
         self.lose_unsynced.store(on, Ordering::SeqCst);
+    }
+
+    /// The first sync made while the bytes written since this call
+    /// (through any backing made with this) are within `written` fails
+    /// with EIO, once; writes, and the other syncs, work. A sync made
+    /// beyond the range ends it.
+    pub fn fail_a_sync_while(&self, written: std::ops::Range<u64>) {
+        self.written.store(0, Ordering::SeqCst);
+        self.fail_sync_from.store(written.start, Ordering::SeqCst);
+        self.fail_sync_to.store(written.end, Ordering::SeqCst);
+        self.sync_fault_armed.store(true, Ordering::SeqCst);
+    }
+
+    /// As [`DiskFaults::check`], for a sync.
+    fn check_sync(&self) -> io::Result<()> {
+        self.check()?;
+        if !self.sync_fault_armed.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let written = self.written.load(Ordering::SeqCst);
+        if written < self.fail_sync_from.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let fails = written < self.fail_sync_to.load(Ordering::SeqCst);
+        if self.sync_fault_armed.swap(false, Ordering::SeqCst) && fails {
+            self.failed.fetch_add(1, Ordering::SeqCst);
+            return Err(io::Error::from_raw_os_error(5));
+        }
+        Ok(())
     }
 
     fn loses_unsynced(&self) -> bool {
@@ -211,10 +247,14 @@ impl<B: Backing> Backing for FaultyBacking<B> {
             return Err(e);
         }
         self.keep_old(offset, buf.len());
-        self.inner.write_at(buf, offset)
+        self.inner.write_at(buf, offset)?;
+        self.faults
+            .written
+            .fetch_add(buf.len() as u64, Ordering::SeqCst);
+        Ok(())
     }
     fn sync(&self) -> io::Result<()> {
-        if let Err(e) = self.faults.check() {
+        if let Err(e) = self.faults.check_sync() {
             self.drop_unsynced();
             return Err(e);
         }
@@ -302,6 +342,32 @@ mod tests {
         b.read_at(&mut buf, 1024).unwrap();
         assert_eq!(&buf[..1024], &[7; 1024][..]);
         assert_eq!(&buf[1024..], &[0; 1024][..]);
+    }
+
+    #[test]
+    fn a_sync_fails_once_after_so_many_bytes_are_written() {
+        let faults = DiskFaults::new();
+        faults.lose_unsynced(true);
+        let b = FaultyBacking::new(SimDisk::new(4096), faults.clone());
+        faults.fail_a_sync_while(8..16);
+        b.write_at(b"abcd", 0).unwrap();
+        b.sync().unwrap();
+        b.write_at(b"efgh", 4).unwrap();
+        b.write_at(b"ijkl", 8).unwrap();
+        assert!(b.sync().is_err(), "8 bytes written since: this one fails");
+        assert_eq!(faults.failed(), 1);
+        // Once: writes and syncs work after it, without the dropped writes.
+        b.write_at(b"mnop", 12).unwrap();
+        b.sync().unwrap();
+        let mut buf = [0; 16];
+        b.read_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf, b"abcd\0\0\0\0\0\0\0\0mnop");
+        // A sync beyond the range ends it without failing.
+        faults.fail_a_sync_while(4..8);
+        b.write_at(b"qrstuvwx", 0).unwrap();
+        b.sync().unwrap();
+        b.sync().unwrap();
+        assert_eq!(faults.failed(), 1);
     }
 
     #[test]

@@ -67,13 +67,28 @@ impl DiskNode {
     }
 
     async fn with_blocks(blocks: u64) -> DiskNode {
+        DiskNode::build(blocks, false).await
+    }
+
+    /// As [`DiskNode::with_blocks`], its `disk` breaking only the file of
+    /// the data (its checksums and dirty bitmap are on a disk that works).
+    async fn with_faults_on_data(blocks: u64) -> DiskNode {
+        DiskNode::build(blocks, true).await
+    }
+
+    async fn build(blocks: u64, only_data: bool) -> DiskNode {
         let dir = tempfile::tempdir().unwrap();
         let disk = DiskFaults::new();
-        let faulty = |len| FaultyBacking::new(SimDisk::new(len), disk.clone());
+        let rest = if only_data {
+            DiskFaults::new()
+        } else {
+            disk.clone()
+        };
+        let faulty = |len, on: &Arc<DiskFaults>| FaultyBacking::new(SimDisk::new(len), on.clone());
         let files = VolumeFiles {
-            data: faulty(blocks * BS as u64),
-            sums: faulty(0),
-            dirty: faulty(0),
+            data: faulty(blocks * BS as u64, &disk),
+            sums: faulty(0, &rest),
+            dirty: faulty(0, &rest),
         };
         let vol: Arc<dyn Volume> =
             Arc::new(LocalVolume::with_backing(files, BS, blocks, 1 << 20).unwrap());
@@ -802,4 +817,60 @@ async fn the_regions_a_copy_reports_as_suspect_outlive_a_stop_of_the_primary() {
         peer(&again, 2)
     );
     again.stop();
+}
+
+/// A flush that a resync asks of the copy while it copies (one each
+/// quarter of the dirty bytes) fails, and drops what the copy's disk took
+/// since its last sync, as Linux does; the flush at the end of the resync
+/// would succeed. The resync fails instead of recording the copy in sync
+/// without those writes, and the next one completes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flush_that_fails_in_the_middle_of_a_resync_fails_it() {
+    // 16 MiB: four chunks of 4 MiB, a flush after each.
+    const MANY: u64 = 4096;
+    let a = DiskNode::with_blocks(MANY).await;
+    let b = DiskNode::with_faults_on_data(MANY).await;
+    b.disk.lose_unsynced(true);
+    let control = Arc::new(Recorded::default());
+    let p = common::role(a.copy.clone(), 1, 1, &[(b.addr, 2)], &[], control.clone()).await;
+    // The copy misses the whole volume: its disk fails the first write.
+    b.disk.fail(DiskFault::Eio);
+    let data: Vec<u8> = (0..MANY * BS as u64)
+        .map(|i| (i * 31 % 251) as u8)
+        .collect();
+    for (i, piece) in data.chunks(1 << 20).enumerate() {
+        let lba = i as u64 * (1 << 20) / BS as u64;
+        p.write(lba, Bytes::copy_from_slice(piece), true)
+            .await
+            .unwrap();
+    }
+    wait_for(
+        || peer(&p, 2).state == PeerState::OutOfSync,
+        Duration::from_secs(10),
+        "the copy is out of sync",
+    )
+    .await;
+    // Its disk works again, but the first sync of its data once 6 MiB of
+    // it are written, a flush in the middle of the resync (the one after
+    // the second chunk), fails; the flush at the end (after 16 MiB) would
+    // not.
+    let (failed, tries) = (b.disk.failed(), control.syncing.lock().unwrap().len());
+    b.disk.fail_a_sync_while((6 << 20)..(14 << 20));
+    b.disk.heal();
+    wait_for(
+        || peer(&p, 2).in_sync(),
+        DISK_RETRY_MAX + Duration::from_secs(20),
+        "the copy is back in sync",
+    )
+    .await;
+    assert_eq!(b.disk.failed(), failed + 1, "one sync failed");
+    p.flush().await.unwrap();
+    let got = b.copy.volume().read(0, MANY as u32).await.unwrap();
+    assert!(got == data, "the copy holds every write");
+    let resyncs = control.syncing.lock().unwrap().len() - tries;
+    assert!(
+        resyncs >= 2,
+        "the resync that saw it fail did not complete: {resyncs}"
+    );
+    p.stop();
 }

@@ -319,6 +319,13 @@ impl Primary {
     /// failure is logged and reported to the control plane (an event);
     /// the tries after it are logged quietly.
     pub(super) fn disk_failed(&self, p: &Peer, why: &str) {
+        // The link is not used again: the copy names the regions its disk
+        // may have dropped writes in (`LocalCopy::disk_failed` keeps them
+        // for that) only in the welcome of its next connection, and a
+        // resync over this one would take them for copied.
+        if let Some(l) = p.link.write().unwrap().take() {
+            l.close();
+        }
         let mut d = p.disk.lock().unwrap();
         let now = Instant::now();
         if d.as_ref().is_some_and(|d| now < d.retry_at) {
