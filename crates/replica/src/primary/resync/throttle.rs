@@ -42,9 +42,9 @@ pub(crate) struct Policy {
 /// The policy every primary uses when idle: up to 8 chunks of 4 MiB (which
 /// cost less CPU per byte than smaller ones) in flight, of which 8 MiB of
 /// data: many times what a 25 Gb/s link holds in a round trip, in few
-/// enough buffers that the buffer pool keeps them all (32 MiB of data left
-/// it allocating and zeroing most of them again), while chunks that only
-/// unmap (a sparse volume's full sync) still overlap their waits; one
+/// enough buffers that the buffer pool keeps most of them (32 MiB of data
+/// left it allocating and zeroing most of them again), while chunks that
+/// only unmap (a sparse volume's full sync) still overlap their waits; one
 /// chunk of 1 MiB and 64 MiB/s while the volume takes client writes, so the
 /// resync costs the client little of the CPUs and of the link both share,
 /// and still moves about 200 GiB an hour.
