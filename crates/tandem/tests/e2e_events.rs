@@ -157,6 +157,13 @@ async fn a_failover_and_a_resync_are_recorded_in_order_and_counted_in_the_report
             watched_lines.push(l);
         }
     }
+    // And until the survivor's watch has counted it down: a node back
+    // before that is never seen down, so it is never seen up again either.
+    wait_until("the old primary seen down", 20, || {
+        events(other, &["--kind", "node-down"])
+            .iter()
+            .any(|e| e["node"] == old_name.as_str() && seq(e) > before)
+    });
     primary.restart();
     wait_until("the returning copy in sync", 120, || {
         all_in_sync(other, "vm")

@@ -23,7 +23,7 @@ const MIN_SHIFT: u32 = 12;
 const MAX_SHIFT: u32 = 21;
 const CLASSES: usize = (MAX_SHIFT - MIN_SHIFT + 1) as usize;
 /// Bytes a class keeps for reuse. Keeping 8 MiB made 1 MiB writes to a
-/// single node about 10 % slower here (more buffers in turn, less of them
+/// single node about 10 % slower here (more buffers in turn, fewer of them
 /// in the CPU's caches) and a resync no faster.
 pub const KEEP_BYTES: usize = 4 << 20;
 /// Buffers a class keeps for reuse, however large they are.
