@@ -637,6 +637,21 @@ impl Cluster {
             }
         }
         let _ = self.inner.raft.shutdown().await;
+        // Raft's state machine worker, a snapshot being built or a request
+        // still answering may hold the store a moment longer than Raft's
+        // core: wait for them, so that once this returns, dropping the member
+        // closes its database and the directory can be opened again at once.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Arc::strong_count(&self.inner) > 1 || self.inner.store.holders() > 1 {
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    node = self.id(),
+                    "cluster member stopped, but its state database is still held 5 s later"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
 

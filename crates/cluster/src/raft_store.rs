@@ -58,6 +58,12 @@ fn io(e: impl std::error::Error + 'static) -> AnyError {
 }
 
 impl RaftStore {
+    /// How many handles of this store (clones of it) are alive: the
+    /// database closes when the last goes.
+    pub fn holders(&self) -> usize {
+        Arc::strong_count(&self.db)
+    }
+
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path) -> Result<RaftStore, redb::Error> {
         let db = Database::create(dir.join("raft.redb"))?;

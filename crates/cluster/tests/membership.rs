@@ -339,3 +339,25 @@ async fn a_build_that_cannot_read_the_log_may_neither_join_nor_start() {
         "{why}"
     );
 }
+
+/// A stopped member has let go of its state database: the directory opens
+/// again at once, however busy Raft's workers were at the stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_member_releases_its_database_at_once() {
+    use cluster::raft_store::RaftStore;
+
+    let d = tempfile::tempdir().unwrap();
+    let (mut c, addr) = solo(d.path()).await;
+    for round in 0..15 {
+        c.propose(create(&format!("v{round}"), 1)).await.unwrap();
+        c.shutdown().await;
+        drop(c);
+        let store = RaftStore::open(d.path())
+            .unwrap_or_else(|e| panic!("round {round}: the database is still held: {e}"));
+        assert!(store.state().volumes.contains_key(&format!("v{round}")));
+        drop(store);
+        c = Cluster::open(d.path(), addr).await.unwrap();
+        eventually("leader again", 10, || c.lease_valid()).await;
+    }
+    c.shutdown().await;
+}
