@@ -43,6 +43,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use smallvec::SmallVec;
 use tokio::task::JoinHandle;
 use volume::{BlockState, Unavailable, Volume, VolumeError};
 
@@ -451,7 +452,8 @@ impl Primary {
             self.copy.disk_failed(&e);
             self.local_failed(e)
         })?;
-        let mut calls = Vec::with_capacity(self.peers.len());
+        // A volume has at most two peers: no allocation per write.
+        let mut calls: SmallVec<[_; 2]> = SmallVec::new();
         let mut failures = Vec::new();
         for p in &self.peers {
             match p.state() {
@@ -468,7 +470,7 @@ impl Primary {
         // each peer gets the link's timeout from here, not from when the
         // answers of the peers before it came (or did not).
         let sent_at = std::time::Instant::now();
-        let mut sent = Vec::with_capacity(calls.len());
+        let mut sent: SmallVec<[_; 2]> = SmallVec::new();
         for (p, link) in &calls {
             let call = link
                 .as_ref()
@@ -668,8 +670,19 @@ impl Primary {
 
     /// Writes `data` to the local copy and every in-sync or syncing peer.
     pub async fn write(&self, lba: u64, data: Bytes, fua: bool) -> volume::Result<()> {
-        let blocks = volume::blocks_in(data.len(), self.copy.volume().block_size())?;
-        let local = self.copy.volume().write(lba, data.clone(), fua);
+        let v = self.copy.volume();
+        let blocks = volume::blocks_in(data.len(), v.block_size())?;
+        let mine = data.clone();
+        let local = async move {
+            // Most writes land in the page cache right away: no boxed
+            // future of the volume's for them.
+            if !fua {
+                if let Some(r) = v.write_now(lba, &mine) {
+                    return r;
+                }
+            }
+            v.write(lba, mine, fua).await
+        };
         self.replicate(lba, blocks, Op::Write { lba, fua, data }, None, local)
             .await
     }

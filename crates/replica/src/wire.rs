@@ -649,11 +649,38 @@ impl Welcome {
     }
 }
 
+/// Room for the header of a request's frame: its exact length for the
+/// I/O path's operations, enough for most others.
+fn head_capacity(op: &Op) -> usize {
+    const FIXED: usize = 4 + 8 + 8 + 1;
+    match op {
+        Op::Write { .. } => FIXED + 9 + 4,
+        Op::Unmap { .. } => FIXED + 16,
+        Op::Read { .. } => FIXED + 12,
+        Op::Flush | Op::Ping | Op::Settle => FIXED,
+        _ => 64,
+    }
+}
+
+/// Room for the header of a response's frame: its exact length for a
+/// success.
+fn answer_capacity(result: &Result<Bytes, Failure>) -> usize {
+    match result {
+        Ok(_) => 4 + 8 + 1 + 4,
+        Err(_) => 64,
+    }
+}
+
 impl Request {
     /// Encodes the request as a frame: a header and, for operations that carry
     /// data, the data as a second buffer (sent without copying).
     pub fn encode(&self) -> (Bytes, Option<Bytes>) {
-        let mut b = BytesMut::with_capacity(64);
+        // The length prefix is filled in once the header is written: one
+        // buffer per frame, of the header's exact length for the I/O path's
+        // requests (a buffer with room to spare costs a second allocation
+        // when frozen).
+        let mut b = BytesMut::with_capacity(head_capacity(&self.op));
+        b.put_u32(0);
         b.put_u64(self.id);
         b.put_u64(self.epoch);
         let data = match &self.op {
@@ -747,14 +774,12 @@ impl Request {
                 ))
             }
         };
-        let body_len = b.len() + data.as_ref().map_or(0, |d| 4 + d.len());
-        let mut head = BytesMut::with_capacity(4 + b.len() + 4);
-        head.put_u32(body_len as u32);
-        head.extend_from_slice(&b);
         if let Some(d) = &data {
-            head.put_u32(d.len() as u32);
+            b.put_u32(d.len() as u32);
         }
-        (head.freeze(), data)
+        let body_len = b.len() - 4 + data.as_ref().map_or(0, |d| d.len());
+        b[..4].copy_from_slice(&(body_len as u32).to_be_bytes());
+        (b.freeze(), data)
     }
 
     /// Decodes a request body (the frame without its length prefix).
@@ -843,7 +868,10 @@ impl Request {
 impl Response {
     /// Encodes the response as a frame header plus the data read, if any.
     pub fn encode(&self) -> (Bytes, Option<Bytes>) {
-        let mut b = BytesMut::with_capacity(64);
+        // The length prefix is filled in once the header is written, in a
+        // buffer of the header's exact length for a success.
+        let mut b = BytesMut::with_capacity(answer_capacity(&self.result));
+        b.put_u32(0);
         b.put_u64(self.id);
         let data = match &self.result {
             Ok(d) => {
@@ -868,11 +896,9 @@ impl Response {
                 None
             }
         };
-        let body_len = b.len() + data.as_ref().map_or(0, |d| d.len());
-        let mut head = BytesMut::with_capacity(4 + b.len());
-        head.put_u32(body_len as u32);
-        head.extend_from_slice(&b);
-        (head.freeze(), data)
+        let body_len = b.len() - 4 + data.as_ref().map_or(0, |d| d.len());
+        b[..4].copy_from_slice(&(body_len as u32).to_be_bytes());
+        (b.freeze(), data)
     }
 
     /// Decodes a response body.
@@ -913,6 +939,40 @@ mod tests {
         let n = frame_len(all[..4].try_into().unwrap()).unwrap();
         assert_eq!(n, all.len() - 4, "length prefix matches the body");
         all.freeze().slice(4..)
+    }
+
+    #[test]
+    fn the_io_paths_headers_fill_their_buffers_exactly() {
+        // A header shorter than its buffer costs a second allocation.
+        let data = Bytes::from_static(&[7; 4096]);
+        for op in [
+            Op::Write {
+                lba: 9,
+                fua: true,
+                data: data.clone(),
+            },
+            Op::Unmap { lba: 1, blocks: 2 },
+            Op::Read { lba: 3, blocks: 4 },
+            Op::Flush,
+            Op::Ping,
+            Op::Settle,
+        ] {
+            let (head, _) = Request {
+                id: 1,
+                epoch: 2,
+                op: op.clone(),
+            }
+            .encode();
+            assert_eq!(head.len(), head_capacity(&op), "{op:?}");
+        }
+        for result in [Ok(Bytes::new()), Ok(data)] {
+            let (head, _) = Response {
+                id: 1,
+                result: result.clone(),
+            }
+            .encode();
+            assert_eq!(head.len(), answer_capacity(&result));
+        }
     }
 
     fn op() -> impl Strategy<Value = Op> {
