@@ -54,3 +54,38 @@ bench_cleanup() {
 # median < numbers separated by spaces or lines (nan and empty ones left
 # out): the middle one, or the mean of the two middle ones; "-" for none.
 median() { tr ' ' '\n' | grep -v '^$' | grep -v nan | sort -g | awk '{a[NR]=$1} END{if(NR==0){print "-"}else{print (NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2}}'; }
+
+# settled_primary CLI NAME: waits (up to a minute) until volume "bench" of
+# NAME's cluster has a primary and both copies in sync, asking NAME through
+# CLI (a function that runs the tandem CLI against a node: `CLI NAME ARGS`);
+# prints the primary's node name.
+settled_primary() {
+  local cli=$1 name=$2 who
+  for _ in $(seq 1 600); do
+    who=$("$cli" "$name" cluster status --json 2>/dev/null | python3 -c '
+import json, sys
+s = json.load(sys.stdin)["status"]
+v = s["state"]["volumes"].get("bench")
+nodes = s["state"]["nodes"]
+if v and len(v["replicas"]) == 2 and all(r["state"] == "in-sync" for r in v["replicas"].values()):
+    print(nodes[str(v["primary"])]["name"])
+' 2>/dev/null || true)
+    if [ -n "$who" ]; then echo "$who"; return 0; fi
+    sleep 0.1
+  done
+  echo "$bench: the volume did not settle; logs in $work" >&2
+  return 1
+}
+
+# standalone_node: a standalone `tandem serve` on loopback with volume
+# "bench" of SIZE; sets port_single, api_single and pid_single (the CLI
+# reaches it as `cli single`).
+standalone_node() {
+  port_single=$(free_port); api_single=$(free_port)
+  TANDEM_LOG=warn "$tandem" serve --data-dir "$work/single" --iscsi-listen "127.0.0.1:$port_single" \
+    --api-listen "127.0.0.1:$api_single" >"$work/single.log" 2>&1 &
+  pids+=($!)
+  pid_single=$!
+  wait_port "$api_single"
+  cli single volume create bench --size "$SIZE" >/dev/null
+}

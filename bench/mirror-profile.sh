@@ -42,32 +42,13 @@ else
 fi
 
 # --- the setups ----------------------------------------------------------------
-port_single=$(free_port); api_single=$(free_port)
-TANDEM_LOG=warn "$tandem" serve --data-dir "$work/single" --iscsi-listen "127.0.0.1:$port_single" \
-  --api-listen "127.0.0.1:$api_single" >"$work/single.log" 2>&1 &
-pids+=($!)
-pid_single=$!
-wait_port "$api_single"
-cli single volume create bench --size "$SIZE" >/dev/null
+standalone_node
 
 cluster_node a
 cluster_node b
 form_cluster a b
 cli a volume create bench --size "$SIZE" --replicas 2 >/dev/null
-primary=
-for _ in $(seq 1 600); do
-  primary=$(cli a cluster status --json 2>/dev/null | python3 -c '
-import json, sys
-s = json.load(sys.stdin)["status"]
-v = s["state"]["volumes"].get("bench")
-nodes = s["state"]["nodes"]
-if v and len(v["replicas"]) == 2 and all(r["state"] == "in-sync" for r in v["replicas"].values()):
-    print(nodes[str(v["primary"])]["name"])
-' 2>/dev/null || true)
-  [ -n "$primary" ] && break
-  sleep 0.1
-done
-[ -n "$primary" ] || { echo "$bench: the volume did not settle; logs in $work" >&2; exit 1; }
+primary=$(settled_primary cli a)
 other=$([ "$primary" = a ] && echo b || echo a)
 pid_of() { local v="pid_$1"; echo "${!v}"; }
 url_of() { local p="port_$1"; echo "iscsi://127.0.0.1:${!p}/$iqn/0"; }

@@ -40,14 +40,7 @@ size_bytes=$(numfmt --from=iec "$SIZE")
 iqn=iqn.2026-11.io.tandem:bench
 
 # --- the setups ----------------------------------------------------------------
-# The standalone node: sets port_single, api_single, pid_single.
-port_single=$(free_port); api_single=$(free_port)
-TANDEM_LOG=warn "$tandem" serve --data-dir "$work/single" --iscsi-listen "127.0.0.1:$port_single" \
-  --api-listen "127.0.0.1:$api_single" >"$work/single.log" 2>&1 &
-pids+=($!)
-pid_single=$!
-wait_port "$api_single"
-cli single volume create bench --size "$SIZE" >/dev/null
+standalone_node
 
 cluster_node a
 cluster_node b
@@ -59,34 +52,13 @@ cluster_node d --busy-poll-us "$BUSY_POLL_US"
 form_cluster c d wp
 cli c volume create bench --size "$SIZE" --replicas 2 >/dev/null
 
-# status_json NAME -> the cluster status as JSON
-status_json() { cli "$1" cluster status --json; }
-# settled NODE: waits until the volume of NODE's cluster has a primary and
-# both copies are in sync; prints the primary's node name.
-settled() {
-  for _ in $(seq 1 600); do
-    local who
-    who=$(status_json "$1" 2>/dev/null | python3 -c '
-import json, sys
-s = json.load(sys.stdin)["status"]
-v = s["state"]["volumes"].get("bench")
-nodes = s["state"]["nodes"]
-if v and len(v["replicas"]) == 2 and all(r["state"] == "in-sync" for r in v["replicas"].values()):
-    print(nodes[str(v["primary"])]["name"])
-' 2>/dev/null || true)
-    if [ -n "$who" ]; then echo "$who"; return 0; fi
-    sleep 0.1
-  done
-  echo "mirror bench: the volume did not settle; logs in $work" >&2
-  return 1
-}
-primary=$(settled a)
+primary=$(settled_primary cli a)
 other=$([ "$primary" = a ] && echo b || echo a)
 url_of() { local p="port_$1"; echo "iscsi://127.0.0.1:${!p}/$iqn/0"; }
 url_single=$(url_of single)
 url_primary=$(url_of "$primary")
 url_forwarded=$(url_of "$other")
-url_polled=$(url_of "$(settled c)")
+url_polled=$(url_of "$(settled_primary cli c)")
 
 # --- measurements ----------------------------------------------------------------
 STEP=1052672 # 1 MiB + 4 KiB: successive requests land scattered over the LUN
