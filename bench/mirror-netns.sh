@@ -86,12 +86,7 @@ node() {
     >>"$work/$name.log" 2>&1 &
   pids+=($!)
   printf -v "pid_$name" '%s' "$!"
-  for _ in $(seq 1 100); do
-    curl -s -o /dev/null "http://$addr:${!a}/" && return 0
-    sleep 0.1
-  done
-  echo "$bench: node $name did not start; see $work/$name.log" >&2
-  exit 1
+  wait_port "${!a}" "$addr" || { echo "$bench: node $name did not start; see $work/$name.log" >&2; exit 1; }
 }
 ncli() { local name=$1 a="api_$1" addr="addr_$1"; shift; TANDEM_API="${!addr}:${!a}" TANDEM_DATA_DIR="$work/$name" "$tandem" "$@"; }
 

@@ -14,13 +14,15 @@ free_port() {
   done
 }
 
-# Waits up to 10 s until something listens on 127.0.0.1:PORT.
+# wait_port PORT [HOST]: waits up to 10 s until something listens on
+# HOST:PORT (HOST defaults to 127.0.0.1).
 wait_port() {
+  local host=${2:-127.0.0.1}
   for _ in $(seq 1 200); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    if (exec 3<>"/dev/tcp/$host/$1") 2>/dev/null; then return 0; fi
     sleep 0.05
   done
-  echo "nothing listens on 127.0.0.1:$1" >&2
+  echo "nothing listens on $host:$1" >&2
   return 1
 }
 
